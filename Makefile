@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` runs the main job, `make test` runs the tests.
+# Both create the virtual environment and install on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# torch==2.13.0 must come from the CPU wheel on disk; PyPI's build of that version is multi-GB CUDA.
+WHEELS := $(wildcard /opt/wheels)
+PIP_FLAGS := -q $(if $(WHEELS),--find-links $(WHEELS))
+
+.PHONY: install demo test redis lint clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The Redis online store and ledger are tested against a real redis-server.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) \
+		|| (echo "could not install redis-server: install it (apt-get install redis-server) and re-run" && exit 1)
+
+demo: install
+	$(BIN)/nextbest demo
+
+test: install redis
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check features simulation training serving pipelines tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_features.py --users 100000
+
+clean:
+	rm -rf .nextbest $(VENV)

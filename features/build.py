@@ -1,0 +1,365 @@
+"""Raw tables -> feature tables: point-in-time snapshots per user, computed in DuckDB.
+
+Every snapshot row `(user_id, event_timestamp=t)` uses only events strictly before `t`: a day's events
+count towards snapshots taken after that day ends (snapshots are at midnight UTC), and contact outcomes
+count only once their own timestamp (opened_at, converted_at, ...) is before `t`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BuildConfig",
+    "WINDOWS",
+    "snapshot_times",
+    "profile_table",
+    "behaviour_table",
+    "channel_table",
+    "time_profile_table",
+    "tags_table",
+    "realtime_table",
+    "build_all",
+    "column_name",
+]
+
+WINDOWS: tuple[int, ...] = (1, 7, 30, 90)  # days
+# event type -> the plural used in feature names (app_opens_7d, searches_30d, ...)
+_COUNTED_TYPES: dict[str, str] = {
+    "app_open": "app_opens", "view": "views", "search": "searches", "add_to_cart": "add_to_carts", "purchase": "purchases",
+}
+# Lifecycle stages in funnel order; a user's stage is the furthest event type ever seen.
+STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
+_STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How feature tables are built."""
+
+    snapshot_every_days: int = 7  # spacing of training snapshots; the newest one is always included
+    snapshots: int | None = None  # keep only the newest N snapshots (None: cover the whole history)
+    max_categories: int = 12  # category affinity columns for the most frequent categories
+    rate_prior: float = 0.1  # smoothed channel rates shrink towards this ...
+    rate_strength: float = 5.0  # ... with the weight of this many contacts
+    clusters: int = 6  # behavioural clusters (k-means)
+    seed: int = 7
+
+
+def column_name(text: str) -> str:
+    """A safe feature-name fragment for a category or channel value."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", str(text)).strip("_").lower() or "unknown"
+
+
+def snapshot_times(events: pd.DataFrame, config: BuildConfig, as_of: pd.Timestamp | None = None) -> pd.DatetimeIndex:
+    """Midnight-UTC snapshot times, newest first at `as_of` (default: the day after the last event)."""
+    end = as_of if as_of is not None else events["ts"].max().floor("D") + timedelta(days=1)
+    start = events["ts"].min().floor("D") + timedelta(days=1)
+    count = int((end - start) / timedelta(days=config.snapshot_every_days)) + 1
+    if config.snapshots is not None:
+        count = min(count, config.snapshots)
+    times = [end - timedelta(days=config.snapshot_every_days * k) for k in range(max(count, 1))]
+    return pd.DatetimeIndex(sorted(times)).tz_convert("UTC")
+
+
+def _grid(con: duckdb.DuckDBPyConnection, users: pd.DataFrame, snaps: pd.DatetimeIndex) -> None:
+    """Register `grid`: one row per (user, snapshot) after the user's sign-up."""
+    con.register("snaps_df", pd.DataFrame({"snap": snaps}))
+    con.register("users_df", users[["user_id", "signup_at", "timezone"]].astype({"user_id": str}))
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE grid AS
+        SELECT u.user_id, s.snap, u.signup_at, u.timezone
+        FROM users_df u JOIN snaps_df s ON u.signup_at < s.snap
+    """)
+
+
+def profile_table(users: pd.DataFrame) -> pd.DataFrame:
+    """Static profile: every users column becomes a feature (timestamped at sign-up)."""
+    out = users.rename(columns={"signup_at": "event_timestamp"}).copy()
+    out["user_id"] = out["user_id"].astype(str)
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].astype(str)
+    out["utc_offset_hours"] = _utc_offsets(out["timezone"], out["event_timestamp"].max())
+    return out
+
+
+def _utc_offsets(timezones: pd.Series, at: pd.Timestamp) -> np.ndarray:
+    from zoneinfo import ZoneInfo
+
+    offsets = {tz: at.tz_convert(ZoneInfo(tz)).utcoffset().total_seconds() / 3600 for tz in timezones.unique()}
+    return timezones.map(offsets).to_numpy(dtype="float64")
+
+
+def behaviour_table(con: duckdb.DuckDBPyConnection, events: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
+    """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
+    ev = events[["user_id", "ts", "type"] + [c for c in ("category", "amount") if c in events]].copy()
+    ev["user_id"] = ev["user_id"].astype(str)
+    if "category" not in ev:
+        ev["category"] = None
+    if "amount" not in ev:
+        ev["amount"] = np.nan
+    ev["stage"] = ev["type"].astype(str).map(_STAGE_OF_TYPE).fillna(0).astype("int8")
+    con.register("events_df", ev)
+    cat_cols = ",\n".join(
+        f"count(*) FILTER (WHERE category = '{c.replace(chr(39), chr(39) * 2)}' AND type IN ('view','add_to_cart'))"
+        f" + 3 * count(*) FILTER (WHERE category = '{c.replace(chr(39), chr(39) * 2)}' AND type = 'purchase') AS c_{column_name(c)}"
+        for c in categories
+    )
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE daily AS
+        SELECT user_id, date_trunc('day', ts) AS day,
+               count(*) AS n_events,
+               {", ".join(f"count(*) FILTER (WHERE type = '{t}') AS n_{t}" for t in _COUNTED_TYPES)},
+               coalesce(sum(amount) FILTER (WHERE type = 'purchase'), 0) AS revenue,
+               max(stage) AS stage
+               {"," if categories else ""} {cat_cols}
+        FROM events_df GROUP BY ALL
+    """)
+    windowed = []
+    for w in WINDOWS:
+        f = f"FILTER (WHERE d.day >= g.snap - INTERVAL {w} DAY)"
+        windowed += [f"coalesce(sum(d.n_events) {f}, 0) AS events_{w}d"]
+        windowed += [f"coalesce(sum(d.n_{t}) {f}, 0) AS {plural}_{w}d" for t, plural in _COUNTED_TYPES.items()]
+        windowed += [f"coalesce(sum(d.revenue) {f}, 0) AS revenue_{w}d"]
+    cat_sums = [f"coalesce(sum(d.c_{column_name(c)}) FILTER (WHERE d.day >= g.snap - INTERVAL 90 DAY), 0) AS c_{column_name(c)}"
+                for c in categories]
+    df = con.execute(f"""
+        SELECT g.user_id, g.snap AS event_timestamp,
+               {", ".join(windowed)},
+               {"".join(s + ", " for s in cat_sums)}
+               coalesce(sum(d.n_purchase), 0) AS purchases_all,
+               coalesce(sum(d.revenue), 0) AS revenue_all,
+               coalesce(date_diff('day', max(d.day) FILTER (WHERE d.n_purchase > 0), g.snap), 9999) AS recency_days,
+               coalesce(date_diff('day', max(d.day), g.snap), 9999) AS days_since_last_event,
+               coalesce(date_diff('day', min(d.day) FILTER (WHERE d.n_add_to_cart > 0 AND d.n_purchase = 0
+                        AND d.day >= g.snap - INTERVAL 30 DAY), g.snap), 0) AS oldest_open_cart_days,
+               coalesce(count(*) FILTER (WHERE d.n_add_to_cart > 0 AND d.n_purchase = 0
+                        AND d.day >= g.snap - INTERVAL 30 DAY), 0) AS abandoned_cart_days_30d,
+               date_diff('day', any_value(g.signup_at), g.snap) AS tenure_days,
+               coalesce(max(d.stage), 0) AS funnel_stage
+        FROM grid g LEFT JOIN daily d ON d.user_id = g.user_id AND d.day < g.snap
+        GROUP BY g.user_id, g.snap
+        ORDER BY g.snap, g.user_id
+    """).df()
+    df["monetary_90d"] = np.where(df["purchases_90d"] > 0,
+                                  df["revenue_90d"] / df["purchases_90d"].clip(lower=1), 0.0)
+    df["frequency_90d"] = df["purchases_90d"]
+    weights = df[[f"c_{column_name(c)}" for c in categories]].to_numpy(dtype="float64")
+    total = weights.sum(axis=1, keepdims=True)
+    shares = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    for i, c in enumerate(categories):
+        df[f"aff_{column_name(c)}"] = shares[:, i]
+    df = df.drop(columns=[f"c_{column_name(c)}" for c in categories])
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    return df
+
+
+def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None, channels: list[str], config: BuildConfig) -> pd.DataFrame:
+    """Per-channel engagement (sent, smoothed open/click/convert rates, recency, fatigue) per (user, snapshot)."""
+    cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
+    ct = pd.DataFrame({c: pd.Series(dtype="object") for c in cols}) if contacts is None else contacts.copy()
+    for c in cols:
+        if c not in ct:
+            ct[c] = pd.NaT
+    ct = ct[cols]
+    ct["user_id"] = ct["user_id"].astype(str)
+    ct["channel"] = ct["channel"].astype(object)
+    for c in cols[3:] + ["sent_at"]:
+        ct[c] = pd.to_datetime(ct[c], utc=True)
+    ct = ct[ct["channel"].notna()]  # control rows are not contacts
+    con.register("contacts_df", ct)
+    a, k = config.rate_prior * config.rate_strength, config.rate_strength
+    parts = []
+    for ch in channels:
+        n = column_name(ch)
+        on = f"c.channel = '{ch.replace(chr(39), chr(39) * 2)}'"
+        sent = f"count(*) FILTER (WHERE {on})"
+        parts += [
+            f"{sent} AS sent_90d_{n}",
+            f"count(*) FILTER (WHERE {on} AND c.sent_at >= g.snap - INTERVAL 7 DAY) AS sent_7d_{n}",
+            f"(count(*) FILTER (WHERE {on} AND c.opened_at < g.snap) + {a}) / ({sent} + {k}) AS open_rate_{n}",
+            f"(count(*) FILTER (WHERE {on} AND c.clicked_at < g.snap) + {a / 2}) / ({sent} + {k}) AS click_rate_{n}",
+            f"(count(*) FILTER (WHERE {on} AND c.converted_at < g.snap) + {a / 5}) / ({sent} + {k}) AS convert_rate_{n}",
+            f"coalesce(date_diff('day', max(c.sent_at) FILTER (WHERE {on}), g.snap), 9999) AS days_since_contact_{n}",
+        ]
+    df = con.execute(f"""
+        SELECT g.user_id, g.snap AS event_timestamp,
+               {", ".join(parts)}{"," if parts else ""}
+               count(c.sent_at) FILTER (WHERE c.sent_at >= g.snap - INTERVAL 1 DAY) AS contacts_1d,
+               count(c.sent_at) FILTER (WHERE c.sent_at >= g.snap - INTERVAL 7 DAY) AS contacts_7d,
+               count(c.sent_at) AS contacts_90d,
+               count(*) FILTER (WHERE c.opened_at < g.snap) AS opens_90d,
+               count(*) FILTER (WHERE c.unsubscribed_at < g.snap) AS unsubscribes_90d,
+               count(*) FILTER (WHERE c.complained_at < g.snap) AS complaints_90d
+        FROM grid g LEFT JOIN contacts_df c
+          ON c.user_id = g.user_id AND c.sent_at < g.snap AND c.sent_at >= g.snap - INTERVAL 90 DAY
+        GROUP BY g.user_id, g.snap
+        ORDER BY g.snap, g.user_id
+    """).df()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    return df
+
+
+def time_profile_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Share of app opens per local hour of day over 90 days, and the peak hour, per (user, snapshot)."""
+    hours = ", ".join(f"count(*) FILTER (WHERE hour(timezone(g.timezone, e.ts)) = {h}) AS h{h:02d}" for h in range(24))
+    df = con.execute(f"""
+        SELECT g.user_id, g.snap AS event_timestamp, {hours}
+        FROM grid g LEFT JOIN (SELECT user_id, ts FROM events_df WHERE type = 'app_open') e
+          ON e.user_id = g.user_id AND e.ts < g.snap AND e.ts >= g.snap - INTERVAL 90 DAY
+        GROUP BY g.user_id, g.snap
+        ORDER BY g.snap, g.user_id
+    """).df()
+    counts = df[[f"h{h:02d}" for h in range(24)]].to_numpy(dtype="float64")
+    total = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, total, out=np.full_like(counts, 1 / 24), where=total > 0)
+    out = df[["user_id", "event_timestamp"]].copy()
+    for h in range(24):
+        out[f"open_share_h{h:02d}"] = shares[:, h]
+    out["opens_hourly_total_90d"] = total[:, 0]
+    # Users who never opened the app get -1: "no rhythm known", not "midnight".
+    out["peak_open_hour"] = np.where(total[:, 0] > 0, counts.argmax(axis=1), -1)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out
+
+
+def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConfig) -> pd.DataFrame:
+    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard."""
+    df = behaviour[["user_id", "event_timestamp"]].copy()
+    keys = ["user_id", "event_timestamp"]
+    b = behaviour.set_index(keys)
+    c = channel.set_index(keys).reindex(b.index)
+    snap = behaviour["event_timestamp"].to_numpy()
+    # RFM scores 1..5 within each snapshot (5 = best); a user with no purchase scores 1 on all three.
+    buyer = b["purchases_all"].to_numpy() > 0
+    df["r_score"] = _quintile(-b["recency_days"].to_numpy(dtype=float), snap, buyer)
+    df["f_score"] = _quintile(b["purchases_90d"].to_numpy(dtype=float), snap, buyer)
+    df["m_score"] = _quintile(b["revenue_90d"].to_numpy(dtype=float), snap, buyer)
+    df["rfm_segment"] = _rfm_segment(df["r_score"].to_numpy(), df["f_score"].to_numpy(), buyer)
+    df["lifecycle_stage"] = np.asarray(STAGES, dtype=object)[b["funnel_stage"].to_numpy(dtype=int)]
+    df["value_tier"] = _value_tier(b["revenue_all"].to_numpy(dtype=float), snap)
+    cluster_cols = ["events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event"]
+    df["behaviour_cluster"] = _kmeans_labels(np.log1p(b[cluster_cols].to_numpy(dtype=float).clip(min=0)), config.clusters, config.seed)
+    # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
+    df["scorecard"] = (
+        np.minimum(b["app_opens_30d"].to_numpy(), 10) * 1
+        + b["add_to_carts_30d"].to_numpy() * 3
+        + b["purchases_30d"].to_numpy() * 10
+        + c["opens_90d"].fillna(0).to_numpy() * 2
+        - b["abandoned_cart_days_30d"].to_numpy() * 2
+        - c["unsubscribes_90d"].fillna(0).to_numpy() * 5
+        - c["complaints_90d"].fillna(0).to_numpy() * 10
+    ).astype("float64")
+    return df
+
+
+def _quintile(values: np.ndarray, snaps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = np.ones(len(values), dtype="int64")
+    frame = pd.DataFrame({"v": values, "s": snaps, "m": mask})
+    ranks = frame[frame["m"]].groupby("s")["v"].rank(pct=True, method="average")
+    out[ranks.index.to_numpy()] = np.ceil(ranks.to_numpy() * 5).clip(1, 5).astype("int64")
+    return out
+
+
+def _rfm_segment(r: np.ndarray, f: np.ndarray, buyer: np.ndarray) -> np.ndarray:
+    seg = np.full(len(r), "prospect", dtype=object)
+    seg[buyer & (r >= 4) & (f >= 4)] = "champion"
+    seg[buyer & (r >= 3) & (f >= 3) & (seg == "prospect")] = "loyal"
+    seg[buyer & (r >= 4) & (f <= 2)] = "new_customer"
+    seg[buyer & (r <= 2) & (f >= 3)] = "at_risk"
+    seg[buyer & (r <= 2) & (f <= 2)] = "hibernating"
+    seg[buyer & (seg == "prospect")] = "needs_attention"
+    return seg
+
+
+def _value_tier(revenue: np.ndarray, snaps: np.ndarray) -> np.ndarray:
+    tier = np.full(len(revenue), "none", dtype=object)
+    frame = pd.DataFrame({"v": revenue, "s": snaps})
+    pos = frame[frame["v"] > 0]
+    ranks = pos.groupby("s")["v"].rank(pct=True)
+    idx = ranks.index.to_numpy()
+    tier[idx] = np.where(ranks >= 0.8, "high", np.where(ranks >= 0.4, "mid", "low"))
+    return tier
+
+
+def _kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> np.ndarray:
+    """Seeded k-means; clusters numbered by the size of their centre so labels are stable across runs."""
+    if len(x) == 0:
+        return np.zeros(0, dtype="int64")
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mu) / sd
+    rng = np.random.default_rng(seed)
+    sample = z[rng.choice(len(z), size=min(len(z), 20_000), replace=False)]
+    centres = sample[rng.choice(len(sample), size=min(k, len(sample)), replace=False)]
+    for _ in range(iterations):
+        labels = ((sample[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        centres = np.stack([sample[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(len(centres))])
+    order = np.argsort(np.linalg.norm(centres, axis=1))
+    centres = centres[order]
+    labels = np.empty(len(z), dtype="int64")
+    for start in range(0, len(z), 200_000):  # chunks bound memory at 1M rows
+        chunk = z[start:start + 200_000]
+        labels[start:start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    return labels
+
+
+def realtime_table(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Seed values for the real-time view: each user's last event before `as_of` (later ones come by push)."""
+    ev = events[events["ts"] < as_of][["user_id", "ts", "type"]]
+    ev = ev.assign(user_id=ev["user_id"].astype(str), type=ev["type"].astype(str))
+    last = ev.sort_values("ts").groupby("user_id", sort=False).tail(1)
+    hour = ev[ev["ts"] >= as_of - timedelta(hours=1)].groupby("user_id").size()
+    carts = ev[ev["type"].isin(["add_to_cart", "purchase"])].sort_values("ts").groupby("user_id").tail(1)
+    open_cart = carts.set_index("user_id")["type"].eq("add_to_cart")
+    out = pd.DataFrame({
+        "user_id": last["user_id"].to_numpy(),
+        "event_timestamp": last["ts"].to_numpy(),
+        "last_event_type": last["type"].to_numpy(),
+    })
+    out["last_event_at"] = out["event_timestamp"].astype("int64") // 10**9
+    out["events_1h"] = out["user_id"].map(hour).fillna(0).astype("int64")
+    out["cart_open"] = out["user_id"].map(open_cart).fillna(False).astype("int64")
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out
+
+
+def build_all(raw: dict[str, pd.DataFrame], config: BuildConfig = BuildConfig(), as_of: pd.Timestamp | None = None,
+              progress=None) -> dict[str, pd.DataFrame]:
+    """All feature tables from the raw tables; `progress(name)` is called before each step."""
+    users, events = raw["users"], raw["events"]
+    snaps = snapshot_times(events, config, as_of)
+    categories = []
+    if "category" in events:
+        counts = events["category"].dropna().astype(str).value_counts()
+        categories = sorted(counts.index[: config.max_categories])
+    channels = sorted(raw["channels"]["channel"].astype(str)) if raw.get("channels") is not None else []
+    if not channels and raw.get("contacts") is not None:
+        channels = sorted(raw["contacts"]["channel"].dropna().astype(str).unique())
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        _grid(con, users, snaps)
+        tables: dict[str, pd.DataFrame] = {}
+        step = progress or (lambda name: None)
+        step("profile")
+        tables["profile"] = profile_table(users)
+        step("behaviour")
+        tables["behaviour"] = behaviour_table(con, events, categories)
+        step("channel")
+        tables["channel"] = channel_table(con, raw.get("contacts"), channels, config)
+        step("time_profile")
+        tables["time_profile"] = time_profile_table(con)
+        step("tags")
+        tables["tags"] = tags_table(tables["behaviour"], tables["channel"], config)
+        step("realtime")
+        tables["realtime"] = realtime_table(events, snaps[-1])
+    finally:
+        con.close()
+    return tables

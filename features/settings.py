@@ -1,0 +1,44 @@
+"""The one typed settings object for nextbest (environment prefix ``NEXTBEST_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "CHANNELS"]
+
+# The channels the simulated world and the default operator config know. A real company may add more
+# in its channels table; consent columns are then `consent_<channel>`.
+CHANNELS: tuple[str, ...] = ("push", "sms", "email", "inapp", "wechat")
+
+
+class Settings(BaseSettings):
+    """Where nextbest keeps its data and which stores it uses; every field can be set as NEXTBEST_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_", frozen=True, extra="ignore")
+
+    home: Path = Path(".nextbest")  # all state: raw tables, feature tables, Feast registry, stores
+    project: str = "nextbest"  # Feast project name
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "127.0.0.1:6379"  # host:port[,db=N], Feast's redis connection string
+    offline_store: Literal["duckdb", "file"] = "duckdb"
+    seed: int = 7
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.home / "raw"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.home / "feature_tables"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def truth_dir(self) -> Path:
+        """Ground truth of a simulated world: evaluation only, never read by feature code."""
+        return self.home / "truth"

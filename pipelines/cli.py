@@ -1,0 +1,240 @@
+"""The `nextbest` command line: simulate, ingest, build features, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from features.contract import ContractError
+from features.settings import Settings
+
+app = typer.Typer(help="nextbest: which offer, which channel, what time, or no contact at all.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+console = Console()
+
+__all__ = ["app"]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+@contextlib.contextmanager
+def steps(total: int) -> Iterator[callable]:
+    """A progress bar over named steps; yields `advance(description)`."""
+    columns = [SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=total)
+        first = [True]
+
+        def advance(description: str) -> None:
+            if not first[0]:
+                bar.advance(task)
+            first[0] = False
+            bar.update(task, description=description)
+
+        yield advance
+        bar.update(task, completed=total, description="done")
+
+
+def summary(title: str, rows: dict[str, object], columns: tuple[str, str] = ("table", "rows")) -> None:
+    table = Table(title=title)
+    table.add_column(columns[0])
+    table.add_column(columns[1], justify="right")
+    for key, value in rows.items():
+        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Run a command body; user mistakes become a clear message and exit code 2, never a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (ContractError, UserError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2) from None
+
+
+# --- simulate ----------------------------------------------------------------------------------------
+
+def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
+    from features.ingest import write_raw
+    from simulation import WorldConfig, simulate
+
+    with steps(3) as advance:
+        advance("simulating the world")
+        world = simulate(WorldConfig(n_users=users, days=days, seed=seed))
+        advance("writing raw tables")
+        write_raw(world.tables, settings.raw_dir)
+        advance("writing ground truth")
+        world.truth.save(settings.truth_dir)
+    return {name: len(df) for name, df in world.tables.items()}
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(min=10, help="number of users")] = 20_000,
+    days: Annotated[int, typer.Option(min=14, help="days of history")] = 120,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """Generate the simulated marketing world as raw tables (plus its hidden truth, for evaluation only)."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_simulate, settings, users, days, seed)
+    summary(f"simulated world -> {settings.raw_dir} ({time.perf_counter() - started:.1f} s)", rows)
+
+
+# --- ingest --------------------------------------------------------------------------------------------
+
+@app.command()
+def ingest(
+    folder: Annotated[Path | None, typer.Argument(help="folder with <table>.csv / <table>.parquet files")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="YAML mapping: files, column renames, formats per table")] = None,
+) -> None:
+    """Validate a company's exports against the contract and replace the raw data atomically."""
+    from features.ingest import ingest as run_ingest
+    from features.ingest import load_plan, plan_from_dir
+
+    settings = Settings()
+
+    def body() -> dict[str, int]:
+        if (folder is None) == (mapping is None):
+            raise UserError("give either a FOLDER of <table>.csv/.parquet files or --mapping FILE")
+        plan = load_plan(mapping) if mapping else plan_from_dir(folder)
+        with steps(len(plan.tables) + 1) as advance:
+            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"))
+            advance("swapped in")
+        return rows
+
+    rows = run_guarded(body)
+    summary(f"ingested -> {settings.raw_dir}", rows)
+
+
+# --- features --------------------------------------------------------------------------------------------
+
+def _build(settings: Settings, every_days: int, snapshots: int | None) -> dict[str, int]:
+    from features.build import BuildConfig, build_all
+    from features.contract import TABLES
+    from features.ingest import manifest, read_raw
+    from features.store import write_tables
+
+    manifest(settings.raw_dir)  # a clear error if nothing was ingested
+    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, seed=settings.seed)
+    with steps(7) as advance:
+        tables = build_all(raw, config, progress=lambda name: advance(f"building {name}"))
+        advance("writing feature tables")
+        return write_tables(tables, settings.feature_dir)
+
+
+@features_app.command("build")
+def features_build(
+    every_days: Annotated[int, typer.Option(min=1, help="days between training snapshots")] = 7,
+    snapshots: Annotated[int | None, typer.Option(min=1, help="keep only the newest N snapshots")] = None,
+) -> None:
+    """Raw tables -> point-in-time feature tables (Parquet)."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_build, settings, every_days, snapshots)
+    summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
+
+
+def _apply(settings: Settings) -> dict[str, object]:
+    from features.store import apply
+
+    store = apply(settings)
+    rows: dict[str, object] = {f"view {v.name}": f"{len(v.features)} features" for v in store.list_feature_views()}
+    rows.update({f"service {s.name}": f"{sum(len(p.features) for p in s.feature_view_projections)} features"
+                 for s in store.list_feature_services()})
+    return rows
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entity, feature views and FeatureServices with Feast."""
+    settings = Settings()
+    summary(f"feast apply ({settings.online_store} online store)", run_guarded(_apply, settings), ("object", "size"))
+
+
+def _materialize(settings: Settings) -> dict[str, int]:
+    from features.store import feature_store, materialize
+
+    views = feature_store(settings).list_feature_views()
+    if not views:
+        raise UserError("no feature views registered: run `nextbest features apply` first")
+    with steps(len(views) + 1) as advance:
+        rows = materialize(settings, progress=lambda view, n: advance(f"online <- {view} ({n:,})"))
+        advance("done")
+    return rows
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load each user's newest feature values into the online store."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_materialize, settings)
+    summary(f"online store ({settings.online_store}) ({time.perf_counter() - started:.1f} s)", rows, ("feature view", "users"))
+
+
+# --- demo ------------------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=100, help="users in the simulated world")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """The main job on embedded defaults: simulate -> features -> online store -> sample online features."""
+    settings = Settings()
+    started = time.perf_counter()
+    console.rule("1. simulate the marketing world")
+    summary("raw tables", run_guarded(_simulate, settings, users, 120, seed))
+    console.rule("2. build point-in-time feature tables")
+    summary("feature tables", run_guarded(_build, settings, 7, None), ("feature table", "rows"))
+    console.rule("3. register with Feast and materialise online")
+    summary("feast objects", run_guarded(_apply, settings), ("object", "size"))
+    summary("online store", run_guarded(_materialize, settings), ("feature view", "users"))
+    console.rule("4. online features for three users (FeatureService decision_v1)")
+    _show_online(settings, n=3)
+    console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
+
+
+def _show_online(settings: Settings, n: int) -> None:
+    from features.ingest import read_raw
+    from features.store import feature_store
+
+    store = feature_store(settings)
+    ids = read_raw(settings.raw_dir, "users")["user_id"].astype(str).head(n).tolist()
+    values = store.get_online_features(features=store.get_feature_service("decision_v1"),
+                                       entity_rows=[{"user_id": u} for u in ids]).to_dict()
+    shown = ["user_id", "lifecycle_stage", "rfm_segment", "value_tier", "purchases_90d", "revenue_90d",
+             "open_rate_email", "contacts_7d", "peak_open_hour", "scorecard", "last_event_type"]
+    table = Table(title="online features")
+    for col in shown:
+        if col in values:
+            table.add_column(col)
+    for i in range(len(ids)):
+        table.add_row(*[_fmt(values[c][i]) for c in shown if c in values])
+    console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny hand-made raw tables (contract tests) and a built Feast store."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.settings import Settings
+
+START = pd.Timestamp("2026-06-01", tz="UTC")
+
+
+def make_raw(n_users: int = 200, n_events: int = 4000, n_contacts: int = 1200, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Small random raw tables in contract form (not the simulator: the contract must not depend on it)."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"u{i:04d}" for i in range(n_users)])
+    users = pd.DataFrame({
+        "user_id": ids,
+        "signup_at": START - pd.to_timedelta(rng.integers(1, 60, n_users), unit="D"),
+        "timezone": rng.choice(["Asia/Shanghai", "Europe/Berlin", "America/New_York"], n_users),
+        "consent_email": rng.random(n_users) < 0.8,
+        "consent_sms": rng.random(n_users) < 0.5,
+        "consent_push": rng.random(n_users) < 0.6,
+        "age": rng.integers(18, 70, n_users),
+        "city_tier": rng.integers(1, 5, n_users),
+    })
+    events = pd.DataFrame({
+        "user_id": rng.choice(ids, n_events),
+        "ts": START + pd.to_timedelta(rng.integers(0, 60 * 86400, n_events), unit="s"),
+        "type": rng.choice(["app_open", "view", "search", "add_to_cart", "purchase"], n_events, p=[.4, .3, .1, .1, .1]),
+    })
+    events["category"] = np.where(events["type"].isin(["view", "add_to_cart", "purchase"]), rng.choice(["books", "toys", "home"], n_events), None)
+    events["amount"] = np.where(events["type"] == "purchase", rng.gamma(2.0, 20.0, n_events).round(2), np.nan)
+    sent = START + pd.to_timedelta(rng.integers(0, 60 * 86400, n_contacts), unit="s")
+    contacts = pd.DataFrame({
+        "contact_id": [f"c{i:05d}" for i in range(n_contacts)],
+        "user_id": rng.choice(ids, n_contacts),
+        "sent_at": sent,
+        "campaign_id": "spring",
+        "offer_id": rng.choice(["o1", "o2"], n_contacts),
+        "channel": rng.choice(["email", "sms", "push"], n_contacts),
+        "variant": "treatment",
+        "propensity": 1 / 6,
+    })
+    contacts["opened_at"] = sent.where(rng.random(n_contacts) < 0.3) + pd.Timedelta(hours=3)
+    offers = pd.DataFrame({"offer_id": ["o1", "o2"], "category": ["books", "toys"], "value": [20.0, 35.0],
+                           "eligibility": ["lifecycle_stage in [customer, confirmed_lead]", None]})
+    channels = pd.DataFrame({"channel": ["email", "sms", "push"], "cost": [0.002, 0.05, 0.001], "quiet_hours": ["22-8", "21-9", None]})
+    suppressions = pd.DataFrame({"user_id": ids[:3], "channel": ["sms", "*", "email"], "reason": ["complaint", "regulator", "opt_out"],
+                                 "since": START})
+    return {"users": users, "events": events, "contacts": contacts, "offers": offers, "channels": channels,
+            "suppressions": suppressions}
+
+
+def write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        df.to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def raw_frames() -> dict[str, pd.DataFrame]:
+    return make_raw()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home")
+
+
+def build_store(settings: Settings, frames: dict[str, pd.DataFrame], folder: Path) -> None:
+    """Ingest `frames` from CSV, build feature tables, apply and materialise."""
+    from features.build import build_all
+    from features.contract import TABLES
+    from features.ingest import ingest, plan_from_dir, read_raw
+    from features.store import apply, materialize, write_tables
+
+    ingest(plan_from_dir(write_csvs(frames, folder)), settings.raw_dir)
+    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    write_tables(build_all(raw), settings.feature_dir)
+    apply(settings)
+    materialize(settings)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Settings:
+    """A Feast store (SQLite online) built once from the hand-made tables."""
+    home = tmp_path_factory.mktemp("built")
+    settings = Settings(home=home / "home")
+    build_store(settings, make_raw(), home / "csv")
+    return settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real redis-server on a free loopback port, stopped after the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start within 10 s")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

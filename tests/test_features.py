@@ -1,0 +1,132 @@
+"""Feature tables and the Feast store: point-in-time correctness, online/offline parity, Redis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import BuildConfig, build_all, snapshot_times
+from features.feature_services import MODEL_VIEWS, service_name
+from features.settings import Settings
+from features.store import feature_store, read_table
+from tests.conftest import build_store, make_raw
+
+
+def test_snapshots_are_midnights_ending_after_the_last_event(raw_frames):
+    snaps = snapshot_times(raw_frames["events"], BuildConfig(snapshot_every_days=7))
+    assert (snaps == snaps.floor("D")).all()
+    assert snaps[-1] == raw_frames["events"]["ts"].max().floor("D") + pd.Timedelta(days=1)
+    assert (np.diff(snaps.asi8) == 7 * 86400 * 10**9).all()
+
+
+def test_planted_future_events_never_leak(raw_frames, tmp_path):
+    """Events and outcomes at or after a snapshot's time must not show in features as of that time."""
+    frames = dict(raw_frames)
+    snap = snapshot_times(raw_frames["events"], BuildConfig())[-3]  # a snapshot in the middle of the history
+    who = "u0001"
+    planted = pd.DataFrame({
+        "user_id": [who, who, who], "ts": [snap, snap + pd.Timedelta(hours=5), snap + pd.Timedelta(days=3)],
+        "type": ["purchase"] * 3, "category": ["books"] * 3, "amount": [1e6] * 3,
+    })
+    frames["events"] = pd.concat([raw_frames["events"], planted], ignore_index=True)
+    contact = pd.DataFrame({"contact_id": ["planted"], "user_id": [who], "sent_at": [snap - pd.Timedelta(days=1)],
+                            "campaign_id": ["x"], "offer_id": ["o1"], "channel": ["sms"], "variant": ["treatment"],
+                            "propensity": [0.5], "opened_at": [snap]})  # opened exactly at the snapshot: not yet known
+    frames["contacts"] = pd.concat([raw_frames["contacts"][raw_frames["contacts"]["user_id"] != who], contact], ignore_index=True)
+    assert snap in snapshot_times(frames["events"], BuildConfig())
+    settings = Settings(home=tmp_path / "home")
+    build_store(settings, frames, tmp_path / "csv")
+
+    store = feature_store(settings)
+    times = [snap, snap + pd.Timedelta(hours=12), snap + pd.Timedelta(days=3, hours=1)]
+    entity = pd.DataFrame({"user_id": [who] * 3, "event_timestamp": times})
+    hist = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service_name("conversion"))).to_df()
+    hist = hist.sort_values("event_timestamp").reset_index(drop=True)
+    # Every requested time sees only events strictly before it: the planted 1e6 purchases never appear.
+    assert (hist["revenue_all"] < 1e6).all()
+    assert (hist["revenue_90d"] < 1e6).all()
+    assert (hist["sent_90d_sms"] == 1).all()  # the contact was sent before the snapshot ...
+    assert hist["open_rate_sms"].tolist() == pytest.approx([(0 + 0.5) / (1 + 5)] * 3)  # ... its open came after
+
+    # The same value computed by brute force from the raw events strictly before the snapshot.
+    ev = frames["events"]
+    mine = ev[(ev["user_id"] == who) & (ev["type"] == "purchase") & (ev["ts"] < snap)]
+    assert hist["revenue_all"].tolist() == pytest.approx([mine["amount"].sum()] * 3)
+
+
+def test_every_user_column_becomes_a_profile_feature(raw_frames, tmp_path):
+    frames = dict(raw_frames)
+    frames["users"] = raw_frames["users"].assign(loyalty_points=np.arange(len(raw_frames["users"])) * 10,
+                                                 favourite_store="north")
+    settings = Settings(home=tmp_path / "home")
+    build_store(settings, frames, tmp_path / "csv")
+    store = feature_store(settings)
+    profile = {f.name: str(f.dtype) for f in store.get_feature_view("profile").features}
+    assert profile["loyalty_points"] == "Int64" and profile["favourite_store"] == "String"
+    online = store.get_online_features(features=["profile:loyalty_points"], entity_rows=[{"user_id": "u0007"}]).to_dict()
+    assert online["loyalty_points"] == [70]
+
+
+def test_feature_services_are_the_feature_lists(built):
+    store = feature_store(built)
+    for model, views in MODEL_VIEWS.items():
+        service = store.get_feature_service(service_name(model))
+        assert [p.name for p in service.feature_view_projections] == list(views)
+    names = {f.name for p in store.get_feature_service("decision_v1").feature_view_projections for f in p.features}
+    for expected in ("events_7d", "recency_days", "aff_books", "open_rate_email", "contacts_7d", "open_share_h08",
+                     "lifecycle_stage", "rfm_segment", "value_tier", "behaviour_cluster", "scorecard", "cart_open",
+                     "consent_sms", "age"):
+        assert expected in names
+
+
+def _online_vs_offline(settings: Settings, ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    store = feature_store(settings)
+    service = store.get_feature_service("decision_v1")
+    online = pd.DataFrame(store.get_online_features(features=service, entity_rows=[{"user_id": u} for u in ids]).to_dict())
+    as_of = read_table(settings, "behaviour")["event_timestamp"].max()
+    entity = pd.DataFrame({"user_id": ids, "event_timestamp": as_of})
+    offline = store.get_historical_features(entity_df=entity, features=service).to_df()
+    offline = offline.set_index("user_id").loc[ids].reset_index()
+    return online.set_index("user_id"), offline.set_index("user_id")[online.columns.drop("user_id")]
+
+
+def test_online_equals_offline_for_same_user_and_time(built):
+    ids = [f"u{i:04d}" for i in range(0, 200, 7)]
+    online, offline = _online_vs_offline(built, ids)
+    assert online.shape[1] > 100
+    for col in online.columns:
+        a, b = online[col].to_numpy(), offline[col].to_numpy()
+        if online[col].dtype == object or offline[col].dtype == object:
+            assert list(map(str, a)) == list(map(str, b)), col
+        else:
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, err_msg=col)
+
+
+def test_tags_follow_the_funnel(built):
+    tags = read_table(built, "tags")
+    beh = read_table(built, "behaviour").set_index(["user_id", "event_timestamp"])
+    t = tags.set_index(["user_id", "event_timestamp"])
+    customers = beh["purchases_all"] > 0
+    assert (t.loc[customers, "lifecycle_stage"] == "customer").all()
+    assert (t.loc[~customers, "lifecycle_stage"] != "customer").all()
+    assert (t.loc[~customers, "rfm_segment"] == "prospect").all()
+    assert set(t["value_tier"]) <= {"none", "low", "mid", "high"}
+    # the scorecard rewards purchases: buyers in the last 30 days outscore the inactive on average
+    active = beh["purchases_30d"] > 0
+    assert t.loc[active, "scorecard"].mean() > t.loc[~active, "scorecard"].mean()
+
+
+@pytest.mark.redis
+def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
+    """The Redis online store, selected by config, against a real redis-server."""
+    settings = Settings(home=tmp_path / "home", online_store="redis", redis_url=redis_url)
+    build_store(settings, make_raw(), tmp_path / "csv")
+    ids = ["u0003", "u0010", "u0150"]
+    on_redis, _ = _online_vs_offline(settings, ids)
+    on_sqlite, _ = _online_vs_offline(built, ids)
+    pd.testing.assert_frame_equal(on_redis.sort_index(axis=1), on_sqlite.sort_index(axis=1), check_dtype=False)
+    import redis
+
+    host, port = redis_url.split(":")
+    assert redis.Redis(host=host, port=int(port)).dbsize() >= len(ids)  # the values really live in Redis
