@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     redis_url: str = "127.0.0.1:6379"  # host:port[,db=N], Feast's redis connection string
     offline_store: Literal["duckdb", "file"] = "duckdb"
     seed: int = 7
+    ledger_backend: Literal["sqlite", "redis"] = "sqlite"  # contact ledger: caps, idempotency keys
+    mlflow_uri: str | None = None  # default: a SQLite file in home (see tracking_uri)
+    operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: built in
+    host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
+    port: int = 3000
 
     @property
     def raw_dir(self) -> Path:
@@ -37,6 +42,24 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.home / "feast"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking and registry store: a SQLite file in home unless NEXTBEST_MLFLOW_URI says otherwise."""
+        return self.mlflow_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.db"
+
+    @property
+    def log_dir(self) -> Path:
+        """Append-only decision and outcome logs (JSON lines), read by training and monitoring."""
+        return self.home / "logs"
 
     @property
     def truth_dir(self) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from feast.repo_config import RepoConfig
 from features.entities import user
 from features.feature_services import feature_services
 from features.feature_views import VIEWS, feature_views, table_path
+from features.online_sqlite import write_view
 from features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "write_tables", "apply", "materialize", "read_table"]
@@ -83,10 +85,23 @@ def apply(settings: Settings) -> FeatureStore:
     return store
 
 
-def materialize(settings: Settings, end: datetime | None = None, progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Load each view's newest row per user into the online store; return rows written per view."""
+Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]
+
+
+def materialize(settings: Settings, end: datetime | None = None, progress: Callable[[str, int], None] | None = None,
+                method: Method = "auto") -> dict[str, int]:
+    """Load each view's newest row per user (as of `end`) into the online store; return users per view.
+
+    Methods: `bulk` (SQLite only, features/online_sqlite.py), `feast-write` (Feast's
+    write_to_online_store with the newest rows), `feast-materialize` (Feast's own materialize over
+    the whole history). `auto` picks bulk for SQLite and feast-write otherwise.
+    """
     store = feature_store(settings)
     end = end or datetime.now(UTC)
+    if method == "auto":
+        method = "bulk" if settings.online_store == "sqlite" else "feast-write"
+    if method == "bulk" and settings.online_store != "sqlite":
+        raise ValueError("the bulk method writes the SQLite online store only; use feast-write for redis")
     written: dict[str, int] = {}
     for view in store.list_feature_views():
         df = read_table(settings, view.name)
@@ -94,7 +109,13 @@ def materialize(settings: Settings, end: datetime | None = None, progress: Calla
         latest = df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
         if progress:
             progress(view.name, len(latest))
-        store.write_to_online_store(view.name, latest)
+        if method == "bulk":
+            write_view(store, view, latest)
+        elif method == "feast-write":
+            store.write_to_online_store(view.name, latest)
+        else:
+            store.materialize(start_date=df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1),
+                              end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
         written[view.name] = len(latest)
     return written
 

@@ -130,3 +130,20 @@ def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
 
     host, port = redis_url.split(":")
     assert redis.Redis(host=host, port=int(port)).dbsize() >= len(ids)  # the values really live in Redis
+
+
+def test_bulk_writer_matches_feasts_own_write(built, tmp_path):
+    """The SQLite bulk path writes exactly what Feast's write_to_online_store writes."""
+    import shutil
+
+    from features.store import apply, materialize
+
+    other = Settings(home=tmp_path / "home")
+    shutil.copytree(built.home, other.home)
+    (other.feast_dir / "online.db").unlink()
+    apply(other)  # recreates the empty online tables
+    materialize(other, method="feast-write")
+    ids = [f"u{i:04d}" for i in range(0, 200, 3)]
+    feast_written, _ = _online_vs_offline(other, ids)
+    bulk_written, _ = _online_vs_offline(built, ids)
+    pd.testing.assert_frame_equal(feast_written, bulk_written)
