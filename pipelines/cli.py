@@ -221,12 +221,13 @@ def _show_online(settings: Settings, n: int) -> None:
                                        entity_rows=[{"user_id": u} for u in ids]).to_dict()
     shown = ["user_id", "lifecycle_stage", "rfm_segment", "value_tier", "purchases_90d", "revenue_90d",
              "open_rate_email", "contacts_7d", "peak_open_hour", "scorecard", "last_event_type"]
-    table = Table(title="online features")
-    for col in shown:
+    table = Table(title="online features (one column per user)")
+    table.add_column("feature")
+    for uid in ids:
+        table.add_column(uid, justify="right")
+    for col in shown[1:]:
         if col in values:
-            table.add_column(col)
-    for i in range(len(ids)):
-        table.add_row(*[_fmt(values[c][i]) for c in shown if c in values])
+            table.add_row(col, *[_fmt(v) for v in values[col]])
     console.print(table)
 
 

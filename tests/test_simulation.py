@@ -1,0 +1,214 @@
+"""The simulated world: planted truths hold, the log matches its logging policy, and it is reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import TABLES, conform
+from simulation import CATEGORIES, CHANNELS, Oracle, Truth, WorldConfig, draw_outcomes, simulate
+
+CONFIG = WorldConfig(n_users=3_000, days=60, seed=11)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return simulate(CONFIG)
+
+
+def test_tables_follow_the_contract(world):
+    for name, df in world.tables.items():
+        assert name in TABLES
+        conform(name, df, f"{name}.parquet")  # raises ContractError on any broken rule
+    c = world.tables["contacts"]
+    assert c["contact_id"].is_unique
+    for col in ("sent_at", "delivered_at", "opened_at", "converted_at", "complained_at"):
+        assert str(c[col].dtype) == "datetime64[ns, UTC]"
+    assert set(world.tables["events"]["type"].unique()) == {"register", "app_open", "view", "search", "add_to_cart",
+                                                            "purchase"}
+
+
+def test_high_interest_users_buy_more_of_that_category(world):
+    ev = world.tables["events"]
+    buys = ev[ev["type"] == "purchase"]
+    user_idx = buys["user_id"].cat.codes.to_numpy()
+    for k, cat in enumerate(CATEGORIES[:4]):
+        interest = world.truth.interest[:, k]
+        top, bottom = interest >= np.quantile(interest, 0.75), interest <= np.quantile(interest, 0.25)
+        in_cat = (buys["category"] == cat).to_numpy()
+        counts = np.bincount(user_idx[in_cat], minlength=CONFIG.n_users)
+        assert counts[top].mean() > 4 * counts[bottom].mean(), cat
+
+
+def test_control_converts_less_than_contacted(world):
+    c = world.tables["contacts"]
+    rate = c.groupby("variant", observed=True)["converted_at"].apply(lambda s: s.notna().mean())
+    assert rate["treatment"] > 1.3 * rate["control"]
+    assert 0.01 < rate["control"] < rate["treatment"] < 0.15
+    # A control row is a hold-out: nothing was sent.
+    ctrl = c[c["variant"] == "control"]
+    assert ctrl[["offer_id", "channel", "delivered_at", "opened_at", "clicked_at"]].isna().all().all()
+
+
+def test_fatigue_lowers_response(world):
+    oracle = world.oracle()
+    users = np.arange(CONFIG.n_users)
+    at = CONFIG.start_ts + pd.Timedelta(days=3)
+    fresh = oracle.p_open(users, np.full(len(users), "email"), np.full(len(users), 19.0), recent_contacts=0, at=at)
+    tired = oracle.p_open(users, np.full(len(users), "email"), np.full(len(users), 19.0), recent_contacts=3, at=at)
+    assert (tired <= fresh).all() and tired.mean() < 0.85 * fresh.mean()
+    up_fresh = oracle.uplift(users, np.full(len(users), "off_books"), np.full(len(users), "push"), at, 0)
+    up_tired = oracle.uplift(users, np.full(len(users), "off_books"), np.full(len(users), "push"), at, 4)
+    assert up_tired.mean() < 0.8 * up_fresh.mean()
+
+
+def test_fatigue_shows_in_the_log(world):
+    """Contacts that follow many recent contacts are opened less: a feature store can learn it."""
+    t = world.tables["contacts"]
+    t = t[t["variant"] == "treatment"].sort_values("sent_at")
+    key = t["user_id"].cat.codes.to_numpy().astype(np.int64) * 2**32 + t["sent_at"].astype("int64").to_numpy() // 10**9
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    # Earlier contacts of the same user within 7 days: rows between the window start and this row.
+    recent = np.arange(len(key)) - np.searchsorted(key, key - 7 * 86400, side="right")
+    opened = t["opened_at"].notna().to_numpy()[order]
+    assert opened[recent >= 2].mean() < 0.9 * opened[recent == 0].mean()
+
+
+def test_complaints_and_unsubscribes_create_suppressions(world):
+    c, s = world.tables["contacts"], world.tables["suppressions"]
+    for col, reason in (("complained_at", "complaint"), ("unsubscribed_at", "opt_out")):
+        hits = c[c[col].notna()]
+        assert len(hits) > 0
+        rows = s[s["reason"] == reason]
+        merged = hits.merge(rows, on=["user_id", "channel"], how="left", indicator=True)
+        assert (merged["_merge"] == "both").all()
+        assert (merged["since"] == merged[col]).groupby(merged["contact_id"]).any().all()
+    assert s["reason"].isin(["complaint", "opt_out", "regulator", "vip", "manual"]).all()
+    assert (s.loc[s["reason"].isin(["regulator", "vip"]), "channel"] == "*").all()
+
+
+def test_no_sends_to_suppressed_channels_after_the_fact(world):
+    c, s = world.tables["contacts"], world.tables["suppressions"]
+    t = c[c["variant"] == "treatment"]
+    on_channel = t.merge(s[s["channel"] != "*"], on=["user_id", "channel"])
+    assert (on_channel["sent_at"] < on_channel["since"]).all()
+    star = t.merge(s[s["channel"] == "*"][["user_id", "since"]], on="user_id")
+    assert (star["sent_at"] < star["since"]).all()
+
+
+def test_propensities_match_the_logging_policy(world):
+    c = world.tables["contacts"]
+    users = world.tables["users"].set_index("user_id")
+    assert ((c["propensity"] > 0) & (c["propensity"] <= 1)).all()
+    control = c["variant"] == "control"
+    assert abs(control.mean() - CONFIG.control_share) < 0.01
+    assert np.allclose(c.loc[control, "propensity"], CONFIG.control_share)
+    # Treated: (1 - control share) / (eligible offers x consented channels), so at most (1 - share) / 1.
+    treated = c.loc[~control]
+    assert (treated["propensity"] <= 1 - CONFIG.control_share + 1e-12).all()
+    n_channels = users.loc[treated["user_id"].astype(str), [f"consent_{ch}" for ch in CHANNELS]].sum(axis=1).to_numpy()
+    n_offers = (1 - CONFIG.control_share) / treated["propensity"].to_numpy() / n_channels
+    # Suppressions only ever remove channels, so n_offers computed with consent alone is a lower bound.
+    assert (n_offers <= 12 + 1e-9).all() and np.median(n_offers) >= 1
+    # Channels are drawn only among consented ones and sends fall within 8..21 local time.
+    consented = users.loc[treated["user_id"].astype(str)].reset_index()
+    assert all(consented.loc[(treated["channel"] == ch).to_numpy(), f"consent_{ch}"].all() for ch in CHANNELS)
+    local = [ts.tz_convert(tz).hour for ts, tz in zip(treated["sent_at"].head(500),
+                                                       users.loc[treated["user_id"].head(500).astype(str), "timezone"], strict=True)]
+    assert 8 <= min(local) and max(local) <= 21
+
+
+def test_nothing_happens_after_the_period(world):
+    end = CONFIG.end_ts
+    assert world.tables["events"]["ts"].max() < end
+    c = world.tables["contacts"]
+    for col in ("sent_at", "delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"):
+        assert c[col].max() < end
+    assert (c["sent_at"] >= CONFIG.start_ts).all()
+
+
+def test_treated_conversions_appear_as_purchases(world):
+    c = world.tables["contacts"]
+    conv = c[c["converted_at"].notna()][["user_id", "converted_at", "revenue"]]
+    buys = world.tables["events"].query("type == 'purchase'")[["user_id", "ts", "amount"]]
+    merged = conv.merge(buys, left_on=["user_id", "converted_at"], right_on=["user_id", "ts"], how="left")
+    assert merged["ts"].notna().all()
+    assert np.allclose(merged["revenue"], merged["amount"])
+    assert (c.loc[c["converted_at"].isna(), "revenue"] == 0).all()
+
+
+def test_funnel_stages_are_all_present(world):
+    ev = world.tables["events"]
+    rank = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+    deepest = ev["type"].astype(str).map(rank).groupby(ev["user_id"], observed=False).max().fillna(0)
+    shares = deepest.value_counts(normalize=True)
+    assert all(shares.get(k, 0) > 0.03 for k in range(5))
+    per_user = len(ev) / CONFIG.n_users
+    assert 10 < per_user < 40  # 60 days here: about half of the 120-day 25..35
+
+
+def test_oracle_uplift_is_positive_and_convert_dominates_organic(world):
+    oracle = world.oracle()
+    rng = np.random.default_rng(0)
+    n = 5_000
+    users = rng.integers(0, CONFIG.n_users, n)
+    offers = rng.choice(world.tables["offers"]["offer_id"].to_numpy(), n)
+    channels = rng.choice(np.array(CHANNELS), n)
+    at = CONFIG.start_ts + pd.to_timedelta(rng.integers(0, 50 * 24, n), unit="h")
+    p_convert = oracle.p_convert(users, offers, channels, at)
+    p_organic = oracle.p_organic(users, at)
+    assert (p_convert >= p_organic).all()
+    assert oracle.uplift(users, offers, channels, at).mean() > 0.005
+    # Uplift and organic propensity rank users differently (sure things vs persuadables).
+    assert np.corrcoef(p_organic, p_convert - p_organic)[0, 1] < 0.3
+
+
+def test_send_hour_near_the_users_rhythm_opens_more(world):
+    oracle = world.oracle()
+    users = np.arange(CONFIG.n_users)
+    peak = world.truth.preferred_hour
+    ch = np.full(len(users), "push")
+    near = oracle.p_open(users, ch, peak)
+    far = oracle.p_open(users, ch, (peak + 12) % 24)
+    assert (near > far).mean() > 0.99
+
+
+def test_draw_outcomes_replays_a_policy(world):
+    offers = world.tables["offers"]
+    n = 20_000
+    actions = pd.DataFrame({"user_idx": np.arange(n) % CONFIG.n_users, "offer_id": "cpn_10pct", "channel": "inapp",
+                            "send_at": CONFIG.end_ts + pd.Timedelta(days=1, hours=2)})
+    a = draw_outcomes(world.truth, offers, actions, np.zeros(n), np.random.default_rng(1))
+    b = draw_outcomes(world.truth, offers, actions, np.zeros(n), np.random.default_rng(1))
+    pd.testing.assert_frame_equal(a, b)
+    expected = world.oracle().p_convert(actions["user_idx"], actions["offer_id"], actions["channel"],
+                                        actions["send_at"]).mean()
+    assert abs(a["converted_at"].notna().mean() - expected) < 0.01
+    assert (a["opened_at"].notna() <= a["delivered_at"].notna()).all()
+
+
+def test_same_seed_same_world_other_seed_other_world():
+    small = WorldConfig(n_users=400, days=30, seed=3)
+    a, b = simulate(small), simulate(small)
+    c = simulate(WorldConfig(n_users=400, days=30, seed=4))
+    for name in a.tables:
+        pd.testing.assert_frame_equal(a.tables[name], b.tables[name])
+    assert not a.tables["events"].equals(c.tables["events"])
+    assert not a.tables["contacts"]["sent_at"].equals(c.tables["contacts"]["sent_at"])
+
+
+def test_save_and_load_round_trip(world, tmp_path):
+    world.save(tmp_path / "raw", tmp_path / "truth")
+    for name, df in world.tables.items():
+        back = pd.read_parquet(tmp_path / "raw" / f"{name}.parquet")
+        assert list(back.columns) == list(df.columns)
+        assert back["user_id" if "user_id" in back else back.columns[0]].astype(str).tolist() == \
+            df["user_id" if "user_id" in df else df.columns[0]].astype(str).tolist()
+    assert not list((tmp_path / "truth").glob("*.pkl"))
+    truth = Truth.load(tmp_path / "truth")
+    assert np.array_equal(truth.interest, world.truth.interest) and truth.end_ns == world.truth.end_ns
+    users = np.arange(50)
+    at = CONFIG.start_ts
+    assert np.allclose(Oracle(truth, world.tables["offers"]).p_organic(users, at), world.oracle().p_organic(users, at))
