@@ -50,6 +50,7 @@ class BuildConfig:
     rate_strength: float = 5.0  # ... with the weight of this many contacts
     clusters: int = 6  # behavioural clusters (k-means)
     seed: int = 7
+    duckdb_memory: str = "4GB"  # DuckDB spills to disk beyond this instead of growing
 
 
 def column_name(text: str) -> str:
@@ -97,19 +98,49 @@ def _utc_offsets(timezones: pd.Series, at: pd.Timestamp) -> np.ndarray:
     return timezones.map(offsets).to_numpy(dtype="float64")
 
 
+def _cumulative(con: duckdb.DuckDBPyConnection, source: str, target: str, sums: list[str], extra: str = "") -> None:
+    """Per (user, day) running totals of `sums` columns of `source`: a snapshot then needs one ASOF lookup."""
+    running = ", ".join(f"sum({c}) OVER w AS {c}" for c in sums)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {target} AS
+        SELECT user_id, day, {running}{extra}
+        FROM {source}
+        WINDOW w AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    """)
+
+
+def _as_of(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], days_back: int) -> pd.DataFrame:
+    """Running totals of each grid row's user as of `days_back` days before its snapshot (events strictly before)."""
+    cols = ", ".join(f"c.{col}" for col in columns)
+    return con.execute(f"""
+        SELECT {cols}
+        FROM grid g ASOF LEFT JOIN {table} c
+          ON g.user_id = c.user_id AND g.snap - INTERVAL {days_back} DAY > c.day
+        ORDER BY g.snap, g.user_id
+    """).df()
+
+
 def behaviour_table(con: duckdb.DuckDBPyConnection, events: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
-    """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
+    """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot).
+
+    Events are summed per (user, day), turned into running totals, and each window is the difference
+    of two ASOF lookups (as of the snapshot, and as of the window's start): linear in events plus
+    snapshots, instead of joining every snapshot with 90 days of events.
+    """
     ev = events[["user_id", "ts", "type"] + [c for c in ("category", "amount") if c in events]].copy()
     ev["user_id"] = ev["user_id"].astype(str)
+    ev["type"] = ev["type"].astype(str)
     if "category" not in ev:
         ev["category"] = None
+    ev["category"] = ev["category"].astype(object)
     if "amount" not in ev:
         ev["amount"] = np.nan
-    ev["stage"] = ev["type"].astype(str).map(_STAGE_OF_TYPE).fillna(0).astype("int8")
+    ev["stage"] = ev["type"].map(_STAGE_OF_TYPE).fillna(0).astype("int8")
     con.register("events_df", ev)
-    cat_cols = ",\n".join(
-        f"count(*) FILTER (WHERE category = '{c.replace(chr(39), chr(39) * 2)}' AND type IN ('view','add_to_cart'))"
-        f" + 3 * count(*) FILTER (WHERE category = '{c.replace(chr(39), chr(39) * 2)}' AND type = 'purchase') AS c_{column_name(c)}"
+    quote = lambda c: c.replace("'", "''")  # noqa: E731
+    cat_cols = "".join(
+        f", count(*) FILTER (WHERE category = '{quote(c)}' AND type IN ('view','add_to_cart'))"
+        f" + 3 * count(*) FILTER (WHERE category = '{quote(c)}' AND type = 'purchase') AS c_{column_name(c)}"
         for c in categories
     )
     con.execute(f"""
@@ -118,46 +149,45 @@ def behaviour_table(con: duckdb.DuckDBPyConnection, events: pd.DataFrame, catego
                count(*) AS n_events,
                {", ".join(f"count(*) FILTER (WHERE type = '{t}') AS n_{t}" for t in _COUNTED_TYPES)},
                coalesce(sum(amount) FILTER (WHERE type = 'purchase'), 0) AS revenue,
+               (count(*) FILTER (WHERE type = 'add_to_cart') > 0 AND count(*) FILTER (WHERE type = 'purchase') = 0)::INT
+                   AS cart_no_buy,
                max(stage) AS stage
-               {"," if categories else ""} {cat_cols}
+               {cat_cols}
         FROM events_df GROUP BY ALL
     """)
-    windowed = []
+    sums = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy",
+            *[f"c_{column_name(c)}" for c in categories]]
+    _cumulative(con, "daily", "cum_daily", sums,
+                extra=", max(stage) OVER w AS stage, max(CASE WHEN n_purchase > 0 THEN day END) OVER w AS last_buy")
+    grid = con.execute("SELECT user_id, snap, signup_at FROM grid ORDER BY snap, user_id").df()
+    snap = pd.to_datetime(grid["snap"], utc=True)
+    now = _as_of(con, "cum_daily", sums + ["stage", "last_buy", "day"], 0)
+    totals = {c: now[c].fillna(0).to_numpy(dtype="float64") for c in sums}
+    df = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": snap})
+    before = {}
     for w in WINDOWS:
-        f = f"FILTER (WHERE d.day >= g.snap - INTERVAL {w} DAY)"
-        windowed += [f"coalesce(sum(d.n_events) {f}, 0) AS events_{w}d"]
-        windowed += [f"coalesce(sum(d.n_{t}) {f}, 0) AS {plural}_{w}d" for t, plural in _COUNTED_TYPES.items()]
-        windowed += [f"coalesce(sum(d.revenue) {f}, 0) AS revenue_{w}d"]
-    cat_sums = [f"coalesce(sum(d.c_{column_name(c)}) FILTER (WHERE d.day >= g.snap - INTERVAL 90 DAY), 0) AS c_{column_name(c)}"
-                for c in categories]
-    df = con.execute(f"""
-        SELECT g.user_id, g.snap AS event_timestamp,
-               {", ".join(windowed)},
-               {"".join(s + ", " for s in cat_sums)}
-               coalesce(sum(d.n_purchase), 0) AS purchases_all,
-               coalesce(sum(d.revenue), 0) AS revenue_all,
-               coalesce(date_diff('day', max(d.day) FILTER (WHERE d.n_purchase > 0), g.snap), 9999) AS recency_days,
-               coalesce(date_diff('day', max(d.day), g.snap), 9999) AS days_since_last_event,
-               coalesce(date_diff('day', min(d.day) FILTER (WHERE d.n_add_to_cart > 0 AND d.n_purchase = 0
-                        AND d.day >= g.snap - INTERVAL 30 DAY), g.snap), 0) AS oldest_open_cart_days,
-               coalesce(count(*) FILTER (WHERE d.n_add_to_cart > 0 AND d.n_purchase = 0
-                        AND d.day >= g.snap - INTERVAL 30 DAY), 0) AS abandoned_cart_days_30d,
-               date_diff('day', any_value(g.signup_at), g.snap) AS tenure_days,
-               coalesce(max(d.stage), 0) AS funnel_stage
-        FROM grid g LEFT JOIN daily d ON d.user_id = g.user_id AND d.day < g.snap
-        GROUP BY g.user_id, g.snap
-        ORDER BY g.snap, g.user_id
-    """).df()
-    df["monetary_90d"] = np.where(df["purchases_90d"] > 0,
-                                  df["revenue_90d"] / df["purchases_90d"].clip(lower=1), 0.0)
+        past = _as_of(con, "cum_daily", sums, w)
+        before[w] = {c: past[c].fillna(0).to_numpy(dtype="float64") for c in sums}
+        df[f"events_{w}d"] = totals["n_events"] - before[w]["n_events"]
+        for t, plural in _COUNTED_TYPES.items():
+            df[f"{plural}_{w}d"] = totals[f"n_{t}"] - before[w][f"n_{t}"]
+        df[f"revenue_{w}d"] = totals["revenue"] - before[w]["revenue"]
+    df["purchases_all"] = totals["n_purchase"]
+    df["revenue_all"] = totals["revenue"]
+    days = lambda col: ((snap - pd.to_datetime(now[col], utc=True)).dt.days).fillna(9999).to_numpy(dtype="int64")  # noqa: E731
+    df["recency_days"] = days("last_buy")
+    df["days_since_last_event"] = days("day")
+    df["abandoned_cart_days_30d"] = totals["cart_no_buy"] - before[30]["cart_no_buy"]
+    df["tenure_days"] = (snap - pd.to_datetime(grid["signup_at"], utc=True)).dt.days.to_numpy(dtype="int64")
+    df["funnel_stage"] = now["stage"].fillna(0).to_numpy(dtype="int64")
+    df["monetary_90d"] = np.where(df["purchases_90d"] > 0, df["revenue_90d"] / df["purchases_90d"].clip(lower=1), 0.0)
     df["frequency_90d"] = df["purchases_90d"]
-    weights = df[[f"c_{column_name(c)}" for c in categories]].to_numpy(dtype="float64")
+    weights = np.stack([totals[f"c_{column_name(c)}"] - before[90][f"c_{column_name(c)}"] for c in categories], axis=1) \
+        if categories else np.zeros((len(df), 0))
     total = weights.sum(axis=1, keepdims=True)
     shares = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
     for i, c in enumerate(categories):
         df[f"aff_{column_name(c)}"] = shares[:, i]
-    df = df.drop(columns=[f"c_{column_name(c)}" for c in categories])
-    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     return df
 
 
@@ -209,24 +239,27 @@ def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None,
 
 def time_profile_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Share of app opens per local hour of day over 90 days, and the peak hour, per (user, snapshot)."""
-    hours = ", ".join(f"count(*) FILTER (WHERE hour(timezone(g.timezone, e.ts)) = {h}) AS h{h:02d}" for h in range(24))
-    df = con.execute(f"""
-        SELECT g.user_id, g.snap AS event_timestamp, {hours}
-        FROM grid g LEFT JOIN (SELECT user_id, ts FROM events_df WHERE type = 'app_open') e
-          ON e.user_id = g.user_id AND e.ts < g.snap AND e.ts >= g.snap - INTERVAL 90 DAY
-        GROUP BY g.user_id, g.snap
-        ORDER BY g.snap, g.user_id
-    """).df()
-    counts = df[[f"h{h:02d}" for h in range(24)]].to_numpy(dtype="float64")
+    hours = [f"h{h:02d}" for h in range(24)]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE daily_hours AS
+        SELECT user_id, day, {", ".join(f"count(*) FILTER (WHERE local_hour = {h}) AS h{h:02d}" for h in range(24))}
+        FROM (SELECT e.user_id, date_trunc('day', e.ts) AS day, hour(timezone(u.timezone, e.ts)) AS local_hour
+              FROM events_df e JOIN users_df u ON u.user_id = e.user_id WHERE e.type = 'app_open')
+        GROUP BY ALL
+    """)
+    _cumulative(con, "daily_hours", "cum_hours", hours)
+    now = _as_of(con, "cum_hours", hours, 0)[hours].fillna(0).to_numpy(dtype="float64")
+    past = _as_of(con, "cum_hours", hours, 90)[hours].fillna(0).to_numpy(dtype="float64")
+    counts = now - past
+    grid = con.execute("SELECT user_id, snap FROM grid ORDER BY snap, user_id").df()
     total = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, total, out=np.full_like(counts, 1 / 24), where=total > 0)
-    out = df[["user_id", "event_timestamp"]].copy()
+    out = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": pd.to_datetime(grid["snap"], utc=True)})
     for h in range(24):
         out[f"open_share_h{h:02d}"] = shares[:, h]
     out["opens_hourly_total_90d"] = total[:, 0]
     # Users who never opened the app get -1: "no rhythm known", not "midnight".
     out["peak_open_hour"] = np.where(total[:, 0] > 0, counts.argmax(axis=1), -1)
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     return out
 
 
@@ -345,6 +378,7 @@ def build_all(raw: dict[str, pd.DataFrame], config: BuildConfig = BuildConfig(),
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET memory_limit = '{config.duckdb_memory}'")
         _grid(con, users, snaps)
         tables: dict[str, pd.DataFrame] = {}
         step = progress or (lambda name: None)
