@@ -16,11 +16,15 @@ from rich.table import Table
 
 from features.contract import ContractError
 from features.settings import Settings
+from pipelines.serve_commands import register as register_serve
+from pipelines.train_commands import register as register_train
 
 app = typer.Typer(help="nextbest: which offer, which channel, what time, or no contact at all.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+register_train(app)
+register_serve(app)
 console = Console()
 
 __all__ = ["app"]

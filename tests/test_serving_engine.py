@@ -1,0 +1,288 @@
+"""The decision engine and the contact policy as pure functions: planted numbers in, known answers out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from serving import engine, policy
+from serving.config import Caps, Channel, Exploration, Offer, OperatorConfig, Trigger, parse_quiet_hours
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # 14:00 in Berlin (CEST), 08:00 in New York
+
+
+def config(**overrides) -> OperatorConfig:
+    base = dict(
+        offers=[Offer(offer_id="a", category="books", value=20.0), Offer(offer_id="b", category="toys", value=20.0),
+                Offer(offer_id="keep", kind="retention", category="any", value=20.0, eligibility="lifecycle_stage in [customer]")],
+        channels=[Channel(channel="email", cost=0.01, quiet_hours="22-8"), Channel(channel="sms", cost=0.05, quiet_hours="21-9"),
+                  Channel(channel="inapp", cost=0.0, requires_consent=False)],
+        exploration=Exploration(method="none"),
+    )
+    return OperatorConfig(**(base | overrides))
+
+
+FEATURES = {"consent_email": True, "consent_sms": True, "lifecycle_stage": "customer", "timezone": "Europe/Berlin"}
+
+
+def counts(cfg: OperatorConfig, **arrays) -> policy.Counts:
+    c = policy.Counts(channel_day=np.zeros((len(cfg.channels), policy.WEEK + 1), dtype=np.int64),
+                      offer_window=np.zeros(len(cfg.offers), dtype=np.int64),
+                      capacity_used=np.zeros((len(cfg.channels), 2), dtype=np.int64))
+    for k, v in arrays.items():
+        setattr(c, k, v)
+    return c
+
+
+def reasons(result: policy.PolicyResult) -> dict[tuple, str]:
+    return {(r.offer_id, r.channel): r.reason for r in result.refusals}
+
+
+# --- engine -------------------------------------------------------------------------------------------
+
+def test_uplift_not_propensity_orders_offers():
+    cfg = config()
+    # Offer a is a "sure thing" (high P(convert), no uplift); offer b converts less but only when contacted.
+    p_convert = np.array([[0.9, 0.9, 0.9], [0.3, 0.3, 0.3], [0.1, 0.1, 0.1]])
+    uplift = np.array([[0.0, 0.0, 0.0], [0.2, 0.2, 0.2], [0.01, 0.01, 0.01]])
+    ev = engine.expected_values(p_convert, uplift, cfg, p_churn=0.0)
+    feasible = np.ones_like(ev, dtype=bool)
+    pick = engine.choose(ev, feasible, np.zeros(3), cfg.exploration, np.random.default_rng(0))
+    assert pick.action == (1, 2)  # offer b through the free channel
+    no_uplift = engine.expected_values(p_convert, np.full_like(uplift, np.nan), cfg, p_churn=0.0)
+    assert engine.choose(no_uplift, feasible, np.zeros(3), cfg.exploration, np.random.default_rng(0)).action[0] == 0
+
+
+def test_no_action_when_nothing_has_positive_value():
+    cfg = config()
+    uplift = np.full((3, 3), -0.01)  # contacting hurts
+    ev = engine.expected_values(np.full((3, 3), 0.2), uplift, cfg, p_churn=0.0)
+    pick = engine.choose(ev, np.ones_like(ev, dtype=bool), np.zeros(3), cfg.exploration, np.random.default_rng(0))
+    assert pick.action is None and pick.propensity == 1.0
+    # Nothing feasible is also "no action".
+    none = engine.choose(np.ones((3, 3)), np.zeros((3, 3), dtype=bool), np.zeros(3), cfg.exploration, np.random.default_rng(0))
+    assert none.action is None
+
+
+def test_churn_risk_boosts_retention_offers_only():
+    cfg = config(churn_boost=2.0)
+    p = np.full((3, 3), 0.1)
+    calm = engine.expected_values(p, np.full_like(p, np.nan), cfg, p_churn=0.0)
+    risky = engine.expected_values(p, np.full_like(p, np.nan), cfg, p_churn=0.5)
+    np.testing.assert_allclose(risky[:2], calm[:2])
+    cost = np.array([0.01, 0.05, 0.0])
+    np.testing.assert_allclose(risky[2], (calm[2] + cost) * (1 + 2.0 * 0.5) - cost)  # value x 2, cost unchanged
+
+
+def test_epsilon_exploration_records_the_probability_it_used():
+    ev = np.array([[1.0, 0.5, 0.2], [0.1, 0.1, 0.1], [0.0, 0.0, 0.0]])
+    feasible = np.ones_like(ev, dtype=bool)
+    exploration = Exploration(method="epsilon", rate=0.3)
+    rng = np.random.default_rng(1)
+    picks = [engine.choose(ev, feasible, np.zeros(3), exploration, rng) for _ in range(4000)]
+    k = feasible.sum() + 1  # arms plus "no action"
+    greedy = [p for p in picks if p.action == (0, 0)]
+    assert greedy[0].propensity == pytest.approx(0.7 + 0.3 / k)
+    assert len(greedy) / len(picks) == pytest.approx(0.7 + 0.3 / k, abs=0.03)
+    other = [p for p in picks if p.action == (1, 1)]
+    assert other[0].propensity == pytest.approx(0.3 / k) and other[0].explored
+    assert len(other) / len(picks) == pytest.approx(0.3 / k, abs=0.01)
+
+
+def test_thompson_propensity_matches_how_often_an_arm_wins():
+    ev = np.array([[0.50, 0.48, -1], [-1, -1, -1], [-1, -1, -1]])
+    feasible = ev > -1
+    p_convert = np.array([[0.3, 0.3, 0.3], [0.1] * 3, [0.1] * 3])
+    unit = np.array([20.0, 20.0, 20.0])
+    exploration = Exploration(method="thompson", prior_strength=20)
+    rng = np.random.default_rng(2)
+    picks = [engine.choose(ev, feasible, np.zeros(3), exploration, rng, 0.0, p_convert, unit) for _ in range(600)]
+    share = np.mean([p.action == (0, 0) for p in picks])
+    mean_propensity = np.mean([p.propensity for p in picks if p.action == (0, 0)])
+    assert 0.3 < share < 0.7  # two near-equal arms: both get tried
+    assert mean_propensity == pytest.approx(share, abs=0.08)
+
+
+def test_send_time_is_the_best_allowed_hour_inside_quiet_hours_and_deadline():
+    grid = policy.time_grid(NOW, "Europe/Berlin", deadline=NOW + timedelta(hours=10))
+    assert grid.times[0].utcoffset() == timedelta(hours=2)
+    assert grid.local_hour[0] == 14 and grid.local_hour[1] == 15
+    quiet = parse_quiet_hours("22-8")
+    assert quiet[22] and quiet[3] and not quiet[8] and not quiet[21]
+    p_open = np.zeros((1, 24))
+    p_open[0, 3] = 0.9  # 03:00 is best by far, but quiet
+    p_open[0, 20] = 0.5  # 20:00 is allowed and before the deadline (22:00 local)
+    p_open[0, 23] = 0.8  # after the deadline
+    slot_ok = (~quiet[grid.local_hour] & grid.before_deadline)[None, :]
+    best = engine.best_slots(p_open, grid.local_hour, slot_ok)
+    assert grid.local_hour[best[0]] == 20
+    assert grid.times[best[0]].isoformat() == "2026-06-01T20:00:00+02:00"
+
+
+def test_send_at_carries_the_users_offset():
+    grid = policy.time_grid(NOW, "America/New_York")
+    assert grid.times[0].isoformat() == "2026-06-01T08:00:00-04:00"
+    assert list(grid.local_day[:17]) == [0] * 16 + [1]  # 08:00 + 16 h = midnight local
+
+
+# --- policy: every rule and its reason code ----------------------------------------------------------
+
+def test_every_offer_rule_has_its_reason():
+    cfg = config(offers=[
+        Offer(offer_id="ok", category="books", value=10),
+        Offer(offer_id="late", category="books", value=10, valid_to=NOW - timedelta(days=1)),
+        Offer(offer_id="vip", category="books", value=10, eligibility="value_tier in [high] and recency_days <= 30"),
+        Offer(offer_id="capped", category="books", value=10),
+        Offer(offer_id="other", category="books", value=10),
+    ])
+    grid = policy.time_grid(NOW, "Europe/Berlin")
+    feats = FEATURES | {"value_tier": "high", "recency_days": 45}
+    c = counts(cfg, offer_window=np.array([0, 0, 0, 1, 0]))
+    result = policy.evaluate(cfg, feats, c, grid, NOW, allowed_offers={"ok", "late", "vip", "capped"})
+    got = reasons(result)
+    assert got[("late", None)] == "offer_not_valid"
+    assert got[("vip", None)] == "eligibility"
+    assert "recency_days <= 30" in next(r.detail for r in result.refusals if r.offer_id == "vip")
+    assert got[("capped", None)] == "cap_offer"
+    assert got[("other", None)] == "not_in_campaign"
+    assert list(result.offer_ok) == [True, False, False, False, False]
+
+
+def test_unknown_eligibility_feature_fails_closed():
+    cfg = config()
+    result = policy.evaluate(cfg, {k: v for k, v in FEATURES.items() if k != "lifecycle_stage"}, counts(cfg),
+                             policy.time_grid(NOW, "Europe/Berlin"), NOW)
+    assert reasons(result)[("keep", None)] == "eligibility"
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("no_consent", "consent"),
+    ("unknown_consent", "consent"),
+    ("suppressed", "suppressed"),
+    ("suppressed_all", "suppressed"),
+    ("tz_unknown", "timezone_unknown"),
+    ("quiet", "quiet_hours"),
+    ("deadline", "deadline"),
+    ("day_cap", "cap_channel_day"),
+    ("week_cap", "cap_channel_week"),
+    ("user_cap", "cap_user_day"),
+    ("capacity", "capacity"),
+    ("campaign", "not_in_campaign"),
+])
+def test_every_channel_rule_has_its_reason(case, reason):
+    cfg = config(channels=[Channel(channel="email", cost=0.01, quiet_hours="22-8", daily_capacity=5),
+                           Channel(channel="inapp", cost=0.0, requires_consent=False)],
+                 caps=Caps(per_channel_day=1, per_channel_week=3, per_user_day=2))
+    feats = dict(FEATURES)
+    c = counts(cfg)
+    now, deadline, tz_known, allowed = NOW, None, True, None
+    if case == "no_consent":
+        feats["consent_email"] = False
+    elif case == "unknown_consent":
+        del feats["consent_email"]
+    elif case == "suppressed":
+        c.suppressed = {"email": "complaint"}
+    elif case == "suppressed_all":
+        c.suppressed = {"*": "regulator"}
+    elif case == "tz_unknown":
+        tz_known = False
+    elif case == "quiet":
+        now = datetime(2026, 6, 1, 21, 30, tzinfo=UTC)  # 23:30 Berlin; next allowed is 08:00 ...
+        deadline = now + timedelta(hours=8)  # ... but the campaign ends at 07:30
+    elif case == "deadline":
+        deadline = now - timedelta(minutes=1)
+    elif case == "day_cap":
+        c.channel_day[0, policy.WEEK - 1:] = 1  # today and tomorrow both used
+    elif case == "week_cap":
+        c.channel_day[0, :policy.WEEK - 1] = 1  # 6 contacts over the past 6 days: every 7-day window is full
+    elif case == "user_cap":
+        c.channel_day[1, policy.WEEK - 1:] = 2  # inapp used the user's daily budget today and tomorrow
+    elif case == "capacity":
+        c.capacity_used[0] = 5
+    elif case == "campaign":
+        allowed = {"inapp"}
+    grid = policy.time_grid(now, "Europe/Berlin", deadline)
+    result = policy.evaluate(cfg, feats, c, grid, now, allowed_channels=allowed, timezone_known=tz_known)
+    got = reasons(result)
+    assert got[(None, "email")] == reason
+    assert not result.channel_ok[0] and not result.slot_ok[0].any()
+    if case == "suppressed":
+        assert result.refusals[0].detail == "complaint"
+    assert set(policy.REASONS) >= {r.reason for r in result.refusals}
+
+
+def test_caps_count_on_the_users_local_day():
+    cfg = config(caps=Caps(per_channel_day=1))
+    # 23:30 in New York is already tomorrow in UTC; today's local contact must block only local today.
+    now = datetime(2026, 6, 2, 3, 30, tzinfo=UTC)
+    grid = policy.time_grid(now, "America/New_York")
+    assert grid.local_dates[0].isoformat() == "2026-06-01"
+    c = counts(cfg)
+    c.channel_day[2, policy.WEEK - 1] = 1  # inapp already used on local 2026-06-01
+    result = policy.evaluate(cfg, FEATURES | {"timezone": "America/New_York"}, c, grid, now)
+    allowed = result.slot_ok[2]
+    assert not allowed[0]  # still local today
+    assert allowed[grid.local_day == 1].all()  # from local midnight on
+
+
+def test_constraints_cover_every_cap_for_a_commit():
+    cfg = config(channels=[Channel(channel="email", cost=0.01, daily_capacity=100)])
+    send_at = datetime(2026, 6, 1, 23, 30, tzinfo=UTC)  # 01:30 on June 2 in Berlin
+    charges, cons = policy.constraints_for("u1", cfg, [("a", "email", send_at)], "Europe/Berlin")
+    assert ("u1", "c:email:2026-06-02") in charges and (policy.CAPACITY, "email:2026-06-01") in charges
+    assert {c.rule for c in cons} == {"cap_channel_day", "cap_channel_week", "cap_user_day", "cap_offer", "capacity"}
+
+
+def test_config_errors_name_the_item_and_the_fix(tmp_path):
+    from serving.config import ConfigError, load_config
+
+    path = tmp_path / "ops.yaml"
+    path.write_text("""
+offers:
+  - {offer_id: spring, category: books, value: -5}
+  - {offer_id: vip, category: any, value: 10, eligibility: "value_tier = high"}
+channels:
+  - {channel: sms, cost: 0.05, quiet_hours: "25-8"}
+triggers:
+  - {name: cart, on: add_to_cart, offers: [nope], deadline_minutes: 30}
+exploration: {method: epsilon, rate: 2, sped: 1}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "offers[0] (spring).value: Input should be greater than 0 (got -5)" in text
+    assert "offers[1] (vip).eligibility" in text and "cannot read eligibility clause" in text
+    assert "channels[0] (sms).quiet_hours" in text
+    assert "exploration.rate" in text and "exploration.sped: is not a setting here" in text
+
+
+def test_trigger_references_are_checked():
+    with pytest.raises(ValueError, match="unknown offer"):
+        config(triggers=[Trigger(name="t", on="register", offers=["nope"])])
+
+
+def test_config_reloads_without_restart_and_keeps_the_last_good_one(tmp_path):
+    import yaml
+
+    from serving.config import ConfigSource, default_config
+
+    path = tmp_path / "ops.yaml"
+    data = default_config().model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data))
+    source = ConfigSource(path, check_every_s=0)
+    assert source.current(0).offers[0].value == data["offers"][0]["value"]
+    data["offers"][0]["value"] = 99.0
+    path.write_text(yaml.safe_dump(data))
+    assert source.current(1).offers[0].value == 99.0
+    path.write_text("offers: []\nchannels: nonsense\n")
+    assert source.current(2).offers[0].value == 99.0  # broken file: the last good config stays
+    assert "problem" in source.error
+
+
+def test_default_config_is_12_offers_by_5_channels():
+    from serving.config import default_config
+
+    cfg = default_config()
+    assert len(cfg.offers) == 12 and cfg.channel_names() == ["push", "sms", "email", "inapp", "wechat"]
