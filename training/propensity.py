@@ -1,0 +1,39 @@
+"""Conversion propensity: P(convert within 7 days | user, offer, channel, hour), LightGBM on the contact log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.feature_services import service_name
+from training.datasets import REQUEST_COLUMNS, TrainingSet, contact_rows, historical, service_features
+from training.metrics import classification_metrics
+from training.tabular import BoosterScorer, FitConfig, fit_booster
+
+__all__ = ["ConversionConfig", "build_frame", "fit", "evaluate"]
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """Label window and tuning budget."""
+
+    window_days: int = 7  # a conversion counts if it happens within this many days of the send
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+def build_frame(store, raw: dict, config: ConversionConfig = ConversionConfig()) -> TrainingSet:
+    """Every contacted (treated) row of the contact log, features as of the send time, label = converted."""
+    rows = contact_rows(raw, config.window_days)
+    rows = rows[rows["treated"] == 1].reset_index(drop=True)
+    service = service_name("conversion")
+    frame = historical(store, rows, service).assign(label=lambda f: f["converted"])
+    return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["conversion"])
+
+
+def fit(train: TrainingSet, config: ConversionConfig = ConversionConfig(), progress=None) -> BoosterScorer:
+    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+
+
+def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:
+    return classification_metrics(holdout.y, np.asarray(scorer.predict(holdout.frame)))
