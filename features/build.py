@@ -192,48 +192,68 @@ def behaviour_table(con: duckdb.DuckDBPyConnection, events: pd.DataFrame, catego
 
 
 def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None, channels: list[str], config: BuildConfig) -> pd.DataFrame:
-    """Per-channel engagement (sent, smoothed open/click/convert rates, recency, fatigue) per (user, snapshot)."""
+    """Per-channel engagement (sent, smoothed open/click/convert rates, recency, fatigue) per (user, snapshot).
+
+    Each outcome counts on its own day (a send on its sent day, an open on its opened day), so a
+    snapshot at `t` sees only outcomes that happened before `t`; windows are running-total differences.
+    """
     cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
     ct = pd.DataFrame({c: pd.Series(dtype="object") for c in cols}) if contacts is None else contacts.copy()
     for c in cols:
         if c not in ct:
             ct[c] = pd.NaT
     ct = ct[cols]
+    ct = ct[ct["channel"].notna()]  # control rows are not contacts
     ct["user_id"] = ct["user_id"].astype(str)
-    ct["channel"] = ct["channel"].astype(object)
+    ct["channel"] = ct["channel"].astype(str)
     for c in cols[3:] + ["sent_at"]:
         ct[c] = pd.to_datetime(ct[c], utc=True)
-    ct = ct[ct["channel"].notna()]  # control rows are not contacts
     con.register("contacts_df", ct)
+    quote = lambda c: c.replace("'", "''")  # noqa: E731
+    kinds = {"sent": "sent_at", "open": "opened_at", "click": "clicked_at", "conv": "converted_at"}
+    per_channel = [f"count(*) FILTER (WHERE kind = '{k}' AND channel = '{quote(ch)}') AS {k}_{column_name(ch)}"
+                   for ch in channels for k in kinds]
+    outcome_rows = " UNION ALL ".join(
+        f"SELECT user_id, channel, '{k}' AS kind, date_trunc('day', {col}) AS day FROM contacts_df WHERE {col} IS NOT NULL"
+        for k, col in {**kinds, "unsub": "unsubscribed_at", "complaint": "complained_at"}.items())
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE daily_contacts AS
+        SELECT user_id, day, {"".join(c + ", " for c in per_channel)}
+               count(*) FILTER (WHERE kind = 'sent') AS sent_all,
+               count(*) FILTER (WHERE kind = 'open') AS open_all,
+               count(*) FILTER (WHERE kind = 'unsub') AS unsub_all,
+               count(*) FILTER (WHERE kind = 'complaint') AS complaint_all
+        FROM ({outcome_rows}) GROUP BY ALL
+    """)
+    sums = [f"{k}_{column_name(ch)}" for ch in channels for k in kinds] + ["sent_all", "open_all", "unsub_all", "complaint_all"]
+    last_sent = "".join(f", max(CASE WHEN sent_{column_name(ch)} > 0 THEN day END) OVER w AS last_{column_name(ch)}"
+                        for ch in channels)
+    _cumulative(con, "daily_contacts", "cum_contacts", sums, extra=last_sent)
+    grid = con.execute("SELECT user_id, snap FROM grid ORDER BY snap, user_id").df()
+    snap = pd.to_datetime(grid["snap"], utc=True)
+    now = _as_of(con, "cum_contacts", sums + [f"last_{column_name(ch)}" for ch in channels], 0)
+    totals = {c: now[c].fillna(0).to_numpy(dtype="float64") for c in sums}
+    past = {w: {c: v.fillna(0).to_numpy(dtype="float64") for c, v in _as_of(con, "cum_contacts", sums, w).items()}
+            for w in (1, 7, 90)}
+    window = lambda col, w: totals[col] - past[w][col]  # noqa: E731
     a, k = config.rate_prior * config.rate_strength, config.rate_strength
-    parts = []
+    df = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": snap})
     for ch in channels:
         n = column_name(ch)
-        on = f"c.channel = '{ch.replace(chr(39), chr(39) * 2)}'"
-        sent = f"count(*) FILTER (WHERE {on})"
-        parts += [
-            f"{sent} AS sent_90d_{n}",
-            f"count(*) FILTER (WHERE {on} AND c.sent_at >= g.snap - INTERVAL 7 DAY) AS sent_7d_{n}",
-            f"(count(*) FILTER (WHERE {on} AND c.opened_at < g.snap) + {a}) / ({sent} + {k}) AS open_rate_{n}",
-            f"(count(*) FILTER (WHERE {on} AND c.clicked_at < g.snap) + {a / 2}) / ({sent} + {k}) AS click_rate_{n}",
-            f"(count(*) FILTER (WHERE {on} AND c.converted_at < g.snap) + {a / 5}) / ({sent} + {k}) AS convert_rate_{n}",
-            f"coalesce(date_diff('day', max(c.sent_at) FILTER (WHERE {on}), g.snap), 9999) AS days_since_contact_{n}",
-        ]
-    df = con.execute(f"""
-        SELECT g.user_id, g.snap AS event_timestamp,
-               {", ".join(parts)}{"," if parts else ""}
-               count(c.sent_at) FILTER (WHERE c.sent_at >= g.snap - INTERVAL 1 DAY) AS contacts_1d,
-               count(c.sent_at) FILTER (WHERE c.sent_at >= g.snap - INTERVAL 7 DAY) AS contacts_7d,
-               count(c.sent_at) AS contacts_90d,
-               count(*) FILTER (WHERE c.opened_at < g.snap) AS opens_90d,
-               count(*) FILTER (WHERE c.unsubscribed_at < g.snap) AS unsubscribes_90d,
-               count(*) FILTER (WHERE c.complained_at < g.snap) AS complaints_90d
-        FROM grid g LEFT JOIN contacts_df c
-          ON c.user_id = g.user_id AND c.sent_at < g.snap AND c.sent_at >= g.snap - INTERVAL 90 DAY
-        GROUP BY g.user_id, g.snap
-        ORDER BY g.snap, g.user_id
-    """).df()
-    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+        sent = window(f"sent_{n}", 90)
+        df[f"sent_90d_{n}"] = sent
+        df[f"sent_7d_{n}"] = window(f"sent_{n}", 7)
+        df[f"open_rate_{n}"] = (window(f"open_{n}", 90) + a) / (sent + k)
+        df[f"click_rate_{n}"] = (window(f"click_{n}", 90) + a / 2) / (sent + k)
+        df[f"convert_rate_{n}"] = (window(f"conv_{n}", 90) + a / 5) / (sent + k)
+        last = pd.to_datetime(now[f"last_{n}"], utc=True)
+        df[f"days_since_contact_{n}"] = (snap - last).dt.days.fillna(9999).to_numpy(dtype="int64")
+    df["contacts_1d"] = window("sent_all", 1)
+    df["contacts_7d"] = window("sent_all", 7)
+    df["contacts_90d"] = window("sent_all", 90)
+    df["opens_90d"] = window("open_all", 90)
+    df["unsubscribes_90d"] = window("unsub_all", 90)
+    df["complaints_90d"] = window("complaint_all", 90)
     return df
 
 
