@@ -128,7 +128,7 @@ def ingest(
 
 # --- features --------------------------------------------------------------------------------------------
 
-def _build(settings: Settings, every_days: int, snapshots: int | None) -> dict[str, int]:
+def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120) -> dict[str, int]:
     from features.build import BuildConfig, build_all
     from features.contract import TABLES
     from features.ingest import manifest, read_raw
@@ -136,7 +136,8 @@ def _build(settings: Settings, every_days: int, snapshots: int | None) -> dict[s
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
-    config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, seed=settings.seed)
+    config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
+                         seed=settings.seed)
     with steps(7) as advance:
         tables = build_all(raw, config, progress=lambda name: advance(f"building {name}"))
         advance("writing feature tables")
@@ -147,11 +148,12 @@ def _build(settings: Settings, every_days: int, snapshots: int | None) -> dict[s
 def features_build(
     every_days: Annotated[int, typer.Option(min=1, help="days between training snapshots")] = 7,
     snapshots: Annotated[int | None, typer.Option(min=1, help="keep only the newest N snapshots")] = None,
+    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest (0 = all history)")] = 120,
 ) -> None:
     """Raw tables -> point-in-time feature tables (Parquet)."""
     settings = Settings()
     started = time.perf_counter()
-    rows = run_guarded(_build, settings, every_days, snapshots)
+    rows = run_guarded(_build, settings, every_days, snapshots, history_days)
     summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
 
 
