@@ -25,7 +25,19 @@ features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_i
 app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # wide tables in logs and CI output
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep library chatter (deprecations, MLflow INFO lines) out of the command's output."""
+    import logging
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("mlflow", "alembic", "feast", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 __all__ = ["app"]
 
@@ -195,14 +207,60 @@ def features_materialize() -> None:
     summary(f"online store ({settings.online_store}) ({time.perf_counter() - started:.1f} s)", rows, ("feature view", "users"))
 
 
+# --- evaluate ------------------------------------------------------------------------------------------
+
+_SHOWN = {"contacts": "contacts", "incremental_conversions": "incr. conv.", "incremental_revenue": "incr. revenue",
+          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints", "violations": "violations",
+          "share_of_oracle": "of oracle"}
+
+
+def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
+    from pipelines.evaluate import evaluate_policies, write_report
+    from simulation.replay import ReplayConfig
+
+    with steps(9) as advance:
+        table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
+    png, html = write_report(table, settings.home / "reports")
+    return table, ope, png, html
+
+
+def print_evaluation(table, ope, png, html) -> None:
+    out = Table(title="policies replayed over the same fresh simulated period (incremental = over no contact)")
+    out.add_column("policy")
+    for label in _SHOWN.values():
+        out.add_column(label, justify="right")
+    for policy, row in table.iterrows():
+        out.add_row(policy, *[_fmt(row[c]) if c != "share_of_oracle" else f"{row[c]:.0%}" for c in _SHOWN])
+    console.print(out)
+    est = Table(title="off-policy estimates of the NBA policy from the logged history (reward: conversion in 7 d)")
+    for col in ("method", "estimate", "95% CI", "simulated truth", "error"):
+        est.add_column(col, justify="right")
+    for _, r in ope.iterrows():
+        est.add_row(r["method"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['simulated_truth']:.4f}",
+                    f"{r['error']:+.1%}")
+    console.print(est)
+    console.print(f"report: {html} (chart {png})")
+
+
+@app.command()
+def evaluate(
+    users: Annotated[int, typer.Option(min=0, help="users sampled from the world (0 = all)")] = 5_000,
+    days: Annotated[int, typer.Option(min=1, help="days of the fresh period")] = 14,
+) -> None:
+    """Replay the NBA policy and the baselines over a fresh simulated period, plus off-policy estimates."""
+    settings = Settings()
+    print_evaluation(*run_guarded(_evaluate, settings, users or None, days))
+
+
 # --- demo ------------------------------------------------------------------------------------------------
 
 @app.command()
 def demo(
     users: Annotated[int, typer.Option(min=100, help="users in the simulated world")] = 20_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
 ) -> None:
-    """The main job on embedded defaults: simulate -> features -> online store -> sample online features."""
+    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions."""
     settings = Settings()
     started = time.perf_counter()
     console.rule("1. simulate the marketing world")
@@ -214,6 +272,12 @@ def demo(
     summary("online store", run_guarded(_materialize, settings), ("feature view", "users"))
     console.rule("4. online features for three users (FeatureService decision_v1)")
     _show_online(settings, n=3)
+    console.rule("5. train, register and promote every model (MLflow)")
+    app(args=["train", "all", "--trials", str(trials)], standalone_mode=False)
+    console.rule("6. the NBA policy against the baselines, in a fresh simulated period")
+    print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
+    console.rule("7. the decision service answering sample requests over HTTP")
+    _show_decisions(settings)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
 
 
@@ -237,9 +301,21 @@ def _show_online(settings: Settings, n: int) -> None:
     console.print(table)
 
 
+def _show_decisions(settings: Settings) -> None:
+    from pipelines.serve_commands import demo_requests
+
+    rows = run_guarded(demo_requests, settings)
+    table = Table(title="decisions from the running service (127.0.0.1)")
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     return str(value)
 
 

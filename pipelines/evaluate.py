@@ -151,13 +151,17 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     ]
 
 
-def evaluate_policies(settings: Settings, config: ReplayConfig = ReplayConfig(), progress=None) -> pd.DataFrame:
-    """Replay every policy over the same fresh period; one row of metrics per policy."""
+def evaluate_policies(settings: Settings, config: ReplayConfig = ReplayConfig(), users: int | None = 5_000,
+                      progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay every policy over the same fresh period (on a seeded sample of users); metrics per policy, and
+    the off-policy estimates of the NBA policy from the logged history next to its simulated truth."""
     period, tables = load_period(settings)
+    period = period.sample(users, seed=config.seed)
     step = progress or (lambda name: None)
     step("scoring users with the champions")
+    nba, propensity_only = model_policies(settings, period)
     policies = [
-        *model_policies(settings, period),
+        nba, propensity_only,
         NoContact(),
         RandomPolicy(),
         Blast(tuple(best_selling_order(tables, period.offers)), tuple(period.channels["cost"])),
@@ -170,7 +174,10 @@ def evaluate_policies(settings: Settings, config: ReplayConfig = ReplayConfig(),
     table = pd.DataFrame(rows).set_index("policy")
     oracle = table.loc["oracle", "incremental_revenue"]
     table["share_of_oracle"] = table["incremental_revenue"] / oracle if oracle > 0 else np.nan
-    return table
+    step("off-policy estimates from the log")
+    users_in = set(period.user_ids)
+    logged = {**tables, "contacts": tables["contacts"][tables["contacts"]["user_id"].astype(str).isin(users_in)]}
+    return table, off_policy(settings, nba, period, logged)
 
 
 def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
@@ -198,3 +205,66 @@ def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
         "<h1>Policies replayed over the same simulated period</h1>"
         f"{table.round(3).to_html()}<p><img src='{png.name}' alt='policy comparison chart'></p></body></html>")
     return png, html
+
+
+def _recent_contacts(contacts: pd.DataFrame) -> np.ndarray:
+    """For each logged row, the user's treated contacts in the 7 days before it (the fatigue the truth sees)."""
+    sent = contacts["channel"].notna().to_numpy()
+    frame = pd.DataFrame({"u": contacts["user_id"].astype(str).to_numpy(), "t": contacts["sent_at"].astype("int64").to_numpy(),
+                          "sent": sent.astype(np.int64), "row": np.arange(len(contacts))}).sort_values(["u", "t"])
+    out = np.zeros(len(frame), dtype=np.int64)
+    week = 7 * 86400 * 10**9
+    for _, g in frame.groupby("u", sort=False):  # per user: a two-pointer count over sorted send times
+        t, s = g["t"].to_numpy(), np.cumsum(g["sent"].to_numpy())
+        lo = np.searchsorted(t, t - week, side="left")
+        before = np.r_[0, s][np.arange(len(t))] - np.r_[0, s][lo]
+        out[g["row"].to_numpy()] = before
+    return out
+
+
+def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
+               sample: int | None = 100_000, seed: int = 7) -> pd.DataFrame:
+    """IPS, SNIPS and DR estimates of `policy` from the logged campaign history, next to the simulated truth.
+
+    The policy maps each user to one action (offer x channel, or no contact). The reward is a conversion
+    within 7 days. The truth is the oracle's P(convert) of the policy's action at each logged send time.
+    """
+    from simulation.truth import Oracle
+    from training.ope import estimate_all
+
+    log = tables["contacts"].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    if sample is not None and len(log) > sample:
+        log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
+    recent = _recent_contacts(log)
+    users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
+    n_c = len(period.channels)
+    greedy = policy.ev.reshape(len(policy.ev), -1).argmax(axis=1)
+    greedy = np.where(policy.ev.reshape(len(policy.ev), -1).max(axis=1) > 0, greedy, -1)[users]
+    offer_index = {o: i for i, o in enumerate(period.offers["offer_id"])}
+    channel_index = {c: i for i, c in enumerate(period.channels["channel"])}
+    logged_o = log["offer_id"].astype(object).map(offer_index).fillna(-1).to_numpy(dtype=np.int64)
+    logged_c = log["channel"].astype(object).map(channel_index).fillna(-1).to_numpy(dtype=np.int64)
+    logged = np.where(logged_c >= 0, logged_o * n_c + logged_c, -1)
+    target_prob = (logged == greedy).astype(float)
+    reward = log["converted_at"].notna().to_numpy(dtype=float)
+    oracle = Oracle(period.truth, period.offers)
+    sent_at = log["sent_at"]
+    o, c = np.divmod(greedy.clip(0), n_c)
+    treated = greedy >= 0
+    p_true = oracle.p_organic(users, sent_at)
+    if treated.any():
+        p_true[treated] = oracle.p_convert(users[treated], period.offers["offer_id"].to_numpy()[o[treated]],
+                                           period.channels["channel"].to_numpy()[c[treated]], sent_at[treated],
+                                           recent_contacts=recent[treated])
+    # Reward model for DR: the oracle's organic rate is not known to a real team, so use the logged
+    # conversion rate per action as a plain, honest q-hat.
+    rate = pd.Series(reward).groupby(logged).mean()
+    q_logged = rate.reindex(logged).to_numpy()
+    q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
+    rows = [e.as_row() for e in estimate_all(log["propensity"].to_numpy(dtype=float), target_prob, reward, q_logged, q_target)]
+    table = pd.DataFrame(rows)
+    truth = float(p_true.mean())
+    table["simulated_truth"] = truth
+    table["error"] = (table["value"] - truth) / truth
+    return table

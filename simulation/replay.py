@@ -9,6 +9,7 @@ opens, unsubscribes and complaints are drawn, and suppressions they create bind 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,6 +102,18 @@ class Period:
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
+
+    def sample(self, n: int | None, seed: int = 0) -> Period:
+        """The same period for a seeded random subset of `n` users (all users if n is None or larger)."""
+        if n is None or n >= self.n_users:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(self.n_users, size=n, replace=False))
+        per_user = {f.name: getattr(self.truth, f.name)[rows] for f in dataclasses.fields(self.truth)
+                    if isinstance(getattr(self.truth, f.name), np.ndarray)}
+        return dataclasses.replace(
+            self, truth=dataclasses.replace(self.truth, **per_user), user_ids=self.user_ids[rows],
+            consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
+            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
 
 
 @dataclass(frozen=True)
