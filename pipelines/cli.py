@@ -252,6 +252,40 @@ def evaluate(
     print_evaluation(*run_guarded(_evaluate, settings, users or None, days))
 
 
+# --- retrain ---------------------------------------------------------------------------------------------
+
+@app.command()
+def retrain(
+    source: Annotated[Path | None, typer.Argument(help="new data: a folder of table files or a mapping YAML (default: keep)")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start a new run instead of resuming a failed one")] = False,
+) -> None:
+    """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
+    from pipelines.retrain import STEPS, RetrainConfig
+    from pipelines.retrain import retrain as run_retrain
+
+    settings = Settings()
+
+    def body() -> dict:
+        with steps(len(STEPS)) as advance:
+            try:
+                return run_retrain(settings, RetrainConfig(source=source, trials=trials), resume=not fresh,
+                                   progress=lambda step: advance(f"retrain: {step}"))
+            except (ContractError, UserError, FileNotFoundError):
+                raise
+            except Exception as err:  # a step failed: the last good features and models keep serving
+                raise UserError(f"retrain stopped ({err}); the last good features and models are still in place. "
+                                "Fix the cause and run `nextbest retrain` again to resume from the failed step.") from None
+
+    state = run_guarded(body)
+    summary(f"retrain run {state['run_id']}: {state['status']}",
+            {step: info.get("status", "-") for step, info in state["steps"].items()}, ("step", "status"))
+    models = state["steps"].get("train", {}).get("models", {})
+    if models:
+        summary("models", {name: f"v{m['version']} {'promoted' if m['promoted'] else 'kept champion'}" for name, m in models.items()},
+                ("model", "result"))
+
+
 # --- demo ------------------------------------------------------------------------------------------------
 
 @app.command()

@@ -1,0 +1,85 @@
+"""The closed loop's pipelines: policy replay under the contact rules, and the resumable retraining pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.ingest import write_raw
+from features.settings import Settings
+from simulation import WorldConfig, simulate
+from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
+from simulation.replay import Choice, Period, ReplayConfig, Rules, replay
+
+
+@pytest.fixture(scope="module")
+def world():
+    return simulate(WorldConfig(n_users=1_500, seed=5))
+
+
+def test_baselines_obey_the_rules_and_the_oracle_wins(world):
+    period = Period.from_tables(world.tables, world.truth)
+    config = ReplayConfig(days=7)
+    blast = Blast(tuple(best_selling_order(world.tables, period.offers)), tuple(period.channels["cost"]))
+    results = {p.name: replay(period, p, config).metrics for p in (NoContact(), RandomPolicy(), blast, OraclePolicy(period))}
+    assert all(m["violations"] == 0 for m in results.values())
+    assert results["no contact"]["incremental_revenue"] == 0
+    assert results["oracle"]["incremental_revenue"] > 2 * results["blast"]["incremental_revenue"]
+    assert results["oracle"]["incremental_revenue"] > results["random"]["incremental_revenue"]
+    # weekly cap: nobody gets more than per_user_per_week contacts in the 7 days
+    assert results["blast"]["contacts"] <= period.n_users * Rules().per_user_per_week
+
+
+def test_a_policy_that_breaks_the_rules_is_caught(world):
+    """The replay does not repair choices: quiet hours and consent breaches are counted."""
+    period = Period.from_tables(world.tables, world.truth)
+
+    class Reckless:
+        name = "reckless"
+
+        def choose(self, s, rng):
+            n = len(s.recent)
+            no_consent = np.argmin(period.consent, axis=1)  # a channel without consent where there is one
+            return Choice(np.zeros(n, dtype=int), no_consent, np.full(n, 3), np.ones(n), np.ones(n))
+
+    sends = replay(period, Reckless(), ReplayConfig(days=2)).sends
+    assert sends["broke_quiet_hours"].any()  # 03:00 local is quiet for push, sms and wechat
+    assert sends["broke_consent"].sum() == (~period.consent[sends["user_idx"], sends["channel"].map(
+        {c: i for i, c in enumerate(period.channels["channel"])})]).sum()
+    assert sends["violation"].sum() > 0
+
+
+@pytest.mark.slow
+def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    from features.store import read_table
+    from pipelines import retrain as pipeline
+    from training.registry import list_versions
+
+    settings = Settings(home=tmp_path / "home")
+    world = simulate(WorldConfig(n_users=800, seed=2))
+    write_raw(world.tables, settings.raw_dir)
+    world.truth.save(settings.truth_dir)
+    config = pipeline.RetrainConfig(trials=1, evaluate=False, models=("conversion", "churn"))
+
+    def broken(settings, config):
+        raise RuntimeError("online store unreachable")
+
+    monkeypatch.setitem(pipeline._RUN, "materialize", broken)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        pipeline.retrain(settings, config)
+    state = pipeline.load_state(settings)
+    assert state["status"] == "failed at materialize"
+    assert [s for s, v in state["steps"].items() if v["status"] == "done"] == ["ingest", "build", "apply"]
+    assert len(read_table(settings, "behaviour")) > 0  # the built features are in place
+    assert list_versions(settings) == []  # no model was touched
+
+    monkeypatch.undo()
+    built_at = state["steps"]["build"]["at"]
+    state = pipeline.retrain(settings, config)
+    assert state["status"] == "done" and state["steps"]["build"]["at"] == built_at  # resumed, not rebuilt
+    assert all(m["promoted"] for m in state["steps"]["train"]["models"].values())  # first models become champions
+
+    # A fresh run on the same data: each challenger ties its champion on the same holdout, so none is promoted.
+    again = pipeline.retrain(settings, config, resume=False)
+    assert again["run_id"] != state["run_id"]
+    assert not any(m["promoted"] for m in again["steps"]["train"]["models"].values())
