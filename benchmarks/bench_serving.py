@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -116,6 +117,32 @@ def feast_reference(settings: Settings, users: list[str], single: int = 300) -> 
             "features": sum(len(p.features) for p in service.feature_view_projections)}
 
 
+def reader_reference(settings: Settings, users: list[str], single: int = 300) -> dict:
+    """The bulk SQLite reader the service uses (features/online_sqlite.py), on the same users."""
+    from features.online_sqlite import OnlineReader
+    from features.store import feature_store
+
+    reader = OnlineReader(feature_store(settings), "decision_v1")
+    one = []
+    for k in range(single):
+        t = time.perf_counter()
+        reader.read([users[k % len(users)]])
+        one.append((time.perf_counter() - t) * 1000)
+    batch_ms = []
+    for _ in range(3):
+        t = time.perf_counter()
+        reader.read(users[:1000])
+        batch_ms.append((time.perf_counter() - t) * 1000)
+    return {"single": percentiles(one), "batch_1000_ms": float(np.median(batch_ms))}
+
+
+def cpu_check() -> float:
+    """Seconds for a fixed pure-Python loop: a yardstick for how busy the shared machine was."""
+    t = time.perf_counter()
+    sum(range(10_000_000))
+    return time.perf_counter() - t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="NEXTBEST home with a built Feast store (default: build a small one)")
@@ -131,20 +158,26 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     settings = Settings(home=args.home) if args.home else build_demo_store(Path(tmp.name), args.users)
     users = read_table(settings, "profile")["user_id"].astype(str).tolist()
+    load_before, cpu_before = os.getloadavg(), cpu_check()
     reference = feast_reference(settings, users)
+    reader = reader_reference(settings, users)
     with running_service(settings) as url:
         with httpx.Client(base_url=url) as c:  # warm up: imports, registry cache, first predictions
             for u in users[:50]:
                 c.post("/decide", json={"user_id": u, "dry_run": True})
         result = {
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "fixed_rate": fixed_rate(url, users, args.rate, args.seconds),
             "saturation": saturation(url, users, args.saturation_seconds),
             "batch": batch(url, users[:1000]),
             "feast_reference": reference,
+            "bulk_reader": reader,
         }
+    result["machine_load"] = {"loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                              "cpu_check_s_before": cpu_before, "cpu_check_s_after": cpu_check()}
     result["ratio_p50_decide_to_feast"] = result["fixed_rate"]["p50_ms"] / reference["single"]["p50_ms"]
+    result["ratio_batch_to_feast_batch"] = result["batch"]["p50_ms"] / reference["batch_1000_ms"]
     print(json.dumps(result, indent=2))
     tmp.cleanup()
 

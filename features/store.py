@@ -22,8 +22,12 @@ from features.settings import Settings
 __all__ = ["repo_config", "feature_store", "write_tables", "apply", "materialize", "read_table"]
 
 
-def repo_config(settings: Settings) -> RepoConfig:
-    """Feast configuration: DuckDB/file offline, SQLite (default) or Redis online, file registry."""
+def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
+    """Feast configuration: DuckDB/file offline, SQLite (default) or Redis online, file registry.
+
+    `cache_ttl_seconds` is how long Feast trusts its cached registry; 0 means until `refresh_registry()`
+    (the decision service refreshes it off the request path when the registry file changes).
+    """
     feast_dir = settings.feast_dir.resolve()
     if settings.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.redis_url}
@@ -32,7 +36,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     return RepoConfig(
         project=settings.project,
         provider="local",
-        registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 60},
+        registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": cache_ttl_seconds},
         online_store=online,
         offline_store={"type": settings.offline_store},
         entity_key_serialization_version=3,
@@ -40,9 +44,9 @@ def repo_config(settings: Settings) -> RepoConfig:
     )
 
 
-def feature_store(settings: Settings) -> FeatureStore:
+def feature_store(settings: Settings, cache_ttl_seconds: int = 60) -> FeatureStore:
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_dir.resolve()))
+    return FeatureStore(config=repo_config(settings, cache_ttl_seconds), repo_path=str(settings.feast_dir.resolve()))
 
 
 def write_tables(tables: dict[str, pd.DataFrame], feature_dir: Path) -> dict[str, int]:

@@ -28,6 +28,11 @@ __all__ = [
     "expected_values",
     "Pick",
     "choose",
+    "best_slots_many",
+    "expected_values_many",
+    "Greedy",
+    "greedy_many",
+    "choose_one",
 ]
 
 HOURS = 24
@@ -206,3 +211,66 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
         propensity = max(float((winners[1:] == pick).mean()), 1.0 / draws)
         return Pick(arms[pick] if pick < len(arms) else None, propensity, pick != greedy)
     return Pick(arms[greedy] if greedy < len(arms) else None, 1.0, False)
+
+
+# --- the same over a batch of users ------------------------------------------------------------------
+
+
+def best_slots_many(p_open: np.ndarray, local_hour: np.ndarray, slot_ok: np.ndarray) -> np.ndarray:
+    """`best_slots` for every user: p_open (U, C, 24), local_hour (U, S), slot_ok (U, C, S) -> (U, C)."""
+    hours = np.broadcast_to(local_hour[:, None, :], slot_ok.shape)
+    scores = np.where(slot_ok, np.take_along_axis(p_open, hours, axis=2), -np.inf)
+    return np.where(slot_ok.any(axis=2), scores.argmax(axis=2), -1)
+
+
+def expected_values_many(p_convert: np.ndarray, uplift: np.ndarray, config: OperatorConfig,
+                         p_churn: np.ndarray) -> np.ndarray:
+    """`expected_values` for every user: (U, O, C) from (U, O, C) scores and P(churn) (U,)."""
+    value = np.array([o.value * o.lever for o in config.offers])
+    retention = np.array([o.kind == "retention" for o in config.offers])
+    boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]
+    cost = np.array([c.cost for c in config.channels])
+    effect = np.where(np.isfinite(uplift), uplift, p_convert)
+    return effect * (value[None, :] * boost)[:, :, None] - cost[None, None, :]
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """`choose`'s deterministic part for many users: feasible arms and the best one, per user."""
+
+    feasible: np.ndarray  # bool (U, O * C), arms in `choose`'s order (row-major offer x channel)
+    n_arms: np.ndarray  # (U,)
+    best: np.ndarray  # (U,) flat index of the greedy arm, -1 for "no action"
+    shape: tuple[int, int]
+
+
+def greedy_many(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, min_ev: float = 0.0) -> Greedy:
+    """Per user, the feasible (offer, channel) with the best EV (priority breaks ties), as `choose` finds it."""
+    n_u, n_o, n_c = ev.shape
+    score = np.where(feasible, ev + 1e-9 * priority[None, :, None], -np.inf).reshape(n_u, n_o * n_c)
+    flat = feasible.reshape(n_u, n_o * n_c)
+    n_arms = flat.sum(axis=1)
+    arg = score.argmax(axis=1)
+    has = (n_arms > 0) & (score[np.arange(n_u), arg] > min_ev)
+    return Greedy(flat, n_arms, np.where(has, arg, -1), (n_o, n_c))
+
+
+def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Generator) -> Pick:
+    """`choose` for user u from its precomputed greedy arm; draws from `rng` exactly as `choose` does.
+
+    Thompson sampling needs the per-arm samples: the caller uses `choose` for it.
+    """
+    k_arms = int(g.n_arms[u])
+    best = int(g.best[u])
+    if exploration.method == "epsilon" and exploration.rate > 0 and k_arms:
+        arms = np.flatnonzero(g.feasible[u])
+        greedy = int(np.searchsorted(arms, best)) if best >= 0 else k_arms
+        k = k_arms + 1
+        explore = rng.random() < exploration.rate
+        pick = int(rng.integers(k)) if explore else greedy
+        propensity = (1 - exploration.rate) * (pick == greedy) + exploration.rate / k
+        action = tuple(int(i) for i in np.unravel_index(arms[pick], g.shape)) if pick < k_arms else None
+        return Pick(action, float(propensity), explore and pick != greedy)
+    if best < 0:
+        return Pick(None, 1.0, False)
+    return Pick(tuple(int(i) for i in np.unravel_index(best, g.shape)), 1.0, False)

@@ -160,11 +160,21 @@ class SQLiteLedger(Ledger):
         new: dict[Key, int] = {}
         for key in r.charges:
             new[key] = new.get(key, 0) + 1
+        # Every counter the caps read, in one query per scope (not one per key): the write lock is held briefly.
+        stored: dict[Key, int] = {}
+        by_scope: dict[str, set[str]] = {}
         for con in r.constraints:
-            total = sum(new.get(k, 0) for k in con.keys)
             for scope, field in con.keys:
-                row = c.execute("SELECT n FROM counters WHERE scope = ? AND field = ?", (scope, field)).fetchone()
-                total += row[0] if row else 0
+                by_scope.setdefault(scope, set()).add(field)
+        for scope, fields in by_scope.items():
+            names = sorted(fields)
+            for start in range(0, len(names), 500):
+                part = names[start:start + 500]
+                rows = c.execute(f"SELECT field, n FROM counters WHERE scope = ? AND field IN ({','.join('?' * len(part))})",
+                                 (scope, *part)).fetchall()
+                stored.update(((scope, f), n) for f, n in rows)
+        for con in r.constraints:
+            total = sum(new.get(k, 0) + stored.get(k, 0) for k in con.keys)
             if total > con.limit:
                 return Commit("refused", rule=con.rule)
         c.executemany("INSERT INTO counters (scope, field, n) VALUES (?, ?, ?) "

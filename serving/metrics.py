@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 __all__ = ["Metrics", "metrics"]
 
@@ -24,18 +25,27 @@ class Metrics:
                            multiprocess_mode="livemax")
 
     def decided(self, decisions: list[dict], seconds: float) -> None:
+        """Count a request's decisions; labels are summed first, so a batch costs one update per label."""
         self.latency.observe(seconds)
+        actions: Counter = Counter()
+        filtered: Counter = Counter()
+        degraded: Counter = Counter()
+        no_action = 0
         for d in decisions:
             if d.get("replayed"):
                 continue
-            for a in d["actions"]:
-                self.decisions.labels(a["offer_id"], a["channel"]).inc()
-            if not d["actions"]:
-                self.no_action.inc()
-            for r in d["filtered"]:
-                self.filtered.labels(r["reason"]).inc()
-            for r in d["degraded_reasons"]:
-                self.degraded.labels(r).inc()
+            actions.update((a["offer_id"], a["channel"]) for a in d["actions"])
+            no_action += not d["actions"]
+            filtered.update(r["reason"] for r in d["filtered"])
+            degraded.update(d["degraded_reasons"])
+        for (offer, channel), n in actions.items():
+            self.decisions.labels(offer, channel).inc(n)
+        if no_action:
+            self.no_action.inc(no_action)
+        for reason, n in filtered.items():
+            self.filtered.labels(reason).inc(n)
+        for reason, n in degraded.items():
+            self.degraded.labels(reason).inc(n)
 
     def models(self, versions: dict[str, str]) -> None:
         self.model.clear()

@@ -25,6 +25,14 @@ __all__ = [
     "constraints_for",
     "CAPACITY",
     "Key",
+    "UserRules",
+    "CountsBatch",
+    "GridBatch",
+    "BatchResult",
+    "user_rules",
+    "counts_batch",
+    "grid_batch",
+    "evaluate_many",
 ]
 
 # Every reason a candidate can be filtered for; tests assert each one is produced by its rule.
@@ -279,3 +287,275 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
         for c in found:
             constraints[(c.keys, c.rule)] = c
     return charges, list(constraints.values())
+
+
+# --- the same rules over a batch of users -------------------------------------------------------------
+#
+# `evaluate_many` gives, user by user, exactly what `evaluate` gives (offer_ok, channel_ok, slot_ok and the
+# refusals in the same order with the same details), with NumPy over the batch. What does not depend on
+# the ledger counters (campaign limits, validity, eligibility, suppression, consent, timezone) is worked
+# out once per request in `user_rules`, so re-applying the caps after an action is cheap.
+
+_OFFER_RULES = ("not_in_campaign", "offer_not_valid", "eligibility", "cap_offer")  # codes 1..4 (0 = allowed)
+_CHANNEL_RULES = ("not_in_campaign", "suppressed", "consent", "timezone_unknown")  # codes 1..4
+_SLOT_RULES = ("deadline", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day", "capacity")
+_CONSENTED = (True, 1, 1.0, "true", "True")
+
+
+def _plain(x: object) -> object:
+    """A feature value as `evaluate` sees it: None for missing/NaN, Python scalars for NumPy ones."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return None
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _per_value(column: np.ndarray | None, n: int, fn) -> np.ndarray:
+    """fn(value) for each user's value, calling fn once per distinct value; an object array (n,)."""
+    out = np.empty(n, dtype=object)
+    if column is None:
+        out[:] = [fn(None)] * n
+        return out
+    if n == 1:
+        out[0] = fn(_plain(column[0]))
+        return out
+    if column.dtype != object:
+        uniq, inverse = np.unique(column, return_inverse=True)
+        results = np.empty(len(uniq), dtype=object)
+        results[:] = [fn(_plain(u)) for u in uniq]
+        return results[inverse.reshape(-1)]
+    seen: dict = {}
+    for i, v in enumerate(column.tolist()):
+        try:
+            key = (type(v), v)
+            if key not in seen:
+                seen[key] = fn(_plain(v))
+            out[i] = seen[key]
+        except TypeError:  # an unhashable value (a list feature): evaluate it on its own
+            out[i] = fn(_plain(v))
+    return out
+
+
+_CLAUSES: dict[str | None, list] = {}
+
+
+def _clauses(rule: str | None) -> list:
+    """parse_eligibility, once per distinct rule text."""
+    if rule not in _CLAUSES:
+        _CLAUSES[rule] = list(parse_eligibility(rule))
+    return _CLAUSES[rule]
+
+
+@dataclass
+class UserRules:
+    """Per user, the refusals that do not depend on ledger counters (codes index _OFFER_RULES/_CHANNEL_RULES + 1)."""
+
+    offer_code: np.ndarray  # int8 (U, O)
+    offer_detail: np.ndarray  # object (U, O): eligibility clause that failed
+    channel_code: np.ndarray  # int8 (U, C)
+    channel_detail: np.ndarray  # object (U, C): suppression reason
+
+    def take(self, rows: np.ndarray) -> UserRules:
+        return UserRules(self.offer_code[rows], self.offer_detail[rows], self.channel_code[rows], self.channel_detail[rows])
+
+
+def user_rules(config: OperatorConfig, users: dict[str, np.ndarray], nows: list[datetime],
+               allowed_offers: np.ndarray, allowed_channels: np.ndarray, timezone_known: np.ndarray,
+               suppressed: list[dict[str, str]]) -> UserRules:
+    """Campaign limits, offer validity, eligibility, suppression, consent and timezone for every user.
+
+    `users` maps feature names to one value per user (as serving/engine.py's Users); `allowed_*` are
+    boolean (U, O) / (U, C) masks of what each user's campaign allows.
+    """
+    n_u, n_o, n_c = len(nows), len(config.offers), len(config.channels)
+    distinct_now = list(dict.fromkeys(nows))
+    invalid = np.array([[bool((o.valid_from and t < o.valid_from) or (o.valid_to and t > o.valid_to)) for o in config.offers]
+                        for t in distinct_now], dtype=bool).reshape(len(distinct_now), n_o)
+    if len(distinct_now) > 1:
+        where = {t: k for k, t in enumerate(distinct_now)}
+        invalid = invalid[[where[t] for t in nows]]
+    failed = np.full((n_u, n_o), None, dtype=object)
+    verdicts: dict[tuple, np.ndarray] = {}
+    for i, offer in enumerate(config.offers):
+        open_ = None
+        for clause in _clauses(offer.eligibility):
+            key = (clause.feature, clause.op, clause.value)
+            if key not in verdicts:
+                target = "[" + ", ".join(map(str, clause.value)) + "]" if isinstance(clause.value, tuple) else clause.value
+                prefix = f"{clause.feature} {clause.op} {target} (user has "
+                verdicts[key] = _per_value(users.get(clause.feature), n_u,
+                                           lambda v, c=clause, p=prefix: None if _clause_holds(v, c.op, c.value) else f"{p}{v})")
+            verdict = verdicts[key]
+            fails = verdict != None  # noqa: E711 - elementwise on an object array
+            if open_ is not None:
+                fails &= open_
+            if fails.any():
+                failed[fails, i] = verdict[fails]
+                open_ = ~fails if open_ is None else open_ & ~fails
+    ineligible = failed != None  # noqa: E711
+    offer_code = np.where(~allowed_offers, 1, np.where(invalid, 2, np.where(ineligible, 3, 0))).astype(np.int8)
+    offer_detail = np.where(offer_code == 3, failed, "")
+
+    sup = np.zeros((n_u, n_c), dtype=bool)
+    channel_detail = np.full((n_u, n_c), "", dtype=object)
+    for u, s in enumerate(suppressed):
+        if s:
+            for j, ch in enumerate(config.channels):
+                reason = s.get(ch.channel) or s.get("*")
+                if reason:
+                    sup[u, j], channel_detail[u, j] = True, reason
+    no_consent = np.zeros((n_u, n_c), dtype=bool)
+    for j, ch in enumerate(config.channels):
+        if ch.requires_consent:
+            no_consent[:, j] = _per_value(users.get(f"consent_{ch.channel}"), n_u, lambda v: v not in _CONSENTED).astype(bool)
+    quiet = np.array([bool(ch.quiet_hours) for ch in config.channels], dtype=bool)
+    tz_unknown = ~timezone_known[:, None] & quiet[None, :]
+    channel_code = np.where(~allowed_channels, 1, np.where(sup, 2, np.where(no_consent, 3, np.where(tz_unknown, 4, 0))))
+    channel_detail = np.where(channel_code == 2, channel_detail, "")
+    return UserRules(offer_code, offer_detail, channel_code.astype(np.int8), channel_detail)
+
+
+@dataclass
+class GridBatch:
+    """Each user's TimeGrid arrays stacked: (U, S)."""
+
+    grids: list[TimeGrid]
+    local_hour: np.ndarray
+    local_day: np.ndarray
+    utc_day: np.ndarray
+    before_deadline: np.ndarray
+
+    def take(self, rows: np.ndarray) -> GridBatch:
+        return GridBatch([self.grids[r] for r in rows.tolist()], self.local_hour[rows], self.local_day[rows],
+                         self.utc_day[rows], self.before_deadline[rows])
+
+
+def grid_batch(grids: list[TimeGrid]) -> GridBatch:
+    return GridBatch(grids, np.stack([g.local_hour for g in grids]), np.stack([g.local_day for g in grids]),
+                     np.stack([g.utc_day for g in grids]), np.stack([g.before_deadline for g in grids]))
+
+
+@dataclass
+class CountsBatch:
+    """Counts of many users: (U, C, WEEK + 1), (U, O), (U, C, 2) and each user's suppressions."""
+
+    channel_day: np.ndarray
+    offer_window: np.ndarray
+    capacity_used: np.ndarray
+    suppressed: list[dict[str, str]]
+
+    def take(self, rows: np.ndarray) -> CountsBatch:
+        return CountsBatch(self.channel_day[rows], self.offer_window[rows], self.capacity_used[rows],
+                           [self.suppressed[r] for r in rows.tolist()])
+
+    def one(self, row: int) -> Counts:
+        return Counts(self.channel_day[row], self.offer_window[row], self.capacity_used[row], self.suppressed[row])
+
+
+def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, int], config: OperatorConfig,
+                 grids: list[TimeGrid], suppressed: list[dict[str, str]]) -> CountsBatch:
+    """What `counts_from` gives for each user, reading only the counters a user actually has."""
+    n_u, n_o, n_c = len(grids), len(config.offers), len(config.channels)
+    channels = {c: j for j, c in enumerate(config.channel_names())}
+    offers = {o: i for i, o in enumerate(config.offer_ids())}
+    window = config.caps.offer_window_days
+    channel_day = np.zeros((n_u, n_c, WEEK + 1), dtype=np.int64)
+    offer_window = np.zeros((n_u, n_o), dtype=np.int64)
+    capacity_used = np.zeros((n_u, n_c, 2), dtype=np.int64)
+    day_slots: dict[date, tuple[dict[str, int], set[str]]] = {}
+    capacity: dict[tuple[date, date], np.ndarray] = {}
+    for u, (counts, grid) in enumerate(zip(user_counts, grids, strict=True)):
+        d0 = grid.local_dates[0]
+        if d0 not in day_slots:
+            day_slots[d0] = ({d.isoformat(): k for k, d in enumerate(_local_days(grid))},
+                             {(d0 + timedelta(days=k)).isoformat() for k in range(-window, window + 2)})
+        days, offer_days = day_slots[d0]
+        for name, n in counts.items():
+            kind, _, rest = name.partition(":")
+            key, _, day = rest.rpartition(":")
+            if kind == "c" and key in channels and day in days:
+                channel_day[u, channels[key], days[day]] = n
+            elif kind == "o" and key in offers and day in offer_days:
+                offer_window[u, offers[key]] += n
+        if grid.utc_dates not in capacity:
+            capacity[grid.utc_dates] = np.array([[capacity_counts.get(f"{c}:{d}", 0) for d in grid.utc_dates]
+                                                 for c in config.channel_names()], dtype=np.int64).reshape(n_c, 2)
+        capacity_used[u] = capacity[grid.utc_dates]
+    return CountsBatch(channel_day, offer_window, capacity_used, suppressed)
+
+
+@dataclass
+class BatchResult:
+    """`evaluate`'s answer for each user: (U, O), (U, C), (U, C, S) and one list of refusals per user."""
+
+    offer_ok: np.ndarray
+    channel_ok: np.ndarray
+    slot_ok: np.ndarray
+    refusals: list[list[Refusal]]
+
+    def one(self, row: int) -> PolicyResult:
+        return PolicyResult(self.offer_ok[row], self.channel_ok[row], self.slot_ok[row], self.refusals[row])
+
+
+def _slot_reason(mask: int) -> tuple[str, str]:
+    """The refusal for a channel whose slots the rules in bit mask `mask` removed (as `evaluate` names it)."""
+    names = [name for k, name in enumerate(_SLOT_RULES) if mask >> k & 1]
+    return names[-1], ", ".join(names[:-1])
+
+
+def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch, grids: GridBatch) -> BatchResult:
+    """Apply every contact rule to every user at once; see `evaluate` for the rules and their order."""
+    caps = config.caps
+    n_u, n_c = rules.channel_code.shape
+    offer_code = rules.offer_code.copy()
+    offer_code[(offer_code == 0) & (counts.offer_window >= caps.per_offer)] = 4
+
+    day = counts.channel_day[:, :, WEEK - 1:WEEK + 1]  # (U, C, 2)
+    week = np.stack([counts.channel_day[:, :, k:k + WEEK].sum(axis=2) for k in (0, 1)], axis=2)
+    user_day = day.sum(axis=1)  # (U, 2)
+    quiet = np.stack([parse_quiet_hours(ch.quiet_hours) for ch in config.channels])  # (C, 24)
+    capacity = np.array([ch.daily_capacity if ch.daily_capacity is not None else np.iinfo(np.int64).max
+                         for ch in config.channels], dtype=np.int64)
+    shape = (n_u, n_c, grids.local_hour.shape[1])
+    local_day = np.broadcast_to(grids.local_day[:, None, :], shape)
+    slot_rules = (
+        np.broadcast_to(grids.before_deadline[:, None, :], shape),
+        ~quiet[:, grids.local_hour].transpose(1, 0, 2),
+        np.take_along_axis(day < caps.per_channel_day, local_day, axis=2),
+        np.take_along_axis(week < caps.per_channel_week, local_day, axis=2),
+        np.broadcast_to(np.take_along_axis(user_day < caps.per_user_day, grids.local_day, axis=1)[:, None, :], shape),
+        np.take_along_axis(counts.capacity_used < capacity[None, :, None], np.broadcast_to(grids.utc_day[:, None, :], shape),
+                           axis=2),
+    )
+    ok = np.ones(shape, dtype=bool)
+    blocked = np.zeros((n_u, n_c), dtype=np.int64)
+    for k, rule in enumerate(slot_rules):
+        blocked |= (ok & ~rule).any(axis=2).astype(np.int64) << k
+        ok &= rule
+    level_ok = rules.channel_code == 0
+    slot_ok = ok & level_ok[:, :, None]
+    channel_ok = slot_ok.any(axis=2)
+
+    refusals: list[list[Refusal]] = [[] for _ in range(n_u)]
+    made: dict[tuple, Refusal] = {}
+
+    def refusal(*key) -> Refusal:
+        r = made.get(key)
+        if r is None:
+            r = made[key] = Refusal(*key)
+        return r
+
+    offers = config.offer_ids()
+    for u, o in zip(*(a.tolist() for a in np.nonzero(offer_code)), strict=True):
+        code = offer_code[u, o]
+        detail = rules.offer_detail[u, o] if code == 3 else \
+            f"{counts.offer_window[u, o]} of {caps.per_offer} in {caps.offer_window_days} days" if code == 4 else ""
+        refusals[u].append(refusal(_OFFER_RULES[code - 1], offers[o], None, detail))
+    channels = config.channel_names()
+    for u, c in zip(*(a.tolist() for a in np.nonzero(~channel_ok)), strict=True):
+        code = rules.channel_code[u, c]
+        if code:
+            refusals[u].append(refusal(_CHANNEL_RULES[code - 1], None, channels[c], rules.channel_detail[u, c]))
+        else:
+            reason, detail = _slot_reason(int(blocked[u, c]))
+            refusals[u].append(refusal(reason, None, channels[c], detail))
+    return BatchResult(offer_code == 0, channel_ok, slot_ok, refusals)

@@ -89,21 +89,58 @@ class ModelHolder:
 
 
 class OnlineFeatures:
-    """The decision FeatureService from Feast's online store, with population defaults when it is down."""
+    """The decision FeatureService from Feast's online store, with population defaults when it is down.
+
+    The Feast registry is read once and then only when its file changes (`refresh`, off the request
+    path): the store's own registry cache never expires, so no request waits for a registry reload.
+    With the SQLite online store, features come from the bulk reader in features/online_sqlite.py (one
+    query per request); with Redis, from Feast's reader.
+    """
 
     def __init__(self, settings: Settings):
         from features.store import feature_store
 
         self.settings = settings
-        self.store = feature_store(settings)
+        self.store = feature_store(settings, cache_ttl_seconds=0)
         self._lock = threading.Lock()  # Feast's SQLite online store shares one connection across threads
         self._service = None
+        self._reader = None
+        self._registry_seen = self._registry_stamp()
         self.defaults = self._population_defaults()
+
+    def _registry_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.settings.feast_dir / "registry.db").stat()
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def refresh(self) -> bool:
+        """Re-read the Feast registry if its file changed; True when it did."""
+        stamp = self._registry_stamp()
+        if stamp == self._registry_seen:
+            return False
+        try:
+            self.store.refresh_registry()
+        except Exception as err:  # a registry being rewritten: keep the cached one, try again next time
+            log.warning("could not refresh the Feast registry: %s", err)
+            return False
+        self._registry_seen = stamp
+        self._service, self._reader = None, None
+        return True
 
     def service(self):
         if self._service is None:
             self._service = self.store.get_feature_service(DECISION_SERVICE)
         return self._service
+
+    def reader(self):
+        """The bulk SQLite reader of the decision FeatureService, or None for other online stores."""
+        if self._reader is None and self.store.config.online_store.type == "sqlite":
+            from features.online_sqlite import OnlineReader
+
+            self._reader = OnlineReader(self.store, self.service())
+        return self._reader
 
     def columns_of(self, service_name: str) -> list[str]:
         fs = self.store.get_feature_service(service_name)
@@ -133,16 +170,22 @@ class OnlineFeatures:
     def fetch(self, user_ids: list[str]) -> tuple[engine.Users, np.ndarray, bool]:
         """Features per user (in order), which users the store knows, and whether defaults stood in."""
         try:
-            with self._lock:
-                raw = self.store.get_online_features(features=self.service(),
-                                                     entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+            reader = self.reader()
+            if reader is not None:
+                users = _reader_columns(reader.read(user_ids))
+            else:
+                with self._lock:
+                    raw = self.store.get_online_features(features=self.service(),
+                                                         entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+                users = _columns(raw)
         except Exception as err:  # store unreachable or broken: population defaults, flagged degraded
             log.warning("online features unavailable, using population defaults: %s", err)
             raw = {k: [v] * len(user_ids) for k, v in self.defaults.items()}
             raw["user_id"] = list(user_ids)
             return _columns(raw), np.ones(len(user_ids), dtype=bool), True
-        users = _columns(raw)
-        known = np.array([v is not None for v in raw["timezone"]]) if "timezone" in raw else np.ones(len(user_ids), dtype=bool)
+        tz = users.get("timezone")
+        known = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) for v in tz.tolist()], dtype=bool) \
+            if tz is not None else np.ones(len(user_ids), dtype=bool)
         return users, known, False
 
     def push(self, rows: pd.DataFrame) -> None:
@@ -190,6 +233,22 @@ def _columns(raw: dict[str, list]) -> engine.Users:
             out[name] = np.array(values, dtype=float)
         else:
             out[name] = np.array(values, dtype=object)
+    return out
+
+
+def _reader_columns(cols) -> engine.Users:
+    """What `_columns` makes of `to_dict()`, straight from the bulk reader's arrays."""
+    n_u = len(cols.user_ids)
+    out: engine.Users = {"user_id": np.array(cols.user_ids, dtype=object)}
+    by_feature = cols.doubles.T.copy()  # (F, U): each double feature one contiguous row
+    any_present = cols.present.any(axis=0).tolist()
+    for j, (name, is_double) in enumerate(zip(cols.names, cols.is_double.tolist(), strict=True)):
+        if not is_double:
+            out[name] = _columns({name: cols.objects[j]})[name]
+        elif any_present[j]:
+            out[name] = by_feature[j]
+        else:
+            out[name] = np.full(n_u, None, dtype=object)
     return out
 
 
@@ -284,7 +343,7 @@ class Runtime:
             todo = [i for i, j in enumerate(jobs) if j.replay is None]
             while todo:
                 snapshot = self.ledger.read([jobs[i].req.user_id for i in todo])
-                plans = self._plan([jobs[i] for i in todo], _subset(feats, todo), snapshot, config,
+                plans = self._plan([jobs[i] for i in todo], feats if len(todo) == len(jobs) else _subset(feats, todo), snapshot, config,
                                    models, features_degraded)
                 todo = self._commit([jobs[i] for i in todo], plans, todo)
         except LedgerUnavailable as err:
@@ -306,28 +365,50 @@ class Runtime:
 
     def _plan(self, jobs: list[_Job], feats: engine.Users, snapshot: Snapshot, config: OperatorConfig,
               models: engine.ModelSet, features_degraded: bool) -> list[dict]:
-        """Policy per user, scoring for all users at once, then the choice per user."""
+        """Policy, scoring and the greedy choice for all users at once (NumPy), then each user's answer."""
         channels = config.channel_names()
-        n_c = len(channels)
-        prepared = []
-        for i, job in enumerate(jobs):
-            f = _features_of(feats, i)
+        offer_ids = config.offer_ids()
+        n_u, n_o, n_c = len(jobs), len(config.offers), len(channels)
+        clock = datetime.now(UTC)
+        nows = [(job.req.now or clock).astimezone(UTC) for job in jobs]
+        tz_of: dict = {}
+        tzs = []
+        for v in feats["timezone"].tolist() if "timezone" in feats else [None] * n_u:
+            key = (type(v), v) if isinstance(v, str | float | None) else (type(v), id(v))
+            if key not in tz_of:
+                tz_of[key] = _tz(None if isinstance(v, float) and np.isnan(v) else v)
+            tzs.append(tz_of[key])
+        grids_by: dict[tuple, policy.TimeGrid] = {}
+        grids = []
+        for job, now, tz in zip(jobs, nows, tzs, strict=True):
             ctx = job.req.context
-            now = (job.req.now or datetime.now(UTC)).astimezone(UTC)
-            tz = _tz(f.get("timezone"))
             earliest = max(now, ctx.not_before.astimezone(UTC)) if ctx.not_before else now
-            grid = policy.time_grid(earliest, tz, ctx.deadline.astimezone(UTC) if ctx.deadline else None)
-            counts = policy.counts_from(snapshot.user_counts.get(job.req.user_id, {}), snapshot.capacity, config, grid,
-                                        snapshot.suppressed.get(job.req.user_id, {}))
-            allowed_o = set(ctx.offers) if ctx.offers else None
-            allowed_c = set(ctx.channels) if ctx.channels else None
-            result = policy.evaluate(config, f, counts, grid, now, allowed_o, allowed_c, timezone_known=tz is not None)
-            prepared.append((f, now, tz, grid, counts, result, allowed_o, allowed_c))
+            deadline = ctx.deadline.astimezone(UTC) if ctx.deadline else None
+            key = (earliest, tz, deadline)
+            if key not in grids_by:
+                grids_by[key] = policy.time_grid(earliest, tz, deadline)
+            grids.append(grids_by[key])
+        gb = policy.grid_batch(grids)
+        suppressed = [snapshot.suppressed.get(job.req.user_id, {}) for job in jobs]
+        counts = policy.counts_batch([snapshot.user_counts.get(job.req.user_id, {}) for job in jobs], snapshot.capacity,
+                                     config, grids, suppressed)
+        masks: dict[tuple, tuple[list[bool], list[bool]]] = {}
+        for job in jobs:
+            ctx = job.req.context
+            key = (tuple(ctx.offers or ()), tuple(ctx.channels or ()))
+            if key not in masks:  # no list in the context means everything is allowed
+                masks[key] = ([o in set(ctx.offers) for o in offer_ids] if ctx.offers else [True] * n_o,
+                              [c in set(ctx.channels) for c in channels] if ctx.channels else [True] * n_c)
+        keys = [(tuple(j.req.context.offers or ()), tuple(j.req.context.channels or ())) for j in jobs]
+        allowed_o = np.array([masks[k][0] for k in keys], dtype=bool).reshape(n_u, n_o)
+        allowed_c = np.array([masks[k][1] for k in keys], dtype=bool).reshape(n_u, n_c)
+        tz_known = np.array([tz is not None for tz in tzs], dtype=bool)
+        rules = policy.user_rules(config, feats, nows, allowed_o, allowed_c, tz_known, suppressed)
+        result = policy.evaluate_many(config, rules, counts, gb)
+
         p_open = engine.send_time_scores(models, feats, channels)  # (U, C, 24)
-        slots = np.array([engine.best_slots(p_open[i], p[3].local_hour, p[5].slot_ok) for i, p in enumerate(prepared)])
-        slots = slots.reshape(len(jobs), n_c)
-        hours = np.array([[p[3].local_hour[s] if s >= 0 else int(p_open[i, c].argmax()) for c, s in enumerate(slots[i])]
-                          for i, p in enumerate(prepared)]).reshape(len(jobs), n_c)
+        slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
+        hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
         p_convert, uplift = engine.conversion_scores(models, feats, config, hours)
         p_churn = engine.churn_scores(models, feats)
         degraded = [r for r, missing in (("features_unavailable", features_degraded),
@@ -335,48 +416,64 @@ class Runtime:
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
         unit_value = np.array([o.value * o.lever for o in config.offers])
+        ev = engine.expected_values_many(p_convert, uplift, config, p_churn)  # (U, O, C)
+        feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
+        greedy = engine.greedy_many(ev, feasible, priority, config.min_expected_value)
+        versions = models.versions()
+        thompson = config.exploration.method == "thompson"
         plans = []
-        for i, (job, (f, now, tz, grid, counts, result, allowed_o, allowed_c)) in enumerate(zip(jobs, prepared, strict=True)):
-            ev = engine.expected_values(p_convert[i], uplift[i], config, float(p_churn[i]))
-            actions, no_action_p = [], None
-            taken = np.zeros_like(ev, dtype=bool)
-            res, best = result, slots[i]
-            with self._rng_lock:
-                for _ in range(job.req.n_actions):
-                    feasible = res.offer_ok[:, None] & res.channel_ok[None, :] & (best >= 0)[None, :] & ~taken
-                    pick = engine.choose(ev, feasible, priority, config.exploration, self.rng, config.min_expected_value,
-                                         p_convert[i], unit_value)
+        with self._rng_lock:
+            for i, job in enumerate(jobs):
+                actions, no_action_p = [], None
+                best = slots[i]
+                feasible_i, taken = feasible[i], None
+                user_counts = None
+                for n in range(job.req.n_actions):
+                    if n == 0 and not thompson:
+                        pick = engine.choose_one(greedy, i, config.exploration, self.rng)
+                    else:
+                        pick = engine.choose(ev[i], feasible_i, priority, config.exploration, self.rng,
+                                             config.min_expected_value, p_convert[i], unit_value)
                     if pick.action is None:
                         if not actions:
                             no_action_p = pick.propensity
                         break
                     o, c = pick.action
                     s = int(best[c])
-                    actions.append(dict(offer_id=config.offers[o].offer_id, channel=channels[c], send_at=grid.times[s],
-                                        expected_value=float(ev[o, c]), p_convert=float(p_convert[i, o, c]),
+                    grid = grids[i]
+                    actions.append(dict(offer_id=offer_ids[o], channel=channels[c], send_at=grid.times[s],
+                                        expected_value=float(ev[i, o, c]), p_convert=float(p_convert[i, o, c]),
                                         uplift=None if np.isnan(uplift[i, o, c]) else float(uplift[i, o, c]),
-                                        score=float(ev[o, c]), propensity=pick.propensity, explored=pick.explored))
-                    taken[o, c] = True
+                                        score=float(ev[i, o, c]), propensity=pick.propensity, explored=pick.explored))
+                    if n + 1 == job.req.n_actions:
+                        break
                     # The next action must respect the caps together with this one: charge it locally and re-apply.
-                    counts.channel_day[c, policy.WEEK - 1 + grid.local_day[s]] += 1
-                    counts.offer_window[o] += 1
-                    counts.capacity_used[c, grid.utc_day[s]] += 1
-                    res = policy.evaluate(config, f, counts, grid, now, allowed_o, allowed_c, timezone_known=tz is not None)
+                    if user_counts is None:
+                        row = np.array([i])
+                        user_counts, user_rules, user_grid = counts.take(row), rules.take(row), gb.take(row)
+                        taken = np.zeros((n_o, n_c), dtype=bool)
+                    taken[o, c] = True
+                    user_counts.channel_day[0, c, policy.WEEK - 1 + grid.local_day[s]] += 1
+                    user_counts.offer_window[0, o] += 1
+                    user_counts.capacity_used[0, c, grid.utc_day[s]] += 1
+                    res = policy.evaluate_many(config, user_rules, user_counts, user_grid).one(0)
                     best = engine.best_slots(p_open[i], grid.local_hour, res.slot_ok)
-            explanation = None
-            if job.req.explain:
-                explanation = {"p_churn": float(p_churn[i]), "candidates": [
-                    {"offer_id": config.offers[o].offer_id, "channel": channels[c], "expected_value": float(ev[o, c]),
-                     "p_convert": float(p_convert[i, o, c]), "p_open": float(p_open[i, c, hours[i, c]]),
-                     "send_at": grid.times[slots[i, c]].isoformat()}
-                    for o, c in np.argwhere(result.offer_ok[:, None] & result.channel_ok[None, :] & (slots[i] >= 0)[None, :])]}
-            plans.append(dict(
-                decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
-                              no_action_propensity=no_action_p,
-                              filtered=[vars(r) for r in result.refusals + job.extra_refusals],
-                              model_versions=models.versions(), degraded=bool(degraded), degraded_reasons=degraded,
-                              dry_run=job.req.dry_run, explanation=explanation),
-                tz=tz, now=now))
+                    feasible_i = res.offer_ok[:, None] & res.channel_ok[None, :] & (best >= 0)[None, :] & ~taken
+                explanation = None
+                if job.req.explain:
+                    grid = grids[i]
+                    explanation = {"p_churn": float(p_churn[i]), "candidates": [
+                        {"offer_id": offer_ids[o], "channel": channels[c], "expected_value": float(ev[i, o, c]),
+                         "p_convert": float(p_convert[i, o, c]), "p_open": float(p_open[i, c, hours[i, c]]),
+                         "send_at": grid.times[slots[i, c]].isoformat()}
+                        for o, c in np.argwhere(feasible[i])]}
+                plans.append(dict(
+                    decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
+                                  no_action_propensity=no_action_p,
+                                  filtered=[{**vars(r)} for r in result.refusals[i] + job.extra_refusals],
+                                  model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
+                                  dry_run=job.req.dry_run, explanation=explanation),
+                    tz=tzs[i], now=nows[i]))
         return plans
 
     def _commit(self, jobs: list[_Job], plans: list[dict], positions: list[int]) -> list[int]:

@@ -7,6 +7,7 @@ serving/runtime.py; caller mistakes become 4xx answers with a message, never a 5
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from http import HTTPStatus
@@ -77,11 +78,13 @@ class NextBest:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         self.runtime = Runtime(Settings(), loader=self.loader, metrics=metrics())
         self.runtime.metrics.models(self.runtime.models.current.versions())
+        gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()
         threading.Thread(target=self._refresh_models, name="model-refresh", daemon=True).start()
 
     def _refresh_models(self) -> None:
         while not self._stop.wait(MODEL_REFRESH_S):
+            self.runtime.features.refresh()  # the Feast registry, only when its file changed
             self.runtime.metrics.models(self.runtime.models.refresh().versions())
 
     @bentoml.on_shutdown
@@ -125,6 +128,7 @@ class NextBest:
     def reload(self) -> ReloadResponse:
         """Re-read the operator config and ask the registry for new champions now."""
         config = self.runtime.config.reload()
+        self.runtime.features.refresh()
         versions = self.runtime.models.refresh().versions()
         self.runtime.metrics.models(versions)
         return ReloadResponse(offers=len(config.offers), channels=len(config.channels), error=self.runtime.config.error,

@@ -286,3 +286,115 @@ def test_default_config_is_12_offers_by_5_channels():
 
     cfg = default_config()
     assert len(cfg.offers) == 12 and cfg.channel_names() == ["push", "sms", "email", "inapp", "wechat"]
+
+
+# --- the batched rules and choice are the scalar ones, user by user -------------------------------------
+
+def _random_case(rng: np.random.Generator, cfg: OperatorConfig, n: int):
+    """Users with planted features, counters, suppressions, campaign limits and grids."""
+    tzs = np.array(["Europe/Berlin", "America/New_York", "Asia/Shanghai", None], dtype=object)
+    users = {
+        "user_id": np.array([f"u{i}" for i in range(n)], dtype=object),
+        "timezone": tzs[rng.integers(0, 4, n)],
+        "consent_email": np.array([[True, False, None, "true"][k] for k in rng.integers(0, 4, n)], dtype=object),
+        "consent_sms": rng.choice([0.0, 1.0, np.nan], n),
+        "lifecycle_stage": np.array([["customer", "lead", None][k] for k in rng.integers(0, 3, n)], dtype=object),
+        "recency_days": rng.choice([3.0, 30.0, 45.0, np.nan], n),
+    }
+    nows = [NOW + timedelta(hours=int(h)) for h in rng.integers(0, 30, n)]
+    grids = [policy.time_grid(t, tz, t + timedelta(hours=int(d)) if d else None)
+             for t, tz, d in zip(nows, users["timezone"], rng.integers(-2, 20, n), strict=True)]  # d < 0: already past
+    n_o, n_c = len(cfg.offers), len(cfg.channels)
+    counts = [policy.Counts(channel_day=rng.integers(0, 2, (n_c, policy.WEEK + 1)) * (rng.random((n_c, policy.WEEK + 1)) < 0.3),
+                            offer_window=rng.integers(0, 2, n_o), capacity_used=rng.integers(0, 6, (n_c, 2)),
+                            suppressed=[{}, {"email": "complaint"}, {"*": "regulator"}, {}][int(rng.integers(0, 4))])
+              for _ in range(n)]
+    allowed_o = [None if rng.random() < 0.6 else set(rng.choice(cfg.offer_ids(), 2, replace=False)) for _ in range(n)]
+    allowed_c = [None if rng.random() < 0.6 else set(rng.choice(cfg.channel_names(), 2, replace=False)) for _ in range(n)]
+    return users, nows, grids, counts, allowed_o, allowed_c
+
+
+def test_batched_policy_is_the_scalar_policy_for_every_user():
+    cfg = config(
+        offers=[Offer(offer_id="a", category="books", value=20.0),
+                Offer(offer_id="keep", kind="retention", category="any", value=20.0,
+                      eligibility="lifecycle_stage in [customer] and recency_days <= 30"),
+                Offer(offer_id="late", category="toys", value=5.0, valid_to=NOW + timedelta(hours=12)),
+                Offer(offer_id="lead", category="any", value=5.0, eligibility="lifecycle_stage == lead")],
+        channels=[Channel(channel="email", cost=0.01, quiet_hours="22-8", daily_capacity=4),
+                  Channel(channel="sms", cost=0.05, quiet_hours="21-9"),
+                  Channel(channel="inapp", cost=0.0, requires_consent=False)],
+        caps=Caps(per_channel_day=1, per_channel_week=2, per_user_day=2))
+    rng = np.random.default_rng(5)
+    n = 400
+    users, nows, grids, counts, allowed_o, allowed_c = _random_case(rng, cfg, n)
+    known = np.array([tz is not None for tz in users["timezone"]])
+    rules = policy.user_rules(
+        cfg, users, nows,
+        np.array([[a is None or o in a for o in cfg.offer_ids()] for a in allowed_o]),
+        np.array([[a is None or c in a for c in cfg.channel_names()] for a in allowed_c]),
+        known, [c.suppressed for c in counts])
+    batch = policy.CountsBatch(np.stack([c.channel_day for c in counts]), np.stack([c.offer_window for c in counts]),
+                               np.stack([c.capacity_used for c in counts]), [c.suppressed for c in counts])
+    got = policy.evaluate_many(cfg, rules, batch, policy.grid_batch(grids))
+    seen = set()
+    for u in range(n):
+        feats = {k: policy._plain(v[u]) for k, v in users.items()}
+        want = policy.evaluate(cfg, feats, counts[u], grids[u], nows[u], allowed_o[u], allowed_c[u], bool(known[u]))
+        one = got.one(u)
+        assert one.refusals == want.refusals, u
+        np.testing.assert_array_equal(one.offer_ok, want.offer_ok)
+        np.testing.assert_array_equal(one.channel_ok, want.channel_ok)
+        np.testing.assert_array_equal(one.slot_ok, want.slot_ok)
+        seen |= {r.reason for r in want.refusals}
+    assert seen == set(policy.REASONS) - {"ledger_unavailable"}  # the case covers every rule
+
+
+def test_batched_counts_are_counts_from_for_every_user():
+    cfg = config(caps=Caps(offer_window_days=3))
+    grids = [policy.time_grid(NOW + timedelta(hours=h), tz) for h, tz in ((0, "Europe/Berlin"), (20, "America/New_York"))]
+    day = grids[0].local_dates[0]
+    user_counts = [{f"c:email:{day}": 1, f"c:sms:{day - timedelta(days=3)}": 2, f"o:a:{day + timedelta(days=2)}": 1,
+                    f"o:a:{day - timedelta(days=3)}": 1, f"o:a:{day - timedelta(days=4)}": 5, "c:fax:2026-06-01": 9,
+                    f"c:inapp:{day + timedelta(days=1)}": 1},
+                   {f"o:keep:{day}": 2, f"c:email:{day - timedelta(days=9)}": 4}]
+    capacity = {f"email:{NOW.date()}": 3, f"sms:{NOW.date() + timedelta(days=1)}": 7}
+    got = policy.counts_batch(user_counts, capacity, cfg, grids, [{}, {"sms": "opt_out"}])
+    for u in range(2):
+        want = policy.counts_from(user_counts[u], capacity, cfg, grids[u], got.suppressed[u])
+        one = got.one(u)
+        np.testing.assert_array_equal(one.channel_day, want.channel_day)
+        np.testing.assert_array_equal(one.offer_window, want.offer_window)
+        np.testing.assert_array_equal(one.capacity_used, want.capacity_used)
+    assert got.offer_window[0, 0] == 2 and got.channel_day[0, 0, policy.WEEK - 1] == 1
+
+
+@pytest.mark.parametrize("exploration", [Exploration(method="none"), Exploration(method="epsilon", rate=0.3)])
+def test_batched_choice_is_choose_with_the_same_draws(exploration):
+    rng = np.random.default_rng(3)
+    n, n_o, n_c = 300, 4, 3
+    ev = rng.normal(0.0, 1.0, (n, n_o, n_c)).round(1)  # rounding plants ties that priority must break
+    feasible = rng.random((n, n_o, n_c)) < 0.5
+    priority = np.array([0, 2, 1, 2])
+    g = engine.greedy_many(ev, feasible, priority, 0.2)
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    for u in range(n):
+        assert engine.choose_one(g, u, exploration, a) == engine.choose(ev[u], feasible[u], priority, exploration, b, 0.2)
+    assert a.random() == b.random()  # the two consumed the generator identically
+
+
+def test_batched_slots_and_values_are_the_scalar_ones():
+    cfg = config(churn_boost=1.5)
+    rng = np.random.default_rng(4)
+    n = 50
+    p_open = rng.random((n, 3, 24))
+    grids = [policy.time_grid(NOW + timedelta(hours=int(h)), "Asia/Shanghai") for h in rng.integers(0, 24, n)]
+    local_hour = np.stack([g.local_hour for g in grids])
+    slot_ok = rng.random((n, 3, policy.SLOTS)) < 0.3
+    best = engine.best_slots_many(p_open, local_hour, slot_ok)
+    p_convert, uplift = rng.random((n, 3, 3)), np.where(rng.random((n, 3, 3)) < 0.5, rng.random((n, 3, 3)), np.nan)
+    p_churn = rng.random(n)
+    ev = engine.expected_values_many(p_convert, uplift, cfg, p_churn)
+    for u in range(n):
+        np.testing.assert_array_equal(best[u], engine.best_slots(p_open[u], local_hour[u], slot_ok[u]))
+        np.testing.assert_array_equal(ev[u], engine.expected_values(p_convert[u], uplift[u], cfg, float(p_churn[u])))
