@@ -167,6 +167,18 @@ def test_split_is_time_based_when_labels_span_time(store, raw):
     assert abs(len(holdout.frame) / len(data.frame) - 0.2) < 0.02
 
 
+def test_shared_join_gives_each_model_exactly_its_own_feature_service_frame(store, raw):
+    from training import propensity, send_time
+    from training.jobs import shared_joins
+
+    shared = shared_joins(store, ["conversion", "send_time", "purchase"])
+    for module in (send_time, propensity):  # the smaller service first: the union join must still serve both
+        direct, via = module.build_frame(store, raw), module.build_frame(store, raw, shared=shared)
+        assert via.features == direct.features
+        pd.testing.assert_frame_equal(via.frame, direct.frame)
+    assert len(shared._frames) == 1  # one join of the contact log for both models
+
+
 # --- planted signal and directions ------------------------------------------------------------------------
 
 def test_conversion_recovers_planted_signal_close_to_the_oracle(planted, conversion_run, store, raw):

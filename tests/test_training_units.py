@@ -84,3 +84,52 @@ def test_offer_net_overfits_one_weighted_batch():
     assert weight.mean() == pytest.approx(1.0) and weight[0] > weight[1]
     losses = train_net(net, inputs, y, weight, epochs=200, batch=64, lr=1e-2, weight_decay=0.0)
     assert losses[0] > 0.5 and losses[-1] < 0.05
+
+
+def _matched_frame(n: int = 6) -> pd.DataFrame:
+    """Rows with per-category, per-channel and per-hour feature columns plus the request columns."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"aff_books": rng.random(n), "aff_toys": rng.random(n),
+                          "open_rate_email": rng.random(n), "open_rate_push": rng.random(n),
+                          "sent_7d_email": rng.integers(0, 5, n).astype(float), "sent_7d_push": rng.integers(0, 5, n).astype(float),
+                          "peak_open_hour": [20.0, 8.0, 23.0, np.nan, 0.0, 12.0],
+                          **{f"open_share_h{h:02d}": rng.random(n) for h in range(24)}})
+    return frame.assign(offer_category=["books", "toys", "any", None, "books", "toys"],
+                        channel=["email", "push", "email", None, "sms", "push"],
+                        local_hour=[21, 8, 1, 9, np.nan, 23])
+
+
+def test_matched_features_pick_the_rows_own_category_channel_and_hour():
+    from training.derived import matched_columns, with_matched
+
+    frame = _matched_frame()
+    names = matched_columns(frame.columns)
+    assert set(names) == {"offer_affinity", "offer_affinity_rel", "channel_open_rate", "channel_sent_7d", "hour_share", "hour_gap"}
+    out = with_matched(frame, names)
+    assert out["offer_affinity"].iloc[0] == frame["aff_books"].iloc[0] and out["offer_affinity"].iloc[1] == frame["aff_toys"].iloc[1]
+    assert out["offer_affinity"].iloc[2] == 0.0 and np.isnan(out["offer_affinity"].iloc[3])  # "any" -> 0, missing -> NaN
+    assert out["offer_affinity_rel"].iloc[0] == frame["aff_books"].iloc[0] / frame[["aff_books", "aff_toys"]].iloc[0].max()
+    assert out["channel_open_rate"].iloc[1] == frame["open_rate_push"].iloc[1]
+    assert np.isnan(out["channel_open_rate"].iloc[4])  # a channel without feature columns
+    assert out["hour_share"].iloc[0] == frame["open_share_h21"].iloc[0] and np.isnan(out["hour_share"].iloc[4])
+    assert out["hour_gap"].tolist()[:3] == [1.0, 0.0, 2.0]  # circular: 23 h vs 1 h is 2 h apart
+    assert np.isnan(out["hour_gap"].iloc[3])
+    # A model without request columns gets no matched features.
+    assert matched_columns(["aff_books", "open_rate_email", "open_share_h01"]) == ()
+
+
+def test_matched_features_are_identical_in_one_batch_and_row_by_row():
+    from training.encoding import FrameEncoder, fit_encoder
+
+    frame = _matched_frame()
+    encoder = FrameEncoder.from_json(fit_encoder(frame, list(frame.columns)).to_json())
+    assert "offer_affinity" in encoder.columns and "hour_gap" in encoder.matched
+    batch = encoder.codes(frame)
+    one_by_one = np.vstack([encoder.codes(frame.iloc[[i]]) for i in range(len(frame))])
+    np.testing.assert_array_equal(batch, one_by_one)
+    # Shuffling the rows shuffles the matched values with them: nothing leaks across rows.
+    order = np.array([5, 3, 1, 0, 2, 4])
+    np.testing.assert_array_equal(encoder.codes(frame.iloc[order].reset_index(drop=True)), batch[order])
+    # Serving passes only the feature and request columns: the matched ones are computed, never read.
+    stale = frame.assign(offer_affinity=99.0)
+    np.testing.assert_array_equal(encoder.codes(stale), batch)

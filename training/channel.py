@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, TrainingSet, contact_rows, historical, service_features
+from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
 from training.metrics import classification_metrics
 from training.tabular import BoosterScorer, FitConfig, fit_booster
 
@@ -22,12 +22,10 @@ class ChannelConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def build_frame(store, raw: dict, config: ChannelConfig = ChannelConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: ChannelConfig = ChannelConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Every sent contact, features as of the send, label = opened or clicked."""
-    rows = contact_rows(raw, config.window_days)
-    rows = rows[rows["treated"] == 1].reset_index(drop=True)
     service = service_name("channel_response")
-    frame = historical(store, rows, service).assign(label=lambda f: f["engaged"])
+    frame = contact_frame(store, raw, config.window_days, service, shared).assign(label=lambda f: f["engaged"])
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["channel"])
 
 

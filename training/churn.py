@@ -9,8 +9,11 @@ import pandas as pd
 
 from features.feature_services import service_name
 from training.datasets import (
+    SNAPSHOTS,
+    SharedJoins,
     TrainingSet,
     historical,
+    joined,
     service_features,
     snapshot_dates,
     snapshot_rows,
@@ -49,20 +52,23 @@ def churn_labels(rows: pd.DataFrame, events: pd.DataFrame, config: ChurnConfig) 
     return ((~active_after) | terminal).astype("int64"), eligible
 
 
-def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Active users x snapshot dates with the churn label, or the rows of a labels table when one is given."""
+    service = service_name("churn")
     labels = raw.get("labels")
     if labels is not None and len(labels):
         rows = pd.DataFrame({"user_id": labels["user_id"].astype(str), "event_timestamp": pd.to_datetime(labels["as_of"], utc=True),
                              "label": labels["label"].astype("int64")})
+        frame = historical(store, rows, service)
     else:
         dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates)
         rows = snapshot_rows(raw["users"], dates)
         rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-        label, eligible = churn_labels(rows, raw["events"], config)
-        rows = rows.assign(label=label)[eligible].reset_index(drop=True)
-    service = service_name("churn")
-    return TrainingSet(historical(store, rows, service), service, service_features(store, service), ())
+        # Join every snapshot row (the row set purchase shares), then keep the users active before each date.
+        frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
+        label, eligible = churn_labels(frame, raw["events"], config)
+        frame = frame.assign(label=label)[eligible].reset_index(drop=True)
+    return TrainingSet(frame, service, service_features(store, service), ())
 
 
 def fit(train: TrainingSet, config: ChurnConfig = ChurnConfig(), progress=None) -> BoosterScorer:

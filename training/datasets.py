@@ -11,8 +11,13 @@ from sklearn.model_selection import train_test_split
 __all__ = [
     "TrainingSet",
     "REQUEST_COLUMNS",
+    "SharedJoins",
+    "CONTACTS",
+    "SNAPSHOTS",
     "service_features",
     "historical",
+    "joined",
+    "contact_frame",
     "contact_rows",
     "snapshot_dates",
     "snapshot_rows",
@@ -64,16 +69,69 @@ def service_features(store, service: str) -> tuple[str, ...]:
     return tuple(f.name for proj in fs.feature_view_projections for f in proj.features)
 
 
-def historical(store, entities: pd.DataFrame, service: str) -> pd.DataFrame:
-    """Point-in-time join of `entities` (user_id, event_timestamp, ...) with a FeatureService, in entity order."""
+def historical(store, entities: pd.DataFrame, service: str | list[str]) -> pd.DataFrame:
+    """Point-in-time join of `entities` (user_id, event_timestamp, ...) with a FeatureService, in entity order.
+
+    `service` is a FeatureService name, or a list of "view:feature" references (a union of services).
+    """
     rows = entities.reset_index(drop=True).assign(_row=np.arange(len(entities)))
     rows["user_id"] = rows["user_id"].astype(str)
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-    out = store.get_historical_features(rows, features=store.get_feature_service(service)).to_df()
+    features = store.get_feature_service(service) if isinstance(service, str) else service
+    out = store.get_historical_features(rows, features=features).to_df()
     # Feast returns rows in its own order; restore the entity order so splits stay reproducible.
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     return out
+
+
+def _references(store, service: str) -> list[str]:
+    fs = store.get_feature_service(service)
+    return [f"{proj.name_to_use()}:{f.name}" for proj in fs.feature_view_projections for f in proj.features]
+
+
+CONTACTS, SNAPSHOTS = "contacts", "snapshots"  # the two row sets the models share
+
+
+class SharedJoins:
+    """Point-in-time joins shared by the models of one `train all`: each entity-row set is joined once.
+
+    `groups` maps a row set's name (CONTACTS, SNAPSHOTS) to the FeatureServices of the models that read it.
+    The first model that asks for a row set gets it joined with the union of its group's services; every
+    later model takes its own service's columns from that one join, so each model still reads exactly its
+    FeatureService's features.
+    """
+
+    def __init__(self, store, groups: dict[str, tuple[str, ...]]):
+        self.store = store
+        self.groups = groups
+        self._frames: dict[tuple, pd.DataFrame] = {}
+
+    def join(self, key: tuple, rows: pd.DataFrame, service: str) -> pd.DataFrame:
+        """`historical(store, rows, service)`, from the cached union join of the rows named by `key` (group, ...)."""
+        services = self.groups.get(key[0], ())
+        if service not in services:
+            return historical(self.store, rows, service)
+        if key not in self._frames:
+            refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
+            self._frames[key] = historical(self.store, rows, refs)
+        frame = self._frames[key]
+        if len(frame) != len(rows):
+            raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {len(frame)} joined; one key, one row set")
+        keep = [*rows.columns, *(c for c in service_features(self.store, service) if c not in rows.columns)]
+        return frame[keep].copy()
+
+
+def joined(store, rows: pd.DataFrame, service: str, key: tuple, shared: SharedJoins | None = None) -> pd.DataFrame:
+    """Rows joined with a FeatureService: through `shared` (one join per `key`) when given, else directly."""
+    return historical(store, rows, service) if shared is None else shared.join(key, rows, service)
+
+
+def contact_frame(store, raw: dict[str, pd.DataFrame], window_days: int, service: str,
+                  shared: SharedJoins | None = None, treated_only: bool = True) -> pd.DataFrame:
+    """The contact log (contacted rows only, unless `treated_only` is off) joined with a FeatureService."""
+    frame = joined(store, contact_rows(raw, window_days), service, (CONTACTS, window_days), shared)
+    return frame[frame["treated"] == 1].reset_index(drop=True) if treated_only else frame
 
 
 def utc_naive(times) -> np.ndarray:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from training.derived import matched_columns, matched_values
+
 __all__ = ["FrameEncoder", "fit_encoder"]
 
 _MAX_CATEGORIES = 64  # rarer string values share the "unknown" code
@@ -14,12 +16,16 @@ _MAX_CATEGORIES = 64  # rarer string values share the "unknown" code
 
 @dataclass(frozen=True)
 class FrameEncoder:
-    """Column order, category lists of string columns and the scale of numeric columns."""
+    """Column order, category lists of string columns and the scale of numeric columns.
+
+    `columns` ends with the matched features (`training.derived`), which `codes` computes from the frame itself.
+    """
 
     columns: tuple[str, ...]
     categories: dict[str, tuple[str, ...]]  # string column -> known values (code = position)
     means: dict[str, float]
     stds: dict[str, float]
+    matched: tuple[str, ...] = ()  # derived columns, computed at fit and predict time alike
 
     @property
     def categorical(self) -> list[str]:
@@ -31,12 +37,15 @@ class FrameEncoder:
 
     def codes(self, frame: pd.DataFrame) -> np.ndarray:
         """Float matrix in `columns` order: numbers as they are, strings as category codes (NaN if unknown)."""
-        missing = [c for c in self.columns if c not in frame.columns]
+        missing = [c for c in self.columns if c not in frame.columns and c not in self.matched]
         if missing:
             raise KeyError(f"frame lacks model input column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        derived = matched_values(frame, self.matched)
         out = np.empty((len(frame), len(self.columns)), dtype="float64")
         for j, col in enumerate(self.columns):
-            if col in self.categories:
+            if col in derived:
+                out[:, j] = derived[col]
+            elif col in self.categories:
                 out[:, j] = self.category_codes(frame[col], col)
             else:
                 out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
@@ -72,21 +81,28 @@ class FrameEncoder:
 
     def to_json(self) -> dict:
         return {"columns": list(self.columns), "categories": {k: list(v) for k, v in self.categories.items()},
-                "means": self.means, "stds": self.stds}
+                "means": self.means, "stds": self.stds, "matched": list(self.matched)}
 
     @classmethod
     def from_json(cls, data: dict) -> FrameEncoder:
         return cls(tuple(data["columns"]), {k: tuple(v) for k, v in data["categories"].items()},
-                   {k: float(v) for k, v in data["means"].items()}, {k: float(v) for k, v in data["stds"].items()})
+                   {k: float(v) for k, v in data["means"].items()}, {k: float(v) for k, v in data["stds"].items()},
+                   tuple(data.get("matched", ())))
 
 
-def fit_encoder(frame: pd.DataFrame, columns: list[str]) -> FrameEncoder:
-    """Learn category lists (most frequent first) and numeric scales from a training frame."""
+def fit_encoder(frame: pd.DataFrame, columns: list[str], request: tuple[str, ...] = (), matched: bool = True) -> FrameEncoder:
+    """Learn category lists (most frequent first) and numeric scales from a training frame.
+
+    With `matched`, the matched features computable from `columns` + `request` are appended to the columns;
+    `request` columns are read only to compute them (a model that embeds them itself passes them here).
+    """
+    derived = matched_columns([*columns, *request]) if matched else ()
+    values = matched_values(frame, derived)
     categories: dict[str, tuple[str, ...]] = {}
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
-    for col in columns:
-        s = frame[col]
+    for col in [*columns, *derived]:
+        s = pd.Series(values[col]) if col in values else frame[col]
         if s.dtype == object or isinstance(s.dtype, (pd.CategoricalDtype, pd.StringDtype)):
             counts = s.dropna().astype(str).value_counts()
             categories[col] = tuple(counts.index[:_MAX_CATEGORIES])
@@ -95,4 +111,4 @@ def fit_encoder(frame: pd.DataFrame, columns: list[str]) -> FrameEncoder:
             mu = float(x.mean()) if x.notna().any() else 0.0
             sd = float(x.std()) if x.notna().sum() > 1 else 1.0
             means[col], stds[col] = mu, (sd if np.isfinite(sd) and sd > 1e-9 else 1.0)
-    return FrameEncoder(tuple(columns), categories, means, stds)
+    return FrameEncoder((*columns, *derived), categories, means, stds, tuple(derived))

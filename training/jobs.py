@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.feature_services import service_name
 from features.settings import Settings
 from training import channel, churn, offer_net, propensity, purchase, send_time, uplift
-from training.datasets import TrainingSet, split
+from training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, split
 from training.metrics import charts, uplift_chart
 from training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
 from training.tabular import FitConfig
 
-__all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "train_model", "train_models"]
+__all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
+           "train_models"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 
@@ -74,6 +76,22 @@ _MODULES = {"conversion": propensity, "channel": channel, "purchase": purchase, 
             "send_time": send_time, "offer_net": offer_net}
 
 
+# model -> (the row set it is trained on, its FeatureService's model name)
+_ROWS: dict[str, tuple[str, str]] = {"conversion": (CONTACTS, "conversion"), "uplift": (CONTACTS, "uplift"),
+                                     "channel": (CONTACTS, "channel_response"), "send_time": (CONTACTS, "send_time"),
+                                     "offer_net": (CONTACTS, "offer_net"), "purchase": (SNAPSHOTS, "purchase"),
+                                     "churn": (SNAPSHOTS, "churn")}
+
+
+def shared_joins(store, names: list[str]) -> SharedJoins:
+    """One point-in-time join per row set for the models `names` (the contact log once, the snapshots once)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        rows, model = _ROWS[name]
+        groups.setdefault(rows, []).append(service_name(model))
+    return SharedJoins(store, {k: tuple(v) for k, v in groups.items()})
+
+
 def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     from features.contract import TABLES
     from features.ingest import read_raw
@@ -88,8 +106,12 @@ def _primary(name: str, scorer, holdout: TrainingSet) -> float:
 
 
 def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig(), raw: dict | None = None,
-                store=None, progress=None, labels: pd.DataFrame | None = None) -> TrainResult:
-    """Build the training set, split once, fit, evaluate on the holdout, log to MLflow and run the gate."""
+                store=None, progress=None, labels: pd.DataFrame | None = None,
+                shared: SharedJoins | None = None) -> TrainResult:
+    """Build the training set, split once, fit, evaluate on the holdout, log to MLflow and run the gate.
+
+    `shared` lets several models reuse one point-in-time join of the same rows (see `train_models`).
+    """
     from features.ingest import manifest
     from features.store import feature_store
 
@@ -102,7 +124,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         raw = {**raw, "labels": labels}
     store = store or feature_store(settings)
     step(f"{name}: training set")
-    data = module.build_frame(store, raw, cfg)
+    data = module.build_frame(store, raw, cfg, shared)
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
         raise ValueError(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y))}; "
                          "need both classes: more data, a longer history or another --as-of/--horizon")
@@ -141,9 +163,10 @@ def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
 
 def train_models(settings: Settings, names: list[str], config: TrainConfig = TrainConfig(), progress=None,
                  labels: pd.DataFrame | None = None) -> list[TrainResult]:
-    """Train several models over one read of the raw tables and one Feast store."""
+    """Train several models over one read of the raw tables, one Feast store and one join per row set."""
     from features.store import feature_store
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)
-    return [train_model(settings, n, config, raw, store, progress, labels) for n in names]
+    shared = shared_joins(store, names)
+    return [train_model(settings, n, config, raw, store, progress, labels, shared) for n in names]

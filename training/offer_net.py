@@ -13,7 +13,7 @@ from torch import nn
 
 from features.feature_services import service_name
 from features.settings import Settings
-from training.datasets import REQUEST_COLUMNS, TrainingSet, contact_rows, historical, service_features
+from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
 from training.encoding import FrameEncoder, fit_encoder
 from training.metrics import classification_metrics
 from training.nets import device, load_state, predict_net, save_net, train_net
@@ -32,8 +32,8 @@ class OfferNetConfig:
     min_propensity: float = 0.05  # weights are capped at 1 / this, so a few rare actions cannot dominate
     hidden: int = 64
     epochs: int = 6
-    batch: int = 512
-    lr: float = 3e-3
+    batch: int = 2048
+    lr: float = 1e-2
     seed: int = 7
 
 
@@ -100,19 +100,17 @@ def ipw_weights(propensity: pd.Series, min_propensity: float) -> np.ndarray:
     return (w / w.mean()).astype("float32")
 
 
-def build_frame(store, raw: dict, config: OfferNetConfig = OfferNetConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: OfferNetConfig = OfferNetConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Every contacted row of the log with its inverse-propensity weight, label = converted."""
-    rows = contact_rows(raw, config.window_days)
-    rows = rows[rows["treated"] == 1].reset_index(drop=True)
-    rows["ipw"] = ipw_weights(rows["propensity"], config.min_propensity)
     service = service_name("offer_net")
-    frame = historical(store, rows, service).assign(label=lambda f: f["converted"])
+    frame = contact_frame(store, raw, config.window_days, service, shared)
+    frame = frame.assign(ipw=ipw_weights(frame["propensity"], config.min_propensity), label=frame["converted"])
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["offer_net"], weight="ipw")
 
 
 def fit(train: TrainingSet, config: OfferNetConfig = OfferNetConfig(), progress=None) -> OfferNetScorer:
     torch.manual_seed(config.seed)  # weight initialisation
-    encoder = fit_encoder(train.frame, list(train.features))
+    encoder = fit_encoder(train.frame, list(train.features), request=train.request)  # + matched features
     vocab = {k: tuple(sorted(train.frame[k].dropna().astype(str).unique())) for k in _KEYS}
     net = OfferNet(encoder.dense_width, {k: len(v) for k, v in vocab.items()}, config.hidden)
     scorer = OfferNetScorer(net, encoder, vocab, train.feature_service, config.hidden)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, TrainingSet, contact_rows, historical, service_features
+from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
 from training.metrics import classification_metrics
 from training.tabular import BoosterScorer, FitConfig, fit_booster
 
@@ -22,12 +22,10 @@ class ConversionConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def build_frame(store, raw: dict, config: ConversionConfig = ConversionConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: ConversionConfig = ConversionConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Every contacted (treated) row of the contact log, features as of the send time, label = converted."""
-    rows = contact_rows(raw, config.window_days)
-    rows = rows[rows["treated"] == 1].reset_index(drop=True)
     service = service_name("conversion")
-    frame = historical(store, rows, service).assign(label=lambda f: f["converted"])
+    frame = contact_frame(store, raw, config.window_days, service, shared).assign(label=lambda f: f["converted"])
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["conversion"])
 
 

@@ -9,8 +9,10 @@ import pandas as pd
 
 from features.feature_services import service_name
 from training.datasets import (
+    SNAPSHOTS,
+    SharedJoins,
     TrainingSet,
-    historical,
+    joined,
     service_features,
     snapshot_dates,
     snapshot_rows,
@@ -48,14 +50,15 @@ def purchase_labels(rows: pd.DataFrame, events: pd.DataFrame, horizon_days: int,
     return out
 
 
-def build_frame(store, raw: dict, config: PurchaseConfig = PurchaseConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: PurchaseConfig = PurchaseConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Users x snapshot dates, features as of each date, label = purchases within the horizon."""
     dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates)
     rows = snapshot_rows(raw["users"], dates)
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-    rows["label"] = purchase_labels(rows, raw["events"], config.horizon_days, config.category)
     service = service_name("purchase")
-    return TrainingSet(historical(store, rows, service), service, service_features(store, service), ())
+    frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
+    frame["label"] = purchase_labels(frame, raw["events"], config.horizon_days, config.category)
+    return TrainingSet(frame, service, service_features(store, service), ())
 
 
 def fit(train: TrainingSet, config: PurchaseConfig = PurchaseConfig(), progress=None) -> BoosterScorer:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, TrainingSet, contact_rows, historical, service_features
+from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
 from training.encoding import FrameEncoder, fit_encoder
 from training.metrics import classification_metrics
 from training.nets import device, load_state, predict_net, save_net, train_net
@@ -29,8 +29,8 @@ class SendTimeConfig:
     window_days: int = 7  # an open counts within this many days of the send
     hidden: int = 64
     epochs: int = 6
-    batch: int = 512
-    lr: float = 3e-3
+    batch: int = 2048
+    lr: float = 1e-2
     seed: int = 7
 
 
@@ -94,18 +94,16 @@ class SendTimeScorer:
         return cls(net, encoder, tuple(meta["channels"]), meta["feature_service"], meta["hidden"])
 
 
-def build_frame(store, raw: dict, config: SendTimeConfig = SendTimeConfig()) -> TrainingSet:
+def build_frame(store, raw: dict, config: SendTimeConfig = SendTimeConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Every sent contact with its local send hour, features as of the send, label = opened."""
-    rows = contact_rows(raw, config.window_days)
-    rows = rows[rows["treated"] == 1].reset_index(drop=True)
     service = service_name("send_time")
-    frame = historical(store, rows, service).assign(label=lambda f: f["opened"])
+    frame = contact_frame(store, raw, config.window_days, service, shared).assign(label=lambda f: f["opened"])
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["send_time"])
 
 
 def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=None) -> SendTimeScorer:
     torch.manual_seed(config.seed)  # weight initialisation
-    encoder = fit_encoder(train.frame, list(train.features))
+    encoder = fit_encoder(train.frame, list(train.features), request=train.request)  # + matched features
     channels = tuple(sorted(train.frame["channel"].dropna().astype(str).unique()))
     net = SendTimeNet(encoder.dense_width, len(channels), config.hidden)
     scorer = SendTimeScorer(net, encoder, channels, train.feature_service, config.hidden)

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from training.encoding import FrameEncoder, fit_encoder
-from training.tuning import TuneConfig, tune_booster
+from training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
 __all__ = ["FitConfig", "BoosterScorer", "fit_booster"]
 
@@ -24,7 +24,7 @@ class FitConfig:
     trials: int = 10  # Optuna trials
     tune_sample: int = 20_000  # rows the trials fit on; the refit uses all training rows
     valid_share: float = 0.2  # share of training rows that scores the trials
-    max_rounds: int = 400
+    max_rounds: int = 300
     seed: int = 7
 
 
@@ -83,7 +83,8 @@ def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_
     def dataset(rows: np.ndarray, reference=None) -> lgb.Dataset:
         return lgb.Dataset(x[rows], y[rows], weight=None if w is None else w[rows], categorical_feature=cats,
                            feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
-                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False})
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
 
     fit = dataset(fit_idx)
     valid = dataset(valid_idx, reference=fit)
