@@ -6,8 +6,8 @@ import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from feast import FeatureStore

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.build import STAGES
 from features.contract import TABLES
-from features.feature_services import service_name
 from features.feature_views import VIEWS
 from features.ingest import read_raw
 from features.settings import Settings
 from features.store import feature_store, read_table
 from serving import engine
 from serving.config import Channel, Offer, OperatorConfig
+from simulation.campaigns import eligible
 from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
-from simulation.replay import Choice, Period, ReplayConfig, Situation, keep_capacity, replay
+from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
 from simulation.truth import Truth
 
 __all__ = ["ModelPolicy", "model_policies", "load_period", "evaluate_policies", "write_report", "operator_config"]
@@ -53,8 +54,9 @@ def operator_config(offers: pd.DataFrame, channels: pd.DataFrame) -> OperatorCon
     )
 
 
-def latest_features(settings: Settings, user_ids: np.ndarray) -> engine.Users:
-    """Each user's newest feature values from the offline tables, in `user_ids` order (the online view, in bulk)."""
+def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:
+    """Each user's newest feature values from the offline tables, in `user_ids` order (the online view, in bulk);
+    with `as_of`, the newest snapshot at or before it (what the online store held then)."""
     index = pd.Index(user_ids)
     users: engine.Users = {"user_id": np.asarray(user_ids, dtype=object)}
     for view in VIEWS:
@@ -62,6 +64,8 @@ def latest_features(settings: Settings, user_ids: np.ndarray) -> engine.Users:
             df = read_table(settings, view)
         except FileNotFoundError:
             continue
+        if as_of is not None:
+            df = df[pd.to_datetime(df["event_timestamp"], utc=True) <= as_of]
         df = df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
         rows = index.get_indexer(df["user_id"].astype(str))
         keep = rows >= 0
@@ -118,14 +122,15 @@ def _champion_set(settings: Settings) -> engine.ModelSet:
 
 
 def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
-                   models: engine.ModelSet | None = None) -> list[ModelPolicy]:
-    """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions."""
+                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None) -> list[ModelPolicy]:
+    """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
+    scored on their newest features (at or before `as_of` when given)."""
     from simulation.replay import hour_ok_matrix
 
     models = models if models is not None else _champion_set(settings)
     config = operator_config(period.offers, period.channels)
     channels = config.channel_names()
-    users = latest_features(settings, period.user_ids)
+    users = latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
     n = period.n_users
     hours = np.zeros((n, len(channels)), dtype=np.int64)
@@ -151,15 +156,17 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     ]
 
 
-def evaluate_policies(settings: Settings, config: ReplayConfig = ReplayConfig(), users: int | None = 5_000,
-                      progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Replay every policy over the same fresh period (on a seeded sample of users); metrics per policy, and
-    the off-policy estimates of the NBA policy from the logged history next to its simulated truth."""
-    period, tables = load_period(settings)
-    period = period.sample(users, seed=config.seed)
+def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, users: int | None = 5_000,
+                      progress=None, ope_users: int | None = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay every policy over the same fresh period (on a seeded sample of `users`); metrics per policy, and
+    the off-policy estimates of the NBA policy from the logged history of `ope_users` next to its simulated truth."""
+    config = config or ReplayConfig()
+    world, tables = load_period(settings)
+    period = world.sample(users, seed=config.seed)
     step = progress or (lambda name: None)
     step("scoring users with the champions")
-    nba, propensity_only = model_policies(settings, period)
+    models = _champion_set(settings)
+    nba, propensity_only = model_policies(settings, period, models=models)
     policies = [
         nba, propensity_only,
         NoContact(),
@@ -175,9 +182,31 @@ def evaluate_policies(settings: Settings, config: ReplayConfig = ReplayConfig(),
     oracle = table.loc["oracle", "incremental_revenue"]
     table["share_of_oracle"] = table["incremental_revenue"] / oracle if oracle > 0 else np.nan
     step("off-policy estimates from the log")
-    users_in = set(period.user_ids)
-    logged = {**tables, "contacts": tables["contacts"][tables["contacts"]["user_id"].astype(str).isin(users_in)]}
-    return table, off_policy(settings, nba, period, logged)
+    ope_period = world.sample(ope_users, seed=config.seed)
+    cutoff, logged = ope_log(settings, tables, ope_period)
+    # The same policy as it stood at the cutoff: features of then, so its choices do not depend on the
+    # outcomes it is evaluated on.
+    then = model_policies(settings, ope_period, models=models, as_of=cutoff)[0]
+    return table, off_policy(settings, then, ope_period, logged)
+
+
+def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period,
+            newest: float = 0.3) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+    """The logged decisions to evaluate a policy on: the period's users, sent after the cutoff (the newest
+    feature snapshot before the `newest` share of the log), with their full 7-day outcome window observed.
+
+    The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
+    (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
+    """
+    contacts = tables["contacts"]
+    sent = pd.to_datetime(contacts["sent_at"], utc=True)
+    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
+    complete = sent + pd.Timedelta(days=7) <= end
+    split = sent[complete].quantile(1 - newest)
+    snaps = pd.to_datetime(read_table(settings, "behaviour")["event_timestamp"].drop_duplicates(), utc=True)
+    cutoff = snaps[snaps <= split].max() if (snaps <= split).any() else snaps.min()
+    keep = complete & (sent >= cutoff) & contacts["user_id"].astype(str).isin(set(period.user_ids))
+    return cutoff, {**tables, "contacts": contacts[keep.to_numpy()]}
 
 
 def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
@@ -222,12 +251,65 @@ def _recent_contacts(contacts: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, period: Period) -> np.ndarray:
+    """(rows, offers, channels): the actions open at each logged decision, from the company's own data.
+
+    A channel is open with consent and no suppression (of it or of '*') since before the send; an offer is
+    open when valid then and its eligibility rule holds on the user's state just before the send (lifecycle
+    stage from the events, days since the last purchase, tenure). The target policy can only be credited
+    with actions the logging policy could have taken: its support.
+    """
+    users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
+    at = pd.to_datetime(log["sent_at"], utc=True)
+    channels = list(period.channels["channel"])
+    open_c = period.consent[users].copy()
+    sup = tables.get("suppressions")
+    if sup is not None and len(sup):
+        rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(), "at": at})
+        hit = rows.merge(sup.assign(user_id=sup["user_id"].astype(str), channel=sup["channel"].astype(str)), on="user_id")
+        hit = hit[pd.to_datetime(hit["since"], utc=True) <= hit["at"]]
+        star = hit["channel"] == "*"
+        open_c[hit.loc[star, "row"].to_numpy()] = False
+        cidx = pd.Index(channels).get_indexer(hit.loc[~star, "channel"])
+        ok = cidx >= 0
+        open_c[hit.loc[~star, "row"].to_numpy()[ok], cidx[ok]] = False
+    # The user's funnel stage and last purchase strictly before each send, from the events.
+    ev = tables["events"]
+    ev = ev[ev["user_id"].astype(str).isin(set(log["user_id"].astype(str)))]
+    ts = pd.to_datetime(ev["ts"], utc=True).dt.tz_localize(None).to_numpy()
+    ev = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "ts": ts,
+                       "stage": ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int64),
+                       "bought": np.where(ev["type"].astype(str).to_numpy() == "purchase", ts, np.datetime64("NaT"))})
+    ev = ev.sort_values("ts", kind="stable")
+    ev["stage"] = ev.groupby("user_id")["stage"].cummax()
+    ev["bought"] = ev.groupby("user_id")["bought"].ffill()
+    rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(),
+                         "ts": at.dt.tz_localize(None).to_numpy()})
+    state = pd.merge_asof(rows.sort_values("ts"), ev, on="ts", by="user_id", allow_exact_matches=False).sort_values("row")
+    stage = state["stage"].fillna(0).to_numpy(dtype=np.int64)
+    at = at.reset_index(drop=True)
+    last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
+    known = tables["users"].assign(user_id=tables["users"]["user_id"].astype(str)).set_index("user_id")
+    signup = pd.to_datetime(known["signup_at"], utc=True).reindex(log["user_id"].astype(str)).reset_index(drop=True)
+    state_cols = {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
+                  "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64),
+                  "tenure_days": (at - signup).dt.days.to_numpy()}
+    open_o = np.zeros((len(log), len(period.offers)), dtype=bool)
+    day = at.dt.floor("D")
+    for d in day.unique():
+        idx = np.flatnonzero((day == d).to_numpy())
+        open_o[idx] = eligible(period.offers, {k: v[idx] for k, v in state_cols.items()}, d)
+    return open_o[:, :, None] & open_c[:, None, :]
+
+
 def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
                sample: int | None = 100_000, seed: int = 7) -> pd.DataFrame:
     """IPS, SNIPS and DR estimates of `policy` from the logged campaign history, next to the simulated truth.
 
-    The policy maps each user to one action (offer x channel, or no contact). The reward is a conversion
-    within 7 days. The truth is the oracle's P(convert) of the policy's action at each logged send time.
+    At each logged decision the policy takes its best action by expected value among the actions open then
+    (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The
+    reward is a conversion within 7 days. The truth is the oracle's P(convert) of the policy's action at
+    each logged send time.
     """
     from simulation.truth import Oracle
     from training.ope import estimate_all
@@ -239,8 +321,9 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     recent = _recent_contacts(log)
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
     n_c = len(period.channels)
-    greedy = policy.ev.reshape(len(policy.ev), -1).argmax(axis=1)
-    greedy = np.where(policy.ev.reshape(len(policy.ev), -1).max(axis=1) > 0, greedy, -1)[users]
+    ev = np.where(logged_feasibility(tables, log, period), policy.ev[users], -np.inf).reshape(len(log), -1)
+    greedy = ev.argmax(axis=1)
+    greedy = np.where(ev.max(axis=1) > 0, greedy, -1)
     offer_index = {o: i for i, o in enumerate(period.offers["offer_id"])}
     channel_index = {c: i for i, c in enumerate(period.channels["channel"])}
     logged_o = log["offer_id"].astype(object).map(offer_index).fillna(-1).to_numpy(dtype=np.int64)

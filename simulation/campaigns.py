@@ -13,7 +13,7 @@ from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
 from simulation.response import HORIZON_DAYS, draw_outcomes_ns
 from simulation.truth import Truth
 
-__all__ = ["CampaignPlan", "STAGES", "SEND_HOURS", "run_campaigns", "eligible"]
+__all__ = ["CampaignPlan", "STAGES", "SEND_HOURS", "Purchases", "run_campaigns", "eligible"]
 
 STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
 SEND_HOURS = (8, 22)  # local send hours drawn uniformly from [8, 22): 8:00 .. 21:59
@@ -77,8 +77,14 @@ class _Log:
         return {k: v[:self.size] for k, v in self.columns.items()}
 
 
-class _Purchases:
+class Purchases:
     """Organic purchases sorted by (user, time) for 'first purchase after t' / 'last before t' look-ups."""
+
+    @classmethod
+    def of_events(cls, events: dict[str, np.ndarray]) -> Purchases:
+        """The purchases among simulated event arrays (user, ts, type, amount)."""
+        buy = events["type"] == EVENT_TYPES.index("purchase")
+        return cls(events["user"][buy], events["ts"][buy], events["amount"][buy])
 
     def __init__(self, user: np.ndarray, ts: np.ndarray, amount: np.ndarray):
         order = np.lexsort((ts, user))
@@ -121,8 +127,7 @@ def run_campaigns(truth: Truth, offers: pd.DataFrame, consent: np.ndarray, organ
     """Run every campaign of the history: contact arrays, the events contacts caused, and suppression rows."""
     n, start_ns, end_ns = truth.n_users, truth.start_ns, truth.end_ns
     days = (end_ns - start_ns) // DAY_NS
-    is_buy = organic["type"] == EVENT_TYPES.index("purchase")
-    purchases = _Purchases(organic["user"][is_buy], organic["ts"][is_buy], organic["amount"][is_buy])
+    purchases = Purchases.of_events(organic)
     outside = _random_suppressions(truth, rng)
     blocked_all = np.full(n, np.iinfo(np.int64).max)  # when a '*' suppression starts, per user
     star = outside["channel"] < 0

@@ -18,15 +18,15 @@ import pandas as pd
 
 from features.build import STAGES
 from simulation import response
-from simulation.campaigns import eligible
+from simulation.campaigns import Purchases, eligible
 from simulation.catalog import CHANNELS
-from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
+from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_series, utc_offset_ns
 from simulation.truth import Truth
 
 __all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "ReplayResult", "replay", "keep_capacity",
-           "hour_ok_matrix"]
+           "hour_ok_matrix", "STAGE_OF_TYPE"]
 
-_STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class ReplayConfig:
     days: int = 14
     seed: int = 11
     rules: Rules = field(default_factory=Rules)
+    control_share: float = 0.0  # share of a policy's sends held out as a no-contact control group (logged)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Period:
     suppressed: np.ndarray  # (n, C) bool at the start of the period
     start: pd.Timestamp  # midnight UTC after the history
     last_sends: np.ndarray  # (n, k) int64 ns of the most recent sends before the start (NAT padded)
+    last_channels: np.ndarray  # (n, k) channel index of each of those sends (-1 = none)
     stage: np.ndarray  # (n,) funnel stage index at the start
     last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
 
@@ -83,13 +85,17 @@ class Period:
         contacts = tables["contacts"]
         sent = contacts[contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))]
         last = np.full((n, 8), NAT, dtype=np.int64)
+        last_ch = np.full((n, 8), -1, dtype=np.int64)
         if len(sent):
-            s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)), "t": sent["sent_at"].astype("int64")})
+            s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)),
+                              "t": pd.to_datetime(sent["sent_at"], utc=True).astype("int64"),
+                              "c": pd.Index(CHANNELS).get_indexer(sent["channel"].astype(str))})
             s = s.sort_values("t").groupby("u").tail(8)
             s["k"] = s.groupby("u").cumcount()
             last[s["u"].to_numpy(), s["k"].to_numpy()] = s["t"].to_numpy()
+            last_ch[s["u"].to_numpy(), s["k"].to_numpy()] = s["c"].to_numpy()
         ev = tables["events"]
-        codes = ev["type"].astype(str).map(_STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int8)
+        codes = ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int8)
         urow = index.get_indexer(ev["user_id"].astype(str))
         stage = np.zeros(n, dtype=np.int8)
         np.maximum.at(stage, urow, codes)
@@ -97,7 +103,7 @@ class Period:
         last_buy = np.full(n, NAT, dtype=np.int64)
         np.maximum.at(last_buy, urow[buy], ev["ts"].astype("int64").to_numpy()[buy])
         return cls(truth, tables["offers"].reset_index(drop=True), channels, ids, consent, suppressed, start, last,
-                   stage, last_buy)
+                   last_ch, stage, last_buy)
 
     @property
     def n_users(self) -> int:
@@ -113,6 +119,7 @@ class Period:
         return dataclasses.replace(
             self, truth=dataclasses.replace(self.truth, **per_user), user_ids=self.user_ids[rows],
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
+            last_channels=self.last_channels[rows],
             stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
 
 
@@ -174,10 +181,21 @@ class ReplayResult:
     policy: str
     sends: pd.DataFrame  # one row per send with expected and drawn outcomes
     metrics: dict[str, float]
+    controls: pd.DataFrame | None = None  # held-out decisions (with `record`): day, user_idx, decided_at, propensity, ...
+    events: dict[str, np.ndarray] | None = None  # events the sends caused (clicks, purchases), with `record`
 
 
-def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()) -> ReplayResult:
-    """Run `policy` for `config.days` days after the history and measure it."""
+_OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at")
+
+
+def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig(), organic: Purchases | None = None,
+           record: bool = False) -> ReplayResult:
+    """Run `policy` for `config.days` days after the history and measure it.
+
+    `organic`: the users' organic purchases in the period (a contact's logged conversion is the earlier of the
+    purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
+    every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
+    """
     rng = np.random.default_rng(config.seed)
     truth, rules, n = period.truth, config.rules, period.n_users
     offers, n_channels = period.offers, len(CHANNELS)
@@ -187,8 +205,12 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     hour_ok = hour_ok_matrix(period.channels)
     suppressed = period.suppressed.copy()
     sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
-    sends_ns_ch: list[tuple[np.ndarray, np.ndarray]] = []  # (user rows, channel) per day, for per-channel caps
-    frames = []
+    # (user rows, channel, send time) per day, for the per-channel weekly caps; the history's sends first.
+    sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for k in range(period.last_sends.shape[1]):
+        had = period.last_channels[:, k] >= 0
+        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], period.last_sends[had, k]))
+    frames, held, caused_events = [], [], []
     for day in range(config.days):
         at = period.start + pd.Timedelta(days=day)
         at_ns = at.value
@@ -210,6 +232,13 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         situation = Situation(day, at, allowed, offer_ok, recent, hour_ok, capacity.copy(), state)
         choice = policy.choose(situation, rng)
         rows = np.flatnonzero(choice.offer >= 0)
+        propensity = choice.propensity[rows]
+        if config.control_share > 0 and len(rows):
+            hold = rng.random(len(rows)) < config.control_share
+            if record:
+                held.append(pd.DataFrame({"day": day, "user_idx": rows[hold], "decided_at": pd.Timestamp(at_ns, tz="UTC"),
+                                          "propensity": config.control_share * propensity[hold]}))
+            rows, propensity = rows[~hold], (1 - config.control_share) * propensity[~hold]
         if len(rows) == 0:
             continue
         o, c, h = choice.offer[rows], choice.channel[rows], choice.hour[rows].astype(np.int64)
@@ -230,7 +259,9 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             if len(mine) > capacity[ch]:
                 broken["capacity"][mine[int(capacity[ch]):]] = True
         caused = response.p_caused(truth, offers, rows, o, c, send, recent[rows])
-        outcomes, _ = response.draw_outcomes_ns(truth, offers, rows, o, c, send, recent[rows], rng)
+        org_ns, org_rev = organic.first_after(rows, send, response.HORIZON_DAYS) if organic is not None else (None, None)
+        outcomes, events = response.draw_outcomes_ns(truth, offers, rows, o, c, send, recent[rows], rng,
+                                                     organic_ns=org_ns, organic_revenue=org_rev)
         unsub = outcomes["unsubscribed_at"] != NAT
         complained = outcomes["complained_at"] != NAT
         suppressed[rows[unsub | complained], c[unsub | complained]] = True
@@ -238,16 +269,29 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         day_sends[rows] = send
         sends_ns.append(day_sends)
         sends_ns_ch.append((rows, c, send))
-        frames.append(pd.DataFrame({
+        frame = pd.DataFrame({
             "day": day, "user_idx": rows, "offer_id": offers["offer_id"].to_numpy()[o], "channel": np.asarray(CHANNELS)[c],
-            "local_hour": h, "send_at": pd.to_datetime(send, utc=True), "propensity": choice.propensity[rows],
+            "local_hour": h, "send_at": pd.to_datetime(send, utc=True), "propensity": propensity,
             "recent_contacts": recent[rows], "p_caused": caused, "expected_revenue": caused * value[o], "cost": cost[c],
             "opened": outcomes["opened_at"] != NAT, "caused": outcomes["caused"], "unsubscribed": unsub,
             "complained": complained, "violation": np.logical_or.reduce(list(broken.values())),
             **{f"broke_{k}": v for k, v in broken.items()},
-        }))
+        })
+        if record:
+            for col in _OUTCOMES:
+                frame[col] = to_utc_series(outcomes[col])
+            frame["revenue"] = np.where(outcomes["converted_at"] != NAT, outcomes["revenue"], 0.0)
+            caused_events.append(events)
+        frames.append(frame)
     sends = pd.concat(frames, ignore_index=True) if frames else _empty_sends()
-    return ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
+    result = ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
+    if record:
+        result.controls = (pd.concat(held, ignore_index=True) if held else
+                           pd.DataFrame({"day": pd.Series(dtype=int), "user_idx": pd.Series(dtype=int),
+                                         "decided_at": pd.Series(dtype="datetime64[ns, UTC]"),
+                                         "propensity": pd.Series(dtype=float)}))
+        result.events = {k: np.concatenate([e[k] for e in caused_events]) for k in caused_events[0]} if caused_events else None
+    return result
 
 
 def _empty_sends() -> pd.DataFrame:

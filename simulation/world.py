@@ -25,7 +25,7 @@ from simulation.catalog import (
 from simulation.clock import TIMEZONES, to_utc_series
 from simulation.truth import Oracle, Truth, draw_truth
 
-__all__ = ["WorldConfig", "World", "simulate", "user_ids"]
+__all__ = ["WorldConfig", "World", "simulate", "user_ids", "events_table"]
 
 # Consent rates per channel (CHANNELS order); WeChat consent is common only in the Asian timezones.
 _CONSENT = np.array([0.6, 0.45, 0.75, 0.85, 0.08])
@@ -117,7 +117,7 @@ def simulate(config: WorldConfig = WorldConfig(), progress: Callable[[str, float
     parts += [purchase_carts(p, rng) for p in parts]
     tables = {
         "users": users,
-        "events": _events_table(concat_events(parts), ids, truth.end_ns),
+        "events": events_table(concat_events(parts), ids, truth.end_ns),
         "contacts": _contacts_table(log, ids, offers),
         "offers": offers,
         "channels": channels,
@@ -148,7 +148,7 @@ def _users_table(truth: Truth, rng: np.random.Generator) -> tuple[pd.DataFrame, 
     return users, consent
 
 
-def _events_table(ev: dict[str, np.ndarray], ids: np.ndarray, end_ns: int) -> pd.DataFrame:
+def events_table(ev: dict[str, np.ndarray], ids: np.ndarray, end_ns: int) -> pd.DataFrame:
     """Events sorted by time; consumes `ev` column by column (the table has tens of millions of rows)."""
     rows = np.argsort(ev["ts"], kind="stable")
     rows = rows[ev["ts"][rows] < end_ns]  # a no-op by construction; kept as the guarantee

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import BuildConfig, build_all, snapshot_times
+from features.build import BuildConfig, snapshot_times
 from features.feature_services import MODEL_VIEWS, service_name
 from features.settings import Settings
 from features.store import feature_store, read_table

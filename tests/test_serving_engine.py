@@ -398,3 +398,56 @@ def test_batched_slots_and_values_are_the_scalar_ones():
     for u in range(n):
         np.testing.assert_array_equal(best[u], engine.best_slots(p_open[u], local_hour[u], slot_ok[u]))
         np.testing.assert_array_equal(ev[u], engine.expected_values(p_convert[u], uplift[u], cfg, float(p_churn[u])))
+
+
+class _Arm:
+    """A scorer that reads one request column (and a user feature) through a lookup table."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def predict(self, frame):
+        return np.asarray(self.fn(frame), dtype=float)
+
+
+class _FunnelModel:
+    """A funnel uplift model: P(open | channel, hour) x (P(convert | opened, offer) - P(convert | control))."""
+
+    feature_service = "uplift_v1"
+    arms = ("engage", "convert", "control")
+
+    def __init__(self):
+        self.parts = {
+            "engage": _Arm(lambda f: f["channel"].map({"email": 0.2, "sms": 0.5, "inapp": 0.3}) * (1 + f["local_hour"] / 100)),
+            "convert": _Arm(lambda f: f["offer_id"].map({"a": 0.30, "b": 0.10, "keep": 0.05}) + 0.01 * f["score"]),
+            "control": _Arm(lambda f: 0.02 + 0.01 * f["score"]),
+        }
+
+    def arm(self, name, frame):
+        return self.parts[name].predict(frame)
+
+    def predict(self, frame):
+        return self.arm("engage", frame) * (self.arm("convert", frame) - self.arm("control", frame))
+
+
+class _Champion:
+    def __init__(self, model):
+        self.name, self.version, self.model = "nextbest-uplift", "1", model
+
+
+def test_funnel_uplift_is_scored_factorised_with_the_same_numbers_as_predict():
+    cfg = config()
+    users = {"user_id": np.array(["u1", "u2"], dtype=object), "score": np.array([0.0, 3.0])}
+    models = engine.ModelSet(models={"uplift": _Champion(_FunnelModel())}, columns={"uplift": ["score"]})
+    hours = np.array([[9, 10, 20], [12, 13, 8]])
+    _, uplift = engine.conversion_scores(models, users, cfg, hours)
+
+    class Plain:  # the same model without arms: scored over the full user x offer x channel frame
+        feature_service = "uplift_v1"
+        predict = _FunnelModel().predict
+
+    plain = engine.ModelSet(models={"uplift": _Champion(Plain())}, columns={"uplift": ["score"]})
+    _, full = engine.conversion_scores(plain, users, cfg, hours)
+    np.testing.assert_allclose(uplift, full)
+    # The offer that converts best after an open wins on every channel, the channel that opens best for every offer.
+    assert (uplift.argmax(axis=1) == 0).all() and (uplift.argmax(axis=2) == 1).all()

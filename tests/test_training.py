@@ -211,7 +211,7 @@ def test_more_interest_means_higher_conversion_propensity(planted, conversion_ru
     assert model.predict(busy).mean() > model.predict(idle).mean() + 0.02
 
 
-def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw):
+def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw, tmp_path):
     from scipy.stats import spearmanr
 
     from training import uplift
@@ -226,6 +226,13 @@ def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw):
     score = model.predict(holdout.frame)
     assert spearmanr(score, truth).statistic > 0.15
     assert uplift.evaluate(model, holdout)["qini"] > 0
+    # The default learner is the funnel: its uplift is P(open) x (P(convert | opened) - P(convert | control)),
+    # and it loads back from its plain files with the same predictions.
+    assert isinstance(model, uplift.FunnelUpliftScorer)
+    p_open, p_conv, p_ctrl = model.parts(holdout.frame)
+    np.testing.assert_allclose(score, p_open * (p_conv - p_ctrl))
+    model.save(tmp_path / "funnel")
+    np.testing.assert_array_equal(uplift.FunnelUpliftScorer.load(tmp_path / "funnel").predict(holdout.frame), score)
 
 
 def test_send_time_learns_the_preferred_hour(store, raw):

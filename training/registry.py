@@ -119,6 +119,10 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
         from training.uplift import UpliftScorer
 
         return UpliftScorer.load(folder)
+    if kind == "uplift_funnel":
+        from training.uplift import FunnelUpliftScorer
+
+        return FunnelUpliftScorer.load(folder)
     if kind == "send_time_net":
         from training.send_time import SendTimeScorer
 
