@@ -35,8 +35,12 @@ console = Console(width=None if sys.stdout.isatty() else 150)  # wide tables in 
 def _quiet_libraries() -> None:
     """Keep library chatter (deprecations, MLflow INFO lines) out of the command's output."""
     import logging
+    import os
     import warnings
 
+    import sqlalchemy  # noqa: F401  (it installs its own "once" filter at import: ours must come after it)
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow re-configures its loggers when imported
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     for name in ("mlflow", "alembic", "feast", "urllib3"):

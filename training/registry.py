@@ -7,7 +7,9 @@ Nothing here loads a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import subprocess
 import tempfile
@@ -209,7 +211,8 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
         info = mlflow.pyfunc.log_model(name="model", loader_module="training.registry", data_path=str(folder),
                                        code_paths=None, signature=signature, input_example=_signature_frame(example),
                                        pip_requirements=_requirements())
-        version = mlflow.register_model(info.model_uri, registered, tags={"model_sha256": digest}).version
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered ..." to stderr
+            version = mlflow.register_model(info.model_uri, registered, tags={"model_sha256": digest}).version
     client.set_model_version_tag(registered, version, "run_id", run.info.run_id)
     client.set_registered_model_alias(registered, CHALLENGER, version)
     return run.info.run_id, str(version)
