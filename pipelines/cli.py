@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.contract import ContractError
 from features.settings import Settings
+from pipelines.console import console
 from pipelines.serve_commands import register as register_serve
 from pipelines.train_commands import register as register_train
 
@@ -28,7 +28,6 @@ features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_i
 app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
-console = Console(width=None if sys.stdout.isatty() else 150)  # wide tables in logs and CI output
 
 
 @app.callback()

@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.contract import ContractError
 from features.settings import Settings
+from pipelines.console import console
 
 __all__ = ["register", "CLI_MODELS"]
 
-console = Console()
 # CLI spelling -> the model's short name in training/ and the registry.
 CLI_MODELS: dict[str, str] = {"propensity": "conversion", "uplift": "uplift", "purchase": "purchase", "churn": "churn",
                               "channel": "channel", "sendtime": "send_time", "offer-net": "offer_net"}
