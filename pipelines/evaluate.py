@@ -29,7 +29,7 @@ from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, be
 from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
 from simulation.truth import Truth
 
-__all__ = ["ModelPolicy", "model_policies", "load_period", "evaluate_policies", "write_report", "operator_config"]
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "write_report", "operator_config"]
 
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
 
@@ -109,7 +109,7 @@ class ModelPolicy:
         return keep_capacity(choice, s.capacity_left)
 
 
-def _champion_set(settings: Settings) -> engine.ModelSet:
+def champion_set(settings: Settings) -> engine.ModelSet:
     from training.registry import load_champions
 
     champions = load_champions(settings)
@@ -127,7 +127,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     scored on their newest features (at or before `as_of` when given)."""
     from simulation.replay import hour_ok_matrix
 
-    models = models if models is not None else _champion_set(settings)
+    models = models if models is not None else champion_set(settings)
     config = operator_config(period.offers, period.channels)
     channels = config.channel_names()
     users = latest_features(settings, period.user_ids, as_of)
@@ -165,7 +165,7 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
     period = world.sample(users, seed=config.seed)
     step = progress or (lambda name: None)
     step("scoring users with the champions")
-    models = _champion_set(settings)
+    models = champion_set(settings)
     nba, propensity_only = model_policies(settings, period, models=models)
     policies = [
         nba, propensity_only,

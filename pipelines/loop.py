@@ -34,16 +34,15 @@ from features.settings import Settings
 from simulation.behaviour import concat_events, organic_events, purchase_carts
 from simulation.campaigns import Purchases
 from simulation.catalog import product_prices
-from simulation.clock import DAY_NS, NAT
+from simulation.clock import DAY_NS, NAT, to_utc_series
 from simulation.policies import OraclePolicy
-from simulation.replay import Period, ReplayConfig, replay
+from simulation.replay import OUTCOMES, Period, ReplayConfig, replay
 from simulation.response import HORIZON_DAYS
 from simulation.truth import Truth
 from simulation.world import events_table
 
 __all__ = ["LoopConfig", "run_loop", "write_loop_chart"]
 
-_OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at")
 _EVENT_KEYS = ("user", "ts", "type", "category", "product", "amount", "quantity")
 
 
@@ -103,29 +102,25 @@ def _organic(truth: Truth, begin_ns: int, end_ns: int, seed: int) -> dict[str, n
     return concat_events([ev, purchase_carts(ev, rng)])
 
 
-def _contacts_rows(result, round_no: int, period: Period, offers: pd.DataFrame,
-                   purchases: Purchases) -> pd.DataFrame:
+def _contacts_rows(result, round_no: int, period: Period, purchases: Purchases) -> pd.DataFrame:
     """The round's sends and held-out controls as contact-log rows, outcomes complete (revealed later)."""
     s = result.sends
     sends = pd.DataFrame({
         "user_id": period.user_ids[s["user_idx"].to_numpy()], "sent_at": s["send_at"],
         "offer_id": s["offer_id"].astype(object), "channel": s["channel"].astype(object), "variant": "treatment",
-        "propensity": s["propensity"].astype(float), **{c: s[c] for c in _OUTCOMES}, "revenue": s["revenue"],
+        "propensity": s["propensity"].astype(float), **{c: s[c] for c in OUTCOMES}, "revenue": s["revenue"],
     })
     c = result.controls
     u = c["user_idx"].to_numpy(dtype=np.int64)
     at = pd.DatetimeIndex(c["decided_at"]).asi8 if len(c) else np.zeros(0, dtype=np.int64)
     org_ns, org_rev = purchases.first_after(u, at, HORIZON_DAYS)
-    converted = pd.Series(org_ns).where(org_ns != NAT)
+    nothing = to_utc_series(np.full(len(u), NAT))  # a hold-out received nothing: only its organic buying shows
     controls = pd.DataFrame({
         "user_id": period.user_ids[u], "sent_at": c["decided_at"], "offer_id": None, "channel": None,
         "variant": "control", "propensity": c["propensity"].astype(float),
-        **{col: pd.NaT for col in _OUTCOMES},
+        **{col: to_utc_series(org_ns) if col == "converted_at" else nothing for col in OUTCOMES},
         "revenue": np.where(org_ns != NAT, org_rev, 0.0),
     })
-    controls["converted_at"] = pd.to_datetime(converted, utc=True)
-    for col in _OUTCOMES:
-        controls[col] = pd.to_datetime(controls[col], utc=True)
     rows = pd.concat([sends, controls], ignore_index=True).sort_values("sent_at", kind="stable", ignore_index=True)
     rows.insert(0, "contact_id", [f"L{round_no:03d}-{i:07d}" for i in range(len(rows))])
     rows.insert(3, "campaign_id", f"loop{round_no:03d}")
@@ -135,7 +130,7 @@ def _contacts_rows(result, round_no: int, period: Period, offers: pd.DataFrame,
 def _revealed(pending: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
     """Loop contacts as known at `end`: an outcome after it has not happened yet."""
     out = pending.copy()
-    for col in _OUTCOMES:
+    for col in OUTCOMES:
         out[col] = out[col].where(out[col] < end)
     out["revenue"] = out["revenue"].where(out["converted_at"].notna(), 0.0)
     return out
@@ -171,7 +166,7 @@ def _feedback(tables: dict[str, pd.DataFrame], pending: _Pending, ids: np.ndarra
 def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds of the closed loop on the simulated world in `settings.home`; one row per round."""
-    from pipelines.evaluate import _champion_set, model_policies
+    from pipelines.evaluate import champion_set, model_policies
     from pipelines.retrain import RetrainConfig, retrain
 
     step = progress or (lambda message: None)
@@ -179,17 +174,15 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: the closed loop runs in simulation "
                                 "(`nextbest simulate`, then `nextbest features build/apply/materialize` and `nextbest train`)")
     pending = _Pending(settings.home / "loop")
-    start_tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
-    yardstick = Period.from_tables(start_tables, Truth.load(settings.truth_dir)).sample(config.yardstick_users, seed=config.seed)
-    del start_tables
+    tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
+    truth = Truth.load(settings.truth_dir)
+    yardstick = Period.from_tables(tables, truth).sample(config.yardstick_users, seed=config.seed)
     yard_config = ReplayConfig(days=config.days, seed=config.seed)
     step("yardstick: the oracle")
     yard_oracle = replay(yardstick, OraclePolicy(yardstick), yard_config).metrics["incremental_revenue"]
     rows = []
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
-        truth = Truth.load(settings.truth_dir)
-        tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
         period = Period.from_tables(tables, truth)
         begin, end = period.start, period.start + pd.Timedelta(days=config.days)
         seed = config.seed + 1000 * round_no
@@ -204,7 +197,7 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
         ev = _as_arrays(pending.events)
         purchases = Purchases.of_events(ev)
 
-        models = _champion_set(settings)
+        models = champion_set(settings)
         step(f"round {round_no}: the champions on the yardstick")
         greedy = model_policies(settings, yardstick, models=models, as_of=yardstick.start)[0]
         yard_value = replay(yardstick, greedy, yard_config).metrics["incremental_revenue"]
@@ -228,14 +221,15 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
                "violations": m["violations"], "models": models.versions()}
 
         step(f"round {round_no}: feeding back outcomes known on {end.date()}")
-        new = _contacts_rows(result, round_no, period, tables["offers"], purchases)
+        new = _contacts_rows(result, round_no, period, purchases)
         pending.contacts = pd.concat([x for x in (pending.contacts, new) if x is not None], ignore_index=True)
         if result.events is not None:
             caused = concat_events([result.events, purchase_carts(result.events, np.random.default_rng(seed + 1))])
             pending.events = pd.concat([pending.events, _as_frame(caused)], ignore_index=True)
-        updated = _feedback(tables, pending, period.user_ids, begin, end)
-        write_raw(updated, settings.raw_dir)
-        dataclasses.replace(truth, end_ns=end.value).save(settings.truth_dir)
+        tables = _feedback(tables, pending, period.user_ids, begin, end)
+        write_raw(tables, settings.raw_dir)
+        truth = dataclasses.replace(truth, end_ns=end.value)
+        truth.save(settings.truth_dir)
         pending.state["rounds"].append({k2: (v if not isinstance(v, np.generic) else v.item()) for k2, v in row.items()})
         pending.save()
         rows.append(row)

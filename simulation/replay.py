@@ -24,7 +24,7 @@ from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_series, utc
 from simulation.truth import Truth
 
 __all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "ReplayResult", "replay", "keep_capacity",
-           "hour_ok_matrix", "STAGE_OF_TYPE"]
+           "hour_ok_matrix", "STAGE_OF_TYPE", "OUTCOMES"]
 
 STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
 
@@ -185,7 +185,7 @@ class ReplayResult:
     events: dict[str, np.ndarray] | None = None  # events the sends caused (clicks, purchases), with `record`
 
 
-_OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at")
+OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at")
 
 
 def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig(), organic: Purchases | None = None,
@@ -278,7 +278,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             **{f"broke_{k}": v for k, v in broken.items()},
         })
         if record:
-            for col in _OUTCOMES:
+            for col in OUTCOMES:
                 frame[col] = to_utc_series(outcomes[col])
             frame["revenue"] = np.where(outcomes["converted_at"] != NAT, outcomes["revenue"], 0.0)
             caused_events.append(events)

@@ -57,19 +57,12 @@ class UpliftScorer:
         return self.treated_.importance()
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for arm, model in (("treated", self.treated_), ("control", self.control_)):
-            (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
-            (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
-        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service}))
+        _save_arms(folder, {"treated": self.treated_, "control": self.control_}, self.kind, self.feature_service)
 
     @classmethod
     def load(cls, folder: Path) -> UpliftScorer:
-        service = json.loads((folder / "meta.json").read_text())["feature_service"]
-        arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
-                              FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
-                for arm in ("treated", "control")]
-        return cls(arms[0], arms[1], service)
+        arms, service = _load_arms(folder, ("treated", "control"))
+        return cls(*arms, service)
 
 
 class FunnelUpliftScorer:
@@ -103,20 +96,30 @@ class FunnelUpliftScorer:
         return self.convert_.importance()
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for arm in self.arms:
-            model = getattr(self, f"{arm}_")
-            (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
-            (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
-        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service}))
+        _save_arms(folder, {arm: getattr(self, f"{arm}_") for arm in self.arms}, self.kind, self.feature_service)
 
     @classmethod
     def load(cls, folder: Path) -> FunnelUpliftScorer:
-        service = json.loads((folder / "meta.json").read_text())["feature_service"]
-        arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
-                              FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
-                for arm in cls.arms]
+        arms, service = _load_arms(folder, cls.arms)
         return cls(*arms, service)
+
+
+def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service: str) -> None:
+    """Each arm as a LightGBM text model plus its encoder JSON, and the scorer's kind and FeatureService."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for arm, model in arms.items():
+        (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
+        (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
+    (folder / "meta.json").write_text(json.dumps({"kind": kind, "feature_service": service}))
+
+
+def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer], str]:
+    """The arms written by `_save_arms`, in `names` order, and the FeatureService."""
+    service = json.loads((folder / "meta.json").read_text())["feature_service"]
+    arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
+                          FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
+            for arm in names]
+    return arms, service
 
 
 def build_frame(store, raw: dict, config: UpliftConfig = UpliftConfig(), shared: SharedJoins | None = None) -> TrainingSet:
