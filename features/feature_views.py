@@ -24,7 +24,7 @@ VIEWS: dict[str, tuple[str, timedelta]] = {
     "profile": ("Who the user is: every users column, consent per channel, timezone.", timedelta(0)),
     "behaviour": ("Activity in 1/7/30/90-day windows, RFM, lifetime totals, category affinity.", timedelta(days=30)),
     "channel": ("Engagement per channel: sent, smoothed open/click/convert rates, recency, fatigue.", timedelta(days=30)),
-    "time_profile": ("When the user is active: share of app opens per local hour, peak hour.", timedelta(days=30)),
+    "time_profile": ("When the user is active: share of activity per local hour over a year (smoothed), peak hour.", timedelta(days=30)),
     "tags": ("Segments: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard.", timedelta(days=30)),
     # No TTL: Feast's online store ignores TTLs (issue 6821), so a TTL here would make offline and
     # online disagree. Readers judge freshness from `last_event_at` instead.

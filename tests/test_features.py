@@ -117,6 +117,29 @@ def test_tags_follow_the_funnel(built):
     assert t.loc[active, "scorecard"].mean() > t.loc[~active, "scorecard"].mean()
 
 
+def test_affinity_and_daily_rhythm_match_a_brute_force_count(built):
+    """Affinity: smoothed lifetime category shares; rhythm: the smoothed share of activity per local hour."""
+    frames = make_raw()
+    ev, users = frames["events"], frames["users"].set_index("user_id")
+    beh, rhythm = read_table(built, "behaviour"), read_table(built, "time_profile")
+    snap = beh["event_timestamp"].max()
+    who = ev["user_id"].value_counts().index[0]
+    mine = ev[(ev["user_id"] == who) & (ev["ts"] < snap)]
+    row = beh[(beh["user_id"] == who) & (beh["event_timestamp"] == snap)].iloc[0]
+    counts = mine[mine["category"].notna()]["category"].value_counts().reindex(["books", "toys", "home"], fill_value=0)
+    expected = (counts + 0.35) / (counts.sum() + 3 * 0.35)
+    assert [row[f"aff_{c}"] for c in counts.index] == pytest.approx(expected.tolist())
+
+    local = mine["ts"].dt.tz_convert(users.loc[who, "timezone"]).dt.hour
+    hourly = np.bincount(local, minlength=24).astype(float)
+    gap = np.minimum(np.arange(24), 24 - np.arange(24))
+    kernel = np.exp(-0.5 * (gap / 2.0) ** 2)
+    smooth = np.array([sum(hourly[k] * kernel[(h - k) % 24] for k in range(24)) for h in range(24)])
+    got = rhythm[(rhythm["user_id"] == who) & (rhythm["event_timestamp"] == snap)].iloc[0]
+    assert [got[f"open_share_h{h:02d}"] for h in range(24)] == pytest.approx((smooth / smooth.sum()).tolist())
+    assert got["peak_open_hour"] == int(smooth.argmax()) and got["rhythm_events_365d"] == len(mine)
+
+
 @pytest.mark.redis
 def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
     """The Redis online store, selected by config, against a real redis-server."""
