@@ -186,11 +186,12 @@ def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataF
     c["treated"] = ((variant != "control") & c["channel"].notna()).to_numpy(dtype="int64")
     c["converted"] = within("converted_at")
     c["opened"] = within("opened_at")
-    c["engaged"] = np.maximum(c["opened"], within("clicked_at"))
+    c["clicked"] = within("clicked_at")
+    c["engaged"] = np.maximum(c["opened"], c["clicked"])
     if "propensity" not in c:
         c["propensity"] = np.nan
     keep = ["contact_id", "user_id", "sent_at", "offer_id", "offer_category", "offer_kind", "offer_value", "channel",
-            "local_hour", "treated", "converted", "opened", "engaged", "propensity"]
+            "local_hour", "treated", "converted", "opened", "clicked", "engaged", "propensity"]
     out = c[keep].rename(columns={"sent_at": "event_timestamp"})
     out["user_id"] = out["user_id"].astype(str)
     out["offer_id"] = out["offer_id"].astype(object)
