@@ -119,7 +119,7 @@ class FunnelUpliftScorer:
     def load(cls, folder: Path) -> FunnelUpliftScorer:
         names = tuple(a for a in cls._fitted if (folder / f"{a}_model.txt").exists())  # models saved before clicks: 3 arms
         arms, service = _load_arms(folder, names)
-        fitted = dict(zip(names, arms))
+        fitted = dict(zip(names, arms, strict=True))
         return cls(fitted["engage"], fitted["convert"], fitted["control"], service, click=fitted.get("click"))
 
 
