@@ -47,7 +47,7 @@ def main() -> None:
     world, _ = load_period(settings)
     period = world.sample(args.users, seed=config.seed)
     models = champion_set(settings)
-    if "uplift" not in models.models or not hasattr(models.models["uplift"].model, "arm"):
+    if "uplift" not in models.models or not hasattr(models.models["uplift"].model, "lift"):
         raise SystemExit("needs a funnel uplift champion: run `make demo` (or `nextbest train uplift`) first")
     nba, propensity = model_policies(settings, period, models=models)
     truth, offers = period.truth, period.offers
@@ -78,26 +78,12 @@ def main() -> None:
                       for h in allowed], axis=1)
         best_hours[:, c] = allowed[p.argmax(axis=1)]
 
-    # The funnel's arms at the NBA's hours, as serving computes them (engine._funnel_uplift).
+    # The funnel's factors at the NBA's hours, as serving computes them.
     users = latest_features(settings, period.user_ids)
     op = operator_config(period.offers, period.channels)
-    model = models.models["uplift"].model
-    per_user = {"offer_id": np.repeat([o.offer_id for o in op.offers], n_c).astype(object),
-                "offer_category": np.repeat([o.category for o in op.offers], n_c).astype(object),
-                "offer_kind": np.repeat([o.kind for o in op.offers], n_c).astype(object),
-                "offer_value": np.repeat([o.value for o in op.offers], n_c).astype(float),
-                "channel": np.tile(np.array(op.channel_names(), dtype=object), n_o)}
-
-    def frame(rows: np.ndarray, pick: np.ndarray, hour: np.ndarray) -> pd.DataFrame:
-        request = {k: np.tile(v[pick], len(rows) // len(pick)) for k, v in per_user.items()}
-        request["local_hour"] = hour
-        return models.frame("uplift", users, rows, request)
-
-    open_m = model.arm("engage", frame(np.repeat(u, n_c), np.arange(n_c), nba.hours.ravel())).reshape(n, n_c)
-    conv_m = model.arm("convert", frame(np.repeat(u, n_o), np.arange(n_o) * n_c, np.repeat(nba.hours[:, 0], n_o))).reshape(n, n_o)
-    ctrl_m = model.arm("control", frame(u, np.arange(1), nba.hours[:, 0]))
     value_op = np.array([o.value * o.lever for o in op.offers])
-    offer_m = (conv_m - ctrl_m[:, None]) * value_op[None]
+    open_m, lift_m = engine.funnel_factors(models, users, op, nba.hours)
+    offer_m = lift_m * value_op[None]
     _, uplift_at_best = engine.conversion_scores(models, users, op, best_hours)
     p_churn = engine.churn_scores(models, users)
     retention = np.array([o.kind == "retention" for o in op.offers])

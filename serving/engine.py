@@ -23,6 +23,7 @@ __all__ = [
     "n_users",
     "send_time_scores",
     "conversion_scores",
+    "funnel_factors",
     "churn_scores",
     "best_slots",
     "expected_values",
@@ -117,18 +118,12 @@ def conversion_scores(models: ModelSet, users: Users, config: OperatorConfig,
     uplift = np.full((n_u, n_o, n_c), np.nan)
     if "conversion" in models.models or "uplift" in models.models:
         rows = np.repeat(np.arange(n_u), n_o * n_c)
-        per_user = {
-            "offer_id": np.repeat([o.offer_id for o in offers], n_c).astype(object),
-            "offer_category": np.repeat([o.category for o in offers], n_c).astype(object),
-            "offer_kind": np.repeat([o.kind for o in offers], n_c).astype(object),
-            "offer_value": np.repeat([o.value for o in offers], n_c).astype(float),
-            "channel": np.tile(np.array(channels, dtype=object), n_o),
-        }
-        request = {k: np.tile(v, n_u) for k, v in per_user.items()}
+        request = {k: np.tile(v, n_u) for k, v in _offer_channel_request(config).items()}
         request["local_hour"] = np.repeat(hours[:, None, :], n_o, axis=1).ravel()
         for kind in ("conversion", "uplift"):
-            if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "arm"):
-                uplift = _funnel_uplift(models, users, per_user, hours)
+            if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "lift"):
+                p_open, lift = funnel_factors(models, users, config, hours)
+                uplift = p_open[:, None, :] * lift[:, :, None]
                 continue
             if kind in models.models:
                 p = models.models[kind].model.predict(models.frame(kind, users, rows, request))
@@ -143,13 +138,30 @@ def conversion_scores(models: ModelSet, users: Users, config: OperatorConfig,
     return _rule_convert(users, offers, channels), uplift
 
 
-def _funnel_uplift(models: ModelSet, users: Users, per_user: dict[str, np.ndarray], hours: np.ndarray) -> np.ndarray:
-    """A funnel uplift model (P(open) x (P(convert | opened) - P(convert | control))), factorised: the open arm
-    over user x channel at its hour, the conversion arm over user x offer, the control arm per user; the same
-    numbers as its `predict` over the full user x offer x channel frame, in a fraction of the rows."""
+def _offer_channel_request(config: OperatorConfig) -> dict[str, np.ndarray]:
+    """The request columns of one user's offer x channel rows (offer-major), without the hour."""
+    offers, channels, n_c = config.offers, config.channel_names(), len(config.channels)
+    return {
+        "offer_id": np.repeat([o.offer_id for o in offers], n_c).astype(object),
+        "offer_category": np.repeat([o.category for o in offers], n_c).astype(object),
+        "offer_kind": np.repeat([o.kind for o in offers], n_c).astype(object),
+        "offer_value": np.repeat([o.value for o in offers], n_c).astype(float),
+        "channel": np.tile(np.array(channels, dtype=object), len(offers)),
+    }
+
+
+def funnel_factors(models: ModelSet, users: Users, config: OperatorConfig,
+                   hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A funnel uplift champion's two factors: P(open) per (user, channel) at its hour `hours` (U, C), and the
+    lift of an opened offer, P(convert | opened, offer) - P(convert | control), per (user, offer) (U, O).
+
+    Their product is the model's `predict` over the full user x offer x channel frame, from a fraction of the
+    rows: the open arm reads channel and hour, the offer arms the offer, the control arm the user only.
+    """
     model = models.models["uplift"].model
+    per_user = _offer_channel_request(config)
     n_u, n_c = hours.shape
-    n_o = len(per_user["offer_id"]) // n_c
+    n_o = len(config.offers)
     users_rows = np.arange(n_u)
 
     def frame(rows: np.ndarray, pick: np.ndarray, hour: np.ndarray) -> pd.DataFrame:
@@ -161,9 +173,9 @@ def _funnel_uplift(models: ModelSet, users: Users, per_user: dict[str, np.ndarra
     first_offer = np.arange(n_c)  # offer 0 x every channel
     first_channel = np.arange(n_o) * n_c  # every offer x channel 0
     p_open = model.arm("engage", frame(np.repeat(users_rows, n_c), first_offer, hours.ravel()))
-    p_conv = model.arm("convert", frame(np.repeat(users_rows, n_o), first_channel, np.repeat(hours[:, 0], n_o)))
     p_ctrl = model.arm("control", frame(users_rows, first_offer[:1], hours[:, 0]))
-    return p_open.reshape(n_u, 1, n_c) * (p_conv.reshape(n_u, n_o) - p_ctrl[:, None])[:, :, None]
+    lift = model.lift(frame(np.repeat(users_rows, n_o), first_channel, np.repeat(hours[:, 0], n_o)), np.repeat(p_ctrl, n_o))
+    return p_open.reshape(n_u, n_c), lift.reshape(n_u, n_o)
 
 
 def _rule_convert(users: Users, offers, channels: list[str]) -> np.ndarray:

@@ -426,6 +426,9 @@ class _FunnelModel:
     def arm(self, name, frame):
         return self.parts[name].predict(frame)
 
+    def lift(self, frame, control=None):
+        return self.arm("convert", frame) - (self.arm("control", frame) if control is None else control)
+
     def predict(self, frame):
         return self.arm("engage", frame) * (self.arm("convert", frame) - self.arm("control", frame))
 

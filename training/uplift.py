@@ -77,7 +77,7 @@ class FunnelUpliftScorer:
     nothing)."""
 
     kind = "uplift_funnel"
-    arms = ("engage", "convert", "control")  # what serving asks for (`arm`)
+    arms = ("engage", "convert", "control")  # what `arm` answers
     _fitted = ("engage", "click", "convert", "control")  # what is stored; "click" may be None
 
     def __init__(self, engage: BoosterScorer, convert: BoosterScorer, control: BoosterScorer, feature_service: str,
@@ -94,19 +94,26 @@ class FunnelUpliftScorer:
         """One stage's probability per row: "engage" P(open), "convert" P(convert | opened), "control" P(convert)."""
         if name not in self.arms:
             raise ValueError(f"unknown arm {name!r}; choose from {', '.join(self.arms)}")
-        if name == "convert" and self.click_ is not None:
-            p_click = np.asarray(self.click_.predict(frame), dtype=float)
-            after_click = np.asarray(self.convert_.predict(frame), dtype=float)
-            return p_click * after_click + (1.0 - p_click) * self.arm("control", frame)
+        if name == "convert":
+            control = self.arm("control", frame)
+            return self.lift(frame, control) + control
         return np.asarray(getattr(self, f"{name}_").predict(frame), dtype=float)
+
+    def lift(self, frame: pd.DataFrame, control: np.ndarray | None = None) -> np.ndarray:
+        """P(convert | opened, offer) - P(convert | not contacted) per row; `control` is the latter when known."""
+        control = self.arm("control", frame) if control is None else control
+        converted = np.asarray(self.convert_.predict(frame), dtype=float)
+        if self.click_ is None:
+            return converted - control
+        # An opened message left unclicked changes nothing: only the clicks lift conversion.
+        return np.asarray(self.click_.predict(frame), dtype=float) * (converted - control)
 
     def parts(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(open), P(convert | opened) and P(convert | not contacted) per row."""
         return tuple(self.arm(a, frame) for a in self.arms)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        p_open, p_convert, p_control = self.parts(frame)
-        return p_open * (p_convert - p_control)
+        return self.arm("engage", frame) * self.lift(frame)
 
     def importance(self) -> dict[str, float]:
         return self.convert_.importance()
