@@ -227,7 +227,13 @@ class OnlineReader:
             pos_t, tab_t, name_t, vals = zip(*rows, strict=True)
             where = self._where
             pos = np.fromiter(pos_t, dtype=np.int64, count=n)
-            idx = np.fromiter(map(lambda t, name: where[t][name], tab_t, name_t), dtype=np.int64, count=n)
+            # -1: a row of a feature the view no longer has (renamed or dropped; materialising never deletes it)
+            idx = np.fromiter(map(lambda t, name: where[t].get(name, -1), tab_t, name_t), dtype=np.int64, count=n)
+            if (idx < 0).any():
+                keep = np.flatnonzero(idx >= 0)
+                pos, idx = pos[keep], idx[keep]
+                pos_t, vals = [pos_t[k] for k in keep.tolist()], [vals[k] for k in keep.tolist()]
+                n = len(keep)
             lengths = np.fromiter(map(len, vals), dtype=np.int64, count=n)
             buf = np.frombuffer(b"".join(vals), dtype=np.uint8)
             starts = np.cumsum(lengths) - lengths

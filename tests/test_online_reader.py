@@ -72,6 +72,20 @@ def test_matches_feast_after_feast_writes_deleted_rows_and_empty_values(home):
     assert None in got["events_7d"]
 
 
+def test_rows_of_a_feature_the_view_no_longer_has_are_ignored(home):
+    # A renamed or dropped feature leaves its rows in the table: materialising upserts and never deletes.
+    store = feature_store(home)
+    behaviour = f"{store.config.project}_behaviour"
+    with sqlite3.connect(store.config.online_store.path) as c:
+        c.execute(f'INSERT INTO "{behaviour}" (entity_key, feature_name, value, event_ts, created_ts) '
+                  f"SELECT entity_key, 'opens_hourly_total_90d', value, event_ts, created_ts FROM \"{behaviour}\" "
+                  f"WHERE feature_name = 'revenue_all'")
+    ids = [f"u{i:04d}" for i in range(50)]
+    got = OnlineReader(store, "decision_v1").read(ids).to_dict()
+    assert "opens_hourly_total_90d" not in got
+    assert got == feast_dict(store, "decision_v1", ids)
+
+
 def test_a_projection_of_part_of_a_view_reads_only_its_features(home):
     store = feature_store(home)
     profile = store.get_feature_view("profile")
