@@ -27,13 +27,22 @@ class Settings(BaseSettings):
     seed: int = 7
     ledger_backend: Literal["sqlite", "redis"] = "sqlite"  # contact ledger: caps, idempotency keys
     mlflow_uri: str | None = None  # default: a SQLite file in home (see tracking_uri)
-    operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: built in
+    operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
     host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
     port: int = 3000
 
     @property
     def raw_dir(self) -> Path:
         return self.home / "raw"
+
+    @property
+    def operator_yaml(self) -> Path | None:
+        """The operator config in force: NEXTBEST_OPERATOR_CONFIG, else `<home>/operator.yaml` when it exists
+        (`nextbest simulate` writes the simulated world's catalog there), else None: the built-in config."""
+        if self.operator_config is not None:
+            return self.operator_config
+        local = self.home / "operator.yaml"
+        return local if local.exists() else None
 
     @property
     def feature_dir(self) -> Path:

@@ -93,6 +93,7 @@ def run_guarded(fn, *args, **kwargs):
 
 def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
     from features.ingest import write_raw
+    from serving.config import catalog_config, write_config
     from simulation import WorldConfig, simulate
 
     with steps(3) as advance:
@@ -100,6 +101,9 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
         world = simulate(WorldConfig(n_users=users, days=days, seed=seed))
         advance("writing raw tables")
         write_raw(world.tables, settings.raw_dir)
+        # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).
+        write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml",
+                     note="written by `nextbest simulate`: the simulated world's catalog; edit freely, the service re-reads it")
         advance("writing ground truth")
         world.truth.save(settings.truth_dir)
     return {name: len(df) for name, df in world.tables.items()}

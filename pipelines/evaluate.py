@@ -23,7 +23,7 @@ from features.ingest import read_raw
 from features.settings import Settings
 from features.store import feature_store, read_table
 from serving import engine
-from serving.config import Channel, Offer, OperatorConfig
+from serving.config import OperatorConfig, catalog_config
 from simulation.campaigns import eligible
 from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
@@ -45,13 +45,7 @@ def load_period(settings: Settings) -> tuple[Period, dict[str, pd.DataFrame]]:
 
 def operator_config(offers: pd.DataFrame, channels: pd.DataFrame) -> OperatorConfig:
     """An operator config whose catalog is the raw offers and channels tables (same order)."""
-    return OperatorConfig(
-        offers=[Offer(offer_id=str(r.offer_id), name=str(getattr(r, "name", "") or ""), kind=str(getattr(r, "kind", "product")),
-                      category=str(r.category), value=float(r.value), priority=int(r.priority) if pd.notna(r.priority) else 0)
-                for r in offers.itertuples(index=False)],
-        channels=[Channel(channel=str(r.channel), cost=float(r.cost), quiet_hours=r.quiet_hours if isinstance(r.quiet_hours, str) else None)
-                  for r in channels.itertuples(index=False)],
-    )
+    return catalog_config(offers, channels)
 
 
 def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +23,8 @@ __all__ = [
     "OperatorConfig",
     "ConfigError",
     "default_config",
+    "catalog_config",
+    "write_config",
     "load_config",
     "parse_quiet_hours",
     "ConfigSource",
@@ -241,7 +244,8 @@ class ConfigSource:
 
 
 def default_config() -> OperatorConfig:
-    """The built-in catalog: the simulated world's offers and channels, caps and the two standard triggers."""
+    """The built-in config for a home without its own (see Settings.operator_yaml): a generic catalog of 12
+    offers on 5 channels, caps and the two standard triggers (cart abandonment, registration)."""
     categories = {"electronics": 45.0, "fashion": 30.0, "home": 35.0, "beauty": 25.0, "grocery": 15.0, "books": 20.0}
     offers = [
         Offer(offer_id="welcome_gift", name="New-user gift", kind="coupon", category="any", value=8.0,
@@ -271,3 +275,51 @@ def default_config() -> OperatorConfig:
         Trigger(name="registration", on="register", deadline_minutes=1440, offers=["welcome_gift"]),
     ]
     return OperatorConfig(offers=offers, channels=channels, triggers=triggers)
+
+
+def _cell(value: object) -> object:
+    """A table cell as a config value: None for missing (NaN, NaT, <NA>), plain Python otherwise."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None) -> OperatorConfig:
+    """An operator config whose catalog is a company's offers and channels tables (in their order).
+
+    Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
+    offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
+    come back), and without coupons it is dropped.
+    """
+    base = base or default_config()
+    rows = [{k: _cell(v) for k, v in r.items()} for r in offers.to_dict("records")]
+    catalog = [Offer(offer_id=str(r["offer_id"]), name=str(r.get("name") or ""), kind=str(r.get("kind") or "product"),
+                     category=str(r["category"]), value=float(r["value"]), eligibility=r.get("eligibility"),
+                     valid_from=r.get("valid_from"), valid_to=r.get("valid_to"), priority=int(r.get("priority") or 0))
+               for r in rows]
+    chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
+    lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),
+                     daily_capacity=None if r.get("daily_capacity") is None else int(r["daily_capacity"]),
+                     requires_consent=bool(r.get("requires_consent", True)))
+             for r in chans]
+    ids, names = {o.offer_id for o in catalog}, {c.channel for c in lanes}
+    coupons = [o.offer_id for o in catalog if o.kind == "coupon"]
+    triggers = []
+    for t in base.triggers:
+        kept = [o for o in t.offers if o in ids] or coupons
+        if kept:
+            lanes_kept = [c for c in t.channels if c in names] if t.channels else None
+            triggers.append(t.model_copy(update={"offers": kept, "channels": lanes_kept or None}))
+    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration,
+                          churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
+
+
+def write_config(config: OperatorConfig, path: Path, note: str = "") -> Path:
+    """Write `config` as operator YAML (what `load_config` reads back), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text((f"# {note}\n" if note else "") + text)
+    tmp.replace(path)
+    return path

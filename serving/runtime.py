@@ -271,7 +271,7 @@ class Runtime:
     def __init__(self, settings: Settings, loader: Callable[[Settings], dict] = default_loader,
                  ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None):
         self.settings = settings
-        self.config = ConfigSource(settings.operator_config)
+        self.config = ConfigSource(settings.operator_yaml)
         self.features = OnlineFeatures(settings)
         self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
         self.log = DecisionLog(settings.log_dir)

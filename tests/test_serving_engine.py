@@ -288,6 +288,31 @@ def test_default_config_is_12_offers_by_5_channels():
     assert len(cfg.offers) == 12 and cfg.channel_names() == ["push", "sms", "email", "inapp", "wechat"]
 
 
+def test_a_catalog_from_the_company_tables_round_trips_through_yaml(tmp_path):
+    import pandas as pd
+
+    from features.settings import Settings
+    from serving.config import catalog_config, load_config, write_config
+    from simulation.catalog import channels_table, offers_table
+
+    offers, channels = offers_table(pd.Timestamp("2026-06-01", tz="UTC")), channels_table()
+    cfg = catalog_config(offers, channels)
+    assert cfg.offer_ids() == list(offers["offer_id"]) and cfg.channel_names() == list(channels["channel"])
+    by_id = {o.offer_id: o for o in cfg.offers}
+    assert by_id["ret_winback"].eligibility == "lifecycle_stage in [customer] and recency_days >= 30"
+    assert by_id["off_toys"].valid_from is not None and by_id["off_books"].valid_from is None
+    assert {c.channel: c.daily_capacity for c in cfg.channels}["sms"] == 50_000
+    # the built-in triggers name offers this catalog lacks: they choose among its coupons instead
+    coupons = list(offers.loc[offers["kind"] == "coupon", "offer_id"])
+    assert [t.name for t in cfg.triggers] == ["cart_abandonment", "registration"]
+    assert all(t.offers == coupons for t in cfg.triggers)
+    home = Settings(home=tmp_path / "home")
+    assert home.operator_yaml is None  # nothing written: the built-in config
+    path = write_config(cfg, home.home / "operator.yaml", note="test")
+    assert load_config(path) == cfg and home.operator_yaml == path
+    assert Settings(home=home.home, operator_config=tmp_path / "ops.yaml").operator_yaml == tmp_path / "ops.yaml"
+
+
 # --- the batched rules and choice are the scalar ones, user by user -------------------------------------
 
 def _random_case(rng: np.random.Generator, cfg: OperatorConfig, n: int):

@@ -107,10 +107,11 @@ def _primary(name: str, scorer, holdout: TrainingSet) -> float:
 
 def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig(), raw: dict | None = None,
                 store=None, progress=None, labels: pd.DataFrame | None = None,
-                shared: SharedJoins | None = None) -> TrainResult:
+                shared: SharedJoins | None = None, defer: bool = False) -> TrainResult:
     """Build the training set, split once, fit, evaluate on the holdout, log to MLflow and run the gate.
 
     `shared` lets several models reuse one point-in-time join of the same rows (see `train_models`).
+    `defer`: leave the promotion of a model that has a champion to the policy gate (registry.gate).
     """
     from features.ingest import manifest
     from features.store import feature_store
@@ -152,7 +153,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
     decision = gate(settings, name, version, run_id, metrics[PRIMARY_METRIC[name]],
-                    lambda champion: _primary(name, champion, holdout))
+                    lambda champion: _primary(name, champion, holdout), defer=defer)
+    decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra)
 
 
@@ -162,11 +164,12 @@ def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
 
 
 def train_models(settings: Settings, names: list[str], config: TrainConfig = TrainConfig(), progress=None,
-                 labels: pd.DataFrame | None = None) -> list[TrainResult]:
-    """Train several models over one read of the raw tables, one Feast store and one join per row set."""
+                 labels: pd.DataFrame | None = None, defer: tuple[str, ...] = ()) -> list[TrainResult]:
+    """Train several models over one read of the raw tables, one Feast store and one join per row set;
+    the promotion of the models named in `defer` waits for the policy gate."""
     from features.store import feature_store
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)
     shared = shared_joins(store, names)
-    return [train_model(settings, n, config, raw, store, progress, labels, shared) for n in names]
+    return [train_model(settings, n, config, raw, store, progress, labels, shared, defer=n in defer) for n in names]

@@ -33,6 +33,7 @@ __all__ = [
     "load_scorer",
     "log_model",
     "gate",
+    "policy_gate",
     "promote",
     "rollback",
     "list_versions",
@@ -264,10 +265,13 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
 
 
 def gate(settings: Settings, name: str, version: str, run_id: str, challenger_score: float,
-         champion_score_fn) -> dict[str, object]:
+         champion_score_fn, defer: bool = False) -> dict[str, object]:
     """Promote `version` only if it beats the current champion on the same holdout; log the comparison.
 
     `champion_score_fn(scorer)` scores the champion on the challenger's holdout with the primary metric.
+    With `defer`, a model that has a champion is not promoted here whatever the holdout says: the decision
+    (`better_on_holdout`) waits for the policy gate (`policy_gate`), which judges the models the policy uses
+    together, by the policy's value. A first model still becomes champion at once: there is nothing to compare.
     """
     from mlflow import MlflowClient
 
@@ -292,15 +296,41 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
         else:
             decision["promoted"] = bool(challenger_score > champion_score)
             decision["reason"] = (f"{metric} {challenger_score:.4f} vs champion {champion_score:.4f} on the same holdout")
+        if defer:
+            decision.update(better_on_holdout=decision["promoted"], promoted=False, deferred=True)
     if decision["promoted"]:
         _set_champion(client, registered, version, current)
     tracking = MlflowClient(tracking_uri=settings.tracking_uri)
     if decision["champion"] is not None and np.isfinite(decision["champion"]):
         tracking.log_metric(run_id, f"gate_champion_{metric}", float(decision["champion"]))
     tracking.log_metric(run_id, f"gate_challenger_{metric}", float(challenger_score))
-    tracking.set_tag(run_id, "gate_decision", "promoted" if decision["promoted"] else "kept champion")
+    tracking.set_tag(run_id, "gate_decision", "promoted" if decision["promoted"] else
+                     "waiting for the policy gate" if decision.get("deferred") else "kept champion")
     tracking.log_dict(run_id, decision, "gate.json")
     return decision
+
+
+def policy_gate(settings: Settings, versions: dict[str, str], decision: dict[str, object]) -> dict[str, tuple[str | None, str]]:
+    """Record the policy gate's `decision` on each challenger's run; promote them all if it says so.
+
+    `versions`: model name -> challenger version judged together. Returns {name: (old champion, new)} for
+    the models promoted ({} when the champions stay).
+    """
+    from mlflow import MlflowClient
+
+    client = _client(settings)
+    tracking = MlflowClient(tracking_uri=settings.tracking_uri)
+    promoted = bool(decision.get("promoted"))
+    changed = {}
+    for name, version in versions.items():
+        run_id = client.get_model_version(MODEL_NAMES[name], version).tags.get("run_id")
+        if run_id:
+            tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if promoted
+                             else "kept champion (policy gate)")
+            tracking.log_dict(run_id, decision, "policy_gate.json")
+        if promoted:
+            changed[name] = promote(settings, name, version)
+    return changed
 
 
 def _set_champion(client, registered: str, version: str, previous: str | None) -> None:
