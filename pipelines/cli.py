@@ -291,9 +291,18 @@ def retrain(
     summary(f"retrain run {state['run_id']}: {state['status']}",
             {step: info.get("status", "-") for step, info in state["steps"].items()}, ("step", "status"))
     models = state["steps"].get("train", {}).get("models", {})
+    gated = state["steps"].get("promote", {}).get("promoted", {})
+    decision = state["steps"].get("evaluate", {}).get("decision")
+
+    def result(name: str, m: dict) -> str:
+        if m.get("deferred"):
+            return f"v{m['version']} {'promoted' if name in gated else 'kept champion'} by the policy gate"
+        return f"v{m['version']} {'promoted' if m['promoted'] else 'kept champion'} on the holdout"
+
     if models:
-        summary("models", {name: f"v{m['version']} {'promoted' if m['promoted'] else 'kept champion'}" for name, m in models.items()},
-                ("model", "result"))
+        summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
+    if decision:
+        console.print(f"policy gate: {decision['reason']}")
 
 
 # --- closed loop -----------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, be
 from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
 from simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "write_report", "operator_config"]
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
+           "write_report", "operator_config"]
 
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
 
@@ -103,10 +104,14 @@ class ModelPolicy:
         return keep_capacity(choice, s.capacity_left)
 
 
-def champion_set(settings: Settings) -> engine.ModelSet:
-    from training.registry import load_champions
+def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> engine.ModelSet:
+    """The champions, each with the feature columns of its FeatureService; `versions` (model -> registry
+    version) stand in for the champions of those models (a set of challengers to judge)."""
+    from training.registry import Champion, load_champions, load_version
 
     champions = load_champions(settings)
+    for kind, version in (versions or {}).items():
+        champions[kind] = Champion(kind, version, load_version(settings, kind, version))
     store = feature_store(settings)
     columns = {}
     for kind, champ in champions.items():
@@ -182,6 +187,34 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
     # outcomes it is evaluated on.
     then = model_policies(settings, ope_period, models=models, as_of=cutoff)[0]
     return table, off_policy(settings, then, ope_period, logged)
+
+
+def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], config: ReplayConfig | None = None,
+                     users: int | None = 4_000, ope_users: int | None = 10_000, progress=None) -> pd.DataFrame:
+    """The NBA policy of each model set on the same evidence, one row per set: replayed over the same fresh
+    simulated period (the truth's expected incremental revenue, its share of the oracle's, violations),
+    and estimated off-policy (SNIPS and DR with 95 % intervals) from the same logged decisions."""
+    config = config or ReplayConfig()
+    step = progress or (lambda name: None)
+    world, tables = load_period(settings)
+    period = world.sample(users, seed=config.seed)
+    step("replaying the oracle")
+    oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
+    ope_period = world.sample(ope_users, seed=config.seed)
+    cutoff, logged = ope_log(settings, tables, ope_period)
+    rows = []
+    for label, models in sets.items():
+        step(f"replaying the NBA policy of the {label}")
+        m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
+        step(f"off-policy estimates of the {label}")
+        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period,
+                         logged).set_index("method")
+        rows.append({"models": label, "versions": models.versions(), "incremental_revenue": m["incremental_revenue"],
+                     "share_of_oracle": m["incremental_revenue"] / oracle if oracle > 0 else np.nan,
+                     "contacts": m["contacts"], "violations": m["violations"],
+                     **{f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
+                        for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))}})
+    return pd.DataFrame(rows).set_index("models")
 
 
 def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period,

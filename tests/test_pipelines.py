@@ -61,7 +61,7 @@ def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_p
     world.truth.save(settings.truth_dir)
     config = pipeline.RetrainConfig(trials=1, evaluate=False, models=("conversion", "churn"))
 
-    def broken(settings, config):
+    def broken(settings, config, state):
         raise RuntimeError("online store unreachable")
 
     monkeypatch.setitem(pipeline._RUN, "materialize", broken)
@@ -83,3 +83,45 @@ def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_p
     again = pipeline.retrain(settings, config, resume=False)
     assert again["run_id"] != state["run_id"]
     assert not any(m["promoted"] for m in again["steps"]["train"]["models"].values())
+
+
+@pytest.mark.slow
+def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path):
+    from mlflow import MlflowClient
+
+    from pipelines import retrain as pipeline
+    from pipelines.evaluate import champion_set
+    from training.registry import MODEL_NAMES, policy_gate
+
+    settings = Settings(home=tmp_path / "home")
+    world = simulate(WorldConfig(n_users=800, seed=2))
+    write_raw(world.tables, settings.raw_dir)
+    world.truth.save(settings.truth_dir)
+    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"))
+    first = pipeline.retrain(settings, config)
+    assert first["status"] == "done"
+    assert all(m["promoted"] and not m["deferred"] for m in first["steps"]["train"]["models"].values())  # no champion yet
+    assert first["steps"]["promote"]["promoted"] == {}
+    champions = champion_set(settings).versions()
+
+    # The same data again: the challengers equal the champions, so the policy they make earns exactly as much.
+    again = pipeline.retrain(settings, config, resume=False)
+    trained = again["steps"]["train"]["models"]
+    assert {n for n, m in trained.items() if m["deferred"]} == set(pipeline.POLICY_MODELS)
+    assert not trained["purchase"]["deferred"] and not trained["purchase"]["promoted"]  # holdout gate: a tie
+    judged = again["steps"]["evaluate"]
+    assert set(judged["challengers"]) == set(pipeline.POLICY_MODELS)
+    policies = judged["policies"]
+    assert policies["challengers"]["incremental_revenue"] == pytest.approx(policies["champions"]["incremental_revenue"])
+    assert policies["champions"]["violations"] == 0
+    assert judged["decision"]["promoted"] is False and again["steps"]["promote"]["promoted"] == {}
+    assert champion_set(settings).versions() == champions
+    tracking = MlflowClient(tracking_uri=settings.tracking_uri)
+    version = tracking.get_model_version(MODEL_NAMES["uplift"], trained["uplift"]["version"])
+    assert tracking.get_run(version.tags["run_id"]).data.tags["gate_decision"] == "kept champion (policy gate)"
+
+    # A better policy is promoted as a set.
+    changed = policy_gate(settings, judged["challengers"], {**judged["decision"], "promoted": True})
+    assert {n: new for n, (_, new) in changed.items()} == judged["challengers"]
+    after = champion_set(settings).versions()
+    assert all(after[n] == f"{n}/{v}" for n, v in judged["challengers"].items())
