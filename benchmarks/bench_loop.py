@@ -4,11 +4,14 @@ Usage: python benchmarks/bench_loop.py --users 2000 --history-days 28 --rounds 4
 Simulates a world with a short logged history (weak first models), trains the models the NBA policy uses,
 then runs `rounds` rounds of decide -> outcomes -> feedback -> retrain (pipelines/loop.py) and prints the
 table per round and the wall time; the chart lands in <home>/reports/closed_loop.png.
+With --reference, the same loop runs a second time from the same start with the holdout gate only (no
+policy gate), side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -33,6 +36,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--home", type=Path, default=Path("/tmp/bench-loop"))
+    parser.add_argument("--reference", action="store_true", help="also run the loop with the holdout gate only")
     args = parser.parse_args()
     shutil.rmtree(args.home, ignore_errors=True)
     settings = Settings(home=args.home)
@@ -43,14 +47,24 @@ def main() -> None:
     world.truth.save(settings.truth_dir)
     retrain(settings, RetrainConfig(trials=args.trials, evaluate=False, models=config.models), resume=False)
     setup = time.perf_counter() - started
-    table = run_loop(settings, config, progress=lambda m: print(f"{time.perf_counter() - started:6.0f} s  {m}", flush=True))
-    chart = write_loop_chart(table, settings.home / "reports")
+    reference = args.home.with_name(args.home.name + "-holdout-gate")
+    if args.reference:
+        shutil.rmtree(reference, ignore_errors=True)
+        shutil.copytree(args.home, reference)
+    runs = [("policy gate", settings, config)]
+    if args.reference:
+        runs.append(("holdout gate only", Settings(home=reference), dataclasses.replace(config, policy_gate=False)))
     pd.set_option("display.width", 200)
     cols = ["start", "contacts", "controls", "incremental_revenue", "oracle_revenue", "share_of_oracle",
             "yardstick_revenue", "yardstick_share", "unsubscribes", "complaints", "violations"]
-    print(table[cols].round(3).to_string())
+    for label, home, cfg in runs:
+        begun = time.perf_counter()
+        table = run_loop(home, cfg, progress=lambda m: print(f"{time.perf_counter() - started:6.0f} s  {m}", flush=True))
+        chart = write_loop_chart(table, home.home / "reports")
+        print(f"--- {label}: {time.perf_counter() - begun:.0f} s; chart {chart}")
+        print(table[cols].round(3).to_string())
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"setup {setup:.0f} s, total {time.perf_counter() - started:.0f} s; chart {chart}")
+          f"setup {setup:.0f} s, total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

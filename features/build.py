@@ -413,7 +413,7 @@ def realtime_table(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     })
     out["last_event_at"] = out["event_timestamp"].astype("int64") // 10**9
     out["events_1h"] = out["user_id"].map(hour).fillna(0).astype("int64")
-    out["cart_open"] = out["user_id"].map(open_cart).fillna(False).astype("int64")
+    out["cart_open"] = out["user_id"].map(open_cart).eq(True).astype("int64")  # no cart event: not open
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     return out
 

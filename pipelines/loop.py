@@ -6,7 +6,8 @@ with their probabilities. The world answers (outcomes from the ground-truth resp
 behaviour going on), and everything a real company would have seen by the end of the round is fed back
 into the raw tables: new events, the contact log with the outcomes known so far (an outcome that happens
 after the round ends is revealed in a later round), and suppressions from unsubscribes and complaints.
-Then the retraining pipeline rebuilds the features and trains challengers, promoted only if better.
+Then the retraining pipeline rebuilds the features and trains challengers, promoted only if the policy
+with them earns more over the next period than the policy with the champions (its policy gate).
 
 Two values per round, both the expected incremental revenue under the truth: what the round's sends earned
 (next to the oracle's over the same days from the same state; the oracle obeys the same contact rules), and
@@ -56,6 +57,7 @@ class LoopConfig:
     models: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # the models the NBA policy uses
     seed: int = 11
     yardstick_users: int | None = 4_000  # users in the fixed yardstick period (None = all)
+    policy_gate: bool = True  # promote challengers only if the policy with them earns more (pipelines/retrain.py)
 
 
 class _Pending:
@@ -236,7 +238,8 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
 
         if k < config.rounds - 1:
             step(f"round {round_no}: retraining {', '.join(config.models)}")
-            retrain(settings, RetrainConfig(trials=config.trials, evaluate=False, models=config.models), resume=False)
+            retrain(settings, RetrainConfig(trials=config.trials, evaluate=config.policy_gate, models=config.models),
+                    resume=False)
     return pd.DataFrame(pending.state["rounds"]).set_index("round")
 
 

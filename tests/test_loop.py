@@ -9,7 +9,7 @@ import pytest
 from features.ingest import read_raw, write_raw
 from features.settings import Settings
 from pipelines.loop import LoopConfig, run_loop, write_loop_chart
-from pipelines.retrain import RetrainConfig, retrain
+from pipelines.retrain import RetrainConfig, load_state, retrain
 from simulation import WorldConfig, simulate
 from simulation.truth import Truth
 
@@ -41,8 +41,10 @@ def test_the_value_rises_from_the_first_round_without_breaking_a_rule(looped):
     assert (table["contacts"] > 0).all() and (table["controls"] > 0).all()
     share = table["share_of_oracle"].to_numpy()
     assert share[-1] > share[0], f"share of the oracle per round: {share}"
-    # the champions the rounds decided with changed: retraining promoted something
+    # the champions the rounds decided with changed: retraining promoted something, through the policy gate
     assert table["models"].iloc[0] != table["models"].iloc[-1]
+    gate = load_state(settings)["steps"]["evaluate"]["decision"]  # the last retraining's
+    assert gate["promoted"] == (gate["challenger_revenue"] > gate["champion_revenue"])
     chart = write_loop_chart(table, settings.home / "reports")
     assert chart.stat().st_size > 10_000
 
