@@ -35,13 +35,15 @@ __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "eval
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
 
 
-def load_period(settings: Settings) -> tuple[Period, dict[str, pd.DataFrame]]:
-    """The simulated world on disk (raw tables + truth) as a replay period."""
-    if not (settings.truth_dir / "truth.json").exists():
+def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, dict[str, pd.DataFrame]]:
+    """The simulated world on disk (raw tables + truth) as a replay period; with `need_truth=False` and no
+    truth on disk, the company's logs as a period without one (off-policy evaluation only)."""
+    simulated = (settings.truth_dir / "truth.json").exists()
+    if need_truth and not simulated:
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: policy evaluation needs `nextbest simulate`")
     tables = {t: read_raw(settings.raw_dir, t) for t in TABLES}
     tables = {k: v for k, v in tables.items() if v is not None}
-    return Period.from_tables(tables, Truth.load(settings.truth_dir)), tables
+    return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
 
 
 def operator_config(offers: pd.DataFrame, channels: pd.DataFrame) -> OperatorConfig:
@@ -190,37 +192,51 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
 
 
 def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], config: ReplayConfig | None = None,
-                     users: int | None = 4_000, ope_users: int | None = 10_000, progress=None) -> pd.DataFrame:
-    """The NBA policy of each model set on the same evidence, one row per set: replayed over the same fresh
-    simulated period (the truth's expected incremental revenue, its share of the oracle's, violations),
-    and estimated off-policy (SNIPS and DR with 95 % intervals) from the same logged decisions."""
+                     users: int | None = 4_000, ope_users: int | None = 10_000, since: pd.Timestamp | None = None,
+                     progress=None) -> pd.DataFrame:
+    """The NBA policy of each model set on the same evidence, one row per set.
+
+    Off-policy (SNIPS and DR with 95 % intervals, and `matched`: logged decisions where the policy takes the
+    logged action) from the same logged decisions: those sent from `since` on when given (decisions no model
+    trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
+    the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
+    """
     config = config or ReplayConfig()
     step = progress or (lambda name: None)
-    world, tables = load_period(settings)
+    world, tables = load_period(settings, need_truth=False)
+    simulated = world.truth is not None
     period = world.sample(users, seed=config.seed)
-    step("replaying the oracle")
-    oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
+    oracle = np.nan
+    if simulated:
+        step("replaying the oracle")
+        oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
     ope_period = world.sample(ope_users, seed=config.seed)
-    cutoff, logged = ope_log(settings, tables, ope_period)
+    cutoff, logged = ope_log(settings, tables, ope_period, since=since)
     rows = []
     for label, models in sets.items():
-        step(f"replaying the NBA policy of the {label}")
-        m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
+        row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
+                     "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
+        if simulated:
+            step(f"replaying the NBA policy of the {label}")
+            m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
+            row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
+                       share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
         step(f"off-policy estimates of the {label}")
-        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period,
-                         logged).set_index("method")
-        rows.append({"models": label, "versions": models.versions(), "incremental_revenue": m["incremental_revenue"],
-                     "share_of_oracle": m["incremental_revenue"] / oracle if oracle > 0 else np.nan,
-                     "contacts": m["contacts"], "violations": m["violations"],
-                     **{f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
-                        for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))}})
+        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
+        matched = int(ope.attrs["matched"])
+        ope = ope.set_index("method")
+        row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
+                    for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))})
+        row.update(logged=int(ope.loc["DR", "n"]), matched=matched)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("models")
 
 
-def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period,
-            newest: float = 0.3) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period, newest: float = 0.3,
+            since: pd.Timestamp | None = None) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
     """The logged decisions to evaluate a policy on: the period's users, sent after the cutoff (the newest
-    feature snapshot before the `newest` share of the log), with their full 7-day outcome window observed.
+    feature snapshot before the `newest` share of the log, or before `since`), with their full 7-day
+    outcome window observed.
 
     The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
     (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
@@ -229,7 +245,7 @@ def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period,
     sent = pd.to_datetime(contacts["sent_at"], utc=True)
     end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
     complete = sent + pd.Timedelta(days=7) <= end
-    split = sent[complete].quantile(1 - newest)
+    split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)
     snaps = pd.to_datetime(read_table(settings, "behaviour")["event_timestamp"].drop_duplicates(), utc=True)
     cutoff = snaps[snaps <= split].max() if (snaps <= split).any() else snaps.min()
     keep = complete & (sent >= cutoff) & contacts["user_id"].astype(str).isin(set(period.user_ids))
@@ -336,12 +352,15 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     At each logged decision the policy takes its best action by expected value among the actions open then
     (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The
     reward is a conversion within 7 days. The truth is the oracle's P(convert) of the policy's action at
-    each logged send time.
+    each logged send time (no truth columns on a company's own logs). `attrs["matched"]`: the logged
+    decisions where the policy takes the logged action, the rows the estimates rest on.
     """
     from simulation.truth import Oracle
     from training.ope import estimate_all
 
     log = tables["contacts"].reset_index(drop=True)
+    if len(log) == 0:
+        raise ValueError("no logged decisions with a complete outcome window to evaluate the policy on")
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
@@ -358,6 +377,16 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     logged = np.where(logged_c >= 0, logged_o * n_c + logged_c, -1)
     target_prob = (logged == greedy).astype(float)
     reward = log["converted_at"].notna().to_numpy(dtype=float)
+    # Reward model for DR: the oracle's organic rate is not known to a real team, so use the logged
+    # conversion rate per action as a plain, honest q-hat.
+    rate = pd.Series(reward).groupby(logged).mean()
+    q_logged = rate.reindex(logged).to_numpy()
+    q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
+    rows = [e.as_row() for e in estimate_all(log["propensity"].to_numpy(dtype=float), target_prob, reward, q_logged, q_target)]
+    table = pd.DataFrame(rows)
+    table.attrs["matched"] = int(target_prob.sum())
+    if period.truth is None:
+        return table
     oracle = Oracle(period.truth, period.offers)
     sent_at = log["sent_at"]
     o, c = np.divmod(greedy.clip(0), n_c)
@@ -367,13 +396,6 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
         p_true[treated] = oracle.p_convert(users[treated], period.offers["offer_id"].to_numpy()[o[treated]],
                                            period.channels["channel"].to_numpy()[c[treated]], sent_at[treated],
                                            recent_contacts=recent[treated])
-    # Reward model for DR: the oracle's organic rate is not known to a real team, so use the logged
-    # conversion rate per action as a plain, honest q-hat.
-    rate = pd.Series(reward).groupby(logged).mean()
-    q_logged = rate.reindex(logged).to_numpy()
-    q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
-    rows = [e.as_row() for e in estimate_all(log["propensity"].to_numpy(dtype=float), target_prob, reward, q_logged, q_target)]
-    table = pd.DataFrame(rows)
     truth = float(p_true.mean())
     table["simulated_truth"] = truth
     table["error"] = (table["value"] - truth) / truth

@@ -6,14 +6,17 @@ resumes after the last completed step. Steps that fail leave the last good state
 feature builds swap complete new sets in or change nothing, and no challenger is promoted before the
 gate that judges it:
 
-- the models the NBA policy uses (conversion, uplift, send time, churn), when the data is simulated: the
-  policy gate. `evaluate` replays the policy with the champions and with the challengers in their place
-  over the same fresh simulated period, and estimates both off-policy from the same logged decisions;
-  `promote` makes the challengers champions together only if their policy earns more incremental revenue
-  under the truth, without a rule broken. Holdout metrics are recorded next to it, not decisive: a better
-  AUC or Qini does not always make better decisions.
-- every other model, and every model on real data (no truth to replay): the holdout gate, at training:
-  promoted only if it beats its champion on the same holdout (training/registry.py).
+- the models the NBA policy uses (conversion, uplift, send time, churn): the policy gate. `evaluate` judges
+  the policy with the champions and the policy with all the challengers in their place on the same
+  evidence, and `promote` makes the challengers champions together only if their policy is worth more:
+  on simulated data, by the truth's incremental revenue over the same replayed period (no rule broken);
+  on a company's own data, by the doubly robust off-policy estimate on the decisions logged since the
+  newest holdout began (none of the challengers trained on them). When too few logged decisions match
+  a policy's choice for the estimate to mean anything, each challenger falls back to its holdout.
+  Holdout metrics are recorded next to it, not decisive: a better AUC or Qini does not always make
+  better decisions.
+- every other model: the holdout gate, at training: promoted only if it beats its champion on the same
+  holdout (training/registry.py). `RetrainConfig(evaluate=False)` puts every model on the holdout gate.
 
 A running service picks up new champions on its next registry refresh (or at once via its /reload endpoint).
 """
@@ -41,6 +44,7 @@ class RetrainConfig:
     trials: int = 5  # Optuna trials per LightGBM model
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = all)
+    min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
 
 
 def _state_path(settings: Settings) -> Path:
@@ -93,8 +97,8 @@ def _materialize(settings: Settings, config: RetrainConfig, state: dict) -> dict
 
 
 def _policy_gated(settings: Settings, config: RetrainConfig) -> tuple[str, ...]:
-    """The models whose promotion waits for the policy gate: those the policy uses, when a truth can judge it."""
-    return POLICY_MODELS if config.evaluate and (settings.truth_dir / "truth.json").exists() else ()
+    """The models whose promotion waits for the policy gate: those the policy uses (all when `evaluate`)."""
+    return POLICY_MODELS if config.evaluate else ()
 
 
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
@@ -103,33 +107,67 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     names = list(config.models or MODELS)
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
                            defer=_policy_gated(settings, config))
+    keep = ("better_on_holdout", "holdout_from")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
                                "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),
-                               **({"better_on_holdout": bool(r.decision["better_on_holdout"])}
-                                  if "better_on_holdout" in r.decision else {})} for r in results}}
+                               **{k: r.decision[k] for k in keep if k in r.decision}} for r in results}}
 
 
 def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    """Judge the waiting challengers together by the policy they make, against the champions' policy.
+
+    Simulated data: by the truth's incremental revenue over the same replayed period (no rule broken).
+    A company's own data: by the doubly robust off-policy estimate on the decisions logged since the newest
+    holdout began (decisions none of the challengers trained on); with too few of them
+    where a policy takes the logged action (`min_matched`), the estimate is too thin and each challenger falls back to
+    its holdout comparison.
+    """
     if not _policy_gated(settings, config):
-        return {"skipped": "no simulated truth to replay: each model was judged on its holdout when trained"}
+        return {"skipped": "evaluate is off: each model was judged on its holdout when trained"}
+    import pandas as pd
+
     from pipelines.evaluate import champion_set, judge_model_sets
 
-    waiting = {name: m["version"] for name, m in state["steps"]["train"]["models"].items() if m.get("deferred")}
+    trained = state["steps"]["train"]["models"]
+    waiting = {name: m["version"] for name, m in trained.items() if m.get("deferred")}
     sets = {"champions": champion_set(settings)}
     if waiting:
         sets["challengers"] = champion_set(settings, waiting)
-    table = judge_model_sets(settings, sets)
-    out: dict = {"challengers": waiting, "policies": table.drop(columns="versions").round(4).to_dict("index")}
-    if waiting:
+    since = max((pd.Timestamp(trained[n]["holdout_from"]) for n in waiting if trained[n].get("holdout_from")), default=None)
+    if since is not None and since.tzinfo is None:
+        since = since.tz_localize("UTC")
+    try:
+        table = judge_model_sets(settings, sets, since=since)
+    except ValueError as err:  # no logged decisions to estimate from
+        table, problem = None, str(err)
+    out: dict = {"challengers": waiting}
+    if table is not None:
+        out["policies"] = table.drop(columns="versions").round(4).to_dict("index")
+    if not waiting:
+        return out
+    if table is not None and pd.notna(table.loc["challengers", "incremental_revenue"]):
         champ, chall = (table.loc[k] for k in ("champions", "challengers"))
         better = bool(chall["incremental_revenue"] > champ["incremental_revenue"]) and chall["violations"] == 0
-        out["decision"] = {
-            "promoted": better,
-            "reason": (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
-                       f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
-                       f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})"),
-            "challenger_revenue": float(chall["incremental_revenue"]), "champion_revenue": float(champ["incremental_revenue"]),
-        }
+        reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
+                  f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
+                  f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})")
+        out["decision"] = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
+                           "challenger_revenue": float(chall["incremental_revenue"]),
+                           "champion_revenue": float(champ["incremental_revenue"])}
+    elif table is not None and min(table["matched"]) >= config.min_matched:
+        champ, chall = (table.loc[k] for k in ("champions", "challengers"))
+        better = bool(chall["dr"] > champ["dr"])
+        reason = (f"DR off-policy value {chall['dr']:.4f} [{chall['dr_low']:.4f}, {chall['dr_high']:.4f}] with the challengers "
+                  f"vs {champ['dr']:.4f} [{champ['dr_low']:.4f}, {champ['dr_high']:.4f}] with the champions, on "
+                  f"{int(chall['logged']):,} decisions logged since {since}")
+        out["decision"] = {"promoted": better, "by": "off-policy", "reason": reason, "promote": waiting if better else {},
+                           "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"])}
+    else:
+        thin = (f"only {int(min(table['matched']))} logged decisions match a policy's choice" if table is not None
+                else problem)
+        better = {n: v for n, v in waiting.items() if trained[n].get("better_on_holdout")}
+        out["decision"] = {"promoted": bool(better), "by": "holdout", "promote": better,
+                           "reason": f"{thin} (fewer than {config.min_matched}): each challenger judged on its holdout"}
     return out
 
 
@@ -137,9 +175,10 @@ def _promote(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     from training.registry import policy_gate
 
     evaluated = state["steps"].get("evaluate", {})
-    if not evaluated.get("decision"):
+    decision = evaluated.get("decision")
+    if not decision:
         return {"promoted": {}}
-    changed = policy_gate(settings, evaluated["challengers"], evaluated["decision"])
+    changed = policy_gate(settings, evaluated["challengers"], decision["promote"], decision)
     return {"promoted": {name: new for name, (_, new) in changed.items()}}
 
 

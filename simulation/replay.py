@@ -50,9 +50,9 @@ class ReplayConfig:
 class Period:
     """What a replay needs of a world: its truth, catalog, consent, suppressions and history at the start."""
 
-    truth: Truth
+    truth: Truth | None  # None: a company's own logs, for off-policy evaluation only (nothing to replay)
     offers: pd.DataFrame
-    channels: pd.DataFrame  # in CHANNELS order
+    channels: pd.DataFrame  # in CHANNELS order (with a truth), else the channels table's order
     user_ids: np.ndarray
     consent: np.ndarray  # (n, C) bool
     suppressed: np.ndarray  # (n, C) bool at the start of the period
@@ -63,33 +63,41 @@ class Period:
     last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
 
     @classmethod
-    def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth) -> Period:
-        """Build from raw tables in the contract (what `simulate` returns or what is on disk) and the truth."""
+    def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None) -> Period:
+        """Build from raw tables in the contract (what `simulate` returns or what is on disk) and the truth;
+        without a truth, the period starts at the first midnight after the logs (off-policy evaluation only)."""
         users = tables["users"]
         ids = users["user_id"].astype(str).to_numpy()
         index = pd.Index(ids)
         n = len(ids)
-        channels = tables["channels"].set_index("channel").loc[list(CHANNELS)].reset_index()
-        consent = np.stack([users[f"consent_{c}"].to_numpy(dtype=bool) for c in CHANNELS], axis=1)
-        suppressed = np.zeros((n, len(CHANNELS)), dtype=bool)
+        names = list(CHANNELS) if truth is not None else list(tables["channels"]["channel"].astype(str))
+        channels = tables["channels"].assign(channel=tables["channels"]["channel"].astype(str)).set_index("channel")
+        channels = channels.loc[names].reset_index()
+        consent = np.stack([users[f"consent_{c}"].fillna(False).to_numpy(dtype=bool) if f"consent_{c}" in users
+                            else np.zeros(n, dtype=bool) for c in names], axis=1)
+        suppressed = np.zeros((n, len(names)), dtype=bool)
         sup = tables.get("suppressions")
         if sup is not None and len(sup):
             rows = index.get_indexer(sup["user_id"].astype(str))
             ch = sup["channel"].astype(str).to_numpy()
             star = ch == "*"
             suppressed[rows[star]] = True
-            cidx = pd.Index(CHANNELS).get_indexer(ch[~star])
+            cidx = pd.Index(names).get_indexer(ch[~star])
             ok = cidx >= 0
             suppressed[rows[~star][ok], cidx[ok]] = True
-        start = pd.Timestamp(truth.end_ns, tz="UTC")
         contacts = tables["contacts"]
+        if truth is not None:
+            start = pd.Timestamp(truth.end_ns, tz="UTC")
+        else:
+            last = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), pd.to_datetime(contacts["sent_at"], utc=True).max())
+            start = last.floor("D") + pd.Timedelta(days=1)
         sent = contacts[contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))]
         last = np.full((n, 8), NAT, dtype=np.int64)
         last_ch = np.full((n, 8), -1, dtype=np.int64)
         if len(sent):
             s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)),
                               "t": pd.to_datetime(sent["sent_at"], utc=True).astype("int64"),
-                              "c": pd.Index(CHANNELS).get_indexer(sent["channel"].astype(str))})
+                              "c": pd.Index(names).get_indexer(sent["channel"].astype(str))})
             s = s.sort_values("t").groupby("u").tail(8)
             s["k"] = s.groupby("u").cumcount()
             last[s["u"].to_numpy(), s["k"].to_numpy()] = s["t"].to_numpy()
@@ -114,10 +122,12 @@ class Period:
         if n is None or n >= self.n_users:
             return self
         rows = np.sort(np.random.default_rng(seed).choice(self.n_users, size=n, replace=False))
-        per_user = {f.name: getattr(self.truth, f.name)[rows] for f in dataclasses.fields(self.truth)
-                    if isinstance(getattr(self.truth, f.name), np.ndarray)}
+        truth = self.truth
+        if truth is not None:
+            truth = dataclasses.replace(truth, **{f.name: getattr(truth, f.name)[rows] for f in dataclasses.fields(truth)
+                                                  if isinstance(getattr(truth, f.name), np.ndarray)})
         return dataclasses.replace(
-            self, truth=dataclasses.replace(self.truth, **per_user), user_ids=self.user_ids[rows],
+            self, truth=truth, user_ids=self.user_ids[rows],
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
             last_channels=self.last_channels[rows],
             stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
@@ -196,6 +206,8 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
     every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
     """
+    if period.truth is None:
+        raise ValueError("a replay needs the simulated truth: a company's own logs support off-policy evaluation only")
     rng = np.random.default_rng(config.seed)
     truth, rules, n = period.truth, config.rules, period.n_users
     offers, n_channels = period.offers, len(CHANNELS)

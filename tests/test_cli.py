@@ -41,6 +41,21 @@ def test_commands_in_the_wrong_order_explain_what_to_run(home):
     assert result.exit_code == 2 and "--mapping" in result.output
 
 
+def test_simulate_writes_the_worlds_catalog_and_forgets_the_old_worlds_contacts(home):
+    from serving.config import load_config
+
+    (home / "logs").mkdir(parents=True)
+    (home / "logs" / "decisions.jsonl").write_text('{"user_id": "old"}\n')
+    (home / "ledger.db").write_bytes(b"contacts made to the old world's users")
+    result = runner.invoke(app, ["simulate", "--users", "200", "--days", "14"])
+    assert result.exit_code == 0, result.output
+    assert not (home / "ledger.db").exists() and not (home / "logs" / "decisions.jsonl").exists()
+    offers = pd.read_parquet(home / "raw" / "offers.parquet")
+    config = load_config(Settings().operator_yaml)
+    assert Settings().operator_yaml == home / "operator.yaml"
+    assert config.offer_ids() == list(offers["offer_id"])
+
+
 @pytest.mark.slow
 def test_real_cdnow_data_from_ingest_to_online_features(home):
     """The real CDNOW log through ingest -> build -> apply -> materialise, checked against the raw file."""

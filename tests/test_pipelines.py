@@ -86,7 +86,10 @@ def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_p
 
 
 @pytest.mark.slow
-def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path):
+@pytest.mark.parametrize("simulated", [True, False], ids=["simulated", "company-logs"])
+def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path, simulated):
+    import dataclasses
+
     from mlflow import MlflowClient
 
     from pipelines import retrain as pipeline
@@ -96,32 +99,44 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     settings = Settings(home=tmp_path / "home")
     world = simulate(WorldConfig(n_users=800, seed=2))
     write_raw(world.tables, settings.raw_dir)
-    world.truth.save(settings.truth_dir)
-    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"))
+    if simulated:  # without a truth, the gate has only the company's logs: off-policy estimates
+        world.truth.save(settings.truth_dir)
+    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"), min_matched=20)
     first = pipeline.retrain(settings, config)
     assert first["status"] == "done"
     assert all(m["promoted"] and not m["deferred"] for m in first["steps"]["train"]["models"].values())  # no champion yet
     assert first["steps"]["promote"]["promoted"] == {}
     champions = champion_set(settings).versions()
 
-    # The same data again: the challengers equal the champions, so the policy they make earns exactly as much.
+    # The same data again: the challengers equal the champions, so the policy they make is worth exactly as much.
     again = pipeline.retrain(settings, config, resume=False)
     trained = again["steps"]["train"]["models"]
     assert {n for n, m in trained.items() if m["deferred"]} == set(pipeline.POLICY_MODELS)
     assert not trained["purchase"]["deferred"] and not trained["purchase"]["promoted"]  # holdout gate: a tie
     judged = again["steps"]["evaluate"]
     assert set(judged["challengers"]) == set(pipeline.POLICY_MODELS)
+    assert judged["decision"]["by"] == ("simulation" if simulated else "off-policy")
     policies = judged["policies"]
-    assert policies["challengers"]["incremental_revenue"] == pytest.approx(policies["champions"]["incremental_revenue"])
-    assert policies["champions"]["violations"] == 0
+    assert policies["challengers"]["dr"] == pytest.approx(policies["champions"]["dr"])
+    assert policies["champions"]["matched"] >= 20
+    if simulated:
+        assert policies["challengers"]["incremental_revenue"] == pytest.approx(policies["champions"]["incremental_revenue"])
+        assert policies["champions"]["violations"] == 0
     assert judged["decision"]["promoted"] is False and again["steps"]["promote"]["promoted"] == {}
     assert champion_set(settings).versions() == champions
     tracking = MlflowClient(tracking_uri=settings.tracking_uri)
     version = tracking.get_model_version(MODEL_NAMES["uplift"], trained["uplift"]["version"])
     assert tracking.get_run(version.tags["run_id"]).data.tags["gate_decision"] == "kept champion (policy gate)"
 
+    if not simulated:  # too few logged decisions match a policy's choice: each challenger falls back to its holdout
+        thin = pipeline.retrain(settings, dataclasses.replace(config, min_matched=10**9), resume=False)
+        decision = thin["steps"]["evaluate"]["decision"]
+        assert decision["by"] == "holdout" and "each challenger judged on its holdout" in decision["reason"]
+        better = {n for n, m in thin["steps"]["train"]["models"].items() if m.get("better_on_holdout")}
+        assert set(decision["promote"]) == better and set(thin["steps"]["promote"]["promoted"]) == better
+
     # A better policy is promoted as a set.
-    changed = policy_gate(settings, judged["challengers"], {**judged["decision"], "promoted": True})
+    changed = policy_gate(settings, judged["challengers"], judged["challengers"], {**judged["decision"], "promoted": True})
     assert {n: new for n, (_, new) in changed.items()} == judged["challengers"]
     after = champion_set(settings).versions()
     assert all(after[n] == f"{n}/{v}" for n, v in judged["challengers"].items())

@@ -310,8 +310,9 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     return decision
 
 
-def policy_gate(settings: Settings, versions: dict[str, str], decision: dict[str, object]) -> dict[str, tuple[str | None, str]]:
-    """Record the policy gate's `decision` on each challenger's run; promote them all if it says so.
+def policy_gate(settings: Settings, versions: dict[str, str], promote_: dict[str, str],
+                decision: dict[str, object]) -> dict[str, tuple[str | None, str]]:
+    """Record the policy gate's `decision` on each challenger's run and promote those in `promote_`.
 
     `versions`: model name -> challenger version judged together. Returns {name: (old champion, new)} for
     the models promoted ({} when the champions stay).
@@ -320,15 +321,15 @@ def policy_gate(settings: Settings, versions: dict[str, str], decision: dict[str
 
     client = _client(settings)
     tracking = MlflowClient(tracking_uri=settings.tracking_uri)
-    promoted = bool(decision.get("promoted"))
     changed = {}
     for name, version in versions.items():
+        chosen = promote_.get(name) == version
         run_id = client.get_model_version(MODEL_NAMES[name], version).tags.get("run_id")
         if run_id:
-            tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if promoted
+            tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if chosen
                              else "kept champion (policy gate)")
             tracking.log_dict(run_id, decision, "policy_gate.json")
-        if promoted:
+        if chosen:
             changed[name] = promote(settings, name, version)
     return changed
 
