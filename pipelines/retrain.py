@@ -147,7 +147,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
         return out
     if table is not None and pd.notna(table.loc["challengers", "incremental_revenue"]):
         champ, chall = (table.loc[k] for k in ("champions", "challengers"))
-        better = bool(chall["incremental_revenue"] > champ["incremental_revenue"]) and chall["violations"] == 0
+        better = bool(chall["incremental_revenue"] > champ["incremental_revenue"] and chall["violations"] == 0)
         reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
                   f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
                   f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})")
