@@ -40,8 +40,19 @@ def _quiet_libraries() -> None:
     import sqlalchemy  # noqa: F401  (it installs its own "once" filter at import: ours must come after it)
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow re-configures its loggers when imported
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
+    quiet = (DeprecationWarning, FutureWarning, UserWarning)
+    for category in quiet:
         warnings.filterwarnings("ignore", category=category)
+    # Feast prepends its own "once" filter for deprecations when a command first imports it: drop those
+    # categories where they would be shown, whatever filters a library installs later.
+    shown = warnings.showwarning
+    if not getattr(shown, "_nextbest_quiet", False):
+        def show(message, category, *args, **kwargs):
+            if not issubclass(category, quiet):
+                shown(message, category, *args, **kwargs)
+
+        show._nextbest_quiet = True  # type: ignore[attr-defined]
+        warnings.showwarning = show
     for name in ("mlflow", "alembic", "feast", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
