@@ -245,7 +245,7 @@ def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None,
     now = _as_of(con, "cum_contacts", sums + [f"last_{column_name(ch)}" for ch in channels], 0)
     totals = {c: now[c].fillna(0).to_numpy(dtype="float64") for c in sums}
     past = {w: {c: v.fillna(0).to_numpy(dtype="float64") for c, v in _as_of(con, "cum_contacts", sums, w).items()}
-            for w in (1, 7, 90)}
+            for w in (1, 7, 90, _RATE_DAYS)}
     window = lambda col, w: totals[col] - past[w][col]  # noqa: E731
     a, k = config.rate_prior * config.rate_strength, config.rate_strength
     df = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": snap})
@@ -254,9 +254,11 @@ def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None,
         sent = window(f"sent_{n}", 90)
         df[f"sent_90d_{n}"] = sent
         df[f"sent_7d_{n}"] = window(f"sent_{n}", 7)
-        df[f"open_rate_{n}"] = (window(f"open_{n}", 90) + a) / (sent + k)
-        df[f"click_rate_{n}"] = (window(f"click_{n}", 90) + a / 2) / (sent + k)
-        df[f"convert_rate_{n}"] = (window(f"conv_{n}", 90) + a / 5) / (sent + k)
+        # The rates read a year: how a user answers a channel changes slowly, and 90 days hold about two sends.
+        sent_rate = window(f"sent_{n}", _RATE_DAYS)
+        df[f"open_rate_{n}"] = (window(f"open_{n}", _RATE_DAYS) + a) / (sent_rate + k)
+        df[f"click_rate_{n}"] = (window(f"click_{n}", _RATE_DAYS) + a / 2) / (sent_rate + k)
+        df[f"convert_rate_{n}"] = (window(f"conv_{n}", _RATE_DAYS) + a / 5) / (sent_rate + k)
         last = pd.to_datetime(now[f"last_{n}"], utc=True)
         df[f"days_since_contact_{n}"] = (snap - last).dt.days.fillna(9999).to_numpy(dtype="int64")
     df["contacts_1d"] = window("sent_all", 1)
@@ -268,6 +270,7 @@ def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None,
     return df
 
 
+_RATE_DAYS = 365  # window of the per-channel open, click and convert rates
 _AFFINITY_PRIOR = 0.35  # pseudo-events per category in the affinity shares
 # Activity that follows the user's daily rhythm: what they do on their own, whenever they choose.
 _RHYTHM_TYPES = ("app_open", "view", "search", "add_to_cart", "purchase")
