@@ -361,6 +361,11 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     log = tables["contacts"].reset_index(drop=True)
     if len(log) == 0:
         raise ValueError("no logged decisions with a complete outcome window to evaluate the policy on")
+    for col, why in (("propensity", "each decision's probability under the policy that made it"),
+                     ("converted_at", "the outcome to score")):
+        if col not in log or log[col].isna().all():
+            raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
+                             "log it with every decision (the decision service does)")
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)

@@ -138,7 +138,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
         since = since.tz_localize("UTC")
     try:
         table = judge_model_sets(settings, sets, since=since)
-    except ValueError as err:  # no logged decisions to estimate from
+    except ValueError as err:  # nothing to estimate from: no logged decisions, no propensities or no outcomes
         table, problem = None, str(err)
     out: dict = {"challengers": waiting}
     if table is not None:

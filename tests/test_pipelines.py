@@ -134,6 +134,15 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
         assert decision["by"] == "holdout" and "each challenger judged on its holdout" in decision["reason"]
         better = {n for n, m in thin["steps"]["train"]["models"].items() if m.get("better_on_holdout")}
         assert set(decision["promote"]) == better and set(thin["steps"]["promote"]["promoted"]) == better
+        # a log without the logging policy's probabilities cannot be evaluated off-policy: a message says why
+        from features.contract import TABLES
+        from features.ingest import read_raw
+        from pipelines.evaluate import judge_model_sets
+
+        tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
+        write_raw({**tables, "contacts": tables["contacts"].drop(columns="propensity")}, settings.raw_dir)
+        with pytest.raises(ValueError, match="no `propensity`"):
+            judge_model_sets(settings, {"champions": champion_set(settings)})
 
     # A better policy is promoted as a set.
     changed = policy_gate(settings, judged["challengers"], judged["challengers"], {**judged["decision"], "promoted": True})
