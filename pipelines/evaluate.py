@@ -196,8 +196,9 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
                      progress=None) -> pd.DataFrame:
     """The NBA policy of each model set on the same evidence, one row per set.
 
-    Off-policy (SNIPS and DR with 95 % intervals, and `matched`: logged decisions where the policy takes the
-    logged action) from the same logged decisions: those sent from `since` on when given (decisions no model
+    Off-policy (SNIPS and DR with 95 % intervals; `dr_diff`: DR minus the first set's, paired on the same
+    decisions, with its interval; `matched`: logged decisions where the policy takes the logged action)
+    from the same logged decisions: those sent from `since` on when given (decisions no model
     trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
     the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
     """
@@ -212,7 +213,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
     ope_period = world.sample(ope_users, seed=config.seed)
     cutoff, logged = ope_log(settings, tables, ope_period, since=since)
-    rows = []
+    rows, first = [], None
     for label, models in sets.items():
         row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
                      "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
@@ -223,7 +224,12 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
                        share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
         step(f"off-policy estimates of the {label}")
         ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
-        matched = int(ope.attrs["matched"])
+        matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
+        first = terms if first is None else first
+        # Paired on the same logged decisions: where both policies agree, their terms cancel.
+        diff = terms - first
+        half = 1.959963984540054 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
+        row.update(dr_diff=float(diff.mean()), dr_diff_low=float(diff.mean() - half), dr_diff_high=float(diff.mean() + half))
         ope = ope.set_index("method")
         row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
                     for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))})
@@ -390,6 +396,8 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     rows = [e.as_row() for e in estimate_all(log["propensity"].to_numpy(dtype=float), target_prob, reward, q_logged, q_target)]
     table = pd.DataFrame(rows)
     table.attrs["matched"] = int(target_prob.sum())
+    weights = target_prob / log["propensity"].to_numpy(dtype=float)
+    table.attrs["dr_terms"] = q_target + weights * (reward - q_logged)  # per decision: DR is their mean
     if period.truth is None:
         return table
     oracle = Oracle(period.truth, period.offers)

@@ -43,7 +43,7 @@ class RetrainConfig:
     source: Path | None = None  # folder of <table>.csv/.parquet, or a mapping YAML; None = keep the current raw data
     trials: int = 5  # Optuna trials per LightGBM model
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
-    models: tuple[str, ...] | None = None  # models to retrain (None = all)
+    models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
 
 
@@ -104,7 +104,9 @@ def _policy_gated(settings: Settings, config: RetrainConfig) -> tuple[str, ...]:
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     from training.jobs import MODELS, TrainConfig, train_models
 
-    names = list(config.models or MODELS)
+    names = list(MODELS if config.models is None else config.models)
+    if not names:  # features only: the champions stay
+        return {"models": {}}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
                            defer=_policy_gated(settings, config))
     keep = ("better_on_holdout", "holdout_from")
@@ -156,12 +158,13 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
                            "champion_revenue": float(champ["incremental_revenue"])}
     elif table is not None and min(table["matched"]) >= config.min_matched:
         champ, chall = (table.loc[k] for k in ("champions", "challengers"))
-        better = bool(chall["dr"] > champ["dr"])
-        reason = (f"DR off-policy value {chall['dr']:.4f} [{chall['dr_low']:.4f}, {chall['dr_high']:.4f}] with the challengers "
-                  f"vs {champ['dr']:.4f} [{champ['dr_low']:.4f}, {champ['dr_high']:.4f}] with the champions, on "
-                  f"{int(chall['logged']):,} decisions logged since {since}")
+        better = bool(chall["dr_diff"] > 0)
+        reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
+                  f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "
+                  f"paired on {int(chall['logged']):,} decisions logged since {since}")
         out["decision"] = {"promoted": better, "by": "off-policy", "reason": reason, "promote": waiting if better else {},
-                           "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"])}
+                           "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"]),
+                           "dr_difference": [float(chall[k]) for k in ("dr_diff", "dr_diff_low", "dr_diff_high")]}
     else:
         thin = (f"only {int(min(table['matched']))} logged decisions match a policy's choice" if table is not None
                 else problem)

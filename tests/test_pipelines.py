@@ -118,6 +118,7 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     assert judged["decision"]["by"] == ("simulation" if simulated else "off-policy")
     policies = judged["policies"]
     assert policies["challengers"]["dr"] == pytest.approx(policies["champions"]["dr"])
+    assert policies["challengers"]["dr_diff"] == 0 and policies["challengers"]["dr_diff_high"] == 0  # paired: exactly 0
     assert policies["champions"]["matched"] >= 20
     if simulated:
         assert policies["challengers"]["incremental_revenue"] == pytest.approx(policies["champions"]["incremental_revenue"])
