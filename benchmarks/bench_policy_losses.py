@@ -27,9 +27,9 @@ from pipelines.evaluate import (
     latest_features,
     load_period,
     model_policies,
-    operator_config,
 )
 from serving import engine
+from serving.config import catalog_config
 from simulation import response
 from simulation.catalog import CHANNELS
 from simulation.clock import HOUR_NS, utc_offset_ns
@@ -80,7 +80,7 @@ def main() -> None:
 
     # The funnel's factors at the NBA's hours, as serving computes them.
     users = latest_features(settings, period.user_ids)
-    op = operator_config(period.offers, period.channels)
+    op = catalog_config(period.offers, period.channels)
     value_op = np.array([o.value * o.lever for o in op.offers])
     open_m, lift_m = engine.funnel_factors(models, users, op, nba.hours)
     offer_m = lift_m * value_op[None]

@@ -119,8 +119,8 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
         world.truth.save(settings.truth_dir)
         # A new world replaces the old one: the contacts the service made to the old world's users go too.
         if settings.ledger_backend == "sqlite":
-            for path in (settings.ledger_path, *(settings.ledger_path.with_name(settings.ledger_path.name + s) for s in ("-wal", "-shm"))):
-                path.unlink(missing_ok=True)
+            for suffix in ("", "-wal", "-shm"):
+                settings.ledger_path.with_name(settings.ledger_path.name + suffix).unlink(missing_ok=True)
         for path in settings.log_dir.glob("*.jsonl*"):
             path.unlink()
     return {name: len(df) for name, df in world.tables.items()}

@@ -23,14 +23,14 @@ from features.ingest import read_raw
 from features.settings import Settings
 from features.store import feature_store, read_table
 from serving import engine
-from serving.config import OperatorConfig, catalog_config
+from serving.config import catalog_config
 from simulation.campaigns import eligible
 from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
 from simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
-           "write_report", "operator_config"]
+           "write_report"]
 
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
 
@@ -44,11 +44,6 @@ def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, di
     tables = {t: read_raw(settings.raw_dir, t) for t in TABLES}
     tables = {k: v for k, v in tables.items() if v is not None}
     return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
-
-
-def operator_config(offers: pd.DataFrame, channels: pd.DataFrame) -> OperatorConfig:
-    """An operator config whose catalog is the raw offers and channels tables (same order)."""
-    return catalog_config(offers, channels)
 
 
 def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:
@@ -129,7 +124,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     from simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
-    config = operator_config(period.offers, period.channels)
+    config = catalog_config(period.offers, period.channels)
     channels = config.channel_names()
     users = latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
@@ -202,6 +197,8 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
     the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
     """
+    from training.ope import paired_difference
+
     config = config or ReplayConfig()
     step = progress or (lambda name: None)
     world, tables = load_period(settings, need_truth=False)
@@ -226,10 +223,8 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
-        # Paired on the same logged decisions: where both policies agree, their terms cancel.
-        diff = terms - first
-        half = 1.959963984540054 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
-        row.update(dr_diff=float(diff.mean()), dr_diff_low=float(diff.mean() - half), dr_diff_high=float(diff.mean() + half))
+        diff = paired_difference(terms, first)
+        row.update(dr_diff=diff.value, dr_diff_low=diff.low, dr_diff_high=diff.high)
         ope = ope.set_index("method")
         row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
                     for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))})
@@ -362,7 +357,7 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     decisions where the policy takes the logged action, the rows the estimates rest on.
     """
     from simulation.truth import Oracle
-    from training.ope import estimate_all
+    from training.ope import dr_terms, estimate_all
 
     log = tables["contacts"].reset_index(drop=True)
     if len(log) == 0:
@@ -393,11 +388,11 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     rate = pd.Series(reward).groupby(logged).mean()
     q_logged = rate.reindex(logged).to_numpy()
     q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
-    rows = [e.as_row() for e in estimate_all(log["propensity"].to_numpy(dtype=float), target_prob, reward, q_logged, q_target)]
+    propensity = log["propensity"].to_numpy(dtype=float)
+    rows = [e.as_row() for e in estimate_all(propensity, target_prob, reward, q_logged, q_target)]
     table = pd.DataFrame(rows)
     table.attrs["matched"] = int(target_prob.sum())
-    weights = target_prob / log["propensity"].to_numpy(dtype=float)
-    table.attrs["dr_terms"] = q_target + weights * (reward - q_logged)  # per decision: DR is their mean
+    table.attrs["dr_terms"] = dr_terms(propensity, target_prob, reward, q_logged, q_target)  # DR is their mean
     if period.truth is None:
         return table
     oracle = Oracle(period.truth, period.offers)

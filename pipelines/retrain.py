@@ -147,8 +147,8 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
         out["policies"] = table.drop(columns="versions").round(4).to_dict("index")
     if not waiting:
         return out
-    if table is not None and pd.notna(table.loc["challengers", "incremental_revenue"]):
-        champ, chall = (table.loc[k] for k in ("champions", "challengers"))
+    champ, chall = (table.loc[k] for k in ("champions", "challengers")) if table is not None else (None, None)
+    if table is not None and pd.notna(chall["incremental_revenue"]):
         better = bool(chall["incremental_revenue"] > champ["incremental_revenue"] and chall["violations"] == 0)
         reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
                   f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
@@ -157,7 +157,6 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
                            "challenger_revenue": float(chall["incremental_revenue"]),
                            "champion_revenue": float(champ["incremental_revenue"])}
     elif table is not None and min(table["matched"]) >= config.min_matched:
-        champ, chall = (table.loc[k] for k in ("champions", "challengers"))
         better = bool(chall["dr_diff"] > 0)
         reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
                   f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "

@@ -55,3 +55,20 @@ def test_bad_propensities_are_rejected_with_a_reason():
     with pytest.raises(ValueError, match="one entry per logged decision"):
         snips([0.5, 0.5], [1], [1, 0])
     assert [e.method for e in estimate_all([0.5], [1.0], [1.0], [0.2], [0.3])] == ["IPS", "SNIPS", "DR"]
+
+
+def test_a_paired_difference_cancels_where_the_policies_agree():
+    from training.ope import dr_terms, paired_difference
+
+    rng = np.random.default_rng(3)
+    base = rng.random(2_000)
+    same = paired_difference(base, base)
+    assert same.value == 0 and same.low == 0 and same.high == 0
+    shifted = base.copy()
+    shifted[:100] += 1.0  # one policy is worth 1 more on 5 % of the decisions
+    diff = paired_difference(shifted, base)
+    assert diff.value == pytest.approx(0.05) and diff.low < 0.05 < diff.high
+    assert diff.high - diff.low < 0.05  # far tighter than the spread of either policy's own terms
+    p, t, r = np.full(4, 0.5), np.array([1.0, 0.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0, 0.0])
+    assert dr_terms(p, t, r, np.full(4, 0.5), np.full(4, 0.5)) == pytest.approx([1.5, 0.5, -0.5, 0.5])
+    assert doubly_robust(p, t, r, np.full(4, 0.5), np.full(4, 0.5)).value == pytest.approx(0.5)

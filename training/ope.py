@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "ips", "snips", "doubly_robust", "estimate_all"]
+__all__ = ["Estimate", "ips", "snips", "doubly_robust", "dr_terms", "paired_difference", "estimate_all"]
 
 _Z = 1.959963984540054  # two-sided 95 % normal quantile
 
@@ -75,14 +75,29 @@ def snips(propensity, target_prob, reward) -> Estimate:
     return Estimate("SNIPS", value, value - _Z * se, value + _Z * se, len(w), _effective_n(w))
 
 
-def doubly_robust(propensity, target_prob, reward, q_logged, q_target) -> Estimate:
-    """Doubly robust: the reward model's value plus an IPS correction of its error on the logged action."""
+def dr_terms(propensity, target_prob, reward, q_logged, q_target) -> np.ndarray:
+    """Each logged decision's doubly robust term: the estimate is their mean."""
     w, r = _check(propensity, target_prob, reward)
     q_l = np.asarray(q_logged, dtype="float64")
     q_t = np.asarray(q_target, dtype="float64")
     if not (len(q_l) == len(q_t) == len(w)):
         raise ValueError("q_logged and q_target must have one entry per logged decision")
-    return _mean_ci("DR", q_t + w * (r - q_l), w)
+    return q_t + w * (r - q_l)
+
+
+def doubly_robust(propensity, target_prob, reward, q_logged, q_target) -> Estimate:
+    """Doubly robust: the reward model's value plus an IPS correction of its error on the logged action."""
+    w, _ = _check(propensity, target_prob, reward)
+    return _mean_ci("DR", dr_terms(propensity, target_prob, reward, q_logged, q_target), w)
+
+
+def paired_difference(terms, baseline_terms) -> Estimate:
+    """Policy A minus policy B from their per-decision terms on the same logged decisions (e.g. `dr_terms`):
+    where both take the same action the terms cancel, so the interval is far tighter than two separate ones."""
+    a, b = np.asarray(terms, dtype="float64"), np.asarray(baseline_terms, dtype="float64")
+    if a.shape != b.shape:
+        raise ValueError("both policies' terms must come from the same logged decisions")
+    return _mean_ci("difference", a - b, np.ones(len(a)))
 
 
 def estimate_all(propensity, target_prob, reward, q_logged=None, q_target=None) -> list[Estimate]:

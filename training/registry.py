@@ -310,9 +310,9 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     return decision
 
 
-def policy_gate(settings: Settings, versions: dict[str, str], promote_: dict[str, str],
+def policy_gate(settings: Settings, versions: dict[str, str], chosen: dict[str, str],
                 decision: dict[str, object]) -> dict[str, tuple[str | None, str]]:
-    """Record the policy gate's `decision` on each challenger's run and promote those in `promote_`.
+    """Record the policy gate's `decision` on each challenger's run and promote those in `chosen`.
 
     `versions`: model name -> challenger version judged together. Returns {name: (old champion, new)} for
     the models promoted ({} when the champions stay).
@@ -323,13 +323,13 @@ def policy_gate(settings: Settings, versions: dict[str, str], promote_: dict[str
     tracking = MlflowClient(tracking_uri=settings.tracking_uri)
     changed = {}
     for name, version in versions.items():
-        chosen = promote_.get(name) == version
+        promoted = chosen.get(name) == version
         run_id = client.get_model_version(MODEL_NAMES[name], version).tags.get("run_id")
         if run_id:
-            tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if chosen
+            tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if promoted
                              else "kept champion (policy gate)")
             tracking.log_dict(run_id, decision, "policy_gate.json")
-        if chosen:
+        if promoted:
             changed[name] = promote(settings, name, version)
     return changed
 
