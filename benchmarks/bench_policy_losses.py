@@ -6,7 +6,9 @@ Scores the evaluation sample with the champions exactly as `nextbest evaluate` d
 
 - the NBA's values at the true best send hours, and the true values at the NBA's hours (send-time loss);
 - the true values fixed at the period start (what scoring once, not daily, costs);
-- the funnel uplift's channel-and-hour arm with the true offer term, and the other way round.
+- the funnel uplift's channel-and-hour arm with the true offer term, and the other way round;
+- the truth with each user's interests, channel responses or both as the history tells them (the history
+  oracle's beliefs, simulation/beliefs.py): what perfect models could reach on this history.
 
 The truth is read only here, to measure; no policy under evaluation sees it.
 """
@@ -14,6 +16,7 @@ The truth is read only here, to measure; no policy under evaluation sees it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -31,6 +34,7 @@ from pipelines.evaluate import (
 from serving import engine
 from serving.config import catalog_config
 from simulation import response
+from simulation.beliefs import history_beliefs
 from simulation.catalog import CHANNELS
 from simulation.clock import HOUR_NS, utc_offset_ns
 from simulation.policies import OraclePolicy
@@ -44,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     settings, config = Settings(), ReplayConfig(days=args.days)
-    world, _ = load_period(settings)
+    world, tables = load_period(settings)
     period = world.sample(args.users, seed=config.seed)
     models = champion_set(settings)
     if "uplift" not in models.models or not hasattr(models.models["uplift"].model, "lift"):
@@ -62,14 +66,17 @@ def main() -> None:
         send = at + hours * HOUR_NS - offset
         return np.where(send < at, send + 24 * HOUR_NS, send)
 
-    def true_open(hours: np.ndarray) -> np.ndarray:  # delivered and opened, per (user, channel) at its hour
-        return np.stack([response._DELIVERY[c] * response.p_open(truth, u, np.full(n, c), hours[:, c].astype(float), none,
+    def true_open(hours: np.ndarray, t=truth) -> np.ndarray:  # delivered and opened, per (user, channel) at its hour
+        return np.stack([response._DELIVERY[c] * response.p_open(t, u, np.full(n, c), hours[:, c].astype(float), none,
                                                                    send_ns(hours[:, c])) for c in range(n_c)], axis=1)
 
     # The true offer term: clicked and bought, times the offer's value (the oracle's EV is open x this - cost).
-    offer_t = np.stack([response.p_click(truth, offers, u, np.full(n, o))
-                        * response.p_buy(truth, offers, u, np.full(n, o), none, np.full(n, at)) * value[o]
-                        for o in range(n_o)], axis=1)
+    def true_offer_term(t) -> np.ndarray:  # (U, O) under the traits `t`
+        return np.stack([response.p_click(t, offers, u, np.full(n, o))
+                         * response.p_buy(t, offers, u, np.full(n, o), none, np.full(n, at)) * value[o]
+                         for o in range(n_o)], axis=1)
+
+    offer_t = true_offer_term(truth)
     hour_ok = hour_ok_matrix(period.channels)
     best_hours = np.zeros((n, n_c), dtype=np.int64)
     for c in range(n_c):
@@ -92,6 +99,12 @@ def main() -> None:
     def ev(open_part: np.ndarray, offer_part: np.ndarray) -> np.ndarray:
         return open_part[:, None, :] * offer_part[:, :, None] - cost[None, None, :]
 
+    # The truth, except each user's interests and channel responses: as well as the history tells them (the
+    # history oracle's beliefs, simulation/beliefs.py), the most any learner can know of them.
+    beliefs = history_beliefs(truth, tables, period.user_ids, period.start)
+    offer_h = true_offer_term(dataclasses.replace(truth, interest=beliefs.interest))
+    open_h = true_open(best_hours, dataclasses.replace(truth, channel_response=beliefs.channel_response))
+
     policies = [
         nba, propensity,
         ModelPolicy("NBA values at the true best hours", uplift_at_best * gain - cost, best_hours),
@@ -99,6 +112,10 @@ def main() -> None:
         ModelPolicy("true values, scored once", ev(true_open(best_hours), offer_t), best_hours),
         ModelPolicy("NBA open arm x true offer term", ev(open_m, offer_t), nba.hours),
         ModelPolicy("true open x NBA offer arm", ev(true_open(nba.hours), offer_m), nba.hours),
+        ModelPolicy("truth, interests from the history", ev(true_open(best_hours), offer_h), best_hours),
+        ModelPolicy("true open x interests from the history", ev(true_open(nba.hours), offer_h), nba.hours),
+        ModelPolicy("truth, channel response from the history", ev(open_h, offer_t), best_hours),
+        ModelPolicy("truth, interests and channel response from the history", ev(open_h, offer_h), best_hours),
         OraclePolicy(period),
     ]
     rows = []

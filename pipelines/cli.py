@@ -238,14 +238,15 @@ def features_materialize() -> None:
 
 _SHOWN = {"contacts": "contacts", "incremental_conversions": "incr. conv.", "incremental_revenue": "incr. revenue",
           "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints", "violations": "violations",
-          "share_of_oracle": "of oracle"}
+          "share_of_oracle": "of oracle", "share_of_history_oracle": "of history oracle"}
+_SHARES = ("share_of_oracle", "share_of_history_oracle")
 
 
 def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
     from pipelines.evaluate import evaluate_policies, write_report
     from simulation.replay import ReplayConfig
 
-    with steps(9) as advance:
+    with steps(10) as advance:
         table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
     png, html = write_report(table, settings.home / "reports")
     return table, ope, png, html
@@ -257,8 +258,10 @@ def print_evaluation(table, ope, png, html) -> None:
     for label in _SHOWN.values():
         out.add_column(label, justify="right")
     for policy, row in table.iterrows():
-        out.add_row(policy, *[_fmt(row[c]) if c != "share_of_oracle" else f"{row[c]:.0%}" for c in _SHOWN])
+        out.add_row(policy, *[_fmt(row[c]) if c not in _SHARES else f"{row[c]:.0%}" for c in _SHOWN])
     console.print(out)
+    console.print("history oracle: the oracle deciding on each user's interests and channel responses as the logged "
+                  "history tells them (every other trait exact): what no policy scored on this history can beat")
     est = Table(title="off-policy estimates of the NBA policy from the logged history (reward: conversion in 7 d)")
     for col in ("method", "estimate", "95% CI", "simulated truth", "error"):
         est.add_column(col, justify="right")
@@ -369,6 +372,7 @@ def print_loop(table: pd.DataFrame) -> None:
 @app.command()
 def demo(
     users: Annotated[int, typer.Option(min=100, help="users in the simulated world")] = 20_000,
+    days: Annotated[int, typer.Option(min=30, help="days of simulated history")] = 120,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
 ) -> None:
@@ -376,7 +380,7 @@ def demo(
     settings = Settings()
     started = time.perf_counter()
     console.rule("1. simulate the marketing world")
-    summary("raw tables", run_guarded(_simulate, settings, users, 120, seed))
+    summary("raw tables", run_guarded(_simulate, settings, users, days, seed))
     console.rule("2. build point-in-time feature tables")
     summary("feature tables", run_guarded(_build, settings, 7, None), ("feature table", "rows"))
     console.rule("3. register with Feast and materialise online")

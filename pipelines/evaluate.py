@@ -6,6 +6,10 @@ the send-time model picks each channel's best allowed local hour, the conversion
 score offer x channel at that hour, the churn model boosts retention offers, exactly the serving
 engine's functions (serving/engine.py). Each day a policy contacts each reachable user with the
 best allowed action of positive expected value, exploring with probability epsilon.
+
+Two yardsticks: the oracle (knows every hidden trait) and the history oracle (the same, but with each user's
+category interests and channel responses as well as the logged history can tell them: simulation/beliefs.py),
+an upper bound on what any policy scored on this history can earn.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from features.settings import Settings
 from features.store import feature_store, read_table
 from serving import engine
 from serving.config import catalog_config
+from simulation.beliefs import history_beliefs
 from simulation.campaigns import eligible
 from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
@@ -32,6 +37,7 @@ from simulation.truth import Truth
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
            "write_report"]
 
+HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
 
 
@@ -168,6 +174,7 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
         NoContact(),
         RandomPolicy(),
         Blast(tuple(best_selling_order(tables, period.offers)), tuple(period.channels["cost"])),
+        OraclePolicy(period, name=HISTORY_ORACLE, beliefs=history_beliefs(period.truth, tables, period.user_ids, period.start)),
         OraclePolicy(period),
     ]
     rows = []
@@ -175,8 +182,9 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
         step(f"replaying {policy.name}")
         rows.append({"policy": policy.name, **replay(period, policy, config).metrics})
     table = pd.DataFrame(rows).set_index("policy")
-    oracle = table.loc["oracle", "incremental_revenue"]
-    table["share_of_oracle"] = table["incremental_revenue"] / oracle if oracle > 0 else np.nan
+    for column, yardstick in (("share_of_oracle", "oracle"), ("share_of_history_oracle", HISTORY_ORACLE)):
+        best = table.loc[yardstick, "incremental_revenue"]
+        table[column] = table["incremental_revenue"] / best if best > 0 else np.nan
     step("off-policy estimates from the log")
     ope_period = world.sample(ope_users, seed=config.seed)
     cutoff, logged = ope_log(settings, tables, ope_period)

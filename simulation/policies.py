@@ -11,6 +11,7 @@ from simulation import response
 from simulation.catalog import CHANNELS
 from simulation.clock import HOUR_NS, utc_offset_ns
 from simulation.replay import Choice, Period, Situation, keep_capacity
+from simulation.truth import Truth
 
 __all__ = ["NoContact", "RandomPolicy", "Blast", "OraclePolicy", "best_selling_order"]
 
@@ -87,13 +88,19 @@ class Blast:
 
 @dataclass(frozen=True)
 class OraclePolicy:
-    """Knows each user's true response; per user the action of highest expected net value, if positive."""
+    """Knows each user's true response; per user the action of highest expected net value, if positive.
+
+    `beliefs`: decide on these traits instead of the period's truth (the outcomes still follow the truth), e.g.
+    simulation.beliefs.history_beliefs: the history oracle.
+    """
 
     period: Period
     name: str = "oracle"
+    beliefs: Truth | None = None
 
     def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
-        truth, offers = self.period.truth, self.period.offers
+        truth = self.beliefs if self.beliefs is not None else self.period.truth
+        offers = self.period.offers
         n = len(s.recent)
         u = np.arange(n)
         value = offers["value"].to_numpy(dtype=float)

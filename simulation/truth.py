@@ -14,9 +14,11 @@ from simulation import response
 from simulation.catalog import CATEGORIES, CHANNELS
 from simulation.clock import DAY_NS, TIMEZONES, local_hour
 
-__all__ = ["Truth", "Oracle", "draw_truth"]
+__all__ = ["Truth", "Oracle", "draw_truth", "INTEREST_CONCENTRATION", "CHANNEL_RESPONSE_SD"]
 
 NEVER = np.iinfo(np.int64).max  # a churn / upgrade time that never comes
+INTEREST_CONCENTRATION = 0.35  # Dirichlet prior of the category interests: most users care about two or three
+CHANNEL_RESPONSE_SD = 0.9  # spread of each user's open-logit shift per channel
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +88,7 @@ def draw_truth(n_users: int, start: pd.Timestamp, days: int, rng: np.random.Gene
     signup = np.where(before, start_ns - (rng.random(n) * 730 * DAY_NS).astype(np.int64),
                       start_ns + (rng.random(n) * (days - 1) * DAY_NS).astype(np.int64))
     # Peaked interests: most users care about two or three categories.
-    interest = rng.dirichlet(np.full(len(CATEGORIES), 0.35), size=n).astype(np.float32)
+    interest = rng.dirichlet(np.full(len(CATEGORIES), INTEREST_CONCENTRATION), size=n).astype(np.float32)
     # Three daily rhythms: morning commuters, lunch-break and evening browsers.
     peak = rng.choice(np.array([8.0, 12.5, 20.5]), size=n, p=[0.25, 0.25, 0.5])
     preferred_hour = ((peak + rng.normal(0, 1.0, n)) % 24).astype(np.float32)
@@ -110,7 +112,7 @@ def draw_truth(n_users: int, start: pd.Timestamp, days: int, rng: np.random.Gene
     return Truth(
         start_ns=int(start_ns), end_ns=int(end_ns), tz=tz, signup_ns=signup.astype(np.int64), interest=interest,
         price_sensitivity=rng.beta(2, 3, n).astype(np.float32),
-        channel_response=rng.normal(0, 0.9, size=(n, len(CHANNELS))).astype(np.float32),
+        channel_response=rng.normal(0, CHANNEL_RESPONSE_SD, size=(n, len(CHANNELS))).astype(np.float32),
         preferred_hour=preferred_hour, hour_width=hour_width, activity=activity, churn_ns=churn.astype(np.int64),
         fatigue=rng.gamma(2.0, 0.15, n).astype(np.float32), complaint=rng.normal(0, 1, n).astype(np.float32),
         organic_rate=organic_rate, persuadability=persuadability, depth0=depth0, depth1=depth1,

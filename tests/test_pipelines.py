@@ -107,6 +107,14 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     assert all(m["promoted"] and not m["deferred"] for m in first["steps"]["train"]["models"].values())  # no champion yet
     assert first["steps"]["promote"]["promoted"] == {}
     champions = champion_set(settings).versions()
+    if simulated:  # the evaluation: the NBA and the baselines against the oracle and the history oracle
+        from pipelines.evaluate import HISTORY_ORACLE, evaluate_policies
+
+        table, _ = evaluate_policies(settings, ReplayConfig(days=7), users=None, ope_users=None)
+        assert (table["violations"] == 0).all()
+        revenue = table["incremental_revenue"]
+        assert revenue["random"] < revenue[HISTORY_ORACLE] < revenue["oracle"]
+        assert table["share_of_history_oracle"].to_numpy() == pytest.approx(revenue.to_numpy() / revenue[HISTORY_ORACLE])
 
     # The same data again: the challengers equal the champions, so the policy they make is worth exactly as much.
     again = pipeline.retrain(settings, config, resume=False)

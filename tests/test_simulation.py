@@ -212,3 +212,70 @@ def test_save_and_load_round_trip(world, tmp_path):
     users = np.arange(50)
     at = CONFIG.start_ts
     assert np.allclose(Oracle(truth, world.tables["offers"]).p_organic(users, at), world.oracle().p_organic(users, at))
+
+
+def test_interest_posterior_is_the_dirichlet_posterior_mean_of_the_categorised_events():
+    from simulation.beliefs import interest_posterior
+    from simulation.truth import INTEREST_CONCENTRATION as a
+
+    before = pd.Timestamp("2026-03-01", tz="UTC")
+    at = lambda day: pd.Timestamp(f"2026-02-{day:02d} 12:00", tz="UTC")  # noqa: E731
+    events = pd.DataFrame({
+        "user_id": ["u1", "u1", "u1", "u1", "u1", "u1", "u2"],
+        "ts": [at(1), at(2), at(3), at(4), at(5), pd.Timestamp("2026-03-02", tz="UTC"), at(1)],
+        "type": ["view", "add_to_cart", "view", "purchase", "app_open", "view", "search"],
+        "category": ["books", "books", "books", "toys", None, "toys", None],
+    })
+    post = interest_posterior(events, np.array(["u1", "u2", "u3"]), before)
+    k = len(CATEGORIES)
+    books, toys = CATEGORIES.index("books"), CATEGORIES.index("toys")
+    # u1: 3 books and 1 toys before the period (the app open has no category, the later view is not history)
+    assert post[0, books] == pytest.approx((3 + a) / (4 + a * k))
+    assert post[0, toys] == pytest.approx((1 + a) / (4 + a * k))
+    np.testing.assert_allclose(post[1:], 1 / k)  # no categorised events: the prior mean
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+
+
+def test_channel_response_posterior_follows_the_opens_and_keeps_the_prior_without_sends(world):
+    from simulation.beliefs import channel_response_posterior
+
+    before = pd.Timestamp(world.truth.end_ns, tz="UTC")
+    sent = [before - pd.Timedelta(days=3 * k + 1) for k in range(8)]
+    later = before + pd.Timedelta(hours=1)
+    rows = []
+    for user, opened in (("a", True), ("b", False)):
+        rows += [{"user_id": user, "channel": "email", "sent_at": t, "delivered_at": t + pd.Timedelta(minutes=1),
+                  "opened_at": t + pd.Timedelta(hours=1) if opened else pd.NaT} for t in sent]
+    # a send after `before` is not history; a send never delivered says nothing of opening
+    rows.append({"user_id": "b", "channel": "sms", "sent_at": later, "delivered_at": later, "opened_at": later})
+    rows.append({"user_id": "c", "channel": "push", "sent_at": sent[0], "delivered_at": pd.NaT, "opened_at": pd.NaT})
+    contacts = pd.DataFrame(rows)
+    idx = np.array([0, 1, 2])
+    truth = Truth(**{**{f: getattr(world.truth, f) for f in ("start_ns", "end_ns")},
+                     **{f: getattr(world.truth, f)[idx] for f in Truth.__dataclass_fields__ if f not in ("start_ns", "end_ns")}})
+    post = channel_response_posterior(truth, contacts, np.array(["a", "b", "c"]), before)
+    email = CHANNELS.index("email")
+    # eight opens of eight move the belief far up; eight unopened sends less far down (most sends go unopened)
+    assert post[0, email] > 1.0 and post[1, email] < -0.1
+    others = np.ones_like(post, dtype=bool)
+    others[[0, 1], email] = False
+    np.testing.assert_allclose(post[others], 0.0, atol=1e-9)  # the prior's mean where nothing was observed
+
+
+def test_the_history_oracle_knows_less_than_the_oracle_and_more_than_nothing(world):
+    from simulation.beliefs import history_beliefs
+    from simulation.policies import OraclePolicy, RandomPolicy
+    from simulation.replay import Period, ReplayConfig, replay
+
+    period = Period.from_tables(world.tables, world.truth)
+    beliefs = history_beliefs(period.truth, world.tables, period.user_ids, period.start)
+    # the beliefs track the hidden traits without being them
+    for trait in ("interest", "channel_response"):
+        est, true = getattr(beliefs, trait).ravel(), getattr(world.truth, trait).ravel()
+        assert 0.2 < np.corrcoef(est, true)[0, 1] < 0.95
+    config = ReplayConfig(days=7)
+    results = {p.name: replay(period, p, config).metrics for p in
+               (OraclePolicy(period), OraclePolicy(period, name="history oracle", beliefs=beliefs), RandomPolicy())}
+    assert all(m["violations"] == 0 for m in results.values())
+    revenue = {name: m["incremental_revenue"] for name, m in results.items()}
+    assert revenue["random"] < revenue["history oracle"] < 0.95 * revenue["oracle"]
