@@ -103,13 +103,19 @@ def run_guarded(fn, *args, **kwargs):
 # --- simulate ----------------------------------------------------------------------------------------
 
 def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
+    import pandas as pd
+
     from features.ingest import write_raw
     from serving.config import catalog_config, write_config
     from simulation import WorldConfig, simulate
 
+    # Whatever its length, the history ends where the default one does, in the past: the online store loads the
+    # newest feature rows as of now, so a history running past today would serve none.
+    end = WorldConfig().end_ts
+    start = (end - pd.Timedelta(days=days)).strftime("%Y-%m-%d")
     with steps(3) as advance:
         advance("simulating the world")
-        world = simulate(WorldConfig(n_users=users, days=days, seed=seed))
+        world = simulate(WorldConfig(n_users=users, days=days, seed=seed, start=start))
         advance("writing raw tables")
         write_raw(world.tables, settings.raw_dir)
         # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).

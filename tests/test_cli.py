@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from features.settings import Settings
 from pipelines.cli import app
+from simulation import WorldConfig
 from tests.conftest import write_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,11 @@ def test_simulate_writes_the_worlds_catalog_and_forgets_the_old_worlds_contacts(
     config = load_config(Settings().operator_yaml)
     assert Settings().operator_yaml == home / "operator.yaml"
     assert config.offer_ids() == list(offers["offer_id"])
+    # a history of any length ends where the default one does, in the past (so the online store has rows as of now)
+    events = pd.to_datetime(pd.read_parquet(home / "raw" / "events.parquet")["ts"], utc=True)
+    sent = pd.to_datetime(pd.read_parquet(home / "raw" / "contacts.parquet")["sent_at"], utc=True)
+    end = WorldConfig().end_ts
+    assert end - pd.Timedelta(days=14) <= sent.min() and max(sent.max(), events.max()) < end < pd.Timestamp.now(tz="UTC")
 
 
 @pytest.mark.slow
