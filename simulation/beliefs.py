@@ -62,9 +62,10 @@ def channel_response_posterior(truth: Truth, contacts: pd.DataFrame, user_ids: n
     u, send, recent = u[delivered], send[delivered], recent[delivered]
     c = pd.Index(CHANNELS).get_indexer(ct["channel"].astype(str))[delivered]
     u, send, recent, opened, c = (a[c >= 0] for a in (u, send, recent, opened, c))
-    base = (response._OPEN_LOGIT[c] + response._rhythm(truth, u, local_hour(truth.tz[u], send))
-            - truth.fatigue[u] * recent - 1.5 * (send >= truth.churn_ns[u]))
-    z = base[:, None] + _GRID[None, :]
+    # The open logit without the user's channel shift: the response model's own formula with the shift at zero.
+    neutral = dataclasses.replace(truth, channel_response=np.zeros_like(truth.channel_response))
+    p = response.p_open(neutral, u, c, local_hour(truth.tz[u], send), recent, send)
+    z = (np.log(p) - np.log1p(-p))[:, None] + _GRID[None, :]
     log_lik = np.where(opened[:, None], -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z))
     log_post = np.tile(-0.5 * (_GRID / CHANNEL_RESPONSE_SD) ** 2, (len(ids), len(CHANNELS), 1))
     np.add.at(log_post, (u, c), log_lik)
