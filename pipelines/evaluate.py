@@ -28,6 +28,7 @@ from features.settings import Settings
 from features.store import feature_store, read_table
 from serving import engine
 from serving.config import catalog_config
+from simulation import response
 from simulation.beliefs import history_beliefs
 from simulation.campaigns import eligible
 from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
@@ -288,21 +289,6 @@ def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
     return png, html
 
 
-def _recent_contacts(contacts: pd.DataFrame) -> np.ndarray:
-    """For each logged row, the user's treated contacts in the 7 days before it (the fatigue the truth sees)."""
-    sent = contacts["channel"].notna().to_numpy()
-    frame = pd.DataFrame({"u": contacts["user_id"].astype(str).to_numpy(), "t": contacts["sent_at"].astype("int64").to_numpy(),
-                          "sent": sent.astype(np.int64), "row": np.arange(len(contacts))}).sort_values(["u", "t"])
-    out = np.zeros(len(frame), dtype=np.int64)
-    week = 7 * 86400 * 10**9
-    for _, g in frame.groupby("u", sort=False):  # per user: a two-pointer count over sorted send times
-        t, s = g["t"].to_numpy(), np.cumsum(g["sent"].to_numpy())
-        lo = np.searchsorted(t, t - week, side="left")
-        before = np.r_[0, s][np.arange(len(t))] - np.r_[0, s][lo]
-        out[g["row"].to_numpy()] = before
-    return out
-
-
 def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, period: Period) -> np.ndarray:
     """(rows, offers, channels): the actions open at each logged decision, from the company's own data.
 
@@ -378,7 +364,7 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
-    recent = _recent_contacts(log)
+    recent = response.recent_contacts(log)
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
     n_c = len(period.channels)
     ev = np.where(logged_feasibility(tables, log, period), policy.ev[users], -np.inf).reshape(len(log), -1)

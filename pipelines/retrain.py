@@ -96,7 +96,7 @@ def _materialize(settings: Settings, config: RetrainConfig, state: dict) -> dict
     return {"users": materialize(settings)}
 
 
-def _policy_gated(settings: Settings, config: RetrainConfig) -> tuple[str, ...]:
+def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
     """The models whose promotion waits for the policy gate: those the policy uses (all when `evaluate`)."""
     return POLICY_MODELS if config.evaluate else ()
 
@@ -108,7 +108,7 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     if not names:  # features only: the champions stay
         return {"models": {}}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
-                           defer=_policy_gated(settings, config))
+                           defer=_policy_gated(config))
     keep = ("better_on_holdout", "holdout_from")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
                                "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),
@@ -124,7 +124,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     where a policy takes the logged action (`min_matched`), the estimate is too thin and each challenger falls back to
     its holdout comparison.
     """
-    if not _policy_gated(settings, config):
+    if not _policy_gated(config):
         return {"skipped": "evaluate is off: each model was judged on its holdout when trained"}
     import pandas as pd
 

@@ -21,14 +21,13 @@ import pandas as pd
 
 from simulation import response
 from simulation.catalog import CATEGORIES, CHANNELS
-from simulation.clock import DAY_NS, local_hour
+from simulation.clock import local_hour
 from simulation.truth import CHANNEL_RESPONSE_SD, INTEREST_CONCENTRATION, Truth
 
 __all__ = ["history_beliefs", "interest_posterior", "channel_response_posterior"]
 
 _ITEM_TYPES = ("view", "add_to_cart", "purchase")  # the events that carry a category (as the affinity features)
 _GRID = np.linspace(-4.0, 4.0, 81)  # channel response values of the grid posterior (the prior's sd is 0.9)
-_RECENT_LAGS = 30  # sends looked back on when counting each send's previous 7 days (caps allow far fewer)
 
 
 def interest_posterior(events: pd.DataFrame, user_ids: np.ndarray, before: pd.Timestamp) -> np.ndarray:
@@ -52,11 +51,8 @@ def channel_response_posterior(truth: Truth, contacts: pd.DataFrame, user_ids: n
     ct = contacts[contacts["channel"].notna()]
     sent = pd.to_datetime(ct["sent_at"], utc=True)
     ct = ct.assign(u=ids.get_indexer(ct["user_id"].astype(str)), sent_ns=pd.DatetimeIndex(sent).asi8)
-    ct = ct[(ct["u"] >= 0).to_numpy() & (sent < before).to_numpy()].sort_values(["u", "sent_ns"])
-    u, send = ct["u"].to_numpy(), ct["sent_ns"].to_numpy()
-    recent = np.zeros(len(ct))
-    for lag in range(1, _RECENT_LAGS):  # the same user's sends in the 7 days before each send
-        recent[lag:] += (u[lag:] == u[:-lag]) & (send[:-lag] > send[lag:] - 7 * DAY_NS)
+    ct = ct[(ct["u"] >= 0).to_numpy() & (sent < before).to_numpy()]
+    u, send, recent = ct["u"].to_numpy(), ct["sent_ns"].to_numpy(), response.recent_contacts(ct)
     delivered = (pd.to_datetime(ct["delivered_at"], utc=True) < before).to_numpy()
     opened = (pd.to_datetime(ct["opened_at"], utc=True) < before).to_numpy()[delivered]
     u, send, recent = u[delivered], send[delivered], recent[delivered]

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from simulation.truth import Truth
 
 __all__ = ["HORIZON_DAYS", "p_open", "p_click", "p_buy", "p_caused", "p_organic", "draw_organic_first",
-           "draw_outcomes", "draw_outcomes_ns", "offer_arrays", "draw_category"]
+           "draw_outcomes", "draw_outcomes_ns", "offer_arrays", "draw_category", "recent_contacts"]
 
 HORIZON_DAYS = 7.0  # conversion window after a send
 # Per channel, in CHANNELS order: delivery probability, open logit at a neutral hour, mean delay to open (h),
@@ -201,3 +201,18 @@ def draw_outcomes(truth: Truth, offers: pd.DataFrame, actions: pd.DataFrame, rec
     frame["revenue"] = frame["revenue"].where(frame["converted_at"].notna())
     frame.index = actions.index
     return frame
+
+
+def recent_contacts(contacts: pd.DataFrame) -> np.ndarray:
+    """For each logged row, the user's treated contacts in the 7 days before it (the fatigue the truth sees)."""
+    sent = contacts["channel"].notna().to_numpy()
+    frame = pd.DataFrame({"u": contacts["user_id"].astype(str).to_numpy(), "t": contacts["sent_at"].astype("int64").to_numpy(),
+                          "sent": sent.astype(np.int64), "row": np.arange(len(contacts))}).sort_values(["u", "t"])
+    out = np.zeros(len(frame), dtype=np.int64)
+    week = 7 * DAY_NS
+    for _, g in frame.groupby("u", sort=False):  # per user: a two-pointer count over sorted send times
+        t, s = g["t"].to_numpy(), np.cumsum(g["sent"].to_numpy())
+        lo = np.searchsorted(t, t - week, side="left")
+        before = np.r_[0, s][np.arange(len(t))] - np.r_[0, s][lo]
+        out[g["row"].to_numpy()] = before
+    return out
