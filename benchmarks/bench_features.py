@@ -26,17 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     """Run one stage in this process (called in a child) and return its timing."""
     sys.path.insert(0, str(ROOT))
-    from features.build import BuildConfig, build_all
-    from features.contract import TABLES
-    from features.ingest import read_raw, write_raw
-    from features.settings import Settings
-    from features.store import apply, materialize, write_tables
+    from nextbest.features.build import BuildConfig, build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import read_raw, write_raw
+    from nextbest.features.settings import Settings
+    from nextbest.features.store import apply, materialize, write_tables
 
     settings = Settings(home=home)
     started = time.perf_counter()
     out: dict = {}
     if name == "simulate":
-        from simulation import WorldConfig, simulate
+        from nextbest.simulation import WorldConfig, simulate
 
         world = simulate(WorldConfig(n_users=args.users, seed=args.seed))
         write_raw(world.tables, settings.raw_dir)

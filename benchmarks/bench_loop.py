@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
-from features.ingest import write_raw
-from features.settings import Settings
-from pipelines.loop import LoopConfig, run_loop, write_loop_chart
-from pipelines.retrain import RetrainConfig, retrain
-from simulation import WorldConfig, simulate
+from nextbest.features.ingest import write_raw
+from nextbest.features.settings import Settings
+from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
+from nextbest.pipelines.retrain import RetrainConfig, retrain
+from nextbest.simulation import WorldConfig, simulate
 
 
 def main() -> None:

@@ -22,23 +22,22 @@ import time
 
 import numpy as np
 import pandas as pd
-
-from features.settings import Settings
-from pipelines.evaluate import (
+from nextbest.features.settings import Settings
+from nextbest.pipelines.evaluate import (
     ModelPolicy,
     champion_set,
     latest_features,
     load_period,
     model_policies,
 )
-from serving import engine
-from serving.config import catalog_config
-from simulation import response
-from simulation.beliefs import history_beliefs
-from simulation.catalog import CHANNELS
-from simulation.clock import HOUR_NS, utc_offset_ns
-from simulation.policies import OraclePolicy
-from simulation.replay import ReplayConfig, hour_ok_matrix, replay
+from nextbest.serving import engine
+from nextbest.serving.config import catalog_config
+from nextbest.simulation import response
+from nextbest.simulation.beliefs import history_beliefs
+from nextbest.simulation.catalog import CHANNELS
+from nextbest.simulation.clock import HOUR_NS, utc_offset_ns
+from nextbest.simulation.policies import OraclePolicy
+from nextbest.simulation.replay import ReplayConfig, hour_ok_matrix, replay
 
 
 def main() -> None:

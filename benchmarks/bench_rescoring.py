@@ -23,8 +23,8 @@ import shutil
 import time
 from pathlib import Path
 
-from features.settings import Settings
-from pipelines.loop import LoopConfig, run_loop
+from nextbest.features.settings import Settings
+from nextbest.pipelines.loop import LoopConfig, run_loop
 
 
 def main() -> None:

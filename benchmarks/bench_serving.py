@@ -20,8 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 
 def build_demo_store(folder: Path, users: int) -> Settings:
@@ -102,7 +101,7 @@ def batch(url: str, users: list[str], repeats: int = 5) -> dict:
 
 
 def feast_reference(settings: Settings, users: list[str], single: int = 300) -> dict:
-    from features.store import feature_store
+    from nextbest.features.store import feature_store
 
     store = feature_store(settings)
     service = store.get_feature_service("decision_v1")
@@ -119,8 +118,8 @@ def feast_reference(settings: Settings, users: list[str], single: int = 300) -> 
 
 def reader_reference(settings: Settings, users: list[str], single: int = 300) -> dict:
     """The bulk SQLite reader the service uses (features/online_sqlite.py), on the same users."""
-    from features.online_sqlite import OnlineReader
-    from features.store import feature_store
+    from nextbest.features.online_sqlite import OnlineReader
+    from nextbest.features.store import feature_store
 
     reader = OnlineReader(feature_store(settings), "decision_v1")
     one = []
@@ -152,8 +151,8 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
-    from features.store import read_table
-    from pipelines.serve_commands import running_service
+    from nextbest.features.store import read_table
+    from nextbest.pipelines.serve_commands import running_service
 
     tmp = tempfile.TemporaryDirectory()
     settings = Settings(home=args.home) if args.home else build_demo_store(Path(tmp.name), args.users)

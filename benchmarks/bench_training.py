@@ -17,11 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from nextbest.features.settings import Settings
+from nextbest.training.datasets import TrainingSet, split
+from nextbest.training.jobs import (
+    MODELS,
+    TrainConfig,
+    model_config,
+    read_raw_tables,
+    shared_joins,
+    train_model,
+)
 from sklearn.metrics import roc_auc_score
-
-from features.settings import Settings
-from training.datasets import TrainingSet, split
-from training.jobs import MODELS, TrainConfig, model_config, read_raw_tables, shared_joins, train_model
 
 _DAY_S = 86_400
 
@@ -47,7 +53,7 @@ class OracleView:
     """The simulator's true probabilities for rows of the contact log (None when the home has no truth)."""
 
     def __init__(self, settings: Settings, raw: dict[str, pd.DataFrame], contacts: pd.DataFrame):
-        from simulation import Oracle, Truth
+        from nextbest.simulation import Oracle, Truth
 
         self.oracle = Oracle(Truth.load(settings.truth_dir), raw["offers"])
         self.user_idx = pd.Index(raw["users"]["user_id"].astype(str))
@@ -124,10 +130,10 @@ def main() -> None:
     config = TrainConfig(trials=args.trials, seed=settings.seed)
     print(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                       "python": platform.python_version(), "home": str(settings.home)}))
-    from features.store import feature_store
-    from training.datasets import contact_frame
-    from training.jobs import _MODULES
-    from training.registry import load_version
+    from nextbest.features.store import feature_store
+    from nextbest.training.datasets import contact_frame
+    from nextbest.training.jobs import _MODULES
+    from nextbest.training.registry import load_version
 
     names = args.models.split(",")
     raw = read_raw_tables(settings)

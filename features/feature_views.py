@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, Int64, String
-
-from features.data_sources import realtime_push_source, table_source
-from features.entities import user
+from nextbest.features.data_sources import realtime_push_source, table_source
+from nextbest.features.entities import user
 
 __all__ = ["VIEWS", "feature_views", "table_path"]
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, Violation, conform
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from features.contract import REQUIRED_TABLES, TABLES, ContractError, Violation, conform
 
 __all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "read_raw", "manifest"]
 

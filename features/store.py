@@ -12,12 +12,11 @@ from typing import Literal
 import pandas as pd
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
-
-from features.entities import user
-from features.feature_services import feature_services
-from features.feature_views import VIEWS, feature_views, table_path
-from features.online_sqlite import write_view
-from features.settings import Settings
+from nextbest.features.entities import user
+from nextbest.features.feature_services import feature_services
+from nextbest.features.feature_views import VIEWS, feature_views, table_path
+from nextbest.features.online_sqlite import write_view
+from nextbest.features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "write_tables", "apply", "materialize", "read_table"]
 

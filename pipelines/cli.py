@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from nextbest.features.contract import ContractError
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
+from nextbest.pipelines.serve_commands import register as register_serve
+from nextbest.pipelines.train_commands import register as register_train
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from features.contract import ContractError
-from features.settings import Settings
-from pipelines.console import console
-from pipelines.serve_commands import register as register_serve
-from pipelines.train_commands import register as register_train
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,10 +103,9 @@ def run_guarded(fn, *args, **kwargs):
 
 def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
     import pandas as pd
-
-    from features.ingest import write_raw
-    from serving.config import catalog_config, write_config
-    from simulation import WorldConfig, simulate
+    from nextbest.features.ingest import write_raw
+    from nextbest.serving.config import catalog_config, write_config
+    from nextbest.simulation import WorldConfig, simulate
 
     # Whatever its length, the history ends where the default one does, in the past: the online store loads the
     # newest feature rows as of now, so a history running past today would serve none.
@@ -153,8 +151,8 @@ def ingest(
     mapping: Annotated[Path | None, typer.Option(help="YAML mapping: files, column renames, formats per table")] = None,
 ) -> None:
     """Validate a company's exports against the contract and replace the raw data atomically."""
-    from features.ingest import ingest as run_ingest
-    from features.ingest import load_plan, plan_from_dir
+    from nextbest.features.ingest import ingest as run_ingest
+    from nextbest.features.ingest import load_plan, plan_from_dir
 
     settings = Settings()
 
@@ -174,10 +172,10 @@ def ingest(
 # --- features --------------------------------------------------------------------------------------------
 
 def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120) -> dict[str, int]:
-    from features.build import BuildConfig, build_all
-    from features.contract import TABLES
-    from features.ingest import manifest, read_raw
-    from features.store import write_tables
+    from nextbest.features.build import BuildConfig, build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import manifest, read_raw
+    from nextbest.features.store import write_tables
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
@@ -203,7 +201,7 @@ def features_build(
 
 
 def _apply(settings: Settings) -> dict[str, object]:
-    from features.store import apply
+    from nextbest.features.store import apply
 
     store = apply(settings)
     rows: dict[str, object] = {f"view {v.name}": f"{len(v.features)} features" for v in store.list_feature_views()}
@@ -220,7 +218,7 @@ def features_apply() -> None:
 
 
 def _materialize(settings: Settings) -> dict[str, int]:
-    from features.store import feature_store, materialize
+    from nextbest.features.store import feature_store, materialize
 
     views = feature_store(settings).list_feature_views()
     if not views:
@@ -249,8 +247,8 @@ _SHARES = ("share_of_oracle", "share_of_history_oracle")
 
 
 def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
-    from pipelines.evaluate import evaluate_policies, write_report
-    from simulation.replay import ReplayConfig
+    from nextbest.pipelines.evaluate import evaluate_policies, write_report
+    from nextbest.simulation.replay import ReplayConfig
 
     with steps(10) as advance:
         table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
@@ -297,8 +295,8 @@ def retrain(
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new run instead of resuming a failed one")] = False,
 ) -> None:
     """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
-    from pipelines.retrain import STEPS, RetrainConfig
-    from pipelines.retrain import retrain as run_retrain
+    from nextbest.pipelines.retrain import STEPS, RetrainConfig
+    from nextbest.pipelines.retrain import retrain as run_retrain
 
     settings = Settings()
 
@@ -346,7 +344,7 @@ def loop(
     The simulated world advances in place by ROUNDS x DAYS days; the value of each round is printed next to
     the oracle's over the same days, and charted in <home>/reports/closed_loop.png.
     """
-    from pipelines.loop import LoopConfig, run_loop, write_loop_chart
+    from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
 
     settings = Settings()
     config = LoopConfig(rounds=rounds, days=days, epsilon=epsilon, control_share=control, trials=trials)
@@ -404,8 +402,8 @@ def demo(
 
 
 def _show_online(settings: Settings, n: int) -> None:
-    from features.ingest import read_raw
-    from features.store import feature_store
+    from nextbest.features.ingest import read_raw
+    from nextbest.features.store import feature_store
 
     store = feature_store(settings)
     ids = read_raw(settings.raw_dir, "users")["user_id"].astype(str).head(n).tolist()
@@ -424,7 +422,7 @@ def _show_online(settings: Settings, n: int) -> None:
 
 
 def _show_decisions(settings: Settings) -> None:
-    from pipelines.serve_commands import demo_requests
+    from nextbest.pipelines.serve_commands import demo_requests
 
     rows = run_guarded(demo_requests, settings)
     table = Table(title="decisions from the running service (127.0.0.1)")

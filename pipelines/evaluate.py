@@ -19,21 +19,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from features.build import STAGES
-from features.contract import TABLES
-from features.feature_views import VIEWS
-from features.ingest import read_raw
-from features.settings import Settings
-from features.store import feature_store, read_table
-from serving import engine
-from serving.config import catalog_config
-from simulation import response
-from simulation.beliefs import history_beliefs
-from simulation.campaigns import eligible
-from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
-from simulation.replay import STAGE_OF_TYPE, Choice, Period, ReplayConfig, Situation, keep_capacity, replay
-from simulation.truth import Truth
+from nextbest.features.build import STAGES
+from nextbest.features.contract import TABLES
+from nextbest.features.feature_views import VIEWS
+from nextbest.features.ingest import read_raw
+from nextbest.features.settings import Settings
+from nextbest.features.store import feature_store, read_table
+from nextbest.serving import engine
+from nextbest.serving.config import catalog_config
+from nextbest.simulation import response
+from nextbest.simulation.beliefs import history_beliefs
+from nextbest.simulation.campaigns import eligible
+from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
+from nextbest.simulation.replay import (
+    STAGE_OF_TYPE,
+    Choice,
+    Period,
+    ReplayConfig,
+    Situation,
+    keep_capacity,
+    replay,
+)
+from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
            "write_report"]
@@ -111,7 +118,7 @@ class ModelPolicy:
 def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> engine.ModelSet:
     """The champions, each with the feature columns of its FeatureService; `versions` (model -> registry
     version) stand in for the champions of those models (a set of challengers to judge)."""
-    from training.registry import Champion, load_champions, load_version
+    from nextbest.training.registry import Champion, load_champions, load_version
 
     champions = load_champions(settings)
     for kind, version in (versions or {}).items():
@@ -128,7 +135,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
                    models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None) -> list[ModelPolicy]:
     """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
     scored on their newest features (at or before `as_of` when given)."""
-    from simulation.replay import hour_ok_matrix
+    from nextbest.simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
     config = catalog_config(period.offers, period.channels)
@@ -206,7 +213,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
     the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
     """
-    from training.ope import paired_difference
+    from nextbest.training.ope import paired_difference
 
     config = config or ReplayConfig()
     step = progress or (lambda name: None)
@@ -350,8 +357,8 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     each logged send time (no truth columns on a company's own logs). `attrs["matched"]`: the logged
     decisions where the policy takes the logged action, the rows the estimates rest on.
     """
-    from simulation.truth import Oracle
-    from training.ope import dr_terms, estimate_all
+    from nextbest.simulation.truth import Oracle
+    from nextbest.training.ope import dr_terms, estimate_all
 
     log = tables["contacts"].reset_index(drop=True)
     if len(log) == 0:

@@ -28,19 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from features.contract import TABLES
-from features.ingest import read_raw, write_raw
-from features.settings import Settings
-from simulation.behaviour import concat_events, organic_events, purchase_carts
-from simulation.campaigns import Purchases
-from simulation.catalog import product_prices
-from simulation.clock import DAY_NS, NAT, to_utc_series
-from simulation.policies import OraclePolicy
-from simulation.replay import OUTCOMES, Period, ReplayConfig, replay
-from simulation.response import HORIZON_DAYS
-from simulation.truth import Truth
-from simulation.world import events_table
+from nextbest.features.contract import TABLES
+from nextbest.features.ingest import read_raw, write_raw
+from nextbest.features.settings import Settings
+from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
+from nextbest.simulation.campaigns import Purchases
+from nextbest.simulation.catalog import product_prices
+from nextbest.simulation.clock import DAY_NS, NAT, to_utc_series
+from nextbest.simulation.policies import OraclePolicy
+from nextbest.simulation.replay import OUTCOMES, Period, ReplayConfig, replay
+from nextbest.simulation.response import HORIZON_DAYS
+from nextbest.simulation.truth import Truth
+from nextbest.simulation.world import events_table
 
 __all__ = ["LoopConfig", "run_loop", "write_loop_chart"]
 
@@ -168,8 +167,8 @@ def _feedback(tables: dict[str, pd.DataFrame], pending: _Pending, ids: np.ndarra
 def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds of the closed loop on the simulated world in `settings.home`; one row per round."""
-    from pipelines.evaluate import champion_set, model_policies
-    from pipelines.retrain import RetrainConfig, retrain
+    from nextbest.pipelines.evaluate import champion_set, model_policies
+    from nextbest.pipelines.retrain import RetrainConfig, retrain
 
     step = progress or (lambda message: None)
     if not (settings.truth_dir / "truth.json").exists():

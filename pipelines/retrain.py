@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 __all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state"]
 
@@ -65,7 +65,7 @@ def _save(settings: Settings, state: dict) -> None:
 
 
 def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from features.ingest import ingest, load_plan, manifest, plan_from_dir
+    from nextbest.features.ingest import ingest, load_plan, manifest, plan_from_dir
 
     if config.source is None:
         return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
@@ -75,23 +75,23 @@ def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
 
 
 def _build(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from features.build import BuildConfig, build_all
-    from features.contract import TABLES
-    from features.ingest import read_raw
-    from features.store import write_tables
+    from nextbest.features.build import BuildConfig, build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import read_raw
+    from nextbest.features.store import write_tables
 
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
     return {"rows": write_tables(build_all(raw, BuildConfig(seed=settings.seed)), settings.feature_dir)}
 
 
 def _apply(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from features.store import apply
+    from nextbest.features.store import apply
 
     return {"views": [v.name for v in apply(settings).list_feature_views()]}
 
 
 def _materialize(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from features.store import materialize
+    from nextbest.features.store import materialize
 
     return {"users": materialize(settings)}
 
@@ -102,7 +102,7 @@ def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
 
 
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from training.jobs import MODELS, TrainConfig, train_models
+    from nextbest.training.jobs import MODELS, TrainConfig, train_models
 
     names = list(MODELS if config.models is None else config.models)
     if not names:  # features only: the champions stay
@@ -127,8 +127,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     if not _policy_gated(config):
         return {"skipped": "evaluate is off: each model was judged on its holdout when trained"}
     import pandas as pd
-
-    from pipelines.evaluate import champion_set, judge_model_sets
+    from nextbest.pipelines.evaluate import champion_set, judge_model_sets
 
     trained = state["steps"]["train"]["models"]
     waiting = {name: m["version"] for name, m in trained.items() if m.get("deferred")}
@@ -174,7 +173,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
 
 
 def _promote(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from training.registry import policy_gate
+    from nextbest.training.registry import policy_gate
 
     evaluated = state["steps"].get("evaluate", {})
     decision = evaluated.get("decision")

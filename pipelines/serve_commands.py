@@ -14,16 +14,14 @@ from typing import Annotated
 
 import httpx
 import typer
-
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 __all__ = ["register", "serve_command", "running_service", "demo_requests"]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_command(settings: Settings, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:NextBest", "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "bentoml", "serve", "nextbest.serving.service:NextBest", "--host", host, "--port", str(port)]
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -33,7 +31,6 @@ def _env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if value is not None:
             env[f"NEXTBEST_{name.upper()}"] = str(Path(value).resolve()) if isinstance(value, Path) else str(value)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -47,7 +44,7 @@ def _free_port(host: str) -> int:
 def running_service(settings: Settings, port: int | None = None, timeout_s: float = 90) -> Iterator[str]:
     """Start `bentoml serve` on the settings' host (127.0.0.1 by default); yield its URL; stop it."""
     port = port or _free_port(settings.host)
-    proc = subprocess.Popen(serve_command(settings, settings.host, port), cwd=ROOT, env=_env(settings),
+    proc = subprocess.Popen(serve_command(settings, settings.host, port), env=_env(settings),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://{settings.host}:{port}"
     try:
@@ -75,7 +72,7 @@ def running_service(settings: Settings, port: int | None = None, timeout_s: floa
 
 def demo_requests(settings: Settings, users: int = 5) -> list[dict]:
     """Start the service, decide for a few users and send one event, then stop it; rows for a table."""
-    from features.store import read_table
+    from nextbest.features.store import read_table
 
     ids = read_table(settings, "profile")["user_id"].astype(str).head(users).tolist()
     rows = []
@@ -105,4 +102,4 @@ def register(app: typer.Typer) -> None:
         settings = Settings()
         host, port = host or settings.host, port or settings.port
         typer.echo(f"nextbest decision service on http://{host}:{port} (docs at /docs)")
-        raise typer.Exit(subprocess.call(serve_command(settings, host, port), cwd=ROOT, env=_env(settings)))
+        raise typer.Exit(subprocess.call(serve_command(settings, host, port), env=_env(settings)))

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from nextbest.features.contract import ContractError
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from features.contract import ContractError
-from features.settings import Settings
-from pipelines.console import console
 
 __all__ = ["register", "CLI_MODELS"]
 
@@ -27,7 +26,7 @@ class _UserError(Exception):
 
 
 def _guarded(fn, *args):
-    from training.registry import ChecksumError, RegistryUnavailable
+    from nextbest.training.registry import ChecksumError, RegistryUnavailable
 
     try:
         return fn(*args)
@@ -46,8 +45,7 @@ def _labels(path: Path | None):
     if path is None:
         return None
     import pandas as pd
-
-    from features.contract import conform
+    from nextbest.features.contract import conform
 
     if not path.exists():
         raise _UserError(f"--labels {path}: no such file")
@@ -58,9 +56,8 @@ def _labels(path: Path | None):
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None) -> list:
     import pandas as pd
-
-    from features.ingest import manifest
-    from training.jobs import MODELS, TrainConfig, train_models
+    from nextbest.features.ingest import manifest
+    from nextbest.training.jobs import MODELS, TrainConfig, train_models
 
     names = list(MODELS) if model == "all" else [_short(model)]
     try:
@@ -122,7 +119,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def models() -> None:
         """Registered model versions with their aliases and holdout metric."""
-        from training.registry import list_versions
+        from nextbest.training.registry import list_versions
 
         rows = _guarded(list_versions, Settings())
         if not rows:
@@ -141,7 +138,7 @@ def register(app: typer.Typer) -> None:
         version: Annotated[str | None, typer.Option(help="version to promote (default: the challenger)")] = None,
     ) -> None:
         """Make a version (default: the challenger) the champion, by hand."""
-        from training.registry import promote as run_promote
+        from nextbest.training.registry import promote as run_promote
 
         old, new = _guarded(lambda: run_promote(Settings(), _short(model), version))
         console.print(f"{model}: champion is now version {new} (was {old or 'none'})")
@@ -149,7 +146,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def rollback(model: Annotated[str, typer.Argument(help=", ".join(CLI_MODELS))]) -> None:
         """Give the champion alias back to the version that held it before."""
-        from training.registry import rollback as run_rollback
+        from nextbest.training.registry import rollback as run_rollback
 
         old, restored = _guarded(lambda: run_rollback(Settings(), _short(model)))
         console.print(f"{model}: champion rolled back from version {old} to {restored}")

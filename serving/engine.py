@@ -11,8 +11,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-
-from serving.config import Exploration, OperatorConfig
+from nextbest.serving.config import Exploration, OperatorConfig
 
 __all__ = [
     "Scorer",

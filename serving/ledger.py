@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.policy import CAPACITY, Constraint, Key
+from nextbest.serving.policy import CAPACITY, Constraint, Key
 
 __all__ = ["LedgerUnavailable", "Reservation", "Commit", "Snapshot", "Ledger", "SQLiteLedger", "RedisLedger", "open_ledger"]
 

@@ -7,9 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
-
-from features.contract import parse_eligibility
-from serving.config import OperatorConfig, parse_quiet_hours
+from nextbest.features.contract import parse_eligibility
+from nextbest.serving.config import OperatorConfig, parse_quiet_hours
 
 __all__ = [
     "REASONS",

@@ -17,13 +17,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
-
-from features.settings import Settings
-from serving import engine, policy
-from serving.config import ConfigSource, OperatorConfig
-from serving.decision_log import DecisionLog
-from serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
-from serving.schemas import (
+from nextbest.features.settings import Settings
+from nextbest.serving import engine, policy
+from nextbest.serving.config import ConfigSource, OperatorConfig
+from nextbest.serving.decision_log import DecisionLog
+from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
+from nextbest.serving.schemas import (
     BatchDecideRequest,
     CampaignContext,
     DecideRequest,
@@ -57,7 +56,7 @@ class ConflictError(UserError):
 
 def default_loader(settings: Settings) -> dict:
     """Champions from the MLflow registry (training/registry.py)."""
-    from training.registry import load_champions
+    from nextbest.training.registry import load_champions
 
     return load_champions(settings)
 
@@ -98,7 +97,7 @@ class OnlineFeatures:
     """
 
     def __init__(self, settings: Settings):
-        from features.store import feature_store
+        from nextbest.features.store import feature_store
 
         self.settings = settings
         self.store = feature_store(settings, cache_ttl_seconds=0)
@@ -137,7 +136,7 @@ class OnlineFeatures:
     def reader(self):
         """The bulk SQLite reader of the decision FeatureService, or None for other online stores."""
         if self._reader is None and self.store.config.online_store.type == "sqlite":
-            from features.online_sqlite import OnlineReader
+            from nextbest.features.online_sqlite import OnlineReader
 
             self._reader = OnlineReader(self.store, self.service())
         return self._reader
@@ -148,8 +147,8 @@ class OnlineFeatures:
 
     def _population_defaults(self) -> dict[str, object]:
         """Median of numbers, most common value otherwise, over each view's newest snapshot."""
-        from features.feature_views import VIEWS
-        from features.store import read_table
+        from nextbest.features.feature_views import VIEWS
+        from nextbest.features.store import read_table
 
         out: dict[str, object] = {}
         for view in VIEWS:
@@ -189,7 +188,7 @@ class OnlineFeatures:
         return users, known, False
 
     def push(self, rows: pd.DataFrame) -> None:
-        from features.data_sources import REALTIME_PUSH
+        from nextbest.features.data_sources import REALTIME_PUSH
 
         with self._lock:
             self.store.push(REALTIME_PUSH, rows)
@@ -285,7 +284,7 @@ class Runtime:
 
     def _import_suppressions(self) -> None:
         """Copy the raw suppressions table into the ledger, which is where decisions read them."""
-        from features.ingest import read_raw
+        from nextbest.features.ingest import read_raw
 
         try:
             df = read_raw(self.settings.raw_dir, "suppressions")

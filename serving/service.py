@@ -14,10 +14,9 @@ from http import HTTPStatus
 
 import bentoml
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
-
-from features.settings import Settings
-from serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
-from serving.schemas import (
+from nextbest.features.settings import Settings
+from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
+from nextbest.serving.schemas import (
     BatchDecideRequest,
     BatchDecision,
     DecideRequest,
@@ -73,7 +72,7 @@ class NextBest:
     loader = staticmethod(default_loader)  # where champions come from; tests hand in their own
 
     def __init__(self) -> None:
-        from serving.metrics import metrics
+        from nextbest.serving.metrics import metrics
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         self.runtime = Runtime(Settings(), loader=self.loader, metrics=metrics())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-
-from simulation.catalog import EVENT_TYPES, PRODUCTS_PER_CATEGORY
-from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, utc_offset_ns
-from simulation.response import draw_category
-from simulation.truth import Truth
+from nextbest.simulation.catalog import EVENT_TYPES, PRODUCTS_PER_CATEGORY
+from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, utc_offset_ns
+from nextbest.simulation.response import draw_category
+from nextbest.simulation.truth import Truth
 
 __all__ = ["organic_events", "purchase_carts", "concat_events"]
 

@@ -18,11 +18,10 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-
-from simulation import response
-from simulation.catalog import CATEGORIES, CHANNELS
-from simulation.clock import local_hour
-from simulation.truth import CHANNEL_RESPONSE_SD, INTEREST_CONCENTRATION, Truth
+from nextbest.simulation import response
+from nextbest.simulation.catalog import CATEGORIES, CHANNELS
+from nextbest.simulation.clock import local_hour
+from nextbest.simulation.truth import CHANNEL_RESPONSE_SD, INTEREST_CONCENTRATION, Truth
 
 __all__ = ["history_beliefs", "interest_posterior", "channel_response_posterior"]
 

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from features.contract import parse_eligibility
-from simulation.catalog import CHANNELS, EVENT_TYPES
-from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
-from simulation.response import HORIZON_DAYS, draw_outcomes_ns
-from simulation.truth import Truth
+from nextbest.features.contract import parse_eligibility
+from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
+from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
+from nextbest.simulation.response import HORIZON_DAYS, draw_outcomes_ns
+from nextbest.simulation.truth import Truth
 
 __all__ = ["CampaignPlan", "STAGES", "SEND_HOURS", "Purchases", "run_campaigns", "eligible"]
 

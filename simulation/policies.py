@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from simulation import response
-from simulation.catalog import CHANNELS
-from simulation.clock import HOUR_NS, utc_offset_ns
-from simulation.replay import Choice, Period, Situation, keep_capacity
-from simulation.truth import Truth
+from nextbest.simulation import response
+from nextbest.simulation.catalog import CHANNELS
+from nextbest.simulation.clock import HOUR_NS, utc_offset_ns
+from nextbest.simulation.replay import Choice, Period, Situation, keep_capacity
+from nextbest.simulation.truth import Truth
 
 __all__ = ["NoContact", "RandomPolicy", "Blast", "OraclePolicy", "best_selling_order"]
 

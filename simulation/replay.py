@@ -15,13 +15,12 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-
-from features.build import STAGES
-from simulation import response
-from simulation.campaigns import Purchases, eligible
-from simulation.catalog import CHANNELS
-from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_series, utc_offset_ns
-from simulation.truth import Truth
+from nextbest.features.build import STAGES
+from nextbest.simulation import response
+from nextbest.simulation.campaigns import Purchases, eligible
+from nextbest.simulation.catalog import CHANNELS
+from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_series, utc_offset_ns
+from nextbest.simulation.truth import Truth
 
 __all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "ReplayResult", "replay", "keep_capacity",
            "hour_ok_matrix", "STAGE_OF_TYPE", "OUTCOMES"]

@@ -6,12 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-
-from simulation.catalog import CATEGORIES, CHANNELS, EVENT_TYPES, PRODUCTS_PER_CATEGORY
-from simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, local_hour, to_utc_series
+from nextbest.simulation.catalog import CATEGORIES, CHANNELS, EVENT_TYPES, PRODUCTS_PER_CATEGORY
+from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, local_hour, to_utc_series
 
 if TYPE_CHECKING:
-    from simulation.truth import Truth
+    from nextbest.simulation.truth import Truth
 
 __all__ = ["HORIZON_DAYS", "p_open", "p_click", "p_buy", "p_caused", "p_organic", "draw_organic_first",
            "draw_outcomes", "draw_outcomes_ns", "offer_arrays", "draw_category", "recent_contacts"]

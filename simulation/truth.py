@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from simulation import response
-from simulation.catalog import CATEGORIES, CHANNELS
-from simulation.clock import DAY_NS, TIMEZONES, local_hour
+from nextbest.simulation import response
+from nextbest.simulation.catalog import CATEGORIES, CHANNELS
+from nextbest.simulation.clock import DAY_NS, TIMEZONES, local_hour
 
 __all__ = ["Truth", "Oracle", "draw_truth", "INTEREST_CONCENTRATION", "CHANNEL_RESPONSE_SD"]
 

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from simulation.behaviour import concat_events, organic_events, purchase_carts
-from simulation.campaigns import CampaignPlan, run_campaigns
-from simulation.catalog import (
+from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
+from nextbest.simulation.campaigns import CampaignPlan, run_campaigns
+from nextbest.simulation.catalog import (
     CATEGORIES,
     CHANNELS,
     EVENT_TYPES,
@@ -22,8 +21,8 @@ from simulation.catalog import (
     product_names,
     product_prices,
 )
-from simulation.clock import TIMEZONES, to_utc_series
-from simulation.truth import Oracle, Truth, draw_truth
+from nextbest.simulation.clock import TIMEZONES, to_utc_series
+from nextbest.simulation.truth import Oracle, Truth, draw_truth
 
 __all__ = ["WorldConfig", "World", "simulate", "user_ids", "events_table"]
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 START = pd.Timestamp("2026-06-01", tz="UTC")
 
@@ -78,10 +77,10 @@ def settings(tmp_path: Path) -> Settings:
 
 def build_store(settings: Settings, frames: dict[str, pd.DataFrame], folder: Path) -> None:
     """Ingest `frames` from CSV, build feature tables, apply and materialise."""
-    from features.build import build_all
-    from features.contract import TABLES
-    from features.ingest import ingest, plan_from_dir, read_raw
-    from features.store import apply, materialize, write_tables
+    from nextbest.features.build import build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import ingest, plan_from_dir, read_raw
+    from nextbest.features.store import apply, materialize, write_tables
 
     ingest(plan_from_dir(write_csvs(frames, folder)), settings.raw_dir)
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from nextbest.features.settings import Settings
+from nextbest.pipelines.cli import app
+from nextbest.simulation import WorldConfig
 from typer.testing import CliRunner
 
-from features.settings import Settings
-from pipelines.cli import app
-from simulation import WorldConfig
 from tests.conftest import write_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_commands_in_the_wrong_order_explain_what_to_run(home):
 
 
 def test_simulate_writes_the_worlds_catalog_and_forgets_the_old_worlds_contacts(home):
-    from serving.config import load_config
+    from nextbest.serving.config import load_config
 
     (home / "logs").mkdir(parents=True)
     (home / "logs" / "decisions.jsonl").write_text('{"user_id": "old"}\n')
@@ -71,7 +71,7 @@ def test_real_cdnow_data_from_ingest_to_online_features(home):
         assert result.exit_code == 0, result.output
     assert "behaviour" in result.output  # the materialise summary table lists the views
 
-    from features.store import feature_store
+    from nextbest.features.store import feature_store
 
     store = feature_store(Settings())
     raw = pd.read_csv(ROOT.parent / "shared" / "data" / "cdnow_sample.txt", sep=r"\s+", header=None,

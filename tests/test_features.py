@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from nextbest.features.build import BuildConfig, snapshot_times
+from nextbest.features.feature_services import MODEL_VIEWS, service_name
+from nextbest.features.settings import Settings
+from nextbest.features.store import feature_store, read_table
 
-from features.build import BuildConfig, snapshot_times
-from features.feature_services import MODEL_VIEWS, service_name
-from features.settings import Settings
-from features.store import feature_store, read_table
 from tests.conftest import build_store, make_raw
 
 
@@ -159,7 +159,7 @@ def test_bulk_writer_matches_feasts_own_write(built, tmp_path):
     """The SQLite bulk path writes exactly what Feast's write_to_online_store writes."""
     import shutil
 
-    from features.store import apply, materialize
+    from nextbest.features.store import apply, materialize
 
     other = Settings(home=tmp_path / "home")
     shutil.copytree(built.home, other.home)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.ingest import read_raw, write_raw
-from features.settings import Settings
-from pipelines.loop import LoopConfig, run_loop, write_loop_chart
-from pipelines.retrain import RetrainConfig, load_state, retrain
-from simulation import WorldConfig, simulate
-from simulation.truth import Truth
+from nextbest.features.ingest import read_raw, write_raw
+from nextbest.features.settings import Settings
+from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
+from nextbest.pipelines.retrain import RetrainConfig, load_state, retrain
+from nextbest.simulation import WorldConfig, simulate
+from nextbest.simulation.truth import Truth
 
 MODELS = ("conversion", "uplift", "send_time", "churn")
 

@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 from feast import FeatureService
-
-from features.online_sqlite import OnlineReader
-from features.settings import Settings
-from features.store import feature_store
+from nextbest.features.online_sqlite import OnlineReader
+from nextbest.features.settings import Settings
+from nextbest.features.store import feature_store
 
 
 def feast_dict(store, service: str | FeatureService, ids: list[str]) -> dict[str, list]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from training.ope import doubly_robust, estimate_all, ips, snips
+from nextbest.training.ope import doubly_robust, estimate_all, ips, snips
 
 
 def logged_bandit(n: int, seed: int):
@@ -58,7 +57,7 @@ def test_bad_propensities_are_rejected_with_a_reason():
 
 
 def test_a_paired_difference_cancels_where_the_policies_agree():
-    from training.ope import dr_terms, paired_difference
+    from nextbest.training.ope import dr_terms, paired_difference
 
     rng = np.random.default_rng(3)
     base = rng.random(2_000)

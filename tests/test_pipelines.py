@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from features.ingest import write_raw
-from features.settings import Settings
-from simulation import WorldConfig, simulate
-from simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
-from simulation.replay import Choice, Period, ReplayConfig, Rules, replay
+from nextbest.features.ingest import write_raw
+from nextbest.features.settings import Settings
+from nextbest.simulation import WorldConfig, simulate
+from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
+from nextbest.simulation.replay import Choice, Period, ReplayConfig, Rules, replay
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +50,9 @@ def test_a_policy_that_breaks_the_rules_is_caught(world):
 
 @pytest.mark.slow
 def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
-    from features.store import read_table
-    from pipelines import retrain as pipeline
-    from training.registry import list_versions
+    from nextbest.features.store import read_table
+    from nextbest.pipelines import retrain as pipeline
+    from nextbest.training.registry import list_versions
 
     settings = Settings(home=tmp_path / "home")
     world = simulate(WorldConfig(n_users=800, seed=2))
@@ -91,10 +90,9 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     import dataclasses
 
     from mlflow import MlflowClient
-
-    from pipelines import retrain as pipeline
-    from pipelines.evaluate import champion_set
-    from training.registry import MODEL_NAMES, policy_gate
+    from nextbest.pipelines import retrain as pipeline
+    from nextbest.pipelines.evaluate import champion_set
+    from nextbest.training.registry import MODEL_NAMES, policy_gate
 
     settings = Settings(home=tmp_path / "home")
     world = simulate(WorldConfig(n_users=800, seed=2))
@@ -108,7 +106,7 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     assert first["steps"]["promote"]["promoted"] == {}
     champions = champion_set(settings).versions()
     if simulated:  # the evaluation: the NBA and the baselines against the oracle and the history oracle
-        from pipelines.evaluate import HISTORY_ORACLE, evaluate_policies
+        from nextbest.pipelines.evaluate import HISTORY_ORACLE, evaluate_policies
 
         table, _ = evaluate_policies(settings, ReplayConfig(days=7), users=None, ope_users=None)
         assert (table["violations"] == 0).all()
@@ -144,9 +142,9 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
         better = {n for n, m in thin["steps"]["train"]["models"].items() if m.get("better_on_holdout")}
         assert set(decision["promote"]) == better and set(thin["steps"]["promote"]["promoted"]) == better
         # a log without the logging policy's probabilities cannot be evaluated off-policy: a message says why
-        from features.contract import TABLES
-        from features.ingest import read_raw
-        from pipelines.evaluate import judge_model_sets
+        from nextbest.features.contract import TABLES
+        from nextbest.features.ingest import read_raw
+        from nextbest.pipelines.evaluate import judge_model_sets
 
         tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
         write_raw({**tables, "contacts": tables["contacts"].drop(columns="propensity")}, settings.raw_dir)

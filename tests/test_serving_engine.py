@@ -6,9 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-
-from serving import engine, policy
-from serving.config import Caps, Channel, Exploration, Offer, OperatorConfig, Trigger, parse_quiet_hours
+from nextbest.serving import engine, policy
+from nextbest.serving.config import (
+    Caps,
+    Channel,
+    Exploration,
+    Offer,
+    OperatorConfig,
+    Trigger,
+    parse_quiet_hours,
+)
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # 14:00 in Berlin (CEST), 08:00 in New York
 
@@ -236,7 +243,7 @@ def test_constraints_cover_every_cap_for_a_commit():
 
 
 def test_config_errors_name_the_item_and_the_fix(tmp_path):
-    from serving.config import ConfigError, load_config
+    from nextbest.serving.config import ConfigError, load_config
 
     path = tmp_path / "ops.yaml"
     path.write_text("""
@@ -265,8 +272,7 @@ def test_trigger_references_are_checked():
 
 def test_config_reloads_without_restart_and_keeps_the_last_good_one(tmp_path):
     import yaml
-
-    from serving.config import ConfigSource, default_config
+    from nextbest.serving.config import ConfigSource, default_config
 
     path = tmp_path / "ops.yaml"
     data = default_config().model_dump(mode="json")
@@ -282,7 +288,7 @@ def test_config_reloads_without_restart_and_keeps_the_last_good_one(tmp_path):
 
 
 def test_default_config_is_12_offers_by_5_channels():
-    from serving.config import default_config
+    from nextbest.serving.config import default_config
 
     cfg = default_config()
     assert len(cfg.offers) == 12 and cfg.channel_names() == ["push", "sms", "email", "inapp", "wechat"]
@@ -290,10 +296,9 @@ def test_default_config_is_12_offers_by_5_channels():
 
 def test_a_catalog_from_the_company_tables_round_trips_through_yaml(tmp_path):
     import pandas as pd
-
-    from features.settings import Settings
-    from serving.config import catalog_config, load_config, write_config
-    from simulation.catalog import channels_table, offers_table
+    from nextbest.features.settings import Settings
+    from nextbest.serving.config import catalog_config, load_config, write_config
+    from nextbest.simulation.catalog import channels_table, offers_table
 
     offers, channels = offers_table(pd.Timestamp("2026-06-01", tz="UTC")), channels_table()
     cfg = catalog_config(offers, channels)

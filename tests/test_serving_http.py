@@ -12,9 +12,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nextbest.features.settings import Settings
 from starlette.testclient import TestClient
 
-from features.settings import Settings
 from tests.test_serving_runtime import champions, consenting_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def home(built, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(home, models):
-    from serving.service import NextBest
+    from nextbest.serving.service import NextBest
 
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTBEST_HOME", str(home.home))
@@ -162,7 +162,7 @@ def test_schema_fuzz_never_answers_5xx(client, openapi, data):
 
 
 def test_real_bentoml_serve_on_loopback_with_metrics_and_readme_examples(home, tmp_path):
-    from pipelines.serve_commands import running_service
+    from nextbest.pipelines.serve_commands import running_service
 
     serve_home = tmp_path / "home"
     shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.db*", "logs"))

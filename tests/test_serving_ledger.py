@@ -9,10 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from serving.config import Caps, Channel, Offer, OperatorConfig
-from serving.ledger import LedgerUnavailable, RedisLedger, Reservation, SQLiteLedger
-from serving.policy import constraints_for
+from nextbest.serving.config import Caps, Channel, Offer, OperatorConfig
+from nextbest.serving.ledger import LedgerUnavailable, RedisLedger, Reservation, SQLiteLedger
+from nextbest.serving.policy import constraints_for
 
 CFG = OperatorConfig(
     offers=[Offer(offer_id=o, category="any", value=10) for o in ("a", "b", "c")],

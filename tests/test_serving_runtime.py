@@ -13,11 +13,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.settings import Settings
-from serving.ledger import RedisLedger
-from serving.runtime import ConflictError, NotFoundError, Runtime
-from serving.schemas import DecideRequest, EventsRequest, FeedbackRequest, ProfileRequest
+from nextbest.features.settings import Settings
+from nextbest.serving.ledger import RedisLedger
+from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime
+from nextbest.serving.schemas import DecideRequest, EventsRequest, FeedbackRequest, ProfileRequest
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 CHANNELS = ["push", "sms", "email", "inapp", "wechat"]
@@ -279,7 +278,7 @@ def test_raw_suppressions_are_honoured(home):
 
 @pytest.mark.parametrize("n_actions", [1, 2])
 def test_a_batch_decides_what_single_requests_decide(home, models_v1, n_actions):
-    from serving.schemas import BatchDecideRequest
+    from nextbest.serving.schemas import BatchDecideRequest
 
     users = [f"u{i:04d}" for i in range(0, 120)]
     ctx = {"channels": ["email", "push", "inapp", "sms"]}
@@ -295,7 +294,7 @@ def test_a_batch_decides_what_single_requests_decide(home, models_v1, n_actions)
 
 
 def test_a_batch_commit_charges_the_caps_like_single_commits(home, models_v1):
-    from serving.schemas import BatchDecideRequest
+    from nextbest.serving.schemas import BatchDecideRequest
 
     users = [f"u{i:04d}" for i in range(3, 63)]
     rt = Runtime(home, loader=lambda s: models_v1, rng=np.random.default_rng(2))
@@ -320,7 +319,7 @@ def test_a_batch_commit_charges_the_caps_like_single_commits(home, models_v1):
 
 
 def test_the_feast_registry_is_reread_only_when_its_file_changes(home):
-    from features.store import apply
+    from nextbest.features.store import apply
 
     rt = Runtime(home, loader=lambda s: {})
     before = rt.decide(DecideRequest(user_id=consenting_user(home), now=NOW, dry_run=True))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.contract import TABLES, conform
-from simulation import CATEGORIES, CHANNELS, Oracle, Truth, WorldConfig, draw_outcomes, simulate
+from nextbest.features.contract import TABLES, conform
+from nextbest.simulation import CATEGORIES, CHANNELS, Oracle, Truth, WorldConfig, draw_outcomes, simulate
 
 CONFIG = WorldConfig(n_users=3_000, days=60, seed=11)
 
@@ -215,8 +214,8 @@ def test_save_and_load_round_trip(world, tmp_path):
 
 
 def test_interest_posterior_is_the_dirichlet_posterior_mean_of_the_categorised_events():
-    from simulation.beliefs import interest_posterior
-    from simulation.truth import INTEREST_CONCENTRATION as a
+    from nextbest.simulation.beliefs import interest_posterior
+    from nextbest.simulation.truth import INTEREST_CONCENTRATION as a
 
     before = pd.Timestamp("2026-03-01", tz="UTC")
     at = lambda day: pd.Timestamp(f"2026-02-{day:02d} 12:00", tz="UTC")  # noqa: E731
@@ -237,7 +236,7 @@ def test_interest_posterior_is_the_dirichlet_posterior_mean_of_the_categorised_e
 
 
 def test_channel_response_posterior_follows_the_opens_and_keeps_the_prior_without_sends(world):
-    from simulation.beliefs import channel_response_posterior
+    from nextbest.simulation.beliefs import channel_response_posterior
 
     before = pd.Timestamp(world.truth.end_ns, tz="UTC")
     sent = [before - pd.Timedelta(days=3 * k + 1) for k in range(8)]
@@ -263,9 +262,9 @@ def test_channel_response_posterior_follows_the_opens_and_keeps_the_prior_withou
 
 
 def test_the_history_oracle_knows_less_than_the_oracle_and_more_than_nothing(world):
-    from simulation.beliefs import history_beliefs
-    from simulation.policies import OraclePolicy, RandomPolicy
-    from simulation.replay import Period, ReplayConfig, replay
+    from nextbest.simulation.beliefs import history_beliefs
+    from nextbest.simulation.policies import OraclePolicy, RandomPolicy
+    from nextbest.simulation.replay import Period, ReplayConfig, replay
 
     period = Period.from_tables(world.tables, world.truth)
     beliefs = history_beliefs(period.truth, world.tables, period.user_ids, period.start)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 pytestmark = pytest.mark.slow  # builds a Feast store and an MLflow registry (about a minute per module)
 
@@ -90,9 +89,9 @@ def _to_utc(local: pd.DatetimeIndex, zones: np.ndarray) -> pd.Series:
 
 def build_planted(home: Path, **kwargs) -> tuple[Settings, pd.DataFrame]:
     """A Feast store over a planted world (raw -> features -> apply -> materialise)."""
-    from features.build import build_all
-    from features.ingest import write_raw
-    from features.store import apply, materialize, write_tables
+    from nextbest.features.build import build_all
+    from nextbest.features.ingest import write_raw
+    from nextbest.features.store import apply, materialize, write_tables
 
     settings = Settings(home=home)
     raw, truth = planted_raw(**kwargs)
@@ -112,21 +111,21 @@ def planted(tmp_path_factory) -> tuple[Settings, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def store(planted):
-    from features.store import feature_store
+    from nextbest.features.store import feature_store
 
     return feature_store(planted[0])
 
 
 @pytest.fixture(scope="module")
 def raw(planted):
-    from training.jobs import read_raw_tables
+    from nextbest.training.jobs import read_raw_tables
 
     return read_raw_tables(planted[0])
 
 
 @pytest.fixture(scope="module")
 def conversion_run(planted):
-    from training.jobs import TrainConfig, train_model
+    from nextbest.training.jobs import TrainConfig, train_model
 
     return train_model(planted[0], "conversion", TrainConfig(trials=3))
 
@@ -134,16 +133,16 @@ def conversion_run(planted):
 # --- training sets --------------------------------------------------------------------------------------
 
 def test_training_set_uses_the_feature_service_and_is_point_in_time(store, raw):
-    from training import propensity
-    from training.datasets import service_features
+    from nextbest.training import propensity
+    from nextbest.training.datasets import service_features
 
     data = propensity.build_frame(store, raw)
     assert data.features == service_features(store, "conversion_v1")
     assert set(data.features) <= set(data.frame.columns)
     assert data.frame["channel"].notna().all()  # control rows are not in the conversion set
     # Each row's behaviour features are those of the newest weekly snapshot at or before the send.
-    from features.store import read_table
-    from training.datasets import TrainingSet
+    from nextbest.features.store import read_table
+    from nextbest.training.datasets import TrainingSet
 
     snaps = read_table(store_settings(store), "behaviour")
     row = data.frame.iloc[len(data.frame) // 2]
@@ -158,8 +157,8 @@ def store_settings(store) -> Settings:
 
 
 def test_split_is_time_based_when_labels_span_time(store, raw):
-    from training import propensity
-    from training.datasets import split
+    from nextbest.training import propensity
+    from nextbest.training.datasets import split
 
     data = propensity.build_frame(store, raw)
     train, holdout = split(data, 0.2, seed=1)
@@ -168,8 +167,8 @@ def test_split_is_time_based_when_labels_span_time(store, raw):
 
 
 def test_shared_join_gives_each_model_exactly_its_own_feature_service_frame(store, raw):
-    from training import propensity, send_time
-    from training.jobs import shared_joins
+    from nextbest.training import propensity, send_time
+    from nextbest.training.jobs import shared_joins
 
     shared = shared_joins(store, ["conversion", "send_time", "purchase"])
     for module in (send_time, propensity):  # the smaller service first: the union join must still serve both
@@ -182,11 +181,10 @@ def test_shared_join_gives_each_model_exactly_its_own_feature_service_frame(stor
 # --- planted signal and directions ------------------------------------------------------------------------
 
 def test_conversion_recovers_planted_signal_close_to_the_oracle(planted, conversion_run, store, raw):
+    from nextbest.training import propensity
+    from nextbest.training.datasets import split
+    from nextbest.training.registry import load_champions
     from sklearn.metrics import roc_auc_score
-
-    from training import propensity
-    from training.datasets import split
-    from training.registry import load_champions
 
     settings, truth = planted
     _, holdout = split(propensity.build_frame(store, raw), 0.2, 7)
@@ -198,10 +196,10 @@ def test_conversion_recovers_planted_signal_close_to_the_oracle(planted, convers
 
 
 def test_more_interest_means_higher_conversion_propensity(planted, conversion_run, store, raw):
-    from training.registry import load_champions
+    from nextbest.training.registry import load_champions
 
     model = load_champions(planted[0])["conversion"].model
-    from training import propensity
+    from nextbest.training import propensity
 
     frame = propensity.build_frame(store, raw).frame.head(800)
     busy, idle = frame.copy(), frame.copy()
@@ -212,11 +210,10 @@ def test_more_interest_means_higher_conversion_propensity(planted, conversion_ru
 
 
 def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw, tmp_path):
+    from nextbest.training import uplift
+    from nextbest.training.datasets import split
+    from nextbest.training.tabular import FitConfig
     from scipy.stats import spearmanr
-
-    from training import uplift
-    from training.datasets import split
-    from training.tabular import FitConfig
 
     data = uplift.build_frame(store, raw)
     assert set(data.frame["treated"].unique()) == {0, 1}
@@ -236,8 +233,8 @@ def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw, tmp_path)
 
 
 def test_send_time_learns_the_preferred_hour(store, raw):
-    from training import send_time
-    from training.datasets import split
+    from nextbest.training import send_time
+    from nextbest.training.datasets import split
 
     data = send_time.build_frame(store, raw)
     train, holdout = split(data, 0.2, 7)
@@ -254,8 +251,8 @@ def test_send_time_learns_the_preferred_hour(store, raw):
 # --- registry: round trip, gate, promote/rollback, tampering -----------------------------------------------
 
 def test_champion_loads_back_with_identical_predictions(planted, conversion_run, store, raw):
-    from training import propensity
-    from training.registry import MODEL_NAMES, load_champions
+    from nextbest.training import propensity
+    from nextbest.training.registry import MODEL_NAMES, load_champions
 
     champions = load_champions(planted[0])
     assert set(champions) == {"conversion"} and champions["conversion"].version == conversion_run.version
@@ -267,10 +264,10 @@ def test_champion_loads_back_with_identical_predictions(planted, conversion_run,
 
 
 def test_worse_challenger_is_not_promoted_and_better_one_is(planted, conversion_run, store, raw):
-    from training import propensity
-    from training.datasets import split
-    from training.metrics import classification_metrics
-    from training.registry import gate, list_versions, load_champions, log_model, promote, rollback
+    from nextbest.training import propensity
+    from nextbest.training.datasets import split
+    from nextbest.training.metrics import classification_metrics
+    from nextbest.training.registry import gate, list_versions, load_champions, log_model, promote, rollback
 
     settings = planted[0]
     champion = conversion_run.version
@@ -314,10 +311,10 @@ def test_worse_challenger_is_not_promoted_and_better_one_is(planted, conversion_
 
 
 def test_tampered_artifact_fails_to_load_with_a_clear_error(tmp_path, store, raw):
-    from training import propensity
-    from training.datasets import split
-    from training.registry import ChecksumError, gate, load_champions, log_model
-    from training.tabular import FitConfig
+    from nextbest.training import propensity
+    from nextbest.training.datasets import split
+    from nextbest.training.registry import ChecksumError, gate, load_champions, log_model
+    from nextbest.training.tabular import FitConfig
 
     settings = Settings(home=tmp_path / "home")
     train, holdout = split(propensity.build_frame(store, raw), 0.2, 7)
@@ -332,7 +329,7 @@ def test_tampered_artifact_fails_to_load_with_a_clear_error(tmp_path, store, raw
 
 
 def test_no_registry_means_no_champions_and_unreachable_store_is_reported(tmp_path):
-    from training.registry import RegistryUnavailable, load_champions
+    from nextbest.training.registry import RegistryUnavailable, load_champions
 
     assert load_champions(Settings(home=tmp_path / "empty")) == {}
     with pytest.raises(RegistryUnavailable):
@@ -343,10 +340,9 @@ def test_no_registry_means_no_champions_and_unreachable_store_is_reported(tmp_pa
 
 def test_cli_trains_lists_promotes_and_reports_user_mistakes(planted, conversion_run, monkeypatch):
     import typer
+    from nextbest.pipelines import train_commands
+    from nextbest.pipelines.train_commands import register
     from typer.testing import CliRunner
-
-    from pipelines import train_commands
-    from pipelines.train_commands import register
 
     monkeypatch.setattr(train_commands.console, "width", 200)  # the results table is wide
     app = typer.Typer()

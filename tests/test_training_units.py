@@ -8,7 +8,7 @@ import pytest
 
 
 def test_encoder_round_trips_and_marks_unknown_categories_missing():
-    from training.encoding import FrameEncoder, fit_encoder
+    from nextbest.training.encoding import FrameEncoder, fit_encoder
 
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "seg": ["a", "b", "a"], "flag": [True, False, True]})
     enc = FrameEncoder.from_json(fit_encoder(frame, ["x", "seg", "flag"]).to_json())
@@ -20,7 +20,7 @@ def test_encoder_round_trips_and_marks_unknown_categories_missing():
 
 
 def test_metrics_reward_the_right_ranking():
-    from training.metrics import capture_at, classification_metrics, uplift_metrics
+    from nextbest.training.metrics import capture_at, classification_metrics, uplift_metrics
 
     y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     good = np.linspace(1, 0, 10)
@@ -35,8 +35,8 @@ def test_metrics_reward_the_right_ranking():
 
 
 def test_labels_count_only_the_horizon():
-    from training.churn import ChurnConfig, churn_labels
-    from training.purchase import purchase_labels
+    from nextbest.training.churn import ChurnConfig, churn_labels
+    from nextbest.training.purchase import purchase_labels
 
     t = pd.Timestamp("2026-05-01", tz="UTC")
     rows = pd.DataFrame({"user_id": ["a", "b", "c"], "event_timestamp": [t] * 3})
@@ -57,9 +57,8 @@ def _one_batch(n: int = 64, seed: int = 0):
 
 def test_send_time_net_overfits_one_batch():
     import torch
-
-    from training.nets import train_net
-    from training.send_time import SendTimeNet
+    from nextbest.training.nets import train_net
+    from nextbest.training.send_time import SendTimeNet
 
     torch.manual_seed(0)
     x, y = _one_batch()
@@ -71,9 +70,8 @@ def test_send_time_net_overfits_one_batch():
 
 def test_offer_net_overfits_one_weighted_batch():
     import torch
-
-    from training.nets import train_net
-    from training.offer_net import OfferNet, ipw_weights
+    from nextbest.training.nets import train_net
+    from nextbest.training.offer_net import OfferNet, ipw_weights
 
     torch.manual_seed(0)
     x, y = _one_batch(seed=1)
@@ -100,7 +98,7 @@ def _matched_frame(n: int = 6) -> pd.DataFrame:
 
 
 def test_matched_features_pick_the_rows_own_category_channel_and_hour():
-    from training.derived import matched_columns, with_matched
+    from nextbest.training.derived import matched_columns, with_matched
 
     frame = _matched_frame()
     names = matched_columns(frame.columns)
@@ -119,7 +117,7 @@ def test_matched_features_pick_the_rows_own_category_channel_and_hour():
 
 
 def test_matched_features_are_identical_in_one_batch_and_row_by_row():
-    from training.encoding import FrameEncoder, fit_encoder
+    from nextbest.training.encoding import FrameEncoder, fit_encoder
 
     frame = _matched_frame()
     encoder = FrameEncoder.from_json(fit_encoder(frame, list(frame.columns)).to_json())
@@ -138,9 +136,9 @@ def test_matched_features_are_identical_in_one_batch_and_row_by_row():
 def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     """With tracked clicks the funnel has a click stage: which offer a user clicks is learned from clicks, and
     P(convert | opened) = P(click) x P(convert | clicked) + (1 - P(click)) x P(convert | control)."""
-    from training.datasets import TrainingSet
-    from training.tabular import FitConfig
-    from training.uplift import FunnelUpliftScorer, UpliftConfig, fit
+    from nextbest.training.datasets import TrainingSet
+    from nextbest.training.tabular import FitConfig
+    from nextbest.training.uplift import FunnelUpliftScorer, UpliftConfig, fit
 
     rng = np.random.default_rng(3)
     n = 12_000

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
-from training.metrics import classification_metrics
-from training.tabular import BoosterScorer, FitConfig, fit_booster
+from nextbest.features.feature_services import service_name
+from nextbest.training.datasets import (
+    REQUEST_COLUMNS,
+    SharedJoins,
+    TrainingSet,
+    contact_frame,
+    service_features,
+)
+from nextbest.training.metrics import classification_metrics
+from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
 __all__ = ["ChannelConfig", "build_frame", "fit", "evaluate"]
 

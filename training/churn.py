@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
-from features.feature_services import service_name
-from training.datasets import (
+from nextbest.features.feature_services import service_name
+from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
     TrainingSet,
@@ -19,8 +18,8 @@ from training.datasets import (
     snapshot_rows,
     utc_naive,
 )
-from training.metrics import classification_metrics
-from training.tabular import BoosterScorer, FitConfig, fit_booster
+from nextbest.training.metrics import classification_metrics
+from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
 __all__ = ["ChurnConfig", "churn_labels", "build_frame", "fit", "evaluate"]
 

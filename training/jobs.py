@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from features.feature_services import service_name
-from features.settings import Settings
-from training import channel, churn, offer_net, propensity, purchase, send_time, uplift
-from training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, split
-from training.metrics import charts, uplift_chart
-from training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
-from training.tabular import FitConfig
+from nextbest.features.feature_services import service_name
+from nextbest.features.settings import Settings
+from nextbest.training import channel, churn, offer_net, propensity, purchase, send_time, uplift
+from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, split
+from nextbest.training.metrics import charts, uplift_chart
+from nextbest.training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
+from nextbest.training.tabular import FitConfig
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
            "train_models"]
@@ -93,8 +92,8 @@ def shared_joins(store, names: list[str]) -> SharedJoins:
 
 
 def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
-    from features.contract import TABLES
-    from features.ingest import read_raw
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import read_raw
 
     return {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
 
@@ -113,8 +112,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     `shared` lets several models reuse one point-in-time join of the same rows (see `train_models`).
     `defer`: leave the promotion of a model that has a champion to the policy gate (registry.gate).
     """
-    from features.ingest import manifest
-    from features.store import feature_store
+    from nextbest.features.ingest import manifest
+    from nextbest.features.store import feature_store
 
     started = time.perf_counter()
     step = progress or (lambda text: None)
@@ -167,7 +166,7 @@ def train_models(settings: Settings, names: list[str], config: TrainConfig = Tra
                  labels: pd.DataFrame | None = None, defer: tuple[str, ...] = ()) -> list[TrainResult]:
     """Train several models over one read of the raw tables, one Feast store and one join per row set;
     the promotion of the models named in `defer` waits for the policy gate."""
-    from features.store import feature_store
+    from nextbest.features.store import feature_store
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)

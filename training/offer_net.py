@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from nextbest.features.feature_services import service_name
+from nextbest.features.settings import Settings
+from nextbest.training.datasets import (
+    REQUEST_COLUMNS,
+    SharedJoins,
+    TrainingSet,
+    contact_frame,
+    service_features,
+)
+from nextbest.training.encoding import FrameEncoder, fit_encoder
+from nextbest.training.metrics import classification_metrics
+from nextbest.training.nets import device, load_state, predict_net, save_net, train_net
 from torch import nn
-
-from features.feature_services import service_name
-from features.settings import Settings
-from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
-from training.encoding import FrameEncoder, fit_encoder
-from training.metrics import classification_metrics
-from training.nets import device, load_state, predict_net, save_net, train_net
 
 __all__ = ["OfferNetConfig", "OfferNet", "OfferNetScorer", "ipw_weights", "build_frame", "fit", "evaluate",
            "compare_with_conversion"]
@@ -126,7 +131,7 @@ def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:
 
 def compare_with_conversion(settings: Settings, holdout: TrainingSet) -> dict[str, float]:
     """The LightGBM conversion champion's AUC on this holdout, so the challenger's AUC has a reference."""
-    from training.registry import MODEL_NAMES, _champion_version, _client, load_version
+    from nextbest.training.registry import MODEL_NAMES, _champion_version, _client, load_version
 
     client = _client(settings)
     if not client.search_registered_models(filter_string=f"name = '{MODEL_NAMES['conversion']}'"):

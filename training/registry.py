@@ -19,8 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-
-from features.settings import Settings
+from nextbest.features.settings import Settings
 
 __all__ = [
     "MODEL_NAMES",
@@ -115,23 +114,23 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
     _verify(folder, expected_digest, label)
     kind = json.loads((folder / "meta.json").read_text())["kind"]
     if kind == "lightgbm":
-        from training.tabular import BoosterScorer
+        from nextbest.training.tabular import BoosterScorer
 
         return BoosterScorer.load(folder)
     if kind == "uplift_t_learner":
-        from training.uplift import UpliftScorer
+        from nextbest.training.uplift import UpliftScorer
 
         return UpliftScorer.load(folder)
     if kind == "uplift_funnel":
-        from training.uplift import FunnelUpliftScorer
+        from nextbest.training.uplift import FunnelUpliftScorer
 
         return FunnelUpliftScorer.load(folder)
     if kind == "send_time_net":
-        from training.send_time import SendTimeScorer
+        from nextbest.training.send_time import SendTimeScorer
 
         return SendTimeScorer.load(folder)
     if kind == "offer_net":
-        from training.offer_net import OfferNetScorer
+        from nextbest.training.offer_net import OfferNetScorer
 
         return OfferNetScorer.load(folder)
     raise ChecksumError(f"{label}: unknown model kind {kind!r}")
@@ -209,7 +208,7 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
             mlflow.log_artifact(str(chart), artifact_path="charts")
         example = example.reset_index(drop=True)
         signature = infer_signature(_signature_frame(example), np.asarray(scorer.predict(example), dtype="float64"))
-        info = mlflow.pyfunc.log_model(name="model", loader_module="training.registry", data_path=str(folder),
+        info = mlflow.pyfunc.log_model(name="model", loader_module="nextbest.training.registry", data_path=str(folder),
                                        code_paths=None, signature=signature, input_example=_signature_frame(example),
                                        pip_requirements=_requirements())
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered ..." to stderr

@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from nextbest.features.feature_services import service_name
+from nextbest.training.datasets import (
+    REQUEST_COLUMNS,
+    SharedJoins,
+    TrainingSet,
+    contact_frame,
+    service_features,
+)
+from nextbest.training.encoding import FrameEncoder, fit_encoder
+from nextbest.training.metrics import classification_metrics
+from nextbest.training.nets import device, load_state, predict_net, save_net, train_net
 from torch import nn
-
-from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
-from training.encoding import FrameEncoder, fit_encoder
-from training.metrics import classification_metrics
-from training.nets import device, load_state, predict_net, save_net, train_net
 
 __all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share"]
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from nextbest.training.encoding import FrameEncoder, fit_encoder
+from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 from sklearn.model_selection import train_test_split
-
-from training.encoding import FrameEncoder, fit_encoder
-from training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
 __all__ = ["FitConfig", "BoosterScorer", "fit_booster"]
 

@@ -20,12 +20,17 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
-from features.feature_services import service_name
-from training.datasets import REQUEST_COLUMNS, SharedJoins, TrainingSet, contact_frame, service_features
-from training.encoding import FrameEncoder
-from training.metrics import uplift_metrics
-from training.tabular import BoosterScorer, FitConfig, fit_booster
+from nextbest.features.feature_services import service_name
+from nextbest.training.datasets import (
+    REQUEST_COLUMNS,
+    SharedJoins,
+    TrainingSet,
+    contact_frame,
+    service_features,
+)
+from nextbest.training.encoding import FrameEncoder
+from nextbest.training.metrics import uplift_metrics
+from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
 __all__ = ["UpliftConfig", "UpliftScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS", "build_frame", "fit", "evaluate"]
 
