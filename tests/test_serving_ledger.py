@@ -129,9 +129,9 @@ def test_pending_trigger_is_cancelled_and_released(ledger):
 
 
 def test_outcomes_are_recorded_once(ledger):
-    assert ledger.first_outcome("d1", "opened", "a", "push")
-    assert not ledger.first_outcome("d1", "opened", "a", "push")
-    assert ledger.first_outcome("d1", "clicked", "a", "push")
+    assert ledger.record_outcome("d1", "opened", "a", "push") == "first"
+    assert ledger.record_outcome("d1", "opened", "a", "push") == "repeat"
+    assert ledger.record_outcome("d1", "clicked", "a", "push") == "first"
 
 
 def test_unreachable_redis_raises_ledger_unavailable():
