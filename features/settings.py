@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         return self.home / "ledger.db"
 
     @property
+    def ledger_identity_path(self) -> Path:
+        """The home's copy of its contact ledger's identity: a ledger store without it is refused (fail closed)."""
+        return self.home / "ledger.identity"
+
+    @property
     def log_dir(self) -> Path:
         """Append-only decision and outcome logs (JSON lines), read by training and monitoring."""
         return self.home / "logs"

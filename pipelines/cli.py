@@ -125,6 +125,7 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
         if settings.ledger_backend == "sqlite":
             for suffix in ("", "-wal", "-shm"):
                 settings.ledger_path.with_name(settings.ledger_path.name + suffix).unlink(missing_ok=True)
+            settings.ledger_identity_path.unlink(missing_ok=True)  # a new, empty ledger is meant here, not a lost one
         for path in settings.log_dir.glob("*.jsonl*"):
             path.unlink()
     return {name: len(df) for name, df in world.tables.items()}

@@ -204,14 +204,24 @@ def load_config(path: Path | None) -> OperatorConfig:
 
 
 class ConfigSource:
-    """The current config; re-read when the file changes, keeping the last good one if the new one is wrong."""
+    """The current config; re-read when the file changes, keeping the last good one if the new one is wrong.
+
+    A missing file is not a wrong one: `missing` is then set and the holder must not contact anyone (the
+    config still returned, the last good one or the built-in placeholder at a cold start, only lets requests be
+    validated). Falling back to another catalog silently would change consent rules and caps under the operator.
+    """
 
     def __init__(self, path: Path | None, check_every_s: float = 1.0):
         self.path = Path(path) if path else None
         self.check_every_s = check_every_s
         self.error: str | None = None  # the last reload problem, shown on /readyz and in logs
-        self._config = load_config(self.path)
+        self.missing = False  # the configured file is gone: an error state, no contact until it is back
+        self._config = default_config()  # replaced below; stands in only while `missing` at a cold start
         self._mtime = self._stat()
+        if self.path is not None and self._mtime is None:
+            self._set_missing()
+        else:
+            self._config = load_config(self.path)
         self._checked = 0.0
         self._lock = threading.Lock()
 
@@ -220,6 +230,11 @@ class ConfigSource:
             return self.path.stat().st_mtime_ns if self.path else None
         except OSError:
             return None
+
+    def _set_missing(self) -> None:
+        self.missing = True
+        self.error = (f"operator config {self.path} does not exist: no contact until it is restored (the service "
+                      "never falls back to another catalog)")
 
     def current(self, now_s: float) -> OperatorConfig:
         """The config in force; checks the file's modification time at most every `check_every_s` seconds."""
@@ -234,9 +249,12 @@ class ConfigSource:
     def reload(self) -> OperatorConfig:
         """Re-read the file now; on error keep the last good config and remember why."""
         self._mtime = self._stat()
+        if self.path is not None and self._mtime is None:
+            self._set_missing()
+            return self._config
         try:
             self._config = load_config(self.path)
-            self.error = None
+            self.error, self.missing = None, False
         except ConfigError as err:
             self.error = str(err)
         return self._config

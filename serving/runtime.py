@@ -13,13 +13,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 from nextbest.features.settings import Settings
 from nextbest.serving import engine, policy
-from nextbest.serving.config import ConfigSource, OperatorConfig
+from nextbest.serving.config import ConfigSource, OperatorConfig, default_config, write_config
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
 from nextbest.serving.schemas import (
@@ -31,7 +32,7 @@ from nextbest.serving.schemas import (
     ProfileRequest,
 )
 
-__all__ = ["UserError", "NotFoundError", "ConflictError", "Runtime", "ModelHolder", "OnlineFeatures", "default_loader"]
+__all__ = ["UserError", "NotFoundError", "ConflictError", "Unsafe", "Runtime", "ModelHolder", "OnlineFeatures", "default_loader"]
 
 log = logging.getLogger("nextbest.serving")
 
@@ -52,6 +53,40 @@ class NotFoundError(UserError):
 
 class ConflictError(UserError):
     """A request that contradicts an earlier one, e.g. an idempotency key reused for another user (HTTP 409)."""
+
+
+class Unsafe(RuntimeError):
+    """State the contact rules depend on is missing or unreadable: no contact, not ready (a reason code and why)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _operator_config_path(settings: Settings) -> Path:
+    """The operator config file the service runs on.
+
+    A home serving for the first time (no ledger identity yet) without `<home>/operator.yaml` gets the built-in
+    catalog written there: from then on the file is the config, and its absence is an error state (no contact),
+    never a silent switch to another catalog with other consent rules.
+    """
+    if settings.operator_config is not None:
+        return settings.operator_config
+    path = settings.home / "operator.yaml"
+    if not path.exists() and not settings.ledger_identity_path.exists():
+        write_config(default_config(), path, note="the built-in catalog, written by the decision service at its first "
+                     "start in this home; edit freely, the service re-reads it. Removing it stops all contact.")
+        log.warning("no operator config in this home: wrote the built-in catalog to <home>/operator.yaml")
+    return path
+
+
+def _file_stamp(path: Path) -> tuple[int, ...] | None:
+    """Identity and version of a file (inode, size, mtime, ctime), None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def default_loader(settings: Settings) -> dict:
@@ -79,6 +114,10 @@ class ModelHolder:
             log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
             return self.current
         usable = {k: m for k, m in champions.items() if k in engine.REQUEST_COLUMNS}
+        if not usable and self.current.models:  # e.g. the registry file is gone: an outage, not a decision to go rule-based
+            self.error = "the registry now has no champions (registry file missing?); keeping the last good models"
+            log.warning("model refresh found no champions, keeping %s", self.current.versions())
+            return self.current
         new = engine.ModelSet(models=usable, columns={k: columns[k] for k in usable})
         if new.versions() != self.current.versions():
             log.info("models now %s", new.versions() or "none (rule-based fallback)")
@@ -270,37 +309,48 @@ class Runtime:
     def __init__(self, settings: Settings, loader: Callable[[Settings], dict] = default_loader,
                  ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None):
         self.settings = settings
-        self.config = ConfigSource(settings.operator_yaml)
+        self.config = ConfigSource(_operator_config_path(settings))
         self.features = OnlineFeatures(settings)
-        self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
+        self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url,
+                                            settings.ledger_identity_path)
         self.log = DecisionLog(settings.log_dir)
         self.models = ModelHolder(loader, settings, self.features.columns_of)
         self.models.refresh()
         self.rng = rng or np.random.default_rng(settings.seed)
         self._rng_lock = threading.Lock()
         self.metrics = metrics
-        self.suppressions_imported = False
-        self._import_suppressions()
+        self._suppressions_synced: tuple | None = None  # (raw file stamp, ledger identity) of the last import
+        try:
+            self._sync_suppressions()
+        except (Unsafe, LedgerUnavailable) as err:  # start anyway, deciding "no contact"; every request retries
+            log.error("suppressions not imported: %s", err)
 
-    def _import_suppressions(self) -> None:
-        """Copy the raw suppressions table into the ledger, which is where decisions read them."""
+    def _sync_suppressions(self) -> None:
+        """Copy the raw suppressions table into the ledger (where decisions read them) whenever the raw snapshot
+        or the ledger store changed since the last import; raises Unsafe or LedgerUnavailable."""
         from nextbest.features.ingest import read_raw
 
-        try:
-            df = read_raw(self.settings.raw_dir, "suppressions")
-        except Exception:  # no suppressions table supplied: nothing to import
-            self.suppressions_imported = True
+        stamp = _file_stamp(self.settings.raw_dir / "suppressions.parquet")  # where read_raw finds the table
+        if self._suppressions_synced == (stamp, self.ledger.identity) and self.ledger.identity is not None:
             return
-        if df is None or df.empty:
-            self.suppressions_imported = True
-            return
-        since = pd.to_datetime(df["since"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-        rows = list(zip(df["user_id"].astype(str), df["channel"].astype(str), df["reason"].astype(str), since, strict=True))
         try:
+            df = read_raw(self.settings.raw_dir, "suppressions") if stamp is not None else None
+        except Exception as err:  # exists but cannot be read: its opt-outs are unknown, so nobody may be contacted
+            raise Unsafe("suppressions_unreadable", f"the raw suppressions table cannot be read ({type(err).__name__}); "
+                         "no contact until it is fixed or re-ingested") from None
+        if df is not None and not df.empty:
+            since = pd.to_datetime(df["since"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            rows = list(zip(df["user_id"].astype(str), df["channel"].astype(str), df["reason"].astype(str), since, strict=True))
             self.ledger.suppress(rows)
-            self.suppressions_imported = True
-        except LedgerUnavailable as err:  # start anyway (deciding "no contact"); ready() retries the import
-            log.error("could not import suppressions into the ledger: %s", err)
+        else:
+            self.ledger.ping()  # attaches the ledger, so its identity is known
+        self._suppressions_synced = (stamp, self.ledger.identity)
+
+    def _guard(self) -> None:
+        """Raise unless the state the contact rules depend on is all there: operator config, suppressions, ledger."""
+        if self.config.missing:
+            raise Unsafe("operator_config_missing", "the operator config file is missing; no contact until it is restored")
+        self._sync_suppressions()
 
     # --- decide -----------------------------------------------------------------------------------
 
@@ -336,6 +386,7 @@ class Runtime:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise NotFoundError(f"unknown user_id(s): {shown} (not in the online feature store; ingest and materialise them first)")
         try:
+            self._guard()
             for job in jobs:
                 if job.idem is not None and not job.req.dry_run:
                     job.replay = self.ledger.replay(job.idem)
@@ -345,11 +396,12 @@ class Runtime:
                 plans = self._plan([jobs[i] for i in todo], feats if len(todo) == len(jobs) else _subset(feats, todo), snapshot, config,
                                    models, features_degraded)
                 todo = self._commit([jobs[i] for i in todo], plans, todo)
-        except LedgerUnavailable as err:
-            log.error("ledger unavailable, answering no contact: %s", err)
+        except (LedgerUnavailable, Unsafe) as err:
+            reason = err.reason if isinstance(err, Unsafe) else "ledger_unavailable"
+            log.error("%s, answering no contact: %s", reason, err)
             for job in jobs:
                 if job.result is None and job.replay is None:
-                    job.result = self._no_contact(job, models, str(err))
+                    job.result = self._no_contact(job, models, str(err), reason=reason)
         out = []
         for job in jobs:
             if job.replay is not None:
@@ -509,12 +561,13 @@ class Runtime:
             self.log.decisions([_log_record(job, d, plan) for job, d, plan in committed])
         return retry
 
-    def _no_contact(self, job: _Job, models: engine.ModelSet, error: str | None, refusal: str | None = None) -> dict:
-        reason = refusal or "ledger_unavailable"
+    def _no_contact(self, job: _Job, models: engine.ModelSet, error: str | None, refusal: str | None = None,
+                    reason: str = "ledger_unavailable") -> dict:
+        """No action: a refusal after three lost races (`refusal`), or an error state (`error`, flagged `reason`)."""
         return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0,
-                              filtered=[vars(policy.Refusal(reason, detail=error or "lost a concurrent race three times"))],
+                              filtered=[vars(policy.Refusal(refusal or reason, detail=error or "lost a concurrent race three times"))],
                               model_versions=models.versions(), degraded=error is not None,
-                              degraded_reasons=["ledger_unavailable"] if error else [], dry_run=job.req.dry_run,
+                              degraded_reasons=[reason] if error else [], dry_run=job.req.dry_run,
                               explanation=None))
 
     # --- events -------------------------------------------------------------------------------------
@@ -593,7 +646,11 @@ class Runtime:
         at = (req.at or datetime.now(UTC)).astimezone(UTC)
         if req.revenue is not None and req.outcome != "converted":
             raise UserError("revenue is only for outcome 'converted'")
-        first = self.ledger.first_outcome(req.decision_id, req.outcome, action["offer_id"], action["channel"])
+        status = self.ledger.record_outcome(req.decision_id, req.outcome, action["offer_id"], action["channel"])
+        if status == "conflict":
+            raise ConflictError(f"decision {req.decision_id} was already reported sent (or seen) on {action['channel']}; "
+                                "not_sent cannot follow, and its caps stay charged")
+        first = status == "first"
         out = {"recorded": first, "suppressed": None, "released": False}
         if not first:
             return out
@@ -637,16 +694,31 @@ class Runtime:
         }
 
     def ready(self) -> tuple[bool, dict]:
-        """Ready when the ledger answers; models and features may be degraded but the service still decides."""
+        """Ready when the ledger is this home's and answers, the operator config and suppressions are in place,
+        the Feast registry reads and registered models loaded; models may still be absent (rule-based, flagged)."""
+        problems: list[str] = []
+        ledger_ok = True
         try:
             self.ledger.ping()
-            if not self.suppressions_imported:
-                self._import_suppressions()
-            ledger_ok = self.suppressions_imported
-        except LedgerUnavailable:
+        except LedgerUnavailable as err:
             ledger_ok = False
-        return ledger_ok, {"ledger": ledger_ok, "models": self.models.current.versions(), "model_error": self.models.error,
-                           "config_error": self.config.error}
+            problems.append(f"ledger_unavailable: {err}")
+        if ledger_ok:
+            try:
+                self._guard()
+            except (Unsafe, LedgerUnavailable) as err:
+                problems.append(f"{getattr(err, 'reason', 'ledger_unavailable')}: {err}")
+        elif self.config.missing:
+            problems.append("operator_config_missing: the operator config file is missing")
+        try:
+            self.features.service()
+        except Exception as err:  # a corrupt or missing Feast registry: no decision can read features
+            problems.append(f"feature_registry_unreadable: the Feast registry cannot be read ({type(err).__name__})")
+        if self.models.error and not self.models.current.models:
+            problems.append("models_unavailable: registered champions could not be loaded; see model_error")
+        return not problems, {"ready": not problems, "reasons": problems, "ledger": ledger_ok,
+                              "models": self.models.current.versions(), "model_error": self.models.error,
+                              "config_error": self.config.error}
 
 
 def _new_id() -> str:

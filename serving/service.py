@@ -13,8 +13,9 @@ import threading
 from http import HTTPStatus
 
 import bentoml
-from bentoml.exceptions import BadInput, BentoMLException, NotFound
+from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 from nextbest.features.settings import Settings
+from nextbest.serving.ledger import LedgerUnavailable
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
     BatchDecideRequest,
@@ -51,7 +52,8 @@ class _CallerMistakesAreNotErrors(logging.Filter):
 
 
 def _http(fn):
-    """Map the runtime's caller errors onto HTTP 400/404/409."""
+    """Map the runtime's caller errors onto HTTP 400/404/409, and a ledger that cannot store the request onto 503
+    (e.g. an opt-out: the caller must retry, it was not acknowledged)."""
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
@@ -62,6 +64,8 @@ def _http(fn):
             raise BentoMLException(str(err), error_code=HTTPStatus.CONFLICT) from None
         except UserError as err:
             raise BadInput(str(err)) from None
+        except LedgerUnavailable as err:
+            raise ServiceUnavailable(f"not stored, retry later: {err}") from None
     return call
 
 
