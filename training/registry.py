@@ -171,8 +171,12 @@ def _client(settings: Settings):
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
+def _experiment_title(name: str) -> str:
+    return f"nextbest-{name}"
+
+
 def _experiment(client, settings: Settings, name: str) -> str:
-    title = f"nextbest-{name}"
+    title = _experiment_title(name)
     found = client.get_experiment_by_name(title)
     if found is not None:
         return found.experiment_id
@@ -246,6 +250,28 @@ def _champion_version(client, registered: str) -> str | None:
         raise
 
 
+def _artifact_uri(client, settings: Settings, name: str, registered: str, version: str) -> str:
+    """Where a version's files are in this home.
+
+    MLflow records absolute file URIs, into the home the model was logged in; re-rooted under this home's
+    artifact folder (same path below the experiment's folder), a copied or moved home loads its own files.
+    A remote artifact store's URIs are used as they are.
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    uri = client.get_model_version_download_uri(registered, version)
+    experiment = client.get_experiment_by_name(_experiment_title(name))
+    if experiment is None or not uri.startswith("file:") or not experiment.artifact_location.startswith("file:"):
+        return uri
+    root = Path(url2pathname(urlparse(experiment.artifact_location).path))
+    try:
+        below = Path(url2pathname(urlparse(uri).path)).relative_to(root)
+    except ValueError:  # logged somewhere else on purpose: trust the registry
+        return uri
+    return (settings.artifact_dir.resolve() / name / below).as_uri()
+
+
 def load_version(settings: Settings, name: str, version: str) -> Scorer:
     """Download one registered version, verify its checksums (files and registry digest), load it."""
     import os
@@ -257,8 +283,8 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
     client = _client(settings)
     registered = MODEL_NAMES[name]
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registered}/{version}", dst_path=tmp,
-                                                    tracking_uri=settings.tracking_uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=_artifact_uri(client, settings, name, registered, version),
+                                                    dst_path=tmp, tracking_uri=settings.tracking_uri)
         return load_scorer(_model_folder(Path(local)), _version_digest(client, registered, version),
                            label=f"{registered} version {version}")
 
