@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,16 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
+@functools.cache
+def service_app():
+    """The decision service's ASGI app, made once per session: BentoML registers its Prometheus metrics when an
+    app first starts, so a second app in the same process fails to start. Each `TestClient(service_app())`
+    block starts a new service instance (a restart) and stops it at the end."""
+    from nextbest.serving.service import NextBest
+
+    return NextBest.to_asgi()
+
+
 def build_store(settings: Settings, frames: dict[str, pd.DataFrame], folder: Path) -> None:
     """Ingest `frames` from CSV, build feature tables, apply and materialise."""
     from nextbest.features.build import build_all
@@ -104,25 +115,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> str:
-    """A real redis-server on a free loopback port, stopped after the session."""
+def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on loopback (a free port unless given), up and answering; `persist`: append-only file,
+    fsync on every write, so a kill -9 loses nothing acknowledged."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", *durability, "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
     while time.time() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return proc, port
         time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start within 10 s")
+    proc.kill()
+    pytest.fail("redis-server did not start within 10 s")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real redis-server on a free loopback port, stopped after the session."""
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from nextbest.features.settings import Settings
 from starlette.testclient import TestClient
 
+from tests.conftest import service_app
 from tests.test_serving_runtime import champions, consenting_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def client(home, models):
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTBEST_HOME", str(home.home))
     mp.setattr(NextBest.inner, "loader", staticmethod(lambda s: models))
-    with TestClient(NextBest.to_asgi()) as c:
+    with TestClient(service_app()) as c:
         yield c
     mp.undo()
 
