@@ -452,11 +452,11 @@ def test_registry_faults_keep_the_last_good_models_and_a_moved_home_loads_its_ow
     shutil.copytree(home.home, moved.home)
     shutil.rmtree(home.home)  # the original home is gone: every absolute artifact URI in the registry is stale
     rt = Runtime(moved)
-    assert rt.models.current.versions() == {"conversion": f"nextbest-conversion/{version}"}, rt.models.error
+    assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}, rt.models.error
     assert rt.ready()[0]
     (moved.home / "mlflow.db").unlink()  # the registry file disappears: a reload keeps the last good models
     rt.models.refresh()
-    assert rt.models.current.versions() == {"conversion": f"nextbest-conversion/{version}"}
+    assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}
     assert "registry" in rt.models.error
     assert rt.ready()[1]["model_error"] == rt.models.error
 
