@@ -446,7 +446,7 @@ def register_conversion_model(settings: Settings) -> str:
 
 
 @pytest.mark.slow
-def test_registry_faults_keep_the_last_good_models_and_a_moved_home_loads_its_own(home, tmp_path):
+def test_a_copied_home_whose_original_is_gone_loads_its_own_models(home, tmp_path):
     version = register_conversion_model(home)
     moved = Settings(home=tmp_path / "moved")
     shutil.copytree(home.home, moved.home)
@@ -454,11 +454,17 @@ def test_registry_faults_keep_the_last_good_models_and_a_moved_home_loads_its_ow
     rt = Runtime(moved)
     assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}, rt.models.error
     assert rt.ready()[0]
-    (moved.home / "mlflow.db").unlink()  # the registry file disappears: a reload keeps the last good models
+
+
+@pytest.mark.slow
+def test_a_missing_registry_file_at_reload_keeps_the_last_good_models_and_says_so(home):
+    version = register_conversion_model(home)
+    rt = Runtime(home)
+    assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}, rt.models.error
+    (home.home / "mlflow.db").unlink()
     rt.models.refresh()
     assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}
-    assert "registry" in rt.models.error
-    assert rt.ready()[1]["model_error"] == rt.models.error
+    assert "registry" in rt.models.error and rt.ready()[1]["model_error"] == rt.models.error
 
 
 def test_a_corrupt_feast_registry_at_cold_start_is_not_ready(home, models):
