@@ -12,6 +12,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,13 @@ class TracedLedger(SQLiteLedger):
             self._local.traced = conn
         return conn
 
+    def order(self) -> list[tuple[str, str]]:
+        return list(self.writes)
+
+    def forget_opt_out(self, user: str) -> None:
+        with sqlite3.connect(self.path) as c:
+            c.execute("DELETE FROM suppressions WHERE user_id = ?", (user,))
+
     def _trace(self, sql: str) -> None:
         if sql.startswith("INSERT INTO decisions"):
             self.writes.append(("decision", re.search(r"VALUES \('(\w+)'", sql)[1]))
@@ -230,12 +238,59 @@ class TracedLedger(SQLiteLedger):
             self.writes.append(("suppression", re.search(r"VALUES \('([^']+)'", sql)[1]))
 
 
-def race_once(rt: Runtime, ledger: TracedLedger, user: str, decision_id: str, n_deciders: int) -> tuple[bool, bool]:
+class MonitoredLedger(RedisLedger):
+    """The real Redis ledger, recording the order in which redis-server ran decision and suppression writes.
+
+    MONITOR lists every command the server runs, those inside Lua scripts included, in the order it ran them.
+    """
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self._r.flushdb()
+        self.writes: list[tuple[str, str]] = []
+        self._marks: set[str] = set()
+        self._seen = threading.Condition()
+        self._monitor = self._r.monitor()
+        self._monitor.__enter__()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            command = self._monitor.next_command()["command"]
+            if command.startswith("SET d:"):
+                self.writes.append(("decision", command.split()[1][2:]))
+            elif command.startswith("HSETNX s:"):
+                self.writes.append(("suppression", command.split()[1][2:]))
+            elif command.startswith("ECHO mark:"):
+                with self._seen:
+                    self._marks.add(command.split(":", 1)[1])
+                    self._seen.notify_all()
+                if command.endswith(":stop"):
+                    return
+
+    def order(self) -> list[tuple[str, str]]:
+        """Every write so far: a marker sent now is seen after all of them."""
+        mark = uuid.uuid4().hex
+        self._r.echo(f"mark:{mark}")
+        with self._seen:
+            assert self._seen.wait_for(lambda: mark in self._marks, timeout=10)
+        return list(self.writes)
+
+    def forget_opt_out(self, user: str) -> None:
+        self._r.delete(f"s:{user}")
+
+    def close(self) -> None:
+        self._r.echo("mark:stop")
+        self._monitor.__exit__(None, None, None)
+
+
+def race_once(rt: Runtime, ledger: TracedLedger | MonitoredLedger, user: str, decision_id: str, n_deciders: int) -> tuple[bool, bool]:
     """Deciders for `user` (e-mail) on threads against one unsubscribe of `decision_id`, started together.
 
     Returns (an e-mail decision was committed after the opt-out, an e-mail was answered to a decide that
     started after the opt-out's answer).
     """
+    ledger.order()
     ledger.writes.clear()
     start, acked = threading.Barrier(n_deciders + 1), threading.Event()
     answers: list[tuple[bool, dict]] = []
@@ -266,7 +321,7 @@ def race_once(rt: Runtime, ledger: TracedLedger, user: str, decision_id: str, n_
     for t in threads:
         t.join()
     assert not errors, errors
-    order = list(ledger.writes)
+    order = ledger.order()
     at = order.index(("suppression", user))
     emailed = {d["decision_id"] for _, d in answers if channels(d)}
     return (any(kind == "decision" and ref in emailed for kind, ref in order[at + 1:]),
@@ -274,26 +329,34 @@ def race_once(rt: Runtime, ledger: TracedLedger, user: str, decision_id: str, n_
 
 
 @pytest.mark.slow
-def test_no_decision_commits_after_a_conflicting_opt_out_in_200_trials(home, models):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_no_decision_commits_after_a_conflicting_opt_out_in_200_trials(backend, home, models, request):
     relaxed = default_config().model_copy(update={  # caps out of the way: only the opt-out may stop an e-mail
         "caps": Caps(per_channel_day=10_000, per_channel_week=10_000, per_user_day=10_000, per_offer=10_000),
         "exploration": Exploration(method="none")})
     write_config(relaxed, home.home / "operator.yaml")
-    ledger = TracedLedger(home.ledger_path)
-    rt = Runtime(home, loader=lambda s: models, ledger=ledger)
-    pool = email_users(home, 40)
-    trials = 200
-    late_commits = late_answers = 0
-    for trial in range(trials):
-        user = pool[trial % len(pool)]
-        with sqlite3.connect(home.ledger_path) as c:  # the pool is reused: forget the last trial's opt-out
-            c.execute("DELETE FROM suppressions WHERE user_id = ?", (user,))
-        first = decide(rt, user, EMAIL)
-        assert channels(first) == ["email"]
-        late_commit, late_answer = race_once(rt, ledger, user, first["decision_id"], n_deciders=4)
-        late_commits += late_commit
-        late_answers += late_answer
-    assert (late_commits, late_answers) == (0, 0), f"of {trials} trials"
+    if backend == "sqlite":
+        ledger = TracedLedger(home.ledger_path)
+    else:
+        host, port = request.getfixturevalue("redis_url").split(":")
+        ledger = MonitoredLedger(f"{host}:{port},db=13")
+    try:
+        rt = Runtime(home, loader=lambda s: models, ledger=ledger)
+        pool = email_users(home, 40)
+        trials = 200
+        late_commits = late_answers = 0
+        for trial in range(trials):
+            user = pool[trial % len(pool)]
+            ledger.forget_opt_out(user)  # the pool is reused: forget the last trial's opt-out
+            first = decide(rt, user, EMAIL)
+            assert channels(first) == ["email"]
+            late_commit, late_answer = race_once(rt, ledger, user, first["decision_id"], n_deciders=4)
+            late_commits += late_commit
+            late_answers += late_answer
+        assert (late_commits, late_answers) == (0, 0), f"of {trials} trials"
+    finally:
+        if backend == "redis":
+            ledger.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
