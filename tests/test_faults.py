@@ -353,7 +353,7 @@ def test_no_decision_commits_after_a_conflicting_opt_out_in_200_trials(backend, 
             late_commit, late_answer = race_once(rt, ledger, user, first["decision_id"], n_deciders=4)
             late_commits += late_commit
             late_answers += late_answer
-        assert (late_commits, late_answers) == (0, 0), f"of {trials} trials"
+        assert (late_commits, late_answers) == (0, 0), f"{late_commits} late commits, {late_answers} late answers in {trials} trials"
     finally:
         if backend == "redis":
             ledger.close()
