@@ -54,37 +54,71 @@ class ConflictError(UserError):
     """A request that contradicts an earlier one, e.g. an idempotency key reused for another user (HTTP 409)."""
 
 
+_LOADED: dict = {}  # (registry, model, version) -> Champion: a version is downloaded and verified once
+
+
 def default_loader(settings: Settings) -> dict:
-    """Champions from the MLflow registry (training/registry.py)."""
+    """The champions of the models decisions use, from the MLflow registry (training/registry.py); a model is
+    downloaded only when its champion alias has moved to a version not loaded before."""
     from nextbest.training.registry import load_champions
 
-    return load_champions(settings)
+    return load_champions(settings, kinds=tuple(engine.REQUEST_COLUMNS), cache=_LOADED)
 
 
 class ModelHolder:
-    """The champions in force; `refresh` swaps in a new set atomically and keeps the last good one on failure."""
+    """The champions in force, compiled against the live FeatureServices.
 
-    def __init__(self, loader: Callable[[Settings], dict], settings: Settings, columns_of: Callable[[str], list[str]]):
-        self.loader, self.settings, self.columns_of = loader, settings, columns_of
+    `refresh` asks the registry which versions hold the champion alias and loads only those that moved, only for
+    the models decisions use; a new set is validated against the FeatureServices it will read (each model's
+    contract: every feature it reads is served, with the type it was trained on) and swapped in atomically. On
+    any failure the last good set stays in force and the reason is kept in `error`.
+    """
+
+    def __init__(self, loader: Callable[[Settings], dict], settings: Settings, fields_of: Callable[[str], dict[str, str]]):
+        self.loader, self.settings, self.fields_of = loader, settings, fields_of
         self.current = engine.ModelSet()
+        self._signature: tuple | None = None  # the versions and FeatureService fields `current` was compiled for
         self.error: str | None = None
         self.loaded_at: float | None = None
 
     def refresh(self) -> engine.ModelSet:
         try:
-            champions = self.loader(self.settings)
-            columns = {kind: self.columns_of(m.model.feature_service) for kind, m in champions.items()}
-        except Exception as err:  # registry down, a broken artifact: keep serving with the last good models
+            champions = {k: m for k, m in self.loader(self.settings).items() if k in engine.REQUEST_COLUMNS}
+            fields = {kind: self.fields_of(m.model.feature_service) for kind, m in champions.items()}
+            decision = self.fields_of(DECISION_SERVICE)
+            for kind, m in champions.items():
+                check_contract(kind, m, fields[kind], decision)
+            signature = (tuple(sorted((k, m.version) for k, m in champions.items())),
+                         tuple(sorted((k, tuple(f.items())) for k, f in fields.items())))
+            new = self.current if signature == self._signature else \
+                engine.ModelSet(models=champions, columns={k: list(f) for k, f in fields.items()}).compile()
+        except Exception as err:  # registry down, a broken artifact, a model that no longer fits: keep the last good set
             self.error = f"{type(err).__name__}: {err}"
             log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
             return self.current
-        usable = {k: m for k, m in champions.items() if k in engine.REQUEST_COLUMNS}
-        new = engine.ModelSet(models=usable, columns={k: columns[k] for k in usable})
         if new.versions() != self.current.versions():
             log.info("models now %s", new.versions() or "none (rule-based fallback)")
-        self.current = new  # one reference swap: a request holds the set it started with
+        self.current, self._signature = new, signature  # one reference swap: a request holds the set it started with
         self.error, self.loaded_at = None, time.time()
-        return new
+        return self.current
+
+
+def check_contract(kind: str, champion, served: dict[str, str], decision: dict[str, str]) -> None:
+    """Raise ContractError unless every feature the model reads is served by its FeatureService and by the decision
+    FeatureService (the request's features), with the type recorded when it was trained."""
+    from nextbest.training.compiled import ContractError
+
+    contract = getattr(champion.model, "contract_", None) or {}
+    label = f"{kind} model {champion.name}/{champion.version}"
+    for name, trained in (contract.get("inputs") or {}).items():
+        if trained is None:
+            continue
+        live = served.get(name)
+        if live is None or name not in decision:
+            raise ContractError(f"{label} reads feature {name!r}, which {DECISION_SERVICE if live else champion.model.feature_service} "
+                                "no longer serves; retrain it on the current features or roll back the feature build")
+        if live != trained:
+            raise ContractError(f"{label} was trained on {name!r} as {trained}, now served as {live}; retrain it")
 
 
 class OnlineFeatures:
@@ -142,8 +176,12 @@ class OnlineFeatures:
         return self._reader
 
     def columns_of(self, service_name: str) -> list[str]:
+        return list(self.fields_of(service_name))
+
+    def fields_of(self, service_name: str) -> dict[str, str]:
+        """A FeatureService's features and their Feast types, in its order."""
         fs = self.store.get_feature_service(service_name)
-        return [f.name for p in fs.feature_view_projections for f in p.features]
+        return {f.name: str(f.dtype) for p in fs.feature_view_projections for f in p.features}
 
     def _population_defaults(self) -> dict[str, object]:
         """Median of numbers, most common value otherwise, over each view's newest snapshot."""
@@ -274,7 +312,7 @@ class Runtime:
         self.features = OnlineFeatures(settings)
         self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
         self.log = DecisionLog(settings.log_dir)
-        self.models = ModelHolder(loader, settings, self.features.columns_of)
+        self.models = ModelHolder(loader, settings, self.features.fields_of)
         self.models.refresh()
         self.rng = rng or np.random.default_rng(settings.seed)
         self._rng_lock = threading.Lock()
@@ -405,12 +443,15 @@ class Runtime:
         rules = policy.user_rules(config, feats, nows, allowed_o, allowed_c, tz_known, suppressed)
         result = policy.evaluate_many(config, rules, counts, gb)
 
-        p_open = engine.send_time_scores(models, feats, channels)  # (U, C, 24)
-        slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
-        hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
-        p_convert, uplift = engine.conversion_scores(models, feats, config, hours)
-        p_churn = engine.churn_scores(models, feats)
-        degraded = [r for r, missing in (("features_unavailable", features_degraded),
+        ucols = engine.user_columns(feats)
+        try:
+            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+            model_error = False
+        except Exception as err:  # a model that fails at predict time: this answer falls back to the rules, flagged
+            log.error("model scoring failed, answering with the rule-based rung: %s: %s", type(err).__name__, err)
+            models, model_error = engine.ModelSet(), True
+            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+        degraded = [r for r, missing in (("features_unavailable", features_degraded), ("model_error", model_error),
                                          ("rule_based_conversion", "conversion" not in models.models),
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
@@ -621,9 +662,10 @@ class Runtime:
         grid = policy.time_grid((req.now or datetime.now(UTC)).astimezone(UTC), _tz(f.get("timezone")))
         counts = policy.counts_from(snapshot.user_counts[req.user_id], snapshot.capacity, config, grid, {})
         channels = config.channel_names()
-        p_open = engine.send_time_scores(models, feats, channels)
-        p_convert, _ = engine.conversion_scores(models, feats, config, p_open[:, :, :].argmax(axis=2))
-        scores = {"p_churn": float(engine.churn_scores(models, feats)[0])}
+        ucols = engine.user_columns(feats)
+        p_open = engine.send_time_scores(models, ucols, config)
+        p_convert, _ = engine.conversion_scores(models, ucols, config, p_open.argmax(axis=2))
+        scores = {"p_churn": float(engine.churn_scores(models, ucols, config)[0])}
         scores |= {f"best_p_convert_{c}": float(p_convert[0, :, j].max()) for j, c in enumerate(channels)}
         return {
             "user_id": req.user_id,
@@ -647,6 +689,17 @@ class Runtime:
             ledger_ok = False
         return ledger_ok, {"ledger": ledger_ok, "models": self.models.current.versions(), "model_error": self.models.error,
                            "config_error": self.config.error}
+
+
+def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) -> tuple:
+    """Every model's scores for a batch: P(open) (U, C, 24), the best slot and its hour per channel (U, C),
+    P(convert) and uplift (U, O, C), P(churn) (U,)."""
+    p_open = engine.send_time_scores(models, ucols, config)  # (U, C, 24)
+    slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
+    hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
+    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours)
+    p_churn = engine.churn_scores(models, ucols, config)
+    return p_open, slots, hours, p_convert, uplift, p_churn
 
 
 def _new_id() -> str:
