@@ -353,6 +353,17 @@ class Runtime:
                      f"{req.idempotency_key}:{u}" if req.idempotency_key else None) for u in req.user_ids]
         return self._decide_jobs(jobs)
 
+    def score(self, user_ids: list[str], context: CampaignContext, now: datetime | None = None, n_actions: int = 1,
+              where: str | None = None) -> list[dict]:
+        """Dry-run decisions for any number of users (batch scoring): the planner of /decide_batch, under the same
+        contact rules against the ledger as it stands, charging and logging nothing. Users the online store does
+        not know, or outside the `where` rule (the eligibility language), are left out."""
+        feats, known, degraded = self.features.fetch(list(user_ids))
+        keep = np.flatnonzero(known & policy.matches(where, feats))
+        jobs = [_Job(DecideRequest(user_id=user_ids[i], now=now, context=context, n_actions=n_actions, dry_run=True),
+                     _new_id(), None) for i in keep]
+        return self._decide_jobs(jobs, prefetched=(_subset(feats, list(keep)), degraded)) if jobs else []
+
     def _check(self, config: OperatorConfig, ctx: CampaignContext) -> None:
         for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
             unknown = sorted(set(asked or ()) - set(known))
@@ -361,14 +372,17 @@ class Runtime:
         if ctx.deadline and ctx.not_before and ctx.deadline <= ctx.not_before:
             raise UserError("context.deadline must be later than context.not_before")
 
-    def _decide_jobs(self, jobs: list[_Job]) -> list[dict]:
+    def _decide_jobs(self, jobs: list[_Job], prefetched: tuple[engine.Users, bool] | None = None) -> list[dict]:
         started = time.perf_counter()
         config = self.config.current(time.monotonic())
         models = self.models.current  # this request keeps these models even if a swap happens meanwhile
         for job in jobs:
             self._check(config, job.req.context)
         ids = [j.req.user_id for j in jobs]
-        feats, known, features_degraded = self.features.fetch(ids)
+        if prefetched is None:
+            feats, known, features_degraded = self.features.fetch(ids)
+        else:
+            (feats, features_degraded), known = prefetched, np.ones(len(ids), dtype=bool)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
