@@ -251,6 +251,87 @@ class _Job:
     extra_refusals: list[policy.Refusal] = field(default_factory=list)
 
 
+class _Slot:
+    """One single decision waiting in the combiner: its job, then its answer or error."""
+
+    def __init__(self, job: _Job):
+        self.job, self.ready, self.lead = job, threading.Event(), False
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> dict:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
+class _Combiner:
+    """Concurrent single decisions share one planner call: a request that finds the planner idle runs at once with
+    whatever is queued (no waiting to fill a batch); requests arriving meanwhile queue, and when the batch is done
+    the first of them runs the next one. A batch holds each user and idempotency key at most once, so the ledger
+    commits them exactly as separate requests; a caller's mistake in a shared batch is answered per request."""
+
+    def __init__(self, run: Callable[[list[_Job]], list[dict]], max_batch: int = 64):
+        self.run, self.max_batch = run, max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Slot] = []
+        self._leading = False
+
+    def submit(self, job: _Job) -> dict:
+        slot = _Slot(job)
+        with self._lock:
+            self._queue.append(slot)
+            slot.lead = not self._leading
+            self._leading = True
+        if not slot.lead:
+            slot.ready.wait()
+        if slot.lead:
+            self._lead(slot)
+        return slot.outcome()
+
+    def _lead(self, mine: _Slot) -> None:
+        with self._lock:
+            batch, users, keys = [], set(), set()
+            for s in [mine] + [s for s in self._queue if s is not mine]:
+                user, key = s.job.req.user_id, s.job.idem
+                if len(batch) < self.max_batch and user not in users and (key is None or key not in keys):
+                    batch.append(s)
+                    users.add(user)
+                    keys.add(key)
+            taken = set(map(id, batch))
+            self._queue = [s for s in self._queue if id(s) not in taken]
+        try:
+            self._run(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True  # it runs the next batch when it wakes
+                    nxt.ready.set()
+                else:
+                    self._leading = False
+            for s in batch:
+                s.lead = False
+                s.ready.set()
+
+    def _run(self, batch: list[_Slot]) -> None:
+        try:
+            for s, result in zip(batch, self.run([s.job for s in batch]), strict=True):
+                s.result = result
+        except UserError as err:
+            if len(batch) == 1:
+                batch[0].error = err
+                return
+            for s in batch:  # someone's mistake (raised before anything was stored): answer each on its own
+                try:
+                    s.result = self.run([s.job])[0]
+                except Exception as own:  # noqa: BLE001 - handed to that request's caller
+                    s.error = own
+        except Exception as err:  # noqa: BLE001 - a fault: every request of the batch gets it, as it would alone
+            for s in batch:
+                s.error = err
+
+
 def _tz(name: object) -> str | None:
     if not isinstance(name, str) or not name:
         return None
@@ -319,6 +400,7 @@ class Runtime:
         self.metrics = metrics
         self.suppressions_imported = False
         self._import_suppressions()
+        self._combiner = _Combiner(self._decide_jobs)
 
     def _import_suppressions(self) -> None:
         """Copy the raw suppressions table into the ledger, which is where decisions read them."""
@@ -343,7 +425,8 @@ class Runtime:
     # --- decide -----------------------------------------------------------------------------------
 
     def decide(self, req: DecideRequest) -> dict:
-        return self._decide_jobs([_Job(req, _new_id(), req.idempotency_key)])[0]
+        """One user's decision; concurrent calls share one planner call (see `_Combiner`)."""
+        return self._combiner.submit(_Job(req, _new_id(), req.idempotency_key))
 
     def decide_batch(self, req: BatchDecideRequest) -> list[dict]:
         if len(set(req.user_ids)) != len(req.user_ids):
@@ -391,6 +474,9 @@ class Runtime:
             for job in jobs:
                 if job.idem is not None and not job.req.dry_run:
                     job.replay = self.ledger.replay(job.idem)
+            for job in jobs:  # before anything is planned or stored: a caller's mistake changes nothing
+                if job.replay is not None and job.replay["user_id"] != job.req.user_id:
+                    raise ConflictError(f"idempotency_key {job.idem!r} was used for another user; use a new key")
             todo = [i for i, j in enumerate(jobs) if j.replay is None]
             while todo:
                 snapshot = self.ledger.read([jobs[i].req.user_id for i in todo])
