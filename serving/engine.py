@@ -75,7 +75,7 @@ class ModelSet:
     def compile(self) -> ModelSet:
         """The same set with every model that can be compiled bound to its columns; ContractError if one does not fit."""
         compiled = {kind: m.model.compile(self.columns[kind], REQUEST_COLUMNS[kind]) for kind, m in self.models.items()
-                    if hasattr(m.model, "compile")}
+                    if kind in REQUEST_COLUMNS and hasattr(m.model, "compile")}  # others are not scored by decisions
         return ModelSet(self.models, self.columns, compiled)
 
     def pandas(self) -> ModelSet:
