@@ -166,7 +166,7 @@ def test_real_bentoml_serve_on_loopback_with_metrics_and_readme_examples(home, t
     from nextbest.pipelines.serve_commands import running_service
 
     serve_home = tmp_path / "home"
-    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.db*", "logs"))
+    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.*", "logs"))  # a new ledger, identity and all
     settings = Settings(home=serve_home)
     user = consenting_user(settings)
     with running_service(settings) as url:
