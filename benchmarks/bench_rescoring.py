@@ -44,7 +44,7 @@ def main() -> None:
                                                                  args.days // args.every)):
         home = args.work / label.replace(" ", "-")
         shutil.rmtree(home, ignore_errors=True)
-        shutil.copytree(args.home, home, ignore=shutil.ignore_patterns("loop", "retrain", "ledger.db*"))
+        shutil.copytree(args.home, home, ignore=shutil.ignore_patterns("loop", "retrain", "ledger.*"))  # fresh ledger and identity
         config = LoopConfig(rounds=rounds, days=days, epsilon=0.0, control_share=0.0, models=(), policy_gate=False,
                             yardstick_users=1_000)
         begun = time.perf_counter()

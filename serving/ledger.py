@@ -197,8 +197,12 @@ class SQLiteLedger(Ledger):
                 conn.close()
             raise LedgerUnavailable(f"contact ledger cannot be opened: {err}") from err
         with self._attach_lock:
+            try:
+                _keep_identity(self.identity_path, row[0])
+            except OSError as err:
+                conn.close()
+                raise LedgerUnavailable(f"the ledger identity file cannot be written: {err}") from err
             self.identity = row[0]
-            _keep_identity(self.identity_path, row[0])
         self._local.conn, self._local.inode = conn, (st.st_dev, st.st_ino)
         return conn
 
