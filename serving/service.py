@@ -144,5 +144,5 @@ class NextBest:
 
     @bentoml.api(route="/status")
     def status(self) -> dict:
-        """Readiness details: ledger reachable, models in force, last model or config error."""
+        """Readiness and, when not ready, the reasons: ledger usable, models in force, last model or config error."""
         return self.runtime.ready()[1]

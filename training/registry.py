@@ -277,7 +277,8 @@ def _artifact_uri(client, settings: Settings, name: str, registered: str, versio
 
     MLflow records absolute file URIs, into the home the model was logged in; re-rooted under this home's
     artifact folder (same path below the experiment's folder), a copied or moved home loads its own files.
-    A remote artifact store's URIs are used as they are.
+    Where this home has no such folder (a run logged after the copy, which MLflow put in the experiment's
+    original folder), and for a remote artifact store, the URI is used as recorded.
     """
     from urllib.parse import urlparse
     from urllib.request import url2pathname
@@ -291,7 +292,8 @@ def _artifact_uri(client, settings: Settings, name: str, registered: str, versio
         below = Path(url2pathname(urlparse(uri).path)).relative_to(root)
     except ValueError:  # logged somewhere else on purpose: trust the registry
         return uri
-    return (settings.artifact_dir.resolve() / name / below).as_uri()
+    local = settings.artifact_dir.resolve() / name / below
+    return local.as_uri() if local.is_dir() else uri
 
 
 def load_version(settings: Settings, name: str, version: str) -> Scorer:
