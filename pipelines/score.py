@@ -43,7 +43,7 @@ class ScoreConfig:
     channels: tuple[str, ...] | None = None
     n_actions: int = 1
     now: datetime | None = None  # decision time; default: the clock when scoring starts
-    chunk: int = 5_000  # users per planner call
+    chunk: int = 1_000  # users per planner call (the send-time input is 120 rows x ~150 columns per user)
 
 
 def _rows(decisions: list[dict]) -> dict[str, list]:
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         channel: Annotated[list[str] | None, typer.Option(help="allowed channel (repeatable; default: all)")] = None,
         n_actions: Annotated[int, typer.Option(min=1, max=5, help="actions per user at most")] = 1,
         now: Annotated[datetime | None, typer.Option(help="decision time, ISO-8601 (UTC if no offset); default: now")] = None,
-        chunk: Annotated[int, typer.Option(min=1, help="users per planner call")] = 5_000,
+        chunk: Annotated[int, typer.Option(min=1, help="users per planner call")] = 1_000,
     ) -> None:
         """Decide for every user (or a segment) as a dry run of the contact rules; write the decisions to Parquet."""
         from nextbest.features.contract import parse_eligibility
