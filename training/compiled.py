@@ -41,10 +41,17 @@ def _strings(values: Sequence) -> list[str]:
 
 def _lookup(categories: Sequence[str], strings: list[str]) -> np.ndarray:
     """Category codes (position in `categories`) as float64; unknown values NaN."""
-    index = {c: i for i, c in enumerate(categories)}
+    return _codes({c: i for i, c in enumerate(categories)}, strings)
+
+
+def _codes(index: dict[str, int], strings: list[str]) -> np.ndarray:
     codes = np.array([index.get(s, -1) for s in strings], dtype="float64")
     codes[codes < 0] = np.nan
     return codes
+
+
+_LAYOUTS: dict[tuple[str, ...], dict[str, int]] = {}  # float feature names -> their column in `UserColumns.floats`
+_GATHERS: dict[tuple[int, int], tuple] = {}  # (layout, plan's column list) -> gather indices
 
 
 class UserColumns:
@@ -56,6 +63,37 @@ class UserColumns:
         self._numbers: dict[str, np.ndarray] = {}
         self._strings: dict[str, list[str]] = {}
         self._codes: dict[tuple[str, int], np.ndarray] = {}
+        self._floats: tuple[np.ndarray, dict[str, int]] | None = None
+        self._matrices: dict[int, np.ndarray] = {}
+
+    def floats(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Every float64 feature in one (U, F) matrix and each one's column: models gather theirs in one step."""
+        if self._floats is None:
+            names = tuple(k for k, v in self.users.items() if v.dtype == np.float64)
+            matrix = np.stack([self.users[k] for k in names], axis=1) if names else np.zeros((self.n, 0))
+            where = _LAYOUTS.get(names)
+            if where is None:  # one dict per column layout, so what is gathered from it can be cached across requests
+                if len(_LAYOUTS) > 16:
+                    _LAYOUTS.clear()
+                    _GATHERS.clear()
+                where = _LAYOUTS[names] = {k: i for i, k in enumerate(names)}
+            self._floats = (matrix, where)
+        return self._floats
+
+    def gather(self, names: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """(len(rows), len(names)) float64: `numbers(name)[rows]` for each name, float features in one gather."""
+        matrix, where = self.floats()
+        # `names` is a plan's own list and `where` the layout's dict: the same objects on every request.
+        key = (id(where), id(names))
+        found = _GATHERS.get(key)
+        if found is None or found[0] is not names:
+            ix = np.fromiter((where.get(n, -1) for n in names), dtype=np.int64, count=len(names))
+            found = _GATHERS[key] = (names, np.maximum(ix, 0), np.flatnonzero(ix < 0))
+        _, ix, others = found
+        out = matrix[rows[:, None], ix[None, :]] if len(names) else np.zeros((len(rows), 0))
+        for j in others.tolist():  # text, missing or absent features: converted one by one
+            out[:, j] = self.numbers(names[j])[rows]
+        return out
 
     def numbers(self, name: str) -> np.ndarray:
         """float64 per user; NaN where missing or not a number (a feature the request lacks is all NaN)."""
@@ -67,25 +105,31 @@ class UserColumns:
             elif v.dtype == np.float64:
                 out = v
             else:
-                out = pd.to_numeric(pd.Series(v), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+                values = v.tolist()
+                if all(x is None or type(x) in (bool, int, float) for x in values):  # flags such as consent: no pandas
+                    out = np.array([np.nan if x is None else float(x) for x in values], dtype="float64")
+                else:
+                    out = pd.to_numeric(pd.Series(v), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
             self._numbers[name] = out
         return out
 
     def matrix(self, names: Sequence[str]) -> np.ndarray:
         """(U, len(names)) float64."""
-        if not names:
-            return np.zeros((self.n, 0))
-        return np.stack([self.numbers(n) for n in names], axis=1)
+        out = self._matrices.get(id(names))
+        if out is None:
+            out = self._matrices[id(names)] = self.gather(names, np.arange(self.n))
+        return out
 
-    def codes(self, name: str, categories: tuple[str, ...]) -> np.ndarray:
-        key = (name, id(categories))
+    def codes(self, name: str, index: dict[str, int]) -> np.ndarray:
+        """Category codes of one text feature given `index` (category -> code); unknown values NaN."""
+        key = (name, id(index))
         out = self._codes.get(key)
         if out is None:
             strings = self._strings.get(name)
             if strings is None:
                 v = self.users.get(name)
                 strings = self._strings[name] = ["None"] * self.n if v is None else _strings(v.tolist())
-            out = self._codes[key] = _lookup(categories, strings)
+            out = self._codes[key] = _codes(index, strings)
         return out
 
 
@@ -149,6 +193,15 @@ class InputPlan:
         self.keyed = {prefix: _keyed(frame_columns, prefix) for prefix in (*_CATEGORY.values(), *_CHANNEL.values(), _HOUR_SHARE)}
         self._grid_key: int | None = None
         self._grid_codes: dict[str, np.ndarray] = {}
+        # Output columns by source, so `codes` fills each group in one step.
+        kinds = {}
+        for j, col in enumerate(encoder.columns):
+            kinds[j] = "matched" if col in encoder.matched else "hour" if col == "local_hour" and col in request else \
+                "request" if col in request else "category" if col in encoder.categories else "number"
+        self._numbers = [j for j, k in kinds.items() if k == "number"]
+        self._number_names = [encoder.columns[j] for j in self._numbers]
+        self._others = [(j, encoder.columns[j], k) for j, k in kinds.items() if k != "number"]
+        self._index = {col: {c: i for i, c in enumerate(cats)} for col, cats in encoder.categories.items()}
 
     def _encoded_grid(self, grid: RequestGrid) -> dict[str, np.ndarray]:
         """Request columns and matched-feature keys per grid cell, for this encoder (cached per grid)."""
@@ -175,29 +228,33 @@ class InputPlan:
 
     def codes(self, x: Rows) -> np.ndarray:
         """The encoder's float matrix for these rows, in `encoder.columns` order."""
-        enc = self.encoder
         g = self._encoded_grid(x.grid)
-        out = np.empty((len(x), len(enc.columns)), dtype="float64")
-        matched = self._matched(x, g) if enc.matched else {}
-        for j, col in enumerate(enc.columns):
-            if col in matched:
+        # The user's own columns once per user, then one row copy per input row; the per-row columns after.
+        per_user = np.empty((x.users.n, len(self.encoder.columns)), dtype="float64")
+        everyone = np.arange(x.users.n)
+        if self._numbers:
+            per_user[:, self._numbers] = x.users.gather(self._number_names, everyone)
+        for j, col, kind in self._others:
+            if kind == "category":
+                per_user[:, j] = x.users.codes(col, self._index[col])
+        out = per_user.take(x.rows, axis=0)
+        matched = self._matched(x, g) if self.encoder.matched else {}
+        for j, col, kind in self._others:
+            if kind == "matched":
                 out[:, j] = matched[col]
-            elif col == "local_hour" and col in self.request:
+            elif kind == "hour":
                 out[:, j] = x.hours
-            elif col in self.request:
+            elif kind == "request":
                 out[:, j] = g[col][x.cells]
-            elif col in enc.categories:
-                out[:, j] = x.users.codes(col, enc.categories[col])[x.rows]
-            else:
-                out[:, j] = x.users.numbers(col)[x.rows]
         return out
 
     def _pick(self, x: Rows, prefix: str, idx: np.ndarray, missing: np.ndarray, default: float) -> np.ndarray:
         """The user's `prefix + key` feature per row (`derived._pick`): `idx` the key's column, -1 for none."""
-        values = x.users.matrix(self.keyed[prefix])
         out = np.full(len(x), default, dtype="float64")
         hit = idx >= 0
-        out[hit] = values[x.rows[hit], idx[hit]]
+        if hit.any():
+            values = x.users.matrix(self.keyed[prefix])
+            out[hit] = values[x.rows[hit], idx[hit]]
         out[missing] = np.nan
         return out
 

@@ -345,6 +345,10 @@ class _CompiledSendTime:
             share = np.full(len(x), 1 / 24, dtype="float32")
         inputs = {"x": self.plan.encoder.dense_codes(raw), "channel": self._channel_codes[x.cells], "hour": hours,
                   "share": share}
+        if torch.get_num_threads() != 1:
+            # One thread, as LightGBM: torch's intra-op pool costs ~10 ms per call on a busy 2-core machine for a
+            # few hundred rows. Serving and scoring processes score only here, so the setting stays.
+            torch.set_num_threads(1)
         return predict_net(self.net, inputs)
 
 
