@@ -42,6 +42,18 @@ class DecisionLog:
         with self._lock, open(self.dir / name, "a", encoding="utf-8") as f:
             f.write(lines)
 
+    def close(self) -> None:
+        """Wait for a write in progress, then fsync both logs: what was logged survives a power loss after stop."""
+        with self._lock:
+            for name in ("decisions.jsonl", "outcomes.jsonl"):
+                path = self.dir / name
+                if path.exists():
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+
     def decisions(self, records: list[dict]) -> None:
         """Log decisions; `user_id` is replaced by its pseudonym."""
         self._append("decisions.jsonl", [{**r, "user_id": pseudonym(self.key, r["user_id"])} for r in records])

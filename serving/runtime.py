@@ -636,6 +636,11 @@ class Runtime:
             "degraded": degraded,
         }
 
+    def close(self) -> None:
+        """At shutdown, after the last request: close the ledger and flush the decision log."""
+        self.ledger.close()
+        self.log.close()
+
     def ready(self) -> tuple[bool, dict]:
         """Ready when the ledger answers; models and features may be degraded but the service still decides."""
         try:

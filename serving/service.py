@@ -15,6 +15,7 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
+from nextbest.serving import shutdown
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
     BatchDecideRequest,
@@ -75,7 +76,9 @@ class NextBest:
         from nextbest.serving.metrics import metrics
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
-        self.runtime = Runtime(Settings(), loader=self.loader, metrics=metrics())
+        settings = Settings()
+        shutdown.install(settings.shutdown_grace_s)  # SIGTERM: drain first, then the server stops
+        self.runtime = Runtime(settings, loader=self.loader, metrics=metrics())
         self.runtime.metrics.models(self.runtime.models.current.versions())
         gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()
@@ -89,9 +92,10 @@ class NextBest:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self.runtime.close()  # after the drain: the ledger and the decision log are flushed and closed
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready()[0]
+        return not shutdown.drain().draining and self.runtime.ready()[0]
 
     @bentoml.api(route="/decide")
     @_http
@@ -137,3 +141,7 @@ class NextBest:
     def status(self) -> dict:
         """Readiness details: ledger reachable, models in force, last model or config error."""
         return self.runtime.ready()[1]
+
+
+# While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.
+NextBest.add_asgi_middleware(shutdown.DrainMiddleware)
