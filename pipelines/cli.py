@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
+from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
@@ -27,6 +28,7 @@ features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_i
 app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
+register_config(app)
 
 
 @app.callback()
