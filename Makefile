@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install demo test redis lint clean bench lock bento
+.PHONY: install demo test redis lint clean bench lock wheel bento
 
 # deploy/requirements.txt pins every runtime dependency: the venv, the tests and the Bento get the same set.
 $(STAMP): pyproject.toml deploy/requirements.txt
@@ -32,9 +32,12 @@ redis:
 lock: install
 	$(BIN)/python deploy/lock.py
 
-# The Bento of the decision service: the wheel into dist/, then `bentoml build` ([tool.bentoml.build]).
-bento: install
+# The nextbest wheel in dist/ (for the Bento and deploy/Dockerfile).
+wheel: install
 	rm -rf dist && $(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The Bento of the decision service ([tool.bentoml.build] in pyproject.toml).
+bento: wheel
 	$(BIN)/bentoml build
 
 demo: install
