@@ -198,3 +198,14 @@ def test_sigterm_to_nextbest_serve_drains_in_flight_requests_and_leaves_nothing_
     # Every answer was committed, except "no contact" after losing three cap races in a row (nothing to store).
     assert {d["decision_id"] for d in answered if d["actions"]} <= committed
     assert _logged(home) == committed  # and the decision log has every one
+
+
+@pytest.mark.slow
+def test_sighup_stops_the_service_too_rather_than_restarting_its_workers(home):
+    port = _free_port()
+    proc = _start(home, port, grace_s=5)
+    service = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    os.kill(proc.pid, signal.SIGHUP)  # BentoML's arbiter alone would take it as "reload the workers"
+    assert proc.wait(timeout=60) == EXIT_STOPPED
+    assert "SIGHUP: stopping the decision service" in proc.stderr.read().decode()
+    assert all(_gone(p) for p in service) and port_problem("127.0.0.1", port) is None
