@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(25.0, ge=0, le=3600, description="On SIGTERM the service answers new requests "
                                     "503 and gives those in flight this many seconds to finish before it stops "
                                     "anyway (below Kubernetes' default 30-s termination period).")
+    workers: int = Field(1, description="Decision-service worker processes (each loads the models; the "
+                         "ledger keeps caps exact across them).")
 
     @property
     def raw_dir(self) -> Path:

@@ -14,6 +14,7 @@ from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
+from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -29,6 +30,7 @@ app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
 register_config(app)
+register_score(app)
 
 
 @app.callback()

@@ -59,7 +59,10 @@ class FrameEncoder:
 
     def dense(self, frame: pd.DataFrame) -> np.ndarray:
         """Standardised numbers (missing -> 0) followed by one-hot strings: the input of the PyTorch models."""
-        raw = self.codes(frame)
+        return self.dense_codes(self.codes(frame))
+
+    def dense_codes(self, raw: np.ndarray) -> np.ndarray:
+        """`dense` from the matrix `codes` returns."""
         num_idx = [self.columns.index(c) for c in self.numeric]
         num = raw[:, num_idx]
         mu = np.array([self.means[c] for c in self.numeric])
@@ -68,7 +71,7 @@ class FrameEncoder:
         blocks = [num]
         for c in self.categorical:
             code = raw[:, self.columns.index(c)]
-            onehot = np.zeros((len(frame), len(self.categories[c])), dtype="float64")
+            onehot = np.zeros((len(raw), len(self.categories[c])), dtype="float64")
             ok = ~np.isnan(code)
             onehot[np.flatnonzero(ok), code[ok].astype(int)] = 1.0
             blocks.append(onehot)
