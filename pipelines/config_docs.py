@@ -49,13 +49,14 @@ def _property_fields() -> dict[str, set[str]]:
 
 
 def _reads(path: Path) -> set[str]:
-    """Attribute names read on anything called `settings` (a variable, a parameter, `self.settings`)."""
+    """Attribute names read on anything called `settings` (a variable, a parameter, `self.settings`) or on `Settings()`."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Attribute):
             base = node.value
             name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
-            if name == "settings":
+            called = isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "Settings"
+            if name == "settings" or called:
                 out.add(node.attr)
     return out
 

@@ -33,6 +33,7 @@ def test_readers_come_from_the_code_including_reads_through_derived_paths():
     assert "serving" in who["ledger_backend"] and "training" in who["mlflow_uri"]  # the latter via tracking_uri
     assert "serving" in who["home"]  # via ledger_path, log_dir, ...
     assert who["host"] == ["pipelines"]  # bentoml is told the address on its command line
+    assert who["workers"] == ["serving"]  # read as `Settings().workers` in the service decorator
 
 
 def test_config_docs_check_fails_on_a_stale_page(tmp_path):
