@@ -22,7 +22,6 @@ from nextbest.features.settings import Settings
 from nextbest.pipelines.cli import app
 from nextbest.pipelines.serve_commands import EXIT_REFUSED, EXIT_STOPPED, port_problem
 from nextbest.serving import shutdown
-from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 NEXTBEST = Path(sys.executable).parent / "nextbest"
@@ -67,33 +66,6 @@ def test_wait_idle_waits_for_requests_in_flight_and_gives_up_after_the_grace_per
     assert time.monotonic() - started >= 0.1
     threading.Timer(0.05, lambda: setattr(d, "in_flight", 0)).start()
     assert d.wait_idle(10.0)
-
-
-def test_while_draining_requests_get_503_readiness_is_false_and_nothing_is_written(home, monkeypatch):
-    from nextbest.serving.service import NextBest
-
-    from tests.test_serving_runtime import champions, consenting_user
-
-    monkeypatch.setenv("NEXTBEST_HOME", str(home.home))
-    models = champions("email", "1")
-    monkeypatch.setattr(NextBest.inner, "loader", staticmethod(lambda s: models))
-    user = consenting_user(home)
-    shutdown.drain.cache_clear()
-    try:
-        with TestClient(NextBest.to_asgi()) as client:
-            assert client.get("/readyz").status_code == 200
-            assert client.post("/decide", json={"user_id": user}).status_code == 200
-            before = _committed(home)
-            shutdown.drain().begin()
-            assert client.get("/readyz").status_code == 503
-            r = client.post("/decide", json={"user_id": user})
-            assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"
-            assert client.post("/status").status_code == 503
-            assert client.get("/livez").status_code == 200  # alive, just not taking work
-            assert "nextbest_decide_seconds" in client.get("/metrics").text  # the last scrape still works
-            assert _committed(home) == before and len(before) == 1
-    finally:
-        shutdown.drain.cache_clear()
 
 
 def test_serve_refuses_a_taken_port_with_exit_2_naming_it(home, monkeypatch):
