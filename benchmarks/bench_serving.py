@@ -122,7 +122,7 @@ def score_rate(settings: Settings, users: list[str], n: int) -> dict:
     with tf.TemporaryDirectory() as tmp:
         # Cycled ids repeat within a chunk only if a chunk exceeds the user count.
         summary = score(settings, ScoreConfig(out=Path(tmp) / "s.parquet", user_ids=tuple(ids),
-                                              chunk=min(5_000, len(users))), runtime=rt)
+                                              chunk=min(1_000, len(users))), runtime=rt)
     if summary["degraded"]:
         raise Degraded(f"{summary['degraded']} scored decisions were degraded; not reporting")
     config = rt.config.current(time.monotonic())
@@ -255,17 +255,19 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the saturation phase")
     parser.add_argument("--score-users", type=int, default=100_000, help="decisions for the score phase (0: skip)")
+    parser.add_argument("--workers", type=int, default=1, help="decision service worker processes (NEXTBEST_WORKERS)")
     args = parser.parse_args()
 
     from nextbest.features.store import read_table
     from nextbest.pipelines.serve_commands import running_service
 
-    settings = Settings(home=args.home)
+    settings = Settings(home=args.home, workers=args.workers)
     os.environ.setdefault("NEXTBEST_HOME", str(args.home))
     users = read_table(settings, "profile")["user_id"].astype(str).tolist()
     load_before, cpu_before = os.getloadavg(), cpu_check()
     result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "users_in_store": len(users)}
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "users_in_store": len(users),
+              "workers": args.workers}
     try:
         result["in_process"] = in_process(settings, users)
         result["bulk_reader"] = reader_reference(settings, users)

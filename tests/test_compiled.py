@@ -199,3 +199,18 @@ def test_pandas_frame_and_rows_describe_the_same_requests(runtime):
     assert list(req["local_hour"]) == [3.0, 4.0]
     assert engine.request_grid(config) is grid
     assert isinstance(pd.DataFrame(req), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_the_service_over_http_decides_with_the_real_champions(trained, tmp_path):
+    import httpx
+    from nextbest.pipelines.serve_commands import running_service
+
+    settings = _copy(trained, tmp_path)
+    ids = read_table(settings, "profile")["user_id"].astype(str).head(50).tolist()
+    with running_service(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        batch = client.post("/decide_batch", json={"user_ids": ids, "dry_run": True}).raise_for_status().json()
+        one = client.post("/decide", json={"user_id": ids[0], "dry_run": True}).raise_for_status().json()
+        status = client.post("/status").raise_for_status().json()
+    assert all(d["degraded_reasons"] == [] for d in batch["decisions"] + [one])
+    assert set(one["model_versions"]) == DECISION_MODELS and status["model_error"] is None

@@ -82,3 +82,33 @@ def test_cli_scores_and_explains_caller_mistakes(home, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "carrier-pigeon" in bad.output and "Traceback" not in bad.output
     rule = runner.invoke(app, ["score", "--where", "lifecycle_stage is customer"])
     assert rule.exit_code == 2 and "--where" in rule.output
+
+
+def test_a_per_user_model_is_scored_on_the_features_as_of_the_date(home, tmp_path):
+    from nextbest.pipelines.score import score_model
+
+    snapshots = sorted(read_table(home, "behaviour")["event_timestamp"].unique())
+    late, early = pd.Timestamp(snapshots[-1]) + pd.Timedelta(hours=1), pd.Timestamp(snapshots[-4]) + pd.Timedelta(hours=1)
+    first = score_model(home, "churn", late.to_pydatetime(), out=tmp_path / "late.parquet")
+    score_model(home, "churn", late.to_pydatetime(), out=tmp_path / "again.csv")
+    before = score_model(home, "churn", early.to_pydatetime(), out=tmp_path / "early.parquet")
+    a, b = pd.read_parquet(tmp_path / "late.parquet"), pd.read_csv(tmp_path / "again.csv", dtype={"user_id": str})
+    c = pd.read_parquet(tmp_path / "early.parquet")
+    assert first["users"] == len(read_table(home, "profile")) == len(a)
+    assert a["score"].between(0, 1).all() and a["score"].std() > 0
+    np.testing.assert_allclose(a["score"], b["score"])  # the same date, the same answer
+    moved = (a.set_index("user_id")["score"] - c.set_index("user_id")["score"]).abs()
+    assert (moved > 1e-9).mean() > 0.5 and "version" in before["model"]  # older features, other scores
+
+
+def test_cli_model_scoring_refuses_an_action_model_with_a_clear_message(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTBEST_HOME", str(home.home))
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["score", "--model", "churn", "--out", str(tmp_path / "churn.csv")])
+    assert ok.exit_code == 0, ok.output
+    assert len(pd.read_csv(tmp_path / "churn.csv")) == len(read_table(home, "profile"))
+    bad = runner.invoke(app, ["score", "--model", "conversion"])
+    assert bad.exit_code == 2 and "scores an action" in bad.output and "Traceback" not in bad.output
+    unknown = runner.invoke(app, ["score", "--model", "astrology"])
+    assert unknown.exit_code == 2 and "unknown model" in unknown.output

@@ -228,12 +228,17 @@ class InputPlan:
 
     def codes(self, x: Rows) -> np.ndarray:
         """The encoder's float matrix for these rows, in `encoder.columns` order."""
-        enc = self.encoder
         g = self._encoded_grid(x.grid)
-        out = np.empty((len(x), len(enc.columns)), dtype="float64")
-        matched = self._matched(x, g) if enc.matched else {}
+        # The user's own columns once per user, then one row copy per input row; the per-row columns after.
+        per_user = np.empty((x.users.n, len(self.encoder.columns)), dtype="float64")
+        everyone = np.arange(x.users.n)
         if self._numbers:
-            out[:, self._numbers] = x.users.gather(self._number_names, x.rows)
+            per_user[:, self._numbers] = x.users.gather(self._number_names, everyone)
+        for j, col, kind in self._others:
+            if kind == "category":
+                per_user[:, j] = x.users.codes(col, self._index[col])
+        out = per_user.take(x.rows, axis=0)
+        matched = self._matched(x, g) if self.encoder.matched else {}
         for j, col, kind in self._others:
             if kind == "matched":
                 out[:, j] = matched[col]
@@ -241,8 +246,6 @@ class InputPlan:
                 out[:, j] = x.hours
             elif kind == "request":
                 out[:, j] = g[col][x.cells]
-            else:
-                out[:, j] = x.users.codes(col, self._index[col])[x.rows]
         return out
 
     def _pick(self, x: Rows, prefix: str, idx: np.ndarray, missing: np.ndarray, default: float) -> np.ndarray:
