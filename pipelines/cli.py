@@ -149,19 +149,27 @@ def simulate(
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="folder with <table>.csv / <table>.parquet files")] = None,
     mapping: Annotated[Path | None, typer.Option(help="YAML mapping: files, column renames, formats per table")] = None,
+    force: Annotated[bool, typer.Option("--force", help="allow empty users/events to replace the last good data")] = False,
+    assume_utc: Annotated[bool, typer.Option("--assume-utc", help="timestamps without an offset are UTC (unless the "
+                                             "mapping gives the table a timezone)")] = False,
+    allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="a folder the mapping may read besides its "
+                                                         "own (repeatable; also NEXTBEST_DATA_DIR)")] = None,
 ) -> None:
     """Validate a company's exports against the contract and replace the raw data atomically."""
     from nextbest.features.ingest import ingest as run_ingest
-    from nextbest.features.ingest import load_plan, plan_from_dir
+    from nextbest.features.ingest import ingest_window, load_plan, plan_from_dir
 
     settings = Settings()
 
     def body() -> dict[str, int]:
         if (folder is None) == (mapping is None):
             raise UserError("give either a FOLDER of <table>.csv/.parquet files or --mapping FILE")
-        plan = load_plan(mapping) if mapping else plan_from_dir(folder)
+        allowed = [*(allow_dir or []), *([settings.data_dir] if settings.data_dir else [])]
+        plan = load_plan(mapping, allowed) if mapping else plan_from_dir(folder)
+        window = ingest_window(settings.ingest_past_years, settings.ingest_future_days)
         with steps(len(plan.tables) + 1) as advance:
-            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"))
+            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"), force=force,
+                              assume_utc=assume_utc, window=window)
             advance("swapped in")
         return rows
 

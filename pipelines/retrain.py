@@ -65,12 +65,13 @@ def _save(settings: Settings, state: dict) -> None:
 
 
 def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.features.ingest import ingest, load_plan, manifest, plan_from_dir
+    from nextbest.features.ingest import ingest, ingest_window, load_plan, manifest, plan_from_dir
 
     if config.source is None:
         return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
-    plan = load_plan(config.source) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
-    rows = ingest(plan, settings.raw_dir)
+    allowed = [settings.data_dir] if settings.data_dir else []
+    plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
+    rows = ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))
     return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "rows": rows}
 
 
