@@ -179,7 +179,8 @@ def ingest(
 
 # --- features --------------------------------------------------------------------------------------------
 
-def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120) -> dict[str, int]:
+def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120,
+           as_of: str | None = None) -> dict[str, int]:
     from nextbest.features.build import BuildConfig, build_all
     from nextbest.features.contract import TABLES
     from nextbest.features.ingest import manifest, read_raw
@@ -187,24 +188,46 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    when = snapshot_date(as_of, raw["events"]) if as_of else None
     config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
                          seed=settings.seed)
     with steps(7) as advance:
-        tables = build_all(raw, config, progress=lambda name: advance(f"building {name}"))
+        tables = build_all(raw, config, as_of=when, progress=lambda name: advance(f"building {name}"))
         advance("writing feature tables")
         return write_tables(tables, settings.feature_dir)
+
+
+def snapshot_date(text: str, events: pd.DataFrame) -> pd.Timestamp:
+    """`--as-of` as a midnight-UTC snapshot time inside the events' span, or a UserError saying what is wrong."""
+    import pandas as pd
+
+    try:
+        when = pd.Timestamp(text)
+    except ValueError:
+        raise UserError(f"--as-of {text!r} is not a date (use YYYY-MM-DD)") from None
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    if when != when.floor("D"):
+        raise UserError(f"--as-of {text!r}: snapshots are taken at midnight UTC; give a date (YYYY-MM-DD)")
+    first = pd.to_datetime(events["ts"], utc=True).min()
+    if events.empty or when <= first:
+        raise UserError(f"--as-of {when.date()} is not after the first event"
+                        f"{f' ({first.date()})' if not events.empty else ' (there are no events)'}: pick a later date")
+    return when
 
 
 @features_app.command("build")
 def features_build(
     every_days: Annotated[int, typer.Option(min=1, help="days between training snapshots")] = 7,
     snapshots: Annotated[int | None, typer.Option(min=1, help="keep only the newest N snapshots")] = None,
-    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest (0 = all history)")] = 120,
+    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest, or before --as-of "
+                                               "(0 = all history)")] = 120,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="a training date (YYYY-MM-DD): the snapshot grid runs "
+                                              "through it, so `train --as-of` joins a snapshot taken exactly then")] = None,
 ) -> None:
     """Raw tables -> point-in-time feature tables (Parquet)."""
     settings = Settings()
     started = time.perf_counter()
-    rows = run_guarded(_build, settings, every_days, snapshots, history_days)
+    rows = run_guarded(_build, settings, every_days, snapshots, history_days, as_of)
     summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
 
 
