@@ -153,7 +153,7 @@ def test_real_world_number_id_and_date_formats_are_read(home, tmp_path):
     users["spend"] = ["1,234.50" if i % 2 else "12" for i in range(len(users))]  # thousands separators
     users["consent_email"] = np.where(raw["users"]["consent_email"], "Yes", "no")
     users["signup_at"] = pd.to_datetime(users["signup_at"]).dt.strftime("%Y/%m/%d")  # a common non-ISO format
-    ids = dict(zip(raw["users"]["user_id"], users["user_id"]))
+    ids = dict(zip(raw["users"]["user_id"], users["user_id"], strict=True))
     events = raw["events"].assign(user_id=raw["events"]["user_id"].map(ids))
     events["amount"] = events["amount"].map(lambda a: "" if np.isnan(a) else f"{a:,.2f}")
     folder = write_csvs({"users": users, "events": events}, tmp_path / "in")  # no optional tables at all
