@@ -44,22 +44,25 @@ def _short(model: str) -> str:
 def _labels(path: Path | None):
     if path is None:
         return None
-    import pandas as pd
     from nextbest.features.contract import conform
+    from nextbest.features.ingest import Source, read_source
 
     if not path.exists():
         raise _UserError(f"--labels {path}: no such file")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    return conform("labels", df, str(path))
+    # ids as text (zero padding survives); a date without an offset is the UTC day, as snapshots are UTC midnights
+    return conform("labels", read_source("labels", Source(path=path)), str(path), timezone="UTC")
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None) -> list:
+           labels: Path | None) -> tuple[list, dict[str, str]]:
     import pandas as pd
     from nextbest.features.ingest import manifest
-    from nextbest.training.jobs import MODELS, TrainConfig, train_models
+    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
 
     names = list(MODELS) if model == "all" else [_short(model)]
+    if labels is not None and names != ["churn"]:
+        raise _UserError(f"--labels is read by the churn model only, not by `train {model}`: use `nextbest train churn "
+                         "--labels FILE`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
@@ -67,6 +70,10 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     manifest(settings.raw_dir)  # a clear message when nothing was ingested
     if not settings.feature_dir.exists():
         raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and `features apply` first")
+    skipped = skipped_models(read_raw_tables(settings), names)
+    if model != "all" and skipped:
+        raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
+    names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
@@ -82,7 +89,7 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
 
         results = train_models(settings, names, config, progress=advance, labels=_labels(labels))
         bar.update(task, completed=len(names) * _STEPS_PER_MODEL, description="done")
-    return results
+    return results, skipped
 
 
 def _fmt(value) -> str:
@@ -99,22 +106,31 @@ def register(app: typer.Typer) -> None:
         as_of: Annotated[str | None, typer.Option("--as-of", help="newest snapshot date for purchase/churn (YYYY-MM-DD)")] = None,
         horizon: Annotated[int, typer.Option(min=1, help="purchase/churn horizon in days")] = 30,
         window: Annotated[int, typer.Option(min=1, help="days after a send in which a conversion or open counts")] = 7,
-        labels: Annotated[Path | None, typer.Option(help="churn labels file (user_id, as_of, label) instead of inactivity")] = None,
+        labels: Annotated[Path | None, typer.Option(help="churn labels file (user_id, as_of, label) instead of inactivity; "
+                                                          "an as_of without an offset is that day, midnight UTC")] = None,
     ) -> None:
         """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
         settings = Settings()
         started = time.perf_counter()
-        results = _guarded(_train, settings, model, trials, as_of, horizon, window, labels)
+        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")
         for r in results:
             primary = r.metrics.get("auc", r.metrics.get("qini"))
-            verdict = ("[green]promoted[/]" if r.decision["promoted"] else "kept v" + str(r.decision["champion_version"]))
+            verdict = ("[green]promoted[/]" if r.decision["promoted"] else "[bold red]not promoted[/]"
+                       if r.decision.get("refused") else "kept v" + str(r.decision["champion_version"]))
             table.add_row(r.name, r.version, f"{r.rows:,}", _fmt(primary), _fmt(r.metrics.get("pr_auc")), _fmt(r.metrics.get("logloss")),
                           _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
+        for r in results:
+            for text in r.warnings:
+                console.print(f"[bold yellow]warning:[/] {r.name}: {text}")
+            if r.decision.get("refused"):
+                console.print(f"[bold red]not promoted:[/] {r.name} v{r.version}: {r.decision['reason']}")
+        for name, reason in skipped.items():
+            console.print(f"skipped {name}: {reason}")
 
     @app.command()
     def models() -> None:

@@ -11,6 +11,7 @@ from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
     TrainingSet,
+    feature_snapshots,
     historical,
     joined,
     service_features,
@@ -60,7 +61,8 @@ def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: S
                              "label": labels["label"].astype("int64")})
         frame = historical(store, rows, service)
     else:
-        dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates)
+        dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates,
+                               available=feature_snapshots(store))
         rows = snapshot_rows(raw["users"], dates)
         rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
         # Join every snapshot row (the row set purchase shares), then keep the users active before each date.

@@ -18,7 +18,7 @@ from nextbest.training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_mo
 from nextbest.training.tabular import FitConfig
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
-           "train_models"]
+           "train_models", "skipped_models", "check_labels", "feature_problem", "quality_refusal"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 
@@ -49,6 +49,7 @@ class TrainResult:
     rows: int
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
 
 
 def model_config(name: str, config: TrainConfig):
@@ -98,6 +99,73 @@ def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     return {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
 
 
+def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, str]:
+    """The models of `names` this data cannot train, with the reason (a company without a contact log
+    still gets purchase and churn)."""
+    contacts = raw.get("contacts")
+    if contacts is not None and len(contacts):
+        return {}
+    return {n: "no contact log (contacts table)" for n in names if _ROWS[n][0] == CONTACTS}
+
+
+MIN_LABEL_MATCH = 0.5  # below this share of label rows naming a known user, the labels file is refused
+_WARN_LABEL_MATCH = 0.95  # below this, the unmatched rows are dropped with a warning
+
+
+def check_labels(labels: pd.DataFrame, users: pd.DataFrame, file: str = "labels") -> tuple[pd.DataFrame, list[str]]:
+    """The label rows naming an ingested user, and warnings; a ValueError when few do (ids that lost their
+    zero padding, another id column, another company's file)."""
+    known = pd.Index(users["user_id"].astype(str))
+    ids = labels["user_id"].astype(str)
+    hit = ids.isin(known)
+    share = float(hit.mean()) if len(hit) else 0.0
+    if share < MIN_LABEL_MATCH:
+        example = (f" (e.g. {ids[~hit].iloc[0][:24]!r}; ingested ids look like {known[0][:24]!r})"
+                   if (~hit).any() and len(known) else "")
+        raise ValueError(f"{file}: only {int(hit.sum()):,} of {len(ids):,} label rows ({share:.0%}) name an ingested user"
+                         f"{example}: check the id column and its format (zero padding, prefixes); nothing was trained")
+    warnings = []
+    if share < _WARN_LABEL_MATCH:
+        warnings.append(f"{file}: {int((~hit).sum()):,} of {len(ids):,} label rows ({1 - share:.0%}) name no ingested "
+                        "user and were left out")
+    return labels[hit.to_numpy()].reset_index(drop=True), warnings
+
+
+def feature_problem(data: TrainingSet) -> str | None:
+    """Why the features of the newest training date cannot train a model (all missing, or one value each), or None.
+
+    The newest date is the one asked for (`--as-of`); features missing there mean no snapshot near it.
+    """
+    features = [f for f in data.features if f in data.frame]
+    if not features or data.frame.empty:
+        return None
+    frame = data.frame
+    newest = frame[frame[data.time] == frame[data.time].max()][features]
+    when = pd.Timestamp(frame[data.time].max()).date()
+    if len(newest) < 50:  # rows at many times (a contact log, labels with their own dates): judge them all
+        newest, when = frame[features], "the training dates"
+    if newest.isna().all(axis=1).mean() > 0.5:
+        return (f"the features are missing for {newest.isna().all(axis=1).mean():.0%} of the rows at {when}: no feature "
+                f"snapshot near that date; run `nextbest features build --as-of {when}` and `features apply`")
+    if (newest.nunique(dropna=False) <= 1).all():
+        return (f"every feature has a single value at {when} ({len(newest):,} rows): nothing to learn from; check the "
+                "date against the data's span (`features build --history-days`, `--as-of`)")
+    return None
+
+
+def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
+    """Why a model must not be promoted whatever its champion scores: its holdout AUC is not clearly above chance."""
+    if PRIMARY_METRIC[name] != "auc":
+        return None
+    auc, low, high = metrics.get("auc", np.nan), metrics.get("auc_low", np.nan), metrics.get("auc_high", np.nan)
+    if np.isnan(low):
+        return f"holdout AUC {auc:.4f} cannot be told from chance (too few positives or negatives in the holdout): not promoted"
+    if low <= 0.5:
+        return (f"holdout AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
+                "not promoted; check the labels and the features at the training dates")
+    return None
+
+
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
         return uplift.evaluate(scorer, holdout)["qini"]
@@ -120,7 +188,9 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     module = _MODULES[name]
     cfg = model_config(name, config)
     raw = raw if raw is not None else read_raw_tables(settings)
+    warnings: list[str] = []
     if labels is not None:
+        labels, warnings = check_labels(labels, raw["users"])
         raw = {**raw, "labels": labels}
     store = store or feature_store(settings)
     step(f"{name}: training set")
@@ -128,6 +198,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
         raise ValueError(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y))}; "
                          "need both classes: more data, a longer history or another --as-of/--horizon")
+    if (problem := feature_problem(data)) is not None:
+        raise ValueError(f"{name}: {problem}")
     train, holdout = split(data, config.holdout, config.seed)
     step(f"{name}: fit")
     scorer = module.fit(train, cfg)
@@ -152,9 +224,11 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
     decision = gate(settings, name, version, run_id, metrics[PRIMARY_METRIC[name]],
-                    lambda champion: _primary(name, champion, holdout), defer=defer)
+                    lambda champion: _primary(name, champion, holdout), defer=defer,
+                    refuse=quality_refusal(name, metrics))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
-    return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra)
+    return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
+                       tuple(warnings))
 
 
 def scorer_inputs(scorer, data: TrainingSet) -> list[str]:

@@ -264,13 +264,15 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
 
 
 def gate(settings: Settings, name: str, version: str, run_id: str, challenger_score: float,
-         champion_score_fn, defer: bool = False) -> dict[str, object]:
+         champion_score_fn, defer: bool = False, refuse: str | None = None) -> dict[str, object]:
     """Promote `version` only if it beats the current champion on the same holdout; log the comparison.
 
     `champion_score_fn(scorer)` scores the champion on the challenger's holdout with the primary metric.
     With `defer`, a model that has a champion is not promoted here whatever the holdout says: the decision
     (`better_on_holdout`) waits for the policy gate (`policy_gate`), which judges the models the policy uses
     together, by the policy's value. A first model still becomes champion at once: there is nothing to compare.
+    `refuse`: why this model must not be promoted whatever the champion scores (no better than chance, ...):
+    it stays registered, with the reason, and the champion (or the rule-based fallback) keeps serving.
     """
     from mlflow import MlflowClient
 
@@ -280,7 +282,9 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     current = _champion_version(client, registered)
     decision: dict[str, object] = {"metric": metric, "challenger_version": version, "challenger": challenger_score,
                                    "champion_version": current, "champion": None}
-    if current is None:
+    if refuse:
+        decision.update(promoted=False, refused=True, reason=refuse)
+    elif current is None:
         decision.update(promoted=True, reason="no champion yet")
     else:
         try:
@@ -304,7 +308,8 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
         tracking.log_metric(run_id, f"gate_champion_{metric}", float(decision["champion"]))
     tracking.log_metric(run_id, f"gate_challenger_{metric}", float(challenger_score))
     tracking.set_tag(run_id, "gate_decision", "promoted" if decision["promoted"] else
-                     "waiting for the policy gate" if decision.get("deferred") else "kept champion")
+                     "waiting for the policy gate" if decision.get("deferred") else
+                     "refused" if decision.get("refused") else "kept champion")
     tracking.log_dict(run_id, decision, "gate.json")
     return decision
 
