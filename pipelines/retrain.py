@@ -111,7 +111,7 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     if not names:  # features only: the champions stay
         return {"models": {}, "skipped": skipped}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
-                           defer=_policy_gated(config))
+                           defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
                                "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),

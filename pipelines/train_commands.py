@@ -10,6 +10,7 @@ import typer
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.console import console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,7 +32,7 @@ def _guarded(fn, *args):
     try:
         return fn(*args)
     except (_UserError, ContractError, FileNotFoundError, LookupError, ValueError, RegistryUnavailable, ChecksumError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=2) from None
 
 
@@ -87,7 +88,8 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
             first[0] = False
             bar.update(task, description=text)
 
-        results = train_models(settings, names, config, progress=advance, labels=_labels(labels))
+        results = train_models(settings, names, config, progress=advance, labels=_labels(labels),
+                               skip=skipped.__setitem__ if model == "all" else None)
         bar.update(task, completed=len(names) * _STEPS_PER_MODEL, description="done")
     return results, skipped
 
@@ -126,11 +128,11 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         for r in results:
             for text in r.warnings:
-                console.print(f"[bold yellow]warning:[/] {r.name}: {text}")
+                console.print(f"[bold yellow]warning:[/] {r.name}: {escape(text)}")
             if r.decision.get("refused"):
-                console.print(f"[bold red]not promoted:[/] {r.name} v{r.version}: {r.decision['reason']}")
+                console.print(f"[bold red]not promoted:[/] {r.name} v{r.version}: {escape(str(r.decision['reason']))}")
         for name, reason in skipped.items():
-            console.print(f"skipped {name}: {reason}")
+            console.print(f"[bold yellow]skipped {name}:[/] {escape(reason)}")
 
     @app.command()
     def models() -> None:

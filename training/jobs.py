@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training import channel, churn, offer_net, propensity, purchase, send_time, uplift
-from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, split
+from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, feature_snapshots, split
 from nextbest.training.metrics import charts, uplift_chart
 from nextbest.training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
 from nextbest.training.tabular import FitConfig
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
-           "train_models", "skipped_models", "check_labels", "feature_problem", "quality_refusal"]
+           "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem", "quality_refusal"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 
@@ -99,6 +100,10 @@ def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     return {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
 
 
+class NotTrainable(ValueError):
+    """This data cannot train this model (one class only, features missing at the date): nothing was registered."""
+
+
 def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, str]:
     """The models of `names` this data cannot train, with the reason (a company without a contact log
     still gets purchase and churn)."""
@@ -129,6 +134,22 @@ def check_labels(labels: pd.DataFrame, users: pd.DataFrame, file: str = "labels"
         warnings.append(f"{file}: {int((~hit).sum()):,} of {len(ids):,} label rows ({1 - share:.0%}) name no ingested "
                         "user and were left out")
     return labels[hit.to_numpy()].reset_index(drop=True), warnings
+
+
+def label_date_warnings(labels: pd.DataFrame, snapshots: pd.DatetimeIndex | None) -> list[str]:
+    """A warning when label dates have no feature snapshot of their own (they join an older one)."""
+    if snapshots is None or not len(snapshots) or labels.empty:
+        return []
+    dates = pd.DatetimeIndex(pd.to_datetime(labels["as_of"], utc=True))
+    older = snapshots.searchsorted(dates, side="right") - 1  # the snapshot each date joins (the newest at or before it)
+    gap = (dates - snapshots[np.clip(older, 0, None)]).days.where(older >= 0, 10**6)
+    off = np.asarray(gap) > 0
+    if not off.any():
+        return []
+    worst = dates[int(np.argmax(gap))].date()
+    return [f"{int(off.sum()):,} of {len(dates):,} label rows fall between feature snapshots and join one up to "
+            f"{min(int(np.max(gap)), 9999)} d older: run `nextbest features build --as-of {worst}` (one date) or give "
+            "labels on snapshot dates"]
 
 
 def feature_problem(data: TrainingSet) -> str | None:
@@ -196,10 +217,12 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     step(f"{name}: training set")
     data = module.build_frame(store, raw, cfg, shared)
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
-        raise ValueError(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y))}; "
-                         "need both classes: more data, a longer history or another --as-of/--horizon")
+        raise NotTrainable(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y).tolist())}; "
+                           "need both classes: more data, a longer history or another --as-of/--horizon")
     if (problem := feature_problem(data)) is not None:
-        raise ValueError(f"{name}: {problem}")
+        raise NotTrainable(f"{name}: {problem}")
+    if labels is not None:
+        warnings += label_date_warnings(labels, feature_snapshots(store))
     train, holdout = split(data, config.holdout, config.seed)
     step(f"{name}: fit")
     scorer = module.fit(train, cfg)
@@ -237,12 +260,25 @@ def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
 
 
 def train_models(settings: Settings, names: list[str], config: TrainConfig = TrainConfig(), progress=None,
-                 labels: pd.DataFrame | None = None, defer: tuple[str, ...] = ()) -> list[TrainResult]:
+                 labels: pd.DataFrame | None = None, defer: tuple[str, ...] = (),
+                 skip: Callable[[str, str], None] | None = None) -> list[TrainResult]:
     """Train several models over one read of the raw tables, one Feast store and one join per row set;
-    the promotion of the models named in `defer` waits for the policy gate."""
+    the promotion of the models named in `defer` waits for the policy gate.
+
+    `skip(name, reason)`: called for a model this data cannot train (NotTrainable), and the others go on;
+    without it, that model's error stops the run.
+    """
     from nextbest.features.store import feature_store
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)
     shared = shared_joins(store, names)
-    return [train_model(settings, n, config, raw, store, progress, labels, shared, defer=n in defer) for n in names]
+    results = []
+    for n in names:
+        try:
+            results.append(train_model(settings, n, config, raw, store, progress, labels, shared, defer=n in defer))
+        except NotTrainable as err:
+            if skip is None:
+                raise
+            skip(n, str(err).removeprefix(f"{n}: "))
+    return results
