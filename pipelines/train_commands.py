@@ -37,8 +37,10 @@ def _guarded(fn, *args):
 
 
 def _short(model: str) -> str:
+    if model.startswith("label-") and len(model) > len("label-"):  # a label model, as `models` lists it
+        return model
     if model not in CLI_MODELS:
-        raise _UserError(f"unknown model {model!r}: choose one of all, {', '.join(CLI_MODELS)}")
+        raise _UserError(f"unknown model {model!r}: choose one of all, label NAME, {', '.join(CLI_MODELS)}")
     return CLI_MODELS[model]
 
 
@@ -55,15 +57,24 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None) -> tuple[list, dict[str, str]]:
+           labels: Path | None, outcome: str | None = None) -> tuple[list, dict[str, str]]:
     import pandas as pd
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
+    from nextbest.training.label import check_name
 
-    names = list(MODELS) if model == "all" else [_short(model)]
-    if labels is not None and names != ["churn"]:
-        raise _UserError(f"--labels is read by the churn model only, not by `train {model}`: use `nextbest train churn "
-                         "--labels FILE`")
+    if model == "label":
+        if outcome is None or labels is None:
+            raise _UserError("a label model needs a name and a labels file: `nextbest train label NAME --labels FILE` "
+                             "(user_id, as_of, label)")
+        names = [f"label-{check_name(outcome)}"]
+    elif outcome is not None:
+        raise _UserError(f"`train {model}` takes no NAME (only `train label NAME --labels FILE` does)")
+    else:
+        names = list(MODELS) if model == "all" else [_short(model)]
+    if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
+        raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
+                         "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
@@ -103,18 +114,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        model: Annotated[str, typer.Argument(help=f"all or one of: {', '.join(CLI_MODELS)}")] = "all",
+        model: Annotated[str, typer.Argument(help=f"all, label (any labelled outcome), or one of: {', '.join(CLI_MODELS)}")] = "all",
+        outcome: Annotated[str | None, typer.Argument(metavar="[NAME]", help="label models: the outcome's name, "
+                                                      "registered as nextbest-label-NAME")] = None,
         trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 10,
         as_of: Annotated[str | None, typer.Option("--as-of", help="newest snapshot date for purchase/churn (YYYY-MM-DD)")] = None,
         horizon: Annotated[int, typer.Option(min=1, help="purchase/churn horizon in days")] = 30,
         window: Annotated[int, typer.Option(min=1, help="days after a send in which a conversion or open counts")] = 7,
-        labels: Annotated[Path | None, typer.Option(help="churn labels file (user_id, as_of, label) instead of inactivity; "
-                                                          "an as_of without an offset is that day, midnight UTC")] = None,
+        labels: Annotated[Path | None, typer.Option(help="labels file (user_id, as_of, label) for `label NAME`, or for churn "
+                                                          "instead of inactivity; an as_of without an offset is that day, "
+                                                          "midnight UTC")] = None,
     ) -> None:
         """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
         settings = Settings()
         started = time.perf_counter()
-        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels)
+        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")

@@ -84,7 +84,7 @@ def test_labels_naming_few_users_are_refused(padded, cli, tmp_path):
 
 def test_labels_apply_only_where_they_are_read(cli, tmp_path):
     code, text = cli("train", "purchase", "--labels", tmp_path / "any.csv")
-    assert code == 2 and "--labels is read by the churn model only" in text
+    assert code == 2 and "--labels is read by churn and label models only" in text
 
 
 def test_a_training_date_needs_its_own_snapshot(padded, cli):
@@ -168,3 +168,34 @@ def test_snapshot_dates_sit_on_the_feature_snapshots():
     assert set(dates) <= set(grid) and dates.max() == grid[grid + pd.Timedelta(days=30) <= "2026-07-01"].max()
     with pytest.raises(ValueError, match="no feature snapshot at 2026-05-02"):
         snapshot_dates(events, 30, as_of=pd.Timestamp("2026-05-02"), available=grid)
+
+
+# --- any labelled outcome ------------------------------------------------------------------------------------------
+
+def test_a_label_model_for_any_outcome_is_registered_under_its_own_name_with_its_own_feature_service(padded, cli, tmp_path):
+    from mlflow import MlflowClient
+    from nextbest.features.store import feature_store
+    from nextbest.training.registry import load_version
+
+    users = pd.read_parquet(padded.raw_dir / "users.parquet")
+    as_of = snapshots(padded)[-6]
+    # a planted outcome: older customers take the offer (age is a profile column, so a profile feature)
+    path = tmp_path / "takeup.csv"
+    pd.DataFrame({"user_id": users["user_id"], "as_of": as_of.strftime("%Y-%m-%d"),
+                  "label": (users["age"] >= 45).astype(int)}).to_csv(path, index=False)
+    code, text = cli("train", "label", "takeup", "--labels", path, "--trials", "1")
+    assert code == 0, text
+    assert "label-takeup" in text and "promoted" in text and "not promoted" not in text
+    client = MlflowClient(padded.tracking_uri)
+    version = client.get_model_version_by_alias("nextbest-label-takeup", "champion")
+    assert client.get_run(version.run_id).data.tags["feature_service"] == "label_takeup_v1"
+    service = feature_store(padded).get_feature_service("label_takeup_v1")
+    assert {p.name for p in service.feature_view_projections} <= {"profile", "behaviour", "channel", "tags"}
+    scorer = load_version(padded, "label-takeup", version.version)
+    assert scorer.feature_service == "label_takeup_v1"
+    code, text = cli("models")
+    assert "label-takeup" in text and "champion" in text
+    code, text = cli("train", "label", "Take-Up", "--labels", path)
+    assert code == 2 and "lowercase letters" in text
+    code, text = cli("train", "label", "takeup")
+    assert code == 2 and "needs a name and a labels file" in text

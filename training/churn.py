@@ -19,6 +19,7 @@ from nextbest.training.datasets import (
     snapshot_rows,
     utc_naive,
 )
+from nextbest.training.label import labelled_rows
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
@@ -57,9 +58,7 @@ def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: S
     service = service_name("churn")
     labels = raw.get("labels")
     if labels is not None and len(labels):
-        rows = pd.DataFrame({"user_id": labels["user_id"].astype(str), "event_timestamp": pd.to_datetime(labels["as_of"], utc=True),
-                             "label": labels["label"].astype("int64")})
-        frame = historical(store, rows, service)
+        frame = historical(store, labelled_rows(labels), service)  # the label model's rows, churn's features
     else:
         dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates,
                                available=feature_snapshots(store))

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
-from nextbest.training import channel, churn, offer_net, propensity, purchase, send_time, uplift
+from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift
 from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, feature_snapshots, split
 from nextbest.training.metrics import charts, uplift_chart
-from nextbest.training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
+from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
@@ -70,11 +70,18 @@ def model_config(name: str, config: TrainConfig):
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":
         return offer_net.OfferNetConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
+    if name.startswith(LABEL_PREFIX):
+        return label.LabelConfig(name=label.check_name(name.removeprefix(LABEL_PREFIX)), fit=fit)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 _MODULES = {"conversion": propensity, "channel": channel, "purchase": purchase, "churn": churn, "uplift": uplift,
             "send_time": send_time, "offer_net": offer_net}
+
+
+def _module(name: str):
+    """The training module of a model: its own, or `label` for a label-NAME model."""
+    return label if name.startswith(LABEL_PREFIX) else _MODULES[name]
 
 
 # model -> (the row set it is trained on, its FeatureService's model name)
@@ -87,7 +94,7 @@ _ROWS: dict[str, tuple[str, str]] = {"conversion": (CONTACTS, "conversion"), "up
 def shared_joins(store, names: list[str]) -> SharedJoins:
     """One point-in-time join per row set for the models `names` (the contact log once, the snapshots once)."""
     groups: dict[str, list[str]] = {}
-    for name in names:
+    for name in (n for n in names if n in _ROWS):  # a label model's rows are its own labels file
         rows, model = _ROWS[name]
         groups.setdefault(rows, []).append(service_name(model))
     return SharedJoins(store, {k: tuple(v) for k, v in groups.items()})
@@ -110,7 +117,7 @@ def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, 
     contacts = raw.get("contacts")
     if contacts is not None and len(contacts):
         return {}
-    return {n: "no contact log (contacts table)" for n in names if _ROWS[n][0] == CONTACTS}
+    return {n: "no contact log (contacts table)" for n in names if n in _ROWS and _ROWS[n][0] == CONTACTS}
 
 
 MIN_LABEL_MATCH = 0.5  # below this share of label rows naming a known user, the labels file is refused
@@ -176,7 +183,7 @@ def feature_problem(data: TrainingSet) -> str | None:
 
 def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
     """Why a model must not be promoted whatever its champion scores: its holdout AUC is not clearly above chance."""
-    if PRIMARY_METRIC[name] != "auc":
+    if primary_metric(name) != "auc":
         return None
     auc, low, high = metrics.get("auc", np.nan), metrics.get("auc_low", np.nan), metrics.get("auc_high", np.nan)
     if np.isnan(low):
@@ -190,7 +197,7 @@ def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
         return uplift.evaluate(scorer, holdout)["qini"]
-    return _MODULES[name].evaluate(scorer, holdout)["auc"]
+    return _module(name).evaluate(scorer, holdout)["auc"]
 
 
 def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig(), raw: dict | None = None,
@@ -206,7 +213,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
 
     started = time.perf_counter()
     step = progress or (lambda text: None)
-    module = _MODULES[name]
+    module = _module(name)
     cfg = model_config(name, config)
     raw = raw if raw is not None else read_raw_tables(settings)
     warnings: list[str] = []
@@ -214,6 +221,10 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         labels, warnings = check_labels(labels, raw["users"])
         raw = {**raw, "labels": labels}
     store = store or feature_store(settings)
+    if name.startswith(LABEL_PREFIX):  # its own FeatureService, registered next to the built-in ones
+        from nextbest.features.store import apply_label_service
+
+        apply_label_service(store, cfg.name)
     step(f"{name}: training set")
     data = module.build_frame(store, raw, cfg, shared)
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
@@ -246,7 +257,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         run_id, version = log_model(settings, name, scorer, {**metrics, **extra}, params,
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
-    decision = gate(settings, name, version, run_id, metrics[PRIMARY_METRIC[name]],
+    decision = gate(settings, name, version, run_id, metrics[primary_metric(name)],
                     lambda champion: _primary(name, champion, holdout), defer=defer,
                     refuse=quality_refusal(name, metrics))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())

@@ -24,6 +24,9 @@ from nextbest.features.settings import Settings
 __all__ = [
     "MODEL_NAMES",
     "PRIMARY_METRIC",
+    "LABEL_PREFIX",
+    "registered_name",
+    "primary_metric",
     "RegistryUnavailable",
     "ChecksumError",
     "Champion",
@@ -53,6 +56,22 @@ MODEL_NAMES: dict[str, str] = {
 # The metric the promotion gate compares (higher is better) on the challenger's holdout.
 PRIMARY_METRIC: dict[str, str] = {name: "auc" for name in MODEL_NAMES} | {"uplift": "qini"}
 CHAMPION, CHALLENGER = "champion", "challenger"
+# A propensity model for any labelled outcome (`nextbest train label NAME`) is the model "label-NAME",
+# registered as "nextbest-label-NAME"; its primary metric is the AUC.
+LABEL_PREFIX = "label-"
+
+
+def registered_name(name: str) -> str:
+    """The registry name of a model: a built-in model's, or nextbest-label-NAME for a label model."""
+    if name in MODEL_NAMES:
+        return MODEL_NAMES[name]
+    if name.startswith(LABEL_PREFIX) and len(name) > len(LABEL_PREFIX):
+        return f"nextbest-{name}"
+    raise KeyError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or label-NAME")
+
+
+def primary_metric(name: str) -> str:
+    return PRIMARY_METRIC.get(name, "auc")
 _CHECKSUMS = "checksums.json"
 
 
@@ -196,7 +215,7 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
 
     client = _client(settings)
     experiment = _experiment(client, settings, name)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment) as run:
         folder = Path(tmp) / "scorer"
         digest = save_scorer(scorer, folder)
@@ -255,7 +274,7 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
     # A progress bar per download would flood the logs of the decision service that calls this.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registered}/{version}", dst_path=tmp,
                                                     tracking_uri=settings.tracking_uri)
@@ -277,8 +296,8 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     from mlflow import MlflowClient
 
     client = _client(settings)
-    registered = MODEL_NAMES[name]
-    metric = PRIMARY_METRIC[name]
+    registered = registered_name(name)
+    metric = primary_metric(name)
     current = _champion_version(client, registered)
     decision: dict[str, object] = {"metric": metric, "challenger_version": version, "challenger": challenger_score,
                                    "champion_version": current, "champion": None}
@@ -328,7 +347,7 @@ def policy_gate(settings: Settings, versions: dict[str, str], chosen: dict[str, 
     changed = {}
     for name, version in versions.items():
         promoted = chosen.get(name) == version
-        run_id = client.get_model_version(MODEL_NAMES[name], version).tags.get("run_id")
+        run_id = client.get_model_version(registered_name(name), version).tags.get("run_id")
         if run_id:
             tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if promoted
                              else "kept champion (policy gate)")
@@ -349,7 +368,7 @@ def promote(settings: Settings, name: str, version: str | None = None) -> tuple[
     from mlflow.exceptions import MlflowException
 
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     try:
         target = version or str(client.get_model_version_by_alias(registered, CHALLENGER).version)
         client.get_model_version(registered, target)
@@ -363,7 +382,7 @@ def promote(settings: Settings, name: str, version: str | None = None) -> tuple[
 def rollback(settings: Settings, name: str) -> tuple[str, str]:
     """Give the champion alias back to the version that held it before; returns (old, restored)."""
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     current = _champion_version(client, registered) if _model_exists(client, registered) else None
     if current is None:
         raise LookupError(f"{registered} has no champion to roll back")
@@ -384,7 +403,9 @@ def list_versions(settings: Settings) -> list[dict[str, object]]:
         return []
     client = _client(settings)
     rows = []
-    for short, registered in MODEL_NAMES.items():
+    labelled = {m.name.removeprefix("nextbest-"): m.name
+                for m in client.search_registered_models(filter_string=f"name LIKE 'nextbest-{LABEL_PREFIX}%'")}
+    for short, registered in {**MODEL_NAMES, **labelled}.items():
         if not _model_exists(client, registered):
             continue
         model = client.get_registered_model(registered)
@@ -394,7 +415,7 @@ def list_versions(settings: Settings) -> list[dict[str, object]]:
         for mv in client.search_model_versions(f"name = '{registered}'"):
             metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
             rows.append({"model": short, "version": str(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
-                         "metric": PRIMARY_METRIC[short], "value": metrics.get(PRIMARY_METRIC[short]),
+                         "metric": primary_metric(short), "value": metrics.get(primary_metric(short)),
                          "created": pd.Timestamp(mv.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
     return sorted(rows, key=lambda r: (r["model"], int(r["version"])))
 
