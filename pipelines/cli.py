@@ -189,6 +189,9 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    if raw["events"] is None or raw["events"].empty or raw["users"] is None or raw["users"].empty:
+        raise UserError("the ingested data has no users or no events (ingested with --force?): nothing to build "
+                        "features from; ingest data with both")
     when = snapshot_date(as_of, raw["events"]) if as_of else None
     config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
                          seed=settings.seed)

@@ -141,6 +141,7 @@ def test_forced_empty_replacement_is_allowed(good, home, tmp_path):
     folder = write_csvs({"users": raw["users"], "events": raw["events"].iloc[:0]}, tmp_path / "empty")
     assert ingest(folder, "--force").exit_code == 0
     assert manifest(home / "raw")["rows"]["events"] == 0
+    refused(runner.invoke(app, ["features", "build"]), "no users or no events")
 
 
 # --- read, not refused ------------------------------------------------------------------------------------
