@@ -309,3 +309,29 @@ def test_features_build_without_contacts_and_with_text_ids(home, tmp_path):
     refused(runner.invoke(app, ["features", "build", "--as-of", "2026-07-01T10:00"]), "midnight UTC")
     refused(runner.invoke(app, ["features", "build", "--as-of", "1999-01-01"]), "not after the first event")
     refused(runner.invoke(app, ["features", "build", "--as-of", "someday"]), "is not a date")
+
+
+def test_parquet_exports_naive_times_and_integer_ids(home, tmp_path):
+    raw = make_raw()
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    ids = {u: i for i, u in enumerate(raw["users"]["user_id"])}
+    raw["users"].assign(user_id=raw["users"]["user_id"].map(ids)).to_parquet(folder / "users.parquet")
+    events = raw["events"].assign(user_id=raw["events"]["user_id"].map(ids), ts=raw["events"]["ts"].dt.tz_convert(None))
+    events.to_parquet(folder / "events.parquet")  # datetime64 without a zone, as many warehouses export
+    refused(ingest(folder), "events.parquet", "'ts'", "without a timezone")
+    assert ingest(folder, "--assume-utc").exit_code == 0
+    got = read_raw(home / "raw", "events")
+    assert got["user_id"].iloc[0] == str(events["user_id"].iloc[0])  # ids are text everywhere
+    pd.testing.assert_series_equal(got["ts"], raw["events"]["ts"].astype("datetime64[ns, UTC]"))
+
+
+def test_duplicates_can_be_kept_or_dropped_by_the_mapping(home, tmp_path):
+    raw = make_raw()
+    events = pd.concat([raw["events"], raw["events"].iloc[:7]], ignore_index=True)
+    folder = write_csvs({"users": raw["users"], "events": events}, tmp_path / "in")
+    for policy, rows in (("keep", len(events)), ("drop", len(raw["events"]))):
+        (folder / "map.yaml").write_text(f"tables:\n  users: {{path: users.csv}}\n"
+                                         f"  events: {{path: events.csv, duplicates: {policy}}}\n")
+        assert ingest("--mapping", folder / "map.yaml").exit_code == 0
+        assert manifest(home / "raw")["rows"]["events"] == rows

@@ -199,3 +199,15 @@ def test_a_label_model_for_any_outcome_is_registered_under_its_own_name_with_its
     assert code == 2 and "lowercase letters" in text
     code, text = cli("train", "label", "takeup")
     assert code == 2 and "needs a name and a labels file" in text
+
+
+def test_label_dates_between_snapshots_are_warned_about():
+    from nextbest.training.jobs import label_date_warnings
+
+    snaps = pd.date_range("2026-06-07", periods=4, freq="7D", tz="UTC")
+    on = pd.DataFrame({"as_of": [snaps[1], snaps[2]]})
+    assert label_date_warnings(on, snaps) == []
+    off = pd.DataFrame({"as_of": [snaps[1], snaps[2] + pd.Timedelta(days=5)]})
+    (warning,) = label_date_warnings(off, snaps)
+    assert "1 of 2 label rows" in warning and "up to 5 d older" in warning
+    assert f"features build --as-of {(snaps[2] + pd.Timedelta(days=5)).date()}" in warning
