@@ -240,12 +240,13 @@ def feature_snapshots(store) -> pd.DatetimeIndex | None:
     """The snapshot times of the feature tables (read from the behaviour view's Parquet source), or None."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+    from feast.errors import FeatureViewNotFoundException
 
     try:
         path = store.get_feature_view("behaviour").batch_source.path
-        times = pc.unique(pq.read_table(path, columns=["event_timestamp"]).column(0)).to_pandas()
-    except Exception:  # no behaviour view (a store built by hand): nothing to check against
+    except FeatureViewNotFoundException:  # a store without the behaviour view: nothing to check against
         return None
+    times = pc.unique(pq.read_table(path, columns=["event_timestamp"]).column(0)).to_pandas()
     return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).sort_values()
 
 
