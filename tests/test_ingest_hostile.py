@@ -335,3 +335,44 @@ def test_duplicates_can_be_kept_or_dropped_by_the_mapping(home, tmp_path):
                                          f"  events: {{path: events.csv, duplicates: {policy}}}\n")
         assert ingest("--mapping", folder / "map.yaml").exit_code == 0
         assert manifest(home / "raw")["rows"]["events"] == rows
+
+
+def _mutations(text: str, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Damaged copies of one CSV's text, the kinds real exports arrive with."""
+    lines = text.splitlines(keepends=True)
+    cut = int(rng.integers(1, len(text)))
+    pick = int(rng.integers(1, len(lines)))
+    cells = lines[pick].split(",")
+    cells[int(rng.integers(len(cells)))] = str(rng.choice(["", " ", "NaN", "inf", "-1e309", "1e309", "null", "0x1F", "∞",
+                                                           "1,5", "\"", "'", "2026-02-30", "9999-12-31", "¿?", "\x00"]))
+    return [
+        ("truncated mid-file", text[:cut]),
+        ("a cell replaced", "".join(lines[:pick] + [",".join(cells)] + lines[pick + 1:])),
+        ("a line duplicated", "".join(lines + [lines[pick]])),
+        ("a column dropped", "".join(",".join(line.rstrip("\n").split(",")[:-1]) + "\n" for line in lines)),
+        ("the header repeated inside", "".join(lines[:pick] + [lines[0]] + lines[pick:])),
+        ("semicolons", text.replace(",", ";")),
+        ("CRLF and a BOM", "\ufeff" + text.replace("\n", "\r\n")),
+        ("stray quote", text[:cut] + '"' + text[cut:]),
+    ]
+
+
+def test_damaged_exports_never_give_a_traceback(good, home, tmp_path):
+    """Seeded damage to the users and events files: every ingest ends in exit 0 or a clean exit 2."""
+    rng = np.random.default_rng(11)
+    source = write_csvs(make_raw(n_users=40, n_events=300), tmp_path / "src")
+    outcomes = []
+    for table in ("users", "events"):
+        text = (source / f"{table}.csv").read_text()
+        for k, (what, damaged) in enumerate(_mutations(text, rng) + _mutations(text, rng)):
+            folder = write_csvs({}, tmp_path / f"{table}-{k}")
+            for name in ("users", "events"):
+                (folder / f"{name}.csv").write_text(damaged if name == table else (source / f"{name}.csv").read_text())
+            result = ingest(folder, "--assume-utc")
+            assert result.exit_code in (0, 2), (table, what, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit), (table, what, result.exception)
+            assert "Traceback" not in result.output
+            outcomes.append(result.exit_code)
+            if result.exit_code == 2:
+                assert "error:" in result.output
+    assert outcomes.count(2) >= len(outcomes) // 2  # most damage is caught, not waved through
