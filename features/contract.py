@@ -178,6 +178,10 @@ def conform(table: str, df: pd.DataFrame, file: str, *, timezone: str | None = N
     if repeated:
         raise ContractError([Violation(file, name, "appears more than once (check the renames in the mapping)", 0)
                              for name in repeated])
+    nested = [str(c) for c in df.columns if _nested(df[c])]
+    if nested:
+        raise ContractError([Violation(file, name, "holds lists or nested records: export one plain value per cell",
+                                       int(df[name].map(_is_nested).sum())) for name in nested])
     missing = [c.name for c in spec if c.required and c.name not in df.columns]
     if missing:
         raise ContractError([
@@ -223,6 +227,17 @@ def conform(table: str, df: pd.DataFrame, file: str, *, timezone: str | None = N
     except SchemaErrors as err:
         raise ContractError(_violations(err, file)) from None
     return out
+
+
+def _is_nested(value: object) -> bool:
+    return isinstance(value, (list, tuple, dict, set, np.ndarray))
+
+
+def _nested(s: pd.Series) -> bool:
+    """Whether a column holds lists or records (a Parquet export can); CSV text never does."""
+    if s.dtype != object:
+        return False
+    return pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty", "bytes") and bool(s.map(_is_nested).any())
 
 
 def _found(columns: pd.Index) -> str:

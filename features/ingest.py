@@ -230,6 +230,10 @@ def ingest(plan: IngestPlan, raw_dir: Path, progress: Callable[[str], None] | No
         except ContractError as err:
             violations += err.violations
             continue
+        except (TypeError, ValueError, OverflowError) as err:  # a value of a kind no rule foresaw: refuse, never crash
+            violations.append(Violation(label, "-", f"could not be checked ({type(err).__name__}): a column holds values "
+                                        "of an unexpected kind; export plain text, numbers and timestamps", 0))
+            continue
         if table in _NOT_EMPTY and frames[table].empty and not force:
             violations.append(Violation(label, "-", "has no rows (a header-only export?): the last good data stays in "
                                         "place; pass --force to replace it with an empty table", 0))

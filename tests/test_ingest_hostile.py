@@ -324,6 +324,8 @@ def test_parquet_exports_naive_times_and_integer_ids(home, tmp_path):
     got = read_raw(home / "raw", "events")
     assert got["user_id"].iloc[0] == str(events["user_id"].iloc[0])  # ids are text everywhere
     pd.testing.assert_series_equal(got["ts"], raw["events"]["ts"].astype("datetime64[ns, UTC]"))
+    raw["users"].assign(tags=[["a", "b"]] * len(raw["users"])).to_parquet(folder / "users.parquet")  # nested values
+    refused(ingest(folder, "--assume-utc"), "users.parquet", "'tags' holds lists or nested records", "200 row(s)")
 
 
 def test_duplicates_can_be_kept_or_dropped_by_the_mapping(home, tmp_path):
