@@ -26,7 +26,7 @@ __all__ = [
     "Clause",
 ]
 
-Kind = Literal["str", "ts", "float", "int", "bool"]
+Kind = Literal["str", "ts", "float", "int", "bool", "flag"]  # flag: a 0/1 outcome, also written true/false, yes/no
 
 TABLES: tuple[str, ...] = ("users", "events", "contacts", "offers", "channels", "suppressions", "labels")
 REQUIRED_TABLES: tuple[str, ...] = ("users", "events")
@@ -111,7 +111,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "labels": (
         Column("user_id", "str"),
         Column("as_of", "ts"),
-        Column("label", "int", checks=(pa.Check.isin([0, 1], error="must be 0 or 1"),)),
+        Column("label", "flag", checks=(pa.Check.isin([0, 1], error="must be 0 or 1"),)),
     ),
 }
 
@@ -256,7 +256,8 @@ def _example(values: pd.Series) -> str:
     values = values.dropna()
     if values.empty:
         return ""
-    text = str(values.iloc[0])
+    value = values.iloc[0]
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     return repr(text if len(text) <= 24 else text[:21] + "...")
 
 
@@ -293,7 +294,7 @@ def _violations(err: SchemaErrors, file: str) -> list[Violation]:
         if rule.startswith("not_nullable"):
             rule = "must not be empty"
         n = int(group["index"].nunique()) if group["index"].notna().any() else len(group)
-        example = "" if group["failure_case"].isna().all() else repr(group["failure_case"].dropna().iloc[0])
+        example = _example(group["failure_case"])
         out.append(Violation(file, column, rule, n, example))
     return out
 
@@ -304,6 +305,7 @@ _KIND_WORDS = {
     "float": "a number (a decimal point, optional thousands commas: 1,234.5)",
     "int": "a whole number",
     "bool": "true/false (or 1/0, yes/no)",
+    "flag": "0 or 1 (or true/false, yes/no)",
 }
 _NON_FINITE = "must be a finite number (not inf or -inf)"
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -346,6 +348,11 @@ def _parse(s: pd.Series, kind: Kind, timezone: str | None = None) -> tuple[pd.Se
         problems.append((fraction, f"must be {_KIND_WORDS['int']}"))
         whole = num.where(np.isfinite(num) & ~fraction)  # only whole numbers reach the integer cast
         return (whole.astype("Int64") if whole.isna().any() else whole.astype("int64")), problems
+    if kind == "flag":  # a labelled outcome: 0/1 as a whole number, from numbers or yes/no words
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            return _parse(s, "int")
+        parsed, problems = _parse(s, "bool")
+        return parsed.astype("int64"), [(bad, f"must be {_KIND_WORDS['flag']}") for bad, _ in problems]
     if kind == "bool":
         if pd.api.types.is_bool_dtype(s.dtype):
             return s.astype(bool), []

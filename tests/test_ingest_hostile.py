@@ -378,3 +378,15 @@ def test_damaged_exports_never_give_a_traceback(good, home, tmp_path):
             if result.exit_code == 2:
                 assert "error:" in result.output
     assert outcomes.count(2) >= len(outcomes) // 2  # most damage is caught, not waved through
+
+
+def test_labels_read_yes_no_and_refuse_other_values():
+    from nextbest.features.contract import ContractError, conform
+
+    labels = pd.DataFrame({"user_id": ["007", "008", "009"], "as_of": ["2026-06-01"] * 3, "label": ["Yes", "no", "1"]})
+    got = conform("labels", labels, "labels.csv", timezone="UTC")
+    assert got["label"].tolist() == [1, 0, 1] and got["user_id"].tolist() == ["007", "008", "009"]
+    with pytest.raises(ContractError, match=r"'label' must be 0 or 1 \(or true/false, yes/no\): 1 row\(s\) \(e.g. 'maybe'\)"):
+        conform("labels", labels.assign(label=["maybe", "0", "1"]), "labels.csv", timezone="UTC")
+    with pytest.raises(ContractError, match=r"'label' must be 0 or 1: 1 row\(s\) \(e.g. '2'\)"):
+        conform("labels", labels.assign(label=[0, 1, 2]), "labels.csv", timezone="UTC")
