@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
     host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
     port: int = 3000
+    workers: int = 1  # decision service worker processes (each loads the models; the ledger keeps caps exact across them)
     # Ingest: the dates a raw timestamp may take (a sane window around today; outside it, a typo or a placeholder
     # such as 1900-01-01), and a folder of exports a mapping may read besides its own folder.
     ingest_past_years: int = 50

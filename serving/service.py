@@ -13,6 +13,7 @@ import threading
 from http import HTTPStatus
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
@@ -65,7 +66,8 @@ def _http(fn):
     return call
 
 
-@bentoml.service(http={"host": "127.0.0.1"}, traffic={"timeout": 30}, workers=1, threads=4)
+# Worker processes come from the settings (NEXTBEST_WORKERS): BentoML reads them when the class is defined.
+@bentoml.service(http={"host": "127.0.0.1"}, traffic={"timeout": 30}, workers=max(1, Settings().workers), threads=4)
 class NextBest:
     """Next-best-action decisions under the contact policy."""
 
@@ -75,7 +77,10 @@ class NextBest:
         from nextbest.serving.metrics import metrics
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
-        self.runtime = Runtime(Settings(), loader=self.loader, metrics=metrics())
+        settings = Settings()
+        # Each worker explores with its own stream: the same seed in every worker would repeat the same draws.
+        rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
+        self.runtime = Runtime(settings, loader=self.loader, metrics=metrics(), rng=rng)
         self.runtime.metrics.models(self.runtime.models.current.versions())
         gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()
