@@ -195,6 +195,12 @@ def test_a_label_model_for_any_outcome_is_registered_under_its_own_name_with_its
     assert scorer.feature_service == "label_takeup_v1"
     code, text = cli("models")
     assert "label-takeup" in text and "champion" in text
+    # scored offline like the other per-user models: the planted outcome ranks first
+    code, text = cli("score", "--model", "label-takeup", "--as-of", as_of.strftime("%Y-%m-%d"), "--out", tmp_path / "s.csv")
+    assert code == 0, text
+    scores = pd.read_csv(tmp_path / "s.csv", dtype={"user_id": str}).merge(users[["user_id", "age"]], on="user_id")
+    assert len(scores) == len(users) and (scores["model"] == "nextbest-label-takeup").all()
+    assert scores.loc[scores["age"] >= 45, "score"].mean() > scores.loc[scores["age"] < 45, "score"].mean() + 0.3
     code, text = cli("train", "label", "Take-Up", "--labels", path)
     assert code == 2 and "lowercase letters" in text
     code, text = cli("train", "label", "takeup")

@@ -457,7 +457,9 @@ def load_champions(settings: Settings, kinds: tuple[str, ...] | None = None, cac
         return {}
     from mlflow.exceptions import MlflowException
 
-    names = {k: v for k, v in MODEL_NAMES.items() if kinds is None or k in kinds}
+    # label models (label-NAME) are loaded only when asked for by name: the decision service does not use them
+    names = dict(MODEL_NAMES) if kinds is None else \
+        {k: registered_name(k) for k in kinds if k in MODEL_NAMES or k.startswith(LABEL_PREFIX)}
     try:
         client = _client(settings)
         versions = {}
