@@ -44,6 +44,12 @@ class Settings(BaseSettings):
                                     "anyway (below Kubernetes' default 30-s termination period).")
     workers: int = Field(1, description="Decision-service worker processes (each loads the models; the "
                          "ledger keeps caps exact across them).")
+    ingest_past_years: int = Field(50, ge=1, description="Ingest refuses timestamps more than this many years "
+                                   "before today (a typo or a placeholder such as 1900-01-01).")
+    ingest_future_days: int = Field(2, ge=0, description="Ingest refuses timestamps more than this many days after "
+                                    "today.")
+    data_dir: Path | None = Field(None, description="A folder of exports any mapping may read besides its own folder "
+                                  "(`nextbest ingest --allow-dir` for one run).")
 
     @property
     def raw_dir(self) -> Path:
