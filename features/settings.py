@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "CHANNELS"]
@@ -19,18 +20,36 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEXTBEST_", frozen=True, extra="ignore")
 
-    home: Path = Path(".nextbest")  # all state: raw tables, feature tables, Feast registry, stores
-    project: str = "nextbest"  # Feast project name
-    online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = "127.0.0.1:6379"  # host:port[,db=N], Feast's redis connection string
-    offline_store: Literal["duckdb", "file"] = "duckdb"
-    seed: int = 7
-    ledger_backend: Literal["sqlite", "redis"] = "sqlite"  # contact ledger: caps, idempotency keys
-    mlflow_uri: str | None = None  # default: a SQLite file in home (see tracking_uri)
-    operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
-    host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
-    port: int = 3000
-    workers: int = 1  # decision service worker processes (each loads the models; the ledger keeps caps exact across them)
+    # Each field's description is the documentation: docs/configuration.md is generated from it.
+    home: Path = Field(Path(".nextbest"), description="All state: raw tables, feature tables, the Feast registry, "
+                       "the SQLite stores, the decision logs.")
+    project: str = Field("nextbest", description="Feast project name.")
+    online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store: a SQLite file in "
+                                                     "home, or Redis at `redis_url` (shared by service replicas).")
+    redis_url: str = Field("127.0.0.1:6379", description="Redis as `host:port[,db=N]` (Feast's connection string), "
+                           "for the online store and the contact ledger when they are `redis`.")
+    offline_store: Literal["duckdb", "file"] = Field("duckdb", description="Feast offline store for training sets.")
+    seed: int = Field(7, description="Seed of simulation, splits, tuning and the service's exploration.")
+    ledger_backend: Literal["sqlite", "redis"] = Field("sqlite", description="Contact ledger (caps, idempotency "
+                                                       "keys, suppressions): SQLite WAL in home, or Redis.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking and registry URI; unset: a SQLite file in "
+                                   "home.")
+    operator_config: Path | None = Field(None, description="Operator YAML (offers, channels, caps, triggers); unset: "
+                                         "`<home>/operator.yaml` when it exists, else the built-in config.")
+    host: str = Field("127.0.0.1", description="Address the decision service binds (an IP address); never 0.0.0.0 "
+                      "by default.")
+    port: int = Field(3000, ge=1, le=65535, description="Port of the decision service.")
+    shutdown_grace_s: float = Field(25.0, ge=0, le=3600, description="On SIGTERM the service answers new requests "
+                                    "503 and gives those in flight this many seconds to finish before it stops "
+                                    "anyway (below Kubernetes' default 30-s termination period).")
+    workers: int = Field(1, description="Decision-service worker processes (each loads the models; the "
+                         "ledger keeps caps exact across them).")
+    ingest_past_years: int = Field(50, ge=1, description="Ingest refuses timestamps more than this many years "
+                                   "before today (a typo or a placeholder such as 1900-01-01).")
+    ingest_future_days: int = Field(2, ge=0, description="Ingest refuses timestamps more than this many days after "
+                                    "today.")
+    data_dir: Path | None = Field(None, description="A folder of exports any mapping may read besides its own folder "
+                                  "(`nextbest ingest --allow-dir` for one run).")
 
     @property
     def raw_dir(self) -> Path:

@@ -50,6 +50,18 @@ class DecisionLog:
             finally:
                 os.close(fd)
 
+    def close(self) -> None:
+        """Wait for a write in progress, then fsync both logs: what was logged survives a power loss after stop."""
+        with self._lock:
+            for name in ("decisions.jsonl", "outcomes.jsonl"):
+                path = self.dir / name
+                if path.exists():
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+
     def decisions(self, records: list[dict]) -> None:
         """Log decisions; `user_id` is replaced by its pseudonym."""
         self._append("decisions.jsonl", [{**r, "user_id": pseudonym(self.key, r["user_id"])} for r in records])

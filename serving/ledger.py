@@ -119,6 +119,7 @@ class Ledger:
     def cancel_pending(self, user_id: str, event_type: str, at_s: float) -> list[str]: ...
     def record_outcome(self, decision_id: str, outcome: str, offer_id: str, channel: str) -> str: ...
     def ping(self) -> None: ...
+    def close(self) -> None: ...
 
     identity: str | None = None  # the store's sentinel, once attached
 
@@ -151,6 +152,8 @@ class SQLiteLedger(Ledger):
         self.identity: str | None = None
         self._local = threading.local()
         self._attach_lock = threading.Lock()
+        self._opened: list[sqlite3.Connection] = []  # every thread's connection, so close() can close them all
+        self._opened_lock = threading.Lock()
         try:
             self._conn()  # create the schema now so a bad path fails at start, loudly
         except LedgerLost as err:  # start anyway: not ready and no contact, with the reason on /status
@@ -204,7 +207,16 @@ class SQLiteLedger(Ledger):
                 raise LedgerUnavailable(f"the ledger identity file cannot be written: {err}") from err
             self.identity = row[0]
         self._local.conn, self._local.inode = conn, (st.st_dev, st.st_ino)
+        with self._opened_lock:
+            self._opened.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every connection; the last one to close checkpoints the WAL into the database file."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
     def _run(self, fn):
         try:
@@ -507,6 +519,9 @@ class RedisLedger(Ledger):
             if r.get(IDENTITY_KEY) != self.identity:
                 raise self._lost()
         self._run(go)
+
+    def close(self) -> None:
+        self._r.close()  # every write was one acknowledged command: nothing is buffered here
 
     def read(self, user_ids: Sequence[str]) -> Snapshot:
         def go(r) -> Snapshot:

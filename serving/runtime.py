@@ -835,6 +835,11 @@ class Runtime:
             "degraded": degraded,
         }
 
+    def close(self) -> None:
+        """At shutdown, after the last request: close the ledger and flush the decision log."""
+        self.ledger.close()
+        self.log.close()
+
     def ready(self) -> tuple[bool, dict]:
         """Ready when the ledger is this home's and answers, the operator config and suppressions are in place,
         the Feast registry reads and registered models loaded; models may still be absent (rule-based, flagged)."""

@@ -16,6 +16,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 from nextbest.features.settings import Settings
+from nextbest.serving import shutdown
 from nextbest.serving.ledger import LedgerUnavailable
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
@@ -82,6 +83,7 @@ class NextBest:
 
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         settings = Settings()
+        shutdown.install(settings.shutdown_grace_s)  # SIGTERM: drain first, then the server stops
         # Each worker explores with its own stream: the same seed in every worker would repeat the same draws.
         rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
         self.runtime = Runtime(settings, loader=self.loader, metrics=metrics(), rng=rng)
@@ -98,9 +100,10 @@ class NextBest:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self.runtime.close()  # after the drain: the ledger and the decision log are flushed and closed
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready()[0]
+        return not shutdown.drain().draining and self.runtime.ready()[0]
 
     @bentoml.api(route="/decide")
     @_http
@@ -146,3 +149,7 @@ class NextBest:
     def status(self) -> dict:
         """Readiness and, when not ready, the reasons: ledger usable, models in force, last model or config error."""
         return self.runtime.ready()[1]
+
+
+# While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.
+NextBest.add_asgi_middleware(shutdown.DrainMiddleware)
