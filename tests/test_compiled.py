@@ -81,7 +81,8 @@ def test_compiled_inputs_equal_the_encoders_frames_value_for_value(runtime, user
         compiled, reference = plan.codes(x), scorer.encoder_.codes(frame)
         assert compiled.shape == reference.shape
         np.testing.assert_array_equal(compiled, reference, err_msg=label)  # NaN where NaN, else bit for bit
-        assert np.isnan(reference).any() and np.nanmax(np.nanstd(reference, axis=0)) > 0  # the planted values are in
+        seen = ~np.isnan(reference).all(axis=0)
+        assert np.isnan(reference).any() and np.nanstd(reference[:, seen], axis=0).max() > 0  # the planted values are in
         checked += 1
     assert checked >= 5  # conversion, churn and the funnel's arms
 
