@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "CHANNELS"]
@@ -30,6 +31,16 @@ class Settings(BaseSettings):
     operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
     host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
     port: int = 3000
+    # The decision service's guard (serving/guard.py). Beyond loopback every endpoint but /livez and
+    # /readyz needs the API key, and the service refuses to start without one.
+    api_key: SecretStr | None = None  # callers send `Authorization: Bearer <key>` or `X-API-Key: <key>`
+    api_key_on_loopback: Literal["none", "writes", "all"] = "none"  # also ask for it on loopback: writes or all
+    allowed_hosts: str = "localhost,127.0.0.1,::1"  # Host header allow-list, comma-separated ("*": any)
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
+    # Caller timestamps (`now`, event `ts`, feedback `at`) are believed only near the server clock.
+    clock_skew_s: int = 300  # how far ahead of the server clock
+    max_age_s: int = 86_400  # how far behind, for `now`, `ts` and campaign times
+    max_outcome_age_s: int = 30 * 86_400  # how far behind, for feedback `at` (outcomes arrive late)
 
     @property
     def raw_dir(self) -> Path:

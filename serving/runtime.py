@@ -18,10 +18,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 from nextbest.features.settings import Settings
+from nextbest.serving import clock as server_clock
 from nextbest.serving import engine, policy
+from nextbest.serving.clock import SCHEDULE_HORIZON, TimeWindow
 from nextbest.serving.config import ConfigSource, OperatorConfig
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
+from nextbest.serving.privacy import describe
 from nextbest.serving.schemas import (
     BatchDecideRequest,
     CampaignContext,
@@ -75,7 +78,7 @@ class ModelHolder:
             champions = self.loader(self.settings)
             columns = {kind: self.columns_of(m.model.feature_service) for kind, m in champions.items()}
         except Exception as err:  # registry down, a broken artifact: keep serving with the last good models
-            self.error = f"{type(err).__name__}: {err}"
+            self.error = describe(err)
             log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
             return self.current
         usable = {k: m for k, m in champions.items() if k in engine.REQUEST_COLUMNS}
@@ -122,7 +125,7 @@ class OnlineFeatures:
         try:
             self.store.refresh_registry()
         except Exception as err:  # a registry being rewritten: keep the cached one, try again next time
-            log.warning("could not refresh the Feast registry: %s", err)
+            log.warning("could not refresh the Feast registry: %s", describe(err))
             return False
         self._registry_seen = stamp
         self._service, self._reader = None, None
@@ -178,7 +181,7 @@ class OnlineFeatures:
                                                          entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
                 users = _columns(raw)
         except Exception as err:  # store unreachable or broken: population defaults, flagged degraded
-            log.warning("online features unavailable, using population defaults: %s", err)
+            log.warning("online features unavailable, using population defaults: %s", describe(err))
             raw = {k: [v] * len(user_ids) for k, v in self.defaults.items()}
             raw["user_id"] = list(user_ids)
             return _columns(raw), np.ones(len(user_ids), dtype=bool), True
@@ -268,8 +271,14 @@ class Runtime:
     """Everything one service instance holds; methods mirror the HTTP endpoints."""
 
     def __init__(self, settings: Settings, loader: Callable[[Settings], dict] = default_loader,
-                 ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None):
+                 ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None,
+                 clock: Callable[[], datetime] | None = None):
         self.settings = settings
+        self.clock = clock or server_clock.system_clock  # the server's clock decides; caller times must be near it
+        skew = timedelta(seconds=settings.clock_skew_s)
+        self.window = TimeWindow(timedelta(seconds=settings.max_age_s), skew)
+        self.outcome_window = TimeWindow(timedelta(seconds=settings.max_outcome_age_s), skew)
+        self.schedule_window = TimeWindow(timedelta(seconds=settings.max_age_s), SCHEDULE_HORIZON)
         self.config = ConfigSource(settings.operator_yaml)
         self.features = OnlineFeatures(settings)
         self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
@@ -300,7 +309,7 @@ class Runtime:
             self.ledger.suppress(rows)
             self.suppressions_imported = True
         except LedgerUnavailable as err:  # start anyway (deciding "no contact"); ready() retries the import
-            log.error("could not import suppressions into the ledger: %s", err)
+            log.error("could not import suppressions into the ledger: %s", describe(err))
 
     # --- decide -----------------------------------------------------------------------------------
 
@@ -315,7 +324,11 @@ class Runtime:
                      f"{req.idempotency_key}:{u}" if req.idempotency_key else None) for u in req.user_ids]
         return self._decide_jobs(jobs)
 
-    def _check(self, config: OperatorConfig, ctx: CampaignContext) -> None:
+    def _check(self, config: OperatorConfig, req: DecideRequest, clock: datetime) -> None:
+        ctx = req.context
+        _believed(self.window, "now", req.now, clock)
+        _believed(self.schedule_window, "context.not_before", ctx.not_before, clock)
+        _believed(self.schedule_window, "context.deadline", ctx.deadline, clock)
         for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
             unknown = sorted(set(asked or ()) - set(known))
             if unknown:
@@ -327,12 +340,14 @@ class Runtime:
         started = time.perf_counter()
         config = self.config.current(time.monotonic())
         models = self.models.current  # this request keeps these models even if a swap happens meanwhile
+        clock = self.clock()
         for job in jobs:
-            self._check(config, job.req.context)
+            self._check(config, job.req, clock)
         ids = [j.req.user_id for j in jobs]
         feats, known, features_degraded = self.features.fetch(ids)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
+            self._log_unknown(unknown)
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise NotFoundError(f"unknown user_id(s): {shown} (not in the online feature store; ingest and materialise them first)")
         try:
@@ -346,10 +361,10 @@ class Runtime:
                                    models, features_degraded)
                 todo = self._commit([jobs[i] for i in todo], plans, todo)
         except LedgerUnavailable as err:
-            log.error("ledger unavailable, answering no contact: %s", err)
+            log.error("ledger unavailable, answering no contact: %s", describe(err))
             for job in jobs:
                 if job.result is None and job.replay is None:
-                    job.result = self._no_contact(job, models, str(err))
+                    job.result = self._no_contact(job, models, describe(err))
         out = []
         for job in jobs:
             if job.replay is not None:
@@ -368,7 +383,7 @@ class Runtime:
         channels = config.channel_names()
         offer_ids = config.offer_ids()
         n_u, n_o, n_c = len(jobs), len(config.offers), len(channels)
-        clock = datetime.now(UTC)
+        clock = self.clock()
         nows = [(job.req.now or clock).astimezone(UTC) for job in jobs]
         tz_of: dict = {}
         tzs = []
@@ -520,19 +535,20 @@ class Runtime:
     # --- events -------------------------------------------------------------------------------------
 
     def events(self, req: EventsRequest) -> dict:
-        now = datetime.now(UTC)
-        events = sorted(((e.ts or now).astimezone(UTC), k, e) for k, e in enumerate(req.events))
+        clock = self.clock()
+        events = sorted((_believed(self.window, f"events[{k}].ts", e.ts, clock), k, e) for k, e in enumerate(req.events))
         ids = list(dict.fromkeys(e.user_id for _, _, e in events))
         _, known, _ = self.features.fetch(ids)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
+            self._log_unknown(unknown)
             raise NotFoundError(f"unknown user_id(s): {', '.join(unknown[:10])}")
         config = self.config.current(time.monotonic())
         degraded = False
         try:
             self.features.push(self._realtime_rows(ids, events))
         except Exception as err:  # the online store is down: triggers still run, on the features we have
-            log.warning("could not push events to the online store: %s", err)
+            log.warning("could not push events to the online store: %s", describe(err))
             degraded = True
         cancelled: list[str] = []
         jobs: list[_Job] = []
@@ -542,16 +558,17 @@ class Runtime:
                     if t.unless == e.type:
                         cancelled += self.ledger.cancel_pending(e.user_id, e.type, ts.timestamp())
         except LedgerUnavailable as err:
-            log.error("ledger unavailable while cancelling triggers: %s", err)
+            log.error("ledger unavailable while cancelling triggers: %s", describe(err))
             degraded = True
         for ts, _, e in events:
             for t in config.triggers:
-                if t.on != e.type:
-                    continue
+                if t.on != e.type or ts + timedelta(minutes=t.deadline_minutes) <= clock:
+                    continue  # a late event whose trigger window has already closed sends nothing
                 ctx = CampaignContext(campaign_id=f"trigger:{t.name}", offers=t.offers, channels=t.channels, trigger=t.name,
                                       not_before=ts + timedelta(minutes=t.wait_minutes),
                                       deadline=ts + timedelta(minutes=t.deadline_minutes))
-                req_ = DecideRequest(user_id=e.user_id, now=ts, context=ctx)
+                # Decided as of the server clock: a send time is never in the past, nor charged to a past day.
+                req_ = DecideRequest(user_id=e.user_id, now=clock, context=ctx)
                 pending = (t.unless, (ts + timedelta(minutes=t.wait_minutes)).timestamp()) if t.unless else None
                 jobs.append(_Job(req_, _new_id(), f"trigger:{t.name}:{e.user_id}:{ts.isoformat()}", pending=pending))
         triggered = self._decide_jobs(jobs) if jobs else []
@@ -581,6 +598,9 @@ class Runtime:
     # --- feedback -----------------------------------------------------------------------------------
 
     def feedback(self, req: FeedbackRequest) -> dict:
+        at = _believed(self.outcome_window, "at", req.at, self.clock())
+        if req.revenue is not None and req.outcome != "converted":
+            raise UserError("revenue is only for outcome 'converted'")
         record = self.ledger.decision(req.decision_id)
         if record is None:
             raise NotFoundError(f"unknown decision_id {req.decision_id!r} (dry runs are not stored)")
@@ -590,9 +610,6 @@ class Runtime:
             what = "has no action (it was a no-contact decision)" if not actions else "has no action with that offer/channel"
             raise ConflictError(f"decision {req.decision_id} {what}; feedback is for actions that were decided")
         action = match[0]
-        at = (req.at or datetime.now(UTC)).astimezone(UTC)
-        if req.revenue is not None and req.outcome != "converted":
-            raise UserError("revenue is only for outcome 'converted'")
         first = self.ledger.first_outcome(req.decision_id, req.outcome, action["offer_id"], action["channel"])
         out = {"recorded": first, "suppressed": None, "released": False}
         if not first:
@@ -611,14 +628,16 @@ class Runtime:
     # --- profile ------------------------------------------------------------------------------------
 
     def profile(self, req: ProfileRequest) -> dict:
+        now = _believed(self.window, "now", req.now, self.clock())
         feats, known, degraded = self.features.fetch([req.user_id])
         if not known[0]:
+            self._log_unknown([req.user_id])
             raise NotFoundError(f"unknown user_id {req.user_id!r}")
         config = self.config.current(time.monotonic())
         models = self.models.current
         f = _features_of(feats, 0)
         snapshot = self.ledger.read([req.user_id])
-        grid = policy.time_grid((req.now or datetime.now(UTC)).astimezone(UTC), _tz(f.get("timezone")))
+        grid = policy.time_grid(now, _tz(f.get("timezone")))
         counts = policy.counts_from(snapshot.user_counts[req.user_id], snapshot.capacity, config, grid, {})
         channels = config.channel_names()
         p_open = engine.send_time_scores(models, feats, channels)
@@ -636,6 +655,10 @@ class Runtime:
             "degraded": degraded,
         }
 
+    def _log_unknown(self, user_ids: list[str]) -> None:
+        """Unknown ids in the service log as pseudonyms: a caller may send e-mail addresses as ids."""
+        log.info("unknown user_id(s) %s", ", ".join(self.log.pseudonym(u) for u in user_ids[:10]))
+
     def ready(self) -> tuple[bool, dict]:
         """Ready when the ledger answers; models and features may be degraded but the service still decides."""
         try:
@@ -647,6 +670,14 @@ class Runtime:
             ledger_ok = False
         return ledger_ok, {"ledger": ledger_ok, "models": self.models.current.versions(), "model_error": self.models.error,
                            "config_error": self.config.error}
+
+
+def _believed(window: TimeWindow, name: str, value: datetime | None, clock: datetime) -> datetime:
+    """A caller's time in UTC (the clock when absent), or UserError when it is too far from the clock."""
+    try:
+        return window.check(name, value, clock)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _new_id() -> str:

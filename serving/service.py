@@ -1,7 +1,8 @@
 """The nextbest decision service (BentoML): decide, events, feedback, profile, reload, status.
 
-Each endpoint validates its body with the pydantic models in serving/schemas.py and hands it to
-serving/runtime.py; caller mistakes become 4xx answers with a message, never a 5xx.
+Every request first passes the guard (serving/guard.py: Host allow-list, API key, strict JSON, size
+limit); each endpoint then validates its body with the pydantic models in serving/schemas.py and hands
+it to serving/runtime.py; caller mistakes become 4xx answers with a message, never a 5xx.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
+from nextbest.serving.guard import Guard, check_start, listening_host
+from nextbest.serving.privacy import redacted
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
     BatchDecideRequest,
@@ -36,17 +39,26 @@ MODEL_REFRESH_S = 30.0  # how often the registry is asked for new champions
 
 
 class _CallerMistakesAreNotErrors(logging.Filter):
-    """BentoML logs a rejected request at ERROR with a traceback; make it one WARNING line."""
+    """BentoML logs a rejected request at ERROR with a traceback; make it one WARNING line.
+
+    The line names the status and, for a schema error, the fields and error types, never the message
+    or the input: those echo the caller's values (user ids, e-mail addresses).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from pydantic import ValidationError
 
         exc = record.exc_info[1] if record.exc_info else None
-        caller = isinstance(exc, ValidationError) or (isinstance(exc, BentoMLException) and exc.error_code < 500)
-        if caller:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = f"{record.getMessage()}: rejected, {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            record.args, record.exc_info, record.exc_text = (), None, None
+        if isinstance(exc, ValidationError):
+            fields = ", ".join(f"{'.'.join(map(str, e['loc'])) or 'body'} ({e['type']})" for e in exc.errors()[:5])
+            why = f"400 {exc.title}: {fields}"
+        elif isinstance(exc, BentoMLException) and exc.error_code < 500:
+            why = f"{int(exc.error_code)} {type(exc).__name__}"
+        else:
+            return True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"{record.getMessage()}: rejected, {why}"
+        record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
 
@@ -74,8 +86,10 @@ class NextBest:
     def __init__(self) -> None:
         from nextbest.serving.metrics import metrics
 
+        settings = Settings()
+        check_start(settings, listening_host())  # beyond loopback without an API key: refuse to serve
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
-        self.runtime = Runtime(Settings(), loader=self.loader, metrics=metrics())
+        self.runtime = Runtime(settings, loader=self.loader, metrics=metrics())
         self.runtime.metrics.models(self.runtime.models.current.versions())
         gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()
@@ -130,10 +144,13 @@ class NextBest:
         self.runtime.features.refresh()
         versions = self.runtime.models.refresh().versions()
         self.runtime.metrics.models(versions)
-        return ReloadResponse(offers=len(config.offers), channels=len(config.channels), error=self.runtime.config.error,
-                              model_versions=versions)
+        return ReloadResponse(offers=len(config.offers), channels=len(config.channels),
+                              error=redacted(self.runtime.config.error), model_versions=versions)
 
     @bentoml.api(route="/status")
     def status(self) -> dict:
-        """Readiness details: ledger reachable, models in force, last model or config error."""
-        return self.runtime.ready()[1]
+        """Readiness details: ledger reachable, models in force, last model or config error (no paths or SQL)."""
+        return redacted(self.runtime.ready()[1])
+
+
+NextBest.add_asgi_middleware(Guard)  # outermost of our code: a refused request never reaches BentoML's parsers
