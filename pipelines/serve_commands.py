@@ -15,6 +15,7 @@ from typing import Annotated
 import httpx
 import typer
 from nextbest.features.settings import Settings
+from pydantic import SecretStr
 
 __all__ = ["register", "serve_command", "running_service", "demo_requests"]
 
@@ -29,6 +30,8 @@ def _env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in type(settings).model_fields:
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"NEXTBEST_{name.upper()}"] = str(Path(value).resolve()) if isinstance(value, Path) else str(value)
     return env
@@ -99,7 +102,14 @@ def register(app: typer.Typer) -> None:
     def serve(host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
               port: Annotated[int | None, typer.Option(help="port (default 3000)")] = None) -> None:
         """Run the decision service (BentoML) until Ctrl-C; OpenAPI docs at /docs."""
+        from nextbest.serving.guard import UnsafeStart, check_start
+
         settings = Settings()
         host, port = host or settings.host, port or settings.port
+        try:
+            check_start(settings, host)
+        except UnsafeStart as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(f"nextbest decision service on http://{host}:{port} (docs at /docs)")
         raise typer.Exit(subprocess.call(serve_command(settings, host, port), env=_env(settings)))

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from urllib.parse import urlsplit
 
 from nextbest.features.settings import Settings
 
-__all__ = ["Guard", "GuardPolicy", "UnsafeStart", "check_start", "listening_host", "is_loopback", "WRITES", "PROBES"]
+__all__ = ["Guard", "GuardPolicy", "UnsafeStart", "check_start", "enforce_start", "listening_host", "is_loopback", "WRITES",
+           "PROBES"]
 
 log = logging.getLogger("nextbest.serving.guard")
 
@@ -95,6 +97,24 @@ def check_start(settings: Settings, host: str | None) -> None:
     if settings.api_key_on_loopback != "none":
         raise UnsafeStart(f"NEXTBEST_API_KEY_ON_LOOPBACK={settings.api_key_on_loopback} asks for an API key but "
                           "NEXTBEST_API_KEY is not set")
+
+
+def enforce_start(settings: Settings) -> None:
+    """`check_start` for this process; a refused BentoML worker stops the whole server and exits 2.
+
+    Raising would not do in a worker: BentoML's arbiter keeps the socket open and restarts the worker
+    forever. In-process (tests, `to_asgi()`) UnsafeStart is raised as usual.
+    """
+    host = listening_host()
+    try:
+        check_start(settings, host)
+    except UnsafeStart as err:
+        if host is None:
+            raise
+        log.critical("%s", err)
+        print(f"nextbest: {err}", file=sys.stderr, flush=True)
+        os.kill(os.getppid(), signal.SIGTERM)  # the arbiter that bound the socket: close it, stop every worker
+        os._exit(2)
 
 
 def _host_name(value: str) -> str:

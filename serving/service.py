@@ -16,7 +16,7 @@ from http import HTTPStatus
 import bentoml
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
-from nextbest.serving.guard import Guard, check_start, listening_host
+from nextbest.serving.guard import Guard, enforce_start
 from nextbest.serving.privacy import redacted
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
@@ -87,7 +87,7 @@ class NextBest:
         from nextbest.serving.metrics import metrics
 
         settings = Settings()
-        check_start(settings, listening_host())  # beyond loopback without an API key: refuse to serve
+        enforce_start(settings)  # beyond loopback without an API key: refuse to serve
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         self.runtime = Runtime(settings, loader=self.loader, metrics=metrics())
         self.runtime.metrics.models(self.runtime.models.current.versions())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 from nextbest.features.settings import Settings
 from starlette.testclient import TestClient
 
-from tests.test_serving_runtime import champions, consenting_user
+from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
 ROOT = Path(__file__).resolve().parents[1]
+BASE_URL = "http://127.0.0.1:3000"  # the in-process client's Host and server address: loopback, as when served
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +34,28 @@ def home(built, tmp_path_factory) -> Settings:
     return Settings(home=target)
 
 
-@pytest.fixture(scope="module")
-def client(home, models):
+@contextlib.contextmanager
+def service_client(home: Settings, models, env: dict[str, str] | None = None, base_url: str = BASE_URL):
+    """BentoML's ASGI app of NextBest (the guard included) on `home`, with NEXTBEST_* `env`, clock at CLOCK."""
     from nextbest.serving.service import NextBest
 
     mp = pytest.MonkeyPatch()
     mp.setenv("NEXTBEST_HOME", str(home.home))
+    for k, v in (env or {}).items():
+        mp.setenv(k, v)
     mp.setattr(NextBest.inner, "loader", staticmethod(lambda s: models))
-    with TestClient(NextBest.to_asgi()) as c:
+    mp.setattr("nextbest.serving.clock.system_clock", lambda: CLOCK)
+    try:
+        with TestClient(NextBest.to_asgi(), base_url=base_url) as c:
+            yield c
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def client(home, models):
+    with service_client(home, models) as c:
         yield c
-    mp.undo()
 
 
 def ledger_rows(home: Settings) -> int:
@@ -110,9 +124,9 @@ def test_feedback_events_and_profile_round_trips(client, home):
 
 
 def test_reload_and_status(client):
-    r = client.post("/reload")
+    r = client.post("/reload", json={})
     assert r.status_code == 200 and r.json()["offers"] == 12 and r.json()["error"] is None
-    s = client.post("/status").json()
+    s = client.post("/status", json={}).json()
     assert s["ledger"] and s["models"]["send_time"] == "nextbest-send_time/1"
     assert client.get("/readyz").status_code == 200 and client.get("/livez").status_code == 200
 
