@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -164,6 +165,14 @@ def _reject_constant(name: str) -> None:
     raise _Refusal(400, "json_constant", f"the body contains {name}, which is not JSON; send numbers as finite values")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Refusal(400, "json_constant", f"the body has the number {text[:32]}, which is not JSON-representable as a "
+                                             "finite value; send finite numbers")
+    return value
+
+
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -182,7 +191,7 @@ def check_json(body: bytes) -> None:
     except UnicodeDecodeError:
         raise _Refusal(400, "json_encoding", "the body is not UTF-8; send JSON encoded as UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as err:
         raise _Refusal(400, "json_malformed", f"the body is not valid JSON: {err.msg} at line {err.lineno} "
                                               f"column {err.colno}") from None
