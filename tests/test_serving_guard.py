@@ -14,6 +14,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from starlette.testclient import TestClient
 from tests.test_serving_http import service_client
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY = "k" * 8 + "-test-key-0123456789"
 POSTS = ("/decide", "/decide_batch", "/events", "/feedback", "/profile", "/reload", "/status")
 
@@ -328,6 +330,12 @@ def test_bentoml_serve_beyond_loopback_refuses_without_a_key_and_asks_for_it_wit
         assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
         ok = httpx.post(f"{url}/status", json={}, headers={"authorization": f"Bearer {KEY}"}, timeout=10)
         assert ok.status_code == 200 and ok.json()["ledger"]
+        user = consenting_user(keyed)
+        for key, code in ((KEY, 0), ("", 22)):  # the README's curl example sends NEXTBEST_API_KEY (curl: 22 = HTTP 4xx)
+            curl = subprocess.run(["sh", str(ROOT / "examples/serving/decide.sh"), user], capture_output=True, text=True,
+                                  env={"NEXTBEST_URL": url, "NEXTBEST_API_KEY": key, "PATH": "/usr/bin:/bin"}, timeout=30)
+            assert curl.returncode == code, curl.stderr
+        assert json.loads(curl.stdout)["error"].startswith("missing or wrong API key")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
