@@ -215,6 +215,9 @@ class Guard:
         self.policy = policy or GuardPolicy.from_settings(Settings(), listening_host())
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # the service has no WebSocket endpoint: refuse the handshake
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.app(scope, receive, send)
             return

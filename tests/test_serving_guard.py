@@ -188,6 +188,14 @@ def test_only_json_bodies_are_parsed(client, home, user, content_type):
     assert footprint(client, home, user) == before
 
 
+def test_websocket_handshakes_are_refused(client):
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/decide"):
+        pass
+    assert refused.value.code == 1008
+
+
 def test_json_with_a_charset_is_json(client, user):
     r = post_raw(client, "/decide", json.dumps({"user_id": user, "dry_run": True}).encode(), "application/json; charset=utf-8")
     assert r.status_code == 200, r.text

@@ -1,0 +1,35 @@
+"""FeatureServices: the single, versioned feature list of each model, for training and serving alike."""
+
+from __future__ import annotations
+
+from feast import FeatureService, FeatureView
+
+__all__ = ["MODEL_VIEWS", "feature_services", "service_name"]
+
+# model -> the feature views it reads. Training (get_historical_features) and serving
+# (get_online_features) both ask for the service, never for a hand-written column list.
+MODEL_VIEWS: dict[str, tuple[str, ...]] = {
+    "conversion": ("profile", "behaviour", "channel", "time_profile", "tags"),
+    "uplift": ("profile", "behaviour", "channel", "time_profile", "tags"),
+    "purchase": ("profile", "behaviour", "tags"),
+    "churn": ("profile", "behaviour", "channel", "tags"),
+    "channel_response": ("profile", "behaviour", "channel", "time_profile"),
+    "send_time": ("profile", "channel", "time_profile"),
+    "offer_net": ("profile", "behaviour", "channel", "time_profile", "tags"),
+    "decision": ("profile", "behaviour", "channel", "time_profile", "tags", "realtime"),
+}
+VERSION = "v1"
+
+
+def service_name(model: str) -> str:
+    return f"{model}_{VERSION}"
+
+
+def feature_services(views: list[FeatureView]) -> list[FeatureService]:
+    """One FeatureService per model over the views that exist (a company without contacts has no channel view)."""
+    by_name = {v.name: v for v in views}
+    return [
+        FeatureService(name=service_name(model), features=[by_name[n] for n in names if n in by_name],
+                       description=f"Features of the {model} model.")
+        for model, names in MODEL_VIEWS.items()
+    ]

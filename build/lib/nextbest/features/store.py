@@ -1,0 +1,125 @@
+"""The Feast store wired from Settings: write feature tables, apply definitions, materialise online."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+from nextbest.features.entities import user
+from nextbest.features.feature_services import feature_services
+from nextbest.features.feature_views import VIEWS, feature_views, table_path
+from nextbest.features.online_sqlite import write_view
+from nextbest.features.settings import Settings
+
+__all__ = ["repo_config", "feature_store", "write_tables", "apply", "materialize", "read_table"]
+
+
+def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
+    """Feast configuration: DuckDB/file offline, SQLite (default) or Redis online, file registry.
+
+    `cache_ttl_seconds` is how long Feast trusts its cached registry; 0 means until `refresh_registry()`
+    (the decision service refreshes it off the request path when the registry file changes).
+    """
+    feast_dir = settings.feast_dir.resolve()
+    if settings.online_store == "redis":
+        online = {"type": "redis", "connection_string": settings.redis_url}
+    else:
+        online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+    return RepoConfig(
+        project=settings.project,
+        provider="local",
+        registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": cache_ttl_seconds},
+        online_store=online,
+        offline_store={"type": settings.offline_store},
+        entity_key_serialization_version=3,
+        repo_path=str(feast_dir),
+    )
+
+
+def feature_store(settings: Settings, cache_ttl_seconds: int = 60) -> FeatureStore:
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(settings, cache_ttl_seconds), repo_path=str(settings.feast_dir.resolve()))
+
+
+def write_tables(tables: dict[str, pd.DataFrame], feature_dir: Path) -> dict[str, int]:
+    """Write feature tables to a staging folder and swap it in whole (a failed build keeps the last good one)."""
+    unknown = set(tables) - set(VIEWS)
+    if unknown:
+        raise ValueError(f"unknown feature table(s) {sorted(unknown)}")
+    feature_dir = Path(feature_dir)
+    feature_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = feature_dir.parent / f".{feature_dir.name}-staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for name, df in tables.items():
+            df.to_parquet(table_path(staging, name), index=False)
+        old = feature_dir.parent / f".{feature_dir.name}-old-{uuid.uuid4().hex[:8]}"
+        if feature_dir.exists():
+            feature_dir.rename(old)
+        staging.rename(feature_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: len(df) for name, df in tables.items()}
+
+
+def read_table(settings: Settings, name: str) -> pd.DataFrame:
+    path = table_path(settings.feature_dir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"feature table {name!r} not built: run `nextbest features build` first")
+    return pd.read_parquet(path)
+
+
+def apply(settings: Settings) -> FeatureStore:
+    """Register the entity, views and FeatureServices for the current feature tables."""
+    if not settings.feature_dir.exists():
+        raise FileNotFoundError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` first")
+    store = feature_store(settings)
+    views = feature_views(settings.feature_dir)
+    store.apply([user, *views, *feature_services(views)])
+    return store
+
+
+Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]
+
+
+def materialize(settings: Settings, end: datetime | None = None, progress: Callable[[str, int], None] | None = None,
+                method: Method = "auto") -> dict[str, int]:
+    """Load each view's newest row per user (as of `end`) into the online store; return users per view.
+
+    Methods: `bulk` (SQLite only, features/online_sqlite.py), `feast-write` (Feast's
+    write_to_online_store with the newest rows), `feast-materialize` (Feast's own materialize over
+    the whole history). `auto` picks bulk for SQLite and feast-write otherwise.
+    """
+    store = feature_store(settings)
+    end = end or datetime.now(UTC)
+    if method == "auto":
+        method = "bulk" if settings.online_store == "sqlite" else "feast-write"
+    if method == "bulk" and settings.online_store != "sqlite":
+        raise ValueError("the bulk method writes the SQLite online store only; use feast-write for redis")
+    written: dict[str, int] = {}
+    for view in store.list_feature_views():
+        df = read_table(settings, view.name)
+        df = df[df["event_timestamp"] <= pd.Timestamp(end)]
+        latest = df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
+        if progress:
+            progress(view.name, len(latest))
+        if method == "bulk":
+            write_view(store, view, latest)
+        elif method == "feast-write":
+            store.write_to_online_store(view.name, latest)
+        else:
+            store.materialize(start_date=df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1),
+                              end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
+        written[view.name] = len(latest)
+    return written
+
+

@@ -1,0 +1,443 @@
+"""The `nextbest` command line: simulate, ingest, build features, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from nextbest.features.contract import ContractError
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
+from nextbest.pipelines.serve_commands import register as register_serve
+from nextbest.pipelines.train_commands import register as register_train
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+app = typer.Typer(help="nextbest: which offer, which channel, what time, or no contact at all.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+register_train(app)
+register_serve(app)
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep library chatter (deprecations, MLflow INFO lines) out of the command's output."""
+    import logging
+    import os
+    import warnings
+
+    import sqlalchemy  # noqa: F401  (it installs its own "once" filter at import: ours must come after it)
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow re-configures its loggers when imported
+    quiet = (DeprecationWarning, FutureWarning, UserWarning)
+    for category in quiet:
+        warnings.filterwarnings("ignore", category=category)
+    # Feast prepends its own "once" filter for deprecations when a command first imports it: drop those
+    # categories where they would be shown, whatever filters a library installs later.
+    shown = warnings.showwarning
+    if not getattr(shown, "_nextbest_quiet", False):
+        def show(message, category, *args, **kwargs):
+            if not issubclass(category, quiet):
+                shown(message, category, *args, **kwargs)
+
+        show._nextbest_quiet = True  # type: ignore[attr-defined]
+        warnings.showwarning = show
+    for name in ("mlflow", "alembic", "feast", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+__all__ = ["app"]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+@contextlib.contextmanager
+def steps(total: int) -> Iterator[callable]:
+    """A progress bar over named steps; yields `advance(description)`."""
+    columns = [SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=total)
+        first = [True]
+
+        def advance(description: str) -> None:
+            if not first[0]:
+                bar.advance(task)
+            first[0] = False
+            bar.update(task, description=description)
+
+        yield advance
+        bar.update(task, completed=total, description="done")
+
+
+def summary(title: str, rows: dict[str, object], columns: tuple[str, str] = ("table", "rows")) -> None:
+    table = Table(title=title)
+    table.add_column(columns[0])
+    table.add_column(columns[1], justify="right")
+    for key, value in rows.items():
+        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Run a command body; user mistakes become a clear message and exit code 2, never a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except (ContractError, UserError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2) from None
+
+
+# --- simulate ----------------------------------------------------------------------------------------
+
+def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
+    import pandas as pd
+    from nextbest.features.ingest import write_raw
+    from nextbest.serving.config import catalog_config, write_config
+    from nextbest.simulation import WorldConfig, simulate
+
+    # Whatever its length, the history ends where the default one does, in the past: the online store loads the
+    # newest feature rows as of now, so a history running past today would serve none.
+    end = WorldConfig().end_ts
+    start = (end - pd.Timedelta(days=days)).strftime("%Y-%m-%d")
+    with steps(3) as advance:
+        advance("simulating the world")
+        world = simulate(WorldConfig(n_users=users, days=days, seed=seed, start=start))
+        advance("writing raw tables")
+        write_raw(world.tables, settings.raw_dir)
+        # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).
+        write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml",
+                     note="written by `nextbest simulate`: the simulated world's catalog; edit freely, the service re-reads it")
+        advance("writing ground truth")
+        world.truth.save(settings.truth_dir)
+        # A new world replaces the old one: the contacts the service made to the old world's users go too.
+        if settings.ledger_backend == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                settings.ledger_path.with_name(settings.ledger_path.name + suffix).unlink(missing_ok=True)
+        for path in settings.log_dir.glob("*.jsonl*"):
+            path.unlink()
+    return {name: len(df) for name, df in world.tables.items()}
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(min=10, help="number of users")] = 20_000,
+    days: Annotated[int, typer.Option(min=14, help="days of history")] = 120,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """Generate the simulated marketing world as raw tables (plus its hidden truth, for evaluation only)."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_simulate, settings, users, days, seed)
+    summary(f"simulated world -> {settings.raw_dir} ({time.perf_counter() - started:.1f} s)", rows)
+
+
+# --- ingest --------------------------------------------------------------------------------------------
+
+@app.command()
+def ingest(
+    folder: Annotated[Path | None, typer.Argument(help="folder with <table>.csv / <table>.parquet files")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="YAML mapping: files, column renames, formats per table")] = None,
+) -> None:
+    """Validate a company's exports against the contract and replace the raw data atomically."""
+    from nextbest.features.ingest import ingest as run_ingest
+    from nextbest.features.ingest import load_plan, plan_from_dir
+
+    settings = Settings()
+
+    def body() -> dict[str, int]:
+        if (folder is None) == (mapping is None):
+            raise UserError("give either a FOLDER of <table>.csv/.parquet files or --mapping FILE")
+        plan = load_plan(mapping) if mapping else plan_from_dir(folder)
+        with steps(len(plan.tables) + 1) as advance:
+            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"))
+            advance("swapped in")
+        return rows
+
+    rows = run_guarded(body)
+    summary(f"ingested -> {settings.raw_dir}", rows)
+
+
+# --- features --------------------------------------------------------------------------------------------
+
+def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120) -> dict[str, int]:
+    from nextbest.features.build import BuildConfig, build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import manifest, read_raw
+    from nextbest.features.store import write_tables
+
+    manifest(settings.raw_dir)  # a clear error if nothing was ingested
+    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
+                         seed=settings.seed)
+    with steps(7) as advance:
+        tables = build_all(raw, config, progress=lambda name: advance(f"building {name}"))
+        advance("writing feature tables")
+        return write_tables(tables, settings.feature_dir)
+
+
+@features_app.command("build")
+def features_build(
+    every_days: Annotated[int, typer.Option(min=1, help="days between training snapshots")] = 7,
+    snapshots: Annotated[int | None, typer.Option(min=1, help="keep only the newest N snapshots")] = None,
+    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest (0 = all history)")] = 120,
+) -> None:
+    """Raw tables -> point-in-time feature tables (Parquet)."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_build, settings, every_days, snapshots, history_days)
+    summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
+
+
+def _apply(settings: Settings) -> dict[str, object]:
+    from nextbest.features.store import apply
+
+    store = apply(settings)
+    rows: dict[str, object] = {f"view {v.name}": f"{len(v.features)} features" for v in store.list_feature_views()}
+    rows.update({f"service {s.name}": f"{sum(len(p.features) for p in s.feature_view_projections)} features"
+                 for s in store.list_feature_services()})
+    return rows
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entity, feature views and FeatureServices with Feast."""
+    settings = Settings()
+    summary(f"feast apply ({settings.online_store} online store)", run_guarded(_apply, settings), ("object", "size"))
+
+
+def _materialize(settings: Settings) -> dict[str, int]:
+    from nextbest.features.store import feature_store, materialize
+
+    views = feature_store(settings).list_feature_views()
+    if not views:
+        raise UserError("no feature views registered: run `nextbest features apply` first")
+    with steps(len(views) + 1) as advance:
+        rows = materialize(settings, progress=lambda view, n: advance(f"online <- {view} ({n:,})"))
+        advance("done")
+    return rows
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load each user's newest feature values into the online store."""
+    settings = Settings()
+    started = time.perf_counter()
+    rows = run_guarded(_materialize, settings)
+    summary(f"online store ({settings.online_store}) ({time.perf_counter() - started:.1f} s)", rows, ("feature view", "users"))
+
+
+# --- evaluate ------------------------------------------------------------------------------------------
+
+_SHOWN = {"contacts": "contacts", "incremental_conversions": "incr. conv.", "incremental_revenue": "incr. revenue",
+          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints", "violations": "violations",
+          "share_of_oracle": "of oracle", "share_of_history_oracle": "of history oracle"}
+_SHARES = ("share_of_oracle", "share_of_history_oracle")
+
+
+def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
+    from nextbest.pipelines.evaluate import evaluate_policies, write_report
+    from nextbest.simulation.replay import ReplayConfig
+
+    with steps(10) as advance:
+        table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
+    png, html = write_report(table, settings.home / "reports")
+    return table, ope, png, html
+
+
+def print_evaluation(table, ope, png, html) -> None:
+    out = Table(title="policies replayed over the same fresh simulated period (incremental = over no contact)")
+    out.add_column("policy")
+    for label in _SHOWN.values():
+        out.add_column(label, justify="right")
+    for policy, row in table.iterrows():
+        out.add_row(policy, *[_fmt(row[c]) if c not in _SHARES else f"{row[c]:.0%}" for c in _SHOWN])
+    console.print(out)
+    console.print("history oracle: the oracle deciding on each user's interests and channel responses as the logged "
+                  "history tells them (every other trait exact): what no policy scored on this history can beat")
+    est = Table(title="off-policy estimates of the NBA policy from the logged history (reward: conversion in 7 d)")
+    for col in ("method", "estimate", "95% CI", "simulated truth", "error"):
+        est.add_column(col, justify="right")
+    for _, r in ope.iterrows():
+        est.add_row(r["method"], f"{r['value']:.4f}", f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]", f"{r['simulated_truth']:.4f}",
+                    f"{r['error']:+.1%}")
+    console.print(est)
+    console.print(f"report: {html} (chart {png})")
+
+
+@app.command()
+def evaluate(
+    users: Annotated[int, typer.Option(min=0, help="users sampled from the world (0 = all)")] = 5_000,
+    days: Annotated[int, typer.Option(min=1, help="days of the fresh period")] = 14,
+) -> None:
+    """Replay the NBA policy and the baselines over a fresh simulated period, plus off-policy estimates."""
+    settings = Settings()
+    print_evaluation(*run_guarded(_evaluate, settings, users or None, days))
+
+
+# --- retrain ---------------------------------------------------------------------------------------------
+
+@app.command()
+def retrain(
+    source: Annotated[Path | None, typer.Argument(help="new data: a folder of table files or a mapping YAML (default: keep)")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start a new run instead of resuming a failed one")] = False,
+) -> None:
+    """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
+    from nextbest.pipelines.retrain import STEPS, RetrainConfig
+    from nextbest.pipelines.retrain import retrain as run_retrain
+
+    settings = Settings()
+
+    def body() -> dict:
+        with steps(len(STEPS)) as advance:
+            try:
+                return run_retrain(settings, RetrainConfig(source=source, trials=trials), resume=not fresh,
+                                   progress=lambda step: advance(f"retrain: {step}"))
+            except (ContractError, UserError, FileNotFoundError):
+                raise
+            except Exception as err:  # a step failed: the last good features and models keep serving
+                raise UserError(f"retrain stopped ({err}); the last good features and models are still in place. "
+                                "Fix the cause and run `nextbest retrain` again to resume from the failed step.") from None
+
+    state = run_guarded(body)
+    summary(f"retrain run {state['run_id']}: {state['status']}",
+            {step: info.get("status", "-") for step, info in state["steps"].items()}, ("step", "status"))
+    models = state["steps"].get("train", {}).get("models", {})
+    gated = state["steps"].get("promote", {}).get("promoted", {})
+    decision = state["steps"].get("evaluate", {}).get("decision")
+
+    def result(name: str, m: dict) -> str:
+        if m.get("deferred"):
+            return f"v{m['version']} {'promoted' if name in gated else 'kept champion'} by the policy gate"
+        return f"v{m['version']} {'promoted' if m['promoted'] else 'kept champion'} on the holdout"
+
+    if models:
+        summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
+    if decision:
+        console.print(f"policy gate: {decision['reason']}")
+
+
+# --- closed loop -----------------------------------------------------------------------------------------
+
+@app.command()
+def loop(
+    rounds: Annotated[int, typer.Option(min=1, help="rounds of decide -> outcomes -> feedback -> retrain")] = 3,
+    days: Annotated[int, typer.Option(min=8, help="days per round (outcomes need a 7-day window)")] = 14,
+    epsilon: Annotated[float, typer.Option(min=0.0, max=1.0, help="exploration rate")] = 0.1,
+    control: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of sends held out as control")] = 0.1,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model at each retraining")] = 2,
+) -> None:
+    """Close the loop in simulation: each round decides with the champions, feeds the outcomes back and retrains.
+
+    The simulated world advances in place by ROUNDS x DAYS days; the value of each round is printed next to
+    the oracle's over the same days, and charted in <home>/reports/closed_loop.png.
+    """
+    from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
+
+    settings = Settings()
+    config = LoopConfig(rounds=rounds, days=days, epsilon=epsilon, control_share=control, trials=trials)
+
+    def body() -> pd.DataFrame:
+        with steps(rounds * 6 + 1) as advance:
+            return run_loop(settings, config, progress=advance)
+
+    table = run_guarded(body)
+    print_loop(table)
+    chart = write_loop_chart(table, settings.home / "reports")
+    console.print(f"chart: {chart}")
+
+
+def print_loop(table: pd.DataFrame) -> None:
+    out = Table(title="closed loop: value per round (expected incremental revenue under the simulated truth)")
+    for col in ("round", "start", "contacts", "controls", "NBA revenue", "oracle revenue", "share of oracle",
+                "yardstick: champions", "yardstick: share", "unsubs", "complaints", "violations"):
+        out.add_column(col, justify="right")
+    for k, r in table.iterrows():
+        out.add_row(str(k), str(r["start"]), f"{r['contacts']:,}", f"{r['controls']:,}", f"{r['incremental_revenue']:,.0f}",
+                    f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}", f"{r['yardstick_revenue']:,.0f}",
+                    f"{r['yardstick_share']:.0%}", str(r["unsubscribes"]), str(r["complaints"]), str(r["violations"]))
+    console.print(out)
+
+
+# --- demo ------------------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=100, help="users in the simulated world")] = 20_000,
+    days: Annotated[int, typer.Option(min=30, help="days of simulated history")] = 120,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
+) -> None:
+    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions."""
+    settings = Settings()
+    started = time.perf_counter()
+    console.rule("1. simulate the marketing world")
+    summary("raw tables", run_guarded(_simulate, settings, users, days, seed))
+    console.rule("2. build point-in-time feature tables")
+    summary("feature tables", run_guarded(_build, settings, 7, None), ("feature table", "rows"))
+    console.rule("3. register with Feast and materialise online")
+    summary("feast objects", run_guarded(_apply, settings), ("object", "size"))
+    summary("online store", run_guarded(_materialize, settings), ("feature view", "users"))
+    console.rule("4. online features for three users (FeatureService decision_v1)")
+    _show_online(settings, n=3)
+    console.rule("5. train, register and promote every model (MLflow)")
+    app(args=["train", "all", "--trials", str(trials)], standalone_mode=False)
+    console.rule("6. the NBA policy against the baselines, in a fresh simulated period")
+    print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
+    console.rule("7. the decision service answering sample requests over HTTP")
+    _show_decisions(settings)
+    console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
+
+
+def _show_online(settings: Settings, n: int) -> None:
+    from nextbest.features.ingest import read_raw
+    from nextbest.features.store import feature_store
+
+    store = feature_store(settings)
+    ids = read_raw(settings.raw_dir, "users")["user_id"].astype(str).head(n).tolist()
+    values = store.get_online_features(features=store.get_feature_service("decision_v1"),
+                                       entity_rows=[{"user_id": u} for u in ids]).to_dict()
+    shown = ["user_id", "lifecycle_stage", "rfm_segment", "value_tier", "purchases_90d", "revenue_90d",
+             "open_rate_email", "contacts_7d", "peak_open_hour", "scorecard", "last_event_type"]
+    table = Table(title="online features (one column per user)")
+    table.add_column("feature")
+    for uid in ids:
+        table.add_column(uid, justify="right")
+    for col in shown[1:]:
+        if col in values:
+            table.add_row(col, *[_fmt(v) for v in values[col]])
+    console.print(table)
+
+
+def _show_decisions(settings: Settings) -> None:
+    from nextbest.pipelines.serve_commands import demo_requests
+
+    rows = run_guarded(demo_requests, settings)
+    table = Table(title="decisions from the running service (127.0.0.1)")
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,411 @@
+"""Policy evaluation in the simulated world: the NBA engine with the current champions against baselines.
+
+Every policy is replayed over the same fresh period (simulation/replay.py) under the same contact rules.
+The model policies score each user once, with features as of the period start (the newest snapshot):
+the send-time model picks each channel's best allowed local hour, the conversion and uplift models
+score offer x channel at that hour, the churn model boosts retention offers, exactly the serving
+engine's functions (serving/engine.py). Each day a policy contacts each reachable user with the
+best allowed action of positive expected value, exploring with probability epsilon.
+
+Two yardsticks: the oracle (knows every hidden trait) and the history oracle (the same, but with each user's
+category interests and channel responses as well as the logged history can tell them: simulation/beliefs.py),
+an upper bound on what any policy scored on this history can earn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from nextbest.features.build import STAGES
+from nextbest.features.contract import TABLES
+from nextbest.features.feature_views import VIEWS
+from nextbest.features.ingest import read_raw
+from nextbest.features.settings import Settings
+from nextbest.features.store import feature_store, read_table
+from nextbest.serving import engine
+from nextbest.serving.config import catalog_config
+from nextbest.simulation import response
+from nextbest.simulation.beliefs import history_beliefs
+from nextbest.simulation.campaigns import eligible
+from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
+from nextbest.simulation.replay import (
+    STAGE_OF_TYPE,
+    Choice,
+    Period,
+    ReplayConfig,
+    Situation,
+    keep_capacity,
+    replay,
+)
+from nextbest.simulation.truth import Truth
+
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
+           "write_report"]
+
+HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
+_CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
+
+
+def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, dict[str, pd.DataFrame]]:
+    """The simulated world on disk (raw tables + truth) as a replay period; with `need_truth=False` and no
+    truth on disk, the company's logs as a period without one (off-policy evaluation only)."""
+    simulated = (settings.truth_dir / "truth.json").exists()
+    if need_truth and not simulated:
+        raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: policy evaluation needs `nextbest simulate`")
+    tables = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    tables = {k: v for k, v in tables.items() if v is not None}
+    return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
+
+
+def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:
+    """Each user's newest feature values from the offline tables, in `user_ids` order (the online view, in bulk);
+    with `as_of`, the newest snapshot at or before it (what the online store held then)."""
+    index = pd.Index(user_ids)
+    users: engine.Users = {"user_id": np.asarray(user_ids, dtype=object)}
+    for view in VIEWS:
+        try:
+            df = read_table(settings, view)
+        except FileNotFoundError:
+            continue
+        if as_of is not None:
+            df = df[pd.to_datetime(df["event_timestamp"], utc=True) <= as_of]
+        df = df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
+        rows = index.get_indexer(df["user_id"].astype(str))
+        keep = rows >= 0
+        for col in df.columns.drop(["user_id", "event_timestamp"]):
+            values = df[col].to_numpy()[keep]
+            numeric = pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])
+            out = np.full(len(index), np.nan) if numeric else np.full(len(index), None, dtype=object)
+            out[rows[keep]] = values.astype(float) if numeric else values
+            users[col] = out
+    return users
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """The NBA engine's choice per user from precomputed expected values (U, O, C) and send hours (U, C)."""
+
+    name: str
+    ev: np.ndarray
+    hours: np.ndarray
+    epsilon: float = 0.0
+
+    def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
+        n, n_o, n_c = self.ev.shape
+        feasible = s.eligible[:, :, None] & s.allowed[:, None, :]
+        ev = np.where(feasible, self.ev, -np.inf).reshape(n, -1)
+        best = ev.argmax(axis=1)
+        best_ev = ev[np.arange(n), best]
+        act = best_ev > 0
+        # Epsilon exploration over the feasible arms plus "no action"; record the chosen action's probability.
+        k = feasible.reshape(n, -1).sum(axis=1) + 1
+        explore = rng.random(n) < self.epsilon
+        r = np.floor(rng.random(n) * k).astype(np.int64)
+        arms = np.cumsum(feasible.reshape(n, -1), axis=1)
+        pick = np.where(r < k - 1, np.argmax(arms > r[:, None], axis=1), -1)
+        chosen = np.where(explore, pick, np.where(act, best, -1))
+        greedy = np.where(act, best, -1)
+        prob = (1 - self.epsilon) * (chosen == greedy) + self.epsilon / k
+        o, c = np.divmod(chosen.clip(0), n_c)
+        score = np.where(chosen >= 0, ev[np.arange(n), chosen.clip(0)], -np.inf)
+        choice = Choice(np.where(chosen >= 0, o, -1), c, self.hours[np.arange(n), c], score, prob)
+        return keep_capacity(choice, s.capacity_left)
+
+
+def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> engine.ModelSet:
+    """The champions, each with the feature columns of its FeatureService; `versions` (model -> registry
+    version) stand in for the champions of those models (a set of challengers to judge)."""
+    from nextbest.training.registry import Champion, load_champions, load_version
+
+    champions = load_champions(settings)
+    for kind, version in (versions or {}).items():
+        champions[kind] = Champion(kind, version, load_version(settings, kind, version))
+    store = feature_store(settings)
+    columns = {}
+    for kind, champ in champions.items():
+        fs = store.get_feature_service(champ.model.feature_service)
+        columns[kind] = [f.name for p in fs.feature_view_projections for f in p.features]
+    return engine.ModelSet(models=dict(champions), columns=columns)
+
+
+def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
+                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None) -> list[ModelPolicy]:
+    """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
+    scored on their newest features (at or before `as_of` when given)."""
+    from nextbest.simulation.replay import hour_ok_matrix
+
+    models = models if models is not None else champion_set(settings)
+    config = catalog_config(period.offers, period.channels)
+    channels = config.channel_names()
+    users = latest_features(settings, period.user_ids, as_of)
+    hour_ok = hour_ok_matrix(period.channels)
+    n = period.n_users
+    hours = np.zeros((n, len(channels)), dtype=np.int64)
+    p_convert = np.zeros((n, len(config.offers), len(channels)))
+    uplift = np.full_like(p_convert, np.nan)
+    p_churn = np.zeros(n)
+    for start in range(0, n, _CHUNK):
+        rows = np.arange(start, min(n, start + _CHUNK))
+        part = {k: v[rows] for k, v in users.items()}
+        p_open = engine.send_time_scores(models, part, channels)  # (u, C, 24)
+        hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
+        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
+        p_churn[rows] = engine.churn_scores(models, part)
+    value = np.array([o.value * o.lever for o in config.offers])
+    retention = np.array([o.kind == "retention" for o in config.offers])
+    boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]  # (U, O)
+    cost = np.array([c.cost for c in config.channels])
+    gain = (value[None, :] * boost)[:, :, None]
+    effect = np.where(np.isfinite(uplift), uplift, p_convert)
+    return [
+        ModelPolicy("nba (uplift)", effect * gain - cost, hours, epsilon),
+        ModelPolicy("propensity only", p_convert * gain - cost, hours, epsilon),
+    ]
+
+
+def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, users: int | None = 5_000,
+                      progress=None, ope_users: int | None = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay every policy over the same fresh period (on a seeded sample of `users`); metrics per policy, and
+    the off-policy estimates of the NBA policy from the logged history of `ope_users` next to its simulated truth."""
+    config = config or ReplayConfig()
+    world, tables = load_period(settings)
+    period = world.sample(users, seed=config.seed)
+    step = progress or (lambda name: None)
+    step("scoring users with the champions")
+    models = champion_set(settings)
+    nba, propensity_only = model_policies(settings, period, models=models)
+    policies = [
+        nba, propensity_only,
+        NoContact(),
+        RandomPolicy(),
+        Blast(tuple(best_selling_order(tables, period.offers)), tuple(period.channels["cost"])),
+        OraclePolicy(period, name=HISTORY_ORACLE, beliefs=history_beliefs(period.truth, tables, period.user_ids, period.start)),
+        OraclePolicy(period),
+    ]
+    rows = []
+    for policy in policies:
+        step(f"replaying {policy.name}")
+        rows.append({"policy": policy.name, **replay(period, policy, config).metrics})
+    table = pd.DataFrame(rows).set_index("policy")
+    for column, yardstick in (("share_of_oracle", "oracle"), ("share_of_history_oracle", HISTORY_ORACLE)):
+        best = table.loc[yardstick, "incremental_revenue"]
+        table[column] = table["incremental_revenue"] / best if best > 0 else np.nan
+    step("off-policy estimates from the log")
+    ope_period = world.sample(ope_users, seed=config.seed)
+    cutoff, logged = ope_log(settings, tables, ope_period)
+    # The same policy as it stood at the cutoff: features of then, so its choices do not depend on the
+    # outcomes it is evaluated on.
+    then = model_policies(settings, ope_period, models=models, as_of=cutoff)[0]
+    return table, off_policy(settings, then, ope_period, logged)
+
+
+def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], config: ReplayConfig | None = None,
+                     users: int | None = 4_000, ope_users: int | None = 10_000, since: pd.Timestamp | None = None,
+                     progress=None) -> pd.DataFrame:
+    """The NBA policy of each model set on the same evidence, one row per set.
+
+    Off-policy (SNIPS and DR with 95 % intervals; `dr_diff`: DR minus the first set's, paired on the same
+    decisions, with its interval; `matched`: logged decisions where the policy takes the logged action)
+    from the same logged decisions: those sent from `since` on when given (decisions no model
+    trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
+    the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
+    """
+    from nextbest.training.ope import paired_difference
+
+    config = config or ReplayConfig()
+    step = progress or (lambda name: None)
+    world, tables = load_period(settings, need_truth=False)
+    simulated = world.truth is not None
+    period = world.sample(users, seed=config.seed)
+    oracle = np.nan
+    if simulated:
+        step("replaying the oracle")
+        oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
+    ope_period = world.sample(ope_users, seed=config.seed)
+    cutoff, logged = ope_log(settings, tables, ope_period, since=since)
+    rows, first = [], None
+    for label, models in sets.items():
+        row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
+                     "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
+        if simulated:
+            step(f"replaying the NBA policy of the {label}")
+            m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
+            row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
+                       share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
+        step(f"off-policy estimates of the {label}")
+        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
+        matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
+        first = terms if first is None else first
+        diff = paired_difference(terms, first)
+        row.update(dr_diff=diff.value, dr_diff_low=diff.low, dr_diff_high=diff.high)
+        ope = ope.set_index("method")
+        row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
+                    for suffix, col in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))})
+        row.update(logged=int(ope.loc["DR", "n"]), matched=matched)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("models")
+
+
+def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period, newest: float = 0.3,
+            since: pd.Timestamp | None = None) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+    """The logged decisions to evaluate a policy on: the period's users, sent after the cutoff (the newest
+    feature snapshot before the `newest` share of the log, or before `since`), with their full 7-day
+    outcome window observed.
+
+    The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
+    (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
+    """
+    contacts = tables["contacts"]
+    sent = pd.to_datetime(contacts["sent_at"], utc=True)
+    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
+    complete = sent + pd.Timedelta(days=7) <= end
+    split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)
+    snaps = pd.to_datetime(read_table(settings, "behaviour")["event_timestamp"].drop_duplicates(), utc=True)
+    cutoff = snaps[snaps <= split].max() if (snaps <= split).any() else snaps.min()
+    keep = complete & (sent >= cutoff) & contacts["user_id"].astype(str).isin(set(period.user_ids))
+    return cutoff, {**tables, "contacts": contacts[keep.to_numpy()]}
+
+
+def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
+    """The comparison as a PNG chart and an HTML page (table + chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    order = table.sort_values("incremental_revenue").index
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (col, title) in zip(axes, [("incremental_revenue", "incremental revenue"), ("contacts", "contacts"),
+                                        ("unsubscribes", "unsubscribes + complaints")], strict=True):
+        values = table.loc[order, col] + (table.loc[order, "complaints"] if col == "unsubscribes" else 0)
+        ax.barh(list(order), values, color=["#2b8cbe" if "nba" in p else "#999999" for p in order])
+        ax.set_title(title)
+    fig.tight_layout()
+    png = folder / "policy_comparison.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    html = folder / "policy_comparison.html"
+    html.write_text(
+        "<html><head><meta charset='utf-8'><title>nextbest policy comparison</title></head><body>"
+        "<h1>Policies replayed over the same simulated period</h1>"
+        f"{table.round(3).to_html()}<p><img src='{png.name}' alt='policy comparison chart'></p></body></html>")
+    return png, html
+
+
+def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, period: Period) -> np.ndarray:
+    """(rows, offers, channels): the actions open at each logged decision, from the company's own data.
+
+    A channel is open with consent and no suppression (of it or of '*') since before the send; an offer is
+    open when valid then and its eligibility rule holds on the user's state just before the send (lifecycle
+    stage from the events, days since the last purchase, tenure). The target policy can only be credited
+    with actions the logging policy could have taken: its support.
+    """
+    users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
+    at = pd.to_datetime(log["sent_at"], utc=True)
+    channels = list(period.channels["channel"])
+    open_c = period.consent[users].copy()
+    sup = tables.get("suppressions")
+    if sup is not None and len(sup):
+        rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(), "at": at})
+        hit = rows.merge(sup.assign(user_id=sup["user_id"].astype(str), channel=sup["channel"].astype(str)), on="user_id")
+        hit = hit[pd.to_datetime(hit["since"], utc=True) <= hit["at"]]
+        star = hit["channel"] == "*"
+        open_c[hit.loc[star, "row"].to_numpy()] = False
+        cidx = pd.Index(channels).get_indexer(hit.loc[~star, "channel"])
+        ok = cidx >= 0
+        open_c[hit.loc[~star, "row"].to_numpy()[ok], cidx[ok]] = False
+    # The user's funnel stage and last purchase strictly before each send, from the events.
+    ev = tables["events"]
+    ev = ev[ev["user_id"].astype(str).isin(set(log["user_id"].astype(str)))]
+    ts = pd.to_datetime(ev["ts"], utc=True).dt.tz_localize(None).to_numpy()
+    ev = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "ts": ts,
+                       "stage": ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int64),
+                       "bought": np.where(ev["type"].astype(str).to_numpy() == "purchase", ts, np.datetime64("NaT"))})
+    ev = ev.sort_values("ts", kind="stable")
+    ev["stage"] = ev.groupby("user_id")["stage"].cummax()
+    ev["bought"] = ev.groupby("user_id")["bought"].ffill()
+    rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(),
+                         "ts": at.dt.tz_localize(None).to_numpy()})
+    state = pd.merge_asof(rows.sort_values("ts"), ev, on="ts", by="user_id", allow_exact_matches=False).sort_values("row")
+    stage = state["stage"].fillna(0).to_numpy(dtype=np.int64)
+    at = at.reset_index(drop=True)
+    last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
+    known = tables["users"].assign(user_id=tables["users"]["user_id"].astype(str)).set_index("user_id")
+    signup = pd.to_datetime(known["signup_at"], utc=True).reindex(log["user_id"].astype(str)).reset_index(drop=True)
+    state_cols = {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
+                  "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64),
+                  "tenure_days": (at - signup).dt.days.to_numpy()}
+    open_o = np.zeros((len(log), len(period.offers)), dtype=bool)
+    day = at.dt.floor("D")
+    for d in day.unique():
+        idx = np.flatnonzero((day == d).to_numpy())
+        open_o[idx] = eligible(period.offers, {k: v[idx] for k, v in state_cols.items()}, d)
+    return open_o[:, :, None] & open_c[:, None, :]
+
+
+def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
+               sample: int | None = 100_000, seed: int = 7) -> pd.DataFrame:
+    """IPS, SNIPS and DR estimates of `policy` from the logged campaign history, next to the simulated truth.
+
+    At each logged decision the policy takes its best action by expected value among the actions open then
+    (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The
+    reward is a conversion within 7 days. The truth is the oracle's P(convert) of the policy's action at
+    each logged send time (no truth columns on a company's own logs). `attrs["matched"]`: the logged
+    decisions where the policy takes the logged action, the rows the estimates rest on.
+    """
+    from nextbest.simulation.truth import Oracle
+    from nextbest.training.ope import dr_terms, estimate_all
+
+    log = tables["contacts"].reset_index(drop=True)
+    if len(log) == 0:
+        raise ValueError("no logged decisions with a complete outcome window to evaluate the policy on")
+    for col, why in (("propensity", "each decision's probability under the policy that made it"),
+                     ("converted_at", "the outcome to score")):
+        if col not in log or log[col].isna().all():
+            raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
+                             "log it with every decision (the decision service does)")
+    rng = np.random.default_rng(seed)
+    if sample is not None and len(log) > sample:
+        log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
+    recent = response.recent_contacts(log)
+    users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
+    n_c = len(period.channels)
+    ev = np.where(logged_feasibility(tables, log, period), policy.ev[users], -np.inf).reshape(len(log), -1)
+    greedy = ev.argmax(axis=1)
+    greedy = np.where(ev.max(axis=1) > 0, greedy, -1)
+    offer_index = {o: i for i, o in enumerate(period.offers["offer_id"])}
+    channel_index = {c: i for i, c in enumerate(period.channels["channel"])}
+    logged_o = log["offer_id"].astype(object).map(offer_index).fillna(-1).to_numpy(dtype=np.int64)
+    logged_c = log["channel"].astype(object).map(channel_index).fillna(-1).to_numpy(dtype=np.int64)
+    logged = np.where(logged_c >= 0, logged_o * n_c + logged_c, -1)
+    target_prob = (logged == greedy).astype(float)
+    reward = log["converted_at"].notna().to_numpy(dtype=float)
+    # Reward model for DR: the oracle's organic rate is not known to a real team, so use the logged
+    # conversion rate per action as a plain, honest q-hat.
+    rate = pd.Series(reward).groupby(logged).mean()
+    q_logged = rate.reindex(logged).to_numpy()
+    q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
+    propensity = log["propensity"].to_numpy(dtype=float)
+    rows = [e.as_row() for e in estimate_all(propensity, target_prob, reward, q_logged, q_target)]
+    table = pd.DataFrame(rows)
+    table.attrs["matched"] = int(target_prob.sum())
+    table.attrs["dr_terms"] = dr_terms(propensity, target_prob, reward, q_logged, q_target)  # DR is their mean
+    if period.truth is None:
+        return table
+    oracle = Oracle(period.truth, period.offers)
+    sent_at = log["sent_at"]
+    o, c = np.divmod(greedy.clip(0), n_c)
+    treated = greedy >= 0
+    p_true = oracle.p_organic(users, sent_at)
+    if treated.any():
+        p_true[treated] = oracle.p_convert(users[treated], period.offers["offer_id"].to_numpy()[o[treated]],
+                                           period.channels["channel"].to_numpy()[c[treated]], sent_at[treated],
+                                           recent_contacts=recent[treated])
+    truth = float(p_true.mean())
+    table["simulated_truth"] = truth
+    table["error"] = (table["value"] - truth) / truth
+    return table

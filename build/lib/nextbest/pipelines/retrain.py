@@ -1,0 +1,218 @@
+"""The retraining pipeline: ingest -> build features -> apply -> materialise -> train challengers -> evaluate
+-> promote.
+
+Each step records its completion in `<home>/retrain/state.json` under a run id; a rerun of the same run
+resumes after the last completed step. Steps that fail leave the last good state serving: ingest and
+feature builds swap complete new sets in or change nothing, and no challenger is promoted before the
+gate that judges it:
+
+- the models the NBA policy uses (conversion, uplift, send time, churn): the policy gate. `evaluate` judges
+  the policy with the champions and the policy with all the challengers in their place on the same
+  evidence, and `promote` makes the challengers champions together only if their policy is worth more:
+  on simulated data, by the truth's incremental revenue over the same replayed period (no rule broken);
+  on a company's own data, by the doubly robust off-policy estimate on the decisions logged since the
+  newest holdout began (none of the challengers trained on them). When too few logged decisions match
+  a policy's choice for the estimate to mean anything, each challenger falls back to its holdout.
+  Holdout metrics are recorded next to it, not decisive: a better AUC or Qini does not always make
+  better decisions.
+- every other model: the holdout gate, at training: promoted only if it beats its champion on the same
+  holdout (training/registry.py). `RetrainConfig(evaluate=False)` puts every model on the holdout gate.
+
+A running service picks up new champions on its next registry refresh (or at once via its /reload endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nextbest.features.settings import Settings
+
+__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state"]
+
+STEPS: tuple[str, ...] = ("ingest", "build", "apply", "materialize", "train", "evaluate", "promote")
+POLICY_MODELS: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # what the NBA policy reads
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    source: Path | None = None  # folder of <table>.csv/.parquet, or a mapping YAML; None = keep the current raw data
+    trials: int = 5  # Optuna trials per LightGBM model
+    evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
+    models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
+    min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.home / "retrain" / "state.json"
+
+
+def load_state(settings: Settings) -> dict:
+    path = _state_path(settings)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(settings: Settings, state: dict) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    tmp.replace(path)  # atomic: a crash never leaves half a state file
+
+
+def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.features.ingest import ingest, load_plan, manifest, plan_from_dir
+
+    if config.source is None:
+        return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
+    plan = load_plan(config.source) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
+    rows = ingest(plan, settings.raw_dir)
+    return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "rows": rows}
+
+
+def _build(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.features.build import BuildConfig, build_all
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import read_raw
+    from nextbest.features.store import write_tables
+
+    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    return {"rows": write_tables(build_all(raw, BuildConfig(seed=settings.seed)), settings.feature_dir)}
+
+
+def _apply(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.features.store import apply
+
+    return {"views": [v.name for v in apply(settings).list_feature_views()]}
+
+
+def _materialize(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.features.store import materialize
+
+    return {"users": materialize(settings)}
+
+
+def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
+    """The models whose promotion waits for the policy gate: those the policy uses (all when `evaluate`)."""
+    return POLICY_MODELS if config.evaluate else ()
+
+
+def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.training.jobs import MODELS, TrainConfig, train_models
+
+    names = list(MODELS if config.models is None else config.models)
+    if not names:  # features only: the champions stay
+        return {"models": {}}
+    results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
+                           defer=_policy_gated(config))
+    keep = ("better_on_holdout", "holdout_from")
+    return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
+                               "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),
+                               **{k: r.decision[k] for k in keep if k in r.decision}} for r in results}}
+
+
+def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    """Judge the waiting challengers together by the policy they make, against the champions' policy.
+
+    Simulated data: by the truth's incremental revenue over the same replayed period (no rule broken).
+    A company's own data: by the doubly robust off-policy estimate on the decisions logged since the newest
+    holdout began (decisions none of the challengers trained on); with too few of them
+    where a policy takes the logged action (`min_matched`), the estimate is too thin and each challenger falls back to
+    its holdout comparison.
+    """
+    if not _policy_gated(config):
+        return {"skipped": "evaluate is off: each model was judged on its holdout when trained"}
+    import pandas as pd
+    from nextbest.pipelines.evaluate import champion_set, judge_model_sets
+
+    trained = state["steps"]["train"]["models"]
+    waiting = {name: m["version"] for name, m in trained.items() if m.get("deferred")}
+    sets = {"champions": champion_set(settings)}
+    if waiting:
+        sets["challengers"] = champion_set(settings, waiting)
+    since = max((pd.Timestamp(trained[n]["holdout_from"]) for n in waiting if trained[n].get("holdout_from")), default=None)
+    if since is not None and since.tzinfo is None:
+        since = since.tz_localize("UTC")
+    try:
+        table = judge_model_sets(settings, sets, since=since)
+    except ValueError as err:  # nothing to estimate from: no logged decisions, no propensities or no outcomes
+        table, problem = None, str(err)
+    out: dict = {"challengers": waiting}
+    if table is not None:
+        out["policies"] = table.drop(columns="versions").round(4).to_dict("index")
+    if not waiting:
+        return out
+    champ, chall = (table.loc[k] for k in ("champions", "challengers")) if table is not None else (None, None)
+    if table is not None and pd.notna(chall["incremental_revenue"]):
+        better = bool(chall["incremental_revenue"] > champ["incremental_revenue"] and chall["violations"] == 0)
+        reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
+                  f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
+                  f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})")
+        out["decision"] = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
+                           "challenger_revenue": float(chall["incremental_revenue"]),
+                           "champion_revenue": float(champ["incremental_revenue"])}
+    elif table is not None and min(table["matched"]) >= config.min_matched:
+        better = bool(chall["dr_diff"] > 0)
+        reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
+                  f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "
+                  f"paired on {int(chall['logged']):,} decisions logged since {since}")
+        out["decision"] = {"promoted": better, "by": "off-policy", "reason": reason, "promote": waiting if better else {},
+                           "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"]),
+                           "dr_difference": [float(chall[k]) for k in ("dr_diff", "dr_diff_low", "dr_diff_high")]}
+    else:
+        thin = (f"only {int(min(table['matched']))} logged decisions match a policy's choice" if table is not None
+                else problem)
+        better = {n: v for n, v in waiting.items() if trained[n].get("better_on_holdout")}
+        out["decision"] = {"promoted": bool(better), "by": "holdout", "promote": better,
+                           "reason": f"{thin} (fewer than {config.min_matched}): each challenger judged on its holdout"}
+    return out
+
+
+def _promote(settings: Settings, config: RetrainConfig, state: dict) -> dict:
+    from nextbest.training.registry import policy_gate
+
+    evaluated = state["steps"].get("evaluate", {})
+    decision = evaluated.get("decision")
+    if not decision:
+        return {"promoted": {}}
+    changed = policy_gate(settings, evaluated["challengers"], decision["promote"], decision)
+    return {"promoted": {name: new for name, (_, new) in changed.items()}}
+
+
+_RUN: dict[str, Callable[[Settings, RetrainConfig, dict], dict]] = {
+    "ingest": _ingest, "build": _build, "apply": _apply, "materialize": _materialize, "train": _train,
+    "evaluate": _evaluate, "promote": _promote,
+}
+
+
+def retrain(settings: Settings, config: RetrainConfig = RetrainConfig(), resume: bool = True,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """Run the pipeline; with `resume`, continue the last unfinished run after its last completed step."""
+    state = load_state(settings)
+    if not (resume and state and state.get("status") != "done"):
+        state = {"run_id": uuid.uuid4().hex[:12], "started_at": datetime.now(UTC).isoformat(), "steps": {},
+                 "source": str(config.source) if config.source else None}
+    for step in STEPS:
+        if state["steps"].get(step, {}).get("status") == "done":
+            continue
+        if progress:
+            progress(step)
+        state["status"] = f"running {step}"
+        _save(settings, state)
+        try:
+            result = _RUN[step](settings, config, state)
+        except Exception as err:
+            state["steps"][step] = {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                    "at": datetime.now(UTC).isoformat()}
+            state["status"] = f"failed at {step}"
+            _save(settings, state)
+            raise
+        state["steps"][step] = {"status": "done", "at": datetime.now(UTC).isoformat(), **result}
+        _save(settings, state)
+    state["status"] = "done"
+    _save(settings, state)
+    return state

@@ -1,0 +1,152 @@
+"""`nextbest train | models | promote | rollback`: retrain, compare and promote models from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from nextbest.features.contract import ContractError
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["register", "CLI_MODELS"]
+
+# CLI spelling -> the model's short name in training/ and the registry.
+CLI_MODELS: dict[str, str] = {"propensity": "conversion", "uplift": "uplift", "purchase": "purchase", "churn": "churn",
+                              "channel": "channel", "sendtime": "send_time", "offer-net": "offer_net"}
+_STEPS_PER_MODEL = 5  # training set, fit, evaluate, register, gate
+
+
+class _UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+def _guarded(fn, *args):
+    from nextbest.training.registry import ChecksumError, RegistryUnavailable
+
+    try:
+        return fn(*args)
+    except (_UserError, ContractError, FileNotFoundError, LookupError, ValueError, RegistryUnavailable, ChecksumError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2) from None
+
+
+def _short(model: str) -> str:
+    if model not in CLI_MODELS:
+        raise _UserError(f"unknown model {model!r}: choose one of all, {', '.join(CLI_MODELS)}")
+    return CLI_MODELS[model]
+
+
+def _labels(path: Path | None):
+    if path is None:
+        return None
+    import pandas as pd
+    from nextbest.features.contract import conform
+
+    if not path.exists():
+        raise _UserError(f"--labels {path}: no such file")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return conform("labels", df, str(path))
+
+
+def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
+           labels: Path | None) -> list:
+    import pandas as pd
+    from nextbest.features.ingest import manifest
+    from nextbest.training.jobs import MODELS, TrainConfig, train_models
+
+    names = list(MODELS) if model == "all" else [_short(model)]
+    try:
+        when = pd.Timestamp(as_of) if as_of else None
+    except ValueError:
+        raise _UserError(f"--as-of {as_of!r} is not a date (use YYYY-MM-DD)") from None
+    manifest(settings.raw_dir)  # a clear message when nothing was ingested
+    if not settings.feature_dir.exists():
+        raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and `features apply` first")
+    config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed)
+    columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("starting", total=len(names) * _STEPS_PER_MODEL)
+        first = [True]
+
+        def advance(text: str) -> None:
+            if not first[0]:
+                bar.advance(task)
+            first[0] = False
+            bar.update(task, description=text)
+
+        results = train_models(settings, names, config, progress=advance, labels=_labels(labels))
+        bar.update(task, completed=len(names) * _STEPS_PER_MODEL, description="done")
+    return results
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to the `nextbest` app."""
+
+    @app.command()
+    def train(
+        model: Annotated[str, typer.Argument(help=f"all or one of: {', '.join(CLI_MODELS)}")] = "all",
+        trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 10,
+        as_of: Annotated[str | None, typer.Option("--as-of", help="newest snapshot date for purchase/churn (YYYY-MM-DD)")] = None,
+        horizon: Annotated[int, typer.Option(min=1, help="purchase/churn horizon in days")] = 30,
+        window: Annotated[int, typer.Option(min=1, help="days after a send in which a conversion or open counts")] = 7,
+        labels: Annotated[Path | None, typer.Option(help="churn labels file (user_id, as_of, label) instead of inactivity")] = None,
+    ) -> None:
+        """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
+        settings = Settings()
+        started = time.perf_counter()
+        results = _guarded(_train, settings, model, trials, as_of, horizon, window, labels)
+        table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
+        for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
+            table.add_column(col, justify="left" if col in ("model", "champion") else "right")
+        for r in results:
+            primary = r.metrics.get("auc", r.metrics.get("qini"))
+            verdict = ("[green]promoted[/]" if r.decision["promoted"] else "kept v" + str(r.decision["champion_version"]))
+            table.add_row(r.name, r.version, f"{r.rows:,}", _fmt(primary), _fmt(r.metrics.get("pr_auc")), _fmt(r.metrics.get("logloss")),
+                          _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
+                          verdict, f"{r.seconds:.1f}")
+        console.print(table)
+
+    @app.command()
+    def models() -> None:
+        """Registered model versions with their aliases and holdout metric."""
+        from nextbest.training.registry import list_versions
+
+        rows = _guarded(list_versions, Settings())
+        if not rows:
+            console.print("no models registered yet: run `nextbest train`")
+            return
+        table = Table(title="model registry")
+        for col in ("model", "version", "aliases", "metric", "value", "created"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["model"], r["version"], r["aliases"], r["metric"], _fmt(r["value"]), r["created"])
+        console.print(table)
+
+    @app.command()
+    def promote(
+        model: Annotated[str, typer.Argument(help=", ".join(CLI_MODELS))],
+        version: Annotated[str | None, typer.Option(help="version to promote (default: the challenger)")] = None,
+    ) -> None:
+        """Make a version (default: the challenger) the champion, by hand."""
+        from nextbest.training.registry import promote as run_promote
+
+        old, new = _guarded(lambda: run_promote(Settings(), _short(model), version))
+        console.print(f"{model}: champion is now version {new} (was {old or 'none'})")
+
+    @app.command()
+    def rollback(model: Annotated[str, typer.Argument(help=", ".join(CLI_MODELS))]) -> None:
+        """Give the champion alias back to the version that held it before."""
+        from nextbest.training.registry import rollback as run_rollback
+
+        old, restored = _guarded(lambda: run_rollback(Settings(), _short(model)))
+        console.print(f"{model}: champion rolled back from version {old} to {restored}")

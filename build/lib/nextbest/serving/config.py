@@ -1,0 +1,324 @@
+"""Operator configuration: offers, channels, contact caps, triggers and exploration, validated from YAML."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from nextbest.features.contract import parse_eligibility
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Offer",
+    "Channel",
+    "Caps",
+    "Trigger",
+    "Exploration",
+    "OperatorConfig",
+    "ConfigError",
+    "default_config",
+    "catalog_config",
+    "write_config",
+    "load_config",
+    "parse_quiet_hours",
+    "ConfigSource",
+]
+
+
+def parse_quiet_hours(text: str | None) -> np.ndarray:
+    """24 booleans, True where a local hour is quiet; "22-8" means 22:00 up to (not including) 08:00."""
+    quiet = np.zeros(24, dtype=bool)
+    if not text:
+        return quiet
+    start, end = (int(x) for x in text.split("-"))
+    hours = np.arange(24)
+    quiet[:] = (hours >= start) & (hours < end) if start < end else (hours >= start) | (hours < end)
+    return quiet
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Offer(_Strict):
+    """One offer in the catalog."""
+
+    offer_id: str = Field(min_length=1, description="unique id used in decisions and the contact log")
+    name: str = Field("", description="what marketers call it")
+    kind: Literal["product", "coupon", "retention"] = Field("product", description="retention offers get the churn boost")
+    category: str = Field(min_length=1, description="product category the offer promotes, or 'any'")
+    value: float = Field(gt=0, description="value of one conversion, in currency units")
+    eligibility: str | None = Field(None, description="rule on features/tags, e.g. `lifecycle_stage in [customer] and recency_days >= 30`")
+    valid_from: datetime | None = Field(None, description="not offered before this time (ISO-8601)")
+    valid_to: datetime | None = Field(None, description="not offered after this time (ISO-8601)")
+    priority: int = Field(0, description="breaks ties between equally valuable offers (higher wins)")
+    lever: float = Field(1.0, ge=0, description="operator weight on the offer's value (1 = neutral, 0 = switch off)")
+
+    @field_validator("eligibility")
+    @classmethod
+    def _rule_parses(cls, v: str | None) -> str | None:
+        parse_eligibility(v)  # raises ValueError naming the clause
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> Offer:
+        if self.valid_from and self.valid_to and self.valid_to <= self.valid_from:
+            raise ValueError("valid_to must be later than valid_from")
+        return self
+
+
+class Channel(_Strict):
+    """One channel: what a send costs, when it must stay quiet, how many sends a day it can carry."""
+
+    channel: str = Field(min_length=1, description="push, sms, email, inapp, wechat, ...")
+    cost: float = Field(ge=0, description="cost of one send, in currency units")
+    quiet_hours: str | None = Field(None, pattern=r"^([01]?\d|2[0-3])-([01]?\d|2[0-3])$",
+                                    description="local hours with no sends, start-end, e.g. 22-8")
+    daily_capacity: int | None = Field(None, ge=0, description="most sends per UTC day over all users (none = unlimited)")
+    requires_consent: bool = Field(True, description="needs consent_<channel> true in the profile")
+
+
+class Caps(_Strict):
+    """Frequency caps; days are the user's local calendar days."""
+
+    per_channel_day: int = Field(1, ge=0, description="contacts per user per channel per local day")
+    per_channel_week: int = Field(3, ge=0, description="contacts per user per channel over 7 local days")
+    per_user_day: int = Field(2, ge=0, description="contacts per user per local day over all channels")
+    per_offer: int = Field(1, ge=0, description="times one offer may go to one user within offer_window_days")
+    offer_window_days: int = Field(7, ge=1, le=60, description="window of the per-offer cap, in local days")
+
+
+class Trigger(_Strict):
+    """An event rule: `on` an event (and no `unless` event within `wait_minutes`) -> decide among `offers`."""
+
+    name: str = Field(min_length=1)
+    on: str = Field(min_length=1, description="event type that fires the trigger, e.g. add_to_cart")
+    unless: str | None = Field(None, description="event type that cancels it when it arrives within wait_minutes")
+    wait_minutes: int = Field(0, ge=0, le=1440, description="earliest send is this long after the event")
+    deadline_minutes: int = Field(60, ge=1, le=10080, description="send no later than this long after the event")
+    offers: list[str] = Field(min_length=1, description="offers the triggered decision may choose from")
+    channels: list[str] | None = Field(None, description="channels it may use (none = all)")
+
+    @model_validator(mode="after")
+    def _deadline_after_wait(self) -> Trigger:
+        if self.deadline_minutes <= self.wait_minutes:
+            raise ValueError("deadline_minutes must be longer than wait_minutes")
+        return self
+
+
+class Exploration(_Strict):
+    """How often the engine tries something other than its best guess, so new policies can be evaluated."""
+
+    method: Literal["none", "epsilon", "thompson"] = "epsilon"
+    rate: float = Field(0.05, ge=0, le=1, description="epsilon: share of decisions picked at random")
+    prior_strength: float = Field(20.0, gt=0, description="thompson: pseudo-contacts behind each P(convert)")
+
+
+class OperatorConfig(_Strict):
+    """Everything an operator may change without a deploy."""
+
+    offers: list[Offer] = Field(min_length=1)
+    channels: list[Channel] = Field(min_length=1)
+    caps: Caps = Caps()
+    triggers: list[Trigger] = Field(default_factory=list)
+    exploration: Exploration = Exploration()
+    churn_boost: float = Field(1.0, ge=0, description="retention offers' value x (1 + churn_boost x P(churn))")
+    min_expected_value: float = Field(0.0, description="no action unless the best EV is above this")
+
+    @model_validator(mode="after")
+    def _references(self) -> OperatorConfig:
+        problems = []
+        for kind, ids in (("offer", [o.offer_id for o in self.offers]), ("channel", [c.channel for c in self.channels])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                problems.append(f"{kind} ids must be unique, repeated: {', '.join(dupes)}")
+        offers, channels = {o.offer_id for o in self.offers}, {c.channel for c in self.channels}
+        for t in self.triggers:
+            unknown = [o for o in t.offers if o not in offers]
+            if unknown:
+                problems.append(f"trigger {t.name!r} names unknown offer(s) {unknown}; known: {sorted(offers)}")
+            unknown = [c for c in (t.channels or []) if c not in channels]
+            if unknown:
+                problems.append(f"trigger {t.name!r} names unknown channel(s) {unknown}; known: {sorted(channels)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def offer_ids(self) -> list[str]:
+        return [o.offer_id for o in self.offers]
+
+    def channel_names(self) -> list[str]:
+        return [c.channel for c in self.channels]
+
+
+class ConfigError(ValueError):
+    """An operator config a marketer must fix; the message lists each problem with where it is."""
+
+
+def _where(data: object, loc: tuple) -> str:
+    """`offers[2] (winback)` rather than `offers.2`: name the item the marketer knows."""
+    parts, node = [], data
+    for key in loc:
+        if isinstance(key, int) and isinstance(node, list) and key < len(node):
+            item = node[key]
+            label = item.get("offer_id") or item.get("channel") or item.get("name") if isinstance(item, dict) else None
+            parts.append(f"[{key}]" + (f" ({label})" if label else ""))
+            node = item
+        else:
+            parts.append(("." if parts else "") + str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _parse(data: object, source: str) -> OperatorConfig:
+    try:
+        return OperatorConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors(include_url=False):
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "is not a setting here (check the spelling)"
+            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+            lines.append(f"  - {_where(data, e['loc'])}: {msg}{got}")
+        raise ConfigError(f"operator config {source} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def load_config(path: Path | None) -> OperatorConfig:
+    """The operator config at `path` (YAML), or the built-in default when `path` is None."""
+    if path is None:
+        return default_config()
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"operator config {path} does not exist; unset NEXTBEST_OPERATOR_CONFIG to use the built-in default")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"operator config {path} is not valid YAML: {err}") from None
+    return _parse(data, str(path))
+
+
+class ConfigSource:
+    """The current config; re-read when the file changes, keeping the last good one if the new one is wrong."""
+
+    def __init__(self, path: Path | None, check_every_s: float = 1.0):
+        self.path = Path(path) if path else None
+        self.check_every_s = check_every_s
+        self.error: str | None = None  # the last reload problem, shown on /readyz and in logs
+        self._config = load_config(self.path)
+        self._mtime = self._stat()
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime_ns if self.path else None
+        except OSError:
+            return None
+
+    def current(self, now_s: float) -> OperatorConfig:
+        """The config in force; checks the file's modification time at most every `check_every_s` seconds."""
+        if self.path is not None and now_s - self._checked >= self.check_every_s:
+            with self._lock:
+                self._checked = now_s
+                mtime = self._stat()
+                if mtime != self._mtime:
+                    self.reload()
+        return self._config
+
+    def reload(self) -> OperatorConfig:
+        """Re-read the file now; on error keep the last good config and remember why."""
+        self._mtime = self._stat()
+        try:
+            self._config = load_config(self.path)
+            self.error = None
+        except ConfigError as err:
+            self.error = str(err)
+        return self._config
+
+
+def default_config() -> OperatorConfig:
+    """The built-in config for a home without its own (see Settings.operator_yaml): a generic catalog of 12
+    offers on 5 channels, caps and the two standard triggers (cart abandonment, registration)."""
+    categories = {"electronics": 45.0, "fashion": 30.0, "home": 35.0, "beauty": 25.0, "grocery": 15.0, "books": 20.0}
+    offers = [
+        Offer(offer_id="welcome_gift", name="New-user gift", kind="coupon", category="any", value=8.0,
+              eligibility="lifecycle_stage in [first_contact, lead]", priority=2),
+        Offer(offer_id="payment_reminder", name="Complete your order", kind="product", category="any", value=30.0,
+              eligibility="cart_open == 1", priority=3),
+        Offer(offer_id="winback_coupon", name="We miss you: 20% off", kind="retention", category="any", value=18.0,
+              eligibility="days_since_last_event >= 14"),
+        Offer(offer_id="loyalty_bonus", name="Double points this week", kind="retention", category="any", value=12.0,
+              eligibility="value_tier in [mid, high]"),
+        Offer(offer_id="free_shipping", name="Free shipping", kind="coupon", category="any", value=10.0),
+        Offer(offer_id="vip_preview", name="VIP early access", kind="product", category="any", value=40.0,
+              eligibility="value_tier in [high]"),
+        *[Offer(offer_id=f"new_{c}", name=f"New in {c}", kind="product", category=c, value=v) for c, v in categories.items()],
+    ]
+    channels = [
+        Channel(channel="push", cost=0.001, quiet_hours="22-8"),
+        Channel(channel="sms", cost=0.05, quiet_hours="21-9", daily_capacity=50_000),
+        Channel(channel="email", cost=0.002, quiet_hours="23-7"),
+        # In-app messages show inside the app the user opened: no marketing consent, no quiet hours.
+        Channel(channel="inapp", cost=0.0, requires_consent=False),
+        Channel(channel="wechat", cost=0.01, quiet_hours="22-8"),
+    ]
+    triggers = [
+        Trigger(name="cart_abandonment", on="add_to_cart", unless="purchase", wait_minutes=10, deadline_minutes=180,
+                offers=["payment_reminder"], channels=["push", "inapp", "email", "wechat"]),
+        Trigger(name="registration", on="register", deadline_minutes=1440, offers=["welcome_gift"]),
+    ]
+    return OperatorConfig(offers=offers, channels=channels, triggers=triggers)
+
+
+def _cell(value: object) -> object:
+    """A table cell as a config value: None for missing (NaN, NaT, <NA>), plain Python otherwise."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None) -> OperatorConfig:
+    """An operator config whose catalog is a company's offers and channels tables (in their order).
+
+    Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
+    offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
+    come back), and without coupons it is dropped.
+    """
+    base = base or default_config()
+    rows = [{k: _cell(v) for k, v in r.items()} for r in offers.to_dict("records")]
+    catalog = [Offer(offer_id=str(r["offer_id"]), name=str(r.get("name") or ""), kind=str(r.get("kind") or "product"),
+                     category=str(r["category"]), value=float(r["value"]), eligibility=r.get("eligibility"),
+                     valid_from=r.get("valid_from"), valid_to=r.get("valid_to"), priority=int(r.get("priority") or 0))
+               for r in rows]
+    chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
+    lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),
+                     daily_capacity=None if r.get("daily_capacity") is None else int(r["daily_capacity"]),
+                     requires_consent=bool(r.get("requires_consent", True)))
+             for r in chans]
+    ids, names = {o.offer_id for o in catalog}, {c.channel for c in lanes}
+    coupons = [o.offer_id for o in catalog if o.kind == "coupon"]
+    triggers = []
+    for t in base.triggers:
+        kept = [o for o in t.offers if o in ids] or coupons
+        if kept:
+            lanes_kept = [c for c in t.channels if c in names] if t.channels else None
+            triggers.append(t.model_copy(update={"offers": kept, "channels": lanes_kept or None}))
+    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration,
+                          churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
+
+
+def write_config(config: OperatorConfig, path: Path, note: str = "") -> Path:
+    """Write `config` as operator YAML (what `load_config` reads back), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text((f"# {note}\n" if note else "") + text)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,710 @@
+"""Wiring of the decision service: features, models, config, ledger and logs around the pure engine and policy.
+
+The BentoML class in serving/service.py only translates HTTP to these methods, so everything here can
+be exercised in-process with real Feast, SQLite/Redis and models.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+from nextbest.features.settings import Settings
+from nextbest.serving import clock as server_clock
+from nextbest.serving import engine, policy
+from nextbest.serving.clock import SCHEDULE_HORIZON, TimeWindow
+from nextbest.serving.config import ConfigSource, OperatorConfig
+from nextbest.serving.decision_log import DecisionLog
+from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
+from nextbest.serving.privacy import describe
+from nextbest.serving.schemas import (
+    BatchDecideRequest,
+    CampaignContext,
+    DecideRequest,
+    EventsRequest,
+    FeedbackRequest,
+    ProfileRequest,
+)
+
+__all__ = ["UserError", "NotFoundError", "ConflictError", "Runtime", "ModelHolder", "OnlineFeatures", "default_loader"]
+
+log = logging.getLogger("nextbest.serving")
+
+DECISION_SERVICE = "decision_v1"
+TAGS = ("lifecycle_stage", "rfm_segment", "value_tier", "behaviour_cluster", "scorecard", "r_score", "f_score", "m_score")
+REALTIME = ("last_event_type", "last_event_at", "events_1h", "cart_open")
+# Never filled from population defaults: guessing consent or a timezone would break the contact rules.
+_NO_DEFAULT_PREFIXES = ("consent_", "timezone", "utc_offset")
+
+
+class UserError(ValueError):
+    """The caller's mistake (HTTP 400), with a message that says what to fix."""
+
+
+class NotFoundError(UserError):
+    """An unknown user or decision id (HTTP 404)."""
+
+
+class ConflictError(UserError):
+    """A request that contradicts an earlier one, e.g. an idempotency key reused for another user (HTTP 409)."""
+
+
+def default_loader(settings: Settings) -> dict:
+    """Champions from the MLflow registry (training/registry.py)."""
+    from nextbest.training.registry import load_champions
+
+    return load_champions(settings)
+
+
+class ModelHolder:
+    """The champions in force; `refresh` swaps in a new set atomically and keeps the last good one on failure."""
+
+    def __init__(self, loader: Callable[[Settings], dict], settings: Settings, columns_of: Callable[[str], list[str]]):
+        self.loader, self.settings, self.columns_of = loader, settings, columns_of
+        self.current = engine.ModelSet()
+        self.error: str | None = None
+        self.loaded_at: float | None = None
+
+    def refresh(self) -> engine.ModelSet:
+        try:
+            champions = self.loader(self.settings)
+            columns = {kind: self.columns_of(m.model.feature_service) for kind, m in champions.items()}
+        except Exception as err:  # registry down, a broken artifact: keep serving with the last good models
+            self.error = describe(err)
+            log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
+            return self.current
+        usable = {k: m for k, m in champions.items() if k in engine.REQUEST_COLUMNS}
+        new = engine.ModelSet(models=usable, columns={k: columns[k] for k in usable})
+        if new.versions() != self.current.versions():
+            log.info("models now %s", new.versions() or "none (rule-based fallback)")
+        self.current = new  # one reference swap: a request holds the set it started with
+        self.error, self.loaded_at = None, time.time()
+        return new
+
+
+class OnlineFeatures:
+    """The decision FeatureService from Feast's online store, with population defaults when it is down.
+
+    The Feast registry is read once and then only when its file changes (`refresh`, off the request
+    path): the store's own registry cache never expires, so no request waits for a registry reload.
+    With the SQLite online store, features come from the bulk reader in features/online_sqlite.py (one
+    query per request); with Redis, from Feast's reader.
+    """
+
+    def __init__(self, settings: Settings):
+        from nextbest.features.store import feature_store
+
+        self.settings = settings
+        self.store = feature_store(settings, cache_ttl_seconds=0)
+        self._lock = threading.Lock()  # Feast's SQLite online store shares one connection across threads
+        self._service = None
+        self._reader = None
+        self._registry_seen = self._registry_stamp()
+        self.defaults = self._population_defaults()
+
+    def _registry_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.settings.feast_dir / "registry.db").stat()
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def refresh(self) -> bool:
+        """Re-read the Feast registry if its file changed; True when it did."""
+        stamp = self._registry_stamp()
+        if stamp == self._registry_seen:
+            return False
+        try:
+            self.store.refresh_registry()
+        except Exception as err:  # a registry being rewritten: keep the cached one, try again next time
+            log.warning("could not refresh the Feast registry: %s", describe(err))
+            return False
+        self._registry_seen = stamp
+        self._service, self._reader = None, None
+        return True
+
+    def service(self):
+        if self._service is None:
+            self._service = self.store.get_feature_service(DECISION_SERVICE)
+        return self._service
+
+    def reader(self):
+        """The bulk SQLite reader of the decision FeatureService, or None for other online stores."""
+        if self._reader is None and self.store.config.online_store.type == "sqlite":
+            from nextbest.features.online_sqlite import OnlineReader
+
+            self._reader = OnlineReader(self.store, self.service())
+        return self._reader
+
+    def columns_of(self, service_name: str) -> list[str]:
+        fs = self.store.get_feature_service(service_name)
+        return [f.name for p in fs.feature_view_projections for f in p.features]
+
+    def _population_defaults(self) -> dict[str, object]:
+        """Median of numbers, most common value otherwise, over each view's newest snapshot."""
+        from nextbest.features.feature_views import VIEWS
+        from nextbest.features.store import read_table
+
+        out: dict[str, object] = {}
+        for view in VIEWS:
+            try:
+                df = read_table(self.settings, view)
+            except (FileNotFoundError, OSError):
+                continue
+            if "event_timestamp" in df and view not in ("profile", "realtime"):
+                df = df[df["event_timestamp"] == df["event_timestamp"].max()]
+            for col in df.columns:
+                if col in ("user_id", "event_timestamp") or col.startswith(_NO_DEFAULT_PREFIXES) or df[col].isna().all():
+                    continue
+                s = df[col]
+                out[col] = float(s.median()) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) \
+                    else s.mode().iloc[0]
+        return out
+
+    def fetch(self, user_ids: list[str]) -> tuple[engine.Users, np.ndarray, bool]:
+        """Features per user (in order), which users the store knows, and whether defaults stood in."""
+        try:
+            reader = self.reader()
+            if reader is not None:
+                users = _reader_columns(reader.read(user_ids))
+            else:
+                with self._lock:
+                    raw = self.store.get_online_features(features=self.service(),
+                                                         entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+                users = _columns(raw)
+        except Exception as err:  # store unreachable or broken: population defaults, flagged degraded
+            log.warning("online features unavailable, using population defaults: %s", describe(err))
+            raw = {k: [v] * len(user_ids) for k, v in self.defaults.items()}
+            raw["user_id"] = list(user_ids)
+            return _columns(raw), np.ones(len(user_ids), dtype=bool), True
+        tz = users.get("timezone")
+        known = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) for v in tz.tolist()], dtype=bool) \
+            if tz is not None else np.ones(len(user_ids), dtype=bool)
+        return users, known, False
+
+    def push(self, rows: pd.DataFrame) -> None:
+        from nextbest.features.data_sources import REALTIME_PUSH
+
+        with self._lock:
+            self.store.push(REALTIME_PUSH, rows)
+
+    def realtime(self, user_ids: list[str]) -> pd.DataFrame:
+        with self._lock:
+            return self.store.get_online_features(features=[f"realtime:{c}" for c in REALTIME],
+                                                  entity_rows=[{"user_id": u} for u in user_ids]).to_df()
+
+
+@dataclass
+class _Job:
+    """One user's decision in progress."""
+
+    req: DecideRequest
+    decision_id: str
+    idem: str | None
+    pending: tuple[str, float] | None = None
+    replay: dict | None = None
+    result: dict | None = None
+    attempts: int = 0
+    extra_refusals: list[policy.Refusal] = field(default_factory=list)
+
+
+def _tz(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        ZoneInfo(name)
+        return name
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _columns(raw: dict[str, list]) -> engine.Users:
+    """Feast's column lists as arrays: float64 where every value is a number (None -> NaN), object otherwise."""
+    out: engine.Users = {}
+    for name, values in raw.items():
+        if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values) \
+                and any(v is not None for v in values):
+            out[name] = np.array(values, dtype=float)
+        else:
+            out[name] = np.array(values, dtype=object)
+    return out
+
+
+def _reader_columns(cols) -> engine.Users:
+    """What `_columns` makes of `to_dict()`, straight from the bulk reader's arrays."""
+    n_u = len(cols.user_ids)
+    out: engine.Users = {"user_id": np.array(cols.user_ids, dtype=object)}
+    by_feature = cols.doubles.T.copy()  # (F, U): each double feature one contiguous row
+    any_present = cols.present.any(axis=0).tolist()
+    for j, (name, is_double) in enumerate(zip(cols.names, cols.is_double.tolist(), strict=True)):
+        if not is_double:
+            out[name] = _columns({name: cols.objects[j]})[name]
+        elif any_present[j]:
+            out[name] = by_feature[j]
+        else:
+            out[name] = np.full(n_u, None, dtype=object)
+    return out
+
+
+def _subset(users: engine.Users, rows: list[int]) -> engine.Users:
+    return {k: v[rows] for k, v in users.items()}
+
+
+def _features_of(users: engine.Users, i: int) -> dict[str, object]:
+    """One user's features as plain Python values; NaN and missing become None."""
+    out: dict[str, object] = {}
+    for k, v in users.items():
+        x = v[i]
+        out[k] = None if x is None or (isinstance(x, float) and np.isnan(x)) else (x.item() if isinstance(x, np.generic) else x)
+    return out
+
+
+class Runtime:
+    """Everything one service instance holds; methods mirror the HTTP endpoints."""
+
+    def __init__(self, settings: Settings, loader: Callable[[Settings], dict] = default_loader,
+                 ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None,
+                 clock: Callable[[], datetime] | None = None):
+        self.settings = settings
+        self.clock = clock or server_clock.system_clock  # the server's clock decides; caller times must be near it
+        skew = timedelta(seconds=settings.clock_skew_s)
+        self.window = TimeWindow(timedelta(seconds=settings.max_age_s), skew)
+        self.outcome_window = TimeWindow(timedelta(seconds=settings.max_outcome_age_s), skew)
+        self.schedule_window = TimeWindow(timedelta(seconds=settings.max_age_s), SCHEDULE_HORIZON)
+        self.config = ConfigSource(settings.operator_yaml)
+        self.features = OnlineFeatures(settings)
+        self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
+        self.log = DecisionLog(settings.log_dir)
+        self.models = ModelHolder(loader, settings, self.features.columns_of)
+        self.models.refresh()
+        self.rng = rng or np.random.default_rng(settings.seed)
+        self._rng_lock = threading.Lock()
+        self.metrics = metrics
+        self.suppressions_imported = False
+        self._import_suppressions()
+
+    def _import_suppressions(self) -> None:
+        """Copy the raw suppressions table into the ledger, which is where decisions read them."""
+        from nextbest.features.ingest import read_raw
+
+        try:
+            df = read_raw(self.settings.raw_dir, "suppressions")
+        except Exception:  # no suppressions table supplied: nothing to import
+            self.suppressions_imported = True
+            return
+        if df is None or df.empty:
+            self.suppressions_imported = True
+            return
+        since = pd.to_datetime(df["since"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows = list(zip(df["user_id"].astype(str), df["channel"].astype(str), df["reason"].astype(str), since, strict=True))
+        try:
+            self.ledger.suppress(rows)
+            self.suppressions_imported = True
+        except LedgerUnavailable as err:  # start anyway (deciding "no contact"); ready() retries the import
+            log.error("could not import suppressions into the ledger: %s", describe(err))
+
+    # --- decide -----------------------------------------------------------------------------------
+
+    def decide(self, req: DecideRequest) -> dict:
+        return self._decide_jobs([_Job(req, _new_id(), req.idempotency_key)])[0]
+
+    def decide_batch(self, req: BatchDecideRequest) -> list[dict]:
+        if len(set(req.user_ids)) != len(req.user_ids):
+            raise UserError("user_ids contains duplicates; list each user once")
+        jobs = [_Job(DecideRequest(user_id=u, now=req.now, context=req.context, n_actions=req.n_actions,
+                                   dry_run=req.dry_run, explain=req.explain), _new_id(),
+                     f"{req.idempotency_key}:{u}" if req.idempotency_key else None) for u in req.user_ids]
+        return self._decide_jobs(jobs)
+
+    def _check(self, config: OperatorConfig, req: DecideRequest, clock: datetime) -> None:
+        ctx = req.context
+        _believed(self.window, "now", req.now, clock)
+        _believed(self.schedule_window, "context.not_before", ctx.not_before, clock)
+        _believed(self.schedule_window, "context.deadline", ctx.deadline, clock)
+        for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
+            unknown = sorted(set(asked or ()) - set(known))
+            if unknown:
+                raise UserError(f"unknown {kind}(s) {unknown} in context.{kind}s; known: {', '.join(known)}")
+        if ctx.deadline and ctx.not_before and ctx.deadline <= ctx.not_before:
+            raise UserError("context.deadline must be later than context.not_before")
+
+    def _decide_jobs(self, jobs: list[_Job]) -> list[dict]:
+        started = time.perf_counter()
+        config = self.config.current(time.monotonic())
+        models = self.models.current  # this request keeps these models even if a swap happens meanwhile
+        clock = self.clock()
+        for job in jobs:
+            self._check(config, job.req, clock)
+        ids = [j.req.user_id for j in jobs]
+        feats, known, features_degraded = self.features.fetch(ids)
+        unknown = [u for u, k in zip(ids, known, strict=True) if not k]
+        if unknown:
+            self._log_unknown(unknown)
+            shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise NotFoundError(f"unknown user_id(s): {shown} (not in the online feature store; ingest and materialise them first)")
+        try:
+            for job in jobs:
+                if job.idem is not None and not job.req.dry_run:
+                    job.replay = self.ledger.replay(job.idem)
+            todo = [i for i, j in enumerate(jobs) if j.replay is None]
+            while todo:
+                snapshot = self.ledger.read([jobs[i].req.user_id for i in todo])
+                plans = self._plan([jobs[i] for i in todo], feats if len(todo) == len(jobs) else _subset(feats, todo), snapshot, config,
+                                   models, features_degraded)
+                todo = self._commit([jobs[i] for i in todo], plans, todo)
+        except LedgerUnavailable as err:
+            log.error("ledger unavailable, answering no contact: %s", describe(err))
+            for job in jobs:
+                if job.result is None and job.replay is None:
+                    job.result = self._no_contact(job, models, describe(err))
+        out = []
+        for job in jobs:
+            if job.replay is not None:
+                if job.replay["user_id"] != job.req.user_id:
+                    raise ConflictError(f"idempotency_key {job.idem!r} was used for another user; use a new key")
+                out.append({**job.replay, "replayed": True})
+            else:
+                out.append(job.result)
+        if self.metrics:
+            self.metrics.decided(out, time.perf_counter() - started)
+        return out
+
+    def _plan(self, jobs: list[_Job], feats: engine.Users, snapshot: Snapshot, config: OperatorConfig,
+              models: engine.ModelSet, features_degraded: bool) -> list[dict]:
+        """Policy, scoring and the greedy choice for all users at once (NumPy), then each user's answer."""
+        channels = config.channel_names()
+        offer_ids = config.offer_ids()
+        n_u, n_o, n_c = len(jobs), len(config.offers), len(channels)
+        clock = self.clock()
+        nows = [(job.req.now or clock).astimezone(UTC) for job in jobs]
+        tz_of: dict = {}
+        tzs = []
+        for v in feats["timezone"].tolist() if "timezone" in feats else [None] * n_u:
+            key = (type(v), v) if isinstance(v, str | float | None) else (type(v), id(v))
+            if key not in tz_of:
+                tz_of[key] = _tz(None if isinstance(v, float) and np.isnan(v) else v)
+            tzs.append(tz_of[key])
+        grids_by: dict[tuple, policy.TimeGrid] = {}
+        grids = []
+        for job, now, tz in zip(jobs, nows, tzs, strict=True):
+            ctx = job.req.context
+            earliest = max(now, ctx.not_before.astimezone(UTC)) if ctx.not_before else now
+            deadline = ctx.deadline.astimezone(UTC) if ctx.deadline else None
+            key = (earliest, tz, deadline)
+            if key not in grids_by:
+                grids_by[key] = policy.time_grid(earliest, tz, deadline)
+            grids.append(grids_by[key])
+        gb = policy.grid_batch(grids)
+        suppressed = [snapshot.suppressed.get(job.req.user_id, {}) for job in jobs]
+        counts = policy.counts_batch([snapshot.user_counts.get(job.req.user_id, {}) for job in jobs], snapshot.capacity,
+                                     config, grids, suppressed)
+        masks: dict[tuple, tuple[list[bool], list[bool]]] = {}
+        for job in jobs:
+            ctx = job.req.context
+            key = (tuple(ctx.offers or ()), tuple(ctx.channels or ()))
+            if key not in masks:  # no list in the context means everything is allowed
+                masks[key] = ([o in set(ctx.offers) for o in offer_ids] if ctx.offers else [True] * n_o,
+                              [c in set(ctx.channels) for c in channels] if ctx.channels else [True] * n_c)
+        keys = [(tuple(j.req.context.offers or ()), tuple(j.req.context.channels or ())) for j in jobs]
+        allowed_o = np.array([masks[k][0] for k in keys], dtype=bool).reshape(n_u, n_o)
+        allowed_c = np.array([masks[k][1] for k in keys], dtype=bool).reshape(n_u, n_c)
+        tz_known = np.array([tz is not None for tz in tzs], dtype=bool)
+        rules = policy.user_rules(config, feats, nows, allowed_o, allowed_c, tz_known, suppressed)
+        result = policy.evaluate_many(config, rules, counts, gb)
+
+        p_open = engine.send_time_scores(models, feats, channels)  # (U, C, 24)
+        slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
+        hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
+        p_convert, uplift = engine.conversion_scores(models, feats, config, hours)
+        p_churn = engine.churn_scores(models, feats)
+        degraded = [r for r, missing in (("features_unavailable", features_degraded),
+                                         ("rule_based_conversion", "conversion" not in models.models),
+                                         ("rule_based_send_time", "send_time" not in models.models)) if missing]
+        priority = np.array([o.priority for o in config.offers])
+        unit_value = np.array([o.value * o.lever for o in config.offers])
+        ev = engine.expected_values_many(p_convert, uplift, config, p_churn)  # (U, O, C)
+        feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
+        greedy = engine.greedy_many(ev, feasible, priority, config.min_expected_value)
+        versions = models.versions()
+        thompson = config.exploration.method == "thompson"
+        plans = []
+        with self._rng_lock:
+            for i, job in enumerate(jobs):
+                actions, no_action_p = [], None
+                best = slots[i]
+                feasible_i, taken = feasible[i], None
+                user_counts = None
+                for n in range(job.req.n_actions):
+                    if n == 0 and not thompson:
+                        pick = engine.choose_one(greedy, i, config.exploration, self.rng)
+                    else:
+                        pick = engine.choose(ev[i], feasible_i, priority, config.exploration, self.rng,
+                                             config.min_expected_value, p_convert[i], unit_value)
+                    if pick.action is None:
+                        if not actions:
+                            no_action_p = pick.propensity
+                        break
+                    o, c = pick.action
+                    s = int(best[c])
+                    grid = grids[i]
+                    actions.append(dict(offer_id=offer_ids[o], channel=channels[c], send_at=grid.times[s],
+                                        expected_value=float(ev[i, o, c]), p_convert=float(p_convert[i, o, c]),
+                                        uplift=None if np.isnan(uplift[i, o, c]) else float(uplift[i, o, c]),
+                                        score=float(ev[i, o, c]), propensity=pick.propensity, explored=pick.explored))
+                    if n + 1 == job.req.n_actions:
+                        break
+                    # The next action must respect the caps together with this one: charge it locally and re-apply.
+                    if user_counts is None:
+                        row = np.array([i])
+                        user_counts, user_rules, user_grid = counts.take(row), rules.take(row), gb.take(row)
+                        taken = np.zeros((n_o, n_c), dtype=bool)
+                    taken[o, c] = True
+                    user_counts.channel_day[0, c, policy.WEEK - 1 + grid.local_day[s]] += 1
+                    user_counts.offer_window[0, o] += 1
+                    user_counts.capacity_used[0, c, grid.utc_day[s]] += 1
+                    res = policy.evaluate_many(config, user_rules, user_counts, user_grid).one(0)
+                    best = engine.best_slots(p_open[i], grid.local_hour, res.slot_ok)
+                    feasible_i = res.offer_ok[:, None] & res.channel_ok[None, :] & (best >= 0)[None, :] & ~taken
+                explanation = None
+                if job.req.explain:
+                    grid = grids[i]
+                    explanation = {"p_churn": float(p_churn[i]), "candidates": [
+                        {"offer_id": offer_ids[o], "channel": channels[c], "expected_value": float(ev[i, o, c]),
+                         "p_convert": float(p_convert[i, o, c]), "p_open": float(p_open[i, c, hours[i, c]]),
+                         "send_at": grid.times[slots[i, c]].isoformat()}
+                        for o, c in np.argwhere(feasible[i])]}
+                plans.append(dict(
+                    decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
+                                  no_action_propensity=no_action_p,
+                                  filtered=[{**vars(r)} for r in result.refusals[i] + job.extra_refusals],
+                                  model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
+                                  dry_run=job.req.dry_run, explanation=explanation),
+                    tz=tzs[i], now=nows[i]))
+        return plans
+
+    def _commit(self, jobs: list[_Job], plans: list[dict], positions: list[int]) -> list[int]:
+        """Store decisions atomically with their cap re-check; returns positions to re-plan (lost a race)."""
+        config = self.config.current(time.monotonic())
+        reservations, waiting = [], []
+        for job, plan in zip(jobs, plans, strict=True):
+            d = _jsonable(plan["decision"])
+            if job.req.dry_run:
+                job.result = d
+                continue
+            acts = [(a["offer_id"], a["channel"], a["send_at"]) for a in plan["decision"]["actions"]]
+            charges, constraints = policy.constraints_for(job.req.user_id, config, acts, plan["tz"])
+            reservations.append(Reservation(job.decision_id, job.req.user_id, charges, constraints, d, job.idem,
+                                            job.pending if acts else None))
+            waiting.append((job, d, plan))
+        retry = []
+        committed = []
+        for (job, d, plan), commit, pos in zip(waiting, self.ledger.commit(reservations) if reservations else [],
+                                               [p for j, p in zip(jobs, positions, strict=True) if not j.req.dry_run], strict=True):
+            if commit.status == "ok":
+                job.result = d
+                committed.append((job, d, plan))
+            elif commit.status == "replay":
+                job.replay = commit.record
+            else:
+                job.attempts += 1
+                job.decision_id = _new_id()
+                if job.attempts < 3:
+                    retry.append(pos)  # a concurrent decision took the capacity: decide again on fresh counters
+                else:
+                    job.result = self._no_contact(job, self.models.current, None, refusal=commit.rule)
+        if committed:
+            self.log.decisions([_log_record(job, d, plan) for job, d, plan in committed])
+        return retry
+
+    def _no_contact(self, job: _Job, models: engine.ModelSet, error: str | None, refusal: str | None = None) -> dict:
+        reason = refusal or "ledger_unavailable"
+        return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0,
+                              filtered=[vars(policy.Refusal(reason, detail=error or "lost a concurrent race three times"))],
+                              model_versions=models.versions(), degraded=error is not None,
+                              degraded_reasons=["ledger_unavailable"] if error else [], dry_run=job.req.dry_run,
+                              explanation=None))
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def events(self, req: EventsRequest) -> dict:
+        clock = self.clock()
+        events = sorted((_believed(self.window, f"events[{k}].ts", e.ts, clock), k, e) for k, e in enumerate(req.events))
+        ids = list(dict.fromkeys(e.user_id for _, _, e in events))
+        _, known, _ = self.features.fetch(ids)
+        unknown = [u for u, k in zip(ids, known, strict=True) if not k]
+        if unknown:
+            self._log_unknown(unknown)
+            raise NotFoundError(f"unknown user_id(s): {', '.join(unknown[:10])}")
+        config = self.config.current(time.monotonic())
+        degraded = False
+        try:
+            self.features.push(self._realtime_rows(ids, events))
+        except Exception as err:  # the online store is down: triggers still run, on the features we have
+            log.warning("could not push events to the online store: %s", describe(err))
+            degraded = True
+        cancelled: list[str] = []
+        jobs: list[_Job] = []
+        try:
+            for ts, _, e in events:
+                for t in config.triggers:
+                    if t.unless == e.type:
+                        cancelled += self.ledger.cancel_pending(e.user_id, e.type, ts.timestamp())
+        except LedgerUnavailable as err:
+            log.error("ledger unavailable while cancelling triggers: %s", describe(err))
+            degraded = True
+        for ts, _, e in events:
+            for t in config.triggers:
+                if t.on != e.type or ts + timedelta(minutes=t.deadline_minutes) <= clock:
+                    continue  # a late event whose trigger window has already closed sends nothing
+                ctx = CampaignContext(campaign_id=f"trigger:{t.name}", offers=t.offers, channels=t.channels, trigger=t.name,
+                                      not_before=ts + timedelta(minutes=t.wait_minutes),
+                                      deadline=ts + timedelta(minutes=t.deadline_minutes))
+                # Decided as of the server clock: a send time is never in the past, nor charged to a past day.
+                req_ = DecideRequest(user_id=e.user_id, now=clock, context=ctx)
+                pending = (t.unless, (ts + timedelta(minutes=t.wait_minutes)).timestamp()) if t.unless else None
+                jobs.append(_Job(req_, _new_id(), f"trigger:{t.name}:{e.user_id}:{ts.isoformat()}", pending=pending))
+        triggered = self._decide_jobs(jobs) if jobs else []
+        return {"accepted": len(events), "triggered": triggered, "cancelled": cancelled, "degraded": degraded}
+
+    def _realtime_rows(self, ids: list[str], events) -> pd.DataFrame:
+        """The realtime view's new values, folding this request's events onto each user's stored state."""
+        state = self.features.realtime(ids).set_index("user_id")
+        rows = []
+        for user_id in ids:
+            prev = state.loc[user_id] if user_id in state.index else None
+            last_at = prev["last_event_at"] if prev is not None and pd.notna(prev["last_event_at"]) else None
+            count = int(prev["events_1h"]) if prev is not None and pd.notna(prev["events_1h"]) else 0
+            cart = int(prev["cart_open"]) if prev is not None and pd.notna(prev["cart_open"]) else 0
+            last_type = None
+            for ts, _, e in events:
+                if e.user_id != user_id:
+                    continue
+                at = int(ts.timestamp())
+                count = count + 1 if last_at is not None and at - last_at < 3600 else 1
+                cart = 1 if e.type == "add_to_cart" else 0 if e.type == "purchase" else cart
+                last_at, last_type, last_ts = at, e.type, ts
+            rows.append({"user_id": user_id, "event_timestamp": pd.Timestamp(last_ts), "last_event_type": last_type,
+                         "last_event_at": int(last_at), "events_1h": int(count), "cart_open": int(cart)})
+        return pd.DataFrame(rows)
+
+    # --- feedback -----------------------------------------------------------------------------------
+
+    def feedback(self, req: FeedbackRequest) -> dict:
+        at = _believed(self.outcome_window, "at", req.at, self.clock())
+        if req.revenue is not None and req.outcome != "converted":
+            raise UserError("revenue is only for outcome 'converted'")
+        record = self.ledger.decision(req.decision_id)
+        if record is None:
+            raise NotFoundError(f"unknown decision_id {req.decision_id!r} (dry runs are not stored)")
+        actions = record["actions"]
+        match = [a for a in actions if (req.offer_id in (None, a["offer_id"])) and (req.channel in (None, a["channel"]))]
+        if not match:
+            what = "has no action (it was a no-contact decision)" if not actions else "has no action with that offer/channel"
+            raise ConflictError(f"decision {req.decision_id} {what}; feedback is for actions that were decided")
+        action = match[0]
+        first = self.ledger.first_outcome(req.decision_id, req.outcome, action["offer_id"], action["channel"])
+        out = {"recorded": first, "suppressed": None, "released": False}
+        if not first:
+            return out
+        if req.outcome in ("unsubscribed", "complained"):
+            reason = "complaint" if req.outcome == "complained" else "opt_out"
+            self.ledger.suppress([(record["user_id"], action["channel"], reason, at.strftime("%Y-%m-%dT%H:%M:%SZ"))])
+            out["suppressed"] = action["channel"]
+        if req.outcome == "not_sent":
+            out["released"] = self.ledger.release(req.decision_id)
+        self.log.outcome({"decision_id": req.decision_id, "user_id": record["user_id"], "outcome": req.outcome,
+                          "offer_id": action["offer_id"], "channel": action["channel"], "at": at.isoformat(),
+                          "revenue": req.revenue, "propensity": action["propensity"]})
+        return out
+
+    # --- profile ------------------------------------------------------------------------------------
+
+    def profile(self, req: ProfileRequest) -> dict:
+        now = _believed(self.window, "now", req.now, self.clock())
+        feats, known, degraded = self.features.fetch([req.user_id])
+        if not known[0]:
+            self._log_unknown([req.user_id])
+            raise NotFoundError(f"unknown user_id {req.user_id!r}")
+        config = self.config.current(time.monotonic())
+        models = self.models.current
+        f = _features_of(feats, 0)
+        snapshot = self.ledger.read([req.user_id])
+        grid = policy.time_grid(now, _tz(f.get("timezone")))
+        counts = policy.counts_from(snapshot.user_counts[req.user_id], snapshot.capacity, config, grid, {})
+        channels = config.channel_names()
+        p_open = engine.send_time_scores(models, feats, channels)
+        p_convert, _ = engine.conversion_scores(models, feats, config, p_open[:, :, :].argmax(axis=2))
+        scores = {"p_churn": float(engine.churn_scores(models, feats)[0])}
+        scores |= {f"best_p_convert_{c}": float(p_convert[0, :, j].max()) for j, c in enumerate(channels)}
+        return {
+            "user_id": req.user_id,
+            "features": {k: _plain(v) for k, v in f.items() if k != "user_id"},
+            "tags": {k: _plain(f.get(k)) for k in TAGS if k in f},
+            "scores": scores,
+            "contacts": {c: {"today": int(counts.channel_day[j, policy.WEEK - 1]),
+                             "last_7_days": int(counts.channel_day[j, :policy.WEEK].sum())} for j, c in enumerate(channels)},
+            "suppressions": snapshot.suppressed[req.user_id],
+            "degraded": degraded,
+        }
+
+    def _log_unknown(self, user_ids: list[str]) -> None:
+        """Unknown ids in the service log as pseudonyms: a caller may send e-mail addresses as ids."""
+        log.info("unknown user_id(s) %s", ", ".join(self.log.pseudonym(u) for u in user_ids[:10]))
+
+    def ready(self) -> tuple[bool, dict]:
+        """Ready when the ledger answers; models and features may be degraded but the service still decides."""
+        try:
+            self.ledger.ping()
+            if not self.suppressions_imported:
+                self._import_suppressions()
+            ledger_ok = self.suppressions_imported
+        except LedgerUnavailable:
+            ledger_ok = False
+        return ledger_ok, {"ledger": ledger_ok, "models": self.models.current.versions(), "model_error": self.models.error,
+                           "config_error": self.config.error}
+
+
+def _believed(window: TimeWindow, name: str, value: datetime | None, clock: datetime) -> datetime:
+    """A caller's time in UTC (the clock when absent), or UserError when it is too far from the clock."""
+    try:
+        return window.check(name, value, clock)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    return v
+
+
+def _jsonable(d: dict) -> dict:
+    """Datetimes as ISO-8601 text, so a stored decision replays byte for byte."""
+    out = dict(d)
+    out["actions"] = [{**a, "send_at": a["send_at"].isoformat() if isinstance(a["send_at"], datetime) else a["send_at"]}
+                      for a in d["actions"]]
+    return out
+
+
+def _log_record(job: _Job, d: dict, plan: dict) -> dict:
+    return {"decision_id": d["decision_id"], "at": plan["now"].isoformat(), "user_id": d["user_id"],
+            "campaign_id": job.req.context.campaign_id, "trigger": job.req.context.trigger,
+            "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "explored")}
+                        for a in d["actions"]],
+            "no_action_propensity": d["no_action_propensity"], "model_versions": d["model_versions"],
+            "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],
+            "degraded_reasons": d["degraded_reasons"]}

@@ -1,0 +1,334 @@
+"""Replay a policy over a fresh period of a simulated world: same users and truth, outcomes from the response model.
+
+Every policy faces the same hard contact rules (consent, suppressions, caps, quiet hours, capacity);
+the replay does not repair a policy's choices, it counts any send that breaks a rule as a violation.
+Incremental conversions and revenue are the expected values under the truth (P(the contact caused a
+purchase) and that times the offer's value), so two policies compare without sampling noise;
+opens, unsubscribes and complaints are drawn, and suppressions they create bind later days.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from nextbest.features.build import STAGES
+from nextbest.simulation import response
+from nextbest.simulation.campaigns import Purchases, eligible
+from nextbest.simulation.catalog import CHANNELS
+from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_series, utc_offset_ns
+from nextbest.simulation.truth import Truth
+
+__all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "ReplayResult", "replay", "keep_capacity",
+           "hour_ok_matrix", "STAGE_OF_TYPE", "OUTCOMES"]
+
+STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Frequency caps every replayed policy must obey (quiet hours and capacity come from the channels table)."""
+
+    per_user_per_day: int = 1  # enforced by construction: a policy makes one decision per user per day
+    per_user_per_week: int = 3  # rolling 7 days
+    per_user_channel_per_week: int = 2
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    days: int = 14
+    seed: int = 11
+    rules: Rules = field(default_factory=Rules)
+    control_share: float = 0.0  # share of a policy's sends held out as a no-contact control group (logged)
+
+
+@dataclass(frozen=True)
+class Period:
+    """What a replay needs of a world: its truth, catalog, consent, suppressions and history at the start."""
+
+    truth: Truth | None  # None: a company's own logs, for off-policy evaluation only (nothing to replay)
+    offers: pd.DataFrame
+    channels: pd.DataFrame  # in CHANNELS order (with a truth), else the channels table's order
+    user_ids: np.ndarray
+    consent: np.ndarray  # (n, C) bool
+    suppressed: np.ndarray  # (n, C) bool at the start of the period
+    start: pd.Timestamp  # midnight UTC after the history
+    last_sends: np.ndarray  # (n, k) int64 ns of the most recent sends before the start (NAT padded)
+    last_channels: np.ndarray  # (n, k) channel index of each of those sends (-1 = none)
+    stage: np.ndarray  # (n,) funnel stage index at the start
+    last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None) -> Period:
+        """Build from raw tables in the contract (what `simulate` returns or what is on disk) and the truth;
+        without a truth, the period starts at the first midnight after the logs (off-policy evaluation only)."""
+        users = tables["users"]
+        ids = users["user_id"].astype(str).to_numpy()
+        index = pd.Index(ids)
+        n = len(ids)
+        names = list(CHANNELS) if truth is not None else list(tables["channels"]["channel"].astype(str))
+        channels = tables["channels"].assign(channel=tables["channels"]["channel"].astype(str)).set_index("channel")
+        channels = channels.loc[names].reset_index()
+        consent = np.stack([users[f"consent_{c}"].fillna(False).to_numpy(dtype=bool) if f"consent_{c}" in users
+                            else np.zeros(n, dtype=bool) for c in names], axis=1)
+        suppressed = np.zeros((n, len(names)), dtype=bool)
+        sup = tables.get("suppressions")
+        if sup is not None and len(sup):
+            rows = index.get_indexer(sup["user_id"].astype(str))
+            ch = sup["channel"].astype(str).to_numpy()
+            star = ch == "*"
+            suppressed[rows[star]] = True
+            cidx = pd.Index(names).get_indexer(ch[~star])
+            ok = cidx >= 0
+            suppressed[rows[~star][ok], cidx[ok]] = True
+        contacts = tables["contacts"]
+        if truth is not None:
+            start = pd.Timestamp(truth.end_ns, tz="UTC")
+        else:
+            last = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), pd.to_datetime(contacts["sent_at"], utc=True).max())
+            start = last.floor("D") + pd.Timedelta(days=1)
+        sent = contacts[contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))]
+        last = np.full((n, 8), NAT, dtype=np.int64)
+        last_ch = np.full((n, 8), -1, dtype=np.int64)
+        if len(sent):
+            s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)),
+                              "t": pd.to_datetime(sent["sent_at"], utc=True).astype("int64"),
+                              "c": pd.Index(names).get_indexer(sent["channel"].astype(str))})
+            s = s.sort_values("t").groupby("u").tail(8)
+            s["k"] = s.groupby("u").cumcount()
+            last[s["u"].to_numpy(), s["k"].to_numpy()] = s["t"].to_numpy()
+            last_ch[s["u"].to_numpy(), s["k"].to_numpy()] = s["c"].to_numpy()
+        ev = tables["events"]
+        codes = ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int8)
+        urow = index.get_indexer(ev["user_id"].astype(str))
+        stage = np.zeros(n, dtype=np.int8)
+        np.maximum.at(stage, urow, codes)
+        buy = ev["type"].astype(str).to_numpy() == "purchase"
+        last_buy = np.full(n, NAT, dtype=np.int64)
+        np.maximum.at(last_buy, urow[buy], ev["ts"].astype("int64").to_numpy()[buy])
+        return cls(truth, tables["offers"].reset_index(drop=True), channels, ids, consent, suppressed, start, last,
+                   last_ch, stage, last_buy)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def sample(self, n: int | None, seed: int = 0) -> Period:
+        """The same period for a seeded random subset of `n` users (all users if n is None or larger)."""
+        if n is None or n >= self.n_users:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(self.n_users, size=n, replace=False))
+        truth = self.truth
+        if truth is not None:
+            truth = dataclasses.replace(truth, **{f.name: getattr(truth, f.name)[rows] for f in dataclasses.fields(truth)
+                                                  if isinstance(getattr(truth, f.name), np.ndarray)})
+        return dataclasses.replace(
+            self, truth=truth, user_ids=self.user_ids[rows],
+            consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
+            last_channels=self.last_channels[rows],
+            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What a policy sees on one decision day."""
+
+    day: int
+    at: pd.Timestamp  # midnight UTC of the decision day
+    allowed: np.ndarray  # (n, C) consent, not suppressed, under every cap
+    eligible: np.ndarray  # (n, O) offer eligibility and validity
+    recent: np.ndarray  # (n,) contacts in the previous 7 days
+    hour_ok: np.ndarray  # (C, 24) local hours outside each channel's quiet hours
+    capacity_left: np.ndarray  # (C,) sends left today per channel (inf = no limit)
+    state: dict[str, np.ndarray]  # features the eligibility rules read
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision per user: offer index (-1 = no contact), channel index, local hour, score, probability."""
+
+    offer: np.ndarray
+    channel: np.ndarray
+    hour: np.ndarray
+    score: np.ndarray
+    propensity: np.ndarray
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, situation: Situation, rng: np.random.Generator) -> Choice: ...
+
+
+def hour_ok_matrix(channels: pd.DataFrame) -> np.ndarray:
+    """(C, 24) True where a local hour is outside the channel's quiet hours ("22-8" = 22:00 to 08:00 quiet)."""
+    ok = np.ones((len(channels), 24), dtype=bool)
+    for i, spec in enumerate(channels["quiet_hours"]):
+        if isinstance(spec, str) and "-" in spec:
+            a, b = (int(x) for x in spec.split("-"))
+            hours = np.arange(24)
+            ok[i] = ~(((hours >= a) | (hours < b)) if a > b else ((hours >= a) & (hours < b)))
+    return ok
+
+
+def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
+    """Drop the lowest-scored sends of each channel beyond its capacity left today."""
+    offer = choice.offer.copy()
+    for c in np.flatnonzero(np.isfinite(capacity_left)):
+        rows = np.flatnonzero((offer >= 0) & (choice.channel == c))
+        if len(rows) > capacity_left[c]:
+            drop = rows[np.argsort(-choice.score[rows], kind="stable")[int(capacity_left[c]):]]
+            offer[drop] = -1
+    return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity)
+
+
+@dataclass
+class ReplayResult:
+    policy: str
+    sends: pd.DataFrame  # one row per send with expected and drawn outcomes
+    metrics: dict[str, float]
+    controls: pd.DataFrame | None = None  # held-out decisions (with `record`): day, user_idx, decided_at, propensity, ...
+    events: dict[str, np.ndarray] | None = None  # events the sends caused (clicks, purchases), with `record`
+
+
+OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at")
+
+
+def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig(), organic: Purchases | None = None,
+           record: bool = False) -> ReplayResult:
+    """Run `policy` for `config.days` days after the history and measure it.
+
+    `organic`: the users' organic purchases in the period (a contact's logged conversion is the earlier of the
+    purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
+    every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
+    """
+    if period.truth is None:
+        raise ValueError("a replay needs the simulated truth: a company's own logs support off-policy evaluation only")
+    rng = np.random.default_rng(config.seed)
+    truth, rules, n = period.truth, config.rules, period.n_users
+    offers, n_channels = period.offers, len(CHANNELS)
+    value = offers["value"].to_numpy(dtype=float)
+    cost = period.channels["cost"].to_numpy(dtype=float)
+    capacity = period.channels["daily_capacity"].astype("Float64").fillna(np.inf).to_numpy(dtype=float)
+    hour_ok = hour_ok_matrix(period.channels)
+    suppressed = period.suppressed.copy()
+    sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
+    # (user rows, channel, send time) per day, for the per-channel weekly caps; the history's sends first.
+    sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for k in range(period.last_sends.shape[1]):
+        had = period.last_channels[:, k] >= 0
+        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], period.last_sends[had, k]))
+    frames, held, caused_events = [], [], []
+    for day in range(config.days):
+        at = period.start + pd.Timedelta(days=day)
+        at_ns = at.value
+        history = np.stack(sends_ns, axis=1)
+        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)
+        per_channel_week = np.zeros((n, n_channels), dtype=np.int64)
+        for d_rows, d_ch, d_ns in sends_ns_ch:
+            live = d_ns > at_ns - 7 * DAY_NS
+            np.add.at(per_channel_week, (d_rows[live], d_ch[live]), 1)
+        # One decision per user per day is the per-day cap; the weekly caps are rolling 7-day counts.
+        user_ok = (recent < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
+        allowed = period.consent & ~suppressed & user_ok[:, None] & (per_channel_week < rules.per_user_channel_per_week)
+        state = {
+            "lifecycle_stage": np.asarray(STAGES, dtype=object)[period.stage],
+            "recency_days": np.where(period.last_purchase_ns != NAT, (at_ns - period.last_purchase_ns) // DAY_NS, 9999),
+            "tenure_days": (at_ns - truth.signup_ns) // DAY_NS,
+        }
+        offer_ok = eligible(offers, state, at)
+        situation = Situation(day, at, allowed, offer_ok, recent, hour_ok, capacity.copy(), state)
+        choice = policy.choose(situation, rng)
+        rows = np.flatnonzero(choice.offer >= 0)
+        propensity = choice.propensity[rows]
+        if config.control_share > 0 and len(rows):
+            hold = rng.random(len(rows)) < config.control_share
+            if record:
+                held.append(pd.DataFrame({"day": day, "user_idx": rows[hold], "decided_at": pd.Timestamp(at_ns, tz="UTC"),
+                                          "propensity": config.control_share * propensity[hold]}))
+            rows, propensity = rows[~hold], (1 - config.control_share) * propensity[~hold]
+        if len(rows) == 0:
+            continue
+        o, c, h = choice.offer[rows], choice.channel[rows], choice.hour[rows].astype(np.int64)
+        minute = rng.integers(0, 60, len(rows))
+        send = at_ns + h * HOUR_NS + minute * MINUTE_NS - utc_offset_ns(truth.tz[rows], np.full(len(rows), at_ns))
+        # A local hour before midnight UTC of the day lands on the previous UTC day: move it a day on.
+        send = np.where(send < at_ns, send + DAY_NS, send)
+        broken = {
+            "consent": ~period.consent[rows, c],
+            "suppressed": suppressed[rows, c],
+            "cap": ~user_ok[rows] | (per_channel_week[rows, c] >= rules.per_user_channel_per_week),
+            "quiet_hours": ~hour_ok[c, h],
+            "ineligible": ~offer_ok[rows, o],
+            "capacity": np.zeros(len(rows), dtype=bool),
+        }
+        for ch in range(n_channels):
+            mine = np.flatnonzero(c == ch)
+            if len(mine) > capacity[ch]:
+                broken["capacity"][mine[int(capacity[ch]):]] = True
+        caused = response.p_caused(truth, offers, rows, o, c, send, recent[rows])
+        org_ns, org_rev = organic.first_after(rows, send, response.HORIZON_DAYS) if organic is not None else (None, None)
+        outcomes, events = response.draw_outcomes_ns(truth, offers, rows, o, c, send, recent[rows], rng,
+                                                     organic_ns=org_ns, organic_revenue=org_rev)
+        unsub = outcomes["unsubscribed_at"] != NAT
+        complained = outcomes["complained_at"] != NAT
+        suppressed[rows[unsub | complained], c[unsub | complained]] = True
+        day_sends = np.full(n, NAT, dtype=np.int64)
+        day_sends[rows] = send
+        sends_ns.append(day_sends)
+        sends_ns_ch.append((rows, c, send))
+        frame = pd.DataFrame({
+            "day": day, "user_idx": rows, "offer_id": offers["offer_id"].to_numpy()[o], "channel": np.asarray(CHANNELS)[c],
+            "local_hour": h, "send_at": pd.to_datetime(send, utc=True), "propensity": propensity,
+            "recent_contacts": recent[rows], "p_caused": caused, "expected_revenue": caused * value[o], "cost": cost[c],
+            "opened": outcomes["opened_at"] != NAT, "caused": outcomes["caused"], "unsubscribed": unsub,
+            "complained": complained, "violation": np.logical_or.reduce(list(broken.values())),
+            **{f"broke_{k}": v for k, v in broken.items()},
+        })
+        if record:
+            for col in OUTCOMES:
+                frame[col] = to_utc_series(outcomes[col])
+            frame["revenue"] = np.where(outcomes["converted_at"] != NAT, outcomes["revenue"], 0.0)
+            caused_events.append(events)
+        frames.append(frame)
+    sends = pd.concat(frames, ignore_index=True) if frames else _empty_sends()
+    result = ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
+    if record:
+        result.controls = (pd.concat(held, ignore_index=True) if held else
+                           pd.DataFrame({"day": pd.Series(dtype=int), "user_idx": pd.Series(dtype=int),
+                                         "decided_at": pd.Series(dtype="datetime64[ns, UTC]"),
+                                         "propensity": pd.Series(dtype=float)}))
+        result.events = {k: np.concatenate([e[k] for e in caused_events]) for k in caused_events[0]} if caused_events else None
+    return result
+
+
+def _empty_sends() -> pd.DataFrame:
+    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in {
+        "day": int, "user_idx": int, "offer_id": object, "channel": object, "local_hour": int, "propensity": float,
+        "recent_contacts": int, "p_caused": float, "expected_revenue": float, "cost": float, "opened": bool,
+        "caused": bool, "unsubscribed": bool, "complained": bool, "violation": bool}.items()})
+
+
+def _metrics(sends: pd.DataFrame, n_users: int, days: int) -> dict[str, float]:
+    revenue = float(sends["expected_revenue"].sum())
+    cost = float(sends["cost"].sum())
+    out = {
+        "users": n_users,
+        "days": days,
+        "contacts": len(sends),
+        "incremental_conversions": float(sends["p_caused"].sum()),
+        "incremental_revenue": revenue,
+        "cost": cost,
+        "net_value": revenue - cost,
+        "roi": (revenue - cost) / cost if cost > 0 else float("nan"),
+        "opens": int(sends["opened"].sum()),
+        "unsubscribes": int(sends["unsubscribed"].sum()),
+        "complaints": int(sends["complained"].sum()),
+        "violations": int(sends["violation"].sum()),
+    }
+    for ch in CHANNELS:
+        out[f"contacts_{ch}"] = int((sends["channel"] == ch).sum())
+    return out

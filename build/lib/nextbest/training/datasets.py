@@ -1,0 +1,240 @@
+"""Training sets from Feast: entity rows with labels, features joined point-in-time through a FeatureService."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+__all__ = [
+    "TrainingSet",
+    "REQUEST_COLUMNS",
+    "SharedJoins",
+    "CONTACTS",
+    "SNAPSHOTS",
+    "service_features",
+    "historical",
+    "joined",
+    "contact_frame",
+    "contact_rows",
+    "snapshot_dates",
+    "snapshot_rows",
+    "split",
+    "local_hours",
+    "utc_naive",
+]
+
+# Columns a caller passes next to the features, per model (they describe the action, not the user).
+REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "conversion": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "uplift": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "offer_net": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "channel": ("channel",),
+    "send_time": ("channel", "local_hour"),
+    "churn": (),
+    "purchase": (),
+}
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """One model's rows: FeatureService columns + request columns + label (+ time, treatment, weights)."""
+
+    frame: pd.DataFrame
+    feature_service: str
+    features: tuple[str, ...]  # from the FeatureService, in its order
+    request: tuple[str, ...]
+    label: str = "label"
+    time: str = "event_timestamp"
+    treatment: str | None = None  # uplift: 1 = contacted, 0 = control
+    weight: str | None = None  # offer network: inverse-propensity weights
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*self.features, *self.request]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.frame[self.label].to_numpy(dtype="int64")
+
+    def subset(self, mask_or_index) -> TrainingSet:
+        return replace(self, frame=self.frame.loc[mask_or_index].reset_index(drop=True))
+
+
+def service_features(store, service: str) -> tuple[str, ...]:
+    """The feature names of a FeatureService, as get_historical/online_features name them."""
+    fs = store.get_feature_service(service)
+    return tuple(f.name for proj in fs.feature_view_projections for f in proj.features)
+
+
+def historical(store, entities: pd.DataFrame, service: str | list[str]) -> pd.DataFrame:
+    """Point-in-time join of `entities` (user_id, event_timestamp, ...) with a FeatureService, in entity order.
+
+    `service` is a FeatureService name, or a list of "view:feature" references (a union of services).
+    """
+    rows = entities.reset_index(drop=True).assign(_row=np.arange(len(entities)))
+    rows["user_id"] = rows["user_id"].astype(str)
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    features = store.get_feature_service(service) if isinstance(service, str) else service
+    out = store.get_historical_features(rows, features=features).to_df()
+    # Feast returns rows in its own order; restore the entity order so splits stay reproducible.
+    out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out
+
+
+def _references(store, service: str) -> list[str]:
+    fs = store.get_feature_service(service)
+    return [f"{proj.name_to_use()}:{f.name}" for proj in fs.feature_view_projections for f in proj.features]
+
+
+CONTACTS, SNAPSHOTS = "contacts", "snapshots"  # the two row sets the models share
+
+
+class SharedJoins:
+    """Point-in-time joins shared by the models of one `train all`: each entity-row set is joined once.
+
+    `groups` maps a row set's name (CONTACTS, SNAPSHOTS) to the FeatureServices of the models that read it.
+    The first model that asks for a row set gets it joined with the union of its group's services; every
+    later model takes its own service's columns from that one join, so each model still reads exactly its
+    FeatureService's features.
+    """
+
+    def __init__(self, store, groups: dict[str, tuple[str, ...]]):
+        self.store = store
+        self.groups = groups
+        self._frames: dict[tuple, pd.DataFrame] = {}
+
+    def join(self, key: tuple, rows: pd.DataFrame, service: str) -> pd.DataFrame:
+        """`historical(store, rows, service)`, from the cached union join of the rows named by `key` (group, ...)."""
+        services = self.groups.get(key[0], ())
+        if service not in services:
+            return historical(self.store, rows, service)
+        if key not in self._frames:
+            refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
+            self._frames[key] = historical(self.store, rows, refs)
+        frame = self._frames[key]
+        if len(frame) != len(rows):
+            raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {len(frame)} joined; one key, one row set")
+        keep = [*rows.columns, *(c for c in service_features(self.store, service) if c not in rows.columns)]
+        return frame[keep].copy()
+
+
+def joined(store, rows: pd.DataFrame, service: str, key: tuple, shared: SharedJoins | None = None) -> pd.DataFrame:
+    """Rows joined with a FeatureService: through `shared` (one join per `key`) when given, else directly."""
+    return historical(store, rows, service) if shared is None else shared.join(key, rows, service)
+
+
+def contact_frame(store, raw: dict[str, pd.DataFrame], window_days: int, service: str,
+                  shared: SharedJoins | None = None, treated_only: bool = True) -> pd.DataFrame:
+    """The contact log (contacted rows only, unless `treated_only` is off) joined with a FeatureService."""
+    frame = joined(store, contact_rows(raw, window_days), service, (CONTACTS, window_days), shared)
+    return frame[frame["treated"] == 1].reset_index(drop=True) if treated_only else frame
+
+
+def utc_naive(times) -> np.ndarray:
+    """UTC timestamps as timezone-free datetime64[ns] values, for vectorised comparisons."""
+    return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).tz_convert(None).to_numpy("datetime64[ns]")
+
+
+def local_hours(times: pd.Series, user_ids: pd.Series, users: pd.DataFrame) -> np.ndarray:
+    """Hour of day (0-23) of each timestamp in its user's timezone."""
+    tz = user_ids.astype(str).map(users.assign(user_id=users["user_id"].astype(str)).set_index("user_id")["timezone"])
+    times = pd.to_datetime(times, utc=True)
+    out = np.full(len(times), -1, dtype="int64")
+    for zone in tz.dropna().unique():
+        mask = (tz == zone).to_numpy()
+        out[mask] = times[mask].dt.tz_convert(zone).dt.hour.to_numpy()
+    out[out < 0] = times[out < 0].dt.hour.to_numpy()  # unknown timezone: UTC
+    return out
+
+
+def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataFrame:
+    """One row per logged contact (control rows included) with the request columns and outcome labels.
+
+    Labels count outcomes within `window_days` of the send; contacts too recent for a full window
+    are dropped, so a missing conversion always means "did not convert".
+    """
+    contacts = raw.get("contacts")
+    if contacts is None or contacts.empty:
+        raise ValueError("no contacts table: conversion, uplift, channel, send-time and offer models need a contact log")
+    c = contacts.copy()
+    c["sent_at"] = pd.to_datetime(c["sent_at"], utc=True)
+    end = max(pd.to_datetime(raw["events"]["ts"], utc=True).max(), c["sent_at"].max())
+    window = pd.Timedelta(days=window_days)
+    c = c[c["sent_at"] + window <= end].reset_index(drop=True)
+    offers = raw.get("offers")
+    if offers is not None:
+        o = offers.assign(offer_id=offers["offer_id"].astype(str)).set_index("offer_id")
+        key = c["offer_id"].astype(str)
+        c["offer_category"] = key.map(o["category"]).astype(object)
+        c["offer_value"] = key.map(o["value"]).astype("float64")
+        c["offer_kind"] = key.map(o["kind"]).astype(object) if "kind" in o else "standard"
+    else:
+        c["offer_category"], c["offer_value"], c["offer_kind"] = None, np.nan, "standard"
+    c["local_hour"] = local_hours(c["sent_at"], c["user_id"], raw["users"])
+
+    def within(col: str) -> np.ndarray:
+        if col not in c:
+            return np.zeros(len(c), dtype="int64")
+        t = pd.to_datetime(c[col], utc=True)
+        return ((t >= c["sent_at"]) & (t - c["sent_at"] <= window)).to_numpy(dtype="int64")
+
+    variant = c["variant"].astype(object) if "variant" in c else pd.Series("treatment", index=c.index)
+    c["treated"] = ((variant != "control") & c["channel"].notna()).to_numpy(dtype="int64")
+    c["converted"] = within("converted_at")
+    c["opened"] = within("opened_at")
+    c["clicked"] = within("clicked_at")
+    c["engaged"] = np.maximum(c["opened"], c["clicked"])
+    if "propensity" not in c:
+        c["propensity"] = np.nan
+    keep = ["contact_id", "user_id", "sent_at", "offer_id", "offer_category", "offer_kind", "offer_value", "channel",
+            "local_hour", "treated", "converted", "opened", "clicked", "engaged", "propensity"]
+    out = c[keep].rename(columns={"sent_at": "event_timestamp"})
+    out["user_id"] = out["user_id"].astype(str)
+    out["offer_id"] = out["offer_id"].astype(object)
+    out["channel"] = out["channel"].astype(object)
+    return out
+
+
+def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp | None = None, count: int = 4,
+                   every_days: int = 7) -> pd.DatetimeIndex:
+    """Weekly midnight-UTC dates, the newest at `as_of` (default: the last one whose horizon is fully observed)."""
+    ts = pd.to_datetime(events["ts"], utc=True)
+    last = ts.max().floor("D") + pd.Timedelta(days=1)
+    newest = pd.Timestamp(as_of).tz_localize("UTC") if as_of is not None and pd.Timestamp(as_of).tzinfo is None \
+        else (pd.Timestamp(as_of) if as_of is not None else last - pd.Timedelta(days=horizon_days))
+    if newest + pd.Timedelta(days=horizon_days) > last:
+        raise ValueError(f"--as-of {newest.date()} + horizon {horizon_days} d runs past the data (last event "
+                         f"{ts.max().date()}): pick an earlier date or a shorter horizon")
+    if newest <= ts.min():
+        raise ValueError(f"--as-of {newest.date()} is before the first event ({ts.min().date()})")
+    dates = [newest - pd.Timedelta(days=every_days * k) for k in range(count)]
+    return pd.DatetimeIndex(sorted(d for d in dates if d > ts.min().floor("D") + pd.Timedelta(days=every_days)) or [newest])
+
+
+def snapshot_rows(users: pd.DataFrame, dates: pd.DatetimeIndex) -> pd.DataFrame:
+    """Every user who had signed up, at every date."""
+    u = users[["user_id", "signup_at"]].assign(user_id=users["user_id"].astype(str),
+                                                signup_at=pd.to_datetime(users["signup_at"], utc=True))
+    grid = u.merge(pd.DataFrame({"event_timestamp": dates}), how="cross")
+    return grid[grid["signup_at"] < grid["event_timestamp"]].drop(columns="signup_at").reset_index(drop=True)
+
+
+def split(ts: TrainingSet, holdout: float = 0.2, seed: int = 7) -> tuple[TrainingSet, TrainingSet]:
+    """The one train/holdout split: the newest rows when labels span time, else seeded and stratified."""
+    times = ts.frame[ts.time]
+    if times.nunique() > 1:
+        order = np.argsort(times.to_numpy(), kind="stable")
+        cut = times.iloc[order[int(len(order) * (1 - holdout))]]
+        test = (times >= cut).to_numpy()
+        if 0 < test.sum() < len(test) and len(np.unique(ts.y[test])) == 2 and len(np.unique(ts.y[~test])) == 2:
+            return ts.subset(~test), ts.subset(test)
+    strata = ts.y * 2 + (ts.frame[ts.treatment].to_numpy(dtype="int64") if ts.treatment else 0)
+    idx = np.arange(len(ts.frame))
+    counts = np.bincount(strata)
+    train_idx, test_idx = train_test_split(idx, test_size=holdout, random_state=seed,
+                                           stratify=strata if counts[counts > 0].min() >= 2 else None)
+    return ts.subset(np.sort(train_idx)), ts.subset(np.sort(test_idx))

@@ -1,0 +1,113 @@
+"""Feature frames -> model matrices, with the category lists and scales stored so serving encodes identically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from nextbest.training.derived import matched_columns, matched_values
+
+__all__ = ["FrameEncoder", "fit_encoder"]
+
+_MAX_CATEGORIES = 64  # rarer string values share the "unknown" code
+
+
+@dataclass(frozen=True)
+class FrameEncoder:
+    """Column order, category lists of string columns and the scale of numeric columns.
+
+    `columns` ends with the matched features (`training.derived`), which `codes` computes from the frame itself.
+    """
+
+    columns: tuple[str, ...]
+    categories: dict[str, tuple[str, ...]]  # string column -> known values (code = position)
+    means: dict[str, float]
+    stds: dict[str, float]
+    matched: tuple[str, ...] = ()  # derived columns, computed at fit and predict time alike
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c for c in self.columns if c in self.categories]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [c for c in self.columns if c not in self.categories]
+
+    def codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """Float matrix in `columns` order: numbers as they are, strings as category codes (NaN if unknown)."""
+        missing = [c for c in self.columns if c not in frame.columns and c not in self.matched]
+        if missing:
+            raise KeyError(f"frame lacks model input column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        derived = matched_values(frame, self.matched)
+        out = np.empty((len(frame), len(self.columns)), dtype="float64")
+        for j, col in enumerate(self.columns):
+            if col in derived:
+                out[:, j] = derived[col]
+            elif col in self.categories:
+                out[:, j] = self.category_codes(frame[col], col)
+            else:
+                out[:, j] = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        return out
+
+    def category_codes(self, values: pd.Series, col: str) -> np.ndarray:
+        """Codes of one string column; unknown or missing values are NaN."""
+        index = pd.Index(self.categories[col])
+        codes = index.get_indexer(values.astype(object).where(values.notna(), None).astype(str)).astype("float64")
+        codes[codes < 0] = np.nan
+        return codes
+
+    def dense(self, frame: pd.DataFrame) -> np.ndarray:
+        """Standardised numbers (missing -> 0) followed by one-hot strings: the input of the PyTorch models."""
+        raw = self.codes(frame)
+        num_idx = [self.columns.index(c) for c in self.numeric]
+        num = raw[:, num_idx]
+        mu = np.array([self.means[c] for c in self.numeric])
+        sd = np.array([self.stds[c] for c in self.numeric])
+        num = np.nan_to_num((num - mu) / sd, nan=0.0, posinf=0.0, neginf=0.0).clip(-10, 10)
+        blocks = [num]
+        for c in self.categorical:
+            code = raw[:, self.columns.index(c)]
+            onehot = np.zeros((len(frame), len(self.categories[c])), dtype="float64")
+            ok = ~np.isnan(code)
+            onehot[np.flatnonzero(ok), code[ok].astype(int)] = 1.0
+            blocks.append(onehot)
+        return np.hstack(blocks).astype("float32")
+
+    @property
+    def dense_width(self) -> int:
+        return len(self.numeric) + sum(len(v) for v in self.categories.values())
+
+    def to_json(self) -> dict:
+        return {"columns": list(self.columns), "categories": {k: list(v) for k, v in self.categories.items()},
+                "means": self.means, "stds": self.stds, "matched": list(self.matched)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FrameEncoder:
+        return cls(tuple(data["columns"]), {k: tuple(v) for k, v in data["categories"].items()},
+                   {k: float(v) for k, v in data["means"].items()}, {k: float(v) for k, v in data["stds"].items()},
+                   tuple(data.get("matched", ())))
+
+
+def fit_encoder(frame: pd.DataFrame, columns: list[str], request: tuple[str, ...] = (), matched: bool = True) -> FrameEncoder:
+    """Learn category lists (most frequent first) and numeric scales from a training frame.
+
+    With `matched`, the matched features computable from `columns` + `request` are appended to the columns;
+    `request` columns are read only to compute them (a model that embeds them itself passes them here).
+    """
+    derived = matched_columns([*columns, *request]) if matched else ()
+    values = matched_values(frame, derived)
+    categories: dict[str, tuple[str, ...]] = {}
+    means: dict[str, float] = {}
+    stds: dict[str, float] = {}
+    for col in [*columns, *derived]:
+        s = pd.Series(values[col]) if col in values else frame[col]
+        if s.dtype == object or isinstance(s.dtype, (pd.CategoricalDtype, pd.StringDtype)):
+            counts = s.dropna().astype(str).value_counts()
+            categories[col] = tuple(counts.index[:_MAX_CATEGORIES])
+        else:
+            x = pd.to_numeric(s, errors="coerce").astype("float64")
+            mu = float(x.mean()) if x.notna().any() else 0.0
+            sd = float(x.std()) if x.notna().sum() > 1 else 1.0
+            means[col], stds[col] = mu, (sd if np.isfinite(sd) and sd > 1e-9 else 1.0)
+    return FrameEncoder((*columns, *derived), categories, means, stds, tuple(derived))

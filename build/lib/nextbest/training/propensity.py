@@ -1,0 +1,42 @@
+"""Conversion propensity: P(convert within 7 days | user, offer, channel, hour), LightGBM on the contact log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from nextbest.features.feature_services import service_name
+from nextbest.training.datasets import (
+    REQUEST_COLUMNS,
+    SharedJoins,
+    TrainingSet,
+    contact_frame,
+    service_features,
+)
+from nextbest.training.metrics import classification_metrics
+from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
+
+__all__ = ["ConversionConfig", "build_frame", "fit", "evaluate"]
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """Label window and tuning budget."""
+
+    window_days: int = 7  # a conversion counts if it happens within this many days of the send
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+def build_frame(store, raw: dict, config: ConversionConfig = ConversionConfig(), shared: SharedJoins | None = None) -> TrainingSet:
+    """Every contacted (treated) row of the contact log, features as of the send time, label = converted."""
+    service = service_name("conversion")
+    frame = contact_frame(store, raw, config.window_days, service, shared).assign(label=lambda f: f["converted"])
+    return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["conversion"])
+
+
+def fit(train: TrainingSet, config: ConversionConfig = ConversionConfig(), progress=None) -> BoosterScorer:
+    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+
+
+def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:
+    return classification_metrics(holdout.y, np.asarray(scorer.predict(holdout.frame)))

@@ -1,0 +1,95 @@
+"""LightGBM models for the tabular questions: the scorer (text model + encoder) and the tuned fit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from nextbest.training.encoding import FrameEncoder, fit_encoder
+from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
+from sklearn.model_selection import train_test_split
+
+__all__ = ["FitConfig", "BoosterScorer", "fit_booster"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Tuning budget and sizes for one LightGBM fit."""
+
+    trials: int = 10  # Optuna trials
+    tune_sample: int = 20_000  # rows the trials fit on; the refit uses all training rows
+    valid_share: float = 0.2  # share of training rows that scores the trials
+    max_rounds: int = 300
+    seed: int = 7
+
+
+class BoosterScorer:
+    """P(label) from a LightGBM text model; string features are encoded with the stored category lists."""
+
+    kind = "lightgbm"
+
+    def __init__(self, booster: lgb.Booster, encoder: FrameEncoder, feature_service: str, params: dict | None = None):
+        self.booster_ = booster
+        self.encoder_ = encoder
+        self.feature_service = feature_service
+        self.params_ = dict(params or {})
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.encoder_.columns)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster_.predict(self.encoder_.codes(frame))
+
+    def importance(self) -> dict[str, float]:
+        gains = self.booster_.feature_importance(importance_type="gain")
+        return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.txt").write_text(self.booster_.model_to_string())
+        (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
+        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service,
+                                                      "params": self.params_}, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> BoosterScorer:
+        meta = json.loads((folder / "meta.json").read_text())
+        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
+        encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
+        return cls(booster, encoder, meta["feature_service"], meta.get("params"))
+
+
+def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
+                weight: np.ndarray | None = None, progress=None) -> BoosterScorer:
+    """Tune on a sample (one fixed fit/valid split of the training rows), then refit on all training rows."""
+    encoder = fit_encoder(frame, columns)
+    x = encoder.codes(frame)
+    y = np.asarray(y, dtype="int64")
+    cats = [encoder.columns.index(c) for c in encoder.categorical]
+    rng = np.random.default_rng(config.seed)
+    idx = np.arange(len(y))
+    strat = y if np.bincount(y, minlength=2).min() >= 2 else None
+    fit_idx, valid_idx = train_test_split(idx, test_size=config.valid_share, random_state=config.seed, stratify=strat)
+    if len(fit_idx) > config.tune_sample:
+        fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
+    w = None if weight is None else np.asarray(weight, dtype="float64")
+
+    def dataset(rows: np.ndarray, reference=None) -> lgb.Dataset:
+        return lgb.Dataset(x[rows], y[rows], weight=None if w is None else w[rows], categorical_feature=cats,
+                           feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
+
+    fit = dataset(fit_idx)
+    valid = dataset(valid_idx, reference=fit)
+    params, rounds, _ = tune_booster(fit, valid, TuneConfig(trials=config.trials, max_rounds=config.max_rounds,
+                                                            seed=config.seed), progress=progress)
+    # More rows in the refit support a few more rounds than the tuned sample did.
+    rounds = max(int(rounds * 1.1), 10)
+    booster = lgb.train(params, dataset(idx), num_boost_round=rounds)
+    return BoosterScorer(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
