@@ -91,7 +91,7 @@ def main() -> None:
     open_m, lift_m = engine.funnel_factors(models, users, op, nba.hours)
     offer_m = lift_m * value_op[None]
     _, uplift_at_best = engine.conversion_scores(models, users, op, best_hours)
-    p_churn = engine.churn_scores(models, users)
+    p_churn = engine.churn_scores(models, users, op)
     retention = np.array([o.kind == "retention" for o in op.offers])
     gain = (value_op[None] * (1 + op.churn_boost * p_churn[:, None] * retention[None]))[:, :, None]
 

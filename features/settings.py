@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
     host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
     port: int = 3000
+    workers: int = 1  # decision service worker processes (each loads the models; the ledger keeps caps exact across them)
     # The decision service's guard (serving/guard.py). Beyond loopback every endpoint but /livez and
     # /readyz needs the API key, and the service refuses to start without one.
     api_key: SecretStr | None = None  # callers send `Authorization: Bearer <key>` or `X-API-Key: <key>`

@@ -18,7 +18,7 @@ from nextbest.features.feature_views import VIEWS, feature_views, table_path
 from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
-__all__ = ["repo_config", "feature_store", "write_tables", "apply", "materialize", "read_table"]
+__all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "materialize", "read_table"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -46,6 +46,25 @@ def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
 def feature_store(settings: Settings, cache_ttl_seconds: int = 60) -> FeatureStore:
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=repo_config(settings, cache_ttl_seconds), repo_path=str(settings.feast_dir.resolve()))
+
+
+def write_repo_yaml(settings: Settings) -> Path:
+    """`<home>/feast/feature_store.yaml`: the same store config as a file, so Feast's own tools (`feast -c <home>/feast
+    feature-views list`, `feast ui`, `feast serve`, `feast materialize`) work on the repository as on any other."""
+    import yaml
+
+    config = repo_config(settings).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    # Paths relative to the repository (Feast resolves them against the folder of this file): a moved home still works.
+    config.pop("repo_path", None)
+    config["registry"]["path"] = "registry.db"
+    if config["online_store"].get("type") == "sqlite":
+        config["online_store"]["path"] = "online.db"
+    path = settings.feast_dir / "feature_store.yaml"
+    tmp = path.with_name(".feature_store.yaml.tmp")
+    tmp.write_text("# written by `nextbest features apply` from the NEXTBEST_* settings; edits are overwritten\n"
+                   + yaml.safe_dump(config, sort_keys=False))
+    tmp.replace(path)
+    return path
 
 
 def write_tables(tables: dict[str, pd.DataFrame], feature_dir: Path) -> dict[str, int]:
@@ -85,6 +104,7 @@ def apply(settings: Settings) -> FeatureStore:
     store = feature_store(settings)
     views = feature_views(settings.feature_dir)
     store.apply([user, *views, *feature_services(views)])
+    write_repo_yaml(settings)
     return store
 
 

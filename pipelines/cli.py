@@ -13,6 +13,7 @@ import typer
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.console import console
+from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -27,6 +28,7 @@ features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_i
 app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
+register_score(app)
 
 
 @app.callback()

@@ -128,7 +128,7 @@ def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> 
     for kind, champ in champions.items():
         fs = store.get_feature_service(champ.model.feature_service)
         columns[kind] = [f.name for p in fs.feature_view_projections for f in p.features]
-    return engine.ModelSet(models=dict(champions), columns=columns)
+    return engine.ModelSet(models=dict(champions), columns=columns).compile()  # scored as serving scores them
 
 
 def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
@@ -149,11 +149,11 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     p_churn = np.zeros(n)
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(n, start + _CHUNK))
-        part = {k: v[rows] for k, v in users.items()}
-        p_open = engine.send_time_scores(models, part, channels)  # (u, C, 24)
+        part = engine.user_columns({k: v[rows] for k, v in users.items()})
+        p_open = engine.send_time_scores(models, part, config)  # (u, C, 24)
         hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
         p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
-        p_churn[rows] = engine.churn_scores(models, part)
+        p_churn[rows] = engine.churn_scores(models, part, config)
     value = np.array([o.value * o.lever for o in config.offers])
     retention = np.array([o.kind == "retention" for o in config.offers])
     boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]  # (U, O)

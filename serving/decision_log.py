@@ -44,9 +44,17 @@ class DecisionLog:
         self._lock = threading.Lock()
 
     def _append(self, name: str, records: list[dict]) -> None:
-        lines = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records)
-        with self._lock, open(self.dir / name, "a", encoding="utf-8") as f:
-            f.write(lines)
+        lines = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
+        # One O_APPEND write per call: the service's workers (processes) append to the same file, and a single
+        # write lands whole at the end, never interleaved with another worker's lines.
+        with self._lock:
+            fd = os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(lines)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
 
     def pseudonym(self, user_id: str) -> str:
         """The one way a user id is written anywhere the service logs: its keyed hash."""

@@ -12,6 +12,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from nextbest.serving.config import Exploration, OperatorConfig
+from nextbest.training.compiled import RequestGrid, Rows, UserColumns
+from nextbest.training.scorers import REQUEST_COLUMNS as _REQUEST
 
 __all__ = [
     "Scorer",
@@ -20,6 +22,8 @@ __all__ = [
     "REQUEST_COLUMNS",
     "Users",
     "n_users",
+    "user_columns",
+    "request_grid",
     "send_time_scores",
     "conversion_scores",
     "funnel_factors",
@@ -36,13 +40,9 @@ __all__ = [
 ]
 
 HOURS = 24
-# Columns the caller adds to the FeatureService columns, per model (see training/registry.py).
-REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {
-    "conversion": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
-    "uplift": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
-    "send_time": ("channel", "local_hour"),
-    "churn": (),
-}
+# The models decisions use, and the columns the caller adds to their FeatureService columns (defined once, in
+# training/scorers.py, for training and serving alike).
+REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {k: _REQUEST[k] for k in ("conversion", "uplift", "send_time", "churn")}
 # Rule-based fallbacks when a feature is missing too: a plain population rate.
 _BASE_CONVERT = 0.02
 _BASE_OPEN = 0.2
@@ -64,10 +64,31 @@ class Model(Protocol):
 
 @dataclass(frozen=True)
 class ModelSet:
-    """The champions in force, and the feature columns each one reads (from its FeatureService)."""
+    """The champions in force, the feature columns each one is given (its FeatureService's), and each one compiled
+    against them (`compile`): decisions score compiled models; a model without a compiled form (a test's fake)
+    scores a DataFrame."""
 
     models: dict[str, Model] = field(default_factory=dict)
     columns: dict[str, list[str]] = field(default_factory=dict)
+    compiled: dict[str, object] = field(default_factory=dict)
+
+    def compile(self) -> ModelSet:
+        """The same set with every model that can be compiled bound to its columns; ContractError if one does not fit."""
+        compiled = {kind: m.model.compile(self.columns[kind], REQUEST_COLUMNS[kind]) for kind, m in self.models.items()
+                    if kind in REQUEST_COLUMNS and hasattr(m.model, "compile")}  # others are not scored by decisions
+        return ModelSet(self.models, self.columns, compiled)
+
+    def pandas(self) -> ModelSet:
+        """The same models scoring DataFrames, as training does (the reference the compiled path is tested against)."""
+        return ModelSet(self.models, self.columns)
+
+    def scorer(self, kind: str, x: Rows) -> tuple[object, object]:
+        """The model of `kind` and its input for rows `x`: the compiled model and `x`, or the model and a frame."""
+        compiled = self.compiled.get(kind)
+        if compiled is not None:
+            return compiled, x
+        request = x.grid.request(x.cells, x.hours, REQUEST_COLUMNS[kind])
+        return self.models[kind].model, self.frame(kind, x.users.users, x.rows, request)
 
     def versions(self) -> dict[str, str]:
         return {kind: f"{m.name}/{m.version}" for kind, m in sorted(self.models.items())}
@@ -83,33 +104,50 @@ class ModelSet:
 Users = dict[str, np.ndarray]  # feature name -> one value per user (float64 for numbers, object otherwise)
 
 
-def n_users(users: Users) -> int:
-    return len(users["user_id"])
+def n_users(users: Users | UserColumns) -> int:
+    return users.n if isinstance(users, UserColumns) else len(users["user_id"])
 
 
-def _feature(users: Users, name: str, default: float) -> np.ndarray:
-    v = users.get(name)
+def user_columns(users: Users | UserColumns) -> UserColumns:
+    """A request's features converted once for every model (pass the same object to each scoring call)."""
+    return users if isinstance(users, UserColumns) else UserColumns(users)
+
+
+_GRIDS: dict[int, tuple[OperatorConfig, RequestGrid]] = {}
+
+
+def request_grid(config: OperatorConfig) -> RequestGrid:
+    """The offer x channel grid of a config, built once per config object."""
+    hit = _GRIDS.get(id(config))
+    if hit is None or hit[0] is not config:
+        _GRIDS.clear()  # one config is in force at a time; the entry keeps it alive so its id is not reused
+        hit = _GRIDS[id(config)] = (config, RequestGrid(config.offers, config.channel_names()))
+    return hit[1]
+
+
+def _feature(users: Users | UserColumns, name: str, default: float) -> np.ndarray:
+    v = (users.users if isinstance(users, UserColumns) else users).get(name)
     if v is None or v.dtype == object:
         return np.full(n_users(users), default)
     return np.where(np.isnan(v), default, v)
 
 
-def send_time_scores(models: ModelSet, users: Users, channels: list[str]) -> np.ndarray:
+def send_time_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
     """P(open) per (user, channel, local hour): (U, C, 24), one predict over U x C x 24 rows."""
+    channels = config.channel_names()
     n_u, n_c = n_users(users), len(channels)
     if "send_time" in models.models:
-        rows = np.repeat(np.arange(n_u), n_c * HOURS)
-        request = {"channel": np.tile(np.repeat(np.array(channels, dtype=object), HOURS), n_u),
-                   "local_hour": np.tile(np.arange(HOURS), n_u * n_c)}
-        p = models.models["send_time"].model.predict(models.frame("send_time", users, rows, request))
-        return np.asarray(p, dtype=float).reshape(n_u, n_c, HOURS)
+        x = Rows(user_columns(users), np.repeat(np.arange(n_u), n_c * HOURS), np.tile(np.repeat(np.arange(n_c), HOURS), n_u),
+                 np.tile(np.arange(HOURS, dtype="float64"), n_u * n_c), request_grid(config))  # cells of offer 0: channel c
+        model, inputs = models.scorer("send_time", x)
+        return np.asarray(model.predict(inputs), dtype=float).reshape(n_u, n_c, HOURS)
     # Rule-based: the channel's open rate spread over the user's app-open rhythm (uniform if unknown).
     shares = np.stack([_feature(users, f"open_share_h{h:02d}", 1 / HOURS) for h in range(HOURS)], axis=1)
     rates = np.stack([_feature(users, f"open_rate_{c}", _BASE_OPEN) for c in channels], axis=1)
     return np.clip(rates[:, :, None] * shares[:, None, :] * HOURS, 0.0, 1.0)
 
 
-def conversion_scores(models: ModelSet, users: Users, config: OperatorConfig,
+def conversion_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
                       hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """P(convert) and uplift per (user, offer, channel), channel at its send hour `hours` (U, C)."""
     n_u, n_o, n_c = n_users(users), len(config.offers), len(config.channels)
@@ -117,16 +155,16 @@ def conversion_scores(models: ModelSet, users: Users, config: OperatorConfig,
     uplift = np.full((n_u, n_o, n_c), np.nan)
     if "conversion" in models.models or "uplift" in models.models:
         rows = np.repeat(np.arange(n_u), n_o * n_c)
-        request = {k: np.tile(v, n_u) for k, v in _offer_channel_request(config).items()}
-        request["local_hour"] = np.repeat(hours[:, None, :], n_o, axis=1).ravel()
+        cells = np.tile(np.arange(n_o * n_c), n_u)
+        x = Rows(user_columns(users), rows, cells, hours[rows, cells % n_c].astype("float64"), request_grid(config))
         for kind in ("conversion", "uplift"):
             if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "lift"):
-                p_open, lift = funnel_factors(models, users, config, hours)
+                p_open, lift = funnel_factors(models, x.users, config, hours)
                 uplift = p_open[:, None, :] * lift[:, :, None]
                 continue
             if kind in models.models:
-                p = models.models[kind].model.predict(models.frame(kind, users, rows, request))
-                out = np.asarray(p, dtype=float).reshape(n_u, n_o, n_c)
+                model, inputs = models.scorer(kind, x)
+                out = np.asarray(model.predict(inputs), dtype=float).reshape(n_u, n_o, n_c)
                 if kind == "uplift":
                     uplift = out
                 else:
@@ -137,43 +175,31 @@ def conversion_scores(models: ModelSet, users: Users, config: OperatorConfig,
     return _rule_convert(users, offers, channels), uplift
 
 
-def _offer_channel_request(config: OperatorConfig) -> dict[str, np.ndarray]:
-    """The request columns of one user's offer x channel rows (offer-major), without the hour."""
-    offers, channels, n_c = config.offers, config.channel_names(), len(config.channels)
-    return {
-        "offer_id": np.repeat([o.offer_id for o in offers], n_c).astype(object),
-        "offer_category": np.repeat([o.category for o in offers], n_c).astype(object),
-        "offer_kind": np.repeat([o.kind for o in offers], n_c).astype(object),
-        "offer_value": np.repeat([o.value for o in offers], n_c).astype(float),
-        "channel": np.tile(np.array(channels, dtype=object), len(offers)),
-    }
-
-
-def funnel_factors(models: ModelSet, users: Users, config: OperatorConfig,
+def funnel_factors(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
                    hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A funnel uplift champion's two factors: P(open) per (user, channel) at its hour `hours` (U, C), and the
     lift of an opened offer, P(convert | opened, offer) - P(convert | control), per (user, offer) (U, O).
 
-    Their product is the model's `predict` over the full user x offer x channel frame, from a fraction of the
+    Their product is the model's `predict` over the full user x offer x channel rows, from a fraction of the
     rows: the open arm reads channel and hour, the offer arms the offer, the control arm the user only.
     """
-    model = models.models["uplift"].model
-    per_user = _offer_channel_request(config)
+    users = user_columns(users)
+    grid = request_grid(config)
     n_u, n_c = hours.shape
     n_o = len(config.offers)
-    users_rows = np.arange(n_u)
+    everyone = np.arange(n_u)
+    hours = hours.astype("float64")
 
-    def frame(rows: np.ndarray, pick: np.ndarray, hour: np.ndarray) -> pd.DataFrame:
-        request = {k: np.tile(v[pick], len(rows) // len(pick)) for k, v in per_user.items()}
-        request["local_hour"] = hour
-        return models.frame("uplift", users, rows, request)
+    def arm_input(rows: np.ndarray, cells: np.ndarray, hour: np.ndarray) -> tuple[object, object]:
+        return models.scorer("uplift", Rows(users, rows, cells, hour, grid))
 
     # Arm inputs: channel + hour for opening, offer for converting; the other request columns are not read.
-    first_offer = np.arange(n_c)  # offer 0 x every channel
-    first_channel = np.arange(n_o) * n_c  # every offer x channel 0
-    p_open = model.arm("engage", frame(np.repeat(users_rows, n_c), first_offer, hours.ravel()))
-    p_ctrl = model.arm("control", frame(users_rows, first_offer[:1], hours[:, 0]))
-    lift = model.lift(frame(np.repeat(users_rows, n_o), first_channel, np.repeat(hours[:, 0], n_o)), np.repeat(p_ctrl, n_o))
+    model, x_open = arm_input(np.repeat(everyone, n_c), np.tile(np.arange(n_c), n_u), hours.ravel())  # offer 0 x channel
+    p_open = model.arm("engage", x_open)
+    _, x_ctrl = arm_input(everyone, np.zeros(n_u, dtype="int64"), hours[:, 0])
+    p_ctrl = model.arm("control", x_ctrl)
+    _, x_offer = arm_input(np.repeat(everyone, n_o), np.tile(np.arange(n_o) * n_c, n_u), np.repeat(hours[:, 0], n_o))
+    lift = model.lift(x_offer, np.repeat(p_ctrl, n_o))  # every offer x channel 0
     return p_open.reshape(n_u, n_c), lift.reshape(n_u, n_o)
 
 
@@ -186,12 +212,14 @@ def _rule_convert(users: Users, offers, channels: list[str]) -> np.ndarray:
     return np.clip(factor[:, :, None] * rates[:, None, :], 0.0, 1.0)
 
 
-def churn_scores(models: ModelSet, users: Users) -> np.ndarray:
+def churn_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
     """P(churn) per user; zero (no retention boost) without a churn model."""
+    n_u = n_users(users)
     if "churn" not in models.models:
-        return np.zeros(n_users(users))
-    frame = models.frame("churn", users, np.arange(n_users(users)), {})
-    return np.asarray(models.models["churn"].model.predict(frame), dtype=float)
+        return np.zeros(n_u)
+    model, inputs = models.scorer("churn", Rows(user_columns(users), np.arange(n_u), np.zeros(n_u, dtype="int64"), None,
+                                                request_grid(config)))
+    return np.asarray(model.predict(inputs), dtype=float)
 
 
 def best_slots(p_open: np.ndarray, local_hour: np.ndarray, slot_ok: np.ndarray) -> np.ndarray:

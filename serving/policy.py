@@ -344,6 +344,15 @@ def _clauses(rule: str | None) -> list:
     return _CLAUSES[rule]
 
 
+def matches(rule: str | None, users: dict[str, np.ndarray]) -> np.ndarray:
+    """Per user, whether `rule` (the eligibility rule language) holds; an unknown feature never qualifies."""
+    n = len(users["user_id"])
+    ok = np.ones(n, dtype=bool)
+    for clause in _clauses(rule):
+        ok &= _per_value(users.get(clause.feature), n, lambda v, c=clause: _clause_holds(v, c.op, c.value)).astype(bool)
+    return ok
+
+
 @dataclass
 class UserRules:
     """Per user, the refusals that do not depend on ledger counters (codes index _OFFER_RULES/_CHANNEL_RULES + 1)."""

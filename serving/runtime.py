@@ -57,37 +57,71 @@ class ConflictError(UserError):
     """A request that contradicts an earlier one, e.g. an idempotency key reused for another user (HTTP 409)."""
 
 
+_LOADED: dict = {}  # (registry, model, version) -> Champion: a version is downloaded and verified once
+
+
 def default_loader(settings: Settings) -> dict:
-    """Champions from the MLflow registry (training/registry.py)."""
+    """The champions of the models decisions use, from the MLflow registry (training/registry.py); a model is
+    downloaded only when its champion alias has moved to a version not loaded before."""
     from nextbest.training.registry import load_champions
 
-    return load_champions(settings)
+    return load_champions(settings, kinds=tuple(engine.REQUEST_COLUMNS), cache=_LOADED)
 
 
 class ModelHolder:
-    """The champions in force; `refresh` swaps in a new set atomically and keeps the last good one on failure."""
+    """The champions in force, compiled against the live FeatureServices.
 
-    def __init__(self, loader: Callable[[Settings], dict], settings: Settings, columns_of: Callable[[str], list[str]]):
-        self.loader, self.settings, self.columns_of = loader, settings, columns_of
+    `refresh` asks the registry which versions hold the champion alias and loads only those that moved, only for
+    the models decisions use; a new set is validated against the FeatureServices it will read (each model's
+    contract: every feature it reads is served, with the type it was trained on) and swapped in atomically. On
+    any failure the last good set stays in force and the reason is kept in `error`.
+    """
+
+    def __init__(self, loader: Callable[[Settings], dict], settings: Settings, fields_of: Callable[[str], dict[str, str]]):
+        self.loader, self.settings, self.fields_of = loader, settings, fields_of
         self.current = engine.ModelSet()
+        self._signature: tuple | None = None  # the versions and FeatureService fields `current` was compiled for
         self.error: str | None = None
         self.loaded_at: float | None = None
 
     def refresh(self) -> engine.ModelSet:
         try:
-            champions = self.loader(self.settings)
-            columns = {kind: self.columns_of(m.model.feature_service) for kind, m in champions.items()}
-        except Exception as err:  # registry down, a broken artifact: keep serving with the last good models
+            champions = {k: m for k, m in self.loader(self.settings).items() if k in engine.REQUEST_COLUMNS}
+            fields = {kind: self.fields_of(m.model.feature_service) for kind, m in champions.items()}
+            decision = self.fields_of(DECISION_SERVICE)
+            for kind, m in champions.items():
+                check_contract(kind, m, fields[kind], decision)
+            signature = (tuple(sorted((k, m.version) for k, m in champions.items())),
+                         tuple(sorted((k, tuple(f.items())) for k, f in fields.items())))
+            new = self.current if signature == self._signature else \
+                engine.ModelSet(models=champions, columns={k: list(f) for k, f in fields.items()}).compile()
+        except Exception as err:  # registry down, a broken artifact, a model that no longer fits: keep the last good set
             self.error = describe(err)
             log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
             return self.current
-        usable = {k: m for k, m in champions.items() if k in engine.REQUEST_COLUMNS}
-        new = engine.ModelSet(models=usable, columns={k: columns[k] for k in usable})
         if new.versions() != self.current.versions():
             log.info("models now %s", new.versions() or "none (rule-based fallback)")
-        self.current = new  # one reference swap: a request holds the set it started with
+        self.current, self._signature = new, signature  # one reference swap: a request holds the set it started with
         self.error, self.loaded_at = None, time.time()
-        return new
+        return self.current
+
+
+def check_contract(kind: str, champion, served: dict[str, str], decision: dict[str, str]) -> None:
+    """Raise ContractError unless every feature the model reads is served by its FeatureService and by the decision
+    FeatureService (the request's features), with the type recorded when it was trained."""
+    from nextbest.training.compiled import ContractError
+
+    contract = getattr(champion.model, "contract_", None) or {}
+    label = f"{kind} model {champion.name}/{champion.version}"
+    for name, trained in (contract.get("inputs") or {}).items():
+        if trained is None:
+            continue
+        live = served.get(name)
+        if live is None or name not in decision:
+            raise ContractError(f"{label} reads feature {name!r}, which {DECISION_SERVICE if live else champion.model.feature_service} "
+                                "no longer serves; retrain it on the current features or roll back the feature build")
+        if live != trained:
+            raise ContractError(f"{label} was trained on {name!r} as {trained}, now served as {live}; retrain it")
 
 
 class OnlineFeatures:
@@ -145,8 +179,12 @@ class OnlineFeatures:
         return self._reader
 
     def columns_of(self, service_name: str) -> list[str]:
+        return list(self.fields_of(service_name))
+
+    def fields_of(self, service_name: str) -> dict[str, str]:
+        """A FeatureService's features and their Feast types, in its order."""
         fs = self.store.get_feature_service(service_name)
-        return [f.name for p in fs.feature_view_projections for f in p.features]
+        return {f.name: str(f.dtype) for p in fs.feature_view_projections for f in p.features}
 
     def _population_defaults(self) -> dict[str, object]:
         """Median of numbers, most common value otherwise, over each view's newest snapshot."""
@@ -216,6 +254,87 @@ class _Job:
     extra_refusals: list[policy.Refusal] = field(default_factory=list)
 
 
+class _Slot:
+    """One single decision waiting in the combiner: its job, then its answer or error."""
+
+    def __init__(self, job: _Job):
+        self.job, self.ready, self.lead = job, threading.Event(), False
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> dict:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
+class _Combiner:
+    """Concurrent single decisions share one planner call: a request that finds the planner idle runs at once with
+    whatever is queued (no waiting to fill a batch); requests arriving meanwhile queue, and when the batch is done
+    the first of them runs the next one. A batch holds each user and idempotency key at most once, so the ledger
+    commits them exactly as separate requests; a caller's mistake in a shared batch is answered per request."""
+
+    def __init__(self, run: Callable[[list[_Job]], list[dict]], max_batch: int = 64):
+        self.run, self.max_batch = run, max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Slot] = []
+        self._leading = False
+
+    def submit(self, job: _Job) -> dict:
+        slot = _Slot(job)
+        with self._lock:
+            self._queue.append(slot)
+            slot.lead = not self._leading
+            self._leading = True
+        if not slot.lead:
+            slot.ready.wait()
+        if slot.lead:
+            self._lead(slot)
+        return slot.outcome()
+
+    def _lead(self, mine: _Slot) -> None:
+        with self._lock:
+            batch, users, keys = [], set(), set()
+            for s in [mine] + [s for s in self._queue if s is not mine]:
+                user, key = s.job.req.user_id, s.job.idem
+                if len(batch) < self.max_batch and user not in users and (key is None or key not in keys):
+                    batch.append(s)
+                    users.add(user)
+                    keys.add(key)
+            taken = set(map(id, batch))
+            self._queue = [s for s in self._queue if id(s) not in taken]
+        try:
+            self._run(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True  # it runs the next batch when it wakes
+                    nxt.ready.set()
+                else:
+                    self._leading = False
+            for s in batch:
+                s.lead = False
+                s.ready.set()
+
+    def _run(self, batch: list[_Slot]) -> None:
+        try:
+            for s, result in zip(batch, self.run([s.job for s in batch]), strict=True):
+                s.result = result
+        except UserError as err:
+            if len(batch) == 1:
+                batch[0].error = err
+                return
+            for s in batch:  # someone's mistake (raised before anything was stored): answer each on its own
+                try:
+                    s.result = self.run([s.job])[0]
+                except Exception as own:  # noqa: BLE001 - handed to that request's caller
+                    s.error = own
+        except Exception as err:  # noqa: BLE001 - a fault: every request of the batch gets it, as it would alone
+            for s in batch:
+                s.error = err
+
+
 def _tz(name: object) -> str | None:
     if not isinstance(name, str) or not name:
         return None
@@ -274,7 +393,8 @@ class Runtime:
                  ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None,
                  clock: Callable[[], datetime] | None = None):
         self.settings = settings
-        self.clock = clock or server_clock.system_clock  # the server's clock decides; caller times must be near it
+        # The server's clock decides; caller times must be near it. Looked up at each call, so a test can fix it.
+        self.clock = clock or (lambda: server_clock.system_clock())
         skew = timedelta(seconds=settings.clock_skew_s)
         self.window = TimeWindow(timedelta(seconds=settings.max_age_s), skew)
         self.outcome_window = TimeWindow(timedelta(seconds=settings.max_outcome_age_s), skew)
@@ -283,13 +403,14 @@ class Runtime:
         self.features = OnlineFeatures(settings)
         self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url)
         self.log = DecisionLog(settings.log_dir)
-        self.models = ModelHolder(loader, settings, self.features.columns_of)
+        self.models = ModelHolder(loader, settings, self.features.fields_of)
         self.models.refresh()
         self.rng = rng or np.random.default_rng(settings.seed)
         self._rng_lock = threading.Lock()
         self.metrics = metrics
         self.suppressions_imported = False
         self._import_suppressions()
+        self._combiner = _Combiner(self._decide_jobs)
 
     def _import_suppressions(self) -> None:
         """Copy the raw suppressions table into the ledger, which is where decisions read them."""
@@ -314,21 +435,38 @@ class Runtime:
     # --- decide -----------------------------------------------------------------------------------
 
     def decide(self, req: DecideRequest) -> dict:
-        return self._decide_jobs([_Job(req, _new_id(), req.idempotency_key)])[0]
+        """One user's decision; concurrent calls share one planner call (see `_Combiner`)."""
+        self._check_times(req.now, req.context)
+        return self._combiner.submit(_Job(req, _new_id(), req.idempotency_key))
 
     def decide_batch(self, req: BatchDecideRequest) -> list[dict]:
         if len(set(req.user_ids)) != len(req.user_ids):
             raise UserError("user_ids contains duplicates; list each user once")
+        self._check_times(req.now, req.context)
         jobs = [_Job(DecideRequest(user_id=u, now=req.now, context=req.context, n_actions=req.n_actions,
                                    dry_run=req.dry_run, explain=req.explain), _new_id(),
                      f"{req.idempotency_key}:{u}" if req.idempotency_key else None) for u in req.user_ids]
         return self._decide_jobs(jobs)
 
-    def _check(self, config: OperatorConfig, req: DecideRequest, clock: datetime) -> None:
-        ctx = req.context
-        _believed(self.window, "now", req.now, clock)
+    def _check_times(self, now: datetime | None, ctx: CampaignContext) -> None:
+        """A caller's `now` and campaign times near the server clock (UserError otherwise), before anything is read."""
+        clock = self.clock()
+        _believed(self.window, "now", now, clock)
         _believed(self.schedule_window, "context.not_before", ctx.not_before, clock)
         _believed(self.schedule_window, "context.deadline", ctx.deadline, clock)
+
+    def score(self, user_ids: list[str], context: CampaignContext, now: datetime | None = None, n_actions: int = 1,
+              where: str | None = None) -> list[dict]:
+        """Dry-run decisions for any number of users (batch scoring): the planner of /decide_batch, under the same
+        contact rules against the ledger as it stands, charging and logging nothing. Users the online store does
+        not know, or outside the `where` rule (the eligibility language), are left out."""
+        feats, known, degraded = self.features.fetch(list(user_ids))
+        keep = np.flatnonzero(known & policy.matches(where, feats))
+        jobs = [_Job(DecideRequest(user_id=user_ids[i], now=now, context=context, n_actions=n_actions, dry_run=True),
+                     _new_id(), None) for i in keep]
+        return self._decide_jobs(jobs, prefetched=(_subset(feats, list(keep)), degraded)) if jobs else []
+
+    def _check(self, config: OperatorConfig, ctx: CampaignContext) -> None:
         for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
             unknown = sorted(set(asked or ()) - set(known))
             if unknown:
@@ -336,15 +474,17 @@ class Runtime:
         if ctx.deadline and ctx.not_before and ctx.deadline <= ctx.not_before:
             raise UserError("context.deadline must be later than context.not_before")
 
-    def _decide_jobs(self, jobs: list[_Job]) -> list[dict]:
+    def _decide_jobs(self, jobs: list[_Job], prefetched: tuple[engine.Users, bool] | None = None) -> list[dict]:
         started = time.perf_counter()
         config = self.config.current(time.monotonic())
         models = self.models.current  # this request keeps these models even if a swap happens meanwhile
-        clock = self.clock()
         for job in jobs:
-            self._check(config, job.req, clock)
+            self._check(config, job.req.context)
         ids = [j.req.user_id for j in jobs]
-        feats, known, features_degraded = self.features.fetch(ids)
+        if prefetched is None:
+            feats, known, features_degraded = self.features.fetch(ids)
+        else:
+            (feats, features_degraded), known = prefetched, np.ones(len(ids), dtype=bool)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
             self._log_unknown(unknown)
@@ -354,6 +494,9 @@ class Runtime:
             for job in jobs:
                 if job.idem is not None and not job.req.dry_run:
                     job.replay = self.ledger.replay(job.idem)
+            for job in jobs:  # before anything is planned or stored: a caller's mistake changes nothing
+                if job.replay is not None and job.replay["user_id"] != job.req.user_id:
+                    raise ConflictError(f"idempotency_key {job.idem!r} was used for another user; use a new key")
             todo = [i for i, j in enumerate(jobs) if j.replay is None]
             while todo:
                 snapshot = self.ledger.read([jobs[i].req.user_id for i in todo])
@@ -420,12 +563,15 @@ class Runtime:
         rules = policy.user_rules(config, feats, nows, allowed_o, allowed_c, tz_known, suppressed)
         result = policy.evaluate_many(config, rules, counts, gb)
 
-        p_open = engine.send_time_scores(models, feats, channels)  # (U, C, 24)
-        slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
-        hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
-        p_convert, uplift = engine.conversion_scores(models, feats, config, hours)
-        p_churn = engine.churn_scores(models, feats)
-        degraded = [r for r, missing in (("features_unavailable", features_degraded),
+        ucols = engine.user_columns(feats)
+        try:
+            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+            model_error = False
+        except Exception as err:  # a model that fails at predict time: this answer falls back to the rules, flagged
+            log.error("model scoring failed, answering with the rule-based rung: %s: %s", type(err).__name__, err)
+            models, model_error = engine.ModelSet(), True
+            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+        degraded = [r for r, missing in (("features_unavailable", features_degraded), ("model_error", model_error),
                                          ("rule_based_conversion", "conversion" not in models.models),
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
@@ -640,9 +786,10 @@ class Runtime:
         grid = policy.time_grid(now, _tz(f.get("timezone")))
         counts = policy.counts_from(snapshot.user_counts[req.user_id], snapshot.capacity, config, grid, {})
         channels = config.channel_names()
-        p_open = engine.send_time_scores(models, feats, channels)
-        p_convert, _ = engine.conversion_scores(models, feats, config, p_open[:, :, :].argmax(axis=2))
-        scores = {"p_churn": float(engine.churn_scores(models, feats)[0])}
+        ucols = engine.user_columns(feats)
+        p_open = engine.send_time_scores(models, ucols, config)
+        p_convert, _ = engine.conversion_scores(models, ucols, config, p_open.argmax(axis=2))
+        scores = {"p_churn": float(engine.churn_scores(models, ucols, config)[0])}
         scores |= {f"best_p_convert_{c}": float(p_convert[0, :, j].max()) for j, c in enumerate(channels)}
         return {
             "user_id": req.user_id,
@@ -678,6 +825,17 @@ def _believed(window: TimeWindow, name: str, value: datetime | None, clock: date
         return window.check(name, value, clock)
     except ValueError as err:
         raise UserError(str(err)) from None
+
+
+def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) -> tuple:
+    """Every model's scores for a batch: P(open) (U, C, 24), the best slot and its hour per channel (U, C),
+    P(convert) and uplift (U, O, C), P(churn) (U,)."""
+    p_open = engine.send_time_scores(models, ucols, config)  # (U, C, 24)
+    slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
+    hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
+    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours)
+    p_churn = engine.churn_scores(models, ucols, config)
+    return p_open, slots, hours, p_convert, uplift, p_churn
 
 
 def _new_id() -> str:

@@ -14,6 +14,7 @@ import threading
 from http import HTTPStatus
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
 from nextbest.serving.guard import Guard, enforce_start
@@ -77,7 +78,8 @@ def _http(fn):
     return call
 
 
-@bentoml.service(http={"host": "127.0.0.1"}, traffic={"timeout": 30}, workers=1, threads=4)
+# Worker processes come from the settings (NEXTBEST_WORKERS): BentoML reads them when the class is defined.
+@bentoml.service(http={"host": "127.0.0.1"}, traffic={"timeout": 30}, workers=max(1, Settings().workers), threads=4)
 class NextBest:
     """Next-best-action decisions under the contact policy."""
 
@@ -89,7 +91,9 @@ class NextBest:
         settings = Settings()
         enforce_start(settings)  # beyond loopback without an API key: refuse to serve
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
-        self.runtime = Runtime(settings, loader=self.loader, metrics=metrics())
+        # Each worker explores with its own stream: the same seed in every worker would repeat the same draws.
+        rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
+        self.runtime = Runtime(settings, loader=self.loader, metrics=metrics(), rng=rng)
         self.runtime.metrics.models(self.runtime.models.current.versions())
         gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()

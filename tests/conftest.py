@@ -126,3 +126,24 @@ def redis_url(tmp_path_factory) -> str:
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Settings:
+    """A small simulated world with real champions of every model decisions use (conversion, funnel uplift,
+    send time, churn) and one they do not (channel response), trained, registered and promoted through the
+    retraining pipeline, features online."""
+    from nextbest.features.ingest import write_raw
+    from nextbest.pipelines.retrain import RetrainConfig, retrain
+    from nextbest.serving.config import catalog_config, write_config
+    from nextbest.simulation import WorldConfig, simulate
+
+    settings = Settings(home=tmp_path_factory.mktemp("trained") / "home")
+    world = simulate(WorldConfig(n_users=800, seed=2))
+    write_raw(world.tables, settings.raw_dir)
+    world.truth.save(settings.truth_dir)
+    write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml")
+    state = retrain(settings, RetrainConfig(trials=1, evaluate=False, models=("conversion", "uplift", "send_time", "churn",
+                                                                               "channel")))
+    assert state["status"] == "done", state
+    return settings

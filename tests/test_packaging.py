@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -35,9 +36,15 @@ def test_every_import_of_our_code_goes_through_the_nextbest_namespace():
 
 @pytest.mark.slow
 def test_the_wheel_installs_into_a_clean_venv_and_the_cli_runs_there(tmp_path):
+    # Build from a copy: setuptools leaves build/ and egg-info folders in the tree it builds.
+    src = tmp_path / "src"
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     wheel = next(dist.glob("nextbest-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "nextbest" in tops and not tops & set(PACKAGES), f"generic top-level names in the wheel: {tops}"

@@ -218,6 +218,41 @@ def test_caps_hold_when_many_requests_race_for_one_user(home, models_v1):
     assert len({a["offer_id"] for a in sent}) == len(sent)  # per-offer cap 1 in 7 days
 
 
+def test_concurrent_single_decisions_share_planner_calls_and_keep_their_own_answers(home, models_v1):
+    rt = Runtime(home, loader=lambda s: models_v1)
+    calls: list[int] = []
+    run = rt._combiner.run
+    rt._combiner.run = lambda jobs: calls.append(len(jobs)) or run(jobs)
+    users = read_table_ids(home)[:40]
+    answers: dict[str, object] = {}
+    start = threading.Barrier(8)
+
+    def worker(k: int) -> None:
+        start.wait()
+        for user in users[k::8] + (["nobody-knows-me"] if k == 3 else []):
+            try:
+                answers[user] = rt.decide(DecideRequest(user_id=user, now=NOW, dry_run=True, explain=True))
+            except NotFoundError as err:
+                answers[user] = err
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(answers.pop("nobody-knows-me"), NotFoundError)  # only the caller who erred gets the error
+    assert sorted(answers) == sorted(users) and all(answers[u]["user_id"] == u for u in users)
+    assert max(calls) > 1  # requests that arrived together were planned together
+    alone = Runtime(home, loader=lambda s: models_v1)
+    for u in users[:10]:  # every candidate scored as when deciding alone (the pick itself may explore)
+        mine = alone.decide(DecideRequest(user_id=u, now=NOW, dry_run=True, explain=True))
+        assert mine["explanation"] == answers[u]["explanation"] and mine["filtered"] == answers[u]["filtered"]
+
+
+def read_table_ids(settings: Settings) -> list[str]:
+    return pd.read_parquet(settings.feature_dir / "profile.parquet")["user_id"].astype(str).tolist()
+
+
 def test_unreachable_ledger_means_no_contact_flagged(home, models_v1):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

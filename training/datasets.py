@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from nextbest.training.scorers import REQUEST_COLUMNS
 from sklearn.model_selection import train_test_split
 
 __all__ = [
@@ -26,16 +27,6 @@ __all__ = [
     "utc_naive",
 ]
 
-# Columns a caller passes next to the features, per model (they describe the action, not the user).
-REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {
-    "conversion": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
-    "uplift": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
-    "offer_net": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
-    "channel": ("channel",),
-    "send_time": ("channel", "local_hour"),
-    "churn": (),
-    "purchase": (),
-}
 
 
 @dataclass(frozen=True)

@@ -59,20 +59,26 @@ class FrameEncoder:
 
     def dense(self, frame: pd.DataFrame) -> np.ndarray:
         """Standardised numbers (missing -> 0) followed by one-hot strings: the input of the PyTorch models."""
-        raw = self.codes(frame)
-        num_idx = [self.columns.index(c) for c in self.numeric]
+        return self.dense_codes(self.codes(frame))
+
+    def dense_codes(self, raw: np.ndarray) -> np.ndarray:
+        """`dense` from the matrix `codes` returns (written in place into one float32 matrix: no extra copies)."""
+        numeric = self.numeric
+        num_idx = [self.columns.index(c) for c in numeric]
         num = raw[:, num_idx]
-        mu = np.array([self.means[c] for c in self.numeric])
-        sd = np.array([self.stds[c] for c in self.numeric])
-        num = np.nan_to_num((num - mu) / sd, nan=0.0, posinf=0.0, neginf=0.0).clip(-10, 10)
-        blocks = [num]
+        num -= np.array([self.means[c] for c in numeric])
+        num /= np.array([self.stds[c] for c in numeric])
+        np.nan_to_num(num, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(num, -10, 10, out=num)
+        out = np.zeros((len(raw), self.dense_width), dtype="float32")
+        out[:, :len(numeric)] = num
+        start = len(numeric)
         for c in self.categorical:
             code = raw[:, self.columns.index(c)]
-            onehot = np.zeros((len(frame), len(self.categories[c])), dtype="float64")
             ok = ~np.isnan(code)
-            onehot[np.flatnonzero(ok), code[ok].astype(int)] = 1.0
-            blocks.append(onehot)
-        return np.hstack(blocks).astype("float32")
+            out[np.flatnonzero(ok), start + code[ok].astype(int)] = 1.0
+            start += len(self.categories[c])
+        return out
 
     @property
     def dense_width(self) -> int:

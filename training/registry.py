@@ -40,6 +40,8 @@ __all__ = [
     "load_version",
     "load_champions",
     "code_version",
+    "model_contract",
+    "schema_digest",
 ]
 
 MODEL_NAMES: dict[str, str] = {
@@ -55,6 +57,7 @@ MODEL_NAMES: dict[str, str] = {
 PRIMARY_METRIC: dict[str, str] = {name: "auc" for name in MODEL_NAMES} | {"uplift": "qini"}
 CHAMPION, CHALLENGER = "champion", "challenger"
 _CHECKSUMS = "checksums.json"
+_CONTRACT = "contract.json"  # what serving needs to use the model: FeatureService, its input types, request columns
 
 
 class RegistryUnavailable(Exception):
@@ -84,10 +87,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_scorer(scorer, folder: Path) -> str:
-    """Write the scorer's files and their sha256 list; returns the digest of that list."""
+def save_scorer(scorer, folder: Path, contract: dict | None = None) -> str:
+    """Write the scorer's files (and its contract) and their sha256 list; returns the digest of that list."""
     folder.mkdir(parents=True, exist_ok=True)
     scorer.save(folder)
+    if contract is not None:
+        (folder / _CONTRACT).write_text(json.dumps(contract, indent=1, sort_keys=True))
     sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _CHECKSUMS}
     (folder / _CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
     return _sha256(folder / _CHECKSUMS)
@@ -114,27 +119,21 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
     folder = Path(folder)
     _verify(folder, expected_digest, label)
     kind = json.loads((folder / "meta.json").read_text())["kind"]
-    if kind == "lightgbm":
-        from nextbest.training.tabular import BoosterScorer
+    from nextbest.training import scorers
 
-        return BoosterScorer.load(folder)
-    if kind == "uplift_t_learner":
-        from nextbest.training.uplift import UpliftScorer
-
-        return UpliftScorer.load(folder)
-    if kind == "uplift_funnel":
-        from nextbest.training.uplift import FunnelUpliftScorer
-
-        return FunnelUpliftScorer.load(folder)
-    if kind == "send_time_net":
-        from nextbest.training.send_time import SendTimeScorer
-
-        return SendTimeScorer.load(folder)
-    if kind == "offer_net":
+    loaders = {"lightgbm": scorers.BoosterScorer, "uplift_t_learner": scorers.UpliftScorer,
+               "uplift_funnel": scorers.FunnelUpliftScorer, "send_time_net": scorers.SendTimeScorer}
+    if kind in loaders:
+        scorer = loaders[kind].load(folder)
+    elif kind == "offer_net":  # a challenger ranking, not used by decisions: its module is a training one
         from nextbest.training.offer_net import OfferNetScorer
 
-        return OfferNetScorer.load(folder)
-    raise ChecksumError(f"{label}: unknown model kind {kind!r}")
+        scorer = OfferNetScorer.load(folder)
+    else:
+        raise ChecksumError(f"{label}: unknown model kind {kind!r}")
+    contract = folder / _CONTRACT
+    scorer.contract_ = json.loads(contract.read_text()) if contract.exists() else None
+    return scorer
 
 
 def _load_pyfunc(data_path: str) -> Scorer:
@@ -200,7 +199,7 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
     registered = MODEL_NAMES[name]
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment) as run:
         folder = Path(tmp) / "scorer"
-        digest = save_scorer(scorer, folder)
+        digest = save_scorer(scorer, folder, model_contract(settings, name, scorer))
         mlflow.log_params({k: (str(v)[:250]) for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
         mlflow.set_tags({"feature_service": scorer.feature_service, "model_sha256": digest,
@@ -217,6 +216,29 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
     client.set_model_version_tag(registered, version, "run_id", run.info.run_id)
     client.set_registered_model_alias(registered, CHALLENGER, version)
     return run.info.run_id, str(version)
+
+
+def model_contract(settings: Settings, name: str, scorer) -> dict:
+    """What serving needs to use the model: its FeatureService, the type of each feature it reads as Feast served
+    it at training time (and their digest), and the request columns the caller adds."""
+    from nextbest.training.scorers import REQUEST_COLUMNS, input_columns
+
+    request = REQUEST_COLUMNS.get(name, ())
+    reads = [c for c in input_columns(scorer) if c not in request]
+    try:
+        from nextbest.features.store import feature_store
+
+        fs = feature_store(settings).get_feature_service(scorer.feature_service)
+        types = {f.name: str(f.dtype) for p in fs.feature_view_projections for f in p.features}
+    except Exception:  # noqa: BLE001 - a model fitted outside a Feast repository (tests, notebooks): names only
+        types = {}
+    inputs = {c: types.get(c) for c in reads}
+    return {"feature_service": scorer.feature_service, "request_columns": list(request), "inputs": inputs,
+            "schema_sha256": schema_digest(inputs)}
+
+
+def schema_digest(inputs: dict[str, str | None]) -> str:
+    return hashlib.sha256(json.dumps(sorted(inputs.items()), default=str).encode()).hexdigest()
 
 
 def synthetic_example(frame: pd.DataFrame) -> pd.DataFrame:
@@ -423,22 +445,34 @@ def _store_exists(settings: Settings) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
 
 
-def load_champions(settings: Settings) -> dict[str, Champion]:
-    """Every model's champion, checksums verified; {} if none is registered."""
+def load_champions(settings: Settings, kinds: tuple[str, ...] | None = None, cache: dict | None = None) -> dict[str, Champion]:
+    """Every model's champion (or only `kinds`'), checksums verified; {} if none is registered.
+
+    With `cache` ((registry, model, version) -> Champion), a version already loaded is not downloaded again: asking
+    costs one registry query per model, loading happens only when a champion alias moves.
+    """
     if not _store_exists(settings):
         return {}
     from mlflow.exceptions import MlflowException
 
+    names = {k: v for k, v in MODEL_NAMES.items() if kinds is None or k in kinds}
     try:
         client = _client(settings)
         versions = {}
-        for short, registered in MODEL_NAMES.items():
+        for short, registered in names.items():
             if _model_exists(client, registered):
                 v = _champion_version(client, registered)
                 if v is not None:
                     versions[short] = v
     except (MlflowException, OSError, Exception) as err:  # sqlalchemy and network errors alike
         raise RegistryUnavailable(f"model registry at {settings.tracking_uri} cannot be reached: {err}") from err
-    return {short: Champion(short, v, load_version(settings, short, v)) for short, v in versions.items()}
-
-
+    out = {}
+    for short, v in versions.items():
+        key = (settings.tracking_uri, short, v)
+        champion = cache.get(key) if cache is not None else None
+        if champion is None:
+            champion = Champion(short, v, load_version(settings, short, v))
+            if cache is not None:
+                cache[key] = champion
+        out[short] = champion
+    return out

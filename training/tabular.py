@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from nextbest.training.encoding import FrameEncoder, fit_encoder
+from nextbest.training.encoding import fit_encoder
+from nextbest.training.scorers import BoosterScorer
 from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 from sklearn.model_selection import train_test_split
 
@@ -25,43 +24,6 @@ class FitConfig:
     valid_share: float = 0.2  # share of training rows that scores the trials
     max_rounds: int = 300
     seed: int = 7
-
-
-class BoosterScorer:
-    """P(label) from a LightGBM text model; string features are encoded with the stored category lists."""
-
-    kind = "lightgbm"
-
-    def __init__(self, booster: lgb.Booster, encoder: FrameEncoder, feature_service: str, params: dict | None = None):
-        self.booster_ = booster
-        self.encoder_ = encoder
-        self.feature_service = feature_service
-        self.params_ = dict(params or {})
-
-    @property
-    def inputs(self) -> list[str]:
-        return list(self.encoder_.columns)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(self.encoder_.codes(frame))
-
-    def importance(self) -> dict[str, float]:
-        gains = self.booster_.feature_importance(importance_type="gain")
-        return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "model.txt").write_text(self.booster_.model_to_string())
-        (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
-        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service,
-                                                      "params": self.params_}, default=str))
-
-    @classmethod
-    def load(cls, folder: Path) -> BoosterScorer:
-        meta = json.loads((folder / "meta.json").read_text())
-        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
-        encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
-        return cls(booster, encoder, meta["feature_service"], meta.get("params"))
 
 
 def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,

@@ -13,13 +13,9 @@ conversion stages are one: P(convert | opened, user, offer).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
-import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
     REQUEST_COLUMNS,
@@ -28,9 +24,9 @@ from nextbest.training.datasets import (
     contact_frame,
     service_features,
 )
-from nextbest.training.encoding import FrameEncoder
 from nextbest.training.metrics import uplift_metrics
-from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
+from nextbest.training.scorers import FunnelUpliftScorer, UpliftScorer
+from nextbest.training.tabular import FitConfig, fit_booster
 
 __all__ = ["UpliftConfig", "UpliftScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS", "build_frame", "fit", "evaluate"]
 
@@ -47,110 +43,6 @@ class UpliftConfig:
     window_days: int = 7
     fit: FitConfig = field(default_factory=FitConfig)
     learner: str = "funnel"  # "funnel" (FunnelUpliftScorer) or "t" (UpliftScorer)
-
-
-class UpliftScorer:
-    """Incremental conversion probability: the treated arm's score minus the control arm's."""
-
-    kind = "uplift_t_learner"
-
-    def __init__(self, treated: BoosterScorer, control: BoosterScorer, feature_service: str):
-        self.treated_ = treated
-        self.control_ = control
-        self.feature_service = feature_service
-        self.params_ = {f"treated_{k}": v for k, v in treated.params_.items()} | {f"control_{k}": v for k, v in control.params_.items()}
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.treated_.predict(frame) - self.control_.predict(frame)
-
-    def importance(self) -> dict[str, float]:
-        return self.treated_.importance()
-
-    def save(self, folder: Path) -> None:
-        _save_arms(folder, {"treated": self.treated_, "control": self.control_}, self.kind, self.feature_service)
-
-    @classmethod
-    def load(cls, folder: Path) -> UpliftScorer:
-        arms, service = _load_arms(folder, ("treated", "control"))
-        return cls(*arms, service)
-
-
-class FunnelUpliftScorer:
-    """Uplift through the funnel: P(open | user, channel, hour) x (P(convert | opened, offer) - P(convert | control)),
-    where P(convert | opened, offer) = P(click | opened, offer) x P(convert | clicked, offer) + (1 - P(click |
-    opened, offer)) x P(convert | control) when the log tracks clicks (an opened message left unclicked changes
-    nothing)."""
-
-    kind = "uplift_funnel"
-    arms = ("engage", "convert", "control")  # what `arm` answers
-    _fitted = ("engage", "click", "convert", "control")  # what is stored; "click" may be None
-
-    def __init__(self, engage: BoosterScorer, convert: BoosterScorer, control: BoosterScorer, feature_service: str,
-                 click: BoosterScorer | None = None):
-        self.engage_ = engage
-        self.click_ = click
-        self.convert_ = convert  # P(convert | clicked) with a click arm, else P(convert | opened)
-        self.control_ = control
-        self.feature_service = feature_service
-        self.params_ = {f"{arm}_{k}": v for arm in self._fitted if getattr(self, f"{arm}_") is not None
-                        for k, v in getattr(self, f"{arm}_").params_.items()}
-
-    def arm(self, name: str, frame: pd.DataFrame) -> np.ndarray:
-        """One stage's probability per row: "engage" P(open), "convert" P(convert | opened), "control" P(convert)."""
-        if name not in self.arms:
-            raise ValueError(f"unknown arm {name!r}; choose from {', '.join(self.arms)}")
-        if name == "convert":
-            control = self.arm("control", frame)
-            return self.lift(frame, control) + control
-        return np.asarray(getattr(self, f"{name}_").predict(frame), dtype=float)
-
-    def lift(self, frame: pd.DataFrame, control: np.ndarray | None = None) -> np.ndarray:
-        """P(convert | opened, offer) - P(convert | not contacted) per row; `control` is the latter when known."""
-        control = self.arm("control", frame) if control is None else control
-        converted = np.asarray(self.convert_.predict(frame), dtype=float)
-        if self.click_ is None:
-            return converted - control
-        # An opened message left unclicked changes nothing: only the clicks lift conversion.
-        return np.asarray(self.click_.predict(frame), dtype=float) * (converted - control)
-
-    def parts(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """P(open), P(convert | opened) and P(convert | not contacted) per row."""
-        return tuple(self.arm(a, frame) for a in self.arms)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.arm("engage", frame) * self.lift(frame)
-
-    def importance(self) -> dict[str, float]:
-        return self.convert_.importance()
-
-    def save(self, folder: Path) -> None:
-        _save_arms(folder, {arm: getattr(self, f"{arm}_") for arm in self._fitted if getattr(self, f"{arm}_") is not None},
-                   self.kind, self.feature_service)
-
-    @classmethod
-    def load(cls, folder: Path) -> FunnelUpliftScorer:
-        names = tuple(a for a in cls._fitted if (folder / f"{a}_model.txt").exists())  # models saved before clicks: 3 arms
-        arms, service = _load_arms(folder, names)
-        fitted = dict(zip(names, arms, strict=True))
-        return cls(fitted["engage"], fitted["convert"], fitted["control"], service, click=fitted.get("click"))
-
-
-def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service: str) -> None:
-    """Each arm as a LightGBM text model plus its encoder JSON, and the scorer's kind and FeatureService."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for arm, model in arms.items():
-        (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
-        (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
-    (folder / "meta.json").write_text(json.dumps({"kind": kind, "feature_service": service}))
-
-
-def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer], str]:
-    """The arms written by `_save_arms`, in `names` order, and the FeatureService."""
-    service = json.loads((folder / "meta.json").read_text())["feature_service"]
-    arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
-                          FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
-            for arm in names]
-    return arms, service
 
 
 def build_frame(store, raw: dict, config: UpliftConfig = UpliftConfig(), shared: SharedJoins | None = None) -> TrainingSet:

@@ -1,0 +1,219 @@
+"""`nextbest score`: decisions for the whole user base (or a segment) to Parquet, as a dry run of the contact rules.
+
+The same engine, models and rules as `/decide` (serving/runtime.py `Runtime.score`), in chunks with a progress
+bar; nothing is charged to the ledger or written to the decision log. One row per chosen action, and one row
+with no offer for a user who gets no contact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from nextbest.features.settings import Settings
+
+__all__ = ["ScoreConfig", "score", "score_model", "register", "SCHEMA"]
+
+SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("decision_id", pa.string()), ("rank", pa.int16()), ("offer_id", pa.string()),
+    ("channel", pa.string()), ("send_at", pa.timestamp("us", tz="UTC")), ("expected_value", pa.float64()),
+    ("p_convert", pa.float64()), ("uplift", pa.float64()), ("propensity", pa.float64()), ("explored", pa.bool_()),
+    ("filtered", pa.int32()), ("degraded_reasons", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """What to score and where to write it."""
+
+    out: Path | None = None  # default: <home>/scores/decisions-<UTC time>.parquet
+    where: str | None = None  # a segment rule in the eligibility language, e.g. `lifecycle_stage in [customer]`
+    user_ids: tuple[str, ...] | None = None  # only these users (default: everyone the online store knows)
+    campaign_id: str = "batch"
+    offers: tuple[str, ...] | None = None
+    channels: tuple[str, ...] | None = None
+    n_actions: int = 1
+    now: datetime | None = None  # decision time; default: the clock when scoring starts
+    chunk: int = 1_000  # users per planner call (the send-time input is 120 rows x ~150 columns per user)
+
+
+def _rows(decisions: list[dict]) -> dict[str, list]:
+    cols: dict[str, list] = {f.name: [] for f in SCHEMA}
+    for d in decisions:
+        actions = d["actions"] or [None]
+        for rank, a in enumerate(actions):
+            cols["user_id"].append(d["user_id"])
+            cols["decision_id"].append(d["decision_id"])
+            cols["rank"].append(rank if a else -1)
+            for key in ("offer_id", "channel", "expected_value", "p_convert", "uplift", "explored"):
+                cols[key].append(a[key] if a else None)
+            cols["send_at"].append(datetime.fromisoformat(a["send_at"]) if a else None)
+            cols["propensity"].append(a["propensity"] if a else d["no_action_propensity"])
+            cols["filtered"].append(len(d["filtered"]))
+            cols["degraded_reasons"].append(",".join(d["degraded_reasons"]))
+    return cols
+
+
+def score(settings: Settings, config: ScoreConfig = ScoreConfig(), runtime=None,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
+    """Score every user (or the chosen ones) and write the decisions; returns a summary."""
+    from nextbest.features.store import read_table
+    from nextbest.serving.runtime import Runtime
+    from nextbest.serving.schemas import CampaignContext
+
+    rt = runtime or Runtime(settings)
+    ids = list(config.user_ids) if config.user_ids is not None else \
+        read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
+    context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
+                              channels=list(config.channels) if config.channels else None)
+    now = (config.now or datetime.now(UTC)).astimezone(UTC)
+    out = config.out or settings.home / "scores" / f"decisions-{now.strftime('%Y%m%dT%H%M%SZ')}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    counts: Counter = Counter()
+    scored = with_action = degraded = 0
+    started = time.perf_counter()
+    metadata = {"now": now.isoformat(), "where": config.where or "", "campaign_id": config.campaign_id,
+                "model_versions": json.dumps(rt.models.current.versions())}
+    try:
+        with pq.ParquetWriter(tmp, SCHEMA.with_metadata({f"nextbest.{k}": v for k, v in metadata.items()})) as writer:
+            for start in range(0, len(ids), config.chunk):
+                decisions = rt.score(ids[start:start + config.chunk], context, now, config.n_actions, config.where)
+                writer.write_table(pa.table(_rows(decisions), schema=SCHEMA))
+                scored += len(decisions)
+                with_action += sum(bool(d["actions"]) for d in decisions)
+                degraded += sum(bool(d["degraded_reasons"]) for d in decisions)
+                counts.update(a["channel"] for d in decisions for a in d["actions"])
+                if progress:
+                    progress(min(start + config.chunk, len(ids)), len(ids))
+        tmp.replace(out)  # a complete file or none: readers never see a half-written one
+    finally:
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return {"users": len(ids), "scored": scored, "with an action": with_action, "no contact": scored - with_action,
+            "degraded": degraded, **{f"channel {c}": n for c, n in sorted(counts.items())},
+            "seconds": round(seconds, 1), "users per second": round(scored / seconds) if seconds else scored,
+            "models": metadata["model_versions"], "written to": str(out)}
+
+
+def score_model(settings: Settings, name: str, as_of: datetime | None = None, user_ids: tuple[str, ...] | None = None,
+                out: Path | None = None) -> dict[str, object]:
+    """One per-user model's champion (churn, purchase, ...) scored for users at a date, on their features as of
+    then (a point-in-time join through the model's FeatureService), to Parquet or CSV (by the file's suffix)."""
+    import pandas as pd
+    from nextbest.features.store import feature_store, read_table
+    from nextbest.training.datasets import historical
+    from nextbest.training.registry import MODEL_NAMES, load_champions
+    from nextbest.training.scorers import REQUEST_COLUMNS
+
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if REQUEST_COLUMNS.get(name):
+        raise ValueError(f"the {name} model scores an action (it reads {', '.join(REQUEST_COLUMNS[name])}), not a user: "
+                         "score decisions with `nextbest score` without --model")
+    champion = load_champions(settings, kinds=(name,)).get(name)
+    if champion is None:
+        raise LookupError(f"{MODEL_NAMES[name]} has no champion: train it first (nextbest train)")
+    when = pd.Timestamp(as_of or datetime.now(UTC))
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    users = read_table(settings, "profile")
+    ids = list(user_ids) if user_ids is not None else users["user_id"].astype(str).drop_duplicates().tolist()
+    started = time.perf_counter()
+    frame = historical(feature_store(settings), pd.DataFrame({"user_id": ids, "event_timestamp": when}),
+                       champion.model.feature_service)
+    scores = pd.DataFrame({"user_id": frame["user_id"].astype(str), "as_of": when, "model": MODEL_NAMES[name],
+                           "version": champion.version, "score": champion.model.predict(frame)})
+    out = out or settings.home / "scores" / f"{name}-{when.strftime('%Y%m%dT%H%M%SZ')}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        scores.to_csv(tmp, index=False) if out.suffix.lower() == ".csv" else scores.to_parquet(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"model": f"{MODEL_NAMES[name]} version {champion.version}", "as of": when.isoformat(), "users": len(scores),
+            "mean score": round(float(scores["score"].mean()), 4), "seconds": round(time.perf_counter() - started, 1),
+            "written to": str(out)}
+
+
+def register(app: typer.Typer) -> None:
+    """Add `nextbest score` to the CLI."""
+
+    @app.command("score")
+    def score_command(
+        out: Annotated[Path | None, typer.Option(help="Parquet file to write (default: <home>/scores/...)")] = None,
+        where: Annotated[str | None, typer.Option(help="segment rule, e.g. 'lifecycle_stage in [customer]'")] = None,
+        users: Annotated[Path | None, typer.Option(help="a text file of user ids, one per line (default: everyone)")] = None,
+        campaign: Annotated[str, typer.Option(help="campaign id the decisions are for")] = "batch",
+        offer: Annotated[list[str] | None, typer.Option(help="allowed offer (repeatable; default: all)")] = None,
+        channel: Annotated[list[str] | None, typer.Option(help="allowed channel (repeatable; default: all)")] = None,
+        n_actions: Annotated[int, typer.Option(min=1, max=5, help="actions per user at most")] = 1,
+        now: Annotated[datetime | None, typer.Option(help="decision time, ISO-8601 (UTC if no offset); default: now")] = None,
+        chunk: Annotated[int, typer.Option(min=1, help="users per planner call")] = 1_000,
+        model: Annotated[str | None, typer.Option(help="score one per-user model (e.g. churn, purchase) instead of deciding")] = None,
+        as_of: Annotated[datetime | None, typer.Option("--as-of", help="with --model: the date whose features are scored")] = None,
+    ) -> None:
+        """Decide for every user (or a segment) as a dry run of the contact rules, or score one model with --model;
+        written to Parquet (or CSV with --out FILE.csv for --model)."""
+        from nextbest.features.contract import parse_eligibility
+        from nextbest.pipelines.cli import run_guarded, summary
+        from nextbest.pipelines.console import console
+        from nextbest.serving.runtime import UserError as RequestError
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        def body() -> dict:
+            settings = Settings()
+            if model is not None:
+                ids = None if users is None else \
+                    tuple(line.strip() for line in users.read_text().splitlines() if line.strip())
+                try:
+                    return score_model(settings, model, as_of, ids, out)
+                except (ValueError, LookupError) as err:
+                    raise RequestError(str(err)) from None
+            if as_of is not None:
+                raise typer.BadParameter("--as-of goes with --model (decisions are made now, or at --now)")
+            if where:
+                try:
+                    parse_eligibility(where)
+                except ValueError as err:
+                    raise typer.BadParameter(f"--where: {err}") from None
+            ids = None
+            if users is not None:
+                ids = tuple(line.strip() for line in users.read_text().splitlines() if line.strip())
+            moment = now.replace(tzinfo=UTC) if now is not None and now.tzinfo is None else now
+            config = ScoreConfig(out, where, ids, campaign, tuple(offer) if offer else None,
+                                 tuple(channel) if channel else None, n_actions, moment, chunk)
+            with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), console=console) as bar:
+                task = bar.add_task("scoring users", total=None)
+                return score(settings, config, progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+        summary("nextbest score", run_guarded(_checked, body), columns=("", "value"))
+
+
+def _checked(body: Callable[[], dict]) -> dict:
+    """Caller mistakes (an unknown offer or channel in the context, no feature tables yet) as clear messages."""
+    from nextbest.pipelines.cli import UserError
+    from nextbest.serving.runtime import UserError as RequestError
+
+    try:
+        return body()
+    except RequestError as err:
+        raise UserError(str(err)) from None
+    except FileNotFoundError as err:
+        raise UserError(f"{err}; build the features first (nextbest features build, apply, materialize)") from None

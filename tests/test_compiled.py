@@ -1,0 +1,224 @@
+"""Compiled scoring on real trained champions: the same inputs and scores as training's pandas path, model
+contracts checked at load, refresh by version, and a failing model degrading an answer instead of a 5xx."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from nextbest.features.settings import Settings
+from nextbest.features.store import apply, read_table
+from nextbest.serving import engine
+from nextbest.serving.runtime import Runtime
+from nextbest.serving.schemas import DecideRequest
+from nextbest.training.compiled import Rows
+from nextbest.training.scorers import BoosterScorer
+
+DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
+NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def server_clock():
+    """The server clock stands at NOW, the time these decisions are asked for (serving/clock.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
+        yield
+
+
+@pytest.fixture(scope="module")
+def runtime(trained) -> Runtime:
+    return Runtime(trained)
+
+
+@pytest.fixture(scope="module")
+def users(runtime, trained):
+    """300 real users' online features, with hostile values planted: missing numbers, unknown and missing
+    categories, a feature absent from the request altogether."""
+    ids = read_table(trained, "profile")["user_id"].astype(str).head(300).tolist()
+    feats, known, degraded = runtime.features.fetch(ids)
+    assert known.all() and not degraded
+    feats = {k: v.copy() for k, v in feats.items()}
+    numeric = [k for k, v in feats.items() if v.dtype == np.float64]
+    strings = [k for k, v in feats.items() if v.dtype == object and k != "user_id"]
+    assert numeric and strings
+    for k in numeric[::3]:
+        feats[k][::7] = np.nan
+    for k in strings:
+        feats[k][1::11] = "a value no model has seen"
+        feats[k][2::13] = None
+    feats.pop(numeric[1])
+    return feats
+
+
+def _hosts(models: engine.ModelSet):
+    """Every LightGBM scorer in the champions with its compiled plan: the single models and each uplift arm."""
+    for kind, champion in models.models.items():
+        compiled = models.compiled[kind]
+        if isinstance(champion.model, BoosterScorer):
+            yield kind, champion.model, compiled.plan
+        for arm, plan_owner in getattr(compiled, "fitted", {}).items():
+            yield f"{kind}.{arm}", getattr(champion.model, f"{arm}_"), plan_owner.plan
+
+
+def test_the_demo_models_are_all_compiled(runtime):
+    models = runtime.models.current
+    assert set(models.models) == DECISION_MODELS, runtime.models.error
+    assert set(models.compiled) == DECISION_MODELS
+
+
+def test_compiled_inputs_equal_the_encoders_frames_value_for_value(runtime, users):
+    models, config = runtime.models.current, runtime.config.current(time.monotonic())
+    grid = engine.request_grid(config)
+    n_u, n_cells = len(users["user_id"]), grid.n_offers * grid.n_channels
+    rows = np.repeat(np.arange(n_u), n_cells)
+    cells = np.tile(np.arange(n_cells), n_u)
+    hours = np.random.default_rng(0).integers(0, 24, len(rows)).astype("float64")
+    hours[::17] = np.nan  # an hour the caller could not tell
+    checked = 0
+    for label, scorer, plan in _hosts(models):
+        kind = label.split(".")[0]
+        x = Rows(engine.user_columns(users), rows, cells, None if kind == "churn" else hours, grid)
+        frame = models.frame(kind, users, rows, grid.request(cells, x.hours, engine.REQUEST_COLUMNS[kind]))
+        compiled, reference = plan.codes(x), scorer.encoder_.codes(frame)
+        assert compiled.shape == reference.shape
+        np.testing.assert_array_equal(compiled, reference, err_msg=label)  # NaN where NaN, else bit for bit
+        assert np.isnan(reference).any() and np.nanmax(np.nanstd(reference, axis=0)) > 0  # the planted values are in
+        checked += 1
+    assert checked >= 5  # conversion, churn and the funnel's arms
+
+
+def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(runtime, users):
+    compiled, config = runtime.models.current, runtime.config.current(time.monotonic())
+    pandas = compiled.pandas()
+    assert not pandas.compiled
+    p_open = engine.send_time_scores(compiled, users, config)
+    np.testing.assert_array_equal(p_open, engine.send_time_scores(pandas, users, config))
+    hours = p_open.argmax(axis=2)
+    for got, want in zip(engine.conversion_scores(compiled, users, config, hours),
+                         engine.conversion_scores(pandas, users, config, hours), strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert np.nanstd(got) > 0
+    for got, want in zip(engine.funnel_factors(compiled, users, config, hours),
+                         engine.funnel_factors(pandas, users, config, hours), strict=True):
+        np.testing.assert_array_equal(got, want)
+    churn = engine.churn_scores(compiled, users, config)
+    np.testing.assert_array_equal(churn, engine.churn_scores(pandas, users, config))
+    assert churn.std() > 0 and p_open.std() > 0
+
+
+def test_decisions_with_the_real_champions_are_not_degraded(runtime, trained):
+    ids = read_table(trained, "profile")["user_id"].astype(str).head(50).tolist()
+    decisions = [runtime.decide(DecideRequest(user_id=u, now=NOW, dry_run=True)) for u in ids]
+    assert all(d["degraded_reasons"] == [] for d in decisions)
+    assert all(set(d["model_versions"]) == DECISION_MODELS for d in decisions)
+    assert sum(bool(d["actions"]) for d in decisions) > 0
+
+
+def _copy(trained, tmp_path) -> Settings:
+    shutil.copytree(trained.home, tmp_path / "home")
+    return Settings(home=tmp_path / "home")
+
+
+def test_a_model_failing_at_predict_time_degrades_the_answer_to_the_rules(trained, tmp_path):
+    rt = Runtime(_copy(trained, tmp_path))
+    user = read_table(trained, "profile")["user_id"].astype(str).iloc[0]
+
+    class Broken:
+        def predict(self, x, num_threads=None):
+            raise ValueError("corrupt tree")
+
+    rt.models.current.compiled["conversion"].booster = Broken()
+    d = rt.decide(DecideRequest(user_id=user, now=NOW, dry_run=True))
+    assert "model_error" in d["degraded_reasons"] and "rule_based_conversion" in d["degraded_reasons"]
+
+
+def test_a_rebuilt_feature_set_that_no_longer_fits_keeps_the_last_good_models(trained, tmp_path):
+    settings = _copy(trained, tmp_path)
+    rt = Runtime(settings)
+    before = rt.models.current.versions()
+    assert set(before) == DECISION_MODELS
+    # The churn model reads a behaviour feature; rebuild the table with that feature now text, and apply it.
+    read = rt.models.current.models["churn"].model.contract_["inputs"]
+    table = read_table(settings, "behaviour")
+    feature = next(c for c in read if c in table.columns and read[c] in ("Float64", "Int64"))
+    table[feature] = table[feature].astype(str)
+    table.to_parquet(settings.feature_dir / "behaviour.parquet", index=False)
+    apply(settings)
+    assert rt.features.refresh()
+    assert rt.models.refresh().versions() == before  # the last good set stays in force
+    assert feature in rt.models.error and "retrain" in rt.models.error
+    user = read_table(settings, "profile")["user_id"].astype(str).iloc[0]
+    assert rt.decide(DecideRequest(user_id=user, now=NOW, dry_run=True))["model_versions"] == before
+
+    cold = Runtime(settings)  # a service started on the changed features: no model it cannot feed
+    assert cold.models.current.versions() == {} and feature in cold.models.error
+    d = cold.decide(DecideRequest(user_id=user, now=NOW, dry_run=True))
+    assert "rule_based_conversion" in d["degraded_reasons"]
+    assert cold.ready()[1]["model_error"]
+
+
+def test_models_are_loaded_only_when_their_champion_moves(trained, tmp_path, monkeypatch):
+    from nextbest.training import registry
+    from nextbest.training.jobs import TrainConfig, train_model
+
+    settings = _copy(trained, tmp_path)
+    loads = []
+    real = registry.load_version
+    monkeypatch.setattr(registry, "load_version", lambda s, name, v: loads.append(name) or real(s, name, v))
+    rt = Runtime(settings)
+    assert sorted(loads) == sorted(DECISION_MODELS)  # the channel model is registered too, and not loaded
+    assert "channel" in {r["model"] for r in registry.list_versions(settings)}
+    loads.clear()
+    rt.models.refresh()
+    assert loads == []  # nothing moved: nothing downloaded
+    run = train_model(settings, "churn", TrainConfig(trials=1))
+    registry.promote(settings, "churn", run.version)
+    loads.clear()  # training's gate loaded the old champion to compare
+    rt.models.refresh()
+    assert loads == ["churn"] and rt.models.current.versions()["churn"].endswith(f"/{run.version}")
+
+
+def test_serving_imports_no_fitting_code(trained):
+    code = ("import sys; from nextbest.features.settings import Settings; from nextbest.serving.runtime import Runtime; "
+            f"rt = Runtime(Settings(home={str(trained.home)!r})); assert rt.models.current.versions(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna' or m in ('nextbest.training.tabular', "
+            "'nextbest.training.tuning', 'nextbest.training.jobs', 'nextbest.training.datasets', 'nextbest.training.uplift', "
+            "'nextbest.training.send_time', 'nextbest.training.metrics')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_pandas_frame_and_rows_describe_the_same_requests(runtime):
+    """The reference path's request columns come from the same grid cells as the compiled path's."""
+    config = runtime.config.current(time.monotonic())
+    grid = engine.request_grid(config)
+    n_c = len(config.channels)
+    req = grid.request(np.array([0, n_c + 1]), np.array([3.0, 4.0]), engine.REQUEST_COLUMNS["conversion"])
+    assert list(req["offer_id"]) == [config.offers[0].offer_id, config.offers[1].offer_id]
+    assert list(req["channel"]) == [config.channels[0].channel, config.channels[1].channel]
+    assert list(req["local_hour"]) == [3.0, 4.0]
+    assert engine.request_grid(config) is grid
+    assert isinstance(pd.DataFrame(req), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_the_service_over_http_decides_with_the_real_champions(trained, tmp_path):
+    import httpx
+    from nextbest.pipelines.serve_commands import running_service
+
+    settings = _copy(trained, tmp_path)
+    ids = read_table(settings, "profile")["user_id"].astype(str).head(50).tolist()
+    with running_service(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        batch = client.post("/decide_batch", json={"user_ids": ids, "dry_run": True}).raise_for_status().json()
+        one = client.post("/decide", json={"user_id": ids[0], "dry_run": True}).raise_for_status().json()
+        status = client.post("/status", json={}).raise_for_status().json()
+    assert all(d["degraded_reasons"] == [] for d in batch["decisions"] + [one])
+    assert set(one["model_versions"]) == DECISION_MODELS and status["model_error"] is None

@@ -1,0 +1,368 @@
+"""Trained models as serving uses them: safe-format files, the encoder, the contract, the compiled scorer.
+
+Training writes these (training/tabular.py, uplift.py, send_time.py fit them); serving reads them through
+training/registry.py. This module imports no fitting code (no Optuna, no scikit-learn). Each scorer has two
+ways to score:
+- `predict(frame)`: from a DataFrame of features and request columns (training, evaluation, notebooks);
+- `compile(feature_columns)`: the same model bound to the columns its FeatureService serves, scoring `Rows`
+  (user index, offer x channel cell, hour) by array indexing, one predict call per model, one thread
+  (serving/engine.py). Both give the same scores (tests/test_compiled.py, on real trained champions).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import torch
+from nextbest.training.compiled import ContractError, InputPlan, Rows
+from nextbest.training.encoding import FrameEncoder
+from nextbest.training.nets import device, load_state, predict_net, save_net
+from torch import nn
+
+__all__ = [
+    "REQUEST_COLUMNS",
+    "BoosterScorer",
+    "UpliftScorer",
+    "FunnelUpliftScorer",
+    "SendTimeNet",
+    "SendTimeScorer",
+    "hour_share",
+    "ContractError",
+    "CompiledBooster",
+    "input_columns",
+]
+
+# Columns a caller passes next to the features, per model (they describe the action, not the user): the one
+# list training builds its frames with and serving builds its requests from.
+REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "conversion": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "uplift": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "offer_net": ("offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour"),
+    "channel": ("channel",),
+    "send_time": ("channel", "local_hour"),
+    "churn": (),
+    "purchase": (),
+}
+_SHARES = [f"open_share_h{h:02d}" for h in range(24)]
+
+
+class CompiledBooster:
+    """A LightGBM model bound to its input plan: one single-threaded predict over all rows."""
+
+    def __init__(self, scorer: BoosterScorer, feature_columns: Sequence[str], request: Sequence[str]):
+        self.plan = InputPlan(scorer.encoder_, feature_columns, request)
+        self.booster = scorer.booster_
+
+    def predict(self, x: Rows) -> np.ndarray:
+        # One thread: LightGBM's default pool costs milliseconds per call on a busy 2-core machine (STACK.md).
+        return self.booster.predict(self.plan.codes(x), num_threads=1)
+
+
+class BoosterScorer:
+    """P(label) from a LightGBM text model; string features are encoded with the stored category lists."""
+
+    kind = "lightgbm"
+
+    def __init__(self, booster: lgb.Booster, encoder: FrameEncoder, feature_service: str, params: dict | None = None):
+        self.booster_ = booster
+        self.encoder_ = encoder
+        self.feature_service = feature_service
+        self.params_ = dict(params or {})
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.encoder_.columns)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster_.predict(self.encoder_.codes(frame))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> CompiledBooster:
+        return CompiledBooster(self, feature_columns, request)
+
+    def importance(self) -> dict[str, float]:
+        gains = self.booster_.feature_importance(importance_type="gain")
+        return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.txt").write_text(self.booster_.model_to_string())
+        (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
+        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service,
+                                                      "params": self.params_}, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> BoosterScorer:
+        meta = json.loads((folder / "meta.json").read_text())
+        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
+        encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
+        return cls(booster, encoder, meta["feature_service"], meta.get("params"))
+
+
+
+class UpliftScorer:
+    """Incremental conversion probability: the treated arm's score minus the control arm's."""
+
+    kind = "uplift_t_learner"
+
+    def __init__(self, treated: BoosterScorer, control: BoosterScorer, feature_service: str):
+        self.treated_ = treated
+        self.control_ = control
+        self.feature_service = feature_service
+        self.params_ = {f"treated_{k}": v for k, v in treated.params_.items()} | {f"control_{k}": v for k, v in control.params_.items()}
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.treated_.predict(frame) - self.control_.predict(frame)
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> _CompiledTLearner:
+        return _CompiledTLearner(self.treated_.compile(feature_columns, request), self.control_.compile(feature_columns, request))
+
+    def importance(self) -> dict[str, float]:
+        return self.treated_.importance()
+
+    def save(self, folder: Path) -> None:
+        _save_arms(folder, {"treated": self.treated_, "control": self.control_}, self.kind, self.feature_service)
+
+    @classmethod
+    def load(cls, folder: Path) -> UpliftScorer:
+        arms, service = _load_arms(folder, ("treated", "control"))
+        return cls(*arms, service)
+
+
+class FunnelUpliftScorer:
+    """Uplift through the funnel: P(open | user, channel, hour) x (P(convert | opened, offer) - P(convert | control)),
+    where P(convert | opened, offer) = P(click | opened, offer) x P(convert | clicked, offer) + (1 - P(click |
+    opened, offer)) x P(convert | control) when the log tracks clicks (an opened message left unclicked changes
+    nothing)."""
+
+    kind = "uplift_funnel"
+    arms = ("engage", "convert", "control")  # what `arm` answers
+    _fitted = ("engage", "click", "convert", "control")  # what is stored; "click" may be None
+
+    def __init__(self, engage: BoosterScorer, convert: BoosterScorer, control: BoosterScorer, feature_service: str,
+                 click: BoosterScorer | None = None):
+        self.engage_ = engage
+        self.click_ = click
+        self.convert_ = convert  # P(convert | clicked) with a click arm, else P(convert | opened)
+        self.control_ = control
+        self.feature_service = feature_service
+        self.params_ = {f"{arm}_{k}": v for arm in self._fitted if getattr(self, f"{arm}_") is not None
+                        for k, v in getattr(self, f"{arm}_").params_.items()}
+
+    def arm(self, name: str, frame: pd.DataFrame) -> np.ndarray:
+        """One stage's probability per row: "engage" P(open), "convert" P(convert | opened), "control" P(convert)."""
+        if name not in self.arms:
+            raise ValueError(f"unknown arm {name!r}; choose from {', '.join(self.arms)}")
+        if name == "convert":
+            control = self.arm("control", frame)
+            return self.lift(frame, control) + control
+        return np.asarray(getattr(self, f"{name}_").predict(frame), dtype=float)
+
+    def lift(self, frame: pd.DataFrame, control: np.ndarray | None = None) -> np.ndarray:
+        """P(convert | opened, offer) - P(convert | not contacted) per row; `control` is the latter when known."""
+        control = self.arm("control", frame) if control is None else control
+        converted = np.asarray(self.convert_.predict(frame), dtype=float)
+        if self.click_ is None:
+            return converted - control
+        # An opened message left unclicked changes nothing: only the clicks lift conversion.
+        return np.asarray(self.click_.predict(frame), dtype=float) * (converted - control)
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> _CompiledFunnel:
+        arms = {arm: getattr(self, f"{arm}_").compile(feature_columns, request) for arm in self._fitted
+                if getattr(self, f"{arm}_") is not None}
+        return _CompiledFunnel(arms)
+
+    def parts(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P(open), P(convert | opened) and P(convert | not contacted) per row."""
+        return tuple(self.arm(a, frame) for a in self.arms)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.arm("engage", frame) * self.lift(frame)
+
+    def importance(self) -> dict[str, float]:
+        return self.convert_.importance()
+
+    def save(self, folder: Path) -> None:
+        _save_arms(folder, {arm: getattr(self, f"{arm}_") for arm in self._fitted if getattr(self, f"{arm}_") is not None},
+                   self.kind, self.feature_service)
+
+    @classmethod
+    def load(cls, folder: Path) -> FunnelUpliftScorer:
+        names = tuple(a for a in cls._fitted if (folder / f"{a}_model.txt").exists())  # models saved before clicks: 3 arms
+        arms, service = _load_arms(folder, names)
+        fitted = dict(zip(names, arms, strict=True))
+        return cls(fitted["engage"], fitted["convert"], fitted["control"], service, click=fitted.get("click"))
+
+
+def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service: str) -> None:
+    """Each arm as a LightGBM text model plus its encoder JSON, and the scorer's kind and FeatureService."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for arm, model in arms.items():
+        (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
+        (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
+    (folder / "meta.json").write_text(json.dumps({"kind": kind, "feature_service": service}))
+
+
+def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer], str]:
+    """The arms written by `_save_arms`, in `names` order, and the FeatureService."""
+    service = json.loads((folder / "meta.json").read_text())["feature_service"]
+    arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
+                          FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
+            for arm in names]
+    return arms, service
+
+
+
+class SendTimeNet(nn.Module):
+    """User tower + channel and hour embeddings (+ the user's own open share at that hour) -> logit."""
+
+    def __init__(self, width: int, channels: int, hidden: int = 64):
+        super().__init__()
+        self.user = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
+        self.channel = nn.Embedding(channels + 1, 8)  # index 0 = unknown channel
+        self.hour = nn.Embedding(24, 8)
+        self.head = nn.Sequential(nn.Linear(hidden + 16 + 1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, channel: torch.Tensor, hour: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([self.user(x), self.channel(channel), self.hour(hour), share[:, None]], dim=1)
+        return self.head(z).squeeze(1)
+
+
+def hour_share(frame: pd.DataFrame, hours: np.ndarray) -> np.ndarray:
+    """The user's share of app opens at each row's local hour (1/24 when the time profile is missing)."""
+    if not all(c in frame for c in _SHARES):
+        return np.full(len(frame), 1 / 24, dtype="float32")
+    shares = frame[_SHARES].to_numpy(dtype="float64", na_value=1 / 24)
+    return shares[np.arange(len(frame)), hours].astype("float32")
+
+
+class SendTimeScorer:
+    """P(open) for (user features, channel, local_hour) rows, vectorised."""
+
+    kind = "send_time_net"
+
+    def __init__(self, net: SendTimeNet, encoder: FrameEncoder, channels: tuple[str, ...], feature_service: str, hidden: int):
+        self.net_ = net
+        self.encoder_ = encoder
+        self.channels_ = channels
+        self.feature_service = feature_service
+        self.hidden_ = hidden
+        self.params_ = {"hidden": hidden, "channels": ",".join(channels)}
+
+    def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        hours = pd.to_numeric(frame["local_hour"], errors="coerce").fillna(12).to_numpy().astype("int64").clip(0, 23)
+        codes = pd.Index(self.channels_).get_indexer(frame["channel"].astype(str)) + 1  # unknown -> 0
+        return {"x": self.encoder_.dense(frame), "channel": codes.astype("int64"), "hour": hours,
+                "share": hour_share(frame, hours)}
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return predict_net(self.net_, self.inputs(frame))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> _CompiledSendTime:
+        return _CompiledSendTime(self, feature_columns, request)
+
+    def save(self, folder: Path) -> None:
+        save_net(self.net_, folder, {"kind": self.kind, "feature_service": self.feature_service, "hidden": self.hidden_,
+                                     "channels": list(self.channels_)})
+        (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
+
+    @classmethod
+    def load(cls, folder: Path) -> SendTimeScorer:
+        meta = json.loads((folder / "meta.json").read_text())
+        encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
+        net = SendTimeNet(encoder.dense_width, len(meta["channels"]), meta["hidden"])
+        net.load_state_dict(load_state(folder))
+        net.to(device()).eval()
+        return cls(net, encoder, tuple(meta["channels"]), meta["feature_service"], meta["hidden"])
+
+
+
+
+class _CompiledTLearner:
+    def __init__(self, treated: CompiledBooster, control: CompiledBooster):
+        self.treated, self.control = treated, control
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.treated.predict(x) - self.control.predict(x)
+
+
+class _CompiledFunnel:
+    """`FunnelUpliftScorer` over `Rows`: the same arms, stages and formulas."""
+
+    arms = FunnelUpliftScorer.arms
+
+    def __init__(self, fitted: dict[str, CompiledBooster]):
+        self.fitted = fitted
+
+    def arm(self, name: str, x: Rows) -> np.ndarray:
+        if name not in self.arms:
+            raise ValueError(f"unknown arm {name!r}; choose from {', '.join(self.arms)}")
+        if name == "convert":
+            control = self.arm("control", x)
+            return self.lift(x, control) + control
+        return np.asarray(self.fitted[name].predict(x), dtype=float)
+
+    def lift(self, x: Rows, control: np.ndarray | None = None) -> np.ndarray:
+        control = self.arm("control", x) if control is None else control
+        converted = np.asarray(self.fitted["convert"].predict(x), dtype=float)
+        if "click" not in self.fitted:
+            return converted - control
+        return np.asarray(self.fitted["click"].predict(x), dtype=float) * (converted - control)
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.arm("engage", x) * self.lift(x)
+
+
+class _CompiledSendTime:
+    """`SendTimeScorer` over `Rows`: the encoder's dense input, channel and hour codes, the user's hour share."""
+
+    def __init__(self, scorer: SendTimeScorer, feature_columns: Sequence[str], request: Sequence[str]):
+        if "channel" not in request or "local_hour" not in request:
+            raise ContractError("the send-time model needs the request columns channel and local_hour")
+        self.plan = InputPlan(scorer.encoder_, feature_columns, request)
+        self.net = scorer.net_
+        self.channels = scorer.channels_
+        self.has_shares = all(c in set(feature_columns) for c in _SHARES)
+        self._grid_key: int | None = None
+        self._channel_codes = np.zeros(0, dtype="int64")
+
+    def predict(self, x: Rows) -> np.ndarray:
+        raw = self.plan.codes(x)
+        if self._grid_key != id(x.grid):  # unknown channel -> 0, as SendTimeScorer.inputs
+            index = {c: i for i, c in enumerate(self.channels)}
+            self._channel_codes = np.array([index.get(str(c), -1) + 1 for c in x.grid.columns["channel"].tolist()],
+                                           dtype="int64")
+            self._grid_key = id(x.grid)
+        hours = np.where(np.isnan(x.hours), 12, x.hours).astype("int64").clip(0, 23)
+        if self.has_shares:
+            shares = x.users.matrix(_SHARES)
+            share = np.where(np.isnan(shares), 1 / 24, shares)[x.rows, hours].astype("float32")
+        else:
+            share = np.full(len(x), 1 / 24, dtype="float32")
+        inputs = {"x": self.plan.encoder.dense_codes(raw), "channel": self._channel_codes[x.cells], "hour": hours,
+                  "share": share}
+        if torch.get_num_threads() != 1:
+            # One thread, as LightGBM: torch's intra-op pool costs ~10 ms per call on a busy 2-core machine for a
+            # few hundred rows. Serving and scoring processes score only here, so the setting stays.
+            torch.set_num_threads(1)
+        return predict_net(self.net, inputs)
+
+
+def input_columns(scorer) -> list[str]:
+    """The columns a scorer's encoders read from its input (features and request columns; matched ones excluded),
+    plus the hour shares the send-time model reads directly."""
+    encoders = [getattr(scorer, a) for a in ("encoder_",) if getattr(scorer, a, None) is not None]
+    for arm in ("treated_", "control_", "engage_", "click_", "convert_"):
+        sub = getattr(scorer, arm, None)
+        if sub is not None:
+            encoders.append(sub.encoder_)
+    out: dict[str, None] = {}
+    for enc in encoders:
+        out.update({c: None for c in enc.columns if c not in enc.matched})
+    if isinstance(scorer, SendTimeScorer):
+        out.update({c: None for c in _SHARES})
+    return list(out)
