@@ -8,20 +8,37 @@ STAMP := $(VENV)/.installed-stamp
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install demo test redis lint clean bench
+.PHONY: install demo test redis lint clean bench lock wheel bento
 
-$(STAMP): pyproject.toml
+# deploy/requirements.txt pins every runtime dependency: the venv, the tests and the Bento get the same set.
+$(STAMP): pyproject.toml deploy/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -e ".[test]"
+	$(BIN)/pip install $(PIP_FLAGS) -c deploy/requirements.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The Redis online store and ledger are tested against a real redis-server.
+# The Redis online store and ledger are tested against a real redis-server; deploy/prometheus.yml and
+# the dashboard's queries against Prometheus' own promtool (Debian's prometheus package; not started).
 redis:
 	@command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) \
 		|| (echo "could not install redis-server: install it (apt-get install redis-server) and re-run" && exit 1)
+	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends prometheus >/dev/null) \
+		|| (echo "could not install promtool: install it (apt-get install prometheus) and re-run" && exit 1)
+
+# After changing dependencies: pin the installed runtime closure again (deploy/requirements.txt).
+lock: install
+	$(BIN)/python deploy/lock.py
+
+# The nextbest wheel in dist/ (for the Bento and deploy/Dockerfile).
+wheel: install
+	rm -rf dist && $(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The Bento of the decision service ([tool.bentoml.build] in pyproject.toml).
+bento: wheel
+	$(BIN)/bentoml build
 
 demo: install
 	$(BIN)/nextbest demo

@@ -61,16 +61,24 @@ def column_name(text: str) -> str:
 
 
 def snapshot_times(events: pd.DataFrame, config: BuildConfig, as_of: pd.Timestamp | None = None) -> pd.DatetimeIndex:
-    """Midnight-UTC snapshot times, newest first at `as_of` (default: the day after the last event)."""
-    end = as_of if as_of is not None else events["ts"].max().floor("D") + timedelta(days=1)
+    """Midnight-UTC snapshot times every `snapshot_every_days`, on a grid through `as_of` when given (a training
+    date then has its own snapshot, not one a few days older), and always the day after the last event (the
+    newest values, for serving). `history_days` counts back from `as_of`, else from that newest day."""
+    newest = events["ts"].max().floor("D") + timedelta(days=1)
+    anchor = newest if as_of is None else as_of
+    step = timedelta(days=config.snapshot_every_days)
     start = events["ts"].min().floor("D") + timedelta(days=1)
     if config.history_days is not None:
-        start = max(start, end - timedelta(days=config.history_days))
-    count = int((end - start) / timedelta(days=config.snapshot_every_days)) + 1
+        start = max(start, anchor - timedelta(days=config.history_days))
+    back = max(int((anchor - start) / step), 0)
+    ahead = max(int((newest - anchor) / step), 0)
+    times = {anchor + step * k for k in range(-back, ahead + 1)}
+    if newest > anchor:
+        times.add(newest)
+    times = sorted(times)
     if config.snapshots is not None:
-        count = min(count, config.snapshots)
-    times = [end - timedelta(days=config.snapshot_every_days * k) for k in range(max(count, 1))]
-    return pd.DatetimeIndex(sorted(times)).tz_convert("UTC")
+        times = times[-config.snapshots:]
+    return pd.DatetimeIndex(times).tz_convert("UTC")
 
 
 def _grid(con: duckdb.DuckDBPyConnection, users: pd.DataFrame, snaps: pd.DatetimeIndex) -> None:
@@ -224,8 +232,11 @@ def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None,
     kinds = {"sent": "sent_at", "open": "opened_at", "click": "clicked_at", "conv": "converted_at"}
     per_channel = [f"count(*) FILTER (WHERE kind = '{k}' AND channel = '{quote(ch)}') AS {k}_{column_name(ch)}"
                    for ch in channels for k in kinds]
+    # user_id cast to text: without contacts the frame is empty and DuckDB would guess an integer column,
+    # which the ASOF join against the grid's text ids cannot compare.
     outcome_rows = " UNION ALL ".join(
-        f"SELECT user_id, channel, '{k}' AS kind, date_trunc('day', {col}) AS day FROM contacts_df WHERE {col} IS NOT NULL"
+        f"SELECT user_id::VARCHAR AS user_id, channel::VARCHAR AS channel, '{k}' AS kind, "
+        f"date_trunc('day', {col}::TIMESTAMPTZ) AS day FROM contacts_df WHERE {col} IS NOT NULL"
         for k, col in {**kinds, "unsub": "unsubscribed_at", "complaint": "complained_at"}.items())
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE daily_contacts AS

@@ -20,12 +20,13 @@ __all__ = [
     "COLUMNS",
     "ContractError",
     "Violation",
+    "TimeWindow",
     "conform",
     "parse_eligibility",
     "Clause",
 ]
 
-Kind = Literal["str", "ts", "float", "int", "bool"]
+Kind = Literal["str", "ts", "float", "int", "bool", "flag"]  # flag: a 0/1 outcome, also written true/false, yes/no
 
 TABLES: tuple[str, ...] = ("users", "events", "contacts", "offers", "channels", "suppressions", "labels")
 REQUIRED_TABLES: tuple[str, ...] = ("users", "events")
@@ -43,6 +44,7 @@ class Column:
     required: bool = True
     nullable: bool = False
     checks: tuple[pa.Check, ...] = ()
+    future: bool = False  # ts only: may lie after today (an offer valid until next year); others may not
 
 
 def _non_negative() -> pa.Check:
@@ -89,8 +91,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("value", "float", checks=(pa.Check.gt(0, error="must be > 0"),)),
         Column("eligibility", "str", required=False, nullable=True,
                checks=(pa.Check(lambda s: s.map(_is_eligibility), error="must be clauses like `lifecycle_stage in [customer] and recency_days >= 30`"),)),
-        Column("valid_from", "ts", required=False, nullable=True),
-        Column("valid_to", "ts", required=False, nullable=True),
+        Column("valid_from", "ts", required=False, nullable=True, future=True),
+        Column("valid_to", "ts", required=False, nullable=True, future=True),
         Column("priority", "int", required=False, nullable=True),
     ),
     "channels": (
@@ -109,7 +111,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "labels": (
         Column("user_id", "str"),
         Column("as_of", "ts"),
-        Column("label", "int", checks=(pa.Check.isin([0, 1], error="must be 0 or 1"),)),
+        Column("label", "flag", checks=(pa.Check.isin([0, 1], error="must be 0 or 1"),)),
     ),
 }
 
@@ -126,7 +128,9 @@ class Violation:
 
     def __str__(self) -> str:
         example = f" (e.g. {self.example})" if self.example else ""
-        return f"{self.file}: column '{self.column}' {self.rule}: {self.rows} row(s){example}"
+        column = "" if self.column == "-" else f" column '{self.column}'"
+        rows = f": {self.rows} row(s)" if self.rows or column else ""  # a file-level problem has no row count
+        return f"{self.file}:{column} {self.rule}{rows}{example}"
 
 
 class ContractError(ValueError):
@@ -138,16 +142,50 @@ class ContractError(ValueError):
         super().__init__(f"input breaks the raw-data contract ({len(violations)} problem(s)):\n{lines}")
 
 
-def conform(table: str, df: pd.DataFrame, file: str) -> pd.DataFrame:
-    """Return `df` with contract dtypes (UTC timestamps, floats, strings) or raise ContractError."""
+@dataclass(frozen=True)
+class TimeWindow:
+    """The dates a raw timestamp may take: outside it a value is a typo or a placeholder (1900-01-01, 2199-12-31)."""
+
+    earliest: pd.Timestamp
+    latest: pd.Timestamp  # for columns that may not lie in the future (all but an offer's validity)
+
+    @classmethod
+    def around(cls, now: pd.Timestamp, past_years: int = 50, future_days: int = 2) -> TimeWindow:
+        """`past_years` before `now` to `future_days` after it (a little slack for clocks and timezones)."""
+        now = pd.Timestamp(now).tz_convert("UTC") if pd.Timestamp(now).tzinfo else pd.Timestamp(now).tz_localize("UTC")
+        return cls(now - pd.DateOffset(years=past_years), now + pd.Timedelta(days=future_days))
+
+
+Duplicates = Literal["reject", "keep", "drop"]
+# Tables whose rows have no id of their own: an identical row twice is an export duplicate or a real repeat.
+_DUPLICATE_TABLES = ("events", "labels")
+_WINDOW_HINT = "set NEXTBEST_INGEST_PAST_YEARS / NEXTBEST_INGEST_FUTURE_DAYS if these dates are real"
+
+
+def conform(table: str, df: pd.DataFrame, file: str, *, timezone: str | None = None, window: TimeWindow | None = None,
+            duplicates: Duplicates = "reject") -> pd.DataFrame:
+    """Return `df` with contract dtypes (UTC timestamps, floats, strings) or raise ContractError.
+
+    `timezone`: the IANA zone of timestamps written without an offset; without it such values are an error,
+    never silently UTC. `window`: the dates timestamps may take (default: 50 years back to 2 days ahead of now).
+    `duplicates`: what to do with identical event/label rows (reject, keep as real repeats, drop).
+    """
     if table not in COLUMNS:
         raise ContractError([Violation(file, "-", f"is not a known table (known: {', '.join(TABLES)})", 0)])
+    window = window or TimeWindow.around(pd.Timestamp.now(tz="UTC"))
     spec = COLUMNS[table]
+    repeated = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if repeated:
+        raise ContractError([Violation(file, name, "appears more than once (check the renames in the mapping)", 0)
+                             for name in repeated])
+    nested = [str(c) for c in df.columns if _nested(df[c])]
+    if nested:
+        raise ContractError([Violation(file, name, "holds lists or nested records: export one plain value per cell",
+                                       int(df[name].map(_is_nested).sum())) for name in nested])
     missing = [c.name for c in spec if c.required and c.name not in df.columns]
     if missing:
-        have = ", ".join(map(str, df.columns[:12]))
         raise ContractError([
-            Violation(file, name, f"is required but missing (columns found: {have}; map yours with a column mapping)", len(df))
+            Violation(file, name, f"is required but missing ({_found(df.columns)}; map yours with a column mapping)", len(df))
             for name in missing
         ])
     out = df.copy()
@@ -156,18 +194,29 @@ def conform(table: str, df: pd.DataFrame, file: str) -> pd.DataFrame:
     if table == "users":
         columns += [Column(name, "bool") for name in _consent_columns(out)]
     for col in columns:
-        parsed, bad = _parse(out[col.name], col.kind)
-        if bad.any():
-            violations.append(Violation(file, col.name, f"must be {_KIND_WORDS[col.kind]}", int(bad.sum()),
-                                        repr(out[col.name][bad].iloc[0])))
+        parsed, problems = _parse(out[col.name], col.kind, timezone)
+        if col.kind == "ts":
+            problems += _outside(parsed, window, col.future)
+        violations += [Violation(file, col.name, rule, int(bad.sum()), _example(out[col.name][bad]))
+                       for bad, rule in problems if bad.any()]
         out[col.name] = parsed
-    if violations:
-        raise ContractError(violations)
     if table == "users":  # profile extras: numbers and booleans in a CSV arrive as text
         known = {c.name for c in columns}
         for name in out.columns:
             if name not in known:
                 out[name] = _infer(out[name])
+                if pd.api.types.is_float_dtype(out[name]) and np.isinf(out[name]).any():
+                    bad = np.isinf(out[name])
+                    violations.append(Violation(file, str(name), _NON_FINITE, int(bad.sum()), _example(df[name][bad])))
+    if violations:
+        raise ContractError(violations)
+    if table in _DUPLICATE_TABLES and duplicates != "keep":
+        repeats = out.duplicated(keep="first")
+        if repeats.any() and duplicates == "reject":
+            raise ContractError([Violation(file, "(row)", "repeats an identical earlier row: set `duplicates: drop` for "
+                                           "export duplicates or `duplicates: keep` for real repeats (two equal orders "
+                                           "on one day) in the mapping", int(repeats.sum()))])
+        out = out[~repeats].reset_index(drop=True)
     schema = pa.DataFrameSchema(
         {c.name: pa.Column(nullable=c.nullable, checks=list(c.checks)) for c in columns},
         checks=_table_checks(table),
@@ -179,6 +228,46 @@ def conform(table: str, df: pd.DataFrame, file: str) -> pd.DataFrame:
         raise ContractError(_violations(err, file)) from None
     return out
 
+
+def _is_nested(value: object) -> bool:
+    return isinstance(value, (list, tuple, dict, set, np.ndarray))
+
+
+def _nested(s: pd.Series) -> bool:
+    """Whether a column holds lists or records (a Parquet export can); CSV text never does."""
+    if s.dtype != object:
+        return False
+    return pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty", "bytes") and bool(s.map(_is_nested).any())
+
+
+def _found(columns: pd.Index) -> str:
+    """The columns a file has, as far as they look like column names: never a data row read as a header."""
+    names = [str(c) for c in columns]
+    if names and all(_NAME_LIKE.match(n) for n in names):
+        return "columns found: " + ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"{len(names)} column(s) found, not all of them look like column names (is `header` right?)"
+
+
+_NAME_LIKE = re.compile(r"^[\w .()#%-]{1,40}$")
+
+
+def _example(values: pd.Series) -> str:
+    """The first offending value, shortened: enough to find it in the file, never a whole line of it."""
+    values = values.dropna()
+    if values.empty:
+        return ""
+    value = values.iloc[0]
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return repr(text if len(text) <= 24 else text[:21] + "...")
+
+
+def _outside(parsed: pd.Series, window: TimeWindow, future: bool) -> list[tuple[pd.Series, str]]:
+    early = parsed.notna() & (parsed < window.earliest)
+    out = [(early, f"must not be before {window.earliest.date()} ({_WINDOW_HINT})")]
+    if not future:
+        late = parsed.notna() & (parsed > window.latest)
+        out.append((late, f"must not be after {window.latest.date()}, today plus a little slack ({_WINDOW_HINT})"))
+    return out
 
 def _table_checks(table: str) -> list[pa.Check]:
     if table == "contacts":
@@ -205,7 +294,7 @@ def _violations(err: SchemaErrors, file: str) -> list[Violation]:
         if rule.startswith("not_nullable"):
             rule = "must not be empty"
         n = int(group["index"].nunique()) if group["index"].notna().any() else len(group)
-        example = "" if group["failure_case"].isna().all() else repr(group["failure_case"].dropna().iloc[0])
+        example = _example(group["failure_case"])
         out.append(Violation(file, column, rule, n, example))
     return out
 
@@ -213,59 +302,153 @@ def _violations(err: SchemaErrors, file: str) -> list[Violation]:
 _KIND_WORDS = {
     "str": "text",
     "ts": "a timestamp (ISO-8601 such as 2026-06-01T10:00:00Z; set a timestamp format in the mapping otherwise)",
-    "float": "a number",
+    "float": "a number (a decimal point, optional thousands commas: 1,234.5)",
     "int": "a whole number",
     "bool": "true/false (or 1/0, yes/no)",
+    "flag": "0 or 1 (or true/false, yes/no)",
 }
+_NON_FINITE = "must be a finite number (not inf or -inf)"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
+_MISSING = ["", "nan", "NaN", "NaT", "None", "null", "NULL", "N/A", "NA"]
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# An explicit offset after a time of day: 10:00Z, 10:00:00+02:00, 10:00 +0200, 10:00 UTC.
+_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:[zZ]|[+-]\d\d(?::?\d\d)?|UTC|GMT)$")
+# Formats tried for values that are not ISO-8601, each unambiguous on its own; day/month order is only
+# guessed when exactly one order reads every value (13/06/2026 is day first; 01/02/2026 is not guessed).
+_DATE_FORMATS = ("%Y/%m/%d", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S", "%d.%m.%Y", "%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S",
+                 "%Y%m%d", "%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y")
+_SLASH_FORMATS = {"month first": ("%m/%d/%Y", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S"),
+                  "day first": ("%d/%m/%Y", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")}
 
 
 def _consent_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if isinstance(c, str) and c.startswith("consent_")]
 
 
-def _parse(s: pd.Series, kind: Kind) -> tuple[pd.Series, pd.Series]:
-    """Parse one column to its contract dtype; return it and a mask of values that could not be parsed."""
-    present = s.notna() & ~s.astype("string").str.strip().isin(["", "nan", "NaT", "None"])
+Problems = list[tuple[pd.Series, str]]  # (mask of rows breaking a rule, the rule)
+
+
+def _present(s: pd.Series) -> pd.Series:
+    return s.notna() & ~s.astype("string").str.strip().isin(_MISSING).fillna(True)
+
+
+def _parse(s: pd.Series, kind: Kind, timezone: str | None = None) -> tuple[pd.Series, Problems]:
+    """Parse one column to its contract dtype; return it and the rules its values break (a mask per rule)."""
+    present = _present(s)
     if kind == "ts":
-        if isinstance(s.dtype, pd.DatetimeTZDtype):
-            parsed = s.dt.tz_convert("UTC")
-        elif pd.api.types.is_datetime64_dtype(s.dtype):
-            parsed = s.dt.tz_localize("UTC")
-        else:
-            parsed = pd.to_datetime(s.where(present), utc=True, errors="coerce", format="ISO8601")
-        parsed = parsed.astype("datetime64[ns, UTC]")
-        return parsed, present & parsed.isna()
-    if kind == "float":
-        parsed = pd.to_numeric(s.where(present), errors="coerce").astype("float64")
-        return parsed, present & parsed.isna()
-    if kind == "int":
-        num = pd.to_numeric(s.where(present), errors="coerce")
-        bad = present & (num.isna() | (num % 1 != 0))
-        return num.astype("Int64") if num.isna().any() else num.astype("int64"), bad
+        return _parse_ts(s, present, timezone)
+    if kind in ("float", "int"):
+        num = _number(s, present)
+        bad = present & num.isna()
+        problems: Problems = [(bad, f"must be {_KIND_WORDS['float']}"), (present & np.isinf(num), _NON_FINITE)]
+        if kind == "float":
+            return num, problems
+        fraction = present & np.isfinite(num) & (num % 1 != 0)
+        problems.append((fraction, f"must be {_KIND_WORDS['int']}"))
+        whole = num.where(np.isfinite(num) & ~fraction)  # only whole numbers reach the integer cast
+        return (whole.astype("Int64") if whole.isna().any() else whole.astype("int64")), problems
+    if kind == "flag":  # a labelled outcome: 0/1 as a whole number, from numbers or yes/no words
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            return _parse(s, "int")
+        parsed, problems = _parse(s, "bool")
+        return parsed.astype("int64"), [(bad, f"must be {_KIND_WORDS['flag']}") for bad, _ in problems]
     if kind == "bool":
         if pd.api.types.is_bool_dtype(s.dtype):
-            return s.astype(bool), pd.Series(False, index=s.index)
+            return s.astype(bool), []
         text = s.astype("string").str.strip().str.lower()
-        bad = ~(text.isin(_TRUE) | text.isin(_FALSE)) | ~present
-        return text.isin(_TRUE).astype(bool), bad
+        bad = ~(text.isin(_TRUE) | text.isin(_FALSE)).fillna(False) | ~present
+        return text.isin(_TRUE).fillna(False).astype(bool), [(bad, f"must be {_KIND_WORDS['bool']}")]
     # text: keep missing as missing, everything else as a string
     if isinstance(s.dtype, pd.CategoricalDtype):
-        return s, pd.Series(False, index=s.index)
+        return s, []
     parsed = s.where(present).astype("string").astype(object).where(present, None)
-    return parsed, pd.Series(False, index=s.index)
+    return parsed, []
+
+
+def _number(s: pd.Series, present: pd.Series) -> pd.Series:
+    """Numbers as float64 (NaN where not a number); thousands commas (1,234.5) are read, decimal commas are not."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return s.astype("float64")
+    text = s.where(present).astype("string").str.strip()
+    text = text.where(~text.str.match(_THOUSANDS).fillna(False), text.str.replace(",", "", regex=False))
+    return pd.to_numeric(text.astype(object), errors="coerce").astype("float64")
+
+
+def _parse_ts(s: pd.Series, present: pd.Series, timezone: str | None) -> tuple[pd.Series, Problems]:
+    """UTC timestamps; values without an offset are read in `timezone`, and are an error without one."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]"), []
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        aware = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+        naive, naive_mask, problems = s.astype("datetime64[ns]"), present, []
+    else:
+        text = s.where(present).astype("string").str.strip()
+        has_offset = text.str.contains(_OFFSET).fillna(False) & present
+        aware = pd.to_datetime(text.where(has_offset).astype(object), utc=True, errors="coerce", format="ISO8601")
+        naive_mask = present & ~has_offset
+        naive, problems = _naive_text(text.where(naive_mask))
+        for mask, _ in problems:  # values already named by a sharper rule
+            naive_mask = naive_mask & ~mask
+        problems = [(has_offset & aware.isna(), f"must be {_KIND_WORDS['ts']}"), *problems]
+    unread = naive_mask & naive.isna()
+    if timezone is None:
+        untold = naive_mask & naive.notna()
+        problems.append((untold, "has timestamps without a timezone: say which zone they are in with `timezone: UTC` "
+                                 "(or e.g. Europe/Berlin) for this table in the mapping, or `nextbest ingest --assume-utc`"))
+        local = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+    else:
+        local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")
+        problems.append((naive_mask & naive.notna() & local.isna(),
+                         f"falls in the repeated hour of a daylight-saving change in {timezone}: give an offset"))
+    problems.append((unread, f"must be {_KIND_WORDS['ts']}"))
+    parsed = aware.where(aware.notna(), local).astype("datetime64[ns, UTC]")
+    return parsed, problems
+
+
+def _naive_text(text: pd.Series) -> tuple[pd.Series, Problems]:
+    """Offset-free timestamp text -> naive datetime64: ISO-8601 first, else the one common format that reads all."""
+    parsed = pd.to_datetime(text.astype(object), errors="coerce", format="ISO8601")
+    if parsed.dtype != "datetime64[ns]":  # pandas reads a mix of naive and aware as objects
+        parsed = pd.to_datetime(parsed, errors="coerce", utc=True).dt.tz_convert(None)
+    parsed = parsed.astype("datetime64[ns]")
+    rest = text.notna() & parsed.isna()
+    if not rest.any():
+        return parsed, []
+    values = text[rest].astype(object)
+
+    def reads_all(fmt: str) -> pd.Series | None:
+        out = pd.to_datetime(values, format=fmt, errors="coerce")
+        return out if out.notna().all() else None
+
+    for fmt in _DATE_FORMATS:
+        if (got := reads_all(fmt)) is not None:
+            return parsed.where(~rest, got).astype("datetime64[ns]"), []
+    orders = {name: got for name, fmts in _SLASH_FORMATS.items() for fmt in fmts if (got := reads_all(fmt)) is not None}
+    if len(orders) == 1:
+        return parsed.where(~rest, next(iter(orders.values()))).astype("datetime64[ns]"), []
+    if len(orders) == 2 and not orders["month first"].equals(orders["day first"]):
+        return parsed.where(~rest), [(rest, "has dates that read both day first and month first (e.g. 01/02/2026): "
+                                            "set `timestamp_format` for this column in the mapping, e.g. '%d/%m/%Y'")]
+    if len(orders) == 2:
+        return parsed.where(~rest, orders["day first"]).astype("datetime64[ns]"), []
+    return parsed, []
 
 
 def _infer(s: pd.Series) -> pd.Series:
     """Give a free-form column the narrowest type all its values fit: bool, int, float, else text."""
     if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype):
         return s
+    present = _present(s)
     for kind in ("bool", "int", "float"):
-        parsed, bad = _parse(s, kind)  # type: ignore[arg-type]
-        if not bad[s.notna()].any() and (kind != "bool" or s.notna().all()):
+        parsed, problems = _parse(s, kind)  # type: ignore[arg-type]
+        # An infinite value does not make a numeric column text: conform rejects it by name.
+        broken = [bad for bad, rule in problems if rule != _NON_FINITE]
+        if not any(bad[present].any() for bad in broken) and (kind != "bool" or present.all()):
+            if kind == "int" and np.isinf(_number(s, present)).any():
+                continue
             return parsed
-    return s
+    return s.where(present, None) if present.any() else s
 
 
 def _is_timezone(name: object) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from feast import FeatureService, FeatureView
 
-__all__ = ["MODEL_VIEWS", "feature_services", "service_name"]
+__all__ = ["MODEL_VIEWS", "LABEL_VIEWS", "feature_services", "service_name", "label_service"]
 
 # model -> the feature views it reads. Training (get_historical_features) and serving
 # (get_online_features) both ask for the service, never for a hand-written column list.
@@ -19,6 +19,9 @@ MODEL_VIEWS: dict[str, tuple[str, ...]] = {
     "decision": ("profile", "behaviour", "channel", "time_profile", "tags", "realtime"),
 }
 VERSION = "v1"
+# A model for any labelled outcome (`nextbest train label NAME`) reads what churn reads: who the user is,
+# what they did, how they answer contacts (when there is a contact log), and their segments.
+LABEL_VIEWS: tuple[str, ...] = ("profile", "behaviour", "channel", "tags")
 
 
 def service_name(model: str) -> str:
@@ -33,3 +36,10 @@ def feature_services(views: list[FeatureView]) -> list[FeatureService]:
                        description=f"Features of the {model} model.")
         for model, names in MODEL_VIEWS.items()
     ]
+
+
+def label_service(name: str, views: list[FeatureView]) -> FeatureService:
+    """The FeatureService of the label model NAME (`label_NAME_v1`) over the LABEL_VIEWS that exist."""
+    by_name = {v.name: v for v in views}
+    return FeatureService(name=service_name(f"label_{name}"), features=[by_name[n] for n in LABEL_VIEWS if n in by_name],
+                          description=f"Features of the label model {name!r} (propensity of a labelled outcome).")

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import yaml
-from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, Violation, conform
+from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, TimeWindow, Violation, conform
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "read_raw", "manifest"]
+__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "read_raw",
+           "manifest", "recover_raw", "ingest_window"]
 
 MANIFEST = "_manifest.json"
+# Tables a company must never replace with nothing by accident (a header-only export): `force` allows it.
+_NOT_EMPTY = ("users", "events")
 
 
 class Source(BaseModel):
@@ -34,12 +39,41 @@ class Source(BaseModel):
     constants: dict[str, str | float | int | bool] = Field(default_factory=dict, description="columns to add with one value")
     timestamp_format: dict[str, str] = Field(default_factory=dict, description="contract column -> strptime format, e.g. '%Y%m%d'")
     derive_from: str | None = Field(None, description="users only: 'events' builds users from the first event of each user id")
+    timezone: str | None = Field(None, description="IANA zone of timestamps written without an offset, e.g. UTC or "
+                                                   "Europe/Berlin; without it such timestamps are an error")
+    encoding: str | None = Field(None, description="CSV text encoding, e.g. latin-1 (default: UTF-8, with or without BOM)")
+    duplicates: Literal["reject", "keep", "drop"] = Field(
+        "reject", description="identical event/label rows: reject, keep (real repeats) or drop (export duplicates)")
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str | None) -> str | None:
         if v is not None and v not in ("csv", "parquet", "whitespace"):
             raise ValueError("format must be csv, parquet or whitespace")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str | None) -> str | None:
+        from zoneinfo import ZoneInfo
+
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except Exception:  # ZoneInfoNotFoundError, ValueError for odd strings
+                raise ValueError(f"timezone {v!r} is not an IANA timezone such as UTC or Europe/Berlin") from None
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str | None) -> str | None:
+        import codecs
+
+        if v is not None:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"encoding {v!r} is unknown; use e.g. utf-8, latin-1, cp1252") from None
         return v
 
 
@@ -62,24 +96,49 @@ class IngestPlan(BaseModel):
         return v
 
 
-def load_plan(path: Path) -> IngestPlan:
-    """Read a YAML mapping file; relative paths resolve against the file's folder."""
+def load_plan(path: Path, allowed_dirs: Sequence[Path] = ()) -> IngestPlan:
+    """Read a YAML mapping file; relative paths resolve against the file's folder.
+
+    A mapping reads only files inside its own folder or one of `allowed_dirs` (symlinks resolved), so a
+    mapping handed over by someone else cannot make ingest read, and report on, any file this user can read.
+    """
+    path = Path(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         plan = IngestPlan.model_validate(raw)
     except FileNotFoundError:
         raise ContractError([Violation(str(path), "-", "mapping file does not exist", 0)]) from None
-    except (yaml.YAMLError, ValidationError) as err:
-        raise ContractError([Violation(str(path), "-", f"is not a valid mapping file: {err}", 0)]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ContractError([Violation(str(path), "-", f"cannot be read ({type(err).__name__})", 0)]) from None
+    except yaml.YAMLError:
+        raise ContractError([Violation(str(path), "-", "is not valid YAML (check indentation and quotes)", 0)]) from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in err.errors()[:5])
+        raise ContractError([Violation(str(path), "-", f"is not a valid mapping file ({problems})", 0)]) from None
     for source in plan.tables.values():
         if source.path is not None and not source.path.is_absolute():
-            source.path = Path(path).parent / source.path
+            source.path = path.parent / source.path
+    _confine(plan, [path.parent, *allowed_dirs], str(path))
     return plan
+
+
+def _confine(plan: IngestPlan, roots: Sequence[Path], label: str) -> None:
+    """Refuse a plan that reads a file outside `roots`."""
+    resolved = [Path(r).resolve() for r in roots]
+    outside = [table for table, source in plan.tables.items() if source.path is not None
+               and not any(source.path.resolve().is_relative_to(root) for root in resolved)]
+    if outside:
+        raise ContractError([Violation(f"{label} (table {table})", "-", "reads a file outside the mapping's folder: allow "
+                                       "its folder with `nextbest ingest --allow-dir DIR` (or NEXTBEST_DATA_DIR)", 0)
+                             for table in outside])
 
 
 def plan_from_dir(folder: Path) -> IngestPlan:
     """A plan for a folder holding <table>.csv or <table>.parquet files with contract column names."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ContractError([Violation(str(folder), "-", "is not a folder (give a folder of <table>.csv files, "
+                                       "or --mapping FILE)", 0)])
     tables: dict[str, Source] = {}
     for table in TABLES:
         for suffix in (".parquet", ".csv"):
@@ -87,9 +146,11 @@ def plan_from_dir(folder: Path) -> IngestPlan:
                 tables[table] = Source(path=folder / f"{table}{suffix}")
                 break
     try:
-        return IngestPlan(tables=tables)
+        plan = IngestPlan(tables=tables)
     except ValidationError as err:
         raise ContractError([Violation(str(folder), "-", f"needs users and events files ({err.errors()[0]['msg']})", 0)]) from None
+    _confine(plan, [folder], str(folder))
+    return plan
 
 
 def read_source(table: str, source: Source, others: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
@@ -104,32 +165,55 @@ def read_source(table: str, source: Source, others: dict[str, pd.DataFrame] | No
             raise ContractError([Violation(table, "-", "needs a path (or derive_from)", 0)])
         if not source.path.exists():
             raise ContractError([Violation(str(source.path), "-", "file does not exist", 0)])
-        fmt = source.format or ("parquet" if source.path.suffix == ".parquet" else "csv")
-        try:
-            if fmt == "parquet":
-                df = pd.read_parquet(source.path)
-            else:
-                sep = r"\s+" if fmt == "whitespace" else (source.sep or ",")
-                df = pd.read_csv(source.path, sep=sep, header=0 if source.header else None,
-                                 names=source.names, dtype=str, keep_default_na=True)
-        except Exception as err:  # a file that is not what it claims: say so, with the reader's words
-            raise ContractError([Violation(str(source.path), "-", f"cannot be read as {fmt}: {err}", 0)]) from None
+        df = _read_file(source)
         df = df.rename(columns=source.rename)
     for column, value in source.constants.items():
         df[column] = value
     for column, fmt in source.timestamp_format.items():
         if column in df:
-            parsed = pd.to_datetime(df[column], format=fmt, errors="coerce", utc=True)
+            # Naive unless the format has %z: conform then applies the source's timezone, or asks for one.
+            parsed = pd.to_datetime(df[column], format=fmt, errors="coerce")
             bad = df[column].notna() & parsed.isna()
             if bad.any():
                 raise ContractError([Violation(str(source.path), column, f"does not match the timestamp format {fmt!r}",
-                                               int(bad.sum()), repr(df[column][bad].iloc[0]))])
+                                               int(bad.sum()))])
             df[column] = parsed
     return df
 
 
-def ingest(plan: IngestPlan, raw_dir: Path, progress: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Validate every table of `plan`, then replace `raw_dir` as a whole; on any error nothing changes."""
+def _read_file(source: Source) -> pd.DataFrame:
+    """One CSV/Parquet file as a frame (CSV: every value as text); unreadable files become a ContractError that
+    names the problem and the fix, never the file's contents."""
+    fmt = source.format or ("parquet" if source.path.suffix == ".parquet" else "csv")
+    label = str(source.path)
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(source.path)
+        sep = r"\s+" if fmt == "whitespace" else (source.sep or ",")
+        return pd.read_csv(source.path, sep=sep, header=0 if source.header else None, names=source.names, dtype=str,
+                           keep_default_na=True, encoding=source.encoding or "utf-8-sig")
+    except UnicodeDecodeError as err:
+        rule = (f"is not {source.encoding or 'UTF-8'} text (byte 0x{err.object[err.start]:02x} at offset {err.start}): "
+                "set `encoding:` for this table in a mapping, e.g. latin-1 or cp1252")
+    except pd.errors.EmptyDataError:
+        rule = "is empty (not even a header row)"
+    except pd.errors.ParserError as err:
+        # pandas names the line and the field counts (never the line itself); keep only that part
+        rule = f"cannot be read as {fmt}: {str(err).splitlines()[0][:160]}"
+    except (OSError, ValueError) as err:
+        rule = f"cannot be read as {fmt} ({type(err).__name__}); check `format` and `sep` in the mapping"
+    except Exception as err:  # pyarrow and the C parser raise their own kinds for files that are not what they claim
+        rule = f"cannot be read as {fmt} ({type(err).__name__})"
+    raise ContractError([Violation(label, "-", rule, 0)])
+
+
+def ingest(plan: IngestPlan, raw_dir: Path, progress: Callable[[str], None] | None = None, *, force: bool = False,
+           assume_utc: bool = False, window: TimeWindow | None = None) -> dict[str, int]:
+    """Validate every table of `plan`, then replace `raw_dir` as a whole; on any error nothing changes.
+
+    `force`: allow empty users/events to replace the last good data. `assume_utc`: timestamps without an offset,
+    in a table whose source names no timezone, are UTC. `window`: the dates timestamps may take.
+    """
     frames: dict[str, pd.DataFrame] = {}
     violations: list[Violation] = []
     # users may be derived from events, so events go first
@@ -139,16 +223,31 @@ def ingest(plan: IngestPlan, raw_dir: Path, progress: Callable[[str], None] | No
         if progress:
             progress(table)
         label = str(source.path) if source.path else f"{table} (derived from {source.derive_from})"
+        timezone = source.timezone or ("UTC" if assume_utc else None)
         try:
-            frames[table] = conform(table, read_source(table, source, frames), label)
+            frames[table] = conform(table, read_source(table, source, frames), label, timezone=timezone, window=window,
+                                    duplicates=source.duplicates)
         except ContractError as err:
             violations += err.violations
+            continue
+        except (TypeError, ValueError, OverflowError) as err:  # a value of a kind no rule foresaw: refuse, never crash
+            violations.append(Violation(label, "-", f"could not be checked ({type(err).__name__}): a column holds values "
+                                        "of an unexpected kind; export plain text, numbers and timestamps", 0))
+            continue
+        if table in _NOT_EMPTY and frames[table].empty and not force:
+            violations.append(Violation(label, "-", "has no rows (a header-only export?): the last good data stays in "
+                                        "place; pass --force to replace it with an empty table", 0))
     if not violations:
         violations += _cross_checks(frames)
     if violations:
         raise ContractError(violations)
     write_raw(frames, raw_dir)
     return {t: len(frames[t]) for t in TABLES if t in frames}
+
+
+def ingest_window(past_years: int, future_days: int) -> TimeWindow:
+    """The dates timestamps may take, around now (Settings.ingest_past_years / ingest_future_days)."""
+    return TimeWindow.around(pd.Timestamp.now(tz="UTC"), past_years, future_days)
 
 
 def _cross_checks(frames: dict[str, pd.DataFrame]) -> list[Violation]:
@@ -161,21 +260,31 @@ def _cross_checks(frames: dict[str, pd.DataFrame]) -> list[Violation]:
             unknown = ~ids.isin(known)
             if unknown.any():
                 out.append(Violation(table, "user_id", "must refer to a user in the users table", int(unknown.sum()),
-                                     repr(ids[unknown].iloc[0])))
+                                     repr(ids[unknown].iloc[0][:24])))
     return out
 
 
 def write_raw(frames: dict[str, pd.DataFrame], raw_dir: Path) -> None:
-    """Write tables to a staging folder, then swap it in: readers see the old or the new set, never a mix."""
+    """Write tables to a new snapshot folder, then point `raw_dir` at it in one atomic step.
+
+    `raw_dir` is a symlink to `.<name>-snap-<id>`; the new snapshot is written and synced in a staging folder,
+    renamed complete, and the link replaced with os.replace (atomic). A kill at any moment leaves `raw_dir`
+    on the last good snapshot or on the new one; `recover_raw` repairs the one gap (a pre-symlink folder moved
+    aside but no link yet), and leftovers of earlier runs are removed after the swap.
+    """
     raw_dir = Path(raw_dir)
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = raw_dir.parent / f".{raw_dir.name}-staging-{uuid.uuid4().hex[:8]}"
+    recover_raw(raw_dir)
+    token = uuid.uuid4().hex[:8]
+    staging = raw_dir.parent / f".{raw_dir.name}-staging-{token}"
+    snapshot = raw_dir.parent / f".{raw_dir.name}-snap-{token}"
     staging.mkdir()
     try:
         digest = hashlib.sha256()
         for table, df in frames.items():
             path = staging / f"{table}.parquet"
             df.to_parquet(path, index=False)
+            _fsync(path)
             digest.update(table.encode())
             digest.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
         info = {
@@ -183,19 +292,79 @@ def write_raw(frames: dict[str, pd.DataFrame], raw_dir: Path) -> None:
             "ingested_at": datetime.now(UTC).isoformat(),
             "rows": {t: len(df) for t, df in frames.items()},
         }
-        (staging / MANIFEST).write_text(json.dumps(info, indent=2))
-        old = raw_dir.parent / f".{raw_dir.name}-old-{uuid.uuid4().hex[:8]}"
-        if raw_dir.exists():
-            raw_dir.rename(old)
-        staging.rename(raw_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        (staging / MANIFEST).write_text(json.dumps(info, indent=2))  # written last: a snapshot with it is complete
+        _fsync(staging / MANIFEST)
+        _checkpoint("staged")
+        staging.rename(snapshot)
+        _fsync(raw_dir.parent)
+        _checkpoint("renamed")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if raw_dir.is_dir() and not raw_dir.is_symlink():  # a folder from before snapshots were linked: move it aside
+        raw_dir.rename(raw_dir.parent / f".{raw_dir.name}-snap-{uuid.uuid4().hex[:8]}")
+        _checkpoint("moved_aside")
+    _point(raw_dir, snapshot)
+    _checkpoint("swapped")
+    _clean(raw_dir)
+
+
+def _point(raw_dir: Path, snapshot: Path) -> None:
+    """Make `raw_dir` a relative symlink to `snapshot` atomically (a copied home keeps working)."""
+    link = raw_dir.parent / f".{raw_dir.name}-link-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(snapshot.name, target_is_directory=True)
+    os.replace(link, raw_dir)
+    _fsync(raw_dir.parent)
+
+
+def recover_raw(raw_dir: Path) -> None:
+    """If `raw_dir` is missing while complete snapshots exist (a kill between two steps of a swap), point it at
+    the newest; leave everything else alone."""
+    raw_dir = Path(raw_dir)
+    if raw_dir.exists() or not raw_dir.parent.is_dir():
+        return
+    snapshots = [(json.loads((p / MANIFEST).read_text())["ingested_at"], p) for p in _snapshots(raw_dir)
+                 if (p / MANIFEST).is_file()]
+    if snapshots:
+        if raw_dir.is_symlink():  # a dangling link: its snapshot is gone
+            raw_dir.unlink()
+        _point(raw_dir, max(snapshots)[1])
+
+
+def _snapshots(raw_dir: Path) -> list[Path]:
+    """Complete-or-not snapshot folders beside `raw_dir` (`-old-` ones were moved aside by earlier versions)."""
+    return sorted([*raw_dir.parent.glob(f".{raw_dir.name}-snap-*"), *raw_dir.parent.glob(f".{raw_dir.name}-old-*")])
+
+
+def _clean(raw_dir: Path) -> None:
+    """Remove every snapshot but the current one, and leftovers (staging folders, links, old folders) of any run."""
+    current = raw_dir.resolve()
+    for pattern in ("snap", "staging", "link", "old"):
+        for path in raw_dir.parent.glob(f".{raw_dir.name}-{pattern}-*"):
+            if path.resolve() == current:
+                continue
+            if path.is_symlink() or path.is_file():
+                path.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk, so a swap never points at data still in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoint(step: str) -> None:
+    """A named point between the steps of a swap; does nothing (tests replace it to crash there)."""
 
 
 def manifest(raw_dir: Path) -> dict:
     """The manifest of the current raw snapshot (snapshot id, row counts)."""
+    recover_raw(raw_dir)
     path = Path(raw_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no ingested data in {raw_dir}: run `nextbest simulate` or `nextbest ingest` first")
@@ -204,5 +373,6 @@ def manifest(raw_dir: Path) -> dict:
 
 def read_raw(raw_dir: Path, table: str) -> pd.DataFrame | None:
     """One raw table of the current snapshot, or None if the company did not provide it."""
+    recover_raw(raw_dir)
     path = Path(raw_dir) / f"{table}.parquet"
     return pd.read_parquet(path) if path.exists() else None

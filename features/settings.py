@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "CHANNELS"]
@@ -20,28 +20,53 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEXTBEST_", frozen=True, extra="ignore")
 
-    home: Path = Path(".nextbest")  # all state: raw tables, feature tables, Feast registry, stores
-    project: str = "nextbest"  # Feast project name
-    online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = "127.0.0.1:6379"  # host:port[,db=N], Feast's redis connection string
-    offline_store: Literal["duckdb", "file"] = "duckdb"
-    seed: int = 7
-    ledger_backend: Literal["sqlite", "redis"] = "sqlite"  # contact ledger: caps, idempotency keys
-    mlflow_uri: str | None = None  # default: a SQLite file in home (see tracking_uri)
-    operator_config: Path | None = None  # operator YAML (offers, channels, caps, triggers); default: see operator_yaml
-    host: str = "127.0.0.1"  # the decision service binds here; never 0.0.0.0 by default
-    port: int = 3000
-    workers: int = 1  # decision service worker processes (each loads the models; the ledger keeps caps exact across them)
-    # The decision service's guard (serving/guard.py). Beyond loopback every endpoint but /livez and
-    # /readyz needs the API key, and the service refuses to start without one.
-    api_key: SecretStr | None = None  # callers send `Authorization: Bearer <key>` or `X-API-Key: <key>`
-    api_key_on_loopback: Literal["none", "writes", "all"] = "none"  # also ask for it on loopback: writes or all
-    allowed_hosts: str = "localhost,127.0.0.1,::1"  # Host header allow-list, comma-separated ("*": any)
-    max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
-    # Caller timestamps (`now`, event `ts`, feedback `at`) are believed only near the server clock.
-    clock_skew_s: int = 300  # how far ahead of the server clock
-    max_age_s: int = 86_400  # how far behind, for `now`, `ts` and campaign times
-    max_outcome_age_s: int = 30 * 86_400  # how far behind, for feedback `at` (outcomes arrive late)
+    # Each field's description is the documentation: docs/configuration.md is generated from it.
+    home: Path = Field(Path(".nextbest"), description="All state: raw tables, feature tables, the Feast registry, "
+                       "the SQLite stores, the decision logs.")
+    project: str = Field("nextbest", description="Feast project name.")
+    online_store: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store: a SQLite file in "
+                                                     "home, or Redis at `redis_url` (shared by service replicas).")
+    redis_url: str = Field("127.0.0.1:6379", description="Redis as `host:port[,db=N]` (Feast's connection string), "
+                           "for the online store and the contact ledger when they are `redis`.")
+    offline_store: Literal["duckdb", "file"] = Field("duckdb", description="Feast offline store for training sets.")
+    seed: int = Field(7, description="Seed of simulation, splits, tuning and the service's exploration.")
+    ledger_backend: Literal["sqlite", "redis"] = Field("sqlite", description="Contact ledger (caps, idempotency "
+                                                       "keys, suppressions): SQLite WAL in home, or Redis.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking and registry URI; unset: a SQLite file in "
+                                   "home.")
+    operator_config: Path | None = Field(None, description="Operator YAML (offers, channels, caps, triggers); unset: "
+                                         "`<home>/operator.yaml` when it exists, else the built-in config.")
+    host: str = Field("127.0.0.1", description="Address the decision service binds (an IP address); never 0.0.0.0 "
+                      "by default.")
+    port: int = Field(3000, ge=1, le=65535, description="Port of the decision service.")
+    shutdown_grace_s: float = Field(25.0, ge=0, le=3600, description="On SIGTERM the service answers new requests "
+                                    "503 and gives those in flight this many seconds to finish before it stops "
+                                    "anyway (below Kubernetes' default 30-s termination period).")
+    workers: int = Field(1, description="Decision-service worker processes (each loads the models; the "
+                         "ledger keeps caps exact across them).")
+    ingest_past_years: int = Field(50, ge=1, description="Ingest refuses timestamps more than this many years "
+                                   "before today (a typo or a placeholder such as 1900-01-01).")
+    ingest_future_days: int = Field(2, ge=0, description="Ingest refuses timestamps more than this many days after "
+                                    "today.")
+    data_dir: Path | None = Field(None, description="A folder of exports any mapping may read besides its own folder "
+                                  "(`nextbest ingest --allow-dir` for one run).")
+    # The decision service's guard (serving/guard.py) and clock (serving/clock.py).
+    api_key: SecretStr | None = Field(None, description="API key of the decision service: callers send "
+                                      "`Authorization: Bearer <key>` or `X-API-Key: <key>`. Required on every endpoint "
+                                      "but the probes when the service listens beyond loopback (it refuses to start "
+                                      "there without one); at least 16 characters.")
+    api_key_on_loopback: Literal["none", "writes", "all"] = Field("none", description="Also ask for the API key on "
+                                                                  "loopback: on the state-changing endpoints (`writes`) "
+                                                                  "or on all (`all`, e.g. behind a local proxy).")
+    allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Host header allow-list of the decision service, "
+                               "comma-separated (`*`: any); against DNS rebinding.")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413 before they are read.")
+    clock_skew_s: int = Field(300, ge=0, description="How far after the server clock a caller's `now`, event `ts` or "
+                              "feedback `at` may be.")
+    max_age_s: int = Field(86_400, ge=0, description="How far before the server clock a caller's `now`, event `ts` "
+                           "and campaign times may be.")
+    max_outcome_age_s: int = Field(30 * 86_400, ge=0, description="How far before the server clock a feedback `at` "
+                                   "may be (outcomes are reported late).")
 
     @property
     def raw_dir(self) -> Path:

@@ -13,12 +13,13 @@ import pandas as pd
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 from nextbest.features.entities import user
-from nextbest.features.feature_services import feature_services
+from nextbest.features.feature_services import feature_services, label_service
 from nextbest.features.feature_views import VIEWS, feature_views, table_path
 from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
-__all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "materialize", "read_table"]
+__all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service", "materialize",
+           "read_table"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -106,6 +107,13 @@ def apply(settings: Settings) -> FeatureStore:
     store.apply([user, *views, *feature_services(views)])
     write_repo_yaml(settings)
     return store
+
+
+def apply_label_service(store: FeatureStore, name: str) -> str:
+    """Register (or refresh) the FeatureService of the label model NAME over the registered views; its name."""
+    service = label_service(name, store.list_feature_views())
+    store.apply([service])
+    return service.name
 
 
 Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
+from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -28,6 +30,7 @@ features_app = typer.Typer(help="Feature tables and the Feast store.", no_args_i
 app.add_typer(features_app, name="features")
 register_train(app)
 register_serve(app)
+register_config(app)
 register_score(app)
 
 
@@ -97,7 +100,7 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ContractError, UserError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=2) from None
 
 
@@ -151,19 +154,27 @@ def simulate(
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="folder with <table>.csv / <table>.parquet files")] = None,
     mapping: Annotated[Path | None, typer.Option(help="YAML mapping: files, column renames, formats per table")] = None,
+    force: Annotated[bool, typer.Option("--force", help="allow empty users/events to replace the last good data")] = False,
+    assume_utc: Annotated[bool, typer.Option("--assume-utc", help="timestamps without an offset are UTC (unless the "
+                                             "mapping gives the table a timezone)")] = False,
+    allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="a folder the mapping may read besides its "
+                                                         "own (repeatable; also NEXTBEST_DATA_DIR)")] = None,
 ) -> None:
     """Validate a company's exports against the contract and replace the raw data atomically."""
     from nextbest.features.ingest import ingest as run_ingest
-    from nextbest.features.ingest import load_plan, plan_from_dir
+    from nextbest.features.ingest import ingest_window, load_plan, plan_from_dir
 
     settings = Settings()
 
     def body() -> dict[str, int]:
         if (folder is None) == (mapping is None):
             raise UserError("give either a FOLDER of <table>.csv/.parquet files or --mapping FILE")
-        plan = load_plan(mapping) if mapping else plan_from_dir(folder)
+        allowed = [*(allow_dir or []), *([settings.data_dir] if settings.data_dir else [])]
+        plan = load_plan(mapping, allowed) if mapping else plan_from_dir(folder)
+        window = ingest_window(settings.ingest_past_years, settings.ingest_future_days)
         with steps(len(plan.tables) + 1) as advance:
-            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"))
+            rows = run_ingest(plan, settings.raw_dir, progress=lambda t: advance(f"checking {t}"), force=force,
+                              assume_utc=assume_utc, window=window)
             advance("swapped in")
         return rows
 
@@ -173,7 +184,8 @@ def ingest(
 
 # --- features --------------------------------------------------------------------------------------------
 
-def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120) -> dict[str, int]:
+def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120,
+           as_of: str | None = None) -> dict[str, int]:
     from nextbest.features.build import BuildConfig, build_all
     from nextbest.features.contract import TABLES
     from nextbest.features.ingest import manifest, read_raw
@@ -181,24 +193,49 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
     raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
+    if raw["events"] is None or raw["events"].empty or raw["users"] is None or raw["users"].empty:
+        raise UserError("the ingested data has no users or no events (ingested with --force?): nothing to build "
+                        "features from; ingest data with both")
+    when = snapshot_date(as_of, raw["events"]) if as_of else None
     config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
                          seed=settings.seed)
     with steps(7) as advance:
-        tables = build_all(raw, config, progress=lambda name: advance(f"building {name}"))
+        tables = build_all(raw, config, as_of=when, progress=lambda name: advance(f"building {name}"))
         advance("writing feature tables")
         return write_tables(tables, settings.feature_dir)
+
+
+def snapshot_date(text: str, events: pd.DataFrame) -> pd.Timestamp:
+    """`--as-of` as a midnight-UTC snapshot time inside the events' span, or a UserError saying what is wrong."""
+    import pandas as pd
+
+    try:
+        when = pd.Timestamp(text)
+    except ValueError:
+        raise UserError(f"--as-of {text!r} is not a date (use YYYY-MM-DD)") from None
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    if when != when.floor("D"):
+        raise UserError(f"--as-of {text!r}: snapshots are taken at midnight UTC; give a date (YYYY-MM-DD)")
+    first = pd.to_datetime(events["ts"], utc=True).min()
+    if events.empty or when <= first:
+        raise UserError(f"--as-of {when.date()} is not after the first event"
+                        f"{f' ({first.date()})' if not events.empty else ' (there are no events)'}: pick a later date")
+    return when
 
 
 @features_app.command("build")
 def features_build(
     every_days: Annotated[int, typer.Option(min=1, help="days between training snapshots")] = 7,
     snapshots: Annotated[int | None, typer.Option(min=1, help="keep only the newest N snapshots")] = None,
-    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest (0 = all history)")] = 120,
+    history_days: Annotated[int, typer.Option(min=0, help="days of snapshots before the newest, or before --as-of "
+                                               "(0 = all history)")] = 120,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="a training date (YYYY-MM-DD): the snapshot grid runs "
+                                              "through it, so `train --as-of` joins a snapshot taken exactly then")] = None,
 ) -> None:
     """Raw tables -> point-in-time feature tables (Parquet)."""
     settings = Settings()
     started = time.perf_counter()
-    rows = run_guarded(_build, settings, every_days, snapshots, history_days)
+    rows = run_guarded(_build, settings, every_days, snapshots, history_days, as_of)
     summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
 
 

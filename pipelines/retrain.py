@@ -65,12 +65,13 @@ def _save(settings: Settings, state: dict) -> None:
 
 
 def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.features.ingest import ingest, load_plan, manifest, plan_from_dir
+    from nextbest.features.ingest import ingest, ingest_window, load_plan, manifest, plan_from_dir
 
     if config.source is None:
         return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
-    plan = load_plan(config.source) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
-    rows = ingest(plan, settings.raw_dir)
+    allowed = [settings.data_dir] if settings.data_dir else []
+    plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
+    rows = ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))
     return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "rows": rows}
 
 
@@ -102,17 +103,20 @@ def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
 
 
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.training.jobs import MODELS, TrainConfig, train_models
+    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
 
     names = list(MODELS if config.models is None else config.models)
+    skipped = skipped_models(read_raw_tables(settings), names) if names else {}
+    names = [n for n in names if n not in skipped]  # a company without a contact log still trains the others
     if not names:  # features only: the champions stay
-        return {"models": {}}
+        return {"models": {}, "skipped": skipped}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
-                           defer=_policy_gated(config))
+                           defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
                                "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),
-                               **{k: r.decision[k] for k in keep if k in r.decision}} for r in results}}
+                               **{k: r.decision[k] for k in keep if k in r.decision}} for r in results},
+            "skipped": skipped}
 
 
 def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:

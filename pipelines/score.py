@@ -112,17 +112,17 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     import pandas as pd
     from nextbest.features.store import feature_store, read_table
     from nextbest.training.datasets import historical
-    from nextbest.training.registry import MODEL_NAMES, load_champions
+    from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, load_champions, registered_name
     from nextbest.training.scorers import REQUEST_COLUMNS
 
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name not in MODEL_NAMES and not name.startswith(LABEL_PREFIX):
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or label-NAME")
     if REQUEST_COLUMNS.get(name):
         raise ValueError(f"the {name} model scores an action (it reads {', '.join(REQUEST_COLUMNS[name])}), not a user: "
                          "score decisions with `nextbest score` without --model")
     champion = load_champions(settings, kinds=(name,)).get(name)
     if champion is None:
-        raise LookupError(f"{MODEL_NAMES[name]} has no champion: train it first (nextbest train)")
+        raise LookupError(f"{registered_name(name)} has no champion: train it first (nextbest train)")
     when = pd.Timestamp(as_of or datetime.now(UTC))
     when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
     users = read_table(settings, "profile")
@@ -130,7 +130,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     started = time.perf_counter()
     frame = historical(feature_store(settings), pd.DataFrame({"user_id": ids, "event_timestamp": when}),
                        champion.model.feature_service)
-    scores = pd.DataFrame({"user_id": frame["user_id"].astype(str), "as_of": when, "model": MODEL_NAMES[name],
+    scores = pd.DataFrame({"user_id": frame["user_id"].astype(str), "as_of": when, "model": registered_name(name),
                            "version": champion.version, "score": champion.model.predict(frame)})
     out = out or settings.home / "scores" / f"{name}-{when.strftime('%Y%m%dT%H%M%SZ')}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"model": f"{MODEL_NAMES[name]} version {champion.version}", "as of": when.isoformat(), "users": len(scores),
+    return {"model": f"{registered_name(name)} version {champion.version}", "as of": when.isoformat(), "users": len(scores),
             "mean score": round(float(scores["score"].mean()), 4), "seconds": round(time.perf_counter() - started, 1),
             "written to": str(out)}
 

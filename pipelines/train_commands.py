@@ -10,6 +10,7 @@ import typer
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.console import console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,35 +32,49 @@ def _guarded(fn, *args):
     try:
         return fn(*args)
     except (_UserError, ContractError, FileNotFoundError, LookupError, ValueError, RegistryUnavailable, ChecksumError) as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=2) from None
 
 
 def _short(model: str) -> str:
+    if model.startswith("label-") and len(model) > len("label-"):  # a label model, as `models` lists it
+        return model
     if model not in CLI_MODELS:
-        raise _UserError(f"unknown model {model!r}: choose one of all, {', '.join(CLI_MODELS)}")
+        raise _UserError(f"unknown model {model!r}: choose one of all, label NAME, {', '.join(CLI_MODELS)}")
     return CLI_MODELS[model]
 
 
 def _labels(path: Path | None):
     if path is None:
         return None
-    import pandas as pd
     from nextbest.features.contract import conform
+    from nextbest.features.ingest import Source, read_source
 
     if not path.exists():
         raise _UserError(f"--labels {path}: no such file")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    return conform("labels", df, str(path))
+    # ids as text (zero padding survives); a date without an offset is the UTC day, as snapshots are UTC midnights
+    return conform("labels", read_source("labels", Source(path=path)), str(path), timezone="UTC")
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None) -> list:
+           labels: Path | None, outcome: str | None = None) -> tuple[list, dict[str, str]]:
     import pandas as pd
     from nextbest.features.ingest import manifest
-    from nextbest.training.jobs import MODELS, TrainConfig, train_models
+    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
+    from nextbest.training.label import check_name
 
-    names = list(MODELS) if model == "all" else [_short(model)]
+    if model == "label":
+        if outcome is None or labels is None:
+            raise _UserError("a label model needs a name and a labels file: `nextbest train label NAME --labels FILE` "
+                             "(user_id, as_of, label)")
+        names = [f"label-{check_name(outcome)}"]
+    elif outcome is not None:
+        raise _UserError(f"`train {model}` takes no NAME (only `train label NAME --labels FILE` does)")
+    else:
+        names = list(MODELS) if model == "all" else [_short(model)]
+    if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
+        raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
+                         "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
@@ -67,6 +82,10 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     manifest(settings.raw_dir)  # a clear message when nothing was ingested
     if not settings.feature_dir.exists():
         raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and `features apply` first")
+    skipped = skipped_models(read_raw_tables(settings), names)
+    if model != "all" and skipped:
+        raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
+    names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
@@ -80,9 +99,10 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
             first[0] = False
             bar.update(task, description=text)
 
-        results = train_models(settings, names, config, progress=advance, labels=_labels(labels))
+        results = train_models(settings, names, config, progress=advance, labels=_labels(labels),
+                               skip=skipped.__setitem__ if model == "all" else None)
         bar.update(task, completed=len(names) * _STEPS_PER_MODEL, description="done")
-    return results
+    return results, skipped
 
 
 def _fmt(value) -> str:
@@ -94,27 +114,39 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        model: Annotated[str, typer.Argument(help=f"all or one of: {', '.join(CLI_MODELS)}")] = "all",
+        model: Annotated[str, typer.Argument(help=f"all, label (any labelled outcome), or one of: {', '.join(CLI_MODELS)}")] = "all",
+        outcome: Annotated[str | None, typer.Argument(metavar="[NAME]", help="label models: the outcome's name, "
+                                                      "registered as nextbest-label-NAME")] = None,
         trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 10,
         as_of: Annotated[str | None, typer.Option("--as-of", help="newest snapshot date for purchase/churn (YYYY-MM-DD)")] = None,
         horizon: Annotated[int, typer.Option(min=1, help="purchase/churn horizon in days")] = 30,
         window: Annotated[int, typer.Option(min=1, help="days after a send in which a conversion or open counts")] = 7,
-        labels: Annotated[Path | None, typer.Option(help="churn labels file (user_id, as_of, label) instead of inactivity")] = None,
+        labels: Annotated[Path | None, typer.Option(help="labels file (user_id, as_of, label) for `label NAME`, or for churn "
+                                                          "instead of inactivity; an as_of without an offset is that day, "
+                                                          "midnight UTC")] = None,
     ) -> None:
         """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
         settings = Settings()
         started = time.perf_counter()
-        results = _guarded(_train, settings, model, trials, as_of, horizon, window, labels)
+        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")
         for r in results:
             primary = r.metrics.get("auc", r.metrics.get("qini"))
-            verdict = ("[green]promoted[/]" if r.decision["promoted"] else "kept v" + str(r.decision["champion_version"]))
+            verdict = ("[green]promoted[/]" if r.decision["promoted"] else "[bold red]not promoted[/]"
+                       if r.decision.get("refused") else "kept v" + str(r.decision["champion_version"]))
             table.add_row(r.name, r.version, f"{r.rows:,}", _fmt(primary), _fmt(r.metrics.get("pr_auc")), _fmt(r.metrics.get("logloss")),
                           _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
+        for r in results:
+            for text in r.warnings:
+                console.print(f"[bold yellow]warning:[/] {r.name}: {escape(text)}")
+            if r.decision.get("refused"):
+                console.print(f"[bold red]not promoted:[/] {r.name} v{r.version}: {escape(str(r.decision['reason']))}")
+        for name, reason in skipped.items():
+            console.print(f"[bold yellow]skipped {name}:[/] {escape(reason)}")
 
     @app.command()
     def models() -> None:

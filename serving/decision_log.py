@@ -60,6 +60,18 @@ class DecisionLog:
         """The one way a user id is written anywhere the service logs: its keyed hash."""
         return pseudonym(self.key, user_id)
 
+    def close(self) -> None:
+        """Wait for a write in progress, then fsync both logs: what was logged survives a power loss after stop."""
+        with self._lock:
+            for name in ("decisions.jsonl", "outcomes.jsonl"):
+                path = self.dir / name
+                if path.exists():
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+
     def decisions(self, records: list[dict]) -> None:
         """Log decisions; `user_id` is replaced by its pseudonym."""
         self._append("decisions.jsonl", [{**r, "user_id": self.pseudonym(r["user_id"])} for r in records])

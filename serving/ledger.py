@@ -67,6 +67,7 @@ class Ledger:
     def cancel_pending(self, user_id: str, event_type: str, at_s: float) -> list[str]: ...
     def first_outcome(self, decision_id: str, outcome: str, offer_id: str, channel: str) -> bool: ...
     def ping(self) -> None: ...
+    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -89,6 +90,8 @@ class SQLiteLedger(Ledger):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's connection, so close() can close them all
+        self._opened_lock = threading.Lock()
         self._conn()  # create the schema now so a bad path fails at start, loudly
 
     def _conn(self) -> sqlite3.Connection:
@@ -103,7 +106,16 @@ class SQLiteLedger(Ledger):
             except (sqlite3.Error, OSError) as err:
                 raise LedgerUnavailable(f"contact ledger {self.path} cannot be opened: {err}") from err
             self._local.conn = conn
+            with self._opened_lock:
+                self._opened.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every connection; the last one to close checkpoints the WAL into the database file."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
     def _run(self, fn):
         try:
@@ -295,6 +307,9 @@ class RedisLedger(Ledger):
 
     def ping(self) -> None:
         self._run(lambda r: r.ping())
+
+    def close(self) -> None:
+        self._r.close()  # every write was one acknowledged command: nothing is buffered here
 
     def read(self, user_ids: Sequence[str]) -> Snapshot:
         def go(r) -> Snapshot:

@@ -806,6 +806,11 @@ class Runtime:
         """Unknown ids in the service log as pseudonyms: a caller may send e-mail addresses as ids."""
         log.info("unknown user_id(s) %s", ", ".join(self.log.pseudonym(u) for u in user_ids[:10]))
 
+    def close(self) -> None:
+        """At shutdown, after the last request: close the ledger and flush the decision log."""
+        self.ledger.close()
+        self.log.close()
+
     def ready(self) -> tuple[bool, dict]:
         """Ready when the ledger answers; models and features may be degraded but the service still decides."""
         try:

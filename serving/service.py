@@ -17,6 +17,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from nextbest.features.settings import Settings
+from nextbest.serving import shutdown
 from nextbest.serving.guard import Guard, enforce_start
 from nextbest.serving.privacy import redacted
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
@@ -91,6 +92,7 @@ class NextBest:
         settings = Settings()
         enforce_start(settings)  # beyond loopback without an API key: refuse to serve
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
+        shutdown.install(settings.shutdown_grace_s)  # SIGTERM: drain first, then the server stops
         # Each worker explores with its own stream: the same seed in every worker would repeat the same draws.
         rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
         self.runtime = Runtime(settings, loader=self.loader, metrics=metrics(), rng=rng)
@@ -107,9 +109,10 @@ class NextBest:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self.runtime.close()  # after the drain: the ledger and the decision log are flushed and closed
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready()[0]
+        return not shutdown.drain().draining and self.runtime.ready()[0]
 
     @bentoml.api(route="/decide")
     @_http
@@ -157,4 +160,6 @@ class NextBest:
         return redacted(self.runtime.ready()[1])
 
 
-NextBest.add_asgi_middleware(Guard)  # outermost of our code: a refused request never reaches BentoML's parsers
+# While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.
+NextBest.add_asgi_middleware(shutdown.DrainMiddleware)
+NextBest.add_asgi_middleware(Guard)  # inside the drain: a refused request never reaches BentoML's parsers

@@ -65,7 +65,8 @@ def test_simulate_writes_the_worlds_catalog_and_forgets_the_old_worlds_contacts(
 @pytest.mark.slow
 def test_real_cdnow_data_from_ingest_to_online_features(home):
     """The real CDNOW log through ingest -> build -> apply -> materialise, checked against the raw file."""
-    for args in (["ingest", "--mapping", str(ROOT / "examples" / "cdnow" / "mapping.yaml")],
+    for args in (["ingest", "--mapping", str(ROOT / "examples" / "cdnow" / "mapping.yaml"),
+                  "--allow-dir", str(ROOT.parent / "shared" / "data")],
                  ["features", "build"], ["features", "apply"], ["features", "materialize"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output

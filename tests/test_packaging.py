@@ -34,6 +34,23 @@ def test_every_import_of_our_code_goes_through_the_nextbest_namespace():
     assert not bare, f"imports outside the nextbest namespace: {bare[:10]}"
 
 
+def venv_with_wheel(env_dir: Path, wheel: Path) -> tuple[Path, str]:
+    """A clean venv with `wheel` alone installed (its python, its site-packages).
+
+    The dependencies come from this venv's site-packages through a plain path entry: a path entry does
+    not run the .pth files there, so the editable checkout stays out and `nextbest` is the wheel's.
+    """
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    Path(site, "deps.pth").write_text("\n".join(deps) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    return py, site
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_into_a_clean_venv_and_the_cli_runs_there(tmp_path):
     # Build from a copy: setuptools leaves build/ and egg-info folders in the tree it builds.
@@ -49,17 +66,8 @@ def test_the_wheel_installs_into_a_clean_venv_and_the_cli_runs_there(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "nextbest" in tops and not tops & set(PACKAGES), f"generic top-level names in the wheel: {tops}"
 
-    # A clean venv gets the wheel alone; its dependencies come from this venv's site-packages through a
-    # plain path entry (a path entry does not run the .pth files there, so the editable checkout stays out).
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    py = env_dir / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    deps = [p for p in sys.path if p.endswith("site-packages")]
-    Path(site, "deps.pth").write_text("\n".join(deps) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    py, site = venv_with_wheel(env_dir, wheel)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NEXTBEST_HOME")}

@@ -219,3 +219,26 @@ def test_real_bentoml_serve_on_loopback_with_metrics_and_readme_examples(home, t
                             env=env, timeout=60)
         assert py.returncode == 0, py.stderr
         assert "lifecycle stage:" in py.stdout
+
+
+def test_while_draining_requests_get_503_readiness_is_false_and_nothing_is_written(client, home):
+    """SIGTERM's drain (serving/shutdown.py) seen over HTTP; the stop itself: tests/test_serving_shutdown.py."""
+    from nextbest.serving import shutdown
+
+    user = consenting_user(home)
+    assert client.get("/readyz").status_code == 200
+    before = ledger_rows(home)
+    shutdown.drain.cache_clear()
+    try:
+        shutdown.drain().begin()
+        assert client.get("/readyz").status_code == 503
+        r = client.post("/decide", json={"user_id": user})
+        assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"
+        assert client.post("/status").status_code == 503
+        assert client.get("/livez").status_code == 200  # alive, just not taking work
+        assert "nextbest_decide_seconds" in client.get("/metrics").text  # the last scrape still works
+        assert ledger_rows(home) == before
+    finally:
+        shutdown.drain.cache_clear()
+    assert client.get("/readyz").status_code == 200
+

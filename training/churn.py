@@ -11,6 +11,7 @@ from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
     TrainingSet,
+    feature_snapshots,
     historical,
     joined,
     service_features,
@@ -18,6 +19,7 @@ from nextbest.training.datasets import (
     snapshot_rows,
     utc_naive,
 )
+from nextbest.training.label import labelled_rows
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
@@ -56,11 +58,10 @@ def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: S
     service = service_name("churn")
     labels = raw.get("labels")
     if labels is not None and len(labels):
-        rows = pd.DataFrame({"user_id": labels["user_id"].astype(str), "event_timestamp": pd.to_datetime(labels["as_of"], utc=True),
-                             "label": labels["label"].astype("int64")})
-        frame = historical(store, rows, service)
+        frame = historical(store, labelled_rows(labels), service)  # the label model's rows, churn's features
     else:
-        dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates)
+        dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates,
+                               available=feature_snapshots(store))
         rows = snapshot_rows(raw["users"], dates)
         rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
         # Join every snapshot row (the row set purchase shares), then keep the users active before each date.

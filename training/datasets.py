@@ -21,6 +21,7 @@ __all__ = [
     "contact_frame",
     "contact_rows",
     "snapshot_dates",
+    "feature_snapshots",
     "snapshot_rows",
     "split",
     "local_hours",
@@ -191,19 +192,53 @@ def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataF
 
 
 def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp | None = None, count: int = 4,
-                   every_days: int = 7) -> pd.DatetimeIndex:
-    """Weekly midnight-UTC dates, the newest at `as_of` (default: the last one whose horizon is fully observed)."""
+                   every_days: int = 7, available: pd.DatetimeIndex | None = None) -> pd.DatetimeIndex:
+    """Weekly midnight-UTC dates, the newest at `as_of` (default: the last one whose horizon is fully observed).
+
+    `available`: the feature tables' snapshot times. Every date returned is one of them, so a row never joins
+    a snapshot days older than its date: an `as_of` without its own snapshot is an error that says how to
+    build one, and the default newest date is the newest snapshot with a fully observed horizon.
+    """
     ts = pd.to_datetime(events["ts"], utc=True)
     last = ts.max().floor("D") + pd.Timedelta(days=1)
-    newest = pd.Timestamp(as_of).tz_localize("UTC") if as_of is not None and pd.Timestamp(as_of).tzinfo is None \
-        else (pd.Timestamp(as_of) if as_of is not None else last - pd.Timedelta(days=horizon_days))
-    if newest + pd.Timedelta(days=horizon_days) > last:
+    horizon = pd.Timedelta(days=horizon_days)
+    if as_of is not None:
+        newest = pd.Timestamp(as_of)
+        newest = newest.tz_localize("UTC") if newest.tzinfo is None else newest.tz_convert("UTC")
+    elif available is not None and len(available):
+        done = available[available + horizon <= last]
+        newest = done.max() if len(done) else last - horizon
+    else:
+        newest = last - horizon
+    if newest + horizon > last:
         raise ValueError(f"--as-of {newest.date()} + horizon {horizon_days} d runs past the data (last event "
                          f"{ts.max().date()}): pick an earlier date or a shorter horizon")
     if newest <= ts.min():
         raise ValueError(f"--as-of {newest.date()} is before the first event ({ts.min().date()})")
+    if available is not None and newest not in available:
+        older = available[available < newest]
+        nearest = f"the nearest older one is {older.max().date()}, {(newest - older.max()).days} d earlier" \
+            if len(older) else "there is none before it"
+        raise ValueError(f"no feature snapshot at {newest.date()} ({nearest}): run `nextbest features build --as-of "
+                         f"{newest.date()}` (and `features apply`) so the training date has its own snapshot")
     dates = [newest - pd.Timedelta(days=every_days * k) for k in range(count)]
-    return pd.DatetimeIndex(sorted(d for d in dates if d > ts.min().floor("D") + pd.Timedelta(days=every_days)) or [newest])
+    dates = [d for d in dates if d > ts.min().floor("D") + pd.Timedelta(days=every_days)
+             and (available is None or d in available)]
+    return pd.DatetimeIndex(sorted(dates) or [newest])
+
+
+def feature_snapshots(store) -> pd.DatetimeIndex | None:
+    """The snapshot times of the feature tables (read from the behaviour view's Parquet source), or None."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        path = store.get_feature_view("behaviour").batch_source.path
+    except FeatureViewNotFoundException:  # a store without the behaviour view: nothing to check against
+        return None
+    times = pc.unique(pq.read_table(path, columns=["event_timestamp"]).column(0)).to_pandas()
+    return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).sort_values()
 
 
 def snapshot_rows(users: pd.DataFrame, dates: pd.DatetimeIndex) -> pd.DataFrame:

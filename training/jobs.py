@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,14 +12,14 @@ import numpy as np
 import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
-from nextbest.training import channel, churn, offer_net, propensity, purchase, send_time, uplift
-from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, split
+from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift
+from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, feature_snapshots, split
 from nextbest.training.metrics import charts, uplift_chart
-from nextbest.training.registry import MODEL_NAMES, PRIMARY_METRIC, gate, log_model
+from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
-           "train_models"]
+           "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem", "quality_refusal"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 
@@ -49,6 +50,7 @@ class TrainResult:
     rows: int
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
 
 
 def model_config(name: str, config: TrainConfig):
@@ -68,11 +70,18 @@ def model_config(name: str, config: TrainConfig):
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":
         return offer_net.OfferNetConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
+    if name.startswith(LABEL_PREFIX):
+        return label.LabelConfig(name=label.check_name(name.removeprefix(LABEL_PREFIX)), fit=fit)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 _MODULES = {"conversion": propensity, "channel": channel, "purchase": purchase, "churn": churn, "uplift": uplift,
             "send_time": send_time, "offer_net": offer_net}
+
+
+def _module(name: str):
+    """The training module of a model: its own, or `label` for a label-NAME model."""
+    return label if name.startswith(LABEL_PREFIX) else _MODULES[name]
 
 
 # model -> (the row set it is trained on, its FeatureService's model name)
@@ -85,7 +94,7 @@ _ROWS: dict[str, tuple[str, str]] = {"conversion": (CONTACTS, "conversion"), "up
 def shared_joins(store, names: list[str]) -> SharedJoins:
     """One point-in-time join per row set for the models `names` (the contact log once, the snapshots once)."""
     groups: dict[str, list[str]] = {}
-    for name in names:
+    for name in (n for n in names if n in _ROWS):  # a label model's rows are its own labels file
         rows, model = _ROWS[name]
         groups.setdefault(rows, []).append(service_name(model))
     return SharedJoins(store, {k: tuple(v) for k, v in groups.items()})
@@ -98,10 +107,97 @@ def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     return {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
 
 
+class NotTrainable(ValueError):
+    """This data cannot train this model (one class only, features missing at the date): nothing was registered."""
+
+
+def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, str]:
+    """The models of `names` this data cannot train, with the reason (a company without a contact log
+    still gets purchase and churn)."""
+    contacts = raw.get("contacts")
+    if contacts is not None and len(contacts):
+        return {}
+    return {n: "no contact log (contacts table)" for n in names if n in _ROWS and _ROWS[n][0] == CONTACTS}
+
+
+MIN_LABEL_MATCH = 0.5  # below this share of label rows naming a known user, the labels file is refused
+_WARN_LABEL_MATCH = 0.95  # below this, the unmatched rows are dropped with a warning
+
+
+def check_labels(labels: pd.DataFrame, users: pd.DataFrame, file: str = "labels") -> tuple[pd.DataFrame, list[str]]:
+    """The label rows naming an ingested user, and warnings; a ValueError when few do (ids that lost their
+    zero padding, another id column, another company's file)."""
+    known = pd.Index(users["user_id"].astype(str))
+    ids = labels["user_id"].astype(str)
+    hit = ids.isin(known)
+    share = float(hit.mean()) if len(hit) else 0.0
+    if share < MIN_LABEL_MATCH:
+        example = (f" (e.g. {ids[~hit].iloc[0][:24]!r}; ingested ids look like {known[0][:24]!r})"
+                   if (~hit).any() and len(known) else "")
+        raise ValueError(f"{file}: only {int(hit.sum()):,} of {len(ids):,} label rows ({share:.0%}) name an ingested user"
+                         f"{example}: check the id column and its format (zero padding, prefixes); nothing was trained")
+    warnings = []
+    if share < _WARN_LABEL_MATCH:
+        warnings.append(f"{file}: {int((~hit).sum()):,} of {len(ids):,} label rows ({1 - share:.0%}) name no ingested "
+                        "user and were left out")
+    return labels[hit.to_numpy()].reset_index(drop=True), warnings
+
+
+def label_date_warnings(labels: pd.DataFrame, snapshots: pd.DatetimeIndex | None) -> list[str]:
+    """A warning when label dates have no feature snapshot of their own (they join an older one)."""
+    if snapshots is None or not len(snapshots) or labels.empty:
+        return []
+    dates = pd.DatetimeIndex(pd.to_datetime(labels["as_of"], utc=True))
+    older = snapshots.searchsorted(dates, side="right") - 1  # the snapshot each date joins (the newest at or before it)
+    gap = (dates - snapshots[np.clip(older, 0, None)]).days.where(older >= 0, 10**6)
+    off = np.asarray(gap) > 0
+    if not off.any():
+        return []
+    worst = dates[int(np.argmax(gap))].date()
+    return [f"{int(off.sum()):,} of {len(dates):,} label rows fall between feature snapshots and join one up to "
+            f"{min(int(np.max(gap)), 9999)} d older: run `nextbest features build --as-of {worst}` (one date) or give "
+            "labels on snapshot dates"]
+
+
+def feature_problem(data: TrainingSet) -> str | None:
+    """Why the features of the newest training date cannot train a model (all missing, or one value each), or None.
+
+    The newest date is the one asked for (`--as-of`); features missing there mean no snapshot near it.
+    """
+    features = [f for f in data.features if f in data.frame]
+    if not features or data.frame.empty:
+        return None
+    frame = data.frame
+    newest = frame[frame[data.time] == frame[data.time].max()][features]
+    when = pd.Timestamp(frame[data.time].max()).date()
+    if len(newest) < 50:  # rows at many times (a contact log, labels with their own dates): judge them all
+        newest, when = frame[features], "the training dates"
+    if newest.isna().all(axis=1).mean() > 0.5:
+        return (f"the features are missing for {newest.isna().all(axis=1).mean():.0%} of the rows at {when}: no feature "
+                f"snapshot near that date; run `nextbest features build --as-of {when}` and `features apply`")
+    if (newest.nunique(dropna=False) <= 1).all():
+        return (f"every feature has a single value at {when} ({len(newest):,} rows): nothing to learn from; check the "
+                "date against the data's span (`features build --history-days`, `--as-of`)")
+    return None
+
+
+def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
+    """Why a model must not be promoted whatever its champion scores: its holdout AUC is not clearly above chance."""
+    if primary_metric(name) != "auc":
+        return None
+    auc, low, high = metrics.get("auc", np.nan), metrics.get("auc_low", np.nan), metrics.get("auc_high", np.nan)
+    if np.isnan(low):
+        return f"holdout AUC {auc:.4f} cannot be told from chance (too few positives or negatives in the holdout): not promoted"
+    if low <= 0.5:
+        return (f"holdout AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
+                "not promoted; check the labels and the features at the training dates")
+    return None
+
+
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
         return uplift.evaluate(scorer, holdout)["qini"]
-    return _MODULES[name].evaluate(scorer, holdout)["auc"]
+    return _module(name).evaluate(scorer, holdout)["auc"]
 
 
 def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig(), raw: dict | None = None,
@@ -117,17 +213,27 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
 
     started = time.perf_counter()
     step = progress or (lambda text: None)
-    module = _MODULES[name]
+    module = _module(name)
     cfg = model_config(name, config)
     raw = raw if raw is not None else read_raw_tables(settings)
+    warnings: list[str] = []
     if labels is not None:
+        labels, warnings = check_labels(labels, raw["users"])
         raw = {**raw, "labels": labels}
     store = store or feature_store(settings)
+    if name.startswith(LABEL_PREFIX):  # its own FeatureService, registered next to the built-in ones
+        from nextbest.features.store import apply_label_service
+
+        apply_label_service(store, cfg.name)
     step(f"{name}: training set")
     data = module.build_frame(store, raw, cfg, shared)
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
-        raise ValueError(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y))}; "
-                         "need both classes: more data, a longer history or another --as-of/--horizon")
+        raise NotTrainable(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y).tolist())}; "
+                           "need both classes: more data, a longer history or another --as-of/--horizon")
+    if (problem := feature_problem(data)) is not None:
+        raise NotTrainable(f"{name}: {problem}")
+    if labels is not None:
+        warnings += label_date_warnings(labels, feature_snapshots(store))
     train, holdout = split(data, config.holdout, config.seed)
     step(f"{name}: fit")
     scorer = module.fit(train, cfg)
@@ -151,10 +257,12 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         run_id, version = log_model(settings, name, scorer, {**metrics, **extra}, params,
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
-    decision = gate(settings, name, version, run_id, metrics[PRIMARY_METRIC[name]],
-                    lambda champion: _primary(name, champion, holdout), defer=defer)
+    decision = gate(settings, name, version, run_id, metrics[primary_metric(name)],
+                    lambda champion: _primary(name, champion, holdout), defer=defer,
+                    refuse=quality_refusal(name, metrics))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
-    return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra)
+    return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
+                       tuple(warnings))
 
 
 def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
@@ -163,12 +271,25 @@ def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
 
 
 def train_models(settings: Settings, names: list[str], config: TrainConfig = TrainConfig(), progress=None,
-                 labels: pd.DataFrame | None = None, defer: tuple[str, ...] = ()) -> list[TrainResult]:
+                 labels: pd.DataFrame | None = None, defer: tuple[str, ...] = (),
+                 skip: Callable[[str, str], None] | None = None) -> list[TrainResult]:
     """Train several models over one read of the raw tables, one Feast store and one join per row set;
-    the promotion of the models named in `defer` waits for the policy gate."""
+    the promotion of the models named in `defer` waits for the policy gate.
+
+    `skip(name, reason)`: called for a model this data cannot train (NotTrainable), and the others go on;
+    without it, that model's error stops the run.
+    """
     from nextbest.features.store import feature_store
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)
     shared = shared_joins(store, names)
-    return [train_model(settings, n, config, raw, store, progress, labels, shared, defer=n in defer) for n in names]
+    results = []
+    for n in names:
+        try:
+            results.append(train_model(settings, n, config, raw, store, progress, labels, shared, defer=n in defer))
+        except NotTrainable as err:
+            if skip is None:
+                raise
+            skip(n, str(err).removeprefix(f"{n}: "))
+    return results

@@ -11,6 +11,7 @@ from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
     TrainingSet,
+    feature_snapshots,
     joined,
     service_features,
     snapshot_dates,
@@ -51,7 +52,8 @@ def purchase_labels(rows: pd.DataFrame, events: pd.DataFrame, horizon_days: int,
 
 def build_frame(store, raw: dict, config: PurchaseConfig = PurchaseConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Users x snapshot dates, features as of each date, label = purchases within the horizon."""
-    dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates)
+    dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates,
+                           available=feature_snapshots(store))
     rows = snapshot_rows(raw["users"], dates)
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
     service = service_name("purchase")

@@ -24,6 +24,9 @@ from nextbest.features.settings import Settings
 __all__ = [
     "MODEL_NAMES",
     "PRIMARY_METRIC",
+    "LABEL_PREFIX",
+    "registered_name",
+    "primary_metric",
     "RegistryUnavailable",
     "ChecksumError",
     "Champion",
@@ -56,6 +59,22 @@ MODEL_NAMES: dict[str, str] = {
 # The metric the promotion gate compares (higher is better) on the challenger's holdout.
 PRIMARY_METRIC: dict[str, str] = {name: "auc" for name in MODEL_NAMES} | {"uplift": "qini"}
 CHAMPION, CHALLENGER = "champion", "challenger"
+# A propensity model for any labelled outcome (`nextbest train label NAME`) is the model "label-NAME",
+# registered as "nextbest-label-NAME"; its primary metric is the AUC.
+LABEL_PREFIX = "label-"
+
+
+def registered_name(name: str) -> str:
+    """The registry name of a model: a built-in model's, or nextbest-label-NAME for a label model."""
+    if name in MODEL_NAMES:
+        return MODEL_NAMES[name]
+    if name.startswith(LABEL_PREFIX) and len(name) > len(LABEL_PREFIX):
+        return f"nextbest-{name}"
+    raise KeyError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or label-NAME")
+
+
+def primary_metric(name: str) -> str:
+    return PRIMARY_METRIC.get(name, "auc")
 _CHECKSUMS = "checksums.json"
 _CONTRACT = "contract.json"  # what serving needs to use the model: FeatureService, its input types, request columns
 
@@ -196,7 +215,7 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
 
     client = _client(settings)
     experiment = _experiment(client, settings, name)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment) as run:
         folder = Path(tmp) / "scorer"
         digest = save_scorer(scorer, folder, model_contract(settings, name, scorer))
@@ -301,7 +320,7 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
     # A progress bar per download would flood the logs of the decision service that calls this.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registered}/{version}", dst_path=tmp,
                                                     tracking_uri=settings.tracking_uri)
@@ -310,23 +329,27 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
 
 
 def gate(settings: Settings, name: str, version: str, run_id: str, challenger_score: float,
-         champion_score_fn, defer: bool = False) -> dict[str, object]:
+         champion_score_fn, defer: bool = False, refuse: str | None = None) -> dict[str, object]:
     """Promote `version` only if it beats the current champion on the same holdout; log the comparison.
 
     `champion_score_fn(scorer)` scores the champion on the challenger's holdout with the primary metric.
     With `defer`, a model that has a champion is not promoted here whatever the holdout says: the decision
     (`better_on_holdout`) waits for the policy gate (`policy_gate`), which judges the models the policy uses
     together, by the policy's value. A first model still becomes champion at once: there is nothing to compare.
+    `refuse`: why this model must not be promoted whatever the champion scores (no better than chance, ...):
+    it stays registered, with the reason, and the champion (or the rule-based fallback) keeps serving.
     """
     from mlflow import MlflowClient
 
     client = _client(settings)
-    registered = MODEL_NAMES[name]
-    metric = PRIMARY_METRIC[name]
+    registered = registered_name(name)
+    metric = primary_metric(name)
     current = _champion_version(client, registered)
     decision: dict[str, object] = {"metric": metric, "challenger_version": version, "challenger": challenger_score,
                                    "champion_version": current, "champion": None}
-    if current is None:
+    if refuse:
+        decision.update(promoted=False, refused=True, reason=refuse)
+    elif current is None:
         decision.update(promoted=True, reason="no champion yet")
     else:
         try:
@@ -350,7 +373,8 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
         tracking.log_metric(run_id, f"gate_champion_{metric}", float(decision["champion"]))
     tracking.log_metric(run_id, f"gate_challenger_{metric}", float(challenger_score))
     tracking.set_tag(run_id, "gate_decision", "promoted" if decision["promoted"] else
-                     "waiting for the policy gate" if decision.get("deferred") else "kept champion")
+                     "waiting for the policy gate" if decision.get("deferred") else
+                     "refused" if decision.get("refused") else "kept champion")
     tracking.log_dict(run_id, decision, "gate.json")
     return decision
 
@@ -369,7 +393,7 @@ def policy_gate(settings: Settings, versions: dict[str, str], chosen: dict[str, 
     changed = {}
     for name, version in versions.items():
         promoted = chosen.get(name) == version
-        run_id = client.get_model_version(MODEL_NAMES[name], version).tags.get("run_id")
+        run_id = client.get_model_version(registered_name(name), version).tags.get("run_id")
         if run_id:
             tracking.set_tag(run_id, "gate_decision", "promoted by the policy gate" if promoted
                              else "kept champion (policy gate)")
@@ -390,7 +414,7 @@ def promote(settings: Settings, name: str, version: str | None = None) -> tuple[
     from mlflow.exceptions import MlflowException
 
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     try:
         target = version or str(client.get_model_version_by_alias(registered, CHALLENGER).version)
         client.get_model_version(registered, target)
@@ -404,7 +428,7 @@ def promote(settings: Settings, name: str, version: str | None = None) -> tuple[
 def rollback(settings: Settings, name: str) -> tuple[str, str]:
     """Give the champion alias back to the version that held it before; returns (old, restored)."""
     client = _client(settings)
-    registered = MODEL_NAMES[name]
+    registered = registered_name(name)
     current = _champion_version(client, registered) if _model_exists(client, registered) else None
     if current is None:
         raise LookupError(f"{registered} has no champion to roll back")
@@ -425,7 +449,9 @@ def list_versions(settings: Settings) -> list[dict[str, object]]:
         return []
     client = _client(settings)
     rows = []
-    for short, registered in MODEL_NAMES.items():
+    labelled = {m.name.removeprefix("nextbest-"): m.name
+                for m in client.search_registered_models(filter_string=f"name LIKE 'nextbest-{LABEL_PREFIX}%'")}
+    for short, registered in {**MODEL_NAMES, **labelled}.items():
         if not _model_exists(client, registered):
             continue
         model = client.get_registered_model(registered)
@@ -435,7 +461,7 @@ def list_versions(settings: Settings) -> list[dict[str, object]]:
         for mv in client.search_model_versions(f"name = '{registered}'"):
             metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
             rows.append({"model": short, "version": str(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
-                         "metric": PRIMARY_METRIC[short], "value": metrics.get(PRIMARY_METRIC[short]),
+                         "metric": primary_metric(short), "value": metrics.get(primary_metric(short)),
                          "created": pd.Timestamp(mv.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
     return sorted(rows, key=lambda r: (r["model"], int(r["version"])))
 
@@ -455,7 +481,9 @@ def load_champions(settings: Settings, kinds: tuple[str, ...] | None = None, cac
         return {}
     from mlflow.exceptions import MlflowException
 
-    names = {k: v for k, v in MODEL_NAMES.items() if kinds is None or k in kinds}
+    # label models (label-NAME) are loaded only when asked for by name: the decision service does not use them
+    names = dict(MODEL_NAMES) if kinds is None else \
+        {k: registered_name(k) for k in kinds if k in MODEL_NAMES or k.startswith(LABEL_PREFIX)}
     try:
         client = _client(settings)
         versions = {}
