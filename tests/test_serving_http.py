@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nextbest.features.settings import Settings
-from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
@@ -46,6 +45,10 @@ def service_client(home: Settings, models, env: dict[str, str] | None = None, ba
         mp.setenv(k, v)
     mp.setattr(NextBest.inner, "loader", staticmethod(lambda s: models))
     mp.setattr("nextbest.serving.clock.system_clock", lambda: CLOCK)
+    # Imported here, not at the top: prometheus_client picks its value store when first imported, and Feast
+    # (imported by the store fixtures) sets PROMETHEUS_MULTIPROC_DIR, which BentoML's /metrics then reads.
+    from prometheus_client import REGISTRY
+
     before = set(REGISTRY._collector_to_names)
     try:
         with TestClient(NextBest.to_asgi(), base_url=base_url) as c:
