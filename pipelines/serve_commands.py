@@ -19,6 +19,7 @@ import httpx
 import psutil
 import typer
 from nextbest.features.settings import Settings
+from nextbest.serving.guard import UnsafeStart, check_start
 from pydantic import SecretStr, ValidationError
 
 __all__ = ["register", "serve_command", "running_service", "demo_requests", "port_problem", "supervise",
@@ -223,16 +224,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"invalid setting: {err}", err=True)
             raise typer.Exit(EXIT_REFUSED) from None
         host, port = host or settings.host, port or settings.port
-        from nextbest.serving.guard import UnsafeStart, check_start
-
+        problem = port_problem(host, port)
+        if problem:
+            typer.echo(f"nextbest serve: {problem}", err=True)
+            raise typer.Exit(EXIT_REFUSED)
         try:
             check_start(settings, host)  # beyond loopback without an API key: refuse, before anything starts
         except UnsafeStart as err:
             typer.echo(f"nextbest serve: {err}", err=True)
             raise typer.Exit(EXIT_REFUSED) from None
-        problem = port_problem(host, port)
-        if problem:
-            typer.echo(f"nextbest serve: {problem}", err=True)
-            raise typer.Exit(EXIT_REFUSED)
         typer.echo(f"nextbest decision service on http://{host}:{port} (docs at /docs)")
         raise typer.Exit(supervise(serve_command(settings, host, port), _env(settings), settings.shutdown_grace_s))
