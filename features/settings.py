@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "CHANNELS"]
@@ -50,6 +50,23 @@ class Settings(BaseSettings):
                                     "today.")
     data_dir: Path | None = Field(None, description="A folder of exports any mapping may read besides its own folder "
                                   "(`nextbest ingest --allow-dir` for one run).")
+    # The decision service's guard (serving/guard.py) and clock (serving/clock.py).
+    api_key: SecretStr | None = Field(None, description="API key of the decision service: callers send "
+                                      "`Authorization: Bearer <key>` or `X-API-Key: <key>`. Required on every endpoint "
+                                      "but the probes when the service listens beyond loopback (it refuses to start "
+                                      "there without one); at least 16 characters.")
+    api_key_on_loopback: Literal["none", "writes", "all"] = Field("none", description="Also ask for the API key on "
+                                                                  "loopback: on the state-changing endpoints (`writes`) "
+                                                                  "or on all (`all`, e.g. behind a local proxy).")
+    allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Host header allow-list of the decision service, "
+                               "comma-separated (`*`: any); against DNS rebinding.")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413 before they are read.")
+    clock_skew_s: int = Field(300, ge=0, description="How far after the server clock a caller's `now`, event `ts` or "
+                              "feedback `at` may be.")
+    max_age_s: int = Field(86_400, ge=0, description="How far before the server clock a caller's `now`, event `ts` "
+                           "and campaign times may be.")
+    max_outcome_age_s: int = Field(30 * 86_400, ge=0, description="How far before the server clock a feedback `at` "
+                                   "may be (outcomes are reported late).")
 
     @property
     def raw_dir(self) -> Path:

@@ -19,7 +19,8 @@ import httpx
 import psutil
 import typer
 from nextbest.features.settings import Settings
-from pydantic import ValidationError
+from nextbest.serving.guard import UnsafeStart, check_start
+from pydantic import SecretStr, ValidationError
 
 __all__ = ["register", "serve_command", "running_service", "demo_requests", "port_problem", "supervise",
            "EXIT_STOPPED", "EXIT_FAILED", "EXIT_REFUSED", "EXIT_KILLED"]
@@ -45,6 +46,8 @@ def _env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in type(settings).model_fields:
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"NEXTBEST_{name.upper()}"] = str(Path(value).resolve()) if isinstance(value, Path) else str(value)
     return env
@@ -225,5 +228,10 @@ def register(app: typer.Typer) -> None:
         if problem:
             typer.echo(f"nextbest serve: {problem}", err=True)
             raise typer.Exit(EXIT_REFUSED)
+        try:
+            check_start(settings, host)  # beyond loopback without an API key: refuse, before anything starts
+        except UnsafeStart as err:
+            typer.echo(f"nextbest serve: {err}", err=True)
+            raise typer.Exit(EXIT_REFUSED) from None
         typer.echo(f"nextbest decision service on http://{host}:{port} (docs at /docs)")
         raise typer.Exit(supervise(serve_command(settings, host, port), _env(settings), settings.shutdown_grace_s))

@@ -1,4 +1,10 @@
-"""Append-only JSON-lines logs of decisions and outcomes, with user ids replaced by a keyed hash."""
+"""Append-only JSON-lines logs of decisions and outcomes, with user ids replaced by a keyed hash.
+
+The logs are training and evaluation data that get copied around (notebooks, laptops, tickets), so
+they hold pseudonyms, never raw ids: whoever holds `pseudonym.key` can pseudonymise the feature
+store's ids the same way to join them, and nobody else can name a user from a log. The service log
+uses the same pseudonyms (`DecisionLog.pseudonym`) where it mentions a user.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +56,10 @@ class DecisionLog:
             finally:
                 os.close(fd)
 
+    def pseudonym(self, user_id: str) -> str:
+        """The one way a user id is written anywhere the service logs: its keyed hash."""
+        return pseudonym(self.key, user_id)
+
     def close(self) -> None:
         """Wait for a write in progress, then fsync both logs: what was logged survives a power loss after stop."""
         with self._lock:
@@ -64,7 +74,7 @@ class DecisionLog:
 
     def decisions(self, records: list[dict]) -> None:
         """Log decisions; `user_id` is replaced by its pseudonym."""
-        self._append("decisions.jsonl", [{**r, "user_id": pseudonym(self.key, r["user_id"])} for r in records])
+        self._append("decisions.jsonl", [{**r, "user_id": self.pseudonym(r["user_id"])} for r in records])
 
     def outcome(self, record: dict) -> None:
-        self._append("outcomes.jsonl", [{**record, "user_id": pseudonym(self.key, record["user_id"])}])
+        self._append("outcomes.jsonl", [{**record, "user_id": self.pseudonym(record["user_id"])}])

@@ -19,10 +19,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 from nextbest.features.settings import Settings
+from nextbest.serving import clock as server_clock
 from nextbest.serving import engine, policy
+from nextbest.serving.clock import SCHEDULE_HORIZON, TimeWindow
 from nextbest.serving.config import ConfigSource, OperatorConfig, default_config, write_config
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
+from nextbest.serving.privacy import describe
 from nextbest.serving.schemas import (
     BatchDecideRequest,
     CampaignContext,
@@ -128,7 +131,7 @@ class ModelHolder:
             new = self.current if signature == self._signature else \
                 engine.ModelSet(models=champions, columns={k: list(f) for k, f in fields.items()}).compile()
         except Exception as err:  # registry down, a broken artifact, a model that no longer fits: keep the last good set
-            self.error = f"{type(err).__name__}: {err}"
+            self.error = describe(err)
             log.warning("model refresh failed, keeping %s: %s", self.current.versions() or "no models", self.error)
             return self.current
         if not champions and self.current.models:  # e.g. the registry file is gone: an outage, not a decision to go rule-based
@@ -195,7 +198,7 @@ class OnlineFeatures:
         try:
             self.store.refresh_registry()
         except Exception as err:  # a registry being rewritten: keep the cached one, try again next time
-            log.warning("could not refresh the Feast registry: %s", err)
+            log.warning("could not refresh the Feast registry: %s", describe(err))
             return False
         self._registry_seen = stamp
         self._service, self._reader = None, None
@@ -255,7 +258,7 @@ class OnlineFeatures:
                                                          entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
                 users = _columns(raw)
         except Exception as err:  # store unreachable or broken: population defaults, flagged degraded
-            log.warning("online features unavailable, using population defaults: %s", err)
+            log.warning("online features unavailable, using population defaults: %s", describe(err))
             raw = {k: [v] * len(user_ids) for k, v in self.defaults.items()}
             raw["user_id"] = list(user_ids)
             return _columns(raw), np.ones(len(user_ids), dtype=bool), True
@@ -426,8 +429,15 @@ class Runtime:
     """Everything one service instance holds; methods mirror the HTTP endpoints."""
 
     def __init__(self, settings: Settings, loader: Callable[[Settings], dict] = default_loader,
-                 ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None):
+                 ledger: Ledger | None = None, rng: np.random.Generator | None = None, metrics=None,
+                 clock: Callable[[], datetime] | None = None):
         self.settings = settings
+        # The server's clock decides; caller times must be near it. Looked up at each call, so a test can fix it.
+        self.clock = clock or (lambda: server_clock.system_clock())
+        skew = timedelta(seconds=settings.clock_skew_s)
+        self.window = TimeWindow(timedelta(seconds=settings.max_age_s), skew)
+        self.outcome_window = TimeWindow(timedelta(seconds=settings.max_outcome_age_s), skew)
+        self.schedule_window = TimeWindow(timedelta(seconds=settings.max_age_s), SCHEDULE_HORIZON)
         self.config = ConfigSource(_operator_config_path(settings))
         self.features = OnlineFeatures(settings)
         self.ledger = ledger or open_ledger(settings.ledger_backend, settings.ledger_path, settings.redis_url,
@@ -476,15 +486,24 @@ class Runtime:
 
     def decide(self, req: DecideRequest) -> dict:
         """One user's decision; concurrent calls share one planner call (see `_Combiner`)."""
+        self._check_times(req.now, req.context)
         return self._combiner.submit(_Job(req, _new_id(), req.idempotency_key))
 
     def decide_batch(self, req: BatchDecideRequest) -> list[dict]:
         if len(set(req.user_ids)) != len(req.user_ids):
             raise UserError("user_ids contains duplicates; list each user once")
+        self._check_times(req.now, req.context)
         jobs = [_Job(DecideRequest(user_id=u, now=req.now, context=req.context, n_actions=req.n_actions,
                                    dry_run=req.dry_run, explain=req.explain), _new_id(),
                      f"{req.idempotency_key}:{u}" if req.idempotency_key else None) for u in req.user_ids]
         return self._decide_jobs(jobs)
+
+    def _check_times(self, now: datetime | None, ctx: CampaignContext) -> None:
+        """A caller's `now` and campaign times near the server clock (UserError otherwise), before anything is read."""
+        clock = self.clock()
+        _believed(self.window, "now", now, clock)
+        _believed(self.schedule_window, "context.not_before", ctx.not_before, clock)
+        _believed(self.schedule_window, "context.deadline", ctx.deadline, clock)
 
     def score(self, user_ids: list[str], context: CampaignContext, now: datetime | None = None, n_actions: int = 1,
               where: str | None = None) -> list[dict]:
@@ -518,6 +537,7 @@ class Runtime:
             (feats, features_degraded), known = prefetched, np.ones(len(ids), dtype=bool)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
+            self._log_unknown(unknown)
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
             raise NotFoundError(f"unknown user_id(s): {shown} (not in the online feature store; ingest and materialise them first)")
         try:
@@ -536,10 +556,10 @@ class Runtime:
                 todo = self._commit([jobs[i] for i in todo], plans, todo)
         except (LedgerUnavailable, Unsafe) as err:
             reason = err.reason if isinstance(err, Unsafe) else "ledger_unavailable"
-            log.error("%s, answering no contact: %s", reason, err)
+            log.error("%s, answering no contact: %s", reason, describe(err))
             for job in jobs:
                 if job.result is None and job.replay is None:
-                    job.result = self._no_contact(job, models, str(err), reason=reason)
+                    job.result = self._no_contact(job, models, describe(err), reason=reason)
         out = []
         for job in jobs:
             if job.replay is not None:
@@ -558,7 +578,7 @@ class Runtime:
         channels = config.channel_names()
         offer_ids = config.offer_ids()
         n_u, n_o, n_c = len(jobs), len(config.offers), len(channels)
-        clock = datetime.now(UTC)
+        clock = self.clock()
         nows = [(job.req.now or clock).astimezone(UTC) for job in jobs]
         tz_of: dict = {}
         tzs = []
@@ -714,19 +734,20 @@ class Runtime:
     # --- events -------------------------------------------------------------------------------------
 
     def events(self, req: EventsRequest) -> dict:
-        now = datetime.now(UTC)
-        events = sorted(((e.ts or now).astimezone(UTC), k, e) for k, e in enumerate(req.events))
+        clock = self.clock()
+        events = sorted((_believed(self.window, f"events[{k}].ts", e.ts, clock), k, e) for k, e in enumerate(req.events))
         ids = list(dict.fromkeys(e.user_id for _, _, e in events))
         _, known, _ = self.features.fetch(ids)
         unknown = [u for u, k in zip(ids, known, strict=True) if not k]
         if unknown:
+            self._log_unknown(unknown)
             raise NotFoundError(f"unknown user_id(s): {', '.join(unknown[:10])}")
         config = self.config.current(time.monotonic())
         degraded = False
         try:
             self.features.push(self._realtime_rows(ids, events))
         except Exception as err:  # the online store is down: triggers still run, on the features we have
-            log.warning("could not push events to the online store: %s", err)
+            log.warning("could not push events to the online store: %s", describe(err))
             degraded = True
         cancelled: list[str] = []
         jobs: list[_Job] = []
@@ -736,16 +757,17 @@ class Runtime:
                     if t.unless == e.type:
                         cancelled += self.ledger.cancel_pending(e.user_id, e.type, ts.timestamp())
         except LedgerUnavailable as err:
-            log.error("ledger unavailable while cancelling triggers: %s", err)
+            log.error("ledger unavailable while cancelling triggers: %s", describe(err))
             degraded = True
         for ts, _, e in events:
             for t in config.triggers:
-                if t.on != e.type:
-                    continue
+                if t.on != e.type or ts + timedelta(minutes=t.deadline_minutes) <= clock:
+                    continue  # a late event whose trigger window has already closed sends nothing
                 ctx = CampaignContext(campaign_id=f"trigger:{t.name}", offers=t.offers, channels=t.channels, trigger=t.name,
                                       not_before=ts + timedelta(minutes=t.wait_minutes),
                                       deadline=ts + timedelta(minutes=t.deadline_minutes))
-                req_ = DecideRequest(user_id=e.user_id, now=ts, context=ctx)
+                # Decided as of the server clock: a send time is never in the past, nor charged to a past day.
+                req_ = DecideRequest(user_id=e.user_id, now=clock, context=ctx)
                 pending = (t.unless, (ts + timedelta(minutes=t.wait_minutes)).timestamp()) if t.unless else None
                 jobs.append(_Job(req_, _new_id(), f"trigger:{t.name}:{e.user_id}:{ts.isoformat()}", pending=pending))
         triggered = self._decide_jobs(jobs) if jobs else []
@@ -775,6 +797,9 @@ class Runtime:
     # --- feedback -----------------------------------------------------------------------------------
 
     def feedback(self, req: FeedbackRequest) -> dict:
+        at = _believed(self.outcome_window, "at", req.at, self.clock())
+        if req.revenue is not None and req.outcome != "converted":
+            raise UserError("revenue is only for outcome 'converted'")
         record = self.ledger.decision(req.decision_id)
         if record is None:
             raise NotFoundError(f"unknown decision_id {req.decision_id!r} (dry runs are not stored)")
@@ -784,9 +809,6 @@ class Runtime:
             what = "has no action (it was a no-contact decision)" if not actions else "has no action with that offer/channel"
             raise ConflictError(f"decision {req.decision_id} {what}; feedback is for actions that were decided")
         action = match[0]
-        at = (req.at or datetime.now(UTC)).astimezone(UTC)
-        if req.revenue is not None and req.outcome != "converted":
-            raise UserError("revenue is only for outcome 'converted'")
         status = self.ledger.record_outcome(req.decision_id, req.outcome, action["offer_id"], action["channel"])
         if status == "conflict":
             raise ConflictError(f"decision {req.decision_id} was already reported sent (or seen) on {action['channel']}; "
@@ -809,14 +831,16 @@ class Runtime:
     # --- profile ------------------------------------------------------------------------------------
 
     def profile(self, req: ProfileRequest) -> dict:
+        now = _believed(self.window, "now", req.now, self.clock())
         feats, known, degraded = self.features.fetch([req.user_id])
         if not known[0]:
+            self._log_unknown([req.user_id])
             raise NotFoundError(f"unknown user_id {req.user_id!r}")
         config = self.config.current(time.monotonic())
         models = self.models.current
         f = _features_of(feats, 0)
         snapshot = self.ledger.read([req.user_id])
-        grid = policy.time_grid((req.now or datetime.now(UTC)).astimezone(UTC), _tz(f.get("timezone")))
+        grid = policy.time_grid(now, _tz(f.get("timezone")))
         counts = policy.counts_from(snapshot.user_counts[req.user_id], snapshot.capacity, config, grid, {})
         channels = config.channel_names()
         ucols = engine.user_columns(feats)
@@ -834,6 +858,10 @@ class Runtime:
             "suppressions": snapshot.suppressed[req.user_id],
             "degraded": degraded,
         }
+
+    def _log_unknown(self, user_ids: list[str]) -> None:
+        """Unknown ids in the service log as pseudonyms: a caller may send e-mail addresses as ids."""
+        log.info("unknown user_id(s) %s", ", ".join(self.log.pseudonym(u) for u in user_ids[:10]))
 
     def close(self) -> None:
         """At shutdown, after the last request: close the ledger and flush the decision log."""
@@ -866,6 +894,14 @@ class Runtime:
         return not problems, {"ready": not problems, "reasons": problems, "ledger": ledger_ok,
                               "models": self.models.current.versions(), "model_error": self.models.error,
                               "config_error": self.config.error}
+
+
+def _believed(window: TimeWindow, name: str, value: datetime | None, clock: datetime) -> datetime:
+    """A caller's time in UTC (the clock when absent), or UserError when it is too far from the clock."""
+    try:
+        return window.check(name, value, clock)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) -> tuple:

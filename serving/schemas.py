@@ -1,11 +1,24 @@
-"""HTTP request and response models of the decision service (unknown fields are rejected)."""
+"""HTTP request and response models of the decision service.
+
+Requests are strict: unknown fields are rejected, and values are not coerced (`"dry_run": "yes"` or
+`0`, `"n_actions": "2"`, `"now": 0` and non-finite numbers are 400s, not guesses).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 
 __all__ = [
     "MAX_BATCH",
@@ -30,8 +43,18 @@ MAX_BATCH = 1000
 UserId = Field(min_length=1, max_length=128, description="the user's id in the company's data")
 
 
+def _text_time(value: object) -> object:
+    # Lax pydantic reads a number as seconds since 1970 (`"now": 0` would decide in 1970): only text or a datetime.
+    if isinstance(value, bool | int | float):
+        raise ValueError("give a time as ISO-8601 text with an offset, e.g. 2026-11-23T09:30:00Z, not a number")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_text_time)]
+
+
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CampaignContext(_In):
@@ -40,8 +63,8 @@ class CampaignContext(_In):
     campaign_id: str | None = Field(None, max_length=128, description="the caller's campaign, copied to the logs")
     offers: list[str] | None = Field(None, min_length=1, max_length=200, description="offers this campaign may send (default: all)")
     channels: list[str] | None = Field(None, min_length=1, max_length=20, description="channels it may use (default: all)")
-    deadline: AwareDatetime | None = Field(None, description="send no later than this (ISO-8601 with offset)")
-    not_before: AwareDatetime | None = Field(None, description="send no earlier than this (ISO-8601 with offset)")
+    deadline: Time | None = Field(None, description="send no later than this (ISO-8601 with offset)")
+    not_before: Time | None = Field(None, description="send no earlier than this (ISO-8601 with offset)")
     trigger: str | None = Field(None, max_length=64, description="name of the event trigger that asked, if any")
 
 
@@ -49,26 +72,26 @@ class DecideRequest(_In):
     """Decide for one user."""
 
     user_id: str = UserId
-    now: AwareDatetime | None = Field(None, description="decision time (ISO-8601 with offset); default: the server clock")
+    now: Time | None = Field(None, description="decision time (ISO-8601 with offset); default: the server clock")
     context: CampaignContext = Field(default_factory=CampaignContext, description="campaign limits")
-    n_actions: int = Field(1, ge=1, le=5, description="how many actions at most (each must pass the caps together)")
+    n_actions: StrictInt = Field(1, ge=1, le=5, description="how many actions at most (each must pass the caps together)")
     idempotency_key: str | None = Field(None, min_length=1, max_length=128,
                                         description="replaying a key returns the first decision and charges the caps once")
-    dry_run: bool = Field(False, description="decide but charge nothing and log nothing")
-    explain: bool = Field(False, description="include the scores of every candidate")
+    dry_run: StrictBool = Field(False, description="decide but charge nothing and log nothing")
+    explain: StrictBool = Field(False, description="include the scores of every candidate")
 
 
 class BatchDecideRequest(_In):
     """Decide for up to 1,000 users with one campaign context."""
 
     user_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH, description="users to decide for (at most 1,000)")
-    now: AwareDatetime | None = Field(None, description="decision time; default: the server clock")
+    now: Time | None = Field(None, description="decision time; default: the server clock")
     context: CampaignContext = Field(default_factory=CampaignContext)
-    n_actions: int = Field(1, ge=1, le=5)
+    n_actions: StrictInt = Field(1, ge=1, le=5)
     idempotency_key: str | None = Field(None, min_length=1, max_length=100,
                                         description="batch key; each user's decision is keyed `<key>:<user_id>`")
-    dry_run: bool = False
-    explain: bool = False
+    dry_run: StrictBool = False
+    explain: StrictBool = False
 
 
 class Action(BaseModel):
@@ -119,10 +142,10 @@ class Event(_In):
 
     user_id: str = UserId
     type: str = Field(min_length=1, max_length=64, description="register, app_open, view, search, add_to_cart, purchase, ...")
-    ts: AwareDatetime | None = Field(None, description="when it happened (ISO-8601 with offset); default: now")
+    ts: Time | None = Field(None, description="when it happened (ISO-8601 with offset); default: now")
     product_id: str | None = Field(None, max_length=128)
     category: str | None = Field(None, max_length=128)
-    amount: float | None = Field(None, ge=0, le=1e9)
+    amount: StrictFloat | None = Field(None, ge=0, le=1e9)
 
 
 class EventsRequest(_In):
@@ -146,8 +169,8 @@ class FeedbackRequest(_In):
     outcome: Outcome = Field(description="not_sent gives the caps charge back")
     offer_id: str | None = Field(None, description="which action of the decision (default: the first)")
     channel: str | None = None
-    at: AwareDatetime | None = Field(None, description="when it happened; default: now")
-    revenue: float | None = Field(None, ge=0, le=1e9, description="for converted")
+    at: Time | None = Field(None, description="when it happened; default: now")
+    revenue: StrictFloat | None = Field(None, ge=0, le=1e9, description="for converted")
 
 
 class FeedbackResponse(BaseModel):
@@ -158,7 +181,7 @@ class FeedbackResponse(BaseModel):
 
 class ProfileRequest(_In):
     user_id: str = UserId
-    now: AwareDatetime | None = Field(None, description="as of when to count contacts; default: the server clock")
+    now: Time | None = Field(None, description="as of when to count contacts; default: the server clock")
 
 
 class Profile(BaseModel):

@@ -1,7 +1,8 @@
 """The nextbest decision service (BentoML): decide, events, feedback, profile, reload, status.
 
-Each endpoint validates its body with the pydantic models in serving/schemas.py and hands it to
-serving/runtime.py; caller mistakes become 4xx answers with a message, never a 5xx.
+Every request first passes the guard (serving/guard.py: Host allow-list, API key, strict JSON, size
+limit); each endpoint then validates its body with the pydantic models in serving/schemas.py and hands
+it to serving/runtime.py; caller mistakes become 4xx answers with a message, never a 5xx.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 from nextbest.features.settings import Settings
 from nextbest.serving import shutdown
+from nextbest.serving.guard import Guard, enforce_start
 from nextbest.serving.ledger import LedgerUnavailable
+from nextbest.serving.privacy import redacted
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime, UserError, default_loader
 from nextbest.serving.schemas import (
     BatchDecideRequest,
@@ -39,17 +42,26 @@ MODEL_REFRESH_S = 30.0  # how often the registry is asked for new champions
 
 
 class _CallerMistakesAreNotErrors(logging.Filter):
-    """BentoML logs a rejected request at ERROR with a traceback; make it one WARNING line."""
+    """BentoML logs a rejected request at ERROR with a traceback; make it one WARNING line.
+
+    The line names the status and, for a schema error, the fields and error types, never the message
+    or the input: those echo the caller's values (user ids, e-mail addresses).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from pydantic import ValidationError
 
         exc = record.exc_info[1] if record.exc_info else None
-        caller = isinstance(exc, ValidationError) or (isinstance(exc, BentoMLException) and exc.error_code < 500)
-        if caller:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = f"{record.getMessage()}: rejected, {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            record.args, record.exc_info, record.exc_text = (), None, None
+        if isinstance(exc, ValidationError):
+            fields = ", ".join(f"{'.'.join(map(str, e['loc'])) or 'body'} ({e['type']})" for e in exc.errors()[:5])
+            why = f"400 {exc.title}: {fields}"
+        elif isinstance(exc, BentoMLException) and exc.error_code < 500:
+            why = f"{int(exc.error_code)} {type(exc).__name__}"
+        else:
+            return True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"{record.getMessage()}: rejected, {why}"
+        record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
 
@@ -81,8 +93,9 @@ class NextBest:
     def __init__(self) -> None:
         from nextbest.serving.metrics import metrics
 
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         settings = Settings()
+        enforce_start(settings)  # beyond loopback without an API key: refuse to serve
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(_CallerMistakesAreNotErrors())
         shutdown.install(settings.shutdown_grace_s)  # SIGTERM: drain first, then the server stops
         # Each worker explores with its own stream: the same seed in every worker would repeat the same draws.
         rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
@@ -142,14 +155,16 @@ class NextBest:
         self.runtime.features.refresh()
         versions = self.runtime.models.refresh().versions()
         self.runtime.metrics.models(versions)
-        return ReloadResponse(offers=len(config.offers), channels=len(config.channels), error=self.runtime.config.error,
-                              model_versions=versions)
+        return ReloadResponse(offers=len(config.offers), channels=len(config.channels),
+                              error=redacted(self.runtime.config.error), model_versions=versions)
 
     @bentoml.api(route="/status")
     def status(self) -> dict:
-        """Readiness and, when not ready, the reasons: ledger usable, models in force, last model or config error."""
-        return self.runtime.ready()[1]
+        """Readiness and, when not ready, the reasons: ledger usable, models in force, last model or config error
+        (no paths or SQL)."""
+        return redacted(self.runtime.ready()[1])
 
 
 # While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.
 NextBest.add_asgi_middleware(shutdown.DrainMiddleware)
+NextBest.add_asgi_middleware(Guard)  # inside the drain: a refused request never reaches BentoML's parsers

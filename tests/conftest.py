@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 import socket
 import subprocess
@@ -76,13 +75,18 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
-@functools.cache
 def service_app():
-    """The decision service's ASGI app, made once per session: BentoML registers its Prometheus metrics when an
-    app first starts, so a second app in the same process fails to start. Each `TestClient(service_app())`
-    block starts a new service instance (a restart) and stops it at the end."""
+    """A new ASGI app of the decision service; each `TestClient(service_app())` block starts a service instance and
+    stops it at the end. BentoML registers its request metrics in prometheus_client's global registry when an app
+    starts, so a second app in one process would fail to start: the previous app's (its client has stopped) are
+    removed first. prometheus_client is imported here, not at the top: it picks its value store when first
+    imported, after Feast has set PROMETHEUS_MULTIPROC_DIR, which BentoML's /metrics reads."""
     from nextbest.serving.service import NextBest
+    from prometheus_client import REGISTRY
 
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if names and all(n.startswith("bentoml_") for n in names):
+            REGISTRY.unregister(collector)
     return NextBest.to_asgi()
 
 

@@ -24,6 +24,14 @@ DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
 NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def server_clock():
+    """The server clock stands at NOW, the time these decisions are asked for (serving/clock.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
+        yield
+
+
 @pytest.fixture(scope="module")
 def runtime(trained) -> Runtime:
     return Runtime(trained)
@@ -212,6 +220,6 @@ def test_the_service_over_http_decides_with_the_real_champions(trained, tmp_path
     with running_service(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         batch = client.post("/decide_batch", json={"user_ids": ids, "dry_run": True}).raise_for_status().json()
         one = client.post("/decide", json={"user_id": ids[0], "dry_run": True}).raise_for_status().json()
-        status = client.post("/status").raise_for_status().json()
+        status = client.post("/status", json={}).raise_for_status().json()
     assert all(d["degraded_reasons"] == [] for d in batch["decisions"] + [one])
     assert set(one["model_versions"]) == DECISION_MODELS and status["model_error"] is None

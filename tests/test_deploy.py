@@ -214,15 +214,24 @@ def _promtool() -> str:
     return path
 
 
-def test_prometheus_config_passes_promtool_and_scrapes_every_replica():
+def test_prometheus_config_passes_promtool_and_scrapes_every_replica(tmp_path):
     import yaml
 
-    check = subprocess.run([_promtool(), "check", "config", str(DEPLOY / "prometheus.yml")], capture_output=True, text=True,
-                           timeout=60)
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "nextbest"]
+    # The scrape sends the API key the compose file mounts as a secret; promtool wants the file to exist.
+    secret = job["authorization"]["credentials_file"]
+    compose = _compose()
+    [mount] = [m for m in compose["services"]["prometheus"]["secrets"] if m["source"] == "nextbest_api_key"]
+    assert secret == f"/run/secrets/{mount['target']}" and job["authorization"]["type"] == "Bearer"
+    assert compose["secrets"]["nextbest_api_key"]["environment"] == "NEXTBEST_API_KEY"
+    (tmp_path / "key").write_text("k" * 32)
+    local = tmp_path / "prometheus.yml"
+    local.write_text((DEPLOY / "prometheus.yml").read_text().replace(secret, str(tmp_path / "key")))
+    check = subprocess.run([_promtool(), "check", "config", str(local)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    [job] = [j for j in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"] if j["job_name"] == "nextbest"]
     [sd] = job["dns_sd_configs"]
-    assert sd["names"] == ["nextbest"] and sd["port"] == int(_compose()["services"]["nextbest"]["environment"]["NEXTBEST_PORT"])
+    assert sd["names"] == ["nextbest"] and sd["port"] == int(compose["services"]["nextbest"]["environment"]["NEXTBEST_PORT"])
     assert job["metrics_path"] == "/metrics"
 
 

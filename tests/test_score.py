@@ -20,6 +20,12 @@ from typer.testing import CliRunner
 NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def server_clock(monkeypatch):
+    """The server clock stands at NOW, the time these decisions are asked for (serving/clock.py)."""
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
+
+
 @pytest.fixture
 def home(trained, tmp_path) -> Settings:
     shutil.copytree(trained.home, tmp_path / "home")

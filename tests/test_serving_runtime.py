@@ -19,6 +19,7 @@ from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime
 from nextbest.serving.schemas import DecideRequest, EventsRequest, FeedbackRequest, ProfileRequest
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+CLOCK = datetime(2026, 11, 23, 14, 6, tzinfo=UTC)  # the server clock in these tests: just after every time they send
 CHANNELS = ["push", "sms", "email", "inapp", "wechat"]
 
 
@@ -59,6 +60,12 @@ def train(kind: str, favourite: str, seed: int = 0) -> LightGBMScorer:
 
 def champions(favourite: str, version: str) -> dict[str, Champion]:
     return {kind: Champion(f"nextbest-{kind}", version, train(kind, favourite)) for kind in ("conversion", "send_time")}
+
+
+@pytest.fixture(autouse=True)
+def server_clock(monkeypatch):
+    """The service's clock stands still at CLOCK: caller times are checked against it (serving/clock.py)."""
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: CLOCK)
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +300,7 @@ def test_complaint_suppresses_the_channel_and_is_logged(home, models_v1):
     out = rt.feedback(FeedbackRequest(decision_id=d["decision_id"], outcome="complained"))
     assert out == {"recorded": True, "suppressed": "email", "released": False}
     assert not rt.feedback(FeedbackRequest(decision_id=d["decision_id"], outcome="complained"))["recorded"]
+    rt.clock = lambda: NOW + timedelta(days=3)
     nxt = rt.decide(DecideRequest(user_id=user, now=NOW + timedelta(days=3), context={"channels": ["email"]}))
     assert nxt["actions"] == []
     assert {"reason": "suppressed", "offer_id": None, "channel": "email", "detail": "complaint"} in nxt["filtered"]

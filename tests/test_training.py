@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,27 @@ def test_champion_loads_back_with_identical_predictions(planted, conversion_run,
     again = load_champions(planted[0])["conversion"].model
     np.testing.assert_array_equal(champions["conversion"].model.predict(frame), again.predict(frame))
     assert MODEL_NAMES["conversion"] == "nextbest-conversion"
+
+
+def test_the_logged_input_example_is_no_customers_row(planted, conversion_run, store, raw):
+    from nextbest.training import propensity
+    from nextbest.training.registry import synthetic_example
+
+    paths = list(planted[0].artifact_dir.rglob("input_example.json"))
+    assert paths and conversion_run.version
+    frame = propensity.build_frame(store, raw).frame
+    for path in paths:
+        example = json.loads(path.read_text())
+        assert len(example["data"]) == 1
+        same = np.ones(len(frame), dtype=bool)
+        for col, value in zip(example["columns"], example["data"][0], strict=True):
+            column = frame[col]
+            same &= (column.astype(str) == str(value)).to_numpy() if column.dtype == object else \
+                np.isclose(column.astype(float).to_numpy(), float(value) if value is not None else np.nan, equal_nan=True)
+        assert not same.any()  # no real row has every logged value
+    ids = pd.DataFrame({"email": ["a@x.com", "b@y.com", "c@z.com"], "n": [1, 5, 9], "tier": ["gold", "gold", "blue"]})
+    made_up = synthetic_example(ids)
+    assert made_up.to_dict("records") == [{"email": "example", "n": 5, "tier": "gold"}]  # unique values never copied
 
 
 def test_worse_challenger_is_not_promoted_and_better_one_is(planted, conversion_run, store, raw):

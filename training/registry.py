@@ -34,6 +34,7 @@ __all__ = [
     "save_scorer",
     "load_scorer",
     "log_model",
+    "synthetic_example",
     "gate",
     "policy_gate",
     "promote",
@@ -228,7 +229,7 @@ def log_model(settings: Settings, name: str, scorer: Scorer, metrics: dict[str, 
                          "code_version": code_version(), **(tags or {})})
         for chart in charts:
             mlflow.log_artifact(str(chart), artifact_path="charts")
-        example = example.reset_index(drop=True)
+        example = synthetic_example(example)  # MLflow keeps the input example as a file: never a real customer's row
         signature = infer_signature(_signature_frame(example), np.asarray(scorer.predict(example), dtype="float64"))
         info = mlflow.pyfunc.log_model(name="model", loader_module="nextbest.training.registry", data_path=str(folder),
                                        code_paths=None, signature=signature, input_example=_signature_frame(example),
@@ -261,6 +262,29 @@ def model_contract(settings: Settings, name: str, scorer) -> dict:
 
 def schema_digest(inputs: dict[str, str | None]) -> str:
     return hashlib.sha256(json.dumps(sorted(inputs.items()), default=str).encode()).hexdigest()
+
+
+def synthetic_example(frame: pd.DataFrame) -> pd.DataFrame:
+    """One made-up row with `frame`'s columns and types: the median of each number and the most common value
+    of each other column (a placeholder where no value repeats, e.g. an id), so it is nobody's row."""
+    row: dict[str, object] = {}
+    for col in frame.columns:
+        s = frame[col].dropna()
+        if s.empty:
+            row[col] = frame[col].iloc[:1].tolist()[0] if len(frame) else None
+        elif pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            counts = s.astype(str).value_counts()
+            row[col] = s[s.astype(str) == counts.index[0]].iloc[0] if counts.iloc[0] > 1 else "example"
+        else:
+            median = float(s.median())
+            row[col] = round(median) if pd.api.types.is_integer_dtype(s) else median
+    out = pd.DataFrame([row], columns=frame.columns)
+    for col, dtype in frame.dtypes.items():
+        try:
+            out[col] = out[col].astype(dtype)
+        except (TypeError, ValueError):
+            pass  # e.g. a placeholder in a categorical column: keep it as text
+    return out
 
 
 def _signature_frame(frame: pd.DataFrame) -> pd.DataFrame:

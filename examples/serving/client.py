@@ -1,6 +1,7 @@
 """Decide for a user, report that the message was sent and opened, then read the user's profile.
 
-Start the service first with `nextbest serve`; run as `python examples/serving/client.py USER_ID`.
+Start the service first with `nextbest serve`; run as `python examples/serving/client.py USER_ID`
+(with `NEXTBEST_API_KEY` set when the service asks for a key).
 """
 
 import os
@@ -11,7 +12,9 @@ import httpx
 url = os.environ.get("NEXTBEST_URL", "http://127.0.0.1:3000")
 user_id = sys.argv[1]
 
-with httpx.Client(base_url=url, timeout=10) as client:
+headers = {"X-API-Key": os.environ.get("NEXTBEST_API_KEY", "")}  # ignored unless the service asks for a key
+
+with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
     decision = client.post("/decide", json={"user_id": user_id, "context": {"campaign_id": "readme"}}).raise_for_status().json()
     for action in decision["actions"]:
         print(f"send {action['offer_id']} by {action['channel']} at {action['send_at']} (EV {action['expected_value']:.2f})")
