@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
 from nextbest.features.ingest import write_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart

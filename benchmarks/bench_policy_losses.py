@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.settings import Settings
 from nextbest.pipelines.evaluate import (
     ModelPolicy,

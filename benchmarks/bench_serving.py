@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from nextbest.features.settings import Settings
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
+
 from nextbest.features.settings import Settings
 from nextbest.training.datasets import TrainingSet, split
 from nextbest.training.jobs import (
@@ -27,7 +29,6 @@ from nextbest.training.jobs import (
     shared_joins,
     train_model,
 )
-from sklearn.metrics import roc_auc_score
 
 _DAY_S = 86_400
 

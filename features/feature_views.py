@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, Int64, String
+
 from nextbest.features.data_sources import realtime_push_source, table_source
 from nextbest.features.entities import user
 

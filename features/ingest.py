@@ -14,8 +14,9 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, TimeWindow, Violation, conform
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, TimeWindow, Violation, conform
 
 __all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "read_raw",
            "manifest", "recover_raw", "ingest_window"]

@@ -12,6 +12,7 @@ from typing import Literal
 import pandas as pd
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
+
 from nextbest.features.entities import user
 from nextbest.features.feature_services import feature_services, label_service
 from nextbest.features.feature_views import VIEWS, feature_views, table_path

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.config_docs import register as register_config
@@ -17,9 +21,6 @@ from nextbest.pipelines.console import console
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,6 +109,7 @@ def run_guarded(fn, *args, **kwargs):
 
 def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
     import pandas as pd
+
     from nextbest.features.ingest import write_raw
     from nextbest.serving.config import catalog_config, write_config
     from nextbest.simulation import WorldConfig, simulate

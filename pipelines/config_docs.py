@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from nextbest.features.settings import Settings
 
 __all__ = ["register", "settings_page", "readers", "COMPONENTS"]

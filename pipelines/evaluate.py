@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.build import STAGES
 from nextbest.features.contract import TABLES
 from nextbest.features.feature_views import VIEWS

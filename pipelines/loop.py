@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.contract import TABLES
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings

@@ -131,6 +131,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     if not _policy_gated(config):
         return {"skipped": "evaluate is off: each model was judged on its holdout when trained"}
     import pandas as pd
+
     from nextbest.pipelines.evaluate import champion_set, judge_model_sets
 
     trained = state["steps"]["train"]["models"]

@@ -19,6 +19,7 @@ from typing import Annotated
 import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
+
 from nextbest.features.settings import Settings
 
 __all__ = ["ScoreConfig", "score", "score_model", "register", "SCHEMA"]
@@ -110,6 +111,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     """One per-user model's champion (churn, purchase, ...) scored for users at a date, on their features as of
     then (a point-in-time join through the model's FeatureService), to Parquet or CSV (by the file's suffix)."""
     import pandas as pd
+
     from nextbest.features.store import feature_store, read_table
     from nextbest.training.datasets import historical
     from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, load_champions, registered_name
@@ -164,10 +166,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Decide for every user (or a segment) as a dry run of the contact rules, or score one model with --model;
         written to Parquet (or CSV with --out FILE.csv for --model)."""
-        from nextbest.features.contract import parse_eligibility
-        from nextbest.pipelines.cli import run_guarded, summary
-        from nextbest.pipelines.console import console
-        from nextbest.serving.runtime import UserError as RequestError
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -175,6 +173,11 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+
+        from nextbest.features.contract import parse_eligibility
+        from nextbest.pipelines.cli import run_guarded, summary
+        from nextbest.pipelines.console import console
+        from nextbest.serving.runtime import UserError as RequestError
 
         def body() -> dict:
             settings = Settings()

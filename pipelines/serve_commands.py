@@ -18,9 +18,10 @@ from typing import Annotated
 import httpx
 import psutil
 import typer
+from pydantic import SecretStr, ValidationError
+
 from nextbest.features.settings import Settings
 from nextbest.serving.guard import UnsafeStart, check_start
-from pydantic import SecretStr, ValidationError
 
 __all__ = ["register", "serve_command", "running_service", "demo_requests", "port_problem", "supervise",
            "EXIT_STOPPED", "EXIT_FAILED", "EXIT_REFUSED", "EXIT_KILLED"]

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from nextbest.features.contract import ContractError
-from nextbest.features.settings import Settings
-from nextbest.pipelines.console import console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from nextbest.features.contract import ContractError
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
 
 __all__ = ["register", "CLI_MODELS"]
 
@@ -59,6 +60,7 @@ def _labels(path: Path | None):
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None) -> tuple[list, dict[str, str]]:
     import pandas as pd
+
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
     from nextbest.training.label import check_name

@@ -10,8 +10,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import yaml
-from nextbest.features.contract import parse_eligibility
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nextbest.features.contract import parse_eligibility
 
 __all__ = [
     "Offer",

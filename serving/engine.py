@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
 from nextbest.serving.config import Exploration, OperatorConfig
 from nextbest.training.compiled import RequestGrid, Rows, UserColumns
 from nextbest.training.scorers import REQUEST_COLUMNS as _REQUEST

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
 from nextbest.features.contract import parse_eligibility
 from nextbest.serving.config import OperatorConfig, parse_quiet_hours
 

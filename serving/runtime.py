@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.settings import Settings
 from nextbest.serving import clock as server_clock
 from nextbest.serving import engine, policy

@@ -16,6 +16,7 @@ from http import HTTPStatus
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
+
 from nextbest.features.settings import Settings
 from nextbest.serving import shutdown
 from nextbest.serving.guard import Guard, enforce_start

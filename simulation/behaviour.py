@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from nextbest.simulation.catalog import EVENT_TYPES, PRODUCTS_PER_CATEGORY
 from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, utc_offset_ns
 from nextbest.simulation.response import draw_category

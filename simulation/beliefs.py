@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+
 from nextbest.simulation import response
 from nextbest.simulation.catalog import CATEGORIES, CHANNELS
 from nextbest.simulation.clock import local_hour

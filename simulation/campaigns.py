@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.contract import parse_eligibility
 from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
 from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from nextbest.simulation import response
 from nextbest.simulation.catalog import CHANNELS
 from nextbest.simulation.clock import HOUR_NS, utc_offset_ns

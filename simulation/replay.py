@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.build import STAGES
 from nextbest.simulation import response
 from nextbest.simulation.campaigns import Purchases, eligible

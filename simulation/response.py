@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
 from nextbest.simulation.catalog import CATEGORIES, CHANNELS, EVENT_TYPES, PRODUCTS_PER_CATEGORY
 from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, local_hour, to_utc_series
 

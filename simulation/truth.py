@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from nextbest.simulation import response
 from nextbest.simulation.catalog import CATEGORIES, CHANNELS
 from nextbest.simulation.clock import DAY_NS, TIMEZONES, local_hour

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
 from nextbest.simulation.campaigns import CampaignPlan, run_campaigns
 from nextbest.simulation.catalog import (

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.settings import Settings
 
 START = pd.Timestamp("2026-06-01", tz="UTC")
@@ -81,8 +82,9 @@ def service_app():
     starts, so a second app in one process would fail to start: the previous app's (its client has stopped) are
     removed first. prometheus_client is imported here, not at the top: it picks its value store when first
     imported, after Feast has set PROMETHEUS_MULTIPROC_DIR, which BentoML's /metrics reads."""
-    from nextbest.serving.service import NextBest
     from prometheus_client import REGISTRY
+
+    from nextbest.serving.service import NextBest
 
     for collector, names in list(REGISTRY._collector_to_names.items()):
         if names and all(n.startswith("bentoml_") for n in names):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from nextbest.features.settings import Settings
 from nextbest.pipelines.cli import app
 from nextbest.simulation import WorldConfig
-from typer.testing import CliRunner
-
 from tests.conftest import write_csvs
 
 ROOT = Path(__file__).resolve().parents[1]

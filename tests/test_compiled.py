@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.settings import Settings
 from nextbest.features.store import apply, read_table
 from nextbest.serving import engine
@@ -213,6 +214,7 @@ def test_pandas_frame_and_rows_describe_the_same_requests(runtime):
 @pytest.mark.slow
 def test_the_service_over_http_decides_with_the_real_champions(trained, tmp_path):
     import httpx
+
     from nextbest.pipelines.serve_commands import running_service
 
     settings = _copy(trained, tmp_path)

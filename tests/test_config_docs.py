@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from nextbest.features.settings import Settings
 from nextbest.pipelines.cli import app
 from nextbest.pipelines.config_docs import readers, settings_page
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "configuration.md"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from nextbest.features.contract import ContractError, conform, parse_eligibility
 from nextbest.features.ingest import ingest, load_plan, manifest, plan_from_dir, read_raw
-
 from tests.conftest import write_csvs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

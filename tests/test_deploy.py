@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nextbest.features.settings import Settings
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from nextbest.features.settings import Settings
 from tests.test_packaging import venv_with_wheel
 from tests.test_serving_runtime import consenting_user
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from starlette.testclient import TestClient
+
 from nextbest.features.settings import Settings
 from nextbest.serving.config import Caps, Exploration, default_config, write_config
 from nextbest.serving.ledger import RedisLedger, SQLiteLedger
 from nextbest.serving.runtime import ConflictError, Runtime
 from nextbest.serving.schemas import DecideRequest, FeedbackRequest
-from starlette.testclient import TestClient
-
 from tests.conftest import service_app, start_redis
 from tests.test_serving_runtime import NOW, champions
 
@@ -492,6 +492,7 @@ def test_a_home_serving_for_the_first_time_gets_the_built_in_catalog_written_dow
 def register_conversion_model(settings: Settings) -> str:
     """A real LightGBM conversion model, logged, checksummed and promoted in the home's MLflow registry."""
     import lightgbm as lgb
+
     from nextbest.training.encoding import fit_encoder
     from nextbest.training.registry import log_model, promote
     from nextbest.training.tabular import BoosterScorer

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.build import BuildConfig, snapshot_times
 from nextbest.features.feature_services import MODEL_VIEWS, service_name
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, read_table
-
 from tests.conftest import build_store, make_raw
 
 

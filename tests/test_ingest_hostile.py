@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from nextbest.features.ingest import manifest, read_raw
-from nextbest.pipelines.cli import app
 from typer.testing import CliRunner
 
+from nextbest.features.ingest import manifest, read_raw
+from nextbest.pipelines.cli import app
 from tests.conftest import make_raw, write_csvs
 
 runner = CliRunner()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 from feast import FeatureService
+
 from nextbest.features.online_sqlite import OnlineReader
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store

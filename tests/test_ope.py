@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nextbest.training.ope import doubly_robust, estimate_all, ips, snips
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nextbest.features.ingest import write_raw
 from nextbest.features.settings import Settings
 from nextbest.simulation import WorldConfig, simulate
@@ -90,6 +91,7 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     import dataclasses
 
     from mlflow import MlflowClient
+
     from nextbest.pipelines import retrain as pipeline
     from nextbest.pipelines.evaluate import champion_set
     from nextbest.training.registry import MODEL_NAMES, policy_gate

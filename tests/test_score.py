@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
 from nextbest.features.settings import Settings
 from nextbest.features.store import read_table
 from nextbest.pipelines.cli import app
 from nextbest.pipelines.score import ScoreConfig, score
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import BatchDecideRequest, CampaignContext
-from typer.testing import CliRunner
 
 NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+
 from nextbest.serving import engine, policy
 from nextbest.serving.config import (
     Caps,
@@ -272,6 +273,7 @@ def test_trigger_references_are_checked():
 
 def test_config_reloads_without_restart_and_keeps_the_last_good_one(tmp_path):
     import yaml
+
     from nextbest.serving.config import ConfigSource, default_config
 
     path = tmp_path / "ops.yaml"
@@ -296,6 +298,7 @@ def test_default_config_is_12_offers_by_5_channels():
 
 def test_a_catalog_from_the_company_tables_round_trips_through_yaml(tmp_path):
     import pandas as pd
+
     from nextbest.features.settings import Settings
     from nextbest.serving.config import catalog_config, load_config, write_config
     from nextbest.simulation.catalog import channels_table, offers_table

@@ -14,8 +14,8 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from nextbest.features.settings import Settings
 
+from nextbest.features.settings import Settings
 from tests.test_serving_http import service_client
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 

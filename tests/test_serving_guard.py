@@ -18,10 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nextbest.features.settings import Settings
-from nextbest.serving.guard import Guard, GuardPolicy, UnsafeStart, check_start, is_loopback, listening_host
 from starlette.testclient import TestClient
 
+from nextbest.features.settings import Settings
+from nextbest.serving.guard import Guard, GuardPolicy, UnsafeStart, check_start, is_loopback, listening_host
 from tests.test_serving_http import service_client
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
@@ -301,8 +301,9 @@ def test_a_broken_ledger_answers_no_contact_without_its_path(home, user, tmp_pat
 # --- the real server: refuses to listen beyond loopback without a key -----------------------------------
 
 def test_nextbest_serve_refuses_beyond_loopback_without_a_key(home):
-    from nextbest.pipelines.cli import app
     from typer.testing import CliRunner
+
+    from nextbest.pipelines.cli import app
 
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"], env={"NEXTBEST_HOME": str(home.home)})
     assert result.exit_code == 2 and "NEXTBEST_API_KEY" in result.output and result.exception is not None

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nextbest.features.settings import Settings
 from starlette.testclient import TestClient
 
+from nextbest.features.settings import Settings
 from tests.conftest import service_app
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nextbest.serving.config import Caps, Channel, Offer, OperatorConfig
 from nextbest.serving.ledger import LedgerUnavailable, RedisLedger, Reservation, SQLiteLedger
 from nextbest.serving.policy import constraints_for

@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.settings import Settings
 from nextbest.serving.ledger import RedisLedger
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime

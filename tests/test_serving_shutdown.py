@@ -18,11 +18,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from typer.testing import CliRunner
+
 from nextbest.features.settings import Settings
 from nextbest.pipelines.cli import app
 from nextbest.pipelines.serve_commands import EXIT_REFUSED, EXIT_STOPPED, port_problem
 from nextbest.serving import shutdown
-from typer.testing import CliRunner
 
 NEXTBEST = Path(sys.executable).parent / "nextbest"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.contract import TABLES, conform
 from nextbest.simulation import CATEGORIES, CHANNELS, Oracle, Truth, WorldConfig, draw_outcomes, simulate
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from nextbest.features.settings import Settings
 
 pytestmark = pytest.mark.slow  # builds a Feast store and an MLflow registry (about a minute per module)
@@ -182,10 +183,11 @@ def test_shared_join_gives_each_model_exactly_its_own_feature_service_frame(stor
 # --- planted signal and directions ------------------------------------------------------------------------
 
 def test_conversion_recovers_planted_signal_close_to_the_oracle(planted, conversion_run, store, raw):
+    from sklearn.metrics import roc_auc_score
+
     from nextbest.training import propensity
     from nextbest.training.datasets import split
     from nextbest.training.registry import load_champions
-    from sklearn.metrics import roc_auc_score
 
     settings, truth = planted
     _, holdout = split(propensity.build_frame(store, raw), 0.2, 7)
@@ -211,10 +213,11 @@ def test_more_interest_means_higher_conversion_propensity(planted, conversion_ru
 
 
 def test_uplift_ranking_follows_the_oracle_uplift(planted, store, raw, tmp_path):
+    from scipy.stats import spearmanr
+
     from nextbest.training import uplift
     from nextbest.training.datasets import split
     from nextbest.training.tabular import FitConfig
-    from scipy.stats import spearmanr
 
     data = uplift.build_frame(store, raw)
     assert set(data.frame["treated"].unique()) == {0, 1}
@@ -362,9 +365,10 @@ def test_no_registry_means_no_champions_and_unreachable_store_is_reported(tmp_pa
 
 def test_cli_trains_lists_promotes_and_reports_user_mistakes(planted, conversion_run, monkeypatch):
     import typer
+    from typer.testing import CliRunner
+
     from nextbest.pipelines import train_commands
     from nextbest.pipelines.train_commands import register
-    from typer.testing import CliRunner
 
     monkeypatch.setattr(train_commands.console, "width", 200)  # the results table is wide
     app = typer.Typer()

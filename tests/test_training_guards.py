@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from nextbest.features.settings import Settings
-from nextbest.pipelines.cli import app
 from typer.testing import CliRunner
 
+from nextbest.features.settings import Settings
+from nextbest.pipelines.cli import app
 from tests.conftest import build_store, make_raw
 
 runner = CliRunner()
@@ -58,6 +58,7 @@ def labels_file(path: Path, ids: pd.Series, as_of: pd.Timestamp, seed: int = 0) 
 
 def test_signal_free_labels_are_registered_but_never_promoted(padded, cli, tmp_path):
     from mlflow import MlflowClient
+
     from nextbest.training.registry import load_champions
 
     users = pd.read_parquet(padded.raw_dir / "users.parquet")["user_id"]
@@ -174,6 +175,7 @@ def test_snapshot_dates_sit_on_the_feature_snapshots():
 
 def test_a_label_model_for_any_outcome_is_registered_under_its_own_name_with_its_own_feature_service(padded, cli, tmp_path):
     from mlflow import MlflowClient
+
     from nextbest.features.store import feature_store
     from nextbest.training.registry import load_version
 

@@ -57,6 +57,7 @@ def _one_batch(n: int = 64, seed: int = 0):
 
 def test_send_time_net_overfits_one_batch():
     import torch
+
     from nextbest.training.nets import train_net
     from nextbest.training.send_time import SendTimeNet
 
@@ -70,6 +71,7 @@ def test_send_time_net_overfits_one_batch():
 
 def test_offer_net_overfits_one_weighted_batch():
     import torch
+
     from nextbest.training.nets import train_net
     from nextbest.training.offer_net import OfferNet, ipw_weights
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
     SNAPSHOTS,

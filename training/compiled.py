@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from nextbest.training.derived import _CATEGORY, _CHANNEL, _HOUR_SHARE, _keyed
 from nextbest.training.encoding import FrameEncoder
 

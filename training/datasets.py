@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from nextbest.training.scorers import REQUEST_COLUMNS
 from sklearn.model_selection import train_test_split
+
+from nextbest.training.scorers import REQUEST_COLUMNS
 
 __all__ = [
     "TrainingSet",

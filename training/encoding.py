@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from nextbest.training.derived import matched_columns, matched_values
 
 __all__ = ["FrameEncoder", "fit_encoder"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift

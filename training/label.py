@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import SharedJoins, TrainingSet, historical, service_features
 from nextbest.training.metrics import classification_metrics

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training.datasets import (
@@ -21,7 +23,6 @@ from nextbest.training.datasets import (
 from nextbest.training.encoding import FrameEncoder, fit_encoder
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.nets import device, load_state, predict_net, save_net, train_net
-from torch import nn
 
 __all__ = ["OfferNetConfig", "OfferNet", "OfferNetScorer", "ipw_weights", "build_frame", "fit", "evaluate",
            "compare_with_conversion"]

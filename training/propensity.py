@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
     REQUEST_COLUMNS,

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
 from nextbest.features.settings import Settings
 
 __all__ = [

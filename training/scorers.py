@@ -19,10 +19,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+
 from nextbest.training.compiled import ContractError, InputPlan, Rows
 from nextbest.training.encoding import FrameEncoder
 from nextbest.training.nets import device, load_state, predict_net, save_net
-from torch import nn
 
 __all__ = [
     "REQUEST_COLUMNS",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
     REQUEST_COLUMNS,

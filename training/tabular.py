@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
+
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.scorers import BoosterScorer
 from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
-from sklearn.model_selection import train_test_split
 
 __all__ = ["FitConfig", "BoosterScorer", "fit_booster"]
 
