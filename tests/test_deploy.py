@@ -114,7 +114,7 @@ def test_bentoml_build_makes_a_bento_that_serves_decisions_from_its_own_wheel(bu
     # venv's: installing the pinned requirements would download them).
     py, site = venv_with_wheel(tmp_path / "venv", wheel)
     home = tmp_path / "home"
-    shutil.copytree(built.home, home, ignore=shutil.ignore_patterns("ledger.db*", "logs"))
+    shutil.copytree(built.home, home, ignore=shutil.ignore_patterns("ledger.*", "logs"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**env, "NEXTBEST_HOME": str(home)}

@@ -26,12 +26,22 @@ from nextbest.serving.ledger import RedisLedger, SQLiteLedger
 from nextbest.serving.runtime import ConflictError, Runtime
 from nextbest.serving.schemas import DecideRequest, FeedbackRequest
 from tests.conftest import service_app, start_redis
-from tests.test_serving_runtime import NOW, champions
+from tests.test_serving_runtime import CLOCK, NOW, champions
 
 pytestmark = pytest.mark.faults
 
 EMAIL = {"channels": ["email"]}
 TODAY = {**EMAIL, "deadline": (NOW + pd.Timedelta(hours=6)).isoformat()}  # slots on NOW's day only: one e-mail at most
+
+
+_SERVER_CLOCK = [CLOCK]
+
+
+@pytest.fixture(autouse=True)
+def server_clock(monkeypatch):
+    """The service's clock stands still at CLOCK (just after NOW), unless `decide` moves it to a later day."""
+    _SERVER_CLOCK[0] = CLOCK
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: _SERVER_CLOCK[0])
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +68,7 @@ def channels(decision: dict) -> list[str]:
 
 
 def decide(rt: Runtime, user: str, context: dict | None = None, now=NOW) -> dict:
+    _SERVER_CLOCK[0] = max(_SERVER_CLOCK[0], now + (CLOCK - NOW))  # a later day: the server's clock has moved on too
     return rt.decide(DecideRequest(user_id=user, now=now, context=context or {}))
 
 
@@ -75,7 +86,7 @@ def serve(settings: Settings, models):
     mp.setenv("NEXTBEST_HOME", str(settings.home))
     mp.setattr(NextBest.inner, "loader", staticmethod(lambda s: models))
     try:
-        with TestClient(service_app()) as client:
+        with TestClient(service_app(), base_url="http://127.0.0.1:3000") as client:
             yield client
     finally:
         mp.undo()
@@ -171,7 +182,7 @@ def test_deleted_sqlite_ledger_means_no_contact_and_not_ready_until_restored(hom
             d = c.post("/decide", json={"user_id": user, "now": NOW.isoformat(), "context": EMAIL}).json()
             assert_no_contact(d, "ledger_unavailable")
         assert c.get("/readyz").status_code == 503
-        status = c.post("/status").json()
+        status = c.post("/status", json={}).json()
         assert not status["ready"] and any("deleted" in r for r in status["reasons"]), status
         # An opt-out that cannot be stored is not acknowledged: the caller retries.
         r = c.post("/feedback", json={"decision_id": first["decision_id"], "outcome": "unsubscribed"})

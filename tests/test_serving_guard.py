@@ -287,7 +287,7 @@ def test_a_broken_ledger_answers_no_contact_without_its_path(home, user, tmp_pat
 
     monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: CLOCK)
     broken = tmp_path / "home"
-    shutil.copytree(home.home, broken, ignore=shutil.ignore_patterns("ledger.db*", "logs"))
+    shutil.copytree(home.home, broken, ignore=shutil.ignore_patterns("ledger.*", "logs"))
     rt = Runtime(Settings(home=broken), loader=lambda s: {})
     for f in broken.glob("ledger.db*"):
         f.unlink()
@@ -316,7 +316,7 @@ def test_bentoml_serve_beyond_loopback_refuses_without_a_key_and_asks_for_it_wit
     from nextbest.pipelines.serve_commands import _env, _free_port, serve_command
 
     serve_home = tmp_path / "home"
-    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.db*", "logs"))
+    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.*", "logs"))
     settings = Settings(home=serve_home, host="0.0.0.0")
     port = _free_port("127.0.0.1")
     refused = subprocess.run(serve_command(settings, "0.0.0.0", port), capture_output=True, text=True, env=_env(settings),

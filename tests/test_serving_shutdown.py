@@ -31,7 +31,7 @@ NEXTBEST = Path(sys.executable).parent / "nextbest"
 @pytest.fixture
 def home(built, tmp_path) -> Settings:
     target = tmp_path / "home"
-    shutil.copytree(built.home, target, ignore=shutil.ignore_patterns("ledger.db*", "logs"))
+    shutil.copytree(built.home, target, ignore=shutil.ignore_patterns("ledger.*", "logs"))
     return Settings(home=target)
 
 
