@@ -113,14 +113,15 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     import pandas as pd
 
     from nextbest.features.store import feature_store, read_table
+    from nextbest.serving.runtime import UserError
     from nextbest.training.datasets import historical
     from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, load_champions, registered_name
     from nextbest.training.scorers import REQUEST_COLUMNS
 
     if name not in MODEL_NAMES and not name.startswith(LABEL_PREFIX):
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or label-NAME")
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or label-NAME")
     if REQUEST_COLUMNS.get(name):
-        raise ValueError(f"the {name} model scores an action (it reads {', '.join(REQUEST_COLUMNS[name])}), not a user: "
+        raise UserError(f"the {name} model scores an action (it reads {', '.join(REQUEST_COLUMNS[name])}), not a user: "
                          "score decisions with `nextbest score` without --model")
     champion = load_champions(settings, kinds=(name,)).get(name)
     if champion is None:
@@ -177,17 +178,13 @@ def register(app: typer.Typer) -> None:
         from nextbest.features.contract import parse_eligibility
         from nextbest.pipelines.cli import run_guarded, summary
         from nextbest.pipelines.console import console
-        from nextbest.serving.runtime import UserError as RequestError
 
         def body() -> dict:
             settings = Settings()
+            ids = None if users is None else \
+                tuple(line.strip() for line in users.read_text().splitlines() if line.strip())
             if model is not None:
-                ids = None if users is None else \
-                    tuple(line.strip() for line in users.read_text().splitlines() if line.strip())
-                try:
-                    return score_model(settings, model, as_of, ids, out)
-                except (ValueError, LookupError) as err:
-                    raise RequestError(str(err)) from None
+                return score_model(settings, model, as_of, ids, out)
             if as_of is not None:
                 raise typer.BadParameter("--as-of goes with --model (decisions are made now, or at --now)")
             if where:
@@ -195,9 +192,6 @@ def register(app: typer.Typer) -> None:
                     parse_eligibility(where)
                 except ValueError as err:
                     raise typer.BadParameter(f"--where: {err}") from None
-            ids = None
-            if users is not None:
-                ids = tuple(line.strip() for line in users.read_text().splitlines() if line.strip())
             moment = now.replace(tzinfo=UTC) if now is not None and now.tzinfo is None else now
             config = ScoreConfig(out, where, ids, campaign, tuple(offer) if offer else None,
                                  tuple(channel) if channel else None, n_actions, moment, chunk)
@@ -210,13 +204,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _checked(body: Callable[[], dict]) -> dict:
-    """Caller mistakes (an unknown offer or channel in the context, no feature tables yet) as clear messages."""
+    """Caller mistakes (an unknown offer, channel or model, no champion, no feature tables yet) as clear messages."""
     from nextbest.pipelines.cli import UserError
     from nextbest.serving.runtime import UserError as RequestError
 
     try:
         return body()
-    except RequestError as err:
+    except (RequestError, LookupError) as err:  # LookupError: a model without a champion
         raise UserError(str(err)) from None
     except FileNotFoundError as err:
         raise UserError(f"{err}; build the features first (nextbest features build, apply, materialize)") from None

@@ -92,6 +92,14 @@ def service_app():
     return NextBest.to_asgi()
 
 
+def copy_home(source: Settings, target: Path, fresh_ledger: bool = False) -> Settings:
+    """A private copy of a home. With `fresh_ledger` the copy starts without the ledger, its identity file and the
+    logs (a ledger's identity without its store is a lost ledger: no contact, by design)."""
+    ignore = shutil.ignore_patterns("ledger.*", "logs") if fresh_ledger else None
+    shutil.copytree(source.home, target, ignore=ignore)
+    return Settings(home=target)
+
+
 def build_store(settings: Settings, frames: dict[str, pd.DataFrame], folder: Path) -> None:
     """Ingest `frames` from CSV, build feature tables, apply and materialise."""
     from nextbest.features.build import build_all

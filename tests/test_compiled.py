@@ -3,7 +3,6 @@ contracts checked at load, refresh by version, and a failing model degrading an 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import DecideRequest
 from nextbest.training.compiled import Rows
 from nextbest.training.scorers import BoosterScorer
+from tests.conftest import copy_home
 
 DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
 NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
@@ -124,8 +124,7 @@ def test_decisions_with_the_real_champions_are_not_degraded(runtime, trained):
 
 
 def _copy(trained, tmp_path) -> Settings:
-    shutil.copytree(trained.home, tmp_path / "home")
-    return Settings(home=tmp_path / "home")
+    return copy_home(trained, tmp_path / "home")
 
 
 def test_a_model_failing_at_predict_time_degrades_the_answer_to_the_rules(trained, tmp_path):

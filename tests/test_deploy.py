@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from nextbest.features.settings import Settings
+from tests.conftest import copy_home
 from tests.test_packaging import venv_with_wheel
 from tests.test_serving_runtime import consenting_user
 
@@ -113,8 +114,7 @@ def test_bentoml_build_makes_a_bento_that_serves_decisions_from_its_own_wheel(bu
     # Serve the Bento with an interpreter whose nextbest is the Bento's wheel (its dependencies are this
     # venv's: installing the pinned requirements would download them).
     py, site = venv_with_wheel(tmp_path / "venv", wheel)
-    home = tmp_path / "home"
-    shutil.copytree(built.home, home, ignore=shutil.ignore_patterns("ledger.*", "logs"))
+    home = copy_home(built, tmp_path / "home", fresh_ledger=True).home
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**env, "NEXTBEST_HOME": str(home)}

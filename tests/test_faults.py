@@ -25,7 +25,7 @@ from nextbest.serving.config import Caps, Exploration, default_config, write_con
 from nextbest.serving.ledger import RedisLedger, SQLiteLedger
 from nextbest.serving.runtime import ConflictError, Runtime
 from nextbest.serving.schemas import DecideRequest, FeedbackRequest
-from tests.conftest import service_app, start_redis
+from tests.conftest import copy_home, service_app, start_redis
 from tests.test_serving_runtime import CLOCK, NOW, champions
 
 pytestmark = pytest.mark.faults
@@ -52,8 +52,7 @@ def models():
 @pytest.fixture
 def home(built, tmp_path) -> Settings:
     """A private copy of the session's Feast store (no operator config, no ledger yet)."""
-    shutil.copytree(built.home, tmp_path / "home")
-    return Settings(home=tmp_path / "home")
+    return copy_home(built, tmp_path / "home")
 
 
 def email_users(settings: Settings, n: int) -> list[str]:

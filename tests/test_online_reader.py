@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from datetime import UTC, datetime
 
@@ -13,6 +12,7 @@ from feast import FeatureService
 from nextbest.features.online_sqlite import OnlineReader
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
+from tests.conftest import copy_home
 
 
 def feast_dict(store, service: str | FeatureService, ids: list[str]) -> dict[str, list]:
@@ -22,8 +22,7 @@ def feast_dict(store, service: str | FeatureService, ids: list[str]) -> dict[str
 
 @pytest.fixture
 def home(built, tmp_path) -> Settings:
-    shutil.copytree(built.home, tmp_path / "home")
-    return Settings(home=tmp_path / "home")
+    return copy_home(built, tmp_path / "home")
 
 
 def test_every_feature_service_matches_feast_for_known_missing_and_repeated_users(built):

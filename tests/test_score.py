@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 
 import numpy as np
@@ -17,6 +16,7 @@ from nextbest.pipelines.cli import app
 from nextbest.pipelines.score import ScoreConfig, score
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import BatchDecideRequest, CampaignContext
+from tests.conftest import copy_home
 
 NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
 
@@ -29,8 +29,7 @@ def server_clock(monkeypatch):
 
 @pytest.fixture
 def home(trained, tmp_path) -> Settings:
-    shutil.copytree(trained.home, tmp_path / "home")
-    return Settings(home=tmp_path / "home")
+    return copy_home(trained, tmp_path / "home")
 
 
 def test_score_agrees_with_decide_batch_for_the_same_users_and_time(home, tmp_path):

@@ -8,7 +8,6 @@ JSON value, an unknown key or a body that is not an object; then hostile raw bod
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from nextbest.features.settings import Settings
+from tests.conftest import copy_home
 from tests.test_serving_http import service_client
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
@@ -60,9 +60,7 @@ HOSTILE = [
 
 @pytest.fixture(scope="module")
 def fuzz_home(built, tmp_path_factory) -> Settings:
-    target = tmp_path_factory.mktemp("fuzz") / "home"
-    shutil.copytree(built.home, target)
-    return Settings(home=target)
+    return copy_home(built, tmp_path_factory.mktemp("fuzz") / "home")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -22,6 +21,7 @@ from starlette.testclient import TestClient
 
 from nextbest.features.settings import Settings
 from nextbest.serving.guard import Guard, GuardPolicy, UnsafeStart, check_start, is_loopback, listening_host
+from tests.conftest import copy_home
 from tests.test_serving_http import service_client
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
@@ -37,9 +37,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def home(built, tmp_path_factory) -> Settings:
-    target = tmp_path_factory.mktemp("guard") / "home"
-    shutil.copytree(built.home, target)
-    return Settings(home=target)
+    return copy_home(built, tmp_path_factory.mktemp("guard") / "home")
 
 
 @pytest.fixture(scope="module")
@@ -286,8 +284,7 @@ def test_a_broken_ledger_answers_no_contact_without_its_path(home, user, tmp_pat
     from nextbest.serving.schemas import DecideRequest
 
     monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: CLOCK)
-    broken = tmp_path / "home"
-    shutil.copytree(home.home, broken, ignore=shutil.ignore_patterns("ledger.*", "logs"))
+    broken = copy_home(home, tmp_path / "home", fresh_ledger=True).home
     rt = Runtime(Settings(home=broken), loader=lambda s: {})
     for f in broken.glob("ledger.db*"):
         f.unlink()
@@ -315,8 +312,7 @@ def test_nextbest_serve_refuses_beyond_loopback_without_a_key(home):
 def test_bentoml_serve_beyond_loopback_refuses_without_a_key_and_asks_for_it_with_one(home, tmp_path):
     from nextbest.pipelines.serve_commands import _env, _free_port, serve_command
 
-    serve_home = tmp_path / "home"
-    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.*", "logs"))
+    serve_home = copy_home(home, tmp_path / "home", fresh_ledger=True).home
     settings = Settings(home=serve_home, host="0.0.0.0")
     port = _free_port("127.0.0.1")
     refused = subprocess.run(serve_command(settings, "0.0.0.0", port), capture_output=True, text=True, env=_env(settings),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from nextbest.features.settings import Settings
-from tests.conftest import service_app
+from tests.conftest import copy_home, service_app
 from tests.test_serving_runtime import CLOCK, champions, consenting_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +29,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def home(built, tmp_path_factory) -> Settings:
-    target = tmp_path_factory.mktemp("http") / "home"
-    shutil.copytree(built.home, target)
-    return Settings(home=target)
+    return copy_home(built, tmp_path_factory.mktemp("http") / "home")
 
 
 @contextlib.contextmanager
@@ -195,9 +192,7 @@ def test_non_finite_numbers_are_not_json_and_get_a_400(client, home, raw):
 def test_real_bentoml_serve_on_loopback_with_metrics_and_readme_examples(home, tmp_path):
     from nextbest.pipelines.serve_commands import running_service
 
-    serve_home = tmp_path / "home"
-    shutil.copytree(home.home, serve_home, ignore=shutil.ignore_patterns("ledger.*", "logs"))  # a new ledger, identity and all
-    settings = Settings(home=serve_home)
+    settings = copy_home(home, tmp_path / "home", fresh_ledger=True)  # a new ledger, identity and all
     user = consenting_user(settings)
     with running_service(settings) as url:
         assert url.startswith("http://127.0.0.1:")

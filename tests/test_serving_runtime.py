@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from nextbest.features.settings import Settings
 from nextbest.serving.ledger import RedisLedger
 from nextbest.serving.runtime import ConflictError, NotFoundError, Runtime
 from nextbest.serving.schemas import DecideRequest, EventsRequest, FeedbackRequest, ProfileRequest
+from tests.conftest import copy_home
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 CLOCK = datetime(2026, 11, 23, 14, 6, tzinfo=UTC)  # the server clock in these tests: just after every time they send
@@ -82,8 +82,7 @@ def models_v2():
 @pytest.fixture
 def home(built, tmp_path) -> Settings:
     """A private copy of the session's Feast store, so events and the ledger do not leak between tests."""
-    shutil.copytree(built.home, tmp_path / "home")
-    return Settings(home=tmp_path / "home")
+    return copy_home(built, tmp_path / "home")
 
 
 def consenting_user(settings: Settings, channel: str = "email") -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -24,15 +23,14 @@ from nextbest.features.settings import Settings
 from nextbest.pipelines.cli import app
 from nextbest.pipelines.serve_commands import EXIT_REFUSED, EXIT_STOPPED, port_problem
 from nextbest.serving import shutdown
+from tests.conftest import copy_home
 
 NEXTBEST = Path(sys.executable).parent / "nextbest"
 
 
 @pytest.fixture
 def home(built, tmp_path) -> Settings:
-    target = tmp_path / "home"
-    shutil.copytree(built.home, target, ignore=shutil.ignore_patterns("ledger.*", "logs"))
-    return Settings(home=target)
+    return copy_home(built, tmp_path / "home", fresh_ledger=True)
 
 
 def _free_port() -> int:
