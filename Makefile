@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install demo test redis lint clean bench lock wheel bento
+.PHONY: install spark demo test redis lint clean bench lock wheel bento
 
 # deploy/requirements.txt pins every runtime dependency: the venv, the tests and the Bento get the same set.
 $(STAMP): pyproject.toml deploy/requirements.txt
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml deploy/requirements.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The Spark engine (optional extra): the tests hold it to DuckDB's answers, so `make test` installs it.
+SPARK_STAMP := $(VENV)/.spark-stamp
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/pip install $(PIP_FLAGS) -c deploy/requirements.txt -e ".[test,spark]"
+	touch $(SPARK_STAMP)
+
+spark: $(SPARK_STAMP)
 
 # The Redis online store and ledger are tested against a real redis-server; deploy/prometheus.yml and
 # the dashboard's queries against Prometheus' own promtool (Debian's prometheus package; not started).
@@ -43,7 +51,7 @@ bento: wheel
 demo: install
 	$(BIN)/nextbest demo
 
-test: install redis
+test: install spark redis
 	$(BIN)/python -m pytest
 
 lint: install

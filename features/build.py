@@ -1,31 +1,37 @@
-"""Raw tables -> feature tables: point-in-time snapshots per user, computed in DuckDB.
+"""Raw tables -> feature tables: point-in-time snapshots per user, written once as SQL and run by an engine.
 
 Every snapshot row `(user_id, event_timestamp=t)` uses only events strictly before `t`: a day's events
 count towards snapshots taken after that day ends (snapshots are at midnight UTC), and contact outcomes
 count only once their own timestamp (opened_at, converted_at, ...) is before `t`.
+
+Each table is one query in DuckDB's dialect over the raw Parquet files (features/engines.py runs it on DuckDB
+out of core, or transpiled on Spark), streamed to Parquet. Windows are frames over one stream per user: the
+per-day totals and one probe row per snapshot, ordered by day number, so a snapshot's 7-day window is
+`RANGE BETWEEN 7 PRECEDING AND 1 PRECEDING` of its probe row: linear in events plus snapshots, and portable.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 __all__ = [
     "BuildConfig",
     "WINDOWS",
+    "STAGES",
     "snapshot_times",
-    "profile_table",
-    "behaviour_table",
-    "channel_table",
-    "time_profile_table",
     "tags_table",
-    "realtime_table",
+    "build_tables",
     "build_all",
+    "build_features",
     "column_name",
 ]
 
@@ -37,6 +43,15 @@ _COUNTED_TYPES: dict[str, str] = {
 # Lifecycle stages in funnel order; a user's stage is the furthest event type ever seen.
 STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
 _STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+_RATE_DAYS = 365  # window of the per-channel open, click and convert rates
+_AFFINITY_PRIOR = 0.35  # pseudo-events per category in the affinity shares
+# Activity that follows the user's daily rhythm: what they do on their own, whenever they choose.
+_RHYTHM_TYPES = ("app_open", "view", "search", "add_to_cart", "purchase")
+_RHYTHM_DAYS = 365  # a year of activity: a daily rhythm changes slowly, and a few months hold only tens of events
+_RHYTHM_BANDWIDTH_H = 2.0  # circular Gaussian smoothing of the hourly counts
+_NEVER = 9999  # days since something that never happened
+_KMEANS_SAMPLE = 20_000  # rows the cluster centres are fitted on
+TABLES = ("profile", "behaviour", "channel", "time_profile", "tags", "realtime")
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class BuildConfig:
     clusters: int = 6  # behavioural clusters (k-means)
     seed: int = 7
     duckdb_memory: str = "4GB"  # DuckDB spills to disk beyond this instead of growing
+    duckdb_threads: int | None = None  # None: DuckDB's default (one per core)
+    temp_dir: Path | None = None  # where DuckDB spills (None: DuckDB's default beside its database)
 
 
 def column_name(text: str) -> str:
@@ -64,10 +81,15 @@ def snapshot_times(events: pd.DataFrame, config: BuildConfig, as_of: pd.Timestam
     """Midnight-UTC snapshot times every `snapshot_every_days`, on a grid through `as_of` when given (a training
     date then has its own snapshot, not one a few days older), and always the day after the last event (the
     newest values, for serving). `history_days` counts back from `as_of`, else from that newest day."""
-    newest = events["ts"].max().floor("D") + timedelta(days=1)
+    return _snapshot_grid(events["ts"].min(), events["ts"].max(), config, as_of)
+
+
+def _snapshot_grid(first: pd.Timestamp, last: pd.Timestamp, config: BuildConfig,
+                   as_of: pd.Timestamp | None = None) -> pd.DatetimeIndex:
+    newest = last.floor("D") + timedelta(days=1)
     anchor = newest if as_of is None else as_of
     step = timedelta(days=config.snapshot_every_days)
-    start = events["ts"].min().floor("D") + timedelta(days=1)
+    start = first.floor("D") + timedelta(days=1)
     if config.history_days is not None:
         start = max(start, anchor - timedelta(days=config.history_days))
     back = max(int((anchor - start) / step), 0)
@@ -81,215 +103,150 @@ def snapshot_times(events: pd.DataFrame, config: BuildConfig, as_of: pd.Timestam
     return pd.DatetimeIndex(times).tz_convert("UTC")
 
 
-def _grid(con: duckdb.DuckDBPyConnection, users: pd.DataFrame, snaps: pd.DatetimeIndex) -> None:
-    """Register `grid`: one row per (user, snapshot) after the user's sign-up."""
-    con.register("snaps_df", pd.DataFrame({"snap": snaps}))
-    con.register("users_df", users[["user_id", "signup_at", "timezone"]].astype({"user_id": str}))
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE grid AS
-        SELECT u.user_id, s.snap, u.signup_at, u.timezone
-        FROM users_df u JOIN snaps_df s ON u.signup_at < s.snap
-    """)
+# ---- SQL building blocks (DuckDB dialect; SQLGlot carries them to Spark) ------------------------------------
+
+def _lit(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
 
 
-def profile_table(users: pd.DataFrame) -> pd.DataFrame:
-    """Static profile: every users column becomes a feature (timestamped at sign-up)."""
-    out = users.rename(columns={"signup_at": "event_timestamp"}).copy()
-    out["user_id"] = out["user_id"].astype(str)
-    for col in out.columns:
-        if isinstance(out[col].dtype, pd.CategoricalDtype):
-            out[col] = out[col].astype(str)
-    out["utc_offset_hours"] = _utc_offsets(out["timezone"], out["event_timestamp"].max())
-    return out
+def _num(x: float) -> str:
+    return repr(float(x))
 
 
-def _utc_offsets(timezones: pd.Series, at: pd.Timestamp) -> np.ndarray:
-    from zoneinfo import ZoneInfo
-
-    offsets = {tz: at.tz_convert(ZoneInfo(tz)).utcoffset().total_seconds() / 3600 for tz in timezones.unique()}
-    return timezones.map(offsets).to_numpy(dtype="float64")
+def _day(col: str) -> str:
+    """UTC day number of a timestamp (days since 1970-01-01): windows are integer frames over it."""
+    return f"CAST(floor(epoch({col}) / 86400) AS BIGINT)"
 
 
-def _cumulative(con: duckdb.DuckDBPyConnection, source: str, target: str, sums: list[str], extra: str = "") -> None:
-    """Per (user, day) running totals of `sums` columns of `source`: a snapshot then needs one ASOF lookup."""
-    running = ", ".join(f"(sum({c}) OVER w)::DOUBLE AS {c}" for c in sums)  # DOUBLE: HUGEINT sums convert row by row
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {target} AS
-        SELECT user_id, day, {running}{extra}
-        FROM {source}
-        WINDOW w AS (PARTITION BY user_id ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-    """)
+def _over(days: int | None, partition: str = "user_id") -> str:
+    """The frame of a probe row: the `days` days before its snapshot day (None: all days before it)."""
+    start = "UNBOUNDED" if days is None else str(days)
+    return f"OVER (PARTITION BY {partition} ORDER BY day RANGE BETWEEN {start} PRECEDING AND 1 PRECEDING)"
 
 
-def _as_of(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], days_back: int) -> pd.DataFrame:
-    """Running totals of each grid row's user as of `days_back` days before its snapshot (events strictly before)."""
-    cols = ", ".join(f"c.{col}" for col in columns)
-    # The lookup time must be a plain column: an expression in the ASOF condition makes DuckDB fall back
-    # to a far slower inequality join (minutes instead of a second at 100k users).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE grid_at AS SELECT user_id, snap, snap - INTERVAL {days_back} DAY AS t FROM grid")
-    return con.execute(f"""
-        SELECT {cols}
-        FROM grid_at g ASOF LEFT JOIN {table} c ON g.user_id = c.user_id AND g.t > c.day
-        ORDER BY g.snap, g.user_id
-    """).df()
+def _windowed(col: str, days: int | None) -> str:
+    return f"coalesce(sum({col}) {_over(days)}, 0)"
 
 
-def behaviour_table(con: duckdb.DuckDBPyConnection, events: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
-    """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot).
+def _stream(daily: str, columns: list[str]) -> str:
+    """Per-day rows of `daily` and one probe row per grid row (snapshot), in one stream ordered by day."""
+    nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {c}" for c in columns)
+    cols = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in columns)
+    return (f"SELECT user_id, day, 0 AS probe, {cols} FROM {daily} "
+            f"UNION ALL SELECT user_id, snap_day AS day, 1 AS probe, {nulls} FROM grid")
 
-    Events are summed per (user, day), turned into running totals, and each window is the difference
-    of two ASOF lookups (as of the snapshot, and as of the window's start): linear in events plus
-    snapshots, instead of joining every snapshot with 90 days of events.
-    """
-    ev = events[["user_id", "ts", "type"] + [c for c in ("category", "amount") if c in events]].copy()
-    ev["user_id"] = ev["user_id"].astype(str)
-    ev["type"] = ev["type"].astype(str)
-    if "category" not in ev:
-        ev["category"] = None
-    ev["category"] = ev["category"].astype(object)
-    if "amount" not in ev:
-        ev["amount"] = np.nan
-    ev["stage"] = ev["type"].map(_STAGE_OF_TYPE).fillna(0).astype("int8")
-    con.register("events_df", ev)
-    quote = lambda c: c.replace("'", "''")  # noqa: E731
-    cat_cols = "".join(
-        f", count(*) FILTER (WHERE category = '{quote(c)}' AND type IN ('view','add_to_cart'))"
-        f" + count(*) FILTER (WHERE category = '{quote(c)}' AND type = 'purchase') AS c_{column_name(c)}"
-        for c in categories
+
+def _argfirst(values: list[str], best: str) -> str:
+    """Index of the first of `values` equal to `best` (a CASE chain: portable argmax/argmin)."""
+    return "CASE " + " ".join(f"WHEN {v} = {best} THEN {i}" for i, v in enumerate(values)) + " END"
+
+
+# ---- one query per feature table -------------------------------------------------------------------------------
+
+def _profile_sql(columns: list[str]) -> str:
+    """Static profile: every users column becomes a feature (timestamped at sign-up), plus its UTC offset."""
+    out = []
+    for c in columns:
+        if c == "user_id":
+            out.append("CAST(u.user_id AS VARCHAR) AS user_id")
+        elif c == "signup_at":
+            out.append("u.signup_at AS event_timestamp")
+        else:
+            out.append(f'u."{c}"')
+    return (f"SELECT {', '.join(out)}, o.utc_offset_hours FROM users_raw u "
+            "LEFT JOIN tz_offsets o ON o.timezone = u.timezone")
+
+
+def _behaviour_sql(categories: list[str]) -> str:
+    """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
+    cat = {c: f"c_{column_name(c)}" for c in categories}
+    daily_cols = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy", "stage", *cat.values()]
+    daily = (
+        "SELECT user_id, day, count(*) AS n_events, "
+        + "".join(f"count(*) FILTER (WHERE type = {_lit(t)}) AS n_{t}, " for t in _COUNTED_TYPES)
+        + "coalesce(sum(amount) FILTER (WHERE type = 'purchase'), 0) AS revenue, "
+        "CASE WHEN count(*) FILTER (WHERE type = 'add_to_cart') > 0 AND count(*) FILTER (WHERE type = 'purchase') = 0 "
+        "THEN 1 ELSE 0 END AS cart_no_buy, max(stage) AS stage"
+        + "".join(f", count(*) FILTER (WHERE category = {_lit(c)} AND type IN ('view', 'add_to_cart', 'purchase')) AS {n}"
+                  for c, n in cat.items())
+        + " FROM ev GROUP BY user_id, day"
     )
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE daily AS
-        SELECT user_id, date_trunc('day', ts) AS day,
-               count(*) AS n_events,
-               {", ".join(f"count(*) FILTER (WHERE type = '{t}') AS n_{t}" for t in _COUNTED_TYPES)},
-               coalesce(sum(amount) FILTER (WHERE type = 'purchase'), 0) AS revenue,
-               (count(*) FILTER (WHERE type = 'add_to_cart') > 0 AND count(*) FILTER (WHERE type = 'purchase') = 0)::INT
-                   AS cart_no_buy,
-               max(stage) AS stage
-               {cat_cols}
-        FROM events_df GROUP BY ALL
-    """)
-    sums = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy",
-            *[f"c_{column_name(c)}" for c in categories]]
-    _cumulative(con, "daily", "cum_daily", sums,
-                extra=", max(stage) OVER w AS stage, max(CASE WHEN n_purchase > 0 THEN day END) OVER w AS last_buy")
-    grid = con.execute("SELECT user_id, snap, signup_at FROM grid ORDER BY snap, user_id").df()
-    snap = pd.to_datetime(grid["snap"], utc=True)
-    now = _as_of(con, "cum_daily", sums + ["stage", "last_buy", "day"], 0)
-    totals = {c: now[c].fillna(0).to_numpy(dtype="float64") for c in sums}
-    df = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": snap})
-    before = {}  # only what later columns need, so one window's lookups are freed before the next
+    win = ["user_id", "day AS snap_day", "probe"]
     for w in WINDOWS:
-        past = _as_of(con, "cum_daily", sums, w)
-        past = {c: past[c].fillna(0).to_numpy(dtype="float64") for c in sums}
-        df[f"events_{w}d"] = totals["n_events"] - past["n_events"]
-        for t, plural in _COUNTED_TYPES.items():
-            df[f"{plural}_{w}d"] = totals[f"n_{t}"] - past[f"n_{t}"]
-        df[f"revenue_{w}d"] = totals["revenue"] - past["revenue"]
-        if w == 30:
-            before[w] = {c: past[c] for c in sums if c == "cart_no_buy"}
-        del past
-    df["purchases_all"] = totals["n_purchase"]
-    df["revenue_all"] = totals["revenue"]
-    days = lambda col: ((snap - pd.to_datetime(now[col], utc=True)).dt.days).fillna(9999).to_numpy(dtype="int64")  # noqa: E731
-    df["recency_days"] = days("last_buy")
-    df["days_since_last_event"] = days("day")
-    df["abandoned_cart_days_30d"] = totals["cart_no_buy"] - before[30]["cart_no_buy"]
-    df["tenure_days"] = (snap - pd.to_datetime(grid["signup_at"], utc=True)).dt.days.to_numpy(dtype="int64")
-    df["funnel_stage"] = now["stage"].fillna(0).to_numpy(dtype="int64")
-    df["monetary_90d"] = np.where(df["purchases_90d"] > 0, df["revenue_90d"] / df["purchases_90d"].clip(lower=1), 0.0)
-    df["frequency_90d"] = df["purchases_90d"]
+        win.append(f"{_windowed('n_events', w)} AS events_{w}d")
+        win += [f"{_windowed(f'n_{t}', w)} AS {plural}_{w}d" for t, plural in _COUNTED_TYPES.items()]
+        win.append(f"{_windowed('revenue', w)} AS revenue_{w}d")
+    win += [f"{_windowed('n_purchase', None)} AS purchases_all", f"{_windowed('revenue', None)} AS revenue_all",
+            f"max(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS last_buy",
+            f"max(CASE WHEN probe = 0 THEN day END) {_over(None)} AS last_day",
+            f"{_windowed('cart_no_buy', 30)} AS abandoned_cart_days_30d",
+            f"coalesce(max(stage) {_over(None)}, 0) AS stage_now"]
+    win += [f"{_windowed(n, None)} AS {n}" for n in cat.values()]
+    out = ["w.user_id", "s.snap AS event_timestamp"]
+    for w in WINDOWS:
+        out += [f"events_{w}d", *[f"{p}_{w}d" for p in _COUNTED_TYPES.values()], f"revenue_{w}d"]
+    total = " + ".join(cat.values()) or "0"
+    k = _num(_AFFINITY_PRIOR * max(len(categories), 1))
+    out += ["purchases_all", "revenue_all",
+            f"CAST(coalesce(w.snap_day - last_buy, {_NEVER}) AS BIGINT) AS recency_days",
+            f"CAST(coalesce(w.snap_day - last_day, {_NEVER}) AS BIGINT) AS days_since_last_event",
+            "abandoned_cart_days_30d",
+            "CAST(floor((epoch(s.snap) - g.signup_s) / 86400) AS BIGINT) AS tenure_days",
+            "CAST(stage_now AS BIGINT) AS funnel_stage",
+            "CASE WHEN purchases_90d > 0 THEN revenue_90d / greatest(purchases_90d, 1) ELSE 0.0 END AS monetary_90d",
+            "purchases_90d AS frequency_90d"]
     # Category affinity: the posterior mean share of interest, from every categorised event so far and a
     # weak prior (_AFFINITY_PRIOR pseudo-events per category). A user with one view of books is not
     # "100 % books"; a user with none gets the uniform share. Measured on the demo world, plugging these
     # shares into the true response picks the best offer for 59 % of users, against 54 % for raw 90-day shares.
-    counts = np.stack([totals[f"c_{column_name(c)}"] for c in categories], axis=1) if categories else np.zeros((len(df), 0))
-    shares = (counts + _AFFINITY_PRIOR) / (counts.sum(axis=1, keepdims=True) + _AFFINITY_PRIOR * max(len(categories), 1))
-    for i, c in enumerate(categories):
-        df[f"aff_{column_name(c)}"] = shares[:, i]
-    return df
+    out += [f"({n} + {_num(_AFFINITY_PRIOR)}) / ({total} + {k}) AS aff_{column_name(c)}" for c, n in cat.items()]
+    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', daily_cols)}), "
+            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
+            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day "
+            "JOIN grid g ON g.user_id = w.user_id AND g.snap_day = w.snap_day")
 
 
-def channel_table(con: duckdb.DuckDBPyConnection, contacts: pd.DataFrame | None, channels: list[str], config: BuildConfig) -> pd.DataFrame:
+def _channel_sql(channels: list[str], config: BuildConfig) -> str:
     """Per-channel engagement (sent, smoothed open/click/convert rates, recency, fatigue) per (user, snapshot).
 
     Each outcome counts on its own day (a send on its sent day, an open on its opened day), so a
-    snapshot at `t` sees only outcomes that happened before `t`; windows are running-total differences.
+    snapshot at `t` sees only outcomes that happened before `t`.
     """
-    cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
-    ct = pd.DataFrame({c: pd.Series(dtype="object") for c in cols}) if contacts is None else contacts.copy()
-    for c in cols:
-        if c not in ct:
-            ct[c] = pd.NaT
-    ct = ct[cols]
-    ct = ct[ct["channel"].notna()]  # control rows are not contacts
-    ct["user_id"] = ct["user_id"].astype(str)
-    ct["channel"] = ct["channel"].astype(str)
-    for c in cols[3:] + ["sent_at"]:
-        ct[c] = pd.to_datetime(ct[c], utc=True)
-    con.register("contacts_df", ct)
-    quote = lambda c: c.replace("'", "''")  # noqa: E731
     kinds = {"sent": "sent_at", "open": "opened_at", "click": "clicked_at", "conv": "converted_at"}
-    per_channel = [f"count(*) FILTER (WHERE kind = '{k}' AND channel = '{quote(ch)}') AS {k}_{column_name(ch)}"
-                   for ch in channels for k in kinds]
-    # user_id cast to text: without contacts the frame is empty and DuckDB would guess an integer column,
-    # which the ASOF join against the grid's text ids cannot compare.
-    outcome_rows = " UNION ALL ".join(
-        f"SELECT user_id::VARCHAR AS user_id, channel::VARCHAR AS channel, '{k}' AS kind, "
-        f"date_trunc('day', {col}::TIMESTAMPTZ) AS day FROM contacts_df WHERE {col} IS NOT NULL"
+    outcomes = " UNION ALL ".join(
+        f"SELECT user_id, channel, {_lit(k)} AS kind, {_day(col)} AS day FROM ct WHERE {col} IS NOT NULL"
         for k, col in {**kinds, "unsub": "unsubscribed_at", "complaint": "complained_at"}.items())
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE daily_contacts AS
-        SELECT user_id, day, {"".join(c + ", " for c in per_channel)}
-               count(*) FILTER (WHERE kind = 'sent') AS sent_all,
-               count(*) FILTER (WHERE kind = 'open') AS open_all,
-               count(*) FILTER (WHERE kind = 'unsub') AS unsub_all,
-               count(*) FILTER (WHERE kind = 'complaint') AS complaint_all
-        FROM ({outcome_rows}) GROUP BY ALL
-    """)
-    sums = [f"{k}_{column_name(ch)}" for ch in channels for k in kinds] + ["sent_all", "open_all", "unsub_all", "complaint_all"]
-    last_sent = "".join(f", max(CASE WHEN sent_{column_name(ch)} > 0 THEN day END) OVER w AS last_{column_name(ch)}"
-                        for ch in channels)
-    _cumulative(con, "daily_contacts", "cum_contacts", sums, extra=last_sent)
-    grid = con.execute("SELECT user_id, snap FROM grid ORDER BY snap, user_id").df()
-    snap = pd.to_datetime(grid["snap"], utc=True)
-    now = _as_of(con, "cum_contacts", sums + [f"last_{column_name(ch)}" for ch in channels], 0)
-    totals = {c: now[c].fillna(0).to_numpy(dtype="float64") for c in sums}
-    past = {w: {c: v.fillna(0).to_numpy(dtype="float64") for c, v in _as_of(con, "cum_contacts", sums, w).items()}
-            for w in (1, 7, 90, _RATE_DAYS)}
-    window = lambda col, w: totals[col] - past[w][col]  # noqa: E731
+    per_channel = {f"{k}_{column_name(ch)}": f"count(*) FILTER (WHERE kind = {_lit(k)} AND channel = {_lit(ch)})"
+                   for ch in channels for k in kinds}
+    overall = {"sent_all": "sent", "open_all": "open", "unsub_all": "unsub", "complaint_all": "complaint"}
+    daily = ("SELECT user_id, day, "
+             + ", ".join([f"{expr} AS {n}" for n, expr in per_channel.items()]
+                         + [f"count(*) FILTER (WHERE kind = {_lit(k)}) AS {n}" for n, k in overall.items()])
+             + f" FROM ({outcomes}) o GROUP BY user_id, day")
     a, k = config.rate_prior * config.rate_strength, config.rate_strength
-    df = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": snap})
+    win, out = ["user_id", "day AS snap_day", "probe"], ["w.user_id", "s.snap AS event_timestamp"]
     for ch in channels:
         n = column_name(ch)
-        sent = window(f"sent_{n}", 90)
-        df[f"sent_90d_{n}"] = sent
-        df[f"sent_7d_{n}"] = window(f"sent_{n}", 7)
+        win += [f"{_windowed(f'sent_{n}', 90)} AS sent_90d_{n}", f"{_windowed(f'sent_{n}', 7)} AS sent_7d_{n}",
+                *[f"{_windowed(f'{kind}_{n}', _RATE_DAYS)} AS {kind}_year_{n}" for kind in ("sent", "open", "click", "conv")],
+                f"max(CASE WHEN sent_{n} > 0 THEN day END) {_over(None)} AS last_{n}"]
         # The rates read a year: how a user answers a channel changes slowly, and 90 days hold about two sends.
-        sent_rate = window(f"sent_{n}", _RATE_DAYS)
-        df[f"open_rate_{n}"] = (window(f"open_{n}", _RATE_DAYS) + a) / (sent_rate + k)
-        df[f"click_rate_{n}"] = (window(f"click_{n}", _RATE_DAYS) + a / 2) / (sent_rate + k)
-        df[f"convert_rate_{n}"] = (window(f"conv_{n}", _RATE_DAYS) + a / 5) / (sent_rate + k)
-        last = pd.to_datetime(now[f"last_{n}"], utc=True)
-        df[f"days_since_contact_{n}"] = (snap - last).dt.days.fillna(9999).to_numpy(dtype="int64")
-    df["contacts_1d"] = window("sent_all", 1)
-    df["contacts_7d"] = window("sent_all", 7)
-    df["contacts_90d"] = window("sent_all", 90)
-    df["opens_90d"] = window("open_all", 90)
-    df["unsubscribes_90d"] = window("unsub_all", 90)
-    df["complaints_90d"] = window("complaint_all", 90)
-    return df
+        out += [f"sent_90d_{n}", f"sent_7d_{n}",
+                f"(open_year_{n} + {_num(a)}) / (sent_year_{n} + {_num(k)}) AS open_rate_{n}",
+                f"(click_year_{n} + {_num(a / 2)}) / (sent_year_{n} + {_num(k)}) AS click_rate_{n}",
+                f"(conv_year_{n} + {_num(a / 5)}) / (sent_year_{n} + {_num(k)}) AS convert_rate_{n}",
+                f"CAST(coalesce(w.snap_day - last_{n}, {_NEVER}) AS BIGINT) AS days_since_contact_{n}"]
+    for name, col, days in (("contacts_1d", "sent_all", 1), ("contacts_7d", "sent_all", 7), ("contacts_90d", "sent_all", 90),
+                            ("opens_90d", "open_all", 90), ("unsubscribes_90d", "unsub_all", 90),
+                            ("complaints_90d", "complaint_all", 90)):
+        win.append(f"{_windowed(col, days)} AS {name}")
+        out.append(name)
+    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', [*per_channel, *overall])}), "
+            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
+            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day")
 
 
-_RATE_DAYS = 365  # window of the per-channel open, click and convert rates
-_AFFINITY_PRIOR = 0.35  # pseudo-events per category in the affinity shares
-# Activity that follows the user's daily rhythm: what they do on their own, whenever they choose.
-_RHYTHM_TYPES = ("app_open", "view", "search", "add_to_cart", "purchase")
-_RHYTHM_DAYS = 365  # a year of activity: a daily rhythm changes slowly, and a few months hold only tens of events
-_RHYTHM_BANDWIDTH_H = 2.0  # circular Gaussian smoothing of the hourly counts
-
-
-def time_profile_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def _time_profile_sql() -> str:
     """The user's daily rhythm per (user, snapshot): the share of their activity (app opens, views, searches,
     carts, purchases) per local hour over a year, smoothed over neighbouring hours, and its peak hour.
 
@@ -298,171 +255,253 @@ def time_profile_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     activity reaches 87-89 % of the best hour's open rate, against 80 % for raw counts of app opens alone.
     """
     hours = [f"h{h:02d}" for h in range(24)]
-    types = ", ".join(f"'{t}'" for t in _RHYTHM_TYPES)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE daily_hours AS
-        SELECT user_id, day, {", ".join(f"count(*) FILTER (WHERE local_hour = {h}) AS h{h:02d}" for h in range(24))}
-        FROM (SELECT e.user_id, date_trunc('day', e.ts) AS day, hour(timezone(u.timezone, e.ts)) AS local_hour
-              FROM events_df e JOIN users_df u ON u.user_id = e.user_id WHERE e.type IN ({types}))
-        GROUP BY ALL
-    """)
-    _cumulative(con, "daily_hours", "cum_hours", hours)
-    now = _as_of(con, "cum_hours", hours, 0)[hours].fillna(0).to_numpy(dtype="float64")
-    past = _as_of(con, "cum_hours", hours, _RHYTHM_DAYS)[hours].fillna(0).to_numpy(dtype="float64")
-    counts = now - past
-    grid = con.execute("SELECT user_id, snap FROM grid ORDER BY snap, user_id").df()
-    total = counts.sum(axis=1, keepdims=True)
-    smooth = _circular_smooth(counts, _RHYTHM_BANDWIDTH_H)
-    shares = np.divide(smooth, smooth.sum(axis=1, keepdims=True), out=np.full_like(counts, 1 / 24), where=total > 0)
-    out = pd.DataFrame({"user_id": grid["user_id"].to_numpy(), "event_timestamp": pd.to_datetime(grid["snap"], utc=True)})
-    for h in range(24):
-        out[f"open_share_h{h:02d}"] = shares[:, h]
-    out["rhythm_events_365d"] = total[:, 0]
-    # Users with no activity get -1: "no rhythm known", not "midnight".
-    out["peak_open_hour"] = np.where(total[:, 0] > 0, shares.argmax(axis=1), -1)
-    return out
-
-
-def _circular_smooth(counts: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Each row of 24 hourly counts convolved with a Gaussian kernel on the 24-hour circle."""
+    types = ", ".join(_lit(t) for t in _RHYTHM_TYPES)
+    daily = ("SELECT user_id, day, " + ", ".join(f"count(*) FILTER (WHERE local_hour = {h}) AS h{h:02d}" for h in range(24))
+             + " FROM (SELECT e.user_id, e.day, hour(e.ts AT TIME ZONE u.timezone) AS local_hour "
+             f"FROM ev e JOIN users_n u ON u.user_id = e.user_id WHERE e.type IN ({types})) x GROUP BY user_id, day")
+    win = ["user_id", "day AS snap_day", "probe", *[f"{_windowed(h, _RHYTHM_DAYS)} AS {h}" for h in hours]]
+    # Circular Gaussian smoothing: hour h collects every hour k with the kernel weight of their distance on the clock.
     gap = np.minimum(np.arange(24), 24 - np.arange(24))
-    kernel = np.exp(-0.5 * (gap / bandwidth) ** 2)
-    # Circular convolution as a (24 x 24) matrix product: row h of `weights` spreads hour h over its neighbours.
-    weights = kernel[(np.arange(24)[None, :] - np.arange(24)[:, None]) % 24]
-    return counts @ weights
+    kernel = np.exp(-0.5 * (gap / _RHYTHM_BANDWIDTH_H) ** 2)
+    smooth = [" + ".join(f"{hours[k]} * {_num(kernel[(h - k) % 24])}" for k in range(24)) + f" AS s{h:02d}" for h in range(24)]
+    s = [f"s{h:02d}" for h in range(24)]
+    total = " + ".join(hours)
+    peak = _argfirst(s, "greatest(" + ", ".join(s) + ")")
+    out = (["user_id", "event_timestamp"]
+           + [f"CASE WHEN rhythm_events_365d > 0 THEN s{h:02d} / ({' + '.join(s)}) ELSE {_num(1 / 24)} END AS open_share_h{h:02d}"
+              for h in range(24)]
+           # Users with no activity get -1: "no rhythm known", not "midnight".
+           + ["rhythm_events_365d", f"CAST(CASE WHEN rhythm_events_365d > 0 THEN {peak} "
+              "ELSE -1 END AS BIGINT) AS peak_open_hour"])
+    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', hours)}), "
+            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1), "
+            f"sm AS (SELECT w.user_id, s.snap AS event_timestamp, {total} AS rhythm_events_365d, {', '.join(smooth)} "
+            "FROM w JOIN snaps s ON s.snap_day = w.snap_day) "
+            f"SELECT {', '.join(out)} FROM sm")
 
 
-def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConfig) -> pd.DataFrame:
-    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard."""
-    df = behaviour[["user_id", "event_timestamp"]].copy()
-    keys = ["user_id", "event_timestamp"]
-    b = behaviour.set_index(keys)
-    c = channel.set_index(keys).reindex(b.index)
-    snap = behaviour["event_timestamp"].to_numpy()
-    # RFM scores 1..5 within each snapshot (5 = best); a user with no purchase scores 1 on all three.
-    buyer = b["purchases_all"].to_numpy() > 0
-    df["r_score"] = _quintile(-b["recency_days"].to_numpy(dtype=float), snap, buyer)
-    df["f_score"] = _quintile(b["purchases_90d"].to_numpy(dtype=float), snap, buyer)
-    df["m_score"] = _quintile(b["revenue_90d"].to_numpy(dtype=float), snap, buyer)
-    df["rfm_segment"] = _rfm_segment(df["r_score"].to_numpy(), df["f_score"].to_numpy(), buyer)
-    df["lifecycle_stage"] = np.asarray(STAGES, dtype=object)[b["funnel_stage"].to_numpy(dtype=int)]
-    df["value_tier"] = _value_tier(b["revenue_all"].to_numpy(dtype=float), snap)
-    cluster_cols = ["events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event"]
-    df["behaviour_cluster"] = _kmeans_labels(np.log1p(b[cluster_cols].to_numpy(dtype=float).clip(min=0)), config.clusters, config.seed)
-    # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
-    df["scorecard"] = (
-        np.minimum(b["app_opens_30d"].to_numpy(), 10) * 1
-        + b["add_to_carts_30d"].to_numpy() * 3
-        + b["purchases_30d"].to_numpy() * 10
-        + c["opens_90d"].fillna(0).to_numpy() * 2
-        - b["abandoned_cart_days_30d"].to_numpy() * 2
-        - c["unsubscribes_90d"].fillna(0).to_numpy() * 5
-        - c["complaints_90d"].fillna(0).to_numpy() * 10
-    ).astype("float64")
-    return df
+_CLUSTER_COLS = ("events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event")
 
 
-def _quintile(values: np.ndarray, snaps: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    out = np.ones(len(values), dtype="int64")
-    frame = pd.DataFrame({"v": values, "s": snaps, "m": mask})
-    ranks = frame[frame["m"]].groupby("s")["v"].rank(pct=True, method="average")
-    out[ranks.index.to_numpy()] = np.ceil(ranks.to_numpy() * 5).clip(1, 5).astype("int64")
-    return out
+def _cluster_sample_sql(rows: int) -> str:
+    """Every n-th row per snapshot (by user id), about `_KMEANS_SAMPLE` rows in all: the same sample on any engine."""
+    stride = max(1, -(-rows // _KMEANS_SAMPLE))
+    return (f"SELECT {', '.join(_CLUSTER_COLS)} FROM (SELECT *, row_number() OVER (PARTITION BY event_timestamp "
+            f"ORDER BY user_id) AS rn FROM behaviour) x WHERE (rn - 1) % {stride} = 0 ORDER BY event_timestamp, user_id")
 
 
-def _rfm_segment(r: np.ndarray, f: np.ndarray, buyer: np.ndarray) -> np.ndarray:
-    seg = np.full(len(r), "prospect", dtype=object)
-    seg[buyer & (r >= 4) & (f >= 4)] = "champion"
-    seg[buyer & (r >= 3) & (f >= 3) & (seg == "prospect")] = "loyal"
-    seg[buyer & (r >= 4) & (f <= 2)] = "new_customer"
-    seg[buyer & (r <= 2) & (f >= 3)] = "at_risk"
-    seg[buyer & (r <= 2) & (f <= 2)] = "hibernating"
-    seg[buyer & (seg == "prospect")] = "needs_attention"
-    return seg
-
-
-def _value_tier(revenue: np.ndarray, snaps: np.ndarray) -> np.ndarray:
-    tier = np.full(len(revenue), "none", dtype=object)
-    frame = pd.DataFrame({"v": revenue, "s": snaps})
-    pos = frame[frame["v"] > 0]
-    ranks = pos.groupby("s")["v"].rank(pct=True)
-    idx = ranks.index.to_numpy()
-    tier[idx] = np.where(ranks >= 0.8, "high", np.where(ranks >= 0.4, "mid", "low"))
-    return tier
-
-
-def _kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> np.ndarray:
-    """Seeded k-means; clusters numbered by the size of their centre so labels are stable across runs."""
-    if len(x) == 0:
-        return np.zeros(0, dtype="int64")
+def _kmeans_centres(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded k-means on a sample: (mean, sd, centres), centres ordered by their distance from the mean so
+    cluster numbers are stable across runs."""
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = (x - mu) / sd
     rng = np.random.default_rng(seed)
-    sample = z[rng.choice(len(z), size=min(len(z), 20_000), replace=False)]
-    centres = sample[rng.choice(len(sample), size=min(k, len(sample)), replace=False)]
+    centres = z[rng.choice(len(z), size=min(k, len(z)), replace=False)]
     for _ in range(iterations):
-        labels = ((sample[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        centres = np.stack([sample[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(len(centres))])
-    order = np.argsort(np.linalg.norm(centres, axis=1))
-    centres = centres[order]
-    labels = np.empty(len(z), dtype="int64")
-    for start in range(0, len(z), 200_000):  # chunks bound memory at 1M rows
-        chunk = z[start:start + 200_000]
-        labels[start:start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-    return labels
+        labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        centres = np.stack([z[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(len(centres))])
+    return mu, sd, centres[np.argsort(np.linalg.norm(centres, axis=1))]
 
 
-def realtime_table(events: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Seed values for the real-time view: each user's last event before `as_of` (later ones come by push)."""
-    ev = events[events["ts"] < as_of][["user_id", "ts", "type"]]
-    ev = ev.assign(user_id=ev["user_id"].astype(str), type=ev["type"].astype(str))
-    last = ev.sort_values("ts").groupby("user_id", sort=False).tail(1)
-    hour = ev[ev["ts"] >= as_of - timedelta(hours=1)].groupby("user_id").size()
-    carts = ev[ev["type"].isin(["add_to_cart", "purchase"])].sort_values("ts").groupby("user_id").tail(1)
-    open_cart = carts.set_index("user_id")["type"].eq("add_to_cart")
-    out = pd.DataFrame({
-        "user_id": last["user_id"].to_numpy(),
-        "event_timestamp": last["ts"].to_numpy(),
-        "last_event_type": last["type"].to_numpy(),
-    })
-    out["last_event_at"] = out["event_timestamp"].astype("int64") // 10**9
-    out["events_1h"] = out["user_id"].map(hour).fillna(0).astype("int64")
-    out["cart_open"] = out["user_id"].map(open_cart).eq(True).astype("int64")  # no cart event: not open
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
-    return out
+def _tags_sql(mu: np.ndarray, sd: np.ndarray, centres: np.ndarray) -> str:
+    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard."""
+    # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank (ties share their mean
+    # rank); a user with no purchase scores 1 on all three. Money compares to the micro-unit, so the order in
+    # which an engine summed a user's purchases cannot split a tie.
+    def pct(value: str, who: str) -> str:
+        part = f"PARTITION BY b.event_timestamp, {who}"
+        return (f"(CAST(rank() OVER ({part} ORDER BY {value}) AS DOUBLE) + (count(*) OVER ({part}, {value}) - 1) / 2.0)"
+                f" / count(*) OVER ({part})")
+
+    def quintile(value: str) -> str:
+        return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(value, 'b.purchases_all > 0')} * 5), 1), 5) AS BIGINT) ELSE 1 END"
+
+    z = [f"((ln(1 + greatest(b.{c}, 0.0)) - {_num(m)}) / {_num(s)})" for c, m, s in zip(_CLUSTER_COLS, mu, sd, strict=True)]
+    dist = [" + ".join(f"pow({zj} - {_num(cj)}, 2)" for zj, cj in zip(z, centre, strict=True)) for centre in centres]
+    d = [f"d{i}" for i in range(len(dist))]
+    stage = "CASE b.funnel_stage " + " ".join(f"WHEN {i} THEN {_lit(s)}" for i, s in enumerate(STAGES)) + " END"
+    inner = [
+        "b.user_id", "b.event_timestamp",
+        f"{quintile('-b.recency_days')} AS r_score",
+        f"{quintile('b.purchases_90d')} AS f_score",
+        f"{quintile('round(b.revenue_90d, 6)')} AS m_score",
+        "b.purchases_all > 0 AS buyer",
+        f"{stage} AS lifecycle_stage",
+        "CASE WHEN b.revenue_all > 0 THEN (CASE WHEN {p} >= 0.8 THEN 'high' WHEN {p} >= 0.4 THEN 'mid' ELSE 'low' END) "
+        "ELSE 'none' END AS value_tier".replace("{p}", pct("round(b.revenue_all, 6)", "b.revenue_all > 0")),
+        *[f"{expr} AS {n}" for expr, n in zip(dist, d, strict=True)],
+        # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
+        "CAST(least(b.app_opens_30d, 10) * 1 + b.add_to_carts_30d * 3 + b.purchases_30d * 10 + coalesce(c.opens_90d, 0) * 2"
+        " - b.abandoned_cart_days_30d * 2 - coalesce(c.unsubscribes_90d, 0) * 5 - coalesce(c.complaints_90d, 0) * 10"
+        " AS DOUBLE) AS scorecard",
+    ]
+    segment = ("CASE WHEN NOT buyer THEN 'prospect' WHEN r_score >= 4 AND f_score >= 4 THEN 'champion' "
+               "WHEN r_score >= 3 AND f_score >= 3 THEN 'loyal' WHEN r_score >= 4 AND f_score <= 2 THEN 'new_customer' "
+               "WHEN r_score <= 2 AND f_score >= 3 THEN 'at_risk' WHEN r_score <= 2 AND f_score <= 2 THEN 'hibernating' "
+               "ELSE 'needs_attention' END")
+    nearest = _argfirst(d, "least(" + ", ".join(d) + ")")
+    cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
+    return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
+            f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
+            "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp) t")
+
+
+def _realtime_sql(as_of_s: float) -> str:
+    """Seed values for the real-time view: each user's last event before the newest snapshot (later ones come by
+    push), events in the hour before it, and whether the last cart event left a cart open. Events at the same
+    instant count in funnel order (a purchase after the add-to-cart it completes)."""
+    cut = _num(as_of_s)
+    return ("SELECT user_id, ts AS event_timestamp, type AS last_event_type, CAST(floor(ts_s) AS BIGINT) AS last_event_at, "
+            "CAST(events_1h AS BIGINT) AS events_1h, "
+            "CAST(CASE WHEN last_cart IS NOT NULL AND (last_buy IS NULL OR last_cart > last_buy) THEN 1 ELSE 0 END AS BIGINT) "
+            "AS cart_open FROM (SELECT user_id, ts, type, ts_s, "
+            "row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, stage DESC, type DESC) AS rn, "
+            f"sum(CASE WHEN ts_s >= {cut} - 3600 THEN 1 ELSE 0 END) OVER (PARTITION BY user_id) AS events_1h, "
+            "max(CASE WHEN type = 'add_to_cart' THEN ts_s END) OVER (PARTITION BY user_id) AS last_cart, "
+            "max(CASE WHEN type = 'purchase' THEN ts_s END) OVER (PARTITION BY user_id) AS last_buy "
+            f"FROM ev WHERE ts_s < {cut}) x WHERE rn = 1")
+
+
+# ---- wiring ------------------------------------------------------------------------------------------------------
+
+def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
+    """Raw Parquet as normalised views (`users_n`, `ev`, `ct`); returns the users columns and the channels."""
+    users_cols = pq.read_schema(raw["users"]).names
+    engine.table("users_raw", raw["users"])
+    engine.table("events_raw", raw["events"])
+    ev_cols = set(pq.read_schema(raw["events"]).names)
+    engine.create("users_n", "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(timezone AS VARCHAR) AS timezone, "
+                  "epoch(signup_at) AS signup_s FROM users_raw")
+    category = "CAST(category AS VARCHAR)" if "category" in ev_cols else "CAST(NULL AS VARCHAR)"
+    amount = "CAST(amount AS DOUBLE)" if "amount" in ev_cols else "CAST(NULL AS DOUBLE)"
+    stage = "CASE CAST(type AS VARCHAR) " + " ".join(f"WHEN {_lit(t)} THEN {s}" for t, s in _STAGE_OF_TYPE.items()) + " ELSE 0 END"
+    engine.create("ev", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
+                  f"CAST(type AS VARCHAR) AS type, {category} AS category, {amount} AS amount, {stage} AS stage FROM events_raw")
+    cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
+    if raw.get("contacts") is not None:
+        engine.table("contacts_raw", raw["contacts"])
+        have = set(pq.read_schema(raw["contacts"]).names)
+        sel = ["CAST(user_id AS VARCHAR) AS user_id", "CAST(channel AS VARCHAR) AS channel"] + [
+            (f"CAST({c} AS TIMESTAMPTZ) AS {c}" if c in have else f"CAST(NULL AS TIMESTAMPTZ) AS {c}") for c in cols[3:]]
+        # control rows (no channel) are not contacts
+        engine.create("ct", f"SELECT {', '.join(sel)}, CAST(sent_at AS TIMESTAMPTZ) AS sent_at FROM contacts_raw "
+                      "WHERE channel IS NOT NULL")
+    else:
+        engine.create("ct", "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS channel, "
+                      + ", ".join(f"CAST(NULL AS TIMESTAMPTZ) AS {c}" for c in [*cols[3:], "sent_at"]) + " WHERE 1 = 0")
+    channels: list[str] = []
+    if raw.get("channels") is not None:
+        engine.table("channels_raw", raw["channels"])
+        channels = engine.fetch("SELECT DISTINCT CAST(channel AS VARCHAR) AS channel FROM channels_raw")["channel"].tolist()
+    if not channels:
+        channels = engine.fetch("SELECT DISTINCT channel FROM ct")["channel"].tolist()
+    return users_cols, sorted(str(c) for c in channels if c is not None)
+
+
+def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfig = BuildConfig(),
+                 as_of: pd.Timestamp | None = None, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """All feature tables from the raw Parquet files `raw` (table -> path), written as `<out_dir>/<name>.parquet`
+    by `engine` (features/engines.py); returns rows per table. Nothing is held in pandas but small lookups."""
+    from zoneinfo import ZoneInfo
+
+    out_dir = Path(out_dir)
+    step = progress or (lambda name: None)
+    users_cols, channels = _register_raw(engine, raw)
+    span = engine.fetch("SELECT min(ts_s) AS first, max(ts_s) AS last FROM ev").iloc[0]
+    if pd.isna(span["first"]):
+        raise ValueError("the events table is empty: feature tables need at least one event")
+    snaps = _snapshot_grid(pd.Timestamp(span["first"], unit="s", tz="UTC"), pd.Timestamp(span["last"], unit="s", tz="UTC"),
+                           config, as_of)
+    engine.frame("snaps", pd.DataFrame({"snap": snaps.astype("datetime64[us, UTC]"),
+                                        "snap_day": (snaps.asi8 // (86400 * 10**9)).astype("int64")}))
+    engine.create("grid", "SELECT u.user_id, s.snap_day, u.signup_s FROM users_n u JOIN snaps s ON u.signup_s < epoch(s.snap)")
+    top = engine.fetch(f"SELECT category, count(*) AS n FROM ev WHERE category IS NOT NULL GROUP BY category "
+                       f"ORDER BY n DESC, category LIMIT {int(config.max_categories)}")
+    categories = sorted(top["category"].astype(str))
+    tz = engine.fetch("SELECT DISTINCT timezone FROM users_n WHERE timezone IS NOT NULL")["timezone"].tolist()
+    newest_signup = pd.Timestamp(engine.fetch("SELECT max(signup_s) AS s FROM users_n").iloc[0]["s"], unit="s", tz="UTC")
+    engine.frame("tz_offsets", pd.DataFrame({
+        "timezone": pd.Series(tz, dtype=object),
+        "utc_offset_hours": pd.Series([newest_signup.tz_convert(ZoneInfo(t)).utcoffset().total_seconds() / 3600 for t in tz],
+                                      dtype="float64")}))
+    rows: dict[str, int] = {}
+    path = lambda name: out_dir / f"{name}.parquet"  # noqa: E731
+    step("profile")
+    rows["profile"] = engine.write(_profile_sql(users_cols), path("profile"))
+    step("behaviour")
+    rows["behaviour"] = engine.write(_behaviour_sql(categories), path("behaviour"))
+    step("channel")
+    rows["channel"] = engine.write(_channel_sql(channels, config), path("channel"))
+    step("time_profile")
+    rows["time_profile"] = engine.write(_time_profile_sql(), path("time_profile"))
+    step("tags")
+    engine.table("behaviour", path("behaviour"))
+    engine.table("channel", path("channel"))
+    rows["tags"] = engine.write(_tags_sql(*_fit_clusters(engine, rows["behaviour"], config)), path("tags"))
+    step("realtime")
+    rows["realtime"] = engine.write(_realtime_sql(snaps[-1].timestamp()), path("realtime"))
+    return rows
+
+
+def _fit_clusters(engine, rows: int, config: BuildConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sample = engine.fetch(_cluster_sample_sql(rows)).to_numpy(dtype="float64")
+    if len(sample) == 0:
+        return np.zeros(len(_CLUSTER_COLS)), np.ones(len(_CLUSTER_COLS)), np.zeros((1, len(_CLUSTER_COLS)))
+    return _kmeans_centres(np.log1p(sample.clip(min=0)), config.clusters, config.seed)
+
+
+def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConfig) -> pd.DataFrame:
+    """Segments from features (RFM, lifecycle stage, value tier, cluster, scorecard) for in-memory tables: the same
+    query as the build, on DuckDB."""
+    from nextbest.features.engines import DuckDBEngine
+
+    engine = DuckDBEngine(config.duckdb_memory, config.duckdb_threads, config.temp_dir)
+    try:
+        engine.frame("behaviour", behaviour)
+        engine.frame("channel", channel)
+        return engine.fetch(_tags_sql(*_fit_clusters(engine, len(behaviour), config)) + " ORDER BY event_timestamp, user_id")
+    finally:
+        engine.close()
 
 
 def build_all(raw: dict[str, pd.DataFrame], config: BuildConfig = BuildConfig(), as_of: pd.Timestamp | None = None,
-              progress=None) -> dict[str, pd.DataFrame]:
-    """All feature tables from the raw tables; `progress(name)` is called before each step."""
-    users, events = raw["users"], raw["events"]
-    snaps = snapshot_times(events, config, as_of)
-    categories = []
-    if "category" in events:
-        counts = events["category"].dropna().astype(str).value_counts()
-        categories = sorted(counts.index[: config.max_categories])
-    channels = sorted(raw["channels"]["channel"].astype(str)) if raw.get("channels") is not None else []
-    if not channels and raw.get("contacts") is not None:
-        channels = sorted(raw["contacts"]["channel"].dropna().astype(str).unique())
-    con = duckdb.connect()
+              progress=None, engine=None) -> dict[str, pd.DataFrame]:
+    """All feature tables from in-memory raw tables (small data, tests): written to a scratch folder and built by
+    `build_tables` (DuckDB unless `engine` is given), then read back, sorted by snapshot and user."""
+    from nextbest.features.engines import DuckDBEngine
+
+    with tempfile.TemporaryDirectory(prefix="nextbest-build-") as scratch:
+        folder = Path(scratch)
+        paths = {}
+        for name, df in raw.items():
+            if df is not None and name in ("users", "events", "contacts", "channels"):
+                paths[name] = folder / f"raw-{name}.parquet"
+                df.to_parquet(paths[name], index=False)
+        own = engine is None
+        engine = engine or DuckDBEngine(config.duckdb_memory, config.duckdb_threads, config.temp_dir)
+        try:
+            build_tables(engine, paths, folder, config, as_of, progress)
+        finally:
+            if own:
+                engine.close()
+        return {name: pd.read_parquet(folder / f"{name}.parquet").sort_values(["event_timestamp", "user_id"])
+                .reset_index(drop=True) for name in TABLES}
+
+
+def build_features(settings, config: BuildConfig = BuildConfig(), as_of: pd.Timestamp | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """The home's raw snapshot -> its feature tables, on the engine the settings choose (`NEXTBEST_ENGINE`), streamed
+    to a staging folder and swapped in whole; rows per table."""
+    import shutil
+
+    from nextbest.features.engines import open_engine
+    from nextbest.features.ingest import raw_path
+    from nextbest.features.store import publish_tables
+
+    raw = {t: raw_path(settings.raw_dir, t) for t in ("users", "events", "contacts", "channels")}
+    engine = open_engine(settings.engine, settings.home, settings.build_memory, settings.build_threads, settings.spark_master)
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"SET memory_limit = '{config.duckdb_memory}'")
-        _grid(con, users, snaps)
-        tables: dict[str, pd.DataFrame] = {}
-        step = progress or (lambda name: None)
-        step("profile")
-        tables["profile"] = profile_table(users)
-        step("behaviour")
-        tables["behaviour"] = behaviour_table(con, events, categories)
-        step("channel")
-        tables["channel"] = channel_table(con, raw.get("contacts"), channels, config)
-        step("time_profile")
-        tables["time_profile"] = time_profile_table(con)
-        step("tags")
-        tables["tags"] = tags_table(tables["behaviour"], tables["channel"], config)
-        step("realtime")
-        tables["realtime"] = realtime_table(events, snaps[-1])
+        return publish_tables(lambda staging: build_tables(engine, raw, staging, config, as_of, progress), settings.feature_dir)
     finally:
-        con.close()
-    return tables
+        engine.close()
+        shutil.rmtree(settings.home / ".build-tmp", ignore_errors=True)

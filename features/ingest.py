@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, TimeWindow, Violation, conform
 
-__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "read_raw",
+__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "read_raw", "raw_path",
            "manifest", "recover_raw", "ingest_window"]
 
 MANIFEST = "_manifest.json"
@@ -370,6 +370,13 @@ def manifest(raw_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no ingested data in {raw_dir}: run `nextbest simulate` or `nextbest ingest` first")
     return json.loads(path.read_text())
+
+
+def raw_path(raw_dir: Path, table: str) -> Path | None:
+    """The Parquet file of one raw table of the current snapshot (for engines that read it directly), or None."""
+    recover_raw(raw_dir)
+    path = Path(raw_dir) / f"{table}.parquet"
+    return path if path.exists() else None
 
 
 def read_raw(raw_dir: Path, table: str) -> pd.DataFrame | None:

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     redis_url: str = Field("127.0.0.1:6379", description="Redis as `host:port[,db=N]` (Feast's connection string), "
                            "for the online store and the contact ledger when they are `redis`.")
     offline_store: Literal["duckdb", "file"] = Field("duckdb", description="Feast offline store for training sets.")
+    engine: Literal["duckdb", "spark"] = Field("duckdb", description="Engine that builds the feature tables and runs "
+                                              "`nextbest score`: DuckDB on this machine (out of core), or Apache Spark "
+                                              "(`pip install nextbest[spark]`, Java 17) past one machine.")
+    spark_master: str = Field("local[*]", description="Spark master URL when `engine` is `spark`: `local[*]` uses "
+                              "every core here; `spark://host:7077`, `yarn` or `k8s://...` a cluster.")
+    build_memory: str = Field("4GB", pattern=r"^(?i)\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="Memory limit of a DuckDB feature build; beyond it DuckDB spills "
+                              "to `<home>/.build-tmp` instead of growing (e.g. `2GB`, `500MB`).")
+    build_threads: int | None = Field(None, ge=1, description="Threads of a DuckDB feature build; unset: one per core.")
     seed: int = Field(7, description="Seed of simulation, splits, tuning and the service's exploration.")
     ledger_backend: Literal["sqlite", "redis"] = Field("sqlite", description="Contact ledger (caps, idempotency "
                                                        "keys, suppressions): SQLite WAL in home, or Redis.")

@@ -20,7 +20,7 @@ from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service", "materialize",
-           "read_table"]
+           "read_table", "publish_tables"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -74,13 +74,24 @@ def write_tables(tables: dict[str, pd.DataFrame], feature_dir: Path) -> dict[str
     unknown = set(tables) - set(VIEWS)
     if unknown:
         raise ValueError(f"unknown feature table(s) {sorted(unknown)}")
+
+    def write(staging: Path) -> dict[str, int]:
+        for name, df in tables.items():
+            df.to_parquet(table_path(staging, name), index=False)
+        return {name: len(df) for name, df in tables.items()}
+
+    return publish_tables(write, feature_dir)
+
+
+def publish_tables(write: Callable[[Path], dict[str, int]], feature_dir: Path) -> dict[str, int]:
+    """Let `write` fill a staging folder with feature tables, then swap it in whole (a failed build keeps the last
+    good one); returns what `write` returned (rows per table)."""
     feature_dir = Path(feature_dir)
     feature_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = feature_dir.parent / f".{feature_dir.name}-staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        for name, df in tables.items():
-            df.to_parquet(table_path(staging, name), index=False)
+        rows = write(staging)
         old = feature_dir.parent / f".{feature_dir.name}-old-{uuid.uuid4().hex[:8]}"
         if feature_dir.exists():
             feature_dir.rename(old)
@@ -89,7 +100,7 @@ def write_tables(tables: dict[str, pd.DataFrame], feature_dir: Path) -> dict[str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {name: len(df) for name, df in tables.items()}
+    return rows
 
 
 def read_table(settings: Settings, name: str) -> pd.DataFrame:

@@ -189,27 +189,31 @@ def ingest(
 
 def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120,
            as_of: str | None = None) -> dict[str, int]:
-    from nextbest.features.build import BuildConfig, build_all
-    from nextbest.features.contract import TABLES
-    from nextbest.features.ingest import manifest, read_raw
-    from nextbest.features.store import write_tables
+    import duckdb
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from nextbest.features.build import BuildConfig, build_features
+    from nextbest.features.ingest import manifest, raw_path
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
-    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
-    if raw["events"] is None or raw["events"].empty or raw["users"] is None or raw["users"].empty:
+    paths = {t: raw_path(settings.raw_dir, t) for t in ("users", "events")}
+    if any(p is None or pq.ParquetFile(p).metadata.num_rows == 0 for p in paths.values()):
         raise UserError("the ingested data has no users or no events (ingested with --force?): nothing to build "
                         "features from; ingest data with both")
-    when = snapshot_date(as_of, raw["events"]) if as_of else None
+    first = pd.Timestamp(duckdb.sql(f"SELECT min(ts) FROM read_parquet('{str(paths['events']).replace(chr(39), chr(39) * 2)}')")
+                         .fetchone()[0])
+    when = snapshot_date(as_of, first) if as_of else None
     config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
                          seed=settings.seed)
     with steps(7) as advance:
-        tables = build_all(raw, config, as_of=when, progress=lambda name: advance(f"building {name}"))
-        advance("writing feature tables")
-        return write_tables(tables, settings.feature_dir)
+        rows = build_features(settings, config, as_of=when, progress=lambda name: advance(f"building {name}"))
+        advance(f"feature tables written ({settings.engine})")
+        return rows
 
 
-def snapshot_date(text: str, events: pd.DataFrame) -> pd.Timestamp:
-    """`--as-of` as a midnight-UTC snapshot time inside the events' span, or a UserError saying what is wrong."""
+def snapshot_date(text: str, first: pd.Timestamp | None) -> pd.Timestamp:
+    """`--as-of` as a midnight-UTC snapshot time after the first event (`first`), or a UserError saying what is wrong."""
     import pandas as pd
 
     try:
@@ -219,10 +223,11 @@ def snapshot_date(text: str, events: pd.DataFrame) -> pd.Timestamp:
     when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
     if when != when.floor("D"):
         raise UserError(f"--as-of {text!r}: snapshots are taken at midnight UTC; give a date (YYYY-MM-DD)")
-    first = pd.to_datetime(events["ts"], utc=True).min()
-    if events.empty or when <= first:
+    first = None if first is None or pd.isna(first) else pd.Timestamp(first)
+    first = None if first is None else (first.tz_localize("UTC") if first.tzinfo is None else first.tz_convert("UTC"))
+    if first is None or when <= first:
         raise UserError(f"--as-of {when.date()} is not after the first event"
-                        f"{f' ({first.date()})' if not events.empty else ' (there are no events)'}: pick a later date")
+                        f"{f' ({first.date()})' if first is not None else ' (there are no events)'}: pick a later date")
     return when
 
 

@@ -76,13 +76,9 @@ def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
 
 
 def _build(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.features.build import BuildConfig, build_all
-    from nextbest.features.contract import TABLES
-    from nextbest.features.ingest import read_raw
-    from nextbest.features.store import write_tables
+    from nextbest.features.build import BuildConfig, build_features
 
-    raw = {t: read_raw(settings.raw_dir, t) for t in TABLES}
-    return {"rows": write_tables(build_all(raw, BuildConfig(seed=settings.seed)), settings.feature_dir)}
+    return {"rows": build_features(settings, BuildConfig(seed=settings.seed))}
 
 
 def _apply(settings: Settings, config: RetrainConfig, state: dict) -> dict:

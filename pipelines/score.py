@@ -22,7 +22,7 @@ import typer
 
 from nextbest.features.settings import Settings
 
-__all__ = ["ScoreConfig", "score", "score_model", "register", "SCHEMA"]
+__all__ = ["ScoreConfig", "score", "score_on_spark", "score_model", "register", "SCHEMA"]
 
 SCHEMA = pa.schema([
     ("user_id", pa.string()), ("decision_id", pa.string()), ("rank", pa.int16()), ("offer_id", pa.string()),
@@ -104,6 +104,74 @@ def score(settings: Settings, config: ScoreConfig = ScoreConfig(), runtime=None,
             "degraded": degraded, **{f"channel {c}": n for c, n in sorted(counts.items())},
             "seconds": round(seconds, 1), "users per second": round(scored / seconds) if seconds else scored,
             "models": metadata["model_versions"], "written to": str(out)}
+
+
+def _spark_type(t: pa.DataType) -> str:
+    """The Spark SQL type of one SCHEMA column (the decisions file has the same schema on either engine)."""
+    return {pa.string(): "string", pa.int16(): "smallint", pa.int32(): "int", pa.float64(): "double",
+            pa.bool_(): "boolean"}.get(t, "timestamp")
+
+
+def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spark=None) -> dict[str, object]:
+    """`score` on Apache Spark: users partitioned by id, each partition decided by its own Runtime with the same
+    engine code and rules (`mapInPandas`), written as one Parquet file of the same schema; returns a summary."""
+    import shutil
+
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from nextbest.features.engines import merge_parts, spark_session
+    from nextbest.features.store import read_table
+    from nextbest.serving.runtime import Runtime
+    from nextbest.serving.schemas import CampaignContext
+
+    spark = spark or spark_session(settings.spark_master)
+    ids = list(config.user_ids) if config.user_ids is not None else \
+        read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
+    context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
+                              channels=list(config.channels) if config.channels else None)
+    now = (config.now or datetime.now(UTC)).astimezone(UTC)
+    out = config.out or settings.home / "scores" / f"decisions-{now.strftime('%Y%m%dT%H%M%SZ')}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One Runtime in the driver too: the caller's mistakes (an unknown offer) fail here, before any task starts,
+    # and the file records the champions' versions.
+    rt = Runtime(settings)
+    rt.score(ids[:1], context, now, config.n_actions, config.where)
+    metadata = {"now": now.isoformat(), "where": config.where or "", "campaign_id": config.campaign_id,
+                "model_versions": json.dumps(rt.models.current.versions()), "engine": "spark"}
+    home, chunk, n_actions, where = settings.model_dump(), config.chunk, config.n_actions, config.where
+
+    def decide(batches):
+        local = Runtime(Settings(**home))  # one per partition: models load once per task, not per batch
+        for batch in batches:
+            users = batch["user_id"].astype(str).tolist()
+            for start in range(0, len(users), chunk):
+                decisions = local.score(users[start:start + chunk], context, now, n_actions, where)
+                yield pd.DataFrame(_rows(decisions))
+
+    ddl = ", ".join(f"{f.name} {_spark_type(f.type)}" for f in SCHEMA)
+    parts = max(1, min(spark.sparkContext.defaultParallelism, -(-len(ids) // chunk)))
+    started = time.perf_counter()
+    folder = out.with_name(f".{out.name}.parts")
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        users = spark.createDataFrame(pd.DataFrame({"user_id": ids}), "user_id string").repartition(parts, "user_id")
+        users.mapInPandas(decide, ddl).write.mode("overwrite").parquet(str(folder))
+        merge_parts(folder, tmp, SCHEMA.with_metadata({f"nextbest.{k}": v for k, v in metadata.items()}))
+        tmp.replace(out)  # a complete file or none: readers never see a half-written one
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    table = pq.read_table(out, columns=["user_id", "rank", "channel", "degraded_reasons"])
+    first = table.filter(pc.less_equal(table["rank"], 0))
+    scored, with_action = first.num_rows, int(pc.sum(pc.equal(first["rank"], 0)).as_py() or 0)
+    degraded = int(pc.sum(pc.not_equal(first["degraded_reasons"], "")).as_py() or 0)
+    counts = Counter(c for c in table["channel"].to_pylist() if c is not None)
+    return {"users": len(ids), "scored": scored, "with an action": with_action, "no contact": scored - with_action,
+            "degraded": degraded, **{f"channel {c}": n for c, n in sorted(counts.items())},
+            "seconds": round(seconds, 1), "users per second": round(scored / seconds) if seconds else scored,
+            "models": metadata["model_versions"], "engine": f"spark ({spark.sparkContext.master})", "written to": str(out)}
 
 
 def score_model(settings: Settings, name: str, as_of: datetime | None = None, user_ids: tuple[str, ...] | None = None,
@@ -195,6 +263,8 @@ def register(app: typer.Typer) -> None:
             moment = now.replace(tzinfo=UTC) if now is not None and now.tzinfo is None else now
             config = ScoreConfig(out, where, ids, campaign, tuple(offer) if offer else None,
                                  tuple(channel) if channel else None, n_actions, moment, chunk)
+            if settings.engine == "spark":  # partitioned by user on Spark (NEXTBEST_ENGINE=spark)
+                return score_on_spark(settings, config)
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TimeRemainingColumn(), console=console) as bar:
                 task = bar.add_task("scoring users", total=None)

@@ -1,0 +1,194 @@
+"""Where feature SQL runs: DuckDB on this machine (default), or Apache Spark for data past one machine.
+
+Feature definitions (features/build.py) are written once, in DuckDB's SQL dialect. The DuckDB engine runs them
+as they are, out of core (memory limit, threads and a spill folder from the build config); the Spark engine
+transpiles them to Spark SQL with SQLGlot. Both read raw Parquet directly and stream results to Parquet: no
+feature table is ever a whole pandas frame. `fetch` is for small results only (category lists, a k-means sample).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["Engine", "DuckDBEngine", "SparkEngine", "spark_session", "spark_sql", "merge_parts", "open_engine", "ENGINES"]
+
+ENGINES = ("duckdb", "spark")
+
+
+class Engine(Protocol):
+    """What feature building needs from a SQL engine."""
+
+    dialect: str
+
+    def table(self, name: str, path: Path) -> None: ...  # a view over one Parquet file
+    def frame(self, name: str, df: pd.DataFrame) -> None: ...  # a small in-memory table (snapshot times, offsets)
+    def create(self, name: str, sql: str) -> None: ...  # an intermediate table, materialised (spills when large)
+    def write(self, sql: str, path: Path) -> int: ...  # the query's rows to one Parquet file; returns the row count
+    def fetch(self, sql: str) -> pd.DataFrame: ...  # a small result
+    def close(self) -> None: ...
+
+
+class DuckDBEngine:
+    """DuckDB in this process: memory bounded by `memory_limit`, spilling to `temp_directory` beyond it."""
+
+    dialect = "duckdb"
+
+    def __init__(self, memory_limit: str = "4GB", threads: int | None = None, temp_directory: Path | None = None):
+        import duckdb
+
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        # Insertion order is not a feature: dropping it lets DuckDB stream COPY without buffering whole tables.
+        self.con.execute("SET preserve_insertion_order = false")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        if temp_directory is not None:
+            Path(temp_directory).mkdir(parents=True, exist_ok=True)
+            self.con.execute(f"SET temp_directory = '{_quoted(str(temp_directory))}'")
+
+    def table(self, name: str, path: Path) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet('{_quoted(str(path))}')")
+
+    def frame(self, name: str, df: pd.DataFrame) -> None:
+        self.con.register(f"{name}_df", df)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_df")
+        self.con.unregister(f"{name}_df")
+
+    def create(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+
+    def write(self, sql: str, path: Path) -> int:
+        self.con.execute(f"COPY ({sql}) TO '{_quoted(str(path))}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+        return pq.ParquetFile(path).metadata.num_rows
+
+    def fetch(self, sql: str) -> pd.DataFrame:
+        return self.con.execute(sql).df()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def spark_sql(sql: str) -> str:
+    """A DuckDB-dialect query in Spark's dialect (SQLGlot): the one feature definition, run on Spark."""
+    import sqlglot
+
+    return sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)[0]
+
+
+def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8):
+    """The SparkSession feature builds and batch scoring run on (an existing one is reused as it is)."""
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    # Python workers must import nextbest: the same interpreter as the driver (the project's venv).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return (SparkSession.builder.master(master).appName("nextbest")
+            .config("spark.driver.memory", driver_memory)
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+            .config("spark.sql.ansi.enabled", "false")  # DuckDB semantics: x / 0 is NULL, not an error
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate())
+
+
+class SparkEngine:
+    """Spark SQL (local mode or a cluster) over the same Parquet files; the queries are transpiled from DuckDB's."""
+
+    dialect = "spark"
+
+    def __init__(self, spark=None, master: str = "local[*]", work_dir: Path | None = None):
+        self.spark = spark or spark_session(master)
+        self.work = Path(work_dir or tempfile.mkdtemp(prefix="nextbest-spark-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def table(self, name: str, path: Path) -> None:
+        self.spark.read.parquet(str(_spark_readable(Path(path), self.work))).createOrReplaceTempView(name)
+
+    def frame(self, name: str, df: pd.DataFrame) -> None:
+        folder = self.work / f"frame-{name}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        df.to_parquet(folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+        self.spark.read.parquet(str(folder)).createOrReplaceTempView(name)
+
+    def create(self, name: str, sql: str) -> None:
+        # Written out and read back: a checkpoint that cuts the query plan and holds the rows on disk, not in memory.
+        folder = self.work / f"table-{name}-{uuid.uuid4().hex[:8]}"
+        self.spark.sql(spark_sql(sql)).write.parquet(str(folder))
+        self.spark.read.parquet(str(folder)).createOrReplaceTempView(name)
+
+    def write(self, sql: str, path: Path) -> int:
+        folder = self.work / f"out-{uuid.uuid4().hex[:8]}"
+        self.spark.sql(spark_sql(sql)).write.parquet(str(folder))
+        return merge_parts(folder, Path(path))
+
+    def fetch(self, sql: str) -> pd.DataFrame:
+        return self.spark.sql(spark_sql(sql)).toPandas()
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)  # the session stays: it may be shared (tests, scoring)
+
+
+def merge_parts(folder: Path, path: Path, schema: pa.Schema | None = None) -> int:
+    """Spark's part files of one result as one Parquet file, streamed row group by row group (bounded memory)."""
+    parts = sorted(p for p in Path(folder).glob("part-*.parquet"))
+    schema = schema or (pq.read_schema(parts[0]) if parts else None)
+    rows = 0
+    if schema is None:
+        raise ValueError(f"no Parquet parts in {folder}")
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for part in parts:
+            f = pq.ParquetFile(part)
+            for i in range(f.num_row_groups):
+                batch = f.read_row_group(i).select(schema.names).cast(schema)
+                writer.write_table(batch)
+                rows += batch.num_rows
+    return rows
+
+
+def _spark_readable(path: Path, work: Path) -> Path:
+    """`path`, or a copy with nanosecond timestamps as microseconds (pandas writes ns; Spark reads only us)."""
+    schema = pq.read_schema(path)
+    target = pa.schema([f.with_type(pa.timestamp("us", tz=f.type.tz)) if pa.types.is_timestamp(f.type) and f.type.unit == "ns"
+                        else f for f in schema])
+    if target.equals(schema):
+        return path
+    copy = work / f"in-{path.stem}-{uuid.uuid4().hex[:8]}.parquet"
+    source = pq.ParquetFile(path)
+    with pq.ParquetWriter(copy, target) as writer:
+        for batch in source.iter_batches(batch_size=262_144):
+            writer.write_table(pa.Table.from_batches([batch]).cast(target, safe=False))
+    return copy
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def open_engine(engine: str, home: Path, memory_limit: str = "4GB", threads: int | None = None,
+                spark_master: str = "local[*]") -> Engine:
+    """The engine a build runs on, by name (`NEXTBEST_ENGINE`); Spark asks for the optional extra when missing."""
+    if engine == "spark":
+        try:
+            import pyspark  # noqa: F401
+            import sqlglot  # noqa: F401
+        except ImportError:
+            raise RuntimeError("NEXTBEST_ENGINE=spark needs PySpark and SQLGlot: pip install 'nextbest[spark]' "
+                               "(and Java 17), or unset NEXTBEST_ENGINE to build on DuckDB") from None
+        return SparkEngine(master=spark_master, work_dir=Path(home) / ".build-tmp" / f"spark-{uuid.uuid4().hex[:8]}")
+    if engine != "duckdb":
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return DuckDBEngine(memory_limit, threads, Path(home) / ".build-tmp")
