@@ -370,12 +370,12 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
     engine.table("users_raw", raw["users"])
     engine.table("events_raw", raw["events"])
     ev_cols = set(pq.read_schema(raw["events"]).names)
-    engine.create("users_n", "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(timezone AS VARCHAR) AS timezone, "
+    engine.view("users_n", "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(timezone AS VARCHAR) AS timezone, "
                   "epoch(signup_at) AS signup_s FROM users_raw")
     category = "CAST(category AS VARCHAR)" if "category" in ev_cols else "CAST(NULL AS VARCHAR)"
     amount = "CAST(amount AS DOUBLE)" if "amount" in ev_cols else "CAST(NULL AS DOUBLE)"
     stage = "CASE CAST(type AS VARCHAR) " + " ".join(f"WHEN {_lit(t)} THEN {s}" for t, s in _STAGE_OF_TYPE.items()) + " ELSE 0 END"
-    engine.create("ev", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
+    engine.view("ev", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
                   f"CAST(type AS VARCHAR) AS type, {category} AS category, {amount} AS amount, {stage} AS stage FROM events_raw")
     cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
     if raw.get("contacts") is not None:
@@ -384,10 +384,10 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
         sel = ["CAST(user_id AS VARCHAR) AS user_id", "CAST(channel AS VARCHAR) AS channel"] + [
             (f"CAST({c} AS TIMESTAMPTZ) AS {c}" if c in have else f"CAST(NULL AS TIMESTAMPTZ) AS {c}") for c in cols[3:]]
         # control rows (no channel) are not contacts
-        engine.create("ct", f"SELECT {', '.join(sel)}, CAST(sent_at AS TIMESTAMPTZ) AS sent_at FROM contacts_raw "
+        engine.view("ct", f"SELECT {', '.join(sel)}, CAST(sent_at AS TIMESTAMPTZ) AS sent_at FROM contacts_raw "
                       "WHERE channel IS NOT NULL")
     else:
-        engine.create("ct", "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS channel, "
+        engine.view("ct", "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS channel, "
                       + ", ".join(f"CAST(NULL AS TIMESTAMPTZ) AS {c}" for c in [*cols[3:], "sent_at"]) + " WHERE 1 = 0")
     channels: list[str] = []
     if raw.get("channels") is not None:
@@ -414,7 +414,7 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
                            config, as_of)
     engine.frame("snaps", pd.DataFrame({"snap": snaps.astype("datetime64[us, UTC]"),
                                         "snap_day": (snaps.asi8 // (86400 * 10**9)).astype("int64")}))
-    engine.create("grid", "SELECT u.user_id, s.snap_day, u.signup_s FROM users_n u JOIN snaps s ON u.signup_s < epoch(s.snap)")
+    engine.view("grid", "SELECT u.user_id, s.snap_day, u.signup_s FROM users_n u JOIN snaps s ON u.signup_s < epoch(s.snap)")
     top = engine.fetch(f"SELECT category, count(*) AS n FROM ev WHERE category IS NOT NULL GROUP BY category "
                        f"ORDER BY n DESC, category LIMIT {int(config.max_categories)}")
     categories = sorted(top["category"].astype(str))

@@ -30,7 +30,7 @@ class Engine(Protocol):
 
     def table(self, name: str, path: Path) -> None: ...  # a view over one Parquet file
     def frame(self, name: str, df: pd.DataFrame) -> None: ...  # a small in-memory table (snapshot times, offsets)
-    def create(self, name: str, sql: str) -> None: ...  # an intermediate table, materialised (spills when large)
+    def view(self, name: str, sql: str) -> None: ...  # a named query (the raw tables normalised; recomputed per use)
     def write(self, sql: str, path: Path) -> int: ...  # the query's rows to one Parquet file; returns the row count
     def fetch(self, sql: str) -> pd.DataFrame: ...  # a small result
     def close(self) -> None: ...
@@ -63,8 +63,8 @@ class DuckDBEngine:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_df")
         self.con.unregister(f"{name}_df")
 
-    def create(self, name: str, sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+    def view(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
 
     def write(self, sql: str, path: Path) -> int:
         self.con.execute(f"COPY ({sql}) TO '{_quoted(str(path))}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
@@ -124,11 +124,8 @@ class SparkEngine:
         df.to_parquet(folder / "part-0.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
         self.spark.read.parquet(str(folder)).createOrReplaceTempView(name)
 
-    def create(self, name: str, sql: str) -> None:
-        # Written out and read back: a checkpoint that cuts the query plan and holds the rows on disk, not in memory.
-        folder = self.work / f"table-{name}-{uuid.uuid4().hex[:8]}"
-        self.spark.sql(spark_sql(sql)).write.parquet(str(folder))
-        self.spark.read.parquet(str(folder)).createOrReplaceTempView(name)
+    def view(self, name: str, sql: str) -> None:
+        self.spark.sql(spark_sql(sql)).createOrReplaceTempView(name)
 
     def write(self, sql: str, path: Path) -> int:
         folder = self.work / f"out-{uuid.uuid4().hex[:8]}"

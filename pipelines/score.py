@@ -171,7 +171,8 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
     return {"users": len(ids), "scored": scored, "with an action": with_action, "no contact": scored - with_action,
             "degraded": degraded, **{f"channel {c}": n for c, n in sorted(counts.items())},
             "seconds": round(seconds, 1), "users per second": round(scored / seconds) if seconds else scored,
-            "models": metadata["model_versions"], "engine": f"spark ({spark.sparkContext.master})", "written to": str(out)}
+            "models": metadata["model_versions"], "engine": f"spark ({spark.sparkContext.master})", "partitions": parts,
+            "written to": str(out)}
 
 
 def score_model(settings: Settings, name: str, as_of: datetime | None = None, user_ids: tuple[str, ...] | None = None,
