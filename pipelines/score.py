@@ -57,7 +57,8 @@ def _rows(decisions: list[dict]) -> dict[str, list]:
             cols["rank"].append(rank if a else -1)
             for key in ("offer_id", "channel", "expected_value", "p_convert", "uplift", "explored"):
                 cols[key].append(a[key] if a else None)
-            cols["send_at"].append(datetime.fromisoformat(a["send_at"]) if a else None)
+            # As a UTC instant: Arrow would store an offset-carrying local time's wall clock as if it were UTC.
+            cols["send_at"].append(datetime.fromisoformat(a["send_at"]).astimezone(UTC) if a else None)
             cols["propensity"].append(a["propensity"] if a else d["no_action_propensity"])
             cols["filtered"].append(len(d["filtered"]))
             cols["degraded_reasons"].append(",".join(d["degraded_reasons"]))
@@ -147,7 +148,7 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
             users = batch["user_id"].astype(str).tolist()
             for start in range(0, len(users), chunk):
                 decisions = local.score(users[start:start + chunk], context, now, n_actions, where)
-                yield pd.DataFrame(_rows(decisions))
+                yield pd.DataFrame(_rows(decisions)).astype({"send_at": "datetime64[us, UTC]"})
 
     ddl = ", ".join(f"{f.name} {_spark_type(f.type)}" for f in SCHEMA)
     parts = max(1, min(spark.sparkContext.defaultParallelism, -(-len(ids) // chunk)))

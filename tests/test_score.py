@@ -118,3 +118,17 @@ def test_cli_model_scoring_refuses_an_action_model_with_a_clear_message(home, tm
     assert bad.exit_code == 2 and "scores an action" in bad.output and "Traceback" not in bad.output
     unknown = runner.invoke(app, ["score", "--model", "astrology"])
     assert unknown.exit_code == 2 and "unknown model" in unknown.output
+
+
+def test_send_times_are_written_as_utc_instants():
+    """A send time in the user's own offset is stored as the same instant in UTC, not as its local wall clock."""
+    import pyarrow as pa
+
+    from nextbest.pipelines.score import SCHEMA, _rows
+
+    action = {"offer_id": "o1", "channel": "push", "expected_value": 1.0, "p_convert": 0.1, "uplift": None,
+              "explored": False, "propensity": 1.0, "send_at": "2026-10-01T08:00:00+08:00"}
+    decision = {"user_id": "u1", "decision_id": "d1", "actions": [action], "no_action_propensity": None, "filtered": [],
+                "degraded_reasons": []}
+    table = pa.table(_rows([decision]), schema=SCHEMA)
+    assert table.column("send_at").to_pylist()[0] == datetime(2026, 10, 1, 0, 0, tzinfo=UTC)
