@@ -113,7 +113,7 @@ def _spark_type(t: pa.DataType) -> str:
             pa.bool_(): "boolean"}.get(t, "timestamp")
 
 
-def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spark=None) -> dict[str, object]:
+def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spark=None, runtime=None) -> dict[str, object]:
     """`score` on Apache Spark: users partitioned by id, each partition decided by its own Runtime with the same
     engine code and rules (`mapInPandas`), written as one Parquet file of the same schema; returns a summary."""
     import shutil
@@ -136,7 +136,7 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
     out.parent.mkdir(parents=True, exist_ok=True)
     # One Runtime in the driver too: the caller's mistakes (an unknown offer) fail here, before any task starts,
     # and the file records the champions' versions.
-    rt = Runtime(settings)
+    rt = runtime or Runtime(settings)
     rt.score(ids[:1], context, now, config.n_actions, config.where)
     metadata = {"now": now.isoformat(), "where": config.where or "", "campaign_id": config.campaign_id,
                 "model_versions": json.dumps(rt.models.current.versions()), "engine": "spark"}

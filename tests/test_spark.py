@@ -58,6 +58,7 @@ def test_spark_builds_the_same_feature_tables_as_duckdb(spark):
 
 def test_batch_scoring_on_spark_agrees_with_the_single_machine_path(spark, trained, tmp_path):
     from nextbest.pipelines.score import ScoreConfig, score, score_on_spark
+    from nextbest.serving.runtime import Runtime
 
     home = copy_home(trained, tmp_path / "home")
     operator = yaml.safe_load((home.home / "operator.yaml").read_text())
@@ -65,10 +66,11 @@ def test_batch_scoring_on_spark_agrees_with_the_single_machine_path(spark, train
     (home.home / "operator.yaml").write_text(yaml.safe_dump(operator))
     # Spark's Python workers run on the real clock: let them believe the decision time of the test world.
     home = Settings(home=home.home, max_age_s=10**9)
-    ids = tuple(read_table(home, "profile")["user_id"].astype(str).tolist()[:120])
-    config = dict(user_ids=ids, now=NOW, chunk=40)
-    single = score(home, ScoreConfig(out=tmp_path / "single.parquet", **config))
-    on_spark = score_on_spark(home, ScoreConfig(out=tmp_path / "spark.parquet", **config), spark=spark)
+    ids = tuple(read_table(home, "profile")["user_id"].astype(str).tolist()[:80])
+    config = dict(user_ids=ids, now=NOW, chunk=20)
+    driver = Runtime(home)  # the driver's; each Spark partition loads its own
+    single = score(home, ScoreConfig(out=tmp_path / "single.parquet", **config), runtime=driver)
+    on_spark = score_on_spark(home, ScoreConfig(out=tmp_path / "spark.parquet", **config), spark=spark, runtime=driver)
     assert on_spark["partitions"] == 2 and on_spark["scored"] == single["scored"] == len(ids)
     assert on_spark["with an action"] == single["with an action"] > 0
 
