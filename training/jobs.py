@@ -187,14 +187,15 @@ def feature_problem(data: TrainingSet) -> str | None:
 
 
 def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
-    """Why a model must not be promoted whatever its champion scores: its holdout AUC is not clearly above chance."""
+    """Why a model must not be promoted whatever its champion scores: its holdout or cross-validated AUC is not clearly above chance."""
     if primary_metric(name) != "auc":
         return None
     auc, low, high = metrics.get("auc", np.nan), metrics.get("auc_low", np.nan), metrics.get("auc_high", np.nan)
+    judged = "cross-validated" if "folds" in metrics else "holdout"
     if np.isnan(low):
-        return f"holdout AUC {auc:.4f} cannot be told from chance (too few positives or negatives in the holdout): not promoted"
+        return f"{judged} AUC {auc:.4f} cannot be told from chance (too few positives or negatives): not promoted"
     if low <= 0.5:
-        return (f"holdout AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
+        return (f"{judged} AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
                 "not promoted; check the labels and the features at the training dates")
     return None
 
