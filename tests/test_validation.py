@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from nextbest.training.datasets import TrainingSet
+from nextbest.training.scorers import BlendScorer
 from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.validation import (
     bgnbd_expected,
@@ -80,8 +81,10 @@ def test_the_model_is_the_better_candidate_by_cv_refit_on_every_row_with_the_bas
 
     v = validate(data, tuned, folds, {"constant": lambda train, test: np.full(len(test.frame), train.y.mean())})
     assert fitted_on == [len(data.frame)]  # tuned and refit on all rows, never on a fold only
-    assert v.learner == "lightgbm" and v.metrics["lightgbm_auc"] > v.metrics["logistic_auc"] + 0.2
-    assert v.metrics["auc"] == v.metrics["lightgbm_auc"] and v.metrics["constant_auc"] == 0.5
+    assert v.metrics["lightgbm_auc"] > v.metrics["logistic_auc"] + 0.2 and v.metrics["constant_auc"] == 0.5
+    best = max(("lightgbm", "logistic", "blend"), key=lambda n: v.metrics[f"{n}_auc"])
+    assert v.learner == best and v.metrics["auc"] == v.metrics[f"{best}_auc"]
+    assert v.scorer.predict(data.frame).shape == (len(data.frame),)
     # the logistic candidate, when chosen, is refit on every row too: its scales are those of all rows
     linear = fit_linear(data)
     assert linear.encoder_.means["a"] == pytest.approx(data.frame["a"].mean())
@@ -95,6 +98,9 @@ def test_gate_judges_the_champions_recipe_on_the_same_folds():
     assert champion_on_folds(v.scorer, data, folds) == v.metrics["auc"]
     # a champion made by a clearly worse recipe (linear, on a XOR) loses on the same folds
     assert champion_on_folds(fit_linear(data), data, folds) < v.metrics["auc"] - 0.2
+    # a blend champion's recipe is its two learners' recipes: the same figure as the blend's out-of-fold scores
+    blend = BlendScorer(_tuned(data), fit_linear(data))
+    assert champion_on_folds(blend, data, folds) == pytest.approx(v.metrics["blend_auc"], abs=1e-12)
 
 
 def _bgnbd_world(n: int = 3000, weeks: float = 78, seed: int = 0) -> pd.DataFrame:
@@ -130,3 +136,21 @@ def test_bgnbd_recovers_a_planted_customer_base_and_forecasts_its_repeat_purchas
     assert expected.sum() == pytest.approx(len(actual), rel=0.1)
     bought = rows["user_id"].isin(actual["user_id"]).to_numpy()
     assert expected[bought].mean() > 2 * expected[~bought].mean()
+
+
+def test_linear_and_blend_models_load_back_and_score_the_same_compiled(tmp_path):
+    from nextbest.training.compiled import RequestGrid, Rows, UserColumns
+    from nextbest.training.registry import load_scorer, save_scorer
+
+    data = _xor_set(n_users=100)
+    frame = data.frame.copy()
+    frame.loc[::7, "a"] = np.nan  # a missing number scores as the mean in the linear part
+    for model in (fit_linear(data), BlendScorer(_tuned(data), fit_linear(data))):
+        save_scorer(model, tmp_path / model.kind)
+        loaded = load_scorer(tmp_path / model.kind)
+        assert type(loaded) is type(model)
+        np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+        users = {c: frame[c].to_numpy() for c in ("user_id", "a", "b", "noise")}
+        x = Rows(UserColumns(users), np.arange(len(frame)), np.zeros(len(frame), dtype="int64"), None,
+                 RequestGrid([], ["email"]))
+        np.testing.assert_allclose(loaded.compile(list(data.features), []).predict(x), model.predict(frame), rtol=1e-12)

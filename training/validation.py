@@ -22,10 +22,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from nextbest.training.datasets import TrainingSet, utc_naive
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import auc_interval, calibration_error
-from nextbest.training.scorers import BoosterScorer, LinearScorer
+from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer
 
 __all__ = ["Recipe", "user_folds", "cross_validate", "fold_metrics", "booster_recipe", "logistic_recipe",
-           "fit_linear", "recipe_of", "repeat_purchase_stats", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
+           "fit_linear", "blend_recipe", "recipe_of", "repeat_purchase_stats", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
            "LOGISTIC_C"]
 
 # fit(train rows) -> score(test rows); one call per fold.
@@ -137,8 +137,16 @@ def logistic_recipe(c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
     return lambda train, test: fit_linear(train, c, seed).predict(test.frame)
 
 
+def blend_recipe(params: dict[str, object], c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
+    """The mean of the LightGBM and logistic recipes' probabilities (`BlendScorer`)."""
+    trees, linear = booster_recipe(params), logistic_recipe(c, seed)
+    return lambda train, test: 0.5 * (trees(train, test) + linear(train, test))
+
+
 def recipe_of(scorer, seed: int = 7) -> Recipe | None:
     """The recipe that made a registered model (its learner and parameters), or None for a kind it cannot redo."""
+    if isinstance(scorer, BlendScorer):
+        return blend_recipe(scorer.booster_.params_, float(scorer.linear_.params_.get("C") or LOGISTIC_C), seed)
     if isinstance(scorer, BoosterScorer) and scorer.params_:
         return booster_recipe(scorer.params_)
     if isinstance(scorer, LinearScorer):
@@ -234,20 +242,21 @@ class Validated:
     """A model chosen and measured by cross-validation, refit on all rows."""
 
     scorer: object  # the chosen learner, refit on every row
-    learner: str  # "lightgbm" or "logistic"
+    learner: str  # "lightgbm", "logistic" or "blend"
     metrics: dict[str, float]  # the chosen learner's cross-validated metrics, then `<candidate or baseline>_<metric>`
     oof: np.ndarray  # the chosen learner's out-of-fold scores (NaN outside the folds)
     folds: np.ndarray  # fold number per row (-1: not cross-validated)
 
 
-CANDIDATES = ("lightgbm", "logistic")  # the learners a model may be; baselines beside them are only measured
+CANDIDATES = ("lightgbm", "logistic", "blend")  # the learners a model may be; baselines beside them are only measured
 _REPORTED = ("auc", "auc_folds_low", "auc_folds_high", "logloss", "brier", "calibration_error")
 
 
 def validate(data: TrainingSet, fit_tuned: Callable[[TrainingSet], BoosterScorer], folds: np.ndarray,
              baselines: dict[str, Recipe] | None = None, seed: int = 7) -> Validated:
-    """Tune and fit LightGBM on all rows (`fit_tuned`), cross-validate its recipe, the regularised logistic regression
-    and the `baselines` on the same folds; the candidate with the better mean AUC is the model, refit on all rows.
+    """Tune and fit LightGBM on all rows (`fit_tuned`), cross-validate its recipe, the regularised logistic regression,
+    their blend (mean probability) and the `baselines` on the same folds; the candidate with the best mean AUC is the
+    model, refit on all rows.
 
     The hyperparameters are searched once, on an inner split of all rows: the folds then judge the tuned recipe.
     """
@@ -255,9 +264,11 @@ def validate(data: TrainingSet, fit_tuned: Callable[[TrainingSet], BoosterScorer
     recipes: dict[str, Recipe] = {"lightgbm": booster_recipe(tuned.params_), "logistic": logistic_recipe(seed=seed),
                                   **(baselines or {})}
     scores = {name: cross_validate(recipe, data, folds) for name, recipe in recipes.items()}
+    scores["blend"] = 0.5 * (scores["lightgbm"] + scores["logistic"])  # = blend_recipe's scores, without refitting
     measured = {name: fold_metrics(data.y, p, folds) for name, p in scores.items()}
     learner = max(CANDIDATES, key=lambda n: np.nan_to_num(measured[n]["auc"], nan=-1.0))
-    scorer = tuned if learner == "lightgbm" else fit_linear(data, seed=seed)
+    scorer = tuned if learner == "lightgbm" else fit_linear(data, seed=seed) if learner == "logistic" else \
+        BlendScorer(tuned, fit_linear(data, seed=seed))
     metrics = dict(measured[learner])
     for name, m in measured.items():
         metrics.update({f"{name}_{k}": m[k] for k in _REPORTED})
