@@ -104,7 +104,7 @@ def run_table(table: str, out: Path, folds: int, trials: int) -> dict[str, objec
     row: dict[str, object] = {"table": table, "model": model, "rows": int(m["rows"]), "folds": int(m["folds"]),
                               "base_rate": round(m["base_rate"], 4), "learner": run.tags.get("learner"),
                               "seconds": round(time.perf_counter() - started, 1)}
-    for name in ("", "lightgbm_", "logistic_", "bgnbd_"):
+    for name in ("", "lightgbm_", "logistic_", "blend_", "bgnbd_"):
         if f"{name}auc" in m:
             key = name.rstrip("_") or "model"
             row[key] = [round(m[f"{name}auc"], 4), round(m[f"{name}auc_folds_low"], 4), round(m[f"{name}auc_folds_high"], 4)]
@@ -131,11 +131,12 @@ def main() -> None:
         row = run_table(table, args.out, args.folds, args.trials)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print("\n| table | rows | base rate | learner | model AUC | tuned LightGBM | logistic regression | BG/NBD | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| table | rows | base rate | learner | model AUC | tuned LightGBM | logistic regression | blend | BG/NBD | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['table']} | {r['rows']:,} | {r['base_rate']:.3f} | {r['learner']} | {_cell(r.get('model'))} | "
-              f"{_cell(r.get('lightgbm'))} | {_cell(r.get('logistic'))} | {_cell(r.get('bgnbd'))} | {r['seconds']} |")
+              f"{_cell(r.get('lightgbm'))} | {_cell(r.get('logistic'))} | {_cell(r.get('blend'))} | {_cell(r.get('bgnbd'))} | "
+              f"{r['seconds']} |")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ def register(app: typer.Typer) -> None:
                                                           "instead of inactivity; an as_of without an offset is that day, "
                                                           "midnight UTC")] = None,
     ) -> None:
-        """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
+        """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
+        register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
