@@ -84,6 +84,7 @@ def test_the_model_is_the_better_candidate_by_cv_refit_on_every_row_with_the_bas
     assert v.metrics["lightgbm_auc"] > v.metrics["logistic_auc"] + 0.2 and v.metrics["constant_auc"] == 0.5
     best = max(("lightgbm", "logistic", "blend"), key=lambda n: v.metrics[f"{n}_auc"])
     assert v.learner == best and v.metrics["auc"] == v.metrics[f"{best}_auc"]
+    assert v.metrics[f"{best}_auc_gain"] == 0 and v.metrics["logistic_auc_gain_low"] > 0.1  # paired over folds
     assert v.scorer.predict(data.frame).shape == (len(data.frame),)
     # the logistic candidate, when chosen, is refit on every row too: its scales are those of all rows
     linear = fit_linear(data)

@@ -76,6 +76,13 @@ def _interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
+def _fold_aucs(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import roc_auc_score
+
+    return np.array([roc_auc_score(y[folds == k], p[folds == k]) if len(np.unique(y[folds == k])) == 2 else np.nan
+                     for k in np.unique(folds[folds >= 0])])
+
+
 def fold_metrics(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> dict[str, float]:
     """AUC, log loss, Brier score and expected calibration error per fold: their means with 95 % intervals over folds
     (`<metric>_folds_low/high`), plus DeLong's interval of the AUC of all out-of-fold scores pooled (`auc_low/high`,
@@ -244,6 +251,7 @@ class Validated:
     scorer: object  # the chosen learner, refit on every row
     learner: str  # "lightgbm", "logistic" or "blend"
     metrics: dict[str, float]  # the chosen learner's cross-validated metrics, then `<candidate or baseline>_<metric>`
+    # and `<rival>_auc_gain[_low|_high]`: the model's AUC minus the rival's, paired per fold, with its interval
     oof: np.ndarray  # the chosen learner's out-of-fold scores (NaN outside the folds)
     folds: np.ndarray  # fold number per row (-1: not cross-validated)
 
@@ -270,8 +278,12 @@ def validate(data: TrainingSet, fit_tuned: Callable[[TrainingSet], BoosterScorer
     scorer = tuned if learner == "lightgbm" else fit_linear(data, seed=seed) if learner == "logistic" else \
         BlendScorer(tuned, fit_linear(data, seed=seed))
     metrics = dict(measured[learner])
+    mine = _fold_aucs(data.y, scores[learner], folds)
     for name, m in measured.items():
         metrics.update({f"{name}_{k}": m[k] for k in _REPORTED})
+        # the model's gain over each rival, paired fold by fold (the folds' own difficulty cancels out)
+        gain, low, high = _interval(mine - _fold_aucs(data.y, scores[name], folds))
+        metrics.update({f"{name}_auc_gain": gain, f"{name}_auc_gain_low": low, f"{name}_auc_gain_high": high})
     return Validated(scorer, learner, metrics, scores[learner], folds)
 
 
