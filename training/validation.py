@@ -192,14 +192,14 @@ def repeat_purchase_stats(rows: pd.DataFrame, events: pd.DataFrame, time: str = 
     return out
 
 
-def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> float:
+def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, n: np.ndarray) -> float:
     r, alpha, a, b = np.exp(log_params)
     a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
     a2 = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b) - special.gammaln(a + b + x)
     a3 = -(r + x) * np.log(alpha + T)
     with np.errstate(divide="ignore", invalid="ignore"):
         a4 = np.where(x > 0, np.log(a) - np.log(b + x - 1) - (r + x) * np.log(alpha + t_x), -np.inf)
-    return float(-(a1 + a2 + np.logaddexp(a3, a4)).sum())
+    return float(-(n * (a1 + a2 + np.logaddexp(a3, a4))).sum())
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,11 @@ class BGNBD:
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BGNBD:
     """Maximum-likelihood BG/NBD on customers with a first purchase (T > 0)."""
     seen = T > 0
-    result = optimize.minimize(_bgnbd_loglik, np.zeros(4), args=(x[seen], t_x[seen], T[seen]), method="Nelder-Mead",
-                               options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-6})
+    # Customers with the same (x, t_x, T) add the same term: one row per distinct summary, weighted by its count
+    # (snapshots and short histories repeat them often), then a quasi-Newton search on log parameters.
+    summary = pd.DataFrame({"x": x[seen], "t_x": t_x[seen], "T": T[seen]}).value_counts().reset_index()
+    args = tuple(summary[c].to_numpy(dtype="float64") for c in ("x", "t_x", "T", "count"))
+    result = optimize.minimize(_bgnbd_loglik, np.zeros(4), args=args, method="L-BFGS-B", bounds=[(-10, 10)] * 4)
     return BGNBD(*(float(v) for v in np.exp(result.x)))
 
 
