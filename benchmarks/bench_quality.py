@@ -112,7 +112,7 @@ def run_table(table: str, out: Path, folds: int, trials: int) -> dict[str, objec
         if f"{name}_auc_gain" in m:
             row[f"gain_over_{name}"] = [round(m[f"{name}_auc_gain{s}"], 4) for s in ("", "_low", "_high")]
     row["model_brier"], row["model_calibration_error"] = round(m["brier"], 4), round(m["calibration_error"], 4)
-    row["cli_tail"] = text.strip().splitlines()[-1][:200]
+    (out / table / "train.txt").write_text(text)  # the command's own tables, as the user saw them
     return row
 
 
