@@ -71,7 +71,7 @@ class Settings(BaseSettings):
                           "churn and label models (metrics with intervals over folds, baselines and the champion's "
                           "recipe on the same folds; the registered model is refit on all rows); 0 or 1: one "
                           "holdout instead.")
-    cv_max_rows: int = Field(20_000, ge=100, description="Above this many training rows, the cross-validation runs on "
+    cv_max_rows: int = Field(12_000, ge=100, description="Above this many training rows, the cross-validation runs on "
                              "a seeded sample of whole users of about this many rows (the refit still uses all rows).")
 
     @property
