@@ -229,7 +229,7 @@ def _repeat_purchase_sql() -> list[str]:
         "buy_days AS purchase_days_all",
         f"CAST(CASE WHEN buy_days > 0 THEN {age} ELSE 0 END AS BIGINT) AS customer_age_days",
         "CAST(CASE WHEN buy_days > 0 THEN last_buy - first_buy ELSE 0 END AS BIGINT) AS purchase_span_days",
-        f"CASE WHEN buy_days > 0 THEN {gaps} / greatest({age} / 7.0, 1.0) ELSE 0.0 END AS repeat_rate_weekly",
+        f"CASE WHEN buy_days > 0 THEN {gaps} / greatest(CAST({age} AS DOUBLE) / 7, 1) ELSE 0.0 END AS repeat_rate_weekly",
         f"CASE WHEN {gaps} >= 1 THEN {mean} END AS ipt_mean_days",
         f"CASE WHEN {gaps} >= 2 THEN sqrt(greatest((gap_sq - {gaps} * {mean} * {mean}) / ({gaps} - 1), 0.0)) END "
         "AS ipt_std_days",
