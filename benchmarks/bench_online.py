@@ -78,7 +78,14 @@ def _online(method: str, settings, args) -> dict:
 def _sets(sampled: bool, settings, args) -> dict:
     from nextbest.features.store import feature_store
     from nextbest.training.datasets import Sampling
-    from nextbest.training.jobs import MODELS, TrainConfig, _module, model_config, read_raw_tables, shared_joins
+    from nextbest.training.jobs import (
+        MODELS,
+        TrainConfig,
+        _module,
+        model_config,
+        read_raw_tables,
+        shared_joins,
+    )
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)

@@ -103,7 +103,7 @@ def write_view(store: FeatureStore, view: FeatureView, df: pd.DataFrame) -> int:
         for start in range(0, len(df), _CHUNK):
             part = df.iloc[start:start + _CHUNK]
             keys = [k + project for k in _entity_keys(part["user_id"].to_numpy(), config.entity_key_serialization_version)]
-            connection.send_packed_command(_commands(part, view, keys))
+            connection.send_packed_command([_commands(part, view, keys)])
             try:
                 for _ in range(len(part)):
                     connection.read_response(disable_decoding=True)

@@ -7,8 +7,9 @@ import pytest
 import redis
 
 from nextbest.features.settings import Settings
+from nextbest.features.feature_views import table_path
 from nextbest.features.store import feature_store, materialize, newest_rows
-from tests.conftest import start_redis
+from tests.conftest import copy_home, start_redis
 
 pytestmark = pytest.mark.redis
 IDS = [f"u{i:04d}" for i in range(200)] + ["ghost", "u0003"]
@@ -29,31 +30,38 @@ def online(settings: Settings, service: str) -> dict[str, list]:
                                      entity_rows=[{"user_id": u} for u in IDS]).to_dict()
 
 
-def on_redis(built: Settings, port: int, db: int) -> Settings:
+def on_redis(home: Settings, port: int, db: int) -> Settings:
     redis.Redis(port=port, db=db).flushdb()
-    return built.model_copy(update={"online_store": "redis", "redis_url": f"127.0.0.1:{port},db={db}"})
+    return home.model_copy(update={"online_store": "redis", "redis_url": f"127.0.0.1:{port},db={db}"})
 
 
-def test_bulk_redis_load_reads_back_as_feasts_own_write_and_as_sqlite(built, redis_port):
-    bulk, feast_own = on_redis(built, redis_port, 1), on_redis(built, redis_port, 2)
+def test_bulk_redis_load_reads_back_as_feasts_own_write_and_as_sqlite(built, redis_port, tmp_path):
+    home = copy_home(built, tmp_path / "home")
+    # Plant missing values: a NaN double and a None string in the newest rows (Feast stores both as "no value").
+    for table, column, user in (("behaviour", "revenue_all", "u0007"), ("tags", "lifecycle_stage", "u0008")):
+        path = table_path(home.feature_dir, table)
+        df = pd.read_parquet(path)
+        df.loc[(df["user_id"] == user) & (df["event_timestamp"] == df["event_timestamp"].max()), column] = None
+        df.to_parquet(path, index=False)
+    bulk, feast_own = on_redis(home, redis_port, 1), on_redis(home, redis_port, 2)
     written = materialize(bulk)  # auto: the bulk writer
-    assert written == materialize(feast_own, method="feast-write")
+    assert written == materialize(feast_own, method="feast-write") == materialize(home)
     assert written["profile"] == 200 and set(written) >= {"profile", "behaviour", "channel", "tags", "realtime"}
-    for fs in feature_store(built).list_feature_services():
+    for fs in feature_store(home).list_feature_services():
         got = online(bulk, fs.name)
         assert got == online(feast_own, fs.name), fs.name
-        assert got == online(built, fs.name), fs.name  # the SQLite store of the same tables
+        assert got == online(home, fs.name), fs.name  # the SQLite store of the same tables
         assert all(got[k][200] is None for k in got if k != "user_id")  # the ghost
     got = online(bulk, "decision_v1")
-    assert any(v is None for v in got["days_since_contact_email"][:200])  # a NaN in the table: Feast's "no value"
-    newest = newest_rows(built, "behaviour", pd.Timestamp.now(tz="UTC")).set_index("user_id")
-    assert got["revenue_all"][7] == pytest.approx(newest.loc["u0007", "revenue_all"])
-    # One hash per user (Feast's layout): 200 users in the behaviour table, nothing else in the database.
-    assert redis.Redis(port=redis_port, db=1).dbsize() == len(set(IDS) - {"ghost"})
+    assert got["revenue_all"][7] is None and got["lifecycle_stage"][8] is None
+    newest = newest_rows(home, "behaviour", pd.Timestamp.now(tz="UTC")).set_index("user_id")
+    assert got["revenue_all"][9] == pytest.approx(newest.loc["u0009", "revenue_all"])
+    # One hash per user (Feast's layout), nothing else in the database.
+    assert redis.Redis(port=redis_port, db=1).dbsize() == 200
 
 
 def test_a_reload_overwrites_and_a_later_push_is_read(built, redis_port):
-    settings = on_redis(built, redis_port, 3)
+    settings = on_redis(built, redis_port, 3)  # the shared home's tables, read only
     materialize(settings)
     materialize(settings)  # idempotent: the same answer, no duplicate keys
     assert online(settings, "decision_v1") == online(built, "decision_v1")

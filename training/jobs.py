@@ -14,7 +14,15 @@ import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift
-from nextbest.training.datasets import CONTACTS, SNAPSHOTS, Sampling, SharedJoins, TrainingSet, feature_snapshots, split
+from nextbest.training.datasets import (
+    CONTACTS,
+    SNAPSHOTS,
+    Sampling,
+    SharedJoins,
+    TrainingSet,
+    feature_snapshots,
+    split,
+)
 from nextbest.training.metrics import charts, uplift_chart
 from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
@@ -93,13 +101,13 @@ _ROWS: dict[str, tuple[str, str]] = {"conversion": (CONTACTS, "conversion"), "up
                                      "churn": (SNAPSHOTS, "churn")}
 
 
-def shared_joins(store, names: list[str], sampling: Sampling = Sampling()) -> SharedJoins:
+def shared_joins(store, names: list[str], sampling: Sampling | None = None) -> SharedJoins:
     """One point-in-time join per row set for the models `names` (the contact log once, the snapshots once)."""
     groups: dict[str, list[str]] = {}
     for name in (n for n in names if n in _ROWS):  # a label model's rows are its own labels file
         rows, model = _ROWS[name]
         groups.setdefault(rows, []).append(service_name(model))
-    return SharedJoins(store, {k: tuple(v) for k, v in groups.items()}, sampling)
+    return SharedJoins(store, {k: tuple(v) for k, v in groups.items()}, sampling or Sampling())
 
 
 def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
