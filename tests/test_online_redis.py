@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import redis
 
-from nextbest.features.settings import Settings
 from nextbest.features.feature_views import table_path
+from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, materialize, newest_rows
 from tests.conftest import copy_home, start_redis
 
