@@ -28,10 +28,12 @@ def _copy(con, src: Path, dst: Path, copies: int, ids: tuple[str, ...]) -> None:
     import pyarrow.parquet as pq
 
     names = pq.read_schema(src).names
-    replace = ", ".join(f"{c} || '-t' || k::VARCHAR AS {c}" for c in ("user_id", *ids) if c in names)
-    body = f"* REPLACE ({replace})" if replace else "*"
-    con.execute(f"COPY (SELECT {body} FROM range(?) AS r(k), read_parquet(?)) TO '{dst}' "
+    replace = ", ".join(f"t.{c} || '-t' || r.k::VARCHAR AS {c}" for c in ("user_id", *ids) if c in names)
+    body = f"t.* REPLACE ({replace})" if replace else "t.*"
+    con.execute(f"COPY (SELECT {body} FROM range(?) AS r(k), read_parquet(?) AS t) TO '{dst}' "
                 "(FORMAT parquet, ROW_GROUP_SIZE 122880)", [copies, str(src)])
+    if pq.read_schema(dst).names != names:
+        raise RuntimeError(f"tiling {src.name} changed its columns: {pq.read_schema(dst).names} != {names}")
 
 
 def tile(source: Path, home: Path, users: int) -> dict:
