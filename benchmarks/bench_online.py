@@ -113,7 +113,9 @@ def stage(name: str, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     out = _online(method, settings, args) if kind == "online" else _sets(method == "sampled", settings, args)
     out["seconds"] = round(time.perf_counter() - started, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+    out["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)  # this process, all its threads (and DuckDB's)
     if store == "sqlite" and kind == "online":
         out["online_db_mb"] = round((settings.feast_dir / "online.db").stat().st_size / 2**20)
     return out
@@ -145,6 +147,13 @@ def _redis(port: int, workdir: Path) -> subprocess.Popen:
         time.sleep(0.05)
     proc.kill()
     raise SystemExit("redis-server did not start")
+
+
+def _redis_cpu(port: int) -> float:
+    """CPU seconds the redis-server has used so far (user + system)."""
+    info = subprocess.run(["redis-cli", "-p", str(port), "info", "cpu"], capture_output=True, text=True).stdout
+    fields = dict(ln.split(":", 1) for ln in info.splitlines() if ":" in ln)
+    return float(fields.get("used_cpu_user", 0)) + float(fields.get("used_cpu_sys", 0))
 
 
 def _peak_mb(pid: int) -> int:
@@ -185,8 +194,10 @@ def main() -> None:
         for name in args.stages.split(","):
             if name.startswith("online:") and name != "online:sqlite-old":
                 subprocess.run(["redis-cli", "-p", str(args.redis_port), "flushall"], capture_output=True)
+            redis_cpu = _redis_cpu(args.redis_port)
             results[name] = child(name, args)
             if name in ("online:redis", "online:feast-write"):
+                results[name]["redis_cpu_seconds"] = round(_redis_cpu(args.redis_port) - redis_cpu, 1)
                 info = subprocess.run(["redis-cli", "-p", str(args.redis_port), "info", "memory"], capture_output=True,
                                       text=True).stdout
                 used = [ln.split(":")[1] for ln in info.splitlines() if ln.startswith("used_memory_human:")]
