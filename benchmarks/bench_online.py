@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--source", required=True, help="a small built home to tile from (raw + feature tables)")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--stages", default=",".join(STAGES))
-    parser.add_argument("--sample-rows", type=int, default=2_000_000)
+    parser.add_argument("--sample-rows", type=int, default=500_000)
     parser.add_argument("--reference-users", type=int, default=20_000, help="users for the Feast-write reference")
     parser.add_argument("--home", type=Path, default=None, help="the tiled home (default benchmarks/out/online-<users>)")
     parser.add_argument("--redis-port", type=int, default=6391)

@@ -58,7 +58,7 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None, outcome: str | None = None, sample_rows: int = 2_000_000) -> tuple[list, dict[str, str]]:
+           labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000) -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
                                                           "midnight UTC")] = None,
         sample_rows: Annotated[int, typer.Option("--sample-rows", min=1000, help="rows joined per row set (contact log, "
                                                  "user snapshots); a larger one is sampled, the same share of each "
-                                                 "label stratum, and the run records it")] = 2_000_000,
+                                                 "label stratum, and the run records it")] = 500_000,
     ) -> None:
         """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
         settings = Settings()

@@ -98,7 +98,7 @@ STRATA: dict[str, tuple[str, ...]] = {CONTACTS: ("treated", "converted", "opened
 class Sampling:
     """How many rows of a row set a `train all` joins: every row up to `max_rows`, past it a seeded sample."""
 
-    max_rows: int = 2_000_000  # per row set; at 1M users the contact log has ~16M rows, the snapshots ~4M
+    max_rows: int = 500_000  # per row set; at 1M users the contact log has ~15M rows, the snapshots ~3.6M
     seed: int = 7
 
 

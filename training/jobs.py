@@ -45,7 +45,7 @@ class TrainConfig:
     as_of: pd.Timestamp | None = None  # newest snapshot date for purchase/churn
     epochs: int = 6  # PyTorch models
     seed: int = 7
-    sample_rows: int = 2_000_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
+    sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
 
 
 @dataclass(frozen=True)
