@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,11 +41,25 @@ _DECODED_MAX = 200_000  # distinct non-double values the reader keeps decoded
 _IMMUTABLE = (str, int, float, bool, bytes, type(None))
 
 
+def _feast_entity_key(uid: str, version: int) -> bytes:
+    key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=uid)])
+    return serialize_entity_key(key, entity_key_serialization_version=version)
+
+
+# Feast's v3 key of one string join key: [1 key][type 2]["user_id"][type string][length][value], lengths uint32 LE.
+_KEY_HEAD = b"\x01\x00\x00\x00\x02\x00\x00\x00\x07\x00\x00\x00user_id\x02\x00\x00\x00"
+
+
 def _entity_keys(user_ids: np.ndarray, version: int) -> np.ndarray:
-    out = np.empty(len(user_ids), dtype=object)
-    for i, uid in enumerate(user_ids):
-        key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=str(uid))])
-        out[i] = serialize_entity_key(key, entity_key_serialization_version=version)
+    """Feast's serialised entity keys of `user_ids`; built from bytes (~30x faster than a protobuf per user, which
+    took ~1 min per view at 1M users) when they equal Feast's own for the first id, else by Feast itself."""
+    ids = [str(u) for u in user_ids]
+    out = np.empty(len(ids), dtype=object)
+    if ids and _KEY_HEAD + struct.pack("<I", len(ids[0].encode())) + ids[0].encode() == _feast_entity_key(ids[0], version):
+        out[:] = [_KEY_HEAD + struct.pack("<I", len(b)) + b for b in (u.encode() for u in ids)]
+        return out
+    for i, uid in enumerate(ids):
+        out[i] = _feast_entity_key(uid, version)
     return out
 
 

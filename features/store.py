@@ -20,7 +20,7 @@ from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service", "materialize",
-           "read_table", "publish_tables"]
+           "read_table", "publish_tables", "newest_rows", "SQLITE_ADVISED_USERS"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -130,36 +130,59 @@ def apply_label_service(store: FeatureStore, name: str) -> str:
 
 Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]
 
+# Past this many users the SQLite online store (one row per user and feature, ~190 bytes each) grows by
+# ~25 GB and ~15 min of inserts per million users: materialising warns and points at Redis.
+SQLITE_ADVISED_USERS = 200_000
+
+
+def newest_rows(settings: Settings, name: str, end: datetime) -> pd.DataFrame:
+    """The newest row per user of feature table `name` at or before `end`, read by DuckDB from the Parquet file
+    (never the whole history in pandas: at 1M users a table holds ~16M snapshot rows)."""
+    import duckdb
+
+    path = table_path(settings.feature_dir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"feature table {name!r} not built: run `nextbest features build` first")
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        table = con.execute("SELECT * FROM read_parquet(?) WHERE event_timestamp <= ? QUALIFY row_number() OVER "
+                            "(PARTITION BY user_id ORDER BY event_timestamp DESC) = 1",
+                            [str(path), pd.Timestamp(end)]).to_arrow_table()
+    finally:
+        con.close()
+    return table.to_pandas()  # the same conversion as pd.read_parquet: what Feast's own writers are given
+
 
 def materialize(settings: Settings, end: datetime | None = None, progress: Callable[[str, int], None] | None = None,
                 method: Method = "auto") -> dict[str, int]:
     """Load each view's newest row per user (as of `end`) into the online store; return users per view.
 
-    Methods: `bulk` (SQLite only, features/online_sqlite.py), `feast-write` (Feast's
-    write_to_online_store with the newest rows), `feast-materialize` (Feast's own materialize over
-    the whole history). `auto` picks bulk for SQLite and feast-write otherwise.
+    Methods: `bulk` (features/online_sqlite.py for SQLite, features/online_redis.py for Redis: Feast's
+    layout, encoded in bulk), `feast-write` (Feast's write_to_online_store with the newest rows),
+    `feast-materialize` (Feast's own materialize over the whole history). `auto` is `bulk`.
     """
+    from nextbest.features import online_redis
+
     store = feature_store(settings)
     end = end or datetime.now(UTC)
     if method == "auto":
-        method = "bulk" if settings.online_store == "sqlite" else "feast-write"
-    if method == "bulk" and settings.online_store != "sqlite":
-        raise ValueError("the bulk method writes the SQLite online store only; use feast-write for redis")
+        method = "bulk"
     written: dict[str, int] = {}
     for view in store.list_feature_views():
-        df = read_table(settings, view.name)
-        df = df[df["event_timestamp"] <= pd.Timestamp(end)]
-        latest = df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
+        latest = newest_rows(settings, view.name, end)
         if progress:
             progress(view.name, len(latest))
-        if method == "bulk":
+        if method == "bulk" and settings.online_store == "redis":
+            online_redis.write_view(store, view, latest)
+        elif method == "bulk":
             write_view(store, view, latest)
         elif method == "feast-write":
             store.write_to_online_store(view.name, latest)
         else:
-            store.materialize(start_date=df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1),
+            start = read_table(settings, view.name)["event_timestamp"].min()
+            store.materialize(start_date=start.to_pydatetime() - timedelta(seconds=1),
                               end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
         written[view.name] = len(latest)
     return written
-
-

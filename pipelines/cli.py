@@ -283,6 +283,11 @@ def features_materialize() -> None:
     started = time.perf_counter()
     rows = run_guarded(_materialize, settings)
     summary(f"online store ({settings.online_store}) ({time.perf_counter() - started:.1f} s)", rows, ("feature view", "users"))
+    from nextbest.features.store import SQLITE_ADVISED_USERS
+
+    if settings.online_store == "sqlite" and max(rows.values(), default=0) > SQLITE_ADVISED_USERS:
+        console.print(f"[yellow]note:[/] {max(rows.values()):,} users in the SQLite online store; past "
+                      f"{SQLITE_ADVISED_USERS:,} use Redis (NEXTBEST_ONLINE_STORE=redis, see README: Online store)")
 
 
 # --- evaluate ------------------------------------------------------------------------------------------

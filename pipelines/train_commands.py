@@ -58,7 +58,7 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None, outcome: str | None = None) -> tuple[list, dict[str, str]]:
+           labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000) -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
@@ -88,7 +88,8 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if model != "all" and skipped:
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
-    config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed)
+    config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
+                         sample_rows=sample_rows)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -152,12 +153,16 @@ def register(app: typer.Typer) -> None:
         labels: Annotated[Path | None, typer.Option(help="labels file (user_id, as_of, label) for `label NAME`, or for churn "
                                                           "instead of inactivity; an as_of without an offset is that day, "
                                                           "midnight UTC")] = None,
+        sample_rows: Annotated[int, typer.Option("--sample-rows", min=1000, help="rows joined per row set (contact log, "
+                                                 "user snapshots); a larger one is sampled, the same share of each "
+                                                 "label stratum, and the run records it")] = 500_000,
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
-        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
+        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome,
+                                     sample_rows)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")

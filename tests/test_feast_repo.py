@@ -23,3 +23,27 @@ def test_feast_cli_reads_the_repository_from_its_feature_store_yaml_after_a_move
     services = subprocess.run([feast, "-c", str(moved), "feature-services", "list"], capture_output=True, text=True,
                               timeout=300, cwd=tmp_path)
     assert services.returncode == 0 and "decision_v1" in services.stdout
+
+
+def test_feast_materialize_on_the_yaml_loads_what_nextbest_loads(built, tmp_path):
+    # Feast's own `feast materialize`, run on <home>/feast by its feature_store.yaml alone, refills a view that was
+    # emptied with the same newest values per user as `nextbest features materialize` wrote.
+    import sqlite3
+
+    from nextbest.features.store import feature_store
+    from tests.conftest import copy_home
+
+    home = copy_home(built, tmp_path / "home")
+    ids = [{"user_id": f"u{i:04d}"} for i in range(200)]
+    tags = [f"tags:{f.name}" for f in feature_store(home).get_feature_view("tags").features]
+    before = feature_store(home).get_online_features(features=tags, entity_rows=ids).to_dict()
+    with sqlite3.connect(home.feast_dir / "online.db") as c:
+        c.execute(f'DELETE FROM "{home.project}_tags"')
+    emptied = feature_store(home).get_online_features(features=tags, entity_rows=ids).to_dict()
+    assert all(v is None for v in emptied["lifecycle_stage"])
+    feast = str(Path(sys.executable).with_name("feast"))
+    run = subprocess.run([feast, "-c", str(home.feast_dir), "materialize", "--views", "tags", "--disable-event-timestamp"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    after = feature_store(home).get_online_features(features=tags, entity_rows=ids).to_dict()
+    assert after == before and sum(v is not None for v in after["lifecycle_stage"]) == 200

@@ -14,6 +14,9 @@ __all__ = [
     "TrainingSet",
     "REQUEST_COLUMNS",
     "SharedJoins",
+    "Sampling",
+    "STRATA",
+    "stratified_sample",
     "CONTACTS",
     "SNAPSHOTS",
     "service_features",
@@ -84,6 +87,42 @@ def _references(store, service: str) -> list[str]:
 
 
 CONTACTS, SNAPSHOTS = "contacts", "snapshots"  # the two row sets the models share
+# What each row set is stratified by when it is sampled: the contact log by every outcome a model learns
+# (treated for uplift, converted, opened/clicked for channel and send time); snapshot rows by date (their
+# purchase/churn labels need the joined features, so they are not known before the join).
+STRATA: dict[str, tuple[str, ...]] = {CONTACTS: ("treated", "converted", "opened", "clicked"),
+                                      SNAPSHOTS: ("event_timestamp",)}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many rows of a row set a `train all` joins: every row up to `max_rows`, past it a seeded sample."""
+
+    max_rows: int = 500_000  # per row set; at 1M users the contact log has ~15M rows, the snapshots ~3.6M
+    seed: int = 7
+
+
+def stratified_sample(rows: pd.DataFrame, strata: tuple[str, ...], max_rows: int, seed: int) -> tuple[pd.DataFrame, dict[str, str]]:
+    """At most `max_rows` of `rows`, the same share of every stratum, and the record of it (for the MLflow run).
+
+    Each stratum keeps round(share x its size) rows, at least one: label shares stay as they were (a model's
+    probabilities stay calibrated, no reweighting needed) and a rare outcome is never sampled away.
+    """
+    n = len(rows)
+    record = {"sample_strata": ",".join(strata), "sample_seed": str(seed), "sample_of_rows": str(n)}
+    if n <= max_rows:
+        return rows, {**record, "sample_rate": "1.0", "sample_rows": str(n)}
+    share = max_rows / n
+    codes = rows.groupby(list(strata), sort=True, dropna=False).ngroup().to_numpy() if strata else np.zeros(n, "int64")
+    sizes = np.bincount(codes)
+    quota = np.maximum(np.rint(sizes * share), 1).astype("int64")
+    order = np.lexsort((np.random.default_rng(seed).random(n), codes))  # shuffled within each stratum
+    starts = np.cumsum(sizes) - sizes
+    rank = np.empty(n, dtype="int64")
+    rank[order] = np.arange(n) - starts[codes[order]]
+    keep = np.flatnonzero(rank < quota[codes])
+    out = rows.iloc[keep].reset_index(drop=True)
+    return out, {**record, "sample_rate": f"{share:.6g}", "sample_rows": str(len(out))}
 
 
 class SharedJoins:
@@ -95,22 +134,30 @@ class SharedJoins:
     FeatureService's features.
     """
 
-    def __init__(self, store, groups: dict[str, tuple[str, ...]]):
+    def __init__(self, store, groups: dict[str, tuple[str, ...]], sampling: Sampling = Sampling()):
         self.store = store
         self.groups = groups
+        self.sampling = sampling
+        self.sampled: dict[str, dict[str, str]] = {}  # row set -> how it was sampled (logged with each model)
         self._frames: dict[tuple, pd.DataFrame] = {}
+        self._asked: dict[tuple, int] = {}
 
     def join(self, key: tuple, rows: pd.DataFrame, service: str) -> pd.DataFrame:
-        """`historical(store, rows, service)`, from the cached union join of the rows named by `key` (group, ...)."""
+        """`historical(store, rows, service)`, from the cached union join of the rows named by `key` (group, ...);
+        a row set larger than `sampling.max_rows` is sampled (stratified) before the join."""
         services = self.groups.get(key[0], ())
         if service not in services:
             return historical(self.store, rows, service)
         if key not in self._frames:
+            strata = STRATA.get(key[0], ())
+            sample, self.sampled[key[0]] = stratified_sample(rows, tuple(c for c in strata if c in rows),
+                                                             self.sampling.max_rows, self.sampling.seed)
             refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
-            self._frames[key] = historical(self.store, rows, refs)
+            self._frames[key] = historical(self.store, sample, refs)
+            self._asked[key] = len(rows)
         frame = self._frames[key]
-        if len(frame) != len(rows):
-            raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {len(frame)} joined; one key, one row set")
+        if self._asked[key] != len(rows):
+            raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {self._asked[key]} joined; one key, one row set")
         keep = [*rows.columns, *(c for c in service_features(self.store, service) if c not in rows.columns)]
         return frame[keep].copy()
 

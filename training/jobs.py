@@ -14,7 +14,15 @@ import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift
-from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, TrainingSet, feature_snapshots, split
+from nextbest.training.datasets import (
+    CONTACTS,
+    SNAPSHOTS,
+    Sampling,
+    SharedJoins,
+    TrainingSet,
+    feature_snapshots,
+    split,
+)
 from nextbest.training.metrics import charts, uplift_chart
 from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
@@ -39,6 +47,7 @@ class TrainConfig:
     as_of: pd.Timestamp | None = None  # newest snapshot date for purchase/churn
     epochs: int = 6  # PyTorch models
     seed: int = 7
+    sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,13 @@ _ROWS: dict[str, tuple[str, str]] = {"conversion": (CONTACTS, "conversion"), "up
                                      "churn": (SNAPSHOTS, "churn")}
 
 
-def shared_joins(store, names: list[str]) -> SharedJoins:
+def shared_joins(store, names: list[str], sampling: Sampling | None = None) -> SharedJoins:
     """One point-in-time join per row set for the models `names` (the contact log once, the snapshots once)."""
     groups: dict[str, list[str]] = {}
     for name in (n for n in names if n in _ROWS):  # a label model's rows are its own labels file
         rows, model = _ROWS[name]
         groups.setdefault(rows, []).append(service_name(model))
-    return SharedJoins(store, {k: tuple(v) for k, v in groups.items()})
+    return SharedJoins(store, {k: tuple(v) for k, v in groups.items()}, sampling or Sampling())
 
 
 def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
@@ -247,6 +256,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
 
         apply_label_service(store, cfg.name)
     step(f"{name}: training set")
+    shared = shared or shared_joins(store, [name], Sampling(config.sample_rows, config.seed))
     data = module.build_frame(store, raw, cfg, shared)
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
         raise NotTrainable(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y).tolist())}; "
@@ -289,7 +299,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
             extra = offer_net.compare_with_conversion(settings, holdout)
         step(f"{name}: register")
         tags = {"data_snapshot_id": str(manifest(settings.raw_dir).get("snapshot_id", "unknown")),
-                "train_rows": str(len(train.frame)), "holdout_rows": str(len(holdout.frame)), **how}
+                "train_rows": str(len(train.frame)), "holdout_rows": str(len(holdout.frame)), **how,
+                **shared.sampled.get(_ROWS[name][0] if name in _ROWS else "", {})}
         params = {**getattr(scorer, "params_", {}), **{k: v for k, v in vars(config).items()}}
         run_id, version = log_model(settings, name, scorer, {**metrics, **extra}, params,
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
@@ -319,7 +330,7 @@ def train_models(settings: Settings, names: list[str], config: TrainConfig = Tra
 
     raw = read_raw_tables(settings)
     store = feature_store(settings)
-    shared = shared_joins(store, names)
+    shared = shared_joins(store, names, Sampling(config.sample_rows, config.seed))
     results = []
     for n in names:
         try:
