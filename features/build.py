@@ -15,6 +15,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from nextbest.features.tags import behaviour_clusters
+
 __all__ = [
     "BuildConfig",
     "WINDOWS",
@@ -348,7 +350,8 @@ def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConf
     df["lifecycle_stage"] = np.asarray(STAGES, dtype=object)[b["funnel_stage"].to_numpy(dtype=int)]
     df["value_tier"] = _value_tier(b["revenue_all"].to_numpy(dtype=float), snap)
     cluster_cols = ["events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event"]
-    df["behaviour_cluster"] = _kmeans_labels(np.log1p(b[cluster_cols].to_numpy(dtype=float).clip(min=0)), config.clusters, config.seed)
+    df["behaviour_cluster"] = behaviour_clusters(np.log1p(b[cluster_cols].to_numpy(dtype=float).clip(min=0)), snap,
+                                                 config.clusters, config.seed)  # fitted point-in-time (features/tags.py)
     # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
     df["scorecard"] = (
         np.minimum(b["app_opens_30d"].to_numpy(), 10) * 1

@@ -58,12 +58,13 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None, outcome: str | None = None) -> tuple[list, dict[str, str]]:
+           labels: Path | None, outcome: str | None = None, learner: str = "auto") -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
     from nextbest.training.label import check_name
+    from nextbest.training.uplift import LEARNERS
 
     if model == "label":
         if outcome is None or labels is None:
@@ -77,6 +78,10 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
         raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
                          "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
+    if learner not in ("auto", *LEARNERS):
+        raise _UserError(f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}")
+    if learner != "auto" and "uplift" not in names:
+        raise _UserError(f"--learner is read by the uplift model only, not by `train {model}`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
@@ -88,7 +93,8 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if model != "all" and skipped:
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
-    config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed)
+    config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
+                         uplift_learner=learner)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -126,20 +132,22 @@ def register(app: typer.Typer) -> None:
         labels: Annotated[Path | None, typer.Option(help="labels file (user_id, as_of, label) for `label NAME`, or for churn "
                                                           "instead of inactivity; an as_of without an offset is that day, "
                                                           "midnight UTC")] = None,
+        learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), t, x, dr, or "
+                                                  "funnel (needs open tracking)")] = "auto",
     ) -> None:
         """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
         settings = Settings()
         started = time.perf_counter()
-        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
+        results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome, learner)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")
         for r in results:
-            primary = r.metrics.get("auc", r.metrics.get("qini"))
+            primary = r.metrics.get("auc", r.metrics.get("qini_auc"))
             verdict = ("[green]promoted[/]" if r.decision["promoted"] else "[bold red]not promoted[/]"
                        if r.decision.get("refused") else "kept v" + str(r.decision["champion_version"]))
             table.add_row(r.name, r.version, f"{r.rows:,}", _fmt(primary), _fmt(r.metrics.get("pr_auc")), _fmt(r.metrics.get("logloss")),
-                          _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
+                          _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_at_20"))),
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
         for r in results:

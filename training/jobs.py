@@ -37,6 +37,7 @@ class TrainConfig:
     as_of: pd.Timestamp | None = None  # newest snapshot date for purchase/churn
     epochs: int = 6  # PyTorch models
     seed: int = 7
+    uplift_learner: str = "auto"  # uplift: auto (cross-fitted choice) or t, x, dr, funnel
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def model_config(name: str, config: TrainConfig):
     if name == "churn":
         return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, fit=fit)
     if name == "uplift":
-        return uplift.UpliftConfig(window_days=config.window_days, fit=fit)
+        return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed)
     if name == "send_time":
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":
@@ -197,7 +198,7 @@ def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
 
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
-        return uplift.evaluate(scorer, holdout)["qini"]
+        return uplift.evaluate(scorer, holdout)["qini_auc"]
     return _module(name).evaluate(scorer, holdout)["auc"]
 
 

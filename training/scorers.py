@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_COLUMNS",
     "BoosterScorer",
     "UpliftScorer",
+    "EffectScorer",
     "FunnelUpliftScorer",
     "SendTimeNet",
     "SendTimeScorer",
@@ -103,6 +104,13 @@ class BoosterScorer:
         encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
         return cls(booster, encoder, meta["feature_service"], meta.get("params"))
 
+
+
+class EffectScorer(BoosterScorer):
+    """Uplift straight from one LightGBM regression on pseudo-outcomes (the X- and doubly robust learners):
+    `predict` is the effect itself; `learner` says which learner fitted it."""
+
+    kind = "uplift_effect"
 
 
 class UpliftScorer:
