@@ -81,7 +81,7 @@ def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None
     if config.learner != "auto":
         return fit_learner(config.learner, train, config, progress)
     table = choose_learner(train, config)
-    best = max(table, key=lambda name: (np.nan_to_num(table[name]["cv_qini_auc"], nan=-np.inf), name == "t"))
+    best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
     scorer = fit_learner(best, train, config, progress)
     scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
     return scorer
@@ -119,7 +119,7 @@ def choose_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(),
     chosen learner is then refitted, tuned, on all rows.
     """
     quick = replace(config, fit=replace(config.fit, trials=1, max_rounds=config.select_rounds))
-    folds = user_folds(train.frame["user_id"].astype(str).to_numpy(), config.folds, config.seed)
+    folds = user_folds(_users(train.frame), config.folds, config.seed)
     table = {}
     for name in learners or candidates(train):
         per_fold: list[dict[str, float]] = []
@@ -135,6 +135,11 @@ def choose_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(),
             row[key], row[f"{key}_low"], row[f"{key}_high"] = fold_interval([f[key] for f in per_fold])
         table[name] = row
     return table
+
+
+def _users(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's user (a frame without users: each row its own, e.g. one row per customer in an experiment)."""
+    return frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
 
 
 def user_folds(user_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -225,6 +230,8 @@ def fit_dr_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), pr
     Treated row with offer o: mu1 - mu0 + (y - mu1) / e_o; control row given offer o: mu1 - mu0 - (y - mu0) / (1 - e_o),
     with e_o the offer's share against control in the log (a randomised experiment's assignment rate).
     """
+    if "user_id" not in train.frame:  # one row per customer: each row its own user
+        train = replace(train, frame=train.frame.assign(user_id=np.arange(len(train.frame)).astype(str)))
     treated, _ = _arms(train)
     frame = train.frame
     share = _offer_share(frame, treated)
