@@ -92,7 +92,7 @@ def summary(title: str, rows: dict[str, object], columns: tuple[str, str] = ("ta
     table.add_column(columns[0])
     table.add_column(columns[1], justify="right")
     for key, value in rows.items():
-        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(escape(str(key)), f"{value:,}" if isinstance(value, int) else escape(str(value)))
     console.print(table)
 
 
@@ -367,8 +367,10 @@ def retrain(
 
     if models:
         summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
+    for name, why in state["steps"].get("train", {}).get("skipped", {}).items():
+        console.print(f"[bold yellow]skipped {name}:[/] {escape(str(why))}")
     if decision:
-        console.print(f"policy gate: {decision['reason']}")
+        console.print(f"policy gate: {escape(str(decision['reason']))}")
 
 
 # --- closed loop -----------------------------------------------------------------------------------------
