@@ -26,7 +26,14 @@ import pandas as pd
 from nextbest.training.datasets import TrainingSet
 from nextbest.training.ope import doubly_robust, dr_terms, paired_difference, snips
 from nextbest.training.tabular import FitConfig
-from nextbest.training.uplift import ENGAGE_COLUMNS, OFFER_COLUMNS, UpliftConfig, fit_learner, fit_t_learner, user_folds
+from nextbest.training.uplift import (
+    ENGAGE_COLUMNS,
+    OFFER_COLUMNS,
+    UpliftConfig,
+    fit_learner,
+    fit_t_learner,
+    user_folds,
+)
 
 __all__ = ["LogsConfig", "NO_CONTACT", "logged_actions", "policy_values"]
 
@@ -40,6 +47,7 @@ class LogsConfig:
     folds: int = 3
     learners: tuple[str, ...] = ("t", "x", "dr")
     rounds: int = 100  # boosting rounds per model (default parameters: judging, not tuning)
+    min_rows: int = 10  # an action a policy may take is logged at least this often outside each fold
     seed: int = 7
 
 
@@ -61,12 +69,20 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.Da
         raise ValueError("off-policy evaluation needs the uplift rows: contacted and control rows with a label")
     frame = data.frame.reset_index(drop=True)
     action, propensity = logged_actions(frame, data.treatment)
-    actions = sorted(a for a in set(action) if a != NO_CONTACT)
-    if not actions or NO_CONTACT not in set(action):
+    if NO_CONTACT not in set(action) or set(action) == {NO_CONTACT}:
         raise ValueError("off-policy evaluation needs contacted rows and a control group (variant `control`) in the log")
     reward = frame["label"].to_numpy(dtype="float64")
     users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
     folds = user_folds(users, config.folds, config.seed)
+    # The actions a policy may take: those logged often enough outside every fold for a model to know them. Rarer
+    # ones stay in the log as decisions no policy repeats.
+    per_fold = pd.crosstab(action, folds)  # actions x folds
+    outside = per_fold.to_numpy().sum(axis=1, keepdims=True) - per_fold.to_numpy()
+    actions = sorted(a for a, n in zip(per_fold.index, outside.min(axis=1), strict=True)
+                     if a != NO_CONTACT and n >= config.min_rows)
+    if not actions:
+        raise ValueError(f"no contacted action is logged {config.min_rows}+ times outside every fold: too few "
+                         "decisions to judge a policy (fewer --folds, or more users)")
     fit_cfg = UpliftConfig(fit=FitConfig(trials=1, max_rounds=config.rounds, seed=config.seed), seed=config.seed)
     names = [*config.learners, *(f"everyone: {a}" for a in actions), f"nobody ({NO_CONTACT})"]
     chosen = {name: np.empty(len(frame), dtype=object) for name in names}
@@ -90,7 +106,10 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.Da
             chosen[f"everyone: {a}"][test] = a
         chosen[f"nobody ({NO_CONTACT})"][test] = NO_CONTACT
     index = {a: i for i, a in enumerate(actions)} | {NO_CONTACT: len(actions)}
-    q_logged = q[np.arange(len(frame)), [index[a] for a in action]]
+    # A rare logged action no policy takes: its reward model is the contacted average (it only enters DR's
+    # correction, weighted by 0 for every policy here).
+    q_logged = np.where(np.isin(action, actions) | (action == NO_CONTACT),
+                        q[np.arange(len(frame)), [index.get(a, 0) for a in action]], q[:, :-1].mean(axis=1))
     rows, terms = [], {}
     for name in names:
         pick = chosen[name]
@@ -125,8 +144,6 @@ def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], tr
     parts = []
     for a in actions:
         examples = sent[logged == a]
-        if examples.empty:
-            raise ValueError(f"action {a!r} is logged in one fold only: too few rows to judge a policy that may take it")
         pick = examples.iloc[rng.integers(0, len(examples), len(rows))]
         request = pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
         parts.append(rows.drop(columns=list(request.columns)).join(request))

@@ -46,3 +46,19 @@ def test_a_log_without_a_control_group_is_refused_with_the_reason():
     sent_only = data.subset(data.frame["treated"].to_numpy() == 1)
     with pytest.raises(ValueError, match="control group"):
         policy_values(sent_only, LogsConfig(folds=2, learners=("t",)))
+
+
+def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nextbest.pipelines.cli import app
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(trained.home))
+    monkeypatch.setenv("COLUMNS", "250")
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--logs", "--folds", "2", "--learners", "t", "--users", "150"])
+    assert result.exit_code == 0, result.output
+    assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
+    assert "everyone:" in result.output and "│ t " in result.output
+    bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "s"])
+    assert bad.exit_code == 2 and "--learners 's'" in bad.output and "Traceback" not in bad.output
