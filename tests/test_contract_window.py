@@ -71,3 +71,20 @@ def test_behaviour_clusters_of_a_snapshot_never_depend_on_later_snapshots():
     assert not np.array_equal(changed[~past], labels[~past])
     # The same rows without the future at all: the same tags.
     np.testing.assert_array_equal(behaviour_clusters(x[past], snaps[past], k=3, seed=7), labels[past])
+
+
+def test_retrain_skips_the_models_the_contact_log_cannot_train_and_says_why(raw_frames):
+    from nextbest.training.jobs import MODELS, skipped_models
+
+    contacts = raw_frames["contacts"]  # no control group, no conversions tracked, opens tracked
+    skipped = skipped_models({**raw_frames, "contacts": contacts}, list(MODELS))
+    assert "control group" in skipped["uplift"] or "converted_at" in skipped["uplift"]
+    assert "converted_at" in skipped["conversion"] and "converted_at" in skipped["offer_net"]
+    assert "send_time" not in skipped and "channel" not in skipped and "purchase" not in skipped
+    full = contacts.assign(converted_at=contacts["sent_at"].where(np.arange(len(contacts)) % 5 == 0),
+                           variant=np.where(np.arange(len(contacts)) % 10 == 0, "control", "treatment"))
+    assert skipped_models({**raw_frames, "contacts": full}, list(MODELS)) == {}
+    blind = full.drop(columns=["opened_at"]).assign(variant="treatment")
+    skipped = skipped_models({**raw_frames, "contacts": blind}, list(MODELS))
+    assert set(skipped) == {"uplift", "send_time", "channel"}
+    assert "variant `control`" in skipped["uplift"] and "opened_at" in skipped["send_time"]
