@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,14 @@ from nextbest.training.datasets import TrainingSet
 from nextbest.training.jobs import read_raw_tables
 from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics
 from nextbest.training.tabular import FitConfig, fit_booster
-from nextbest.training.uplift import UpliftConfig, build_frame, candidates, fit_learner, offer_scores, user_folds
+from nextbest.training.uplift import (
+    UpliftConfig,
+    build_frame,
+    candidates,
+    fit_learner,
+    offer_scores,
+    user_folds,
+)
 
 
 class SLearner:
@@ -88,7 +94,7 @@ def main() -> None:
             gap = [a.get(offer, np.nan) - b.get(offer, np.nan) for a, b in zip(qini[name], qini["s"], strict=True)]
             print(json.dumps({"learner": name, "offer": offer, "qini_auc_folds": np.round(values, 4).tolist(),
                               "qini_auc": fold_interval(values), "gap_to_s": fold_interval(gap), **machine}))
-    table = policy_values(replace(data), LogsConfig(folds=args.folds, learners=tuple(n for n in learners if n != "s"),
+    table = policy_values(data, LogsConfig(folds=args.folds, learners=tuple(n for n in learners if n != "s"),
                                                     seed=settings.seed))
     print(table.round(4).to_string())
     print(json.dumps({"best_fixed": table.attrs["best_fixed"], "seconds": round(time.perf_counter() - started, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,10 +174,15 @@ def summarise_offers(per_offer: dict[str, dict[str, float]]) -> dict[str, float]
         values = np.array([m[key] for m in per_offer.values()])
         ok = np.isfinite(values)
         out[key] = float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
-        out.update({f"{key}/{name}": float(m[key]) for name, m in per_offer.items()})
+        out.update({f"{key}/{_metric_name(name)}": float(m[key]) for name, m in per_offer.items()})
     out["offers"] = float(len(per_offer))
     out["rows"] = float(sum(m["rows"] for m in per_offer.values()))  # controls counted once per offer
     return out
+
+
+def _metric_name(offer: str) -> str:
+    """An offer id as MLflow accepts it in a metric name (letters, digits, _ - . space /)."""
+    return re.sub(r"[^\w\-. /]", "_", str(offer))
 
 
 def fold_interval(values, level: float = 0.95) -> tuple[float, float, float]:
