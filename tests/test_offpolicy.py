@@ -62,3 +62,15 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert "everyone:" in result.output and "│ t " in result.output
     bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "s"])
     assert bad.exit_code == 2 and "--learners 's'" in bad.output and "Traceback" not in bad.output
+
+
+def test_off_policy_evaluation_of_logs_does_not_need_the_simulator():
+    import ast
+    from pathlib import Path
+
+    import nextbest.pipelines.offpolicy as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("simulation" in (name or "") for name in imported), imported
