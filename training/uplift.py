@@ -6,15 +6,15 @@ cross-fitted per-offer Qini AUC on the training rows is refitted on all of them 
 - "x": the X-learner, imputed effects from the other arm's model, one regression (`EffectScorer`);
 - "dr": the doubly robust (DR-)learner, one regression on cross-fitted AIPW pseudo-outcomes (`EffectScorer`);
 - "funnel": the funnel learner below, a candidate only when the log tracks opens.
+An S-learner (one model with a treated flag) is the reference in benchmarks/bench_uplift.py, not a candidate.
 
-The default learner follows the funnel a contact works through (`FunnelUpliftScorer`): a contact can only
+The funnel learner follows the funnel a contact works through (`FunnelUpliftScorer`): a contact can only
 cause a purchase once it is opened and its offer clicked, so the uplift is
 
     P(open | user, channel, hour) x P(click | opened, user, offer) x (P(convert | clicked, user, offer) - P(convert | not contacted, user))
 
 Each arm is fitted on plenty of rows (all contacted rows, the opened rows, the clicked rows, the control rows),
-instead of the difference of two conversion models that both mostly learn the organic rate (`UpliftScorer`,
-the T-learner, still loads). Without click tracking (no `clicked_at` in the contact log) the click and
+instead of the difference of two conversion models that both mostly learn the organic rate. Without click tracking (no `clicked_at` in the contact log) the click and
 conversion stages are one: P(convert | opened, user, offer).
 """
 
