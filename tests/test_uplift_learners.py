@@ -129,3 +129,15 @@ def test_fold_interval_is_a_t_interval_and_needs_two_folds():
     assert mean == pytest.approx(0.2) and high - mean == pytest.approx(mean - low)
     assert high - mean == pytest.approx(4.302652729911275 * 0.1 / np.sqrt(3))  # t(0.975, 2 df) x se
     assert np.isnan(fold_interval([0.1])[1]) and fold_interval([np.nan, 0.4])[0] == pytest.approx(0.4)
+
+
+def test_the_choice_reads_a_bounded_sample_of_whole_users():
+    from nextbest.training.uplift import _user_sample
+
+    data = planted(3_000, seed=8)
+    data = data.subset(np.r_[np.arange(3_000), np.arange(1_000)])  # 1,000 users with two rows each
+    sample = _user_sample(data, 1_500, seed=7)
+    assert 1_400 <= len(sample.frame) <= 1_500
+    counts = data.frame["user_id"].value_counts()
+    assert (sample.frame["user_id"].value_counts() == counts.reindex(sample.frame["user_id"].unique())).all()
+    assert _user_sample(data, 10_000, seed=7) is data
