@@ -88,7 +88,7 @@ _QUICK = UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), folds=2, select_ro
 
 
 @pytest.mark.parametrize("learner", ["t", "x", "dr"])
-def test_each_learner_recovers_the_planted_effect_per_offer(learner):
+def test_each_learner_recovers_the_planted_effect_per_offer(learner, tmp_path):
     train, holdout = planted(6_000, seed=2), planted(3_000, seed=3)
     scorer = fit_learner(learner, train, _QUICK)
     metrics = evaluate(scorer, holdout)
@@ -103,6 +103,13 @@ def test_each_learner_recovers_the_planted_effect_per_offer(learner):
     assert set(controls_for_a["offer_id"]) == {"A"} and set(controls_for_a["offer_value"]) == {10.0}
     assert set(controls_for_a["channel"]) == {"email"}
     assert np.isnan(scores["A"][(rows["_offer"] == "B").to_numpy()]).all()
+    # The registry loads it back from its safe-format files, by its kind, with the same scores.
+    from nextbest.training.registry import load_scorer, save_scorer
+
+    digest = save_scorer(scorer, tmp_path / learner)
+    loaded = load_scorer(tmp_path / learner, digest)
+    assert type(loaded) is type(scorer)
+    np.testing.assert_array_equal(loaded.predict(holdout.frame), scorer.predict(holdout.frame))
 
 
 def test_auto_choice_is_cross_fitted_recorded_and_funnel_needs_opens():
