@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from nextbest.features.tags import cluster_centres
+
 __all__ = [
     "BuildConfig",
     "WINDOWS",
@@ -315,27 +317,17 @@ _CLUSTER_COLS = ("events_30d", "views_30d", "add_to_carts_30d", "purchases_90d",
 
 
 def _cluster_sample_sql(rows: int) -> str:
-    """Every n-th row per snapshot (by user id), about `_KMEANS_SAMPLE` rows in all: the same sample on any engine."""
+    """Every n-th row per snapshot (by user id), about `_KMEANS_SAMPLE` rows in all, with its snapshot time in epoch
+    seconds: the same sample on any engine."""
     stride = max(1, -(-rows // _KMEANS_SAMPLE))
-    return (f"SELECT {', '.join(_CLUSTER_COLS)} FROM (SELECT *, row_number() OVER (PARTITION BY event_timestamp "
-            f"ORDER BY user_id) AS rn FROM behaviour) x WHERE (rn - 1) % {stride} = 0 ORDER BY event_timestamp, user_id")
+    return (f"SELECT CAST(epoch(event_timestamp) AS BIGINT) AS snap_s, {', '.join(_CLUSTER_COLS)} FROM (SELECT *, "
+            f"row_number() OVER (PARTITION BY event_timestamp ORDER BY user_id) AS rn FROM behaviour) x "
+            f"WHERE (rn - 1) % {stride} = 0 ORDER BY event_timestamp, user_id")
 
 
-def _kmeans_centres(x: np.ndarray, k: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded k-means on a sample: (mean, sd, centres), centres ordered by their distance from the mean so
-    cluster numbers are stable across runs."""
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-    z = (x - mu) / sd
-    rng = np.random.default_rng(seed)
-    centres = z[rng.choice(len(z), size=min(k, len(z)), replace=False)]
-    for _ in range(iterations):
-        labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        centres = np.stack([z[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(len(centres))])
-    return mu, sd, centres[np.argsort(np.linalg.norm(centres, axis=1))]
-
-
-def _tags_sql(mu: np.ndarray, sd: np.ndarray, centres: np.ndarray) -> str:
-    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard."""
+def _tags_sql(clusters: int) -> str:
+    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard. The cluster
+    is the nearest of the centres fitted for the row's own snapshot (table `cluster_fit`, see `_fit_clusters`)."""
     # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank (ties share their mean
     # rank); a user with no purchase scores 1 on all three. Money compares to the micro-unit, so the order in
     # which an engine summed a user's purchases cannot split a tie.
@@ -347,8 +339,8 @@ def _tags_sql(mu: np.ndarray, sd: np.ndarray, centres: np.ndarray) -> str:
     def quintile(value: str) -> str:
         return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(value, 'b.purchases_all > 0')} * 5), 1), 5) AS BIGINT) ELSE 1 END"
 
-    z = [f"((ln(1 + greatest(b.{c}, 0.0)) - {_num(m)}) / {_num(s)})" for c, m, s in zip(_CLUSTER_COLS, mu, sd, strict=True)]
-    dist = [" + ".join(f"pow({zj} - {_num(cj)}, 2)" for zj, cj in zip(z, centre, strict=True)) for centre in centres]
+    z = [f"((ln(1 + greatest(b.{c}, 0.0)) - f.m{j}) / f.s{j})" for j, c in enumerate(_CLUSTER_COLS)]
+    dist = [" + ".join(f"pow({zj} - f.c{i}_{j}, 2)" for j, zj in enumerate(z)) for i in range(clusters)]
     d = [f"d{i}" for i in range(len(dist))]
     stage = "CASE b.funnel_stage " + " ".join(f"WHEN {i} THEN {_lit(s)}" for i, s in enumerate(STAGES)) + " END"
     inner = [
@@ -374,7 +366,8 @@ def _tags_sql(mu: np.ndarray, sd: np.ndarray, centres: np.ndarray) -> str:
     cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
     return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
             f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
-            "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp) t")
+            "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp "
+            "LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT)) t")
 
 
 def _realtime_sql(as_of_s: float) -> str:
@@ -468,17 +461,30 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
     step("tags")
     engine.table("behaviour", path("behaviour"))
     engine.table("channel", path("channel"))
-    rows["tags"] = engine.write(_tags_sql(*_fit_clusters(engine, rows["behaviour"], config)), path("tags"))
+    rows["tags"] = engine.write(_tags_sql(_fit_clusters(engine, rows["behaviour"], config)), path("tags"))
     step("realtime")
     rows["realtime"] = engine.write(_realtime_sql(snaps[-1].timestamp()), path("realtime"))
     return rows
 
 
-def _fit_clusters(engine, rows: int, config: BuildConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sample = engine.fetch(_cluster_sample_sql(rows)).to_numpy(dtype="float64")
-    if len(sample) == 0:
-        return np.zeros(len(_CLUSTER_COLS)), np.ones(len(_CLUSTER_COLS)), np.zeros((1, len(_CLUSTER_COLS)))
-    return _kmeans_centres(np.log1p(sample.clip(min=0)), config.clusters, config.seed)
+def _fit_clusters(engine, rows: int, config: BuildConfig) -> int:
+    """Fit the behaviour clusters point-in-time (features/tags.py: each snapshot's centres from that snapshot's and
+    earlier rows only) on a sample, and register them as the table `cluster_fit` (one row per snapshot: the
+    standardisation `m<j>`, `s<j>` and the centres `c<i>_<j>`); returns the number of clusters."""
+    sample = engine.fetch(_cluster_sample_sql(rows))
+    x = np.log1p(sample[list(_CLUSTER_COLS)].to_numpy(dtype="float64").clip(min=0))
+    fits = cluster_centres(x, sample["snap_s"].to_numpy(dtype="int64"), config.clusters, config.seed)
+    k = len(fits[0][3]) if fits else 1
+    n = len(_CLUSTER_COLS)
+    table = {"snap_s": pd.Series([int(snap) for snap, *_ in fits], dtype="int64")}
+    for j in range(n):
+        table[f"m{j}"] = pd.Series([float(mu[j]) for _, mu, _, _ in fits], dtype="float64")
+        table[f"s{j}"] = pd.Series([float(sd[j]) for _, _, sd, _ in fits], dtype="float64")
+    for i in range(k):
+        for j in range(n):
+            table[f"c{i}_{j}"] = pd.Series([float(c[i][j]) for *_, c in fits], dtype="float64")
+    engine.frame("cluster_fit", pd.DataFrame(table))
+    return k
 
 
 def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConfig) -> pd.DataFrame:
@@ -490,7 +496,7 @@ def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConf
     try:
         engine.frame("behaviour", behaviour)
         engine.frame("channel", channel)
-        return engine.fetch(_tags_sql(*_fit_clusters(engine, len(behaviour), config)) + " ORDER BY event_timestamp, user_id")
+        return engine.fetch(_tags_sql(_fit_clusters(engine, len(behaviour), config)) + " ORDER BY event_timestamp, user_id")
     finally:
         engine.close()
 

@@ -16,6 +16,9 @@ __all__ = [
     "REQUIRED_TABLES",
     "EVENT_TYPES",
     "SUPPRESSION_REASONS",
+    "OFFER_KINDS",
+    "DEFAULT_OFFER_KIND",
+    "RESERVED_PROFILE_COLUMNS",
     "Column",
     "COLUMNS",
     "ContractError",
@@ -25,6 +28,19 @@ __all__ = [
     "parse_eligibility",
     "Clause",
 ]
+
+# What an offer is: retention offers get the churn boost in decisions; the kind is also a model input. One list
+# for the contract, training (an offers table without `kind`) and serving (an operator config without it).
+OFFER_KINDS: tuple[str, ...] = ("product", "coupon", "retention")
+DEFAULT_OFFER_KIND = "product"
+# Names the decision request and the contact log use next to the features (the action's columns, the outcome
+# labels, the join keys): a profile column with one of these names would shadow them in every model's input.
+RESERVED_PROFILE_COLUMNS: tuple[str, ...] = (
+    "offer_id", "offer_category", "offer_kind", "offer_value", "channel", "local_hour", "hour", "contact_id", "sent_at",
+    "campaign_id", "variant", "propensity", "delivered_at", "opened_at", "clicked_at", "converted_at", "revenue",
+    "unsubscribed_at", "complained_at", "observed_until", "treated", "label", "converted", "opened", "clicked",
+    "engaged", "event_timestamp", "as_of", "utc_offset_hours",
+)
 
 Kind = Literal["str", "ts", "float", "int", "bool", "flag"]  # flag: a 0/1 outcome, also written true/false, yes/no
 
@@ -84,6 +100,9 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("revenue", "float", required=False, nullable=True, checks=(_non_negative(),)),
         Column("unsubscribed_at", "ts", required=False, nullable=True),
         Column("complained_at", "ts", required=False, nullable=True),
+        # The end of this contact's observation (the export date): outcomes after it are unknown, not absent, so
+        # a contact whose outcome window reaches past it has no label yet. A mapping can set it as a constant.
+        Column("observed_until", "ts", required=False, nullable=True),
     ),
     "offers": (
         Column("offer_id", "str", checks=(pa.Check(lambda s: ~s.duplicated(), error="must be unique"),)),
@@ -94,6 +113,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("valid_from", "ts", required=False, nullable=True, future=True),
         Column("valid_to", "ts", required=False, nullable=True, future=True),
         Column("priority", "int", required=False, nullable=True),
+        Column("kind", "str", required=False, nullable=True,
+               checks=(pa.Check.isin(OFFER_KINDS, error=f"must be one of {', '.join(OFFER_KINDS)} (empty = {DEFAULT_OFFER_KIND})"),)),
     ),
     "channels": (
         Column("channel", "str", checks=(pa.Check(lambda s: ~s.duplicated(), error="must be unique"),)),
@@ -188,6 +209,13 @@ def conform(table: str, df: pd.DataFrame, file: str, *, timezone: str | None = N
             Violation(file, name, f"is required but missing ({_found(df.columns)}; map yours with a column mapping)", len(df))
             for name in missing
         ])
+    if table == "users":
+        reserved = [str(c) for c in df.columns if str(c) in RESERVED_PROFILE_COLUMNS]
+        if reserved:
+            raise ContractError([
+                Violation(file, name, f"is a reserved name: decisions and the contact log use `{name}` next to the "
+                          f"profile features; rename the column (e.g. to profile_{name}) in a column mapping", len(df))
+                for name in reserved])
     out = df.copy()
     violations: list[Violation] = []
     columns = [c for c in spec if c.name in out.columns]

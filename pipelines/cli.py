@@ -92,7 +92,7 @@ def summary(title: str, rows: dict[str, object], columns: tuple[str, str] = ("ta
     table.add_column(columns[0])
     table.add_column(columns[1], justify="right")
     for key, value in rows.items():
-        table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(escape(str(key)), f"{value:,}" if isinstance(value, int) else escape(str(value)))
     console.print(table)
 
 
@@ -328,13 +328,65 @@ def print_evaluation(table, ope, png, html) -> None:
     console.print(f"report: {html} (chart {png})")
 
 
+def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
+    import numpy as np
+
+    from nextbest.features.store import feature_store
+    from nextbest.pipelines.offpolicy import LogsConfig, policy_values
+    from nextbest.training.jobs import read_raw_tables
+    from nextbest.training.uplift import LEARNERS, UpliftConfig, build_frame
+
+    names = tuple(n.strip() for n in learners.split(",") if n.strip())
+    if not names or set(names) - set(LEARNERS):
+        raise UserError(f"--learners {learners!r}: name some of {', '.join(LEARNERS)}, comma-separated")
+    if not settings.feature_dir.exists():
+        raise UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and "
+                        "`features apply` first")
+    raw = read_raw_tables(settings)
+    if raw.get("contacts") is None:
+        raise UserError("no contacts table: off-policy evaluation reads the contact log (`nextbest ingest`)")
+    ids = raw["contacts"]["user_id"].astype(str)
+    if users is not None and ids.nunique() > users:  # a seeded sample of users, all their logged decisions
+        keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=users, replace=False)
+        raw = {**raw, "contacts": raw["contacts"][ids.isin(set(keep)).to_numpy()]}
+    try:
+        data = build_frame(feature_store(settings), raw, UpliftConfig(window_days=window))
+        return policy_values(data, LogsConfig(folds=folds, learners=names, seed=settings.seed)), window
+    except ValueError as err:  # what the log lacks: a control group, complete outcome windows, open tracking
+        raise UserError(str(err)) from None
+
+
+def print_logs_evaluation(table, window: int) -> None:
+    out = Table(title=f"policies judged on the contact log, cross-fitted over users (reward: conversion within "
+                      f"{window} d; {table.attrs['logged']:,} logged decisions)")
+    for col in ("policy", "SNIPS", "95% CI", "DR", "95% CI", f"DR vs {table.attrs['best_fixed']}", "matched", "contacted"):
+        out.add_column(escape(col), justify="left" if col == "policy" else "right")
+    for policy, r in table.iterrows():
+        out.add_row(escape(str(policy)), f"{r['snips']:.4f}", escape(f"[{r['snips_low']:.4f}, {r['snips_high']:.4f}]"),
+                    f"{r['dr']:.4f}", escape(f"[{r['dr_low']:.4f}, {r['dr_high']:.4f}]"),
+                    escape(f"{r['vs_best_fixed']:+.4f} [{r['vs_best_fixed_low']:+.4f}, {r['vs_best_fixed_high']:+.4f}]"),
+                    f"{int(r['matched']):,}", f"{r['contacted_share']:.0%}")
+    console.print(out)
+
+
 @app.command()
 def evaluate(
-    users: Annotated[int, typer.Option(min=0, help="users sampled from the world (0 = all)")] = 5_000,
+    users: Annotated[int, typer.Option(min=0, help="users sampled from the world, or from the log with --logs "
+                                                   "(0 = all)")] = 5_000,
     days: Annotated[int, typer.Option(min=1, help="days of the fresh period")] = 14,
+    logs: Annotated[bool, typer.Option("--logs", help="judge policies on the ingested contact log instead of the "
+                                                      "simulator: each uplift learner's policy and the fixed policies, "
+                                                      "off-policy (SNIPS, DR), cross-fitted over users")] = False,
+    window: Annotated[int, typer.Option(min=1, help="--logs: days after a send in which a conversion counts")] = 7,
+    folds: Annotated[int, typer.Option(min=2, help="--logs: cross-fitting folds")] = 3,
+    learners: Annotated[str, typer.Option(help="--logs: uplift learners whose policies are judged")] = "t,x,dr",
 ) -> None:
-    """Replay the NBA policy and the baselines over a fresh simulated period, plus off-policy estimates."""
+    """Replay the NBA policy and the baselines over a fresh simulated period, plus off-policy estimates; with
+    --logs, judge policies on a company's own contact log (no simulator)."""
     settings = Settings()
+    if logs:
+        print_logs_evaluation(*run_guarded(_evaluate_logs, settings, window, folds, learners, users or None))
+        return
     print_evaluation(*run_guarded(_evaluate, settings, users or None, days))
 
 
@@ -377,8 +429,10 @@ def retrain(
 
     if models:
         summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
+    for name, why in state["steps"].get("train", {}).get("skipped", {}).items():
+        console.print(f"[bold yellow]skipped {name}:[/] {escape(str(why))}")
     if decision:
-        console.print(f"policy gate: {decision['reason']}")
+        console.print(f"policy gate: {escape(str(decision['reason']))}")
 
 
 # --- closed loop -----------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class RetrainConfig:
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
+    uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or t, x, dr, funnel
 
 
 def _state_path(settings: Settings) -> Path:
@@ -106,7 +107,8 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     names = [n for n in names if n not in skipped]  # a company without a contact log still trains the others
     if not names:  # features only: the champions stay
         return {"models": {}, "skipped": skipped}
-    results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed),
+    results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed,
+                                                                uplift_learner=config.uplift_learner),
                            defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),

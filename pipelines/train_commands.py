@@ -58,12 +58,14 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000) -> tuple[list, dict[str, str]]:
+           labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000,
+           learner: str = "auto") -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
     from nextbest.training.label import check_name
+    from nextbest.training.uplift import LEARNERS
 
     if model == "label":
         if outcome is None or labels is None:
@@ -77,6 +79,10 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
         raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
                          "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
+    if learner not in ("auto", *LEARNERS):
+        raise _UserError(f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}")
+    if learner != "auto" and "uplift" not in names:
+        raise _UserError(f"--learner is read by the uplift model only, not by `train {model}`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
@@ -89,7 +95,7 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
-                         sample_rows=sample_rows)
+                         sample_rows=sample_rows, uplift_learner=learner)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -156,22 +162,24 @@ def register(app: typer.Typer) -> None:
         sample_rows: Annotated[int, typer.Option("--sample-rows", min=1000, help="rows joined per row set (contact log, "
                                                  "user snapshots); a larger one is sampled, the same share of each "
                                                  "label stratum, and the run records it")] = 500_000,
+        learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), t, x, dr, or "
+                                                  "funnel (needs open tracking)")] = "auto",
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome,
-                                     sample_rows)
+                                     sample_rows, learner)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")
         for r in results:
-            primary = r.metrics.get("auc", r.metrics.get("qini"))
+            primary = r.metrics.get("auc", r.metrics.get("qini_auc"))
             verdict = ("[green]promoted[/]" if r.decision["promoted"] else "[bold red]not promoted[/]"
                        if r.decision.get("refused") else "kept v" + str(r.decision["champion_version"]))
             table.add_row(r.name, r.version, f"{r.rows:,}", _fmt(primary), _fmt(r.metrics.get("pr_auc")), _fmt(r.metrics.get("logloss")),
-                          _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
+                          _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_at_20"))),
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
         _print_cross_validated(results)

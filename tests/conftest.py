@@ -175,6 +175,6 @@ def trained(tmp_path_factory) -> Settings:
     world.truth.save(settings.truth_dir)
     write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml")
     state = retrain(settings, RetrainConfig(trials=1, evaluate=False, models=("conversion", "uplift", "send_time", "churn",
-                                                                               "channel")))
+                                                                               "channel"), uplift_learner="funnel"))
     assert state["status"] == "done", state
     return settings

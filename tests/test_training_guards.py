@@ -129,7 +129,7 @@ def test_quality_refusal_names_the_interval_and_spares_good_and_uplift_models():
     assert "not clearly above chance" in quality_refusal("purchase", {"auc": 0.52, "auc_low": 0.49, "auc_high": 0.55})
     assert "too few" in quality_refusal("churn", {"auc": 0.9, "auc_low": float("nan"), "auc_high": float("nan")})
     assert quality_refusal("purchase", {"auc": 0.62, "auc_low": 0.55, "auc_high": 0.69}) is None
-    assert quality_refusal("uplift", {"qini": 0.0}) is None
+    assert quality_refusal("uplift", {"qini_auc": 0.0}) is None
 
 
 def test_feature_problem_catches_missing_and_constant_features_at_the_training_date():

@@ -31,7 +31,7 @@ def test_metrics_reward_the_right_ranking():
     tau = rng.random(n)
     treated = rng.random(n) < 0.5
     outcome = (rng.random(n) < 0.1 + 0.5 * tau * treated).astype(int)
-    assert uplift_metrics(outcome, treated, tau)["qini"] > 0.01 > 0 > uplift_metrics(outcome, treated, -tau)["qini"]
+    assert uplift_metrics(outcome, treated, tau)["qini_auc"] > 0.01 > 0 > uplift_metrics(outcome, treated, -tau)["qini_auc"]
 
 
 def test_labels_count_only_the_horizon():
@@ -157,7 +157,7 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
                           "opened": opened.astype(int), "clicked": clicked.astype(int), "label": converted.astype(int)})
     train = TrainingSet(frame, "svc", ("taste", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
                                                           "channel", "local_hour"), treatment="treated")
-    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60)))
+    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
     assert model.click_ is not None
     probe = frame.iloc[:4].assign(taste=[0.0, 0.0, 1.0, 1.0], offer_id=["books", "toys"] * 2, offer_category=["books", "toys"] * 2)
     after_open = model.arm("convert", probe)
@@ -170,5 +170,5 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     np.testing.assert_array_equal(FunnelUpliftScorer.load(tmp_path / "m").predict(probe), model.predict(probe))
     # without click tracking: one stage from open to conversion
     plain = fit(TrainingSet(frame.drop(columns="clicked"), "svc", train.features, train.request, treatment="treated"),
-                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60)))
+                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
     assert plain.click_ is None

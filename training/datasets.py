@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from nextbest.features.contract import DEFAULT_OFFER_KIND
 from nextbest.training.scorers import REQUEST_COLUMNS
 
 __all__ = [
+    "observation_end",
     "TrainingSet",
     "REQUEST_COLUMNS",
     "SharedJoins",
@@ -191,29 +193,46 @@ def local_hours(times: pd.Series, user_ids: pd.Series, users: pd.DataFrame) -> n
     return out
 
 
+def observation_end(raw: dict[str, pd.DataFrame], contacts: pd.DataFrame) -> pd.Series:
+    """Per contact, when its outcomes stop being observed: its `observed_until` (the export date) when given,
+    else the newest event or send in the data. Outcomes after it are unknown, not "did not happen"."""
+    contacts = raw["contacts"] if contacts is None else contacts
+    end = max(pd.to_datetime(raw["events"]["ts"], utc=True).max(), pd.to_datetime(contacts["sent_at"], utc=True).max())
+    if "observed_until" not in contacts:
+        return pd.Series(end, index=contacts.index)
+    return pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
+
+
 def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataFrame:
     """One row per logged contact (control rows included) with the request columns and outcome labels.
 
-    Labels count outcomes within `window_days` of the send; contacts too recent for a full window
-    are dropped, so a missing conversion always means "did not convert".
+    Labels count outcomes within `window_days` of the send; contacts too recent for a full window (before
+    `observation_end`) are dropped, so a missing conversion always means "did not convert".
     """
     contacts = raw.get("contacts")
     if contacts is None or contacts.empty:
         raise ValueError("no contacts table: conversion, uplift, channel, send-time and offer models need a contact log")
     c = contacts.copy()
     c["sent_at"] = pd.to_datetime(c["sent_at"], utc=True)
-    end = max(pd.to_datetime(raw["events"]["ts"], utc=True).max(), c["sent_at"].max())
     window = pd.Timedelta(days=window_days)
-    c = c[c["sent_at"] + window <= end].reset_index(drop=True)
+    end = observation_end(raw, c)
+    complete = (c["sent_at"] + window <= end).to_numpy()
+    if not complete.any():
+        raise ValueError(f"none of the {len(c):,} contacts has a complete {window_days}-day outcome window: the data "
+                         f"is observed until {end.max():%Y-%m-%d} and the newest send is {c['sent_at'].max():%Y-%m-%d}; "
+                         "give the contacts an `observed_until` (the export date, e.g. a mapping constant) or a "
+                         "shorter --window")
+    c = c[complete].reset_index(drop=True)
     offers = raw.get("offers")
     if offers is not None:
         o = offers.assign(offer_id=offers["offer_id"].astype(str)).set_index("offer_id")
         key = c["offer_id"].astype(str)
         c["offer_category"] = key.map(o["category"]).astype(object)
         c["offer_value"] = key.map(o["value"]).astype("float64")
-        c["offer_kind"] = key.map(o["kind"]).astype(object) if "kind" in o else "standard"
+        kind = key.map(o["kind"]).astype(object) if "kind" in o else pd.Series(None, index=c.index, dtype=object)
+        c["offer_kind"] = kind.where(kind.notna(), DEFAULT_OFFER_KIND)  # serving's default too (contract.OFFER_KINDS)
     else:
-        c["offer_category"], c["offer_value"], c["offer_kind"] = None, np.nan, "standard"
+        c["offer_category"], c["offer_value"], c["offer_kind"] = None, np.nan, DEFAULT_OFFER_KIND
     c["local_hour"] = local_hours(c["sent_at"], c["user_id"], raw["users"])
 
     def within(col: str) -> np.ndarray:

@@ -48,6 +48,7 @@ class TrainConfig:
     epochs: int = 6  # PyTorch models
     seed: int = 7
     sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
+    uplift_learner: str = "auto"  # uplift: auto (cross-fitted choice) or t, x, dr, funnel
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def model_config(name: str, config: TrainConfig):
     if name == "churn":
         return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, fit=fit)
     if name == "uplift":
-        return uplift.UpliftConfig(window_days=config.window_days, fit=fit)
+        return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed)
     if name == "send_time":
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":
@@ -129,9 +130,23 @@ def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, 
     """The models of `names` this data cannot train, with the reason (a company without a contact log
     still gets purchase and churn)."""
     contacts = raw.get("contacts")
-    if contacts is not None and len(contacts):
-        return {}
-    return {n: "no contact log (contacts table)" for n in names if n in _ROWS and _ROWS[n][0] == CONTACTS}
+    if contacts is None or not len(contacts):
+        return {n: "no contact log (contacts table)" for n in names if n in _ROWS and _ROWS[n][0] == CONTACTS}
+
+    def tracked(col: str) -> bool:
+        return col in contacts and bool(contacts[col].notna().any())
+
+    control = "variant" in contacts and bool((contacts["variant"].astype(str) == "control").any())
+    needs = {  # model -> (what the contact log lacks for it, or None)
+        "uplift": None if control else "no control group in the contact log (rows with variant `control`, not sent)",
+        "send_time": None if tracked("opened_at") else "no open tracking in the contact log (`opened_at`)",
+        "channel": None if tracked("opened_at") or tracked("clicked_at") else
+        "no open or click tracking in the contact log (`opened_at`, `clicked_at`)",
+    }
+    for model in ("conversion", "uplift", "offer_net"):
+        if not tracked("converted_at"):
+            needs[model] = "no conversions in the contact log (`converted_at`)"
+    return {n: why for n in names if (why := needs.get(n))}
 
 
 MIN_LABEL_MATCH = 0.5  # below this share of label rows naming a known user, the labels file is refused
@@ -226,7 +241,7 @@ def cv_folds(settings: Settings, name: str, data: TrainingSet, seed: int) -> np.
 
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
-        return uplift.evaluate(scorer, holdout)["qini"]
+        return uplift.evaluate(scorer, holdout)["qini_auc"]
     return _module(name).evaluate(scorer, holdout)["auc"]
 
 
@@ -257,7 +272,10 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         apply_label_service(store, cfg.name)
     step(f"{name}: training set")
     shared = shared or shared_joins(store, [name], Sampling(config.sample_rows, config.seed))
-    data = module.build_frame(store, raw, cfg, shared)
+    try:
+        data = module.build_frame(store, raw, cfg, shared)
+    except ValueError as err:  # what the tables cannot give this model (no complete outcome window, no control group)
+        raise NotTrainable(f"{name}: {err}") from None
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
         raise NotTrainable(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y).tolist())}; "
                            "need both classes: more data, a longer history or another --as-of/--horizon")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-__all__ = ["classification_metrics", "auc_interval", "calibration_error", "capture_at", "uplift_curve", "uplift_metrics",
-           "charts", "uplift_chart"]
+__all__ = ["classification_metrics", "auc_interval", "calibration_error", "capture_at", "qini_curve", "uplift_curve",
+           "qini_auc_score", "uplift_auc_score", "uplift_at_k", "uplift_metrics", "per_offer_uplift_metrics",
+           "summarise_offers", "fold_interval", "charts", "uplift_chart"]
 
 
 def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -66,32 +68,135 @@ def auc_interval(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[flo
     return float(max(auc - z * se, 0.0)), float(min(auc + z * se, 1.0))
 
 
-def uplift_curve(y: np.ndarray, treated: np.ndarray, score: np.ndarray, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Qini curve: incremental positives among the top fraction x, scaled to the treated count."""
-    order = np.argsort(-score, kind="stable")
-    y, t = np.asarray(y, float)[order], np.asarray(treated, bool)[order]
-    ct, cc = np.cumsum(t), np.cumsum(~t)
-    yt, yc = np.cumsum(y * t), np.cumsum(y * ~t)
-    qini = yt - yc * np.divide(ct, cc, out=np.zeros_like(yt), where=cc > 0)
-    idx = np.linspace(0, len(y) - 1, points).astype(int)
-    return np.concatenate([[0.0], (idx + 1) / len(y)]), np.concatenate([[0.0], qini[idx]])
+def qini_curve(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve as scikit-uplift draws it: at each distinct score threshold, rows targeted (x) and
+    treated positives minus control positives scaled to the treated count (y); starts at (0, 0)."""
+    n_all, y_t, y_c, n_t, n_c = _cumulative(y, treated, score)
+    values = y_t - y_c * np.divide(n_t, n_c, out=np.zeros_like(n_t), where=n_c != 0)
+    return np.r_[0.0, n_all], np.r_[0.0, values]
+
+
+def uplift_curve(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uplift curve as scikit-uplift draws it: (treated rate - control rate) among the top x rows, times x."""
+    n_all, y_t, y_c, n_t, n_c = _cumulative(y, treated, score)
+    rate_t = np.divide(y_t, n_t, out=np.zeros_like(y_t), where=n_t != 0)
+    rate_c = np.divide(y_c, n_c, out=np.zeros_like(y_c), where=n_c != 0)
+    return np.r_[0.0, n_all], np.r_[0.0, (rate_t - rate_c) * n_all]
+
+
+def _cumulative(y, treated, score) -> tuple[np.ndarray, ...]:
+    """Cumulative counts down the score order, at the last row of each run of equal scores (ties move together)."""
+    y, t, s = np.asarray(y, dtype="float64"), np.asarray(treated, dtype="float64"), np.asarray(score, dtype="float64")
+    order = np.argsort(s, kind="mergesort")[::-1]
+    y, t, s = y[order], t[order], s[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    n_t = np.cumsum(t)[ends]
+    n_all = (ends + 1).astype("float64")
+    return n_all, np.cumsum(y * t)[ends], np.cumsum(y * (1 - t))[ends], n_t, n_all - n_t
+
+
+def _normalised(curve, y, treated, score, perfect_score) -> float:
+    """(area of the model's curve - random's) / (area of the perfect curve - random's); random = the chord."""
+    x, v = curve(y, treated, score)
+    px, pv = curve(y, treated, perfect_score)
+    chord = px[-1] * pv[-1] / 2  # the random curve: a straight line to the same end point
+    best = np.trapezoid(pv, px) - chord
+    return float((np.trapezoid(v, x) - chord) / best) if best != 0 else float("nan")
+
+
+def qini_auc_score(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> float:
+    """Normalised Qini AUC (scikit-uplift's `qini_auc_score`, negative effects allowed): 1 = a perfect ranking,
+    0 = random, below 0 = worse than random."""
+    y, t = np.asarray(y, dtype="float64"), np.asarray(treated, dtype="float64")
+    # The perfect ranking: treated positives first, control positives last.
+    return _normalised(qini_curve, y, t, score, y * t - y * (1 - t))
+
+
+def uplift_auc_score(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> float:
+    """Normalised area under the uplift curve (scikit-uplift's `uplift_auc_score`, the AUUC)."""
+    y, t = np.asarray(y, dtype="float64"), np.asarray(treated, dtype="float64")
+    # scikit-uplift's perfect uplift ranking: responders when treated and non-responders in control first.
+    control_responders = ((y == 1) & (t == 0)).sum()
+    treated_non_responders = ((y == 0) & (t == 1)).sum()
+    summand = y if control_responders > treated_non_responders else t
+    return _normalised(uplift_curve, y, t, score, 2 * (y == t) + summand)
+
+
+def uplift_at_k(y: np.ndarray, treated: np.ndarray, score: np.ndarray, k: float = 0.2) -> float:
+    """Treated minus control conversion rate among the top `k` share of rows by score (scikit-uplift's
+    `uplift_at_k`, average='first'); NaN when one arm is absent there."""
+    y, t = np.asarray(y, dtype="float64"), np.asarray(treated, dtype=bool)
+    top = np.argsort(np.asarray(score, dtype="float64"), kind="mergesort")[::-1][: int(np.ceil(len(y) * k))]
+    y_, t_ = y[top], t[top]
+    if not t_.any() or t_.all():
+        return float("nan")
+    return float(y_[t_].mean() - y_[~t_].mean())
 
 
 def uplift_metrics(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """Qini coefficient (area between model and random Qini curves, per row) and AUUC, plus top-20 % uplift."""
-    x, q = uplift_curve(y, treated, score, points=100)
-    random = x * q[-1]
-    n = len(y)
-    order = np.argsort(-score, kind="stable")[: max(int(0.2 * n), 1)]
-    y_, t_ = np.asarray(y, float)[order], np.asarray(treated, bool)[order]
-    top = (y_[t_].mean() if t_.any() else 0.0) - (y_[~t_].mean() if (~t_).any() else 0.0)
+    """Normalised Qini AUC, normalised AUUC and uplift in the top 20 % of one ranking (one offer vs control)."""
     return {
-        "qini": float(np.trapezoid(q - random, x) / max(n, 1)),
-        "auuc": float(np.trapezoid(q, x) / max(n, 1)),
-        "uplift_top20": float(top),
-        "rows": float(n),
+        "qini_auc": qini_auc_score(y, treated, score),
+        "auuc": uplift_auc_score(y, treated, score),
+        "uplift_at_20": uplift_at_k(y, treated, score, 0.2),
+        "rows": float(len(y)),
         "treated_share": float(np.mean(treated)),
     }
+
+
+def per_offer_uplift_metrics(y: np.ndarray, treated: np.ndarray, offer: np.ndarray, scores: dict[str, np.ndarray],
+                             min_rows: int = 20) -> dict[str, dict[str, float]]:
+    """`uplift_metrics` per offer: that offer's treated rows against every control row, each row scored FOR that
+    offer (`scores[offer]`, one score per row: controls were scored as if sent that offer).
+
+    Pooling offers into one ranking would rank one offer's treated rows against controls scored for another,
+    which measures the offers' base rates, not the model's targeting. Offers with fewer than `min_rows`
+    treated rows are left out.
+    """
+    treated = np.asarray(treated, dtype=bool)
+    offer = np.asarray(offer, dtype=object)
+    out = {}
+    for name, score in scores.items():
+        rows = (treated & (offer == name)) | ~treated
+        if (treated & (offer == name)).sum() >= min_rows and (~treated).sum() >= min_rows:
+            out[name] = uplift_metrics(np.asarray(y)[rows], treated[rows], np.asarray(score)[rows])
+    return out
+
+
+def summarise_offers(per_offer: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One figure per metric over offers: weighted by each offer's treated rows (the offers a policy sends most
+    count most), plus each offer's own figures as `<metric>/<offer>`."""
+    if not per_offer:
+        return {"qini_auc": float("nan"), "auuc": float("nan"), "uplift_at_20": float("nan"), "offers": 0.0}
+    weights = np.array([m["rows"] * m["treated_share"] for m in per_offer.values()])
+    out: dict[str, float] = {}
+    for key in ("qini_auc", "auuc", "uplift_at_20"):
+        values = np.array([m[key] for m in per_offer.values()])
+        ok = np.isfinite(values)
+        out[key] = float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
+        out.update({f"{key}/{_metric_name(name)}": float(m[key]) for name, m in per_offer.items()})
+    out["offers"] = float(len(per_offer))
+    out["rows"] = float(sum(m["rows"] for m in per_offer.values()))  # controls counted once per offer
+    return out
+
+
+def _metric_name(offer: str) -> str:
+    """An offer id as MLflow accepts it in a metric name (letters, digits, _ - . space /)."""
+    return re.sub(r"[^\w\-. /]", "_", str(offer))
+
+
+def fold_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean over folds and its `level` interval (t distribution: few folds)."""
+    from scipy.stats import t as student
+
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype="float64")
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(student.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
 
 
 def charts(folder: Path, y: np.ndarray, p: np.ndarray, importance: dict[str, float] | None = None) -> list[Path]:
@@ -133,7 +238,8 @@ def uplift_chart(folder: Path, y: np.ndarray, treated: np.ndarray, score: np.nda
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x, q = uplift_curve(y, treated, score)
+    x, q = qini_curve(y, treated, score)
+    x = x / max(x[-1], 1)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(x, q, label="model")
     ax.plot([0, 1], [0, q[-1]], "k:", lw=1, label="random")

@@ -58,7 +58,7 @@ MODEL_NAMES: dict[str, str] = {
     "offer_net": "nextbest-offer-net",
 }
 # The metric the promotion gate compares (higher is better) on the challenger's holdout.
-PRIMARY_METRIC: dict[str, str] = {name: "auc" for name in MODEL_NAMES} | {"uplift": "qini"}
+PRIMARY_METRIC: dict[str, str] = {name: "auc" for name in MODEL_NAMES} | {"uplift": "qini_auc"}
 CHAMPION, CHALLENGER = "champion", "challenger"
 # A propensity model for any labelled outcome (`nextbest train label NAME`) is the model "label-NAME",
 # registered as "nextbest-label-NAME"; its primary metric is the AUC.
@@ -143,6 +143,7 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
 
     loaders = {"lightgbm": scorers.BoosterScorer, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
                "uplift_t_learner": scorers.UpliftScorer,
+               "uplift_effect": scorers.EffectScorer,
                "uplift_funnel": scorers.FunnelUpliftScorer, "send_time_net": scorers.SendTimeScorer}
     if kind in loaders:
         scorer = loaders[kind].load(folder)

@@ -31,6 +31,7 @@ __all__ = [
     "LinearScorer",
     "BlendScorer",
     "UpliftScorer",
+    "EffectScorer",
     "FunnelUpliftScorer",
     "SendTimeNet",
     "SendTimeScorer",
@@ -228,6 +229,13 @@ class CompiledBlend:
 
     def predict(self, x: Rows) -> np.ndarray:
         return self.scorer.predict_codes(self.plan.codes(x))
+
+
+class EffectScorer(BoosterScorer):
+    """Uplift straight from one LightGBM regression on pseudo-outcomes (the X- and doubly robust learners):
+    `predict` is the effect itself; `learner` says which learner fitted it."""
+
+    kind = "uplift_effect"
 
 
 class UpliftScorer:

@@ -1,21 +1,30 @@
-"""Uplift: P(convert | contacted) - P(convert | not contacted), from LightGBM arms on the contact log.
+"""Uplift: P(convert | contacted) - P(convert | not contacted), from LightGBM meta-learners on the contact log.
 
-The default learner follows the funnel a contact works through (`FunnelUpliftScorer`): a contact can only
+Four learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the one with the best
+cross-fitted per-offer Qini AUC on the training rows is refitted on all of them (`choose_learner`):
+- "t": one model per arm (`UpliftScorer`);
+- "x": the X-learner, imputed effects from the other arm's model, one regression (`EffectScorer`);
+- "dr": the doubly robust (DR-)learner, one regression on cross-fitted AIPW pseudo-outcomes (`EffectScorer`);
+- "funnel": the funnel learner below, a candidate only when the log tracks opens.
+An S-learner (one model with a treated flag) is the reference in benchmarks/bench_uplift.py, not a candidate.
+
+The funnel learner follows the funnel a contact works through (`FunnelUpliftScorer`): a contact can only
 cause a purchase once it is opened and its offer clicked, so the uplift is
 
     P(open | user, channel, hour) x P(click | opened, user, offer) x (P(convert | clicked, user, offer) - P(convert | not contacted, user))
 
 Each arm is fitted on plenty of rows (all contacted rows, the opened rows, the clicked rows, the control rows),
-instead of the difference of two conversion models that both mostly learn the organic rate (`UpliftScorer`,
-the T-learner, still loads). Without click tracking (no `clicked_at` in the contact log) the click and
+instead of the difference of two conversion models that both mostly learn the organic rate. Without click tracking (no `clicked_at` in the contact log) the click and
 conversion stages are one: P(convert | opened, user, offer).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import lightgbm as lgb
 import numpy as np
+import pandas as pd
 
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
@@ -25,11 +34,14 @@ from nextbest.training.datasets import (
     contact_frame,
     service_features,
 )
-from nextbest.training.metrics import uplift_metrics
-from nextbest.training.scorers import FunnelUpliftScorer, UpliftScorer
+from nextbest.training.encoding import fit_encoder
+from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics, summarise_offers
+from nextbest.training.scorers import EffectScorer, FunnelUpliftScorer, UpliftScorer
 from nextbest.training.tabular import FitConfig, fit_booster
+from nextbest.training.tuning import BASE_PARAMS
 
-__all__ = ["UpliftConfig", "UpliftScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS", "build_frame", "fit", "evaluate"]
+__all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
+           "LEARNERS", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores", "evaluate"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
@@ -43,7 +55,15 @@ class UpliftConfig:
 
     window_days: int = 7
     fit: FitConfig = field(default_factory=FitConfig)
-    learner: str = "funnel"  # "funnel" (FunnelUpliftScorer) or "t" (UpliftScorer)
+    learner: str = "auto"  # "auto" (best cross-fitted Qini among `candidates`) or one of LEARNERS
+    folds: int = 3  # cross-fitting folds (by user) for the automatic choice
+    select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
+    select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
+    seed: int = 7
+
+
+LEARNERS: tuple[str, ...] = ("t", "x", "dr", "funnel")
+_MIN_OPENS = 20  # fewer tracked opens than this: the funnel learner is no candidate
 
 
 def build_frame(store, raw: dict, config: UpliftConfig = UpliftConfig(), shared: SharedJoins | None = None) -> TrainingSet:
@@ -56,13 +76,91 @@ def build_frame(store, raw: dict, config: UpliftConfig = UpliftConfig(), shared:
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["uplift"], treatment="treated")
 
 
-def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> UpliftScorer | FunnelUpliftScorer:
-    """The funnel learner (default) or the T-learner, per `config.learner`."""
-    if config.learner == "funnel":
-        return fit_funnel(train, config, progress)
-    if config.learner != "t":
-        raise ValueError(f"unknown uplift learner {config.learner!r}; choose funnel or t")
-    return fit_t_learner(train, config, progress)
+def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
+    """The learner `config.learner`, or with "auto" the candidate with the best cross-fitted per-offer Qini AUC
+    (its scores per learner are kept on the scorer as `selection_` and logged with the holdout metrics)."""
+    if config.learner != "auto":
+        return fit_learner(config.learner, train, config, progress)
+    table = choose_learner(train, config)
+    best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
+    scorer = fit_learner(best, train, config, progress)
+    scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
+    return scorer
+
+
+def fit_learner(learner: str, train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
+    """Fit one learner by name; the name is recorded in the scorer's params (and so in MLflow)."""
+    fitters = {"funnel": fit_funnel, "t": fit_t_learner, "x": fit_x_learner, "dr": fit_dr_learner}
+    if learner not in fitters:
+        raise ValueError(f"unknown uplift learner {learner!r}; choose auto or one of {', '.join(LEARNERS)}")
+    if learner == "funnel" and not opens_tracked(train):
+        raise ValueError("the funnel uplift learner needs open tracking (`opened_at` in the contacts table); "
+                         "choose t, x, dr or auto")
+    scorer = fitters[learner](train, config, progress)
+    scorer.params_["learner"] = learner
+    return scorer
+
+
+def opens_tracked(train: TrainingSet) -> bool:
+    """Whether enough contacted rows carry a tracked open for the funnel learner."""
+    return "opened" in train.frame and int(train.frame["opened"].sum()) >= _MIN_OPENS
+
+
+def candidates(train: TrainingSet) -> tuple[str, ...]:
+    """The learners the data supports: the funnel one only with open tracking."""
+    return tuple(name for name in LEARNERS if name != "funnel" or opens_tracked(train))
+
+
+def choose_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(),
+                   learners: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """Each learner's per-offer Qini AUC, AUUC and uplift@20 % cross-fitted over `config.folds` folds of users
+    (fit on the others, scored on the fold): the mean over folds and its 95 % interval.
+
+    Fits are untuned (`config.select_rounds` rounds of the default parameters) to keep the choice cheap; the
+    chosen learner is then refitted, tuned, on all rows.
+    """
+    quick = replace(config, fit=replace(config.fit, trials=1, max_rounds=config.select_rounds))
+    # On the demo world (309k rows) the choice on all rows cost 3x the funnel's own fit; on a 20k-row sample of
+    # users it still separated the funnel from the others (benchmarks/RESULTS.md).
+    train = _user_sample(train, config.select_rows, config.seed)
+    folds = user_folds(_users(train.frame), config.folds, config.seed)
+    table = {}
+    for name in learners or candidates(train):
+        per_fold: list[dict[str, float]] = []
+        for k in range(config.folds):
+            fit_rows, test_rows = folds != k, folds == k
+            try:
+                scorer = fit_learner(name, train.subset(fit_rows), quick)
+            except ValueError:  # a fold without what this learner needs (e.g. too few opens)
+                continue
+            per_fold.append(evaluate(scorer, train.subset(test_rows), seed=config.seed + k))
+        row: dict[str, float] = {"folds": float(len(per_fold))}
+        for key in ("qini_auc", "auuc", "uplift_at_20"):
+            row[key], row[f"{key}_low"], row[f"{key}_high"] = fold_interval([f[key] for f in per_fold])
+        table[name] = row
+    return table
+
+
+def _user_sample(train: TrainingSet, rows: int, seed: int) -> TrainingSet:
+    """All rows of a seeded sample of users, at most `rows` rows (all of them when fewer)."""
+    if len(train.frame) <= rows:
+        return train
+    users = _users(train.frame)
+    order = np.random.default_rng(seed).permutation(np.unique(users))
+    counts = pd.Series(users).value_counts().reindex(order).to_numpy()
+    keep = set(order[: max(int(np.searchsorted(np.cumsum(counts), rows, side="right")), 1)])
+    return train.subset(np.fromiter((u in keep for u in users), dtype=bool, count=len(users)))
+
+
+def _users(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's user (a frame without users: each row its own, e.g. one row per customer in an experiment)."""
+    return frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
+
+
+def user_folds(user_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per row, the same for all rows of a user (no user on both sides of a fit)."""
+    users, inverse = np.unique(user_ids, return_inverse=True)
+    return np.random.default_rng(seed).permutation(len(users))[inverse] % folds
 
 
 def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> FunnelUpliftScorer:
@@ -120,6 +218,145 @@ def fit_t_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), pro
     return UpliftScorer(t_model, c_model, train.feature_service)
 
 
-def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:
-    """Qini, AUUC and uplift in the top 20 % on the holdout (contacted and control rows)."""
-    return uplift_metrics(holdout.y, holdout.frame[holdout.treatment].to_numpy() == 1, np.asarray(scorer.predict(holdout.frame)))
+def fit_x_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> EffectScorer:
+    """X-learner: arm models mu1(user, offer, channel, hour) and mu0(user); imputed effects y - mu0 on the
+    treated rows and mu1(offer) - y on the control rows given each offer; one regression of both, weighted
+    so that it averages them as e x tau0 + (1 - e) x tau1 (e: the offer's share against control)."""
+    t_learner = fit_t_learner(train, config, progress)
+    treated, control = _arms(train)
+    frame, y = train.frame, train.y.astype("float64")
+    share = _offer_share(frame, treated)
+    rows_t = frame[treated]
+    e_t = share.reindex(rows_t["offer_id"].astype(str)).to_numpy()
+    rows_c, offer_c = _controls_for_offers(frame, treated, config.seed)
+    e_c = share.reindex(offer_c).to_numpy()
+    mu0_t = t_learner.control_.predict(rows_t)
+    mu1_c = t_learner.treated_.predict(rows_c)
+    target = np.r_[y[treated] - mu0_t, mu1_c - rows_c["label"].to_numpy(dtype="float64")]
+    weight = np.r_[(1 - e_t) / e_t, e_c / (1 - e_c)]
+    return _fit_effect(pd.concat([rows_t, rows_c], ignore_index=True), list(train.inputs), target, weight,
+                       train.feature_service, config)
+
+
+def fit_dr_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> EffectScorer:
+    """DR-learner: AIPW pseudo-outcomes from arm models fitted on the other half of the users (cross-fitted, so
+    no row's pseudo-outcome comes from a model that saw it), then one regression of them on user and action.
+
+    Treated row with offer o: mu1 - mu0 + (y - mu1) / e_o; control row given offer o: mu1 - mu0 - (y - mu0) / (1 - e_o),
+    with e_o the offer's share against control in the log (a randomised experiment's assignment rate).
+    """
+    if "user_id" not in train.frame:  # one row per customer: each row its own user
+        train = replace(train, frame=train.frame.assign(user_id=np.arange(len(train.frame)).astype(str)))
+    treated, _ = _arms(train)
+    frame = train.frame
+    share = _offer_share(frame, treated)
+    rows_c, offer_c = _controls_for_offers(frame, treated, config.seed)
+    rows_t = frame[treated].reset_index(drop=True)
+    users = frame["user_id"].astype(str).to_numpy()
+    halves = user_folds(users, 2, config.seed)
+    half_of = pd.Series(halves, index=users).groupby(level=0).first()
+    halves_t = halves[treated]
+    halves_c = half_of.reindex(rows_c["user_id"].astype(str)).to_numpy()  # a control copy sits in its user's half
+    mu1_t, mu0_t = np.zeros(len(rows_t)), np.zeros(len(rows_t))
+    mu1_c, mu0_c = np.zeros(len(rows_c)), np.zeros(len(rows_c))
+    for half in (0, 1):
+        arms = fit_t_learner(train.subset(halves != half), config, progress)
+        on_t, on_c = halves_t == half, halves_c == half
+        mu1_t[on_t], mu0_t[on_t] = arms.treated_.predict(rows_t[on_t]), arms.control_.predict(rows_t[on_t])
+        mu1_c[on_c], mu0_c[on_c] = arms.treated_.predict(rows_c[on_c]), arms.control_.predict(rows_c[on_c])
+    e_t = share.reindex(rows_t["offer_id"].astype(str)).to_numpy()
+    e_c = share.reindex(offer_c).to_numpy()
+    y_t, y_c = rows_t["label"].to_numpy(dtype="float64"), rows_c["label"].to_numpy(dtype="float64")
+    target = np.r_[mu1_t - mu0_t + (y_t - mu1_t) / e_t, mu1_c - mu0_c - (y_c - mu0_c) / (1 - e_c)]
+    return _fit_effect(pd.concat([rows_t, rows_c], ignore_index=True), list(train.inputs), target, None,
+                       train.feature_service, config)
+
+
+def _arms(train: TrainingSet) -> tuple[np.ndarray, np.ndarray]:
+    treated = train.frame[train.treatment].to_numpy() == 1
+    if treated.all() or not treated.any():
+        raise ValueError("uplift needs contacted and control rows")
+    return treated, ~treated
+
+
+def _offer_share(frame: pd.DataFrame, treated: np.ndarray) -> pd.Series:
+    """Per offer, its treated rows' share of (its treated rows + all control rows): P(offer | offer or control)."""
+    counts = frame.loc[treated, "offer_id"].astype(str).value_counts()
+    return counts / (counts + int((~treated).sum()))
+
+
+def _offer_request(frame: pd.DataFrame, treated: np.ndarray, offer: str, n: int,
+                   rng: np.random.Generator) -> pd.DataFrame:
+    """Request columns for `n` rows scored FOR `offer`: its attributes, and channel and hour drawn from the rows
+    it was actually sent with (the action it would have been)."""
+    sent = frame[treated & (frame["offer_id"].astype(str) == offer).to_numpy()]
+    pick = sent.iloc[rng.integers(0, len(sent), n)]
+    return pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
+
+
+def _controls_for_offers(frame: pd.DataFrame, treated: np.ndarray, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The control rows once per offer that was sent, each copy given that offer's request columns."""
+    rng = np.random.default_rng(seed)
+    controls = frame[~treated].reset_index(drop=True)
+    parts, names = [], []
+    for offer in sorted(frame.loc[treated, "offer_id"].astype(str).unique()):
+        request = _offer_request(frame, treated, offer, len(controls), rng)
+        parts.append(controls.drop(columns=list(request.columns)).join(request))
+        names.append(np.full(len(controls), offer, dtype=object))
+    return pd.concat(parts, ignore_index=True), np.concatenate(names)
+
+
+def _fit_effect(frame: pd.DataFrame, columns: list[str], target: np.ndarray, weight: np.ndarray | None,
+                feature_service: str, config: UpliftConfig) -> EffectScorer:
+    """One LightGBM regression of the pseudo-outcomes (default parameters, rounds by early stopping on 20 %)."""
+    encoder = fit_encoder(frame, columns)
+    x = encoder.codes(frame)
+    cats = [encoder.columns.index(c) for c in encoder.categorical]
+    params = {**BASE_PARAMS, "objective": "regression", "metric": "l2", "seed": config.seed}
+    valid = np.random.default_rng(config.seed).random(len(target)) < 0.2
+
+    def data(rows, reference=None):
+        return lgb.Dataset(x[rows], target[rows], weight=None if weight is None else weight[rows], reference=reference,
+                           categorical_feature=cats, feature_name=[f"f{i}" for i in range(x.shape[1])],
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
+
+    fit_set = data(~valid)
+    probe = lgb.train(params, fit_set, num_boost_round=config.fit.max_rounds, valid_sets=[data(valid, fit_set)],
+                      callbacks=[lgb.early_stopping(20, verbose=False)])
+    rounds = max(int((probe.best_iteration or config.fit.max_rounds) * 1.1), 10)
+    booster = lgb.train(params, data(np.ones(len(target), dtype=bool)), num_boost_round=rounds)
+    return EffectScorer(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
+
+
+def offer_scores(scorer, holdout: TrainingSet, seed: int = 7) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Scores per offer for `per_offer_uplift_metrics`: that offer's treated rows as sent, and every control row
+    scored FOR that offer (its attributes, a channel and hour it was sent with). Returns the rows (treated rows,
+    then the controls once per offer) and, per offer, a score for each of them (NaN where it does not apply)."""
+    treated = holdout.frame[holdout.treatment].to_numpy() == 1
+    rows_c, offer_c = _controls_for_offers(holdout.frame, treated, seed)
+    rows_t = holdout.frame[treated].reset_index(drop=True)
+    rows = pd.concat([rows_t, rows_c], ignore_index=True)
+    score = np.asarray(scorer.predict(rows), dtype="float64")
+    offer = np.r_[rows_t["offer_id"].astype(str).to_numpy(dtype=object), offer_c]
+    is_treated = np.r_[np.ones(len(rows_t), bool), np.zeros(len(rows_c), bool)]
+    out = {}
+    for name in np.unique(offer):
+        keep = offer == name
+        out[str(name)] = np.where(keep, score, np.nan)
+    return rows.assign(_offer=offer, _treated=is_treated), out
+
+
+def evaluate(scorer, holdout: TrainingSet, seed: int = 7) -> dict[str, float]:
+    """Per-offer normalised Qini AUC, AUUC (scikit-uplift's definitions) and uplift@20 % on the holdout, each
+    offer's treated rows ranked against the control rows scored for that offer; the headline figures weight
+    offers by their treated rows. The cross-fitted choice of learner (when made) comes along as `cv_*`."""
+    rows, scores = offer_scores(scorer, holdout, seed)
+    y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
+    per_offer = {}
+    for name, score in scores.items():
+        keep = offer == name
+        per_offer.update(per_offer_uplift_metrics(y[keep], treated[keep], offer[keep], {name: score[keep]}))
+    out = summarise_offers(per_offer)
+    out["treated_share"] = float((holdout.frame[holdout.treatment] == 1).mean())
+    return {**out, **getattr(scorer, "selection_", {})}
