@@ -24,6 +24,7 @@ __all__ = [
     "conform",
     "parse_eligibility",
     "Clause",
+    "offer_valid",
 ]
 
 Kind = Literal["str", "ts", "float", "int", "bool", "flag"]  # flag: a 0/1 outcome, also written true/false, yes/no
@@ -501,6 +502,14 @@ def parse_eligibility(expr: str | None) -> tuple[Clause, ...]:
             value = _atom(raw)
         clauses.append(Clause(feature, op, value))
     return tuple(clauses)
+
+
+def offer_valid(at, valid_from, valid_to) -> bool:
+    """True when an offer may be sent at `at`: from `valid_from` on and before `valid_to` (a half-open window, so
+    `valid_to: 2026-07-01T00:00Z` means through June 30). Missing bounds (None, NaT) do not limit. The one definition
+    of the window, for serving, batch scoring and the simulator alike."""
+    return not ((valid_from is not None and not pd.isna(valid_from) and at < valid_from)
+                or (valid_to is not None and not pd.isna(valid_to) and at >= valid_to))
 
 
 def _is_eligibility(expr: object) -> bool:

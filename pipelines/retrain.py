@@ -45,6 +45,8 @@ class RetrainConfig:
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
+    logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
+    logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 
 
 def _state_path(settings: Settings) -> Path:
@@ -66,13 +68,16 @@ def _save(settings: Settings, state: dict) -> None:
 
 def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     from nextbest.features.ingest import ingest, ingest_window, load_plan, manifest, plan_from_dir
+    from nextbest.pipelines.logs_to_contacts import fold_logs
 
-    if config.source is None:
-        return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
-    allowed = [settings.data_dir] if settings.data_dir else []
-    plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
-    rows = ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))
-    return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "rows": rows}
+    out: dict = {"ingested": False}
+    if config.source is not None:
+        allowed = [settings.data_dir] if settings.data_dir else []
+        plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
+        out = {"rows": ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))}
+    if config.logs:  # the decision service's own decisions and outcomes join the contact log
+        out["logs"] = fold_logs(settings, config.logs_cutoff)
+    return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], **out}
 
 
 def _build(settings: Settings, config: RetrainConfig, state: dict) -> dict:

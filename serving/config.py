@@ -20,6 +20,7 @@ __all__ = [
     "Caps",
     "Trigger",
     "Exploration",
+    "Holdout",
     "OperatorConfig",
     "ConfigError",
     "default_config",
@@ -56,7 +57,7 @@ class Offer(_Strict):
     value: float = Field(gt=0, description="value of one conversion, in currency units")
     eligibility: str | None = Field(None, description="rule on features/tags, e.g. `lifecycle_stage in [customer] and recency_days >= 30`")
     valid_from: datetime | None = Field(None, description="not offered before this time (ISO-8601)")
-    valid_to: datetime | None = Field(None, description="not offered after this time (ISO-8601)")
+    valid_to: datetime | None = Field(None, description="offered up to, not including, this time (ISO-8601)")
     priority: int = Field(0, description="breaks ties between equally valuable offers (higher wins)")
     lever: float = Field(1.0, ge=0, description="operator weight on the offer's value (1 = neutral, 0 = switch off)")
 
@@ -120,6 +121,24 @@ class Exploration(_Strict):
     prior_strength: float = Field(20.0, gt=0, description="thompson: pseudo-contacts behind each P(convert)")
 
 
+class Holdout(_Strict):
+    """Control groups: users left uncontacted on purpose, stable per user for a period (serving/holdout.py)."""
+
+    share: float = Field(0.0, ge=0, lt=1, description="universal hold-out: share of users kept out of every campaign, e.g. 0.05")
+    campaigns: dict[str, float] = Field(default_factory=dict,
+                                        description="campaign_id -> share of that campaign's users held out as its control")
+    salt: str = Field("nextbest", min_length=1, max_length=64, description="changing it reshuffles who is held out")
+    period_days: int = Field(90, ge=1, le=3660, description="a user stays in (or out of) a hold-out for this many days")
+
+    @field_validator("campaigns")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: s for k, s in v.items() if not 0 <= s < 1}
+        if bad:
+            raise ValueError(f"hold-out shares must be in [0, 1), e.g. 0.05; got {bad}")
+        return v
+
+
 class OperatorConfig(_Strict):
     """Everything an operator may change without a deploy."""
 
@@ -128,6 +147,7 @@ class OperatorConfig(_Strict):
     caps: Caps = Caps()
     triggers: list[Trigger] = Field(default_factory=list)
     exploration: Exploration = Exploration()
+    holdout: Holdout = Holdout()
     churn_boost: float = Field(1.0, ge=0, description="retention offers' value x (1 + churn_boost x P(churn))")
     min_expected_value: float = Field(0.0, description="no action unless the best EV is above this")
 
@@ -328,7 +348,7 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
         if kept:
             lanes_kept = [c for c in t.channels if c in names] if t.channels else None
             triggers.append(t.model_copy(update={"offers": kept, "channels": lanes_kept or None}))
-    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration,
+    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration, holdout=base.holdout,
                           churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
 
 
