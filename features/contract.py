@@ -273,9 +273,11 @@ def _outside(parsed: pd.Series, window: TimeWindow, future: bool) -> list[tuple[
 def _table_checks(table: str) -> list[pa.Check]:
     if table == "contacts":
         def treated_have_action(df: pd.DataFrame) -> pd.Series:
-            control = df["variant"].eq("control") if "variant" in df else pd.Series(False, index=df.index)
-            return control | (df["offer_id"].notna() & df["channel"].notna())
-        return [pa.Check(treated_have_action, error="offer_id and channel are required unless variant is 'control'")]
+            # 'no_action': a logged choice not to contact (the decision service's own logs), kept for off-policy evaluation.
+            held = df["variant"].isin(["control", "no_action"]) if "variant" in df else pd.Series(False, index=df.index)
+            return held | (df["offer_id"].notna() & df["channel"].notna())
+        return [pa.Check(treated_have_action,
+                         error="offer_id and channel are required unless variant is 'control' or 'no_action'")]
     if table == "users":
         def has_consent(df: pd.DataFrame) -> bool:
             return len(_consent_columns(df)) > 0

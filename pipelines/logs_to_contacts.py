@@ -126,15 +126,15 @@ def _control_conversions(rows: pd.DataFrame, events: pd.DataFrame | None, cutoff
     if events is None or events.empty or not len(control):
         return rows
     buys = events[events["type"] == "purchase"]
-    ts = pd.to_datetime(buys["ts"], utc=True)
-    buys = pd.DataFrame({"user_id": buys["user_id"].astype(str).to_numpy(), "ts": ts.to_numpy(),
-                         "amount": (buys["amount"].astype(float) if "amount" in buys else pd.Series(np.nan, index=buys.index))
-                         .fillna(0.0).to_numpy()})
-    buys = buys[buys["ts"] < cutoff.tz_convert(None).to_datetime64()].sort_values("ts", kind="stable")
+    amount = buys["amount"].astype(float) if "amount" in buys else pd.Series(np.nan, index=buys.index)
+    # merge_asof on naive UTC times (one resolution on both sides)
+    buys = pd.DataFrame({"user_id": buys["user_id"].astype(str).to_numpy(),
+                         "ts": pd.to_datetime(buys["ts"], utc=True).dt.tz_convert(None).astype("datetime64[ns]").to_numpy(),
+                         "amount": amount.fillna(0.0).to_numpy()})
+    buys = buys[buys["ts"] < cutoff.tz_convert(None)].sort_values("ts", kind="stable")
     c = rows.loc[control, ["user_id", "sent_at"]].reset_index()
     c["at"] = c["sent_at"].dt.tz_convert(None).astype("datetime64[ns]")
     c = c.sort_values("at", kind="stable")
-    buys = buys.assign(ts=buys["ts"].astype("datetime64[ns]"))
     first = pd.merge_asof(c, buys, left_on="at", right_on="ts", by="user_id", direction="forward",
                           tolerance=pd.Timedelta(days=window_days))
     hit = first["ts"].notna().to_numpy()

@@ -29,8 +29,9 @@ def test_the_share_held_out_is_the_configured_share_and_scopes_are_independent()
 
 
 def test_a_user_stays_for_the_period_and_a_new_period_or_salt_reshuffles():
-    start = pd.Timestamp("2026-06-01", tz="UTC").to_pydatetime()
-    assert period_of(start, 90) == period_of(start + timedelta(days=30), 90)  # same period: same draw
+    begin = pd.Timestamp("1970-01-01", tz="UTC").to_pydatetime() + timedelta(days=90 * 228)  # a period's first day
+    assert period_of(begin, 90) == period_of(begin + timedelta(days=89, hours=23), 90) == 228
+    assert period_of(begin + timedelta(days=90), 90) == 229
     draws = np.array([holdout_draw(u, "s", UNIVERSAL, 1) for u in IDS[:2000]])
     assert (draws == np.array([holdout_draw(u, "s", UNIVERSAL, 1) for u in IDS[:2000]])).all()
     assert np.corrcoef(draws, [holdout_draw(u, "s", UNIVERSAL, 2) for u in IDS[:2000]])[0, 1] < 0.1
