@@ -33,7 +33,7 @@ import pandas as pd
 from nextbest.features.contract import TABLES
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
-from nextbest.pipelines.logs_to_contacts import OUTCOME_COLUMNS
+from nextbest.pipelines.logs_to_contacts import OUTCOME_COLUMNS, PREFIX
 from nextbest.pipelines.loop import _as_arrays, _as_frame, _organic
 from nextbest.serving.config import Caps, load_config
 from nextbest.simulation.behaviour import concat_events, purchase_carts
@@ -214,7 +214,10 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
     rows_out = []
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
-        full = Period.from_tables(tables, truth)
+        # The caps count what the service's ledger counts: its own sends (the folded `nb-` rows), not contacts another
+        # system made before the loop (the ledger does not import exported contacts; see docs/serving.md).
+        own = tables["contacts"][tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX)]
+        full = Period.from_tables({**tables, "contacts": own}, truth)
         rows = _sample_rows(full.n_users, config.users, config.seed)
         period = full.sample(config.users, seed=config.seed)
         begin, end = period.start, period.start + pd.Timedelta(days=config.days)
@@ -266,7 +269,10 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
                "incremental_revenue": m["incremental_revenue"], "oracle_revenue": mo["incremental_revenue"],
                "share_of_oracle": m["incremental_revenue"] / mo["incremental_revenue"] if mo["incremental_revenue"] > 0 else np.nan,
                "unsubscribes_per_1k": m["unsubscribes"] * per_k, "complaints_per_1k": m["complaints"] * per_k,
-               "violations": m["violations"], "models": _post(client, "/status", {}).get("models", {})}
+               "violations": m["violations"],
+               "violated": {c.removeprefix("broke_"): int(result.sends[c].sum()) for c in result.sends if c.startswith("broke_")
+                            and result.sends[c].any()},
+               "models": _post(client, "/status", {}).get("models", {})}
 
         if k < config.rounds - 1:
             step(f"round {round_no}: retraining {', '.join(config.models)} on the service's logs")
