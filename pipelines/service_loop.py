@@ -52,6 +52,7 @@ _TEN_YEARS_S = str(10 * 365 * 86_400)
 # What a service driven through simulated days needs: caller times anywhere in the simulated calendar are believed.
 SIMULATED_CLOCK_ENV = {"NEXTBEST_MAX_AGE_S": _TEN_YEARS_S, "NEXTBEST_CLOCK_SKEW_S": _TEN_YEARS_S,
                        "NEXTBEST_MAX_OUTCOME_AGE_S": _TEN_YEARS_S}
+_CAMPAIGN_HOUR = pd.Timedelta(hours=6)  # the campaign asks for its decisions each morning, 06:00 UTC
 _REPORTED = ("opened", "clicked", "converted", "unsubscribed", "complained")  # what the campaign system reports back
 
 
@@ -97,13 +98,30 @@ class ServicePolicy:
         self.decided: dict[tuple[int, int], str] = {}  # (day, user row) -> decision id of the send
         self.controls = 0  # hold-out decisions the service logged
         self.decisions = 0
+        self.outcomes: pd.DataFrame | None = None  # drawn, not reported yet
+        self.recorded = 0  # feedback the service recorded
+
+    def observe(self, sends: pd.DataFrame) -> None:
+        """A day's sends with their drawn outcomes: reported once each has happened."""
+        if "opened_at" in sends:  # the replay records outcome times
+            self.outcomes = pd.concat([x for x in (self.outcomes, _outcome_rows(sends, self.decided)) if x is not None],
+                                      ignore_index=True)
+
+    def report(self, until: pd.Timestamp) -> None:
+        """Give the service every outcome that happened before `until` (an unsubscribe binds its next decision)."""
+        if self.outcomes is None:
+            return
+        due = self.outcomes["at"] < until
+        self.recorded += _give_feedback(self.client, self.outcomes[due])
+        self.outcomes = self.outcomes[~due].reset_index(drop=True)
 
     def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
+        self.report(s.at + _CAMPAIGN_HOUR)
         n = self.period.n_users
         offer, channel, hour = np.full(n, -1), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
         score, propensity = np.zeros(n), np.ones(n)
         asked = np.flatnonzero(self.period.truth.signup_ns <= s.at.value)  # users who have signed up by then
-        now = (s.at + pd.Timedelta(hours=6)).isoformat()  # the campaign runs each morning, 06:00 UTC
+        now = (s.at + _CAMPAIGN_HOUR).isoformat()
         for start in range(0, len(asked), self.batch):
             rows = asked[start:start + self.batch]
             answer = _post(self.client, "/decide_batch", {
@@ -239,15 +257,14 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
 
         step(f"round {round_no}: {config.days} days of /decide_batch for {period.n_users:,} users")
         policy = ServicePolicy(client, period, config.campaign_id, config.batch)
-        result = replay(period, policy, ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic, record=True)
+        policy.outcomes = pending.outcomes  # earlier rounds' outcomes that had not happened yet
+        result = replay(period, policy, ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic,
+                        record=True, observe=policy.observe)
         oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic)
 
-        step(f"round {round_no}: outcomes to /feedback")
-        outcomes = _outcome_rows(result.sends, policy.decided)
-        outcomes = pd.concat([x for x in (pending.outcomes, outcomes) if x is not None], ignore_index=True)
-        now = outcomes["at"] < end
-        recorded = _give_feedback(client, outcomes[now])
-        pending.outcomes = outcomes[~now].reset_index(drop=True)
+        step(f"round {round_no}: the outcomes of the round's last day to /feedback")
+        policy.report(end)
+        pending.outcomes = policy.outcomes
 
         # The company's event export grows by what happened before the round's end (the sends' effects included).
         if result.events is not None:
@@ -265,7 +282,7 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         m, mo = result.metrics, oracle.metrics
         per_k = 1000 / m["contacts"] if m["contacts"] else np.nan
         row = {"round": round_no, "start": begin.date().isoformat(), "days": config.days, "decisions": policy.decisions,
-               "controls": policy.controls, "contacts": m["contacts"], "feedback": recorded,
+               "controls": policy.controls, "contacts": m["contacts"], "feedback": policy.recorded,
                "incremental_revenue": m["incremental_revenue"], "oracle_revenue": mo["incremental_revenue"],
                "share_of_oracle": m["incremental_revenue"] / mo["incremental_revenue"] if mo["incremental_revenue"] > 0 else np.nan,
                "unsubscribes_per_1k": m["unsubscribes"] * per_k, "complaints_per_1k": m["complaints"] * per_k,
