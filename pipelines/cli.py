@@ -463,7 +463,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
 ) -> None:
-    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions."""
+    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions -> one
+    round of the closed loop through the service."""
     settings = Settings()
     started = time.perf_counter()
     console.rule("1. simulate the marketing world")
@@ -480,7 +481,7 @@ def demo(
     console.rule("6. the NBA policy against the baselines, in a fresh simulated period")
     print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
     console.rule("7. the decision service answering sample requests over HTTP")
-    _show_decisions(settings)
+    run_guarded(_serve_demo, settings)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
 
 
@@ -504,10 +505,18 @@ def _show_online(settings: Settings, n: int) -> None:
     console.print(table)
 
 
-def _show_decisions(settings: Settings) -> None:
-    from nextbest.pipelines.serve_commands import demo_requests
+def _serve_demo(settings: Settings) -> None:
+    """Steps 7 and 8 on one running service: sample requests, then a campaign round of the closed loop."""
+    from nextbest.pipelines.service_loop import demo_round
 
-    rows = run_guarded(demo_requests, settings)
+    def show_requests(rows: list[dict]) -> None:
+        _show_decisions(rows)
+        console.rule("8. the closed loop through the service: a campaign round over HTTP (events, decide, feedback)")
+
+    print_service_loop(demo_round(settings, before=show_requests))
+
+
+def _show_decisions(rows: list[dict]) -> None:
     table = Table(title="decisions from the running service (127.0.0.1)")
     for col in rows[0] if rows else []:
         table.add_column(col)

@@ -170,10 +170,10 @@ def _outcome_rows(sends: pd.DataFrame, decided: dict[tuple[int, int], str]) -> p
     for outcome in _REPORTED:
         at = pd.to_datetime(sends[OUTCOME_COLUMNS[outcome]], utc=True)
         hit = at.notna().to_numpy()
+        revenue = sends["revenue"].to_numpy(dtype=float)[hit] if outcome == "converted" else np.full(hit.sum(), np.nan)
         parts.append(pd.DataFrame({"decision_id": ids[hit], "outcome": outcome, "offer_id": sends["offer_id"].to_numpy()[hit],
-                                   "channel": sends["channel"].to_numpy()[hit], "at": at[hit].to_numpy(),
-                                   "revenue": sends["revenue"].to_numpy(dtype=float)[hit] if outcome == "converted" else np.nan}))
-    return pd.concat(parts, ignore_index=True)
+                                   "channel": sends["channel"].to_numpy()[hit], "at": at[hit], "revenue": revenue}))
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
 
 
 def _give_feedback(client, outcomes: pd.DataFrame) -> int:
@@ -303,3 +303,26 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         pending.save()
         rows_out.append(row)
     return pd.DataFrame(pending.state["rounds"]).set_index("round")
+
+
+def demo_round(settings: Settings, users: int = 500, days: int = 2, holdout: float = 0.1,
+               before: Callable[[list[dict]], None] | None = None) -> pd.DataFrame:
+    """`make demo`'s last steps: start the decision service on simulated-time settings, hand `before` its answers to
+    a few sample requests, then run one round through it (no retraining); the campaign `loop` keeps a `holdout` share
+    of its users as its control group."""
+    import httpx
+
+    from nextbest.pipelines.serve_commands import demo_requests, running_service
+    from nextbest.serving.config import write_config
+
+    path = settings.operator_config or settings.home / "operator.yaml"
+    operator = load_config(path)
+    if "loop" not in operator.holdout.campaigns:
+        campaigns = {**operator.holdout.campaigns, "loop": holdout}
+        write_config(operator.model_copy(update={"holdout": operator.holdout.model_copy(update={"campaigns": campaigns})}),
+                     path, note="the demo added a 10 % hold-out for its campaign `loop`")
+    simulated = settings.model_copy(update={k.removeprefix("NEXTBEST_").lower(): int(v) for k, v in SIMULATED_CLOCK_ENV.items()})
+    with running_service(simulated) as url, httpx.Client(base_url=url, timeout=120) as client:
+        if before is not None:
+            before(demo_requests(settings, client=client))
+        return run_service_loop(settings, client, ServiceLoopConfig(rounds=1, days=days, users=users))
