@@ -43,7 +43,7 @@ class RetrainConfig:
     source: Path | None = None  # folder of <table>.csv/.parquet, or a mapping YAML; None = keep the current raw data
     trials: int = 5  # Optuna trials per LightGBM model
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
-    models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
+    models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
@@ -108,9 +108,15 @@ def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
 
 
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
+    from nextbest.training.jobs import (
+        DEFAULT_MODELS,
+        TrainConfig,
+        read_raw_tables,
+        skipped_models,
+        train_models,
+    )
 
-    names = list(MODELS if config.models is None else config.models)
+    names = list(DEFAULT_MODELS if config.models is None else config.models)
     skipped = skipped_models(read_raw_tables(settings), names) if names else {}
     names = [n for n in names if n not in skipped]  # a company without a contact log still trains the others
     if not names:  # features only: the champions stay

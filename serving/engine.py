@@ -38,6 +38,8 @@ __all__ = [
     "Greedy",
     "greedy_many",
     "choose_one",
+    "epsilon_propensity",
+    "explore_many",
 ]
 
 HOURS = 24
@@ -262,7 +264,7 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
     if exploration.method == "epsilon" and exploration.rate > 0 and arms:
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
-        propensity = (1 - exploration.rate) * (pick == greedy) + exploration.rate / k
+        propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
         return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy)
     if exploration.method == "thompson" and arms and p_convert is not None and unit_value is not None:
         # Each arm's P(convert) is uncertain: sample it from a Beta with `prior_strength` pseudo-contacts and
@@ -321,6 +323,28 @@ def greedy_many(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, min_
     return Greedy(flat, n_arms, np.where(has, arg, -1), (n_o, n_c))
 
 
+def epsilon_propensity(rate: float, k: np.ndarray | int, greedy: np.ndarray | bool) -> np.ndarray | float:
+    """P(the picked arm) under epsilon exploration over k choices (the feasible arms and "no action"): the greedy
+    arm keeps 1 - rate and every choice gets rate / k."""
+    return (1 - rate) * greedy + rate / k
+
+
+def explore_many(g: Greedy, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`choose_one`'s epsilon rule for every user at once (the replay's policies): per user the flat arm index
+    (-1 = no action), its propensity, and whether exploration picked it; draws from `rng` in bulk."""
+    n = len(g.best)
+    if rate <= 0:
+        return g.best.copy(), np.ones(n), np.zeros(n, dtype=bool)
+    k = g.n_arms + 1  # the arms and "no action"
+    explore = (rng.random(n) < rate) & (g.n_arms > 0)
+    r = np.floor(rng.random(n) * k).astype(np.int64)  # uniform over the k choices, k - 1 = "no action"
+    arm = np.argmax(np.cumsum(g.feasible, axis=1) > r[:, None], axis=1)
+    drawn = np.where(r < k - 1, arm, -1)
+    pick = np.where(explore, drawn, g.best)
+    propensity = np.where(g.n_arms > 0, epsilon_propensity(rate, k, pick == g.best), 1.0)
+    return pick, propensity, explore & (pick != g.best)
+
+
 def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Generator) -> Pick:
     """`choose` for user u from its precomputed greedy arm; draws from `rng` exactly as `choose` does.
 
@@ -334,7 +358,7 @@ def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Gener
         k = k_arms + 1
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
-        propensity = (1 - exploration.rate) * (pick == greedy) + exploration.rate / k
+        propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
         action = tuple(int(i) for i in np.unravel_index(arms[pick], g.shape)) if pick < k_arms else None
         return Pick(action, float(propensity), explore and pick != greedy)
     if best < 0:
