@@ -283,7 +283,8 @@ def features_materialize() -> None:
 # --- evaluate ------------------------------------------------------------------------------------------
 
 _SHOWN = {"contacts": "contacts", "incremental_conversions": "incr. conv.", "incremental_revenue": "incr. revenue",
-          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints", "violations": "violations",
+          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints",
+          "unsubscribes_per_1k": "unsubs /1k", "complaints_per_1k": "compl. /1k", "violations": "violations",
           "share_of_oracle": "of oracle", "share_of_history_oracle": "of history oracle"}
 _SHARES = ("share_of_oracle", "share_of_history_oracle")
 

@@ -145,6 +145,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     p_convert = np.zeros((n, len(config.offers), len(channels)))
     uplift = np.full_like(p_convert, np.nan)
     p_churn = np.zeros(n)
+    opt_out = np.zeros((n, len(channels)))
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(n, start + _CHUNK))
         part = engine.user_columns({k: v[rows] for k, v in users.items()})
@@ -152,10 +153,11 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
         hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
         p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
         p_churn[rows] = engine.churn_scores(models, part, config)
+        opt_out[rows] = engine.opt_out_risk(part, config)
     # Expected values as serving computes them (one definition: engine.expected_values_many).
     priority = np.array([o.priority for o in config.offers], dtype=float)
-    nba = engine.expected_values_many(p_convert, uplift, config, p_churn)
-    propensity_only = engine.expected_values_many(p_convert, np.full_like(uplift, np.nan), config, p_churn)
+    nba = engine.expected_values_many(p_convert, uplift, config, p_churn, opt_out)
+    propensity_only = engine.expected_values_many(p_convert, np.full_like(uplift, np.nan), config, p_churn, opt_out)
     return [
         ModelPolicy("nba (uplift)", nba, hours, epsilon, priority, config.min_expected_value),
         ModelPolicy("propensity only", propensity_only, hours, epsilon, priority, config.min_expected_value),

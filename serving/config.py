@@ -83,6 +83,10 @@ class Channel(_Strict):
                                     description="local hours with no sends, start-end, e.g. 22-8")
     daily_capacity: int | None = Field(None, ge=0, description="most sends per UTC day over all users (none = unlimited)")
     requires_consent: bool = Field(True, description="needs consent_<channel> true in the profile")
+    opt_out_cost: float = Field(0.0, ge=0, description="what an unsubscribe or complaint on this channel loses: the "
+                                "channel's future value to one user (currency); EV subtracts it times the user's risk")
+    opt_out_rate: float = Field(0.003, ge=0, le=1, description="prior P(unsubscribe or complaint) per contact; each "
+                                "user's own history (unsubscribes and complaints over contacts, 90 days) refines it")
 
 
 class Caps(_Strict):
@@ -336,9 +340,12 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                      valid_from=r.get("valid_from"), valid_to=r.get("valid_to"), priority=int(r.get("priority") or 0))
                for r in rows]
     chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
+    kept = {c.channel: c for c in base.channels}  # the operator's long-term costs of a channel stay with it
     lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),
                      daily_capacity=None if r.get("daily_capacity") is None else int(r["daily_capacity"]),
-                     requires_consent=bool(r.get("requires_consent", True)))
+                     requires_consent=bool(r.get("requires_consent", True)),
+                     **({"opt_out_cost": kept[str(r["channel"])].opt_out_cost, "opt_out_rate": kept[str(r["channel"])].opt_out_rate}
+                        if str(r["channel"]) in kept else {}))
              for r in chans]
     ids, names = {o.offer_id for o in catalog}, {c.channel for c in lanes}
     coupons = [o.offer_id for o in catalog if o.kind == "coupon"]

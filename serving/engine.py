@@ -35,6 +35,7 @@ __all__ = [
     "choose",
     "best_slots_many",
     "expected_values_many",
+    "opt_out_risk",
     "Greedy",
     "greedy_many",
     "choose_one",
@@ -292,14 +293,36 @@ def best_slots_many(p_open: np.ndarray, local_hour: np.ndarray, slot_ok: np.ndar
 
 
 def expected_values_many(p_convert: np.ndarray, uplift: np.ndarray, config: OperatorConfig,
-                         p_churn: np.ndarray) -> np.ndarray:
-    """`expected_values` for every user: (U, O, C) from (U, O, C) scores and P(churn) (U,)."""
+                         p_churn: np.ndarray, opt_out: np.ndarray | None = None) -> np.ndarray:
+    """`expected_values` for every user: (U, O, C) from (U, O, C) scores and P(churn) (U,); with `opt_out`, each
+    user's P(unsubscribe or complaint) per channel (U, C), minus the expected long-term loss it carries."""
     value = np.array([o.value * o.lever for o in config.offers])
     retention = np.array([o.kind == "retention" for o in config.offers])
     boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]
     cost = np.array([c.cost for c in config.channels])
     effect = np.where(np.isfinite(uplift), uplift, p_convert)
-    return effect * (value[None, :] * boost)[:, :, None] - cost[None, None, :]
+    ev = effect * (value[None, :] * boost)[:, :, None] - cost[None, None, :]
+    if opt_out is not None:
+        loss = np.array([c.opt_out_cost for c in config.channels])
+        ev = ev - (opt_out * loss[None, :])[:, None, :]
+    return ev
+
+
+_OPT_OUT_STRENGTH = 20.0  # pseudo-contacts behind a channel's prior opt-out rate
+
+
+def opt_out_risk(users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
+    """P(unsubscribe or complaint | one more contact) per (user, channel): the channel's prior rate, scaled by the
+    user's own record (opt-outs and complaints over contacts in 90 days, smoothed towards the prior) and by the
+    pressure of the last week (risk grows with each recent contact, as fatigue does)."""
+    opt_outs = _feature(users, "unsubscribes_90d", 0.0) + _feature(users, "complaints_90d", 0.0)
+    contacts = _feature(users, "contacts_90d", 0.0)
+    recent = _feature(users, "contacts_7d", 0.0)
+    prior = np.array([c.opt_out_rate for c in config.channels])
+    # The user's own rate relative to the population's: 1 for a user without a record.
+    mean_prior = max(float(prior.mean()), 1e-6)
+    own = (opt_outs + _OPT_OUT_STRENGTH * mean_prior) / (contacts + _OPT_OUT_STRENGTH) / mean_prior
+    return np.clip(prior[None, :] * (own * (1.0 + recent))[:, None], 0.0, 1.0)
 
 
 @dataclass(frozen=True)

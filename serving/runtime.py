@@ -630,7 +630,7 @@ class Runtime:
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
         unit_value = np.array([o.value * o.lever for o in config.offers])
-        ev = engine.expected_values_many(p_convert, uplift, config, p_churn)  # (U, O, C)
+        ev = engine.expected_values_many(p_convert, uplift, config, p_churn, engine.opt_out_risk(ucols, config))  # (U, O, C)
         feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
         greedy = engine.greedy_many(ev, feasible, priority, config.min_expected_value)
         versions = models.versions()

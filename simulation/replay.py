@@ -333,6 +333,9 @@ def _metrics(sends: pd.DataFrame, n_users: int, days: int) -> dict[str, float]:
         "unsubscribes": int(sends["unsubscribed"].sum()),
         "complaints": int(sends["complained"].sum()),
         "violations": int(sends["violation"].sum()),
+        # Long-term harm beside revenue: per 1,000 contacts, comparable across policies that send more or less.
+        "unsubscribes_per_1k": 1000 * int(sends["unsubscribed"].sum()) / len(sends) if len(sends) else float("nan"),
+        "complaints_per_1k": 1000 * int(sends["complained"].sum()) / len(sends) if len(sends) else float("nan"),
     }
     for ch in CHANNELS:
         out[f"contacts_{ch}"] = int((sends["channel"] == ch).sum())
