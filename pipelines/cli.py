@@ -124,7 +124,8 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
         advance("writing raw tables")
         write_raw(world.tables, settings.raw_dir)
         # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).
-        write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml",
+        write_config(catalog_config(world.tables["offers"], world.tables["channels"], contacts=world.tables["contacts"]),
+                     settings.home / "operator.yaml",
                      note="written by `nextbest simulate`: the simulated world's catalog; edit freely, the service re-reads it")
         advance("writing ground truth")
         world.truth.save(settings.truth_dir)

@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "default_config",
     "catalog_config",
+    "observed_opt_out_rates",
     "write_config",
     "load_config",
     "parse_quiet_hours",
@@ -326,8 +327,24 @@ def _cell(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None) -> OperatorConfig:
-    """An operator config whose catalog is a company's offers and channels tables (in their order).
+def observed_opt_out_rates(contacts: pd.DataFrame | None, prior: float = 0.003, strength: float = 200.0) -> dict[str, float]:
+    """Per channel, the share of its contacts that ended in an unsubscribe or a complaint, smoothed towards `prior`
+    with `strength` pseudo-contacts: the `opt_out_rate` a contact log teaches."""
+    if contacts is None or contacts.empty or "channel" not in contacts:
+        return {}
+    sent = contacts[contacts["channel"].notna()]
+    hit = pd.Series(False, index=sent.index)
+    for col in ("unsubscribed_at", "complained_at"):
+        if col in sent:
+            hit |= sent[col].notna()
+    by = hit.groupby(sent["channel"].astype(str)).agg(["sum", "count"])
+    return {str(c): float((r["sum"] + prior * strength) / (r["count"] + strength)) for c, r in by.iterrows()}
+
+
+def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None,
+                   contacts: pd.DataFrame | None = None) -> OperatorConfig:
+    """An operator config whose catalog is a company's offers and channels tables (in their order); with its
+    `contacts`, each channel's `opt_out_rate` is the one the log shows (`observed_opt_out_rates`).
 
     Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
     offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
@@ -341,11 +358,15 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                for r in rows]
     chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
     kept = {c.channel: c for c in base.channels}  # the operator's long-term costs of a channel stay with it
+    learned = observed_opt_out_rates(contacts)  # `contacts` given: each channel's opt-out rate as the log teaches it
+
+    def long_term(name: str) -> dict:
+        out = {"opt_out_cost": kept[name].opt_out_cost, "opt_out_rate": kept[name].opt_out_rate} if name in kept else {}
+        return out | ({"opt_out_rate": learned[name]} if name in learned else {})
+
     lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),
                      daily_capacity=None if r.get("daily_capacity") is None else int(r["daily_capacity"]),
-                     requires_consent=bool(r.get("requires_consent", True)),
-                     **({"opt_out_cost": kept[str(r["channel"])].opt_out_cost, "opt_out_rate": kept[str(r["channel"])].opt_out_rate}
-                        if str(r["channel"]) in kept else {}))
+                     requires_consent=bool(r.get("requires_consent", True)), **long_term(str(r["channel"])))
              for r in chans]
     ids, names = {o.offer_id for o in catalog}, {c.channel for c in lanes}
     coupons = [o.offer_id for o in catalog if o.kind == "coupon"]
