@@ -27,6 +27,7 @@ __all__ = [
     "conform",
     "parse_eligibility",
     "Clause",
+    "offer_valid",
 ]
 
 # What an offer is: retention offers get the churn boost in decisions; the kind is also a model input. One list
@@ -300,9 +301,11 @@ def _outside(parsed: pd.Series, window: TimeWindow, future: bool) -> list[tuple[
 def _table_checks(table: str) -> list[pa.Check]:
     if table == "contacts":
         def treated_have_action(df: pd.DataFrame) -> pd.Series:
-            control = df["variant"].eq("control") if "variant" in df else pd.Series(False, index=df.index)
-            return control | (df["offer_id"].notna() & df["channel"].notna())
-        return [pa.Check(treated_have_action, error="offer_id and channel are required unless variant is 'control'")]
+            # 'no_action': a logged choice not to contact (the decision service's own logs), kept for off-policy evaluation.
+            held = df["variant"].isin(["control", "no_action"]) if "variant" in df else pd.Series(False, index=df.index)
+            return held | (df["offer_id"].notna() & df["channel"].notna())
+        return [pa.Check(treated_have_action,
+                         error="offer_id and channel are required unless variant is 'control' or 'no_action'")]
     if table == "users":
         def has_consent(df: pd.DataFrame) -> bool:
             return len(_consent_columns(df)) > 0
@@ -529,6 +532,14 @@ def parse_eligibility(expr: str | None) -> tuple[Clause, ...]:
             value = _atom(raw)
         clauses.append(Clause(feature, op, value))
     return tuple(clauses)
+
+
+def offer_valid(at, valid_from, valid_to) -> bool:
+    """True when an offer may be sent at `at`: from `valid_from` on and before `valid_to` (a half-open window, so
+    `valid_to: 2026-07-01T00:00Z` means through June 30). Missing bounds (None, NaT) do not limit. The one definition
+    of the window, for serving, batch scoring and the simulator alike."""
+    return not ((valid_from is not None and not pd.isna(valid_from) and at < valid_from)
+                or (valid_to is not None and not pd.isna(valid_to) and at >= valid_to))
 
 
 def _is_eligibility(expr: object) -> bool:

@@ -124,7 +124,8 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
         advance("writing raw tables")
         write_raw(world.tables, settings.raw_dir)
         # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).
-        write_config(catalog_config(world.tables["offers"], world.tables["channels"]), settings.home / "operator.yaml",
+        write_config(catalog_config(world.tables["offers"], world.tables["channels"], contacts=world.tables["contacts"]),
+                     settings.home / "operator.yaml",
                      note="written by `nextbest simulate`: the simulated world's catalog; edit freely, the service re-reads it")
         advance("writing ground truth")
         world.truth.save(settings.truth_dir)
@@ -293,7 +294,8 @@ def features_materialize() -> None:
 # --- evaluate ------------------------------------------------------------------------------------------
 
 _SHOWN = {"contacts": "contacts", "incremental_conversions": "incr. conv.", "incremental_revenue": "incr. revenue",
-          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints", "violations": "violations",
+          "cost": "cost", "roi": "ROI", "unsubscribes": "unsubs", "complaints": "complaints",
+          "unsubscribes_per_1k": "unsubs /1k", "complaints_per_1k": "compl. /1k", "violations": "violations",
           "share_of_oracle": "of oracle", "share_of_history_oracle": "of history oracle"}
 _SHARES = ("share_of_oracle", "share_of_history_oracle")
 
@@ -440,19 +442,32 @@ def retrain(
 @app.command()
 def loop(
     rounds: Annotated[int, typer.Option(min=1, help="rounds of decide -> outcomes -> feedback -> retrain")] = 3,
-    days: Annotated[int, typer.Option(min=8, help="days per round (outcomes need a 7-day window)")] = 14,
+    days: Annotated[int | None, typer.Option(min=1, help="days per round (default 14; 3 with --service)")] = None,
     epsilon: Annotated[float, typer.Option(min=0.0, max=1.0, help="exploration rate")] = 0.1,
     control: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of sends held out as control")] = 0.1,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model at each retraining")] = 2,
+    service: Annotated[str | None, typer.Option(help="drive the running decision service at this URL over HTTP, "
+                                                "e.g. http://127.0.0.1:3000 (its exploration and hold-outs apply)")] = None,
+    users: Annotated[int | None, typer.Option(min=1, help="with --service: users the campaign addresses (default all)")] = None,
 ) -> None:
     """Close the loop in simulation: each round decides with the champions, feeds the outcomes back and retrains.
 
-    The simulated world advances in place by ROUNDS x DAYS days; the value of each round is printed next to
-    the oracle's over the same days, and charted in <home>/reports/closed_loop.png.
+    With --service, the simulated world talks to the running service only over HTTP (/events, /decide_batch,
+    /feedback, /reload) and retraining learns from the service's own logs; serve it with
+    NEXTBEST_MAX_AGE_S, NEXTBEST_CLOCK_SKEW_S and NEXTBEST_MAX_OUTCOME_AGE_S wide enough for simulated days
+    (see docs/serving.md). Otherwise the simulated world advances in place by ROUNDS x DAYS days; the value of
+    each round is printed next to the oracle's over the same days, and charted in <home>/reports/closed_loop.png.
     """
     from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
 
     settings = Settings()
+    if service is not None:
+        run_guarded(_service_loop, settings, service, rounds, days or 3, trials, users)
+        return
+    days = days or 14
+    if days < 8:
+        console.print("[bold red]error:[/] --days must be at least 8 without --service (outcomes need a 7-day window)")
+        raise typer.Exit(code=2)
     config = LoopConfig(rounds=rounds, days=days, epsilon=epsilon, control_share=control, trials=trials)
 
     def body() -> pd.DataFrame:
@@ -463,6 +478,34 @@ def loop(
     print_loop(table)
     chart = write_loop_chart(table, settings.home / "reports")
     console.print(f"chart: {chart}")
+
+
+def _service_loop(settings: Settings, url: str, rounds: int, days: int, trials: int, users: int | None) -> None:
+    import httpx
+
+    from nextbest.pipelines.service_loop import ServiceError, ServiceLoopConfig, run_service_loop
+
+    headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+    config = ServiceLoopConfig(rounds=rounds, days=days, trials=trials, users=users)
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client, steps(rounds * 6) as advance:
+            table = run_service_loop(settings, client, config, progress=advance)
+    except (httpx.HTTPError, ServiceError) as err:
+        raise UserError(f"the decision service at {url} did not answer as expected ({err}); start it with "
+                        "`nextbest serve` on this home and simulated-time settings (docs/serving.md)") from None
+    print_service_loop(table)
+
+
+def print_service_loop(table: pd.DataFrame) -> None:
+    out = Table(title="closed loop through the service: per round (expected incremental revenue under the simulated truth)")
+    for col in ("round", "start", "decisions", "controls", "contacts", "NBA revenue", "oracle revenue", "share of oracle",
+                "unsubs /1k", "complaints /1k", "violations"):
+        out.add_column(col, justify="right")
+    for k, r in table.iterrows():
+        out.add_row(str(k), str(r["start"]), f"{r['decisions']:,}", f"{r['controls']:,}", f"{r['contacts']:,}",
+                    f"{r['incremental_revenue']:,.0f}", f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}",
+                    f"{r['unsubscribes_per_1k']:.1f}", f"{r['complaints_per_1k']:.1f}", str(r["violations"]))
+    console.print(out)
 
 
 def print_loop(table: pd.DataFrame) -> None:
@@ -486,7 +529,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
 ) -> None:
-    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions."""
+    """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions -> one
+    round of the closed loop through the service."""
     settings = Settings()
     started = time.perf_counter()
     console.rule("1. simulate the marketing world")
@@ -503,7 +547,7 @@ def demo(
     console.rule("6. the NBA policy against the baselines, in a fresh simulated period")
     print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
     console.rule("7. the decision service answering sample requests over HTTP")
-    _show_decisions(settings)
+    run_guarded(_serve_demo, settings)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
 
 
@@ -527,10 +571,18 @@ def _show_online(settings: Settings, n: int) -> None:
     console.print(table)
 
 
-def _show_decisions(settings: Settings) -> None:
-    from nextbest.pipelines.serve_commands import demo_requests
+def _serve_demo(settings: Settings) -> None:
+    """Steps 7 and 8 on one running service: sample requests, then a campaign round of the closed loop."""
+    from nextbest.pipelines.service_loop import demo_round
 
-    rows = run_guarded(demo_requests, settings)
+    def show_requests(rows: list[dict]) -> None:
+        _show_decisions(rows)
+        console.rule("8. the closed loop through the service: a campaign round over HTTP (events, decide, feedback)")
+
+    print_service_loop(demo_round(settings, before=show_requests))
+
+
+def _show_decisions(rows: list[dict]) -> None:
     table = Table(title="decisions from the running service (127.0.0.1)")
     for col in rows[0] if rows else []:
         table.add_column(col)

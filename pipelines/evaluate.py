@@ -27,7 +27,7 @@ from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, read_table
 from nextbest.serving import engine
-from nextbest.serving.config import catalog_config
+from nextbest.serving.config import catalog_config, load_config
 from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.campaigns import eligible
@@ -87,31 +87,25 @@ def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestam
 
 @dataclass(frozen=True)
 class ModelPolicy:
-    """The NBA engine's choice per user from precomputed expected values (U, O, C) and send hours (U, C)."""
+    """The NBA engine's choice per user from precomputed expected values (U, O, C) and send hours (U, C): the
+    serving engine's own rule (engine.greedy_many: best feasible EV above `min_ev`, offer priority breaking ties;
+    engine.explore_many: its epsilon exploration and propensities)."""
 
     name: str
     ev: np.ndarray
     hours: np.ndarray
     epsilon: float = 0.0
+    priority: np.ndarray | None = None  # (O,) offer priorities; None = all 0
+    min_ev: float = 0.0  # the operator config's min_expected_value
 
     def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
         n, n_o, n_c = self.ev.shape
         feasible = s.eligible[:, :, None] & s.allowed[:, None, :]
-        ev = np.where(feasible, self.ev, -np.inf).reshape(n, -1)
-        best = ev.argmax(axis=1)
-        best_ev = ev[np.arange(n), best]
-        act = best_ev > 0
-        # Epsilon exploration over the feasible arms plus "no action"; record the chosen action's probability.
-        k = feasible.reshape(n, -1).sum(axis=1) + 1
-        explore = rng.random(n) < self.epsilon
-        r = np.floor(rng.random(n) * k).astype(np.int64)
-        arms = np.cumsum(feasible.reshape(n, -1), axis=1)
-        pick = np.where(r < k - 1, np.argmax(arms > r[:, None], axis=1), -1)
-        chosen = np.where(explore, pick, np.where(act, best, -1))
-        greedy = np.where(act, best, -1)
-        prob = (1 - self.epsilon) * (chosen == greedy) + self.epsilon / k
+        priority = self.priority if self.priority is not None else np.zeros(n_o)
+        greedy = engine.greedy_many(self.ev, feasible, priority, self.min_ev)
+        chosen, prob, _ = engine.explore_many(greedy, self.epsilon, rng)
         o, c = np.divmod(chosen.clip(0), n_c)
-        score = np.where(chosen >= 0, ev[np.arange(n), chosen.clip(0)], -np.inf)
+        score = np.where(chosen >= 0, self.ev.reshape(n, -1)[np.arange(n), chosen.clip(0)], -np.inf)
         choice = Choice(np.where(chosen >= 0, o, -1), c, self.hours[np.arange(n), c], score, prob)
         return keep_capacity(choice, s.capacity_left)
 
@@ -139,7 +133,10 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     from nextbest.simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
-    config = catalog_config(period.offers, period.channels)
+    # The period's catalog in its order, with the operator's levers of the EV (churn boost, minimum EV) when it has
+    # a config: the gate judges the policy serving runs.
+    operator = settings.operator_config or settings.home / "operator.yaml"
+    config = catalog_config(period.offers, period.channels, base=load_config(operator) if operator.exists() else None)
     channels = config.channel_names()
     users = latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
@@ -148,6 +145,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     p_convert = np.zeros((n, len(config.offers), len(channels)))
     uplift = np.full_like(p_convert, np.nan)
     p_churn = np.zeros(n)
+    opt_out = np.zeros((n, len(channels)))
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(n, start + _CHUNK))
         part = engine.user_columns({k: v[rows] for k, v in users.items()})
@@ -155,15 +153,14 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
         hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
         p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
         p_churn[rows] = engine.churn_scores(models, part, config)
-    value = np.array([o.value * o.lever for o in config.offers])
-    retention = np.array([o.kind == "retention" for o in config.offers])
-    boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]  # (U, O)
-    cost = np.array([c.cost for c in config.channels])
-    gain = (value[None, :] * boost)[:, :, None]
-    effect = np.where(np.isfinite(uplift), uplift, p_convert)
+        opt_out[rows] = engine.opt_out_risk(part, config)
+    # Expected values as serving computes them (one definition: engine.expected_values_many).
+    priority = np.array([o.priority for o in config.offers], dtype=float)
+    nba = engine.expected_values_many(p_convert, uplift, config, p_churn, opt_out)
+    propensity_only = engine.expected_values_many(p_convert, np.full_like(uplift, np.nan), config, p_churn, opt_out)
     return [
-        ModelPolicy("nba (uplift)", effect * gain - cost, hours, epsilon),
-        ModelPolicy("propensity only", p_convert * gain - cost, hours, epsilon),
+        ModelPolicy("nba (uplift)", nba, hours, epsilon, priority, config.min_expected_value),
+        ModelPolicy("propensity only", propensity_only, hours, epsilon, priority, config.min_expected_value),
     ]
 
 

@@ -43,9 +43,11 @@ class RetrainConfig:
     source: Path | None = None  # folder of <table>.csv/.parquet, or a mapping YAML; None = keep the current raw data
     trials: int = 5  # Optuna trials per LightGBM model
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
-    models: tuple[str, ...] | None = None  # models to retrain (None = all; () = rebuild the features only)
+    models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
     uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or t, x, dr, funnel
+    logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
+    logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 
 
 def _state_path(settings: Settings) -> Path:
@@ -67,13 +69,16 @@ def _save(settings: Settings, state: dict) -> None:
 
 def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     from nextbest.features.ingest import ingest, ingest_window, load_plan, manifest, plan_from_dir
+    from nextbest.pipelines.logs_to_contacts import fold_logs
 
-    if config.source is None:
-        return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "ingested": False}
-    allowed = [settings.data_dir] if settings.data_dir else []
-    plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
-    rows = ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))
-    return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], "rows": rows}
+    out: dict = {"ingested": False}
+    if config.source is not None:
+        allowed = [settings.data_dir] if settings.data_dir else []
+        plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
+        out = {"rows": ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))}
+    if config.logs:  # the decision service's own decisions and outcomes join the contact log
+        out["logs"] = fold_logs(settings, config.logs_cutoff)
+    return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], **out}
 
 
 def _build(settings: Settings, config: RetrainConfig, state: dict) -> dict:
@@ -100,9 +105,15 @@ def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
 
 
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
-    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
+    from nextbest.training.jobs import (
+        DEFAULT_MODELS,
+        TrainConfig,
+        read_raw_tables,
+        skipped_models,
+        train_models,
+    )
 
-    names = list(MODELS if config.models is None else config.models)
+    names = list(DEFAULT_MODELS if config.models is None else config.models)
     skipped = skipped_models(read_raw_tables(settings), names) if names else {}
     names = [n for n in names if n not in skipped]  # a company without a contact log still trains the others
     if not names:  # features only: the champions stay

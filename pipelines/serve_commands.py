@@ -185,25 +185,28 @@ def running_service(settings: Settings, port: int | None = None, timeout_s: floa
             proc.wait()
 
 
-def demo_requests(settings: Settings, users: int = 5) -> list[dict]:
-    """Start the service, decide for a few users and send one event, then stop it; rows for a table."""
+def demo_requests(settings: Settings, users: int = 5, client: httpx.Client | None = None) -> list[dict]:
+    """Decide for a few users and send one event through `client`, or through a service started and stopped for it;
+    rows for a table."""
+    if client is None:
+        with running_service(settings) as url, httpx.Client(base_url=url, timeout=30) as own:
+            return demo_requests(settings, users, own)
     from nextbest.features.store import read_table
 
     ids = read_table(settings, "profile")["user_id"].astype(str).head(users).tolist()
     rows = []
-    with running_service(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
-        batch = client.post("/decide_batch", json={"user_ids": ids, "context": {"campaign_id": "demo"}}).raise_for_status().json()
-        for d in batch["decisions"]:
-            a = d["actions"][0] if d["actions"] else None
-            rows.append({"user": d["user_id"], "offer": a["offer_id"] if a else "(no action)", "channel": a["channel"] if a else "",
-                         "send_at": a["send_at"] if a else "", "EV": f"{a['expected_value']:.2f}" if a else "",
-                         "filtered": len(d["filtered"]), "degraded": ",".join(d["degraded_reasons"]) or "no"})
-        ev = client.post("/events", json={"events": [{"user_id": ids[0], "type": "add_to_cart"}]}).raise_for_status().json()
-        for d in ev["triggered"]:
-            a = d["actions"][0] if d["actions"] else None
-            rows.append({"user": d["user_id"], "offer": a["offer_id"] if a else "(no action)", "channel": a["channel"] if a else "",
-                         "send_at": a["send_at"] if a else "", "EV": f"{a['expected_value']:.2f}" if a else "",
-                         "filtered": len(d["filtered"]), "degraded": "trigger: add_to_cart"})
+    batch = client.post("/decide_batch", json={"user_ids": ids, "context": {"campaign_id": "demo"}}).raise_for_status().json()
+    for d in batch["decisions"]:
+        a = d["actions"][0] if d["actions"] else None
+        rows.append({"user": d["user_id"], "offer": a["offer_id"] if a else "(no action)", "channel": a["channel"] if a else "",
+                     "send_at": a["send_at"] if a else "", "EV": f"{a['expected_value']:.2f}" if a else "",
+                     "filtered": len(d["filtered"]), "degraded": ",".join(d["degraded_reasons"]) or "no"})
+    ev = client.post("/events", json={"events": [{"user_id": ids[0], "type": "add_to_cart"}]}).raise_for_status().json()
+    for d in ev["triggered"]:
+        a = d["actions"][0] if d["actions"] else None
+        rows.append({"user": d["user_id"], "offer": a["offer_id"] if a else "(no action)", "channel": a["channel"] if a else "",
+                     "send_at": a["send_at"] if a else "", "EV": f"{a['expected_value']:.2f}" if a else "",
+                     "filtered": len(d["filtered"]), "degraded": "trigger: add_to_cart"})
     return rows
 
 

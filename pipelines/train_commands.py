@@ -63,7 +63,13 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     import pandas as pd
 
     from nextbest.features.ingest import manifest
-    from nextbest.training.jobs import MODELS, TrainConfig, read_raw_tables, skipped_models, train_models
+    from nextbest.training.jobs import (
+        DEFAULT_MODELS,
+        TrainConfig,
+        read_raw_tables,
+        skipped_models,
+        train_models,
+    )
     from nextbest.training.label import check_name
     from nextbest.training.uplift import LEARNERS
 
@@ -75,7 +81,7 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     elif outcome is not None:
         raise _UserError(f"`train {model}` takes no NAME (only `train label NAME --labels FILE` does)")
     else:
-        names = list(MODELS) if model == "all" else [_short(model)]
+        names = list(DEFAULT_MODELS) if model == "all" else [_short(model)]
     if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
         raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
                          "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
@@ -149,7 +155,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        model: Annotated[str, typer.Argument(help=f"all, label (any labelled outcome), or one of: {', '.join(CLI_MODELS)}")] = "all",
+        model: Annotated[str, typer.Argument(help=f"all (every model but channel and offer-net, which no decision reads), label (any labelled outcome), or one of: {', '.join(CLI_MODELS)}")] = "all",
         outcome: Annotated[str | None, typer.Argument(metavar="[NAME]", help="label models: the outcome's name, "
                                                       "registered as nextbest-label-NAME")] = None,
         trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 10,

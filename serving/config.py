@@ -20,10 +20,12 @@ __all__ = [
     "Caps",
     "Trigger",
     "Exploration",
+    "Holdout",
     "OperatorConfig",
     "ConfigError",
     "default_config",
     "catalog_config",
+    "observed_opt_out_rates",
     "write_config",
     "load_config",
     "parse_quiet_hours",
@@ -56,7 +58,7 @@ class Offer(_Strict):
     value: float = Field(gt=0, description="value of one conversion, in currency units")
     eligibility: str | None = Field(None, description="rule on features/tags, e.g. `lifecycle_stage in [customer] and recency_days >= 30`")
     valid_from: datetime | None = Field(None, description="not offered before this time (ISO-8601)")
-    valid_to: datetime | None = Field(None, description="not offered after this time (ISO-8601)")
+    valid_to: datetime | None = Field(None, description="offered up to, not including, this time (ISO-8601)")
     priority: int = Field(0, description="breaks ties between equally valuable offers (higher wins)")
     lever: float = Field(1.0, ge=0, description="operator weight on the offer's value (1 = neutral, 0 = switch off)")
 
@@ -82,6 +84,10 @@ class Channel(_Strict):
                                     description="local hours with no sends, start-end, e.g. 22-8")
     daily_capacity: int | None = Field(None, ge=0, description="most sends per UTC day over all users (none = unlimited)")
     requires_consent: bool = Field(True, description="needs consent_<channel> true in the profile")
+    opt_out_cost: float = Field(0.0, ge=0, description="what an unsubscribe or complaint on this channel loses: the "
+                                "channel's future value to one user (currency); EV subtracts it times the user's risk")
+    opt_out_rate: float = Field(0.003, ge=0, le=1, description="prior P(unsubscribe or complaint) per contact; each "
+                                "user's own history (unsubscribes and complaints over contacts, 90 days) refines it")
 
 
 class Caps(_Strict):
@@ -120,6 +126,24 @@ class Exploration(_Strict):
     prior_strength: float = Field(20.0, gt=0, description="thompson: pseudo-contacts behind each P(convert)")
 
 
+class Holdout(_Strict):
+    """Control groups: users left uncontacted on purpose, stable per user for a period (serving/holdout.py)."""
+
+    share: float = Field(0.0, ge=0, lt=1, description="universal hold-out: share of users kept out of every campaign, e.g. 0.05")
+    campaigns: dict[str, float] = Field(default_factory=dict,
+                                        description="campaign_id -> share of that campaign's users held out as its control")
+    salt: str = Field("nextbest", min_length=1, max_length=64, description="changing it reshuffles who is held out")
+    period_days: int = Field(90, ge=1, le=3660, description="a user stays in (or out of) a hold-out for this many days")
+
+    @field_validator("campaigns")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: s for k, s in v.items() if not 0 <= s < 1}
+        if bad:
+            raise ValueError(f"hold-out shares must be in [0, 1), e.g. 0.05; got {bad}")
+        return v
+
+
 class OperatorConfig(_Strict):
     """Everything an operator may change without a deploy."""
 
@@ -128,6 +152,7 @@ class OperatorConfig(_Strict):
     caps: Caps = Caps()
     triggers: list[Trigger] = Field(default_factory=list)
     exploration: Exploration = Exploration()
+    holdout: Holdout = Holdout()
     churn_boost: float = Field(1.0, ge=0, description="retention offers' value x (1 + churn_boost x P(churn))")
     min_expected_value: float = Field(0.0, description="no action unless the best EV is above this")
 
@@ -302,8 +327,24 @@ def _cell(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None) -> OperatorConfig:
-    """An operator config whose catalog is a company's offers and channels tables (in their order).
+def observed_opt_out_rates(contacts: pd.DataFrame | None, prior: float = 0.003, strength: float = 200.0) -> dict[str, float]:
+    """Per channel, the share of its contacts that ended in an unsubscribe or a complaint, smoothed towards `prior`
+    with `strength` pseudo-contacts: the `opt_out_rate` a contact log teaches."""
+    if contacts is None or contacts.empty or "channel" not in contacts:
+        return {}
+    sent = contacts[contacts["channel"].notna()]
+    hit = pd.Series(False, index=sent.index)
+    for col in ("unsubscribed_at", "complained_at"):
+        if col in sent:
+            hit |= sent[col].notna()
+    by = hit.groupby(sent["channel"].astype(str)).agg(["sum", "count"])
+    return {str(c): float((r["sum"] + prior * strength) / (r["count"] + strength)) for c, r in by.iterrows()}
+
+
+def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None,
+                   contacts: pd.DataFrame | None = None) -> OperatorConfig:
+    """An operator config whose catalog is a company's offers and channels tables (in their order); with its
+    `contacts`, each channel's `opt_out_rate` is the one the log shows (`observed_opt_out_rates`).
 
     Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
     offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
@@ -316,9 +357,16 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                      valid_from=r.get("valid_from"), valid_to=r.get("valid_to"), priority=int(r.get("priority") or 0))
                for r in rows]
     chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
+    kept = {c.channel: c for c in base.channels}  # the operator's long-term costs of a channel stay with it
+    learned = observed_opt_out_rates(contacts)  # `contacts` given: each channel's opt-out rate as the log teaches it
+
+    def long_term(name: str) -> dict:
+        out = {"opt_out_cost": kept[name].opt_out_cost, "opt_out_rate": kept[name].opt_out_rate} if name in kept else {}
+        return out | ({"opt_out_rate": learned[name]} if name in learned else {})
+
     lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),
                      daily_capacity=None if r.get("daily_capacity") is None else int(r["daily_capacity"]),
-                     requires_consent=bool(r.get("requires_consent", True)))
+                     requires_consent=bool(r.get("requires_consent", True)), **long_term(str(r["channel"])))
              for r in chans]
     ids, names = {o.offer_id for o in catalog}, {c.channel for c in lanes}
     coupons = [o.offer_id for o in catalog if o.kind == "coupon"]
@@ -328,7 +376,7 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
         if kept:
             lanes_kept = [c for c in t.channels if c in names] if t.channels else None
             triggers.append(t.model_copy(update={"offers": kept, "channels": lanes_kept or None}))
-    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration,
+    return OperatorConfig(offers=catalog, channels=lanes, caps=base.caps, triggers=triggers, exploration=base.exploration, holdout=base.holdout,
                           churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
 
 

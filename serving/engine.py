@@ -35,9 +35,12 @@ __all__ = [
     "choose",
     "best_slots_many",
     "expected_values_many",
+    "opt_out_risk",
     "Greedy",
     "greedy_many",
     "choose_one",
+    "epsilon_propensity",
+    "explore_many",
 ]
 
 HOURS = 24
@@ -262,7 +265,7 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
     if exploration.method == "epsilon" and exploration.rate > 0 and arms:
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
-        propensity = (1 - exploration.rate) * (pick == greedy) + exploration.rate / k
+        propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
         return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy)
     if exploration.method == "thompson" and arms and p_convert is not None and unit_value is not None:
         # Each arm's P(convert) is uncertain: sample it from a Beta with `prior_strength` pseudo-contacts and
@@ -290,14 +293,36 @@ def best_slots_many(p_open: np.ndarray, local_hour: np.ndarray, slot_ok: np.ndar
 
 
 def expected_values_many(p_convert: np.ndarray, uplift: np.ndarray, config: OperatorConfig,
-                         p_churn: np.ndarray) -> np.ndarray:
-    """`expected_values` for every user: (U, O, C) from (U, O, C) scores and P(churn) (U,)."""
+                         p_churn: np.ndarray, opt_out: np.ndarray | None = None) -> np.ndarray:
+    """`expected_values` for every user: (U, O, C) from (U, O, C) scores and P(churn) (U,); with `opt_out`, each
+    user's P(unsubscribe or complaint) per channel (U, C), minus the expected long-term loss it carries."""
     value = np.array([o.value * o.lever for o in config.offers])
     retention = np.array([o.kind == "retention" for o in config.offers])
     boost = 1.0 + config.churn_boost * p_churn[:, None] * retention[None, :]
     cost = np.array([c.cost for c in config.channels])
     effect = np.where(np.isfinite(uplift), uplift, p_convert)
-    return effect * (value[None, :] * boost)[:, :, None] - cost[None, None, :]
+    ev = effect * (value[None, :] * boost)[:, :, None] - cost[None, None, :]
+    if opt_out is not None:
+        loss = np.array([c.opt_out_cost for c in config.channels])
+        ev = ev - (opt_out * loss[None, :])[:, None, :]
+    return ev
+
+
+_OPT_OUT_STRENGTH = 20.0  # pseudo-contacts behind a channel's prior opt-out rate
+
+
+def opt_out_risk(users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
+    """P(unsubscribe or complaint | one more contact) per (user, channel): the channel's prior rate, scaled by the
+    user's own record (opt-outs and complaints over contacts in 90 days, smoothed towards the prior) and by the
+    pressure of the last week (risk grows with each recent contact, as fatigue does)."""
+    opt_outs = _feature(users, "unsubscribes_90d", 0.0) + _feature(users, "complaints_90d", 0.0)
+    contacts = _feature(users, "contacts_90d", 0.0)
+    recent = _feature(users, "contacts_7d", 0.0)
+    prior = np.array([c.opt_out_rate for c in config.channels])
+    # The user's own rate relative to the population's: 1 for a user without a record.
+    mean_prior = max(float(prior.mean()), 1e-6)
+    own = (opt_outs + _OPT_OUT_STRENGTH * mean_prior) / (contacts + _OPT_OUT_STRENGTH) / mean_prior
+    return np.clip(prior[None, :] * (own * (1.0 + recent))[:, None], 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -321,6 +346,28 @@ def greedy_many(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, min_
     return Greedy(flat, n_arms, np.where(has, arg, -1), (n_o, n_c))
 
 
+def epsilon_propensity(rate: float, k: np.ndarray | int, greedy: np.ndarray | bool) -> np.ndarray | float:
+    """P(the picked arm) under epsilon exploration over k choices (the feasible arms and "no action"): the greedy
+    arm keeps 1 - rate and every choice gets rate / k."""
+    return (1 - rate) * greedy + rate / k
+
+
+def explore_many(g: Greedy, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`choose_one`'s epsilon rule for every user at once (the replay's policies): per user the flat arm index
+    (-1 = no action), its propensity, and whether exploration picked it; draws from `rng` in bulk."""
+    n = len(g.best)
+    if rate <= 0:
+        return g.best.copy(), np.ones(n), np.zeros(n, dtype=bool)
+    k = g.n_arms + 1  # the arms and "no action"
+    explore = (rng.random(n) < rate) & (g.n_arms > 0)
+    r = np.floor(rng.random(n) * k).astype(np.int64)  # uniform over the k choices, k - 1 = "no action"
+    arm = np.argmax(np.cumsum(g.feasible, axis=1) > r[:, None], axis=1)
+    drawn = np.where(r < k - 1, arm, -1)
+    pick = np.where(explore, drawn, g.best)
+    propensity = np.where(g.n_arms > 0, epsilon_propensity(rate, k, pick == g.best), 1.0)
+    return pick, propensity, explore & (pick != g.best)
+
+
 def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Generator) -> Pick:
     """`choose` for user u from its precomputed greedy arm; draws from `rng` exactly as `choose` does.
 
@@ -334,7 +381,7 @@ def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Gener
         k = k_arms + 1
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
-        propensity = (1 - exploration.rate) * (pick == greedy) + exploration.rate / k
+        propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
         action = tuple(int(i) for i in np.unravel_index(arms[pick], g.shape)) if pick < k_arms else None
         return Pick(action, float(propensity), explore and pick != greedy)
     if best < 0:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from nextbest.features.contract import parse_eligibility
+from nextbest.features.contract import offer_valid, parse_eligibility
 from nextbest.serving.config import OperatorConfig, parse_quiet_hours
 
 __all__ = [
@@ -190,7 +190,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
         reason, detail = None, ""
         if allowed_offers is not None and offer.offer_id not in allowed_offers:
             reason = "not_in_campaign"
-        elif (offer.valid_from and now < offer.valid_from) or (offer.valid_to and now > offer.valid_to):
+        elif not offer_valid(now, offer.valid_from, offer.valid_to):
             reason = "offer_not_valid"
         elif why_not is not None:
             reason, detail = "eligibility", why_not
@@ -377,7 +377,7 @@ def user_rules(config: OperatorConfig, users: dict[str, np.ndarray], nows: list[
     """
     n_u, n_o, n_c = len(nows), len(config.offers), len(config.channels)
     distinct_now = list(dict.fromkeys(nows))
-    invalid = np.array([[bool((o.valid_from and t < o.valid_from) or (o.valid_to and t > o.valid_to)) for o in config.offers]
+    invalid = np.array([[not offer_valid(t, o.valid_from, o.valid_to) for o in config.offers]
                         for t in distinct_now], dtype=bool).reshape(len(distinct_now), n_o)
     if len(distinct_now) > 1:
         where = {t: k for k, t in enumerate(distinct_now)}

@@ -25,6 +25,7 @@ from nextbest.serving import engine, policy
 from nextbest.serving.clock import SCHEDULE_HORIZON, TimeWindow
 from nextbest.serving.config import ConfigSource, OperatorConfig, default_config, write_config
 from nextbest.serving.decision_log import DecisionLog
+from nextbest.serving.holdout import control_of
 from nextbest.serving.ledger import Ledger, LedgerUnavailable, Reservation, Snapshot, open_ledger
 from nextbest.serving.privacy import describe
 from nextbest.serving.schemas import (
@@ -629,7 +630,7 @@ class Runtime:
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
         unit_value = np.array([o.value * o.lever for o in config.offers])
-        ev = engine.expected_values_many(p_convert, uplift, config, p_churn)  # (U, O, C)
+        ev = engine.expected_values_many(p_convert, uplift, config, p_churn, engine.opt_out_risk(ucols, config))  # (U, O, C)
         feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
         greedy = engine.greedy_many(ev, feasible, priority, config.min_expected_value)
         versions = models.versions()
@@ -641,7 +642,12 @@ class Runtime:
                 best = slots[i]
                 feasible_i, taken = feasible[i], None
                 user_counts = None
-                for n in range(job.req.n_actions):
+                # A held-out user gets "no contact", chosen with the hold-out's share as its probability; the rest of
+                # the policy (and its random stream) is not consulted, so the control is independent of the models.
+                control = control_of(job.req.user_id, job.req.context.campaign_id, config.holdout, nows[i])
+                if control is not None:
+                    no_action_p = control[1]
+                for n in range(0 if control else job.req.n_actions):
                     if n == 0 and not thompson:
                         pick = engine.choose_one(greedy, i, config.exploration, self.rng)
                     else:
@@ -682,7 +688,7 @@ class Runtime:
                         for o, c in np.argwhere(feasible[i])]}
                 plans.append(dict(
                     decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
-                                  no_action_propensity=no_action_p,
+                                  no_action_propensity=no_action_p, holdout=control[0] if control else None,
                                   filtered=[{**vars(r)} for r in result.refusals[i] + job.extra_refusals],
                                   model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
                                   dry_run=job.req.dry_run, explanation=explanation),
@@ -726,7 +732,7 @@ class Runtime:
     def _no_contact(self, job: _Job, models: engine.ModelSet, error: str | None, refusal: str | None = None,
                     reason: str = "ledger_unavailable") -> dict:
         """No action: a refusal after three lost races (`refusal`), or an error state (`error`, flagged `reason`)."""
-        return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0,
+        return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0, holdout=None,
                               filtered=[vars(policy.Refusal(refusal or reason, detail=error or "lost a concurrent race three times"))],
                               model_versions=models.versions(), degraded=error is not None,
                               degraded_reasons=[reason] if error else [], dry_run=job.req.dry_run,
@@ -941,6 +947,6 @@ def _log_record(job: _Job, d: dict, plan: dict) -> dict:
             "campaign_id": job.req.context.campaign_id, "trigger": job.req.context.trigger,
             "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "explored")}
                         for a in d["actions"]],
-            "no_action_propensity": d["no_action_propensity"], "model_versions": d["model_versions"],
+            "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"), "model_versions": d["model_versions"],
             "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],
             "degraded_reasons": d["degraded_reasons"]}

@@ -124,6 +124,8 @@ class Decision(BaseModel):
     user_id: str
     actions: list[Action] = Field(description="empty means: no action (nothing has positive value or nothing is allowed)")
     no_action_propensity: float | None = Field(None, description="probability of choosing no action, when that was the choice")
+    holdout: str | None = Field(None, description="the hold-out this user is in ('universal' or 'campaign:<id>'): no contact, "
+                                "logged as a control decision with the hold-out's share as its no_action_propensity")
     filtered: list[Filtered]
     model_versions: dict[str, str] = Field(description="model kind -> registered name/version used")
     degraded: bool = Field(description="true when a fallback was used (see degraded_reasons)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nextbest.features.contract import parse_eligibility
+from nextbest.features.contract import offer_valid, parse_eligibility
 from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
 from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
 from nextbest.simulation.response import HORIZON_DAYS, draw_outcomes_ns
@@ -36,7 +36,7 @@ def eligible(offers: pd.DataFrame, state: dict[str, np.ndarray], at: pd.Timestam
     ops = {"==": np.equal, "!=": np.not_equal, ">=": np.greater_equal, "<=": np.less_equal, ">": np.greater,
            "<": np.less}
     for j, row in enumerate(offers.itertuples(index=False)):
-        if (pd.notna(row.valid_from) and at < row.valid_from) or (pd.notna(row.valid_to) and at >= row.valid_to):
+        if not offer_valid(at, row.valid_from, row.valid_to):
             out[:, j] = False
             continue
         for clause in parse_eligibility(row.eligibility):

@@ -10,6 +10,7 @@ opens, unsubscribes and complaints are drawn, and suppressions they create bind 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -199,12 +200,13 @@ OUTCOMES = ("delivered_at", "opened_at", "clicked_at", "converted_at", "unsubscr
 
 
 def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig(), organic: Purchases | None = None,
-           record: bool = False) -> ReplayResult:
+           record: bool = False, observe: Callable[[pd.DataFrame], None] | None = None) -> ReplayResult:
     """Run `policy` for `config.days` days after the history and measure it.
 
     `organic`: the users' organic purchases in the period (a contact's logged conversion is the earlier of the
     purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
     every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
+    `observe`: called with each day's sends once drawn (a policy outside the replay learns its outcomes day by day).
     """
     if period.truth is None:
         raise ValueError("a replay needs the simulated truth: a company's own logs support off-policy evaluation only")
@@ -295,6 +297,8 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             frame["revenue"] = np.where(outcomes["converted_at"] != NAT, outcomes["revenue"], 0.0)
             caused_events.append(events)
         frames.append(frame)
+        if observe is not None:
+            observe(frame)
     sends = pd.concat(frames, ignore_index=True) if frames else _empty_sends()
     result = ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
     if record:
@@ -329,6 +333,9 @@ def _metrics(sends: pd.DataFrame, n_users: int, days: int) -> dict[str, float]:
         "unsubscribes": int(sends["unsubscribed"].sum()),
         "complaints": int(sends["complained"].sum()),
         "violations": int(sends["violation"].sum()),
+        # Long-term harm beside revenue: per 1,000 contacts, comparable across policies that send more or less.
+        "unsubscribes_per_1k": 1000 * int(sends["unsubscribed"].sum()) / len(sends) if len(sends) else float("nan"),
+        "complaints_per_1k": 1000 * int(sends["complained"].sum()) / len(sends) if len(sends) else float("nan"),
     }
     for ch in CHANNELS:
         out[f"contacts_{ch}"] = int((sends["channel"] == ch).sum())

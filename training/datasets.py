@@ -213,6 +213,8 @@ def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataF
     if contacts is None or contacts.empty:
         raise ValueError("no contacts table: conversion, uplift, channel, send-time and offer models need a contact log")
     c = contacts.copy()
+    if "variant" in c:  # a logged "no action" is not a contact: neither treated nor the random control group
+        c = c[c["variant"].astype(object) != "no_action"].reset_index(drop=True)
     c["sent_at"] = pd.to_datetime(c["sent_at"], utc=True)
     window = pd.Timedelta(days=window_days)
     end = observation_end(raw, c)

@@ -28,11 +28,16 @@ from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_mode
 from nextbest.training.tabular import FitConfig
 from nextbest.training.validation import bgnbd_recipe, champion_on_folds, user_folds, validate
 
-__all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
-           "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem", "quality_refusal",
-           "CV_MODELS", "cv_folds"]
+__all__ = ["TrainConfig", "TrainResult", "MODELS", "DEFAULT_MODELS", "model_config", "read_raw_tables", "shared_joins",
+           "train_model", "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem",
+           "quality_refusal", "CV_MODELS", "cv_folds"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
+# What `train all` and retraining train unless asked: the models decisions use (conversion, uplift, send time,
+# churn) and the purchase propensity batch scoring writes back. The channel-response model and the offer network
+# are not read by any decision (the send-time and conversion models answer their questions there), so training
+# them by default spent minutes on models nothing used; `nextbest train channel` / `train offer-net` still train them.
+DEFAULT_MODELS: tuple[str, ...] = tuple(m for m in MODELS if m not in ("channel", "offer_net"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""The long-term cost in the objective: policies with and without the expected loss of an unsubscribe or complaint.
+
+Usage (after `make demo`, on a copy of its home): python benchmarks/bench_long_term.py --home DIR [--users 5000]
+  [--costs 0,2,5]
+For each opt-out cost (currency per unsubscribe or complaint, the same on every channel) the operator config of
+the home is rewritten (with each channel's opt-out rate as the contact log shows it) and every policy is replayed over the same fresh period (`nextbest evaluate`'s replay):
+contacts, incremental revenue, share of the history oracle, and unsubscribes and complaints per 1,000 contacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from nextbest.features.ingest import read_raw
+from nextbest.features.settings import Settings
+from nextbest.pipelines.evaluate import evaluate_policies
+from nextbest.serving.config import load_config, observed_opt_out_rates, write_config
+from nextbest.simulation.replay import ReplayConfig
+
+SHOWN = ["contacts", "incremental_revenue", "share_of_history_oracle", "unsubscribes_per_1k", "complaints_per_1k",
+         "violations"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--costs", default="0,2,5")
+    args = parser.parse_args()
+    settings = Settings(home=args.home)
+    path = settings.home / "operator.yaml"
+    base = load_config(path)
+    learned = observed_opt_out_rates(read_raw(settings.raw_dir, "contacts"))
+    print("opt-out rates the contact log shows, per channel:", {k: round(v, 4) for k, v in learned.items()})
+    rows = []
+    for cost in (float(c) for c in args.costs.split(",")):
+        config = base.model_copy(update={"channels": [c.model_copy(update={"opt_out_cost": cost,
+                                                                           "opt_out_rate": learned.get(c.channel, c.opt_out_rate)})
+                                                      for c in base.channels]})
+        write_config(config, path, note=f"bench_long_term.py: opt_out_cost {cost} on every channel")
+        started = time.perf_counter()
+        table, _ = evaluate_policies(settings, ReplayConfig(), users=args.users, ope_users=2_000)
+        for policy in ("nba (uplift)", "propensity only", "history oracle", "oracle", "blast"):
+            rows.append({"opt_out_cost": cost, "policy": policy, **table.loc[policy, SHOWN].to_dict(),
+                         "seconds": time.perf_counter() - started})
+    write_config(base, path, note="restored by bench_long_term.py")
+    out = pd.DataFrame(rows)
+    print(f"{platform.node()} {platform.processor() or platform.machine()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d}, "
+          f"{args.users} users, 14 days")
+    print(out.to_markdown(index=False, floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()
