@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_outcome_age_s: int = Field(30 * 86_400, ge=0, description="How far before the server clock a feedback `at` "
                                    "may be (outcomes are reported late).")
 
+    campaign_four_eyes: bool = Field(True, description="A campaign must be approved by someone other than who "
+                                     "submitted it (`false`: one person may do both, e.g. a team of one).")
+
     @property
     def raw_dir(self) -> Path:
         return self.home / "raw"

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
+from nextbest.pipelines.campaign_commands import register as register_campaigns
 from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
 from nextbest.pipelines.score import register as register_score
@@ -33,6 +34,7 @@ register_train(app)
 register_serve(app)
 register_config(app)
 register_score(app)
+register_campaigns(app)
 
 
 @app.callback()
