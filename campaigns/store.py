@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,24 +55,29 @@ class CampaignStore:
     def __init__(self, path: Path, four_eyes: bool = True):
         self.path = Path(path)
         self.four_eyes = four_eyes
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as con:
+        con = sqlite3.connect(self.path, timeout=30)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+        finally:
+            con.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # One connection per thread, kept open: closing the last one checkpoints the WAL (an fsync per call).
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            con.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash of the process
+        con.execute("BEGIN IMMEDIATE")
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            con.close()
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     # --- segments ---------------------------------------------------------------------------------
 
