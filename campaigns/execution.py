@@ -257,9 +257,7 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
             rows = [(d["decision_id"], d["user_id"], a["offer_id"], a["channel"], picks[i][0], picks[i][1],
                      a["send_at"], costs.get(a["channel"], 0.0)) for i, (d, a) in enumerate(acts)]
         cursor += len(chunk)
-        store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
-        sends += len(rows)
-        cost += sum(r[-1] for r in rows)
+        sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
         batches += 1
         if progress:
             progress(cursor, len(ids))

@@ -200,10 +200,10 @@ class CampaignStore:
                         (campaign_id, version, json.dumps(audience), _now()))
         return dict(version=version, audience=audience, cursor=0, sends=0, cost=0.0, held_out=0)
 
-    def advance(self, campaign_id: str, version: int, cursor: int, sends: list[tuple], held_out: int) -> None:
+    def advance(self, campaign_id: str, version: int, cursor: int, sends: list[tuple], held_out: int) -> tuple[int, float]:
         """Record one executed batch: its contacts and the new cursor together (a crash resumes after the last
         whole batch; the batch's idempotency keys make its replay charge nothing twice). Refuses if the campaign
-        stopped being sendable meanwhile (a pause or an edit during the batch)."""
+        stopped being sendable meanwhile (a pause or an edit during the batch). Returns the run's sends and cost."""
         with self._tx() as con:
             campaign = self._read(con, campaign_id)
             if not lifecycle.may_send(campaign) or campaign.version != version:
@@ -211,9 +211,12 @@ class CampaignStore:
                                                 f"{campaign.version}); stopped before recording the batch")
             con.executemany("INSERT OR IGNORE INTO campaign_sends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(campaign_id, *s) for s in sends])
-            con.execute("UPDATE campaign_runs SET cursor = ?, sends = sends + ?, cost = cost + ?, held_out = held_out + ?, "
-                        "updated_at = ? WHERE id = ?",
-                        (cursor, len(sends), sum(s[-1] for s in sends), held_out, _now(), campaign_id))
+            # Totals from the rows themselves: a batch replayed after a crash (same decision ids) adds nothing.
+            n, cost = con.execute("SELECT count(*), coalesce(sum(cost), 0) FROM campaign_sends WHERE id = ?",
+                                  (campaign_id,)).fetchone()
+            con.execute("UPDATE campaign_runs SET cursor = ?, sends = ?, cost = ?, held_out = held_out + ?, "
+                        "updated_at = ? WHERE id = ?", (cursor, n, cost, held_out, _now(), campaign_id))
+        return n, cost
 
     def sends(self, campaign_id: str) -> list[dict]:
         keys = ("decision_id", "user_id", "offer_id", "channel", "variant", "probability", "send_at", "cost")
