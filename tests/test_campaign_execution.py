@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nextbest.campaigns import execution, segments
-from nextbest.campaigns.model import Caps, CampaignOffer, CampaignSpec, Experiment, Variant
+from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Caps, Experiment, Variant
 from nextbest.campaigns.store import CampaignStore, store_path
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import FeedbackRequest
