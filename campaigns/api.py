@@ -10,12 +10,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nextbest.campaigns import lifecycle
-from nextbest.campaigns.execution import ExecutionError, dry_run, required_per_arm
+from nextbest.campaigns.execution import (
+    ExecutionError,
+    dry_run,
+    evaluate_experiments,
+    execute,
+    required_per_arm,
+)
 from nextbest.campaigns.model import CampaignSpec
 from nextbest.campaigns.segments import SegmentError
 from nextbest.campaigns.store import CampaignStore, NotFound
 
-__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignApi", "describe",
+__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "describe",
            "check_references"]
 
 Actor = Field(min_length=1, max_length=128, description="who asks (recorded with every change and approval)")
@@ -70,6 +76,12 @@ def check_references(spec: CampaignSpec, store: CampaignStore, config) -> None:
                                  f"{', '.join(known) or 'none'}")
 
 
+class CampaignRun(_In):
+    campaign_id: str = Field(min_length=1, max_length=64)
+    batch: int = Field(500, ge=1, le=1000, description="users per decision batch")
+    max_batches: int = Field(10, ge=1, le=20, description="batches in this request at most (call again to go on)")
+
+
 class CampaignApi:
     """Handlers over one store; `errors` maps (not found, conflict, bad input) to the caller's exception types."""
 
@@ -116,3 +128,10 @@ class CampaignApi:
 
     def dry_run(self, req: CampaignRef) -> dict:
         return self._call(lambda: dry_run(self.runtime.settings, self.store, req.campaign_id, self.runtime))
+
+    def run(self, req: CampaignRun) -> dict:
+        return self._call(lambda: execute(self.runtime.settings, self.store, req.campaign_id, self.runtime, req.batch,
+                                          req.max_batches))
+
+    def experiment(self, req: CampaignRef) -> list[dict]:
+        return self._call(lambda: evaluate_experiments(self.runtime.settings, self.store, req.campaign_id)[1])

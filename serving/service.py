@@ -17,7 +17,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 
-from nextbest.campaigns.api import CampaignApi, CampaignCommand, CampaignCreate, CampaignEdit, CampaignRef
+from nextbest.campaigns.api import (
+    CampaignApi,
+    CampaignCommand,
+    CampaignCreate,
+    CampaignEdit,
+    CampaignRef,
+    CampaignRun,
+)
 from nextbest.features.settings import Settings
 from nextbest.serving import shutdown
 from nextbest.serving.guard import Guard, enforce_start
@@ -199,6 +206,18 @@ class NextBest:
     def campaign_dry_run(self, request: CampaignRef, /) -> dict:
         """What the campaign would send now, by offer, channel and hour, and why users get nothing."""
         return self.campaigns.dry_run(request)
+
+    @bentoml.api(route="/campaigns/run")
+    @_http
+    def campaign_run(self, request: CampaignRun, /) -> dict:
+        """Execute a running campaign for up to `max_batches` batches through this service's engine (resumable)."""
+        return self.campaigns.run(request)
+
+    @bentoml.api(route="/campaigns/experiment")
+    @_http
+    def campaign_experiment(self, request: CampaignRef, /) -> list[dict]:
+        """Copy experiments: sends and metric per variant, the sample needed, and the winner once the rule says so."""
+        return self.campaigns.experiment(request)
 
 
 def _campaign_api(settings: Settings, runtime: Runtime) -> CampaignApi:
