@@ -183,7 +183,7 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
     """Run (or resume) a running audience campaign until its audience, budget, send limit or time is used up, its
     fixed experiment waits for a winner, or `max_batches`. Returns the run's state and why it stopped."""
     from nextbest.serving.runtime import Runtime
-    from nextbest.serving.schemas import BatchDecideRequest
+    from nextbest.serving.schemas import BatchDecideRequest, FeedbackRequest
 
     if not 1 <= batch <= MAX_BATCH:
         raise ExecutionError(f"batch must be 1..{MAX_BATCH} users, got {batch}")
@@ -257,7 +257,16 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
             rows = [(d["decision_id"], d["user_id"], a["offer_id"], a["channel"], picks[i][0], picks[i][1],
                      a["send_at"], costs.get(a["channel"], 0.0)) for i, (d, a) in enumerate(acts)]
         cursor += len(chunk)
-        sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
+        try:
+            sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
+        except lifecycle.TransitionError:
+            # Paused, stopped or edited while this batch was decided: give its charges back and send none of it. The
+            # cursor moves past it, since its idempotency key would replay these (released) decisions on a resume.
+            for r in rows:
+                rt.feedback(FeedbackRequest(decision_id=r[0], outcome="not_sent", offer_id=r[2], channel=r[3]))
+            store.skip(campaign.id, campaign.version, cursor)
+            stopped = f"campaign changed during the batch: its {len(rows)} decisions given back, its users skipped"
+            break
         batches += 1
         if progress:
             progress(cursor, len(ids))

@@ -218,6 +218,12 @@ class CampaignStore:
                         "updated_at = ? WHERE id = ?", (cursor, n, cost, held_out, _now(), campaign_id))
         return n, cost
 
+    def skip(self, campaign_id: str, version: int, cursor: int) -> None:
+        """Move the run's cursor without recording contacts (a batch given back)."""
+        with self._tx() as con:
+            con.execute("UPDATE campaign_runs SET cursor = ?, updated_at = ? WHERE id = ? AND version = ?",
+                        (cursor, _now(), campaign_id, version))
+
     def sends(self, campaign_id: str) -> list[dict]:
         keys = ("decision_id", "user_id", "offer_id", "channel", "variant", "probability", "send_at", "cost")
         with self._tx() as con:

@@ -61,6 +61,6 @@ def campaign_demo(settings: Settings, seed: int = 7, lift: float = 1.5) -> dict:
             client.post("/feedback", json={"decision_id": s["decision_id"], "outcome": "clicked",
                                            "offer_id": s["offer_id"]}).raise_for_status()
         experiment = client.post("/campaigns/experiment", json={"campaign_id": cid}).raise_for_status().json()
-        if runs[-1]["state"] == "running":
-            runs.append(run_until_it_waits())
+        if runs[-1]["state"] == "running" and any(row["winner"] for row in experiment):
+            runs.append(run_until_it_waits())  # the winner goes to the rest of the audience
     return dict(campaign_id=cid, planted_best="C", experiment=experiment, runs=runs)

@@ -142,3 +142,23 @@ def test_the_fixed_copy_test_records_the_planted_best_copy_and_rolls_it_out(worl
     rest = execution.execute(home, store, c.id, rt, batch=500)
     later = store.sends(c.id)[len(sends):]
     assert rest["state"] == "finished" and all(s["variant"] == "C" and s["probability"] == 1.0 for s in later)
+
+
+def test_a_pause_while_a_batch_is_decided_gives_the_batch_back(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=16))
+    c = _approved(store, _spec(rt, "paused midway"), "midway")
+    ids = execution.audience(home, store, c)[:100]
+    before = rt.ledger.read(ids)
+    decide = rt.decide_batch
+
+    def decide_then_pause(request):  # the marketer pauses while the service is deciding the first batch
+        out = decide(request)
+        store.command(c.id, "pause", "ann")
+        return out
+
+    monkeypatch.setattr(rt, "decide_batch", decide_then_pause)
+    result = execution.execute(home, store, c.id, rt, batch=100)
+    assert result["stopped"].startswith("campaign changed during the batch") and "given back" in result["stopped"]
+    assert store.sends(c.id) == [] and result["state"] == "paused" and result["done"] == 100
+    assert rt.ledger.read(ids) == before  # every charge of the batch released
