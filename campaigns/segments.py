@@ -206,7 +206,8 @@ def _users_sql(feature_dir: Path, columns: dict[str, tuple[str, pa.DataType]], u
     if as_of is not None:  # a user who had not signed up by then is no one's audience yet
         signed_up = "WHERE event_timestamp <= ?"
         params.insert(0, as_of)
-    return (f"SELECT {', '.join(select)} FROM (SELECT DISTINCT user_id FROM read_parquet('{path}') {signed_up}) p "
+    # The profile table has one row per user (user_id is unique in the users contract): no DISTINCT needed.
+    return (f"SELECT {', '.join(select)} FROM (SELECT user_id FROM read_parquet('{path}') {signed_up}) p "
             + " ".join(joins))
 
 

@@ -111,3 +111,12 @@ def test_campaign_endpoints_share_the_store_and_answer_mistakes_with_4xx(home, m
                                                        "actor": "ann"}).status_code == 400
     cli = _json(runner.invoke(app, ["campaign", "show", "web"]))  # the CLI reads what the service wrote
     assert cli["version"] == 2 and cli["spec"]["priority"] == 3
+
+
+def test_campaign_changes_count_as_writes_for_the_api_key_on_loopback():
+    from nextbest.serving.guard import GuardPolicy
+
+    writes = GuardPolicy(api_key="k" * 16, api_key_on_loopback="writes")
+    for path in ("/campaigns/create", "/campaigns/edit", "/campaigns/command", "/campaigns/run"):
+        assert writes.key_required(path, remote=False), path
+    assert not writes.key_required("/campaigns/show", remote=False)
