@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -191,11 +192,14 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
     if not lifecycle.may_send(campaign):
         raise ExecutionError(f"campaign {campaign.id} is {campaign.state}: nothing sends before it is approved and "
                              "started (`nextbest campaign approve`, then `start`)")
-    rng = rng or np.random.default_rng([settings.seed, campaign.version])
     rt = runtime or Runtime(settings)
     state = store.run_state(campaign.id)
     if state is None or state["version"] != campaign.version:  # a new approval is a new run over a fresh audience
-        state = store.start_run(campaign.id, campaign.version, audience(settings, store, campaign))
+        # In a seeded random order: a fixed test's users (the first test_share) are then a random sample of it.
+        members = audience(settings, store, campaign)
+        order = np.random.default_rng([settings.seed, campaign.version, zlib.crc32(campaign.id.encode())])
+        state = store.start_run(campaign.id, campaign.version, [members[i] for i in order.permutation(len(members))])
+    rng = rng or np.random.default_rng([settings.seed, campaign.version, state["cursor"]])  # a resume draws anew
     ids: list[str] = state["audience"]
     costs = {c.channel: c.cost for c in rt.config.current(time.monotonic()).channels}
     allowed = campaign.spec.channels or list(costs)
