@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     cv_max_rows: int = Field(12_000, ge=100, description="Above this many training rows, the cross-validation runs on "
                              "a seeded sample of whole users of about this many rows (the refit still uses all rows).")
 
+    campaign_four_eyes: bool = Field(True, description="A campaign must be approved by someone other than who "
+                                     "submitted it (`false`: one person may do both, e.g. a team of one).")
+
     @property
     def raw_dir(self) -> Path:
         return self.home / "raw"

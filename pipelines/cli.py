@@ -16,6 +16,7 @@ from rich.table import Table
 
 from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
+from nextbest.pipelines.campaign_commands import register as register_campaigns
 from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
 from nextbest.pipelines.score import register as register_score
@@ -33,6 +34,7 @@ register_train(app)
 register_serve(app)
 register_config(app)
 register_score(app)
+register_campaigns(app)
 
 
 @app.callback()
@@ -528,6 +530,7 @@ def demo(
     days: Annotated[int, typer.Option(min=30, help="days of simulated history")] = 120,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
+    campaign: Annotated[bool, typer.Option(help="also run a campaign with a copy experiment (step 8)")] = False,
 ) -> None:
     """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions -> one
     round of the closed loop through the service."""
@@ -548,6 +551,9 @@ def demo(
     print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
     console.rule("7. the decision service answering sample requests over HTTP")
     run_guarded(_serve_demo, settings)
+    if campaign:
+        console.rule("9. a campaign: segment, four copies, approval, batches, the copy test's winner")
+        _show_campaign(settings, seed)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
 
 
@@ -588,6 +594,24 @@ def _show_decisions(rows: list[dict]) -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+
+
+def _show_campaign(settings: Settings, seed: int) -> None:
+    from nextbest.pipelines.campaign_demo import campaign_demo
+
+    result = run_guarded(campaign_demo, settings, seed)
+    for k, run in enumerate(result["runs"]):
+        summary(f"campaign {result['campaign_id']}, run {k + 1}",
+                {key: run[key] for key in ("audience", "done", "sends", "held_out", "cost", "stopped", "state")},
+                columns=("", "value"))
+    table = Table(title=f"copy experiment (planted best copy: {result['planted_best']})")
+    for col in ("offer", "copy", "sent", "clicked", "rate", "needed per copy", "winner"):
+        table.add_column(col)
+    for row in result["experiment"]:
+        for k, v in enumerate(row["variants"]):
+            table.add_row(row["offer_id"], v, str(row["n"][k]), str(row["successes"][k]), f"{row['rates'][k]:.3f}",
+                          str(row["required_per_arm"]), "yes" if row["winner"] == v else "")
     console.print(table)
 
 

@@ -19,7 +19,7 @@ from nextbest.features.settings import Settings
 
 __all__ = ["register", "settings_page", "readers", "COMPONENTS"]
 
-COMPONENTS = ("features", "simulation", "training", "serving", "pipelines")
+COMPONENTS = ("features", "simulation", "training", "serving", "campaigns", "pipelines")
 
 def _package_dir(component: str) -> Path:
     import importlib

@@ -37,7 +37,8 @@ __all__ = ["Guard", "GuardPolicy", "UnsafeStart", "check_start", "enforce_start"
 log = logging.getLogger("nextbest.serving.guard")
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})  # orchestrator probes: no key, any Host
-WRITES = frozenset({"/decide", "/decide_batch", "/events", "/feedback", "/reload"})  # change caps, logs or state
+WRITES = frozenset({"/decide", "/decide_batch", "/events", "/feedback", "/reload", "/campaigns/create", "/campaigns/edit",
+                    "/campaigns/command", "/campaigns/run"})  # change caps, logs or state
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 MIN_KEY_CHARS = 16
 _LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")

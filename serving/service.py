@@ -1,4 +1,4 @@
-"""The nextbest decision service (BentoML): decide, events, feedback, profile, reload, status.
+"""The nextbest decision service (BentoML): decide, events, feedback, profile, reload, status, campaigns.
 
 Every request first passes the guard (serving/guard.py: Host allow-list, API key, strict JSON, size
 limit); each endpoint then validates its body with the pydantic models in serving/schemas.py and hands
@@ -17,6 +17,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 
+from nextbest.campaigns.api import (
+    CampaignApi,
+    CampaignCommand,
+    CampaignCreate,
+    CampaignEdit,
+    CampaignRef,
+    CampaignRun,
+)
 from nextbest.features.settings import Settings
 from nextbest.serving import shutdown
 from nextbest.serving.guard import Guard, enforce_start
@@ -102,6 +110,7 @@ class NextBest:
         rng = np.random.default_rng([settings.seed, bentoml.server_context.worker_index or 0])
         self.runtime = Runtime(settings, loader=self.loader, metrics=metrics(), rng=rng)
         self.runtime.metrics.models(self.runtime.models.current.versions())
+        self.campaigns = _campaign_api(settings, self.runtime)
         gc.freeze()  # start-up objects (Feast, pandas, models) stay out of every later garbage collection
         self._stop = threading.Event()
         threading.Thread(target=self._refresh_models, name="model-refresh", daemon=True).start()
@@ -164,6 +173,58 @@ class NextBest:
         """Readiness and, when not ready, the reasons: ledger usable, models in force, last model or config error
         (no paths or SQL)."""
         return redacted(self.runtime.ready()[1])
+
+
+    # --- campaigns (nextbest/campaigns): the same store and rules as `nextbest campaign ...` ---------------
+
+    @bentoml.api(route="/campaigns/create")
+    @_http
+    def campaign_create(self, request: CampaignCreate, /) -> dict:
+        """Create a draft campaign (audience segment or trigger, offers with copy variants, channels, limits)."""
+        return self.campaigns.create(request)
+
+    @bentoml.api(route="/campaigns/edit")
+    @_http
+    def campaign_edit(self, request: CampaignEdit, /) -> dict:
+        """Change a campaign: a new version; an approved or running one goes back for approval."""
+        return self.campaigns.edit(request)
+
+    @bentoml.api(route="/campaigns/show")
+    @_http
+    def campaign_show(self, request: CampaignRef, /) -> dict:
+        """A campaign with its state, approvals, history and run progress."""
+        return self.campaigns.show(request)
+
+    @bentoml.api(route="/campaigns/command")
+    @_http
+    def campaign_command(self, request: CampaignCommand, /) -> dict:
+        """submit, approve (not by the submitter), reject, start, pause, resume or stop a campaign."""
+        return self.campaigns.command(request)
+
+    @bentoml.api(route="/campaigns/dry_run")
+    @_http
+    def campaign_dry_run(self, request: CampaignRef, /) -> dict:
+        """What the campaign would send now, by offer, channel and hour, and why users get nothing."""
+        return self.campaigns.dry_run(request)
+
+    @bentoml.api(route="/campaigns/run")
+    @_http
+    def campaign_run(self, request: CampaignRun, /) -> dict:
+        """Execute a running campaign for up to `max_batches` batches through this service's engine (resumable)."""
+        return self.campaigns.run(request)
+
+    @bentoml.api(route="/campaigns/experiment")
+    @_http
+    def campaign_experiment(self, request: CampaignRef, /) -> list[dict]:
+        """Copy experiments: sends and metric per variant, the sample needed, and the winner once the rule says so."""
+        return self.campaigns.experiment(request)
+
+
+def _campaign_api(settings: Settings, runtime: Runtime) -> CampaignApi:
+    from nextbest.campaigns.store import CampaignStore, store_path
+
+    return CampaignApi(CampaignStore(store_path(settings.home), four_eyes=settings.campaign_four_eyes), runtime,
+                       (NotFoundError, ConflictError, UserError))
 
 
 # While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.

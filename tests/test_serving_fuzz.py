@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 # Requests per endpoint (>= 5,000 in all with the hostile bodies), weighted by cost: an /events request
 # pushes to the online store and decides its triggers (~40 ms here), a /feedback one costs ~4 ms.
 EXAMPLES = {"/decide": 1500, "/decide_batch": 500, "/events": 300, "/feedback": 2000, "/profile": 500, "/reload": 150,
-            "/status": 150}
+            "/status": 150, "/campaigns/create": 100, "/campaigns/edit": 60, "/campaigns/show": 40, "/campaigns/command": 100,
+            "/campaigns/dry_run": 30, "/campaigns/run": 30, "/campaigns/experiment": 30}
 GETS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/")
 
 ANY = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -138,6 +139,7 @@ def test_every_endpoint_survives_5000_fuzzed_and_hostile_requests(fuzz_client, f
     known = {"user_id": ids, "user_ids": ids, "decision_id": [d["decision_id"] for d in decided] + ["nope"],
              "offers": offers, "offer_id": offers, "channels": channels, "channel": channels,
              "type": ["add_to_cart", "purchase", "view", "app_open", "register"],
+             "campaign_id": ["spring", "nope"], "actor": ["ann", "bob"], "audience": ["customers", "nope"],
              "*": ["spring", "cart_abandonment", "wave-1", "x", "books"]}
 
     def check(path: str, r) -> None:

@@ -1,0 +1,137 @@
+"""The campaign endpoints' bodies and handlers (serving/service.py routes them); errors become the runtime's
+caller errors, so the service answers 400/404/409 with a message, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nextbest.campaigns import lifecycle
+from nextbest.campaigns.execution import (
+    ExecutionError,
+    dry_run,
+    evaluate_experiments,
+    execute,
+    required_per_arm,
+)
+from nextbest.campaigns.model import CampaignSpec
+from nextbest.campaigns.segments import SegmentError
+from nextbest.campaigns.store import CampaignStore, NotFound
+
+__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "describe",
+           "check_references"]
+
+Actor = Field(min_length=1, max_length=128, description="who asks (recorded with every change and approval)")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CampaignCreate(_In):
+    spec: CampaignSpec
+    actor: str = Actor
+    campaign_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class CampaignEdit(_In):
+    campaign_id: str = Field(min_length=1, max_length=64)
+    spec: CampaignSpec
+    actor: str = Actor
+
+
+class CampaignRef(_In):
+    campaign_id: str = Field(min_length=1, max_length=64)
+
+
+class CampaignCommand(_In):
+    campaign_id: str = Field(min_length=1, max_length=64)
+    command: Literal["submit", "approve", "reject", "start", "pause", "resume", "stop"]
+    actor: str = Actor
+    note: str | None = Field(None, max_length=500)
+
+
+def describe(campaign) -> dict:
+    """A campaign as JSON, with the sample each copy experiment needs per variant (shown before the start)."""
+    doc = json.loads(campaign.model_dump_json())
+    doc["experiment_sample"] = {o.offer_id: {"variants": len(o.variants),
+                                             "users_per_variant": required_per_arm(campaign, o.offer_id)}
+                                for o in campaign.spec.offers if len(o.variants) > 1}
+    return doc
+
+
+def check_references(spec: CampaignSpec, store: CampaignStore, config) -> None:
+    """The audience segment is saved; offers, channels and the trigger are in the operator config."""
+    if spec.audience is not None:
+        store.segment(spec.audience)
+    for kind, asked, known in (("offer", [o.offer_id for o in spec.offers], config.offer_ids()),
+                               ("channel", spec.channels or [], config.channel_names()),
+                               ("trigger", [spec.trigger] if spec.trigger else [], [t.name for t in config.triggers])):
+        unknown = sorted(set(asked) - set(known))
+        if unknown:
+            raise ExecutionError(f"unknown {kind}(s) {unknown} in the campaign; the operator config has: "
+                                 f"{', '.join(known) or 'none'}")
+
+
+class CampaignRun(_In):
+    campaign_id: str = Field(min_length=1, max_length=64)
+    batch: int = Field(500, ge=1, le=1000, description="users per decision batch")
+    max_batches: int = Field(10, ge=1, le=20, description="batches in this request at most (call again to go on)")
+
+
+class CampaignApi:
+    """Handlers over one store; `errors` maps (not found, conflict, bad input) to the caller's exception types."""
+
+    def __init__(self, store: CampaignStore, runtime, errors: tuple[type, type, type]):
+        self.store, self.runtime = store, runtime
+        self._not_found, self._conflict, self._bad = errors
+
+    def _call(self, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except NotFound as err:
+            raise self._not_found(str(err)) from None
+        except lifecycle.TransitionError as err:
+            raise self._conflict(str(err)) from None
+        except (SegmentError, ExecutionError) as err:
+            raise self._bad(str(err)) from None
+
+    def _check(self, spec: CampaignSpec) -> None:
+        check_references(spec, self.store, self.runtime.config.current(0))
+
+    def create(self, req: CampaignCreate) -> dict:
+        def run():
+            self._check(req.spec)
+            return describe(self.store.create(req.spec, req.actor, req.campaign_id))
+        return self._call(run)
+
+    def edit(self, req: CampaignEdit) -> dict:
+        def run():
+            self._check(req.spec)
+            return describe(self.store.edit(req.campaign_id, req.spec, req.actor))
+        return self._call(run)
+
+    def show(self, req: CampaignRef) -> dict:
+        def run():
+            doc = describe(self.store.get(req.campaign_id))
+            state = self.store.run_state(req.campaign_id)
+            run_state = None if state is None else {**{k: v for k, v in state.items() if k != "audience"},
+                                                    "audience": len(state["audience"])}
+            return {**doc, "history": self.store.events(req.campaign_id), "run": run_state}
+        return self._call(run)
+
+    def command(self, req: CampaignCommand) -> dict:
+        return self._call(lambda: describe(self.store.command(req.campaign_id, req.command, req.actor, req.note)))
+
+    def dry_run(self, req: CampaignRef) -> dict:
+        return self._call(lambda: dry_run(self.runtime.settings, self.store, req.campaign_id, self.runtime))
+
+    def run(self, req: CampaignRun) -> dict:
+        return self._call(lambda: execute(self.runtime.settings, self.store, req.campaign_id, self.runtime, req.batch,
+                                          req.max_batches))
+
+    def experiment(self, req: CampaignRef) -> list[dict]:
+        return self._call(lambda: evaluate_experiments(self.runtime.settings, self.store, req.campaign_id)[1])

@@ -1,0 +1,172 @@
+"""Running campaigns on the trained simulated world: nothing before approval, batches through the engine of /decide
+(caps across competing campaigns), resumable without double charges, within budget, and the copy experiment finds
+the planted best copy from the outcomes reported to /feedback."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from nextbest.campaigns import execution, segments
+from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Caps, Experiment, Variant
+from nextbest.campaigns.store import CampaignStore, store_path
+from nextbest.serving.runtime import Runtime
+from nextbest.serving.schemas import FeedbackRequest
+from nextbest.simulation.copies import copy_effects, draw_responses
+from tests.conftest import copy_home
+
+NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def server_clock(monkeypatch):
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
+
+
+@pytest.fixture(scope="module")
+def world(trained, tmp_path_factory):
+    """A private copy of the trained home with one runtime and the campaign store (module-wide: a runtime loads the
+    champions once)."""
+    home = copy_home(trained, tmp_path_factory.mktemp("campaigns") / "home", fresh_ledger=True)
+    mp = pytest.MonkeyPatch()
+    mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
+    rt = Runtime(home, rng=np.random.default_rng(1))
+    store = CampaignStore(store_path(home.home))
+    columns = set(segments.table_columns(home.feature_dir))
+    store.save_segment(segments.Segment("everyone", "scorecard > -100000"), columns)
+    yield home, rt, store
+    rt.close()
+    mp.undo()
+
+
+def _spec(rt, name: str, **kw) -> CampaignSpec:
+    offers = rt.config.current(0).offer_ids()
+    variants = [Variant(id=v, text=f"copy {v}") for v in "ABCD"]
+    return CampaignSpec(name=name, audience="everyone", offers=[CampaignOffer(offer_id=o, variants=variants)
+                                                                for o in offers], **kw)
+
+
+def _approved(store, spec, cid):
+    c = store.create(spec, "ann", cid)
+    store.command(c.id, "submit", "ann")
+    store.command(c.id, "approve", "bob")
+    return store.command(c.id, "start", "bob")
+
+
+def test_nothing_runs_before_approval_and_the_dry_run_charges_nothing(world):
+    home, rt, store = world
+    c = store.create(_spec(rt, "preview"), "ann", "preview")
+    ids = execution.audience(home, store, c)
+    before = rt.ledger.read(ids[:50])
+    report = execution.dry_run(home, store, c.id, rt)
+    assert report["audience"] == len(ids) > 100
+    assert report["would_send"] == sum(report["by_offer"].values()) == sum(report["by_channel"].values()) \
+        == sum(report["by_hour"].values()) > 0
+    assert report["would_send"] + report["no_contact"] + report["not_online"] == report["audience"]
+    assert report["filtered"]  # why users get nothing, by reason
+    with pytest.raises(execution.ExecutionError, match="approved and started"):
+        execution.execute(home, store, c.id, rt)
+    assert rt.ledger.read(ids[:50]) == before and store.sends(c.id) == []
+
+
+def test_a_campaign_runs_in_resumable_batches_and_a_replayed_batch_charges_nothing_twice(world):
+    home, rt, store = world
+    c = _approved(store, _spec(rt, "autumn", priority=5, experiment=Experiment(mode="bandit")), "autumn")
+    first = execution.execute(home, store, c.id, rt, batch=150, max_batches=1)
+    assert first["stopped"] == "batch limit of this run" and first["done"] == 150 and first["state"] == "running"
+    sent = store.sends(c.id)
+    assert sent and all(rt.ledger.decision(s["decision_id"]) for s in sent)
+    # A crash after the decisions but before the cursor moved: the batch runs again and replays its decisions.
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE campaign_runs SET cursor = 0 WHERE id = ?", (c.id,))
+    again = execution.execute(home, store, c.id, rt, batch=150, max_batches=1)
+    assert again["sends"] == len(sent) and [s["decision_id"] for s in store.sends(c.id)] == [s["decision_id"] for s in sent]
+    done = execution.execute(home, store, c.id, rt, batch=150)
+    assert done["done"] == done["audience"] and done["state"] == "finished"
+    sends = store.sends(c.id)
+    assert len({s["decision_id"] for s in sends}) == len(sends) == done["sends"]
+    assert all(0 < s["probability"] <= 1 and s["variant"] in "ABCD" for s in sends)
+    assert len({s["user_id"] for s in sends}) == len(sends)  # one contact per user per run
+
+
+def test_competing_campaigns_keep_every_contact_cap_and_the_budget(world):
+    home, rt, store = world
+    config = rt.config.current(0)
+    cost = {ch.channel: ch.cost for ch in config.channels}
+    budget = 3 * max(cost.values())
+    _approved(store, _spec(rt, "high", priority=9, caps=Caps(budget=budget)), "high")
+    _approved(store, _spec(rt, "low", priority=1, caps=Caps(max_sends=40)), "low")
+    _approved(store, _spec(rt, "mid", priority=4), "mid")
+    results = execution.execute_due(home, store, rt, batch=200)
+    assert [r["campaign_id"] for r in results] == ["high", "mid", "low"]  # by priority
+    by = {r["campaign_id"]: r for r in results}
+    assert 0 < by["high"]["cost"] <= budget and by["high"]["stopped"] == "budget or send limit reached"
+    assert by["low"]["sends"] <= 40
+    # Across all campaigns of this world (including the earlier test's): the contact policy's caps per user.
+    per_user_day, per_channel_day = Counter(), Counter()
+    for cid in ("autumn", "high", "mid", "low"):
+        for s in store.sends(cid):
+            day = datetime.fromisoformat(s["send_at"]).date()
+            per_user_day[(s["user_id"], day)] += 1
+            per_channel_day[(s["user_id"], s["channel"], day)] += 1
+    assert per_user_day and max(per_user_day.values()) <= config.caps.per_user_day
+    assert max(per_channel_day.values()) <= config.caps.per_channel_day
+
+
+def test_the_fixed_copy_test_records_the_planted_best_copy_and_rolls_it_out(world, monkeypatch):
+    home, rt, store = world
+    # A week after the other campaigns of this world, so their contacts do not hold this one's caps.
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=8))
+    effects = copy_effects(4, best=2, lift=11.0)  # copy C gets 12x the clicks of the others
+    exp = Experiment(mode="fixed", metric="clicked", mde=5.0, baseline=0.05, test_share=0.5, alpha=0.05)
+    offer = rt.config.current(0).offer_ids()[0]
+    spec = CampaignSpec(name="copy test", audience="everyone", experiment=exp, offers=[
+        CampaignOffer(offer_id=offer, variants=[Variant(id=v) for v in "ABCD"])])
+    c = _approved(store, spec, "copytest")
+    first = execution.execute(home, store, c.id, rt, batch=500)
+    assert first["stopped"] == "waiting for the copy experiment's winner"
+    sends = store.sends(c.id)
+    variants = np.array(["ABCD".index(s["variant"]) for s in sends])
+    assert len(set(variants)) == 4 and all(s["probability"] == 0.25 for s in sends)
+    clicked = draw_responses(0.05, variants, effects, np.random.default_rng(4))
+    for s, hit in zip(sends, clicked, strict=True):
+        if hit:
+            rt.feedback(FeedbackRequest(decision_id=s["decision_id"], outcome="clicked", offer_id=s["offer_id"]))
+    campaign, report = execution.evaluate_experiments(home, store, c.id)
+    assert campaign.winners == {offer: "ABCD"[effects.best]} and report[0]["winner"] == "C", report
+    assert any(e["command"] == "winner" for e in store.events(c.id))
+    rest = execution.execute(home, store, c.id, rt, batch=500)
+    later = store.sends(c.id)[len(sends):]
+    assert rest["state"] == "finished" and all(s["variant"] == "C" and s["probability"] == 1.0 for s in later)
+
+
+def _charged(snapshot) -> tuple[dict, dict]:
+    """The ledger's non-zero counters (a released charge leaves its key at 0)."""
+    return ({u: {k: v for k, v in c.items() if v} for u, c in snapshot.user_counts.items()},
+            {k: v for k, v in snapshot.capacity.items() if v})
+
+
+def test_a_pause_while_a_batch_is_decided_gives_the_batch_back(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=16))
+    c = _approved(store, _spec(rt, "paused midway"), "midway")
+    ids = execution.audience(home, store, c)[:100]
+    before = _charged(rt.ledger.read(ids))
+    decide = rt.decide_batch
+
+    def decide_then_pause(request):  # the marketer pauses while the service is deciding the first batch
+        out = decide(request)
+        store.command(c.id, "pause", "ann")
+        return out
+
+    monkeypatch.setattr(rt, "decide_batch", decide_then_pause)
+    result = execution.execute(home, store, c.id, rt, batch=100)
+    given_back = re.search(r"its (\d+) decisions given back", result["stopped"])
+    assert given_back and int(given_back.group(1)) > 0, result["stopped"]
+    assert store.sends(c.id) == [] and result["state"] == "paused" and result["done"] == 100
+    assert _charged(rt.ledger.read(ids)) == before  # every charge of the batch released

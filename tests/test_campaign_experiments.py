@@ -1,0 +1,97 @@
+"""Copy-experiment statistics against known answers, in pure NumPy: the sequential rule finds the planted best copy
+above the announced MDE, keeps false winners within alpha while peeking after every batch, and the bandit loses
+less than the fixed test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nextbest.campaigns import experiments
+from nextbest.campaigns.experiments import ArmStats
+from nextbest.simulation.copies import copy_effects, draw_responses
+
+BASE, MDE, ALPHA = 0.05, 0.3, 0.05
+
+
+def _fixed_test(effects, runs: int, batch: int, seed: int, power: float = 0.95) -> tuple[np.ndarray, int]:
+    """Seeded replays of the fixed test: peek after every batch of `batch` users per copy, up to the sample the rule
+    announced; the winner per run (-1: none)."""
+    k = len(effects.lifts)
+    n_max = experiments.required_per_arm(MDE, BASE, ALPHA, power, k)
+    rng = np.random.default_rng(seed)
+    p = BASE * np.asarray(effects.lifts)
+    winners = np.full(runs, -1)
+    n, s = np.zeros((runs, k)), np.zeros((runs, k))
+    for done in range(0, n_max, batch):
+        active = np.flatnonzero(winners < 0)
+        add = min(batch, n_max - done)
+        s[active] += rng.binomial(add, p, size=(len(active), k))
+        n[active] += add
+        for r in active:
+            w = experiments.verdict(ArmStats(n[r], s[r]), MDE, BASE, ALPHA).winner
+            winners[r] = -1 if w is None else w
+    return winners, n_max
+
+
+def test_the_fixed_test_finds_the_planted_best_copy_when_the_effect_reaches_the_mde():
+    effects = copy_effects(4, best=2, lift=MDE)
+    winners, n_max = _fixed_test(effects, runs=200, batch=1000, seed=1)
+    assert (winners == effects.best).mean() >= 0.95
+    assert (winners >= 0).sum() == (winners == effects.best).sum()  # never a wrong winner here
+
+
+def test_peeking_after_every_batch_keeps_false_winners_within_alpha():
+    winners, _ = _fixed_test(copy_effects(4, best=None, lift=0.0), runs=300, batch=500, seed=2)
+    assert (winners >= 0).mean() <= ALPHA
+
+
+def test_the_sample_shown_before_the_start_grows_as_the_effect_or_the_rate_shrinks():
+    n = experiments.required_per_arm
+    assert n(0.3, 0.05, 0.05, 0.8, 2) < n(0.15, 0.05, 0.05, 0.8, 2)  # smaller lift, more users
+    assert n(0.07, 0.10, 0.05, 0.8, 2) < n(0.07, 0.006, 0.05, 0.8, 2)  # rarer metric, more users
+    assert n(0.3, 0.05, 0.05, 0.8, 2) < n(0.3, 0.05, 0.05, 0.8, 4)  # more copies, more users each
+
+
+def _regret(effects, audience: int, batch: int, mode: str, rng: np.random.Generator, test_share: float = 0.5) -> float:
+    """Clicks lost against always sending the best copy: fixed (even split on the test share, then the winner, or
+    the first copy when no winner) or bandit (Thompson with a floor over the whole audience)."""
+    k = len(effects.lifts)
+    p = BASE * np.asarray(effects.lifts)
+    n, s = np.zeros(k), np.zeros(k)
+    regret, done, winner = 0.0, 0, None
+    limit = int(audience * test_share) if mode == "fixed" else audience
+    while done < limit and winner is None:
+        m = min(batch, limit - done)
+        probs = np.full(k, 1 / k) if mode == "fixed" else experiments.thompson_probabilities(ArmStats(n, s), 0.02, rng)
+        arms, _ = experiments.allocate(probs, m, rng)
+        hit = draw_responses(BASE, arms, effects, rng)
+        np.add.at(n, arms, 1)
+        np.add.at(s, arms, hit)
+        regret += (p.max() - p[arms]).sum()
+        done += m
+        if mode == "fixed":
+            winner = experiments.verdict(ArmStats(n, s), 1.0, BASE, ALPHA).winner
+    final = winner if winner is not None else 0
+    return regret + (audience - done) * (p.max() - p[final])
+
+
+def test_the_bandit_loses_fewer_clicks_than_the_fixed_test():
+    effects = copy_effects(4, best=3, lift=1.0)
+    rng = np.random.default_rng(3)
+    fixed = [_regret(effects, 40_000, 2000, "fixed", rng) for _ in range(6)]
+    bandit = [_regret(effects, 40_000, 2000, "bandit", rng) for _ in range(6)]
+    assert np.mean(bandit) < np.mean(fixed)
+
+
+def test_thompson_keeps_the_floor_and_favours_the_better_copy():
+    rng = np.random.default_rng(0)
+    p = experiments.thompson_probabilities(ArmStats(np.array([500, 500, 500]), np.array([20, 60, 21])), 0.05, rng)
+    assert p.sum() == pytest.approx(1.0) and (p >= 0.05 - 1e-12).all() and p.argmax() == 1
+    arms, probs = experiments.allocate(p, 1000, rng)
+    assert np.array_equal(probs, p[arms])  # the probability logged is the one the user was drawn with
+
+
+def test_no_winner_without_data_for_every_copy():
+    v = experiments.verdict(ArmStats(np.array([1000, 0]), np.array([900, 0])), MDE, BASE, ALPHA)
+    assert v.winner is None
