@@ -22,6 +22,7 @@ import numpy as np
 from nextbest.campaigns import experiments, lifecycle, segments
 from nextbest.campaigns.model import Campaign
 from nextbest.campaigns.store import CampaignStore
+from nextbest.serving import holdout as holdout_rule
 
 __all__ = ["ExecutionError", "audience", "control_mask", "variant_probabilities", "experiment_stats",
            "evaluate_experiments", "dry_run", "execute", "execute_due"]
@@ -42,14 +43,15 @@ def audience(settings, store: CampaignStore, campaign: Campaign, as_of: datetime
     return segments.member_ids(settings.feature_dir, rule, store.segment_rule, as_of)
 
 
-def control_mask(campaign: Campaign, user_ids: list[str]) -> np.ndarray:
-    """Users held out of this campaign (its control group), never contacted by it.
-
-    HOLDOUT CALL SITE (issue 16): the one stable per-user hold-out rule lives in serving/holdout.py, written
-    elsewhere; the lead wires it in here (per campaign with `campaign.spec.control_pct`, and the universal
-    hold-out). Until then nobody is held out and `control_pct` is stored but has no effect.
-    """
-    return np.zeros(len(user_ids), dtype=bool)
+def control_mask(campaign: Campaign, user_ids: list[str], holdout, now: datetime) -> np.ndarray:
+    """Users held out of this campaign, never contacted by it: the universal hold-out and the campaign's own control
+    group (`control_pct`, or the operator config's share for this campaign when larger), by the one stable per-user
+    rule of serving/holdout.py (the service applies the same rule to requests that name the campaign)."""
+    period = holdout_rule.period_of(now, holdout.period_days)
+    share = max(campaign.spec.control_pct / 100.0, holdout.campaigns.get(campaign.id, 0.0))
+    scope = f"campaign:{campaign.id}"
+    return np.array([holdout_rule.in_holdout(u, holdout.share, holdout.salt, holdout_rule.UNIVERSAL, period)
+                     or holdout_rule.in_holdout(u, share, holdout.salt, scope, period) for u in user_ids], dtype=bool)
 
 
 def experiment_stats(settings, store: CampaignStore, campaign: Campaign) -> dict[str, experiments.ArmStats]:
@@ -153,7 +155,7 @@ def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now:
     rt = runtime or Runtime(settings)
     now = (now or rt.clock()).astimezone(UTC)
     ids = audience(settings, store, campaign)
-    held = control_mask(campaign, ids)
+    held = control_mask(campaign, ids, rt.config.current(time.monotonic()).holdout, now)
     todo = [u for u, h in zip(ids, held, strict=True) if not h]
     ctx = _context(campaign, now)
     by_offer, by_channel, by_hour, reasons = Counter(), Counter(), Counter(), Counter()
@@ -236,7 +238,7 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
             stopped = "batch limit of this run"
             break
         chunk = ids[cursor:cursor + size]
-        held = control_mask(campaign, chunk)
+        held = control_mask(campaign, chunk, rt.config.current(time.monotonic()).holdout, now)
         todo = [u for u, h in zip(chunk, held, strict=True) if not h]
         known = rt.features.fetch(todo)[1] if todo else np.zeros(0, dtype=bool)
         todo = [u for u, k in zip(todo, known, strict=True) if k]  # not online (yet): skipped, counted as such

@@ -76,7 +76,7 @@ def test_nothing_runs_before_approval_and_the_dry_run_charges_nothing(world):
 
 def test_a_campaign_runs_in_resumable_batches_and_a_replayed_batch_charges_nothing_twice(world):
     home, rt, store = world
-    c = _approved(store, _spec(rt, "autumn", priority=5, experiment=Experiment(mode="bandit")), "autumn")
+    c = _approved(store, _spec(rt, "autumn", priority=5, control_pct=10, experiment=Experiment(mode="bandit")), "autumn")
     first = execution.execute(home, store, c.id, rt, batch=150, max_batches=1)
     assert first["stopped"] == "batch limit of this run" and first["done"] == 150 and first["state"] == "running"
     sent = store.sends(c.id)
@@ -92,6 +92,32 @@ def test_a_campaign_runs_in_resumable_batches_and_a_replayed_batch_charges_nothi
     assert len({s["decision_id"] for s in sends}) == len(sends) == done["sends"]
     assert all(0 < s["probability"] <= 1 and s["variant"] in "ABCD" for s in sends)
     assert len({s["user_id"] for s in sends}) == len(sends)  # one contact per user per run
+    # Its control group (10 %, serving/holdout.py's rule) is never contacted by it.
+    ids = execution.audience(home, store, c)
+    held = execution.control_mask(c, ids, rt.config.current(0).holdout, NOW)
+    assert done["held_out"] == int(held.sum()) and 0.05 < held.mean() < 0.15
+    assert not {s["user_id"] for s in sends} & {u for u, h in zip(ids, held, strict=True) if h}
+
+
+def test_a_campaign_control_group_is_stable_per_user_and_campaign_and_includes_the_universal_holdout():
+    from nextbest.campaigns.model import Campaign
+    from nextbest.serving.config import Holdout
+
+    def campaign(cid: str, pct: float) -> Campaign:
+        spec = CampaignSpec(name=cid, audience="everyone", control_pct=pct,
+                            offers=[CampaignOffer(offer_id="o1", variants=[Variant(id="A", text="a")])])
+        return Campaign(id=cid, version=1, state="running", spec=spec, created_by="ann", updated_at=NOW)
+
+    ids = [f"u{i}" for i in range(20_000)]
+    none, universal = Holdout(), Holdout(share=0.05)
+    a = execution.control_mask(campaign("a", 20), ids, none, NOW)
+    assert abs(a.mean() - 0.20) < 0.015
+    assert (execution.control_mask(campaign("a", 20), ids, none, NOW + timedelta(days=1)) == a).all()  # same period
+    b = execution.control_mask(campaign("b", 20), ids, none, NOW)
+    assert abs((a & b).mean() - 0.04) < 0.01  # another campaign draws its own control group
+    assert not execution.control_mask(campaign("a", 0), ids, none, NOW).any()
+    with_universal = execution.control_mask(campaign("a", 20), ids, universal, NOW)
+    assert (with_universal >= a).all() and abs(with_universal.mean() - (0.20 + 0.05 - 0.01)) < 0.015
 
 
 def test_competing_campaigns_keep_every_contact_cap_and_the_budget(world):
