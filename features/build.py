@@ -160,7 +160,8 @@ def _profile_sql(columns: list[str]) -> str:
 def _behaviour_sql(categories: list[str]) -> str:
     """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
     cat = {c: f"c_{column_name(c)}" for c in categories}
-    daily_cols = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy", "stage", *cat.values()]
+    daily_cols = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy", "stage", *cat.values(),
+                  "buy_day", "buy_gap", "buy_gap_sq"]
     daily = (
         "SELECT user_id, day, count(*) AS n_events, "
         + "".join(f"count(*) FILTER (WHERE type = {_lit(t)}) AS n_{t}, " for t in _COUNTED_TYPES)
@@ -171,6 +172,13 @@ def _behaviour_sql(categories: list[str]) -> str:
                   for c, n in cat.items())
         + " FROM ev GROUP BY user_id, day"
     )
+    # The repeat-purchase history of the customer-base literature (BG/NBD's frequency, recency and customer age;
+    # the inter-purchase time): a purchase day, and its gap in days to the previous purchase day.
+    previous_buy = ("max(CASE WHEN n_purchase > 0 THEN day END) OVER (PARTITION BY user_id ORDER BY day "
+                    "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)")
+    gap = f"CASE WHEN n_purchase > 0 THEN coalesce(day - {previous_buy}, 0) ELSE 0 END"
+    daily = (f"SELECT *, buy_gap * buy_gap AS buy_gap_sq FROM (SELECT *, CASE WHEN n_purchase > 0 THEN 1 ELSE 0 END "
+             f"AS buy_day, {gap} AS buy_gap FROM ({daily}) d0) d1")
     win = ["user_id", "day AS snap_day", "probe"]
     for w in WINDOWS:
         win.append(f"{_windowed('n_events', w)} AS events_{w}d")
@@ -180,6 +188,9 @@ def _behaviour_sql(categories: list[str]) -> str:
             f"max(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS last_buy",
             f"max(CASE WHEN probe = 0 THEN day END) {_over(None)} AS last_day",
             f"{_windowed('cart_no_buy', 30)} AS abandoned_cart_days_30d",
+            f"{_windowed('buy_day', None)} AS buy_days", f"{_windowed('buy_gap', None)} AS gap_sum",
+            f"{_windowed('buy_gap_sq', None)} AS gap_sq",
+            f"min(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS first_buy",
             f"coalesce(max(stage) {_over(None)}, 0) AS stage_now"]
     win += [f"{_windowed(n, None)} AS {n}" for n in cat.values()]
     out = ["w.user_id", "s.snap AS event_timestamp"]
@@ -194,7 +205,7 @@ def _behaviour_sql(categories: list[str]) -> str:
             "CAST(floor((epoch(s.snap) - g.signup_s) / 86400) AS BIGINT) AS tenure_days",
             "CAST(stage_now AS BIGINT) AS funnel_stage",
             "CASE WHEN purchases_90d > 0 THEN revenue_90d / greatest(purchases_90d, 1) ELSE 0.0 END AS monetary_90d",
-            "purchases_90d AS frequency_90d"]
+            "purchases_90d AS frequency_90d", *_repeat_purchase_sql()]
     # Category affinity: the posterior mean share of interest, from every categorised event so far and a
     # weak prior (_AFFINITY_PRIOR pseudo-events per category). A user with one view of books is not
     # "100 % books"; a user with none gets the uniform share. Measured on the demo world, plugging these
@@ -204,6 +215,26 @@ def _behaviour_sql(categories: list[str]) -> str:
             f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
             f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day "
             "JOIN grid g ON g.user_id = w.user_id AND g.snap_day = w.snap_day")
+
+
+def _repeat_purchase_sql() -> list[str]:
+    """Repeat-purchase features as of a snapshot: purchase days, customer age T and the span from first to last
+    purchase day (BG/NBD's x + 1, T and t_x, in days), repeat purchases per week of age, inter-purchase time mean
+    and standard deviation (NULL until there are one and two gaps), and the last 30 days against the 90-day
+    monthly average. Users who never bought get 0 (NULL for the gaps)."""
+    age = "(w.snap_day - first_buy)"
+    gaps = "greatest(buy_days - 1, 0)"
+    mean = f"(gap_sum / {gaps})"
+    return [
+        "buy_days AS purchase_days_all",
+        f"CAST(CASE WHEN buy_days > 0 THEN {age} ELSE 0 END AS BIGINT) AS customer_age_days",
+        "CAST(CASE WHEN buy_days > 0 THEN last_buy - first_buy ELSE 0 END AS BIGINT) AS purchase_span_days",
+        f"CASE WHEN buy_days > 0 THEN {gaps} / greatest({age} / 7.0, 1.0) ELSE 0.0 END AS repeat_rate_weekly",
+        f"CASE WHEN {gaps} >= 1 THEN {mean} END AS ipt_mean_days",
+        f"CASE WHEN {gaps} >= 2 THEN sqrt(greatest((gap_sq - {gaps} * {mean} * {mean}) / ({gaps} - 1), 0.0)) END "
+        "AS ipt_std_days",
+        "purchases_30d - purchases_90d / 3.0 AS purchase_trend_30d",
+    ]
 
 
 def _channel_sql(channels: list[str], config: BuildConfig) -> str:

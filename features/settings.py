@@ -75,6 +75,12 @@ class Settings(BaseSettings):
                            "and campaign times may be.")
     max_outcome_age_s: int = Field(30 * 86_400, ge=0, description="How far before the server clock a feedback `at` "
                                    "may be (outcomes are reported late).")
+    cv_folds: int = Field(3, ge=0, le=20, description="Folds of the user-grouped cross-validation of the purchase, "
+                          "churn and label models (metrics with intervals over folds, baselines and the champion's "
+                          "recipe on the same folds; the registered model is refit on all rows); 0 or 1: one "
+                          "holdout instead.")
+    cv_max_rows: int = Field(12_000, ge=100, description="Above this many training rows, the cross-validation runs on "
+                             "a seeded sample of whole users of about this many rows (the refit still uses all rows).")
 
     @property
     def raw_dir(self) -> Path:

@@ -111,6 +111,32 @@ def _fmt(value) -> str:
     return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
+def _auc_cell(metrics: dict, prefix: str) -> str:
+    auc = metrics.get(f"{prefix}auc")
+    if auc is None:
+        return "-"
+    low, high = metrics.get(f"{prefix}auc_folds_low", float("nan")), metrics.get(f"{prefix}auc_folds_high", float("nan"))
+    return f"{auc:.4f} ({low:.3f}-{high:.3f})"
+
+
+def _print_cross_validated(results) -> None:
+    """The cross-validated models beside the baselines measured on the same folds, so a user sees at once whether
+    the model adds anything."""
+    validated = [r for r in results if "lightgbm_auc" in r.metrics]
+    if not validated:
+        return
+    table = Table(title="cross-validated, folds grouped by user: AUC (95 % interval over folds)")
+    for col in ("model", "learner", "folds", "model AUC", "LightGBM", "logistic regression", "BG/NBD", "brier",
+                "calib. err"):
+        table.add_column(col, justify="left" if col in ("model", "learner") else "right")
+    for r in validated:
+        m = r.metrics
+        table.add_row(r.name, r.learner, f"{int(m['folds'])}", _auc_cell(m, ""), _auc_cell(m, "lightgbm_"),
+                      _auc_cell(m, "logistic_"), _auc_cell(m, "bgnbd_"), _fmt(m.get("brier")),
+                      _fmt(m.get("calibration_error")))
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the `nextbest` app."""
 
@@ -127,7 +153,8 @@ def register(app: typer.Typer) -> None:
                                                           "instead of inactivity; an as_of without an offset is that day, "
                                                           "midnight UTC")] = None,
     ) -> None:
-        """Train, evaluate on one holdout, register in MLflow, and promote only a challenger that beats the champion."""
+        """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
+        register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome)
@@ -142,6 +169,7 @@ def register(app: typer.Typer) -> None:
                           _fmt(r.metrics.get("calibration_error")), _fmt(r.metrics.get("capture_top20", r.metrics.get("uplift_top20"))),
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
+        _print_cross_validated(results)
         for r in results:
             for text in r.warnings:
                 console.print(f"[bold yellow]warning:[/] {r.name}: {escape(text)}")

@@ -18,7 +18,7 @@ from nextbest.serving import engine
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import DecideRequest
 from nextbest.training.compiled import Rows
-from nextbest.training.scorers import BoosterScorer
+from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer
 from tests.conftest import copy_home
 
 DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
@@ -59,10 +59,11 @@ def users(runtime, trained):
 
 
 def _hosts(models: engine.ModelSet):
-    """Every LightGBM scorer in the champions with its compiled plan: the single models and each uplift arm."""
+    """Every LightGBM or linear scorer in the champions with its compiled plan: the single models (churn is the
+    learner its cross-validation chose) and each uplift arm."""
     for kind, champion in models.models.items():
         compiled = models.compiled[kind]
-        if isinstance(champion.model, BoosterScorer):
+        if isinstance(champion.model, BoosterScorer | LinearScorer | BlendScorer):
             yield kind, champion.model, compiled.plan
         for arm, plan_owner in getattr(compiled, "fitted", {}).items():
             yield f"{kind}.{arm}", getattr(champion.model, f"{arm}_"), plan_owner.plan

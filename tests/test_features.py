@@ -140,6 +140,31 @@ def test_affinity_and_daily_rhythm_match_a_brute_force_count(built):
     assert got["peak_open_hour"] == int(smooth.argmax()) and got["rhythm_events_365d"] == len(mine)
 
 
+def test_repeat_purchase_features_match_a_brute_force_count(built):
+    """Purchase days, customer age, first-to-last span and inter-purchase gaps, from purchases before the snapshot;
+    the same numbers BG/NBD's summary (x, t_x, T) is made of (training.validation.repeat_purchase_stats)."""
+    from nextbest.training.validation import repeat_purchase_stats
+
+    ev = make_raw()["events"]
+    beh = read_table(built, "behaviour")
+    snap = beh["event_timestamp"].max()
+    buys = ev[(ev["type"] == "purchase") & (ev["ts"] < snap)]
+    days = buys.assign(day=buys["ts"].dt.floor("D")).drop_duplicates(["user_id", "day"])
+    counts = days["user_id"].value_counts()
+    who = counts.index[counts >= 3][0]
+    mine = np.sort(days.loc[days["user_id"] == who, "day"].to_numpy())
+    row = beh[(beh["user_id"].astype(str) == str(who)) & (beh["event_timestamp"] == snap)].iloc[0]
+    gaps = np.diff(mine) / np.timedelta64(1, "D")
+    first = pd.Timestamp(mine[0]).tz_localize("UTC") if pd.Timestamp(mine[0]).tzinfo is None else pd.Timestamp(mine[0])
+    assert row["purchase_days_all"] == len(mine) and row["customer_age_days"] == (snap - first).days
+    assert row["purchase_span_days"] == gaps.sum()
+    assert row["ipt_mean_days"] == pytest.approx(gaps.mean()) and row["ipt_std_days"] == pytest.approx(gaps.std(ddof=1))
+    summary = repeat_purchase_stats(pd.DataFrame({"user_id": [str(who)], "event_timestamp": [snap]}), ev).iloc[0]
+    assert summary["x"] == len(mine) - 1 and summary["t_x"] * 7 == pytest.approx(gaps.sum())
+    never = beh[(beh["event_timestamp"] == snap) & (beh["purchases_all"] == 0)].iloc[0]
+    assert never["purchase_days_all"] == 0 and never["customer_age_days"] == 0 and np.isnan(never["ipt_mean_days"])
+
+
 @pytest.mark.redis
 def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
     """The Redis online store, selected by config, against a real redis-server."""

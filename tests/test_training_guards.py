@@ -102,6 +102,7 @@ def test_train_all_without_a_contact_log_trains_the_rest_and_says_what_it_skippe
     for name in ("conversion", "uplift", "channel", "send_time", "offer_net"):
         assert f"skipped {name}: no contact log" in text
     assert "│ purchase" in text  # trained; churn is trained or, when this data cannot, skipped with the reason
+    assert "BG/NBD" in text.split("folds grouped by user")[1]  # purchase's customer-base baseline, same folds
     assert "│ churn" in text or "skipped churn: 896 training rows with labels [0]; need both classes" in text
     code, text = cli("train", "propensity")
     assert code == 2 and "cannot train propensity: no contact log" in text
@@ -219,3 +220,32 @@ def test_label_dates_between_snapshots_are_warned_about():
     (warning,) = label_date_warnings(off, snaps)
     assert "1 of 2 label rows" in warning and "up to 5 d older" in warning
     assert f"features build --as-of {(snaps[2] + pd.Timedelta(days=5)).date()}" in warning
+
+
+# --- honest validation ---------------------------------------------------------------------------------------------
+
+def test_a_model_is_cross_validated_by_user_beside_its_baselines_refit_on_all_rows_and_gated_on_the_same_folds(
+        padded, cli, tmp_path):
+    from mlflow import MlflowClient
+
+    users = pd.read_parquet(padded.raw_dir / "users.parquet")
+    path = tmp_path / "older.csv"  # a planted outcome on a profile column, one row per user
+    pd.DataFrame({"user_id": users["user_id"], "as_of": snapshots(padded)[-6].strftime("%Y-%m-%d"),
+                  "label": (users["age"] >= 40).astype(int)}).to_csv(path, index=False)
+    code, text = cli("train", "label", "older", "--labels", path, "--trials", "1")
+    assert code == 0, text
+    assert "folds grouped by user" in text and "logistic regression" in text
+    client = MlflowClient(padded.tracking_uri)
+    first = client.get_model_version_by_alias("nextbest-label-older", "champion")
+    run = client.get_run(first.run_id).data
+    for learner in ("lightgbm", "logistic"):  # both measured in the same run, with their intervals over folds
+        assert run.metrics[f"{learner}_auc_folds_low"] <= run.metrics[f"{learner}_auc"] <= run.metrics[f"{learner}_auc_folds_high"]
+    assert run.metrics["auc"] == max(run.metrics["lightgbm_auc"], run.metrics["logistic_auc"]) > 0.8
+    assert run.tags["split"] == "3-fold cross-validation grouped by user" and run.metrics["folds"] == 3
+    assert int(run.tags["train_rows"]) == int(run.metrics["rows"]) == len(users)  # refit on every row the folds judged
+    # the same recipe again: the champion's recipe on the challenger's folds scores the same, so it stays champion
+    code, text = cli("train", "label", "older", "--labels", path, "--trials", "1")
+    assert code == 0 and f"kept v{first.version}" in text, text
+    second = client.search_model_versions("name='nextbest-label-older'", order_by=["version_number DESC"])[0]
+    gate = client.get_run(second.run_id).data.metrics
+    assert gate["gate_champion_auc"] == gate["gate_challenger_auc"] == run.metrics["auc"]

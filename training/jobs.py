@@ -18,9 +18,11 @@ from nextbest.training.datasets import CONTACTS, SNAPSHOTS, SharedJoins, Trainin
 from nextbest.training.metrics import charts, uplift_chart
 from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
+from nextbest.training.validation import bgnbd_recipe, champion_on_folds, user_folds, validate
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "model_config", "read_raw_tables", "shared_joins", "train_model",
-           "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem", "quality_refusal"]
+           "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem", "quality_refusal",
+           "CV_MODELS", "cv_folds"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 
@@ -52,6 +54,8 @@ class TrainResult:
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
+    train_rows: int = 0  # rows the registered model was fitted on (all rows when cross-validated)
+    learner: str = "lightgbm"  # the learner chosen by cross-validation ("lightgbm" or "logistic")
 
 
 def model_config(name: str, config: TrainConfig):
@@ -183,16 +187,32 @@ def feature_problem(data: TrainingSet) -> str | None:
 
 
 def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
-    """Why a model must not be promoted whatever its champion scores: its holdout AUC is not clearly above chance."""
+    """Why a model must not be promoted whatever its champion scores: its holdout or cross-validated AUC is not clearly above chance."""
     if primary_metric(name) != "auc":
         return None
     auc, low, high = metrics.get("auc", np.nan), metrics.get("auc_low", np.nan), metrics.get("auc_high", np.nan)
+    judged = "cross-validated" if "folds" in metrics else "holdout"
     if np.isnan(low):
-        return f"holdout AUC {auc:.4f} cannot be told from chance (too few positives or negatives in the holdout): not promoted"
+        return f"{judged} AUC {auc:.4f} cannot be told from chance (too few positives or negatives): not promoted"
     if low <= 0.5:
-        return (f"holdout AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
+        return (f"{judged} AUC {auc:.4f} (95 % interval {low:.4f}-{high:.4f}) is not clearly above chance (0.5): "
                 "not promoted; check the labels and the features at the training dates")
     return None
+
+
+# The models cross-validated (user-level rows, small enough); the contact models keep their one time holdout.
+CV_MODELS = ("purchase", "churn")
+
+
+def cv_folds(settings: Settings, name: str, data: TrainingSet, seed: int) -> np.ndarray | None:
+    """User-grouped folds for a model cross-validated under `settings.cv_folds`, or None for the one holdout."""
+    if settings.cv_folds < 2 or not (name in CV_MODELS or name.startswith(LABEL_PREFIX)):
+        return None
+    users = data.frame["user_id"].astype(str)
+    per_user = pd.Series(data.y).groupby(users.to_numpy()).max()
+    if min(per_user.sum(), (per_user == 0).sum()) < settings.cv_folds:  # too few users of a class for k folds
+        return None
+    return user_folds(users, data.y, settings.cv_folds, seed, settings.cv_max_rows)
 
 
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
@@ -235,35 +255,50 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         raise NotTrainable(f"{name}: {problem}")
     if labels is not None:
         warnings += label_date_warnings(labels, feature_snapshots(store))
-    train, holdout = split(data, config.holdout, config.seed)
-    step(f"{name}: fit")
-    scorer = module.fit(train, cfg)
-    step(f"{name}: evaluate")
-    metrics = module.evaluate(scorer, holdout)
+    folds = cv_folds(settings, name, data, config.seed)
+    if folds is not None:  # user-grouped k-fold: candidates, baselines and the champion's recipe on the same folds
+        step(f"{name}: fit and cross-validate")
+        baselines = {"bgnbd": bgnbd_recipe(raw["events"], cfg.horizon_days)} if name == "purchase" else {}
+        validated = validate(data, lambda rows: module.fit(rows, cfg), folds, baselines, config.seed)
+        scorer, metrics = validated.scorer, validated.metrics
+        train, holdout = data, data.subset(folds >= 0)  # refit on every row; judged on the out-of-fold scores
+        p_eval = validated.oof[folds >= 0]
+        how = {"split": f"{int(metrics['folds'])}-fold cross-validation grouped by user", "learner": validated.learner}
+
+        def champion_score(champion) -> float:
+            return champion_on_folds(champion, data, folds, config.seed)
+    else:
+        train, holdout = split(data, config.holdout, config.seed)
+        step(f"{name}: fit")
+        scorer = module.fit(train, cfg)
+        step(f"{name}: evaluate")
+        metrics = module.evaluate(scorer, holdout)
+        p_eval = None if name == "uplift" else np.asarray(scorer.predict(holdout.frame))
+        how = {"split": "time" if holdout.frame[holdout.time].min() >= train.frame[train.time].max() else "stratified"}
+
+        def champion_score(champion) -> float:
+            return _primary(name, champion, holdout)
     extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if name == "uplift":
             files = [uplift_chart(folder, holdout.y, holdout.frame[holdout.treatment].to_numpy(), scorer.predict(holdout.frame))]
         else:
-            p = np.asarray(scorer.predict(holdout.frame))
-            files = charts(folder, holdout.y, p, scorer.importance() if hasattr(scorer, "importance") else None)
+            files = charts(folder, holdout.y, p_eval, scorer.importance() if hasattr(scorer, "importance") else None)
         if name == "offer_net":
             extra = offer_net.compare_with_conversion(settings, holdout)
         step(f"{name}: register")
         tags = {"data_snapshot_id": str(manifest(settings.raw_dir).get("snapshot_id", "unknown")),
-                "train_rows": str(len(train.frame)), "holdout_rows": str(len(holdout.frame)),
-                "split": "time" if holdout.frame[holdout.time].min() >= train.frame[train.time].max() else "stratified"}
+                "train_rows": str(len(train.frame)), "holdout_rows": str(len(holdout.frame)), **how}
         params = {**getattr(scorer, "params_", {}), **{k: v for k, v in vars(config).items()}}
         run_id, version = log_model(settings, name, scorer, {**metrics, **extra}, params,
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
-    decision = gate(settings, name, version, run_id, metrics[primary_metric(name)],
-                    lambda champion: _primary(name, champion, holdout), defer=defer,
+    decision = gate(settings, name, version, run_id, metrics[primary_metric(name)], champion_score, defer=defer,
                     refuse=quality_refusal(name, metrics))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
-                       tuple(warnings))
+                       tuple(warnings), train_rows=len(train.frame), learner=how.get("learner", "lightgbm"))
 
 
 def scorer_inputs(scorer, data: TrainingSet) -> list[str]:

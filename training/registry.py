@@ -141,7 +141,8 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
     kind = json.loads((folder / "meta.json").read_text())["kind"]
     from nextbest.training import scorers
 
-    loaders = {"lightgbm": scorers.BoosterScorer, "uplift_t_learner": scorers.UpliftScorer,
+    loaders = {"lightgbm": scorers.BoosterScorer, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
+               "uplift_t_learner": scorers.UpliftScorer,
                "uplift_funnel": scorers.FunnelUpliftScorer, "send_time_net": scorers.SendTimeScorer}
     if kind in loaders:
         scorer = loaders[kind].load(folder)

@@ -28,6 +28,8 @@ from nextbest.training.nets import device, load_state, predict_net, save_net
 __all__ = [
     "REQUEST_COLUMNS",
     "BoosterScorer",
+    "LinearScorer",
+    "BlendScorer",
     "UpliftScorer",
     "FunnelUpliftScorer",
     "SendTimeNet",
@@ -103,6 +105,129 @@ class BoosterScorer:
         encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
         return cls(booster, encoder, meta["feature_service"], meta.get("params"))
 
+
+
+class LinearScorer:
+    """P(label) from a regularised logistic regression over the encoder's dense input (standardised numbers,
+    missing -> the mean, one-hot strings): the linear candidate learner, chosen when it cross-validates better."""
+
+    kind = "logistic"
+
+    def __init__(self, coef: np.ndarray, intercept: float, encoder: FrameEncoder, feature_service: str,
+                 params: dict | None = None):
+        self.coef_ = np.asarray(coef, dtype="float64")
+        self.intercept_ = float(intercept)
+        self.encoder_ = encoder
+        self.feature_service = feature_service
+        self.params_ = dict(params or {})
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.encoder_.columns)
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Probabilities from the encoder's `codes` matrix (both scoring paths end here)."""
+        z = self.encoder_.dense_codes(codes) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_codes(self.encoder_.codes(frame))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> CompiledLinear:
+        return CompiledLinear(self, feature_columns, request)
+
+    def importance(self) -> dict[str, float]:
+        """|coefficient| per input column (summed over a string column's one-hot cells)."""
+        enc, out, start = self.encoder_, {}, len(self.encoder_.numeric)
+        out.update({c: float(abs(w)) for c, w in zip(enc.numeric, self.coef_[:start], strict=True)})
+        for c in enc.categorical:
+            width = len(enc.categories[c])
+            out[c] = float(np.abs(self.coef_[start:start + width]).sum())
+            start += width
+        return out
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "linear.json").write_text(json.dumps({"coef": self.coef_.tolist(), "intercept": self.intercept_}))
+        (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
+        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service,
+                                                      "params": self.params_}, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> LinearScorer:
+        meta = json.loads((folder / "meta.json").read_text())
+        weights = json.loads((folder / "linear.json").read_text())
+        encoder = FrameEncoder.from_json(json.loads((folder / "encoder.json").read_text()))
+        return cls(np.array(weights["coef"]), weights["intercept"], encoder, meta["feature_service"], meta.get("params"))
+
+
+class CompiledLinear:
+    """A logistic regression bound to its input plan: the same codes as the LightGBM path, then one matrix product."""
+
+    def __init__(self, scorer: LinearScorer, feature_columns: Sequence[str], request: Sequence[str]):
+        self.plan = InputPlan(scorer.encoder_, feature_columns, request)
+        self.scorer = scorer
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.scorer.predict_codes(self.plan.codes(x))
+
+
+class BlendScorer:
+    """The mean of a LightGBM model's and a logistic regression's probabilities, both fitted on the same rows and
+    columns (one encoder): a candidate learner that is chosen when it cross-validates better than either alone."""
+
+    kind = "blend"
+
+    def __init__(self, booster: BoosterScorer, linear: LinearScorer):
+        self.booster_ = booster
+        self.linear_ = linear
+        self.encoder_ = booster.encoder_
+        self.feature_service = booster.feature_service
+        self.params_ = {**booster.params_, "learner": "blend", "C": linear.params_.get("C")}
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.encoder_.columns)
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        return 0.5 * (self.booster_.booster_.predict(codes, num_threads=1) + self.linear_.predict_codes(codes))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_codes(self.encoder_.codes(frame))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> CompiledBlend:
+        return CompiledBlend(self, feature_columns, request)
+
+    def importance(self) -> dict[str, float]:
+        return self.booster_.importance()
+
+    def save(self, folder: Path) -> None:
+        self.booster_.save(folder)
+        (folder / "linear.json").write_text(json.dumps({"coef": self.linear_.coef_.tolist(),
+                                                        "intercept": self.linear_.intercept_}))
+        (folder / "meta.json").write_text(json.dumps({"kind": self.kind, "feature_service": self.feature_service,
+                                                      "params": self.params_}, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> BlendScorer:
+        booster = BoosterScorer.load(folder)
+        booster.params_ = {k: v for k, v in booster.params_.items() if k not in ("learner", "C")}
+        weights = json.loads((folder / "linear.json").read_text())
+        c = json.loads((folder / "meta.json").read_text()).get("params", {}).get("C")
+        linear = LinearScorer(np.array(weights["coef"]), weights["intercept"], booster.encoder_, booster.feature_service,
+                              {"learner": "logistic", "C": c})
+        return cls(booster, linear)
+
+
+class CompiledBlend:
+    """A blend bound to its input plan: one code matrix, one LightGBM predict, one matrix product."""
+
+    def __init__(self, scorer: BlendScorer, feature_columns: Sequence[str], request: Sequence[str]):
+        self.plan = InputPlan(scorer.encoder_, feature_columns, request)
+        self.scorer = scorer
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.scorer.predict_codes(self.plan.codes(x))
 
 
 class UpliftScorer:

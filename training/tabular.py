@@ -13,7 +13,7 @@ from nextbest.training.encoding import fit_encoder
 from nextbest.training.scorers import BoosterScorer
 from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
-__all__ = ["FitConfig", "BoosterScorer", "fit_booster"]
+__all__ = ["FitConfig", "BoosterScorer", "fit_booster", "tuning_split"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,32 @@ class FitConfig:
     seed: int = 7
 
 
+def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the trials fit on and the rows that score them: grouped by user when users repeat (snapshots of one
+    customer on both sides reward memorising customers: early stopping then picked far too many rounds), else
+    stratified on the label."""
+    idx = np.arange(len(y))
+    if "user_id" in frame and frame["user_id"].duplicated().any():
+        from sklearn.model_selection import GroupShuffleSplit
+
+        groups = frame["user_id"].astype(str).to_numpy()
+        fit_idx, valid_idx = next(GroupShuffleSplit(1, test_size=valid_share, random_state=seed).split(idx, y, groups))
+        if len(np.unique(y[valid_idx])) == 2 and len(np.unique(y[fit_idx])) == 2:
+            return fit_idx, valid_idx
+    strat = y if np.bincount(y, minlength=2).min() >= 2 else None
+    return tuple(train_test_split(idx, test_size=valid_share, random_state=seed, stratify=strat))
+
+
 def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
                 weight: np.ndarray | None = None, progress=None) -> BoosterScorer:
-    """Tune on a sample (one fixed fit/valid split of the training rows), then refit on all training rows."""
+    """Tune on a sample (one fixed fit/valid split of the training rows, `tuning_split`), then refit on all rows."""
     encoder = fit_encoder(frame, columns)
     x = encoder.codes(frame)
     y = np.asarray(y, dtype="int64")
     cats = [encoder.columns.index(c) for c in encoder.categorical]
     rng = np.random.default_rng(config.seed)
     idx = np.arange(len(y))
-    strat = y if np.bincount(y, minlength=2).min() >= 2 else None
-    fit_idx, valid_idx = train_test_split(idx, test_size=config.valid_share, random_state=config.seed, stratify=strat)
+    fit_idx, valid_idx = tuning_split(frame, y, config.valid_share, config.seed)
     if len(fit_idx) > config.tune_sample:
         fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
     w = None if weight is None else np.asarray(weight, dtype="float64")

@@ -1,0 +1,157 @@
+"""Honest validation: folds grouped by user, out-of-fold scores only, the champion's recipe on the challenger's
+folds, the refit on every row, and the BG/NBD baseline recovering a planted customer base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nextbest.training.datasets import TrainingSet
+from nextbest.training.scorers import BlendScorer
+from nextbest.training.tabular import FitConfig, fit_booster
+from nextbest.training.validation import (
+    bgnbd_expected,
+    booster_recipe,
+    champion_on_folds,
+    cross_validate,
+    fit_bgnbd,
+    fit_linear,
+    fold_metrics,
+    repeat_purchase_stats,
+    user_folds,
+    validate,
+)
+
+
+def _xor_set(n_users: int = 300, per_user: int = 3, seed: int = 0) -> TrainingSet:
+    """Users with several rows each; the label is the XOR of two signs: a tree learns it, a linear model cannot."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat([f"u{i:04d}" for i in range(n_users)], per_user)
+    a, b = rng.normal(size=len(users)), rng.normal(size=len(users))
+    p = np.where((a > 0) ^ (b > 0), 0.85, 0.15)
+    frame = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"), "a": a, "b": b,
+                          "noise": rng.normal(size=len(users)), "label": (rng.random(len(users)) < p).astype(int)})
+    return TrainingSet(frame, "svc_v1", ("a", "b", "noise"), ())
+
+
+def _tuned(data: TrainingSet):
+    return fit_booster(data.frame, data.inputs, data.y, data.feature_service, FitConfig(trials=1, max_rounds=60))
+
+
+def test_folds_group_every_row_of_a_user_together_and_a_sample_keeps_whole_users():
+    data = _xor_set()
+    folds = user_folds(data.frame["user_id"], data.y, 3, seed=1)
+    assert set(folds) == {0, 1, 2}
+    users = data.frame["user_id"].to_numpy()
+    for k in range(3):
+        assert not set(users[folds == k]) & set(users[folds != k])  # no user on both sides
+    sampled = user_folds(data.frame["user_id"], data.y, 3, seed=1, max_rows=300)
+    kept = pd.Series(sampled >= 0).groupby(users).agg(["min", "max"])
+    assert (kept["min"] == kept["max"]).all()  # a user is in or out with all its rows
+    assert 250 <= (sampled >= 0).sum() <= 350
+
+
+def test_out_of_fold_scores_never_come_from_a_model_that_saw_the_user():
+    data = _xor_set()
+    folds = user_folds(data.frame["user_id"], data.y, 3, seed=1)
+    seen = []
+
+    def spy(train: TrainingSet, test: TrainingSet) -> np.ndarray:
+        seen.append((set(train.frame["user_id"]), set(test.frame["user_id"])))
+        return np.full(len(test.frame), 0.5)
+
+    scores = cross_validate(spy, data, folds)
+    assert len(seen) == 3 and all(not (tr & te) for tr, te in seen)
+    assert not np.isnan(scores).any()
+    m = fold_metrics(data.y, cross_validate(booster_recipe(_tuned(data).params_), data, folds), folds)
+    assert m["folds"] == 3 and m["auc"] > 0.75  # the planted XOR is learnt out of fold
+    for name in ("auc", "logloss", "brier", "calibration_error"):
+        assert m[f"{name}_folds_low"] <= m[name] <= m[f"{name}_folds_high"]
+
+
+def test_the_model_is_the_better_candidate_by_cv_refit_on_every_row_with_the_baselines_beside_it():
+    data = _xor_set()
+    folds = user_folds(data.frame["user_id"], data.y, 3, seed=1)
+    fitted_on = []
+
+    def tuned(rows: TrainingSet):
+        fitted_on.append(len(rows.frame))
+        return _tuned(rows)
+
+    v = validate(data, tuned, folds, {"constant": lambda train, test: np.full(len(test.frame), train.y.mean())})
+    assert fitted_on == [len(data.frame)]  # tuned and refit on all rows, never on a fold only
+    assert v.metrics["lightgbm_auc"] > v.metrics["logistic_auc"] + 0.2 and v.metrics["constant_auc"] == 0.5
+    best = max(("lightgbm", "logistic", "blend"), key=lambda n: v.metrics[f"{n}_auc"])
+    assert v.learner == best and v.metrics["auc"] == v.metrics[f"{best}_auc"]
+    assert v.metrics[f"{best}_auc_gain"] == 0 and v.metrics["logistic_auc_gain_low"] > 0.1  # paired over folds
+    assert v.scorer.predict(data.frame).shape == (len(data.frame),)
+    # the logistic candidate, when chosen, is refit on every row too: its scales are those of all rows
+    linear = fit_linear(data)
+    assert linear.encoder_.means["a"] == pytest.approx(data.frame["a"].mean())
+
+
+def test_gate_judges_the_champions_recipe_on_the_same_folds():
+    data = _xor_set()
+    folds = user_folds(data.frame["user_id"], data.y, 3, seed=1)
+    v = validate(data, _tuned, folds)
+    # a challenger identical to the champion scores exactly the champion's figure: the gate (strictly better) keeps it
+    assert champion_on_folds(v.scorer, data, folds) == v.metrics["auc"]
+    # a champion made by a clearly worse recipe (linear, on a XOR) loses on the same folds
+    assert champion_on_folds(fit_linear(data), data, folds) < v.metrics["auc"] - 0.2
+    # a blend champion's recipe is its two learners' recipes: the same figure as the blend's out-of-fold scores
+    blend = BlendScorer(_tuned(data), fit_linear(data))
+    assert champion_on_folds(blend, data, folds) == pytest.approx(v.metrics["blend_auc"], abs=1e-12)
+
+
+def _bgnbd_world(n: int = 3000, weeks: float = 78, seed: int = 0) -> pd.DataFrame:
+    """Purchases drawn from BG/NBD with r=0.25, alpha=4, a=0.8, b=2.5 (the CDNOW estimates), one per day at most."""
+    rng = np.random.default_rng(seed)
+    lam, p = rng.gamma(0.25, 1 / 4.0, n), rng.beta(0.8, 2.5, n)
+    rows = []
+    for i in range(n):
+        t = 0.0
+        rows.append((i, t))
+        while True:
+            t += rng.exponential(1 / lam[i])
+            if t > weeks:
+                break
+            rows.append((i, t))
+            if rng.random() < p[i]:
+                break
+    ev = pd.DataFrame(rows, columns=["user_id", "weeks"])
+    return pd.DataFrame({"user_id": ev["user_id"].astype(str), "type": "purchase",
+                         "ts": pd.Timestamp("2020-01-01", tz="UTC") + pd.to_timedelta(ev["weeks"] * 7, unit="D")})
+
+
+def test_bgnbd_recovers_a_planted_customer_base_and_forecasts_its_repeat_purchases():
+    events = _bgnbd_world(seed=3)
+    cut = pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(weeks=39)
+    rows = pd.DataFrame({"user_id": events["user_id"].unique(), "event_timestamp": cut})
+    s = repeat_purchase_stats(rows, events)
+    model = fit_bgnbd(s["x"].to_numpy(), s["t_x"].to_numpy(), s["T"].to_numpy())
+    assert model.r == pytest.approx(0.25, rel=0.2) and model.alpha == pytest.approx(4.0, rel=0.2)
+    assert model.a / (model.a + model.b) == pytest.approx(0.8 / 3.3, rel=0.2)  # the mean dropout probability
+    expected = bgnbd_expected(model, s["x"].to_numpy(), s["t_x"].to_numpy(), s["T"].to_numpy(), 39)
+    actual = events[events["ts"] >= cut].assign(day=lambda e: e["ts"].dt.floor("D")).drop_duplicates(["user_id", "day"])
+    assert expected.sum() == pytest.approx(len(actual), rel=0.1)
+    bought = rows["user_id"].isin(actual["user_id"]).to_numpy()
+    assert expected[bought].mean() > 2 * expected[~bought].mean()
+
+
+def test_linear_and_blend_models_load_back_and_score_the_same_compiled(tmp_path):
+    from nextbest.training.compiled import RequestGrid, Rows, UserColumns
+    from nextbest.training.registry import load_scorer, save_scorer
+
+    data = _xor_set(n_users=100)
+    frame = data.frame.copy()
+    frame.loc[::7, "a"] = np.nan  # a missing number scores as the mean in the linear part
+    for model in (fit_linear(data), BlendScorer(_tuned(data), fit_linear(data))):
+        save_scorer(model, tmp_path / model.kind)
+        loaded = load_scorer(tmp_path / model.kind)
+        assert type(loaded) is type(model)
+        np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+        users = {c: frame[c].to_numpy() for c in ("user_id", "a", "b", "noise")}
+        x = Rows(UserColumns(users), np.arange(len(frame)), np.zeros(len(frame), dtype="int64"), None,
+                 RequestGrid([], ["email"]))
+        np.testing.assert_allclose(loaded.compile(list(data.features), []).predict(x), model.predict(frame), rtol=1e-12)
