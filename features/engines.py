@@ -84,8 +84,17 @@ class DuckDBEngine:
 def spark_sql(sql: str) -> str:
     """A DuckDB-dialect query in Spark's dialect (SQLGlot): the one feature definition, run on Spark."""
     import sqlglot
+    from sqlglot import exp
 
-    return sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)[0]
+    def as_double(node: exp.Expression) -> exp.Expression:
+        # Spark types `7.0` as DECIMAL and divides decimals to 6 places (0.7 came out 0.70000021); DuckDB's
+        # arithmetic on such literals is in doubles, so the literals become doubles.
+        if isinstance(node, exp.Literal) and not node.is_string and any(c in node.this for c in ".eE"):
+            return exp.cast(node.copy(), "double")
+        return node
+
+    tree = sqlglot.parse_one(sql, read="duckdb").transform(as_double)
+    return tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)
 
 
 def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8):
