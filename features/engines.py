@@ -18,9 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["Engine", "DuckDBEngine", "SparkEngine", "spark_session", "spark_sql", "merge_parts", "open_engine", "ENGINES"]
+__all__ = ["Engine", "DuckDBEngine", "SparkEngine", "spark_session", "spark_sql", "merge_parts", "open_engine", "require_spark", "EngineUnavailable", "ENGINES"]
 
 ENGINES = ("duckdb", "spark")
+
+
+class EngineUnavailable(RuntimeError):
+    """The chosen engine cannot run here (its optional packages are missing); the message says how to fix it."""
 
 
 class Engine(Protocol):
@@ -80,8 +84,17 @@ class DuckDBEngine:
 def spark_sql(sql: str) -> str:
     """A DuckDB-dialect query in Spark's dialect (SQLGlot): the one feature definition, run on Spark."""
     import sqlglot
+    from sqlglot import exp
 
-    return sqlglot.transpile(sql, read="duckdb", write="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)[0]
+    def as_double(node: exp.Expression) -> exp.Expression:
+        # Spark types `7.0` as DECIMAL and divides decimals to 6 places (0.7 came out 0.70000021); DuckDB's
+        # arithmetic on such literals is in doubles, so the literals become doubles.
+        if isinstance(node, exp.Literal) and not node.is_string and any(c in node.this for c in ".eE"):
+            return exp.cast(node.copy(), "double")
+        return node
+
+    tree = sqlglot.parse_one(sql, read="duckdb").transform(as_double)
+    return tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)
 
 
 def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8):
@@ -175,16 +188,21 @@ def _quoted(text: str) -> str:
     return text.replace("'", "''")
 
 
+def require_spark() -> None:
+    """EngineUnavailable, saying how to install it, unless PySpark and SQLGlot import."""
+    try:
+        import pyspark  # noqa: F401
+        import sqlglot  # noqa: F401
+    except ImportError:
+        raise EngineUnavailable("NEXTBEST_ENGINE=spark needs PySpark and SQLGlot: pip install 'nextbest[spark]' "
+                                "(and Java 17), or unset NEXTBEST_ENGINE to run on DuckDB") from None
+
+
 def open_engine(engine: str, home: Path, memory_limit: str = "4GB", threads: int | None = None,
                 spark_master: str = "local[*]") -> Engine:
     """The engine a build runs on, by name (`NEXTBEST_ENGINE`); Spark asks for the optional extra when missing."""
     if engine == "spark":
-        try:
-            import pyspark  # noqa: F401
-            import sqlglot  # noqa: F401
-        except ImportError:
-            raise RuntimeError("NEXTBEST_ENGINE=spark needs PySpark and SQLGlot: pip install 'nextbest[spark]' "
-                               "(and Java 17), or unset NEXTBEST_ENGINE to build on DuckDB") from None
+        require_spark()
         return SparkEngine(master=spark_master, work_dir=Path(home) / ".build-tmp" / f"spark-{uuid.uuid4().hex[:8]}")
     if engine != "duckdb":
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

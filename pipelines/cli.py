@@ -197,6 +197,7 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
     import pyarrow.parquet as pq
 
     from nextbest.features.build import BuildConfig, build_features
+    from nextbest.features.engines import EngineUnavailable
     from nextbest.features.ingest import manifest, raw_path
 
     manifest(settings.raw_dir)  # a clear error if nothing was ingested
@@ -209,10 +210,13 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
     when = snapshot_date(as_of, first) if as_of else None
     config = BuildConfig(snapshot_every_days=every_days, snapshots=snapshots, history_days=history_days or None,
                          seed=settings.seed)
-    with steps(7) as advance:
-        rows = build_features(settings, config, as_of=when, progress=lambda name: advance(f"building {name}"))
-        advance(f"feature tables written ({settings.engine})")
-        return rows
+    try:
+        with steps(7) as advance:
+            rows = build_features(settings, config, as_of=when, progress=lambda name: advance(f"building {name}"))
+            advance(f"feature tables written ({settings.engine})")
+            return rows
+    except EngineUnavailable as err:
+        raise UserError(str(err)) from None
 
 
 def snapshot_date(text: str, first: pd.Timestamp | None) -> pd.Timestamp:

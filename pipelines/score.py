@@ -121,12 +121,14 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
     import pandas as pd
     import pyarrow.compute as pc
 
-    from nextbest.features.engines import merge_parts, spark_session
+    from nextbest.features.engines import merge_parts, require_spark, spark_session
     from nextbest.features.store import read_table
     from nextbest.serving.runtime import Runtime
     from nextbest.serving.schemas import CampaignContext
 
-    spark = spark or spark_session(settings.spark_master)
+    if spark is None:
+        require_spark()
+        spark = spark_session(settings.spark_master)
     ids = list(config.user_ids) if config.user_ids is not None else \
         read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
     context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
@@ -277,12 +279,13 @@ def register(app: typer.Typer) -> None:
 
 def _checked(body: Callable[[], dict]) -> dict:
     """Caller mistakes (an unknown offer, channel or model, no champion, no feature tables yet) as clear messages."""
+    from nextbest.features.engines import EngineUnavailable
     from nextbest.pipelines.cli import UserError
     from nextbest.serving.runtime import UserError as RequestError
 
     try:
         return body()
-    except (RequestError, LookupError) as err:  # LookupError: a model without a champion
+    except (RequestError, LookupError, EngineUnavailable) as err:  # LookupError: a model without a champion
         raise UserError(str(err)) from None
     except FileNotFoundError as err:
         raise UserError(f"{err}; build the features first (nextbest features build, apply, materialize)") from None

@@ -79,3 +79,20 @@ def test_batch_scoring_on_spark_agrees_with_the_single_machine_path(spark, train
     want = pd.read_parquet(tmp_path / "single.parquet").sort_values(key).reset_index(drop=True)
     got = pd.read_parquet(tmp_path / "spark.parquet").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got[key + cols], want[key + cols])
+
+
+def test_spark_engine_without_its_extra_is_a_clear_exit_2(tmp_path, monkeypatch):
+    """NEXTBEST_ENGINE=spark where PySpark is not installed: exit 2 naming the extra, no traceback, no tables."""
+    from typer.testing import CliRunner
+
+    from nextbest.features.ingest import ingest, plan_from_dir
+    from nextbest.pipelines.cli import app
+    from tests.conftest import write_csvs
+
+    home = tmp_path / "home"
+    ingest(plan_from_dir(write_csvs(make_raw(n_users=20, n_events=200, n_contacts=50), tmp_path / "csv")), home / "raw")
+    monkeypatch.setitem(__import__("sys").modules, "pyspark", None)  # as if the extra were not installed
+    result = CliRunner().invoke(app, ["features", "build"], env={"NEXTBEST_HOME": str(home), "NEXTBEST_ENGINE": "spark"})
+    assert result.exit_code == 2, result.output
+    assert "pip install 'nextbest[spark]'" in result.output and "Traceback" not in result.output
+    assert not (home / "feature_tables").exists()
