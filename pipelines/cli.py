@@ -534,7 +534,7 @@ def demo(
     days: Annotated[int, typer.Option(min=30, help="days of simulated history")] = 120,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
-    campaign: Annotated[bool, typer.Option(help="also run a campaign with a copy experiment (step 8)")] = False,
+    campaign: Annotated[bool, typer.Option(help="also run a campaign with a copy experiment (step 9)")] = False,
 ) -> None:
     """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions -> one
     round of the closed loop through the service."""

@@ -55,6 +55,7 @@ class LoopConfig:
     control_share: float = 0.1  # share of its sends held out (no contact), logged as the control group
     trials: int = 2  # Optuna trials per LightGBM model at each retraining
     models: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # the models the NBA policy uses
+    uplift_learner: str = "auto"  # uplift learner at each retraining: auto (cross-fitted choice) or t, x, dr, funnel
     seed: int = 11
     yardstick_users: int | None = 4_000  # users in the fixed yardstick period (None = all)
     policy_gate: bool = True  # promote challengers only if the policy with them earns more (pipelines/retrain.py)
@@ -238,7 +239,8 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
 
         if k < config.rounds - 1:
             step(f"round {round_no}: retraining {', '.join(config.models)}")
-            retrain(settings, RetrainConfig(trials=config.trials, evaluate=config.policy_gate, models=config.models),
+            retrain(settings, RetrainConfig(trials=config.trials, evaluate=config.policy_gate, models=config.models,
+                                            uplift_learner=config.uplift_learner),
                     resume=False)
     return pd.DataFrame(pending.state["rounds"]).set_index("round")
 

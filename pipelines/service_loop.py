@@ -67,6 +67,7 @@ class ServiceLoopConfig:
     users: int | None = None  # users the campaign addresses (a seeded sample; None = all)
     campaign_id: str = "loop"
     models: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # retrained between rounds
+    uplift_learner: str = "auto"  # uplift learner at each retraining: auto (cross-fitted choice) or t, x, dr, funnel
     trials: int = 1  # Optuna trials per model at each retraining
     policy_gate: bool = False  # promote by the policy's simulated value (slow) rather than each model's holdout
     seed: int = 11
@@ -294,7 +295,7 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         if k < config.rounds - 1:
             step(f"round {round_no}: retraining {', '.join(config.models)} on the service's logs")
             state = retrain(settings, RetrainConfig(trials=config.trials, evaluate=config.policy_gate, models=config.models,
-                                                    logs_cutoff=end), resume=False)
+                                                    logs_cutoff=end, uplift_learner=config.uplift_learner), resume=False)
             row["from_logs"] = state["steps"]["ingest"].get("logs", {})
             tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
             reloaded = _post(client, "/reload", {})

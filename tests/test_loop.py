@@ -23,9 +23,9 @@ def looped(tmp_path_factory):
     world = simulate(WorldConfig(n_users=LOOP_USERS, days=LOOP_HISTORY_DAYS, seed=3))
     write_raw(world.tables, settings.raw_dir)
     world.truth.save(settings.truth_dir)
-    retrain(settings, RetrainConfig(trials=1, evaluate=False, models=MODELS), resume=False)
+    retrain(settings, RetrainConfig(trials=1, evaluate=False, models=MODELS, uplift_learner="funnel"), resume=False)
     before = {t: read_raw(settings.raw_dir, t) for t in ("contacts", "events", "suppressions")}
-    table = run_loop(settings, LoopConfig(rounds=3, days=14, trials=1, models=MODELS))
+    table = run_loop(settings, LoopConfig(rounds=3, days=14, trials=1, models=MODELS, uplift_learner="funnel"))
     return settings, world, before, table
 
 

@@ -101,7 +101,8 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     write_raw(world.tables, settings.raw_dir)
     if simulated:  # without a truth, the gate has only the company's logs: off-policy estimates
         world.truth.save(settings.truth_dir)
-    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"), min_matched=20)
+    # the learner choice has its own tests (tests/test_uplift_learners.py); here the gate
+    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"), min_matched=20, uplift_learner="funnel")
     first = pipeline.retrain(settings, config)
     assert first["status"] == "done"
     assert all(m["promoted"] and not m["deferred"] for m in first["steps"]["train"]["models"].values())  # no champion yet

@@ -29,7 +29,8 @@ def test_two_rounds_through_the_service_retrain_on_its_own_logs(trained, tmp_pat
     for k, v in SIMULATED_CLOCK_ENV.items():
         monkeypatch.setenv(k, v)
     with TestClient(service_app(), base_url=BASE_URL) as client:
-        table = run_service_loop(home, client, ServiceLoopConfig(rounds=2, days=2, users=200, models=("uplift",)))
+        table = run_service_loop(home, client, ServiceLoopConfig(rounds=2, days=2, users=200, models=("uplift",),
+                                                                            uplift_learner="funnel"))
 
     assert list(table.index) == [1, 2]
     assert (table["violations"] == 0).all()  # the replay's rules are the operator config's caps
