@@ -47,6 +47,22 @@ class ScoreConfig:
     chunk: int = 1_000  # users per planner call (the send-time input is 120 rows x ~150 columns per user)
 
 
+def _job(settings, config):
+    """What one scoring run covers, for either engine: the users (all profiles unless named), the campaign context,
+    the decision time and the output file (its folder created)."""
+    from nextbest.features.store import read_table
+    from nextbest.serving.schemas import CampaignContext
+
+    ids = list(config.user_ids) if config.user_ids is not None else \
+        read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
+    context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
+                              channels=list(config.channels) if config.channels else None)
+    now = (config.now or datetime.now(UTC)).astimezone(UTC)
+    out = config.out or settings.home / "scores" / f"decisions-{now.strftime('%Y%m%dT%H%M%SZ')}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return ids, context, now, out
+
+
 def _rows(decisions: list[dict]) -> dict[str, list]:
     cols: dict[str, list] = {f.name: [] for f in SCHEMA}
     for d in decisions:
@@ -68,18 +84,10 @@ def _rows(decisions: list[dict]) -> dict[str, list]:
 def score(settings: Settings, config: ScoreConfig = ScoreConfig(), runtime=None,
           progress: Callable[[int, int], None] | None = None) -> dict[str, object]:
     """Score every user (or the chosen ones) and write the decisions; returns a summary."""
-    from nextbest.features.store import read_table
     from nextbest.serving.runtime import Runtime
-    from nextbest.serving.schemas import CampaignContext
 
     rt = runtime or Runtime(settings)
-    ids = list(config.user_ids) if config.user_ids is not None else \
-        read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
-    context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
-                              channels=list(config.channels) if config.channels else None)
-    now = (config.now or datetime.now(UTC)).astimezone(UTC)
-    out = config.out or settings.home / "scores" / f"decisions-{now.strftime('%Y%m%dT%H%M%SZ')}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ids, context, now, out = _job(settings, config)
     tmp = out.with_name(f".{out.name}.partial")
     counts: Counter = Counter()
     scored = with_action = degraded = 0
@@ -122,20 +130,12 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
     import pyarrow.compute as pc
 
     from nextbest.features.engines import merge_parts, require_spark, spark_session
-    from nextbest.features.store import read_table
     from nextbest.serving.runtime import Runtime
-    from nextbest.serving.schemas import CampaignContext
 
     if spark is None:
         require_spark()
         spark = spark_session(settings.spark_master)
-    ids = list(config.user_ids) if config.user_ids is not None else \
-        read_table(settings, "profile")["user_id"].astype(str).drop_duplicates().tolist()
-    context = CampaignContext(campaign_id=config.campaign_id, offers=list(config.offers) if config.offers else None,
-                              channels=list(config.channels) if config.channels else None)
-    now = (config.now or datetime.now(UTC)).astimezone(UTC)
-    out = config.out or settings.home / "scores" / f"decisions-{now.strftime('%Y%m%dT%H%M%SZ')}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ids, context, now, out = _job(settings, config)
     # One Runtime in the driver too: the caller's mistakes (an unknown offer) fail here, before any task starts,
     # and the file records the champions' versions.
     rt = runtime or Runtime(settings)
