@@ -55,7 +55,7 @@ test: install spark redis
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check features simulation training serving campaigns pipelines tests benchmarks
+	$(BIN)/ruff check features simulation training serving campaigns monitoring pipelines tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/bench_features.py --users 100000

@@ -19,6 +19,7 @@ from nextbest.features.settings import Settings
 from nextbest.pipelines.campaign_commands import register as register_campaigns
 from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
+from nextbest.pipelines.report_commands import register as register_reports
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
@@ -35,6 +36,7 @@ register_serve(app)
 register_config(app)
 register_score(app)
 register_campaigns(app)
+register_reports(app)
 
 
 @app.callback()

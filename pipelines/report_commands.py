@@ -1,0 +1,71 @@
+"""`nextbest report`, `nextbest monitor` and `nextbest dashboard`: campaign reports, model and data health, the
+local web dashboard (monitoring/ does the work; this wires settings, disk and the console)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from nextbest.features.settings import Settings
+from nextbest.pipelines.console import console
+
+__all__ = ["register", "write_report", "parse_as_of"]
+
+
+def parse_as_of(text: str | None) -> pd.Timestamp | None:
+    """`--as-of` as a UTC time; a mistake is a clear exit 2."""
+    if text is None:
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date or time; use ISO-8601, e.g. 2026-11-30 or "
+                                 "2026-11-30T12:00Z", param_hint="--as-of") from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def write_report(settings: Settings, period: str, as_of: pd.Timestamp | None, output: Path | None) -> Path:
+    """Build the report of `period` ending at `as_of` (default: the end of the data) and write report.html and one
+    CSV per table into a fresh folder, swapped in whole (a failed run leaves the last good report)."""
+    from nextbest.monitoring.html import report_html
+    from nextbest.monitoring.reports import build_report
+    from nextbest.monitoring.sources import default_as_of, load_frame
+
+    frame = load_frame(settings)
+    as_of = as_of or default_as_of(frame)
+    report = build_report(frame, period, as_of)
+    out = Path(output or settings.home / "reports") / f"{period}-{as_of:%Y-%m-%d}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    try:
+        (tmp / "report.html").write_text(report_html(report))
+        for name, df in report.tables.items():
+            df.to_csv(tmp / f"{name}.csv", index=False)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        period: Annotated[str, typer.Option(help="day, week or month (30 days) ending at --as-of")] = "week",
+        as_of: Annotated[str | None, typer.Option(help="end of the period, ISO-8601 UTC (default: the last send)")] = None,
+        output: Annotated[Path | None, typer.Option(help="folder for the report (default <home>/reports)")] = None,
+    ) -> None:
+        """Campaign report from the logs: funnels, incremental results vs hold-outs, ROI, send times (HTML + CSV)."""
+        from nextbest.monitoring.reports import PERIODS
+
+        if period not in PERIODS:
+            raise typer.BadParameter(f"{period!r} is not a period; use one of {', '.join(PERIODS)}",
+                                     param_hint="--period")
+        out = write_report(Settings(), period, parse_as_of(as_of), output)
+        console.print(f"report written: {out / 'report.html'} (and one CSV per table)")
