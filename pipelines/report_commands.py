@@ -69,3 +69,39 @@ def register(app: typer.Typer) -> None:
                                      param_hint="--period")
         out = write_report(Settings(), period, parse_as_of(as_of), output)
         console.print(f"report written: {out / 'report.html'} (and one CSV per table)")
+
+    @app.command()
+    def monitor() -> None:
+        """Feature and score drift (PSI) against the thresholds in Settings; writes <home>/monitoring/ (alerts, metrics)."""
+        from nextbest.monitoring.monitor import monitor_dir, run_monitor
+
+        settings = Settings()
+        result = run_monitor(settings)
+        checked = sum(len(v) for v in result["drift"].values())
+        for a in result["alerts"]:
+            console.print(f"[bold red]alert:[/] {a['subject']} {a['name']}: {a['metric']} {a['value']:.3f} "
+                          f"above {a['threshold']}")
+        console.print(f"{checked} features and scores checked, {len(result['alerts'])} alert(s); "
+                      f"{monitor_dir(settings.home) / 'latest.json'}")
+
+    @app.command()
+    def dashboard(
+        host: Annotated[str | None, typer.Option(help="bind address (default NEXTBEST_HOST, 127.0.0.1)")] = None,
+        port: Annotated[int | None, typer.Option(help="port (default NEXTBEST_DASHBOARD_PORT, 8050)")] = None,
+    ) -> None:
+        """The local web dashboard: campaigns (approve from the page), experiments, funnel and ROI, model health."""
+        import uvicorn
+
+        from nextbest.monitoring.dashboard import address, create_app
+        from nextbest.serving.guard import UnsafeStart, check_start
+
+        base = Settings()
+        settings = base.model_copy(update={"host": host or base.host})
+        try:
+            check_start(settings, settings.host)
+        except UnsafeStart as err:
+            typer.echo(f"nextbest dashboard: {err}", err=True)
+            raise typer.Exit(2) from None
+        port = port or settings.dashboard_port
+        typer.echo(f"nextbest dashboard on {address(settings.host, port)}")
+        uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")
