@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, quote
 
 import pandas as pd
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -211,14 +213,6 @@ def create_app(settings) -> Starlette:
         resp.set_cookie(KEY_COOKIE, given, httponly=True, samesite="strict")
         return resp
 
-    app = Starlette(routes=[
-        Route("/", campaigns), Route("/campaigns/{cid}", campaign), Route("/campaigns/{cid}/approve", approve,
-                                                                         methods=["POST"]),
-        Route("/report", report_page), Route("/api/report", report_api), Route("/health", health),
-        Route("/metrics", metrics), Route("/login", login, methods=["GET", "POST"]),
-    ])
-
-    @app.middleware("http")
     async def guard(request: Request, call_next):
         host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]").lower()
         if host not in hosts:
@@ -235,5 +229,12 @@ def create_app(settings) -> Starlette:
                     return RedirectResponse("/login", status_code=303)
                 return PlainTextResponse("API key required: send `X-API-Key: <key>` or sign in at /login", 401)
         return await call_next(request)
+
+    app = Starlette(routes=[
+        Route("/", campaigns), Route("/campaigns/{cid}", campaign), Route("/campaigns/{cid}/approve", approve,
+                                                                         methods=["POST"]),
+        Route("/report", report_page), Route("/api/report", report_api), Route("/health", health),
+        Route("/metrics", metrics), Route("/login", login, methods=["GET", "POST"]),
+    ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
 
     return app

@@ -24,8 +24,9 @@ def parse_as_of(text: str | None) -> pd.Timestamp | None:
     try:
         ts = pd.Timestamp(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a date or time; use ISO-8601, e.g. 2026-11-30 or "
-                                 "2026-11-30T12:00Z", param_hint="--as-of") from None
+        typer.echo(f"nextbest report: --as-of {text!r} is not a date or time; use ISO-8601, e.g. 2026-11-30 or "
+                   "2026-11-30T12:00Z", err=True)
+        raise typer.Exit(2) from None
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
@@ -65,8 +66,9 @@ def register(app: typer.Typer) -> None:
         from nextbest.monitoring.reports import PERIODS
 
         if period not in PERIODS:
-            raise typer.BadParameter(f"{period!r} is not a period; use one of {', '.join(PERIODS)}",
-                                     param_hint="--period")
+            typer.echo(f"nextbest report: --period {period!r} is not a period; use one of {', '.join(PERIODS)}",
+                       err=True)
+            raise typer.Exit(2)
         out = write_report(Settings(), period, parse_as_of(as_of), output)
         console.print(f"report written: {out / 'report.html'} (and one CSV per table)")
 
