@@ -128,7 +128,7 @@ def create_app(settings) -> Starlette:
         exp = []
         for offer in c.spec.offers:
             s = stats.get(offer.offer_id)
-            if s is None or len(offer.variants) < 2:
+            if s is None or len(offer.variants) < 2 or not s.n.sum():
                 continue
             for k, v in enumerate(offer.variants):
                 n, hits = int(s.n[k]), int(s.successes[k])

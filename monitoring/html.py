@@ -33,6 +33,8 @@ def _num(v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     a = abs(v)
+    if float(v).is_integer():
+        return f"{v:,.0f}"
     return f"{v:,.0f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3f}"
 
 
