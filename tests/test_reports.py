@@ -161,25 +161,25 @@ def test_groups_and_copies_default_from_the_contract_variant():
 
 
 def test_intervals_cover_a_planted_truth_at_their_nominal_rate():
-    # Random assignment to control; treated conversion 6 %, control 4 %, revenue per conversion ~ Gamma(2, 25).
-    # The truth is what the treated units gained on average: n_t x (mu_t - mu_c).
-    runs, covered = 200, 0
-    for seed in range(runs):
-        rng = np.random.default_rng(seed)
-        n = 3000
-        control = rng.random(n) < 0.2
-        p = np.where(control, 0.04, 0.06)
-        converted = rng.random(n) < p
-        revenue = np.where(converted, rng.gamma(2.0, 25.0, n), 0.0)
-        frame = pd.DataFrame({"unit": np.arange(n).astype(str), "campaign_id": "c", "offer_id": "o",
-                              "channel": np.where(control, "", "email"), "copy": "",
-                              "group": np.where(control, "control", "treated"),
-                              "sent_at": pd.Timestamp("2026-11-24", tz="UTC"),
-                              "converted_at": np.where(converted, pd.Timestamp("2026-11-25", tz="UTC"), pd.NaT),
-                              "revenue": revenue, "cost": 0.0})
-        for stage in ("delivered", "opened", "clicked"):
-            frame[f"{stage}_at"] = pd.NaT
-        row = _by(incremental(frame), campaign_id="c", against="control")
-        truth = (~control).sum() * (0.06 - 0.04) * 50.0
-        covered += row["incremental_revenue_low"] <= truth <= row["incremental_revenue_high"]
+    # 200 seeded runs as 200 campaigns of one log. Random assignment to control; treated conversion 6 %, control
+    # 4 %, revenue per conversion ~ Gamma(2, 25) (mean 50). The truth of each run is what its treated units gained
+    # on average: n_t x (0.06 - 0.04) x 50.
+    runs, n = 200, 2000
+    rng = np.random.default_rng(11)
+    control = rng.random(runs * n) < 0.2
+    converted = rng.random(runs * n) < np.where(control, 0.04, 0.06)
+    frame = pd.DataFrame({"unit": np.arange(runs * n).astype(str), "campaign_id": np.repeat(np.arange(runs), n).astype(str),
+                          "offer_id": "o", "channel": np.where(control, "", "email"), "copy": "",
+                          "group": np.where(control, "control", "treated"),
+                          "sent_at": pd.Timestamp("2026-11-24", tz="UTC"),
+                          "converted_at": np.where(converted, pd.Timestamp("2026-11-25", tz="UTC"), pd.NaT),
+                          "revenue": np.where(converted, rng.gamma(2.0, 25.0, runs * n), 0.0), "cost": 0.0})
+    for stage in ("delivered", "opened", "clicked"):
+        frame[f"{stage}_at"] = pd.NaT
+    inc = incremental(frame)
+    inc = inc[(inc["campaign_id"] != "(all)") & (inc["against"] == "control")].set_index("campaign_id")
+    treated = pd.Series(~control).groupby(frame["campaign_id"]).sum()
+    truth = treated.reindex(inc.index) * (0.06 - 0.04) * 50.0
+    covered = ((inc["incremental_revenue_low"] <= truth) & (truth <= inc["incremental_revenue_high"])).sum()
+    assert len(inc) == runs
     assert covered / runs >= 0.9, f"the 95 % interval covered the truth in {covered}/{runs} runs"
