@@ -215,11 +215,11 @@ def create_app(settings) -> Starlette:
 
     async def guard(request: Request, call_next):
         host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]").lower()
-        if host not in hosts:
+        if "*" not in hosts and host not in hosts:
             return PlainTextResponse(f"Host {host!r} is not allowed; add it to NEXTBEST_ALLOWED_HOSTS", 421)
         origin = request.headers.get("origin")
         if request.method == "POST" and origin and origin.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]") \
-                not in hosts:
+                not in hosts | {host}:
             return PlainTextResponse("a form from another site cannot change campaigns here", 403)
         if need_key and request.url.path != "/login":
             given = request.headers.get("x-api-key") or request.cookies.get(KEY_COOKIE) or \

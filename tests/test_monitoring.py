@@ -87,3 +87,31 @@ def test_calibration_against_hand_computed_answers():
     assert out["ece"] == pytest.approx(0.25)
     assert out["brier"] == pytest.approx((0.01 + 0.81 + 0.01 + 0.01) / 4)
     assert out["reliability"]["count"].tolist() == [2, 2]
+
+
+def test_the_grafana_monitoring_dashboard_reads_the_metrics_the_monitor_writes(tmp_path):
+    import json
+    import re
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from tests.test_deploy import _declared_names, _promtool
+
+    settings = _home(tmp_path, shift=0.5)
+    run_monitor(settings)
+    written = {line.split("{")[0].split(" ")[0] for line in
+               (settings.home / "monitoring" / "metrics.prom").read_text().splitlines() if line and line[0] != "#"}
+    written |= {"nextbest_calibration_ece", "nextbest_calibration_brier"}  # declared; samples once labels arrive
+    dash = json.loads((Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/nextbest-monitoring.json")
+                      .read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\b(nextbest_[a-z0-9_]+)\b", " ".join(exprs)))
+    assert used and used <= written | _declared_names(), used - written - _declared_names()
+    rules = {"groups": [{"name": "m", "rules": [{"record": f"nextbest:monitoring_{i}", "expr": e}
+                                                 for i, e in enumerate(exprs)]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    check = subprocess.run([_promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
