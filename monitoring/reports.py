@@ -43,18 +43,20 @@ def report_frame(contacts: pd.DataFrame, costs: dict[str, float]) -> pd.DataFram
         copy = variant.where(~variant.isin(_POLICY_VARIANTS), "")
     treated = (group == "treated").to_numpy()
     channel = c["channel"].astype(object)
+    # Labels as categories and the unit as an integer code: every group-by below runs on codes, not strings.
+    cat = lambda s: pd.Categorical(s.astype(object).fillna("").astype(str).to_numpy())  # noqa: E731
     out = pd.DataFrame({
-        "unit": (c["unit"] if "unit" in c else c["contact_id"]).astype(str).to_numpy(),
-        "campaign_id": c["campaign_id"].astype(object).fillna("").astype(str).to_numpy(),
-        "offer_id": c["offer_id"].astype(object).fillna("").astype(str).to_numpy(),
-        "channel": channel.fillna("").astype(str).to_numpy(),
-        "copy": copy.astype(str).to_numpy(),
-        "group": group.to_numpy(),
-        "sent_at": _utc(c["sent_at"]).to_numpy(),
+        "unit": pd.factorize((c["unit"] if "unit" in c else c["contact_id"]).astype(str).to_numpy())[0],
+        "campaign_id": cat(c["campaign_id"]),
+        "offer_id": cat(c["offer_id"]),
+        "channel": cat(channel),
+        "copy": cat(copy),
+        "group": pd.Categorical(group.to_numpy(), categories=GROUPS),
+        "sent_at": _utc(c["sent_at"]).array,  # tz-aware array; to_numpy() would box every value
     })
     for stage in STAGES:
         col = f"{stage}_at"
-        out[col] = _utc(c[col]).to_numpy() if col in c else pd.NaT
+        out[col] = _utc(c[col]).array if col in c else pd.NaT
     out["revenue"] = pd.to_numeric(c["revenue"], errors="coerce").fillna(0.0).to_numpy() if "revenue" in c else 0.0
     # A converted row without revenue still converted; revenue without a conversion time does not count.
     out.loc[out["converted_at"].isna(), "revenue"] = 0.0
@@ -64,7 +66,11 @@ def report_frame(contacts: pd.DataFrame, costs: dict[str, float]) -> pd.DataFram
 
 
 def _utc(values) -> pd.Series:
-    return pd.to_datetime(pd.Series(values).astype(object), utc=True, format="ISO8601")
+    """UTC datetimes from datetime columns (as they are, no text round trip) or ISO-8601 text."""
+    s = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
+    return pd.to_datetime(s.astype(object), utc=True, format="ISO8601")
 
 
 def window(frame: pd.DataFrame, period: str, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -81,7 +87,7 @@ def _counts(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     flags["revenue"] = rows["revenue"]
     flags["cost"] = rows["cost"]
     keys = [rows[k] for k in by]
-    out = flags.groupby(keys, sort=True).sum() if by else flags.sum().to_frame().T
+    out = flags.groupby(keys, sort=True, observed=True).sum() if by else flags.sum().to_frame().T
     for stage in STAGES:
         out[f"{stage}_rate"] = out[stage] / out["sent"]
     return out.reset_index() if by else out
@@ -95,7 +101,7 @@ def funnel(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 def _units(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per decision: converted (any action), revenue and cost summed over its actions."""
     g = rows.assign(converted=rows["converted_at"].notna().astype(float)).groupby(
-        ["campaign_id", "group", "unit"], sort=False)
+        ["campaign_id", "group", "unit"], sort=False, observed=True)
     return g.agg(converted=("converted", "max"), revenue=("revenue", "sum"), cost=("cost", "sum")).reset_index()
 
 
@@ -123,7 +129,7 @@ def incremental(frame: pd.DataFrame, z: float = Z95) -> pd.DataFrame:
     universal hold-out; incremental conversions and revenue (95 % intervals), cost and ROI on incremental revenue."""
     units = _units(frame[frame["group"].isin(["treated", "control", "universal"])])
     rows = []
-    for campaign, part in [*units.groupby("campaign_id", sort=True), ("(all)", units)]:
+    for campaign, part in [*units.groupby("campaign_id", sort=True, observed=True), ("(all)", units)]:
         treated = part[part["group"] == "treated"]
         for against in ("control", "universal"):
             control = part[part["group"] == against]
@@ -144,12 +150,12 @@ def channel_roi(frame: pd.DataFrame) -> pd.DataFrame:
     Channels are chosen by the policy, not at random, so this is attribution against the campaign's baseline, not
     a randomised comparison between channels."""
     units = _units(frame[frame["group"].isin(["control", "universal"])])
-    base = units.groupby("campaign_id")["revenue"].mean()  # per control decision, both hold-outs pooled
+    base = units.groupby("campaign_id", observed=True)["revenue"].mean()  # per hold-out decision, both kinds pooled
     treated = frame[frame["group"] == "treated"]
     actions = treated.groupby("unit")["unit"].transform("size")
-    baseline = treated["campaign_id"].map(base).fillna(0.0) / actions
+    baseline = treated["campaign_id"].astype(object).map(base).astype(float).fillna(0.0) / actions
     out = _counts(treated.assign(baseline=baseline), ["channel"])
-    out["baseline_revenue"] = baseline.groupby(treated["channel"]).sum().reindex(out["channel"]).to_numpy()
+    out["baseline_revenue"] = baseline.groupby(treated["channel"], observed=True).sum().reindex(out["channel"]).to_numpy()
     out["incremental_revenue"] = out["revenue"] - out["baseline_revenue"]
     out["roi"] = np.where(out["cost"] > 0, (out["incremental_revenue"] - out["cost"]) / out["cost"].where(
         out["cost"] > 0, 1.0), np.nan)
@@ -164,7 +170,7 @@ def send_time(frame: pd.DataFrame) -> pd.DataFrame:
     out = _counts(t.assign(hour=hour), ["channel", "hour"])
     delivered = t["delivered_at"]
     on_time = (delivered.notna() & (delivered.dt.floor("h") == t["sent_at"].dt.floor("h"))).astype(np.int64)
-    on = on_time.groupby([t["channel"], hour]).sum().reindex(pd.MultiIndex.from_frame(out[["channel", "hour"]]))
+    on = on_time.groupby([t["channel"], hour], observed=True).sum().reindex(pd.MultiIndex.from_frame(out[["channel", "hour"]]))
     out["delivered_in_hour_share"] = on.to_numpy() / out["delivered"].where(out["delivered"] > 0).to_numpy()
     return out[["channel", "hour", "sent", "delivered", "opened_rate", "clicked_rate", "converted_rate",
                 "delivered_in_hour_share"]]
