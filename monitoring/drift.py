@@ -1,9 +1,10 @@
 """Model and data health: feature and score drift (PSI), calibration against realised outcomes (ECE, Brier, the
 reliability curve), and the alerts that thresholds from config raise. Pure NumPy/pandas.
 
-PSI (population stability index) rather than Evidently or NannyML: both are on the registry, but they pull their
-own pins of plotly, scipy and pandas-adjacent packages into a venv whose pins (feast, mlflow, bentoml) are fixed;
-PSI over reference quantile bins is twenty lines and is what both libraries report for this check anyway.
+PSI (population stability index) rather than Evidently or NannyML (tried 2026-11-30 with our pins): NannyML 0.13.1
+needs lightgbm < 4.6 (we pin 4.7.0); Evidently 0.7.23 resolves, but adds 24 packages to the runtime (a second web
+framework, litestar; nltk, plotly, statsmodels, Faker, iterative-telemetry) for what is one statistic per column
+here. PSI over the reference's quantile bins is twenty lines, tested against hand-computed values.
 Rule of thumb (and the default threshold): PSI < 0.1 stable, 0.1-0.2 moving, > 0.2 shifted.
 """
 
