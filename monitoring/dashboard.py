@@ -44,6 +44,7 @@ class _Frames:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._frame: pd.DataFrame | None = None
+        self._reports: dict = {}
 
     def _stamp(self) -> tuple:
         s = self.settings
@@ -57,8 +58,18 @@ class _Frames:
         with self._lock:
             stamp = self._stamp()
             if self._frame is None or stamp != self._key:
-                self._frame, self._key = load_frame(self.settings), stamp
+                self._frame, self._key, self._reports = load_frame(self.settings), stamp, {}
             return self._frame
+
+    def report(self, period: str):
+        """The report of `period` ending at the data's last send, built once per version of the sources."""
+        from nextbest.monitoring.sources import default_as_of
+
+        frame = self.get()
+        with self._lock:
+            if period not in self._reports:
+                self._reports[period] = build_report(frame, period, default_as_of(frame))
+            return self._reports[period]
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -75,7 +86,7 @@ def create_app(settings) -> Starlette:
     from nextbest.campaigns import lifecycle
     from nextbest.campaigns.store import CampaignStore, NotFound, store_path
     from nextbest.monitoring.monitor import monitor_dir
-    from nextbest.monitoring.sources import default_as_of, service_health
+    from nextbest.monitoring.sources import service_health
     from nextbest.serving.guard import is_loopback
 
     store = CampaignStore(store_path(settings.home), four_eyes=settings.campaign_four_eyes)
@@ -84,9 +95,7 @@ def create_app(settings) -> Starlette:
     need_key = key is not None and not is_loopback(settings.host)
     hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()} | {settings.host.lower()}
 
-    def report(period: str):
-        frame = frames.get()
-        return build_report(frame, period, default_as_of(frame))
+    report = frames.report
 
     async def campaigns(request: Request) -> Response:
         msg = request.query_params.get("msg")

@@ -29,14 +29,16 @@ Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 def report_frame(contacts: pd.DataFrame, costs: dict[str, float]) -> pd.DataFrame:
     """The contract's contacts table as the reports read it: one row per action or hold-out decision.
 
-    Optional columns the caller may add: `unit` (the decision a row belongs to; default the contact id),
-    `group` (treated / control / universal / no_action; default from `variant`), `copy` (the copy variant; default
-    `variant` when it names a copy). `costs` is the cost of one send per channel (the operator config).
+    Optional columns the caller may add (missing values take the default): `unit` (the decision a row belongs to;
+    default the contact id), `group` (treated / control / universal / no_action; default from `variant`), `copy`
+    (the copy variant; default `variant` when it names a copy). `costs` is the cost of one send per channel (the operator config).
     """
     c = contacts
     variant = c["variant"].astype(object).where(c["variant"].notna(), "treatment") if "variant" in c else \
         pd.Series("treatment", index=c.index, dtype=object)
-    group = c["group"].astype(object) if "group" in c else variant.map(_CONTROL_VARIANTS).fillna("treated")
+    group = variant.map(_CONTROL_VARIANTS).fillna("treated")
+    if "group" in c:  # given where known (the service's logs), from the variant elsewhere
+        group = c["group"].astype(object).where(c["group"].notna(), group)
     if "copy" in c:
         copy = c["copy"].astype(object).fillna("")
     else:
@@ -46,7 +48,8 @@ def report_frame(contacts: pd.DataFrame, costs: dict[str, float]) -> pd.DataFram
     # Labels as categories and the unit as an integer code: every group-by below runs on codes, not strings.
     cat = lambda s: pd.Categorical(s.astype(object).fillna("").astype(str).to_numpy())  # noqa: E731
     out = pd.DataFrame({
-        "unit": pd.factorize((c["unit"] if "unit" in c else c["contact_id"]).astype(str).to_numpy())[0],
+        "unit": pd.factorize((c["unit"].astype(object).where(c["unit"].notna(), c["contact_id"]) if "unit" in c
+                              else c["contact_id"]).astype(str).to_numpy())[0],
         "campaign_id": cat(c["campaign_id"]),
         "offer_id": cat(c["offer_id"]),
         "channel": cat(channel),

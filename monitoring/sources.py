@@ -67,9 +67,8 @@ def load_frame(settings) -> pd.DataFrame:
     labels = log_labels(decisions)
     if not labels.empty:
         hit = contacts[["contact_id"]].astype(str).merge(labels, on="contact_id", how="left")
-        contacts["unit"] = hit["unit"].fillna(contacts["contact_id"].astype(str)).to_numpy()
-        default = report_frame(contacts.drop(columns=["unit"]), {})["group"].to_numpy()
-        contacts["group"] = hit["group"].fillna(pd.Series(default)).to_numpy()
+        contacts["unit"] = hit["unit"].to_numpy()  # missing (exported rows): the contact id
+        contacts["group"] = hit["group"].to_numpy()  # missing: from the variant
         copies = _copies(settings.home)
         if not copies.empty:
             c = contacts[["unit", "offer_id"]].astype(str).merge(copies, on=["unit", "offer_id"], how="left")

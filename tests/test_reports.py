@@ -183,3 +183,50 @@ def test_intervals_cover_a_planted_truth_at_their_nominal_rate():
     covered = ((inc["incremental_revenue_low"] <= truth) & (truth <= inc["incremental_revenue_high"])).sum()
     assert len(inc) == runs
     assert covered / runs >= 0.9, f"the 95 % interval covered the truth in {covered}/{runs} runs"
+
+
+def test_the_service_logs_become_report_rows_with_their_holdout_scope(tmp_path):
+    from nextbest.features.ingest import write_raw
+    from nextbest.features.settings import Settings
+    from nextbest.monitoring.sources import load_frame
+    from nextbest.serving.decision_log import DecisionLog
+
+    settings = Settings(home=tmp_path / "home")
+    users = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "signup_at": pd.Timestamp("2026-01-01", tz="UTC"),
+                          "timezone": "UTC"})
+    events = pd.DataFrame({"user_id": ["c"], "ts": [pd.Timestamp("2026-11-25T10:00Z")], "type": ["purchase"],
+                           "amount": [40.0]})
+    write_raw({"users": users, "events": events}, settings.raw_dir)
+    log = DecisionLog(settings.log_dir)
+    at = "2026-11-24T09:00:00+00:00"
+
+    def action(channel):
+        return {"offer_id": "o1", "channel": channel, "send_at": at, "propensity": 0.9, "expected_value": 1.0,
+                "explored": False}
+
+    log.decisions([
+        {"decision_id": "d-a", "at": at, "user_id": "a", "campaign_id": "spring", "actions": [action("email"), action("push")],
+         "no_action_propensity": 0.1, "holdout": None},
+        {"decision_id": "d-b", "at": at, "user_id": "b", "campaign_id": "spring", "actions": [],
+         "no_action_propensity": 0.05, "holdout": "universal"},
+        {"decision_id": "d-c", "at": at, "user_id": "c", "campaign_id": "spring", "actions": [],
+         "no_action_propensity": 0.1, "holdout": "campaign:spring"},
+        {"decision_id": "d-d", "at": at, "user_id": "d", "campaign_id": "spring", "actions": [],
+         "no_action_propensity": 0.7, "holdout": None},
+    ])
+    log.outcome({"decision_id": "d-a", "user_id": "a", "outcome": "converted", "offer_id": "o1", "channel": "email",
+                 "at": "2026-11-24T12:00:00+00:00", "revenue": 25.0, "propensity": 0.9})
+    frame = load_frame(settings)
+    by_group = frame.groupby("group", observed=True)["unit"].nunique().to_dict()
+    assert by_group == {"treated": 1, "universal": 1, "control": 1, "no_action": 1}  # d-a's two actions: one unit
+    assert frame.loc[frame["group"] == "treated", "cost"].sum() == pytest.approx(
+        sum(c for ch, c in _default_costs().items() if ch in ("email", "push")))
+    control = frame[frame["group"] == "control"].iloc[0]
+    assert control["revenue"] == 40.0  # the hold-out's own purchase within the window, from the events
+    assert frame.loc[frame["group"] == "treated", "revenue"].sum() == 25.0
+
+
+def _default_costs() -> dict[str, float]:
+    from nextbest.serving.config import default_config
+
+    return {c.channel: c.cost for c in default_config().channels}
