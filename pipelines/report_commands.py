@@ -38,6 +38,9 @@ def write_report(settings: Settings, period: str, as_of: pd.Timestamp | None, ou
     from nextbest.monitoring.sources import default_as_of, load_frame
 
     frame = load_frame(settings)
+    if frame.empty:
+        raise FileNotFoundError(f"no contacts to report on in {settings.home}: ingest a contacts table (`nextbest "
+                                "ingest`), simulate a world (`nextbest simulate`), or let the service log decisions")
     as_of = as_of or default_as_of(frame)
     report = build_report(frame, period, as_of)
     out = Path(output or settings.home / "reports") / f"{period}-{as_of:%Y-%m-%d}"
@@ -69,7 +72,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"nextbest report: --period {period!r} is not a period; use one of {', '.join(PERIODS)}",
                        err=True)
             raise typer.Exit(2)
-        out = write_report(Settings(), period, parse_as_of(as_of), output)
+        try:
+            out = write_report(Settings(), period, parse_as_of(as_of), output)
+        except FileNotFoundError as err:
+            typer.echo(f"nextbest report: {err}", err=True)
+            raise typer.Exit(2) from None
         console.print(f"report written: {out / 'report.html'} (and one CSV per table)")
 
     @app.command()

@@ -110,3 +110,10 @@ def test_report_command_writes_html_and_csv(home, monkeypatch, tmp_path):
     assert bad.exit_code == 2 and "day, week, month" in bad.output
     bad = CliRunner().invoke(app, ["report", "--as-of", "yesterday-ish"])
     assert bad.exit_code == 2 and "ISO-8601" in bad.output
+
+
+def test_a_report_on_an_empty_home_says_what_to_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 2 and "nextbest simulate" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "home" / "reports").exists()
