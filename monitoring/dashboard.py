@@ -195,6 +195,14 @@ def create_app(settings) -> Starlette:
         body += (f'<h2>Alerts</h2><p class="{"alert" if found else "ok"}" id="alerts">{len(found)} open alert(s) '
                  f"(PSI above {doc['psi_threshold']}; checked {html.escape(doc['at'][:19])} UTC)</p>"
                  + (table(pd.DataFrame(found)) if found else ""))
+        for model, cal in doc.get("calibration", {}).items():
+            curve = pd.DataFrame(cal["reliability"])
+            body += (f"<h2>Calibration: {html.escape(model)}</h2><p>ECE {cal['ece']:.4f} (alert above "
+                     f"{doc['ece_threshold']}), Brier {cal['brier']:.4f}, over {cal['actions']} decided actions whose "
+                     "conversion window has closed</p>"
+                     + chart("observed conversion rate per predicted-probability bin",
+                             [f"{p:.2f}" for p in curve["mean_predicted"]], curve["observed_rate"].tolist(), width=520)
+                     + table(curve))
         for subject, rows in doc["drift"].items():
             if not rows:
                 continue

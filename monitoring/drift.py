@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["psi", "feature_drift", "calibration", "alerts", "prometheus_text"]
+__all__ = ["psi", "feature_drift", "calibration", "alerts", "calibration_alert", "prometheus_text"]
 
 _EPS = 1e-4  # floor of a bin's share: an empty bin must not make PSI infinite
 
@@ -80,15 +80,16 @@ def calibration(predicted: np.ndarray, outcome: np.ndarray, bins: int = 10) -> d
             "reliability": curve[curve["count"] > 0].reset_index(drop=True)}
 
 
-def alerts(drift: pd.DataFrame, subject: str, psi_threshold: float, ece: float | None = None,
-           ece_threshold: float | None = None) -> list[dict]:
-    """The alerts of one check: each drifted feature (PSI above threshold), and calibration worse than allowed."""
-    out = [{"subject": subject, "metric": "psi", "name": r.feature, "value": float(r.psi), "threshold": psi_threshold}
-           for r in drift.itertuples() if r.drifted]
-    if ece is not None and ece_threshold is not None and ece > ece_threshold:
-        out.append({"subject": subject, "metric": "ece", "name": subject, "value": float(ece),
-                    "threshold": ece_threshold})
-    return out
+def alerts(drift: pd.DataFrame, subject: str, psi_threshold: float) -> list[dict]:
+    """An alert per drifted feature of one check (PSI above the threshold)."""
+    return [{"subject": subject, "metric": "psi", "name": r.feature, "value": float(r.psi), "threshold": psi_threshold}
+            for r in drift.itertuples() if r.drifted]
+
+
+def calibration_alert(subject: str, ece: float, ece_threshold: float) -> list[dict]:
+    """An alert when a model's expected calibration error is above the threshold."""
+    return [{"subject": subject, "metric": "ece", "name": subject, "value": float(ece), "threshold": ece_threshold}] \
+        if ece > ece_threshold else []
 
 
 def _label(v: str) -> str:

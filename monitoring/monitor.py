@@ -3,7 +3,8 @@ to `<home>/monitoring/` (latest.json for the dashboard and the promotion check, 
 
 Feature drift compares the latest snapshot of each feature table with the snapshot `monitor_reference_days`
 earlier; score drift compares the expected value of the actions the service decided in the last 7 days with the
-7 days before (from the decision log).
+7 days before (from the decision log); calibration compares each logged action's predicted conversion probability
+with the conversions reported for it (`/feedback`), once its 7-day window has closed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nextbest.monitoring.drift import alerts, feature_drift, prometheus_text, psi
+from nextbest.monitoring.drift import (
+    alerts,
+    calibration,
+    calibration_alert,
+    feature_drift,
+    prometheus_text,
+    psi,
+)
 
-__all__ = ["TABLES", "snapshots", "score_drift", "run_monitor", "open_alerts", "monitor_dir"]
+__all__ = ["TABLES", "snapshots", "score_drift", "logged_calibration", "run_monitor", "open_alerts", "monitor_dir"]
 
 log = logging.getLogger("nextbest.monitor")
 TABLES = ("behaviour", "tags")  # the decision features most exposed to a change upstream
@@ -60,6 +68,31 @@ def score_drift(decisions: list[dict], threshold: float, days: int = 7) -> pd.Da
     return pd.DataFrame([{"feature": "expected_value", "psi": value, "drifted": bool(value > threshold)}])
 
 
+def logged_calibration(decisions: list[dict], outcomes: list[dict], window_days: int = 7,
+                       min_actions: int = 100) -> dict | None:
+    """Calibration of the conversion model in production: each logged action's predicted p_convert against whether
+    a conversion was reported for it, over actions whose `window_days` label window has closed (by the log's
+    last time). None below `min_actions` such actions (too few for a stable figure)."""
+    times = [d["at"] for d in decisions] + [o["at"] for o in outcomes]
+    if not times:
+        return None
+    end = pd.to_datetime(pd.Series(times), utc=True, format="ISO8601").max()
+    rows = [(d["decision_id"], a["offer_id"], a["channel"], a["send_at"], a["p_convert"])
+            for d in decisions for a in d.get("actions", []) if a.get("p_convert") is not None]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows, columns=["decision_id", "offer_id", "channel", "send_at", "p"]).drop_duplicates(
+        ["decision_id", "offer_id", "channel"])
+    df = df[pd.to_datetime(df["send_at"], utc=True, format="ISO8601") <= end - pd.Timedelta(days=window_days)]
+    if len(df) < min_actions:
+        return None
+    converted = {(o["decision_id"], o["offer_id"], o["channel"]) for o in outcomes if o.get("outcome") == "converted"}
+    y = np.array([k in converted for k in zip(df["decision_id"], df["offer_id"], df["channel"], strict=True)], float)
+    out = calibration(df["p"].to_numpy(float), y)
+    out["actions"] = len(df)
+    return out
+
+
 def _write(path: Path, text: str) -> None:
     """Write whole or not at all: a reader (the dashboard, Prometheus) never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -80,19 +113,27 @@ def run_monitor(settings) -> dict:
         if path.exists():
             ref, cur, windows[name] = snapshots(pd.read_parquet(path), settings.monitor_reference_days)
             drift[name] = feature_drift(ref, cur, threshold)
-    drift["decision_scores"] = score_drift(read_log(Path(settings.log_dir) / "decisions.jsonl"), threshold)
+    decisions = read_log(Path(settings.log_dir) / "decisions.jsonl")
+    drift["decision_scores"] = score_drift(decisions, threshold)
     found = [a for subject, df in drift.items() for a in alerts(df, subject, threshold)]
+    calibrations = {}
+    conversion = logged_calibration(decisions, read_log(Path(settings.log_dir) / "outcomes.jsonl"))
+    if conversion is not None:
+        calibrations["conversion"] = conversion
+        found += calibration_alert("conversion", conversion["ece"], settings.monitor_ece_alert)
     for a in found:
         log.warning("monitoring alert: %s %s %s = %.3f above %.3f", a["subject"], a["name"], a["metric"], a["value"],
                     a["threshold"])
     result = {"at": pd.Timestamp.now(tz="UTC").isoformat(), "psi_threshold": threshold, "windows": windows,
-              "alerts": found,
+              "alerts": found, "ece_threshold": settings.monitor_ece_alert,
+              "calibration": {k: {"ece": v["ece"], "brier": v["brier"], "actions": v["actions"],
+                                  "reliability": v["reliability"].to_dict("records")} for k, v in calibrations.items()},
               "drift": {k: [{"feature": r.feature, "psi": None if not np.isfinite(r.psi) else float(r.psi),
                              "drifted": bool(r.drifted)} for r in df.itertuples()] for k, df in drift.items()}}
     out = monitor_dir(settings.home)
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "latest.json", json.dumps(result, indent=1))
-    _write(out / "metrics.prom", prometheus_text(drift, found, {}))
+    _write(out / "metrics.prom", prometheus_text(drift, found, calibrations))
     return result
 
 

@@ -115,3 +115,44 @@ def test_the_grafana_monitoring_dashboard_reads_the_metrics_the_monitor_writes(t
     check = subprocess.run([_promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _logs(predicted: float, rate: float, n: int = 400, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """n decided actions 10 days before the log's end with p_convert `predicted`, a share `rate` reported converted."""
+    rng = np.random.default_rng(seed)
+    at = "2026-11-10T09:00:00+00:00"
+    decisions = [{"decision_id": f"d{i}", "at": at, "user_id": "x", "actions": [
+        {"offer_id": "o1", "channel": "email", "send_at": at, "propensity": 1.0, "expected_value": 1.0,
+         "p_convert": predicted}]} for i in range(n)]
+    outcomes = [{"decision_id": f"d{i}", "outcome": "converted", "offer_id": "o1", "channel": "email",
+                 "at": "2026-11-12T09:00:00+00:00"} for i in range(n) if rng.random() < rate]
+    outcomes.append({"decision_id": "late", "outcome": "opened", "offer_id": "o1", "channel": "email",
+                     "at": "2026-11-21T00:00:00+00:00"})  # the log's end: the actions' 7-day windows are closed
+    return decisions, outcomes
+
+
+def test_calibration_against_reported_conversions_alerts_only_when_off(tmp_path, caplog):
+    import json
+
+    from nextbest.monitoring.monitor import logged_calibration
+    from nextbest.serving.decision_log import DecisionLog
+
+    good = logged_calibration(*_logs(predicted=0.2, rate=0.2))
+    assert good["actions"] == 400 and good["ece"] < 0.05
+    off = logged_calibration(*_logs(predicted=0.5, rate=0.2))
+    assert off["ece"] == pytest.approx(0.5 - off["reliability"]["observed_rate"].iloc[0]) and off["ece"] > 0.2
+    assert logged_calibration(*_logs(predicted=0.5, rate=0.2, n=50)) is None  # too few labelled actions
+
+    settings = Settings(home=tmp_path / "home")
+    decisions, outcomes = _logs(predicted=0.5, rate=0.2)
+    log = DecisionLog(settings.log_dir)  # written as the service writes them (pseudonymised user ids)
+    log.decisions(decisions)
+    for o in outcomes:
+        log.outcome({**o, "user_id": "x"})
+    with caplog.at_level(logging.WARNING, logger="nextbest.monitor"):
+        result = run_monitor(settings)
+    assert [(a["subject"], a["metric"]) for a in result["alerts"]] == [("conversion", "ece")]
+    assert "monitoring alert: conversion conversion ece" in caplog.text
+    assert 'nextbest_calibration_ece{subject="conversion"}' in (settings.home / "monitoring" / "metrics.prom").read_text()
+    saved = json.loads((settings.home / "monitoring" / "latest.json").read_text())
+    assert saved["calibration"]["conversion"]["actions"] == 400
