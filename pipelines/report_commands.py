@@ -102,6 +102,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from nextbest.monitoring.dashboard import address, create_app
+        from nextbest.pipelines.serve_commands import port_problem
         from nextbest.serving.guard import UnsafeStart, check_start
 
         base = Settings()
@@ -112,5 +113,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"nextbest dashboard: {err}", err=True)
             raise typer.Exit(2) from None
         port = port or settings.dashboard_port
+        problem = port_problem(settings.host, port)
+        if problem:
+            typer.echo(f"nextbest dashboard: {problem.replace('NEXTBEST_PORT', 'NEXTBEST_DASHBOARD_PORT')}", err=True)
+            raise typer.Exit(2)
         typer.echo(f"nextbest dashboard on {address(settings.host, port)}")
         uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")

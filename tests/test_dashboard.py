@@ -3,6 +3,8 @@ to the report, and its safety (Host allow-list, cross-site forms, API key beyond
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
@@ -94,6 +96,12 @@ def test_the_command_refuses_a_public_address_without_a_key(monkeypatch, tmp_pat
     monkeypatch.delenv("NEXTBEST_API_KEY", raising=False)
     result = CliRunner().invoke(app, ["dashboard", "--host", "10.1.2.3"])
     assert result.exit_code == 2 and "without an API key" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["dashboard", "--port", str(port)])
+    assert result.exit_code == 2 and "already in use" in result.output and "Traceback" not in result.output
 
 
 def test_report_command_writes_html_and_csv(home, monkeypatch, tmp_path):
