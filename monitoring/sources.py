@@ -76,10 +76,13 @@ def load_frame(settings) -> pd.DataFrame:
     return report_frame(contacts, channel_costs(settings))
 
 
-def default_as_of(frame: pd.DataFrame) -> pd.Timestamp:
-    """The end of the data (its last send), so a report over a simulated or exported history is not empty."""
-    last = frame["sent_at"].max() if len(frame) else pd.NaT
-    return pd.Timestamp.now(tz="UTC").floor("s") if pd.isna(last) else pd.Timestamp(last)
+def default_as_of(frame: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The end of the data: its last send at or before `now` (a send scheduled for later has not happened), so a
+    report over a simulated or exported history is not empty; `now` when nothing was sent before it."""
+    now = pd.Timestamp.now(tz="UTC").floor("s") if now is None else now
+    sent = frame["sent_at"]
+    last = sent[sent <= now].max() if len(frame) else pd.NaT
+    return now if pd.isna(last) else pd.Timestamp(last)
 
 
 def service_health(settings) -> dict:

@@ -230,3 +230,13 @@ def _default_costs() -> dict[str, float]:
     from nextbest.serving.config import default_config
 
     return {c.channel: c.cost for c in default_config().channels}
+
+
+def test_the_default_end_is_the_last_send_that_has_happened():
+    from nextbest.monitoring.sources import default_as_of
+
+    frame = report_frame(small_log(), COSTS)
+    now = pd.Timestamp("2026-11-25T00:00:00Z")
+    assert default_as_of(frame, now) == pd.Timestamp("2026-11-24T18:00:00Z")  # d3's send; the 26th is still to come
+    assert default_as_of(frame, pd.Timestamp("2026-12-31T00:00:00Z")) == pd.Timestamp("2026-11-26T09:00:00Z")
+    assert default_as_of(frame.iloc[0:0], now) == now
