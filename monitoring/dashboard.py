@@ -81,8 +81,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
                         f"{body}</main></body></html>", status_code=status)
 
 
-def create_app(settings) -> Starlette:
-    """The dashboard over the home in `settings` (campaign store, logs, reports, monitoring)."""
+def create_app(settings, warm: bool = False) -> Starlette:
+    """The dashboard over the home in `settings` (campaign store, logs, reports, monitoring). With `warm`, the logs
+    are read and each period's report built before the first request (seconds on a large log), not during it."""
     from nextbest.campaigns import lifecycle
     from nextbest.campaigns.store import CampaignStore, NotFound, store_path
     from nextbest.monitoring.monitor import monitor_dir
@@ -96,6 +97,9 @@ def create_app(settings) -> Starlette:
     hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()} | {settings.host.lower()}
 
     report = frames.report
+    if warm:
+        for period in PERIODS:
+            report(period)
 
     async def campaigns(request: Request) -> Response:
         msg = request.query_params.get("msg")

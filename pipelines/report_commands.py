@@ -117,5 +117,6 @@ def register(app: typer.Typer) -> None:
         if problem:
             typer.echo(f"nextbest dashboard: {problem.replace('NEXTBEST_PORT', 'NEXTBEST_DASHBOARD_PORT')}", err=True)
             raise typer.Exit(2)
+        app = create_app(settings, warm=True)  # the logs are read now: the first page is as fast as the others
         typer.echo(f"nextbest dashboard on {address(settings.host, port)}")
-        uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")
+        uvicorn.run(app, host=settings.host, port=port, log_level="warning")
