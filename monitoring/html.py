@@ -54,14 +54,15 @@ def chart(title: str, labels: list[str], values: list[float], lows: list[float] 
     parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" data-points="{len(vals)}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{html.escape(title)}</title>'
              f'<text x="8" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>']
+    shown = [_num(None if v is None or math.isnan(v) else float(v)) for v in values]  # no figure: "-", no bar
     for i, (label, v) in enumerate(zip(labels, vals, strict=True)):
         y = 26 + i * row
         x0, x1 = sorted((x(0.0), x(v)))
         color = "#b55" if v < 0 else "#4a7ab5"
         parts.append(f'<text x="8" y="{y + 14}" font-size="11">{html.escape(str(label))[:16]}</text>'
                      f'<rect class="bar" x="{x0:.1f}" y="{y + 3}" width="{max(x1 - x0, 0.5):.1f}" height="{row - 8}" '
-                     f'fill="{color}"><title>{html.escape(str(label))}: {_num(v)}</title></rect>'
-                     f'<text x="{left + plot + 8}" y="{y + 14}" font-size="11">{_num(v)}</text>')
+                     f'fill="{color}"><title>{html.escape(str(label))}: {shown[i]}</title></rect>'
+                     f'<text x="{left + plot + 8}" y="{y + 14}" font-size="11">{shown[i]}</text>')
         if lows and highs and not (math.isnan(lows[i]) or math.isnan(highs[i])):
             parts.append(f'<line class="ci" x1="{x(lows[i]):.1f}" x2="{x(highs[i]):.1f}" y1="{y + row / 2:.1f}" '
                          f'y2="{y + row / 2:.1f}" stroke="#222" stroke-width="1.5"/>')
