@@ -48,8 +48,10 @@ class _Frames:
 
     def _stamp(self) -> tuple:
         s = self.settings
+        # A campaign send is logged as a decision too, so the logs' times also cover the store's copy labels (the
+        # store's own files change on every read transaction).
         paths = [Path(s.raw_dir) / "contacts.parquet", Path(s.log_dir) / "decisions.jsonl",
-                 Path(s.log_dir) / "outcomes.jsonl", Path(s.home) / "campaigns.db-wal", Path(s.home) / "campaigns.db"]
+                 Path(s.log_dir) / "outcomes.jsonl"]
         return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
 
     def get(self) -> pd.DataFrame:
