@@ -244,7 +244,7 @@ def create_app(settings, warm: bool = False) -> Starlette:
         if request.method == "POST" and origin and origin.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]") \
                 not in hosts | {host}:
             return PlainTextResponse("a form from another site cannot change campaigns here", 403)
-        if need_key and request.url.path != "/login":
+        if need_key and request.url.path not in ("/login", "/healthz"):
             given = request.headers.get("x-api-key") or request.cookies.get(KEY_COOKIE) or \
                 request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not given or not hmac.compare_digest(given.encode(), key.encode()):
@@ -258,6 +258,7 @@ def create_app(settings, warm: bool = False) -> Starlette:
                                                                          methods=["POST"]),
         Route("/report", report_page), Route("/api/report", report_api), Route("/health", health),
         Route("/metrics", metrics), Route("/login", login, methods=["GET", "POST"]),
+        Route("/healthz", lambda request: PlainTextResponse("ok")),  # liveness, no data: open without the key
     ], middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
 
     return app

@@ -84,6 +84,7 @@ def test_beyond_loopback_every_request_needs_the_key(home):
     remote = home.model_copy(update={"host": "10.1.2.3", "api_key": SecretStr(key), "allowed_hosts": "10.1.2.3"})
     with TestClient(create_app(remote), base_url="http://10.1.2.3:8050") as c:
         assert c.get("/api/report").status_code == 401
+        assert c.get("/healthz").text == "ok"  # liveness only, no figures
         assert c.get("/", headers={"accept": "text/html"}, follow_redirects=False).headers["location"] == "/login"
         assert c.get("/api/report", headers={"x-api-key": key}).status_code == 200
         assert c.post("/login", data={"key": "wrong"}).status_code == 401
