@@ -68,10 +68,15 @@ def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.
     return action.astype(object), share.reindex(action).to_numpy()
 
 
-def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.DataFrame:
+def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
+                  feasible: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """SNIPS and DR estimates (95 % intervals) of each learner's policy and each fixed policy, cross-fitted; one row
     per policy, with `matched` (logged decisions where the policy takes the logged action) and the DR difference
-    from the best fixed policy, paired on the same decisions."""
+    from the best fixed policy, paired on the same decisions.
+
+    `feasible` (action -> per-row mask, e.g. from `logged_feasibility`): every policy takes only actions open at the
+    logged decision (a fixed policy: its action where open, else no contact), so no policy is judged on actions
+    the logging policy could not take."""
     if "label" not in data.frame or data.treatment is None:
         raise ValueError("off-policy evaluation needs the uplift rows: contacted and control rows with a label")
     frame = data.frame.reset_index(drop=True)
@@ -102,10 +107,12 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.Da
             except ValueError as err:
                 raise ValueError(f"learner {learner}: {err}") from None
             uplift = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
+            if feasible is not None:
+                uplift = np.where(np.stack([feasible[a][test] for a in actions], axis=1), uplift, -np.inf)
             best = uplift.argmax(axis=1)
             chosen[learner][test] = np.where(uplift.max(axis=1) > 0, np.asarray(actions, dtype=object)[best], NO_CONTACT)
         for a in actions:
-            chosen[f"everyone: {a}"][test] = a
+            chosen[f"everyone: {a}"][test] = a if feasible is None else np.where(feasible[a][test], a, NO_CONTACT)
         chosen[f"nobody ({NO_CONTACT})"][test] = NO_CONTACT
     table = judge_choices(replace(data, frame=frame), chosen, config, folds=folds, action=action, propensity=propensity)
     table.insert(0, "kind", ["learner" if name in config.learners else "fixed" for name in table.index])
