@@ -11,7 +11,8 @@ gate that judges it:
   evidence, and `promote` makes the challengers champions together only if their policy is worth more:
   on simulated data, by the truth's incremental revenue over the same replayed period (no rule broken);
   on a company's own data, by the doubly robust off-policy estimate on the decisions logged since the
-  newest holdout began (none of the challengers trained on them). When too few logged decisions match
+  newest holdout began (none of the challengers trained on them), by the estimator of `nextbest evaluate --logs`
+  (`pipelines.offpolicy.judge_choices`: reward in the label's window, DR's reward model cross-fitted over users). When too few logged decisions match
   a policy's choice for the estimate to mean anything, each challenger falls back to its holdout.
   Holdout metrics are recorded next to it, not decisive: a better AUC or Qini does not always make
   better decisions.
@@ -45,7 +46,7 @@ class RetrainConfig:
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
-    uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or t, x, dr, funnel
+    uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or s, t, x, dr, funnel
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 

@@ -68,8 +68,8 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert result.exit_code == 0, result.output
     assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
     assert "everyone:" in result.output and "│ t " in result.output
-    bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "s"])
-    assert bad.exit_code == 2 and "--learners 's'" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "q"])
+    assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
 
 
 def test_off_policy_evaluation_of_logs_does_not_need_the_simulator():
