@@ -14,6 +14,7 @@ an upper bound on what any policy scored on this history can earn.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
-           "write_report"]
+           "off_policy", "off_policies", "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -235,6 +236,11 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     ope_period = world.sample(ope_users, seed=config.seed)
     cutoff, logged = _decisions(settings, tables, ope_period, since=since)
     rows, first = [], None
+    step("off-policy estimates of every set's policy")
+    # One judgement of all sets' policies: the same decisions, the same cross-fitted reward model.
+    judged = off_policies(settings, {label: dataclasses.replace(model_policies(settings, ope_period, models=models,
+                                                                               as_of=cutoff)[0], name=label)
+                                     for label, models in sets.items()}, ope_period, logged)
     for label, models in sets.items():
         row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
                      "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
@@ -243,8 +249,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
             m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
             row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
                        share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
-        step(f"off-policy estimates of the {label}")
-        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
+        ope = judged[label]
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
         diff = paired_difference(terms, first)
@@ -294,15 +299,23 @@ def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
 
 def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
                sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> pd.DataFrame:
-    """IPS, SNIPS and DR estimates of `policy` from the logged decisions in `tables["contacts"]`, by the estimator
-    of `nextbest evaluate --logs` (`offpolicy.judge_choices`: reward = conversion within `window_days`, the label's
-    window; DR's reward model cross-fitted over users), next to the simulated truth when there is one.
+    """IPS, SNIPS and DR estimates of `policy` from the logged decisions in `tables["contacts"]`, next to the
+    simulated truth when there is one (`off_policies` for one policy)."""
+    return off_policies(settings, {policy.name: policy}, period, tables, sample, seed, window_days)[policy.name]
 
-    At each logged decision the policy takes its best action by expected value among the actions open then
+
+def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: Period, tables: dict[str, pd.DataFrame],
+                 sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> dict[str, pd.DataFrame]:
+    """Per policy, IPS, SNIPS and DR estimates from the logged decisions in `tables["contacts"]`, by the estimator of
+    `nextbest evaluate --logs` (`offpolicy.judge_choices`: reward = conversion within `window_days`, the label's
+    window; DR's reward model cross-fitted over users, one for all policies), next to the simulated truth when
+    there is one.
+
+    At each logged decision a policy takes its best action by expected value among the actions open then
     (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The truth is
     the oracle's P(convert) of the policy's action at each judged send time (none on a company's own logs).
     `attrs["matched"]`: the judged decisions where the policy takes the logged action, the rows the estimates rest
-    on; `attrs["dr_terms"]`: DR's per-decision terms, for paired differences.
+    on; `attrs["dr_terms"]`: DR's per-decision terms, for paired differences (the same decisions for every policy).
     """
     from nextbest.training.uplift import UpliftConfig, build_frame
 
@@ -320,39 +333,51 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
     channels = list(period.channels["channel"].astype(str))
     n_c = len(channels)
-    ev = np.where(logged_feasibility(tables, log, period.offers, channels), policy.ev[users], -np.inf)
-    ev = ev.reshape(len(log), -1)
-    greedy = np.where(ev.max(axis=1) > 0, ev.argmax(axis=1), -1)
-    o, c = np.divmod(greedy.clip(0), n_c)
-    chosen = action_names(period.offers["offer_id"].astype(str).to_numpy()[o], np.asarray(channels, dtype=object)[c],
-                          greedy >= 0)
+    open_ = logged_feasibility(tables, log, period.offers, channels)
     data = build_frame(feature_store(settings), {**tables, "contacts": log}, UpliftConfig(window_days=window_days))
     rows = pd.Index(log["contact_id"].astype(str)).get_indexer(data.frame["contact_id"].astype(str))
-    judged = judge_choices(data, {policy.name: chosen[rows]}, LogsConfig(seed=seed))
-    row = judged.loc[policy.name]
-    table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
-                           "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
-                           "effective_n": float(row["effective_n"])}
-                          for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
-    table.attrs["matched"] = int(row["matched"])
-    table.attrs["dr_terms"] = judged.attrs["dr_terms"][policy.name]
-    if period.truth is None:
-        return table
+    greedy = {}
+    for name, policy in policies.items():
+        ev = np.where(open_, policy.ev[users], -np.inf).reshape(len(log), -1)
+        greedy[name] = np.where(ev.max(axis=1) > 0, ev.argmax(axis=1), -1)[rows]
+    offer_ids = period.offers["offer_id"].astype(str).to_numpy()
+    names = np.asarray(channels, dtype=object)
+    chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
+    judged = judge_choices(data, chosen, LogsConfig(seed=seed))
+    truth = _simulated_truth(period, log, rows, users, greedy, offer_ids, names) if period.truth is not None else {}
+    out = {}
+    for name in policies:
+        row = judged.loc[name]
+        table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
+                               "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
+                               "effective_n": float(row["effective_n"])}
+                              for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
+        table.attrs["matched"] = int(row["matched"])
+        table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
+        if name in truth:
+            table["simulated_truth"] = truth[name]
+            table["error"] = (table["value"] - truth[name]) / truth[name]
+        out[name] = table
+    return out
+
+
+def _simulated_truth(period: Period, log: pd.DataFrame, rows: np.ndarray, users: np.ndarray,
+                     greedy: dict[str, np.ndarray], offer_ids: np.ndarray, channels: np.ndarray) -> dict[str, float]:
+    """Per policy, the oracle's mean P(convert within 7 d) of its choices at the judged decisions' send times."""
     from nextbest.simulation.response import recent_contacts
     from nextbest.simulation.truth import Oracle
 
     oracle = Oracle(period.truth, period.offers)
-    judged_log = log.iloc[rows].reset_index(drop=True)
-    u, sent_at, pick = users[rows], judged_log["sent_at"], greedy[rows]
+    u, sent_at = users[rows], log["sent_at"].iloc[rows].reset_index(drop=True)
     recent = recent_contacts(log)[rows]
-    treated = pick >= 0
-    p_true = oracle.p_organic(u, sent_at)
-    if treated.any():
-        po, pc = np.divmod(pick[treated], n_c)
-        p_true[treated] = oracle.p_convert(u[treated], period.offers["offer_id"].to_numpy()[po],
-                                           np.asarray(channels, dtype=object)[pc], sent_at[treated],
-                                           recent_contacts=recent[treated])
-    truth = float(p_true.mean())
-    table["simulated_truth"] = truth
-    table["error"] = (table["value"] - truth) / truth
-    return table
+    organic = oracle.p_organic(u, sent_at)
+    out = {}
+    for name, pick in greedy.items():
+        p = organic.copy()
+        treated = pick >= 0
+        if treated.any():
+            o, c = np.divmod(pick[treated], len(channels))
+            p[treated] = oracle.p_convert(u[treated], offer_ids[o], channels[c], sent_at[treated],
+                                          recent_contacts=recent[treated])
+        out[name] = float(p.mean())
+    return out
