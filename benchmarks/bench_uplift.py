@@ -1,7 +1,7 @@
 """Uplift learners against the S-learner, paired on the same user folds, and their policies against the best
 send-everyone policy, off-policy, on the current nextbest home's contact log.
 
-Usage: python benchmarks/bench_uplift.py [--part qini|policy|both] [--folds 3] [--users 3000]
+Usage: python benchmarks/bench_uplift.py [--part qini|policy|both|nba] [--folds 3] [--users 3000]
 (after `nextbest demo`, or `ingest` + `features build/apply` of a company's experiment export).
 
 - qini: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls scored for
@@ -13,6 +13,8 @@ Usage: python benchmarks/bench_uplift.py [--part qini|policy|both] [--folds 3] [
   cross-fitted estimates are compared with. On a simulated world the oracle's expected conversion of each
   policy's choices is the simulator's truth beside them. Policies take only actions open at each logged decision
   (`logged_feasibility`), the logging policy's support.
+- nba: the home's champions' NBA policy, judged as `nextbest evaluate` judges it (the decisions logged after the
+  cutoff, `evaluate.off_policy`, the estimator of `evaluate --logs`), against the simulator's truth, timed.
 Prints JSON lines.
 """
 
@@ -180,19 +182,40 @@ def policy_part(data: TrainingSet, raw: dict, args, settings, machine: dict) -> 
                           **machine}), flush=True)
 
 
+def nba_part(settings: Settings, users: int, machine: dict) -> None:
+    from nextbest.pipelines.evaluate import _decisions, champion_set, load_period, model_policies, off_policy
+
+    world, tables = load_period(settings)
+    period = world.sample(users or None, seed=7)
+    cutoff, logged = _decisions(settings, tables, period)
+    policy = model_policies(settings, period, models=champion_set(settings), as_of=cutoff)[0]
+    started = time.perf_counter()
+    table = off_policy(settings, policy, period, logged)
+    seconds = round(time.perf_counter() - started, 1)
+    for _, r in table.iterrows():
+        print(json.dumps({"policy": policy.name, "method": r["method"], "estimate": round(r["value"], 5),
+                          "ci": [round(r["ci_low"], 5), round(r["ci_high"], 5)], "truth": round(r["simulated_truth"], 5),
+                          "error": round(r["error"], 4), "judged": int(r["n"]), "matched": table.attrs["matched"],
+                          "off_policy_seconds": seconds, **machine}), flush=True)
+
+
 def _rel(estimate: float, truth: float) -> float | None:
     return round(float(estimate) / truth - 1, 4) if truth > 0 else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("qini", "policy", "both"), default="both")
+    parser.add_argument("--part", choices=("qini", "policy", "both", "nba"), default="both")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--users", type=int, default=3_000, help="users sampled from the log (0 = all)")
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--learners", default="s,t,funnel", help="policy part: learners whose policies are judged")
     args = parser.parse_args()
     settings = Settings()
+    machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "users": args.users}
+    if args.part == "nba":
+        return nba_part(settings, args.users, machine)
     raw = read_raw_tables(settings)
     ids = raw["contacts"]["user_id"].astype(str)
     if args.users and ids.nunique() > args.users:
@@ -200,9 +223,7 @@ def main() -> None:
         raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
     started = time.perf_counter()
     data = build_frame(feature_store(settings), raw, UpliftConfig())
-    machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": len(data.frame),
-               "users": args.users, "folds": args.folds}
+    machine = {**machine, "rows": len(data.frame), "folds": args.folds}
     if args.part in ("qini", "both"):
         qini_part(data, args, settings, machine)
     if args.part in ("policy", "both"):
