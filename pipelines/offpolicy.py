@@ -162,12 +162,11 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     for k in np.unique(folds):
         test = folds == k
         train = replace(data, frame=frame[~test].reset_index(drop=True))
-        arms = fit_t_learner(train, fit_cfg)
-        rows = frame[test].reset_index(drop=True)
-        q_logged[test] = _reward_model(arms, rows, action[test], train.frame, data.treatment, config.seed + int(k))
+        q = _RewardModel(fit_t_learner(train, fit_cfg), frame[test].reset_index(drop=True), train.frame, data.treatment,
+                         config.seed + int(k))
+        q_logged[test] = q.of(action[test])
         for name, pick in chosen.items():
-            q_chosen[name][test] = _reward_model(arms, rows, np.asarray(pick, dtype=object)[test], train.frame,
-                                                 data.treatment, config.seed + int(k))
+            q_chosen[name][test] = q.of(np.asarray(pick, dtype=object)[test])
     out, terms = [], {}
     for name, pick in chosen.items():
         target = (np.asarray(pick, dtype=object) == action).astype("float64")
@@ -184,29 +183,42 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     return table
 
 
-def _reward_model(arms, rows: pd.DataFrame, picks: np.ndarray, train: pd.DataFrame, treatment: str,
-                  seed: int) -> np.ndarray:
-    """The T-learner's P(convert) of each row under its own action in `picks`: the control arm for NO_CONTACT, the
-    treated arm with the action's request columns for a contact. An action no training row logged (nothing to
-    learn it from) gets the treated arm's mean over the row's logged actions (a flat guess; no policy is credited
-    through it, as no logged row takes it)."""
-    out = np.asarray(arms.control_.predict(rows), dtype="float64")
-    sent = train[train[treatment].to_numpy() == 1]
-    logged = action_names(sent["offer_id"], sent["channel"], np.ones(len(sent), bool))
-    rng = np.random.default_rng(seed)
-    unknown = np.zeros(len(rows), dtype=bool)
-    for a in pd.unique(picks[picks != NO_CONTACT]):
-        hit = picks == a
-        examples = sent[logged == a]
-        if examples.empty:
-            unknown |= hit
-            continue
-        pick = examples.iloc[rng.integers(0, len(examples), int(hit.sum()))]
-        request = pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
-        out[hit] = arms.treated_.predict(rows[hit].reset_index(drop=True).drop(columns=list(request.columns)).join(request))
-    if unknown.any():
-        out[unknown] = float(arms.treated_.predict(sent).mean()) if len(sent) else out[unknown]
-    return out
+class _RewardModel:
+    """A T-learner's P(convert) of each of `rows` under a given action per row: the control arm for NO_CONTACT, the
+    treated arm with the action's request columns (an example of it from the training rows) for a contact. Each
+    action is scored once for all rows, whichever policy asks. An action no training row logged (nothing to learn
+    it from) gets the treated arm's mean over the training contacts: no policy is credited through it, as no
+    logged row takes it."""
+
+    def __init__(self, arms, rows: pd.DataFrame, train: pd.DataFrame, treatment: str, seed: int):
+        self.arms, self.rows = arms, rows
+        self.sent = train[train[treatment].to_numpy() == 1]
+        self.logged = action_names(self.sent["offer_id"], self.sent["channel"], np.ones(len(self.sent), bool))
+        self.rng = np.random.default_rng(seed)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def _all_rows(self, a: str) -> np.ndarray:
+        if a not in self.cache:
+            if a == NO_CONTACT:
+                self.cache[a] = np.asarray(self.arms.control_.predict(self.rows), dtype="float64")
+            elif not (self.logged == a).any():
+                mean = float(self.arms.treated_.predict(self.sent).mean()) if len(self.sent) else 0.0
+                self.cache[a] = np.full(len(self.rows), mean)
+            else:
+                examples = self.sent[self.logged == a]
+                pick = examples.iloc[self.rng.integers(0, len(examples), len(self.rows))]
+                request = pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
+                self.cache[a] = np.asarray(self.arms.treated_.predict(
+                    self.rows.drop(columns=list(request.columns)).join(request)), dtype="float64")
+        return self.cache[a]
+
+    def of(self, picks: np.ndarray) -> np.ndarray:
+        """Each row's predicted reward under its own action in `picks`."""
+        out = np.zeros(len(self.rows))
+        for a in pd.unique(picks):
+            hit = picks == a
+            out[hit] = self._all_rows(a)[hit]
+        return out
 
 
 def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
