@@ -116,3 +116,26 @@ def test_feasibility_reads_only_the_columns_a_company_gave():
     open_ = logged_feasibility(tables, log, ruled, ["email", "push"])
     assert not open_[:, 0].any()  # offer A expired before both sends
     assert open_[0, 1].all() and not open_[1, 1].any()  # offer B: u1 bought before (a customer), u2 never did
+
+
+def test_the_gate_judges_off_policy_only_decisions_no_challenger_trained_on():
+    """On a company's logs the paired DR difference decides, unless a contact-log challenger's holdout was a random
+    split (one send time): then the decisions since its holdout began include its training rows, and each
+    challenger's holdout decides instead, saying why."""
+    from nextbest.pipelines.retrain import gate_decision
+
+    table = pd.DataFrame({"incremental_revenue": [np.nan, np.nan], "violations": [np.nan, np.nan],
+                          "dr": [0.050, 0.056], "dr_diff": [0.0, 0.006], "dr_diff_low": [0.0, 0.002],
+                          "dr_diff_high": [0.0, 0.010], "matched": [400, 420], "logged": [3000, 3000]},
+                         index=pd.Index(["champions", "challengers"], name="models"))
+    waiting = {"uplift": "3", "conversion": "4"}
+    by_time = {"uplift": {"holdout_split": "time", "better_on_holdout": False},
+               "conversion": {"holdout_split": "time", "better_on_holdout": True}}
+    decision = gate_decision(table, waiting, by_time, pd.Timestamp("2026-05-01", tz="UTC"), min_matched=200)
+    assert decision["by"] == "off-policy" and decision["promote"] == waiting
+    at_random = {**by_time, "uplift": {"holdout_split": "stratified", "better_on_holdout": False}}
+    decision = gate_decision(table, waiting, at_random, pd.Timestamp("2026-05-01", tz="UTC"), min_matched=200)
+    assert decision["by"] == "holdout" and decision["promote"] == {"conversion": "4"}
+    assert "holdout of uplift is not a time split" in decision["reason"]
+    thin = gate_decision(table, waiting, by_time, None, min_matched=1000)
+    assert thin["by"] == "holdout" and "only 400 logged decisions match" in thin["reason"]
