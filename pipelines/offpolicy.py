@@ -185,8 +185,8 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
 
 class _RewardModel:
     """A T-learner's P(convert) of each of `rows` under a given action per row: the control arm for NO_CONTACT, the
-    treated arm with the action's request columns (an example of it from the training rows) for a contact. Each
-    action is scored once for all rows, whichever policy asks. An action no training row logged (nothing to learn
+    treated arm with the action's request columns (an example of it from the training rows) for a contact. A row
+    is scored with an action once, whichever policies ask, and only when one asks. An action no training row logged (nothing to learn
     it from) gets the treated arm's mean over the training contacts: no policy is credited through it, as no
     logged row takes it."""
 
@@ -196,28 +196,33 @@ class _RewardModel:
         self.logged = action_names(self.sent["offer_id"], self.sent["channel"], np.ones(len(self.sent), bool))
         self.rng = np.random.default_rng(seed)
         self.cache: dict[str, np.ndarray] = {}
+        self.draws: dict[str, np.ndarray] = {}
 
-    def _all_rows(self, a: str) -> np.ndarray:
-        if a not in self.cache:
-            if a == NO_CONTACT:
-                self.cache[a] = np.asarray(self.arms.control_.predict(self.rows), dtype="float64")
-            elif not (self.logged == a).any():
-                mean = float(self.arms.treated_.predict(self.sent).mean()) if len(self.sent) else 0.0
-                self.cache[a] = np.full(len(self.rows), mean)
-            else:
-                examples = self.sent[self.logged == a]
-                pick = examples.iloc[self.rng.integers(0, len(examples), len(self.rows))]
-                request = pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
-                self.cache[a] = np.asarray(self.arms.treated_.predict(
-                    self.rows.drop(columns=list(request.columns)).join(request)), dtype="float64")
-        return self.cache[a]
+    def _rows(self, a: str, need: np.ndarray) -> np.ndarray:
+        """The predictions for action `a` (all rows), computed for the rows in `need` not yet scored with it."""
+        done = self.cache.setdefault(a, np.full(len(self.rows), np.nan))
+        todo = need & np.isnan(done)
+        if not todo.any():
+            return done
+        if a == NO_CONTACT:
+            done[todo] = self.arms.control_.predict(self.rows[todo])
+        elif not (self.logged == a).any():
+            done[todo] = float(self.arms.treated_.predict(self.sent).mean()) if len(self.sent) else 0.0
+        else:
+            examples = self.sent[self.logged == a]
+            # One example per row, drawn once per action for all rows: the same row asks the same question twice.
+            draw = self.draws.setdefault(a, self.rng.integers(0, len(examples), len(self.rows)))
+            request = examples.iloc[draw[todo]][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
+            done[todo] = self.arms.treated_.predict(
+                self.rows[todo].reset_index(drop=True).drop(columns=list(request.columns)).join(request))
+        return done
 
     def of(self, picks: np.ndarray) -> np.ndarray:
-        """Each row's predicted reward under its own action in `picks`."""
+        """Each row's predicted reward under its own action in `picks` (only those rows are scored with it)."""
         out = np.zeros(len(self.rows))
         for a in pd.unique(picks):
             hit = picks == a
-            out[hit] = self._all_rows(a)[hit]
+            out[hit] = self._rows(a, hit)[hit]
         return out
 
 
