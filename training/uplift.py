@@ -189,7 +189,8 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     opened = treated & (frame["opened"].to_numpy() == 1) if "opened" in frame else treated
     features = list(train.features)
     if opened.sum() < 20 or len(np.unique(train.y[opened])) < 2:
-        raise ValueError("uplift (funnel): too few opened contacts with and without a conversion; use learner='t'")
+        raise ValueError("uplift (funnel): too few opened contacts with and without a conversion; choose another "
+                         "learner (--learner s, t, x or dr)")
     engage = fit_booster(frame[treated], features + list(ENGAGE_COLUMNS), frame["opened"].to_numpy()[treated],
                          train.feature_service, config.fit, progress=progress)
     offer_inputs = features + list(OFFER_COLUMNS)
