@@ -1,10 +1,21 @@
-"""Uplift learners against a plain S-learner, paired on the same user folds, and their policies against the best
-send-everyone policy, off-policy and cross-fitted, on the current nextbest home's contact log.
+"""Uplift learners against the S-learner, paired on the same user folds, and their policies against the best
+send-everyone policy, off-policy, on the current nextbest home's contact log.
 
-Usage: python benchmarks/bench_uplift.py [--folds 3] [--users 5000]
+Usage: python benchmarks/bench_uplift.py [--part qini|policy|both|nba] [--folds 3] [--users 3000]
 (after `nextbest demo`, or `ingest` + `features build/apply` of a company's experiment export).
-Prints JSON lines: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls
-scored for that offer), the paired gap to the S-learner with its interval, then the off-policy table.
+
+- qini: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls scored for
+  that offer), the paired gap to the S-learner (`fit_learner("s")`, the product's own) with its t-interval.
+- policy: the users are split in two halves. On the estimation half, `policy_values` judges each learner's policy
+  and each fixed policy (everyone one action, nobody), cross-fitted (what `nextbest evaluate --logs` prints). On
+  the held-out half, the learners fitted on the whole estimation half choose, and plain IPS with the logged
+  propensities gives each policy's held-out value (unbiased on a randomised log): the "held-out IPS truth" the
+  cross-fitted estimates are compared with. On a simulated world the oracle's expected conversion of each
+  policy's choices is the simulator's truth beside them. Policies take only actions open at each logged decision
+  (`logged_feasibility`), the logging policy's support.
+- nba: the home's champions' NBA policy, judged as `nextbest evaluate` judges it (the decisions logged after the
+  cutoff, `evaluate.off_policy`, the estimator of `evaluate --logs`), against the simulator's truth, timed.
+Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -20,11 +31,20 @@ import pandas as pd
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
-from nextbest.pipelines.offpolicy import LogsConfig, policy_values
+from nextbest.pipelines.offpolicy import (
+    NO_CONTACT,
+    LogsConfig,
+    _action_rows,
+    _fit_config,
+    judge_choices,
+    logged_feasibility,
+    policy_values,
+)
 from nextbest.training.datasets import TrainingSet
 from nextbest.training.jobs import read_raw_tables
 from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics
-from nextbest.training.tabular import FitConfig, fit_booster
+from nextbest.training.ope import paired_difference
+from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     UpliftConfig,
     build_frame,
@@ -34,20 +54,7 @@ from nextbest.training.uplift import (
     user_folds,
 )
 
-
-class SLearner:
-    """The reference: one LightGBM over user features, the action's columns and a treated flag; uplift =
-    m(user, action, treated) - m(user, no action, control)."""
-
-    def __init__(self, train: TrainingSet, config: UpliftConfig):
-        frame = train.frame.assign(treated_flag=train.frame[train.treatment].astype("int64"))
-        self.request = list(train.request)
-        self.model = fit_booster(frame, [*train.inputs, "treated_flag"], train.y, train.feature_service, config.fit)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        sent = frame.assign(treated_flag=1)
-        held = frame.assign(treated_flag=0, **{c: None for c in self.request if c != "local_hour"})
-        return self.model.predict(sent) - self.model.predict(held)
+_CHUNK = 2_000  # rows per scoring call over all actions: bounds the frame (rows x actions)
 
 
 def per_offer_qini(scorer, test: TrainingSet, seed: int) -> dict[str, float]:
@@ -62,13 +69,153 @@ def per_offer_qini(scorer, test: TrainingSet, seed: int) -> dict[str, float]:
     return out
 
 
+def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
+    config = UpliftConfig(fit=FitConfig(trials=args.trials, max_rounds=200, seed=settings.seed))
+    folds = user_folds(data.frame["user_id"].astype(str).to_numpy(), args.folds, settings.seed)
+    learners = list(candidates(data))
+    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners}
+    for k in range(args.folds):
+        train, test = data.subset(folds != k), data.subset(folds == k)
+        for name in learners:
+            qini[name].append(per_offer_qini(fit_learner(name, train, config), test, settings.seed + k))
+    offers = sorted(set.intersection(*[set(f) for f in qini["s"]]))
+    for name in learners:
+        per_fold = [np.mean([f[o] for o in offers]) for f in qini[name]]
+        gaps = [a - b for a, b in zip(per_fold, [np.mean([f[o] for o in offers]) for f in qini["s"]], strict=True)]
+        beats = sum(np.mean([a[o] - b[o] for a, b in zip(qini[name], qini["s"], strict=True)]) > 0 for o in offers)
+        print(json.dumps({"learner": name, "qini_auc_per_fold": np.round(per_fold, 4).tolist(),
+                          "qini_auc": fold_interval(per_fold), "gap_to_s": fold_interval(gaps),
+                          "offers_beating_s": int(beats), "offers": len(offers), **machine}), flush=True)
+
+
+def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per "offer @ channel" action, whether it was open at each row's logged decision."""
+    contacts = raw["contacts"].assign(contact_id=raw["contacts"]["contact_id"].astype(str)).set_index("contact_id")
+    log = contacts.loc[frame["contact_id"].astype(str)].reset_index()
+    channels = list(raw["channels"]["channel"].astype(str)) if raw.get("channels") is not None else \
+        sorted(raw["contacts"]["channel"].dropna().astype(str).unique())
+    offers = raw["offers"].reset_index(drop=True)
+    open_ = logged_feasibility(raw, log, offers, channels)
+    return {f"{o} @ {c}": open_[:, i, j] for i, o in enumerate(offers["offer_id"].astype(str))
+            for j, c in enumerate(channels)}
+
+
+def choose(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], open_: dict[str, np.ndarray],
+           seed: int) -> np.ndarray:
+    """The learner's policy on `rows`: the open action of the highest positive uplift, else no contact (chunked)."""
+    out = np.empty(len(rows), dtype=object)
+    for start in range(0, len(rows), _CHUNK):
+        part = rows.iloc[start:start + _CHUNK].reset_index(drop=True)
+        grid = _action_rows(part, train, actions, "treated", seed)
+        uplift = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
+        ok = np.stack([open_[a][start:start + len(part)] for a in actions], axis=1)
+        uplift = np.where(ok, uplift, -np.inf)
+        best = np.asarray(actions, dtype=object)[uplift.argmax(axis=1)]
+        out[start:start + len(part)] = np.where(uplift.max(axis=1) > 0, best, NO_CONTACT)
+    return out
+
+
+def simulated_truth(settings: Settings, raw: dict, frame: pd.DataFrame, chosen: np.ndarray) -> float:
+    """The simulator's expected conversion within 7 days of the chosen actions at the logged send times."""
+    from nextbest.simulation.response import recent_contacts
+    from nextbest.simulation.truth import Oracle, Truth
+
+    truth = Truth.load(settings.truth_dir)
+    oracle = Oracle(truth, raw["offers"].reset_index(drop=True))
+    users = pd.Index(raw["users"]["user_id"].astype(str)).get_indexer(frame["user_id"].astype(str))
+    contacts = raw["contacts"].reset_index(drop=True)
+    ids = frame["contact_id"].astype(str)
+    recent = pd.Series(recent_contacts(contacts), index=contacts["contact_id"].astype(str)).reindex(ids).to_numpy()
+    at = pd.to_datetime(contacts.set_index(contacts["contact_id"].astype(str))["sent_at"], utc=True).reindex(ids)
+    at = at.reset_index(drop=True)
+    p = oracle.p_organic(users, at)
+    sent = chosen != NO_CONTACT
+    if sent.any():
+        offer, channel = np.array([a.split(" @ ") for a in chosen[sent]], dtype=object).T
+        p[sent] = oracle.p_convert(users[sent], offer, channel, at[sent], recent_contacts=recent[sent])
+    return float(p.mean())
+
+
+def policy_part(data: TrainingSet, raw: dict, args, settings, machine: dict) -> None:
+    learners = tuple(n for n in args.learners.split(",") if n in candidates(data))
+    users = data.frame["user_id"].astype(str).to_numpy()
+    held = user_folds(users, 2, settings.seed + 1) == 1
+    est, out = data.subset(~held), data.subset(held)
+    open_est, open_out = feasibility(raw, est.frame), feasibility(raw, out.frame)
+    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed)
+    started = time.perf_counter()
+    table = policy_values(est, logs, feasible=open_est)
+    machine = {**machine, "estimation_rows": len(est.frame), "held_out_rows": len(out.frame),
+               "cross_fit_seconds": round(time.perf_counter() - started, 1)}
+    actions = sorted(p.removeprefix("everyone: ") for p in table.index if p.startswith("everyone: "))
+    chosen = {}
+    for learner in learners:
+        model = fit_learner(learner, est, _fit_config(logs))
+        chosen[learner] = choose(model, out.frame, est.frame, actions, open_out, settings.seed)
+    for a in actions:
+        chosen[f"everyone: {a}"] = np.where(open_out[a], a, NO_CONTACT).astype(object)
+    chosen[f"nobody ({NO_CONTACT})"] = np.full(len(out.frame), NO_CONTACT, dtype=object)
+    heldout = judge_choices(out, chosen, logs)
+    fixed = [p for p in heldout.index if p not in learners]
+    best_fixed_out = heldout.loc[fixed, "ips"].idxmax()
+    terms = heldout.attrs["dr_terms"]
+    simulated = (settings.truth_dir / "truth.json").exists()
+    for policy in table.index:
+        e, h = table.loc[policy], heldout.loc[policy]
+        diff = paired_difference(terms[policy], terms[best_fixed_out])
+        row = {"policy": policy, "kind": e["kind"],
+               "crossfit_snips": [round(e[k], 5) for k in ("snips", "snips_low", "snips_high")],
+               "crossfit_dr": [round(e[k], 5) for k in ("dr", "dr_low", "dr_high")],
+               "crossfit_vs_best_fixed": [round(e[k], 5) for k in ("vs_best_fixed", "vs_best_fixed_low", "vs_best_fixed_high")],
+               "heldout_ips": [round(h[k], 5) for k in ("ips", "ips_low", "ips_high")],
+               "heldout_dr": [round(h[k], 5) for k in ("dr", "dr_low", "dr_high")],
+               "heldout_dr_vs_best_fixed": [round(x, 5) for x in (diff.value, diff.low, diff.high)],
+               "snips_err_vs_heldout_ips": _rel(e["snips"], h["ips"]), "dr_err_vs_heldout_ips": _rel(e["dr"], h["ips"]),
+               "matched": int(e["matched"]), "contacted": round(float(e["contacted_share"]), 3)}
+        if simulated:
+            t_est = simulated_truth(settings, raw, est.frame, table.attrs["chosen"][policy])
+            t_out = simulated_truth(settings, raw, out.frame, chosen[policy])
+            row.update(sim_truth_est=round(t_est, 5), sim_truth_heldout=round(t_out, 5),
+                       snips_err_vs_sim=_rel(e["snips"], t_est), dr_err_vs_sim=_rel(e["dr"], t_est),
+                       heldout_ips_err_vs_sim=_rel(h["ips"], t_out), heldout_dr_err_vs_sim=_rel(h["dr"], t_out))
+        print(json.dumps({**row, "best_fixed_crossfit": table.attrs["best_fixed"], "best_fixed_heldout": best_fixed_out,
+                          **machine}), flush=True)
+
+
+def nba_part(settings: Settings, users: int, machine: dict) -> None:
+    from nextbest.pipelines.evaluate import _decisions, champion_set, load_period, model_policies, off_policy
+
+    world, tables = load_period(settings)
+    period = world.sample(users or None, seed=7)
+    cutoff, logged = _decisions(settings, tables, period)
+    policy = model_policies(settings, period, models=champion_set(settings), as_of=cutoff)[0]
+    started = time.perf_counter()
+    table = off_policy(settings, policy, period, logged)
+    seconds = round(time.perf_counter() - started, 1)
+    for _, r in table.iterrows():
+        print(json.dumps({"policy": policy.name, "method": r["method"], "estimate": round(r["value"], 5),
+                          "ci": [round(r["ci_low"], 5), round(r["ci_high"], 5)], "truth": round(r["simulated_truth"], 5),
+                          "error": round(r["error"], 4), "judged": int(r["n"]), "matched": table.attrs["matched"],
+                          "off_policy_seconds": seconds, **machine}), flush=True)
+
+
+def _rel(estimate: float, truth: float) -> float | None:
+    return round(float(estimate) / truth - 1, 4) if truth > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("qini", "policy", "both", "nba"), default="both")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--users", type=int, default=5_000, help="users sampled from the log (0 = all)")
+    parser.add_argument("--users", type=int, default=3_000, help="users sampled from the log (0 = all)")
     parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--learners", default="s,t,funnel", help="policy part: learners whose policies are judged")
     args = parser.parse_args()
     settings = Settings()
+    machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+               "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "users": args.users}
+    if args.part == "nba":
+        return nba_part(settings, args.users, machine)
     raw = read_raw_tables(settings)
     ids = raw["contacts"]["user_id"].astype(str)
     if args.users and ids.nunique() > args.users:
@@ -76,29 +223,12 @@ def main() -> None:
         raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
     started = time.perf_counter()
     data = build_frame(feature_store(settings), raw, UpliftConfig())
-    config = UpliftConfig(fit=FitConfig(trials=args.trials, max_rounds=200, seed=settings.seed))
-    folds = user_folds(data.frame["user_id"].astype(str).to_numpy(), args.folds, settings.seed)
-    learners = ["s", *candidates(data)]
-    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners}
-    for k in range(args.folds):
-        train, test = data.subset(folds != k), data.subset(folds == k)
-        for name in learners:
-            scorer = SLearner(train, config) if name == "s" else fit_learner(name, train, config)
-            qini[name].append(per_offer_qini(scorer, test, settings.seed + k))
-    machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "date": time.strftime("%Y-%m-%d"), "rows": len(data.frame), "folds": args.folds}
-    offers = sorted(set.intersection(*[set(f) for f in qini["s"]]))
-    for name in learners:
-        for offer in offers:
-            values = [f.get(offer, np.nan) for f in qini[name]]
-            gap = [a.get(offer, np.nan) - b.get(offer, np.nan) for a, b in zip(qini[name], qini["s"], strict=True)]
-            print(json.dumps({"learner": name, "offer": offer, "qini_auc_folds": np.round(values, 4).tolist(),
-                              "qini_auc": fold_interval(values), "gap_to_s": fold_interval(gap), **machine}))
-    table = policy_values(data, LogsConfig(folds=args.folds, learners=tuple(n for n in learners if n != "s"),
-                                                    seed=settings.seed))
-    print(table.round(4).to_string())
-    print(json.dumps({"best_fixed": table.attrs["best_fixed"], "seconds": round(time.perf_counter() - started, 1),
-                      **machine}))
+    machine = {**machine, "rows": len(data.frame), "folds": args.folds}
+    if args.part in ("qini", "both"):
+        qini_part(data, args, settings, machine)
+    if args.part in ("policy", "both"):
+        policy_part(data, raw, args, settings, machine)
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1), **machine}))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = [
     "BuildConfig",
     "WINDOWS",
     "STAGES",
+    "STAGE_OF_TYPE",
     "snapshot_times",
     "tags_table",
     "build_tables",
@@ -45,6 +46,7 @@ _COUNTED_TYPES: dict[str, str] = {
 # Lifecycle stages in funnel order; a user's stage is the furthest event type ever seen.
 STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
 _STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
+STAGE_OF_TYPE = _STAGE_OF_TYPE  # event type -> index in STAGES (the stage it shows); read by off-policy feasibility
 _RATE_DAYS = 365  # window of the per-channel open, click and convert rates
 _AFFINITY_PRIOR = 0.35  # pseudo-events per category in the affinity shares
 # Activity that follows the user's daily rhythm: what they do on their own, whenever they choose.

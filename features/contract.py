@@ -19,6 +19,7 @@ __all__ = [
     "OFFER_KINDS",
     "DEFAULT_OFFER_KIND",
     "RESERVED_PROFILE_COLUMNS",
+    "with_optional_columns",
     "Column",
     "COLUMNS",
     "ContractError",
@@ -538,6 +539,13 @@ def parse_eligibility(expr: str | None) -> tuple[Clause, ...]:
             value = _atom(raw)
         clauses.append(Clause(feature, op, value))
     return tuple(clauses)
+
+
+def with_optional_columns(table: str, df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every optional column of `table` the company left out added as empty (None), so code reading a
+    table in the contract never has to ask whether an optional column exists."""
+    absent = {c.name: None for c in COLUMNS.get(table, ()) if not c.required and c.name not in df.columns}
+    return df.assign(**absent) if absent else df
 
 
 def offer_valid(at, valid_from, valid_to) -> bool:

@@ -14,26 +14,30 @@ an upper bound on what any policy scored on this history can earn.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from nextbest.features.build import STAGES
-from nextbest.features.contract import TABLES
+from nextbest.features.contract import TABLES, with_optional_columns
 from nextbest.features.feature_views import VIEWS
 from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, read_table
+from nextbest.pipelines.offpolicy import (
+    LogsConfig,
+    action_names,
+    decisions_since,
+    judge_choices,
+    logged_feasibility,
+)
 from nextbest.serving import engine
 from nextbest.serving.config import catalog_config, load_config
-from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
-from nextbest.simulation.campaigns import eligible
 from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from nextbest.simulation.replay import (
-    STAGE_OF_TYPE,
     Choice,
     Period,
     ReplayConfig,
@@ -44,7 +48,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
-           "write_report"]
+           "off_policy", "off_policies", "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -58,6 +62,13 @@ def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, di
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: policy evaluation needs `nextbest simulate`")
     tables = {t: read_raw(settings.raw_dir, t) for t in TABLES}
     tables = {k: v for k, v in tables.items() if v is not None}
+    if tables.get("contacts") is None or tables.get("offers") is None:
+        raise ValueError("policy evaluation needs the contacts and offers tables (`nextbest ingest`)")
+    if tables.get("channels") is None:  # optional in the contract: the channels the log used, at no known cost
+        used = tables["contacts"]["channel"].dropna().astype(str).unique()
+        tables["channels"] = pd.DataFrame({"channel": sorted(used), "cost": 0.0})
+    for name in ("offers", "channels"):
+        tables[name] = with_optional_columns(name, tables[name])
     return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
 
 
@@ -193,7 +204,7 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
         table[column] = table["incremental_revenue"] / best if best > 0 else np.nan
     step("off-policy estimates from the log")
     ope_period = world.sample(ope_users, seed=config.seed)
-    cutoff, logged = ope_log(settings, tables, ope_period)
+    cutoff, logged = _decisions(settings, tables, ope_period)
     # The same policy as it stood at the cutoff: features of then, so its choices do not depend on the
     # outcomes it is evaluated on.
     then = model_policies(settings, ope_period, models=models, as_of=cutoff)[0]
@@ -223,8 +234,13 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         step("replaying the oracle")
         oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
     ope_period = world.sample(ope_users, seed=config.seed)
-    cutoff, logged = ope_log(settings, tables, ope_period, since=since)
+    cutoff, logged = _decisions(settings, tables, ope_period, since=since)
     rows, first = [], None
+    step("off-policy estimates of every set's policy")
+    # One judgement of all sets' policies: the same decisions, the same cross-fitted reward model.
+    judged = off_policies(settings, {label: dataclasses.replace(model_policies(settings, ope_period, models=models,
+                                                                               as_of=cutoff)[0], name=label)
+                                     for label, models in sets.items()}, ope_period, logged)
     for label, models in sets.items():
         row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
                      "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
@@ -233,8 +249,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
             m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
             row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
                        share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
-        step(f"off-policy estimates of the {label}")
-        ope = off_policy(settings, model_policies(settings, ope_period, models=models, as_of=cutoff)[0], ope_period, logged)
+        ope = judged[label]
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
         diff = paired_difference(terms, first)
@@ -247,24 +262,12 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     return pd.DataFrame(rows).set_index("models")
 
 
-def ope_log(settings: Settings, tables: dict[str, pd.DataFrame], period: Period, newest: float = 0.3,
-            since: pd.Timestamp | None = None) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
-    """The logged decisions to evaluate a policy on: the period's users, sent after the cutoff (the newest
-    feature snapshot before the `newest` share of the log, or before `since`), with their full 7-day
-    outcome window observed.
-
-    The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
-    (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
-    """
-    contacts = tables["contacts"]
-    sent = pd.to_datetime(contacts["sent_at"], utc=True)
-    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
-    complete = sent + pd.Timedelta(days=7) <= end
-    split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)
-    snaps = pd.to_datetime(read_table(settings, "behaviour")["event_timestamp"].drop_duplicates(), utc=True)
-    cutoff = snaps[snaps <= split].max() if (snaps <= split).any() else snaps.min()
-    keep = complete & (sent >= cutoff) & contacts["user_id"].astype(str).isin(set(period.user_ids))
-    return cutoff, {**tables, "contacts": contacts[keep.to_numpy()]}
+def _decisions(settings: Settings, tables: dict[str, pd.DataFrame], period: Period,
+               since: pd.Timestamp | None = None) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+    """The period's users' logged decisions to judge policies on (`offpolicy.decisions_since`), cut at a feature
+    snapshot of this home."""
+    snapshots = read_table(settings, "behaviour")["event_timestamp"]
+    return decisions_since(tables, snapshots, set(period.user_ids), since=since)
 
 
 def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
@@ -294,69 +297,27 @@ def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
     return png, html
 
 
-def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, period: Period) -> np.ndarray:
-    """(rows, offers, channels): the actions open at each logged decision, from the company's own data.
-
-    A channel is open with consent and no suppression (of it or of '*') since before the send; an offer is
-    open when valid then and its eligibility rule holds on the user's state just before the send (lifecycle
-    stage from the events, days since the last purchase, tenure). The target policy can only be credited
-    with actions the logging policy could have taken: its support.
-    """
-    users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
-    at = pd.to_datetime(log["sent_at"], utc=True)
-    channels = list(period.channels["channel"])
-    open_c = period.consent[users].copy()
-    sup = tables.get("suppressions")
-    if sup is not None and len(sup):
-        rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(), "at": at})
-        hit = rows.merge(sup.assign(user_id=sup["user_id"].astype(str), channel=sup["channel"].astype(str)), on="user_id")
-        hit = hit[pd.to_datetime(hit["since"], utc=True) <= hit["at"]]
-        star = hit["channel"] == "*"
-        open_c[hit.loc[star, "row"].to_numpy()] = False
-        cidx = pd.Index(channels).get_indexer(hit.loc[~star, "channel"])
-        ok = cidx >= 0
-        open_c[hit.loc[~star, "row"].to_numpy()[ok], cidx[ok]] = False
-    # The user's funnel stage and last purchase strictly before each send, from the events.
-    ev = tables["events"]
-    ev = ev[ev["user_id"].astype(str).isin(set(log["user_id"].astype(str)))]
-    ts = pd.to_datetime(ev["ts"], utc=True).dt.tz_localize(None).to_numpy()
-    ev = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "ts": ts,
-                       "stage": ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int64),
-                       "bought": np.where(ev["type"].astype(str).to_numpy() == "purchase", ts, np.datetime64("NaT"))})
-    ev = ev.sort_values("ts", kind="stable")
-    ev["stage"] = ev.groupby("user_id")["stage"].cummax()
-    ev["bought"] = ev.groupby("user_id")["bought"].ffill()
-    rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": log["user_id"].astype(str).to_numpy(),
-                         "ts": at.dt.tz_localize(None).to_numpy()})
-    state = pd.merge_asof(rows.sort_values("ts"), ev, on="ts", by="user_id", allow_exact_matches=False).sort_values("row")
-    stage = state["stage"].fillna(0).to_numpy(dtype=np.int64)
-    at = at.reset_index(drop=True)
-    last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
-    known = tables["users"].assign(user_id=tables["users"]["user_id"].astype(str)).set_index("user_id")
-    signup = pd.to_datetime(known["signup_at"], utc=True).reindex(log["user_id"].astype(str)).reset_index(drop=True)
-    state_cols = {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
-                  "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64),
-                  "tenure_days": (at - signup).dt.days.to_numpy()}
-    open_o = np.zeros((len(log), len(period.offers)), dtype=bool)
-    day = at.dt.floor("D")
-    for d in day.unique():
-        idx = np.flatnonzero((day == d).to_numpy())
-        open_o[idx] = eligible(period.offers, {k: v[idx] for k, v in state_cols.items()}, d)
-    return open_o[:, :, None] & open_c[:, None, :]
-
-
 def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
-               sample: int | None = 100_000, seed: int = 7) -> pd.DataFrame:
-    """IPS, SNIPS and DR estimates of `policy` from the logged campaign history, next to the simulated truth.
+               sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> pd.DataFrame:
+    """IPS, SNIPS and DR estimates of `policy` from the logged decisions in `tables["contacts"]`, next to the
+    simulated truth when there is one (`off_policies` for one policy)."""
+    return off_policies(settings, {policy.name: policy}, period, tables, sample, seed, window_days)[policy.name]
 
-    At each logged decision the policy takes its best action by expected value among the actions open then
-    (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The
-    reward is a conversion within 7 days. The truth is the oracle's P(convert) of the policy's action at
-    each logged send time (no truth columns on a company's own logs). `attrs["matched"]`: the logged
-    decisions where the policy takes the logged action, the rows the estimates rest on.
+
+def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: Period, tables: dict[str, pd.DataFrame],
+                 sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> dict[str, pd.DataFrame]:
+    """Per policy, IPS, SNIPS and DR estimates from the logged decisions in `tables["contacts"]`, by the estimator of
+    `nextbest evaluate --logs` (`offpolicy.judge_choices`: reward = conversion within `window_days`, the label's
+    window; DR's reward model cross-fitted over users, one for all policies), next to the simulated truth when
+    there is one.
+
+    At each logged decision a policy takes its best action by expected value among the actions open then
+    (`logged_feasibility`: the logging policy's support), or no contact when none has positive value. The truth is
+    the oracle's P(convert) of the policy's action at each judged send time (none on a company's own logs).
+    `attrs["matched"]`: the judged decisions where the policy takes the logged action, the rows the estimates rest
+    on; `attrs["dr_terms"]`: DR's per-decision terms, for paired differences (the same decisions for every policy).
     """
-    from nextbest.simulation.truth import Oracle
-    from nextbest.training.ope import dr_terms, estimate_all
+    from nextbest.training.uplift import UpliftConfig, build_frame
 
     log = tables["contacts"].reset_index(drop=True)
     if len(log) == 0:
@@ -369,41 +330,54 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
-    recent = response.recent_contacts(log)
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
-    n_c = len(period.channels)
-    ev = np.where(logged_feasibility(tables, log, period), policy.ev[users], -np.inf).reshape(len(log), -1)
-    greedy = ev.argmax(axis=1)
-    greedy = np.where(ev.max(axis=1) > 0, greedy, -1)
-    offer_index = {o: i for i, o in enumerate(period.offers["offer_id"])}
-    channel_index = {c: i for i, c in enumerate(period.channels["channel"])}
-    logged_o = log["offer_id"].astype(object).map(offer_index).fillna(-1).to_numpy(dtype=np.int64)
-    logged_c = log["channel"].astype(object).map(channel_index).fillna(-1).to_numpy(dtype=np.int64)
-    logged = np.where(logged_c >= 0, logged_o * n_c + logged_c, -1)
-    target_prob = (logged == greedy).astype(float)
-    reward = log["converted_at"].notna().to_numpy(dtype=float)
-    # Reward model for DR: the oracle's organic rate is not known to a real team, so use the logged
-    # conversion rate per action as a plain, honest q-hat.
-    rate = pd.Series(reward).groupby(logged).mean()
-    q_logged = rate.reindex(logged).to_numpy()
-    q_target = rate.reindex(greedy).fillna(reward.mean()).to_numpy()
-    propensity = log["propensity"].to_numpy(dtype=float)
-    rows = [e.as_row() for e in estimate_all(propensity, target_prob, reward, q_logged, q_target)]
-    table = pd.DataFrame(rows)
-    table.attrs["matched"] = int(target_prob.sum())
-    table.attrs["dr_terms"] = dr_terms(propensity, target_prob, reward, q_logged, q_target)  # DR is their mean
-    if period.truth is None:
-        return table
+    channels = list(period.channels["channel"].astype(str))
+    n_c = len(channels)
+    open_ = logged_feasibility(tables, log, period.offers, channels)
+    data = build_frame(feature_store(settings), {**tables, "contacts": log}, UpliftConfig(window_days=window_days))
+    rows = pd.Index(log["contact_id"].astype(str)).get_indexer(data.frame["contact_id"].astype(str))
+    greedy = {}
+    for name, policy in policies.items():
+        ev = np.where(open_, policy.ev[users], -np.inf).reshape(len(log), -1)
+        greedy[name] = np.where(ev.max(axis=1) > 0, ev.argmax(axis=1), -1)[rows]
+    offer_ids = period.offers["offer_id"].astype(str).to_numpy()
+    names = np.asarray(channels, dtype=object)
+    chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
+    judged = judge_choices(data, chosen, LogsConfig(seed=seed))
+    truth = _simulated_truth(period, log, rows, users, greedy, offer_ids, names) if period.truth is not None else {}
+    out = {}
+    for name in policies:
+        row = judged.loc[name]
+        table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
+                               "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
+                               "effective_n": float(row["effective_n"])}
+                              for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
+        table.attrs["matched"] = int(row["matched"])
+        table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
+        if name in truth:
+            table["simulated_truth"] = truth[name]
+            table["error"] = (table["value"] - truth[name]) / truth[name]
+        out[name] = table
+    return out
+
+
+def _simulated_truth(period: Period, log: pd.DataFrame, rows: np.ndarray, users: np.ndarray,
+                     greedy: dict[str, np.ndarray], offer_ids: np.ndarray, channels: np.ndarray) -> dict[str, float]:
+    """Per policy, the oracle's mean P(convert within 7 d) of its choices at the judged decisions' send times."""
+    from nextbest.simulation.response import recent_contacts
+    from nextbest.simulation.truth import Oracle
+
     oracle = Oracle(period.truth, period.offers)
-    sent_at = log["sent_at"]
-    o, c = np.divmod(greedy.clip(0), n_c)
-    treated = greedy >= 0
-    p_true = oracle.p_organic(users, sent_at)
-    if treated.any():
-        p_true[treated] = oracle.p_convert(users[treated], period.offers["offer_id"].to_numpy()[o[treated]],
-                                           period.channels["channel"].to_numpy()[c[treated]], sent_at[treated],
-                                           recent_contacts=recent[treated])
-    truth = float(p_true.mean())
-    table["simulated_truth"] = truth
-    table["error"] = (table["value"] - truth) / truth
-    return table
+    u, sent_at = users[rows], log["sent_at"].iloc[rows].reset_index(drop=True)
+    recent = recent_contacts(log)[rows]
+    organic = oracle.p_organic(u, sent_at)
+    out = {}
+    for name, pick in greedy.items():
+        p = organic.copy()
+        treated = pick >= 0
+        if treated.any():
+            o, c = np.divmod(pick[treated], len(channels))
+            p[treated] = oracle.p_convert(u[treated], offer_ids[o], channels[c], sent_at[treated],
+                                          recent_contacts=recent[treated])
+        out[name] = float(p.mean())
+    return out

@@ -10,6 +10,10 @@ would have earned, estimated honestly out of sample. Works on the tables alone (
   model) fitted on the other folds only, so no decision judges a model that trained on it.
 - A learner's policy sends each user the action of the highest predicted uplift when it is positive, else
   nothing. Fixed policies: everyone the same action, and nobody.
+- One estimator (`judge_choices`) for every caller: `nextbest evaluate --logs` (learners' and fixed policies) and the
+  retrain policy gate (the champions' and the challengers' policies on the decisions logged since the holdout,
+  `pipelines/evaluate.py`): SNIPS, DR and IPS with 95 % intervals, DR's reward model a T-learner fitted on the
+  other folds of users.
 
 Limitation: the policy may pick an action the logging policy could not take for that user (an offer the user
 was not eligible for); such users get no credit, so with per-user eligibility in the log the estimate of a model
@@ -23,8 +27,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from nextbest.training.datasets import TrainingSet
-from nextbest.training.ope import doubly_robust, dr_terms, paired_difference, snips
+from nextbest.features.build import STAGE_OF_TYPE, STAGES
+from nextbest.features.contract import offer_valid
+from nextbest.serving.policy import matches
+from nextbest.training.datasets import TrainingSet, outcome_within
+from nextbest.training.ope import doubly_robust, dr_terms, ips, paired_difference, snips
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     ENGAGE_COLUMNS,
@@ -35,7 +42,8 @@ from nextbest.training.uplift import (
     user_folds,
 )
 
-__all__ = ["LogsConfig", "NO_CONTACT", "logged_actions", "policy_values"]
+__all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
+           "decisions_since", "logged_feasibility", "converted_within"]
 
 NO_CONTACT = "no contact"
 
@@ -53,25 +61,28 @@ class LogsConfig:
 
 def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.ndarray, np.ndarray]:
     """Each row's logged action ("offer @ channel", or NO_CONTACT) and its probability under the logging policy."""
-    treated = frame[treatment].to_numpy() == 1
-    action = np.where(treated, frame["offer_id"].astype(str) + " @ " + frame["channel"].astype(str), NO_CONTACT)
+    action = action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
     if "propensity" in frame and frame["propensity"].notna().all() and (frame["propensity"] > 0).all():
-        return action.astype(object), frame["propensity"].to_numpy(dtype="float64")
+        return action, frame["propensity"].to_numpy(dtype="float64")
     share = pd.Series(action).value_counts(normalize=True)
     return action.astype(object), share.reindex(action).to_numpy()
 
 
-def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.DataFrame:
+def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
+                  feasible: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """SNIPS and DR estimates (95 % intervals) of each learner's policy and each fixed policy, cross-fitted; one row
     per policy, with `matched` (logged decisions where the policy takes the logged action) and the DR difference
-    from the best fixed policy, paired on the same decisions."""
+    from the best fixed policy, paired on the same decisions.
+
+    `feasible` (action -> per-row mask, e.g. from `logged_feasibility`): every policy takes only actions open at the
+    logged decision (a fixed policy: its action where open, else no contact), so no policy is judged on actions
+    the logging policy could not take."""
     if "label" not in data.frame or data.treatment is None:
         raise ValueError("off-policy evaluation needs the uplift rows: contacted and control rows with a label")
     frame = data.frame.reset_index(drop=True)
     action, propensity = logged_actions(frame, data.treatment)
     if NO_CONTACT not in set(action) or set(action) == {NO_CONTACT}:
         raise ValueError("off-policy evaluation needs contacted rows and a control group (variant `control`) in the log")
-    reward = frame["label"].to_numpy(dtype="float64")
     users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
     folds = user_folds(users, config.folds, config.seed)
     # The actions a policy may take: those logged often enough outside every fold for a model to know them. Rarer
@@ -83,55 +94,136 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig()) -> pd.Da
     if not actions:
         raise ValueError(f"no contacted action is logged {config.min_rows}+ times outside every fold: too few "
                          "decisions to judge a policy (fewer --folds, or more users)")
-    fit_cfg = UpliftConfig(fit=FitConfig(trials=1, max_rounds=config.rounds, seed=config.seed), seed=config.seed)
+    fit_cfg = _fit_config(config)
     names = [*config.learners, *(f"everyone: {a}" for a in actions), f"nobody ({NO_CONTACT})"]
     chosen = {name: np.empty(len(frame), dtype=object) for name in names}
-    q = np.zeros((len(frame), len(actions) + 1))  # the DR reward model, per action (last: no contact)
     for k in range(config.folds):
         test = folds == k
         train = replace(data, frame=frame[~test].reset_index(drop=True))
         grid = _action_rows(frame[test].reset_index(drop=True), train.frame, actions, data.treatment, config.seed + k)
-        arms = fit_t_learner(train, fit_cfg)
-        q[test, :-1] = arms.treated_.predict(grid).reshape(len(actions), -1).T
-        q[test, -1] = arms.control_.predict(frame[test])
         for learner in config.learners:
             try:
                 model = fit_learner(learner, train, fit_cfg)
             except ValueError as err:
                 raise ValueError(f"learner {learner}: {err}") from None
             uplift = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
+            if feasible is not None:
+                uplift = np.where(np.stack([feasible[a][test] for a in actions], axis=1), uplift, -np.inf)
             best = uplift.argmax(axis=1)
             chosen[learner][test] = np.where(uplift.max(axis=1) > 0, np.asarray(actions, dtype=object)[best], NO_CONTACT)
         for a in actions:
-            chosen[f"everyone: {a}"][test] = a
+            chosen[f"everyone: {a}"][test] = a if feasible is None else np.where(feasible[a][test], a, NO_CONTACT)
         chosen[f"nobody ({NO_CONTACT})"][test] = NO_CONTACT
-    index = {a: i for i, a in enumerate(actions)} | {NO_CONTACT: len(actions)}
-    # A rare logged action no policy takes: its reward model is the contacted average (it only enters DR's
-    # correction, weighted by 0 for every policy here).
-    q_logged = np.where(np.isin(action, actions) | (action == NO_CONTACT),
-                        q[np.arange(len(frame)), [index.get(a, 0) for a in action]], q[:, :-1].mean(axis=1))
-    rows, terms = [], {}
-    for name in names:
-        pick = chosen[name]
-        target = (pick == action).astype("float64")
-        q_target = q[np.arange(len(frame)), [index[a] for a in pick]]
-        terms[name] = dr_terms(propensity, target, reward, q_logged, q_target)
-        s = snips(propensity, target, reward) if target.any() else None
-        dr = doubly_robust(propensity, target, reward, q_logged, q_target)
-        rows.append({"policy": name, "kind": "learner" if name in config.learners else "fixed",
-                     "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
-                     "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
-                     "matched": int(target.sum()), "contacted_share": float((pick != NO_CONTACT).mean())})
-    table = pd.DataFrame(rows).set_index("policy")
+    table = judge_choices(replace(data, frame=frame), chosen, config, folds=folds, action=action, propensity=propensity)
+    table.insert(0, "kind", ["learner" if name in config.learners else "fixed" for name in table.index])
     fixed = table[table["kind"] == "fixed"]
     best_fixed = fixed["dr"].idxmax()
+    terms = table.attrs["dr_terms"]
     for name in names:
         diff = paired_difference(terms[name], terms[best_fixed])
         table.loc[name, ["vs_best_fixed", "vs_best_fixed_low", "vs_best_fixed_high"]] = diff.value, diff.low, diff.high
     table.attrs["best_fixed"] = best_fixed
-    table.attrs["logged"] = len(frame)
-    table.attrs["chosen"] = chosen  # each policy's action per logged row
     return table
+
+
+def _fit_config(config: LogsConfig) -> UpliftConfig:
+    """Untuned fits of `config.rounds` rounds: judging, not tuning."""
+    return UpliftConfig(fit=FitConfig(trials=1, max_rounds=config.rounds, seed=config.seed), seed=config.seed)
+
+
+def action_names(offer: np.ndarray, channel: np.ndarray, treated: np.ndarray) -> np.ndarray:
+    """"offer @ channel" where treated, else NO_CONTACT: the one spelling of an action."""
+    named = pd.Series(offer, dtype=object).astype(str).to_numpy() + " @ " + \
+        pd.Series(channel, dtype=object).astype(str).to_numpy()
+    return np.where(np.asarray(treated, dtype=bool), named, NO_CONTACT).astype(object)
+
+
+def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: LogsConfig = LogsConfig(),
+                  folds: np.ndarray | None = None, action: np.ndarray | None = None,
+                  propensity: np.ndarray | None = None) -> pd.DataFrame:
+    """SNIPS, DR and IPS (95 % intervals) of policies given as each logged row's chosen action (`action_names`
+    spelling), on the logged rows of `data` (reward: its label, the conversion within the label's window).
+
+    DR's reward model is cross-fitted: per fold of users (`folds`, else `config.folds` seeded folds), a T-learner
+    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action. Returns
+    one row per policy with `matched` (rows where it takes the logged action) and `contacted_share`; the per-row
+    DR terms (for paired differences) in `attrs["dr_terms"]`, the choices in `attrs["chosen"]`.
+    """
+    frame = data.frame.reset_index(drop=True)
+    if action is None or propensity is None:
+        action, propensity = logged_actions(frame, data.treatment)
+    if folds is None:
+        users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
+        folds = user_folds(users, config.folds, config.seed)
+    reward = frame[data.label].to_numpy(dtype="float64")
+    q_logged = np.zeros(len(frame))
+    q_chosen = {name: np.zeros(len(frame)) for name in chosen}
+    fit_cfg = _fit_config(config)
+    for k in np.unique(folds):
+        test = folds == k
+        train = replace(data, frame=frame[~test].reset_index(drop=True))
+        q = _RewardModel(fit_t_learner(train, fit_cfg), frame[test].reset_index(drop=True), train.frame, data.treatment,
+                         config.seed + int(k))
+        q_logged[test] = q.of(action[test])
+        for name, pick in chosen.items():
+            q_chosen[name][test] = q.of(np.asarray(pick, dtype=object)[test])
+    out, terms = [], {}
+    for name, pick in chosen.items():
+        target = (np.asarray(pick, dtype=object) == action).astype("float64")
+        terms[name] = dr_terms(propensity, target, reward, q_logged, q_chosen[name])
+        s = snips(propensity, target, reward) if target.any() else None
+        i = ips(propensity, target, reward)
+        dr = doubly_robust(propensity, target, reward, q_logged, q_chosen[name])
+        out.append({"policy": name, "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
+                    "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
+                    "ips": i.value, "ips_low": i.low, "ips_high": i.high, "effective_n": i.effective_n,
+                    "matched": int(target.sum()), "contacted_share": float((np.asarray(pick) != NO_CONTACT).mean())})
+    table = pd.DataFrame(out).set_index("policy")
+    table.attrs.update(dr_terms=terms, chosen=chosen, logged=len(frame))
+    return table
+
+
+class _RewardModel:
+    """A T-learner's P(convert) of each of `rows` under a given action per row: the control arm for NO_CONTACT, the
+    treated arm with the action's request columns (an example of it from the training rows) for a contact. A row
+    is scored with an action once, whichever policies ask, and only when one asks. An action no training row logged (nothing to learn
+    it from) gets the treated arm's mean over the training contacts: no policy is credited through it, as no
+    logged row takes it."""
+
+    def __init__(self, arms, rows: pd.DataFrame, train: pd.DataFrame, treatment: str, seed: int):
+        self.arms, self.rows = arms, rows
+        self.sent = train[train[treatment].to_numpy() == 1]
+        self.logged = action_names(self.sent["offer_id"], self.sent["channel"], np.ones(len(self.sent), bool))
+        self.rng = np.random.default_rng(seed)
+        self.cache: dict[str, np.ndarray] = {}
+        self.draws: dict[str, np.ndarray] = {}
+
+    def _rows(self, a: str, need: np.ndarray) -> np.ndarray:
+        """The predictions for action `a` (all rows), computed for the rows in `need` not yet scored with it."""
+        done = self.cache.setdefault(a, np.full(len(self.rows), np.nan))
+        todo = need & np.isnan(done)
+        if not todo.any():
+            return done
+        if a == NO_CONTACT:
+            done[todo] = self.arms.control_.predict(self.rows[todo])
+        elif not (self.logged == a).any():
+            done[todo] = float(self.arms.treated_.predict(self.sent).mean()) if len(self.sent) else 0.0
+        else:
+            examples = self.sent[self.logged == a]
+            # One example per row, drawn once per action for all rows: the same row asks the same question twice.
+            draw = self.draws.setdefault(a, self.rng.integers(0, len(examples), len(self.rows)))
+            request = examples.iloc[draw[todo]][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
+            done[todo] = self.arms.treated_.predict(
+                self.rows[todo].reset_index(drop=True).drop(columns=list(request.columns)).join(request))
+        return done
+
+    def of(self, picks: np.ndarray) -> np.ndarray:
+        """Each row's predicted reward under its own action in `picks` (only those rows are scored with it)."""
+        out = np.zeros(len(self.rows))
+        for a in pd.unique(picks):
+            hit = picks == a
+            out[hit] = self._rows(a, hit)[hit]
+        return out
 
 
 def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
@@ -148,3 +240,94 @@ def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], tr
         request = pick[list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
         parts.append(rows.drop(columns=list(request.columns)).join(request))
     return pd.concat(parts, ignore_index=True)
+
+
+def converted_within(log: pd.DataFrame, window_days: int) -> np.ndarray:
+    """1.0 where the contact converted within `window_days` of its send, the label's window (a later conversion is
+    no reward, as it is no label), else 0.0."""
+    return outcome_within(log, "converted_at", window_days).astype("float64")
+
+
+def decisions_since(tables: dict[str, pd.DataFrame], snapshots: pd.Series, users: set[str] | None = None,
+                    window_days: int = 7, newest: float = 0.3,
+                    since: pd.Timestamp | None = None) -> tuple[pd.Timestamp, dict[str, pd.DataFrame]]:
+    """The logged decisions to judge a policy on: sent from the cutoff on (the newest feature snapshot at or before
+    `since`, else before the newest `newest` share of the log), of `users` when given, with their whole
+    `window_days` outcome window observed. Returns the cutoff and the tables with those contacts only.
+
+    The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
+    (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
+    """
+    contacts = tables["contacts"]
+    sent = pd.to_datetime(contacts["sent_at"], utc=True)
+    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
+    complete = sent + pd.Timedelta(days=window_days) <= end
+    if "observed_until" in contacts:  # an export date: outcomes after it are unknown
+        complete &= sent + pd.Timedelta(days=window_days) <= pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
+    if not complete.any():
+        raise ValueError(f"no logged decision has a complete {window_days}-day outcome window to judge a policy on")
+    split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)
+    snaps = pd.to_datetime(pd.Series(snapshots).drop_duplicates(), utc=True)
+    cutoff = snaps[snaps <= split].max() if (snaps <= split).any() else snaps.min()
+    keep = complete & (sent >= cutoff)
+    if users is not None:
+        keep &= contacts["user_id"].astype(str).isin(users)
+    return cutoff, {**tables, "contacts": contacts[keep.to_numpy()]}
+
+
+def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, offers: pd.DataFrame,
+                       channels: list[str]) -> np.ndarray:
+    """(rows, offers, channels): the actions open at each logged decision, from the company's own tables: the
+    logging policy's support, the only actions a target policy can be credited with.
+
+    A channel is open with consent (`users.consent_<channel>`) and no suppression of it or of '*' since before the
+    send; an offer is open when valid then (`valid_from`/`valid_to`, optional) and its eligibility rule (optional)
+    holds on the user's state just before the send (lifecycle stage from the events, days since the last purchase,
+    tenure), by serving's own rule (`serving.policy.matches`).
+    """
+    users = tables["users"].assign(user_id=tables["users"]["user_id"].astype(str)).set_index("user_id")
+    ids = log["user_id"].astype(str)
+    at = pd.to_datetime(log["sent_at"], utc=True).reset_index(drop=True)
+    consent = np.stack([users[f"consent_{c}"].reindex(ids).fillna(False).to_numpy(dtype=bool)
+                        if f"consent_{c}" in users else np.zeros(len(log), dtype=bool) for c in channels], axis=1)
+    sup = tables.get("suppressions")
+    if sup is not None and len(sup):
+        rows = pd.DataFrame({"row": np.arange(len(log)), "user_id": ids.to_numpy(), "at": at})
+        hit = rows.merge(sup.assign(user_id=sup["user_id"].astype(str), channel=sup["channel"].astype(str)), on="user_id")
+        hit = hit[pd.to_datetime(hit["since"], utc=True) <= hit["at"]]
+        star = hit["channel"] == "*"
+        consent[hit.loc[star, "row"].to_numpy()] = False
+        cidx = pd.Index(channels).get_indexer(hit.loc[~star, "channel"])
+        ok = cidx >= 0
+        consent[hit.loc[~star, "row"].to_numpy()[ok], cidx[ok]] = False
+    state = _state_before(tables["events"], ids, at)
+    signup = pd.to_datetime(users["signup_at"], utc=True).reindex(ids).reset_index(drop=True)
+    state["tenure_days"] = (at - signup).dt.days.to_numpy()
+    state["user_id"] = ids.to_numpy()
+    open_o = np.ones((len(log), len(offers)), dtype=bool)
+    day = at.dt.floor("D")
+    for j, offer in enumerate(offers.to_dict("records")):
+        valid = np.array([offer_valid(d, offer.get("valid_from"), offer.get("valid_to")) for d in day.unique()])
+        open_o[:, j] = pd.Series(valid, index=day.unique()).reindex(day).to_numpy(dtype=bool)
+        rule = offer.get("eligibility")
+        if isinstance(rule, str) and rule.strip():
+            open_o[:, j] &= matches(rule, state)
+    return open_o[:, :, None] & consent[:, None, :]
+
+
+def _state_before(events: pd.DataFrame, ids: pd.Series, at: pd.Series) -> dict[str, np.ndarray]:
+    """Each decision's lifecycle stage and days since the last purchase, from the events strictly before it."""
+    ev = events[events["user_id"].astype(str).isin(set(ids))]
+    ts = pd.to_datetime(ev["ts"], utc=True).dt.tz_localize(None).to_numpy()
+    ev = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "ts": ts,
+                       "stage": ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int64),
+                       "bought": np.where(ev["type"].astype(str).to_numpy() == "purchase", ts, np.datetime64("NaT"))})
+    ev = ev.sort_values("ts", kind="stable")
+    ev["stage"] = ev.groupby("user_id")["stage"].cummax()
+    ev["bought"] = ev.groupby("user_id")["bought"].ffill()
+    rows = pd.DataFrame({"row": np.arange(len(ids)), "user_id": ids.to_numpy(), "ts": at.dt.tz_localize(None).to_numpy()})
+    state = pd.merge_asof(rows.sort_values("ts"), ev, on="ts", by="user_id", allow_exact_matches=False).sort_values("row")
+    stage = state["stage"].fillna(0).to_numpy(dtype=np.int64)
+    last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
+    return {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
+            "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64)}

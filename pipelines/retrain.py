@@ -11,7 +11,8 @@ gate that judges it:
   evidence, and `promote` makes the challengers champions together only if their policy is worth more:
   on simulated data, by the truth's incremental revenue over the same replayed period (no rule broken);
   on a company's own data, by the doubly robust off-policy estimate on the decisions logged since the
-  newest holdout began (none of the challengers trained on them). When too few logged decisions match
+  newest holdout began (none of the challengers trained on them), by the estimator of `nextbest evaluate --logs`
+  (`pipelines.offpolicy.judge_choices`: reward in the label's window, DR's reward model cross-fitted over users). When too few logged decisions match
   a policy's choice for the estimate to mean anything, each challenger falls back to its holdout.
   Holdout metrics are recorded next to it, not decisive: a better AUC or Qini does not always make
   better decisions.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from nextbest.features.settings import Settings
 
-__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state"]
+__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state", "gate_decision"]
 
 STEPS: tuple[str, ...] = ("ingest", "build", "apply", "materialize", "train", "evaluate", "promote")
 POLICY_MODELS: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # what the NBA policy reads
@@ -45,7 +46,7 @@ class RetrainConfig:
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
-    uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or t, x, dr, funnel
+    uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or s, t, x, dr, funnel
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 
@@ -121,7 +122,7 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed,
                                                                 uplift_learner=config.uplift_learner),
                            defer=_policy_gated(config), skip=skipped.__setitem__)
-    keep = ("better_on_holdout", "holdout_from")
+    keep = ("better_on_holdout", "holdout_from", "holdout_split")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
                                "reason": str(r.decision.get("reason", "")), "deferred": bool(r.decision.get("deferred")),
                                **{k: r.decision[k] for k in keep if k in r.decision}} for r in results},
@@ -151,6 +152,7 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     since = max((pd.Timestamp(trained[n]["holdout_from"]) for n in waiting if trained[n].get("holdout_from")), default=None)
     if since is not None and since.tzinfo is None:
         since = since.tz_localize("UTC")
+    problem = ""
     try:
         table = judge_model_sets(settings, sets, since=since)
     except ValueError as err:  # nothing to estimate from: no logged decisions, no propensities or no outcomes
@@ -160,30 +162,46 @@ def _evaluate(settings: Settings, config: RetrainConfig, state: dict) -> dict:
         out["policies"] = table.drop(columns="versions").round(4).to_dict("index")
     if not waiting:
         return out
+    out["decision"] = gate_decision(table, waiting, trained, since, config.min_matched, problem)
+    return out
+
+
+def gate_decision(table, waiting: dict[str, str], trained: dict[str, dict], since, min_matched: int,
+                  problem: str = "") -> dict:
+    """The policy gate's verdict from `judge_model_sets`' table (None when it could not be computed: `problem`
+    says why): by the simulation when there is a truth, else by the paired DR difference when enough logged
+    decisions match each policy and none of them trained a challenger, else by each challenger's holdout."""
+    import pandas as pd
+
     champ, chall = (table.loc[k] for k in ("champions", "challengers")) if table is not None else (None, None)
+    # A contact-log model split at random (e.g. one send time in an experiment export) trained on decisions from
+    # `since` on: judging it on them would be in sample, so its holdout judges it instead.
+    trained_on_them = [n for n in waiting if trained[n].get("holdout_split") == "stratified"]
     if table is not None and pd.notna(chall["incremental_revenue"]):
         better = bool(chall["incremental_revenue"] > champ["incremental_revenue"] and chall["violations"] == 0)
         reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
                   f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
                   f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})")
-        out["decision"] = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
-                           "challenger_revenue": float(chall["incremental_revenue"]),
-                           "champion_revenue": float(champ["incremental_revenue"])}
-    elif table is not None and min(table["matched"]) >= config.min_matched:
+        decision = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
+                    "challenger_revenue": float(chall["incremental_revenue"]),
+                    "champion_revenue": float(champ["incremental_revenue"])}
+    elif table is not None and min(table["matched"]) >= min_matched and not trained_on_them:
         better = bool(chall["dr_diff"] > 0)
         reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
                   f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "
                   f"paired on {int(chall['logged']):,} decisions logged since {since}")
-        out["decision"] = {"promoted": better, "by": "off-policy", "reason": reason, "promote": waiting if better else {},
-                           "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"]),
-                           "dr_difference": [float(chall[k]) for k in ("dr_diff", "dr_diff_low", "dr_diff_high")]}
+        decision = {"promoted": better, "by": "off-policy", "reason": reason, "promote": waiting if better else {},
+                    "challenger_dr": float(chall["dr"]), "champion_dr": float(champ["dr"]),
+                    "dr_difference": [float(chall[k]) for k in ("dr_diff", "dr_diff_low", "dr_diff_high")]}
     else:
-        thin = (f"only {int(min(table['matched']))} logged decisions match a policy's choice" if table is not None
-                else problem)
+        thin = (f"the holdout of {', '.join(trained_on_them)} is not a time split: the decisions logged since "
+                f"{since} include rows they trained on" if table is not None and trained_on_them else
+                f"only {int(min(table['matched']))} logged decisions match a policy's choice (fewer than "
+                f"{min_matched})" if table is not None else problem)
         better = {n: v for n, v in waiting.items() if trained[n].get("better_on_holdout")}
-        out["decision"] = {"promoted": bool(better), "by": "holdout", "promote": better,
-                           "reason": f"{thin} (fewer than {config.min_matched}): each challenger judged on its holdout"}
-    return out
+        decision = {"promoted": bool(better), "by": "holdout", "promote": better,
+                    "reason": f"{thin}: each challenger judged on its holdout"}
+    return decision
 
 
 def _promote(settings: Settings, config: RetrainConfig, state: dict) -> dict:

@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
         sample_rows: Annotated[int, typer.Option("--sample-rows", min=1000, help="rows joined per row set (contact log, "
                                                  "user snapshots); a larger one is sampled, the same share of each "
                                                  "label stratum, and the run records it")] = 500_000,
-        learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), t, x, dr, or "
+        learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, or "
                                                   "funnel (needs open tracking)")] = "auto",
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),

@@ -18,7 +18,7 @@ from nextbest.serving import engine
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import DecideRequest
 from nextbest.training.compiled import Rows
-from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer
+from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer, SLearnerScorer
 from tests.conftest import copy_home
 
 DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
@@ -196,6 +196,24 @@ def test_serving_imports_no_fitting_code(trained):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_an_s_learner_compiles_to_its_pandas_scores(runtime, users):
+    """The S-learner's "no action" half empties the same columns in the compiled codes as in the frame's."""
+    models, config = runtime.models.current, runtime.config.current(time.monotonic())
+    label, scorer, _ = next((lab, s, p) for lab, s, p in _hosts(models)
+                            if type(s) is BoosterScorer and "offer_id" in s.encoder_.columns)
+    kind = label.split(".")[0]
+    s_learner = SLearnerScorer(scorer.booster_, scorer.encoder_, scorer.feature_service)  # any model over user + action
+    grid = engine.request_grid(config)
+    n_u, n_cells = len(users["user_id"]), grid.n_offers * grid.n_channels
+    rows, cells = np.repeat(np.arange(n_u), n_cells), np.tile(np.arange(n_cells), n_u)
+    hours = np.random.default_rng(1).integers(0, 24, len(rows)).astype("float64")
+    x = Rows(engine.user_columns(users), rows, cells, hours, grid)
+    frame = models.frame(kind, users, rows, grid.request(cells, x.hours, engine.REQUEST_COLUMNS[kind]))
+    compiled = s_learner.compile(models.columns[kind], engine.REQUEST_COLUMNS[kind]).predict(x)
+    np.testing.assert_allclose(compiled, s_learner.predict(frame), rtol=0, atol=1e-12)
+    assert np.std(compiled) > 0 and len(s_learner.empty_columns) >= 5  # the action's columns and matched ones
 
 
 def test_pandas_frame_and_rows_describe_the_same_requests(runtime):

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from nextbest.pipelines.offpolicy import NO_CONTACT, LogsConfig, logged_actions, policy_values
+from nextbest.pipelines.offpolicy import (
+    NO_CONTACT,
+    LogsConfig,
+    converted_within,
+    logged_actions,
+    logged_feasibility,
+    policy_values,
+)
 from tests.test_uplift_learners import planted
 
 
@@ -60,17 +68,91 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert result.exit_code == 0, result.output
     assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
     assert "everyone:" in result.output and "│ t " in result.output
-    bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "s"])
-    assert bad.exit_code == 2 and "--learners 's'" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "q"])
+    assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
 
 
 def test_off_policy_evaluation_of_logs_does_not_need_the_simulator():
+    """The off-policy code (the logs' estimator, the gate's decisions and feasibility) imports no simulator module,
+    not even through the modules of ours it imports, at their top or inside functions (read, not run)."""
     import ast
     from pathlib import Path
 
     import nextbest.pipelines.offpolicy as module
 
-    tree = ast.parse(Path(module.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not any("simulation" in (name or "") for name in imported), imported
+    root = Path(module.__file__).resolve().parents[1]  # the repository: package-dir maps its top-level folders
+
+    def ours(node) -> set[str]:
+        names = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(node) if isinstance(n, ast.Import) for a in n.names}
+        return {n for n in names if n.startswith("nextbest.")}
+
+    seen, todo = set(), ["nextbest.pipelines.offpolicy"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = root.joinpath(*name.split(".")[1:])
+        file = path.with_suffix(".py") if path.with_suffix(".py").exists() else path / "__init__.py"
+        if file.exists():
+            todo += sorted(ours(ast.parse(file.read_text())))
+    assert "nextbest.training.uplift" in seen and "nextbest.serving.policy" in seen  # the walk follows our imports
+    assert not [n for n in seen if n.startswith("nextbest.simulation")], sorted(seen)
+
+
+def _log(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["contact_id", "user_id", "sent_at", "offer_id", "channel", "converted_at"]).assign(
+        sent_at=lambda d: pd.to_datetime(d["sent_at"], utc=True), converted_at=lambda d: pd.to_datetime(d["converted_at"], utc=True))
+
+
+def test_the_reward_is_a_conversion_within_the_labels_window():
+    log = _log([("c1", "u1", "2026-03-01 10:00", "A", "email", "2026-03-04 09:00"),   # 3 days after: a reward
+                ("c2", "u2", "2026-03-01 10:00", "A", "email", "2026-03-12 09:00"),   # 11 days after: no reward
+                ("c3", "u3", "2026-03-01 10:00", "A", "email", "2026-02-27 09:00"),   # before the send: no reward
+                ("c4", "u4", "2026-03-01 10:00", "A", "email", None)])
+    np.testing.assert_array_equal(converted_within(log, 7), [1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(converted_within(log, 14), [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(converted_within(log.drop(columns="converted_at"), 7), [0.0] * 4)
+
+
+def test_feasibility_reads_only_the_columns_a_company_gave():
+    """Offers without valid_from/valid_to/eligibility and no suppressions table: consent alone closes a channel;
+    with them, an expired offer and a failed eligibility rule close the offer."""
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "signup_at": pd.to_datetime(["2025-01-01"] * 2, utc=True),
+                          "consent_email": [True, False], "consent_push": [True, True]})
+    events = pd.DataFrame({"user_id": ["u1"], "ts": pd.to_datetime(["2026-02-01"], utc=True), "type": ["purchase"]})
+    offers = pd.DataFrame({"offer_id": ["A", "B"], "category": ["x", "y"], "value": [10.0, 20.0]})
+    log = _log([("c1", "u1", "2026-03-01 10:00", "A", "email", None), ("c2", "u2", "2026-03-01 10:00", "B", "push", None)])
+    tables = {"users": users, "events": events, "offers": offers}
+    open_ = logged_feasibility(tables, log, offers, ["email", "push"])
+    assert open_.shape == (2, 2, 2)
+    assert open_[0].all() and (open_[1][:, 0] == False).all() and open_[1][:, 1].all()  # noqa: E712 - u2: no email
+    ruled = offers.assign(valid_to=pd.to_datetime(["2026-02-01", None], utc=True),
+                          eligibility=[None, "lifecycle_stage in [customer]"])
+    open_ = logged_feasibility(tables, log, ruled, ["email", "push"])
+    assert not open_[:, 0].any()  # offer A expired before both sends
+    assert open_[0, 1].all() and not open_[1, 1].any()  # offer B: u1 bought before (a customer), u2 never did
+
+
+def test_the_gate_judges_off_policy_only_decisions_no_challenger_trained_on():
+    """On a company's logs the paired DR difference decides, unless a contact-log challenger's holdout was a random
+    split (one send time): then the decisions since its holdout began include its training rows, and each
+    challenger's holdout decides instead, saying why."""
+    from nextbest.pipelines.retrain import gate_decision
+
+    table = pd.DataFrame({"incremental_revenue": [np.nan, np.nan], "violations": [np.nan, np.nan],
+                          "dr": [0.050, 0.056], "dr_diff": [0.0, 0.006], "dr_diff_low": [0.0, 0.002],
+                          "dr_diff_high": [0.0, 0.010], "matched": [400, 420], "logged": [3000, 3000]},
+                         index=pd.Index(["champions", "challengers"], name="models"))
+    waiting = {"uplift": "3", "conversion": "4"}
+    by_time = {"uplift": {"holdout_split": "time", "better_on_holdout": False},
+               "conversion": {"holdout_split": "time", "better_on_holdout": True}}
+    decision = gate_decision(table, waiting, by_time, pd.Timestamp("2026-05-01", tz="UTC"), min_matched=200)
+    assert decision["by"] == "off-policy" and decision["promote"] == waiting
+    at_random = {**by_time, "uplift": {"holdout_split": "stratified", "better_on_holdout": False}}
+    decision = gate_decision(table, waiting, at_random, pd.Timestamp("2026-05-01", tz="UTC"), min_matched=200)
+    assert decision["by"] == "holdout" and decision["promote"] == {"conversion": "4"}
+    assert "holdout of uplift is not a time split" in decision["reason"]
+    thin = gate_decision(table, waiting, by_time, None, min_matched=1000)
+    assert thin["by"] == "holdout" and "only 400 logged decisions match" in thin["reason"]

@@ -150,6 +150,13 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
         from nextbest.pipelines.evaluate import judge_model_sets
 
         tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
+        # The contract's optional columns and the optional channels table left out: the gate still judges (channels
+        # as the log used them, no quiet hours, offers valid throughout), out of fold, the reward in the label's window.
+        bare = {k: v for k, v in tables.items() if k != "channels"}
+        bare["offers"] = bare["offers"].drop(columns=["valid_from", "valid_to", "eligibility"], errors="ignore")
+        write_raw(bare, settings.raw_dir)
+        plain = judge_model_sets(settings, {"champions": champion_set(settings)}).loc["champions"]
+        assert plain["matched"] > 0 and plain["dr_low"] < plain["dr"] < plain["dr_high"] and 0 < plain["dr"] < 1
         write_raw({**tables, "contacts": tables["contacts"].drop(columns="propensity")}, settings.raw_dir)
         with pytest.raises(ValueError, match="no `propensity`"):
             judge_model_sets(settings, {"champions": champion_set(settings)})

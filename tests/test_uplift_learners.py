@@ -87,7 +87,7 @@ def test_per_offer_metrics_score_the_controls_for_each_offer():
 _QUICK = UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), folds=2, select_rounds=40)
 
 
-@pytest.mark.parametrize("learner", ["t", "x", "dr"])
+@pytest.mark.parametrize("learner", ["s", "t", "x", "dr"])
 def test_each_learner_recovers_the_planted_effect_per_offer(learner, tmp_path):
     train, holdout = planted(6_000, seed=2), planted(3_000, seed=3)
     scorer = fit_learner(learner, train, _QUICK)
@@ -114,18 +114,18 @@ def test_each_learner_recovers_the_planted_effect_per_offer(learner, tmp_path):
 
 def test_auto_choice_is_cross_fitted_recorded_and_funnel_needs_opens():
     train = planted(4_000, seed=4)
-    assert candidates(train) == ("t", "x", "dr")  # no tracked opens: no funnel learner
+    assert candidates(train) == ("s", "t", "x", "dr")  # no tracked opens: no funnel learner
     with pytest.raises(ValueError, match="open tracking"):
         fit_learner("funnel", train, _QUICK)
-    with pytest.raises(ValueError, match="choose auto or one of t, x, dr, funnel"):
-        fit_learner("s", train, _QUICK)
+    with pytest.raises(ValueError, match="choose auto or one of s, t, x, dr, funnel"):
+        fit_learner("q", train, _QUICK)
     table = choose_learner(train, _QUICK, learners=("t", "dr"))
     assert set(table) == {"t", "dr"}
     for row in table.values():
         assert row["folds"] == 2 and row["qini_auc_low"] <= row["qini_auc"] <= row["qini_auc_high"]
         assert row["qini_auc"] > 0.1
     scorer = fit(train, _QUICK)
-    assert scorer.params_["learner"] in ("t", "x", "dr")
+    assert scorer.params_["learner"] in ("s", "t", "x", "dr")
     chosen = scorer.params_["learner"]
     assert scorer.selection_[f"cv_qini_auc/{chosen}"] == max(v for k, v in scorer.selection_.items()
                                                               if k.startswith("cv_qini_auc/"))
@@ -148,3 +148,22 @@ def test_the_choice_reads_a_bounded_sample_of_whole_users():
     counts = data.frame["user_id"].value_counts()
     assert (sample.frame["user_id"].value_counts() == counts.reindex(sample.frame["user_id"].unique())).all()
     assert _user_sample(data, 10_000, seed=7) is data
+
+
+def test_the_s_learner_scores_an_action_against_no_action():
+    """Uplift = the one model with the action minus the same model with the action's columns empty (as the control
+    rows were fitted): the same whether a control row arrives with its logged offer or with none."""
+    from nextbest.training.scorers import S_ACTION_COLUMNS
+
+    train, holdout = planted(4_000, seed=9), planted(1_000, seed=10)
+    scorer = fit_learner("s", train, _QUICK)
+    sent = holdout.frame.assign(offer_id="A", offer_category="any", offer_kind="product", offer_value=10.0,
+                                channel="email")
+    uplift = scorer.predict(sent)
+    none = sent.assign(**{c: None for c in S_ACTION_COLUMNS})
+    with_action = scorer.booster_.predict(scorer.encoder_.codes(sent))
+    without = scorer.booster_.predict(scorer.encoder_.codes(none))
+    np.testing.assert_allclose(uplift, with_action - without)
+    np.testing.assert_allclose(scorer.predict(none), 0.0)  # no action: no uplift
+    f1 = holdout.frame["f1"].to_numpy()
+    assert uplift[f1 > 0].mean() > uplift[f1 < 0].mean() + 0.1  # offer A works where f1 > 0 (planted 0.2)

@@ -13,6 +13,7 @@ from nextbest.training.scorers import REQUEST_COLUMNS
 
 __all__ = [
     "observation_end",
+    "outcome_within",
     "TrainingSet",
     "REQUEST_COLUMNS",
     "SharedJoins",
@@ -203,6 +204,16 @@ def observation_end(raw: dict[str, pd.DataFrame], contacts: pd.DataFrame) -> pd.
     return pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
 
 
+def outcome_within(contacts: pd.DataFrame, column: str, window_days: int) -> np.ndarray:
+    """1 where the outcome `column` (e.g. converted_at) happened within `window_days` of the send, else 0 (also
+    when the contact log has no such column): the one definition of a label's window."""
+    if column not in contacts:
+        return np.zeros(len(contacts), dtype="int64")
+    sent = pd.to_datetime(contacts["sent_at"], utc=True)
+    t = pd.to_datetime(contacts[column], utc=True)
+    return ((t >= sent) & (t - sent <= pd.Timedelta(days=window_days))).to_numpy(dtype="int64")
+
+
 def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataFrame:
     """One row per logged contact (control rows included) with the request columns and outcome labels.
 
@@ -237,17 +248,11 @@ def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataF
         c["offer_category"], c["offer_value"], c["offer_kind"] = None, np.nan, DEFAULT_OFFER_KIND
     c["local_hour"] = local_hours(c["sent_at"], c["user_id"], raw["users"])
 
-    def within(col: str) -> np.ndarray:
-        if col not in c:
-            return np.zeros(len(c), dtype="int64")
-        t = pd.to_datetime(c[col], utc=True)
-        return ((t >= c["sent_at"]) & (t - c["sent_at"] <= window)).to_numpy(dtype="int64")
-
     variant = c["variant"].astype(object) if "variant" in c else pd.Series("treatment", index=c.index)
     c["treated"] = ((variant != "control") & c["channel"].notna()).to_numpy(dtype="int64")
-    c["converted"] = within("converted_at")
-    c["opened"] = within("opened_at")
-    c["clicked"] = within("clicked_at")
+    c["converted"] = outcome_within(c, "converted_at", window_days)
+    c["opened"] = outcome_within(c, "opened_at", window_days)
+    c["clicked"] = outcome_within(c, "clicked_at", window_days)
     c["engaged"] = np.maximum(c["opened"], c["clicked"])
     if "propensity" not in c:
         c["propensity"] = np.nan

@@ -331,6 +331,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     decision = gate(settings, name, version, run_id, metrics[primary_metric(name)], champion_score, defer=defer,
                     refuse=quality_refusal(name, metrics))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
+    decision["holdout_split"] = how["split"]  # "time": no row from holdout_from on was trained on
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
                        tuple(warnings), train_rows=len(train.frame), learner=how.get("learner", "lightgbm"))
 

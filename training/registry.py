@@ -143,7 +143,7 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
 
     loaders = {"lightgbm": scorers.BoosterScorer, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
                "uplift_t_learner": scorers.UpliftScorer,
-               "uplift_effect": scorers.EffectScorer,
+               "uplift_effect": scorers.EffectScorer, "uplift_s_learner": scorers.SLearnerScorer,
                "uplift_funnel": scorers.FunnelUpliftScorer, "send_time_net": scorers.SendTimeScorer}
     if kind in loaders:
         scorer = loaders[kind].load(folder)

@@ -32,6 +32,7 @@ __all__ = [
     "BlendScorer",
     "UpliftScorer",
     "EffectScorer",
+    "SLearnerScorer",
     "FunnelUpliftScorer",
     "SendTimeNet",
     "SendTimeScorer",
@@ -238,6 +239,41 @@ class EffectScorer(BoosterScorer):
     kind = "uplift_effect"
 
 
+# What "no action" leaves empty in an S-learner's input: the action's columns and the matched features keyed by them
+# (the send hour stays: it is the time of the decision, contacted or not).
+S_ACTION_COLUMNS: tuple[str, ...] = ("offer_id", "offer_category", "offer_kind", "offer_value", "channel")
+_S_ACTION_MATCHED: tuple[str, ...] = ("offer_affinity", "offer_affinity_rel", "channel_open_rate", "channel_click_rate",
+                                      "channel_convert_rate", "channel_sent_7d", "channel_sent_90d",
+                                      "channel_days_since_contact")
+
+
+class SLearnerScorer(BoosterScorer):
+    """S-learner: one LightGBM over the user's features and the action (control rows: no action); the uplift of an
+    action is the model with it minus the model with the action's columns empty, as on the control rows."""
+
+    kind = "uplift_s_learner"
+
+    @property
+    def empty_columns(self) -> np.ndarray:
+        """Positions in the encoder's columns that "no action" leaves missing (NaN, as the encoder codes None)."""
+        return np.array([j for j, c in enumerate(self.encoder_.columns) if c in S_ACTION_COLUMNS + _S_ACTION_MATCHED],
+                        dtype="int64")
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return s_learner_uplift(self.booster_, self.encoder_.codes(frame), self.empty_columns)
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> _CompiledSLearner:
+        return _CompiledSLearner(self, feature_columns, request)
+
+
+def s_learner_uplift(booster: lgb.Booster, codes: np.ndarray, empty: np.ndarray, threads: int = 0) -> np.ndarray:
+    """One predict over the rows with their action and the same rows with none: the difference."""
+    held = codes.copy()
+    held[:, empty] = np.nan
+    both = booster.predict(np.vstack([codes, held]), num_threads=threads)
+    return both[: len(codes)] - both[len(codes):]
+
+
 class UpliftScorer:
     """Incremental conversion probability: the treated arm's score minus the control arm's."""
 
@@ -422,6 +458,17 @@ class _CompiledTLearner:
 
     def predict(self, x: Rows) -> np.ndarray:
         return self.treated.predict(x) - self.control.predict(x)
+
+
+class _CompiledSLearner:
+    """`SLearnerScorer` over `Rows`: the same codes, the action's columns emptied for the "no action" half."""
+
+    def __init__(self, scorer: SLearnerScorer, feature_columns: Sequence[str], request: Sequence[str]):
+        self.plan = InputPlan(scorer.encoder_, feature_columns, request)
+        self.booster, self.empty = scorer.booster_, scorer.empty_columns
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return s_learner_uplift(self.booster, self.plan.codes(x), self.empty, threads=1)
 
 
 class _CompiledFunnel:

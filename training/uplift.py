@@ -1,12 +1,13 @@
 """Uplift: P(convert | contacted) - P(convert | not contacted), from LightGBM meta-learners on the contact log.
 
-Four learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the one with the best
+Five learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the one with the best
 cross-fitted per-offer Qini AUC on the training rows is refitted on all of them (`choose_learner`):
+- "s": one model over user and action, control rows with no action (`SLearnerScorer`); also the reference the
+  others are paired against (benchmarks/bench_uplift.py);
 - "t": one model per arm (`UpliftScorer`);
 - "x": the X-learner, imputed effects from the other arm's model, one regression (`EffectScorer`);
 - "dr": the doubly robust (DR-)learner, one regression on cross-fitted AIPW pseudo-outcomes (`EffectScorer`);
 - "funnel": the funnel learner below, a candidate only when the log tracks opens.
-An S-learner (one model with a treated flag) is the reference in benchmarks/bench_uplift.py, not a candidate.
 
 The funnel learner follows the funnel a contact works through (`FunnelUpliftScorer`): a contact can only
 cause a purchase once it is opened and its offer clicked, so the uplift is
@@ -36,11 +37,17 @@ from nextbest.training.datasets import (
 )
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics, summarise_offers
-from nextbest.training.scorers import EffectScorer, FunnelUpliftScorer, UpliftScorer
+from nextbest.training.scorers import (
+    S_ACTION_COLUMNS,
+    EffectScorer,
+    FunnelUpliftScorer,
+    SLearnerScorer,
+    UpliftScorer,
+)
 from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
-__all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
+__all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
            "LEARNERS", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores", "evaluate"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
@@ -62,7 +69,7 @@ class UpliftConfig:
     seed: int = 7
 
 
-LEARNERS: tuple[str, ...] = ("t", "x", "dr", "funnel")
+LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
 _MIN_OPENS = 20  # fewer tracked opens than this: the funnel learner is no candidate
 
 
@@ -90,12 +97,12 @@ def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None
 
 def fit_learner(learner: str, train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
     """Fit one learner by name; the name is recorded in the scorer's params (and so in MLflow)."""
-    fitters = {"funnel": fit_funnel, "t": fit_t_learner, "x": fit_x_learner, "dr": fit_dr_learner}
+    fitters = {"funnel": fit_funnel, "s": fit_s_learner, "t": fit_t_learner, "x": fit_x_learner, "dr": fit_dr_learner}
     if learner not in fitters:
         raise ValueError(f"unknown uplift learner {learner!r}; choose auto or one of {', '.join(LEARNERS)}")
     if learner == "funnel" and not opens_tracked(train):
         raise ValueError("the funnel uplift learner needs open tracking (`opened_at` in the contacts table); "
-                         "choose t, x, dr or auto")
+                         "choose s, t, x, dr or auto")
     scorer = fitters[learner](train, config, progress)
     scorer.params_["learner"] = learner
     return scorer
@@ -182,7 +189,8 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     opened = treated & (frame["opened"].to_numpy() == 1) if "opened" in frame else treated
     features = list(train.features)
     if opened.sum() < 20 or len(np.unique(train.y[opened])) < 2:
-        raise ValueError("uplift (funnel): too few opened contacts with and without a conversion; use learner='t'")
+        raise ValueError("uplift (funnel): too few opened contacts with and without a conversion; choose another "
+                         "learner (--learner s, t, x or dr)")
     engage = fit_booster(frame[treated], features + list(ENGAGE_COLUMNS), frame["opened"].to_numpy()[treated],
                          train.feature_service, config.fit, progress=progress)
     offer_inputs = features + list(OFFER_COLUMNS)
@@ -199,6 +207,17 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     control = fit_booster(frame[~treated], features, train.y[~treated], train.feature_service, config.fit,
                           progress=progress)
     return FunnelUpliftScorer(engage, convert, control, train.feature_service, click=click)
+
+
+def fit_s_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> SLearnerScorer:
+    """S-learner: one LightGBM on all rows over the user's features and the action, the control rows with no
+    action (their offer and channel columns empty: they were never sent one); uplift = the model with the action
+    minus the model without (`SLearnerScorer`)."""
+    _, control = _arms(train)
+    frame = train.frame.copy()
+    frame.loc[control, [c for c in S_ACTION_COLUMNS if c in frame]] = np.nan  # coded as missing, as "no action" is
+    scorer = fit_booster(frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+    return SLearnerScorer(scorer.booster_, scorer.encoder_, train.feature_service, scorer.params_)
 
 
 def fit_t_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> UpliftScorer:
