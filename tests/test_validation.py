@@ -155,3 +155,33 @@ def test_linear_and_blend_models_load_back_and_score_the_same_compiled(tmp_path)
         x = Rows(UserColumns(users), np.arange(len(frame)), np.zeros(len(frame), dtype="int64"), None,
                  RequestGrid([], ["email"]))
         np.testing.assert_allclose(loaded.compile(list(data.features), []).predict(x), model.predict(frame), rtol=1e-12)
+
+
+def test_bgnbd_baseline_scores_users_without_a_purchase_by_their_own_rate_not_as_new_customers():
+    """BG/NBD starts at a customer's first purchase; prospects who never bought (most users of an app or a shop's
+    newsletter list) rarely buy. Scored as customers of age 0 they ranked above most real customers (AUC ~0.5 on
+    the demo world); the baseline gives them the training rows' share of prospects who bought."""
+    from sklearn.metrics import roc_auc_score
+
+    from nextbest.training.validation import bgnbd_recipe
+
+    rng = np.random.default_rng(5)
+    customers = _bgnbd_world(n=1500, seed=5)
+    cut = pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(weeks=39)
+    prospects = [f"p{i:05d}" for i in range(3000)]
+    first_buys = [u for u in prospects if rng.random() < 0.05]  # 5 % buy for the first time within the horizon
+    events = pd.concat([customers, pd.DataFrame({"user_id": first_buys, "type": "purchase",
+                                                 "ts": cut + pd.Timedelta(days=30)})], ignore_index=True)
+    users = [*customers["user_id"].unique(), *prospects]
+    window = events[(events["ts"] >= cut) & (events["ts"] < cut + pd.Timedelta(days=273))]
+    frame = pd.DataFrame({"user_id": users, "event_timestamp": cut,
+                          "label": pd.Series(users).isin(window["user_id"]).astype(int)})
+    data = TrainingSet(frame, "svc_v1", (), ())
+    folds = user_folds(frame["user_id"], data.y, 3, seed=2)
+    scores = cross_validate(bgnbd_recipe(events, 273), data, folds)
+    is_prospect = frame["user_id"].str.startswith("p").to_numpy()
+    for k in range(3):  # each fold's prospects get the training folds' share of prospects who bought
+        train = (folds != k) & is_prospect
+        assert np.allclose(scores[(folds == k) & is_prospect], data.y[train].mean())
+    assert scores[is_prospect].max() < np.median(scores[~is_prospect])  # below the typical customer, as in truth
+    assert roc_auc_score(data.y, scores) > 0.7

@@ -234,13 +234,21 @@ def bgnbd_expected(m: BGNBD, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, week
 
 
 def bgnbd_recipe(events: pd.DataFrame, horizon_days: int) -> Recipe:
-    """BG/NBD fitted on the training rows' purchase histories, scoring expected purchases within the horizon."""
+    """BG/NBD fitted on the training rows' purchase histories, scoring expected purchases within the horizon; a row
+    whose user has not bought yet gets the share of such training rows that bought within the horizon."""
     def recipe(train: TrainingSet, test: TrainingSet) -> np.ndarray:
         fit_stats = repeat_purchase_stats(train.frame, events, train.time)
         model = fit_bgnbd(*(fit_stats[c].to_numpy() for c in ("x", "t_x", "T")))
         s = repeat_purchase_stats(test.frame, events, test.time)
         expected = bgnbd_expected(model, *(s[c].to_numpy() for c in ("x", "t_x", "T")), horizon_days / 7)
-        return 1 - np.exp(-np.clip(expected, 0, None))  # a probability-like score with the same ranking
+        p = 1 - np.exp(-np.clip(expected, 0, None))  # a probability-like score with the same ranking
+        # BG/NBD describes customers from their first purchase on: it has nothing to say about who buys a first time.
+        # Scoring those users as "a customer of age 0" (eq. 10 at T = 0) put them above most real customers on the
+        # demo world, where 72 % of rows had never bought and bought 3x less often (AUC 0.49-0.53); their own
+        # observed rate in the training rows is the honest baseline for them.
+        never, never_train = s["T"].to_numpy() <= 0, fit_stats["T"].to_numpy() <= 0
+        first_rate = float(train.y[never_train].mean()) if never_train.any() else 0.0
+        return np.where(never, first_rate, p)
 
     return recipe
 
