@@ -250,3 +250,13 @@ def test_a_model_is_cross_validated_by_user_beside_its_baselines_refit_on_all_ro
     second = client.search_model_versions("name='nextbest-label-older'", order_by=["version_number DESC"])[0]
     gate = client.get_run(second.run_id).data.metrics
     assert gate["gate_champion_auc"] == gate["gate_challenger_auc"] == run.metrics["auc"]
+
+
+def test_a_time_aware_split_trains_each_fold_on_closed_horizons_or_says_why_it_cannot(cli, tmp_path):
+    code, text = cli("train", "purchase", "--split", "time", "--dates", "6", "--horizon", "7", "--trials", "1")
+    assert code == 0, text
+    assert "folds of snapshot dates, 7-day embargo" in text and "│ purchase" in text
+    code, text = cli("train", "purchase", "--split", "time", "--horizon", "21", "--trials", "1")  # 4 weekly dates
+    assert code == 2 and "must span well beyond the label window" in text
+    code, text = cli("train", "churn", "--split", "time", "--labels", tmp_path / "l.csv")
+    assert code == 2 and "--split time is for models whose label lies in a horizon after the snapshot" in text
