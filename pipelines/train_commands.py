@@ -101,7 +101,12 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         raise _UserError(f"--as-of {as_of!r} is not a date (use YYYY-MM-DD)") from None
     manifest(settings.raw_dir)  # a clear message when nothing was ingested
     if not settings.feature_dir.exists():
-        raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and `features apply` first")
+        raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` first")
+    from nextbest.features.store import apply, feature_store
+
+    if not feature_store(settings).list_feature_views():  # built but never applied: the one thing left to do
+        apply(settings)
+        console.print("[yellow]note:[/] no feature views were registered: ran `nextbest features apply` first")
     skipped = skipped_models(read_raw_tables(settings), names)
     if model != "all" and skipped:
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")

@@ -260,3 +260,12 @@ def test_a_time_aware_split_trains_each_fold_on_closed_horizons_or_says_why_it_c
     assert code == 2 and "must span well beyond the label window" in text
     code, text = cli("train", "churn", "--split", "time", "--labels", tmp_path / "l.csv")
     assert code == 2 and "--split time is for models whose label lies in a horizon after the snapshot" in text
+
+
+def test_features_built_but_never_applied_are_a_clear_error_not_a_lightgbm_crash():
+    from nextbest.training.datasets import TrainingSet
+    from nextbest.training.jobs import feature_problem
+
+    frame = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"), "label": [0, 1]})
+    problem = feature_problem(TrainingSet(frame, "label_x_v1", (), ()))
+    assert problem is not None and "label_x_v1 gives no features" in problem and "nextbest features apply" in problem

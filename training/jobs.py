@@ -203,8 +203,11 @@ def feature_problem(data: TrainingSet) -> str | None:
     The newest date is the one asked for (`--as-of`); features missing there mean no snapshot near it.
     """
     features = [f for f in data.features if f in data.frame]
-    if not features or data.frame.empty:
+    if data.frame.empty:
         return None
+    if not features:  # LightGBM would fail deep inside with "maximum feature index in dataset is -1"
+        return (f"the FeatureService {data.feature_service} gives no features: no feature views are registered; run "
+                "`nextbest features apply` after `features build`")
     frame = data.frame
     newest = frame[frame[data.time] == frame[data.time].max()][features]
     when = pd.Timestamp(frame[data.time].max()).date()
