@@ -166,9 +166,9 @@ def test_bgnbd_baseline_scores_users_without_a_purchase_by_their_own_rate_not_as
     from nextbest.training.validation import bgnbd_recipe
 
     rng = np.random.default_rng(5)
-    customers = _bgnbd_world(n=1500, seed=5)
+    customers = _bgnbd_world(n=800, seed=5)
     cut = pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(weeks=39)
-    prospects = [f"p{i:05d}" for i in range(3000)]
+    prospects = [f"p{i:05d}" for i in range(1600)]
     first_buys = [u for u in prospects if rng.random() < 0.05]  # 5 % buy for the first time within the horizon
     events = pd.concat([customers, pd.DataFrame({"user_id": first_buys, "type": "purchase",
                                                  "ts": cut + pd.Timedelta(days=30)})], ignore_index=True)
