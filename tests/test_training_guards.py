@@ -269,3 +269,22 @@ def test_features_built_but_never_applied_are_a_clear_error_not_a_lightgbm_crash
     frame = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"), "label": [0, 1]})
     problem = feature_problem(TrainingSet(frame, "label_x_v1", (), ()))
     assert problem is not None and "label_x_v1 gives no features" in problem and "nextbest features apply" in problem
+
+
+def test_train_applies_the_feature_views_of_a_home_built_but_never_applied(padded, tmp_path, monkeypatch):
+    """The own-data path is ingest, features build, train: a forgotten `features apply` is done, and said."""
+    import shutil
+
+    from nextbest.features.store import feature_store
+
+    home = tmp_path / "home"
+    shutil.copytree(padded.home, home, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "registry.db"))
+    settings = Settings(home=home)
+    assert not feature_store(settings).list_feature_views()
+    monkeypatch.setenv("NEXTBEST_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "250")
+    result = runner.invoke(app, ["train", "propensity"])  # stops on the missing contact log, after the apply
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "ran `nextbest features apply` first" in text and "no contact log" in text
+    assert {v.name for v in feature_store(settings).list_feature_views()} >= {"behaviour", "profile"}
