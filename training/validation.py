@@ -107,7 +107,9 @@ def cross_validate(recipe: Recipe, data: TrainingSet, folds: np.ndarray, embargo
         if len(np.unique(data.y[train])) < 2:
             raise ValueError(f"fold {k}: {int(train.sum()):,} training rows after the {embargo_days}-day embargo, "
                              "not both classes: the snapshot dates must span well beyond the label window (more or "
-                             "older dates, a shorter horizon, fewer folds)")
+                             "older dates, a shorter horizon, fewer folds)" if embargo_days else
+                             f"fold {k}: its {int(train.sum()):,} training rows hold one class only: too few users of "
+                             "a class for the folds (NEXTBEST_CV_FOLDS, NEXTBEST_CV_MAX_ROWS)")
         out[test] = recipe(data.subset(train), data.subset(test))
     return out
 
