@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install spark demo test redis lint clean bench lock wheel bento
+.PHONY: install spark demo test redis browser lint clean bench lock wheel bento
 
 # deploy/requirements.txt pins every runtime dependency: the venv, the tests and the Bento get the same set.
 $(STAMP): pyproject.toml deploy/requirements.txt
@@ -36,6 +36,13 @@ redis:
 		--no-install-recommends prometheus >/dev/null) \
 		|| (echo "could not install promtool: install it (apt-get install prometheus) and re-run" && exit 1)
 
+# The dashboard's browser tests drive a real headless Chromium: Debian's package (Playwright's own browser download
+# is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null) \
+		|| (echo "could not install chromium: install it (apt-get install chromium) and re-run" && exit 1)
+
 # After changing dependencies: pin the installed runtime closure again (deploy/requirements.txt).
 lock: install
 	$(BIN)/python deploy/lock.py
@@ -51,11 +58,11 @@ bento: wheel
 demo: install
 	$(BIN)/nextbest demo
 
-test: install spark redis
+test: install spark redis browser
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check features simulation training serving campaigns pipelines tests benchmarks
+	$(BIN)/ruff check features simulation training serving campaigns monitoring pipelines tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/bench_features.py --users 100000

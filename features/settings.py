@@ -84,6 +84,13 @@ class Settings(BaseSettings):
 
     campaign_four_eyes: bool = Field(True, description="A campaign must be approved by someone other than who "
                                      "submitted it (`false`: one person may do both, e.g. a team of one).")
+    monitor_psi_alert: float = Field(0.2, gt=0, description="`nextbest monitor` raises an alert (a metric and a log "
+                                     "line; it blocks `nextbest promote`) when a feature's or score's PSI exceeds this.")
+    monitor_ece_alert: float = Field(0.05, gt=0, le=1, description="Alert when a model's expected calibration error "
+                                     "against realised outcomes exceeds this.")
+    monitor_reference_days: int = Field(28, ge=1, description="Feature drift compares the latest feature snapshot "
+                                        "with the one this many days earlier (or the earliest there is).")
+    dashboard_port: int = Field(8050, ge=1, le=65535, description="Port of `nextbest dashboard` (it binds `host`).")
 
     @property
     def raw_dir(self) -> Path:

@@ -19,6 +19,7 @@ from nextbest.features.settings import Settings
 from nextbest.pipelines.campaign_commands import register as register_campaigns
 from nextbest.pipelines.config_docs import register as register_config
 from nextbest.pipelines.console import console
+from nextbest.pipelines.report_commands import register as register_reports
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
 from nextbest.pipelines.train_commands import register as register_train
@@ -35,6 +36,7 @@ register_serve(app)
 register_config(app)
 register_score(app)
 register_campaigns(app)
+register_reports(app)
 
 
 @app.callback()
@@ -558,6 +560,8 @@ def demo(
     if campaign:
         console.rule("9. a campaign: segment, four copies, approval, batches, the copy test's winner")
         _show_campaign(settings, seed)
+    console.rule(f"{10 if campaign else 9}. this week's report from the logs, and the dashboard")
+    _show_report(settings)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
 
 
@@ -617,6 +621,15 @@ def _show_campaign(settings: Settings, seed: int) -> None:
             table.add_row(row["offer_id"], v, str(row["n"][k]), str(row["successes"][k]), f"{row['rates'][k]:.3f}",
                           str(row["required_per_arm"]), "yes" if row["winner"] == v else "")
     console.print(table)
+
+
+def _show_report(settings: Settings) -> None:
+    from nextbest.monitoring.dashboard import address
+    from nextbest.pipelines.report_commands import write_report
+
+    out = run_guarded(write_report, settings, "week", None, None)
+    console.print(f"report (HTML with charts, one CSV per table): {out / 'report.html'}")
+    console.print(f"dashboard: run `nextbest dashboard`, then open {address(settings.host, settings.dashboard_port)}")
 
 
 def _fmt(value: object) -> str:

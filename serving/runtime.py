@@ -945,7 +945,8 @@ def _jsonable(d: dict) -> dict:
 def _log_record(job: _Job, d: dict, plan: dict) -> dict:
     return {"decision_id": d["decision_id"], "at": plan["now"].isoformat(), "user_id": d["user_id"],
             "campaign_id": job.req.context.campaign_id, "trigger": job.req.context.trigger,
-            "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "explored")}
+            "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "p_convert",
+                                           "explored")}
                         for a in d["actions"]],
             "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"), "model_versions": d["model_versions"],
             "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],

@@ -26,6 +26,7 @@ from nextbest.campaigns.api import (
     CampaignRun,
 )
 from nextbest.features.settings import Settings
+from nextbest.monitoring.api import ReportRequest, report_json
 from nextbest.serving import shutdown
 from nextbest.serving.guard import Guard, enforce_start
 from nextbest.serving.ledger import LedgerUnavailable
@@ -218,6 +219,15 @@ class NextBest:
     def campaign_experiment(self, request: CampaignRef, /) -> list[dict]:
         """Copy experiments: sends and metric per variant, the sample needed, and the winner once the rule says so."""
         return self.campaigns.experiment(request)
+
+    # --- reports (nextbest/monitoring): the same figures as `nextbest report` ---------------------------------------
+
+    @bentoml.api(route="/report")
+    @_http
+    def report(self, request: ReportRequest, /) -> dict:
+        """Campaign report from the logs: funnels per campaign, offer, copy and channel; incremental conversions and
+        revenue against hold-outs with 95 % intervals; cost and ROI; send times; daily/weekly/monthly roll-ups."""
+        return report_json(self.runtime.settings, request)
 
 
 def _campaign_api(settings: Settings, runtime: Runtime) -> CampaignApi:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("features", "simulation", "training", "serving", "campaigns", "pipelines")
+PACKAGES = ("features", "simulation", "training", "serving", "campaigns", "monitoring", "pipelines")
 
 
 def _python_files() -> list[Path]:

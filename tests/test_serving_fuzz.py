@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # pushes to the online store and decides its triggers (~40 ms here), a /feedback one costs ~4 ms.
 EXAMPLES = {"/decide": 1500, "/decide_batch": 500, "/events": 300, "/feedback": 2000, "/profile": 500, "/reload": 150,
             "/status": 150, "/campaigns/create": 100, "/campaigns/edit": 60, "/campaigns/show": 40, "/campaigns/command": 100,
-            "/campaigns/dry_run": 30, "/campaigns/run": 30, "/campaigns/experiment": 30}
+            "/campaigns/dry_run": 30, "/campaigns/run": 30, "/campaigns/experiment": 30, "/report": 30}
 GETS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/")
 
 ANY = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
