@@ -59,12 +59,13 @@ def _labels(path: Path | None):
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000,
-           learner: str = "auto") -> tuple[list, dict[str, str]]:
+           learner: str = "auto", dates: int = 4, split: str = "user") -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import (
         DEFAULT_MODELS,
+        TIME_SPLIT_MODELS,
         TrainConfig,
         read_raw_tables,
         skipped_models,
@@ -89,19 +90,29 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         raise _UserError(f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}")
     if learner != "auto" and "uplift" not in names:
         raise _UserError(f"--learner is read by the uplift model only, not by `train {model}`")
+    if split not in ("user", "time"):
+        raise _UserError(f"--split {split!r}: choose user (folds grouped by user) or time (folds of snapshot dates)")
+    if split == "time" and (labels is not None or not set(names) <= set(TIME_SPLIT_MODELS)):
+        raise _UserError(f"--split time is for models whose label lies in a horizon after the snapshot "
+                         f"({', '.join(TIME_SPLIT_MODELS)}, without --labels), not `train {model}`")
     try:
         when = pd.Timestamp(as_of) if as_of else None
     except ValueError:
         raise _UserError(f"--as-of {as_of!r} is not a date (use YYYY-MM-DD)") from None
     manifest(settings.raw_dir)  # a clear message when nothing was ingested
     if not settings.feature_dir.exists():
-        raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` and `features apply` first")
+        raise _UserError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` first")
+    from nextbest.features.store import apply, feature_store
+
+    if not feature_store(settings).list_feature_views():  # built but never applied: the one thing left to do
+        apply(settings)
+        console.print("[yellow]note:[/] no feature views were registered: ran `nextbest features apply` first")
     skipped = skipped_models(read_raw_tables(settings), names)
     if model != "all" and skipped:
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
-                         sample_rows=sample_rows, uplift_learner=learner)
+                         sample_rows=sample_rows, uplift_learner=learner, dates=dates, split=split)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -138,7 +149,10 @@ def _print_cross_validated(results) -> None:
     validated = [r for r in results if "lightgbm_auc" in r.metrics]
     if not validated:
         return
-    table = Table(title="cross-validated, folds grouped by user: AUC (95 % interval over folds)")
+    days = {r.embargo_days for r in validated}
+    how = "folds grouped by user" if days == {0} else \
+        f"folds of snapshot dates, {'/'.join(str(d) for d in sorted(days))}-day embargo"
+    table = Table(title=f"cross-validated, {how}: AUC (95 % interval over folds)")
     for col in ("model", "learner", "folds", "model AUC", "LightGBM", "logistic regression", "BG/NBD", "brier",
                 "calib. err"):
         table.add_column(col, justify="left" if col in ("model", "learner") else "right")
@@ -170,13 +184,18 @@ def register(app: typer.Typer) -> None:
                                                  "label stratum, and the run records it")] = 500_000,
         learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, or "
                                                   "funnel (needs open tracking)")] = "auto",
+        dates: Annotated[int, typer.Option(min=1, max=520, help="purchase/churn: weekly snapshot dates, the newest at "
+                                                                "--as-of")] = 4,
+        split: Annotated[str, typer.Option(help="purchase/churn cross-validation: user (folds grouped by user) or time "
+                                                "(folds of snapshot dates, each trained only on rows whose horizon "
+                                                "closed before its first date; needs dates spanning several horizons)")] = "user",
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome,
-                                     sample_rows, learner)
+                                     sample_rows, learner, dates, split)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")

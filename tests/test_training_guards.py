@@ -250,3 +250,41 @@ def test_a_model_is_cross_validated_by_user_beside_its_baselines_refit_on_all_ro
     second = client.search_model_versions("name='nextbest-label-older'", order_by=["version_number DESC"])[0]
     gate = client.get_run(second.run_id).data.metrics
     assert gate["gate_champion_auc"] == gate["gate_challenger_auc"] == run.metrics["auc"]
+
+
+def test_a_time_aware_split_trains_each_fold_on_closed_horizons_or_says_why_it_cannot(cli, tmp_path):
+    code, text = cli("train", "purchase", "--split", "time", "--dates", "6", "--horizon", "7", "--trials", "1")
+    assert code == 0, text
+    assert "folds of snapshot dates, 7-day embargo" in text and "│ purchase" in text
+    code, text = cli("train", "purchase", "--split", "time", "--horizon", "21", "--trials", "1")  # 4 weekly dates
+    assert code == 2 and "must span well beyond the label window" in text
+    code, text = cli("train", "churn", "--split", "time", "--labels", tmp_path / "l.csv")
+    assert code == 2 and "--split time is for models whose label lies in a horizon after the snapshot" in text
+
+
+def test_features_built_but_never_applied_are_a_clear_error_not_a_lightgbm_crash():
+    from nextbest.training.datasets import TrainingSet
+    from nextbest.training.jobs import feature_problem
+
+    frame = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"), "label": [0, 1]})
+    problem = feature_problem(TrainingSet(frame, "label_x_v1", (), ()))
+    assert problem is not None and "label_x_v1 gives no features" in problem and "nextbest features apply" in problem
+
+
+def test_train_applies_the_feature_views_of_a_home_built_but_never_applied(padded, tmp_path, monkeypatch):
+    """The own-data path is ingest, features build, train: a forgotten `features apply` is done, and said."""
+    import shutil
+
+    from nextbest.features.store import feature_store
+
+    home = tmp_path / "home"
+    shutil.copytree(padded.home, home, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "registry.db"))
+    settings = Settings(home=home)
+    assert not feature_store(settings).list_feature_views()
+    monkeypatch.setenv("NEXTBEST_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "250")
+    result = runner.invoke(app, ["train", "propensity"])  # stops on the missing contact log, after the apply
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "ran `nextbest features apply` first" in text and "no contact log" in text
+    assert {v.name for v in feature_store(settings).list_feature_views()} >= {"behaviour", "profile"}

@@ -155,3 +155,87 @@ def test_linear_and_blend_models_load_back_and_score_the_same_compiled(tmp_path)
         x = Rows(UserColumns(users), np.arange(len(frame)), np.zeros(len(frame), dtype="int64"), None,
                  RequestGrid([], ["email"]))
         np.testing.assert_allclose(loaded.compile(list(data.features), []).predict(x), model.predict(frame), rtol=1e-12)
+
+
+def test_bgnbd_baseline_scores_users_without_a_purchase_by_their_own_rate_not_as_new_customers():
+    """BG/NBD starts at a customer's first purchase; prospects who never bought (most users of an app or a shop's
+    newsletter list) rarely buy. Scored as customers of age 0 they ranked above most real customers (AUC ~0.5 on
+    the demo world); the baseline gives them the training rows' share of prospects who bought."""
+    from sklearn.metrics import roc_auc_score
+
+    from nextbest.training.validation import bgnbd_recipe
+
+    rng = np.random.default_rng(5)
+    customers = _bgnbd_world(n=800, seed=5)
+    cut = pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(weeks=39)
+    prospects = [f"p{i:05d}" for i in range(1600)]
+    first_buys = [u for u in prospects if rng.random() < 0.05]  # 5 % buy for the first time within the horizon
+    events = pd.concat([customers, pd.DataFrame({"user_id": first_buys, "type": "purchase",
+                                                 "ts": cut + pd.Timedelta(days=30)})], ignore_index=True)
+    users = [*customers["user_id"].unique(), *prospects]
+    window = events[(events["ts"] >= cut) & (events["ts"] < cut + pd.Timedelta(days=273))]
+    frame = pd.DataFrame({"user_id": users, "event_timestamp": cut,
+                          "label": pd.Series(users).isin(window["user_id"]).astype(int)})
+    data = TrainingSet(frame, "svc_v1", (), ())
+    folds = user_folds(frame["user_id"], data.y, 3, seed=2)
+    scores = cross_validate(bgnbd_recipe(events, 273), data, folds)
+    is_prospect = frame["user_id"].str.startswith("p").to_numpy()
+    for k in range(3):  # each fold's prospects get the training folds' share of prospects who bought
+        train = (folds != k) & is_prospect
+        assert np.allclose(scores[(folds == k) & is_prospect], data.y[train].mean())
+    assert scores[is_prospect].max() < np.median(scores[~is_prospect])  # below the typical customer, as in truth
+    assert roc_auc_score(data.y, scores) > 0.7
+
+
+def _weekly_set(n_users: int = 120, weeks: int = 30, seed: int = 0) -> TrainingSet:
+    """Users x weekly snapshot dates; the label (a purchase in the next 28 days) follows a feature."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2026-01-05", periods=weeks, freq="7D", tz="UTC")
+    frame = pd.DataFrame({"user_id": np.repeat([f"u{i:04d}" for i in range(n_users)], weeks),
+                          "event_timestamp": np.tile(dates, n_users)})
+    frame["a"] = rng.normal(size=len(frame))
+    frame["label"] = (rng.random(len(frame)) < np.where(frame["a"] > 0, 0.7, 0.2)).astype(int)
+    return TrainingSet(frame, "svc_v1", ("a",), ())
+
+
+def test_time_folds_with_an_embargo_never_train_on_a_label_window_overlapping_the_validation_window():
+    from nextbest.training.validation import time_folds
+
+    data = _weekly_set()
+    times = data.frame["event_timestamp"]
+    folds = time_folds(times, 5)
+    order = pd.DataFrame({"t": times, "k": folds}).groupby("k")["t"].agg(["min", "max"])  # -2 (train only) first
+    assert list(order.index) == [-2, 0, 1, 2, 3, 4]
+    assert (order["min"].iloc[1:].to_numpy() > order["max"].iloc[:-1].to_numpy()).all()  # contiguous blocks of dates
+    horizon = pd.Timedelta(days=28)
+    calls = []
+
+    def spy(train: TrainingSet, test: TrainingSet) -> np.ndarray:
+        calls.append((train.frame[["user_id", "event_timestamp"]], test.frame[["user_id", "event_timestamp"]]))
+        return np.full(len(test.frame), 0.5)
+
+    cross_validate(spy, data, folds, embargo_days=28)
+    assert len(calls) == 5
+    for train, test in calls:
+        # every training row's outcome window [t, t + 28 d) has closed before the validation rows' first date: no
+        # training outcome overlaps a validation outcome, and no training row is newer than a validation row
+        assert (train["event_timestamp"] + horizon <= test["event_timestamp"].min()).all()
+        assert len(train) > 0
+    # the weeks just before each fold (their outcomes happen inside its window) are what the embargo leaves out
+    newest = [train["event_timestamp"].max() for train, _ in calls]
+    assert all(test["event_timestamp"].min() - t >= horizon for t, (_, test) in zip(newest, calls, strict=True))
+    assert all(test["event_timestamp"].min() - t < horizon + pd.Timedelta(days=7) for t, (_, test) in zip(newest, calls, strict=True))
+    # the planted signal is still learnt through the embargoed folds, by the whole validation
+    v = validate(data, _tuned, folds, embargo_days=28)
+    assert v.metrics["folds"] == 5 and v.metrics["lightgbm_auc"] > 0.65
+
+
+def test_an_embargo_longer_than_the_dates_allow_is_a_clear_error():
+    from nextbest.training.validation import time_folds
+
+    data = _weekly_set(weeks=4)  # four weekly dates cannot keep a 90-day outcome window apart from any fold
+    with pytest.raises(ValueError, match="must span well beyond the label window"):
+        cross_validate(booster_recipe({"num_boost_round": 5}), data, time_folds(data.frame["event_timestamp"], 2),
+                       embargo_days=90)
+    with pytest.raises(ValueError, match="needs at least 6 snapshot dates"):
+        time_folds(data.frame["event_timestamp"], 5)

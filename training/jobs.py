@@ -26,11 +26,11 @@ from nextbest.training.datasets import (
 from nextbest.training.metrics import charts, uplift_chart
 from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, gate, log_model, primary_metric
 from nextbest.training.tabular import FitConfig
-from nextbest.training.validation import bgnbd_recipe, champion_on_folds, user_folds, validate
+from nextbest.training.validation import bgnbd_recipe, champion_on_folds, time_folds, user_folds, validate
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "DEFAULT_MODELS", "model_config", "read_raw_tables", "shared_joins",
            "train_model", "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem",
-           "quality_refusal", "CV_MODELS", "cv_folds"]
+           "quality_refusal", "CV_MODELS", "TIME_SPLIT_MODELS", "cv_folds"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 # What `train all` and retraining train unless asked: the models decisions use (conversion, uplift, send time,
@@ -50,6 +50,9 @@ class TrainConfig:
     window_days: int = 7  # contact outcome window
     horizon_days: int = 30  # purchase/churn horizon
     as_of: pd.Timestamp | None = None  # newest snapshot date for purchase/churn
+    dates: int = 4  # weekly snapshot dates for purchase/churn, newest at as_of
+    split: str = "user"  # cross-validation: "user" (folds grouped by user) or "time" (purchase/churn: folds of dates,
+    # each trained only on rows whose horizon closed before its first date)
     epochs: int = 6  # PyTorch models
     seed: int = 7
     sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
@@ -71,6 +74,7 @@ class TrainResult:
     warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
     train_rows: int = 0  # rows the registered model was fitted on (all rows when cross-validated)
     learner: str = "lightgbm"  # the learner chosen by cross-validation ("lightgbm" or "logistic")
+    embargo_days: int = 0  # > 0: cross-validated over time, each fold trained on rows whose horizon closed before it
 
 
 def model_config(name: str, config: TrainConfig):
@@ -81,9 +85,9 @@ def model_config(name: str, config: TrainConfig):
     if name == "channel":
         return channel.ChannelConfig(window_days=config.window_days, fit=fit)
     if name == "purchase":
-        return purchase.PurchaseConfig(horizon_days=config.horizon_days, as_of=config.as_of, fit=fit)
+        return purchase.PurchaseConfig(horizon_days=config.horizon_days, as_of=config.as_of, dates=config.dates, fit=fit)
     if name == "churn":
-        return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, fit=fit)
+        return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, dates=config.dates, fit=fit)
     if name == "uplift":
         return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed)
     if name == "send_time":
@@ -199,8 +203,11 @@ def feature_problem(data: TrainingSet) -> str | None:
     The newest date is the one asked for (`--as-of`); features missing there mean no snapshot near it.
     """
     features = [f for f in data.features if f in data.frame]
-    if not features or data.frame.empty:
+    if data.frame.empty:
         return None
+    if not features:  # LightGBM would fail deep inside with "maximum feature index in dataset is -1"
+        return (f"the FeatureService {data.feature_service} gives no features: no feature views are registered; run "
+                "`nextbest features apply` after `features build`")
     frame = data.frame
     newest = frame[frame[data.time] == frame[data.time].max()][features]
     when = pd.Timestamp(frame[data.time].max()).date()
@@ -233,10 +240,16 @@ def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
 CV_MODELS = ("purchase", "churn")
 
 
-def cv_folds(settings: Settings, name: str, data: TrainingSet, seed: int) -> np.ndarray | None:
-    """User-grouped folds for a model cross-validated under `settings.cv_folds`, or None for the one holdout."""
+TIME_SPLIT_MODELS = ("purchase", "churn")  # labels in a window after the snapshot: the time-aware split applies
+
+
+def cv_folds(settings: Settings, name: str, data: TrainingSet, seed: int, split: str = "user") -> np.ndarray | None:
+    """User-grouped folds (or with `split` "time", folds of snapshot dates: `validation.time_folds`) for a model
+    cross-validated under `settings.cv_folds`, or None for the one holdout."""
     if settings.cv_folds < 2 or not (name in CV_MODELS or name.startswith(LABEL_PREFIX)):
         return None
+    if split == "time":
+        return time_folds(data.frame[data.time], settings.cv_folds)
     users = data.frame["user_id"].astype(str)
     per_user = pd.Series(data.y).groupby(users.to_numpy()).max()
     if min(per_user.sum(), (per_user == 0).sum()) < settings.cv_folds:  # too few users of a class for k folds
@@ -288,18 +301,26 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         raise NotTrainable(f"{name}: {problem}")
     if labels is not None:
         warnings += label_date_warnings(labels, feature_snapshots(store))
-    folds = cv_folds(settings, name, data, config.seed)
-    if folds is not None:  # user-grouped k-fold: candidates, baselines and the champion's recipe on the same folds
+    embargo = cfg.horizon_days if config.split == "time" else 0  # days after a row's time its label is decided in
+    try:
+        folds = cv_folds(settings, name, data, config.seed, config.split)
+    except ValueError as err:
+        raise NotTrainable(f"{name}: {err} (`--dates`)") from None
+    if folds is not None:  # k-fold: candidates, baselines and the champion's recipe on the same folds
         step(f"{name}: fit and cross-validate")
         baselines = {"bgnbd": bgnbd_recipe(raw["events"], cfg.horizon_days)} if name == "purchase" else {}
-        validated = validate(data, lambda rows: module.fit(rows, cfg), folds, baselines, config.seed)
+        try:
+            validated = validate(data, lambda rows: module.fit(rows, cfg), folds, baselines, config.seed, embargo)
+        except ValueError as err:  # an embargo the snapshot dates cannot keep
+            raise NotTrainable(f"{name}: {err}") from None
         scorer, metrics = validated.scorer, validated.metrics
         train, holdout = data, data.subset(folds >= 0)  # refit on every row; judged on the out-of-fold scores
         p_eval = validated.oof[folds >= 0]
-        how = {"split": f"{int(metrics['folds'])}-fold cross-validation grouped by user", "learner": validated.learner}
+        how = {"split": f"{int(metrics['folds'])}-fold cross-validation " + (
+            f"over time, {embargo}-day embargo" if embargo else "grouped by user"), "learner": validated.learner}
 
         def champion_score(champion) -> float:
-            return champion_on_folds(champion, data, folds, config.seed)
+            return champion_on_folds(champion, data, folds, config.seed, embargo)
     else:
         train, holdout = split(data, config.holdout, config.seed)
         step(f"{name}: fit")
@@ -333,7 +354,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     decision["holdout_split"] = how["split"]  # "time": no row from holdout_from on was trained on
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
-                       tuple(warnings), train_rows=len(train.frame), learner=how.get("learner", "lightgbm"))
+                       tuple(warnings), train_rows=len(train.frame), learner=how.get("learner", "lightgbm"),
+                       embargo_days=embargo if folds is not None else 0)
 
 
 def scorer_inputs(scorer, data: TrainingSet) -> list[str]:
