@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nextbest.features.build import STAGES
-from nextbest.features.contract import TABLES
+from nextbest.features.contract import STAGE_OF_TYPE, STAGES, TABLES
 from nextbest.features.feature_views import VIEWS
 from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
@@ -33,7 +32,6 @@ from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.campaigns import eligible
 from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from nextbest.simulation.replay import (
-    STAGE_OF_TYPE,
     Choice,
     Period,
     ReplayConfig,

@@ -35,7 +35,7 @@ from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.logs_to_contacts import OUTCOME_COLUMNS, PREFIX
 from nextbest.pipelines.loop import _as_arrays, _as_frame, _organic
-from nextbest.serving.config import Caps, load_config
+from nextbest.serving.config import load_config
 from nextbest.simulation.behaviour import concat_events, purchase_carts
 from nextbest.simulation.campaigns import Purchases
 from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
@@ -46,7 +46,7 @@ from nextbest.simulation.response import HORIZON_DAYS
 from nextbest.simulation.truth import Truth
 from nextbest.simulation.world import events_table
 
-__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "replay_rules", "run_service_loop"]
+__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "run_service_loop"]
 
 _TEN_YEARS_S = str(10 * 365 * 86_400)
 # What a service driven through simulated days needs: caller times anywhere in the simulated calendar are believed.
@@ -72,12 +72,6 @@ class ServiceLoopConfig:
     policy_gate: bool = False  # promote by the policy's simulated value (slow) rather than each model's holdout
     seed: int = 11
     batch: int = 1000  # users per /decide_batch and events per /events request (the service's limit)
-
-
-def replay_rules(caps: Caps) -> Rules:
-    """The replay's contact rules from the operator config's caps, so the replay counts as a violation exactly what
-    the service would refuse (the replay decides once per user and day: at most one contact a day)."""
-    return Rules(per_user_per_day=1, per_user_per_week=7, per_user_channel_per_week=caps.per_channel_week)
 
 
 def _post(client, path: str, body: dict) -> dict:
@@ -226,7 +220,7 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: the loop through the service runs a "
                                 "simulated world (`nextbest simulate`, features, `nextbest train`, then `nextbest serve`)")
     operator = load_config(settings.operator_config or settings.home / "operator.yaml")
-    rules = replay_rules(operator.caps)
+    rules = Rules.of(operator.caps)
     pending = _Pending(settings.home / "service_loop")
     tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
     truth = Truth.load(settings.truth_dir)

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nextbest.features.contract import parse_eligibility
+from nextbest.features.contract import parse_eligibility, parse_quiet_hours
 
 __all__ = [
     "Offer",
@@ -31,17 +31,6 @@ __all__ = [
     "parse_quiet_hours",
     "ConfigSource",
 ]
-
-
-def parse_quiet_hours(text: str | None) -> np.ndarray:
-    """24 booleans, True where a local hour is quiet; "22-8" means 22:00 up to (not including) 08:00."""
-    quiet = np.zeros(24, dtype=bool)
-    if not text:
-        return quiet
-    start, end = (int(x) for x in text.split("-"))
-    hours = np.arange(24)
-    quiet[:] = (hours >= start) & (hours < end) if start < end else (hours >= start) | (hours < end)
-    return quiet
 
 
 class _Strict(BaseModel):
