@@ -41,7 +41,7 @@ from nextbest.simulation.replay import (
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "load_period", "evaluate_policies", "judge_model_sets",
            "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
@@ -125,9 +125,11 @@ def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> 
 
 
 def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
-                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None) -> list[ModelPolicy]:
+                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None,
+                   users: engine.Users | None = None) -> list[ModelPolicy]:
     """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
-    scored on their newest features (at or before `as_of` when given)."""
+    scored on their newest features (at or before `as_of` when given), or on `users` (the period's users' features,
+    kept from an earlier read: a fixed yardstick)."""
     from nextbest.simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
@@ -136,7 +138,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     operator = settings.operator_config or settings.home / "operator.yaml"
     config = catalog_config(period.offers, period.channels, base=load_config(operator) if operator.exists() else None)
     channels = config.channel_names()
-    users = latest_features(settings, period.user_ids, as_of)
+    users = users if users is not None else latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
     n = period.n_users
     hours = np.zeros((n, len(channels)), dtype=np.int64)

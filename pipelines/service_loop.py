@@ -34,11 +34,10 @@ from nextbest.features.contract import TABLES
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.logs_to_contacts import OUTCOME_COLUMNS, PREFIX
-from nextbest.pipelines.loop import _as_arrays, _as_frame, _organic
 from nextbest.serving.config import load_config
-from nextbest.simulation.behaviour import concat_events, purchase_carts
+from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
 from nextbest.simulation.campaigns import Purchases
-from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
+from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES, product_prices
 from nextbest.simulation.clock import DAY_NS
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import Choice, Period, ReplayConfig, Rules, Situation, keep_capacity, replay
@@ -134,13 +133,16 @@ class ServicePolicy:
         return keep_capacity(Choice(offer, channel, hour, score, propensity), s.capacity_left)
 
 
-class _Pending:
-    """Outcomes that have not happened yet and the world's future events, kept between rounds."""
+class Pending:
+    """What the world has decided but nobody has seen yet, kept between rounds in `folder` (both loops): future
+    events, outcomes not reported yet (this loop) or loop contacts not revealed yet (pipelines/loop.py), and the
+    rounds so far."""
+
+    _FRAMES = ("contacts", "outcomes", "events")
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.outcomes = self._read("outcomes.parquet")
-        self.events = self._read("events.parquet")
+        self.contacts, self.outcomes, self.events = (self._read(f"{name}.parquet") for name in self._FRAMES)
         state = folder / "state.json"
         self.state = json.loads(state.read_text()) if state.exists() else {"rounds": [], "generated_until_ns": None}
 
@@ -149,13 +151,38 @@ class _Pending:
         return pd.read_parquet(path) if path.exists() else None
 
     def save(self) -> None:
+        """Write every frame and the state, each replaced whole (a crash leaves the last good copy)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name, df in (("outcomes.parquet", self.outcomes), ("events.parquet", self.events)):
+        for name in self._FRAMES:
+            df = getattr(self, name)
             if df is not None:
-                df.to_parquet(self.folder / f".{name}.tmp", index=False)
-                (self.folder / f".{name}.tmp").replace(self.folder / name)
-        (self.folder / ".state.json.tmp").write_text(json.dumps(self.state, indent=2, default=str))
-        (self.folder / ".state.json.tmp").replace(self.folder / "state.json")
+                tmp = self.folder / f".{name}.parquet.tmp"
+                df.to_parquet(tmp, index=False)
+                tmp.replace(self.folder / f"{name}.parquet")
+        tmp = self.folder / ".state.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.folder / "state.json")
+
+
+_EVENT_KEYS = ("user", "ts", "type", "category", "product", "amount", "quantity")
+
+
+def _as_frame(ev: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({k: ev[k] for k in _EVENT_KEYS})
+
+
+def _as_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {k: df[k].to_numpy() for k in _EVENT_KEYS}
+
+
+def _organic(truth: Truth, begin_ns: int, end_ns: int, seed: int) -> dict[str, np.ndarray]:
+    """Organic behaviour of every user in [begin, end): the simulator's own process over a later window."""
+    rng = np.random.default_rng(seed)
+    window = dataclasses.replace(truth, start_ns=begin_ns, end_ns=end_ns)
+    ev = organic_events(window, product_prices(7), rng)
+    keep = (ev["ts"] >= begin_ns) & (ev["ts"] < end_ns)  # sign-ups before the window are not repeated
+    ev = {k: v[keep] for k, v in ev.items()}
+    return concat_events([ev, purchase_carts(ev, rng)])
 
 
 def _outcome_rows(sends: pd.DataFrame, decided: dict[tuple[int, int], str]) -> pd.DataFrame:
@@ -209,6 +236,20 @@ def _organic_of(purchases: Purchases, rows: np.ndarray, n_users: int) -> Purchas
     return Purchases(where[purchases.user[keep]], purchases.ts[keep], purchases.amount[keep])
 
 
+def _yard_config(config: ServiceLoopConfig, rules: Rules) -> ReplayConfig:
+    return ReplayConfig(days=config.days, seed=config.seed, rules=rules)
+
+
+def _yardstick_value(settings: Settings, period: Period, users: dict, replay_config: ReplayConfig) -> float:
+    """What the champions in force earn on the fixed yardstick: the first round's users and days, from the state this
+    run started in (the features read then), without exploration, by the engine's own EV and choice (the policy gate's
+    ModelPolicy); it changes only when the models do, so it shows what the loop has learnt."""
+    from nextbest.pipelines.evaluate import model_policies
+
+    greedy = model_policies(settings, period, users=users)[0]
+    return float(replay(period, greedy, replay_config).metrics["incremental_revenue"])
+
+
 def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = ServiceLoopConfig(),
                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds against the service behind `client` (an HTTP client with a base URL, e.g.
@@ -221,10 +262,11 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
                                 "simulated world (`nextbest simulate`, features, `nextbest train`, then `nextbest serve`)")
     operator = load_config(settings.operator_config or settings.home / "operator.yaml")
     rules = Rules.of(operator.caps)
-    pending = _Pending(settings.home / "service_loop")
+    pending = Pending(settings.home / "service_loop")
     tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
     truth = Truth.load(settings.truth_dir)
     rows_out = []
+    yardstick: tuple[Period, dict, float] | None = None
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
         # The caps count what the service's ledger counts: its own sends (the folded `nb-` rows), not contacts another
@@ -251,6 +293,12 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         _post_events(client, live.sort_values("ts", kind="stable"), config.batch)
 
         step(f"round {round_no}: {config.days} days of /decide_batch for {period.n_users:,} users")
+        if yardstick is None:
+            from nextbest.pipelines.evaluate import latest_features
+
+            yardstick = (period, latest_features(settings, period.user_ids),
+                         replay(period, OraclePolicy(period), _yard_config(config, rules)).metrics["incremental_revenue"])
+        yard_value = _yardstick_value(settings, *yardstick[:2], _yard_config(config, rules))
         policy = ServicePolicy(client, period, config.campaign_id, config.batch)
         policy.outcomes = pending.outcomes  # earlier rounds' outcomes that had not happened yet
         result = replay(period, policy, ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic,
@@ -281,7 +329,8 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
                "incremental_revenue": m["incremental_revenue"], "oracle_revenue": mo["incremental_revenue"],
                "share_of_oracle": m["incremental_revenue"] / mo["incremental_revenue"] if mo["incremental_revenue"] > 0 else np.nan,
                "unsubscribes_per_1k": m["unsubscribes"] * per_k, "complaints_per_1k": m["complaints"] * per_k,
-               "violations": m["violations"],
+               "violations": m["violations"], "yardstick_revenue": yard_value, "yardstick_oracle": yardstick[2],
+               "yardstick_share": yard_value / yardstick[2] if yardstick[2] > 0 else np.nan,
                "violated": {c.removeprefix("broke_"): int(result.sends[c].sum()) for c in result.sends if c.startswith("broke_")
                             and result.sends[c].any()},
                "models": _post(client, "/status", {}).get("models", {})}
