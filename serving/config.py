@@ -85,6 +85,8 @@ class Caps(_Strict):
     per_channel_day: int = Field(1, ge=0, description="contacts per user per channel per local day")
     per_channel_week: int = Field(3, ge=0, description="contacts per user per channel over 7 local days")
     per_user_day: int = Field(2, ge=0, description="contacts per user per local day over all channels")
+    per_user_week: int = Field(3, ge=0, description="contacts per user over 7 local days over all channels (more "
+                               "tires users: unsubscribes and complaints rise and each contact earns less)")
     per_offer: int = Field(1, ge=0, description="times one offer may go to one user within offer_window_days")
     offer_window_days: int = Field(7, ge=1, le=60, description="window of the per-offer cap, in local days")
 

@@ -42,9 +42,9 @@ class Rules:
     @classmethod
     def of(cls, caps) -> Rules:
         """The operator config's caps (serving/config.py `Caps`) as the replay's rules, so the replay counts as a
-        violation exactly what the service refuses: per channel per 7 days, per offer per window; the service has
-        no weekly cap over all channels, and the replay decides once per user and day (at most 7 a week)."""
-        return cls(per_user_per_day=1, per_user_per_week=7, per_user_channel_per_week=caps.per_channel_week,
+        violation exactly what the service refuses: per user and per channel per 7 days, per offer per window (the
+        replay decides once per user and day)."""
+        return cls(per_user_per_day=1, per_user_per_week=caps.per_user_week, per_user_channel_per_week=caps.per_channel_week,
                    per_offer=caps.per_offer, offer_window_days=caps.offer_window_days)
 
 
