@@ -20,7 +20,7 @@ from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.evaluate import evaluate_policies
 from nextbest.serving.config import load_config, observed_opt_out_rates, write_config
-from nextbest.simulation.replay import ReplayConfig
+from nextbest.simulation.replay import ReplayConfig, Rules
 
 SHOWN = ["contacts", "incremental_revenue", "share_of_history_oracle", "unsubscribes_per_1k", "complaints_per_1k",
          "violations"]
@@ -44,7 +44,7 @@ def main() -> None:
                                                       for c in base.channels]})
         write_config(config, path, note=f"bench_long_term.py: opt_out_cost {cost} on every channel")
         started = time.perf_counter()
-        table, _ = evaluate_policies(settings, ReplayConfig(), users=args.users, ope_users=2_000)
+        table, _ = evaluate_policies(settings, ReplayConfig(rules=Rules.of(config.caps)), users=args.users, ope_users=2_000)
         for policy in ("nba (uplift)", "propensity only", "history oracle", "oracle", "blast"):
             rows.append({"opt_out_cost": cost, "policy": policy, **table.loc[policy, SHOWN].to_dict(),
                          "seconds": time.perf_counter() - started})

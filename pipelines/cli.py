@@ -307,11 +307,11 @@ _SHARES = ("share_of_oracle", "share_of_history_oracle")
 
 
 def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
-    from nextbest.pipelines.evaluate import evaluate_policies, write_report
+    from nextbest.pipelines.evaluate import evaluate_policies, operator_rules, write_report
     from nextbest.simulation.replay import ReplayConfig
 
     with steps(10) as advance:
-        table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
+        table, ope = evaluate_policies(settings, ReplayConfig(days=days, rules=operator_rules(settings)), users=users, progress=advance)
     png, html = write_report(table, settings.home / "reports")
     return table, ope, png, html
 

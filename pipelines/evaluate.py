@@ -26,7 +26,7 @@ from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, read_table
 from nextbest.serving import engine
-from nextbest.serving.config import catalog_config, load_config
+from nextbest.serving.config import catalog_config, default_config, load_config
 from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.campaigns import eligible
@@ -35,13 +35,14 @@ from nextbest.simulation.replay import (
     Choice,
     Period,
     ReplayConfig,
+    Rules,
     Situation,
     keep_capacity,
     replay,
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "load_period", "evaluate_policies", "judge_model_sets",
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "operator_rules", "load_period", "evaluate_policies", "judge_model_sets",
            "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
@@ -57,6 +58,12 @@ def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, di
     tables = {t: read_raw(settings.raw_dir, t) for t in TABLES}
     tables = {k: v for k, v in tables.items() if v is not None}
     return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
+
+
+def operator_rules(settings: Settings) -> Rules:
+    """The replay's contact caps: the operator config's, the service's own (the built-in config's without one)."""
+    path = settings.operator_config or settings.home / "operator.yaml"
+    return Rules.of((load_config(path) if path.exists() else default_config()).caps)
 
 
 def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:
@@ -168,7 +175,7 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
                       progress=None, ope_users: int | None = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replay every policy over the same fresh period (on a seeded sample of `users`); metrics per policy, and
     the off-policy estimates of the NBA policy from the logged history of `ope_users` next to its simulated truth."""
-    config = config or ReplayConfig()
+    config = config or ReplayConfig(rules=operator_rules(settings))
     world, tables = load_period(settings)
     period = world.sample(users, seed=config.seed)
     step = progress or (lambda name: None)
@@ -213,7 +220,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     """
     from nextbest.training.ope import paired_difference
 
-    config = config or ReplayConfig()
+    config = config or ReplayConfig(rules=operator_rules(settings))
     step = progress or (lambda name: None)
     world, tables = load_period(settings, need_truth=False)
     simulated = world.truth is not None

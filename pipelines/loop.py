@@ -121,7 +121,7 @@ def _feedback(tables: dict[str, pd.DataFrame], pending: Pending, ids: np.ndarray
 def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds of the closed loop on the simulated world in `settings.home`; one row per round."""
-    from nextbest.pipelines.evaluate import champion_set, model_policies
+    from nextbest.pipelines.evaluate import champion_set, model_policies, operator_rules
     from nextbest.pipelines.retrain import RetrainConfig, retrain
 
     step = progress or (lambda message: None)
@@ -132,7 +132,8 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
     tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
     truth = Truth.load(settings.truth_dir)
     yardstick = Period.from_tables(tables, truth).sample(config.yardstick_users, seed=config.seed)
-    yard_config = ReplayConfig(days=config.days, seed=config.seed)
+    rules = operator_rules(settings)
+    yard_config = ReplayConfig(days=config.days, seed=config.seed, rules=rules)
     step("yardstick: the oracle")
     yard_oracle = replay(yardstick, OraclePolicy(yardstick), yard_config).metrics["incremental_revenue"]
     rows = []
@@ -160,10 +161,10 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
         step(f"round {round_no}: deciding with the champions (epsilon {config.epsilon})")
         nba = dataclasses.replace(model_policies(settings, period, epsilon=config.epsilon, models=models)[0],
                                   name="nba")
-        replay_config = ReplayConfig(days=config.days, seed=seed, control_share=config.control_share)
+        replay_config = ReplayConfig(days=config.days, seed=seed, control_share=config.control_share, rules=rules)
         result = replay(period, nba, replay_config, organic=purchases, record=True)
         step(f"round {round_no}: the oracle over the same days")
-        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed), organic=purchases)
+        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed, rules=rules), organic=purchases)
 
         m, mo = result.metrics, oracle.metrics
         row = {"round": round_no, "start": begin.date().isoformat(), "days": config.days,
