@@ -12,7 +12,11 @@ that fold.
 The service holds the hold-outs (operator config `holdout`): a held-out user's decision is a logged "no contact"
 with its probability, and the uplift model retrains from those control rows. The loop's measure of a round is the
 truth's expected incremental revenue of what the service sent (simulation/replay.py), next to the oracle's over
-the same days and users, with unsubscribes and complaints per 1,000 contacts.
+the same days and users (the same hold-outs kept out, the operator config's caps), with unsubscribes and complaints
+per 1,000 contacts. That value moves with the world: rounds shorter than a week spend one weekly contact budget
+(per user, per channel, per offer), so a later round has less to send and its value falls with the oracle's. What
+the loop has learnt shows on the fixed yardstick: each round's champions on the first round's users, days and
+features, without exploration; it holds while the champions do and moves only when retraining promotes.
 
 The service must believe simulated times: serve it with `NEXTBEST_MAX_AGE_S`, `NEXTBEST_CLOCK_SKEW_S` and
 `NEXTBEST_MAX_OUTCOME_AGE_S` wide enough to cover the simulated calendar (`SIMULATED_CLOCK_ENV`).
@@ -91,6 +95,7 @@ class ServicePolicy:
         self.channel_of = {c: i for i, c in enumerate(CHANNELS)}
         self.decided: dict[tuple[int, int], str] = {}  # (day, user row) -> decision id of the send
         self.controls = 0  # hold-out decisions the service logged
+        self.held_out: set[int] = set()  # user rows the service held out (stable per user for the campaign)
         self.decisions = 0
         self.outcomes: pd.DataFrame | None = None  # drawn, not reported yet
         self.recorded = 0  # feedback the service recorded
@@ -122,7 +127,9 @@ class ServicePolicy:
                 "user_ids": self.period.user_ids[rows].tolist(), "now": now, "context": {"campaign_id": self.campaign_id}})
             for i, d in zip(rows, answer["decisions"], strict=True):
                 self.decisions += 1
-                self.controls += d.get("holdout") is not None
+                if d.get("holdout") is not None:
+                    self.controls += 1
+                    self.held_out.add(int(i))
                 if not d["actions"]:
                     continue
                 a = d["actions"][0]
@@ -131,6 +138,20 @@ class ServicePolicy:
                 score[i], propensity[i] = a["expected_value"], a["propensity"]
                 self.decided[(s.day, int(i))] = d["decision_id"]
         return keep_capacity(Choice(offer, channel, hour, score, propensity), s.capacity_left)
+
+
+class WithoutHoldout:
+    """`policy`'s choices, except for the users the service held out: the oracle a round is measured against faces
+    the same control group (a held-out user is never contacted, and keeps the contact budget the others spend)."""
+
+    def __init__(self, policy, rows: set[int]):
+        self.policy, self.rows, self.name = policy, np.array(sorted(rows), dtype=np.int64), policy.name
+
+    def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
+        choice = self.policy.choose(s, rng)
+        offer = choice.offer.copy()
+        offer[self.rows] = -1
+        return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity)
 
 
 class Pending:
@@ -303,7 +324,8 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         policy.outcomes = pending.outcomes  # earlier rounds' outcomes that had not happened yet
         result = replay(period, policy, ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic,
                         record=True, observe=policy.observe)
-        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic)
+        oracle = replay(period, WithoutHoldout(OraclePolicy(period), policy.held_out),
+                        ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic)
 
         step(f"round {round_no}: the outcomes of the round's last day to /feedback")
         policy.report(end)
