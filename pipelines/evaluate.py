@@ -42,8 +42,8 @@ from nextbest.simulation.replay import (
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "operator_rules", "load_period", "evaluate_policies", "judge_model_sets",
-           "write_report"]
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "operator_rules", "load_period",
+           "evaluate_policies", "judge_model_sets", "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)

@@ -43,6 +43,7 @@ from nextbest.simulation.world import events_table
 
 __all__ = ["LoopConfig", "run_loop", "write_loop_chart"]
 
+
 @dataclass(frozen=True)
 class LoopConfig:
     rounds: int = 3
