@@ -34,10 +34,10 @@ class Rules:
     """Frequency caps every replayed policy must obey (quiet hours and capacity come from the channels table)."""
 
     per_user_per_day: int = 1  # enforced by construction: a policy makes one decision per user per day
-    per_user_per_week: int = 3  # rolling 7 days
+    per_user_per_week: int = 3  # over 7 local calendar days, the day of the send included
     per_user_channel_per_week: int = 2
     per_offer: int | None = None  # sends of one offer to one user within `offer_window_days` (None: no such cap)
-    offer_window_days: int = 7  # counted in whole UTC days back from the decision day (history: the last 7 days)
+    offer_window_days: int = 7  # local calendar days, the day of the send included (the history holds 7 days)
 
     @classmethod
     def of(cls, caps) -> Rules:
@@ -183,6 +183,13 @@ def hour_ok_matrix(channels: pd.DataFrame) -> np.ndarray:
     return ~np.stack([parse_quiet_hours(spec) for spec in channels["quiet_hours"]]).reshape(len(channels), 24)
 
 
+def _local_day(tz: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """The day number (days since the epoch) of each instant on its user's local calendar; NAT -> a day long past."""
+    sent = ns != NAT
+    safe = np.where(sent, ns, 0)
+    return np.where(sent, (safe + utc_offset_ns(tz, safe)) // DAY_NS, np.iinfo(np.int64).min // DAY_NS)
+
+
 def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
     """Drop the lowest-scored sends of each channel beyond its capacity left today."""
     offer = choice.offer.copy()
@@ -226,30 +233,32 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     hour_ok = hour_ok_matrix(period.channels)
     suppressed = period.suppressed.copy()
     sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
-    # (user rows, channel, send time, offer) per day, for the per-channel and per-offer caps; the history's sends first.
+    sends_day = [_local_day(truth.tz, ns) for ns in sends_ns]  # each send's day on the user's calendar, for the caps
+    # (user rows, channel, local day, offer) per day, for the per-channel and per-offer caps; the history's sends first.
     sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(period.last_sends.shape[1]):
         had = period.last_channels[:, k] >= 0
-        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], period.last_sends[had, k],
-                            period.last_offers[had, k]))
+        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], sends_day[k][had], period.last_offers[had, k]))
     frames, held, caused_events = [], [], []
     for day in range(config.days):
         at = period.start + pd.Timedelta(days=day)
         at_ns = at.value
         history = np.stack(sends_ns, axis=1)
-        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)
+        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)  # fatigue: the last 7 x 24 hours
+        # The service counts its caps over the user's local calendar days, the day of the send included: the weekly
+        # caps over 7 days, the per-offer cap over the offer window. The day's sends land on its local date.
+        today = at_ns // DAY_NS
+        in_week = (np.stack(sends_day, axis=1) > today - 7).sum(axis=1)
         per_channel_week = np.zeros((n, n_channels), dtype=np.int64)
         per_offer = np.zeros((n, len(offers)), dtype=np.int64)
-        # The service counts an offer's window in whole local days: a send counts from the start of its day on.
-        offer_since = at_ns - (rules.offer_window_days - 1) * DAY_NS
-        for d_rows, d_ch, d_ns, d_o in sends_ns_ch:
-            live = d_ns > at_ns - 7 * DAY_NS
+        for d_rows, d_ch, d_day, d_o in sends_ns_ch:
+            live = d_day > today - 7
             np.add.at(per_channel_week, (d_rows[live], d_ch[live]), 1)
-            counted = (d_ns >= offer_since) & (d_o >= 0)
+            counted = (d_day > today - rules.offer_window_days) & (d_o >= 0)
             np.add.at(per_offer, (d_rows[counted], d_o[counted]), 1)
         offer_capped = per_offer >= rules.per_offer if rules.per_offer is not None else np.zeros_like(per_offer, dtype=bool)
-        # One decision per user per day is the per-day cap; the weekly caps are rolling 7-day counts.
-        user_ok = (recent < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
+        # One decision per user per day is the per-day cap.
+        user_ok = (in_week < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
         allowed = period.consent & ~suppressed & user_ok[:, None] & (per_channel_week < rules.per_user_channel_per_week)
         state = {
             "lifecycle_stage": np.asarray(STAGES, dtype=object)[period.stage],
@@ -296,7 +305,8 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         day_sends = np.full(n, NAT, dtype=np.int64)
         day_sends[rows] = send
         sends_ns.append(day_sends)
-        sends_ns_ch.append((rows, c, send, o))
+        sends_day.append(_local_day(truth.tz, day_sends))
+        sends_ns_ch.append((rows, c, sends_day[-1][rows], o))
         frame = pd.DataFrame({
             "day": day, "user_idx": rows, "offer_id": offers["offer_id"].to_numpy()[o], "channel": np.asarray(CHANNELS)[c],
             "local_hour": h, "send_at": pd.to_datetime(send, utc=True), "propensity": propensity,
