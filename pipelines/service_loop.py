@@ -119,6 +119,7 @@ class ServicePolicy:
         n = self.period.n_users
         offer, channel, hour = np.full(n, -1), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
         score, propensity = np.zeros(n), np.ones(n)
+        send_ns = np.zeros(n, dtype=np.int64)  # the service's send time: the replay sends then, caps count its local day
         asked = np.flatnonzero(self.period.truth.signup_ns <= s.at.value)  # users who have signed up by then
         now = (s.at + _CAMPAIGN_HOUR).isoformat()
         for start in range(0, len(asked), self.batch):
@@ -135,9 +136,10 @@ class ServicePolicy:
                 a = d["actions"][0]
                 offer[i], channel[i] = self.offer_of[a["offer_id"]], self.channel_of[a["channel"]]
                 hour[i] = datetime.fromisoformat(a["send_at"]).hour  # the user's local hour
+                send_ns[i] = pd.Timestamp(a["send_at"]).value
                 score[i], propensity[i] = a["expected_value"], a["propensity"]
                 self.decided[(s.day, int(i))] = d["decision_id"]
-        return keep_capacity(Choice(offer, channel, hour, score, propensity), s.capacity_left)
+        return keep_capacity(Choice(offer, channel, hour, score, propensity, send_ns), s.capacity_left)
 
 
 class WithoutHoldout:
@@ -151,7 +153,7 @@ class WithoutHoldout:
         choice = self.policy.choose(s, rng)
         offer = choice.offer.copy()
         offer[self.rows] = -1
-        return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity)
+        return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity, choice.send_ns)
 
 
 class Pending:

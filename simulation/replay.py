@@ -170,6 +170,8 @@ class Choice:
     hour: np.ndarray
     score: np.ndarray
     propensity: np.ndarray
+    send_ns: np.ndarray | None = None  # exact UTC send times where the policy set them (a service's answers, which
+    # may fall on the next local day); None: a random minute of the local hour on the decision day
 
 
 class Policy(Protocol):
@@ -190,6 +192,26 @@ def _local_day(tz: np.ndarray, ns: np.ndarray) -> np.ndarray:
     return np.where(sent, (safe + utc_offset_ns(tz, safe)) // DAY_NS, np.iinfo(np.int64).min // DAY_NS)
 
 
+def _over_caps(sent: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], rows: np.ndarray, channel: np.ndarray,
+               offer: np.ndarray, day: np.ndarray, rules: Rules) -> np.ndarray:
+    """Per new send (user row, channel, offer, local day), whether the sends before it already fill a cap of the
+    windows the ledger checks for that day: per user and per channel over 7 local days, per offer over its window."""
+    u, c, d, o = (np.concatenate([x[k] for x in sent]) if sent else np.zeros(0, dtype=np.int64) for k in range(4))
+    earlier = pd.DataFrame({"u": u, "c": c, "d": d, "o": o})
+    new = pd.DataFrame({"i": np.arange(len(rows)), "u": rows, "nc": channel, "nd": day, "no": offer})
+    pairs = new.merge(earlier[earlier["u"].isin(rows)], on="u")
+    week = (pairs["d"] > pairs["nd"] - 7) & (pairs["d"] <= pairs["nd"])
+    window = (pairs["d"] > pairs["nd"] - rules.offer_window_days) & (pairs["d"] <= pairs["nd"])
+
+    def count(mask: pd.Series) -> np.ndarray:
+        return np.bincount(pairs.loc[mask, "i"].to_numpy(dtype=np.int64), minlength=len(rows))
+
+    over = (count(week) >= rules.per_user_per_week) | (count(week & (pairs["c"] == pairs["nc"])) >= rules.per_user_channel_per_week)
+    if rules.per_offer is not None:
+        over |= count(window & (pairs["o"] == pairs["no"])) >= rules.per_offer
+    return over
+
+
 def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
     """Drop the lowest-scored sends of each channel beyond its capacity left today."""
     offer = choice.offer.copy()
@@ -198,7 +220,7 @@ def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
         if len(rows) > capacity_left[c]:
             drop = rows[np.argsort(-choice.score[rows], kind="stable")[int(capacity_left[c]):]]
             offer[drop] = -1
-    return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity)
+    return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity, choice.send_ns)
 
 
 @dataclass
@@ -283,10 +305,12 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         send = at_ns + h * HOUR_NS + minute * MINUTE_NS - utc_offset_ns(truth.tz[rows], np.full(len(rows), at_ns))
         # A local hour before midnight UTC of the day lands on the previous UTC day: move it a day on.
         send = np.where(send < at_ns, send + DAY_NS, send)
+        if choice.send_ns is not None:
+            send = choice.send_ns[rows]
         broken = {
             "consent": ~period.consent[rows, c],
             "suppressed": suppressed[rows, c],
-            "cap": ~user_ok[rows] | (per_channel_week[rows, c] >= rules.per_user_channel_per_week) | offer_capped[rows, o],
+            "cap": _over_caps(sends_ns_ch, rows, c, o, _local_day(truth.tz[rows], send), rules) | (truth.signup_ns[rows] > at_ns),
             "quiet_hours": ~hour_ok[c, h],
             "ineligible": ~offer_ok[rows, o],
             "capacity": np.zeros(len(rows), dtype=bool),
