@@ -254,6 +254,9 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     capacity = period.channels["daily_capacity"].astype("Float64").fillna(np.inf).to_numpy(dtype=float)
     hour_ok = hour_ok_matrix(period.channels)
     suppressed = period.suppressed.copy()
+    # When each suppression began (the period's own: before it). A send breaks one only if the opt-out happened
+    # before its decision day began: a service learns an opt-out when it is reported, not when it is drawn.
+    suppressed_ns = np.where(period.suppressed, np.iinfo(np.int64).min, np.iinfo(np.int64).max)
     sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
     sends_day = [_local_day(truth.tz, ns) for ns in sends_ns]  # each send's day on the user's calendar, for the caps
     # (user rows, channel, local day, offer) per day, for the per-channel and per-offer caps; the history's sends first.
@@ -309,7 +312,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             send = choice.send_ns[rows]
         broken = {
             "consent": ~period.consent[rows, c],
-            "suppressed": suppressed[rows, c],
+            "suppressed": suppressed_ns[rows, c] < at_ns,
             "cap": _over_caps(sends_ns_ch, rows, c, o, _local_day(truth.tz[rows], send), rules) | (truth.signup_ns[rows] > at_ns),
             "quiet_hours": ~hour_ok[c, h],
             "ineligible": ~offer_ok[rows, o],
@@ -326,6 +329,10 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         unsub = outcomes["unsubscribed_at"] != NAT
         complained = outcomes["complained_at"] != NAT
         suppressed[rows[unsub | complained], c[unsub | complained]] = True
+        opted = unsub | complained
+        when = np.minimum(np.where(unsub, outcomes["unsubscribed_at"], np.iinfo(np.int64).max),
+                          np.where(complained, outcomes["complained_at"], np.iinfo(np.int64).max))
+        np.minimum.at(suppressed_ns, (rows[opted], c[opted]), when[opted])
         day_sends = np.full(n, NAT, dtype=np.int64)
         day_sends[rows] = send
         sends_ns.append(day_sends)
