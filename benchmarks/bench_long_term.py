@@ -1,8 +1,9 @@
 """The long-term cost in the objective: policies with and without the expected loss of an unsubscribe or complaint.
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_long_term.py --home DIR [--users 5000]
-  [--costs 0,2,5]
-For each opt-out cost (currency per unsubscribe or complaint, the same on every channel) the operator config of
+  [--costs 0,10,learned]
+For each opt-out cost (currency per unsubscribe or complaint, the same on every channel; `learned`: each channel's
+value per user as the contact log shows it, serving.config.observed_channel_values) the operator config of
 the home is rewritten (with each channel's opt-out rate as the contact log shows it) and every policy is replayed over the same fresh period (`nextbest evaluate`'s replay):
 contacts, incremental revenue, share of the history oracle, and unsubscribes and complaints per 1,000 contacts.
 """
@@ -19,8 +20,8 @@ import pandas as pd
 from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.evaluate import evaluate_policies
-from nextbest.serving.config import load_config, observed_opt_out_rates, write_config
-from nextbest.simulation.replay import ReplayConfig
+from nextbest.serving.config import load_config, observed_channel_values, observed_opt_out_rates, write_config
+from nextbest.simulation.replay import ReplayConfig, Rules
 
 SHOWN = ["contacts", "incremental_revenue", "share_of_history_oracle", "unsubscribes_per_1k", "complaints_per_1k",
          "violations"]
@@ -35,16 +36,18 @@ def main() -> None:
     settings = Settings(home=args.home)
     path = settings.home / "operator.yaml"
     base = load_config(path)
-    learned = observed_opt_out_rates(read_raw(settings.raw_dir, "contacts"))
+    contacts = read_raw(settings.raw_dir, "contacts")
+    learned, values = observed_opt_out_rates(contacts), observed_channel_values(contacts)
     print("opt-out rates the contact log shows, per channel:", {k: round(v, 4) for k, v in learned.items()})
+    print("what an opt-out loses, per channel (revenue per user reached, 90 days):", values)
     rows = []
-    for cost in (float(c) for c in args.costs.split(",")):
-        config = base.model_copy(update={"channels": [c.model_copy(update={"opt_out_cost": cost,
-                                                                           "opt_out_rate": learned.get(c.channel, c.opt_out_rate)})
-                                                      for c in base.channels]})
+    for cost in args.costs.split(","):
+        config = base.model_copy(update={"channels": [c.model_copy(update={
+            "opt_out_cost": values.get(c.channel, 0.0) if cost == "learned" else float(cost),
+            "opt_out_rate": learned.get(c.channel, c.opt_out_rate)}) for c in base.channels]})
         write_config(config, path, note=f"bench_long_term.py: opt_out_cost {cost} on every channel")
         started = time.perf_counter()
-        table, _ = evaluate_policies(settings, ReplayConfig(), users=args.users, ope_users=2_000)
+        table, _ = evaluate_policies(settings, ReplayConfig(rules=Rules.of(config.caps)), users=args.users, ope_users=2_000)
         for policy in ("nba (uplift)", "propensity only", "history oracle", "oracle", "blast"):
             rows.append({"opt_out_cost": cost, "policy": policy, **table.loc[policy, SHOWN].to_dict(),
                          "seconds": time.perf_counter() - started})

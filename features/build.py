@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from nextbest.features.contract import STAGE_OF_TYPE, STAGES
 from nextbest.features.tags import cluster_centres
 
 __all__ = [
@@ -43,10 +44,6 @@ WINDOWS: tuple[int, ...] = (1, 7, 30, 90)  # days
 _COUNTED_TYPES: dict[str, str] = {
     "app_open": "app_opens", "view": "views", "search": "searches", "add_to_cart": "add_to_carts", "purchase": "purchases",
 }
-# Lifecycle stages in funnel order; a user's stage is the furthest event type ever seen.
-STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
-_STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
-STAGE_OF_TYPE = _STAGE_OF_TYPE  # event type -> index in STAGES (the stage it shows); read by off-policy feasibility
 _RATE_DAYS = 365  # window of the per-channel open, click and convert rates
 _AFFINITY_PRIOR = 0.35  # pseudo-events per category in the affinity shares
 # Activity that follows the user's daily rhythm: what they do on their own, whenever they choose.
@@ -400,7 +397,7 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
                   "epoch(signup_at) AS signup_s FROM users_raw")
     category = "CAST(category AS VARCHAR)" if "category" in ev_cols else "CAST(NULL AS VARCHAR)"
     amount = "CAST(amount AS DOUBLE)" if "amount" in ev_cols else "CAST(NULL AS DOUBLE)"
-    stage = "CASE CAST(type AS VARCHAR) " + " ".join(f"WHEN {_lit(t)} THEN {s}" for t, s in _STAGE_OF_TYPE.items()) + " ELSE 0 END"
+    stage = "CASE CAST(type AS VARCHAR) " + " ".join(f"WHEN {_lit(t)} THEN {s}" for t, s in STAGE_OF_TYPE.items()) + " ELSE 0 END"
     engine.view("ev", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
                   f"CAST(type AS VARCHAR) AS type, {category} AS category, {amount} AS amount, {stage} AS stage FROM events_raw")
     cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]

@@ -29,6 +29,9 @@ __all__ = [
     "parse_eligibility",
     "Clause",
     "offer_valid",
+    "STAGES",
+    "STAGE_OF_TYPE",
+    "parse_quiet_hours",
 ]
 
 # What an offer is: retention offers get the churn boost in decisions; the kind is also a model input. One list
@@ -50,6 +53,11 @@ TABLES: tuple[str, ...] = ("users", "events", "contacts", "offers", "channels", 
 REQUIRED_TABLES: tuple[str, ...] = ("users", "events")
 # Known behaviour event types; other types are kept (they count towards activity) but not interpreted.
 EVENT_TYPES: tuple[str, ...] = ("register", "app_open", "view", "search", "add_to_cart", "purchase")
+# Lifecycle stages in funnel order; a user's stage is the furthest event type ever seen (STAGE_OF_TYPE: event type ->
+# index in STAGES; other types leave the stage alone). One definition for the features, serving's eligibility rules,
+# the replay, the off-policy support and the simulator's campaigns.
+STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
+STAGE_OF_TYPE: dict[str, int] = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
 SUPPRESSION_REASONS: tuple[str, ...] = ("complaint", "opt_out", "regulator", "vip", "manual")
 
 
@@ -554,6 +562,18 @@ def offer_valid(at, valid_from, valid_to) -> bool:
     of the window, for serving, batch scoring and the simulator alike."""
     return not ((valid_from is not None and not pd.isna(valid_from) and at < valid_from)
                 or (valid_to is not None and not pd.isna(valid_to) and at >= valid_to))
+
+
+def parse_quiet_hours(text: str | None) -> np.ndarray:
+    """24 booleans, True where a local hour is quiet; "22-8" means 22:00 up to (not including) 08:00. The one
+    reading of a channel's `quiet_hours`, for serving's contact policy, the replay and the simulator alike."""
+    quiet = np.zeros(24, dtype=bool)
+    if not isinstance(text, str) or not text:
+        return quiet
+    start, end = (int(x) for x in text.split("-"))
+    hours = np.arange(24)
+    quiet[:] = (hours >= start) & (hours < end) if start < end else (hours >= start) | (hours < end)
+    return quiet
 
 
 def _is_eligibility(expr: object) -> bool:

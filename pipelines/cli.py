@@ -309,11 +309,11 @@ _SHARES = ("share_of_oracle", "share_of_history_oracle")
 
 
 def _evaluate(settings: Settings, users: int | None, days: int) -> tuple:
-    from nextbest.pipelines.evaluate import evaluate_policies, write_report
+    from nextbest.pipelines.evaluate import evaluate_policies, operator_rules, write_report
     from nextbest.simulation.replay import ReplayConfig
 
     with steps(10) as advance:
-        table, ope = evaluate_policies(settings, ReplayConfig(days=days), users=users, progress=advance)
+        table, ope = evaluate_policies(settings, ReplayConfig(days=days, rules=operator_rules(settings)), users=users, progress=advance)
     png, html = write_report(table, settings.home / "reports")
     return table, ope, png, html
 
@@ -507,12 +507,16 @@ def _service_loop(settings: Settings, url: str, rounds: int, days: int, trials: 
 def print_service_loop(table: pd.DataFrame) -> None:
     out = Table(title="closed loop through the service: per round (expected incremental revenue under the simulated truth)")
     for col in ("round", "start", "decisions", "controls", "contacts", "NBA revenue", "oracle revenue", "share of oracle",
-                "unsubs /1k", "complaints /1k", "violations"):
+                "unsubs /1k", "complaints /1k", "violations", "yardstick", "yardstick share"):
         out.add_column(col, justify="right")
     for k, r in table.iterrows():
+        # Rounds recorded before the yardstick existed have none.
+        yard = r.get("yardstick_revenue")
+        yard = None if yard is None or yard != yard else yard  # absent, or NaN in a table mixing both kinds
         out.add_row(str(k), str(r["start"]), f"{r['decisions']:,}", f"{r['controls']:,}", f"{r['contacts']:,}",
                     f"{r['incremental_revenue']:,.0f}", f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}",
-                    f"{r['unsubscribes_per_1k']:.1f}", f"{r['complaints_per_1k']:.1f}", str(r["violations"]))
+                    f"{r['unsubscribes_per_1k']:.1f}", f"{r['complaints_per_1k']:.1f}", str(r["violations"]),
+                    "" if yard is None else f"{yard:,.0f}", "" if yard is None else f"{r['yardstick_share']:.0%}")
     console.print(out)
 
 

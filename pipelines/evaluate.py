@@ -34,21 +34,22 @@ from nextbest.pipelines.offpolicy import (
     logged_feasibility,
 )
 from nextbest.serving import engine
-from nextbest.serving.config import catalog_config, load_config
+from nextbest.serving.config import catalog_config, default_config, load_config
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.policies import Blast, NoContact, OraclePolicy, RandomPolicy, best_selling_order
 from nextbest.simulation.replay import (
     Choice,
     Period,
     ReplayConfig,
+    Rules,
     Situation,
     keep_capacity,
     replay,
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "load_period", "evaluate_policies", "judge_model_sets",
-           "off_policy", "off_policies", "write_report"]
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "operator_rules", "load_period",
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -70,6 +71,12 @@ def load_period(settings: Settings, need_truth: bool = True) -> tuple[Period, di
     for name in ("offers", "channels"):
         tables[name] = with_optional_columns(name, tables[name])
     return Period.from_tables(tables, Truth.load(settings.truth_dir) if simulated else None), tables
+
+
+def operator_rules(settings: Settings) -> Rules:
+    """The replay's contact caps: the operator config's, the service's own (the built-in config's without one)."""
+    path = settings.operator_config or settings.home / "operator.yaml"
+    return Rules.of((load_config(path) if path.exists() else default_config()).caps)
 
 
 def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestamp | None = None) -> engine.Users:
@@ -138,9 +145,11 @@ def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> 
 
 
 def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
-                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None) -> list[ModelPolicy]:
+                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None,
+                   users: engine.Users | None = None) -> list[ModelPolicy]:
     """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
-    scored on their newest features (at or before `as_of` when given)."""
+    scored on their newest features (at or before `as_of` when given), or on `users` (the period's users' features,
+    kept from an earlier read: a fixed yardstick)."""
     from nextbest.simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
@@ -149,7 +158,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     operator = settings.operator_config or settings.home / "operator.yaml"
     config = catalog_config(period.offers, period.channels, base=load_config(operator) if operator.exists() else None)
     channels = config.channel_names()
-    users = latest_features(settings, period.user_ids, as_of)
+    users = users if users is not None else latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
     n = period.n_users
     hours = np.zeros((n, len(channels)), dtype=np.int64)
@@ -179,7 +188,7 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
                       progress=None, ope_users: int | None = 10_000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replay every policy over the same fresh period (on a seeded sample of `users`); metrics per policy, and
     the off-policy estimates of the NBA policy from the logged history of `ope_users` next to its simulated truth."""
-    config = config or ReplayConfig()
+    config = config or ReplayConfig(rules=operator_rules(settings))
     world, tables = load_period(settings)
     period = world.sample(users, seed=config.seed)
     step = progress or (lambda name: None)
@@ -224,7 +233,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     """
     from nextbest.training.ope import paired_difference
 
-    config = config or ReplayConfig()
+    config = config or ReplayConfig(rules=operator_rules(settings))
     step = progress or (lambda name: None)
     world, tables = load_period(settings, need_truth=False)
     simulated = world.truth is not None

@@ -21,7 +21,6 @@ outcomes and events (those after the current end) wait in `<home>/loop/`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ import pandas as pd
 from nextbest.features.contract import TABLES
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
-from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
+from nextbest.pipelines.service_loop import Pending, _as_arrays, _as_frame, _organic
+from nextbest.simulation.behaviour import concat_events, purchase_carts
 from nextbest.simulation.campaigns import Purchases
-from nextbest.simulation.catalog import product_prices
 from nextbest.simulation.clock import DAY_NS, NAT, to_utc_series
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import OUTCOMES, Period, ReplayConfig, replay
@@ -43,8 +42,6 @@ from nextbest.simulation.truth import Truth
 from nextbest.simulation.world import events_table
 
 __all__ = ["LoopConfig", "run_loop", "write_loop_chart"]
-
-_EVENT_KEYS = ("user", "ts", "type", "category", "product", "amount", "quantity")
 
 
 @dataclass(frozen=True)
@@ -59,50 +56,6 @@ class LoopConfig:
     seed: int = 11
     yardstick_users: int | None = 4_000  # users in the fixed yardstick period (None = all)
     policy_gate: bool = True  # promote challengers only if the policy with them earns more (pipelines/retrain.py)
-
-
-class _Pending:
-    """What the world has decided but nobody has seen yet: loop contacts with all their outcomes, future events."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.contacts = self._read("contacts.parquet")
-        self.events = self._read("events.parquet")
-        state = folder / "state.json"
-        self.state = json.loads(state.read_text()) if state.exists() else {"rounds": [], "generated_until_ns": None}
-
-    def _read(self, name: str) -> pd.DataFrame | None:
-        path = self.folder / name
-        return pd.read_parquet(path) if path.exists() else None
-
-    def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for name, df in (("contacts.parquet", self.contacts), ("events.parquet", self.events)):
-            if df is not None:
-                tmp = self.folder / f".{name}.tmp"
-                df.to_parquet(tmp, index=False)
-                tmp.replace(self.folder / name)
-        tmp = self.folder / ".state.json.tmp"
-        tmp.write_text(json.dumps(self.state, indent=2, default=str))
-        tmp.replace(self.folder / "state.json")
-
-
-def _as_frame(ev: dict[str, np.ndarray]) -> pd.DataFrame:
-    return pd.DataFrame({k: ev[k] for k in _EVENT_KEYS})
-
-
-def _as_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {k: df[k].to_numpy() for k in _EVENT_KEYS}
-
-
-def _organic(truth: Truth, begin_ns: int, end_ns: int, seed: int) -> dict[str, np.ndarray]:
-    """Organic behaviour of every user in [begin, end): the simulator's own process over a later window."""
-    rng = np.random.default_rng(seed)
-    window = dataclasses.replace(truth, start_ns=begin_ns, end_ns=end_ns)
-    ev = organic_events(window, product_prices(7), rng)
-    keep = (ev["ts"] >= begin_ns) & (ev["ts"] < end_ns)  # sign-ups before the window are not repeated
-    ev = {k: v[keep] for k, v in ev.items()}
-    return concat_events([ev, purchase_carts(ev, rng)])
 
 
 def _contacts_rows(result, round_no: int, period: Period, purchases: Purchases) -> pd.DataFrame:
@@ -139,7 +92,7 @@ def _revealed(pending: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
     return out
 
 
-def _feedback(tables: dict[str, pd.DataFrame], pending: _Pending, ids: np.ndarray, begin: pd.Timestamp,
+def _feedback(tables: dict[str, pd.DataFrame], pending: Pending, ids: np.ndarray, begin: pd.Timestamp,
               end: pd.Timestamp) -> dict[str, pd.DataFrame]:
     """The raw tables at `end`: new events, the contact log with outcomes known so far, new suppressions."""
     out = dict(tables)
@@ -169,18 +122,19 @@ def _feedback(tables: dict[str, pd.DataFrame], pending: _Pending, ids: np.ndarra
 def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds of the closed loop on the simulated world in `settings.home`; one row per round."""
-    from nextbest.pipelines.evaluate import champion_set, model_policies
+    from nextbest.pipelines.evaluate import champion_set, model_policies, operator_rules
     from nextbest.pipelines.retrain import RetrainConfig, retrain
 
     step = progress or (lambda message: None)
     if not (settings.truth_dir / "truth.json").exists():
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: the closed loop runs in simulation "
                                 "(`nextbest simulate`, then `nextbest features build/apply/materialize` and `nextbest train`)")
-    pending = _Pending(settings.home / "loop")
+    pending = Pending(settings.home / "loop")
     tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
     truth = Truth.load(settings.truth_dir)
     yardstick = Period.from_tables(tables, truth).sample(config.yardstick_users, seed=config.seed)
-    yard_config = ReplayConfig(days=config.days, seed=config.seed)
+    rules = operator_rules(settings)
+    yard_config = ReplayConfig(days=config.days, seed=config.seed, rules=rules)
     step("yardstick: the oracle")
     yard_oracle = replay(yardstick, OraclePolicy(yardstick), yard_config).metrics["incremental_revenue"]
     rows = []
@@ -208,10 +162,10 @@ def run_loop(settings: Settings, config: LoopConfig = LoopConfig(),
         step(f"round {round_no}: deciding with the champions (epsilon {config.epsilon})")
         nba = dataclasses.replace(model_policies(settings, period, epsilon=config.epsilon, models=models)[0],
                                   name="nba")
-        replay_config = ReplayConfig(days=config.days, seed=seed, control_share=config.control_share)
+        replay_config = ReplayConfig(days=config.days, seed=seed, control_share=config.control_share, rules=rules)
         result = replay(period, nba, replay_config, organic=purchases, record=True)
         step(f"round {round_no}: the oracle over the same days")
-        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed), organic=purchases)
+        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed, rules=rules), organic=purchases)
 
         m, mo = result.metrics, oracle.metrics
         row = {"round": round_no, "start": begin.date().isoformat(), "days": config.days,

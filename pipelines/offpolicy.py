@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from nextbest.features.build import STAGE_OF_TYPE, STAGES
-from nextbest.features.contract import offer_valid
+from nextbest.features.contract import STAGE_OF_TYPE, STAGES, offer_valid
 from nextbest.serving.policy import matches
 from nextbest.training.datasets import TrainingSet, outcome_within
 from nextbest.training.ope import doubly_robust, dr_terms, ips, paired_difference, snips

@@ -12,7 +12,11 @@ that fold.
 The service holds the hold-outs (operator config `holdout`): a held-out user's decision is a logged "no contact"
 with its probability, and the uplift model retrains from those control rows. The loop's measure of a round is the
 truth's expected incremental revenue of what the service sent (simulation/replay.py), next to the oracle's over
-the same days and users, with unsubscribes and complaints per 1,000 contacts.
+the same days and users (the same hold-outs kept out, the operator config's caps), with unsubscribes and complaints
+per 1,000 contacts. That value moves with the world: rounds shorter than a week spend one weekly contact budget
+(per user, per channel, per offer), so a later round has less to send and its value falls with the oracle's. What
+the loop has learnt shows on the fixed yardstick: each round's champions on the first round's users, days and
+features, without exploration; it holds while the champions do and moves only when retraining promotes.
 
 The service must believe simulated times: serve it with `NEXTBEST_MAX_AGE_S`, `NEXTBEST_CLOCK_SKEW_S` and
 `NEXTBEST_MAX_OUTCOME_AGE_S` wide enough to cover the simulated calendar (`SIMULATED_CLOCK_ENV`).
@@ -34,11 +38,10 @@ from nextbest.features.contract import TABLES
 from nextbest.features.ingest import read_raw, write_raw
 from nextbest.features.settings import Settings
 from nextbest.pipelines.logs_to_contacts import OUTCOME_COLUMNS, PREFIX
-from nextbest.pipelines.loop import _as_arrays, _as_frame, _organic
-from nextbest.serving.config import Caps, load_config
-from nextbest.simulation.behaviour import concat_events, purchase_carts
+from nextbest.serving.config import load_config
+from nextbest.simulation.behaviour import concat_events, organic_events, purchase_carts
 from nextbest.simulation.campaigns import Purchases
-from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
+from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES, product_prices
 from nextbest.simulation.clock import DAY_NS
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import Choice, Period, ReplayConfig, Rules, Situation, keep_capacity, replay
@@ -46,7 +49,7 @@ from nextbest.simulation.response import HORIZON_DAYS
 from nextbest.simulation.truth import Truth
 from nextbest.simulation.world import events_table
 
-__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "replay_rules", "run_service_loop"]
+__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "run_service_loop"]
 
 _TEN_YEARS_S = str(10 * 365 * 86_400)
 # What a service driven through simulated days needs: caller times anywhere in the simulated calendar are believed.
@@ -74,12 +77,6 @@ class ServiceLoopConfig:
     batch: int = 1000  # users per /decide_batch and events per /events request (the service's limit)
 
 
-def replay_rules(caps: Caps) -> Rules:
-    """The replay's contact rules from the operator config's caps, so the replay counts as a violation exactly what
-    the service would refuse (the replay decides once per user and day: at most one contact a day)."""
-    return Rules(per_user_per_day=1, per_user_per_week=7, per_user_channel_per_week=caps.per_channel_week)
-
-
 def _post(client, path: str, body: dict) -> dict:
     response = client.post(path, json=body)
     if response.status_code != 200:
@@ -98,6 +95,7 @@ class ServicePolicy:
         self.channel_of = {c: i for i, c in enumerate(CHANNELS)}
         self.decided: dict[tuple[int, int], str] = {}  # (day, user row) -> decision id of the send
         self.controls = 0  # hold-out decisions the service logged
+        self.held_out: set[int] = set()  # user rows the service held out (stable per user for the campaign)
         self.decisions = 0
         self.outcomes: pd.DataFrame | None = None  # drawn, not reported yet
         self.recorded = 0  # feedback the service recorded
@@ -121,6 +119,7 @@ class ServicePolicy:
         n = self.period.n_users
         offer, channel, hour = np.full(n, -1), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
         score, propensity = np.zeros(n), np.ones(n)
+        send_ns = np.zeros(n, dtype=np.int64)  # the service's send time: the replay sends then, caps count its local day
         asked = np.flatnonzero(self.period.truth.signup_ns <= s.at.value)  # users who have signed up by then
         now = (s.at + _CAMPAIGN_HOUR).isoformat()
         for start in range(0, len(asked), self.batch):
@@ -129,24 +128,44 @@ class ServicePolicy:
                 "user_ids": self.period.user_ids[rows].tolist(), "now": now, "context": {"campaign_id": self.campaign_id}})
             for i, d in zip(rows, answer["decisions"], strict=True):
                 self.decisions += 1
-                self.controls += d.get("holdout") is not None
+                if d.get("holdout") is not None:
+                    self.controls += 1
+                    self.held_out.add(int(i))
                 if not d["actions"]:
                     continue
                 a = d["actions"][0]
                 offer[i], channel[i] = self.offer_of[a["offer_id"]], self.channel_of[a["channel"]]
                 hour[i] = datetime.fromisoformat(a["send_at"]).hour  # the user's local hour
+                send_ns[i] = pd.Timestamp(a["send_at"]).value
                 score[i], propensity[i] = a["expected_value"], a["propensity"]
                 self.decided[(s.day, int(i))] = d["decision_id"]
-        return keep_capacity(Choice(offer, channel, hour, score, propensity), s.capacity_left)
+        return keep_capacity(Choice(offer, channel, hour, score, propensity, send_ns), s.capacity_left)
 
 
-class _Pending:
-    """Outcomes that have not happened yet and the world's future events, kept between rounds."""
+class WithoutHoldout:
+    """`policy`'s choices, except for the users the service held out: the oracle a round is measured against faces
+    the same control group (a held-out user is never contacted, and keeps the contact budget the others spend)."""
+
+    def __init__(self, policy, rows: set[int]):
+        self.policy, self.rows, self.name = policy, np.array(sorted(rows), dtype=np.int64), policy.name
+
+    def choose(self, s: Situation, rng: np.random.Generator) -> Choice:
+        choice = self.policy.choose(s, rng)
+        offer = choice.offer.copy()
+        offer[self.rows] = -1
+        return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity, choice.send_ns)
+
+
+class Pending:
+    """What the world has decided but nobody has seen yet, kept between rounds in `folder` (both loops): future
+    events, outcomes not reported yet (this loop) or loop contacts not revealed yet (pipelines/loop.py), and the
+    rounds so far."""
+
+    _FRAMES = ("contacts", "outcomes", "events")
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.outcomes = self._read("outcomes.parquet")
-        self.events = self._read("events.parquet")
+        self.contacts, self.outcomes, self.events = (self._read(f"{name}.parquet") for name in self._FRAMES)
         state = folder / "state.json"
         self.state = json.loads(state.read_text()) if state.exists() else {"rounds": [], "generated_until_ns": None}
 
@@ -155,13 +174,38 @@ class _Pending:
         return pd.read_parquet(path) if path.exists() else None
 
     def save(self) -> None:
+        """Write every frame and the state, each replaced whole (a crash leaves the last good copy)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name, df in (("outcomes.parquet", self.outcomes), ("events.parquet", self.events)):
+        for name in self._FRAMES:
+            df = getattr(self, name)
             if df is not None:
-                df.to_parquet(self.folder / f".{name}.tmp", index=False)
-                (self.folder / f".{name}.tmp").replace(self.folder / name)
-        (self.folder / ".state.json.tmp").write_text(json.dumps(self.state, indent=2, default=str))
-        (self.folder / ".state.json.tmp").replace(self.folder / "state.json")
+                tmp = self.folder / f".{name}.parquet.tmp"
+                df.to_parquet(tmp, index=False)
+                tmp.replace(self.folder / f"{name}.parquet")
+        tmp = self.folder / ".state.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.folder / "state.json")
+
+
+_EVENT_KEYS = ("user", "ts", "type", "category", "product", "amount", "quantity")
+
+
+def _as_frame(ev: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({k: ev[k] for k in _EVENT_KEYS})
+
+
+def _as_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {k: df[k].to_numpy() for k in _EVENT_KEYS}
+
+
+def _organic(truth: Truth, begin_ns: int, end_ns: int, seed: int) -> dict[str, np.ndarray]:
+    """Organic behaviour of every user in [begin, end): the simulator's own process over a later window."""
+    rng = np.random.default_rng(seed)
+    window = dataclasses.replace(truth, start_ns=begin_ns, end_ns=end_ns)
+    ev = organic_events(window, product_prices(7), rng)
+    keep = (ev["ts"] >= begin_ns) & (ev["ts"] < end_ns)  # sign-ups before the window are not repeated
+    ev = {k: v[keep] for k, v in ev.items()}
+    return concat_events([ev, purchase_carts(ev, rng)])
 
 
 def _outcome_rows(sends: pd.DataFrame, decided: dict[tuple[int, int], str]) -> pd.DataFrame:
@@ -215,6 +259,20 @@ def _organic_of(purchases: Purchases, rows: np.ndarray, n_users: int) -> Purchas
     return Purchases(where[purchases.user[keep]], purchases.ts[keep], purchases.amount[keep])
 
 
+def _yard_config(config: ServiceLoopConfig, rules: Rules) -> ReplayConfig:
+    return ReplayConfig(days=config.days, seed=config.seed, rules=rules)
+
+
+def _yardstick_value(settings: Settings, period: Period, users: dict, replay_config: ReplayConfig) -> float:
+    """What the champions in force earn on the fixed yardstick: the first round's users and days, from the state this
+    run started in (the features read then), without exploration, by the engine's own EV and choice (the policy gate's
+    ModelPolicy); it changes only when the models do, so it shows what the loop has learnt."""
+    from nextbest.pipelines.evaluate import model_policies
+
+    greedy = model_policies(settings, period, users=users)[0]
+    return float(replay(period, greedy, replay_config).metrics["incremental_revenue"])
+
+
 def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = ServiceLoopConfig(),
                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run `config.rounds` rounds against the service behind `client` (an HTTP client with a base URL, e.g.
@@ -226,11 +284,12 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         raise FileNotFoundError(f"no simulated truth in {settings.truth_dir}: the loop through the service runs a "
                                 "simulated world (`nextbest simulate`, features, `nextbest train`, then `nextbest serve`)")
     operator = load_config(settings.operator_config or settings.home / "operator.yaml")
-    rules = replay_rules(operator.caps)
-    pending = _Pending(settings.home / "service_loop")
+    rules = Rules.of(operator.caps)
+    pending = Pending(settings.home / "service_loop")
     tables = {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
     truth = Truth.load(settings.truth_dir)
     rows_out = []
+    yardstick: tuple[Period, dict, float] | None = None
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
         # The caps count what the service's ledger counts: its own sends (the folded `nb-` rows), not contacts another
@@ -257,11 +316,18 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
         _post_events(client, live.sort_values("ts", kind="stable"), config.batch)
 
         step(f"round {round_no}: {config.days} days of /decide_batch for {period.n_users:,} users")
+        if yardstick is None:
+            from nextbest.pipelines.evaluate import latest_features
+
+            yardstick = (period, latest_features(settings, period.user_ids),
+                         replay(period, OraclePolicy(period), _yard_config(config, rules)).metrics["incremental_revenue"])
+        yard_value = _yardstick_value(settings, *yardstick[:2], _yard_config(config, rules))
         policy = ServicePolicy(client, period, config.campaign_id, config.batch)
         policy.outcomes = pending.outcomes  # earlier rounds' outcomes that had not happened yet
         result = replay(period, policy, ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic,
                         record=True, observe=policy.observe)
-        oracle = replay(period, OraclePolicy(period), ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic)
+        oracle = replay(period, WithoutHoldout(OraclePolicy(period), policy.held_out),
+                        ReplayConfig(days=config.days, seed=seed, rules=rules), organic=organic)
 
         step(f"round {round_no}: the outcomes of the round's last day to /feedback")
         policy.report(end)
@@ -287,7 +353,8 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
                "incremental_revenue": m["incremental_revenue"], "oracle_revenue": mo["incremental_revenue"],
                "share_of_oracle": m["incremental_revenue"] / mo["incremental_revenue"] if mo["incremental_revenue"] > 0 else np.nan,
                "unsubscribes_per_1k": m["unsubscribes"] * per_k, "complaints_per_1k": m["complaints"] * per_k,
-               "violations": m["violations"],
+               "violations": m["violations"], "yardstick_revenue": yard_value, "yardstick_oracle": yardstick[2],
+               "yardstick_share": yard_value / yardstick[2] if yardstick[2] > 0 else np.nan,
                "violated": {c.removeprefix("broke_"): int(result.sends[c].sum()) for c in result.sends if c.startswith("broke_")
                             and result.sends[c].any()},
                "models": _post(client, "/status", {}).get("models", {})}

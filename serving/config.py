@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nextbest.features.contract import parse_eligibility
+from nextbest.features.contract import parse_eligibility, parse_quiet_hours
 
 __all__ = [
     "Offer",
@@ -26,22 +26,12 @@ __all__ = [
     "default_config",
     "catalog_config",
     "observed_opt_out_rates",
+    "observed_channel_values",
     "write_config",
     "load_config",
     "parse_quiet_hours",
     "ConfigSource",
 ]
-
-
-def parse_quiet_hours(text: str | None) -> np.ndarray:
-    """24 booleans, True where a local hour is quiet; "22-8" means 22:00 up to (not including) 08:00."""
-    quiet = np.zeros(24, dtype=bool)
-    if not text:
-        return quiet
-    start, end = (int(x) for x in text.split("-"))
-    hours = np.arange(24)
-    quiet[:] = (hours >= start) & (hours < end) if start < end else (hours >= start) | (hours < end)
-    return quiet
 
 
 class _Strict(BaseModel):
@@ -96,6 +86,8 @@ class Caps(_Strict):
     per_channel_day: int = Field(1, ge=0, description="contacts per user per channel per local day")
     per_channel_week: int = Field(3, ge=0, description="contacts per user per channel over 7 local days")
     per_user_day: int = Field(2, ge=0, description="contacts per user per local day over all channels")
+    per_user_week: int = Field(3, ge=0, description="contacts per user over 7 local days over all channels (more "
+                               "tires users: unsubscribes and complaints rise and each contact earns less)")
     per_offer: int = Field(1, ge=0, description="times one offer may go to one user within offer_window_days")
     offer_window_days: int = Field(7, ge=1, le=60, description="window of the per-offer cap, in local days")
 
@@ -341,10 +333,29 @@ def observed_opt_out_rates(contacts: pd.DataFrame | None, prior: float = 0.003, 
     return {str(c): float((r["sum"] + prior * strength) / (r["count"] + strength)) for c, r in by.iterrows()}
 
 
+CHANNEL_VALUE_DAYS = 90  # horizon of a channel's future value to one user (what an opt-out loses)
+
+
+def observed_channel_values(contacts: pd.DataFrame | None, horizon_days: int = CHANNEL_VALUE_DAYS) -> dict[str, float]:
+    """Per channel, the revenue its contacts brought per user it reached, over `horizon_days` (the log's revenue over
+    its span, scaled): what losing the channel to one user's unsubscribe or complaint costs, the `opt_out_cost` a
+    contact log teaches. Logged revenue includes purchases the contact did not cause, so it leans towards protecting
+    the channel."""
+    if contacts is None or contacts.empty or "channel" not in contacts or "revenue" not in contacts:
+        return {}
+    sent = contacts[contacts["channel"].notna()]
+    at = pd.to_datetime(sent["sent_at"], utc=True)
+    span_days = max((at.max() - at.min()) / pd.Timedelta(days=1), 1.0) if len(sent) else 1.0
+    by = sent.assign(channel=sent["channel"].astype(str), revenue=sent["revenue"].fillna(0.0)).groupby("channel")
+    value = by["revenue"].sum() / by["user_id"].nunique() * horizon_days / span_days
+    return {str(c): round(float(v), 2) for c, v in value.items() if np.isfinite(v)}
+
+
 def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None,
                    contacts: pd.DataFrame | None = None) -> OperatorConfig:
     """An operator config whose catalog is a company's offers and channels tables (in their order); with its
-    `contacts`, each channel's `opt_out_rate` is the one the log shows (`observed_opt_out_rates`).
+    `contacts`, each channel's `opt_out_rate` is the one the log shows (`observed_opt_out_rates`), and its
+    `opt_out_cost`, unless `base` sets one, the channel's value per user the log shows (`observed_channel_values`).
 
     Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
     offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
@@ -359,9 +370,12 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
     chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
     kept = {c.channel: c for c in base.channels}  # the operator's long-term costs of a channel stay with it
     learned = observed_opt_out_rates(contacts)  # `contacts` given: each channel's opt-out rate as the log teaches it
+    values = observed_channel_values(contacts)  # ... and what an opt-out on it loses
 
     def long_term(name: str) -> dict:
         out = {"opt_out_cost": kept[name].opt_out_cost, "opt_out_rate": kept[name].opt_out_rate} if name in kept else {}
+        if name in values and not out.get("opt_out_cost"):
+            out["opt_out_cost"] = values[name]
         return out | ({"opt_out_rate": learned[name]} if name in learned else {})
 
     lanes = [Channel(channel=str(r["channel"]), cost=float(r["cost"]), quiet_hours=r.get("quiet_hours"),

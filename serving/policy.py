@@ -49,6 +49,7 @@ REASONS: dict[str, str] = {
     "cap_channel_day": "the per-channel daily cap is reached on the user's local day",
     "cap_channel_week": "the per-channel 7-day cap is reached",
     "cap_user_day": "the per-user daily cap over all channels is reached",
+    "cap_user_week": "the per-user 7-day cap over all channels is reached",
     "capacity": "the channel's daily capacity is used up",
     "ledger_unavailable": "the contact ledger cannot be reached, so no contact is made",
 }
@@ -207,6 +208,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
     day = counts.channel_day[:, WEEK - 1:WEEK + 1]  # (C, 2)
     week = np.stack([counts.channel_day[:, k:k + WEEK].sum(axis=1) for k in (0, 1)], axis=1)  # (C, 2)
     user_day = day.sum(axis=0)  # (2,)
+    user_week = week.sum(axis=0)  # (2,)
     for j, ch in enumerate(config.channels):
         reason, detail = None, ""
         suppression = counts.suppressed.get(ch.channel) or counts.suppressed.get("*")
@@ -230,6 +232,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
             ("cap_channel_day", (day[j] < caps.per_channel_day)[grid.local_day]),
             ("cap_channel_week", (week[j] < caps.per_channel_week)[grid.local_day]),
             ("cap_user_day", (user_day < caps.per_user_day)[grid.local_day]),
+            ("cap_user_week", (user_week < caps.per_user_week)[grid.local_day]),
             ("capacity", (counts.capacity_used[j] < capacity)[grid.utc_day]),
         )
         ok = np.ones(SLOTS, dtype=bool)
@@ -276,6 +279,8 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
         found = [
             Constraint(((user_id, f"c:{channel}:{d}"),), caps.per_channel_day, "cap_channel_day"),
             Constraint(tuple((user_id, f"c:{c}:{d}") for c in config.channel_names()), caps.per_user_day, "cap_user_day"),
+            *[Constraint(tuple((user_id, f"c:{c}:{d + timedelta(days=end - k)}") for c in config.channel_names()
+                               for k in range(WEEK)), caps.per_user_week, "cap_user_week") for end in range(WEEK)],
             *[Constraint(tuple((user_id, f"c:{channel}:{d + timedelta(days=end - k)}") for k in range(WEEK)),
                          caps.per_channel_week, "cap_channel_week") for end in range(WEEK)],
             *[Constraint(tuple((user_id, f"o:{offer_id}:{d + timedelta(days=end - k)}") for k in range(window)),
@@ -298,7 +303,8 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
 
 _OFFER_RULES = ("not_in_campaign", "offer_not_valid", "eligibility", "cap_offer")  # codes 1..4 (0 = allowed)
 _CHANNEL_RULES = ("not_in_campaign", "suppressed", "consent", "timezone_unknown")  # codes 1..4
-_SLOT_RULES = ("deadline", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day", "capacity")
+_SLOT_RULES = ("deadline", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day", "cap_user_week",
+               "capacity")
 _CONSENTED = (True, 1, 1.0, "true", "True")
 
 
@@ -521,6 +527,7 @@ def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch,
     day = counts.channel_day[:, :, WEEK - 1:WEEK + 1]  # (U, C, 2)
     week = np.stack([counts.channel_day[:, :, k:k + WEEK].sum(axis=2) for k in (0, 1)], axis=2)
     user_day = day.sum(axis=1)  # (U, 2)
+    user_week = week.sum(axis=1)  # (U, 2)
     quiet = np.stack([parse_quiet_hours(ch.quiet_hours) for ch in config.channels])  # (C, 24)
     capacity = np.array([ch.daily_capacity if ch.daily_capacity is not None else np.iinfo(np.int64).max
                          for ch in config.channels], dtype=np.int64)
@@ -532,6 +539,7 @@ def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch,
         np.take_along_axis(day < caps.per_channel_day, local_day, axis=2),
         np.take_along_axis(week < caps.per_channel_week, local_day, axis=2),
         np.broadcast_to(np.take_along_axis(user_day < caps.per_user_day, grids.local_day, axis=1)[:, None, :], shape),
+        np.broadcast_to(np.take_along_axis(user_week < caps.per_user_week, grids.local_day, axis=1)[:, None, :], shape),
         np.take_along_axis(counts.capacity_used < capacity[None, :, None], np.broadcast_to(grids.utc_day[:, None, :], shape),
                            axis=2),
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nextbest.features.contract import offer_valid, parse_eligibility
+from nextbest.features.contract import STAGES, offer_valid, parse_eligibility
 from nextbest.simulation.catalog import CHANNELS, EVENT_TYPES
 from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, utc_offset_ns
 from nextbest.simulation.response import HORIZON_DAYS, draw_outcomes_ns
@@ -15,7 +15,6 @@ from nextbest.simulation.truth import Truth
 
 __all__ = ["CampaignPlan", "STAGES", "SEND_HOURS", "Purchases", "run_campaigns", "eligible"]
 
-STAGES: tuple[str, ...] = ("first_contact", "lead", "intent_lead", "confirmed_lead", "customer")
 SEND_HOURS = (8, 22)  # local send hours drawn uniformly from [8, 22): 8:00 .. 21:59
 _RING = 8  # last sends remembered per user: enough for every contact within 7 days at one campaign a day
 

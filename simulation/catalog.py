@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nextbest.features.contract import EVENT_TYPES
+
 __all__ = ["CATEGORIES", "CHANNELS", "EVENT_TYPES", "PRODUCTS_PER_CATEGORY", "offers_table", "channels_table", "product_prices",
            "product_names"]
 
 CATEGORIES: tuple[str, ...] = ("electronics", "fashion", "home", "beauty", "grocery", "sports", "books", "toys")
 CHANNELS: tuple[str, ...] = ("push", "sms", "email", "inapp", "wechat")
-# Event types in funnel order; the index is the event-type code used inside the simulator.
-EVENT_TYPES: tuple[str, ...] = ("register", "app_open", "view", "search", "add_to_cart", "purchase")
+# The contract's event types (in funnel order): the index is the event-type code used inside the simulator.
 PRODUCTS_PER_CATEGORY = 25
 # Typical item price per category (currency units); products scatter around it.
 _CATEGORY_PRICE = np.array([150.0, 55.0, 65.0, 32.0, 25.0, 58.0, 18.0, 30.0])

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from nextbest.features.build import STAGES
+from nextbest.features.contract import STAGE_OF_TYPE, STAGES, parse_quiet_hours
 from nextbest.simulation import response
 from nextbest.simulation.campaigns import Purchases, eligible
 from nextbest.simulation.catalog import CHANNELS
@@ -25,9 +25,8 @@ from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, to_utc_se
 from nextbest.simulation.truth import Truth
 
 __all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "ReplayResult", "replay", "keep_capacity",
-           "hour_ok_matrix", "STAGE_OF_TYPE", "OUTCOMES"]
+           "hour_ok_matrix", "OUTCOMES"]
 
-STAGE_OF_TYPE = {"register": 1, "app_open": 1, "view": 2, "search": 2, "add_to_cart": 3, "purchase": 4}
 
 
 @dataclass(frozen=True)
@@ -35,8 +34,18 @@ class Rules:
     """Frequency caps every replayed policy must obey (quiet hours and capacity come from the channels table)."""
 
     per_user_per_day: int = 1  # enforced by construction: a policy makes one decision per user per day
-    per_user_per_week: int = 3  # rolling 7 days
+    per_user_per_week: int = 3  # over 7 local calendar days, the day of the send included
     per_user_channel_per_week: int = 2
+    per_offer: int | None = None  # sends of one offer to one user within `offer_window_days` (None: no such cap)
+    offer_window_days: int = 7  # local calendar days, the day of the send included (the history holds 7 days)
+
+    @classmethod
+    def of(cls, caps) -> Rules:
+        """The operator config's caps (serving/config.py `Caps`) as the replay's rules, so the replay counts as a
+        violation exactly what the service refuses: per user and per channel per 7 days, per offer per window (the
+        replay decides once per user and day)."""
+        return cls(per_user_per_day=1, per_user_per_week=caps.per_user_week, per_user_channel_per_week=caps.per_channel_week,
+                   per_offer=caps.per_offer, offer_window_days=caps.offer_window_days)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Period:
     start: pd.Timestamp  # midnight UTC after the history
     last_sends: np.ndarray  # (n, k) int64 ns of the most recent sends before the start (NAT padded)
     last_channels: np.ndarray  # (n, k) channel index of each of those sends (-1 = none)
+    last_offers: np.ndarray  # (n, k) offer index of each of those sends (-1 = none or not in the catalog)
     stage: np.ndarray  # (n,) funnel stage index at the start
     last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
 
@@ -95,14 +105,17 @@ class Period:
         sent = contacts[contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))]
         last = np.full((n, 8), NAT, dtype=np.int64)
         last_ch = np.full((n, 8), -1, dtype=np.int64)
+        last_offer = np.full((n, 8), -1, dtype=np.int64)
         if len(sent):
             s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)),
                               "t": pd.to_datetime(sent["sent_at"], utc=True).astype("int64"),
-                              "c": pd.Index(names).get_indexer(sent["channel"].astype(str))})
+                              "c": pd.Index(names).get_indexer(sent["channel"].astype(str)),
+                              "o": pd.Index(tables["offers"]["offer_id"].astype(str)).get_indexer(sent["offer_id"].astype(str))})
             s = s.sort_values("t").groupby("u").tail(8)
             s["k"] = s.groupby("u").cumcount()
             last[s["u"].to_numpy(), s["k"].to_numpy()] = s["t"].to_numpy()
             last_ch[s["u"].to_numpy(), s["k"].to_numpy()] = s["c"].to_numpy()
+            last_offer[s["u"].to_numpy(), s["k"].to_numpy()] = s["o"].to_numpy()
         ev = tables["events"]
         codes = ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int8)
         urow = index.get_indexer(ev["user_id"].astype(str))
@@ -112,7 +125,7 @@ class Period:
         last_buy = np.full(n, NAT, dtype=np.int64)
         np.maximum.at(last_buy, urow[buy], ev["ts"].astype("int64").to_numpy()[buy])
         return cls(truth, tables["offers"].reset_index(drop=True), channels, ids, consent, suppressed, start, last,
-                   last_ch, stage, last_buy)
+                   last_ch, last_offer, stage, last_buy)
 
     @property
     def n_users(self) -> int:
@@ -130,7 +143,7 @@ class Period:
         return dataclasses.replace(
             self, truth=truth, user_ids=self.user_ids[rows],
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
-            last_channels=self.last_channels[rows],
+            last_channels=self.last_channels[rows], last_offers=self.last_offers[rows],
             stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
 
 
@@ -141,7 +154,7 @@ class Situation:
     day: int
     at: pd.Timestamp  # midnight UTC of the decision day
     allowed: np.ndarray  # (n, C) consent, not suppressed, under every cap
-    eligible: np.ndarray  # (n, O) offer eligibility and validity
+    eligible: np.ndarray  # (n, O) offer eligibility and validity, and under the per-offer cap
     recent: np.ndarray  # (n,) contacts in the previous 7 days
     hour_ok: np.ndarray  # (C, 24) local hours outside each channel's quiet hours
     capacity_left: np.ndarray  # (C,) sends left today per channel (inf = no limit)
@@ -157,6 +170,8 @@ class Choice:
     hour: np.ndarray
     score: np.ndarray
     propensity: np.ndarray
+    send_ns: np.ndarray | None = None  # exact UTC send times where the policy set them (a service's answers, which
+    # may fall on the next local day); None: a random minute of the local hour on the decision day
 
 
 class Policy(Protocol):
@@ -166,14 +181,35 @@ class Policy(Protocol):
 
 
 def hour_ok_matrix(channels: pd.DataFrame) -> np.ndarray:
-    """(C, 24) True where a local hour is outside the channel's quiet hours ("22-8" = 22:00 to 08:00 quiet)."""
-    ok = np.ones((len(channels), 24), dtype=bool)
-    for i, spec in enumerate(channels["quiet_hours"]):
-        if isinstance(spec, str) and "-" in spec:
-            a, b = (int(x) for x in spec.split("-"))
-            hours = np.arange(24)
-            ok[i] = ~(((hours >= a) | (hours < b)) if a > b else ((hours >= a) & (hours < b)))
-    return ok
+    """(C, 24) True where a local hour is outside the channel's quiet hours (the contract's one reading of them)."""
+    return ~np.stack([parse_quiet_hours(spec) for spec in channels["quiet_hours"]]).reshape(len(channels), 24)
+
+
+def _local_day(tz: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """The day number (days since the epoch) of each instant on its user's local calendar; NAT -> a day long past."""
+    sent = ns != NAT
+    safe = np.where(sent, ns, 0)
+    return np.where(sent, (safe + utc_offset_ns(tz, safe)) // DAY_NS, np.iinfo(np.int64).min // DAY_NS)
+
+
+def _over_caps(sent: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], rows: np.ndarray, channel: np.ndarray,
+               offer: np.ndarray, day: np.ndarray, rules: Rules) -> np.ndarray:
+    """Per new send (user row, channel, offer, local day), whether the sends before it already fill a cap of the
+    windows the ledger checks for that day: per user and per channel over 7 local days, per offer over its window."""
+    u, c, d, o = (np.concatenate([x[k] for x in sent]) if sent else np.zeros(0, dtype=np.int64) for k in range(4))
+    earlier = pd.DataFrame({"u": u, "c": c, "d": d, "o": o})
+    new = pd.DataFrame({"i": np.arange(len(rows)), "u": rows, "nc": channel, "nd": day, "no": offer})
+    pairs = new.merge(earlier[earlier["u"].isin(rows)], on="u")
+    week = (pairs["d"] > pairs["nd"] - 7) & (pairs["d"] <= pairs["nd"])
+    window = (pairs["d"] > pairs["nd"] - rules.offer_window_days) & (pairs["d"] <= pairs["nd"])
+
+    def count(mask: pd.Series) -> np.ndarray:
+        return np.bincount(pairs.loc[mask, "i"].to_numpy(dtype=np.int64), minlength=len(rows))
+
+    over = (count(week) >= rules.per_user_per_week) | (count(week & (pairs["c"] == pairs["nc"])) >= rules.per_user_channel_per_week)
+    if rules.per_offer is not None:
+        over |= count(window & (pairs["o"] == pairs["no"])) >= rules.per_offer
+    return over
 
 
 def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
@@ -184,7 +220,7 @@ def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
         if len(rows) > capacity_left[c]:
             drop = rows[np.argsort(-choice.score[rows], kind="stable")[int(capacity_left[c]):]]
             offer[drop] = -1
-    return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity)
+    return Choice(offer, choice.channel, choice.hour, choice.score, choice.propensity, choice.send_ns)
 
 
 @dataclass
@@ -218,24 +254,36 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     capacity = period.channels["daily_capacity"].astype("Float64").fillna(np.inf).to_numpy(dtype=float)
     hour_ok = hour_ok_matrix(period.channels)
     suppressed = period.suppressed.copy()
+    # When each suppression began (the period's own: before it). A send breaks one only if the opt-out happened
+    # before its decision day began: a service learns an opt-out when it is reported, not when it is drawn.
+    suppressed_ns = np.where(period.suppressed, np.iinfo(np.int64).min, np.iinfo(np.int64).max)
     sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
-    # (user rows, channel, send time) per day, for the per-channel weekly caps; the history's sends first.
-    sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    sends_day = [_local_day(truth.tz, ns) for ns in sends_ns]  # each send's day on the user's calendar, for the caps
+    # (user rows, channel, local day, offer) per day, for the per-channel and per-offer caps; the history's sends first.
+    sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(period.last_sends.shape[1]):
         had = period.last_channels[:, k] >= 0
-        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], period.last_sends[had, k]))
+        sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], sends_day[k][had], period.last_offers[had, k]))
     frames, held, caused_events = [], [], []
     for day in range(config.days):
         at = period.start + pd.Timedelta(days=day)
         at_ns = at.value
         history = np.stack(sends_ns, axis=1)
-        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)
+        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)  # fatigue: the last 7 x 24 hours
+        # The service counts its caps over the user's local calendar days, the day of the send included: the weekly
+        # caps over 7 days, the per-offer cap over the offer window. The day's sends land on its local date.
+        today = at_ns // DAY_NS
+        in_week = (np.stack(sends_day, axis=1) > today - 7).sum(axis=1)
         per_channel_week = np.zeros((n, n_channels), dtype=np.int64)
-        for d_rows, d_ch, d_ns in sends_ns_ch:
-            live = d_ns > at_ns - 7 * DAY_NS
+        per_offer = np.zeros((n, len(offers)), dtype=np.int64)
+        for d_rows, d_ch, d_day, d_o in sends_ns_ch:
+            live = d_day > today - 7
             np.add.at(per_channel_week, (d_rows[live], d_ch[live]), 1)
-        # One decision per user per day is the per-day cap; the weekly caps are rolling 7-day counts.
-        user_ok = (recent < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
+            counted = (d_day > today - rules.offer_window_days) & (d_o >= 0)
+            np.add.at(per_offer, (d_rows[counted], d_o[counted]), 1)
+        offer_capped = per_offer >= rules.per_offer if rules.per_offer is not None else np.zeros_like(per_offer, dtype=bool)
+        # One decision per user per day is the per-day cap.
+        user_ok = (in_week < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
         allowed = period.consent & ~suppressed & user_ok[:, None] & (per_channel_week < rules.per_user_channel_per_week)
         state = {
             "lifecycle_stage": np.asarray(STAGES, dtype=object)[period.stage],
@@ -243,7 +291,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             "tenure_days": (at_ns - truth.signup_ns) // DAY_NS,
         }
         offer_ok = eligible(offers, state, at)
-        situation = Situation(day, at, allowed, offer_ok, recent, hour_ok, capacity.copy(), state)
+        situation = Situation(day, at, allowed, offer_ok & ~offer_capped, recent, hour_ok, capacity.copy(), state)
         choice = policy.choose(situation, rng)
         rows = np.flatnonzero(choice.offer >= 0)
         propensity = choice.propensity[rows]
@@ -260,10 +308,12 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         send = at_ns + h * HOUR_NS + minute * MINUTE_NS - utc_offset_ns(truth.tz[rows], np.full(len(rows), at_ns))
         # A local hour before midnight UTC of the day lands on the previous UTC day: move it a day on.
         send = np.where(send < at_ns, send + DAY_NS, send)
+        if choice.send_ns is not None:
+            send = choice.send_ns[rows]
         broken = {
             "consent": ~period.consent[rows, c],
-            "suppressed": suppressed[rows, c],
-            "cap": ~user_ok[rows] | (per_channel_week[rows, c] >= rules.per_user_channel_per_week),
+            "suppressed": suppressed_ns[rows, c] < at_ns,
+            "cap": _over_caps(sends_ns_ch, rows, c, o, _local_day(truth.tz[rows], send), rules) | (truth.signup_ns[rows] > at_ns),
             "quiet_hours": ~hour_ok[c, h],
             "ineligible": ~offer_ok[rows, o],
             "capacity": np.zeros(len(rows), dtype=bool),
@@ -279,10 +329,15 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         unsub = outcomes["unsubscribed_at"] != NAT
         complained = outcomes["complained_at"] != NAT
         suppressed[rows[unsub | complained], c[unsub | complained]] = True
+        opted = unsub | complained
+        when = np.minimum(np.where(unsub, outcomes["unsubscribed_at"], np.iinfo(np.int64).max),
+                          np.where(complained, outcomes["complained_at"], np.iinfo(np.int64).max))
+        np.minimum.at(suppressed_ns, (rows[opted], c[opted]), when[opted])
         day_sends = np.full(n, NAT, dtype=np.int64)
         day_sends[rows] = send
         sends_ns.append(day_sends)
-        sends_ns_ch.append((rows, c, send))
+        sends_day.append(_local_day(truth.tz, day_sends))
+        sends_ns_ch.append((rows, c, sends_day[-1][rows], o))
         frame = pd.DataFrame({
             "day": day, "user_idx": rows, "offer_id": offers["offer_id"].to_numpy()[o], "channel": np.asarray(CHANNELS)[c],
             "local_hour": h, "send_at": pd.to_datetime(send, utc=True), "propensity": propensity,

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 
 from nextbest.serving import engine
-from nextbest.serving.config import Channel, Offer, OperatorConfig, observed_opt_out_rates
+from nextbest.serving.config import (
+    Channel,
+    Offer,
+    OperatorConfig,
+    catalog_config,
+    default_config,
+    observed_channel_values,
+    observed_opt_out_rates,
+)
 
 
 def _config(opt_out_cost: float) -> OperatorConfig:
@@ -48,3 +56,24 @@ def test_the_contact_log_teaches_each_channels_opt_out_rate():
     rates = observed_opt_out_rates(contacts, prior=0.003, strength=200)
     assert set(rates) == {"sms", "push"}  # a control row is not a contact
     assert np.isclose(rates["sms"], (30 + 0.6) / 600) and np.isclose(rates["push"], (2 + 0.6) / 600)
+
+
+def test_the_contact_log_teaches_what_an_opt_out_loses_and_the_catalog_config_takes_it():
+    t = pd.Timestamp("2026-06-01", tz="UTC")
+    # 90 days of log: sms reached 2 users who bought 30 through it; push 4 users, 20; a control row is no channel's
+    contacts = pd.DataFrame({"user_id": ["a", "b", "a", "c", "d", "e", "f", "z"],
+                             "channel": ["sms", "sms", "sms", "push", "push", "push", "push", None],
+                             "sent_at": [t, t, t + pd.Timedelta(days=90), t, t, t, t, t],
+                             "revenue": [10.0, 0.0, 20.0, 5.0, 5.0, np.nan, 10.0, 99.0]})
+    assert observed_channel_values(contacts) == {"sms": 15.0, "push": 5.0}  # revenue per user reached over 90 days
+    channels = pd.DataFrame({"channel": ["sms", "push"], "cost": [0.05, 0.0]})
+    learned = catalog_config(pd.DataFrame({"offer_id": ["o"], "category": ["any"], "value": [20.0]}), channels,
+                             contacts=contacts)
+    assert {c.channel: c.opt_out_cost for c in learned.channels} == {"sms": 15.0, "push": 5.0}
+    # an operator's own figure stays
+    base = default_config()
+    base = base.model_copy(update={"channels": [c.model_copy(update={"opt_out_cost": 2.0}) if c.channel == "sms" else c
+                                                for c in base.channels]})
+    kept = catalog_config(pd.DataFrame({"offer_id": ["o"], "category": ["any"], "value": [20.0]}), channels, base=base,
+                          contacts=contacts)
+    assert {c.channel: c.opt_out_cost for c in kept.channels} == {"sms": 2.0, "push": 5.0}

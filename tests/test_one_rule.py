@@ -73,3 +73,24 @@ def test_exploring_the_gate_logs_the_propensities_serving_logs():
     assert pick.propensity == (1 - rate + rate / k[u] if not pick.explored else rate / k[u])
     # and the share of greedy picks is what the propensity promises: 1 - rate + rate / k on average
     assert abs(chose_greedy[has].mean() - (1 - rate + rate / k[has]).mean()) < 0.01
+
+
+def test_quiet_hours_stages_and_event_types_have_one_reading_everywhere():
+    from nextbest.features import build, contract
+    from nextbest.serving import policy
+    from nextbest.serving.config import default_config
+    from nextbest.simulation import campaigns, catalog
+    from nextbest.simulation.replay import hour_ok_matrix
+
+    config = default_config()  # quiet hours "22-8", "21-9", "23-7" and none
+    table = pd.DataFrame({"quiet_hours": [c.quiet_hours for c in config.channels]})
+    grid = policy.time_grid(datetime(2026, 7, 1, 0, 0, tzinfo=UTC), "UTC")
+    served = policy.evaluate(config, {f"consent_{c}": True for c in config.channel_names()},
+                             policy.counts_from({}, {}, config, grid, {}), grid, grid.times[0])
+    # the hours serving leaves open on a day with no caps binding are the hours the replay calls allowed
+    open_by_hour = np.zeros((len(config.channels), 24), dtype=bool)
+    open_by_hour[:, grid.local_hour] = served.slot_ok
+    assert (open_by_hour == hour_ok_matrix(table)).all()
+    assert not hour_ok_matrix(table)[[c.channel for c in config.channels].index("sms"), [21, 23, 0, 8]].any()
+    assert build.STAGES is contract.STAGES is campaigns.STAGES and catalog.EVENT_TYPES is contract.EVENT_TYPES
+    assert set(contract.STAGE_OF_TYPE) <= set(contract.EVENT_TYPES)

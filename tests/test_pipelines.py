@@ -49,6 +49,44 @@ def test_a_policy_that_breaks_the_rules_is_caught(world):
     assert sends["violation"].sum() > 0
 
 
+def test_the_replay_takes_the_services_caps_and_counts_a_repeated_offer(world):
+    """One set of caps: the replay's rules are the operator config's, and an offer sent twice inside its window breaks
+    the per-offer cap the service enforces (the situation a policy sees already leaves it out)."""
+    from nextbest.serving.config import default_config
+
+    caps = default_config().caps
+    rules = Rules.of(caps)
+    assert (rules.per_user_per_week, rules.per_user_channel_per_week, rules.per_offer, rules.offer_window_days) == (
+        caps.per_user_week, caps.per_channel_week, caps.per_offer, caps.offer_window_days)
+    period = Period.from_tables(world.tables, world.truth).sample(300, seed=1)
+
+    class Stubborn:
+        """The same offer to each user every day (its first eligible one on day 0), on an allowed channel at noon."""
+
+        name = "stubborn"
+        offer: np.ndarray | None = None
+        hidden = 0  # users whose repeated offer the situation no longer offered
+
+        def choose(self, s, rng):
+            n = len(s.recent)
+            if self.offer is None:
+                self.offer = np.where(s.eligible.any(axis=1), s.eligible.argmax(axis=1), -1)
+            else:
+                self.hidden += int((~s.eligible[self.sent, self.offer[self.sent]]).sum())
+            usable = s.allowed & s.hour_ok[:, 12][None, :]
+            offer = np.where(usable.any(axis=1), self.offer, -1)
+            self.sent = np.flatnonzero(offer >= 0)
+            return Choice(offer, usable.argmax(axis=1), np.full(n, 12), np.ones(n), np.ones(n))
+
+    stubborn = Stubborn()
+    sends = replay(period, stubborn, ReplayConfig(days=3, rules=rules)).sends
+    repeated = sends.duplicated(["user_idx", "offer_id"])
+    assert repeated.sum() > 50 and stubborn.hidden >= repeated.sum()
+    assert sends.loc[repeated, "broke_cap"].all() and not sends.loc[~repeated, "violation"].any()
+    # without a per-offer cap (the old hard-coded rules) the same sends break nothing
+    assert replay(period, Stubborn(), ReplayConfig(days=3, rules=Rules(per_user_channel_per_week=3))).metrics["violations"] == 0
+
+
 @pytest.mark.slow
 def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
     from nextbest.features.store import read_table

@@ -20,7 +20,7 @@ BASE_URL = "http://127.0.0.1:3000"
 
 
 @pytest.mark.slow
-def test_two_rounds_through_the_service_retrain_on_its_own_logs(trained, tmp_path, monkeypatch):
+def test_three_rounds_through_the_service_retrain_on_its_own_logs(trained, tmp_path, monkeypatch):
     home = copy_home(trained, tmp_path / "home", fresh_ledger=True)
     config = load_config(home.home / "operator.yaml")
     write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.2})}), home.home / "operator.yaml")
@@ -29,32 +29,41 @@ def test_two_rounds_through_the_service_retrain_on_its_own_logs(trained, tmp_pat
     for k, v in SIMULATED_CLOCK_ENV.items():
         monkeypatch.setenv(k, v)
     with TestClient(service_app(), base_url=BASE_URL) as client:
-        table = run_service_loop(home, client, ServiceLoopConfig(rounds=2, days=2, users=200, models=("uplift",),
+        # One-day rounds: three of them fit in the weekly contact budget (caps.per_user_week), so each round sends.
+        table = run_service_loop(home, client, ServiceLoopConfig(rounds=3, days=1, users=200, models=("uplift",),
                                                                             uplift_learner="funnel"))
 
-    assert list(table.index) == [1, 2]
+    assert list(table.index) == [1, 2, 3]
     assert (table["violations"] == 0).all()  # the replay's rules are the operator config's caps
     assert (table["contacts"] > 0).all() and (table["controls"] > 0).all() and (table["feedback"] > 0).all()
-    assert table["start"].iloc[1] == (pd.Timestamp(table["start"].iloc[0]) + pd.Timedelta(days=2)).date().isoformat()
-    # every decision the service logged, controls included, and nothing else became a contact
+    starts = pd.to_datetime(table["start"])
+    assert (starts.diff().dropna() == pd.Timedelta(days=1)).all()
+    # the value of what each round's champions learnt, on the fixed yardstick, rises or holds; it holds exactly
+    # while the champions do (it measures the models, not the world the rounds move through)
+    yard = table["yardstick_revenue"].to_numpy()
+    assert (yard[1:] >= yard[:-1]).all(), yard
+    for k in range(2):
+        if table["models"].iloc[k] == table["models"].iloc[k + 1]:
+            assert yard[k + 1] == yard[k]
+    # every decision the service logged, every control decision among them, and nothing else became a contact
     logged = [json.loads(line) for line in (home.log_dir / "decisions.jsonl").read_text().splitlines()]
     assert len(logged) == table["decisions"].sum()
     assert sum(bool(r["holdout"]) for r in logged) == table["controls"].sum()
     contacts = read_raw(home.raw_dir, "contacts")
     new = contacts[~contacts["contact_id"].isin(history["contact_id"])]
     assert new["contact_id"].str.startswith(PREFIX).all()
-    round_one = {r["decision_id"] for r in logged if pd.Timestamp(r["at"]) < pd.Timestamp(table["start"].iloc[1], tz="UTC")}
-    assert set(new["contact_id"].str.removeprefix(PREFIX).str.split("-").str[0]) == round_one
+    folded = {r["decision_id"] for r in logged if pd.Timestamp(r["at"]) < pd.Timestamp(table["start"].iloc[2], tz="UTC")}
+    assert set(new["contact_id"].str.removeprefix(PREFIX).str.split("-").str[0]) == folded  # rounds 1-2, at the last retrain
     control = new[new["variant"] == "control"]
-    assert len(control) == table["controls"].iloc[0] and control["channel"].isna().all()
+    assert len(control) == table["controls"].iloc[:2].sum() and control["channel"].isna().all()
     assert (control["propensity"] == 0.2).all()
     treated = new[new["variant"].isin(["treatment", "explore"])]
-    assert len(treated) == table["contacts"].iloc[0] and treated["opened_at"].notna().any()
-    # uplift retrained on them, and the service answered the second round after a reload
+    assert len(treated) == table["contacts"].iloc[:2].sum() and treated["opened_at"].notna().any()
+    # uplift retrained on them, and the service answered the next round after a reload
     state = load_state(home)
     assert state["steps"]["ingest"]["logs"]["control"] == len(control)
     assert "uplift" in state["steps"]["train"]["models"]
     uplift = state["steps"]["train"]["models"]["uplift"]
-    before = table["models"].iloc[0]["uplift"]
+    before = table["models"].iloc[1]["uplift"]
     expected = before.split("/")[0] + "/" + uplift["version"] if uplift["promoted"] else before
-    assert table["reloaded"].iloc[0]["uplift"] == expected == table["models"].iloc[1]["uplift"]  # hot-reloaded if promoted
+    assert table["reloaded"].iloc[1]["uplift"] == expected == table["models"].iloc[2]["uplift"]  # hot-reloaded if promoted

@@ -176,6 +176,7 @@ def test_unknown_eligibility_feature_fails_closed():
     ("day_cap", "cap_channel_day"),
     ("week_cap", "cap_channel_week"),
     ("user_cap", "cap_user_day"),
+    ("user_week_cap", "cap_user_week"),
     ("capacity", "capacity"),
     ("campaign", "not_in_campaign"),
 ])
@@ -207,6 +208,8 @@ def test_every_channel_rule_has_its_reason(case, reason):
         c.channel_day[0, :policy.WEEK - 1] = 1  # 6 contacts over the past 6 days: every 7-day window is full
     elif case == "user_cap":
         c.channel_day[1, policy.WEEK - 1:] = 2  # inapp used the user's daily budget today and tomorrow
+    elif case == "user_week_cap":
+        c.channel_day[1, 1:policy.WEEK - 1:2] = 1  # inapp 5, 3 and 1 days ago: 3 contacts in both 7-day windows
     elif case == "capacity":
         c.capacity_used[0] = 5
     elif case == "campaign":
@@ -240,7 +243,8 @@ def test_constraints_cover_every_cap_for_a_commit():
     send_at = datetime(2026, 6, 1, 23, 30, tzinfo=UTC)  # 01:30 on June 2 in Berlin
     charges, cons = policy.constraints_for("u1", cfg, [("a", "email", send_at)], "Europe/Berlin")
     assert ("u1", "c:email:2026-06-02") in charges and (policy.CAPACITY, "email:2026-06-01") in charges
-    assert {c.rule for c in cons} == {"cap_channel_day", "cap_channel_week", "cap_user_day", "cap_offer", "capacity"}
+    assert {c.rule for c in cons} == {"cap_channel_day", "cap_channel_week", "cap_user_day", "cap_user_week", "cap_offer",
+                                      "capacity"}
 
 
 def test_config_errors_name_the_item_and_the_fix(tmp_path):
