@@ -88,6 +88,9 @@ class Settings(BaseSettings):
                                      "line; it blocks `nextbest promote`) when a feature's or score's PSI exceeds this.")
     monitor_ece_alert: float = Field(0.05, gt=0, le=1, description="Alert when a model's expected calibration error "
                                      "against realised outcomes exceeds this.")
+    monitor_auc_alert: float = Field(0.55, ge=0, le=1, description="Alert when a model's AUC against realised "
+                                     "outcomes in the latest week (with at least 10 converted and 10 unconverted "
+                                     "actions) falls below this: it no longer ranks who converts.")
     monitor_reference_days: int = Field(28, ge=1, description="Feature drift compares the latest feature snapshot "
                                         "with the one this many days earlier (or the earliest there is).")
     dashboard_port: int = Field(8050, ge=1, le=65535, description="Port of `nextbest dashboard` (it binds `host`).")

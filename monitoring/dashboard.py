@@ -206,6 +206,10 @@ def create_app(settings, warm: bool = False) -> Starlette:
             body += (f"<h2>Calibration: {html.escape(model)}</h2><p>ECE {cal['ece']:.4f} (alert above "
                      f"{doc['ece_threshold']}), Brier {cal['brier']:.4f}, over {cal['actions']} decided actions whose "
                      "conversion window has closed</p>"
+                     + (chart(f"AUC against realised conversions per week of sending (alert below "
+                              f"{doc.get('auc_threshold', '')})", [w["week"] for w in cal.get("auc_by_week", [])],
+                              [w["auc"] for w in cal.get("auc_by_week", [])], width=520)
+                        if cal.get("auc_by_week") else "")
                      + chart("observed conversion rate per predicted-probability bin",
                              [f"{p:.2f}" for p in curve["mean_predicted"]], curve["observed_rate"].tolist(), width=520)
                      + table(curve))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["psi", "feature_drift", "calibration", "alerts", "calibration_alert", "prometheus_text"]
+__all__ = ["auc_alert", "psi", "feature_drift", "calibration", "alerts", "calibration_alert", "prometheus_text"]
 
 _EPS = 1e-4  # floor of a bin's share: an empty bin must not make PSI infinite
 
@@ -92,6 +92,13 @@ def calibration_alert(subject: str, ece: float, ece_threshold: float) -> list[di
         if ece > ece_threshold else []
 
 
+def auc_alert(subject: str, weekly: list[dict], auc_threshold: float) -> list[dict]:
+    """An alert when the latest week's AUC against realised outcomes fell below the threshold (the model no longer
+    ranks who converts)."""
+    return [{"subject": subject, "metric": "auc", "name": subject, "value": float(weekly[-1]["auc"]),
+             "threshold": auc_threshold}] if weekly and weekly[-1]["auc"] < auc_threshold else []
+
+
 def _label(v: str) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
@@ -109,7 +116,11 @@ def prometheus_text(drift: dict[str, pd.DataFrame], found: list[dict], calibrati
     lines += ["# HELP nextbest_calibration_brier Brier score against realised outcomes",
               "# TYPE nextbest_calibration_brier gauge"]
     lines += [f'nextbest_calibration_brier{{subject="{_label(s)}"}} {c["brier"]:.6g}' for s, c in calibrations.items()]
+    lines += ["# HELP nextbest_model_auc AUC against realised outcomes in the latest week with enough of both",
+              "# TYPE nextbest_model_auc gauge"]
+    lines += [f'nextbest_model_auc{{subject="{_label(s)}"}} {c["auc_by_week"][-1]["auc"]:.6g}'
+              for s, c in calibrations.items() if c.get("auc_by_week")]
     lines += ["# HELP nextbest_monitor_alerts Open monitoring alerts, by metric", "# TYPE nextbest_monitor_alerts gauge"]
-    for metric in ("psi", "ece"):
+    for metric in ("psi", "ece", "auc"):
         lines.append(f'nextbest_monitor_alerts{{metric="{metric}"}} {sum(a["metric"] == metric for a in found)}')
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from nextbest.monitoring.drift import (
     alerts,
+    auc_alert,
     calibration,
     calibration_alert,
     feature_drift,
@@ -27,7 +28,8 @@ from nextbest.monitoring.drift import (
     psi,
 )
 
-__all__ = ["TABLES", "snapshots", "score_drift", "logged_calibration", "run_monitor", "open_alerts", "monitor_dir"]
+__all__ = ["TABLES", "snapshots", "score_drift", "logged_calibration", "run_monitor", "open_alerts", "monitor_dir",
+           "auc_by_week"]
 
 log = logging.getLogger("nextbest.monitor")
 TABLES = ("behaviour", "tags")  # the decision features most exposed to a change upstream
@@ -90,7 +92,24 @@ def logged_calibration(decisions: list[dict], outcomes: list[dict], window_days:
     y = np.array([k in converted for k in zip(df["decision_id"], df["offer_id"], df["channel"], strict=True)], float)
     out = calibration(df["p"].to_numpy(float), y)
     out["actions"] = len(df)
+    out["auc_by_week"] = auc_by_week(pd.to_datetime(df["send_at"], utc=True, format="ISO8601"), df["p"].to_numpy(float), y)
     return out
+
+
+def auc_by_week(sent: pd.Series, predicted: np.ndarray, outcome: np.ndarray, min_each: int = 10) -> list[dict]:
+    """The model's ranking quality over time: AUC of the predicted probability against the realised outcome, per
+    week of sending (weeks start Monday, UTC). A week with fewer than `min_each` converted or unconverted actions
+    has no figure: an AUC from a handful of positives is noise, not a trend."""
+    from sklearn.metrics import roc_auc_score
+
+    week = sent.dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
+    rows = []
+    for start, idx in pd.Series(np.arange(len(week))).groupby(week.to_numpy()).groups.items():
+        y, p = outcome[idx], predicted[idx]
+        if min(y.sum(), len(y) - y.sum()) >= min_each:
+            rows.append({"week": pd.Timestamp(start).date().isoformat(), "auc": float(roc_auc_score(y, p)),
+                         "actions": int(len(y))})
+    return rows
 
 
 def _write(path: Path, text: str) -> None:
@@ -121,12 +140,14 @@ def run_monitor(settings) -> dict:
     if conversion is not None:
         calibrations["conversion"] = conversion
         found += calibration_alert("conversion", conversion["ece"], settings.monitor_ece_alert)
+        found += auc_alert("conversion", conversion["auc_by_week"], settings.monitor_auc_alert)
     for a in found:
-        log.warning("monitoring alert: %s %s %s = %.3f above %.3f", a["subject"], a["name"], a["metric"], a["value"],
+        log.warning("monitoring alert: %s %s %s = %.3f (threshold %.3f)", a["subject"], a["name"], a["metric"], a["value"],
                     a["threshold"])
     result = {"at": pd.Timestamp.now(tz="UTC").isoformat(), "psi_threshold": threshold, "windows": windows,
-              "alerts": found, "ece_threshold": settings.monitor_ece_alert,
+              "alerts": found, "ece_threshold": settings.monitor_ece_alert, "auc_threshold": settings.monitor_auc_alert,
               "calibration": {k: {"ece": v["ece"], "brier": v["brier"], "actions": v["actions"],
+                                  "auc_by_week": v["auc_by_week"],
                                   "reliability": v["reliability"].to_dict("records")} for k, v in calibrations.items()},
               "drift": {k: [{"feature": r.feature, "psi": None if not np.isfinite(r.psi) else float(r.psi),
                              "drifted": bool(r.drifted)} for r in df.itertuples()] for k, df in drift.items()}}

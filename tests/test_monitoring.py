@@ -112,7 +112,7 @@ def test_the_grafana_monitoring_dashboard_reads_the_metrics_the_monitor_writes(t
     run_monitor(settings)
     written = {line.split("{")[0].split(" ")[0] for line in
                (settings.home / "monitoring" / "metrics.prom").read_text().splitlines() if line and line[0] != "#"}
-    written |= {"nextbest_calibration_ece", "nextbest_calibration_brier"}  # declared; samples once labels arrive
+    written |= {"nextbest_calibration_ece", "nextbest_calibration_brier", "nextbest_model_auc"}  # declared; samples once labels arrive
     dash = json.loads((Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/nextbest-monitoring.json")
                       .read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
@@ -160,8 +160,51 @@ def test_calibration_against_reported_conversions_alerts_only_when_off(tmp_path,
         log.outcome({**o, "user_id": "x"})
     with caplog.at_level(logging.WARNING, logger="nextbest.monitor"):
         result = run_monitor(settings)
-    assert [(a["subject"], a["metric"]) for a in result["alerts"]] == [("conversion", "ece")]
+    # a constant prediction is off by 0.3 and ranks no one: both alerts
+    assert [(a["subject"], a["metric"]) for a in result["alerts"]] == [("conversion", "ece"), ("conversion", "auc")]
     assert "monitoring alert: conversion conversion ece" in caplog.text
     assert 'nextbest_calibration_ece{subject="conversion"}' in (settings.home / "monitoring" / "metrics.prom").read_text()
     saved = json.loads((settings.home / "monitoring" / "latest.json").read_text())
     assert saved["calibration"]["conversion"]["actions"] == 400
+
+
+def _ranked_logs(weeks: list[bool], n: int = 400, seed: int = 1) -> tuple[list[dict], list[dict]]:
+    """n actions per week (weeks starting Monday 2026-10-05); in a week marked True the model's p_convert ranks who
+    converts (converters drawn with probability p), in a False week conversions ignore p."""
+    rng = np.random.default_rng(seed)
+    decisions, outcomes = [], []
+    for w, informative in enumerate(weeks):
+        at = (pd.Timestamp("2026-10-06T09:00Z") + pd.Timedelta(weeks=w)).isoformat()
+        for i in range(n):
+            p = float(rng.uniform(0.05, 0.6))
+            decisions.append({"decision_id": f"d{w}-{i}", "at": at, "user_id": "x", "actions": [
+                {"offer_id": "o1", "channel": "email", "send_at": at, "propensity": 1.0, "expected_value": 1.0,
+                 "p_convert": p}]})
+            if rng.random() < (p if informative else 0.3):
+                outcomes.append({"decision_id": f"d{w}-{i}", "outcome": "converted", "offer_id": "o1",
+                                 "channel": "email", "at": at})
+    outcomes.append({"decision_id": "late", "outcome": "opened", "offer_id": "o1", "channel": "email",
+                     "at": (pd.Timestamp("2026-10-06T09:00Z") + pd.Timedelta(weeks=len(weeks) + 1)).isoformat()})
+    return decisions, outcomes
+
+
+def test_auc_over_time_per_week_and_an_alert_when_the_model_stops_ranking(tmp_path):
+    from nextbest.monitoring.monitor import logged_calibration
+    from nextbest.serving.decision_log import DecisionLog
+
+    weekly = logged_calibration(*_ranked_logs([True, True]))["auc_by_week"]
+    assert [w["week"] for w in weekly] == ["2026-10-05", "2026-10-12"] and all(w["actions"] == 400 for w in weekly)
+    assert all(w["auc"] > 0.65 for w in weekly)
+    decayed = logged_calibration(*_ranked_logs([True, False]))["auc_by_week"]
+    assert decayed[0]["auc"] > 0.65 and abs(decayed[1]["auc"] - 0.5) < 0.1
+
+    for weeks, alerted in (([True, True], False), ([True, False], True)):
+        settings = Settings(home=tmp_path / f"home{len(weeks)}{weeks[-1]}")
+        log = DecisionLog(settings.log_dir)
+        decisions, outcomes = _ranked_logs(weeks)
+        log.decisions(decisions)
+        for o in outcomes:
+            log.outcome({**o, "user_id": "x"})
+        found = [a for a in run_monitor(settings)["alerts"] if a["metric"] == "auc"]
+        assert bool(found) is alerted
+        assert 'nextbest_model_auc{subject="conversion"}' in (settings.home / "monitoring" / "metrics.prom").read_text()
