@@ -22,7 +22,7 @@ from nextbest.campaigns.segments import SegmentError
 from nextbest.campaigns.store import CampaignStore, NotFound
 
 __all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "describe",
-           "check_references"]
+           "show", "check_references"]
 
 Actor = Field(min_length=1, max_length=128, description="who asks (recorded with every change and approval)")
 
@@ -61,6 +61,14 @@ def describe(campaign) -> dict:
                                              "users_per_variant": required_per_arm(campaign, o.offer_id)}
                                 for o in campaign.spec.offers if len(o.variants) > 1}
     return doc
+
+
+def show(store: CampaignStore, campaign_id: str) -> dict:
+    """A campaign with its history (who did what) and its run's progress (the audience as a count)."""
+    state = store.run_state(campaign_id)
+    progress = None if state is None else {**{k: v for k, v in state.items() if k != "audience"},
+                                           "audience": len(state["audience"])}
+    return {**describe(store.get(campaign_id)), "history": store.events(campaign_id), "run": progress}
 
 
 def check_references(spec: CampaignSpec, store: CampaignStore, config) -> None:
@@ -115,13 +123,7 @@ class CampaignApi:
         return self._call(run)
 
     def show(self, req: CampaignRef) -> dict:
-        def run():
-            doc = describe(self.store.get(req.campaign_id))
-            state = self.store.run_state(req.campaign_id)
-            run_state = None if state is None else {**{k: v for k, v in state.items() if k != "audience"},
-                                                    "audience": len(state["audience"])}
-            return {**doc, "history": self.store.events(req.campaign_id), "run": run_state}
-        return self._call(run)
+        return self._call(lambda: show(self.store, req.campaign_id))
 
     def command(self, req: CampaignCommand) -> dict:
         return self._call(lambda: describe(self.store.command(req.campaign_id, req.command, req.actor, req.note)))
