@@ -16,13 +16,14 @@ from nextbest.campaigns.execution import (
     evaluate_experiments,
     execute,
     required_per_arm,
+    trigger_contexts,
 )
 from nextbest.campaigns.model import CampaignSpec
 from nextbest.campaigns.segments import SegmentError
 from nextbest.campaigns.store import CampaignStore, NotFound
 
-__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "describe",
-           "show", "check_references"]
+__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "TriggerCampaigns",
+           "describe", "show", "check_references"]
 
 Actor = Field(min_length=1, max_length=128, description="who asks (recorded with every change and approval)")
 
@@ -137,3 +138,27 @@ class CampaignApi:
 
     def experiment(self, req: CampaignRef) -> list[dict]:
         return self._call(lambda: evaluate_experiments(self.runtime.settings, self.store, req.campaign_id)[1])
+
+
+class TriggerCampaigns:
+    """The service's `/events` asks which campaign each trigger belongs to (serving/runtime.py TriggerOwners): a
+    trigger a campaign names sends only while that campaign is running on its approved version, in its context;
+    its contacts are recorded with the campaign like a batch's."""
+
+    def __init__(self, store: CampaignStore):
+        self.store = store
+
+    def contexts(self, now):
+        return trigger_contexts(self.store, now)
+
+    def record(self, decisions: list[dict], campaign_ids: list[str | None], config) -> None:
+        costs = {c.channel: c.cost for c in config.channels}
+        owned = {c.id for c in self.store.trigger_campaigns()}
+        by: dict[str, list[tuple]] = {}
+        for d, cid in zip(decisions, campaign_ids, strict=True):
+            if cid in owned and not d.get("replayed"):
+                by.setdefault(cid, []).extend(
+                    (d["decision_id"], d["user_id"], a["offer_id"], a["channel"], a["variant"], a["variant_probability"],
+                     a["send_at"], costs.get(a["channel"], 0.0)) for a in d["actions"])
+        for cid, rows in by.items():
+            self.store.add_sends(cid, rows)
