@@ -4,6 +4,7 @@ the planted best copy from the outcomes reported to /feedback."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections import Counter
@@ -15,8 +16,9 @@ import pytest
 from nextbest.campaigns import execution, segments
 from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Caps, Experiment, Variant
 from nextbest.campaigns.store import CampaignStore, store_path
-from nextbest.serving.runtime import Runtime
-from nextbest.serving.schemas import FeedbackRequest
+from nextbest.serving.config import Trigger, load_config, write_config
+from nextbest.serving.runtime import Runtime, UserError
+from nextbest.serving.schemas import BatchDecideRequest, EventsRequest, FeedbackRequest
 from nextbest.simulation.copies import copy_effects, draw_responses
 from tests.conftest import copy_home
 
@@ -33,6 +35,10 @@ def world(trained, tmp_path_factory):
     """A private copy of the trained home with one runtime and the campaign store (module-wide: a runtime loads the
     champions once)."""
     home = copy_home(trained, tmp_path_factory.mktemp("campaigns") / "home", fresh_ledger=True)
+    # An event trigger for the trigger campaign test (views of the catalog's first offer).
+    config = load_config(home.operator_yaml)
+    trigger = Trigger(name="browsed", on="view", deadline_minutes=240, offers=[config.offers[0].offer_id])
+    write_config(config.model_copy(update={"triggers": [*config.triggers, trigger]}), home.operator_yaml)
     mp = pytest.MonkeyPatch()
     mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
     rt = Runtime(home, rng=np.random.default_rng(1))
@@ -196,3 +202,76 @@ def test_a_pause_while_a_batch_is_decided_gives_the_batch_back(world, monkeypatc
     assert given_back and int(given_back.group(1)) > 0, result["stopped"]
     assert store.sends(c.id) == [] and result["state"] == "paused" and result["done"] == 100
     assert _charged(rt.ledger.read(ids)) == before  # every charge of the batch released
+
+
+def _logged(home) -> dict[str, dict]:
+    """decisions.jsonl by decision id."""
+    lines = (home.log_dir / "decisions.jsonl").read_text().splitlines()
+    return {r["decision_id"]: r for r in map(json.loads, lines)}
+
+
+def test_the_engine_draws_each_copy_and_logs_it_with_its_probability(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=24))
+    c = _approved(store, _spec(rt, "logged copies", experiment=Experiment(mode="bandit")), "logged")
+    execution.execute(home, store, c.id, rt, batch=200, max_batches=1)
+    sends, logged = store.sends(c.id), _logged(home)
+    assert sends
+    for s in sends:  # the campaign's record is the decision log's: the copy and the probability it was drawn with
+        [action] = [a for a in logged[s["decision_id"]]["actions"] if a["offer_id"] == s["offer_id"]]
+        assert (action["variant"], action["variant_probability"]) == (s["variant"], s["probability"])
+        assert logged[s["decision_id"]]["campaign_id"] == c.id
+    # The draw follows the context's probabilities (a winner gets every send; 0.8/0.2 about 4:1).
+    users = execution.audience(home, store, c)[:300]
+    offer = rt.config.current(0).offer_ids()
+    shares = {o: {"A": 0.8, "B": 0.2, "C": 0.0} for o in offer}
+    out = rt.decide_batch(BatchDecideRequest(user_ids=users, context={"campaign_id": "direct", "variants": shares}))
+    drawn = Counter(a["variant"] for d in out for a in d["actions"])
+    assert drawn["C"] == 0 and drawn["A"] > 2 * drawn["B"] > 0, drawn
+    assert all(a["variant_probability"] == {"A": 0.8, "B": 0.2}[a["variant"]] for d in out for a in d["actions"])
+    with pytest.raises(UserError, match="context.variants names offer"):
+        rt.decide_batch(BatchDecideRequest(user_ids=users[:1], context={"offers": offer[:1],
+                                                                         "variants": {offer[-1]: {"A": 1.0}}}))
+
+
+def test_a_campaign_sends_only_inside_its_local_send_hours(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=32))
+    c = _approved(store, _spec(rt, "evenings", send_hours="18-21", send_window_hours=48), "evenings")
+    done = execution.execute(home, store, c.id, rt, batch=300, max_batches=1)
+    hours = Counter(datetime.fromisoformat(s["send_at"]).hour for s in store.sends(c.id))  # the user's local clock
+    assert done["sends"] > 0 and set(hours) <= {18, 19, 20}, hours
+    report = execution.dry_run(home, store, c.id, rt)
+    assert set(report["by_hour"]) <= {18, 19, 20}
+
+
+def test_a_trigger_sends_only_while_its_campaign_runs_on_an_approved_version(world, monkeypatch):
+    from nextbest.campaigns.api import TriggerCampaigns
+
+    home, rt, store = world
+    at = NOW + timedelta(days=40)
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: at)
+    monkeypatch.setattr(rt, "trigger_campaigns", TriggerCampaigns(store))
+    offer = load_config(home.operator_yaml).offers[0].offer_id
+    spec = CampaignSpec(name="browse follow-up", trigger="browsed", offers=[
+        CampaignOffer(offer_id=offer, variants=[Variant(id="A"), Variant(id="B")])])
+    users = segments.member_ids(home.feature_dir, store.segment("everyone").rule, store.segment_rule)
+
+    def fire(k: int) -> list[dict]:  # each call: 15 other users view something (no caps charged before)
+        events = [{"user_id": u, "type": "view", "ts": (at - timedelta(minutes=k)).isoformat()}
+                  for u in users[15 * k:15 * k + 15]]
+        return rt.events(EventsRequest(events=events))["triggered"]
+
+    assert any(d["actions"] for d in fire(1)), "a trigger no campaign names fires as the operator config says"
+    c = store.create(spec, "ann", "browse")
+    store.command(c.id, "submit", "ann")
+    store.command(c.id, "approve", "bob")
+    assert fire(2) == []  # the trigger belongs to the campaign now, approved but not started: nothing is decided
+    store.command(c.id, "start", "bob")
+    sent = [d for d in fire(3) if d["actions"]]
+    assert sent and all(a["offer_id"] == offer and a["variant"] in "AB" and a["variant_probability"] == 0.5
+                        for d in sent for a in d["actions"])
+    assert {s["decision_id"] for s in store.sends(c.id)} == {d["decision_id"] for d in sent}
+    assert all(_logged(home)[d["decision_id"]]["campaign_id"] == c.id for d in sent)
+    store.command(c.id, "pause", "ann")
+    assert fire(4) == []
