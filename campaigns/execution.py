@@ -56,11 +56,14 @@ def control_mask(campaign: Campaign, user_ids: list[str], holdout, now: datetime
                      or holdout_rule.in_holdout(u, share, holdout.salt, scope, period) for u in user_ids], dtype=bool)
 
 
-def experiment_stats(settings, store: CampaignStore, campaign: Campaign) -> dict[str, experiments.ArmStats]:
+def experiment_stats(settings, store: CampaignStore, campaign: Campaign,
+                     sent_by: datetime | None = None) -> dict[str, experiments.ArmStats]:
     """Per offer with copy variants: users per variant and users with the campaign's metric, from the campaign's
-    sends joined to the outcome log (decision_id, offer_id)."""
+    sends (those sent by `sent_by`, when given) joined to the outcome log (decision_id, offer_id)."""
     metric = campaign.spec.experiment.metric
     sends = store.sends(campaign.id)
+    if sent_by is not None:
+        sends = [s for s in sends if datetime.fromisoformat(s["send_at"]) <= sent_by]
     reached: set[tuple[str, str]] = set()
     path = Path(settings.log_dir) / "outcomes.jsonl"
     if path.exists() and sends:
@@ -89,10 +92,19 @@ def required_per_arm(campaign: Campaign, offer_id: str) -> int:
     return experiments.required_per_arm(e.mde, e.baseline, e.alpha, e.power, k)
 
 
-def evaluate_experiments(settings, store: CampaignStore, campaign_id: str) -> tuple[Campaign, list[dict]]:
-    """Apply the sequential rule to every undecided copy experiment and record winners (the rollout)."""
+def evaluate_experiments(settings, store: CampaignStore, campaign_id: str,
+                         now: datetime | None = None) -> tuple[Campaign, list[dict]]:
+    """Apply the sequential rule to every undecided copy experiment and record winners (the rollout).
+
+    A winner needs the evidence of the outcomes reported so far (a send without one yet counts as a miss, which
+    only delays a winner). "No copy better at the announced sample" instead counts only sends whose outcome had
+    time to arrive (`outcome_hours` before now): missing reports must not read as equal copies."""
+    from nextbest.serving import clock
+
     campaign = store.get(campaign_id)
     e = campaign.spec.experiment
+    now = now or clock.system_clock()
+    matured = experiment_stats(settings, store, campaign, sent_by=now - timedelta(hours=e.outcome_hours))
     report = []
     for offer_id, stats in experiment_stats(settings, store, campaign).items():
         variants = [v.id for v in next(o for o in campaign.spec.offers if o.offer_id == offer_id).variants]
@@ -107,7 +119,7 @@ def evaluate_experiments(settings, store: CampaignStore, campaign_id: str) -> tu
             note = f"{e.metric} rate {v.rates[v.winner]:.4f}, beats every other copy (anytime-valid, alpha {e.alpha})"
             campaign = store.record_winner(campaign.id, offer_id, variants[v.winner], note)
             row["winner"] = variants[v.winner]
-        elif row["winner"] is None and e.mode == "fixed" and (stats.n >= need).all():
+        elif row["winner"] is None and e.mode == "fixed" and (matured[offer_id].n >= need).all():
             campaign = store.record_winner(campaign.id, offer_id, variants[0],
                                            f"no copy better by the MDE at {need} users per copy: the first continues")
             row["winner"] = variants[0]
@@ -222,11 +234,11 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
     cursor, sends, cost = state["cursor"], state["sends"], state["cost"]
     stopped, batches = "audience done", 0
     while cursor < len(ids):
-        campaign, _ = evaluate_experiments(settings, store, campaign.id)
+        now = rt.clock().astimezone(UTC)
+        campaign, _ = evaluate_experiments(settings, store, campaign.id, now)
         if not lifecycle.may_send(campaign):
             stopped = f"campaign is {campaign.state}"
             break
-        now = rt.clock().astimezone(UTC)
         if campaign.spec.end and now >= campaign.spec.end:
             stopped = "past the campaign's end"
             break

@@ -54,6 +54,8 @@ class Experiment(_Strict):
     baseline: float = Field(0.05, gt=0, lt=1, description="expected rate of the metric for the control copy")
     test_share: float = Field(0.2, gt=0, le=1, description="fixed mode: share of the audience in the test")
     floor: float = Field(0.05, ge=0, lt=0.5, description="bandit mode: least probability per variant")
+    outcome_hours: int = Field(72, ge=1, le=720, description="how long after a send its outcome is awaited: the "
+                               "fixed test's 'no copy better at the announced sample' counts only sends this old")
 
 
 class Caps(_Strict):
