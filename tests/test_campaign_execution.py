@@ -11,7 +11,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nextbest.campaigns import execution, segments
 from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Caps, Experiment, Variant
@@ -214,7 +217,7 @@ def test_the_engine_draws_each_copy_and_logs_it_with_its_probability(world, monk
     home, rt, store = world
     monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=24))
     c = _approved(store, _spec(rt, "logged copies", experiment=Experiment(mode="bandit")), "logged")
-    execution.execute(home, store, c.id, rt, batch=200, max_batches=1)
+    execution.execute(home, store, c.id, rt, batch=120, max_batches=1)
     sends, logged = store.sends(c.id), _logged(home)
     assert sends
     for s in sends:  # the campaign's record is the decision log's: the copy and the probability it was drawn with
@@ -222,7 +225,7 @@ def test_the_engine_draws_each_copy_and_logs_it_with_its_probability(world, monk
         assert (action["variant"], action["variant_probability"]) == (s["variant"], s["probability"])
         assert logged[s["decision_id"]]["campaign_id"] == c.id
     # The draw follows the context's probabilities (a winner gets every send; 0.8/0.2 about 4:1).
-    users = execution.audience(home, store, c)[:300]
+    users = execution.audience(home, store, c)[:200]
     offer = rt.config.current(0).offer_ids()
     shares = {o: {"A": 0.8, "B": 0.2, "C": 0.0} for o in offer}
     out = rt.decide_batch(BatchDecideRequest(user_ids=users, context={"campaign_id": "direct", "variants": shares}))
@@ -238,7 +241,7 @@ def test_a_campaign_sends_only_inside_its_local_send_hours(world, monkeypatch):
     home, rt, store = world
     monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=32))
     c = _approved(store, _spec(rt, "evenings", send_hours="18-21", send_window_hours=48), "evenings")
-    done = execution.execute(home, store, c.id, rt, batch=300, max_batches=1)
+    done = execution.execute(home, store, c.id, rt, batch=150, max_batches=1)
     hours = Counter(datetime.fromisoformat(s["send_at"]).hour for s in store.sends(c.id))  # the user's local clock
     assert done["sends"] > 0 and set(hours) <= {18, 19, 20}, hours
     report = execution.dry_run(home, store, c.id, rt)
@@ -275,3 +278,66 @@ def test_a_trigger_sends_only_while_its_campaign_runs_on_an_approved_version(wor
     assert all(_logged(home)[d["decision_id"]]["campaign_id"] == c.id for d in sent)
     store.command(c.id, "pause", "ann")
     assert fire(4) == []
+
+
+_RIVAL = st.fixed_dictionaries({
+    "priority": st.integers(-5, 5),
+    "max_sends": st.one_of(st.none(), st.integers(1, 40)),
+    "budget_sends": st.one_of(st.none(), st.integers(1, 30)),  # a budget of this many sends at the dearest channel
+    "channels": st.one_of(st.none(), st.sets(st.integers(0, 4), min_size=1, max_size=3)),
+    "offers": st.sets(st.integers(0, 5), min_size=1, max_size=3),
+    "control_pct": st.sampled_from([0.0, 25.0]),
+    "send_hours": st.sampled_from([None, "9-20", "20-8"]),
+})
+_DAYS = iter(range(60, 10_000, 10))  # each example on its own days: caps from earlier examples have expired
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_RIVAL, min_size=2, max_size=3))
+def test_no_contact_rule_breaks_across_competing_campaigns(world, monkeypatch, rivals):
+    """Random campaigns over the same users, run by priority: every contact cap, capacity, budget, send limit,
+    channel list, send-hour window and control group holds across them."""
+    home, rt, store = world
+    now = NOW + timedelta(days=next(_DAYS))
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: now)
+    config = rt.config.current(0)
+    offers, channels, cost = config.offer_ids(), config.channel_names(), {c.channel: c.cost for c in config.channels}
+    if store.segment_rule("rivals") is None:  # ~120 users with the highest scorecard: small, shared by every rival
+        path = home.home / "everyone.parquet"
+        segments.export(home.feature_dir, store.segment("everyone").rule, store.segment_rule, path)
+        cut = float(np.sort(pd.read_parquet(path)["scorecard"].to_numpy())[-120])
+        store.save_segment(segments.Segment("rivals", f"scorecard >= {cut}"), set(segments.table_columns(home.feature_dir)))
+    made = []
+    for k, r in enumerate(rivals):
+        allowed = [channels[j % len(channels)] for j in sorted(r["channels"])] if r["channels"] else None
+        dearest = max(cost[c] for c in allowed or channels)
+        budget = r["budget_sends"] * dearest if r["budget_sends"] and dearest > 0 else None
+        spec = CampaignSpec(name=f"rival {k}", audience="rivals", priority=r["priority"], control_pct=r["control_pct"],
+                            channels=sorted(set(allowed)) if allowed else None, send_hours=r["send_hours"],
+                            caps=Caps(max_sends=r["max_sends"], budget=budget),
+                            offers=[CampaignOffer(offer_id=offers[j % len(offers)]) for j in sorted(r["offers"])])
+        made.append(_approved(store, spec, None))
+    for c in sorted(made, key=lambda c: (-c.spec.priority, c.id)):  # what execute_due does: priority first
+        execution.execute(home, store, c.id, rt, batch=200)
+    per_user_day, per_channel_day, per_offer = Counter(), Counter(), Counter()
+    for c in made:
+        sends = store.sends(c.id)
+        spec = c.spec
+        assert spec.caps.max_sends is None or len(sends) <= spec.caps.max_sends
+        assert spec.caps.budget is None or sum(s["cost"] for s in sends) <= spec.caps.budget + 1e-9
+        assert len({s["user_id"] for s in sends}) == len(sends)  # one contact per user per campaign run
+        assert {s["channel"] for s in sends} <= set(spec.channels or channels)
+        assert {s["offer_id"] for s in sends} <= {o.offer_id for o in spec.offers}
+        if spec.send_hours:
+            window = {"9-20": range(9, 20), "20-8": [*range(20, 24), *range(0, 8)]}[spec.send_hours]
+            assert {datetime.fromisoformat(s["send_at"]).hour for s in sends} <= set(window)
+        held = execution.control_mask(c, [s["user_id"] for s in sends], config.holdout, now)
+        assert not held.any()  # nobody of its control group
+        for s in sends:
+            day = datetime.fromisoformat(s["send_at"]).date()  # the user's local day
+            per_user_day[(s["user_id"], day)] += 1
+            per_channel_day[(s["user_id"], s["channel"], day)] += 1
+            per_offer[(s["user_id"], s["offer_id"])] += 1
+    assert not per_user_day or max(per_user_day.values()) <= config.caps.per_user_day
+    assert not per_channel_day or max(per_channel_day.values()) <= config.caps.per_channel_day
+    assert not per_offer or max(per_offer.values()) <= config.caps.per_offer
