@@ -506,6 +506,9 @@ class Clause:
 _CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|>=|<=|>|<|\bin\b|\bnot in\b)\s*(.+?)\s*$")
 
 
+_SCALAR = re.compile(r"""^(?:'[^']*'|"[^"]*"|[^\s'"\[\],]+)$""")
+
+
 def _atom(text: str) -> float | str:
     text = text.strip().strip("'\"")
     try:
@@ -529,6 +532,9 @@ def parse_eligibility(expr: str | None) -> tuple[Clause, ...]:
                 raise ValueError(f"eligibility clause {part!r}: `{op}` needs a list like [a, b]")
             value: float | str | tuple = tuple(_atom(x) for x in raw[1:-1].split(",") if x.strip())
         else:
+            if not _SCALAR.match(raw):  # `a >= 40 or b == x` must not read as a >= "40 or b == x"
+                raise ValueError(f"eligibility clause {part!r}: the value {raw!r} must be one number or word, or quoted "
+                                 "text; clauses join with `and` only")
             value = _atom(raw)
         clauses.append(Clause(feature, op, value))
     return tuple(clauses)

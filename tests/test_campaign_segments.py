@@ -145,8 +145,10 @@ def test_rules_outside_the_language_are_refused_with_a_message(tables, rule, mes
 def test_values_are_data_never_sql(tables, tmp_path):
     folder, _ = tables
     before = (folder / "profile.parquet").read_bytes()
-    for rule in ("country == de'); DROP TABLE users; --", "country in [x'), (SELECT 1 --]", "country == x' || 'de"):
-        assert segments.count(folder, rule, lambda n: None) == 0
+    for rule in ('country == "de\'); DROP TABLE users; --"', "country in [x'), (SELECT 1 --]", 'country == "x\' || \'de"'):
+        assert segments.count(folder, rule, lambda n: None) == 0  # quoted text reaches SQL only as a parameter
+    with pytest.raises(SegmentError, match="one number or word"):  # unquoted text with spaces is not a value
+        segments.count(folder, "country == de'); DROP TABLE users; --", lambda n: None)
     with pytest.raises(SegmentError, match="`and` only"):  # a value smuggling in another condition is refused
         segments.count(folder, "country == de' OR TRUE --", lambda n: None)
     assert (folder / "profile.parquet").read_bytes() == before

@@ -83,6 +83,10 @@ def test_eligibility_language():
     assert parse_eligibility(None) == ()
     with pytest.raises(ValueError, match="cannot read eligibility clause"):
         parse_eligibility("import os")
+    assert parse_eligibility("region == 'North East'")[0].value == "North East"
+    for text in ("age >= 40 or plan == gold", "plan == gold silver", "plan == [gold]"):
+        with pytest.raises(ValueError, match="one number or word"):
+            parse_eligibility(text)
 
 
 def test_failed_ingest_leaves_last_good_data(raw_frames, tmp_path, settings):
