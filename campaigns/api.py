@@ -16,13 +16,14 @@ from nextbest.campaigns.execution import (
     evaluate_experiments,
     execute,
     required_per_arm,
+    trigger_contexts,
 )
 from nextbest.campaigns.model import CampaignSpec
 from nextbest.campaigns.segments import SegmentError
 from nextbest.campaigns.store import CampaignStore, NotFound
 
-__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "describe",
-           "check_references"]
+__all__ = ["CampaignCreate", "CampaignEdit", "CampaignRef", "CampaignCommand", "CampaignRun", "CampaignApi", "TriggerCampaigns",
+           "describe", "show", "check_references"]
 
 Actor = Field(min_length=1, max_length=128, description="who asks (recorded with every change and approval)")
 
@@ -61,6 +62,14 @@ def describe(campaign) -> dict:
                                              "users_per_variant": required_per_arm(campaign, o.offer_id)}
                                 for o in campaign.spec.offers if len(o.variants) > 1}
     return doc
+
+
+def show(store: CampaignStore, campaign_id: str) -> dict:
+    """A campaign with its history (who did what) and its run's progress (the audience as a count)."""
+    state = store.run_state(campaign_id)
+    progress = None if state is None else {**{k: v for k, v in state.items() if k != "audience"},
+                                           "audience": len(state["audience"])}
+    return {**describe(store.get(campaign_id)), "history": store.events(campaign_id), "run": progress}
 
 
 def check_references(spec: CampaignSpec, store: CampaignStore, config) -> None:
@@ -115,13 +124,7 @@ class CampaignApi:
         return self._call(run)
 
     def show(self, req: CampaignRef) -> dict:
-        def run():
-            doc = describe(self.store.get(req.campaign_id))
-            state = self.store.run_state(req.campaign_id)
-            run_state = None if state is None else {**{k: v for k, v in state.items() if k != "audience"},
-                                                    "audience": len(state["audience"])}
-            return {**doc, "history": self.store.events(req.campaign_id), "run": run_state}
-        return self._call(run)
+        return self._call(lambda: show(self.store, req.campaign_id))
 
     def command(self, req: CampaignCommand) -> dict:
         return self._call(lambda: describe(self.store.command(req.campaign_id, req.command, req.actor, req.note)))
@@ -135,3 +138,27 @@ class CampaignApi:
 
     def experiment(self, req: CampaignRef) -> list[dict]:
         return self._call(lambda: evaluate_experiments(self.runtime.settings, self.store, req.campaign_id)[1])
+
+
+class TriggerCampaigns:
+    """The service's `/events` asks which campaign each trigger belongs to (serving/runtime.py TriggerOwners): a
+    trigger a campaign names sends only while that campaign is running on its approved version, in its context;
+    its contacts are recorded with the campaign like a batch's."""
+
+    def __init__(self, store: CampaignStore):
+        self.store = store
+
+    def contexts(self, now):
+        return trigger_contexts(self.store, now)
+
+    def record(self, decisions: list[dict], campaign_ids: list[str | None], config) -> None:
+        costs = {c.channel: c.cost for c in config.channels}
+        owned = {c.id for c in self.store.trigger_campaigns()}
+        by: dict[str, list[tuple]] = {}
+        for d, cid in zip(decisions, campaign_ids, strict=True):
+            if cid in owned and not d.get("replayed"):
+                by.setdefault(cid, []).extend(
+                    (d["decision_id"], d["user_id"], a["offer_id"], a["channel"], a["variant"], a["variant_probability"],
+                     a["send_at"], costs.get(a["channel"], 0.0)) for a in d["actions"])
+        for cid, rows in by.items():
+            self.store.add_sends(cid, rows)

@@ -3,8 +3,10 @@
 Each batch is one `Runtime.decide_batch` (the same planner, contact rules and ledger as `/decide`), so caps,
 channel capacity, quiet hours, consent and suppressions hold across campaigns; the batch's idempotency key
 (campaign, version, position) makes a batch replayed after a crash charge nothing twice. The campaign's time
-limits become the context's `not_before`/`deadline`. After each batch the contacts (with the copy variant and
-the probability it was allocated with) and the cursor are stored in one transaction.
+limits become the context's `not_before`/`deadline`, its local send hours the context's `send_hours`, and its
+copy variants with their allocation probabilities the context's `variants`: the engine draws each action's copy
+and logs it with its probability in decisions.jsonl. After each batch the contacts (with the copy variant and
+that probability) and the cursor are stored in one transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from nextbest.campaigns.store import CampaignStore
 from nextbest.serving import holdout as holdout_rule
 
 __all__ = ["ExecutionError", "audience", "control_mask", "variant_probabilities", "experiment_stats",
-           "evaluate_experiments", "dry_run", "execute", "execute_due"]
+           "evaluate_experiments", "dry_run", "execute", "execute_due", "trigger_contexts"]
 
 MAX_BATCH = 1000  # the decision service's batch limit
 
@@ -54,11 +56,14 @@ def control_mask(campaign: Campaign, user_ids: list[str], holdout, now: datetime
                      or holdout_rule.in_holdout(u, share, holdout.salt, scope, period) for u in user_ids], dtype=bool)
 
 
-def experiment_stats(settings, store: CampaignStore, campaign: Campaign) -> dict[str, experiments.ArmStats]:
+def experiment_stats(settings, store: CampaignStore, campaign: Campaign,
+                     sent_by: datetime | None = None) -> dict[str, experiments.ArmStats]:
     """Per offer with copy variants: users per variant and users with the campaign's metric, from the campaign's
-    sends joined to the outcome log (decision_id, offer_id)."""
+    sends (those sent by `sent_by`, when given) joined to the outcome log (decision_id, offer_id)."""
     metric = campaign.spec.experiment.metric
     sends = store.sends(campaign.id)
+    if sent_by is not None:
+        sends = [s for s in sends if datetime.fromisoformat(s["send_at"]) <= sent_by]
     reached: set[tuple[str, str]] = set()
     path = Path(settings.log_dir) / "outcomes.jsonl"
     if path.exists() and sends:
@@ -87,10 +92,19 @@ def required_per_arm(campaign: Campaign, offer_id: str) -> int:
     return experiments.required_per_arm(e.mde, e.baseline, e.alpha, e.power, k)
 
 
-def evaluate_experiments(settings, store: CampaignStore, campaign_id: str) -> tuple[Campaign, list[dict]]:
-    """Apply the sequential rule to every undecided copy experiment and record winners (the rollout)."""
+def evaluate_experiments(settings, store: CampaignStore, campaign_id: str,
+                         now: datetime | None = None) -> tuple[Campaign, list[dict]]:
+    """Apply the sequential rule to every undecided copy experiment and record winners (the rollout).
+
+    A winner needs the evidence of the outcomes reported so far (a send without one yet counts as a miss, which
+    only delays a winner). "No copy better at the announced sample" instead counts only sends whose outcome had
+    time to arrive (`outcome_hours` before now): missing reports must not read as equal copies."""
+    from nextbest.serving import clock
+
     campaign = store.get(campaign_id)
     e = campaign.spec.experiment
+    now = now or clock.system_clock()
+    matured = experiment_stats(settings, store, campaign, sent_by=now - timedelta(hours=e.outcome_hours))
     report = []
     for offer_id, stats in experiment_stats(settings, store, campaign).items():
         variants = [v.id for v in next(o for o in campaign.spec.offers if o.offer_id == offer_id).variants]
@@ -105,7 +119,7 @@ def evaluate_experiments(settings, store: CampaignStore, campaign_id: str) -> tu
             note = f"{e.metric} rate {v.rates[v.winner]:.4f}, beats every other copy (anytime-valid, alpha {e.alpha})"
             campaign = store.record_winner(campaign.id, offer_id, variants[v.winner], note)
             row["winner"] = variants[v.winner]
-        elif row["winner"] is None and e.mode == "fixed" and (stats.n >= need).all():
+        elif row["winner"] is None and e.mode == "fixed" and (matured[offer_id].n >= need).all():
             campaign = store.record_winner(campaign.id, offer_id, variants[0],
                                            f"no copy better by the MDE at {need} users per copy: the first continues")
             row["winner"] = variants[0]
@@ -134,15 +148,20 @@ def _test_users(campaign: Campaign, n_audience: int) -> int | None:
     return int(np.ceil(n_audience * campaign.spec.experiment.test_share))
 
 
-def _context(campaign: Campaign, now: datetime):
+def _context(campaign: Campaign, now: datetime, shares: dict[str, np.ndarray] | None = None):
+    """The decision context of a batch: the campaign's offers, channels, times, local send hours and, per offer, its
+    copy variants with the probabilities the engine draws them with (and logs with each action)."""
     from nextbest.serving.schemas import CampaignContext
 
     spec = campaign.spec
     not_before = max(now, spec.start) if spec.start else None
     deadline = now + timedelta(hours=spec.send_window_hours)
     deadline = min(deadline, spec.end) if spec.end else deadline
+    variants = None if shares is None else {
+        o.offer_id: {v.id: float(p) for v, p in zip(o.variants, shares[o.offer_id], strict=True)} for o in spec.offers}
     return CampaignContext(campaign_id=campaign.id, offers=[o.offer_id for o in spec.offers], channels=spec.channels,
-                           not_before=not_before if not_before and not_before > now else None, deadline=deadline)
+                           not_before=not_before if not_before and not_before > now else None, deadline=deadline,
+                           send_hours=spec.send_hours, variants=variants)
 
 
 def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now: datetime | None = None,
@@ -157,8 +176,11 @@ def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now:
     ids = audience(settings, store, campaign)
     held = control_mask(campaign, ids, rt.config.current(time.monotonic()).holdout, now)
     todo = [u for u, h in zip(ids, held, strict=True) if not h]
-    ctx = _context(campaign, now)
+    rng = np.random.default_rng([settings.seed, campaign.version])
+    ctx = _context(campaign, now, {o.offer_id: variant_probabilities(campaign, o.offer_id, None, rng)
+                                   for o in campaign.spec.offers})
     by_offer, by_channel, by_hour, reasons = Counter(), Counter(), Counter(), Counter()
+    by_variant = Counter()
     decided = with_action = 0
     cost = 0.0
     costs = {c.channel: c.cost for c in rt.config.current(time.monotonic()).channels}
@@ -167,6 +189,7 @@ def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now:
             decided += 1
             for a in d["actions"]:
                 by_offer[a["offer_id"]] += 1
+                by_variant[f"{a['offer_id']}/{a['variant']}"] += 1
                 by_channel[a["channel"]] += 1
                 by_hour[datetime.fromisoformat(a["send_at"]).hour] += 1
                 cost += costs.get(a["channel"], 0.0)
@@ -177,6 +200,7 @@ def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now:
                 held_out=int(held.sum()), not_online=len(todo) - decided, would_send=with_action,
                 no_contact=decided - with_action, cost=round(cost, 2), by_offer=dict(by_offer.most_common()),
                 by_channel=dict(by_channel.most_common()), by_hour=dict(sorted(by_hour.items())),
+                by_variant=dict(sorted(by_variant.items())),
                 filtered=dict(reasons.most_common()))
 
 
@@ -210,11 +234,11 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
     cursor, sends, cost = state["cursor"], state["sends"], state["cost"]
     stopped, batches = "audience done", 0
     while cursor < len(ids):
-        campaign, _ = evaluate_experiments(settings, store, campaign.id)
+        now = rt.clock().astimezone(UTC)
+        campaign, _ = evaluate_experiments(settings, store, campaign.id, now)
         if not lifecycle.may_send(campaign):
             stopped = f"campaign is {campaign.state}"
             break
-        now = rt.clock().astimezone(UTC)
         if campaign.spec.end and now >= campaign.spec.end:
             stopped = "past the campaign's end"
             break
@@ -244,24 +268,15 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
         todo = [u for u, k in zip(todo, known, strict=True) if k]  # not online (yet): skipped, counted as such
         rows = []
         if todo:
-            decisions = rt.decide_batch(BatchDecideRequest(
-                user_ids=todo, context=_context(campaign, now),
-                idempotency_key=f"{campaign.id}:v{campaign.version}:{cursor}"))
             stats = experiment_stats(settings, store, campaign) if campaign.spec.experiment.mode == "bandit" else {}
-            probs = {o.offer_id: variant_probabilities(campaign, o.offer_id, stats.get(o.offer_id), rng)
-                     for o in campaign.spec.offers}
-            variants = {o.offer_id: [v.id for v in o.variants] for o in campaign.spec.offers}
-            acts = [(d, a) for d in decisions for a in d["actions"]]
-            by_offer: dict[str, list[int]] = {}
-            for i, (_, a) in enumerate(acts):
-                by_offer.setdefault(a["offer_id"], []).append(i)
-            picks: dict[int, tuple[str, float]] = {}
-            for offer_id, idx in by_offer.items():
-                arms, p = experiments.allocate(probs[offer_id], len(idx), rng)
-                for i, arm, pr in zip(idx, arms, p, strict=True):
-                    picks[i] = (variants[offer_id][arm], float(pr))
-            rows = [(d["decision_id"], d["user_id"], a["offer_id"], a["channel"], picks[i][0], picks[i][1],
-                     a["send_at"], costs.get(a["channel"], 0.0)) for i, (d, a) in enumerate(acts)]
+            shares = {o.offer_id: variant_probabilities(campaign, o.offer_id, stats.get(o.offer_id), rng)
+                      for o in campaign.spec.offers}
+            # The engine draws each action's copy with these probabilities and logs both with the decision.
+            decisions = rt.decide_batch(BatchDecideRequest(
+                user_ids=todo, context=_context(campaign, now, shares),
+                idempotency_key=f"{campaign.id}:v{campaign.version}:{cursor}"))
+            rows = [(d["decision_id"], d["user_id"], a["offer_id"], a["channel"], a["variant"], a["variant_probability"],
+                     a["send_at"], costs.get(a["channel"], 0.0)) for d in decisions for a in d["actions"]]
         cursor += len(chunk)
         try:
             sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
@@ -282,6 +297,23 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
     return dict(campaign_id=campaign.id, version=campaign.version, audience=len(ids), done=final["cursor"],
                 sends=final["sends"], cost=round(final["cost"], 2), held_out=final["held_out"], stopped=stopped,
                 state=store.get(campaign.id).state)
+
+
+def trigger_contexts(store: CampaignStore, now: datetime) -> dict:
+    """Per event trigger some campaign names: the decision context of the highest-priority campaign that may send
+    now (running on its approved version, within its start and end), or None while none may (nothing sends)."""
+    out: dict = {}
+    for c in sorted(store.trigger_campaigns(), key=lambda c: (-c.spec.priority, c.id)):
+        live = lifecycle.may_send(c) and (c.spec.start is None or c.spec.start <= now) and \
+            (c.spec.end is None or now < c.spec.end)
+        if live and out.get(c.spec.trigger) is None:
+            # A trigger campaign's copies share its events evenly (or all go to a recorded winner).
+            shares = {o.offer_id: variant_probabilities(c, o.offer_id, None, np.random.default_rng(0))
+                      for o in c.spec.offers}
+            out[c.spec.trigger] = _context(c, now, shares)
+        else:
+            out.setdefault(c.spec.trigger, None)
+    return out
 
 
 def execute_due(settings, store: CampaignStore, runtime=None, batch: int = 500,

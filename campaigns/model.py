@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from nextbest.serving.schemas import SendHours
+
 __all__ = ["STATES", "Variant", "CampaignOffer", "Experiment", "Caps", "CampaignSpec", "Campaign"]
 
 # draft -> submitted -> approved -> running -> paused / finished (see campaigns/lifecycle.py)
@@ -52,6 +54,8 @@ class Experiment(_Strict):
     baseline: float = Field(0.05, gt=0, lt=1, description="expected rate of the metric for the control copy")
     test_share: float = Field(0.2, gt=0, le=1, description="fixed mode: share of the audience in the test")
     floor: float = Field(0.05, ge=0, lt=0.5, description="bandit mode: least probability per variant")
+    outcome_hours: int = Field(72, ge=1, le=720, description="how long after a send its outcome is awaited: the "
+                               "fixed test's 'no copy better at the announced sample' counts only sends this old")
 
 
 class Caps(_Strict):
@@ -72,6 +76,9 @@ class CampaignSpec(_Strict):
     end: AwareDatetime | None = Field(None, description="send no later than this")
     send_window_hours: int = Field(24, ge=1, le=168, description="each batch's sends are scheduled within this many "
                                    "hours after it runs (inside quiet hours and caps)")
+    send_hours: SendHours | None = Field(None, description="local hours of the day the campaign sends in, in each "
+                                         "user's timezone, e.g. '9-20' (09:00 up to 20:00); default: any hour the "
+                                         "channels' quiet hours allow")
     caps: Caps = Field(default_factory=Caps)
     priority: int = Field(0, ge=-100, le=100, description="higher runs first when campaigns compete for users")
     control_pct: float = Field(0.0, ge=0, le=50, description="per-campaign control hold-out, percent of the audience")

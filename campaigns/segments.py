@@ -150,20 +150,19 @@ def _clause_sql(c: Clause, column: str, kind: pa.DataType, params: list) -> str:
     return f"COALESCE({as_text} {c.op} ?, FALSE)"
 
 
-def compile_sql(rule: str, lookup: Callable[[str], str | None], columns: dict[str, tuple[str, pa.DataType]],
-                params: list, _depth: int = 0) -> tuple[str, set[str]]:
-    """A WHERE condition over the `users` relation (one row per user, every referenced column) and the columns it
-    reads. Segment references are expanded inline; the result is the same as evaluating each referenced segment."""
-    if _depth > _MAX_DEPTH:
-        raise SegmentError("segment references nest too deep (a cycle?)")
-    feature_texts, segment_clauses = split_rule(rule)
-    conds, used = [], set()
-    for c in parse_eligibility(" and ".join(feature_texts)) if feature_texts else ():
+def _feature_clauses(feature_texts: list[str], columns: dict[str, tuple[str, pa.DataType]]) -> list[Clause]:
+    clauses = list(parse_eligibility(" and ".join(feature_texts))) if feature_texts else []
+    for c in clauses:
         if c.feature not in columns:
             raise SegmentError(f"unknown feature {c.feature!r} in the segment rule; it is in none of the feature "
                                f"tables ({', '.join(TABLES)}); `nextbest segment columns` lists them")
-        conds.append(_clause_sql(c, c.feature, columns[c.feature][1], params))
-        used.add(c.feature)
+    return clauses
+
+
+def _segments_sql(segment_clauses: list[Clause], lookup: Callable[[str], str | None],
+                  columns: dict[str, tuple[str, pa.DataType]], params: list, depth: int) -> tuple[list[str], set[str]]:
+    """Conditions for `segment in [...]` clauses: each referenced segment's rule expanded inline."""
+    conds, used = [], set()
     for c in segment_clauses:
         names = [str(v) for v in c.value] if isinstance(c.value, tuple) else [str(c.value)]
         subs = []
@@ -171,25 +170,54 @@ def compile_sql(rule: str, lookup: Callable[[str], str | None], columns: dict[st
             other = lookup(name)
             if other is None:
                 raise SegmentError(f"the rule refers to segment {name!r}, which is not saved")
-            sql, sub_used = compile_sql(other, lookup, columns, params, _depth + 1)
+            sql, sub_used = compile_sql(other, lookup, columns, params, depth + 1)
             subs.append(f"({sql})")
             used |= sub_used
         member = " OR ".join(subs)
         conds.append(f"({member})" if c.op in ("==", "in") else f"NOT ({member})")
-    return " AND ".join(conds) or "TRUE", used
+    return conds, used
 
 
-def _users_sql(feature_dir: Path, columns: dict[str, tuple[str, pa.DataType]], used: set[str],
-               as_of: datetime | None, params: list) -> str:
-    """One row per user (from the profile table) with each used column as of `as_of` (latest row at or before it;
-    default: the latest row), read only from the tables that hold them."""
-    by_table: dict[str, list[str]] = {}
-    for name in sorted(used):
-        by_table.setdefault(columns[name][0], []).append(name)
+def compile_sql(rule: str, lookup: Callable[[str], str | None], columns: dict[str, tuple[str, pa.DataType]],
+                params: list, _depth: int = 0) -> tuple[str, set[str]]:
+    """A WHERE condition over the `users` relation (one row per user, every referenced column) and the columns it
+    reads. Segment references are expanded inline; the result is the same as evaluating each referenced segment."""
+    if _depth > _MAX_DEPTH:
+        raise SegmentError("segment references nest too deep (a cycle?)")
+    feature_texts, segment_clauses = split_rule(rule)
+    clauses = _feature_clauses(feature_texts, columns)
+    conds = [_clause_sql(c, c.feature, columns[c.feature][1], params) for c in clauses]
+    seg_conds, used = _segments_sql(segment_clauses, lookup, columns, params, _depth)
+    return " AND ".join(conds + seg_conds) or "TRUE", used | {c.feature for c in clauses}
+
+
+def _query(feature_dir: Path, rule: str, lookup: Callable[[str], str | None], as_of: datetime | None,
+           what: str) -> tuple[str, list]:
+    """The rule as one query: one row per user of the profile table (signed up by `as_of`) with each used column's
+    latest value at or before `as_of` (default: the latest), read only from the tables that hold them.
+
+    The rule's own feature clauses are applied inside each table's latest-value subquery, before the joins (a
+    missing value never qualifies, so an inner join is the same answer): the joins then see the few users that
+    qualify on each table, not every user (measured in benchmarks/RESULTS.md). Clauses of referenced segments,
+    which may combine tables with OR / NOT, are applied after the joins."""
+    columns = table_columns(feature_dir)
+    feature_texts, segment_clauses = split_rule(rule)
+    clauses = _feature_clauses(feature_texts, columns)
+    seg_params: list = []
+    seg_conds, seg_used = _segments_sql(segment_clauses, lookup, columns, seg_params, 0)
+    used = seg_used | {c.feature for c in clauses}
     profile = Path(feature_dir) / "profile.parquet"
     if not profile.exists():
         raise SegmentError("no feature tables yet: run `nextbest features build` first")
-    select, joins = ['p.user_id'], []
+    params: list = []
+    signed_up = ""
+    if as_of is not None:  # a user who had not signed up by then is no one's audience yet
+        signed_up = "WHERE event_timestamp <= ?"
+        params.append(as_of)
+    by_table: dict[str, list[str]] = {}
+    for name in sorted(used):
+        by_table.setdefault(columns[name][0], []).append(name)
+    select, joins = ["p.user_id"], []
     for k, (table, names) in enumerate(sorted(by_table.items())):
         alias = f"t{k}"
         path = str(Path(feature_dir) / f"{table}.parquet").replace("'", "''")
@@ -198,27 +226,18 @@ def _users_sql(feature_dir: Path, columns: dict[str, tuple[str, pa.DataType]], u
             cut = "WHERE event_timestamp <= ?"
             params.append(as_of)
         picks = ", ".join(f'arg_max("{n}", event_timestamp) AS "{n}"' for n in names)
-        joins.append(f"LEFT JOIN (SELECT user_id, {picks} FROM read_parquet('{path}') {cut} GROUP BY user_id) {alias} "
-                     f"ON {alias}.user_id = p.user_id")
+        latest = f"SELECT user_id, {picks} FROM read_parquet('{path}') {cut} GROUP BY user_id"
+        own = [_clause_sql(c, c.feature, columns[c.feature][1], params) for c in clauses if columns[c.feature][0] == table]
+        if own:
+            latest = f"SELECT * FROM ({latest}) WHERE {' AND '.join(own)}"
+        joins.append(f"{'JOIN' if own else 'LEFT JOIN'} ({latest}) {alias} ON {alias}.user_id = p.user_id")
         select += [f'{alias}."{n}"' for n in names]
     path = str(profile).replace("'", "''")
-    signed_up = ""
-    if as_of is not None:  # a user who had not signed up by then is no one's audience yet
-        signed_up = "WHERE event_timestamp <= ?"
-        params.insert(0, as_of)
     # The profile table has one row per user (user_id is unique in the users contract): no DISTINCT needed.
-    return (f"SELECT {', '.join(select)} FROM (SELECT user_id FROM read_parquet('{path}') {signed_up}) p "
-            + " ".join(joins))
-
-
-def _query(feature_dir: Path, rule: str, lookup: Callable[[str], str | None], as_of: datetime | None,
-           what: str) -> tuple[str, list]:
-    columns = table_columns(feature_dir)
-    cond_params: list = []
-    cond, used = compile_sql(rule, lookup, columns, cond_params)
-    users_params: list = []
-    users = _users_sql(feature_dir, columns, used, as_of, users_params)
-    return f"WITH users AS ({users}) SELECT {what} FROM users WHERE {cond}", users_params + cond_params
+    users = (f"SELECT {', '.join(select)} FROM (SELECT user_id FROM read_parquet('{path}') {signed_up}) p "
+             + " ".join(joins))
+    return f"WITH users AS ({users}) SELECT {what} FROM users WHERE {' AND '.join(seg_conds) or 'TRUE'}", \
+        params + seg_params
 
 
 def _connect():

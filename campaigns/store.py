@@ -133,6 +133,12 @@ class CampaignStore:
         with self._tx() as con:
             return [Campaign.model_validate_json(r[0]) for r in con.execute("SELECT doc FROM campaigns ORDER BY id")]
 
+    def trigger_campaigns(self) -> list[Campaign]:
+        """Campaigns that name an event trigger (in any state): the trigger belongs to them."""
+        with self._tx() as con:
+            return [Campaign.model_validate_json(r[0]) for r in con.execute(
+                "SELECT doc FROM campaigns WHERE json_extract(doc, '$.spec.trigger') IS NOT NULL ORDER BY id")]
+
     def command(self, campaign_id: str, command: str, actor: str, note: str | None = None) -> Campaign:
         """Apply a lifecycle command atomically (the state is read and written in one transaction)."""
         with self._tx() as con:
@@ -217,6 +223,12 @@ class CampaignStore:
             con.execute("UPDATE campaign_runs SET cursor = ?, sends = ?, cost = ?, held_out = held_out + ?, "
                         "updated_at = ? WHERE id = ?", (cursor, n, cost, held_out, _now(), campaign_id))
         return n, cost
+
+    def add_sends(self, campaign_id: str, sends: list[tuple]) -> None:
+        """Record contacts a trigger campaign's events decided (no run cursor: triggers are not batches)."""
+        with self._tx() as con:
+            con.executemany("INSERT OR IGNORE INTO campaign_sends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(campaign_id, *s) for s in sends])
 
     def skip(self, campaign_id: str, version: int, cursor: int) -> None:
         """Move the run's cursor without recording contacts (a batch given back)."""

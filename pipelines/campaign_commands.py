@@ -173,14 +173,7 @@ def register(app: typer.Typer) -> None:
         campaign_id: Annotated[str | None, typer.Option("--id", help="campaign id (default: generated)")] = None,
     ) -> None:
         """Create a draft campaign; prints it with the sample its copy experiments need."""
-        def body() -> dict:
-            settings = Settings()
-            store = open_store(settings)
-            spec = _read_spec(spec_file)
-            _check_references(settings, store, spec)
-            return _shown(store, store.create(spec, actor, campaign_id))
-
-        _print(_guarded(body))
+        _print(_guarded(lambda: _write_spec(spec_file, lambda store, spec: store.create(spec, actor, campaign_id))))
 
     @campaign_app.command("edit")
     def campaign_edit(
@@ -189,14 +182,7 @@ def register(app: typer.Typer) -> None:
         actor: Actor,
     ) -> None:
         """Change a campaign (a new version); an approved or running one goes back for approval."""
-        def body() -> dict:
-            settings = Settings()
-            store = open_store(settings)
-            spec = _read_spec(spec_file)
-            _check_references(settings, store, spec)
-            return _shown(store, store.edit(campaign_id, spec, actor))
-
-        _print(_guarded(body))
+        _print(_guarded(lambda: _write_spec(spec_file, lambda store, spec: store.edit(campaign_id, spec, actor))))
 
     @campaign_app.command("list")
     def campaign_list() -> None:
@@ -207,12 +193,9 @@ def register(app: typer.Typer) -> None:
     @campaign_app.command("show")
     def campaign_show(campaign_id: str) -> None:
         """A campaign: its spec, state, approvals, history and run progress."""
-        def body() -> dict:
-            store = open_store(Settings())
-            return {**_shown(store, store.get(campaign_id)), "history": store.events(campaign_id),
-                    "run": _progress(store.run_state(campaign_id))}
+        from nextbest.campaigns.api import show
 
-        _print(_guarded(body))
+        _print(_guarded(lambda: show(open_store(Settings()), campaign_id)))
 
     for command, doc in (("submit", "Submit a draft (or rejected) campaign for approval."),
                          ("approve", "Approve a submitted campaign (not by its submitter: four eyes)."),
@@ -277,13 +260,25 @@ def register(app: typer.Typer) -> None:
         _print(_guarded(body))
 
 
+def _write_spec(spec_file: Path, write) -> dict:
+    """`campaign create` and `campaign edit`: read the file, check what it names, `write(store, spec)`, show it."""
+    from nextbest.campaigns.api import describe
+
+    settings = Settings()
+    store = open_store(settings)
+    spec = _read_spec(spec_file)
+    _check_references(settings, store, spec)
+    return describe(write(store, spec))
+
+
 def _transition(command: str, doc: str):
     """The CLI command for one lifecycle command."""
     def transition(campaign_id: str, actor: Actor,
                    note: Annotated[str | None, typer.Option(help="why (kept in the history)")] = None) -> None:
         def body() -> dict:
-            store = open_store(Settings())
-            return _shown(store, store.command(campaign_id, command, actor, note))
+            from nextbest.campaigns.api import describe
+
+            return describe(open_store(Settings()).command(campaign_id, command, actor, note))
 
         _print(_guarded(body))
 
@@ -315,15 +310,3 @@ def _check_references(settings: Settings, store, spec) -> None:
     except ConfigError as err:
         raise ExecutionError(str(err)) from None
     check_references(spec, store, config)
-
-
-def _shown(store, campaign) -> dict:
-    from nextbest.campaigns.api import describe
-
-    return describe(campaign)
-
-
-def _progress(state: dict | None) -> dict | None:
-    if state is None:
-        return None
-    return {k: v for k, v in state.items() if k != "audience"} | {"audience": len(state["audience"])}

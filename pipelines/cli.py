@@ -540,10 +540,11 @@ def demo(
     days: Annotated[int, typer.Option(min=30, help="days of simulated history")] = 120,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
-    campaign: Annotated[bool, typer.Option(help="also run a campaign with a copy experiment (step 9)")] = False,
+    campaign: Annotated[bool, typer.Option(help="step 9, a campaign with a copy experiment on the running service "
+                                           "(--no-campaign leaves it out)")] = True,
 ) -> None:
     """The main job on embedded defaults: simulate -> features -> train -> evaluate policies -> serve decisions -> one
-    round of the closed loop through the service."""
+    round of the closed loop through the service -> a campaign with a copy experiment, approved and run."""
     settings = Settings()
     started = time.perf_counter()
     console.rule("1. simulate the marketing world")
@@ -560,10 +561,7 @@ def demo(
     console.rule("6. the NBA policy against the baselines, in a fresh simulated period")
     print_evaluation(*run_guarded(_evaluate, settings, 4_000, 14))
     console.rule("7. the decision service answering sample requests over HTTP")
-    run_guarded(_serve_demo, settings)
-    if campaign:
-        console.rule("9. a campaign: segment, four copies, approval, batches, the copy test's winner")
-        _show_campaign(settings, seed)
+    run_guarded(_serve_demo, settings, seed if campaign else None)
     console.rule(f"{10 if campaign else 9}. this week's report from the logs, and the dashboard")
     _show_report(settings)
     console.print(f"[green]demo finished in {time.perf_counter() - started:.0f} s[/]; state in {settings.home.resolve()}")
@@ -589,15 +587,22 @@ def _show_online(settings: Settings, n: int) -> None:
     console.print(table)
 
 
-def _serve_demo(settings: Settings) -> None:
-    """Steps 7 and 8 on one running service: sample requests, then a campaign round of the closed loop."""
+def _serve_demo(settings: Settings, campaign_seed: int | None) -> None:
+    """Steps 7, 8 and 9 on one running service: sample requests, a campaign round of the closed loop, then (unless
+    `campaign_seed` is None) a marketer's campaign with a copy experiment."""
     from nextbest.pipelines.service_loop import demo_round
 
     def show_requests(rows: list[dict]) -> None:
         _show_decisions(rows)
         console.rule("8. the closed loop through the service: a campaign round over HTTP (events, decide, feedback)")
 
-    print_service_loop(demo_round(settings, before=show_requests))
+    def then(client, table) -> None:
+        print_service_loop(table)
+        if campaign_seed is not None:
+            console.rule("9. a campaign: segment, four copies, approval, batches, the copy test's winner")
+            _show_campaign(settings, client, campaign_seed)
+
+    demo_round(settings, before=show_requests, after=then)
 
 
 def _show_decisions(rows: list[dict]) -> None:
@@ -609,10 +614,11 @@ def _show_decisions(rows: list[dict]) -> None:
     console.print(table)
 
 
-def _show_campaign(settings: Settings, seed: int) -> None:
+def _show_campaign(settings: Settings, client, seed: int) -> None:
     from nextbest.pipelines.campaign_demo import campaign_demo
 
-    result = run_guarded(campaign_demo, settings, seed)
+    started = time.perf_counter()
+    result = campaign_demo(settings, client, seed)
     for k, run in enumerate(result["runs"]):
         summary(f"campaign {result['campaign_id']}, run {k + 1}",
                 {key: run[key] for key in ("audience", "done", "sends", "held_out", "cost", "stopped", "state")},
@@ -625,6 +631,10 @@ def _show_campaign(settings: Settings, seed: int) -> None:
             table.add_row(row["offer_id"], v, str(row["n"][k]), str(row["successes"][k]), f"{row['rates'][k]:.3f}",
                           str(row["required_per_arm"]), "yes" if row["winner"] == v else "")
     console.print(table)
+    winners = {row["winner"] for row in result["experiment"]}
+    verdict = "no winner yet (the test needs more users)" if winners == {None} else \
+        f"winner {', '.join(sorted(w for w in winners if w))} (planted best: {result['planted_best']})"
+    console.print(f"campaign step: {verdict}; {time.perf_counter() - started:.0f} s")
 
 
 def _show_report(settings: Settings) -> None:

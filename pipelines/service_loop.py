@@ -374,10 +374,12 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
 
 
 def demo_round(settings: Settings, users: int = 500, days: int = 2, holdout: float = 0.1,
-               before: Callable[[list[dict]], None] | None = None) -> pd.DataFrame:
+               before: Callable[[list[dict]], None] | None = None,
+               after: Callable[[object, pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """`make demo`'s last steps: start the decision service on simulated-time settings, hand `before` its answers to
-    a few sample requests, then run one round through it (no retraining); the campaign `loop` keeps a `holdout` share
-    of its users as its control group."""
+    a few sample requests, then run one round through it (no retraining), then hand `after` the client and the
+    round's table while the service still runs (the demo's campaign step reuses it); the campaign `loop` keeps a
+    `holdout` share of its users as its control group."""
     import httpx
 
     from nextbest.pipelines.serve_commands import demo_requests, running_service
@@ -393,4 +395,7 @@ def demo_round(settings: Settings, users: int = 500, days: int = 2, holdout: flo
     with running_service(simulated) as url, httpx.Client(base_url=url, timeout=120) as client:
         if before is not None:
             before(demo_requests(settings, client=client))
-        return run_service_loop(settings, client, ServiceLoopConfig(rounds=1, days=days, users=users))
+        table = run_service_loop(settings, client, ServiceLoopConfig(rounds=1, days=days, users=users))
+        if after is not None:
+            after(client, table)
+        return table

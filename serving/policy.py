@@ -46,6 +46,7 @@ REASONS: dict[str, str] = {
     "timezone_unknown": "the user's timezone is unknown, so quiet hours cannot be honoured",
     "quiet_hours": "every remaining send time falls in the channel's quiet hours (user's local time)",
     "deadline": "no send time is left before the campaign deadline",
+    "send_window": "no send time is left inside the campaign's send hours (user's local time; unknown timezone: none)",
     "cap_channel_day": "the per-channel daily cap is reached on the user's local day",
     "cap_channel_week": "the per-channel 7-day cap is reached",
     "cap_user_day": "the per-user daily cap over all channels is reached",
@@ -79,10 +80,14 @@ class TimeGrid:
     local_dates: tuple[date, date]
     utc_dates: tuple[date, date]
     before_deadline: np.ndarray  # bool (S,)
+    in_window: np.ndarray  # bool (S,): inside the campaign's local send hours
 
 
-def time_grid(earliest: datetime, timezone: str | None, deadline: datetime | None = None) -> TimeGrid:
-    """Slot 0 at `earliest`, then each following whole hour; local clock from `timezone` (UTC if unknown)."""
+def time_grid(earliest: datetime, timezone: str | None, deadline: datetime | None = None,
+              send_hours: str | None = None) -> TimeGrid:
+    """Slot 0 at `earliest`, then each following whole hour; local clock from `timezone` (UTC if unknown).
+    `send_hours` ("9-20": 09:00 up to 20:00 local) limits the slots a campaign may use; with an unknown timezone
+    no slot is inside them (fail closed, like quiet hours)."""
     tz = ZoneInfo(timezone) if timezone else UTC
     start = earliest.astimezone(UTC)
     first_hour = start.replace(minute=0, second=0, microsecond=0)
@@ -90,14 +95,20 @@ def time_grid(earliest: datetime, timezone: str | None, deadline: datetime | Non
     times = [t.astimezone(tz) for t in times_utc]
     local_dates = (times[0].date(), times[0].date() + timedelta(days=1))
     utc_dates = (start.date(), start.date() + timedelta(days=1))
+    local_hour = np.array([t.hour for t in times])
+    if send_hours is None:
+        in_window = np.ones(SLOTS, dtype=bool)
+    else:  # the same "from-to" local hours as a channel's quiet hours: one parser
+        in_window = parse_quiet_hours(send_hours)[local_hour] & (timezone is not None)
     return TimeGrid(
         times=times,
-        local_hour=np.array([t.hour for t in times]),
+        local_hour=local_hour,
         local_day=np.array([int(t.date() != local_dates[0]) for t in times]),
         utc_day=np.array([int(t.date() != utc_dates[0]) for t in times_utc]),
         local_dates=local_dates,
         utc_dates=utc_dates,
         before_deadline=np.array([deadline is None or t <= deadline for t in times_utc]),
+        in_window=in_window,
     )
 
 
@@ -228,6 +239,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
         capacity = ch.daily_capacity if ch.daily_capacity is not None else np.iinfo(np.int64).max
         rules = (
             ("deadline", grid.before_deadline),
+            ("send_window", grid.in_window),
             ("quiet_hours", ~parse_quiet_hours(ch.quiet_hours)[grid.local_hour]),
             ("cap_channel_day", (day[j] < caps.per_channel_day)[grid.local_day]),
             ("cap_channel_week", (week[j] < caps.per_channel_week)[grid.local_day]),
@@ -303,8 +315,8 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
 
 _OFFER_RULES = ("not_in_campaign", "offer_not_valid", "eligibility", "cap_offer")  # codes 1..4 (0 = allowed)
 _CHANNEL_RULES = ("not_in_campaign", "suppressed", "consent", "timezone_unknown")  # codes 1..4
-_SLOT_RULES = ("deadline", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day", "cap_user_week",
-               "capacity")
+_SLOT_RULES = ("deadline", "send_window", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day",
+               "cap_user_week", "capacity")
 _CONSENTED = (True, 1, 1.0, "true", "True")
 
 
@@ -438,15 +450,17 @@ class GridBatch:
     local_day: np.ndarray
     utc_day: np.ndarray
     before_deadline: np.ndarray
+    in_window: np.ndarray
 
     def take(self, rows: np.ndarray) -> GridBatch:
         return GridBatch([self.grids[r] for r in rows.tolist()], self.local_hour[rows], self.local_day[rows],
-                         self.utc_day[rows], self.before_deadline[rows])
+                         self.utc_day[rows], self.before_deadline[rows], self.in_window[rows])
 
 
 def grid_batch(grids: list[TimeGrid]) -> GridBatch:
     return GridBatch(grids, np.stack([g.local_hour for g in grids]), np.stack([g.local_day for g in grids]),
-                     np.stack([g.utc_day for g in grids]), np.stack([g.before_deadline for g in grids]))
+                     np.stack([g.utc_day for g in grids]), np.stack([g.before_deadline for g in grids]),
+                     np.stack([g.in_window for g in grids]))
 
 
 @dataclass
@@ -535,6 +549,7 @@ def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch,
     local_day = np.broadcast_to(grids.local_day[:, None, :], shape)
     slot_rules = (
         np.broadcast_to(grids.before_deadline[:, None, :], shape),
+        np.broadcast_to(grids.in_window[:, None, :], shape),
         ~quiet[:, grids.local_hour].transpose(1, 0, 2),
         np.take_along_axis(day < caps.per_channel_day, local_day, axis=2),
         np.take_along_axis(week < caps.per_channel_week, local_day, axis=2),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -456,6 +457,9 @@ class Runtime:
         except (Unsafe, LedgerUnavailable) as err:  # start anyway, deciding "no contact"; every request retries
             log.error("suppressions not imported: %s", err)
         self._combiner = _Combiner(self._decide_jobs)
+        # Triggers that belong to campaigns (campaigns/api.py TriggerCampaigns, wired by the service): per trigger a
+        # campaign names, the context its events decide in now, or None while no campaign of it may send.
+        self.trigger_campaigns: TriggerOwners | None = None
 
     def _sync_suppressions(self) -> None:
         """Copy the raw suppressions table into the ledger (where decisions read them) whenever the raw snapshot
@@ -523,6 +527,10 @@ class Runtime:
             unknown = sorted(set(asked or ()) - set(known))
             if unknown:
                 raise UserError(f"unknown {kind}(s) {unknown} in context.{kind}s; known: {', '.join(known)}")
+        unknown = sorted(set(ctx.variants or ()) - set(ctx.offers or config.offer_ids()))
+        if unknown:
+            raise UserError(f"context.variants names offer(s) {unknown} the context does not allow; give variants for "
+                            f"offers in context.offers (or the operator config: {', '.join(config.offer_ids())})")
         if ctx.deadline and ctx.not_before and ctx.deadline <= ctx.not_before:
             raise UserError("context.deadline must be later than context.not_before")
 
@@ -595,9 +603,9 @@ class Runtime:
             ctx = job.req.context
             earliest = max(now, ctx.not_before.astimezone(UTC)) if ctx.not_before else now
             deadline = ctx.deadline.astimezone(UTC) if ctx.deadline else None
-            key = (earliest, tz, deadline)
+            key = (earliest, tz, deadline, ctx.send_hours)
             if key not in grids_by:
-                grids_by[key] = policy.time_grid(earliest, tz, deadline)
+                grids_by[key] = policy.time_grid(earliest, tz, deadline, ctx.send_hours)
             grids.append(grids_by[key])
         gb = policy.grid_batch(grids)
         suppressed = [snapshot.suppressed.get(job.req.user_id, {}) for job in jobs]
@@ -664,6 +672,11 @@ class Runtime:
                                         expected_value=float(ev[i, o, c]), p_convert=float(p_convert[i, o, c]),
                                         uplift=None if np.isnan(uplift[i, o, c]) else float(uplift[i, o, c]),
                                         score=float(ev[i, o, c]), propensity=pick.propensity, explored=pick.explored))
+                    shares = (job.req.context.variants or {}).get(offer_ids[o])
+                    if shares:  # the copy experiment's draw, logged with its probability (unbiased estimates)
+                        names, p = list(shares), np.array(list(shares.values()), dtype=float)
+                        k = int(self.rng.choice(len(names), p=p / p.sum()))
+                        actions[-1].update(variant=names[k], variant_probability=float(p[k] / p.sum()))
                     if n + 1 == job.req.n_actions:
                         break
                     # The next action must respect the caps together with this one: charge it locally and re-apply.
@@ -758,6 +771,14 @@ class Runtime:
             degraded = True
         cancelled: list[str] = []
         jobs: list[_Job] = []
+        owned: dict[str, CampaignContext | None] = {}
+        triggers = config.triggers
+        if self.trigger_campaigns is not None:
+            try:
+                owned = self.trigger_campaigns.contexts(clock)
+            except Exception as err:  # which campaign a trigger belongs to is unknown: no trigger sends (fail closed)
+                log.error("campaign store unreadable, no trigger sends: %s", describe(err))
+                degraded, triggers = True, []
         try:
             for ts, _, e in events:
                 for t in config.triggers:
@@ -767,17 +788,25 @@ class Runtime:
             log.error("ledger unavailable while cancelling triggers: %s", describe(err))
             degraded = True
         for ts, _, e in events:
-            for t in config.triggers:
+            for t in triggers:
                 if t.on != e.type or ts + timedelta(minutes=t.deadline_minutes) <= clock:
                     continue  # a late event whose trigger window has already closed sends nothing
-                ctx = CampaignContext(campaign_id=f"trigger:{t.name}", offers=t.offers, channels=t.channels, trigger=t.name,
-                                      not_before=ts + timedelta(minutes=t.wait_minutes),
-                                      deadline=ts + timedelta(minutes=t.deadline_minutes))
+                if t.name in owned and owned[t.name] is None:
+                    continue  # the trigger belongs to campaigns, none of which is running on an approved version
+                ctx = _trigger_context(t, ts, owned.get(t.name))
+                if ctx is None:
+                    continue
                 # Decided as of the server clock: a send time is never in the past, nor charged to a past day.
                 req_ = DecideRequest(user_id=e.user_id, now=clock, context=ctx)
                 pending = (t.unless, (ts + timedelta(minutes=t.wait_minutes)).timestamp()) if t.unless else None
                 jobs.append(_Job(req_, _new_id(), f"trigger:{t.name}:{e.user_id}:{ts.isoformat()}", pending=pending))
         triggered = self._decide_jobs(jobs) if jobs else []
+        if owned and triggered:
+            try:
+                self.trigger_campaigns.record(triggered, [j.req.context.campaign_id for j in jobs], config)
+            except Exception as err:  # decided, charged and logged already: the campaign's own record is what is lost
+                log.error("trigger campaign sends not recorded in the campaign store: %s", describe(err))
+                degraded = True
         return {"accepted": len(events), "triggered": triggered, "cancelled": cancelled, "degraded": degraded}
 
     def _realtime_rows(self, ids: list[str], events) -> pd.DataFrame:
@@ -922,6 +951,29 @@ def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) 
     return p_open, slots, hours, p_convert, uplift, p_churn
 
 
+class TriggerOwners(Protocol):
+    """Which campaign each trigger belongs to (campaigns/api.py TriggerCampaigns)."""
+
+    def contexts(self, now: datetime) -> dict[str, CampaignContext | None]: ...
+
+    def record(self, decisions: list[dict], campaign_ids: list[str | None], config: OperatorConfig) -> None: ...
+
+
+def _trigger_context(t, ts: datetime, campaign: CampaignContext | None) -> CampaignContext | None:
+    """An event's decision context: the trigger's wait and deadline after the event; when the trigger belongs to a
+    campaign, that campaign's id, offers, channels, send hours and copy variants, and no later than its deadline
+    (None when that leaves no time to send in)."""
+    not_before, deadline = ts + timedelta(minutes=t.wait_minutes), ts + timedelta(minutes=t.deadline_minutes)
+    if campaign is None:
+        return CampaignContext(campaign_id=f"trigger:{t.name}", offers=t.offers, channels=t.channels, trigger=t.name,
+                               not_before=not_before, deadline=deadline)
+    deadline = min(deadline, campaign.deadline) if campaign.deadline else deadline
+    if deadline <= not_before:
+        return None
+    return campaign.model_copy(update=dict(trigger=t.name, channels=campaign.channels or t.channels,
+                                           not_before=not_before, deadline=deadline))
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -946,7 +998,7 @@ def _log_record(job: _Job, d: dict, plan: dict) -> dict:
     return {"decision_id": d["decision_id"], "at": plan["now"].isoformat(), "user_id": d["user_id"],
             "campaign_id": job.req.context.campaign_id, "trigger": job.req.context.trigger,
             "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "p_convert",
-                                           "explored")}
+                                           "explored", "variant", "variant_probability") if k in a}
                         for a in d["actions"]],
             "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"), "model_versions": d["model_versions"],
             "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -18,10 +19,12 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    model_validator,
 )
 
 __all__ = [
     "MAX_BATCH",
+    "SendHours",
     "CampaignContext",
     "DecideRequest",
     "BatchDecideRequest",
@@ -53,6 +56,18 @@ def _text_time(value: object) -> object:
 Time = Annotated[AwareDatetime, BeforeValidator(_text_time)]
 
 
+def _hours(value: str) -> str:
+    start, end = (int(h) for h in value.split("-"))
+    if start == end % 24:
+        raise ValueError(f"send_hours {value!r} is empty or the whole day: give 'from-to' local hours with from != to, "
+                         "e.g. '9-20', or leave it out for any hour")
+    return value
+
+
+# Local hours "from-to" (to not included; "18-2" wraps midnight), read by serving/config.py parse_quiet_hours.
+SendHours = Annotated[str, Field(pattern=r"^([01]?[0-9]|2[0-3])-([01]?[0-9]|2[0-4])$"), AfterValidator(_hours)]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -66,6 +81,22 @@ class CampaignContext(_In):
     deadline: Time | None = Field(None, description="send no later than this (ISO-8601 with offset)")
     not_before: Time | None = Field(None, description="send no earlier than this (ISO-8601 with offset)")
     trigger: str | None = Field(None, max_length=64, description="name of the event trigger that asked, if any")
+    send_hours: SendHours | None = Field(None, description="local hours the campaign may send in, in each user's timezone, e.g. "
+                                   "'9-20' (09:00 up to 20:00) or '18-2'; default: any hour")
+    variants: dict[str, dict[str, float]] | None = Field(
+        None, description="copy variants per offer with the probability each is sent with (a copy experiment's "
+        "allocation), e.g. {\"o1\": {\"A\": 0.5, \"B\": 0.5}}; the variant drawn for an action and its probability "
+        "are answered and logged with it")
+
+    @model_validator(mode="after")
+    def _shares(self) -> CampaignContext:
+        for offer, shares in (self.variants or {}).items():
+            if not 1 <= len(shares) <= 10 or any(not 0 < len(v) <= 64 for v in shares):
+                raise ValueError(f"variants[{offer}]: 1 to 10 variant ids of 1-64 characters")
+            if any(not 0.0 <= p <= 1.0 for p in shares.values()) or abs(sum(shares.values()) - 1.0) > 1e-6:
+                raise ValueError(f"variants[{offer}]: probabilities must lie in [0, 1] and add up to 1, got "
+                                 f"{list(shares.values())}")
+        return self
 
 
 class DecideRequest(_In):
@@ -106,6 +137,9 @@ class Action(BaseModel):
     score: float = Field(description="the ranking score (EV with operator levers and churn boost)")
     propensity: float = Field(description="probability the policy picked this action (for off-policy evaluation)")
     explored: bool = Field(description="picked by exploration rather than as the best guess")
+    variant: str | None = Field(None, description="the copy variant drawn for this action (context.variants)")
+    variant_probability: float | None = Field(None, description="probability the variant was drawn with (its "
+                                              "allocation in the copy experiment), for unbiased estimates")
 
 
 class Filtered(BaseModel):

@@ -24,6 +24,7 @@ from nextbest.campaigns.api import (
     CampaignEdit,
     CampaignRef,
     CampaignRun,
+    TriggerCampaigns,
 )
 from nextbest.features.settings import Settings
 from nextbest.monitoring.api import ReportRequest, report_json
@@ -231,10 +232,12 @@ class NextBest:
 
 
 def _campaign_api(settings: Settings, runtime: Runtime) -> CampaignApi:
+    """The campaign endpoints over the home's campaign store; the event triggers campaigns name belong to them."""
     from nextbest.campaigns.store import CampaignStore, store_path
 
-    return CampaignApi(CampaignStore(store_path(settings.home), four_eyes=settings.campaign_four_eyes), runtime,
-                       (NotFoundError, ConflictError, UserError))
+    store = CampaignStore(store_path(settings.home), four_eyes=settings.campaign_four_eyes)
+    runtime.trigger_campaigns = TriggerCampaigns(store)
+    return CampaignApi(store, runtime, (NotFoundError, ConflictError, UserError))
 
 
 # While draining (SIGTERM), requests get 503 and readiness is false; see serving/shutdown.py.

@@ -4,19 +4,24 @@ the planted best copy from the outcomes reported to /feedback."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nextbest.campaigns import execution, segments
 from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Caps, Experiment, Variant
 from nextbest.campaigns.store import CampaignStore, store_path
-from nextbest.serving.runtime import Runtime
-from nextbest.serving.schemas import FeedbackRequest
+from nextbest.serving.config import Trigger, load_config, write_config
+from nextbest.serving.runtime import Runtime, UserError
+from nextbest.serving.schemas import BatchDecideRequest, EventsRequest, FeedbackRequest
 from nextbest.simulation.copies import copy_effects, draw_responses
 from tests.conftest import copy_home
 
@@ -33,6 +38,10 @@ def world(trained, tmp_path_factory):
     """A private copy of the trained home with one runtime and the campaign store (module-wide: a runtime loads the
     champions once)."""
     home = copy_home(trained, tmp_path_factory.mktemp("campaigns") / "home", fresh_ledger=True)
+    # An event trigger for the trigger campaign test (views of the catalog's first offer).
+    config = load_config(home.operator_yaml)
+    trigger = Trigger(name="browsed", on="view", deadline_minutes=240, offers=[config.offers[0].offer_id])
+    write_config(config.model_copy(update={"triggers": [*config.triggers, trigger]}), home.operator_yaml)
     mp = pytest.MonkeyPatch()
     mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
     rt = Runtime(home, rng=np.random.default_rng(1))
@@ -196,3 +205,139 @@ def test_a_pause_while_a_batch_is_decided_gives_the_batch_back(world, monkeypatc
     assert given_back and int(given_back.group(1)) > 0, result["stopped"]
     assert store.sends(c.id) == [] and result["state"] == "paused" and result["done"] == 100
     assert _charged(rt.ledger.read(ids)) == before  # every charge of the batch released
+
+
+def _logged(home) -> dict[str, dict]:
+    """decisions.jsonl by decision id."""
+    lines = (home.log_dir / "decisions.jsonl").read_text().splitlines()
+    return {r["decision_id"]: r for r in map(json.loads, lines)}
+
+
+def test_the_engine_draws_each_copy_and_logs_it_with_its_probability(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=24))
+    c = _approved(store, _spec(rt, "logged copies", experiment=Experiment(mode="bandit")), "logged")
+    execution.execute(home, store, c.id, rt, batch=120, max_batches=1)
+    sends, logged = store.sends(c.id), _logged(home)
+    assert sends
+    for s in sends:  # the campaign's record is the decision log's: the copy and the probability it was drawn with
+        [action] = [a for a in logged[s["decision_id"]]["actions"] if a["offer_id"] == s["offer_id"]]
+        assert (action["variant"], action["variant_probability"]) == (s["variant"], s["probability"])
+        assert logged[s["decision_id"]]["campaign_id"] == c.id
+    # The draw follows the context's probabilities (a winner gets every send; 0.8/0.2 about 4:1).
+    users = execution.audience(home, store, c)[:200]
+    offer = rt.config.current(0).offer_ids()
+    shares = {o: {"A": 0.8, "B": 0.2, "C": 0.0} for o in offer}
+    out = rt.decide_batch(BatchDecideRequest(user_ids=users, context={"campaign_id": "direct", "variants": shares}))
+    drawn = Counter(a["variant"] for d in out for a in d["actions"])
+    assert drawn["C"] == 0 and drawn["A"] > 2 * drawn["B"] > 0, drawn
+    assert all(a["variant_probability"] == {"A": 0.8, "B": 0.2}[a["variant"]] for d in out for a in d["actions"])
+    with pytest.raises(UserError, match="context.variants names offer"):
+        rt.decide_batch(BatchDecideRequest(user_ids=users[:1], context={"offers": offer[:1],
+                                                                         "variants": {offer[-1]: {"A": 1.0}}}))
+
+
+def test_a_campaign_sends_only_inside_its_local_send_hours(world, monkeypatch):
+    home, rt, store = world
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: NOW + timedelta(days=32))
+    c = _approved(store, _spec(rt, "evenings", send_hours="18-21", send_window_hours=48), "evenings")
+    done = execution.execute(home, store, c.id, rt, batch=150, max_batches=1)
+    hours = Counter(datetime.fromisoformat(s["send_at"]).hour for s in store.sends(c.id))  # the user's local clock
+    assert done["sends"] > 0 and set(hours) <= {18, 19, 20}, hours
+    report = execution.dry_run(home, store, c.id, rt)
+    assert set(report["by_hour"]) <= {18, 19, 20}
+
+
+def test_a_trigger_sends_only_while_its_campaign_runs_on_an_approved_version(world, monkeypatch):
+    from nextbest.campaigns.api import TriggerCampaigns
+
+    home, rt, store = world
+    at = NOW + timedelta(days=40)
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: at)
+    monkeypatch.setattr(rt, "trigger_campaigns", TriggerCampaigns(store))
+    offer = load_config(home.operator_yaml).offers[0].offer_id
+    spec = CampaignSpec(name="browse follow-up", trigger="browsed", offers=[
+        CampaignOffer(offer_id=offer, variants=[Variant(id="A"), Variant(id="B")])])
+    users = segments.member_ids(home.feature_dir, store.segment("everyone").rule, store.segment_rule)
+
+    def fire(k: int) -> list[dict]:  # each call: 15 other users view something (no caps charged before)
+        events = [{"user_id": u, "type": "view", "ts": (at - timedelta(minutes=k)).isoformat()}
+                  for u in users[15 * k:15 * k + 15]]
+        return rt.events(EventsRequest(events=events))["triggered"]
+
+    assert any(d["actions"] for d in fire(1)), "a trigger no campaign names fires as the operator config says"
+    c = store.create(spec, "ann", "browse")
+    store.command(c.id, "submit", "ann")
+    store.command(c.id, "approve", "bob")
+    assert fire(2) == []  # the trigger belongs to the campaign now, approved but not started: nothing is decided
+    store.command(c.id, "start", "bob")
+    sent = [d for d in fire(3) if d["actions"]]
+    assert sent and all(a["offer_id"] == offer and a["variant"] in "AB" and a["variant_probability"] == 0.5
+                        for d in sent for a in d["actions"])
+    assert {s["decision_id"] for s in store.sends(c.id)} == {d["decision_id"] for d in sent}
+    assert all(_logged(home)[d["decision_id"]]["campaign_id"] == c.id for d in sent)
+    store.command(c.id, "pause", "ann")
+    assert fire(4) == []
+
+
+_RIVAL = st.fixed_dictionaries({
+    "priority": st.integers(-5, 5),
+    "max_sends": st.one_of(st.none(), st.integers(1, 40)),
+    "budget_sends": st.one_of(st.none(), st.integers(1, 30)),  # a budget of this many sends at the dearest channel
+    "channels": st.one_of(st.none(), st.sets(st.integers(0, 4), min_size=1, max_size=3)),
+    "offers": st.sets(st.integers(0, 5), min_size=1, max_size=3),
+    "control_pct": st.sampled_from([0.0, 25.0]),
+    "send_hours": st.sampled_from([None, "9-20", "20-8"]),
+})
+_DAYS = iter(range(60, 10_000, 10))  # each example on its own days: caps from earlier examples have expired
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_RIVAL, min_size=2, max_size=3))
+def test_no_contact_rule_breaks_across_competing_campaigns(world, monkeypatch, rivals):
+    """Random campaigns over the same users, run by priority: every contact cap, capacity, budget, send limit,
+    channel list, send-hour window and control group holds across them."""
+    home, rt, store = world
+    now = NOW + timedelta(days=next(_DAYS))
+    monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: now)
+    config = rt.config.current(0)
+    offers, channels, cost = config.offer_ids(), config.channel_names(), {c.channel: c.cost for c in config.channels}
+    if store.segment_rule("rivals") is None:  # ~120 users with the highest scorecard: small, shared by every rival
+        path = home.home / "everyone.parquet"
+        segments.export(home.feature_dir, store.segment("everyone").rule, store.segment_rule, path)
+        cut = float(np.sort(pd.read_parquet(path)["scorecard"].to_numpy())[-120])
+        store.save_segment(segments.Segment("rivals", f"scorecard >= {cut}"), set(segments.table_columns(home.feature_dir)))
+    made = []
+    for k, r in enumerate(rivals):
+        allowed = [channels[j % len(channels)] for j in sorted(r["channels"])] if r["channels"] else None
+        dearest = max(cost[c] for c in allowed or channels)
+        budget = r["budget_sends"] * dearest if r["budget_sends"] and dearest > 0 else None
+        spec = CampaignSpec(name=f"rival {k}", audience="rivals", priority=r["priority"], control_pct=r["control_pct"],
+                            channels=sorted(set(allowed)) if allowed else None, send_hours=r["send_hours"],
+                            caps=Caps(max_sends=r["max_sends"], budget=budget),
+                            offers=[CampaignOffer(offer_id=offers[j % len(offers)]) for j in sorted(r["offers"])])
+        made.append(_approved(store, spec, None))
+    for c in sorted(made, key=lambda c: (-c.spec.priority, c.id)):  # what execute_due does: priority first
+        execution.execute(home, store, c.id, rt, batch=200)
+    per_user_day, per_channel_day, per_offer = Counter(), Counter(), Counter()
+    for c in made:
+        sends = store.sends(c.id)
+        spec = c.spec
+        assert spec.caps.max_sends is None or len(sends) <= spec.caps.max_sends
+        assert spec.caps.budget is None or sum(s["cost"] for s in sends) <= spec.caps.budget + 1e-9
+        assert len({s["user_id"] for s in sends}) == len(sends)  # one contact per user per campaign run
+        assert {s["channel"] for s in sends} <= set(spec.channels or channels)
+        assert {s["offer_id"] for s in sends} <= {o.offer_id for o in spec.offers}
+        if spec.send_hours:
+            window = {"9-20": range(9, 20), "20-8": [*range(20, 24), *range(0, 8)]}[spec.send_hours]
+            assert {datetime.fromisoformat(s["send_at"]).hour for s in sends} <= set(window)
+        held = execution.control_mask(c, [s["user_id"] for s in sends], config.holdout, now)
+        assert not held.any()  # nobody of its control group
+        for s in sends:
+            day = datetime.fromisoformat(s["send_at"]).date()  # the user's local day
+            per_user_day[(s["user_id"], day)] += 1
+            per_channel_day[(s["user_id"], s["channel"], day)] += 1
+            per_offer[(s["user_id"], s["offer_id"])] += 1
+    assert not per_user_day or max(per_user_day.values()) <= config.caps.per_user_day
+    assert not per_channel_day or max(per_channel_day.values()) <= config.caps.per_channel_day
+    assert not per_offer or max(per_offer.values()) <= config.caps.per_offer

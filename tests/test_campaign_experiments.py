@@ -95,3 +95,26 @@ def test_thompson_keeps_the_floor_and_favours_the_better_copy():
 def test_no_winner_without_data_for_every_copy():
     v = experiments.verdict(ArmStats(np.array([1000, 0]), np.array([900, 0])), MDE, BASE, ALPHA)
     assert v.winner is None
+
+
+def test_copies_are_not_declared_equal_before_their_outcomes_had_time_to_arrive(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from nextbest.campaigns.execution import evaluate_experiments
+    from nextbest.campaigns.model import CampaignOffer, CampaignSpec, Experiment, Variant
+    from nextbest.campaigns.store import CampaignStore
+    from nextbest.features.settings import Settings
+
+    store = CampaignStore(tmp_path / "campaigns.db")
+    exp = Experiment(mode="fixed", mde=1.5, baseline=0.1, outcome_hours=48)
+    c = store.create(CampaignSpec(name="t", audience="all", experiment=exp, offers=[
+        CampaignOffer(offer_id="o1", variants=[Variant(id="A"), Variant(id="B")])]), "ann", "t")
+    need = experiments.required_per_arm(1.5, 0.1, exp.alpha, exp.power, 2)
+    sent = datetime(2026, 9, 1, 12, tzinfo=UTC)
+    store.add_sends(c.id, [(f"d{i}", f"u{i}", "o1", "email", "AB"[i % 2], 0.5, sent.isoformat(), 0.0)
+                           for i in range(2 * need + 2)])
+    settings = Settings(home=tmp_path / "home")  # no outcome reported (yet)
+    _, [row] = evaluate_experiments(settings, store, c.id, sent + timedelta(hours=1))
+    assert row["winner"] is None and row["n"] == [need + 1] * 2  # no clicks yet is not "no difference"
+    campaign, [row] = evaluate_experiments(settings, store, c.id, sent + timedelta(hours=49))
+    assert row["winner"] == "A" and campaign.winners == {"o1": "A"}  # the announced sample, matured: first continues

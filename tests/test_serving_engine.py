@@ -339,8 +339,9 @@ def _random_case(rng: np.random.Generator, cfg: OperatorConfig, n: int):
         "recency_days": rng.choice([3.0, 30.0, 45.0, np.nan], n),
     }
     nows = [NOW + timedelta(hours=int(h)) for h in rng.integers(0, 30, n)]
-    grids = [policy.time_grid(t, tz, t + timedelta(hours=int(d)) if d else None)
-             for t, tz, d in zip(nows, users["timezone"], rng.integers(-2, 20, n), strict=True)]  # d < 0: already past
+    hours = np.array([None, None, "9-20", "23-1"], dtype=object)[rng.integers(0, 4, n)]  # a campaign's send hours
+    grids = [policy.time_grid(t, tz, t + timedelta(hours=int(d)) if d else None, h)
+             for t, tz, d, h in zip(nows, users["timezone"], rng.integers(-2, 20, n), hours, strict=True)]  # d < 0: past
     n_o, n_c = len(cfg.offers), len(cfg.channels)
     counts = [policy.Counts(channel_day=rng.integers(0, 2, (n_c, policy.WEEK + 1)) * (rng.random((n_c, policy.WEEK + 1)) < 0.3),
                             offer_window=rng.integers(0, 2, n_o), capacity_used=rng.integers(0, 6, (n_c, 2)),

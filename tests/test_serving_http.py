@@ -94,6 +94,10 @@ def test_batch_of_users_in_one_request(client, home):
     ({"user_id": "u0003", "now": 0}, 400, "now"),  # not 1970
     ({"user_id": "u0003", "context": {"offers": ["free_lunch"]}}, 400, "free_lunch"),
     ({"user_id": "u0003", "context": {"channels": ["fax"]}}, 400, "fax"),
+    ({"user_id": "u0003", "context": {"send_hours": "9-9"}}, 400, "send_hours"),  # a campaign's local send hours
+    ({"user_id": "u0003", "context": {"send_hours": "25-3"}}, 400, "send_hours"),
+    ({"user_id": "u0003", "context": {"variants": {"free_lunch": {"A": 1.0}}}}, 400, "context.variants"),  # copies
+    ({"user_id": "u0003", "context": {"variants": {"x": {"A": 0.5, "B": 0.4}}}}, 400, "add up to 1"),
     ({"user_id": "nobody"}, 404, "nobody"),
 ])
 def test_bad_input_is_a_4xx_with_a_message_and_writes_nothing(client, home, body, status, words):
