@@ -5,9 +5,11 @@ count towards snapshots taken after that day ends (snapshots are at midnight UTC
 count only once their own timestamp (opened_at, converted_at, ...) is before `t`.
 
 Each table is one query in DuckDB's dialect over the raw Parquet files (features/engines.py runs it on DuckDB
-out of core, or transpiled on Spark), streamed to Parquet. Windows are frames over one stream per user: the
-per-day totals and one probe row per snapshot, ordered by day number, so a snapshot's 7-day window is
-`RANGE BETWEEN 7 PRECEDING AND 1 PRECEDING` of its probe row: linear in events plus snapshots, and portable.
+out of core, or transpiled on Spark), streamed to Parquet. Windows are conditional aggregates over one join per
+table: every snapshot row of a user (the grid) meets that user's per-day totals before the snapshot day, and a
+snapshot's 7-day window sums the days `>= snap_day - 7`. One hash join and one hash aggregate serve every window
+of a table; measured at 20,000 users this is ~9x faster than window frames over a stream of days and snapshots
+(DuckDB builds a segment tree per framed aggregate), and it is plain SQL that Spark runs as it is.
 """
 
 from __future__ import annotations
@@ -120,22 +122,21 @@ def _day(col: str) -> str:
     return f"CAST(floor(epoch({col}) / 86400) AS BIGINT)"
 
 
-def _over(days: int | None, partition: str = "user_id") -> str:
-    """The frame of a probe row: the `days` days before its snapshot day (None: all days before it)."""
-    start = "UNBOUNDED" if days is None else str(days)
-    return f"OVER (PARTITION BY {partition} ORDER BY day RANGE BETWEEN {start} PRECEDING AND 1 PRECEDING)"
+def _within(expr: str, days: int | None) -> str:
+    """`expr` of a per-day row `d` when its day is among the `days` days before snapshot `g` (None: any day before)."""
+    return expr if days is None else f"CASE WHEN d.day >= g.snap_day - {int(days)} THEN {expr} END"
 
 
 def _windowed(col: str, days: int | None) -> str:
-    return f"coalesce(sum({col}) {_over(days)}, 0)"
+    """Sum of the per-day column `col` over the `days` days before the snapshot (0 when there is none)."""
+    return f"coalesce(sum({_within(f'CAST(d.{col} AS DOUBLE)', days)}), 0)"
 
 
-def _stream(daily: str, columns: list[str]) -> str:
-    """Per-day rows of `daily` and one probe row per grid row (snapshot), in one stream ordered by day."""
-    nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {c}" for c in columns)
-    cols = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in columns)
-    return (f"SELECT user_id, day, 0 AS probe, {cols} FROM {daily} "
-            f"UNION ALL SELECT user_id, snap_day AS day, 1 AS probe, {nulls} FROM grid")
+def _history(daily: str, aggregates: list[str]) -> str:
+    """One row per grid row (user, snapshot day) with `aggregates` over that user's rows of `daily` (alias `d`)
+    strictly before the snapshot day: the join that every window of a table shares."""
+    return (f"SELECT g.user_id, g.snap_day, g.signup_s, {', '.join(aggregates)} FROM grid g "
+            f"LEFT JOIN {daily} d ON d.user_id = g.user_id AND d.day < g.snap_day GROUP BY g.user_id, g.snap_day, g.signup_s")
 
 
 def _argfirst(values: list[str], best: str) -> str:
@@ -162,8 +163,6 @@ def _profile_sql(columns: list[str]) -> str:
 def _behaviour_sql(categories: list[str]) -> str:
     """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
     cat = {c: f"c_{column_name(c)}" for c in categories}
-    daily_cols = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy", "stage", *cat.values(),
-                  "buy_day", "buy_gap", "buy_gap_sq"]
     daily = (
         "SELECT user_id, day, count(*) AS n_events, "
         + "".join(f"count(*) FILTER (WHERE type = {_lit(t)}) AS n_{t}, " for t in _COUNTED_TYPES)
@@ -181,19 +180,18 @@ def _behaviour_sql(categories: list[str]) -> str:
     gap = f"CASE WHEN n_purchase > 0 THEN coalesce(day - {previous_buy}, 0) ELSE 0 END"
     daily = (f"SELECT *, buy_gap * buy_gap AS buy_gap_sq FROM (SELECT *, CASE WHEN n_purchase > 0 THEN 1 ELSE 0 END "
              f"AS buy_day, {gap} AS buy_gap FROM ({daily}) d0) d1")
-    win = ["user_id", "day AS snap_day", "probe"]
+    win = []
     for w in WINDOWS:
         win.append(f"{_windowed('n_events', w)} AS events_{w}d")
         win += [f"{_windowed(f'n_{t}', w)} AS {plural}_{w}d" for t, plural in _COUNTED_TYPES.items()]
         win.append(f"{_windowed('revenue', w)} AS revenue_{w}d")
     win += [f"{_windowed('n_purchase', None)} AS purchases_all", f"{_windowed('revenue', None)} AS revenue_all",
-            f"max(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS last_buy",
-            f"max(CASE WHEN probe = 0 THEN day END) {_over(None)} AS last_day",
+            "max(CASE WHEN d.n_purchase > 0 THEN d.day END) AS last_buy", "max(d.day) AS last_day",
             f"{_windowed('cart_no_buy', 30)} AS abandoned_cart_days_30d",
             f"{_windowed('buy_day', None)} AS buy_days", f"{_windowed('buy_gap', None)} AS gap_sum",
             f"{_windowed('buy_gap_sq', None)} AS gap_sq",
-            f"min(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS first_buy",
-            f"coalesce(max(stage) {_over(None)}, 0) AS stage_now"]
+            "min(CASE WHEN d.n_purchase > 0 THEN d.day END) AS first_buy",
+            "coalesce(max(d.stage), 0) AS stage_now"]
     win += [f"{_windowed(n, None)} AS {n}" for n in cat.values()]
     out = ["w.user_id", "s.snap AS event_timestamp"]
     for w in WINDOWS:
@@ -204,7 +202,7 @@ def _behaviour_sql(categories: list[str]) -> str:
             f"CAST(coalesce(w.snap_day - last_buy, {_NEVER}) AS BIGINT) AS recency_days",
             f"CAST(coalesce(w.snap_day - last_day, {_NEVER}) AS BIGINT) AS days_since_last_event",
             "abandoned_cart_days_30d",
-            "CAST(floor((epoch(s.snap) - g.signup_s) / 86400) AS BIGINT) AS tenure_days",
+            "CAST(floor((epoch(s.snap) - w.signup_s) / 86400) AS BIGINT) AS tenure_days",
             "CAST(stage_now AS BIGINT) AS funnel_stage",
             "CASE WHEN purchases_90d > 0 THEN revenue_90d / greatest(purchases_90d, 1) ELSE 0.0 END AS monetary_90d",
             "purchases_90d AS frequency_90d", *_repeat_purchase_sql()]
@@ -213,10 +211,8 @@ def _behaviour_sql(categories: list[str]) -> str:
     # "100 % books"; a user with none gets the uniform share. Measured on the demo world, plugging these
     # shares into the true response picks the best offer for 59 % of users, against 54 % for raw 90-day shares.
     out += [f"({n} + {_num(_AFFINITY_PRIOR)}) / ({total} + {k}) AS aff_{column_name(c)}" for c, n in cat.items()]
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', daily_cols)}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
-            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day "
-            "JOIN grid g ON g.user_id = w.user_id AND g.snap_day = w.snap_day")
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}) "
+            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day")
 
 
 def _repeat_purchase_sql() -> list[str]:
@@ -257,12 +253,12 @@ def _channel_sql(channels: list[str], config: BuildConfig) -> str:
                          + [f"count(*) FILTER (WHERE kind = {_lit(k)}) AS {n}" for n, k in overall.items()])
              + f" FROM ({outcomes}) o GROUP BY user_id, day")
     a, k = config.rate_prior * config.rate_strength, config.rate_strength
-    win, out = ["user_id", "day AS snap_day", "probe"], ["w.user_id", "s.snap AS event_timestamp"]
+    win, out = [], ["w.user_id", "s.snap AS event_timestamp"]
     for ch in channels:
         n = column_name(ch)
         win += [f"{_windowed(f'sent_{n}', 90)} AS sent_90d_{n}", f"{_windowed(f'sent_{n}', 7)} AS sent_7d_{n}",
                 *[f"{_windowed(f'{kind}_{n}', _RATE_DAYS)} AS {kind}_year_{n}" for kind in ("sent", "open", "click", "conv")],
-                f"max(CASE WHEN sent_{n} > 0 THEN day END) {_over(None)} AS last_{n}"]
+                f"max(CASE WHEN d.sent_{n} > 0 THEN d.day END) AS last_{n}"]
         # The rates read a year: how a user answers a channel changes slowly, and 90 days hold about two sends.
         out += [f"sent_90d_{n}", f"sent_7d_{n}",
                 f"(open_year_{n} + {_num(a)}) / (sent_year_{n} + {_num(k)}) AS open_rate_{n}",
@@ -274,8 +270,7 @@ def _channel_sql(channels: list[str], config: BuildConfig) -> str:
                             ("complaints_90d", "complaint_all", 90)):
         win.append(f"{_windowed(col, days)} AS {name}")
         out.append(name)
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', [*per_channel, *overall])}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}) "
             f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day")
 
 
@@ -292,7 +287,7 @@ def _time_profile_sql() -> str:
     daily = ("SELECT user_id, day, " + ", ".join(f"count(*) FILTER (WHERE local_hour = {h}) AS h{h:02d}" for h in range(24))
              + " FROM (SELECT e.user_id, e.day, hour(e.ts AT TIME ZONE u.timezone) AS local_hour "
              f"FROM ev e JOIN users_n u ON u.user_id = e.user_id WHERE e.type IN ({types})) x GROUP BY user_id, day")
-    win = ["user_id", "day AS snap_day", "probe", *[f"{_windowed(h, _RHYTHM_DAYS)} AS {h}" for h in hours]]
+    win = [f"{_windowed(h, _RHYTHM_DAYS)} AS {h}" for h in hours]
     # Circular Gaussian smoothing: hour h collects every hour k with the kernel weight of their distance on the clock.
     gap = np.minimum(np.arange(24), 24 - np.arange(24))
     kernel = np.exp(-0.5 * (gap / _RHYTHM_BANDWIDTH_H) ** 2)
@@ -306,8 +301,7 @@ def _time_profile_sql() -> str:
            # Users with no activity get -1: "no rhythm known", not "midnight".
            + ["rhythm_events_365d", f"CAST(CASE WHEN rhythm_events_365d > 0 THEN {peak} "
               "ELSE -1 END AS BIGINT) AS peak_open_hour"])
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', hours)}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1), "
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}), "
             f"sm AS (SELECT w.user_id, s.snap AS event_timestamp, {total} AS rhythm_events_365d, {', '.join(smooth)} "
             "FROM w JOIN snaps s ON s.snap_day = w.snap_day) "
             f"SELECT {', '.join(out)} FROM sm")
