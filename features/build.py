@@ -294,9 +294,9 @@ def _time_profile_sql() -> str:
     smooth = [" + ".join(f"{hours[k]} * {_num(kernel[(h - k) % 24])}" for k in range(24)) + f" AS s{h:02d}" for h in range(24)]
     s = [f"s{h:02d}" for h in range(24)]
     total = " + ".join(hours)
-    peak = _argfirst(s, "greatest(" + ", ".join(s) + ")")
+    peak = _argfirst(s, "s_best")
     out = (["user_id", "event_timestamp"]
-           + [f"CASE WHEN rhythm_events_365d > 0 THEN s{h:02d} / ({' + '.join(s)}) ELSE {_num(1 / 24)} END AS open_share_h{h:02d}"
+           + [f"CASE WHEN rhythm_events_365d > 0 THEN s{h:02d} / s_total ELSE {_num(1 / 24)} END AS open_share_h{h:02d}"
               for h in range(24)]
            # Users with no activity get -1: "no rhythm known", not "midnight".
            + ["rhythm_events_365d", f"CAST(CASE WHEN rhythm_events_365d > 0 THEN {peak} "
@@ -304,7 +304,8 @@ def _time_profile_sql() -> str:
     return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}), "
             f"sm AS (SELECT w.user_id, s.snap AS event_timestamp, {total} AS rhythm_events_365d, {', '.join(smooth)} "
             "FROM w JOIN snaps s ON s.snap_day = w.snap_day) "
-            f"SELECT {', '.join(out)} FROM sm")
+            # the total and the peak once per row, not once per output column (24 x 24 terms each)
+            f"SELECT {', '.join(out)} FROM (SELECT *, ({' + '.join(s)}) AS s_total, greatest({', '.join(s)}) AS s_best FROM sm) sn")
 
 
 _CLUSTER_COLS = ("events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event")
