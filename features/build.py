@@ -326,13 +326,26 @@ def _tags_sql(clusters: int) -> str:
     # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank (ties share their mean
     # rank); a user with no purchase scores 1 on all three. Money compares to the micro-unit, so the order in
     # which an engine summed a user's purchases cannot split a tie.
-    def pct(value: str, who: str) -> str:
-        part = f"PARTITION BY b.event_timestamp, {who}"
-        return (f"(CAST(rank() OVER ({part} ORDER BY {value}) AS DOUBLE) + (count(*) OVER ({part}, {value}) - 1) / 2.0)"
-                f" / count(*) OVER ({part})")
+    # A percentile per distinct value, not per row: count the rows per (snapshot, value), rank the distinct values
+    # (hundreds per snapshot, not millions of rows), join back. Same numbers as rank() and count(*) over the rows,
+    # ~4 sorts of the whole table fewer.
+    ranked = {"r": ("-b.recency_days", "b.purchases_all > 0"), "f": ("b.purchases_90d", "b.purchases_all > 0"),
+              "m": ("round(b.revenue_90d, 6)", "b.purchases_all > 0"), "v": ("round(b.revenue_all, 6)", "b.revenue_all > 0")}
 
-    def quintile(value: str) -> str:
-        return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(value, 'b.purchases_all > 0')} * 5), 1), 5) AS BIGINT) ELSE 1 END"
+    def pct_table(name: str) -> str:
+        value, who = ranked[name]
+        part = "PARTITION BY event_timestamp"
+        return (f"p_{name} AS (SELECT event_timestamp, value, (CAST(1 + below AS DOUBLE) + (eq - 1) / 2.0) / n AS pct FROM "
+                f"(SELECT event_timestamp, value, eq, CAST(sum(eq) OVER ({part} ORDER BY value ROWS BETWEEN UNBOUNDED "
+                f"PRECEDING AND CURRENT ROW) - eq AS BIGINT) AS below, CAST(sum(eq) OVER ({part}) AS BIGINT) AS n FROM "
+                f"(SELECT b.event_timestamp, {value} AS value, count(*) AS eq FROM behaviour b WHERE {who} "
+                "GROUP BY b.event_timestamp, value) c) r)")
+
+    def pct(name: str) -> str:
+        return f"p_{name}.pct"
+
+    def quintile(name: str) -> str:
+        return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(name)} * 5), 1), 5) AS BIGINT) ELSE 1 END"
 
     z = [f"((ln(1 + greatest(b.{c}, 0.0)) - f.m{j}) / f.s{j})" for j, c in enumerate(_CLUSTER_COLS)]
     dist = [" + ".join(f"pow({zj} - f.c{i}_{j}, 2)" for j, zj in enumerate(z)) for i in range(clusters)]
@@ -340,13 +353,13 @@ def _tags_sql(clusters: int) -> str:
     stage = "CASE b.funnel_stage " + " ".join(f"WHEN {i} THEN {_lit(s)}" for i, s in enumerate(STAGES)) + " END"
     inner = [
         "b.user_id", "b.event_timestamp",
-        f"{quintile('-b.recency_days')} AS r_score",
-        f"{quintile('b.purchases_90d')} AS f_score",
-        f"{quintile('round(b.revenue_90d, 6)')} AS m_score",
+        f"{quintile('r')} AS r_score",
+        f"{quintile('f')} AS f_score",
+        f"{quintile('m')} AS m_score",
         "b.purchases_all > 0 AS buyer",
         f"{stage} AS lifecycle_stage",
         "CASE WHEN b.revenue_all > 0 THEN (CASE WHEN {p} >= 0.8 THEN 'high' WHEN {p} >= 0.4 THEN 'mid' ELSE 'low' END) "
-        "ELSE 'none' END AS value_tier".replace("{p}", pct("round(b.revenue_all, 6)", "b.revenue_all > 0")),
+        "ELSE 'none' END AS value_tier".replace("{p}", pct("v")),
         *[f"{expr} AS {n}" for expr, n in zip(dist, d, strict=True)],
         # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
         "CAST(least(b.app_opens_30d, 10) * 1 + b.add_to_carts_30d * 3 + b.purchases_30d * 10 + coalesce(c.opens_90d, 0) * 2"
@@ -359,10 +372,14 @@ def _tags_sql(clusters: int) -> str:
                "ELSE 'needs_attention' END")
     nearest = _argfirst(d, "least(" + ", ".join(d) + ")")
     cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
-    return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
+    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
+    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
+                     for n, (value, _) in ranked.items())
+    return (f"WITH {', '.join(pct_table(n) for n in ranked)} "
+            f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
             f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
             "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp "
-            "LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT)) t")
+            f"LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT) {joins}) t")
 
 
 def _realtime_sql(as_of_s: float) -> str:
