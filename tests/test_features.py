@@ -212,3 +212,11 @@ def test_windows_hold_the_days_before_the_snapshot_edges_included():
     # A week earlier: the event at that snapshot's own instant is not yet known.
     assert beh.loc[t0 - 7 * day, windows].tolist() == [1, 1, 3, 3]
     assert beh.loc[t0 - 7 * day, "days_since_last_event"] == 1
+
+
+def test_a_build_in_slices_of_users_equals_the_build_in_one_pass(raw_frames):
+    """DuckDB builds the per-user tables a slice of users at a time past `users_per_pass`: the same tables."""
+    whole = build_all(raw_frames)
+    sliced = build_all(raw_frames, BuildConfig(users_per_pass=45))  # 200 users: 5 slices
+    for name, table in whole.items():
+        pd.testing.assert_frame_equal(sliced[name], table, check_exact=False, rtol=1e-9, obj=name)
