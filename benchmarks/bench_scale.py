@@ -3,11 +3,12 @@
 Each stage runs in a fresh child process; its peak memory is the peak of the summed RSS of the child's whole
 process tree (for Spark: the Python driver, the JVM and its Python workers), sampled every 0.2 s. The feature
 build is the product's own (`features.build.build_features`, as `nextbest features build` runs it). The online
-load (`--online`) is Feast apply + the bulk SQLite writer. Runs above 100k users take the shared lock so big runs of
-different people do not overlap:
+load (`--online`) is Feast apply + `materialize` (the bulk writer of the store: SQLite by default, or Redis with
+`--online-store redis`, a redis-server of the benchmark's own whose peak RSS counts in the stage's peak). Runs above
+100k users take the shared lock so big runs of different people do not overlap:
 
     .venv/bin/python benchmarks/bench_scale.py --users 100000 --spark
-    flock /tmp/nextbest-bigbench.lock .venv/bin/python benchmarks/bench_scale.py --users 1000000
+    flock /tmp/nextbest-bigbench.lock .venv/bin/python benchmarks/bench_scale.py --users 1000000 --online --online-store redis
 """
 
 from __future__ import annotations
@@ -52,27 +53,28 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     elif name == "online":
         from nextbest.features.store import apply, materialize
 
-        settings = Settings(home=home)
+        settings = Settings(home=home, online_store=args.online_store, redis_url=f"127.0.0.1:{args.redis_port}")
         apply(settings)
         out["rows"] = materialize(settings)
     out["seconds"] = round(time.perf_counter() - started, 2)
     return out
 
 
-def child(name: str, home: Path, args: argparse.Namespace) -> dict:
-    """Run a stage in a child process; its result plus wall time and the peak RSS of its process tree."""
+def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
+    """Run a stage in a child process; its result plus wall time and the peak RSS of its process tree (plus the
+    redis-server's `server`, when given, for the online load)."""
     import psutil
 
     cmd = [sys.executable, __file__, "--stage", name, "--home", str(home), "--users", str(args.users), "--seed",
            str(args.seed), "--every-days", str(args.every_days), "--duckdb-memory", args.duckdb_memory,
-           "--spark-master", args.spark_master] + (["--snapshots", str(args.snapshots)] if args.snapshots else [])
+           "--spark-master", args.spark_master, "--online-store", args.online_store, "--redis-port", str(args.redis_port)] + (["--snapshots", str(args.snapshots)] if args.snapshots else [])
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     top, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
-            tree = [top, *top.children(recursive=True)]
+            tree = [top, *top.children(recursive=True), *([psutil.Process(server.pid)] if server else [])]
             peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
         except psutil.Error:
             pass
@@ -108,7 +110,9 @@ def main() -> None:
     parser.add_argument("--duckdb-memory", default="2GB", help="NEXTBEST_BUILD_MEMORY of the DuckDB build")
     parser.add_argument("--spark", action="store_true", help="also build on Spark (side by side with DuckDB)")
     parser.add_argument("--spark-master", default="local[2]")
-    parser.add_argument("--online", action="store_true", help="also load the online store (Feast apply + bulk SQLite)")
+    parser.add_argument("--online", action="store_true", help="also load the online store (Feast apply + bulk writer)")
+    parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--redis-port", type=int, default=6393)
     parser.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -119,10 +123,20 @@ def main() -> None:
     shutil.rmtree(home, ignore_errors=True)
     names = ["simulate", *(["build:spark"] if args.spark else []), "build:duckdb", *(["online"] if args.online else [])]
     results = {}
-    for name in names:
-        results[name] = child(name, home, args)
-        print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
-              f"peak {results[name]['peak_rss_mb']:>6} MB", flush=True)
+    server = None
+    if args.online and args.online_store == "redis":
+        from bench_online import _redis
+
+        server = _redis(args.redis_port, home.parent / f"redis-{args.users}")
+    try:
+        for name in names:
+            results[name] = child(name, home, args, server if name == "online" else None)
+            print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
+                  f"peak {results[name]['peak_rss_mb']:>6} MB", flush=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     path = [n for n in names if n != "build:spark"]
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -130,6 +144,7 @@ def main() -> None:
                    f"{os.getloadavg()[0]:.1f} at the end",
         "users": args.users,
         "duckdb_memory_limit": args.duckdb_memory,
+        "online_store": args.online_store if args.online else None,
         "path": " -> ".join(path),
         "total_wall_seconds": round(sum(results[n]["wall_seconds"] for n in path), 1),
         "peak_rss_mb": max(results[n]["peak_rss_mb"] for n in path),

@@ -5,9 +5,11 @@ count towards snapshots taken after that day ends (snapshots are at midnight UTC
 count only once their own timestamp (opened_at, converted_at, ...) is before `t`.
 
 Each table is one query in DuckDB's dialect over the raw Parquet files (features/engines.py runs it on DuckDB
-out of core, or transpiled on Spark), streamed to Parquet. Windows are frames over one stream per user: the
-per-day totals and one probe row per snapshot, ordered by day number, so a snapshot's 7-day window is
-`RANGE BETWEEN 7 PRECEDING AND 1 PRECEDING` of its probe row: linear in events plus snapshots, and portable.
+out of core, or transpiled on Spark), streamed to Parquet. Windows are conditional aggregates over one join per
+table: every snapshot row of a user (the grid) meets that user's per-day totals before the snapshot day, and a
+snapshot's 7-day window sums the days `>= snap_day - 7`. One hash join and one hash aggregate serve every window
+of a table; measured at 20,000 users this is ~9x faster than window frames over a stream of days and snapshots
+(DuckDB builds a segment tree per framed aggregate), and it is plain SQL that Spark runs as it is.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class BuildConfig:
     seed: int = 7
     duckdb_memory: str = "4GB"  # DuckDB spills to disk beyond this instead of growing
     duckdb_threads: int | None = None  # None: DuckDB's default (one per core)
+    users_per_pass: int = 50_000  # DuckDB builds the per-user tables this many users at a time (bounded join size)
     temp_dir: Path | None = None  # where DuckDB spills (None: DuckDB's default beside its database)
 
 
@@ -119,22 +122,21 @@ def _day(col: str) -> str:
     return f"CAST(floor(epoch({col}) / 86400) AS BIGINT)"
 
 
-def _over(days: int | None, partition: str = "user_id") -> str:
-    """The frame of a probe row: the `days` days before its snapshot day (None: all days before it)."""
-    start = "UNBOUNDED" if days is None else str(days)
-    return f"OVER (PARTITION BY {partition} ORDER BY day RANGE BETWEEN {start} PRECEDING AND 1 PRECEDING)"
+def _within(expr: str, days: int | None) -> str:
+    """`expr` of a per-day row `d` when its day is among the `days` days before snapshot `g` (None: any day before)."""
+    return expr if days is None else f"CASE WHEN d.day >= g.snap_day - {int(days)} THEN {expr} END"
 
 
 def _windowed(col: str, days: int | None) -> str:
-    return f"coalesce(sum({col}) {_over(days)}, 0)"
+    """Sum of the per-day column `col` over the `days` days before the snapshot (0 when there is none)."""
+    return f"coalesce(sum({_within(f'CAST(d.{col} AS DOUBLE)', days)}), 0)"
 
 
-def _stream(daily: str, columns: list[str]) -> str:
-    """Per-day rows of `daily` and one probe row per grid row (snapshot), in one stream ordered by day."""
-    nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {c}" for c in columns)
-    cols = ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in columns)
-    return (f"SELECT user_id, day, 0 AS probe, {cols} FROM {daily} "
-            f"UNION ALL SELECT user_id, snap_day AS day, 1 AS probe, {nulls} FROM grid")
+def _history(daily: str, aggregates: list[str]) -> str:
+    """One row per grid row (user, snapshot day) with `aggregates` over that user's rows of `daily` (alias `d`)
+    strictly before the snapshot day: the join that every window of a table shares."""
+    return (f"SELECT g.user_id, g.snap_day, g.signup_s, {', '.join(aggregates)} FROM grid g "
+            f"LEFT JOIN {daily} d ON d.user_id = g.user_id AND d.day < g.snap_day GROUP BY g.user_id, g.snap_day, g.signup_s")
 
 
 def _argfirst(values: list[str], best: str) -> str:
@@ -161,8 +163,6 @@ def _profile_sql(columns: list[str]) -> str:
 def _behaviour_sql(categories: list[str]) -> str:
     """Windowed activity (1/7/30/90 d), RFM, lifetime totals and category affinity per (user, snapshot)."""
     cat = {c: f"c_{column_name(c)}" for c in categories}
-    daily_cols = ["n_events", *[f"n_{t}" for t in _COUNTED_TYPES], "revenue", "cart_no_buy", "stage", *cat.values(),
-                  "buy_day", "buy_gap", "buy_gap_sq"]
     daily = (
         "SELECT user_id, day, count(*) AS n_events, "
         + "".join(f"count(*) FILTER (WHERE type = {_lit(t)}) AS n_{t}, " for t in _COUNTED_TYPES)
@@ -180,19 +180,18 @@ def _behaviour_sql(categories: list[str]) -> str:
     gap = f"CASE WHEN n_purchase > 0 THEN coalesce(day - {previous_buy}, 0) ELSE 0 END"
     daily = (f"SELECT *, buy_gap * buy_gap AS buy_gap_sq FROM (SELECT *, CASE WHEN n_purchase > 0 THEN 1 ELSE 0 END "
              f"AS buy_day, {gap} AS buy_gap FROM ({daily}) d0) d1")
-    win = ["user_id", "day AS snap_day", "probe"]
+    win = []
     for w in WINDOWS:
         win.append(f"{_windowed('n_events', w)} AS events_{w}d")
         win += [f"{_windowed(f'n_{t}', w)} AS {plural}_{w}d" for t, plural in _COUNTED_TYPES.items()]
         win.append(f"{_windowed('revenue', w)} AS revenue_{w}d")
     win += [f"{_windowed('n_purchase', None)} AS purchases_all", f"{_windowed('revenue', None)} AS revenue_all",
-            f"max(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS last_buy",
-            f"max(CASE WHEN probe = 0 THEN day END) {_over(None)} AS last_day",
+            "max(CASE WHEN d.n_purchase > 0 THEN d.day END) AS last_buy", "max(d.day) AS last_day",
             f"{_windowed('cart_no_buy', 30)} AS abandoned_cart_days_30d",
             f"{_windowed('buy_day', None)} AS buy_days", f"{_windowed('buy_gap', None)} AS gap_sum",
             f"{_windowed('buy_gap_sq', None)} AS gap_sq",
-            f"min(CASE WHEN n_purchase > 0 THEN day END) {_over(None)} AS first_buy",
-            f"coalesce(max(stage) {_over(None)}, 0) AS stage_now"]
+            "min(CASE WHEN d.n_purchase > 0 THEN d.day END) AS first_buy",
+            "coalesce(max(d.stage), 0) AS stage_now"]
     win += [f"{_windowed(n, None)} AS {n}" for n in cat.values()]
     out = ["w.user_id", "s.snap AS event_timestamp"]
     for w in WINDOWS:
@@ -203,7 +202,7 @@ def _behaviour_sql(categories: list[str]) -> str:
             f"CAST(coalesce(w.snap_day - last_buy, {_NEVER}) AS BIGINT) AS recency_days",
             f"CAST(coalesce(w.snap_day - last_day, {_NEVER}) AS BIGINT) AS days_since_last_event",
             "abandoned_cart_days_30d",
-            "CAST(floor((epoch(s.snap) - g.signup_s) / 86400) AS BIGINT) AS tenure_days",
+            "CAST(floor((epoch(s.snap) - w.signup_s) / 86400) AS BIGINT) AS tenure_days",
             "CAST(stage_now AS BIGINT) AS funnel_stage",
             "CASE WHEN purchases_90d > 0 THEN revenue_90d / greatest(purchases_90d, 1) ELSE 0.0 END AS monetary_90d",
             "purchases_90d AS frequency_90d", *_repeat_purchase_sql()]
@@ -212,10 +211,8 @@ def _behaviour_sql(categories: list[str]) -> str:
     # "100 % books"; a user with none gets the uniform share. Measured on the demo world, plugging these
     # shares into the true response picks the best offer for 59 % of users, against 54 % for raw 90-day shares.
     out += [f"({n} + {_num(_AFFINITY_PRIOR)}) / ({total} + {k}) AS aff_{column_name(c)}" for c, n in cat.items()]
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', daily_cols)}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
-            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day "
-            "JOIN grid g ON g.user_id = w.user_id AND g.snap_day = w.snap_day")
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}) "
+            f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day")
 
 
 def _repeat_purchase_sql() -> list[str]:
@@ -256,12 +253,12 @@ def _channel_sql(channels: list[str], config: BuildConfig) -> str:
                          + [f"count(*) FILTER (WHERE kind = {_lit(k)}) AS {n}" for n, k in overall.items()])
              + f" FROM ({outcomes}) o GROUP BY user_id, day")
     a, k = config.rate_prior * config.rate_strength, config.rate_strength
-    win, out = ["user_id", "day AS snap_day", "probe"], ["w.user_id", "s.snap AS event_timestamp"]
+    win, out = [], ["w.user_id", "s.snap AS event_timestamp"]
     for ch in channels:
         n = column_name(ch)
         win += [f"{_windowed(f'sent_{n}', 90)} AS sent_90d_{n}", f"{_windowed(f'sent_{n}', 7)} AS sent_7d_{n}",
                 *[f"{_windowed(f'{kind}_{n}', _RATE_DAYS)} AS {kind}_year_{n}" for kind in ("sent", "open", "click", "conv")],
-                f"max(CASE WHEN sent_{n} > 0 THEN day END) {_over(None)} AS last_{n}"]
+                f"max(CASE WHEN d.sent_{n} > 0 THEN d.day END) AS last_{n}"]
         # The rates read a year: how a user answers a channel changes slowly, and 90 days hold about two sends.
         out += [f"sent_90d_{n}", f"sent_7d_{n}",
                 f"(open_year_{n} + {_num(a)}) / (sent_year_{n} + {_num(k)}) AS open_rate_{n}",
@@ -273,8 +270,7 @@ def _channel_sql(channels: list[str], config: BuildConfig) -> str:
                             ("complaints_90d", "complaint_all", 90)):
         win.append(f"{_windowed(col, days)} AS {name}")
         out.append(name)
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', [*per_channel, *overall])}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1) "
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}) "
             f"SELECT {', '.join(out)} FROM w JOIN snaps s ON s.snap_day = w.snap_day")
 
 
@@ -291,25 +287,25 @@ def _time_profile_sql() -> str:
     daily = ("SELECT user_id, day, " + ", ".join(f"count(*) FILTER (WHERE local_hour = {h}) AS h{h:02d}" for h in range(24))
              + " FROM (SELECT e.user_id, e.day, hour(e.ts AT TIME ZONE u.timezone) AS local_hour "
              f"FROM ev e JOIN users_n u ON u.user_id = e.user_id WHERE e.type IN ({types})) x GROUP BY user_id, day")
-    win = ["user_id", "day AS snap_day", "probe", *[f"{_windowed(h, _RHYTHM_DAYS)} AS {h}" for h in hours]]
+    win = [f"{_windowed(h, _RHYTHM_DAYS)} AS {h}" for h in hours]
     # Circular Gaussian smoothing: hour h collects every hour k with the kernel weight of their distance on the clock.
     gap = np.minimum(np.arange(24), 24 - np.arange(24))
     kernel = np.exp(-0.5 * (gap / _RHYTHM_BANDWIDTH_H) ** 2)
     smooth = [" + ".join(f"{hours[k]} * {_num(kernel[(h - k) % 24])}" for k in range(24)) + f" AS s{h:02d}" for h in range(24)]
     s = [f"s{h:02d}" for h in range(24)]
     total = " + ".join(hours)
-    peak = _argfirst(s, "greatest(" + ", ".join(s) + ")")
+    peak = _argfirst(s, "s_best")
     out = (["user_id", "event_timestamp"]
-           + [f"CASE WHEN rhythm_events_365d > 0 THEN s{h:02d} / ({' + '.join(s)}) ELSE {_num(1 / 24)} END AS open_share_h{h:02d}"
+           + [f"CASE WHEN rhythm_events_365d > 0 THEN s{h:02d} / s_total ELSE {_num(1 / 24)} END AS open_share_h{h:02d}"
               for h in range(24)]
            # Users with no activity get -1: "no rhythm known", not "midnight".
            + ["rhythm_events_365d", f"CAST(CASE WHEN rhythm_events_365d > 0 THEN {peak} "
               "ELSE -1 END AS BIGINT) AS peak_open_hour"])
-    return (f"WITH daily AS ({daily}), stream AS ({_stream('daily', hours)}), "
-            f"w AS (SELECT * FROM (SELECT {', '.join(win)} FROM stream) WHERE probe = 1), "
+    return (f"WITH daily AS ({daily}), w AS ({_history('daily', win)}), "
             f"sm AS (SELECT w.user_id, s.snap AS event_timestamp, {total} AS rhythm_events_365d, {', '.join(smooth)} "
             "FROM w JOIN snaps s ON s.snap_day = w.snap_day) "
-            f"SELECT {', '.join(out)} FROM sm")
+            # the total and the peak once per row, not once per output column (24 x 24 terms each)
+            f"SELECT {', '.join(out)} FROM (SELECT *, ({' + '.join(s)}) AS s_total, greatest({', '.join(s)}) AS s_best FROM sm) sn")
 
 
 _CLUSTER_COLS = ("events_30d", "views_30d", "add_to_carts_30d", "purchases_90d", "revenue_90d", "days_since_last_event")
@@ -330,13 +326,26 @@ def _tags_sql(clusters: int) -> str:
     # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank (ties share their mean
     # rank); a user with no purchase scores 1 on all three. Money compares to the micro-unit, so the order in
     # which an engine summed a user's purchases cannot split a tie.
-    def pct(value: str, who: str) -> str:
-        part = f"PARTITION BY b.event_timestamp, {who}"
-        return (f"(CAST(rank() OVER ({part} ORDER BY {value}) AS DOUBLE) + (count(*) OVER ({part}, {value}) - 1) / 2.0)"
-                f" / count(*) OVER ({part})")
+    # A percentile per distinct value, not per row: count the rows per (snapshot, value), rank the distinct values
+    # (hundreds per snapshot, not millions of rows), join back. Same numbers as rank() and count(*) over the rows,
+    # ~4 sorts of the whole table fewer.
+    ranked = {"r": ("-b.recency_days", "b.purchases_all > 0"), "f": ("b.purchases_90d", "b.purchases_all > 0"),
+              "m": ("round(b.revenue_90d, 6)", "b.purchases_all > 0"), "v": ("round(b.revenue_all, 6)", "b.revenue_all > 0")}
 
-    def quintile(value: str) -> str:
-        return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(value, 'b.purchases_all > 0')} * 5), 1), 5) AS BIGINT) ELSE 1 END"
+    def pct_table(name: str) -> str:
+        value, who = ranked[name]
+        part = "PARTITION BY event_timestamp"
+        return (f"p_{name} AS (SELECT event_timestamp, value, (CAST(1 + below AS DOUBLE) + (eq - 1) / 2.0) / n AS pct FROM "
+                f"(SELECT event_timestamp, value, eq, CAST(sum(eq) OVER ({part} ORDER BY value ROWS BETWEEN UNBOUNDED "
+                f"PRECEDING AND CURRENT ROW) - eq AS BIGINT) AS below, CAST(sum(eq) OVER ({part}) AS BIGINT) AS n FROM "
+                f"(SELECT b.event_timestamp, {value} AS value, count(*) AS eq FROM behaviour b WHERE {who} "
+                "GROUP BY b.event_timestamp, value) c) r)")
+
+    def pct(name: str) -> str:
+        return f"p_{name}.pct"
+
+    def quintile(name: str) -> str:
+        return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(name)} * 5), 1), 5) AS BIGINT) ELSE 1 END"
 
     z = [f"((ln(1 + greatest(b.{c}, 0.0)) - f.m{j}) / f.s{j})" for j, c in enumerate(_CLUSTER_COLS)]
     dist = [" + ".join(f"pow({zj} - f.c{i}_{j}, 2)" for j, zj in enumerate(z)) for i in range(clusters)]
@@ -344,13 +353,13 @@ def _tags_sql(clusters: int) -> str:
     stage = "CASE b.funnel_stage " + " ".join(f"WHEN {i} THEN {_lit(s)}" for i, s in enumerate(STAGES)) + " END"
     inner = [
         "b.user_id", "b.event_timestamp",
-        f"{quintile('-b.recency_days')} AS r_score",
-        f"{quintile('b.purchases_90d')} AS f_score",
-        f"{quintile('round(b.revenue_90d, 6)')} AS m_score",
+        f"{quintile('r')} AS r_score",
+        f"{quintile('f')} AS f_score",
+        f"{quintile('m')} AS m_score",
         "b.purchases_all > 0 AS buyer",
         f"{stage} AS lifecycle_stage",
         "CASE WHEN b.revenue_all > 0 THEN (CASE WHEN {p} >= 0.8 THEN 'high' WHEN {p} >= 0.4 THEN 'mid' ELSE 'low' END) "
-        "ELSE 'none' END AS value_tier".replace("{p}", pct("round(b.revenue_all, 6)", "b.revenue_all > 0")),
+        "ELSE 'none' END AS value_tier".replace("{p}", pct("v")),
         *[f"{expr} AS {n}" for expr, n in zip(dist, d, strict=True)],
         # Scorecard: points for wanted actions, minus points for unwanted ones (last 30 days / 90 days).
         "CAST(least(b.app_opens_30d, 10) * 1 + b.add_to_carts_30d * 3 + b.purchases_30d * 10 + coalesce(c.opens_90d, 0) * 2"
@@ -363,10 +372,14 @@ def _tags_sql(clusters: int) -> str:
                "ELSE 'needs_attention' END")
     nearest = _argfirst(d, "least(" + ", ".join(d) + ")")
     cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
-    return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
+    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
+    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
+                     for n, (value, _) in ranked.items())
+    return (f"WITH {', '.join(pct_table(n) for n in ranked)} "
+            f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
             f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
             "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp "
-            "LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT)) t")
+            f"LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT) {joins}) t")
 
 
 def _realtime_sql(as_of_s: float) -> str:
@@ -393,12 +406,12 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
     engine.table("users_raw", raw["users"])
     engine.table("events_raw", raw["events"])
     ev_cols = set(pq.read_schema(raw["events"]).names)
-    engine.view("users_n", "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(timezone AS VARCHAR) AS timezone, "
+    engine.view("users_n_all", "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(timezone AS VARCHAR) AS timezone, "
                   "epoch(signup_at) AS signup_s FROM users_raw")
     category = "CAST(category AS VARCHAR)" if "category" in ev_cols else "CAST(NULL AS VARCHAR)"
     amount = "CAST(amount AS DOUBLE)" if "amount" in ev_cols else "CAST(NULL AS DOUBLE)"
     stage = "CASE CAST(type AS VARCHAR) " + " ".join(f"WHEN {_lit(t)} THEN {s}" for t, s in STAGE_OF_TYPE.items()) + " ELSE 0 END"
-    engine.view("ev", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
+    engine.view("ev_all", f"SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(ts AS TIMESTAMPTZ) AS ts, epoch(ts) AS ts_s, {_day('ts')} AS day, "
                   f"CAST(type AS VARCHAR) AS type, {category} AS category, {amount} AS amount, {stage} AS stage FROM events_raw")
     cols = ["user_id", "sent_at", "channel", "opened_at", "clicked_at", "converted_at", "unsubscribed_at", "complained_at"]
     if raw.get("contacts") is not None:
@@ -407,11 +420,12 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
         sel = ["CAST(user_id AS VARCHAR) AS user_id", "CAST(channel AS VARCHAR) AS channel"] + [
             (f"CAST({c} AS TIMESTAMPTZ) AS {c}" if c in have else f"CAST(NULL AS TIMESTAMPTZ) AS {c}") for c in cols[3:]]
         # control rows (no channel) are not contacts
-        engine.view("ct", f"SELECT {', '.join(sel)}, CAST(sent_at AS TIMESTAMPTZ) AS sent_at FROM contacts_raw "
+        engine.view("ct_all", f"SELECT {', '.join(sel)}, CAST(sent_at AS TIMESTAMPTZ) AS sent_at FROM contacts_raw "
                       "WHERE channel IS NOT NULL")
     else:
-        engine.view("ct", "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS channel, "
+        engine.view("ct_all", "SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS channel, "
                       + ", ".join(f"CAST(NULL AS TIMESTAMPTZ) AS {c}" for c in [*cols[3:], "sent_at"]) + " WHERE 1 = 0")
+    _focus(engine)
     channels: list[str] = []
     if raw.get("channels") is not None:
         engine.table("channels_raw", raw["channels"])
@@ -419,6 +433,34 @@ def _register_raw(engine, raw: dict[str, Path]) -> tuple[list[str], list[str]]:
     if not channels:
         channels = engine.fetch("SELECT DISTINCT channel FROM ct")["channel"].tolist()
     return users_cols, sorted(str(c) for c in channels if c is not None)
+
+
+def _focus(engine, part: int = 0, parts: int = 1) -> None:
+    """The views `users_n`, `ev` and `ct` over every user, or over one of `parts` slices of users by hash (DuckDB)."""
+    where = "" if parts == 1 else f" WHERE hash(user_id) % {int(parts)} = {int(part)}"
+    for name in ("users_n", "ev", "ct"):
+        engine.view(name, f"SELECT * FROM {name}_all{where}")
+
+
+def _write_per_user(engine, sql: str, path: Path, parts: int) -> int:
+    """A per-user table written in `parts` slices of users, then merged into one file: each slice's join of
+    snapshots and days stays in memory. Unsliced, 1M users' channel join spilled over 40 GB to disk."""
+    import shutil
+
+    from nextbest.features.engines import merge_parts
+
+    if parts == 1:
+        return engine.write(sql, path)
+    folder = path.parent / f".{path.stem}-parts"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for part in range(parts):
+            _focus(engine, part, parts)
+            engine.write(sql, folder / f"part-{part:05d}.parquet")
+        return merge_parts(folder, path)
+    finally:
+        _focus(engine)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfig = BuildConfig(),
@@ -451,12 +493,15 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
     path = lambda name: out_dir / f"{name}.parquet"  # noqa: E731
     step("profile")
     rows["profile"] = engine.write(_profile_sql(users_cols), path("profile"))
+    # Spark spreads and spills a join itself; DuckDB takes the users in slices that fit its memory.
+    users = int(engine.fetch("SELECT count(*) AS n FROM users_n").iloc[0]["n"])
+    parts = max(1, -(-users // config.users_per_pass)) if engine.dialect == "duckdb" else 1
     step("behaviour")
-    rows["behaviour"] = engine.write(_behaviour_sql(categories), path("behaviour"))
+    rows["behaviour"] = _write_per_user(engine, _behaviour_sql(categories), path("behaviour"), parts)
     step("channel")
-    rows["channel"] = engine.write(_channel_sql(channels, config), path("channel"))
+    rows["channel"] = _write_per_user(engine, _channel_sql(channels, config), path("channel"), parts)
     step("time_profile")
-    rows["time_profile"] = engine.write(_time_profile_sql(), path("time_profile"))
+    rows["time_profile"] = _write_per_user(engine, _time_profile_sql(), path("time_profile"), parts)
     step("tags")
     engine.table("behaviour", path("behaviour"))
     engine.table("channel", path("channel"))

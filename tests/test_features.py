@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nextbest.features.build import BuildConfig, snapshot_times
+from nextbest.features.build import BuildConfig, build_all, snapshot_times
 from nextbest.features.feature_services import MODEL_VIEWS, service_name
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store, read_table
@@ -195,3 +195,28 @@ def test_bulk_writer_matches_feasts_own_write(built, tmp_path):
     feast_written, _ = _online_vs_offline(other, ids)
     bulk_written, _ = _online_vs_offline(built, ids)
     pd.testing.assert_frame_equal(feast_written, bulk_written)
+
+
+def test_windows_hold_the_days_before_the_snapshot_edges_included():
+    """A snapshot's n-day window holds the n whole UTC days before it: an event at the first instant of the
+    earliest such day counts, one a second earlier does not, and one at the snapshot itself waits for the next."""
+    t0 = pd.Timestamp("2026-06-10", tz="UTC")  # the newest snapshot: the midnight after the last event
+    second, day = pd.Timedelta(seconds=1), pd.Timedelta(days=1)
+    ts = [t0 - second, t0 - 7 * day, t0 - 7 * day - second, t0 - 30 * day, t0 - 30 * day - second]
+    raw = {"users": pd.DataFrame({"user_id": ["u1"], "signup_at": [t0 - 100 * day], "timezone": ["UTC"]}),
+           "events": pd.DataFrame({"user_id": ["u1"] * len(ts), "ts": ts, "type": ["view"] * len(ts),
+                                   "category": ["books"] * len(ts), "amount": [np.nan] * len(ts)})}
+    beh = build_all(raw)["behaviour"].set_index("event_timestamp")
+    windows = ["events_1d", "events_7d", "events_30d", "events_90d"]
+    assert beh.loc[t0, windows].tolist() == [1, 2, 4, 5]
+    # A week earlier: the event at that snapshot's own instant is not yet known.
+    assert beh.loc[t0 - 7 * day, windows].tolist() == [1, 1, 3, 3]
+    assert beh.loc[t0 - 7 * day, "days_since_last_event"] == 1
+
+
+def test_a_build_in_slices_of_users_equals_the_build_in_one_pass(raw_frames):
+    """DuckDB builds the per-user tables a slice of users at a time past `users_per_pass`: the same tables."""
+    whole = build_all(raw_frames)
+    sliced = build_all(raw_frames, BuildConfig(users_per_pass=45))  # 200 users: 5 slices
+    for name, table in whole.items():
+        pd.testing.assert_frame_equal(sliced[name], table, check_exact=False, rtol=1e-9, obj=name)
