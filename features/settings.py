@@ -84,8 +84,11 @@ class Settings(BaseSettings):
 
     campaign_four_eyes: bool = Field(True, description="A campaign must be approved by someone other than who "
                                      "submitted it (`false`: one person may do both, e.g. a team of one).")
+    monitor_blocks_promotion: bool = Field(True, description="While `nextbest monitor` has open alerts, no model is "
+                                           "promoted: not by `nextbest promote` (unless --ignore-alerts), not by "
+                                           "training's holdout gate, not by retrain's policy gate.")
     monitor_psi_alert: float = Field(0.2, gt=0, description="`nextbest monitor` raises an alert (a metric and a log "
-                                     "line; it blocks `nextbest promote`) when a feature's or score's PSI exceeds this.")
+                                     "line; it blocks promotions) when a feature's or score's PSI exceeds this.")
     monitor_ece_alert: float = Field(0.05, gt=0, le=1, description="Alert when a model's expected calibration error "
                                      "against realised outcomes exceeds this.")
     monitor_auc_alert: float = Field(0.55, ge=0, le=1, description="Alert when a model's AUC against realised "

@@ -29,7 +29,7 @@ from nextbest.monitoring.drift import (
 )
 
 __all__ = ["TABLES", "snapshots", "score_drift", "logged_calibration", "run_monitor", "open_alerts", "monitor_dir",
-           "auc_by_week"]
+           "auc_by_week", "promotion_block"]
 
 log = logging.getLogger("nextbest.monitor")
 TABLES = ("behaviour", "tags")  # the decision features most exposed to a change upstream
@@ -156,6 +156,17 @@ def run_monitor(settings) -> dict:
     _write(out / "latest.json", json.dumps(result, indent=1))
     _write(out / "metrics.prom", prometheus_text(drift, found, calibrations))
     return result
+
+
+def promotion_block(settings) -> str | None:
+    """Why no model may be promoted now (open monitoring alerts: the data a model would serve on has shifted, or the
+    champion stopped ranking), or None. The one rule for `nextbest promote`, training's gate and retrain's gate."""
+    found = open_alerts(settings.home) if settings.monitor_blocks_promotion else []
+    if not found:
+        return None
+    names = ", ".join(f"{a['subject']}.{a['name']} {a['metric']} {a['value']:.3f}" for a in found[:5])
+    return (f"{len(found)} open monitoring alert(s) ({names}): not promoted while they are open; check `nextbest "
+            "monitor` / the dashboard's model health (NEXTBEST_MONITOR_BLOCKS_PROMOTION=false turns the block off)")
 
 
 def open_alerts(home: Path) -> list[dict]:

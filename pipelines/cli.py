@@ -443,6 +443,8 @@ def retrain(
         console.print(f"[bold yellow]skipped {name}:[/] {escape(str(why))}")
     if decision:
         console.print(f"policy gate: {escape(str(decision['reason']))}")
+    if state["steps"].get("promote", {}).get("refused"):
+        console.print(f"[bold yellow]promotion held:[/] {escape(state['steps']['promote']['refused'])}")
 
 
 # --- closed loop -----------------------------------------------------------------------------------------

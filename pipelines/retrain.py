@@ -211,6 +211,11 @@ def _promote(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     decision = evaluated.get("decision")
     if not decision:
         return {"promoted": {}}
+    from nextbest.monitoring.monitor import promotion_block
+
+    blocked = promotion_block(settings)
+    if blocked:
+        return {"promoted": {}, "refused": blocked}
     changed = policy_gate(settings, evaluated["challengers"], decision["promote"], decision)
     return {"promoted": {name: new for name, (_, new) in changed.items()}}
 

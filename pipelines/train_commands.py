@@ -240,15 +240,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Make a version (default: the challenger) the champion, by hand (not while `nextbest monitor` has open
         alerts, unless --ignore-alerts)."""
-        from nextbest.monitoring.monitor import open_alerts
+        from nextbest.monitoring.monitor import promotion_block
         from nextbest.training.registry import promote as run_promote
 
-        found = open_alerts(Settings().home)
-        if found and not ignore_alerts:
-            names = ", ".join(f"{a['subject']}.{a['name']} {a['metric']} {a['value']:.3f}" for a in found[:5])
-            console.print(f"[bold red]error:[/] {len(found)} open monitoring alert(s) ({names}): the data the model "
-                          "would serve on has shifted. Check `nextbest monitor` / the dashboard's model health, or "
-                          "promote anyway with --ignore-alerts")
+        blocked = promotion_block(Settings())
+        if blocked and not ignore_alerts:
+            console.print(f"[bold red]error:[/] {escape(blocked)}; or promote anyway with --ignore-alerts")
             raise typer.Exit(2)
         old, new = _guarded(lambda: run_promote(Settings(), _short(model), version))
         console.print(f"{model}: champion is now version {new} (was {old or 'none'})")

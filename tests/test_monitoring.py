@@ -208,3 +208,21 @@ def test_auc_over_time_per_week_and_an_alert_when_the_model_stops_ranking(tmp_pa
         found = [a for a in run_monitor(settings)["alerts"] if a["metric"] == "auc"]
         assert bool(found) is alerted
         assert 'nextbest_model_auc{subject="conversion"}' in (settings.home / "monitoring" / "metrics.prom").read_text()
+
+
+def test_open_alerts_hold_every_automatic_promotion_too(tmp_path, monkeypatch):
+    """The one block: training's holdout gate and retrain's policy gate refuse while alerts are open; the setting
+    turns it off."""
+    from nextbest.monitoring.monitor import promotion_block
+    from nextbest.pipelines.retrain import RetrainConfig, _promote
+
+    settings = _home(tmp_path, shift=0.5)
+    assert promotion_block(settings) is None  # no monitor run yet: nothing blocks
+    run_monitor(settings)
+    assert "open monitoring alert" in promotion_block(settings)
+    state = {"steps": {"evaluate": {"challengers": {"uplift": "2"},
+                                    "decision": {"promoted": True, "promote": {"uplift": "2"}, "reason": "better"}}}}
+    held = _promote(settings, RetrainConfig(), state)  # refused before the registry is touched
+    assert held["promoted"] == {} and "open monitoring alert" in held["refused"]
+    monkeypatch.setenv("NEXTBEST_MONITOR_BLOCKS_PROMOTION", "false")
+    assert promotion_block(Settings(home=settings.home)) is None

@@ -222,6 +222,13 @@ def feature_problem(data: TrainingSet) -> str | None:
     return None
 
 
+def _monitoring_block(settings: Settings) -> str | None:
+    # imported on use: monitoring reads the service's logs, which training never needs otherwise
+    from nextbest.monitoring.monitor import promotion_block
+
+    return promotion_block(settings)
+
+
 def quality_refusal(name: str, metrics: dict[str, float]) -> str | None:
     """Why a model must not be promoted whatever its champion scores: its holdout or cross-validated AUC is not clearly above chance."""
     if primary_metric(name) != "auc":
@@ -350,7 +357,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
     decision = gate(settings, name, version, run_id, metrics[primary_metric(name)], champion_score, defer=defer,
-                    refuse=quality_refusal(name, metrics))
+                    refuse=quality_refusal(name, metrics) or _monitoring_block(settings))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     decision["holdout_split"] = how["split"]  # "time": no row from holdout_from on was trained on
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,
