@@ -12,6 +12,10 @@ reads them back here into contact-log rows, the form every model trains on:
 - each other "no action" choice -> a `no_action` row with its propensity (off-policy evaluation needs it; it is
   neither treated nor control, so models do not train on it).
 
+Every row of a decision carries `refused`: the (offer, channel) pairs the service's contact policy refused at that
+moment (its logged `reasons`; null = every offer or every channel), as JSON text, so off-policy evaluation credits a
+target policy only with actions the service could have sent (`offpolicy.logged_feasibility`).
+
 Pure and idempotent: the rows are a function of the logs, so a rerun over longer logs rebuilds them all. A
 decision logged twice counts once; an outcome reported twice keeps its first time. Nothing at or after
 `cutoff` is used: a decision or outcome the logs hold from later waits for the next run. Contact ids are
@@ -28,7 +32,8 @@ import pandas as pd
 
 from nextbest.serving.decision_log import pseudonym
 
-__all__ = ["PREFIX", "OUTCOME_COLUMNS", "read_log", "logs_to_contacts", "merge_contacts", "contacts_from_logs"]
+__all__ = ["PREFIX", "OUTCOME_COLUMNS", "read_log", "logs_to_contacts", "merge_contacts", "contacts_from_logs",
+           "refused_pairs"]
 
 PREFIX = "nb-"  # contact ids derived from the service's logs
 WINDOW_DAYS = 7  # a control's purchase within this long after its decision is its conversion (the models' label window)
@@ -37,7 +42,7 @@ DEFAULT_CAMPAIGN = "nextbest"  # the contract needs a campaign; decisions asked 
 OUTCOME_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at",
                    "converted": "converted_at", "unsubscribed": "unsubscribed_at", "complained": "complained_at"}
 _COLUMNS = ["contact_id", "user_id", "sent_at", "campaign_id", "offer_id", "channel", "variant", "propensity",
-            *OUTCOME_COLUMNS.values(), "revenue"]
+            *OUTCOME_COLUMNS.values(), "revenue", "refused"]
 
 
 def read_log(path: Path) -> list[dict]:
@@ -71,7 +76,8 @@ def logs_to_contacts(decisions: list[dict], outcomes: list[dict], user_of: dict[
         if d["decision_id"] in seen or d["user_id"] not in user_of or pd.Timestamp(d["at"]) >= cutoff:
             continue  # a duplicate line, an unknown user, or decided after the cut-off (next run)
         seen.add(d["decision_id"])
-        base = {"user_id": user_of[d["user_id"]], "campaign_id": d.get("campaign_id") or DEFAULT_CAMPAIGN}
+        base = {"user_id": user_of[d["user_id"]], "campaign_id": d.get("campaign_id") or DEFAULT_CAMPAIGN,
+                "refused": refused_pairs(d.get("reasons") or [])}
         if d.get("actions"):
             for k, a in enumerate(d["actions"]):
                 rows.append({**base, "contact_id": f"{PREFIX}{d['decision_id']}" + (f"-{k}" if k else ""),
@@ -91,6 +97,12 @@ def logs_to_contacts(decisions: list[dict], outcomes: list[dict], user_of: dict[
     out = _with_outcomes(out, outcomes, cutoff)
     out = _control_conversions(out, events, cutoff, window_days)
     return out[_COLUMNS].sort_values(["sent_at", "contact_id"], kind="stable", ignore_index=True)
+
+
+def refused_pairs(reasons: list) -> str:
+    """The (offer, channel) pairs of a decision's logged `reasons` ([reason, offer, channel] each), as sorted JSON
+    text (one value per row, so the contacts table stays flat); null stands for every offer or every channel."""
+    return json.dumps(sorted({(r[1], r[2]) for r in reasons}, key=lambda p: (str(p[0]), str(p[1]))))
 
 
 def _with_outcomes(rows: pd.DataFrame, outcomes: list[dict], cutoff: pd.Timestamp) -> pd.DataFrame:

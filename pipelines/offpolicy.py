@@ -22,6 +22,7 @@ policy is conservative.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -283,7 +284,37 @@ def logged_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, offer
     send; an offer is open when valid then (`valid_from`/`valid_to`, optional) and its eligibility rule (optional)
     holds on the user's state just before the send (lifecycle stage from the events, days since the last purchase,
     tenure), by serving's own rule (`serving.policy.matches`).
+
+    A decision the service logged itself (a non-null `refused`, from `logs_to_contacts`) is open exactly where the
+    service's contact policy allowed it at that moment: every pair but the refused ones (caps, quiet hours, capacity
+    and the rest, which the tables cannot rebuild), so a target policy never takes an action the service could not
+    send.
     """
+    open_ = _table_feasibility(tables, log, offers, channels)
+    if "refused" not in log:
+        return open_
+    refused = log["refused"].reset_index(drop=True)
+    logged = refused.notna().to_numpy()
+    for text, rows in refused[logged].groupby(refused[logged]).groups.items():
+        open_[rows.to_numpy()] = _allowed(json.loads(text), offers["offer_id"].astype(str).tolist(), channels)
+    return open_
+
+
+def _allowed(pairs: list, offer_ids: list[str], channels: list[str]) -> np.ndarray:
+    """(offers, channels): True but where a refused (offer, channel) pair covers it (null = every offer/channel)."""
+    out = np.ones((len(offer_ids), len(channels)), dtype=bool)
+    o_at, c_at = {o: i for i, o in enumerate(offer_ids)}, {c: i for i, c in enumerate(channels)}
+    for offer, channel in pairs:
+        rows = slice(None) if offer is None else o_at.get(str(offer))
+        cols = slice(None) if channel is None else c_at.get(str(channel))
+        if rows is not None and cols is not None:  # a pair outside this catalog refuses nothing in it
+            out[rows, cols] = False
+    return out
+
+
+def _table_feasibility(tables: dict[str, pd.DataFrame], log: pd.DataFrame, offers: pd.DataFrame,
+                       channels: list[str]) -> np.ndarray:
+    """`logged_feasibility` from the company's tables alone (consent, suppressions, validity, eligibility)."""
     users = tables["users"].assign(user_id=tables["users"]["user_id"].astype(str)).set_index("user_id")
     ids = log["user_id"].astype(str)
     at = pd.to_datetime(log["sent_at"], utc=True).reset_index(drop=True)

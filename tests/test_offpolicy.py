@@ -156,3 +156,31 @@ def test_the_gate_judges_off_policy_only_decisions_no_challenger_trained_on():
     assert "holdout of uplift is not a time split" in decision["reason"]
     thin = gate_decision(table, waiting, by_time, None, min_matched=1000)
     assert thin["by"] == "holdout" and "only 400 logged decisions match" in thin["reason"]
+
+
+def test_a_service_logged_decision_is_open_only_where_the_service_allowed_it():
+    """The service's own record of refused (offer, channel) pairs (its caps, quiet hours, ...) closes them: a target
+    policy that values the refused action most still never picks it; a contact exported without such a record keeps
+    the tables' feasibility."""
+    from nextbest.pipelines.logs_to_contacts import logs_to_contacts
+
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "signup_at": pd.to_datetime(["2025-01-01"] * 2, utc=True),
+                          "consent_email": [True, True], "consent_push": [True, True]})
+    events = pd.DataFrame({"user_id": ["u1"], "ts": pd.to_datetime(["2026-02-01"], utc=True), "type": ["purchase"]})
+    offers = pd.DataFrame({"offer_id": ["A", "B"], "category": ["x", "y"], "value": [10.0, 20.0]})
+    decisions = [  # u1: the email cap refused A @ email, quiet hours every push; u2: the ledger refused everything
+        {"decision_id": "d1", "at": "2026-03-01T10:00:00+00:00", "user_id": "p1", "no_action_propensity": 0.1,
+         "actions": [{"offer_id": "B", "channel": "email", "send_at": "2026-03-01T10:00:00+00:00", "propensity": 0.9}],
+         "reasons": [["cap_offer", "A", "email"], ["quiet_hours", None, "push"]]},
+        {"decision_id": "d2", "at": "2026-03-01T10:00:00+00:00", "user_id": "p2", "no_action_propensity": 1.0,
+         "actions": [], "reasons": [["ledger_unavailable", None, None]]}]
+    log = logs_to_contacts(decisions, [], {"p1": "u1", "p2": "u2"}, pd.Timestamp("2026-03-02", tz="UTC"))
+    exported = _log([("c9", "u1", "2026-03-01 10:00", "A", "email", None)])
+    log = pd.concat([log, exported], ignore_index=True)
+    open_ = logged_feasibility({"users": users, "events": events, "offers": offers}, log, offers, ["email", "push"])
+    assert open_[0].tolist() == [[False, False], [True, False]]  # only B @ email was open to u1
+    assert not open_[1].any()
+    assert open_[2].all()  # no service record: consent and the catalog open everything
+    ev = np.array([[[9.0, 1.0], [2.0, 1.0]]] * 3)  # the policy values A @ email (refused for u1) most
+    best = np.where(open_, ev, -np.inf).reshape(3, -1).argmax(axis=1)
+    assert best[0] == 2 and best[2] == 0  # u1: B @ email, the best it could send; the exported row: A @ email
