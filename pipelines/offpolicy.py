@@ -15,9 +15,10 @@ would have earned, estimated honestly out of sample. Works on the tables alone (
   `pipelines/evaluate.py`): SNIPS, DR and IPS with 95 % intervals, DR's reward model a T-learner fitted on the
   other folds of users.
 
-Limitation: the policy may pick an action the logging policy could not take for that user (an offer the user
-was not eligible for); such users get no credit, so with per-user eligibility in the log the estimate of a model
-policy is conservative.
+Limitation: on an exported contact table the policy may pick an action the logging policy could not take for
+that user (an offer the user was not eligible for, a cap the tables do not show); such users get no credit, so with
+per-user eligibility in the log the estimate of a model policy is conservative. The service's own decisions carry
+their refused pairs (`refused`, from the decision log), and `logged_feasibility` closes exactly those.
 """
 
 from __future__ import annotations
