@@ -85,14 +85,15 @@ def logged_calibration(decisions: list[dict], outcomes: list[dict], window_days:
         return None
     df = pd.DataFrame(rows, columns=["decision_id", "offer_id", "channel", "send_at", "p"]).drop_duplicates(
         ["decision_id", "offer_id", "channel"])
-    df = df[pd.to_datetime(df["send_at"], utc=True, format="ISO8601") <= end - pd.Timedelta(days=window_days)]
+    df["sent"] = pd.to_datetime(df["send_at"], utc=True, format="ISO8601")
+    df = df[df["sent"] <= end - pd.Timedelta(days=window_days)]
     if len(df) < min_actions:
         return None
     converted = {(o["decision_id"], o["offer_id"], o["channel"]) for o in outcomes if o.get("outcome") == "converted"}
     y = np.array([k in converted for k in zip(df["decision_id"], df["offer_id"], df["channel"], strict=True)], float)
     out = calibration(df["p"].to_numpy(float), y)
     out["actions"] = len(df)
-    out["auc_by_week"] = auc_by_week(pd.to_datetime(df["send_at"], utc=True, format="ISO8601"), df["p"].to_numpy(float), y)
+    out["auc_by_week"] = auc_by_week(df["sent"].reset_index(drop=True), df["p"].to_numpy(float), y)
     return out
 
 
