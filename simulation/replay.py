@@ -31,12 +31,15 @@ __all__ = ["Rules", "ReplayConfig", "Period", "Situation", "Choice", "Policy", "
 
 @dataclass(frozen=True)
 class Rules:
-    """Frequency caps every replayed policy must obey (quiet hours and capacity come from the channels table)."""
+    """Frequency caps every replayed policy must obey (quiet hours and capacity come from the channels table).
+
+    The defaults are the service's default caps (serving/config.py `Caps`; `Rules.of(Caps()) == Rules()` is tested),
+    so a replay without an operator config judges a policy under the rules the service would enforce."""
 
     per_user_per_day: int = 1  # enforced by construction: a policy makes one decision per user per day
     per_user_per_week: int = 3  # over 7 local calendar days, the day of the send included
-    per_user_channel_per_week: int = 2
-    per_offer: int | None = None  # sends of one offer to one user within `offer_window_days` (None: no such cap)
+    per_user_channel_per_week: int = 3
+    per_offer: int | None = 1  # sends of one offer to one user within `offer_window_days` (None: no such cap)
     offer_window_days: int = 7  # local calendar days, the day of the send included (the history holds 7 days)
 
     @classmethod

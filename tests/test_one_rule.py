@@ -10,15 +10,21 @@ import pandas as pd
 from nextbest.features.contract import offer_valid
 from nextbest.pipelines.evaluate import ModelPolicy
 from nextbest.serving import engine
-from nextbest.serving.config import Exploration
+from nextbest.serving.config import Caps, Exploration
 from nextbest.serving.engine import choose
-from nextbest.simulation.replay import Situation
+from nextbest.simulation.replay import ReplayConfig, Rules, Situation
 from nextbest.training.jobs import DEFAULT_MODELS
 
 
 def test_training_by_default_trains_what_decisions_read_and_batch_scoring_writes_back():
     assert set(engine.REQUEST_COLUMNS) <= set(DEFAULT_MODELS)
     assert set(DEFAULT_MODELS) - set(engine.REQUEST_COLUMNS) == {"purchase"}  # no model that nothing reads
+
+
+def test_a_replay_without_an_operator_config_judges_under_the_service_default_caps():
+    assert Rules() == Rules.of(Caps()) == ReplayConfig().rules
+    stricter = Caps(per_user_week=2, per_channel_week=1, per_offer=2, offer_window_days=14)
+    assert Rules.of(stricter) == Rules(per_user_per_week=2, per_user_channel_per_week=1, per_offer=2, offer_window_days=14)
 
 
 def test_an_offer_window_is_half_open_everywhere():
