@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -113,6 +114,12 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         # The end of this contact's observation (the export date): outcomes after it are unknown, not absent, so
         # a contact whose outcome window reaches past it has no label yet. A mapping can set it as a constant.
         Column("observed_until", "ts", required=False, nullable=True),
+        # The (offer, channel) pairs the contact policy refused at this decision (caps, quiet hours, capacity), as
+        # JSON `[[offer, channel], ...]` (null inside a pair = every offer / every channel). The service's own logs
+        # carry it (pipelines/logs_to_contacts.py); off-policy evaluation then credits a target policy only with
+        # actions that were open. Absent or empty: only consent, suppressions and eligibility close actions.
+        Column("refused", "str", required=False, nullable=True,
+               checks=(pa.Check(lambda s: s.map(_is_refused), error='must be JSON pairs like [["o1", "email"], [null, "sms"]]'),)),
     ),
     "offers": (
         Column("offer_id", "str", checks=(pa.Check(lambda s: ~s.duplicated(), error="must be unique"),)),
@@ -574,6 +581,15 @@ def parse_quiet_hours(text: str | None) -> np.ndarray:
     hours = np.arange(24)
     quiet[:] = (hours >= start) & (hours < end) if start < end else (hours >= start) | (hours < end)
     return quiet
+
+
+def _is_refused(text: object) -> bool:
+    try:
+        pairs = json.loads(str(text))
+    except ValueError:
+        return False
+    return isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 and all(v is None or isinstance(v, str) for v in p)
+                                           for p in pairs)
 
 
 def _is_eligibility(expr: object) -> bool:

@@ -76,6 +76,18 @@ def test_treated_contact_needs_offer_and_channel(raw_frames):
     assert [(v.column, v.rows) for v in info.value.violations] == [("(row)", 2)]
 
 
+def test_refused_pairs_are_json_pairs_or_named_as_wrong(raw_frames):
+    contacts = raw_frames["contacts"].copy()
+    contacts["refused"] = '[["o1", "email"], [null, "sms"]]'
+    contacts.loc[1, "refused"] = None  # not logged by the service: only the tables close actions
+    assert conform("contacts", contacts, "c.csv")["refused"].isna().sum() == 1
+    contacts.loc[[2, 3], "refused"] = ["o1 email", '[["o1"]]']
+    with pytest.raises(ContractError) as info:
+        conform("contacts", contacts, "c.csv")
+    (v,) = info.value.violations
+    assert (v.column, v.rows) == ("refused", 2) and "JSON pairs" in v.rule
+
+
 def test_eligibility_language():
     clauses = parse_eligibility("lifecycle_stage in [customer, lead] and recency_days >= 30")
     assert [(c.feature, c.op, c.value) for c in clauses] == [
