@@ -158,3 +158,19 @@ def test_trigger_and_audience_campaigns_over_the_same_users_keep_the_ledgers_cap
     for (user, day) in per_day:  # every 7 local days ending on a day with contacts
         week = sum(per_day.get((user, day - timedelta(days=k)), 0) for k in range(7))
         assert week <= caps.per_user_week, (user, day)
+
+
+def test_a_trigger_campaign_keeps_its_schedule_and_local_send_hours(service):
+    home, client, users, store = service
+    offers = [{"offer_id": o} for o in load_config(home.operator_yaml).offer_ids()]
+    later = (NOW + timedelta(days=1)).isoformat()
+    _launch(client, "browse-later", {"name": "not yet", "trigger": "browsed", "priority": 9, "start": later,
+                                     "offers": offers})
+    _launch(client, "browse-evening", {"name": "evenings", "trigger": "browsed", "priority": 1, "send_hours": "18-22",
+                                       "offers": offers})
+    decided = _fire(client, users[500:560], "view")
+    sent = store.sends("browse-evening")
+    assert sent and store.sends("browse-later") == []  # before its start a campaign owns its trigger but sends nothing
+    assert {s["decision_id"] for s in sent} == {d["decision_id"] for d in decided if d["actions"]}
+    assert {datetime.fromisoformat(s["send_at"]).hour for s in sent} <= {18, 19, 20, 21}  # the user's local clock
+    assert any(f["reason"] == "send_window" for d in decided for f in d["filtered"])
