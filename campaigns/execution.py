@@ -12,6 +12,8 @@ that probability) and the cursor are stored in one transaction.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 import zlib
 from collections import Counter
@@ -31,6 +33,7 @@ __all__ = ["ExecutionError", "audience", "control_mask", "CampaignHoldouts", "ho
            "trigger_contexts"]
 
 MAX_BATCH = 1000  # the decision service's batch limit
+log = logging.getLogger(__name__)
 
 
 class ExecutionError(ValueError):
@@ -66,8 +69,14 @@ class CampaignHoldouts:
         self._last: tuple = (None, None, None)  # (operator config, shares, merged config)
 
     def current(self, now_s: float):
-        base, shares = self.source.current(now_s), self.store.control_shares()
+        base = self.source.current(now_s)
         last_base, last_shares, merged = self._last
+        try:
+            shares = self.store.control_shares()
+        except sqlite3.Error as err:
+            # Decisions go on with the shares last read: a control group is a measurement, not a contact rule.
+            log.error("campaign store unreadable, control shares as last read: %s", err)
+            shares = last_shares or {}
         if base is not last_base or shares is not last_shares:
             holdout = holdout_rule.with_campaign_shares(base.holdout, shares)
             merged = base if holdout is base.holdout else base.model_copy(update={"holdout": holdout})
