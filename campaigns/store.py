@@ -65,7 +65,7 @@ class CampaignStore:
         # A connection that only reads, for `control_shares`: its data_version moves with every other commit.
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
-        self._shares: tuple[int | None, dict[str, float]] = (None, {})
+        self._shares: tuple = (None, None, {})  # (data_version, newest spec version, shares)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=30)
         try:
@@ -201,18 +201,23 @@ class CampaignStore:
 
     def control_shares(self) -> dict[str, float]:
         """Campaign id -> the campaign's own control share (`control_pct` / 100), for every campaign that holds users
-        out. Read again only after a commit by any other connection (SQLite's data_version): a decision pays one
-        pragma, and the same dict comes back while nothing changed."""
+        out. A decision pays one pragma: after a commit by any other connection (SQLite's data_version), the newest
+        spec version's rowid says whether any spec changed (sends and commands do not), and only then are the specs
+        read. The same dict comes back while nothing changed."""
         with self._reader_lock:
             if self._reader is None:
                 self._reader = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             version = self._reader.execute("PRAGMA data_version").fetchone()[0]
             if version != self._shares[0]:
-                rows = self._reader.execute(
-                    "SELECT id, json_extract(doc, '$.spec.control_pct') AS pct FROM campaigns WHERE pct > 0").fetchall()
-                shares = {cid: float(pct) / 100.0 for cid, pct in rows}
-                self._shares = (version, shares if shares != self._shares[1] else self._shares[1])
-            return self._shares[1]
+                specs = self._reader.execute("SELECT max(rowid), count(*) FROM campaign_versions").fetchone()
+                if specs != self._shares[1]:
+                    rows = self._reader.execute("SELECT id, json_extract(doc, '$.spec.control_pct') AS pct FROM "
+                                                "campaigns WHERE pct > 0").fetchall()
+                    shares = {cid: float(pct) / 100.0 for cid, pct in rows}
+                    self._shares = (version, specs, shares if shares != self._shares[2] else self._shares[2])
+                else:
+                    self._shares = (version, specs, self._shares[2])
+            return self._shares[2]
 
     def reset(self) -> dict[str, int]:
         """Remove every segment, campaign, run and send (a new world replaces the old one); one transaction.
