@@ -173,3 +173,21 @@ def test_a_trigger_campaign_sends_only_on_its_approved_running_version_and_withi
     sends = store.sends(c.id)
     assert max_sends is None or len(sends) <= max_sends
     assert not sends or any(e["command"] == "approve" for e in store.events(c.id))
+
+
+def test_the_control_shares_decisions_read_follow_every_spec_change(tmp_path):
+    """What the service's decisions hold out (`CampaignStore.control_shares`, cached): a change written by another
+    process is seen at the next read; sends and commands leave the cached shares as they are."""
+    service, cli = CampaignStore(tmp_path / "c.db"), CampaignStore(tmp_path / "c.db")  # two handles, one file
+    c = cli.create(spec().model_copy(update={"control_pct": 10.0}), "ann")
+    shares = service.control_shares()
+    assert shares == {c.id: 0.10}
+    cli.command(c.id, "submit", "ann")
+    cli.add_sends(c.id, [("d1", "u1", "o0", "email", "A", 1.0, "t", 0.1)])
+    assert service.control_shares() is shares
+    cli.edit(c.id, spec().model_copy(update={"control_pct": 25.0}), "ann")
+    assert service.control_shares() == {c.id: 0.25}
+    cli.create(spec("no control"), "ann")
+    assert service.control_shares() == {c.id: 0.25}
+    cli.reset()
+    assert service.control_shares() == {}
