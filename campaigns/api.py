@@ -4,6 +4,7 @@ caller errors, so the service answers 400/404/409 with a message, never a 5xx.""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -142,23 +143,40 @@ class CampaignApi:
 
 class TriggerCampaigns:
     """The service's `/events` asks which campaign each trigger belongs to (serving/runtime.py TriggerOwners): a
-    trigger a campaign names sends only while that campaign is running on its approved version, in its context;
-    its contacts are recorded with the campaign like a batch's."""
+    trigger a campaign names sends only while that campaign is running on its approved version with room left under
+    its limits, in its context; its contacts are recorded with the campaign within its `max_sends` and `budget`, and
+    a decision that no longer fits (or whose campaign stopped meanwhile) is given back: its charges released with
+    `not_sent`, its answer without the action (`answer`)."""
 
-    def __init__(self, store: CampaignStore):
-        self.store = store
+    def __init__(self, store: CampaignStore, runtime):
+        self.store, self.runtime = store, runtime
 
     def contexts(self, now):
-        return trigger_contexts(self.store, now)
+        config = self.runtime.config.current(time.monotonic())
+        return trigger_contexts(self.store, now, {c.channel: c.cost for c in config.channels})
 
     def record(self, decisions: list[dict], campaign_ids: list[str | None], config) -> None:
+        from nextbest.serving.schemas import FeedbackRequest
+
         costs = {c.channel: c.cost for c in config.channels}
         owned = {c.id for c in self.store.trigger_campaigns()}
-        by: dict[str, list[tuple]] = {}
+        by: dict[str, list[tuple[str, list[tuple]]]] = {}
         for d, cid in zip(decisions, campaign_ids, strict=True):
-            if cid in owned and not d.get("replayed"):
-                by.setdefault(cid, []).extend(
+            if cid in owned and d["actions"] and not d.get("replayed"):
+                by.setdefault(cid, []).append((d["decision_id"], [
                     (d["decision_id"], d["user_id"], a["offer_id"], a["channel"], a["variant"], a["variant_probability"],
-                     a["send_at"], costs.get(a["channel"], 0.0)) for a in d["actions"])
-        for cid, rows in by.items():
-            self.store.add_sends(cid, rows)
+                     a["send_at"], costs.get(a["channel"], 0.0)) for a in d["actions"]]))
+        actions = {d["decision_id"]: d["actions"] for d in decisions}
+        for cid, decided in by.items():
+            for decision_id in self.store.record_triggered(cid, decided):
+                for a in actions[decision_id]:  # charged when decided: released, so no cap keeps counting it
+                    self.runtime.feedback(FeedbackRequest(decision_id=decision_id, outcome="not_sent",
+                                                          offer_id=a["offer_id"], channel=a["channel"]))
+
+    def answer(self, triggered: list[dict]) -> list[dict]:
+        """The triggered decisions as the caller may act on them: one a campaign gave back (now or when this event
+        was first decided) has no action and says why (`campaign_limit`)."""
+        back = self.store.given_back([d["decision_id"] for d in triggered if d["actions"]])
+        return [{**d, "actions": [], "filtered": [*d["filtered"], {"reason": "campaign_limit", "offer_id": None,
+                                                                   "channel": None, "detail": back[d["decision_id"]]}]}
+                if d["decision_id"] in back else d for d in triggered]

@@ -12,6 +12,8 @@ that probability) and the cursor are stored in one transaction.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 import zlib
 from collections import Counter
@@ -26,10 +28,12 @@ from nextbest.campaigns.model import Campaign
 from nextbest.campaigns.store import CampaignStore
 from nextbest.serving import holdout as holdout_rule
 
-__all__ = ["ExecutionError", "audience", "control_mask", "variant_probabilities", "experiment_stats",
-           "evaluate_experiments", "dry_run", "execute", "execute_due", "trigger_contexts"]
+__all__ = ["ExecutionError", "audience", "control_mask", "CampaignHoldouts", "hold_out_campaigns",
+           "variant_probabilities", "experiment_stats", "evaluate_experiments", "dry_run", "execute", "execute_due",
+           "trigger_contexts"]
 
 MAX_BATCH = 1000  # the decision service's batch limit
+log = logging.getLogger(__name__)
 
 
 class ExecutionError(ValueError):
@@ -48,12 +52,45 @@ def audience(settings, store: CampaignStore, campaign: Campaign, as_of: datetime
 def control_mask(campaign: Campaign, user_ids: list[str], holdout, now: datetime) -> np.ndarray:
     """Users held out of this campaign, never contacted by it: the universal hold-out and the campaign's own control
     group (`control_pct`, or the operator config's share for this campaign when larger), by the one stable per-user
-    rule of serving/holdout.py (the service applies the same rule to requests that name the campaign)."""
-    period = holdout_rule.period_of(now, holdout.period_days)
-    share = max(campaign.spec.control_pct / 100.0, holdout.campaigns.get(campaign.id, 0.0))
-    scope = f"campaign:{campaign.id}"
-    return np.array([holdout_rule.in_holdout(u, holdout.share, holdout.salt, holdout_rule.UNIVERSAL, period)
-                     or holdout_rule.in_holdout(u, share, holdout.salt, scope, period) for u in user_ids], dtype=bool)
+    rule of serving/holdout.py: the one the service applies to every decision that names the campaign (a batch's
+    or a trigger's), through `CampaignHoldouts`."""
+    merged = holdout_rule.with_campaign_shares(holdout, {campaign.id: campaign.spec.control_pct / 100.0})
+    return np.array([holdout_rule.control_of(u, campaign.id, merged, now) is not None for u in user_ids], dtype=bool)
+
+
+class CampaignHoldouts:
+    """The runtime's operator config source, with every stored campaign's own control share added to the config's
+    hold-outs (`holdout.with_campaign_shares`): a decision that names a campaign, a batch's or a trigger's, holds out
+    that campaign's control group by the one rule and logs it as a control decision (`holdout`: `campaign:<id>`).
+    The merged config is made again only when the config or a campaign's share changed."""
+
+    def __init__(self, source, store: CampaignStore):
+        self.source, self.store = source, store
+        self._last: tuple = (None, None, None)  # (operator config, shares, merged config)
+
+    def current(self, now_s: float):
+        base = self.source.current(now_s)
+        last_base, last_shares, merged = self._last
+        try:
+            shares = self.store.control_shares()
+        except sqlite3.Error as err:
+            # Decisions go on with the shares last read: a control group is a measurement, not a contact rule.
+            log.error("campaign store unreadable, control shares as last read: %s", err)
+            shares = last_shares or {}
+        if base is not last_base or shares is not last_shares:
+            holdout = holdout_rule.with_campaign_shares(base.holdout, shares)
+            merged = base if holdout is base.holdout else base.model_copy(update={"holdout": holdout})
+            self._last = (base, shares, merged)
+        return merged
+
+    def __getattr__(self, name: str):  # reload, error, missing, path: the operator config source's own
+        return getattr(self.source, name)
+
+
+def hold_out_campaigns(runtime, store: CampaignStore) -> None:
+    """Make the runtime's decisions hold out each campaign's control group (`CampaignHoldouts`); once per runtime."""
+    if not isinstance(runtime.config, CampaignHoldouts):
+        runtime.config = CampaignHoldouts(runtime.config, store)
 
 
 def experiment_stats(settings, store: CampaignStore, campaign: Campaign,
@@ -219,6 +256,7 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
         raise ExecutionError(f"campaign {campaign.id} is {campaign.state}: nothing sends before it is approved and "
                              "started (`nextbest campaign approve`, then `start`)")
     rt = runtime or Runtime(settings)
+    hold_out_campaigns(rt, store)
     state = store.run_state(campaign.id)
     if state is None or state["version"] != campaign.version:  # a new approval is a new run over a fresh audience
         # In a seeded random order: a fixed test's users (the first test_share) are then a random sample of it.
@@ -262,11 +300,9 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
             stopped = "batch limit of this run"
             break
         chunk = ids[cursor:cursor + size]
-        held = control_mask(campaign, chunk, rt.config.current(time.monotonic()).holdout, now)
-        todo = [u for u, h in zip(chunk, held, strict=True) if not h]
-        known = rt.features.fetch(todo)[1] if todo else np.zeros(0, dtype=bool)
-        todo = [u for u, k in zip(todo, known, strict=True) if k]  # not online (yet): skipped, counted as such
-        rows = []
+        known = rt.features.fetch(chunk)[1]
+        todo = [u for u, k in zip(chunk, known, strict=True) if k]  # not online (yet): skipped, counted as such
+        rows, held = [], 0
         if todo:
             stats = experiment_stats(settings, store, campaign) if campaign.spec.experiment.mode == "bandit" else {}
             shares = {o.offer_id: variant_probabilities(campaign, o.offer_id, stats.get(o.offer_id), rng)
@@ -277,9 +313,11 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
                 idempotency_key=f"{campaign.id}:v{campaign.version}:{cursor}"))
             rows = [(d["decision_id"], d["user_id"], a["offer_id"], a["channel"], a["variant"], a["variant_probability"],
                      a["send_at"], costs.get(a["channel"], 0.0)) for d in decisions for a in d["actions"]]
+            # Its control group and the universal hold-out come back as logged control decisions, without an action.
+            held = sum(d["holdout"] is not None for d in decisions)
         cursor += len(chunk)
         try:
-            sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, int(held.sum()))
+            sends, cost = store.advance(campaign.id, campaign.version, cursor, rows, held)
         except lifecycle.TransitionError:
             # Paused, stopped or edited while this batch was decided: give its charges back and send none of it. The
             # cursor moves past it, since its idempotency key would replay these (released) decisions on a resume.
@@ -299,14 +337,16 @@ def execute(settings, store: CampaignStore, campaign_id: str, runtime=None, batc
                 state=store.get(campaign.id).state)
 
 
-def trigger_contexts(store: CampaignStore, now: datetime) -> dict:
+def trigger_contexts(store: CampaignStore, now: datetime, costs: dict[str, float] | None = None) -> dict:
     """Per event trigger some campaign names: the decision context of the highest-priority campaign that may send
-    now (running on its approved version, within its start and end), or None while none may (nothing sends)."""
+    now (running on its approved version, within its start and end, with room left under its `max_sends` and, at
+    its cheapest allowed channel of `costs`, its `budget`), or None while none may (nothing sends). The exact limit
+    is kept when the decided contacts are recorded (`CampaignStore.record_triggered`)."""
     out: dict = {}
     for c in sorted(store.trigger_campaigns(), key=lambda c: (-c.spec.priority, c.id)):
         live = lifecycle.may_send(c) and (c.spec.start is None or c.spec.start <= now) and \
-            (c.spec.end is None or now < c.spec.end)
-        if live and out.get(c.spec.trigger) is None:
+            (c.spec.end is None or now < c.spec.end) and out.get(c.spec.trigger) is None and _room_left(store, c, costs)
+        if live:
             # A trigger campaign's copies share its events evenly (or all go to a recorded winner).
             shares = {o.offer_id: variant_probabilities(c, o.offer_id, None, np.random.default_rng(0))
                       for o in c.spec.offers}
@@ -314,6 +354,17 @@ def trigger_contexts(store: CampaignStore, now: datetime) -> dict:
         else:
             out.setdefault(c.spec.trigger, None)
     return out
+
+
+def _room_left(store: CampaignStore, campaign: Campaign, costs: dict[str, float] | None) -> bool:
+    """Whether one more contact may fit the campaign's send limit and budget."""
+    caps = campaign.spec.caps
+    if caps.max_sends is None and caps.budget is None:
+        return True
+    n, spent = store.totals(campaign.id)
+    allowed = [c for c in (campaign.spec.channels or list(costs or {})) if c in (costs or {})]
+    cheapest = min((costs[c] for c in allowed), default=0.0)
+    return (caps.max_sends is None or n < caps.max_sends) and (caps.budget is None or spent + cheapest <= caps.budget)
 
 
 def execute_due(settings, store: CampaignStore, runtime=None, batch: int = 500,

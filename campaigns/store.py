@@ -3,7 +3,9 @@
 Every version of a campaign is kept (`campaign_versions`) and every command is recorded with its actor
 (`campaign_events`): who submitted and who approved which version is always answerable. Execution keeps
 its resumable cursor (`campaign_runs`) and one row per contact with the copy variant and the probability
-it was allocated with (`campaign_sends`), joined to the decision log by decision_id.
+it was allocated with (`campaign_sends`), joined to the decision log by decision_id. A trigger campaign's
+decisions that did not fit its limits are kept in `campaign_given_back`, so a replayed event answers them
+without their actions too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ CREATE TABLE IF NOT EXISTS campaign_runs (id TEXT PRIMARY KEY, version INTEGER N
 CREATE TABLE IF NOT EXISTS campaign_sends (id TEXT NOT NULL, decision_id TEXT NOT NULL, user_id TEXT NOT NULL,
     offer_id TEXT NOT NULL, channel TEXT NOT NULL, variant TEXT NOT NULL, probability REAL NOT NULL,
     send_at TEXT NOT NULL, cost REAL NOT NULL, PRIMARY KEY (id, decision_id, offer_id));
+CREATE TABLE IF NOT EXISTS campaign_given_back (id TEXT NOT NULL, decision_id TEXT NOT NULL, reason TEXT NOT NULL,
+    at TEXT NOT NULL, PRIMARY KEY (id, decision_id));
 """
+_TABLES = ("segments", "campaigns", "campaign_versions", "campaign_events", "campaign_runs", "campaign_sends",
+           "campaign_given_back")
 
 
 def store_path(home: Path) -> Path:
@@ -56,6 +62,10 @@ class CampaignStore:
         self.path = Path(path)
         self.four_eyes = four_eyes
         self._local = threading.local()
+        # A connection that only reads, for `control_shares`: its data_version moves with every other commit.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._shares: tuple = (None, None, {})  # (data_version, newest spec version, shares)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=30)
         try:
@@ -189,6 +199,35 @@ class CampaignStore:
         con.execute("INSERT INTO campaign_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (c.id, c.updated_at.isoformat(), actor, command, before, c.state, c.version, note))
 
+    def control_shares(self) -> dict[str, float]:
+        """Campaign id -> the campaign's own control share (`control_pct` / 100), for every campaign that holds users
+        out. A decision pays one pragma: after a commit by any other connection (SQLite's data_version), the newest
+        spec version's rowid says whether any spec changed (sends and commands do not), and only then are the specs
+        read. The same dict comes back while nothing changed."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._shares[0]:
+                specs = self._reader.execute("SELECT max(rowid), count(*) FROM campaign_versions").fetchone()
+                if specs != self._shares[1]:
+                    rows = self._reader.execute("SELECT id, json_extract(doc, '$.spec.control_pct') AS pct FROM "
+                                                "campaigns WHERE pct > 0").fetchall()
+                    shares = {cid: float(pct) / 100.0 for cid, pct in rows}
+                    self._shares = (version, specs, shares if shares != self._shares[2] else self._shares[2])
+                else:
+                    self._shares = (version, specs, self._shares[2])
+            return self._shares[2]
+
+    def reset(self) -> dict[str, int]:
+        """Remove every segment, campaign, run and send (a new world replaces the old one); one transaction.
+        Returns how many segments and campaigns were removed."""
+        with self._tx() as con:
+            removed = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("segments", "campaigns")}
+            for table in _TABLES:
+                con.execute(f"DELETE FROM {table}")
+        return removed
+
     # --- execution state --------------------------------------------------------------------------
 
     def run_state(self, campaign_id: str) -> dict | None:
@@ -225,10 +264,58 @@ class CampaignStore:
         return n, cost
 
     def add_sends(self, campaign_id: str, sends: list[tuple]) -> None:
-        """Record contacts a trigger campaign's events decided (no run cursor: triggers are not batches)."""
+        """Record contacts without any check (tests and imports; a trigger's go through `record_triggered`)."""
         with self._tx() as con:
             con.executemany("INSERT OR IGNORE INTO campaign_sends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(campaign_id, *s) for s in sends])
+
+    def totals(self, campaign_id: str) -> tuple[int, float]:
+        """The campaign's recorded contacts and their channel cost."""
+        with self._tx() as con:
+            n, cost = con.execute("SELECT count(*), coalesce(sum(cost), 0) FROM campaign_sends WHERE id = ?",
+                                  (campaign_id,)).fetchone()
+        return int(n), float(cost)
+
+    def record_triggered(self, campaign_id: str, decisions: list[tuple[str, list[tuple]]]) -> dict[str, str]:
+        """Record a trigger campaign's decided contacts, (decision_id, its send rows) each, a decision whole or not
+        at all: only while the campaign may send and within its `max_sends` and `budget`. One transaction, so
+        concurrent /events calls (threads or workers) cannot overshoot. Returns decision_id -> why for the decisions
+        left out (kept in `campaign_given_back`): the caller gives their charges back and sends none of them."""
+        refused: dict[str, str] = {}
+        now = _now()
+        with self._tx() as con:
+            campaign = self._read(con, campaign_id)
+            caps = campaign.spec.caps
+            n, cost = con.execute("SELECT count(*), coalesce(sum(cost), 0) FROM campaign_sends WHERE id = ?",
+                                  (campaign_id,)).fetchone()
+            for decision_id, rows in decisions:
+                extra = sum(r[-1] for r in rows)  # a send row ends with its channel cost
+                if not lifecycle.may_send(campaign):  # paused, stopped or edited since the event's context was read
+                    refused[decision_id] = f"campaign {campaign_id} is {campaign.state} (version {campaign.version})"
+                elif caps.max_sends is not None and n + len(rows) > caps.max_sends:
+                    refused[decision_id] = f"campaign {campaign_id} reached its max_sends ({caps.max_sends})"
+                elif caps.budget is not None and cost + extra > caps.budget + 1e-9:
+                    refused[decision_id] = f"campaign {campaign_id} reached its budget ({caps.budget:g})"
+                else:
+                    con.executemany("INSERT OR IGNORE INTO campaign_sends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [(campaign_id, *r) for r in rows])
+                    n, cost = n + len(rows), cost + extra
+                    continue
+                con.execute("INSERT OR IGNORE INTO campaign_given_back VALUES (?, ?, ?, ?)",
+                            (campaign_id, decision_id, refused[decision_id], now))
+        return refused
+
+    def given_back(self, decision_ids: list[str]) -> dict[str, str]:
+        """decision_id -> why, for those of `decision_ids` a trigger campaign gave back."""
+        out: dict[str, str] = {}
+        if not decision_ids:
+            return out
+        with self._tx() as con:
+            for start in range(0, len(decision_ids), 500):  # SQLite's limit on bound parameters
+                part = decision_ids[start:start + 500]
+                out |= dict(con.execute("SELECT decision_id, reason FROM campaign_given_back WHERE decision_id IN "
+                                        f"({', '.join('?' * len(part))})", part).fetchall())
+        return out
 
     def skip(self, campaign_id: str, version: int, cursor: int) -> None:
         """Move the run's cursor without recording contacts (a batch given back)."""

@@ -140,7 +140,21 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
             settings.ledger_identity_path.unlink(missing_ok=True)  # a new, empty ledger is meant here, not a lost one
         for path in settings.log_dir.glob("*.jsonl*"):
             path.unlink()
+        # ... and its segments and campaigns: an old campaign's audience, approvals and sends name the old world's
+        # users (whose ids the new world reuses), so none of it may run on the new one.
+        removed = _reset_campaigns(settings)
+    if any(removed.values()):
+        console.print(f"campaign store reset for the new world: {removed['campaigns']} campaign(s) and "
+                      f"{removed['segments']} segment(s) of the old one removed")
     return {name: len(df) for name, df in world.tables.items()}
+
+
+def _reset_campaigns(settings: Settings) -> dict[str, int]:
+    """Empty the home's campaign store, if there is one (one transaction: a service reading it sees none of it)."""
+    from nextbest.campaigns.store import CampaignStore, store_path
+
+    path = store_path(settings.home)
+    return CampaignStore(path).reset() if path.exists() else {"segments": 0, "campaigns": 0}
 
 
 @app.command()

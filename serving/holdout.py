@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-__all__ = ["UNIVERSAL", "holdout_draw", "period_of", "in_holdout", "control_of"]
+__all__ = ["UNIVERSAL", "holdout_draw", "period_of", "in_holdout", "control_of", "with_campaign_shares"]
 
 UNIVERSAL = "universal"  # the scope of the hold-out kept out of every campaign
 _SCALE = float(1 << 64)
@@ -33,6 +33,16 @@ def period_of(now: datetime, period_days: int) -> int:
 def in_holdout(user_id: str, share: float, salt: str, scope: str, period: int) -> bool:
     """True when `user_id` is in the `share` of users held out of `scope` during `period`."""
     return share > 0 and holdout_draw(user_id, salt, scope, period) < share
+
+
+def with_campaign_shares(holdout, shares: dict[str, float]):
+    """The operator config's `Holdout` with campaigns' own control shares (campaign id -> share) added: a campaign
+    holds out the larger of its own share and the operator's share for it. The same object when nothing changes."""
+    merged = dict(holdout.campaigns)
+    for campaign_id, share in shares.items():
+        if share > merged.get(campaign_id, 0.0):
+            merged[campaign_id] = share
+    return holdout if merged == holdout.campaigns else holdout.model_copy(update={"campaigns": merged})
 
 
 def control_of(user_id: str, campaign_id: str | None, holdout, now: datetime) -> tuple[str, float] | None:

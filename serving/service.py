@@ -145,8 +145,9 @@ class NextBest:
     @bentoml.api(route="/events")
     @_http
     def events(self, request: EventsRequest, /) -> EventsResponse:
-        """Behaviour events: pushed to the online store, then event triggers decide."""
-        return EventsResponse(**self.runtime.events(request))
+        """Behaviour events: pushed to the online store, then event triggers decide (within their campaigns' limits)."""
+        out = self.runtime.events(request)
+        return EventsResponse(**{**out, "triggered": self.runtime.trigger_campaigns.answer(out["triggered"])})
 
     @bentoml.api(route="/feedback")
     @_http
@@ -232,11 +233,14 @@ class NextBest:
 
 
 def _campaign_api(settings: Settings, runtime: Runtime) -> CampaignApi:
-    """The campaign endpoints over the home's campaign store; the event triggers campaigns name belong to them."""
+    """The campaign endpoints over the home's campaign store; the event triggers campaigns name belong to them, and
+    every decision that names a campaign holds out that campaign's control group."""
+    from nextbest.campaigns.execution import hold_out_campaigns
     from nextbest.campaigns.store import CampaignStore, store_path
 
     store = CampaignStore(store_path(settings.home), four_eyes=settings.campaign_four_eyes)
-    runtime.trigger_campaigns = TriggerCampaigns(store)
+    runtime.trigger_campaigns = TriggerCampaigns(store, runtime)
+    hold_out_campaigns(runtime, store)
     return CampaignApi(store, runtime, (NotFoundError, ConflictError, UserError))
 
 

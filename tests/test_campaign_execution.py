@@ -254,7 +254,7 @@ def test_a_trigger_sends_only_while_its_campaign_runs_on_an_approved_version(wor
     home, rt, store = world
     at = NOW + timedelta(days=40)
     monkeypatch.setattr("nextbest.serving.clock.system_clock", lambda: at)
-    monkeypatch.setattr(rt, "trigger_campaigns", TriggerCampaigns(store))
+    monkeypatch.setattr(rt, "trigger_campaigns", TriggerCampaigns(store, rt))
     offer = load_config(home.operator_yaml).offers[0].offer_id
     spec = CampaignSpec(name="browse follow-up", trigger="browsed", offers=[
         CampaignOffer(offer_id=offer, variants=[Variant(id="A"), Variant(id="B")])])

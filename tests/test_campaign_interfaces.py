@@ -120,3 +120,24 @@ def test_campaign_changes_count_as_writes_for_the_api_key_on_loopback():
     for path in ("/campaigns/create", "/campaigns/edit", "/campaigns/command", "/campaigns/run"):
         assert writes.key_required(path, remote=False), path
     assert not writes.key_required("/campaigns/show", remote=False)
+
+
+def test_simulate_empties_the_campaign_store_of_the_old_world(tmp_path, monkeypatch):
+    """A new world reuses the old one's user ids: its campaigns (audiences, approvals, sends) must not run on it."""
+    from nextbest.campaigns.model import CampaignOffer, CampaignSpec
+    from nextbest.campaigns.segments import Segment
+    from nextbest.campaigns.store import CampaignStore, store_path
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+    store = CampaignStore(store_path(tmp_path / "home"))  # open, as a running service holds it
+    store.save_segment(Segment("old", "age > 30"))
+    c = store.create(CampaignSpec(name="old", audience="old", offers=[CampaignOffer(offer_id="o1")]), "ann", "old")
+    store.start_run(c.id, c.version, ["u00001"])
+    store.add_sends(c.id, [("d1", "u00001", "o1", "email", "A", 1.0, "2026-09-01T10:00:00+00:00", 0.1)])
+    result = runner.invoke(app, ["simulate", "--users", "30", "--days", "14"])
+    assert result.exit_code == 0, result.output
+    assert "1 campaign(s) and 1 segment(s) of the old one removed" in result.output
+    assert (store.list(), store.segments(), store.run_state("old"), store.sends("old")) == ([], [], None, [])
+    again = runner.invoke(app, ["simulate", "--users", "30", "--days", "14"])
+    assert again.exit_code == 0 and "campaign store reset" not in again.output

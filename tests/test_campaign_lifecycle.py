@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -127,3 +129,65 @@ def test_nothing_sends_unless_the_running_version_was_approved_by_someone_else(s
     assert not store.sends(c.id) or approved  # every recorded send happened under an approval
     if steps == APPROVED_EDITED_REAPPROVED:
         assert len(store.sends(c.id)) == 2  # sent before the edit and after the new approval, not in between
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(STEP, min_size=1, max_size=14), st.sampled_from([None, 1, 3]))
+@example(APPROVED_EDITED_REAPPROVED, 3)
+def test_a_trigger_campaign_sends_only_on_its_approved_running_version_and_within_its_limit(shared_store, steps,
+                                                                                            max_sends):
+    """The same random command sequences on a trigger campaign: its trigger has a context exactly while the running
+    version is the approved one (with room under `max_sends`), and a decided contact is recorded only then; a
+    decision recorded for a paused, edited or full campaign is given back."""
+    from datetime import UTC, datetime
+
+    from nextbest.campaigns.execution import trigger_contexts
+    from nextbest.campaigns.model import Caps
+
+    store = shared_store
+    trigger = f"cart-{uuid.uuid4().hex[:8]}"  # its own trigger: other examples' campaigns do not compete for it
+    trigger_spec = spec().model_copy(update={"audience": None, "trigger": trigger, "caps": Caps(max_sends=max_sends)})
+    c = store.create(trigger_spec, "ann")
+    now = datetime.now(UTC)
+    for k, (command, actor) in enumerate(steps):
+        before = store.get(c.id)
+        if command == "edit":
+            try:
+                store.edit(c.id, trigger_spec.model_copy(update={"name": f"v{k}"}), actor)
+            except TransitionError:
+                assert before.state == "finished"
+        elif command == "send":
+            n = store.totals(c.id)[0]
+            room = max_sends is None or n < max_sends
+            context = trigger_contexts(store, now)[trigger]
+            assert (context is not None) == (lifecycle.may_send(before) and room)
+            assert context is None or context.campaign_id == c.id
+            refused = store.record_triggered(c.id, [(f"d{k}", [(f"d{k}", "u1", "o0", "email", "A", 0.5, "t", 1.0)])])
+            assert (f"d{k}" not in refused) == (lifecycle.may_send(before) and room)
+            assert store.given_back([f"d{k}"]) == refused
+        else:
+            try:
+                store.command(c.id, command, actor)
+            except TransitionError:
+                assert store.get(c.id) == before
+    sends = store.sends(c.id)
+    assert max_sends is None or len(sends) <= max_sends
+    assert not sends or any(e["command"] == "approve" for e in store.events(c.id))
+
+
+def test_the_control_shares_decisions_read_follow_every_spec_change(tmp_path):
+    """What the service's decisions hold out (`CampaignStore.control_shares`, cached): a change written by another
+    process is seen at the next read; sends and commands leave the cached shares as they are."""
+    service, cli = CampaignStore(tmp_path / "c.db"), CampaignStore(tmp_path / "c.db")  # two handles, one file
+    c = cli.create(spec().model_copy(update={"control_pct": 10.0}), "ann")
+    shares = service.control_shares()
+    assert shares == {c.id: 0.10}
+    cli.command(c.id, "submit", "ann")
+    cli.add_sends(c.id, [("d1", "u1", "o0", "email", "A", 1.0, "t", 0.1)])
+    assert service.control_shares() is shares
+    cli.edit(c.id, spec().model_copy(update={"control_pct": 25.0}), "ann")
+    assert service.control_shares() == {c.id: 0.25}
+    cli.create(spec("no control"), "ann")
+    assert service.control_shares() == {c.id: 0.25}
+    cli.reset()
+    assert service.control_shares() == {}

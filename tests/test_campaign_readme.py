@@ -31,3 +31,20 @@ def test_every_command_in_the_readme_workflow_exists():
     routes = {api.route for api in NextBest.apis.values()}
     named = re.findall(r"`(/campaigns/[a-z_]+)`", SECTION)
     assert len(named) >= 7 and set(named) <= routes, set(named) - routes
+
+
+def test_the_readme_workflows_options_and_http_commands_are_the_codes():
+    from typing import get_args
+
+    from nextbest.campaigns.api import CampaignCommand
+
+    cli = get_command(app)
+    lines = re.findall(r"^nextbest (?:segment|campaign) .*$", SECTION, re.M)
+    for line in lines:
+        _, group, command, *rest = line.split("#")[0].split()
+        options = {word.split("=")[0] for word in rest if word.startswith("--")}
+        known = {opt for param in cli.commands[group].commands[command].params for opt in param.opts}
+        assert options <= known, (line, options - known)
+    assert any("--as-of" in line for line in lines) and any("--actor" in line for line in lines)
+    listed = re.search(r'"command": "([a-z|]+)"', SECTION).group(1).split("|")
+    assert set(listed) == set(get_args(CampaignCommand.model_fields["command"].annotation))
