@@ -95,6 +95,8 @@ class Purchases:
 
     def first_after(self, u: np.ndarray, at_ns: np.ndarray, days: float) -> tuple[np.ndarray, np.ndarray]:
         """Time and amount of each user's first purchase in (at, at + days] (NAT / 0 if none)."""
+        if len(self.key) == 0:  # a tiny world where nobody bought yet
+            return np.full(len(u), NAT), np.zeros(len(u))
         i = np.searchsorted(self.key, self._key(u, at_ns), side="right")
         j = np.minimum(i, len(self.key) - 1)
         ok = (i < len(self.key)) & (self.user[j] == u) & (self.ts[j] <= at_ns + int(days * DAY_NS))
@@ -102,6 +104,8 @@ class Purchases:
 
     def last_before(self, u: np.ndarray, at_ns: int) -> np.ndarray:
         """Time of each user's last purchase before `at` (NAT if none)."""
+        if len(self.key) == 0:
+            return np.full(len(u), NAT)
         i = np.searchsorted(self.key, self._key(u, np.full(len(u), at_ns)), side="left") - 1
         j = np.maximum(i, 0)
         return np.where((i >= 0) & (self.user[j] == u), self.ts[j], NAT)

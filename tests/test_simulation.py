@@ -279,3 +279,13 @@ def test_the_history_oracle_knows_less_than_the_oracle_and_more_than_nothing(wor
     assert all(m["violations"] == 0 for m in results.values())
     revenue = {name: m["incremental_revenue"] for name, m in results.items()}
     assert revenue["random"] < revenue["history oracle"] < 0.95 * revenue["oracle"]
+
+
+def test_the_smallest_world_the_cli_allows_simulates_and_conforms():
+    """10 users (the CLI's minimum) may have nobody buying before a campaign: no purchase to look up, no crash."""
+    for seed in range(3):
+        world = simulate(WorldConfig(n_users=10, days=30, seed=seed))
+        assert world.tables["users"]["user_id"].nunique() == 10
+        for table in TABLES:
+            if table in world.tables:
+                conform(table, world.tables[table], f"{table}.csv")
