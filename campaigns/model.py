@@ -48,8 +48,9 @@ class Experiment(_Strict):
                                              "sampling with a floor per variant")
     metric: Literal["opened", "clicked", "converted"] = Field("clicked", description="the outcome compared")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="false-winner rate the sequential rule allows")
-    power: float = Field(0.8, gt=0.5, lt=1, description="power at the minimum detectable effect (for the sample "
-                         "size shown before the start)")
+    power: float = Field(0.95, gt=0.5, lt=1, description="power at the minimum detectable effect (for the sample "
+                         "size shown before the start): the share of runs in which the true best copy wins when "
+                         "its lift is the MDE")
     mde: float = Field(0.2, gt=0, le=10, description="minimum detectable effect, relative (0.2 = +20 %)")
     baseline: float = Field(0.05, gt=0, lt=1, description="expected rate of the metric for the control copy")
     test_share: float = Field(0.2, gt=0, le=1, description="fixed mode: share of the audience in the test")
