@@ -68,7 +68,9 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--home", str(home), "--users", str(args.users), "--seed",
            str(args.seed), "--every-days", str(args.every_days), "--duckdb-memory", args.duckdb_memory,
            "--spark-master", args.spark_master, "--online-store", args.online_store, "--redis-port", str(args.redis_port)] + (["--snapshots", str(args.snapshots)] if args.snapshots else [])
-    started = time.perf_counter()
+    import resource
+
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     top, peak = psutil.Process(proc.pid), 0
@@ -85,6 +87,10 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_seconds"] = round(time.perf_counter() - started, 2)  # includes interpreter start and imports
     result["peak_rss_mb"] = round(peak / 2**20)
+    # CPU seconds of the stage's process tree (the redis-server's not included): steadier than wall time when
+    # other jobs share the cores
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
     return result
 
 
@@ -132,7 +138,7 @@ def main() -> None:
         for name in names:
             results[name] = child(name, home, args, server if name == "online" else None)
             print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
-                  f"peak {results[name]['peak_rss_mb']:>6} MB", flush=True)
+                  f"peak {results[name]['peak_rss_mb']:>6} MB  cpu {results[name]['cpu_seconds']:>8.1f} s", flush=True)
     finally:
         if server is not None:
             server.terminate()
@@ -148,6 +154,7 @@ def main() -> None:
         "path": " -> ".join(path),
         "total_wall_seconds": round(sum(results[n]["wall_seconds"] for n in path), 1),
         "peak_rss_mb": max(results[n]["peak_rss_mb"] for n in path),
+        "total_cpu_seconds": round(sum(results[n]["cpu_seconds"] for n in path), 1),
         "stages": results,
     }
     if args.spark:

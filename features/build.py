@@ -512,7 +512,7 @@ def _tz_days(timezones: list[str], first_day: int, last_day: int) -> pd.DataFram
     frames = []
     for tz in timezones:
         zone = ZoneInfo(tz)
-        offset = lambda s: int(datetime.fromtimestamp(s, zone).utcoffset().total_seconds())  # noqa: E731
+        offset = lambda s, zone=zone: int(datetime.fromtimestamp(s, zone).utcoffset().total_seconds())  # noqa: E731
         at_start = ((starts.tz_convert(zone).tz_localize(None) - naive).asi8 // 10**9).astype("int64")
         next_day = np.append(at_start[1:], offset(int(days[-1] + 1) * 86400))
         switch = (days + 1) * 86400
