@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--redis-port", type=int, default=6393)
     parser.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
+    parser.add_argument("--raw-from", type=Path, default=None,
+                        help="reuse the raw tables of this home (its raw/ folder) instead of simulating them")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -127,7 +129,10 @@ def main() -> None:
         return
     home = args.home / f"u{args.users}"
     shutil.rmtree(home, ignore_errors=True)
-    names = ["simulate", *(["build:spark"] if args.spark else []), "build:duckdb", *(["online"] if args.online else [])]
+    names = [*([] if args.raw_from else ["simulate"]), *(["build:spark"] if args.spark else []), "build:duckdb",
+             *(["online"] if args.online else [])]
+    if args.raw_from:  # a copy: the build never writes into another home
+        shutil.copytree((args.raw_from / "raw").resolve(), home / "raw")
     results = {}
     server = None
     if args.online and args.online_store == "redis":
@@ -151,7 +156,7 @@ def main() -> None:
         "users": args.users,
         "duckdb_memory_limit": args.duckdb_memory,
         "online_store": args.online_store if args.online else None,
-        "path": " -> ".join(path),
+        "path": " -> ".join(path) + (f" (raw tables from {args.raw_from})" if args.raw_from else ""),
         "total_wall_seconds": round(sum(results[n]["wall_seconds"] for n in path), 1),
         "peak_rss_mb": max(results[n]["peak_rss_mb"] for n in path),
         "total_cpu_seconds": round(sum(results[n]["cpu_seconds"] for n in path), 1),
