@@ -486,8 +486,8 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
     try:
         step("slices of users")
         _write_slices(engine, slices, parts)
+        step(f"{', '.join(queries)} ({parts} slices)")  # one step: the CLI's progress bar counts a fixed number
         for part in range(parts):
-            step(f"users, slice {part + 1}/{parts}")
             _focus(engine, part, parts, slices)
             for name, sql in queries.items():
                 folders[name].mkdir(parents=True, exist_ok=True)
@@ -525,7 +525,7 @@ def _tz_days(timezones: list[str], first_day: int, last_day: int) -> pd.DataFram
         frames.append(pd.DataFrame({"timezone": pd.Series([tz] * len(days), dtype=object), "day": days,
                                     "offset_s": at_start, "switch_s": switch, "offset_after_s": next_day}))
     if not frames:
-        return pd.DataFrame({"timezone": pd.Series([], dtype=object), **{c: pd.Series([], dtype="int64") for c in
+        return pd.DataFrame({"timezone": pd.Series([], dtype="string"), **{c: pd.Series([], dtype="int64") for c in
                                                                          ("day", "offset_s", "switch_s", "offset_after_s")}})
     return pd.concat(frames, ignore_index=True)
 
