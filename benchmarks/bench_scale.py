@@ -68,7 +68,9 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--home", str(home), "--users", str(args.users), "--seed",
            str(args.seed), "--every-days", str(args.every_days), "--duckdb-memory", args.duckdb_memory,
            "--spark-master", args.spark_master, "--online-store", args.online_store, "--redis-port", str(args.redis_port)] + (["--snapshots", str(args.snapshots)] if args.snapshots else [])
-    started = time.perf_counter()
+    import resource
+
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     top, peak = psutil.Process(proc.pid), 0
@@ -85,6 +87,10 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_seconds"] = round(time.perf_counter() - started, 2)  # includes interpreter start and imports
     result["peak_rss_mb"] = round(peak / 2**20)
+    # CPU seconds of the stage's process tree (the redis-server's not included): steadier than wall time when
+    # other jobs share the cores
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
     return result
 
 
@@ -114,6 +120,8 @@ def main() -> None:
     parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--redis-port", type=int, default=6393)
     parser.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
+    parser.add_argument("--raw-from", type=Path, default=None,
+                        help="reuse the raw tables of this home (its raw/ folder) instead of simulating them")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -121,7 +129,10 @@ def main() -> None:
         return
     home = args.home / f"u{args.users}"
     shutil.rmtree(home, ignore_errors=True)
-    names = ["simulate", *(["build:spark"] if args.spark else []), "build:duckdb", *(["online"] if args.online else [])]
+    names = [*([] if args.raw_from else ["simulate"]), *(["build:spark"] if args.spark else []), "build:duckdb",
+             *(["online"] if args.online else [])]
+    if args.raw_from:  # a copy: the build never writes into another home
+        shutil.copytree((args.raw_from / "raw").resolve(), home / "raw")
     results = {}
     server = None
     if args.online and args.online_store == "redis":
@@ -132,7 +143,7 @@ def main() -> None:
         for name in names:
             results[name] = child(name, home, args, server if name == "online" else None)
             print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
-                  f"peak {results[name]['peak_rss_mb']:>6} MB", flush=True)
+                  f"peak {results[name]['peak_rss_mb']:>6} MB  cpu {results[name]['cpu_seconds']:>8.1f} s", flush=True)
     finally:
         if server is not None:
             server.terminate()
@@ -145,9 +156,10 @@ def main() -> None:
         "users": args.users,
         "duckdb_memory_limit": args.duckdb_memory,
         "online_store": args.online_store if args.online else None,
-        "path": " -> ".join(path),
+        "path": " -> ".join(path) + (f" (raw tables from {args.raw_from})" if args.raw_from else ""),
         "total_wall_seconds": round(sum(results[n]["wall_seconds"] for n in path), 1),
         "peak_rss_mb": max(results[n]["peak_rss_mb"] for n in path),
+        "total_cpu_seconds": round(sum(results[n]["cpu_seconds"] for n in path), 1),
         "stages": results,
     }
     if args.spark:

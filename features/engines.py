@@ -35,6 +35,8 @@ class Engine(Protocol):
     def table(self, name: str, path: Path) -> None: ...  # a view over one Parquet file
     def frame(self, name: str, df: pd.DataFrame) -> None: ...  # a small in-memory table (snapshot times, offsets)
     def view(self, name: str, sql: str) -> None: ...  # a named query (the raw tables normalised; recomputed per use)
+    def keep(self, name: str, sql: str) -> None: ...  # a named query's rows, computed once and kept (a slice's rows)
+    # DuckDB only (its builds in slices of users): def partition(self, sql, folder, column) -> None
     def write(self, sql: str, path: Path) -> int: ...  # the query's rows to one Parquet file; returns the row count
     def fetch(self, sql: str) -> pd.DataFrame: ...  # a small result
     def close(self) -> None: ...
@@ -69,6 +71,19 @@ class DuckDBEngine:
 
     def view(self, name: str, sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+        self.con.execute(f"DROP TABLE IF EXISTS kept_{name}")  # rows `keep` held under this name, if any
+
+    def keep(self, name: str, sql: str) -> None:
+        # A temp table (spilled past the memory limit like any other), read through a view of the same name.
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE kept_{name} AS {sql}")
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM kept_{name}")
+
+    def partition(self, sql: str, folder: Path, column: str) -> None:
+        """The query's rows written once as `<folder>/<column>=<value>/*.parquet` (the column leaves the files)."""
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
+        # scratch files read back once: snappy is cheaper to write than zstd
+        self.con.execute(f"COPY ({sql}) TO '{_quoted(str(folder))}' "
+                         f"(FORMAT parquet, COMPRESSION snappy, PARTITION_BY ({column}), OVERWRITE_OR_IGNORE)")
 
     def write(self, sql: str, path: Path) -> int:
         self.con.execute(f"COPY ({sql}) TO '{_quoted(str(path))}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
@@ -139,6 +154,9 @@ class SparkEngine:
 
     def view(self, name: str, sql: str) -> None:
         self.spark.sql(spark_sql(sql)).createOrReplaceTempView(name)
+
+    def keep(self, name: str, sql: str) -> None:
+        self.spark.sql(spark_sql(sql)).cache().createOrReplaceTempView(name)
 
     def write(self, sql: str, path: Path) -> int:
         folder = self.work / f"out-{uuid.uuid4().hex[:8]}"

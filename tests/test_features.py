@@ -220,3 +220,29 @@ def test_a_build_in_slices_of_users_equals_the_build_in_one_pass(raw_frames):
     sliced = build_all(raw_frames, BuildConfig(users_per_pass=45))  # 200 users: 5 slices
     for name, table in whole.items():
         pd.testing.assert_frame_equal(sliced[name], table, check_exact=False, rtol=1e-9, obj=name)
+
+
+def test_the_daily_rhythm_reads_local_hours_across_a_dst_switch():
+    """The time profile's local hour comes from each user's UTC offset on the event's day, switching at the exact
+    instant of a DST change (Berlin and New York in March 2026) and for half-hour zones (Kolkata): the same hours
+    as converting every event with pandas."""
+    second, hour = pd.Timedelta(seconds=1), pd.Timedelta(hours=1)
+    berlin, new_york = pd.Timestamp("2026-03-29 01:00", tz="UTC"), pd.Timestamp("2026-03-08 07:00", tz="UTC")
+    events = {"b": [berlin - second, berlin, berlin + 5 * hour], "n": [new_york - second, new_york, new_york - 7 * hour],
+              "k": [pd.Timestamp("2026-03-20 00:45", tz="UTC"), pd.Timestamp("2026-03-20 18:29:59", tz="UTC")]}
+    zones = {"b": "Europe/Berlin", "n": "America/New_York", "k": "Asia/Kolkata"}
+    users = pd.DataFrame({"user_id": list(zones), "signup_at": pd.Timestamp("2026-01-01", tz="UTC"),
+                          "timezone": list(zones.values())})
+    ev = pd.DataFrame([(u, t) for u, ts in events.items() for t in ts], columns=["user_id", "ts"])
+    ev = ev.assign(type="app_open", category=None, amount=np.nan)
+    rhythm = build_all({"users": users, "events": ev})["time_profile"]
+    newest = rhythm[rhythm["event_timestamp"] == rhythm["event_timestamp"].max()].set_index("user_id")
+    gap = np.minimum(np.arange(24), 24 - np.arange(24))
+    kernel = np.exp(-0.5 * (gap / 2.0) ** 2)
+    for user, zone in zones.items():
+        local = pd.Series(events[user]).dt.tz_convert(zone).dt.hour
+        hourly = np.bincount(local, minlength=24).astype(float)
+        smooth = np.array([sum(hourly[k] * kernel[(h - k) % 24] for k in range(24)) for h in range(24)])
+        got = newest.loc[user, [f"open_share_h{h:02d}" for h in range(24)]].to_numpy(dtype=float)
+        assert got == pytest.approx(smooth / smooth.sum()), (user, local.tolist())
+    assert pd.Series(events["b"]).dt.tz_convert("Europe/Berlin").dt.hour.tolist() == [1, 3, 8]  # the switch is in it
