@@ -136,15 +136,21 @@ def _feature(users: Users | UserColumns, name: str, default: float) -> np.ndarra
     return np.where(np.isnan(v), default, v)
 
 
-def send_time_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
-    """P(open) per (user, channel, local hour): (U, C, 24), one predict over U x C x 24 rows."""
+def send_time_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
+                     candidates: np.ndarray | None = None) -> np.ndarray:
+    """P(open) per (user, channel, local hour): (U, C, 24), one predict over U x C x 24 rows; with `candidates`
+    (bool (U, C)), over those (user, channel) pairs only, NaN elsewhere."""
     channels = config.channel_names()
     n_u, n_c = n_users(users), len(channels)
     if "send_time" in models.models:
-        x = Rows(user_columns(users), np.repeat(np.arange(n_u), n_c * HOURS), np.tile(np.repeat(np.arange(n_c), HOURS), n_u),
-                 np.tile(np.arange(HOURS, dtype="float64"), n_u * n_c), request_grid(config))  # cells of offer 0: channel c
-        model, inputs = models.scorer("send_time", x)
-        return np.asarray(model.predict(inputs), dtype=float).reshape(n_u, n_c, HOURS)
+        user, channel = np.nonzero(np.ones((n_u, n_c), dtype=bool) if candidates is None else candidates)
+        x = Rows(user_columns(users), np.repeat(user, HOURS), np.repeat(channel, HOURS),  # cells of offer 0: channel c
+                 np.tile(np.arange(HOURS, dtype="float64"), len(user)), request_grid(config))
+        out = np.full((n_u, n_c, HOURS), np.nan)
+        if len(user):
+            model, inputs = models.scorer("send_time", x)
+            out[user, channel] = np.asarray(model.predict(inputs), dtype=float).reshape(len(user), HOURS)
+        return out
     # Rule-based: the channel's open rate spread over the user's app-open rhythm (uniform if unknown).
     shares = np.stack([_feature(users, f"open_share_h{h:02d}", 1 / HOURS) for h in range(HOURS)], axis=1)
     rates = np.stack([_feature(users, f"open_rate_{c}", _BASE_OPEN) for c in channels], axis=1)

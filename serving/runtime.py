@@ -945,8 +945,10 @@ def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) 
     feasible (offer, channel) pairs (U, O, C), P(convert) and uplift (U, O, C), P(churn) (U,).
 
     P(convert) and uplift are scored for the feasible pairs only (NaN elsewhere): nothing reads the others, and
-    a campaign's few offers or a capped user's closed channels cost no model rows."""
-    p_open = engine.send_time_scores(models, ucols, config)  # (U, C, 24)
+    a campaign's few offers or a capped user's closed channels cost no model rows. P(open) likewise, for the
+    channels with an allowed slot of a user with an allowed offer (no other channel can get a slot)."""
+    open_channels = result.channel_ok & result.offer_ok.any(axis=1)[:, None]
+    p_open = engine.send_time_scores(models, ucols, config, open_channels)  # (U, C, 24)
     slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
     hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
     feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]

@@ -38,14 +38,16 @@ def ids(trained) -> list[str]:
 
 def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference: bool) -> list[dict]:
     """`Runtime.score` on the fast path, or on the reference path: Feast's own online read, training's pandas
-    frames (the send-time model on its full dense input) and every offer x channel scored."""
-    fast_models, every_pair = rt.models.current, engine.conversion_scores
+    frames (the send-time model on its full dense input) and every user x offer x channel (x hour) scored."""
+    fast_models, every_pair, every_channel = rt.models.current, engine.conversion_scores, engine.send_time_scores
     with pytest.MonkeyPatch.context() as mp:
         if reference:
             rt.models.current = fast_models.pandas()
             mp.setattr(rt.features, "reader", lambda: None)  # OnlineFeatures.fetch falls back to get_online_features
             mp.setattr(engine, "conversion_scores", lambda models, users, config, hours, candidates=None:
                        every_pair(models, users, config, hours))
+            mp.setattr(engine, "send_time_scores", lambda models, users, config, candidates=None:
+                       every_channel(models, users, config))
         rt.rng = np.random.default_rng(0)  # the same exploration draws on both paths
         try:
             return rt.score(ids, context, NOW, n_actions=2)
