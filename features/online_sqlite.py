@@ -182,9 +182,8 @@ class OnlineReader:
         self.version = config.entity_key_serialization_version
         self.names: list[str] = []
         self.types: list = []
-        self._where: list[dict[str, int]] = []  # per table: feature name -> output index
         selects = []
-        for tab, projection in enumerate(fs.feature_view_projections):
+        for projection in fs.feature_view_projections:
             view = views[projection.name]
             table = compute_table_id(config.project, view, versioned)
             index = {}
@@ -192,12 +191,14 @@ class OnlineReader:
                 index[f.name] = len(self.names)
                 self.names.append(f.name)
                 self.types.append(f.dtype.to_value_type())
-            self._where.append(index)
             # A projection that takes the whole view needs no name filter (the table holds only its features).
             subset = "" if set(index) >= {f.name for f in view.features} else \
                 " AND t.feature_name IN (" + ",".join(_quote(n) for n in index) + ")"
-            selects.append(f'SELECT k.pos, {tab}, t.feature_name, t.value FROM k JOIN "{table}" AS t '
-                           f"ON t.entity_key = k.key{subset}")
+            # SQLite maps each name to its output index (-1: a feature the view no longer has): no name string per
+            # row reaches Python, and no Python lookup per row (~25 % of a large read).
+            position = "CASE t.feature_name " + " ".join(f"WHEN {_quote(n)} THEN {i}" for n, i in index.items()) + \
+                " ELSE -1 END"
+            selects.append(f'SELECT k.pos, {position}, t.value FROM k JOIN "{table}" AS t ON t.entity_key = k.key{subset}')
         self._select = " UNION ALL ".join(selects)
         self._local = threading.local()
         self._decoded: dict[tuple[int, bytes], object] = {}  # (feature, ValueProto bytes) -> decoded value
@@ -239,11 +240,10 @@ class OnlineReader:
         other: list[tuple[int, int, bytes]] = []
         if rows:
             n = len(rows)
-            pos_t, tab_t, name_t, vals = zip(*rows, strict=True)
-            where = self._where
+            pos_t, idx_t, vals = zip(*rows, strict=True)
             pos = np.fromiter(pos_t, dtype=np.int64, count=n)
             # -1: a row of a feature the view no longer has (renamed or dropped; materialising never deletes it)
-            idx = np.fromiter(map(lambda t, name: where[t].get(name, -1), tab_t, name_t), dtype=np.int64, count=n)
+            idx = np.fromiter(idx_t, dtype=np.int64, count=n)
             if (idx < 0).any():
                 keep = np.flatnonzero(idx >= 0)
                 pos, idx = pos[keep], idx[keep]

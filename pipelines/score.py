@@ -44,7 +44,7 @@ class ScoreConfig:
     channels: tuple[str, ...] | None = None
     n_actions: int = 1
     now: datetime | None = None  # decision time; default: the clock when scoring starts
-    chunk: int = 1_000  # users per planner call (the send-time input is 120 rows x ~150 columns per user)
+    chunk: int = 1_000  # users per planner call (the send-time net scores 120 rows per user)
 
 
 def _job(settings, config):

@@ -136,15 +136,21 @@ def _feature(users: Users | UserColumns, name: str, default: float) -> np.ndarra
     return np.where(np.isnan(v), default, v)
 
 
-def send_time_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig) -> np.ndarray:
-    """P(open) per (user, channel, local hour): (U, C, 24), one predict over U x C x 24 rows."""
+def send_time_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
+                     candidates: np.ndarray | None = None) -> np.ndarray:
+    """P(open) per (user, channel, local hour): (U, C, 24), one predict over U x C x 24 rows; with `candidates`
+    (bool (U, C)), over those (user, channel) pairs only, NaN elsewhere."""
     channels = config.channel_names()
     n_u, n_c = n_users(users), len(channels)
     if "send_time" in models.models:
-        x = Rows(user_columns(users), np.repeat(np.arange(n_u), n_c * HOURS), np.tile(np.repeat(np.arange(n_c), HOURS), n_u),
-                 np.tile(np.arange(HOURS, dtype="float64"), n_u * n_c), request_grid(config))  # cells of offer 0: channel c
-        model, inputs = models.scorer("send_time", x)
-        return np.asarray(model.predict(inputs), dtype=float).reshape(n_u, n_c, HOURS)
+        user, channel = np.nonzero(np.ones((n_u, n_c), dtype=bool) if candidates is None else candidates)
+        x = Rows(user_columns(users), np.repeat(user, HOURS), np.repeat(channel, HOURS),  # cells of offer 0: channel c
+                 np.tile(np.arange(HOURS, dtype="float64"), len(user)), request_grid(config))
+        out = np.full((n_u, n_c, HOURS), np.nan)
+        if len(user):
+            model, inputs = models.scorer("send_time", x)
+            out[user, channel] = np.asarray(model.predict(inputs), dtype=float).reshape(len(user), HOURS)
+        return out
     # Rule-based: the channel's open rate spread over the user's app-open rhythm (uniform if unknown).
     shares = np.stack([_feature(users, f"open_share_h{h:02d}", 1 / HOURS) for h in range(HOURS)], axis=1)
     rates = np.stack([_feature(users, f"open_rate_{c}", _BASE_OPEN) for c in channels], axis=1)
@@ -152,23 +158,32 @@ def send_time_scores(models: ModelSet, users: Users | UserColumns, config: Opera
 
 
 def conversion_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
-                      hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P(convert) and uplift per (user, offer, channel), channel at its send hour `hours` (U, C)."""
+                      hours: np.ndarray, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """P(convert) and uplift per (user, offer, channel), channel at its send hour `hours` (U, C).
+
+    With `candidates` (bool (U, O, C)), the models score only those (the actions the contact rules allow) and the
+    other entries are NaN: a row's score depends on that row alone, so the scored ones are the same numbers.
+    """
     n_u, n_o, n_c = n_users(users), len(config.offers), len(config.channels)
     offers, channels = config.offers, config.channel_names()
     uplift = np.full((n_u, n_o, n_c), np.nan)
     if "conversion" in models.models or "uplift" in models.models:
-        rows = np.repeat(np.arange(n_u), n_o * n_c)
-        cells = np.tile(np.arange(n_o * n_c), n_u)
+        if candidates is None:
+            rows = np.repeat(np.arange(n_u), n_o * n_c)
+            cells = np.tile(np.arange(n_o * n_c), n_u)
+        else:
+            rows, cells = np.nonzero(candidates.reshape(n_u, n_o * n_c))
         x = Rows(user_columns(users), rows, cells, hours[rows, cells % n_c].astype("float64"), request_grid(config))
         for kind in ("conversion", "uplift"):
             if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "lift"):
-                p_open, lift = funnel_factors(models, x.users, config, hours)
+                p_open, lift = funnel_factors(models, x.users, config, hours, candidates)
                 uplift = p_open[:, None, :] * lift[:, :, None]
                 continue
             if kind in models.models:
                 model, inputs = models.scorer(kind, x)
-                out = np.asarray(model.predict(inputs), dtype=float).reshape(n_u, n_o, n_c)
+                out = np.full(n_u * n_o * n_c, np.nan)
+                out[rows * (n_o * n_c) + cells] = np.asarray(model.predict(inputs), dtype=float) if len(rows) else 0.0
+                out = out.reshape(n_u, n_o, n_c)
                 if kind == "uplift":
                     uplift = out
                 else:
@@ -180,31 +195,41 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
 
 
 def funnel_factors(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
-                   hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   hours: np.ndarray, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A funnel uplift champion's two factors: P(open) per (user, channel) at its hour `hours` (U, C), and the
     lift of an opened offer, P(convert | opened, offer) - P(convert | control), per (user, offer) (U, O).
 
     Their product is the model's `predict` over the full user x offer x channel rows, from a fraction of the
-    rows: the open arm reads channel and hour, the offer arms the offer, the control arm the user only.
+    rows: the open arm reads channel and hour, the offer arms the offer, the control arm the user only. With
+    `candidates` (U, O, C), only the (user, channel) and (user, offer) pairs of some candidate are scored (NaN
+    elsewhere).
     """
     users = user_columns(users)
     grid = request_grid(config)
     n_u, n_c = hours.shape
     n_o = len(config.offers)
-    everyone = np.arange(n_u)
     hours = hours.astype("float64")
+    if candidates is None:
+        candidates = np.ones((n_u, n_o, n_c), dtype=bool)
+    open_u, open_c = np.nonzero(candidates.any(axis=1))  # (user, channel) pairs
+    offer_u, offer_o = np.nonzero(candidates.any(axis=2))  # (user, offer) pairs
+    someone = np.flatnonzero(candidates.any(axis=(1, 2)))
+    p_open, lift = np.full((n_u, n_c), np.nan), np.full((n_u, n_o), np.nan)
+    if not len(someone):
+        return p_open, lift
 
     def arm_input(rows: np.ndarray, cells: np.ndarray, hour: np.ndarray) -> tuple[object, object]:
         return models.scorer("uplift", Rows(users, rows, cells, hour, grid))
 
     # Arm inputs: channel + hour for opening, offer for converting; the other request columns are not read.
-    model, x_open = arm_input(np.repeat(everyone, n_c), np.tile(np.arange(n_c), n_u), hours.ravel())  # offer 0 x channel
-    p_open = model.arm("engage", x_open)
-    _, x_ctrl = arm_input(everyone, np.zeros(n_u, dtype="int64"), hours[:, 0])
-    p_ctrl = model.arm("control", x_ctrl)
-    _, x_offer = arm_input(np.repeat(everyone, n_o), np.tile(np.arange(n_o) * n_c, n_u), np.repeat(hours[:, 0], n_o))
-    lift = model.lift(x_offer, np.repeat(p_ctrl, n_o))  # every offer x channel 0
-    return p_open.reshape(n_u, n_c), lift.reshape(n_u, n_o)
+    model, x_open = arm_input(open_u, open_c, hours[open_u, open_c])  # offer 0 x channel
+    p_open[open_u, open_c] = model.arm("engage", x_open)
+    _, x_ctrl = arm_input(someone, np.zeros(len(someone), dtype="int64"), hours[someone, 0])
+    p_ctrl = np.full(n_u, np.nan)
+    p_ctrl[someone] = model.arm("control", x_ctrl)
+    _, x_offer = arm_input(offer_u, offer_o * n_c, hours[offer_u, 0])
+    lift[offer_u, offer_o] = model.lift(x_offer, p_ctrl[offer_u])  # every offer x channel 0
+    return p_open, lift
 
 
 def _rule_convert(users: Users, offers, channels: list[str]) -> np.ndarray:

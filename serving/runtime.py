@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
 from nextbest.features.settings import Settings
 from nextbest.serving import clock as server_clock
@@ -36,6 +37,7 @@ from nextbest.serving.schemas import (
     EventsRequest,
     FeedbackRequest,
     ProfileRequest,
+    UserId,
 )
 
 __all__ = ["UserError", "NotFoundError", "ConflictError", "Unsafe", "Runtime", "ModelHolder", "OnlineFeatures", "default_loader"]
@@ -43,6 +45,7 @@ __all__ = ["UserError", "NotFoundError", "ConflictError", "Unsafe", "Runtime", "
 log = logging.getLogger("nextbest.serving")
 
 DECISION_SERVICE = "decision_v1"
+_USER_ID = TypeAdapter(Annotated[str, UserId])  # DecideRequest's rule for a user id, alone
 TAGS = ("lifecycle_stage", "rfm_segment", "value_tier", "behaviour_cluster", "scorecard", "r_score", "f_score", "m_score")
 REALTIME = ("last_event_type", "last_event_at", "events_1h", "cart_open")
 # Never filled from population defaults: guessing consent or a timezone would break the contact rules.
@@ -518,9 +521,14 @@ class Runtime:
         not know, or outside the `where` rule (the eligibility language), are left out."""
         feats, known, degraded = self.features.fetch(list(user_ids))
         keep = np.flatnonzero(known & policy.matches(where, feats))
-        jobs = [_Job(DecideRequest(user_id=user_ids[i], now=now, context=context, n_actions=n_actions, dry_run=True),
-                     _new_id(), None) for i in keep]
-        return self._decide_jobs(jobs, prefetched=(_subset(feats, list(keep)), degraded)) if jobs else []
+        if not len(keep):
+            return []
+        # One request validated in full, the others copies with their own (validated) user id: validating the
+        # same context once per user cost ~5 % of a large dry run.
+        first = DecideRequest(user_id=user_ids[keep[0]], now=now, context=context, n_actions=n_actions, dry_run=True)
+        jobs = [_Job(first.model_copy(update={"user_id": _USER_ID.validate_python(user_ids[i])}), _new_id(), None)
+                for i in keep]
+        return self._decide_jobs(jobs, prefetched=(_subset(feats, list(keep)), degraded))
 
     def _check(self, config: OperatorConfig, ctx: CampaignContext) -> None:
         for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
@@ -627,19 +635,18 @@ class Runtime:
 
         ucols = engine.user_columns(feats)
         try:
-            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+            p_open, slots, hours, feasible, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
             model_error = False
         except Exception as err:  # a model that fails at predict time: this answer falls back to the rules, flagged
             log.error("model scoring failed, answering with the rule-based rung: %s: %s", type(err).__name__, err)
             models, model_error = engine.ModelSet(), True
-            p_open, slots, hours, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
+            p_open, slots, hours, feasible, p_convert, uplift, p_churn = _scores(models, ucols, config, gb, result)
         degraded = [r for r, missing in (("features_unavailable", features_degraded), ("model_error", model_error),
                                          ("rule_based_conversion", "conversion" not in models.models),
                                          ("rule_based_send_time", "send_time" not in models.models)) if missing]
         priority = np.array([o.priority for o in config.offers])
         unit_value = np.array([o.value * o.lever for o in config.offers])
         ev = engine.expected_values_many(p_convert, uplift, config, p_churn, engine.opt_out_risk(ucols, config))  # (U, O, C)
-        feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
         greedy = engine.greedy_many(ev, feasible, priority, config.min_expected_value)
         versions = models.versions()
         thompson = config.exploration.method == "thompson"
@@ -690,7 +697,8 @@ class Runtime:
                     user_counts.capacity_used[0, c, grid.utc_day[s]] += 1
                     res = policy.evaluate_many(config, user_rules, user_counts, user_grid).one(0)
                     best = engine.best_slots(p_open[i], grid.local_hour, res.slot_ok)
-                    feasible_i = res.offer_ok[:, None] & res.channel_ok[None, :] & (best >= 0)[None, :] & ~taken
+                    # Charging only closes actions (`& feasible[i]` keeps to the pairs that were scored).
+                    feasible_i = res.offer_ok[:, None] & res.channel_ok[None, :] & (best >= 0)[None, :] & ~taken & feasible[i]
                 explanation = None
                 if job.req.explain:
                     grid = grids[i]
@@ -941,14 +949,20 @@ def _believed(window: TimeWindow, name: str, value: datetime | None, clock: date
 
 
 def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) -> tuple:
-    """Every model's scores for a batch: P(open) (U, C, 24), the best slot and its hour per channel (U, C),
-    P(convert) and uplift (U, O, C), P(churn) (U,)."""
-    p_open = engine.send_time_scores(models, ucols, config)  # (U, C, 24)
+    """Every model's scores for a batch: P(open) (U, C, 24), the best slot and its hour per channel (U, C), the
+    feasible (offer, channel) pairs (U, O, C), P(convert) and uplift (U, O, C), P(churn) (U,).
+
+    P(convert) and uplift are scored for the feasible pairs only (NaN elsewhere): nothing reads the others, and
+    a campaign's few offers or a capped user's closed channels cost no model rows. P(open) likewise, for the
+    channels with an allowed slot of a user with an allowed offer (no other channel can get a slot)."""
+    open_channels = result.channel_ok & result.offer_ok.any(axis=1)[:, None]
+    p_open = engine.send_time_scores(models, ucols, config, open_channels)  # (U, C, 24)
     slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
     hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
-    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours)
+    feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
+    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours, feasible)
     p_churn = engine.churn_scores(models, ucols, config)
-    return p_open, slots, hours, p_convert, uplift, p_churn
+    return p_open, slots, hours, feasible, p_convert, uplift, p_churn
 
 
 class TriggerOwners(Protocol):

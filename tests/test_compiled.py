@@ -102,7 +102,9 @@ def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(runtime,
     pandas = compiled.pandas()
     assert not pandas.compiled
     p_open = engine.send_time_scores(compiled, users, config)
-    np.testing.assert_array_equal(p_open, engine.send_time_scores(pandas, users, config))
+    # The compiled send-time model sums its first layer per part (user once, per-row columns per row): float32
+    # rounding, not bit for bit (tests/test_fast_scoring.py holds the decisions to the reference).
+    np.testing.assert_allclose(p_open, engine.send_time_scores(pandas, users, config), rtol=0, atol=1e-6)
     hours = p_open.argmax(axis=2)
     for got, want in zip(engine.conversion_scores(compiled, users, config, hours),
                          engine.conversion_scores(pandas, users, config, hours), strict=True):

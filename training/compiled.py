@@ -229,24 +229,39 @@ class InputPlan:
 
     def codes(self, x: Rows) -> np.ndarray:
         """The encoder's float matrix for these rows, in `encoder.columns` order."""
-        g = self._encoded_grid(x.grid)
         # The user's own columns once per user, then one row copy per input row; the per-row columns after.
-        per_user = np.empty((x.users.n, len(self.encoder.columns)), dtype="float64")
-        everyone = np.arange(x.users.n)
+        out = self.user_codes(x.users).take(x.rows, axis=0)
+        for j, values in self.row_codes(x).items():
+            out[:, j] = values
+        return out
+
+    @property
+    def row_columns(self) -> list[int]:
+        """Positions in `encoder.columns` whose value depends on the row's offer, channel or hour, not the user alone."""
+        return [j for j, _, kind in self._others if kind != "category"]
+
+    def user_codes(self, users: UserColumns) -> np.ndarray:
+        """(U, columns): the columns that depend on the user alone, once per user; the `row_columns` are NaN."""
+        per_user = np.full((users.n, len(self.encoder.columns)), np.nan, dtype="float64")
         if self._numbers:
-            per_user[:, self._numbers] = x.users.gather(self._number_names, everyone)
+            per_user[:, self._numbers] = users.gather(self._number_names, np.arange(users.n))
         for j, col, kind in self._others:
             if kind == "category":
-                per_user[:, j] = x.users.codes(col, self._index[col])
-        out = per_user.take(x.rows, axis=0)
+                per_user[:, j] = users.codes(col, self._index[col])
+        return per_user
+
+    def row_codes(self, x: Rows) -> dict[int, np.ndarray]:
+        """The `row_columns` of these rows: position in `encoder.columns` -> one value per row."""
+        g = self._encoded_grid(x.grid)
         matched = self._matched(x, g) if self.encoder.matched else {}
+        out: dict[int, np.ndarray] = {}
         for j, col, kind in self._others:
             if kind == "matched":
-                out[:, j] = matched[col]
+                out[j] = matched[col]
             elif kind == "hour":
-                out[:, j] = x.hours
+                out[j] = x.hours
             elif kind == "request":
-                out[:, j] = g[col][x.cells]
+                out[j] = g[col][x.cells]
         return out
 
     def _pick(self, x: Rows, prefix: str, idx: np.ndarray, missing: np.ndarray, default: float) -> np.ndarray:

@@ -66,11 +66,7 @@ class FrameEncoder:
         """`dense` from the matrix `codes` returns (written in place into one float32 matrix: no extra copies)."""
         numeric = self.numeric
         num_idx = [self.columns.index(c) for c in numeric]
-        num = raw[:, num_idx]
-        num -= np.array([self.means[c] for c in numeric])
-        num /= np.array([self.stds[c] for c in numeric])
-        np.nan_to_num(num, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        np.clip(num, -10, 10, out=num)
+        num = self.scaled(raw[:, num_idx], numeric)
         out = np.zeros((len(raw), self.dense_width), dtype="float32")
         out[:, :len(numeric)] = num
         start = len(numeric)
@@ -80,6 +76,15 @@ class FrameEncoder:
             out[np.flatnonzero(ok), start + code[ok].astype(int)] = 1.0
             start += len(self.categories[c])
         return out
+
+    def scaled(self, num: np.ndarray, names: list[str]) -> np.ndarray:
+        """Numeric codes (rows, len(names)) as `dense` gives them: standardised, missing -> 0, clipped to +-10
+        (in place; float64 like the codes, cast to float32 by the caller)."""
+        num -= np.array([self.means[c] for c in names])
+        num /= np.array([self.stds[c] for c in names])
+        np.nan_to_num(num, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(num, -10, 10, out=num)
+        return num
 
     @property
     def dense_width(self) -> int:

@@ -398,7 +398,11 @@ class SendTimeNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(hidden + 16 + 1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, channel: torch.Tensor, hour: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([self.user(x), self.channel(channel), self.hour(hour), share[:, None]], dim=1)
+        return self.logit(self.user(x), channel, hour, share)
+
+    def logit(self, user: torch.Tensor, channel: torch.Tensor, hour: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """The head over the user tower's output: `forward` after the tower (the factorised scorer enters here)."""
+        z = torch.cat([user, self.channel(channel), self.hour(hour), share[:, None]], dim=1)
         return self.head(z).squeeze(1)
 
 
@@ -499,7 +503,16 @@ class _CompiledFunnel:
 
 
 class _CompiledSendTime:
-    """`SendTimeScorer` over `Rows`: the encoder's dense input, channel and hour codes, the user's hour share."""
+    """`SendTimeScorer` over `Rows`: the encoder's dense input, channel and hour codes, the user's hour share.
+
+    The tower's first layer is linear, so over the dense input [user columns; per-row columns] its output is
+    W_u.u + W_r.r + b: the user part (~200 columns) is computed once per user and gathered per row, and only the
+    few per-row columns (the features matched to the row's channel and hour) are built for each user x channel x
+    hour row. Same function as `SendTimeScorer.predict`, summed in another order: equal within float32 rounding
+    (tests/test_fast_scoring.py), not bit for bit.
+    """
+
+    _CHUNK = 65_536  # rows per forward pass, as `predict_net`: bounds memory for large batches
 
     def __init__(self, scorer: SendTimeScorer, feature_columns: Sequence[str], request: Sequence[str]):
         if "channel" not in request or "local_hour" not in request:
@@ -510,10 +523,19 @@ class _CompiledSendTime:
         self.has_shares = all(c in set(feature_columns) for c in _SHARES)
         self._grid_key: int | None = None
         self._channel_codes = np.zeros(0, dtype="int64")
+        enc = scorer.encoder_
+        self.row_names = [enc.columns[j] for j in self.plan.row_columns]
+        # Factorised only when the tower starts with a Linear layer and every per-row column is a number (a per-row
+        # one-hot column would need its own embedding): otherwise the full dense input, as before.
+        first = self.net.user[0] if isinstance(self.net.user, nn.Sequential) else None
+        self.factored = isinstance(first, nn.Linear) and all(c in enc.means for c in self.row_names)
+        if self.factored:
+            dense_at = [enc.numeric.index(c) for c in self.row_names]  # numbers come first in the dense layout
+            self.w_rows = first.weight.detach()[:, dense_at].T.contiguous()  # (k, hidden)
 
-    def predict(self, x: Rows) -> np.ndarray:
-        raw = self.plan.codes(x)
-        if self._grid_key != id(x.grid):  # unknown channel -> 0, as SendTimeScorer.inputs
+    def inputs(self, x: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Channel code (unknown -> 0, as SendTimeScorer.inputs), hour and the user's share of opens at it, per row."""
+        if self._grid_key != id(x.grid):
             index = {c: i for i, c in enumerate(self.channels)}
             self._channel_codes = np.array([index.get(str(c), -1) + 1 for c in x.grid.columns["channel"].tolist()],
                                            dtype="int64")
@@ -524,12 +546,40 @@ class _CompiledSendTime:
             share = np.where(np.isnan(shares), 1 / 24, shares)[x.rows, hours].astype("float32")
         else:
             share = np.full(len(x), 1 / 24, dtype="float32")
-        inputs = {"x": self.plan.encoder.dense_codes(raw), "channel": self._channel_codes[x.cells], "hour": hours,
-                  "share": share}
+        return self._channel_codes[x.cells], hours, share
+
+    def predict(self, x: Rows) -> np.ndarray:
         if torch.get_num_threads() != 1:
             # One thread, as LightGBM: torch's intra-op pool costs ~10 ms per call on a busy 2-core machine for a
             # few hundred rows. Serving and scoring processes score only here, so the setting stays.
             torch.set_num_threads(1)
+        if not self.factored:
+            return self._predict_dense(x)
+        channel, hours, share = self.inputs(x)
+        enc = self.plan.encoder
+        per_row = self.plan.row_codes(x)
+        rows_in = np.stack([per_row[j] for j in self.plan.row_columns], axis=1) if self.row_names else \
+            np.zeros((len(x), 0))
+        rows_in = enc.scaled(rows_in, self.row_names).astype("float32")
+        dev = self.w_rows.device
+        with torch.no_grad():
+            # The per-row columns are 0 in this matrix (NaN codes), so they add nothing to the user part.
+            users = self.net.user[0](torch.as_tensor(enc.dense_codes(self.plan.user_codes(x.users))).to(dev))
+            out = []
+            for start in range(0, len(x), self._CHUNK):
+                part = slice(start, start + self._CHUNK)
+                pre = users[torch.as_tensor(x.rows[part]).to(dev)] + torch.as_tensor(rows_in[part]).to(dev) @ self.w_rows
+                tower = self.net.user[1:](pre)
+                logit = self.net.logit(tower, torch.as_tensor(channel[part]).to(dev), torch.as_tensor(hours[part]).to(dev),
+                                       torch.as_tensor(share[part]).to(dev))
+                out.append(torch.sigmoid(logit).cpu().numpy())
+        return np.concatenate(out).astype("float64") if out else np.zeros(0)
+
+    def _predict_dense(self, x: Rows) -> np.ndarray:
+        """The full dense input per row (users x channels x hours x ~200 columns): the unfactorised reference."""
+        channel, hours, share = self.inputs(x)
+        inputs = {"x": self.plan.encoder.dense_codes(self.plan.codes(x)), "channel": channel, "hour": hours,
+                  "share": share}
         return predict_net(self.net, inputs)
 
 
