@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.training.customer_base import INPUTS, SUMMARY_COLUMNS, base_inputs
 from nextbest.training.derived import _CATEGORY, _CHANNEL, _HOUR_SHARE, _keyed
 from nextbest.training.encoding import FrameEncoder
 
@@ -179,7 +180,7 @@ class InputPlan:
         request = tuple(request_columns)
         frame_columns = [c for c in feature_columns if c not in request] + list(request)
         have = set(frame_columns)
-        missing = [c for c in encoder.columns if c not in have and c not in encoder.matched]
+        missing = [c for c in encoder.columns if c not in have and c not in encoder.derived]
         if missing:
             raise ContractError(f"the model reads column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} that "
                                 f"its FeatureService and request columns do not provide")
@@ -189,6 +190,9 @@ class InputPlan:
             for col in (needs[name], *(("peak_open_hour",) if name == "hour_gap" else ())):
                 if col not in have:
                     raise ContractError(f"matched feature {name!r} needs column {col!r}, which the model is not given")
+        if encoder.customer_base and not set(SUMMARY_COLUMNS) <= have:
+            raise ContractError(f"the model's BG/NBD inputs need the columns {', '.join(SUMMARY_COLUMNS)}, which the "
+                                "model is not given")
         self.request = request
         # Per-key feature columns of the matched features, in the frame's column order (as `derived._pick` reads them).
         self.keyed = {prefix: _keyed(frame_columns, prefix) for prefix in (*_CATEGORY.values(), *_CHANNEL.values(), _HOUR_SHARE)}
@@ -197,7 +201,8 @@ class InputPlan:
         # Output columns by source, so `codes` fills each group in one step.
         kinds = {}
         for j, col in enumerate(encoder.columns):
-            kinds[j] = "matched" if col in encoder.matched else "hour" if col == "local_hour" and col in request else \
+            kinds[j] = "matched" if col in encoder.matched else "base" if encoder.customer_base and col in INPUTS else \
+                "hour" if col == "local_hour" and col in request else \
                 "request" if col in request else "category" if col in encoder.categories else "number"
         self._numbers = [j for j, k in kinds.items() if k == "number"]
         self._number_names = [encoder.columns[j] for j in self._numbers]
@@ -235,9 +240,13 @@ class InputPlan:
         everyone = np.arange(x.users.n)
         if self._numbers:
             per_user[:, self._numbers] = x.users.gather(self._number_names, everyone)
+        base = base_inputs(self.encoder.customer_base, *(x.users.numbers(c) for c in SUMMARY_COLUMNS)) \
+            if self.encoder.customer_base else {}
         for j, col, kind in self._others:
             if kind == "category":
                 per_user[:, j] = x.users.codes(col, self._index[col])
+            elif kind == "base":  # per user, as `FrameEncoder.codes` computes them per row from the same columns
+                per_user[:, j] = base[col]
         out = per_user.take(x.rows, axis=0)
         matched = self._matched(x, g) if self.encoder.matched else {}
         for j, col, kind in self._others:
