@@ -73,7 +73,7 @@ class TrainResult:
     extra: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
     train_rows: int = 0  # rows the registered model was fitted on (all rows when cross-validated)
-    learner: str = "lightgbm"  # the learner chosen by cross-validation ("lightgbm" or "logistic")
+    learner: str = "lightgbm"  # the learner chosen by cross-validation (validation.CANDIDATES)
     embargo_days: int = 0  # > 0: cross-validated over time, each fold trained on rows whose horizon closed before it
 
 

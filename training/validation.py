@@ -19,7 +19,7 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-from nextbest.training.customer_base import BGNBD, fit_bgnbd
+from nextbest.training.customer_base import BGNBD, INPUTS, fit_bgnbd
 from nextbest.training.customer_base import expected_purchases as bgnbd_expected
 from nextbest.training.datasets import TrainingSet, utc_naive
 from nextbest.training.encoding import fit_encoder
@@ -27,7 +27,7 @@ from nextbest.training.metrics import auc_interval, calibration_error
 from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer
 
 __all__ = ["Recipe", "TRAIN_ONLY", "user_folds", "time_folds", "training_rows", "cross_validate", "fold_metrics", "booster_recipe", "logistic_recipe",
-           "fit_linear", "blend_recipe", "recipe_of", "repeat_purchase_stats", "BGNBD", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
+           "fit_linear", "CUSTOMER_BASE_C", "blend_recipe", "recipe_of", "repeat_purchase_stats", "BGNBD", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
            "LOGISTIC_C"]
 
 # fit(train rows) -> score(test rows); one call per fold.
@@ -179,19 +179,34 @@ def booster_recipe(params: dict[str, object]) -> Recipe:
     return recipe
 
 
-def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7) -> LinearScorer:
-    """A regularised (L2) logistic regression on the encoder's dense input of the same columns LightGBM reads."""
+def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7, customer_base: bool = False) -> LinearScorer:
+    """A regularised (L2) logistic regression on the encoder's dense input of the same columns LightGBM reads.
+
+    With `customer_base`, only on BG/NBD's inputs (the encoder's `customer_base.INPUTS`; every other weight 0): BG/NBD
+    recalibrated to the label, the "customer_base" candidate.
+    """
     encoder = fit_encoder(data.frame, data.inputs, customer_base_weeks=data.customer_base_weeks)
     x = encoder.dense(data.frame)
+    use = np.arange(x.shape[1])
+    if customer_base:
+        if not encoder.customer_base:
+            raise ValueError("the customer_base learner needs BG/NBD's inputs: purchase histories with repeat buyers")
+        use = np.array([encoder.numeric.index(col) for col in INPUTS])  # numbers come first in the dense input
     model = LogisticRegression(C=c, max_iter=500, random_state=seed)
-    model.fit(x, data.y, sample_weight=None if data.weight is None else data.frame[data.weight].to_numpy())
-    return LinearScorer(model.coef_[0], float(model.intercept_[0]), encoder, data.feature_service,
-                        {"learner": "logistic", "C": c})
+    model.fit(x[:, use], data.y, sample_weight=None if data.weight is None else data.frame[data.weight].to_numpy())
+    coef = np.zeros(x.shape[1])
+    coef[use] = model.coef_[0]
+    return LinearScorer(coef, float(model.intercept_[0]), encoder, data.feature_service,
+                        {"learner": "customer_base" if customer_base else "logistic", "C": c})
 
 
-def logistic_recipe(c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
+def logistic_recipe(c: float = LOGISTIC_C, seed: int = 7, customer_base: bool = False) -> Recipe:
     """The regularised logistic regression of `fit_linear`, as a recipe."""
-    return lambda train, test: fit_linear(train, c, seed).predict(test.frame)
+    return lambda train, test: fit_linear(train, c, seed, customer_base).predict(test.frame)
+
+
+# Two inputs and thousands of rows: regularisation hardly matters (C 0.1-1 measured alike on CDNOW).
+CUSTOMER_BASE_C = 1.0
 
 
 def blend_recipe(params: dict[str, object], c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
@@ -207,7 +222,8 @@ def recipe_of(scorer, seed: int = 7) -> Recipe | None:
     if isinstance(scorer, BoosterScorer) and scorer.params_:
         return booster_recipe(scorer.params_)
     if isinstance(scorer, LinearScorer):
-        return logistic_recipe(float(scorer.params_.get("C", LOGISTIC_C)), seed)
+        return logistic_recipe(float(scorer.params_.get("C", LOGISTIC_C)), seed,
+                               scorer.params_.get("learner") == "customer_base")
     return None
 
 
@@ -269,7 +285,7 @@ class Validated:
     """A model chosen and measured by cross-validation, refit on all rows."""
 
     scorer: object  # the chosen learner, refit on every row
-    learner: str  # "lightgbm", "logistic" or "blend"
+    learner: str  # one of CANDIDATES: "lightgbm", "logistic", "blend" or "customer_base"
     metrics: dict[str, float]  # the model's metrics from the nested choice, `chosen_<metric>` the chosen learner's
     # on the same folds, then `<candidate or baseline>_<metric>` and `<rival>_auc_gain[_low|_high]`: the model's
     # (nested) AUC minus the rival's, paired per fold, with its interval
@@ -278,24 +294,29 @@ class Validated:
     choices: tuple[str, ...] = ()  # the learner the nested choice made for each fold
 
 
-CANDIDATES = ("lightgbm", "logistic", "blend")  # the learners a model may be; baselines beside them are only measured
+# The learners a model may be (baselines beside them are only measured). "customer_base" (BG/NBD's inputs alone, in a
+# logistic regression) is a candidate where the encoder has them: on CDNOW's transaction log it beat every learner on
+# all the columns (benchmarks/RESULTS.md), whose extra columns the folds' few thousand customers cannot pay for.
+CANDIDATES = ("lightgbm", "logistic", "blend", "customer_base")
 INNER_FOLDS = 2  # the nested choice's inner folds per outer fold: each candidate fits 2 more times per outer fold
 
 
-def _candidate_scores(lightgbm: np.ndarray, logistic: np.ndarray) -> dict[str, np.ndarray]:
-    """Each candidate's scores from its parts' scores (the blend is their mean probability, as `BlendScorer`)."""
-    return {"lightgbm": lightgbm, "logistic": logistic, "blend": 0.5 * (lightgbm + logistic)}
+def _candidate_scores(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each candidate's scores from its parts' scores (the blend is LightGBM's and the logistic's mean probability,
+    as `BlendScorer`)."""
+    return {**parts, "blend": 0.5 * (parts["lightgbm"] + parts["logistic"])}
 
 
 def _best(y: np.ndarray, scores: dict[str, np.ndarray], folds: np.ndarray) -> str:
-    """The candidate with the best mean AUC over `folds` (the first of CANDIDATES on a tie)."""
-    return max(CANDIDATES, key=lambda n: np.nan_to_num(np.nanmean(_fold_aucs(y, scores[n], folds)), nan=-1.0))
+    """The candidate in `scores` with the best mean AUC over `folds` (the first in CANDIDATES on a tie)."""
+    return max((n for n in CANDIDATES if n in scores),
+               key=lambda n: np.nan_to_num(np.nanmean(_fold_aucs(y, scores[n], folds)), nan=-1.0))
 
 
 def nested_choice(parts: dict[str, Recipe], data: TrainingSet, folds: np.ndarray, outer: dict[str, np.ndarray],
                   embargo_days: int = 0) -> list[str]:
     """For each outer fold, the candidate chosen without any of its rows: by an inner cross-validation of the
-    candidates' `parts` ("lightgbm", "logistic") over the fold's own training rows only.
+    candidates' `parts` (the recipes of every candidate but the blend) over the fold's own training rows only.
 
     User folds: the other folds, dealt into INNER_FOLDS inner folds (users stay whole), each candidate refit on them.
     Time folds: the earlier folds' `outer` scores (the candidates' out-of-fold scores), which come from models
@@ -314,7 +335,7 @@ def nested_choice(parts: dict[str, Recipe], data: TrainingSet, folds: np.ndarray
         rows = (folds >= 0) & (folds != k)
         inner = np.array([deal[j] for j in folds[rows]], dtype="int64")
         sub = data.subset(rows)
-        scores = _candidate_scores(*(cross_validate(parts[n], sub, inner) for n in ("lightgbm", "logistic")))
+        scores = _candidate_scores({n: cross_validate(recipe, sub, inner) for n, recipe in parts.items()})
         choices.append(_best(sub.y, scores, inner))
     return choices
 _REPORTED = ("auc", "auc_folds_low", "auc_folds_high", "logloss", "brier", "calibration_error")
@@ -333,17 +354,19 @@ def validate(data: TrainingSet, fit_tuned: Callable[[TrainingSet], BoosterScorer
     `embargo_days`: time folds whose training rows are purged of label windows overlapping the fold's (`training_rows`).
     """
     tuned = fit_tuned(data)
-    recipes: dict[str, Recipe] = {"lightgbm": booster_recipe(tuned.params_), "logistic": logistic_recipe(seed=seed),
-                                  **(baselines or {})}
-    scores = {name: cross_validate(recipe, data, folds, embargo_days) for name, recipe in recipes.items()}
-    scores["blend"] = 0.5 * (scores["lightgbm"] + scores["logistic"])  # = blend_recipe's scores, without refitting
+    parts: dict[str, Recipe] = {"lightgbm": booster_recipe(tuned.params_), "logistic": logistic_recipe(seed=seed)}
+    if tuned.encoder_.customer_base:  # BG/NBD's inputs exist on these rows: the customer_base candidate
+        parts["customer_base"] = logistic_recipe(CUSTOMER_BASE_C, seed, customer_base=True)
+    scores = {name: cross_validate(recipe, data, folds, embargo_days) for name, recipe in {**parts, **(baselines or {})}.items()}
+    scores = _candidate_scores(scores)  # the blend's scores = blend_recipe's, without refitting
     measured = {name: fold_metrics(data.y, p, folds) for name, p in scores.items()}
     learner = _best(data.y, scores, folds)
-    choices = nested_choice({n: recipes[n] for n in ("lightgbm", "logistic")}, data, folds, scores, embargo_days)
+    choices = nested_choice(parts, data, folds, scores, embargo_days)
     model = np.full(len(folds), np.nan)
     for k, chosen in zip(np.unique(folds[folds >= 0]), choices, strict=True):
         model[folds == k] = scores[chosen][folds == k]
     scorer = tuned if learner == "lightgbm" else fit_linear(data, seed=seed) if learner == "logistic" else \
+        fit_linear(data, CUSTOMER_BASE_C, seed, customer_base=True) if learner == "customer_base" else \
         BlendScorer(tuned, fit_linear(data, seed=seed))
     metrics = fold_metrics(data.y, model, folds)
     metrics.update({f"chosen_{k}": measured[learner][k] for k in _REPORTED})
