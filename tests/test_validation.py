@@ -320,3 +320,33 @@ def test_bgnbd_inputs_are_fitted_on_the_training_rows_and_both_scoring_paths_com
     assert fit_encoder(frame, cols).customer_base is None
     flat = frame.assign(purchase_days_all=0, customer_age_days=0, purchase_span_days=0)
     assert fit_encoder(flat, cols, customer_base_weeks=39).columns == tuple(cols)
+
+
+def test_the_customer_base_candidate_is_bgnbds_inputs_alone_and_the_gate_can_redo_it(tmp_path):
+    """Where the encoder has BG/NBD's inputs, a logistic regression on them alone is a candidate; its weights are 0
+    on every other column, it saves and loads as a linear model, and the gate redoes its recipe on the same folds."""
+    from nextbest.training.customer_base import INPUTS
+    from nextbest.training.registry import load_scorer, save_scorer
+    from nextbest.training.validation import CUSTOMER_BASE_C, logistic_recipe
+
+    events = _bgnbd_world(n=800, seed=6)
+    cut = pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(weeks=39)
+    rows = pd.DataFrame({"user_id": events["user_id"].unique(), "event_timestamp": cut})
+    s = repeat_purchase_stats(rows, events)
+    rng = np.random.default_rng(6)
+    frame = rows.assign(purchase_days_all=s["x"] + 1, customer_age_days=(s["T"] * 7).round(),
+                        purchase_span_days=(s["t_x"] * 7).round(), noise=rng.normal(size=len(rows)),
+                        label=rows["user_id"].isin(events.loc[events["ts"] >= cut, "user_id"]).astype(int))
+    data = TrainingSet(frame, "svc_v1", ("purchase_days_all", "customer_age_days", "purchase_span_days", "noise"), (),
+                       customer_base_weeks=39)
+    folds = user_folds(frame["user_id"], data.y, 3, seed=1)
+    auc = fold_metrics(data.y, cross_validate(logistic_recipe(CUSTOMER_BASE_C, customer_base=True), data, folds),
+                       folds)["auc"]
+    assert auc > 0.7  # the planted customer base is recovered out of fold
+    model = fit_linear(data, CUSTOMER_BASE_C, customer_base=True)
+    dense = model.encoder_.numeric
+    assert {dense[j] for j in np.flatnonzero(model.coef_)} == set(INPUTS)
+    save_scorer(model, tmp_path / "cb")
+    loaded = load_scorer(tmp_path / "cb")
+    np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+    assert champion_on_folds(loaded, data, folds) == pytest.approx(auc, abs=1e-12)
