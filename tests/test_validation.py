@@ -350,3 +350,6 @@ def test_the_customer_base_candidate_is_bgnbds_inputs_alone_and_the_gate_can_red
     loaded = load_scorer(tmp_path / "cb")
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
     assert champion_on_folds(loaded, data, folds) == pytest.approx(auc, abs=1e-12)
+    # rows without enough repeat buyers to fit BG/NBD (a fold of a mostly non-buying table): the base rate, no crash
+    few = data.subset(frame["purchase_days_all"].to_numpy() <= 1)
+    assert np.allclose(fit_linear(few, CUSTOMER_BASE_C, customer_base=True).predict(few.frame), few.y.mean())

@@ -186,9 +186,14 @@ def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7, customer
     recalibrated to the label, the "customer_base" candidate.
     """
     encoder = fit_encoder(data.frame, data.inputs, customer_base_weeks=data.customer_base_weeks)
+    w = None if data.weight is None else data.frame[data.weight].to_numpy()
+    if customer_base and not encoder.customer_base:
+        # These rows (a fold of a table whose other rows had repeat buyers) hold too few repeat buyers to fit BG/NBD:
+        # the candidate is the base rate here, chance in that fold, so no fold picks it for nothing.
+        rate = float(np.clip(np.average(data.y, weights=w), 1e-6, 1 - 1e-6))
+        return LinearScorer(np.zeros(encoder.dense_width), float(np.log(rate / (1 - rate))), encoder,
+                            data.feature_service, {"learner": "customer_base", "C": c})
     if customer_base:
-        if not encoder.customer_base:
-            raise ValueError("the customer_base learner needs BG/NBD's inputs: purchase histories with repeat buyers")
         use = np.array([encoder.numeric.index(col) for col in INPUTS])  # numbers come first in the dense input
         # the two inputs' columns of `encoder.dense`, without building the others
         codes = encoder.codes(data.frame)[:, [encoder.columns.index(col) for col in INPUTS]]
@@ -198,7 +203,7 @@ def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7, customer
         x = encoder.dense(data.frame)
         use = np.arange(x.shape[1])
     model = LogisticRegression(C=c, max_iter=500, random_state=seed)
-    model.fit(x, data.y, sample_weight=None if data.weight is None else data.frame[data.weight].to_numpy())
+    model.fit(x, data.y, sample_weight=w)
     coef = np.zeros(encoder.dense_width)
     coef[use] = model.coef_[0]
     return LinearScorer(coef, float(model.intercept_[0]), encoder, data.feature_service,
