@@ -328,8 +328,9 @@ def nested_choice(parts: dict[str, Recipe], data: TrainingSet, folds: np.ndarray
     candidates' `parts` (the recipes of every candidate but the blend) over the fold's own training rows only.
 
     User folds: the other folds dealt into two halves (users stay whole); each candidate fits on one half and is
-    scored on the other: one more fit per candidate and outer fold (a 2-fold inner CV measured twice the cost in
-    `make demo`'s training for the same choices on CDNOW and the R tables, benchmarks/RESULTS.md).
+    scored on the other: one more fit per candidate and outer fold. (A 2-fold inner CV cost twice that in the demo's
+    purchase training, +13 against +6 CPU-s, made the same choices on CDNOW and differed in one fold of five on two R
+    tables: benchmarks/RESULTS.md, "Real tables, third pass".)
     Time folds: the earlier folds' `outer` scores (the candidates' out-of-fold scores), which come from models
     trained only on rows older than each of them, so they are that inner cross-validation already, at no cost; the
     first time fold has no earlier fold and takes LightGBM, the default.
