@@ -153,16 +153,16 @@ def _print_cross_validated(results) -> None:
     how = "folds grouped by user" if days == {0} else \
         f"folds of snapshot dates, {'/'.join(str(d) for d in sorted(days))}-day embargo"
     table = Table(title=f"cross-validated, {how}: AUC (95 % interval over folds)")
-    # "model AUC" is the nested choice's figure (docs/training.md); the customer_base column only where it was a candidate
-    base = any("customer_base_auc" in r.metrics for r in validated)
-    for col in ("model", "learner", "folds", "model AUC", "LightGBM", "logistic regression",
-                *(("BG/NBD inputs",) if base else ()), "BG/NBD", "brier", "calib. err"):
+    # "model AUC" is the nested choice's figure (docs/training.md); beside it the rivals a user compares with (the
+    # blend's and customer_base's figures are in MLflow: `blend_auc`, `customer_base_auc`)
+    for col in ("model", "learner", "folds", "model AUC", "LightGBM", "logistic regression", "BG/NBD", "brier",
+                "calib. err"):
         table.add_column(col, justify="left" if col in ("model", "learner") else "right")
     for r in validated:
         m = r.metrics
         table.add_row(r.name, r.learner, f"{int(m['folds'])}", _auc_cell(m, ""), _auc_cell(m, "lightgbm_"),
-                      _auc_cell(m, "logistic_"), *((_auc_cell(m, "customer_base_"),) if base else ()),
-                      _auc_cell(m, "bgnbd_"), _fmt(m.get("brier")), _fmt(m.get("calibration_error")))
+                      _auc_cell(m, "logistic_"), _auc_cell(m, "bgnbd_"), _fmt(m.get("brier")),
+                      _fmt(m.get("calibration_error")))
     console.print(table)
 
 
