@@ -153,6 +153,8 @@ def _print_cross_validated(results) -> None:
     how = "folds grouped by user" if days == {0} else \
         f"folds of snapshot dates, {'/'.join(str(d) for d in sorted(days))}-day embargo"
     table = Table(title=f"cross-validated, {how}: AUC (95 % interval over folds)")
+    # "model AUC" is the nested choice's figure (docs/training.md); beside it the rivals a user compares with (the
+    # blend's and customer_base's figures are in MLflow: `blend_auc`, `customer_base_auc`)
     for col in ("model", "learner", "folds", "model AUC", "LightGBM", "logistic regression", "BG/NBD", "brier",
                 "calib. err"):
         table.add_column(col, justify="left" if col in ("model", "learner") else "right")

@@ -69,11 +69,12 @@ def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: S
         frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
         label, eligible = churn_labels(frame, raw["events"], config)
         frame = frame.assign(label=label)[eligible].reset_index(drop=True)
-    return TrainingSet(frame, service, service_features(store, service), ())
+    return TrainingSet(frame, service, service_features(store, service), (), customer_base_weeks=config.horizon_days / 7)
 
 
 def fit(train: TrainingSet, config: ChurnConfig = ChurnConfig(), progress=None) -> BoosterScorer:
-    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress,
+                       customer_base_weeks=train.customer_base_weeks)
 
 
 def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:

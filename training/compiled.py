@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.training.customer_base import INPUTS, SUMMARY_COLUMNS, base_inputs
 from nextbest.training.derived import _CATEGORY, _CHANNEL, _HOUR_SHARE, _keyed
 from nextbest.training.encoding import FrameEncoder
 
@@ -179,7 +180,7 @@ class InputPlan:
         request = tuple(request_columns)
         frame_columns = [c for c in feature_columns if c not in request] + list(request)
         have = set(frame_columns)
-        missing = [c for c in encoder.columns if c not in have and c not in encoder.matched]
+        missing = [c for c in encoder.columns if c not in have and c not in encoder.derived]
         if missing:
             raise ContractError(f"the model reads column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} that "
                                 f"its FeatureService and request columns do not provide")
@@ -189,6 +190,9 @@ class InputPlan:
             for col in (needs[name], *(("peak_open_hour",) if name == "hour_gap" else ())):
                 if col not in have:
                     raise ContractError(f"matched feature {name!r} needs column {col!r}, which the model is not given")
+        if encoder.customer_base and not set(SUMMARY_COLUMNS) <= have:
+            raise ContractError(f"the model's BG/NBD inputs need the columns {', '.join(SUMMARY_COLUMNS)}, which the "
+                                "model is not given")
         self.request = request
         # Per-key feature columns of the matched features, in the frame's column order (as `derived._pick` reads them).
         self.keyed = {prefix: _keyed(frame_columns, prefix) for prefix in (*_CATEGORY.values(), *_CHANNEL.values(), _HOUR_SHARE)}
@@ -197,7 +201,8 @@ class InputPlan:
         # Output columns by source, so `codes` fills each group in one step.
         kinds = {}
         for j, col in enumerate(encoder.columns):
-            kinds[j] = "matched" if col in encoder.matched else "hour" if col == "local_hour" and col in request else \
+            kinds[j] = "matched" if col in encoder.matched else "base" if encoder.customer_base and col in INPUTS else \
+                "hour" if col == "local_hour" and col in request else \
                 "request" if col in request else "category" if col in encoder.categories else "number"
         self._numbers = [j for j, k in kinds.items() if k == "number"]
         self._number_names = [encoder.columns[j] for j in self._numbers]
@@ -238,16 +243,20 @@ class InputPlan:
     @property
     def row_columns(self) -> list[int]:
         """Positions in `encoder.columns` whose value depends on the row's offer, channel or hour, not the user alone."""
-        return [j for j, _, kind in self._others if kind != "category"]
+        return [j for j, _, kind in self._others if kind not in ("category", "base")]
 
     def user_codes(self, users: UserColumns) -> np.ndarray:
         """(U, columns): the columns that depend on the user alone, once per user; the `row_columns` are NaN."""
         per_user = np.full((users.n, len(self.encoder.columns)), np.nan, dtype="float64")
         if self._numbers:
             per_user[:, self._numbers] = users.gather(self._number_names, np.arange(users.n))
+        base = base_inputs(self.encoder.customer_base, *(users.numbers(c) for c in SUMMARY_COLUMNS)) \
+            if self.encoder.customer_base else {}
         for j, col, kind in self._others:
             if kind == "category":
                 per_user[:, j] = users.codes(col, self._index[col])
+            elif kind == "base":  # per user, as `FrameEncoder.codes` computes them per row from the same columns
+                per_user[:, j] = base[col]
         return per_user
 
     def row_codes(self, x: Rows) -> dict[int, np.ndarray]:

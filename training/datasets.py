@@ -49,6 +49,9 @@ class TrainingSet:
     time: str = "event_timestamp"
     treatment: str | None = None  # uplift: 1 = contacted, 0 = control
     weight: str | None = None  # offer network: inverse-propensity weights
+    # Customer models (purchase, churn, label): the label window in weeks; the encoder then adds BG/NBD's expected
+    # purchases in it and P(alive), fitted on the rows it is fitted on (training/customer_base.py).
+    customer_base_weeks: float | None = None
 
     @property
     def inputs(self) -> list[str]:

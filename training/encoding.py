@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.training.customer_base import INPUTS, SUMMARY_COLUMNS, base_inputs, fit_inputs
 from nextbest.training.derived import matched_columns, matched_values
 
 __all__ = ["FrameEncoder", "fit_encoder"]
@@ -18,7 +19,8 @@ _MAX_CATEGORIES = 64  # rarer string values share the "unknown" code
 class FrameEncoder:
     """Column order, category lists of string columns and the scale of numeric columns.
 
-    `columns` ends with the matched features (`training.derived`), which `codes` computes from the frame itself.
+    `columns` ends with the matched features (`training.derived`), then, with `customer_base`, BG/NBD's inputs
+    (`training.customer_base`): `codes` computes both from the frame itself.
     """
 
     columns: tuple[str, ...]
@@ -26,6 +28,12 @@ class FrameEncoder:
     means: dict[str, float]
     stds: dict[str, float]
     matched: tuple[str, ...] = ()  # derived columns, computed at fit and predict time alike
+    customer_base: dict[str, float] | None = None  # BG/NBD fitted on the training rows (+ `weeks`): INPUTS appended
+
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """Columns computed from other columns (matched features, BG/NBD inputs): never read from a frame."""
+        return (*self.matched, *(INPUTS if self.customer_base else ()))
 
     @property
     def categorical(self) -> list[str]:
@@ -37,10 +45,12 @@ class FrameEncoder:
 
     def codes(self, frame: pd.DataFrame) -> np.ndarray:
         """Float matrix in `columns` order: numbers as they are, strings as category codes (NaN if unknown)."""
-        missing = [c for c in self.columns if c not in frame.columns and c not in self.matched]
+        missing = [c for c in self.columns if c not in frame.columns and c not in self.derived]
         if missing:
             raise KeyError(f"frame lacks model input column(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         derived = matched_values(frame, self.matched)
+        if self.customer_base:
+            derived |= base_inputs(self.customer_base, *(_numbers(frame[c]) for c in SUMMARY_COLUMNS))
         out = np.empty((len(frame), len(self.columns)), dtype="float64")
         for j, col in enumerate(self.columns):
             if col in derived:
@@ -92,23 +102,37 @@ class FrameEncoder:
 
     def to_json(self) -> dict:
         return {"columns": list(self.columns), "categories": {k: list(v) for k, v in self.categories.items()},
-                "means": self.means, "stds": self.stds, "matched": list(self.matched)}
+                "means": self.means, "stds": self.stds, "matched": list(self.matched),
+                "customer_base": self.customer_base}
 
     @classmethod
     def from_json(cls, data: dict) -> FrameEncoder:
         return cls(tuple(data["columns"]), {k: tuple(v) for k, v in data["categories"].items()},
                    {k: float(v) for k, v in data["means"].items()}, {k: float(v) for k, v in data["stds"].items()},
-                   tuple(data.get("matched", ())))
+                   tuple(data.get("matched", ())), data.get("customer_base"))
 
 
-def fit_encoder(frame: pd.DataFrame, columns: list[str], request: tuple[str, ...] = (), matched: bool = True) -> FrameEncoder:
+def _numbers(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def fit_encoder(frame: pd.DataFrame, columns: list[str], request: tuple[str, ...] = (), matched: bool = True,
+                customer_base_weeks: float | None = None) -> FrameEncoder:
     """Learn category lists (most frequent first) and numeric scales from a training frame.
 
     With `matched`, the matched features computable from `columns` + `request` are appended to the columns;
     `request` columns are read only to compute them (a model that embeds them itself passes them here).
+    With `customer_base_weeks` (the label window) and the purchase-history columns among `columns`, a BG/NBD is
+    fitted on these rows and its expected purchases in the window and P(alive) are appended too (none when too
+    few rows have a repeat purchase, e.g. attribute tables without purchases).
     """
     derived = matched_columns([*columns, *request]) if matched else ()
     values = matched_values(frame, derived)
+    base = fit_inputs(frame, customer_base_weeks) if customer_base_weeks and set(SUMMARY_COLUMNS) <= set(columns) \
+        else None
+    if base:
+        values |= base_inputs(base, *(_numbers(frame[c]) for c in SUMMARY_COLUMNS))
+        derived = (*derived, *INPUTS)
     categories: dict[str, tuple[str, ...]] = {}
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
@@ -122,4 +146,5 @@ def fit_encoder(frame: pd.DataFrame, columns: list[str], request: tuple[str, ...
             mu = float(x.mean()) if x.notna().any() else 0.0
             sd = float(x.std()) if x.notna().sum() > 1 else 1.0
             means[col], stds[col] = mu, (sd if np.isfinite(sd) and sd > 1e-9 else 1.0)
-    return FrameEncoder((*columns, *derived), categories, means, stds, tuple(derived))
+    matched_names = tuple(d for d in derived if d not in INPUTS)
+    return FrameEncoder((*columns, *derived), categories, means, stds, matched_names, base)

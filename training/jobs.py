@@ -73,7 +73,7 @@ class TrainResult:
     extra: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what the user must know about this model's data (shown loudly)
     train_rows: int = 0  # rows the registered model was fitted on (all rows when cross-validated)
-    learner: str = "lightgbm"  # the learner chosen by cross-validation ("lightgbm" or "logistic")
+    learner: str = "lightgbm"  # the learner chosen by cross-validation (validation.CANDIDATES)
     embargo_days: int = 0  # > 0: cross-validated over time, each fold trained on rows whose horizon closed before it
 
 
@@ -324,7 +324,8 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         train, holdout = data, data.subset(folds >= 0)  # refit on every row; judged on the out-of-fold scores
         p_eval = validated.oof[folds >= 0]
         how = {"split": f"{int(metrics['folds'])}-fold cross-validation " + (
-            f"over time, {embargo}-day embargo" if embargo else "grouped by user"), "learner": validated.learner}
+            f"over time, {embargo}-day embargo" if embargo else "grouped by user"), "learner": validated.learner,
+            "nested_choices": ",".join(validated.choices)}
 
         def champion_score(champion) -> float:
             return champion_on_folds(champion, data, folds, config.seed, embargo)
@@ -356,7 +357,10 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         run_id, version = log_model(settings, name, scorer, {**metrics, **extra}, params,
                                     holdout.frame[scorer_inputs(scorer, holdout)].head(5), files, tags)
     step(f"{name}: gate")
-    decision = gate(settings, name, version, run_id, metrics[primary_metric(name)], champion_score, defer=defer,
+    # Cross-validated: the challenger's chosen recipe against the champion's recipe on the same folds (recipe against
+    # recipe: an identical challenger ties); the model's reported AUC is the nested choice's (`validate`).
+    decision = gate(settings, name, version, run_id, metrics.get("chosen_auc", metrics[primary_metric(name)]),
+                    champion_score, defer=defer,
                     refuse=quality_refusal(name, metrics) or _monitoring_block(settings))
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     decision["holdout_split"] = how["split"]  # "time": no row from holdout_from on was trained on

@@ -19,6 +19,7 @@ from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
 
 __all__ = ["LabelConfig", "check_name", "labelled_rows", "build_frame", "fit", "evaluate"]
 
+LABEL_WINDOW_DAYS = 30  # the window of BG/NBD's expected purchases for a labelled outcome
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
@@ -52,11 +53,14 @@ def build_frame(store, raw: dict, config: LabelConfig, shared: SharedJoins | Non
                          "--labels FILE` (user_id, as_of, label)")
     service = service_name(f"label_{config.name}")
     frame = historical(store, labelled_rows(labels), service)
-    return TrainingSet(frame, service, service_features(store, service), ())
+    # A labels file names no window: BG/NBD's inputs look 30 days ahead (P(alive) does not depend on it, and the
+    # expected purchases rank customers nearly alike for any window).
+    return TrainingSet(frame, service, service_features(store, service), (), customer_base_weeks=LABEL_WINDOW_DAYS / 7)
 
 
 def fit(train: TrainingSet, config: LabelConfig, progress=None) -> BoosterScorer:
-    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress,
+                       customer_base_weeks=train.customer_base_weeks)
 
 
 def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:

@@ -60,11 +60,12 @@ def build_frame(store, raw: dict, config: PurchaseConfig = PurchaseConfig(), sha
     service = service_name("purchase")
     frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
     frame["label"] = purchase_labels(frame, raw["events"], config.horizon_days, config.category)
-    return TrainingSet(frame, service, service_features(store, service), ())
+    return TrainingSet(frame, service, service_features(store, service), (), customer_base_weeks=config.horizon_days / 7)
 
 
 def fit(train: TrainingSet, config: PurchaseConfig = PurchaseConfig(), progress=None) -> BoosterScorer:
-    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress)
+    return fit_booster(train.frame, train.inputs, train.y, train.feature_service, config.fit, progress=progress,
+                       customer_base_weeks=train.customer_base_weeks)
 
 
 def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:

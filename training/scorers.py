@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nextbest.training.compiled import ContractError, InputPlan, Rows
+from nextbest.training.customer_base import SUMMARY_COLUMNS
 from nextbest.training.encoding import FrameEncoder
 from nextbest.training.nets import device, load_state, predict_net, save_net
 
@@ -593,7 +594,9 @@ def input_columns(scorer) -> list[str]:
             encoders.append(sub.encoder_)
     out: dict[str, None] = {}
     for enc in encoders:
-        out.update({c: None for c in enc.columns if c not in enc.matched})
+        out.update({c: None for c in enc.columns if c not in enc.derived})
+        if enc.customer_base:  # BG/NBD's inputs are computed from the purchase-history columns
+            out.update({c: None for c in SUMMARY_COLUMNS})
     if isinstance(scorer, SendTimeScorer):
         out.update({c: None for c in _SHARES})
     return list(out)

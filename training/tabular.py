@@ -44,9 +44,10 @@ def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: i
 
 
 def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
-                weight: np.ndarray | None = None, progress=None) -> BoosterScorer:
-    """Tune on a sample (one fixed fit/valid split of the training rows, `tuning_split`), then refit on all rows."""
-    encoder = fit_encoder(frame, columns)
+                weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None) -> BoosterScorer:
+    """Tune on a sample (one fixed fit/valid split of the training rows, `tuning_split`), then refit on all rows.
+    `customer_base_weeks`: the encoder adds BG/NBD's inputs (`fit_encoder`)."""
+    encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
     x = encoder.codes(frame)
     y = np.asarray(y, dtype="int64")
     cats = [encoder.columns.index(c) for c in encoder.categorical]

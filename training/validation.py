@@ -15,17 +15,19 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
+from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from nextbest.training.customer_base import BGNBD, INPUTS, fit_bgnbd
+from nextbest.training.customer_base import expected_purchases as bgnbd_expected
 from nextbest.training.datasets import TrainingSet, utc_naive
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import auc_interval, calibration_error
 from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer
 
 __all__ = ["Recipe", "TRAIN_ONLY", "user_folds", "time_folds", "training_rows", "cross_validate", "fold_metrics", "booster_recipe", "logistic_recipe",
-           "fit_linear", "blend_recipe", "recipe_of", "repeat_purchase_stats", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
+           "fit_linear", "CUSTOMER_BASE_C", "blend_recipe", "recipe_of", "repeat_purchase_stats", "BGNBD", "fit_bgnbd", "bgnbd_expected", "bgnbd_recipe",
            "LOGISTIC_C"]
 
 # fit(train rows) -> score(test rows); one call per fold.
@@ -166,7 +168,7 @@ def booster_recipe(params: dict[str, object]) -> Recipe:
     rounds = int(params.pop("num_boost_round", 100))
 
     def recipe(train: TrainingSet, test: TrainingSet) -> np.ndarray:
-        encoder = fit_encoder(train.frame, train.inputs)
+        encoder = fit_encoder(train.frame, train.inputs, customer_base_weeks=train.customer_base_weeks)
         cats = [encoder.columns.index(c) for c in encoder.categorical]
         dataset = lgb.Dataset(encoder.codes(train.frame), train.y, categorical_feature=cats,
                               weight=None if train.weight is None else train.frame[train.weight].to_numpy(),
@@ -177,19 +179,44 @@ def booster_recipe(params: dict[str, object]) -> Recipe:
     return recipe
 
 
-def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7) -> LinearScorer:
-    """A regularised (L2) logistic regression on the encoder's dense input of the same columns LightGBM reads."""
-    encoder = fit_encoder(data.frame, data.inputs)
-    x = encoder.dense(data.frame)
+def fit_linear(data: TrainingSet, c: float = LOGISTIC_C, seed: int = 7, customer_base: bool = False) -> LinearScorer:
+    """A regularised (L2) logistic regression on the encoder's dense input of the same columns LightGBM reads.
+
+    With `customer_base`, only on BG/NBD's inputs (the encoder's `customer_base.INPUTS`; every other weight 0): BG/NBD
+    recalibrated to the label, the "customer_base" candidate.
+    """
+    encoder = fit_encoder(data.frame, data.inputs, customer_base_weeks=data.customer_base_weeks)
+    w = None if data.weight is None else data.frame[data.weight].to_numpy()
+    if customer_base and not encoder.customer_base:
+        # These rows (a fold of a table whose other rows had repeat buyers) hold too few repeat buyers to fit BG/NBD:
+        # the candidate is the base rate here, chance in that fold, so no fold picks it for nothing.
+        rate = float(np.clip(np.average(data.y, weights=w), 1e-6, 1 - 1e-6))
+        return LinearScorer(np.zeros(encoder.dense_width), float(np.log(rate / (1 - rate))), encoder,
+                            data.feature_service, {"learner": "customer_base", "C": c})
+    if customer_base:
+        use = np.array([encoder.numeric.index(col) for col in INPUTS])  # numbers come first in the dense input
+        # the two inputs' columns of `encoder.dense`, without building the others
+        codes = encoder.codes(data.frame)[:, [encoder.columns.index(col) for col in INPUTS]]
+        x = np.clip(np.nan_to_num((codes - [encoder.means[col] for col in INPUTS]) / [encoder.stds[col] for col in INPUTS],
+                                  nan=0.0, posinf=0.0, neginf=0.0), -10, 10).astype("float32")
+    else:
+        x = encoder.dense(data.frame)
+        use = np.arange(x.shape[1])
     model = LogisticRegression(C=c, max_iter=500, random_state=seed)
-    model.fit(x, data.y, sample_weight=None if data.weight is None else data.frame[data.weight].to_numpy())
-    return LinearScorer(model.coef_[0], float(model.intercept_[0]), encoder, data.feature_service,
-                        {"learner": "logistic", "C": c})
+    model.fit(x, data.y, sample_weight=w)
+    coef = np.zeros(encoder.dense_width)
+    coef[use] = model.coef_[0]
+    return LinearScorer(coef, float(model.intercept_[0]), encoder, data.feature_service,
+                        {"learner": "customer_base" if customer_base else "logistic", "C": c})
 
 
-def logistic_recipe(c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
+def logistic_recipe(c: float = LOGISTIC_C, seed: int = 7, customer_base: bool = False) -> Recipe:
     """The regularised logistic regression of `fit_linear`, as a recipe."""
-    return lambda train, test: fit_linear(train, c, seed).predict(test.frame)
+    return lambda train, test: fit_linear(train, c, seed, customer_base).predict(test.frame)
+
+
+# Two inputs and thousands of rows: regularisation hardly matters (C 0.1-1 measured alike on CDNOW).
+CUSTOMER_BASE_C = 1.0
 
 
 def blend_recipe(params: dict[str, object], c: float = LOGISTIC_C, seed: int = 7) -> Recipe:
@@ -205,7 +232,8 @@ def recipe_of(scorer, seed: int = 7) -> Recipe | None:
     if isinstance(scorer, BoosterScorer) and scorer.params_:
         return booster_recipe(scorer.params_)
     if isinstance(scorer, LinearScorer):
-        return logistic_recipe(float(scorer.params_.get("C", LOGISTIC_C)), seed)
+        return logistic_recipe(float(scorer.params_.get("C", LOGISTIC_C)), seed,
+                               scorer.params_.get("learner") == "customer_base")
     return None
 
 
@@ -240,47 +268,6 @@ def repeat_purchase_stats(rows: pd.DataFrame, events: pd.DataFrame, time: str = 
     return out
 
 
-def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, n: np.ndarray) -> float:
-    r, alpha, a, b = np.exp(log_params)
-    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-    a2 = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b) - special.gammaln(a + b + x)
-    a3 = -(r + x) * np.log(alpha + T)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a4 = np.where(x > 0, np.log(a) - np.log(b + x - 1) - (r + x) * np.log(alpha + t_x), -np.inf)
-    return float(-(n * (a1 + a2 + np.logaddexp(a3, a4))).sum())
-
-
-@dataclass(frozen=True)
-class BGNBD:
-    """Fitted BG/NBD parameters (purchase rate ~ Gamma(r, alpha), dropout probability ~ Beta(a, b)); weeks."""
-
-    r: float
-    alpha: float
-    a: float
-    b: float
-
-
-def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BGNBD:
-    """Maximum-likelihood BG/NBD on customers with a first purchase (T > 0)."""
-    seen = T > 0
-    # Customers with the same (x, t_x, T) add the same term: one row per distinct summary, weighted by its count
-    # (snapshots and short histories repeat them often), then a quasi-Newton search on log parameters.
-    summary = pd.DataFrame({"x": x[seen], "t_x": t_x[seen], "T": T[seen]}).value_counts().reset_index()
-    args = tuple(summary[c].to_numpy(dtype="float64") for c in ("x", "t_x", "T", "count"))
-    result = optimize.minimize(_bgnbd_loglik, np.zeros(4), args=args, method="L-BFGS-B", bounds=[(-10, 10)] * 4)
-    return BGNBD(*(float(v) for v in np.exp(result.x)))
-
-
-def bgnbd_expected(m: BGNBD, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weeks: float) -> np.ndarray:
-    """Expected purchases in the next `weeks` given (x, t_x, T) (the paper's eq. 10); new customers (T = 0) get
-    the population's expectation for a customer of age 0."""
-    r, alpha, a, b = m.r, m.alpha, m.a, m.b
-    hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, weeks / (alpha + T + weeks))
-    head = (a + b + x - 1) / (a - 1) * (1 - ((alpha + T) / (alpha + T + weeks)) ** (r + x) * hyp)
-    alive = 1 + (x > 0) * a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x)
-    return np.nan_to_num(head / alive, nan=0.0)
-
-
 def bgnbd_recipe(events: pd.DataFrame, horizon_days: int) -> Recipe:
     """BG/NBD fitted on the training rows' purchase histories, scoring expected purchases within the horizon; a row
     whose user has not bought yet gets the share of such training rows that bought within the horizon."""
@@ -308,14 +295,59 @@ class Validated:
     """A model chosen and measured by cross-validation, refit on all rows."""
 
     scorer: object  # the chosen learner, refit on every row
-    learner: str  # "lightgbm", "logistic" or "blend"
-    metrics: dict[str, float]  # the chosen learner's cross-validated metrics, then `<candidate or baseline>_<metric>`
-    # and `<rival>_auc_gain[_low|_high]`: the model's AUC minus the rival's, paired per fold, with its interval
-    oof: np.ndarray  # the chosen learner's out-of-fold scores (NaN outside the folds)
+    learner: str  # one of CANDIDATES: "lightgbm", "logistic", "blend" or "customer_base"
+    metrics: dict[str, float]  # the model's metrics from the nested choice, `chosen_<metric>` the chosen learner's
+    # on the same folds, then `<candidate or baseline>_<metric>` and `<rival>_auc_gain[_low|_high]`: the model's
+    # (nested) AUC minus the rival's, paired per fold, with its interval
+    oof: np.ndarray  # the model's out-of-fold scores: each fold's from the learner chosen without it (`nested_choice`)
     folds: np.ndarray  # fold number per row (-1: not cross-validated)
+    choices: tuple[str, ...] = ()  # the learner the nested choice made for each fold
 
 
-CANDIDATES = ("lightgbm", "logistic", "blend")  # the learners a model may be; baselines beside them are only measured
+# The learners a model may be (baselines beside them are only measured). "customer_base" (BG/NBD's inputs alone, in a
+# logistic regression) is a candidate where the encoder has them: on CDNOW's transaction log it beat every learner on
+# all the columns (benchmarks/RESULTS.md), whose extra columns the folds' few thousand customers cannot pay for.
+CANDIDATES = ("lightgbm", "logistic", "blend", "customer_base")
+
+
+def _candidate_scores(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each candidate's scores from its parts' scores (the blend is LightGBM's and the logistic's mean probability,
+    as `BlendScorer`)."""
+    return {**parts, "blend": 0.5 * (parts["lightgbm"] + parts["logistic"])}
+
+
+def _best(y: np.ndarray, scores: dict[str, np.ndarray], folds: np.ndarray) -> str:
+    """The candidate in `scores` with the best mean AUC over `folds` (the first in CANDIDATES on a tie)."""
+    return max((n for n in CANDIDATES if n in scores),
+               key=lambda n: np.nan_to_num(np.nanmean(_fold_aucs(y, scores[n], folds)), nan=-1.0))
+
+
+def nested_choice(parts: dict[str, Recipe], data: TrainingSet, folds: np.ndarray, outer: dict[str, np.ndarray],
+                  embargo_days: int = 0) -> list[str]:
+    """For each outer fold, the candidate chosen without any of its rows: by an inner cross-validation of the
+    candidates' `parts` (the recipes of every candidate but the blend) over the fold's own training rows only.
+
+    User folds: the other folds dealt into two halves (users stay whole); each candidate fits on one half and is
+    scored on the other: one more fit per candidate and outer fold. (A 2-fold inner CV cost twice that in the demo's
+    purchase training, +13 against +6 CPU-s, made the same choices on CDNOW and differed in one fold of five on two R
+    tables: benchmarks/RESULTS.md, "Real tables, third pass".)
+    Time folds: the earlier folds' `outer` scores (the candidates' out-of-fold scores), which come from models
+    trained only on rows older than each of them, so they are that inner cross-validation already, at no cost; the
+    first time fold has no earlier fold and takes LightGBM, the default.
+    """
+    ks = np.unique(folds[folds >= 0])
+    choices: list[str] = []
+    for k in ks:
+        if embargo_days > 0:
+            earlier = (folds >= 0) & (folds < k)
+            choices.append(_best(data.y, outer, np.where(earlier, folds, -1)) if earlier.any() else "lightgbm")
+            continue
+        others = [j for j in ks if j != k]
+        fit, judge = np.isin(folds, others[1::2]), np.isin(folds, others[0::2])
+        train, test = data.subset(fit), data.subset(judge)
+        scores = _candidate_scores({n: recipe(train, test) for n, recipe in parts.items()})
+        choices.append(_best(test.y, scores, np.zeros(len(test.frame), dtype="int64")))
+    return choices
 _REPORTED = ("auc", "auc_folds_low", "auc_folds_high", "logloss", "brier", "calibration_error")
 
 
@@ -325,26 +357,36 @@ def validate(data: TrainingSet, fit_tuned: Callable[[TrainingSet], BoosterScorer
     their blend (mean probability) and the `baselines` on the same folds; the candidate with the best mean AUC is the
     model, refit on all rows.
 
-    The hyperparameters are searched once, on an inner split of all rows: the folds then judge the tuned recipe.
+    The model's reported metrics are out of sample for the choice too: each fold is scored by the candidate an inner
+    cross-validation on that fold's training rows chose (`nested_choice`), so choosing among candidates on the folds
+    that report the winner adds no optimism. The hyperparameters are searched once, on an inner split of all rows
+    (shared by every fold: a mild optimism for the LightGBM and blend figures only).
     `embargo_days`: time folds whose training rows are purged of label windows overlapping the fold's (`training_rows`).
     """
     tuned = fit_tuned(data)
-    recipes: dict[str, Recipe] = {"lightgbm": booster_recipe(tuned.params_), "logistic": logistic_recipe(seed=seed),
-                                  **(baselines or {})}
-    scores = {name: cross_validate(recipe, data, folds, embargo_days) for name, recipe in recipes.items()}
-    scores["blend"] = 0.5 * (scores["lightgbm"] + scores["logistic"])  # = blend_recipe's scores, without refitting
+    parts: dict[str, Recipe] = {"lightgbm": booster_recipe(tuned.params_), "logistic": logistic_recipe(seed=seed)}
+    if tuned.encoder_.customer_base:  # BG/NBD's inputs exist on these rows: the customer_base candidate
+        parts["customer_base"] = logistic_recipe(CUSTOMER_BASE_C, seed, customer_base=True)
+    scores = {name: cross_validate(recipe, data, folds, embargo_days) for name, recipe in {**parts, **(baselines or {})}.items()}
+    scores = _candidate_scores(scores)  # the blend's scores = blend_recipe's, without refitting
     measured = {name: fold_metrics(data.y, p, folds) for name, p in scores.items()}
-    learner = max(CANDIDATES, key=lambda n: np.nan_to_num(measured[n]["auc"], nan=-1.0))
+    learner = _best(data.y, scores, folds)
+    choices = nested_choice(parts, data, folds, scores, embargo_days)
+    model = np.full(len(folds), np.nan)
+    for k, chosen in zip(np.unique(folds[folds >= 0]), choices, strict=True):
+        model[folds == k] = scores[chosen][folds == k]
     scorer = tuned if learner == "lightgbm" else fit_linear(data, seed=seed) if learner == "logistic" else \
+        fit_linear(data, CUSTOMER_BASE_C, seed, customer_base=True) if learner == "customer_base" else \
         BlendScorer(tuned, fit_linear(data, seed=seed))
-    metrics = dict(measured[learner])
-    mine = _fold_aucs(data.y, scores[learner], folds)
+    metrics = fold_metrics(data.y, model, folds)
+    metrics.update({f"chosen_{k}": measured[learner][k] for k in _REPORTED})
+    mine = _fold_aucs(data.y, model, folds)
     for name, m in measured.items():
         metrics.update({f"{name}_{k}": m[k] for k in _REPORTED})
         # the model's gain over each rival, paired fold by fold (the folds' own difficulty cancels out)
         gain, low, high = _interval(mine - _fold_aucs(data.y, scores[name], folds))
         metrics.update({f"{name}_auc_gain": gain, f"{name}_auc_gain_low": low, f"{name}_auc_gain_high": high})
-    return Validated(scorer, learner, metrics, scores[learner], folds)
+    return Validated(scorer, learner, metrics, model, folds, tuple(choices))
 
 
 def champion_on_folds(champion, data: TrainingSet, folds: np.ndarray, seed: int = 7, embargo_days: int = 0) -> float:
