@@ -23,15 +23,16 @@ from nextbest.pipelines.evaluate import evaluate_policies
 from nextbest.serving.config import load_config, observed_channel_values, observed_opt_out_rates, write_config
 from nextbest.simulation.replay import ReplayConfig, Rules
 
+# Unsubscribes and complaints are the truth's expected counts (the replay's sum of each send's probability).
 SHOWN = ["contacts", "incremental_revenue", "share_of_history_oracle", "unsubscribes_per_1k", "complaints_per_1k",
-         "violations"]
+         "opt_outs_per_1k", "violations"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--costs", default="0,2,5")
+    parser.add_argument("--costs", default="0,10,30,learned")
     args = parser.parse_args()
     settings = Settings(home=args.home)
     path = settings.home / "operator.yaml"
@@ -48,8 +49,10 @@ def main() -> None:
         write_config(config, path, note=f"bench_long_term.py: opt_out_cost {cost} on every channel")
         started = time.perf_counter()
         table, _ = evaluate_policies(settings, ReplayConfig(rules=Rules.of(config.caps)), users=args.users, ope_users=2_000)
+        base_revenue = table.loc["propensity only", "incremental_revenue"]
         for policy in ("nba (uplift)", "propensity only", "history oracle", "oracle", "blast"):
             rows.append({"opt_out_cost": cost, "policy": policy, **table.loc[policy, SHOWN].to_dict(),
+                         "x_propensity_only": table.loc[policy, "incremental_revenue"] / base_revenue,
                          "seconds": time.perf_counter() - started})
     write_config(base, path, note="restored by bench_long_term.py")
     out = pd.DataFrame(rows)

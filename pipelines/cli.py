@@ -537,14 +537,15 @@ def print_service_loop(table: pd.DataFrame) -> None:
 
 
 def print_loop(table: pd.DataFrame) -> None:
-    out = Table(title="closed loop: value per round (expected incremental revenue under the simulated truth)")
+    out = Table(title="closed loop: value per round (expected incremental revenue, unsubscribes and complaints under the "
+                      "simulated truth)")
     for col in ("round", "start", "contacts", "controls", "NBA revenue", "oracle revenue", "share of oracle",
                 "yardstick: champions", "yardstick: share", "unsubs", "complaints", "violations"):
         out.add_column(col, justify="right")
     for k, r in table.iterrows():
         out.add_row(str(k), str(r["start"]), f"{r['contacts']:,}", f"{r['controls']:,}", f"{r['incremental_revenue']:,.0f}",
                     f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}", f"{r['yardstick_revenue']:,.0f}",
-                    f"{r['yardstick_share']:.0%}", str(r["unsubscribes"]), str(r["complaints"]), str(r["violations"]))
+                    f"{r['yardstick_share']:.0%}", f"{r['unsubscribes']:.1f}", f"{r['complaints']:.1f}", str(r["violations"]))
     console.print(out)
 
 

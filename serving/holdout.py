@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-__all__ = ["UNIVERSAL", "holdout_draw", "period_of", "in_holdout", "control_of", "with_campaign_shares"]
+__all__ = ["UNIVERSAL", "holdout_draw", "period_of", "in_holdout", "control_of", "with_campaign_shares", "share_not_held_out"]
 
 UNIVERSAL = "universal"  # the scope of the hold-out kept out of every campaign
 _SCALE = float(1 << 64)
@@ -61,3 +61,11 @@ def control_of(user_id: str, campaign_id: str | None, holdout, now: datetime) ->
     if in_holdout(user_id, share, holdout.salt, scope, period):
         return scope, share
     return None
+
+
+def share_not_held_out(campaign_id: str | None, holdout) -> float:
+    """P(a decision for this campaign is not held out): the universal hold-out, then the campaign's among the rest
+    (`control_of`'s order). An action's logged propensity is this times the probability the policy picked it, so the
+    hold-out and the policy together sum to one over what may happen (as the replay logs its sends)."""
+    share = holdout.campaigns.get(campaign_id, 0.0) if campaign_id else 0.0
+    return (1.0 - holdout.share) * (1.0 - share)

@@ -13,7 +13,8 @@ from nextbest.simulation.clock import DAY_NS, HOUR_NS, MINUTE_NS, NAT, local_hou
 if TYPE_CHECKING:
     from nextbest.simulation.truth import Truth
 
-__all__ = ["HORIZON_DAYS", "p_open", "p_click", "p_buy", "p_caused", "p_organic", "draw_organic_first",
+__all__ = ["HORIZON_DAYS", "p_open", "p_click", "p_buy", "p_caused", "p_unsubscribe", "p_complaint", "p_organic",
+           "draw_organic_first",
            "draw_outcomes", "draw_outcomes_ns", "offer_arrays", "draw_category", "recent_contacts"]
 
 HORIZON_DAYS = 7.0  # conversion window after a send
@@ -93,6 +94,25 @@ def p_caused(truth: Truth, offers: pd.DataFrame, u: np.ndarray, o: np.ndarray, c
             * p_buy(truth, offers, u, o, recent, at_ns))
 
 
+def p_unsubscribe(truth: Truth, u: np.ndarray, c: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """P(the send is delivered and the user unsubscribes from the channel), after `recent` contacts in 7 days."""
+    return _DELIVERY[c] * _unsubscribe_if_delivered(truth, u, c, recent)
+
+
+def p_complaint(truth: Truth, u: np.ndarray, c: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """P(the send is delivered and the user complains about it), after `recent` contacts in 7 days."""
+    return _DELIVERY[c] * _complaint_if_delivered(truth, u, c, recent)
+
+
+def _unsubscribe_if_delivered(truth: Truth, u: np.ndarray, c: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    # Each recent contact pushes a user who tires easily (high fatigue) towards opting out.
+    return _sigmoid(-6.3 + _UNSUB_SHIFT[c] + truth.fatigue[u] * recent * 1.5)
+
+
+def _complaint_if_delivered(truth: Truth, u: np.ndarray, c: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    return _sigmoid(-7.9 + _COMPLAINT_SHIFT[c] + 0.9 * truth.complaint[u] + truth.fatigue[u] * recent * 1.5)
+
+
 def _organic_window(truth: Truth, u: np.ndarray, at_ns: np.ndarray, horizon_days: float) -> tuple[np.ndarray, np.ndarray]:
     """Start and length (days) of the part of [at, at + horizon) in which the user buys organically."""
     begin = np.maximum(at_ns, truth.customer_from_ns(u))
@@ -143,10 +163,9 @@ def draw_outcomes_ns(truth: Truth, offers: pd.DataFrame, u: np.ndarray, o: np.nd
     # Most caused purchases follow the click within hours; all within the conversion window.
     caused_ns = np.minimum(clicked_ns + (rng.exponential(6.0, n) * HOUR_NS).astype(np.int64),
                            send_ns + int(HORIZON_DAYS * DAY_NS) - MINUTE_NS)
-    pressure = truth.fatigue[u] * recent * 1.5
-    unsub = delivered & (rng.random(n) < _sigmoid(-6.3 + _UNSUB_SHIFT[c] + pressure))
+    unsub = delivered & (rng.random(n) < _unsubscribe_if_delivered(truth, u, c, recent))
     unsub_ns = np.maximum(opened_ns, delivered_ns) + (rng.exponential(1.0, n) * HOUR_NS).astype(np.int64)
-    complained = delivered & (rng.random(n) < _sigmoid(-7.9 + _COMPLAINT_SHIFT[c] + 0.9 * truth.complaint[u] + pressure))
+    complained = delivered & (rng.random(n) < _complaint_if_delivered(truth, u, c, recent))
     complained_ns = delivered_ns + (rng.exponential(2.0, n) * HOUR_NS).astype(np.int64)
 
     kind, ocat, value = offer_arrays(offers)

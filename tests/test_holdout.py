@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from nextbest.serving.config import ConfigError, Holdout, default_config, load_config, write_config
-from nextbest.serving.holdout import UNIVERSAL, control_of, holdout_draw, in_holdout, period_of
+from nextbest.serving.holdout import (
+    UNIVERSAL,
+    control_of,
+    holdout_draw,
+    in_holdout,
+    period_of,
+    share_not_held_out,
+)
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import BatchDecideRequest
 from tests.conftest import copy_home
@@ -82,3 +89,12 @@ def test_the_service_logs_held_out_users_as_no_contact_decisions_with_their_prob
     assert {d["user_id"] for d in again if d["holdout"]} == {d["user_id"] for d in held}
     other = rt.decide_batch(BatchDecideRequest(user_ids=users, now=NOW + timedelta(hours=21), context={"campaign_id": "x"}))
     assert {d["user_id"] for d in other if d["holdout"]} == {d["user_id"] for d in held if d["holdout"] == UNIVERSAL}
+    # an action's probability includes the chance of having been held out: P(not held out) x P(the policy's pick)
+    rate = config.exploration.rate
+    assert share_not_held_out("spring", config.holdout) == pytest.approx(0.9 * 0.7)
+    assert share_not_held_out("x", config.holdout) == share_not_held_out(None, config.holdout) == pytest.approx(0.9)
+    for answers_, kept in ((answers, 0.63), (other, 0.9)):
+        sent = [a for d in answers_ for a in d["actions"]]
+        assert sent and all(0 < a["propensity"] <= kept + 1e-12 for a in sent)
+        greedy = [a["propensity"] for a in sent if not a["explored"]]
+        assert all(p >= kept * (1 - rate) - 1e-12 for p in greedy) and max(greedy) > 0.9 * kept

@@ -289,3 +289,41 @@ def test_the_smallest_world_the_cli_allows_simulates_and_conforms():
         for table in TABLES:
             if table in world.tables:
                 conform(table, world.tables[table], f"{table}.csv")
+
+
+def test_expected_opt_outs_are_the_rates_the_draws_follow(world):
+    from nextbest.simulation import response
+
+    rng = np.random.default_rng(3)
+    n = 200_000
+    u = rng.integers(0, CONFIG.n_users, n)
+    c = rng.integers(0, len(CHANNELS), n)
+    recent = rng.integers(0, 6, n)
+    send = np.full(n, world.truth.end_ns, dtype=np.int64)
+    o = np.zeros(n, dtype=np.int64)
+    out, _ = response.draw_outcomes_ns(world.truth, world.tables["offers"], u, o, c, send, recent, rng)
+    for col, p in (("unsubscribed_at", response.p_unsubscribe(world.truth, u, c, recent)),
+                   ("complained_at", response.p_complaint(world.truth, u, c, recent))):
+        drawn = (out[col] != np.iinfo(np.int64).min).sum()
+        # the sum of the probabilities is the drawn count's mean: within 4 binomial standard deviations
+        assert abs(drawn - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum()) + 1
+    # pressure: the same users and channels opt out more after more recent contacts
+    assert (response.p_unsubscribe(world.truth, u, c, recent + 3) > response.p_unsubscribe(world.truth, u, c, recent)).all()
+
+
+def test_the_replay_reports_expected_opt_outs_not_drawn_ones(world):
+    from nextbest.simulation.policies import RandomPolicy
+    from nextbest.simulation.replay import Period, ReplayConfig, replay
+
+    period = Period.from_tables(world.tables, world.truth)
+    runs = [replay(period, RandomPolicy(share=1.0), ReplayConfig(days=2, seed=seed)) for seed in (1, 2)]
+    for r in runs:
+        m, s = r.metrics, r.sends
+        assert m["unsubscribes"] == pytest.approx(s["p_unsubscribe"].sum())
+        assert m["complaints"] == pytest.approx(s["p_complaint"].sum())
+        assert m["unsubscribes_drawn"] == int(s["unsubscribed"].sum())
+        assert m["opt_outs_per_1k"] == pytest.approx(1000 * (m["unsubscribes"] + m["complaints"]) / m["contacts"])
+        assert ((0 < s["p_unsubscribe"]) & (s["p_unsubscribe"] < 1)).all()
+    # two seeds of the same policy: the expected rate moves far less than the drawn one can
+    a, b = (r.metrics for r in runs)
+    assert abs(a["unsubscribes_per_1k"] - b["unsubscribes_per_1k"]) < 0.1 * a["unsubscribes_per_1k"]

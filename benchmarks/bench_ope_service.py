@@ -1,0 +1,105 @@
+"""Off-policy estimates from the decision service's own logs against the simulated truth, and row by row.
+
+Usage (after `make demo`, on its home; the home is copied, never changed):
+  python benchmarks/bench_ope_service.py --home DIR [--users 3000] [--days 10]
+
+One round of `nextbest loop --service` in process (BentoML's ASGI app through a test client, a fresh ledger, campaign
+`loop` with a 10 % hold-out, exploration epsilon 0.2 so the log has support) for `--users` users over `--days` days; the
+decision and outcome logs are folded into contacts (`logs_to_contacts.fold_logs`), then `evaluate.off_policies` judges
+the NBA and propensity-only policies on the decisions with a full 7-day outcome window, next to the simulator's truth.
+Row by row: each variant's mean logged reward (conversion within 7 days) against the truth's P(convert) of the logged
+action at its send time (fatigue from the judged log's sends, as the round's world counts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nextbest.features.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--days", type=int, default=10)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ope-"))
+    # A fresh ledger: a copied ledger identity without its store is a lost ledger (no contact, by design).
+    shutil.copytree(args.home, work / "home", ignore=shutil.ignore_patterns("ledger.*", "logs", "service_loop"))
+    home = Settings(home=work / "home")
+    os.environ["NEXTBEST_HOME"] = str(home.home)
+
+    from nextbest.serving.config import Exploration, Holdout, load_config, write_config
+
+    config = load_config(home.home / "operator.yaml")
+    write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.1}),
+                                           "exploration": Exploration(method="epsilon", rate=0.2)}),
+                 home.home / "operator.yaml", note="bench_ope_service.py: hold-out 10 %, exploration 0.2")
+    from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
+
+    os.environ.update(SIMULATED_CLOCK_ENV)
+    from starlette.testclient import TestClient
+
+    from nextbest.serving.service import NextBest
+
+    started = time.perf_counter()
+    with TestClient(NextBest.to_asgi(), base_url="http://127.0.0.1:3000") as client:
+        table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=()))
+    print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}, {args.users} users, {args.days} days, "
+          f"round {time.perf_counter() - started:.0f} s")
+    print(table.drop(columns=["models"]).T.to_string())
+
+    from nextbest.pipelines.evaluate import (
+        _decisions,
+        champion_set,
+        load_period,
+        model_policies,
+        off_policies,
+    )
+    from nextbest.pipelines.logs_to_contacts import PREFIX, fold_logs
+    from nextbest.simulation.response import recent_contacts
+    from nextbest.simulation.truth import Oracle
+    from nextbest.training.datasets import outcome_within
+
+    start = pd.Timestamp(table["start"].iloc[0], tz="UTC")
+    print(fold_logs(home, cutoff=start + pd.Timedelta(days=args.days)))
+    world, tables = load_period(home)
+    own = tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX)
+    tables = {**tables, "contacts": tables["contacts"][own]}
+    cutoff, logged = _decisions(home, tables, world, since=start)
+    nba, propensity_only = model_policies(home, world, models=champion_set(home), as_of=cutoff)
+    for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged).items():
+        print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action")
+        print(ope.to_markdown(index=False, floatfmt=".4f"))
+
+    c = logged["contacts"]
+    c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (models do not train on no action)
+    oracle = Oracle(world.truth, world.offers)
+    u = pd.Index(world.user_ids).get_indexer(c["user_id"].astype(str))
+    sent = pd.to_datetime(c["sent_at"], utc=True)
+    sent_rows = c["channel"].notna().to_numpy()
+    truth = oracle.p_organic(u, sent)
+    truth[sent_rows] = oracle.p_convert(u[sent_rows], c.loc[sent_rows, "offer_id"].astype(str).to_numpy(),
+                                        c.loc[sent_rows, "channel"].astype(str).to_numpy(), sent[sent_rows],
+                                        recent_contacts=recent_contacts(c)[sent_rows])
+    rows = pd.DataFrame({"variant": c["variant"], "logged": outcome_within(c, "converted_at", 7), "truth": truth})
+    out = rows.groupby("variant").agg(n=("logged", "size"), logged=("logged", "mean"), truth=("truth", "mean"))
+    out["error"] = out["logged"] / out["truth"] - 1
+    out["z"] = (out["logged"] - out["truth"]) / np.sqrt(out["truth"] * (1 - out["truth"]) / out["n"])
+    print("\nrow by row: mean logged reward against the truth of the logged action")
+    print(out.to_markdown(floatfmt=".4f"))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
