@@ -19,6 +19,7 @@ from scipy import optimize, special, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from nextbest.training.activity import Table, purchases
 from nextbest.training.datasets import TrainingSet, utc_naive
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import auc_interval, calibration_error
@@ -281,9 +282,11 @@ def bgnbd_expected(m: BGNBD, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, week
     return np.nan_to_num(head / alive, nan=0.0)
 
 
-def bgnbd_recipe(events: pd.DataFrame, horizon_days: int) -> Recipe:
+def bgnbd_recipe(events: Table, horizon_days: int) -> Recipe:
     """BG/NBD fitted on the training rows' purchase histories, scoring expected purchases within the horizon; a row
     whose user has not bought yet gets the share of such training rows that bought within the horizon."""
+    events = purchases(events)  # the only events a purchase history reads (DuckDB: the events file stays on disk)
+
     def recipe(train: TrainingSet, test: TrainingSet) -> np.ndarray:
         fit_stats = repeat_purchase_stats(train.frame, events, train.time)
         model = fit_bgnbd(*(fit_stats[c].to_numpy() for c in ("x", "t_x", "T")))
