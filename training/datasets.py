@@ -189,15 +189,16 @@ class SharedJoins:
             self.sampled.setdefault(key[0], record)  # rows sampled by their builder keep the builder's record
             refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
             keys = sample[["user_id", "event_timestamp", "_kept"]]
-            self._frames[key] = historical(self.store, keys, refs).drop(columns=["user_id", "event_timestamp"])
+            self._frames[key] = historical(self.store, keys, refs).drop(columns=["user_id", "_kept"])
             self._kept[key] = sample["_kept"].to_numpy()
             self._asked[key] = len(rows)
         if self._asked[key] != len(rows):
             raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {self._asked[key]} joined; one key, one row set")
         mine = rows.iloc[self._kept[key]].reset_index(drop=True)
-        mine["event_timestamp"] = pd.to_datetime(mine["event_timestamp"], utc=True)
+        frame = self._frames[key]
+        mine["event_timestamp"] = frame["event_timestamp"]  # as the join gives it (UTC, its unit); same index
         features = [c for c in service_features(self.store, service) if c not in rows.columns]
-        return pd.concat([mine, self._frames[key][features].reset_index(drop=True)], axis=1)
+        return pd.concat([mine, frame[features]], axis=1)
 
 
 def joined(store, rows: pd.DataFrame, service: str, key: tuple, shared: SharedJoins | None = None) -> pd.DataFrame:
