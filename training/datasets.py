@@ -183,10 +183,11 @@ class SharedJoins:
         if service not in services:
             return historical(self.store, rows, service)
         if key not in self._frames:
-            strata = tuple(c for c in STRATA.get(key[0], ()) if c in rows)
-            sample, record = stratified_sample(rows.assign(_kept=np.arange(len(rows))), strata,
-                                               self.sampling.max_rows, self.sampling.seed)
-            self.sampled.setdefault(key[0], record)  # rows sampled by their builder keep the builder's record
+            sample = rows.assign(_kept=np.arange(len(rows)))
+            if key[0] not in self.sampled:  # not sampled by their builder (`rows`): sampled here
+                strata = tuple(c for c in STRATA.get(key[0], ()) if c in rows)
+                sample, self.sampled[key[0]] = stratified_sample(sample, strata, self.sampling.max_rows,
+                                                                 self.sampling.seed)
             refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
             keys = sample[["user_id", "event_timestamp", "_kept"]]
             self._frames[key] = historical(self.store, keys, refs).drop(columns=["user_id", "_kept"])
