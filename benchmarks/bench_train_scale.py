@@ -29,7 +29,7 @@ class Peaks:
 
     def __init__(self, every_s: float = 0.2):
         self.proc, self.every_s = psutil.Process(), every_s
-        self.stage, self.peaks, self.started = "start", {}, {}
+        self.stage, self.peaks, self.started, self.cpu = "start", {}, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -40,11 +40,14 @@ class Peaks:
             self._stop.wait(self.every_s)
 
     def enter(self, stage: str) -> None:
-        if stage not in self.started:
-            self.started[stage] = time.perf_counter()
+        if stage not in self.started:  # CPU seconds (all threads) are the steadier figure on a shared machine
+            self.started[stage], self.cpu[stage] = time.perf_counter(), time.process_time()
             self.stage = stage
+            print(json.dumps({"stage": stage, "at_s": round(self.started[stage] - self.t0, 1),
+                              "cpu_s": round(self.cpu[stage] - self.c0, 1), "load": os.getloadavg()[0]}), flush=True)
 
     def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         self._thread.start()
         return self
 
@@ -87,14 +90,18 @@ def main() -> None:
         results = train_models(settings, list(DEFAULT_MODELS), config,
                                progress=lambda text: peaks.enter(text.split(":")[0]))
     total = time.perf_counter() - started
+    names = [r.name for r in results]
+    cpu_end = {n: peaks.cpu.get(m, time.process_time()) for n, m in zip(names, [*names[1:], None], strict=True)}
     for r in results:
-        print(json.dumps({"model": r.name, "seconds": round(r.seconds, 1), "peak_rss_gb": round(peaks.peaks.get(r.name, 0) / 1e9, 2),
+        print(json.dumps({"model": r.name, "seconds": round(r.seconds, 1),
+                          "cpu_s": round(cpu_end[r.name] - peaks.cpu.get(r.name, 0.0), 1), "peak_rss_gb": round(peaks.peaks.get(r.name, 0) / 1e9, 2),
                           "rows": r.rows, "train_rows": r.train_rows, "auc": round(r.metrics.get("auc", float("nan")), 4),
                           "qini_auc": round(r.metrics.get("qini_auc", float("nan")), 4),
                           "promoted": r.decision.get("promoted")}), flush=True)
     before_first = peaks.started[results[0].name] - started if results else 0.0
     print(json.dumps({"all_models_seconds": round(total, 1), "before_first_model_s": round(before_first, 1),
-                      "peak_rss_gb": round(max(peaks.peaks.values()) / 1e9, 2), "load_after": os.getloadavg()}), flush=True)
+                      "peak_rss_gb": round(max(peaks.peaks.values()) / 1e9, 2), "cpu_s": round(time.process_time(), 1),
+                      "load_after": os.getloadavg()}), flush=True)
     if not args.no_reference:
         child = psutil.Popen([sys.executable, __file__, "--reference"], stdout=subprocess.PIPE, text=True)
         peak = 0
