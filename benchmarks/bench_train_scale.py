@@ -23,6 +23,8 @@ import time
 
 import psutil
 
+from nextbest.training.datasets import Sampling
+
 
 class Peaks:
     """Peak RSS of this process per named stage, sampled by a thread."""
@@ -67,14 +69,78 @@ def reference() -> dict:
             "events": len(raw["events"]), "contacts": len(raw["contacts"])}
 
 
+def row_sets() -> dict:
+    """The part of `train all` that grows with users, without the feature join or the fits (child process): the
+    contact log's labels and stratified sample, the snapshot rows' purchase and churn labels (DuckDB over the raw
+    Parquet) and their stratified sample. Needs only the raw tables (no feature build)."""
+    from nextbest.features.settings import Settings
+    from nextbest.training.churn import ChurnConfig, churn_labels
+    from nextbest.training.datasets import (
+        SNAPSHOTS,
+        STRATA,
+        contact_row_set,
+        snapshot_dates,
+        snapshot_rows,
+        stratified_sample,
+    )
+    from nextbest.training.jobs import ON_DISK, read_raw_tables
+    from nextbest.training.purchase import purchase_labels
+
+    settings, out, t = Settings(), {}, time.perf_counter()
+    sampling = Sampling(settings.train_sample_rows, settings.seed)
+    raw = read_raw_tables(settings, ON_DISK)
+    out["read_users_etc_s"], t = round(time.perf_counter() - t, 1), time.perf_counter()
+    rows, record = contact_row_set(raw, 7, sampling)
+    out["contact_rows_s"], t = round(time.perf_counter() - t, 1), time.perf_counter()
+    out["contacts"] = {k: record[k] for k in ("sample_of_rows", "sample_rows", "sample_rate")}
+    dates = snapshot_dates(raw["events"], 30)
+    snaps = snapshot_rows(raw["users"], dates)
+    snaps["label"] = purchase_labels(snaps, raw["events"], 30)
+    out["purchase_labels_s"], t = round(time.perf_counter() - t, 1), time.perf_counter()
+    label, eligible = churn_labels(snaps, raw["events"], ChurnConfig())
+    out["churn_labels_s"], t = round(time.perf_counter() - t, 1), time.perf_counter()
+    _, record = stratified_sample(snaps, tuple(c for c in STRATA[SNAPSHOTS] if c in snaps), sampling.max_rows, sampling.seed)
+    out["snapshot_sample_s"] = round(time.perf_counter() - t, 1)
+    out["snapshots"] = {k: record[k] for k in ("sample_of_rows", "sample_rows", "sample_rate")}
+    out["purchase_rate"], out["churn_rate_active"] = round(float(snaps["label"].mean()), 4), round(float(label[eligible].mean()), 4)
+    out["cpu_s"] = round(time.process_time(), 1)
+    return out
+
+
+def in_child(flag: str) -> dict:
+    """Run this script with `flag` in a child process: its JSON answer, wall time and peak RSS."""
+    started = time.perf_counter()
+    child = psutil.Popen([sys.executable, __file__, flag], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, child.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out = json.loads(child.stdout.read().strip().splitlines()[-1])
+    return {flag.strip("-"): out, "wall_s": round(time.perf_counter() - started, 1), "peak_rss_gb": round(peak / 1e9, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=None, help="default: `nextbest train`'s (10)")
     parser.add_argument("--reference", action="store_true", help="(internal) run the reference in this process")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--row-sets", action="store_true", help="only the row sets (raw tables only, no feature build), "
+                        "each in a child process, then the reference")
+    parser.add_argument("--row-sets-child", action="store_true", help="(internal)")
     args = parser.parse_args()
     if args.reference:
         print(json.dumps(reference()))
+        return
+    if args.row_sets_child:
+        print(json.dumps(row_sets()))
+        return
+    if args.row_sets:
+        print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "load_before": os.getloadavg()}), flush=True)
+        print(json.dumps(in_child("--row-sets-child")), flush=True)
+        print(json.dumps({**in_child("--reference"), "load_after": os.getloadavg()}), flush=True)
         return
     from nextbest.features.settings import Settings
     from nextbest.training.jobs import DEFAULT_MODELS, TrainConfig, train_models
@@ -103,16 +169,7 @@ def main() -> None:
                       "peak_rss_gb": round(max(peaks.peaks.values()) / 1e9, 2), "cpu_s": round(time.process_time(), 1),
                       "load_after": os.getloadavg()}), flush=True)
     if not args.no_reference:
-        child = psutil.Popen([sys.executable, __file__, "--reference"], stdout=subprocess.PIPE, text=True)
-        peak = 0
-        while child.poll() is None:
-            try:
-                peak = max(peak, child.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-        out = json.loads(child.stdout.read().strip().splitlines()[-1])
-        print(json.dumps({**out, "reference_peak_rss_gb": round(peak / 1e9, 2)}), flush=True)
+        print(json.dumps(in_child("--reference")), flush=True)
 
 
 if __name__ == "__main__":
