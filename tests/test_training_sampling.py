@@ -51,9 +51,11 @@ def test_a_sampled_shared_join_is_the_point_in_time_join_of_the_kept_rows(built)
 
 
 def test_a_sampled_training_run_records_its_sampling_in_mlflow(trained, tmp_path):
+    import json
+
     from mlflow import MlflowClient
 
-    from nextbest.training.jobs import TrainConfig, train_model
+    from nextbest.training.jobs import TrainConfig, quality_refusal, train_model
     from tests.conftest import copy_home
 
     home = copy_home(trained, tmp_path / "home")
@@ -62,6 +64,13 @@ def test_a_sampled_training_run_records_its_sampling_in_mlflow(trained, tmp_path
     assert float(tags["sample_rate"]) < 1 and tags["sample_seed"] == "11"
     assert tags["sample_strata"] == ",".join(STRATA[CONTACTS]) and int(tags["sample_of_rows"]) > 3_000
     assert int(tags["train_rows"]) + int(tags["holdout_rows"]) == result.rows <= int(tags["sample_rows"])
+    assert quality_refusal("channel", result.metrics) is None  # trained on a third of the rows, still clearly learns
+    # Snapshot rows too: sampled by date x purchase label, and the purchase model still passes its gate.
+    bought = train_model(home, "purchase", TrainConfig(trials=1, sample_rows=1_500, seed=11))
+    tags = MlflowClient(home.tracking_uri).get_run(bought.run_id).data.tags
+    assert tags["sample_strata"] == "event_timestamp,label" and int(tags["sample_of_rows"]) > 1_500
+    assert bought.rows == int(tags["sample_rows"]) == sum(k for k, _ in json.loads(tags["sample_counts"]).values())
+    assert quality_refusal("purchase", bought.metrics) is None and bought.decision["promoted"]  # no champion yet
 
 
 def test_training_reads_events_and_contacts_from_their_files_as_it_reads_frames(built):
