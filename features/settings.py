@@ -81,6 +81,10 @@ class Settings(BaseSettings):
                           "holdout instead.")
     cv_max_rows: int = Field(12_000, ge=100, description="Above this many training rows, the cross-validation runs on "
                              "a seeded sample of whole users of about this many rows (the refit still uses all rows).")
+    train_sample_rows: int = Field(500_000, ge=1000, description="Rows of each training row set (the contact log, the "
+                                   "user snapshots) joined with the features; a larger one is sampled first, the same "
+                                   "share of every label stratum, recorded in the MLflow run (`nextbest train "
+                                   "--sample-rows` overrides it for one run).")
 
     campaign_four_eyes: bool = Field(True, description="A campaign must be approved by someone other than who "
                                      "submitted it (`false`: one person may do both, e.g. a team of one).")

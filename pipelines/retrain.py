@@ -108,6 +108,7 @@ def _policy_gated(config: RetrainConfig) -> tuple[str, ...]:
 def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     from nextbest.training.jobs import (
         DEFAULT_MODELS,
+        ON_DISK,
         TrainConfig,
         read_raw_tables,
         skipped_models,
@@ -115,12 +116,13 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     )
 
     names = list(DEFAULT_MODELS if config.models is None else config.models)
-    skipped = skipped_models(read_raw_tables(settings), names) if names else {}
+    skipped = skipped_models(read_raw_tables(settings, ON_DISK), names) if names else {}
     names = [n for n in names if n not in skipped]  # a company without a contact log still trains the others
     if not names:  # features only: the champions stay
         return {"models": {}, "skipped": skipped}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed,
-                                                                uplift_learner=config.uplift_learner),
+                                                        sample_rows=settings.train_sample_rows,
+                                                        uplift_learner=config.uplift_learner),
                            defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from", "holdout_split")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),

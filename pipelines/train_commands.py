@@ -58,13 +58,14 @@ def _labels(path: Path | None):
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
-           labels: Path | None, outcome: str | None = None, sample_rows: int = 500_000,
+           labels: Path | None, outcome: str | None = None, sample_rows: int | None = None,
            learner: str = "auto", dates: int = 4, split: str = "user") -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
     from nextbest.training.jobs import (
         DEFAULT_MODELS,
+        ON_DISK,
         TIME_SPLIT_MODELS,
         TrainConfig,
         read_raw_tables,
@@ -107,12 +108,12 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if not feature_store(settings).list_feature_views():  # built but never applied: the one thing left to do
         apply(settings)
         console.print("[yellow]note:[/] no feature views were registered: ran `nextbest features apply` first")
-    skipped = skipped_models(read_raw_tables(settings), names)
+    skipped = skipped_models(read_raw_tables(settings, ON_DISK), names)
     if model != "all" and skipped:
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
-                         sample_rows=sample_rows, uplift_learner=learner, dates=dates, split=split)
+                         sample_rows=sample_rows or settings.train_sample_rows, uplift_learner=learner, dates=dates, split=split)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -181,9 +182,10 @@ def register(app: typer.Typer) -> None:
         labels: Annotated[Path | None, typer.Option(help="labels file (user_id, as_of, label) for `label NAME`, or for churn "
                                                           "instead of inactivity; an as_of without an offset is that day, "
                                                           "midnight UTC")] = None,
-        sample_rows: Annotated[int, typer.Option("--sample-rows", min=1000, help="rows joined per row set (contact log, "
-                                                 "user snapshots); a larger one is sampled, the same share of each "
-                                                 "label stratum, and the run records it")] = 500_000,
+        sample_rows: Annotated[int | None, typer.Option("--sample-rows", min=1000, help="rows joined per row set "
+                                                        "(contact log, user snapshots); a larger one is sampled, the "
+                                                        "same share of each label stratum, and the run records it "
+                                                        "[default: NEXTBEST_TRAIN_SAMPLE_ROWS, 500,000]")] = None,
         learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, or "
                                                   "funnel (needs open tracking)")] = "auto",
         dates: Annotated[int, typer.Option(min=1, max=520, help="purchase/churn: weekly snapshot dates, the newest at "

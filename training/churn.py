@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.feature_services import service_name
+from nextbest.training import activity
+from nextbest.training.activity import Table
 from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
@@ -18,7 +20,6 @@ from nextbest.training.datasets import (
     service_features,
     snapshot_dates,
     snapshot_rows,
-    utc_naive,
 )
 from nextbest.training.label import labelled_rows
 from nextbest.training.metrics import classification_metrics
@@ -39,19 +40,9 @@ class ChurnConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def churn_labels(rows: pd.DataFrame, events: pd.DataFrame, config: ChurnConfig) -> tuple[np.ndarray, np.ndarray]:
+def churn_labels(rows: pd.DataFrame, events: Table, config: ChurnConfig) -> tuple[np.ndarray, np.ndarray]:
     """(label, eligible): eligible = active before t; label = inactive in the horizon or a terminal event in it."""
-    ev = pd.DataFrame({"user_id": events["user_id"].astype(str).to_numpy(), "ts": utc_naive(events["ts"]),
-                       "terminal": events["type"].astype(str).isin(config.terminal_types).to_numpy()})
-    joined = rows[["user_id", "event_timestamp"]].assign(_row=np.arange(len(rows))).merge(ev, on="user_id")
-    t, ts = utc_naive(joined["event_timestamp"]), joined["ts"].to_numpy()
-    before = (ts < t) & (ts >= t - np.timedelta64(config.active_days, "D"))
-    after = (ts >= t) & (ts < t + np.timedelta64(config.horizon_days, "D"))
-    n = len(rows)
-    eligible = np.bincount(joined["_row"][before], minlength=n) > 0
-    active_after = np.bincount(joined["_row"][after & ~joined["terminal"].to_numpy()], minlength=n) > 0
-    terminal = np.bincount(joined["_row"][after & joined["terminal"].to_numpy()], minlength=n) > 0
-    return ((~active_after) | terminal).astype("int64"), eligible
+    return activity.churn_labels(rows, events, config.horizon_days, config.active_days, config.terminal_types)
 
 
 def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: SharedJoins | None = None) -> TrainingSet:
@@ -65,10 +56,11 @@ def build_frame(store, raw: dict, config: ChurnConfig = ChurnConfig(), shared: S
                                available=feature_snapshots(store))
         rows = snapshot_rows(raw["users"], dates)
         rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
-        # Join every snapshot row (the row set purchase shares), then keep the users active before each date.
-        frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
-        label, eligible = churn_labels(frame, raw["events"], config)
-        frame = frame.assign(label=label)[eligible].reset_index(drop=True)
+        # Labels before the join (from the events, in DuckDB), so a sampled row set keeps their shares; join the
+        # snapshot rows (the row set purchase shares), then keep the users active before each date.
+        label, eligible = churn_labels(rows, raw["events"], config)
+        frame = joined(store, rows.assign(label=label, eligible=eligible), service, (SNAPSHOTS, tuple(dates)), shared)
+        frame = frame[frame["eligible"].to_numpy(dtype=bool)].drop(columns="eligible").reset_index(drop=True)
     return TrainingSet(frame, service, service_features(store, service), (), customer_base_weeks=config.horizon_days / 7)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from nextbest.features.contract import DEFAULT_OFFER_KIND
+from nextbest.training.activity import Table, connect, event_span
 from nextbest.training.scorers import REQUEST_COLUMNS
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "joined",
     "contact_frame",
     "contact_rows",
+    "contact_row_set",
     "snapshot_dates",
     "feature_snapshots",
     "snapshot_rows",
@@ -94,10 +97,10 @@ def _references(store, service: str) -> list[str]:
 
 CONTACTS, SNAPSHOTS = "contacts", "snapshots"  # the two row sets the models share
 # What each row set is stratified by when it is sampled: the contact log by every outcome a model learns
-# (treated for uplift, converted, opened/clicked for channel and send time); snapshot rows by date (their
-# purchase/churn labels need the joined features, so they are not known before the join).
+# (treated for uplift, converted, opened/clicked for channel and send time); snapshot rows by date and by the
+# label of the model that builds them (computed from the events before the join, so it is known when sampling).
 STRATA: dict[str, tuple[str, ...]] = {CONTACTS: ("treated", "converted", "opened", "clicked"),
-                                      SNAPSHOTS: ("event_timestamp",)}
+                                      SNAPSHOTS: ("event_timestamp", "label", "eligible")}
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,20 @@ def stratified_sample(rows: pd.DataFrame, strata: tuple[str, ...], max_rows: int
     """At most `max_rows` of `rows`, the same share of every stratum, and the record of it (for the MLflow run).
 
     Each stratum keeps round(share x its size) rows, at least one: label shares stay as they were (a model's
-    probabilities stay calibrated, no reweighting needed) and a rare outcome is never sampled away.
+    probabilities stay calibrated, no reweighting needed) and a rare outcome is never sampled away. The record
+    gives the rate, the seed, the rows before and after, and per stratum the rows kept of the rows there
+    (`sample_counts`, JSON), so a reader can check each label's share and correct for the at-least-one rule.
     """
+    import json
+
     n = len(rows)
     record = {"sample_strata": ",".join(strata), "sample_seed": str(seed), "sample_of_rows": str(n)}
+    codes, labels = (_strata_codes(rows, strata) if strata else (np.zeros(n, "int64"), ["all"]))
+    sizes = np.bincount(codes, minlength=len(labels))
     if n <= max_rows:
-        return rows, {**record, "sample_rate": "1.0", "sample_rows": str(n)}
+        counts = {k: [int(v), int(v)] for k, v in zip(labels, sizes, strict=True)}
+        return rows, {**record, "sample_rate": "1.0", "sample_rows": str(n), "sample_counts": json.dumps(counts)}
     share = max_rows / n
-    codes = rows.groupby(list(strata), sort=True, dropna=False).ngroup().to_numpy() if strata else np.zeros(n, "int64")
-    sizes = np.bincount(codes)
     quota = np.maximum(np.rint(sizes * share), 1).astype("int64")
     order = np.lexsort((np.random.default_rng(seed).random(n), codes))  # shuffled within each stratum
     starts = np.cumsum(sizes) - sizes
@@ -128,15 +136,26 @@ def stratified_sample(rows: pd.DataFrame, strata: tuple[str, ...], max_rows: int
     rank[order] = np.arange(n) - starts[codes[order]]
     keep = np.flatnonzero(rank < quota[codes])
     out = rows.iloc[keep].reset_index(drop=True)
-    return out, {**record, "sample_rate": f"{share:.6g}", "sample_rows": str(len(out))}
+    kept = np.bincount(codes[keep], minlength=len(labels))
+    counts = {k: [int(a), int(b)] for k, a, b in zip(labels, kept, sizes, strict=True)}
+    return out, {**record, "sample_rate": f"{share:.6g}", "sample_rows": str(len(out)), "sample_counts": json.dumps(counts)}
+
+
+def _strata_codes(rows: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """A stratum number per row, and each stratum's name ("value|value|...", in the order of `strata`)."""
+    codes = rows.groupby(list(strata), sort=True, dropna=False).ngroup().to_numpy()
+    _, first = np.unique(codes, return_index=True)  # one row of each stratum, in stratum order
+    values = rows.iloc[first][list(strata)].astype(str).to_numpy()
+    return codes, ["|".join(v) for v in values]
 
 
 class SharedJoins:
     """Point-in-time joins shared by the models of one `train all`: each entity-row set is joined once.
 
     `groups` maps a row set's name (CONTACTS, SNAPSHOTS) to the FeatureServices of the models that read it.
-    The first model that asks for a row set gets it joined with the union of its group's services; every
-    later model takes its own service's columns from that one join, so each model still reads exactly its
+    The first model that asks for a row set gets it sampled (past `sampling.max_rows`, stratified by STRATA) and
+    joined with the union of its group's services; every later model takes the same rows, its own row columns
+    (its labels) and its own service's columns from that one join, so each model still reads exactly its
     FeatureService's features.
     """
 
@@ -145,8 +164,20 @@ class SharedJoins:
         self.groups = groups
         self.sampling = sampling
         self.sampled: dict[str, dict[str, str]] = {}  # row set -> how it was sampled (logged with each model)
-        self._frames: dict[tuple, pd.DataFrame] = {}
+        self._frames: dict[tuple, pd.DataFrame] = {}  # features of the kept rows, by key
+        self._kept: dict[tuple, np.ndarray] = {}  # positions of the kept rows in the row set asked for
         self._asked: dict[tuple, int] = {}
+        self._rows: dict[tuple, pd.DataFrame] = {}
+
+    def rows(self, key: tuple, build: Callable[[Sampling | None], tuple[pd.DataFrame, dict[str, str]]]) -> pd.DataFrame:
+        """The row set `key`, built once by `build(sampling)`: a builder that can sample before it reads every
+        column (the contact log: `contact_row_set`) gets this join's sampling when its group is trained."""
+        if key not in self._rows:
+            sampling = self.sampling if key[0] in self.groups else None
+            self._rows[key], record = build(sampling)
+            if sampling is not None:
+                self.sampled[key[0]] = record
+        return self._rows[key]
 
     def join(self, key: tuple, rows: pd.DataFrame, service: str) -> pd.DataFrame:
         """`historical(store, rows, service)`, from the cached union join of the rows named by `key` (group, ...);
@@ -155,17 +186,23 @@ class SharedJoins:
         if service not in services:
             return historical(self.store, rows, service)
         if key not in self._frames:
-            strata = STRATA.get(key[0], ())
-            sample, self.sampled[key[0]] = stratified_sample(rows, tuple(c for c in strata if c in rows),
-                                                             self.sampling.max_rows, self.sampling.seed)
+            sample = rows.assign(_kept=np.arange(len(rows)))
+            if key[0] not in self.sampled:  # not sampled by their builder (`rows`): sampled here
+                strata = tuple(c for c in STRATA.get(key[0], ()) if c in rows)
+                sample, self.sampled[key[0]] = stratified_sample(sample, strata, self.sampling.max_rows,
+                                                                 self.sampling.seed)
             refs = list(dict.fromkeys(r for s in services for r in _references(self.store, s)))
-            self._frames[key] = historical(self.store, sample, refs)
+            keys = sample[["user_id", "event_timestamp", "_kept"]]
+            self._frames[key] = historical(self.store, keys, refs).drop(columns=["user_id", "_kept"])
+            self._kept[key] = sample["_kept"].to_numpy()
             self._asked[key] = len(rows)
-        frame = self._frames[key]
         if self._asked[key] != len(rows):
             raise ValueError(f"shared join {key}: {len(rows)} rows asked for, {self._asked[key]} joined; one key, one row set")
-        keep = [*rows.columns, *(c for c in service_features(self.store, service) if c not in rows.columns)]
-        return frame[keep].copy()
+        mine = rows.iloc[self._kept[key]].reset_index(drop=True)
+        frame = self._frames[key]
+        mine["event_timestamp"] = frame["event_timestamp"]  # as the join gives it (UTC, its unit); same index
+        features = [c for c in service_features(self.store, service) if c not in rows.columns]
+        return pd.concat([mine, frame[features]], axis=1)
 
 
 def joined(store, rows: pd.DataFrame, service: str, key: tuple, shared: SharedJoins | None = None) -> pd.DataFrame:
@@ -173,10 +210,13 @@ def joined(store, rows: pd.DataFrame, service: str, key: tuple, shared: SharedJo
     return historical(store, rows, service) if shared is None else shared.join(key, rows, service)
 
 
-def contact_frame(store, raw: dict[str, pd.DataFrame], window_days: int, service: str,
+def contact_frame(store, raw: dict[str, Table], window_days: int, service: str,
                   shared: SharedJoins | None = None, treated_only: bool = True) -> pd.DataFrame:
     """The contact log (contacted rows only, unless `treated_only` is off) joined with a FeatureService."""
-    frame = joined(store, contact_rows(raw, window_days), service, (CONTACTS, window_days), shared)
+    key = (CONTACTS, window_days)
+    rows = contact_rows(raw, window_days) if shared is None else \
+        shared.rows(key, lambda sampling: contact_row_set(raw, window_days, sampling))
+    frame = joined(store, rows, service, key, shared)
     return frame[frame["treated"] == 1].reset_index(drop=True) if treated_only else frame
 
 
@@ -197,11 +237,11 @@ def local_hours(times: pd.Series, user_ids: pd.Series, users: pd.DataFrame) -> n
     return out
 
 
-def observation_end(raw: dict[str, pd.DataFrame], contacts: pd.DataFrame) -> pd.Series:
+def observation_end(raw: dict[str, Table], contacts: pd.DataFrame) -> pd.Series:
     """Per contact, when its outcomes stop being observed: its `observed_until` (the export date) when given,
     else the newest event or send in the data. Outcomes after it are unknown, not "did not happen"."""
     contacts = raw["contacts"] if contacts is None else contacts
-    end = max(pd.to_datetime(raw["events"]["ts"], utc=True).max(), pd.to_datetime(contacts["sent_at"], utc=True).max())
+    end = max(event_span(raw["events"])[1], pd.to_datetime(contacts["sent_at"], utc=True).max())
     if "observed_until" not in contacts:
         return pd.Series(end, index=contacts.index)
     return pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
@@ -217,28 +257,69 @@ def outcome_within(contacts: pd.DataFrame, column: str, window_days: int) -> np.
     return ((t >= sent) & (t - sent <= pd.Timedelta(days=window_days))).to_numpy(dtype="int64")
 
 
-def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataFrame:
+# The contact log columns the row set reads: the send, the outcomes and the window's end (labels, sampling), then
+# the request columns of the rows kept.
+_OUTCOMES = ("converted_at", "opened_at", "clicked_at")
+_REQUEST = ("contact_id", "user_id", "offer_id", "channel", "propensity")
+
+
+def contact_rows(raw: dict[str, Table], window_days: int = 7) -> pd.DataFrame:
     """One row per logged contact (control rows included) with the request columns and outcome labels.
 
     Labels count outcomes within `window_days` of the send; contacts too recent for a full window (before
     `observation_end`) are dropped, so a missing conversion always means "did not convert".
     """
+    return contact_row_set(raw, window_days)[0]
+
+
+def contact_row_set(raw: dict[str, Table], window_days: int = 7,
+                    sampling: Sampling | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`contact_rows`, stratified-sampled to `sampling.max_rows` (STRATA[CONTACTS]) before its request columns
+    are read, and the record of the sampling (`stratified_sample`).
+
+    The contact log may be a DataFrame or its Parquet file: DuckDB reads the send, variant and outcome times of
+    every contact (the labels and the sample need them), and the other columns of the kept rows only, so a 16M-row
+    log never sits in pandas whole.
+    """
     contacts = raw.get("contacts")
-    if contacts is None or contacts.empty:
+    if contacts is None or (isinstance(contacts, pd.DataFrame) and contacts.empty):
         raise ValueError("no contacts table: conversion, uplift, channel, send-time and offer models need a contact log")
-    c = contacts.copy()
-    if "variant" in c:  # a logged "no action" is not a contact: neither treated nor the random control group
-        c = c[c["variant"].astype(object) != "no_action"].reset_index(drop=True)
-    c["sent_at"] = pd.to_datetime(c["sent_at"], utc=True)
-    window = pd.Timedelta(days=window_days)
-    end = observation_end(raw, c)
-    complete = (c["sent_at"] + window <= end).to_numpy()
-    if not complete.any():
-        raise ValueError(f"none of the {len(c):,} contacts has a complete {window_days}-day outcome window: the data "
-                         f"is observed until {end.max():%Y-%m-%d} and the newest send is {c['sent_at'].max():%Y-%m-%d}; "
-                         "give the contacts an `observed_until` (the export date, e.g. a mapping constant) or a "
-                         "shorter --window")
-    c = c[complete].reset_index(drop=True)
+    if isinstance(contacts, pd.DataFrame):  # the same types DuckDB reads from Parquet (times in UTC)
+        contacts = contacts.assign(**{c: pd.to_datetime(contacts[c], utc=True) for c in
+                                      ("sent_at", *_OUTCOMES, "observed_until") if c in contacts})
+    with connect(contacts=contacts) as con:
+        have = {r[0] for r in con.execute("DESCRIBE contacts").fetchall()}
+        variant = "variant::VARCHAR" if "variant" in have else "NULL::VARCHAR"
+        times = ", ".join(f"{c}::TIMESTAMPTZ AS {c}" for c in (*_OUTCOMES, "observed_until") if c in have)
+        # a logged "no action" is not a contact: neither treated nor the random control group
+        c = con.execute(f"""
+            SELECT _pos, sent_at::TIMESTAMPTZ AS sent_at{', ' + times if times else ''},
+                   ({variant} IS DISTINCT FROM 'control' AND channel IS NOT NULL)::BIGINT AS treated
+            FROM contacts WHERE {variant} IS DISTINCT FROM 'no_action' ORDER BY _pos""").df()
+        if c.empty:
+            raise ValueError("no contacts table: conversion, uplift, channel, send-time and offer models need a contact log")
+        c["sent_at"] = pd.to_datetime(c["sent_at"], utc=True).astype("datetime64[ns, UTC]")
+        window = pd.Timedelta(days=window_days)
+        end = observation_end(raw, c)
+        complete = (c["sent_at"] + window <= end).to_numpy()
+        if not complete.any():
+            raise ValueError(f"none of the {len(c):,} contacts has a complete {window_days}-day outcome window: the data "
+                             f"is observed until {end.max():%Y-%m-%d} and the newest send is {c['sent_at'].max():%Y-%m-%d}; "
+                             "give the contacts an `observed_until` (the export date, e.g. a mapping constant) or a "
+                             "shorter --window")
+        c = c[complete].reset_index(drop=True)
+        c["converted"] = outcome_within(c, "converted_at", window_days)
+        c["opened"] = outcome_within(c, "opened_at", window_days)
+        c["clicked"] = outcome_within(c, "clicked_at", window_days)
+        c = c[["_pos", "sent_at", "treated", "converted", "opened", "clicked"]]
+        record: dict[str, str] = {}
+        if sampling is not None:
+            c, record = stratified_sample(c, STRATA[CONTACTS], sampling.max_rows, sampling.seed)
+        con.register("kept", pd.DataFrame({"_pos": c["_pos"].to_numpy(), "_row": np.arange(len(c))}))
+        cols = ", ".join(f"x.{col}" if col in have else f"NULL AS {col}" for col in _REQUEST)
+        request = con.execute(f"SELECT k._row, {cols} FROM kept k JOIN contacts x ON x._pos = k._pos "
+                              "ORDER BY k._row").df()
+    c = pd.concat([c.drop(columns="_pos").reset_index(drop=True), request.drop(columns="_row")], axis=1)
     offers = raw.get("offers")
     if offers is not None:
         o = offers.assign(offer_id=offers["offer_id"].astype(str)).set_index("offer_id")
@@ -250,25 +331,18 @@ def contact_rows(raw: dict[str, pd.DataFrame], window_days: int = 7) -> pd.DataF
     else:
         c["offer_category"], c["offer_value"], c["offer_kind"] = None, np.nan, DEFAULT_OFFER_KIND
     c["local_hour"] = local_hours(c["sent_at"], c["user_id"], raw["users"])
-
-    variant = c["variant"].astype(object) if "variant" in c else pd.Series("treatment", index=c.index)
-    c["treated"] = ((variant != "control") & c["channel"].notna()).to_numpy(dtype="int64")
-    c["converted"] = outcome_within(c, "converted_at", window_days)
-    c["opened"] = outcome_within(c, "opened_at", window_days)
-    c["clicked"] = outcome_within(c, "clicked_at", window_days)
     c["engaged"] = np.maximum(c["opened"], c["clicked"])
-    if "propensity" not in c:
-        c["propensity"] = np.nan
+    c["propensity"] = c["propensity"].astype("float64")
     keep = ["contact_id", "user_id", "sent_at", "offer_id", "offer_category", "offer_kind", "offer_value", "channel",
             "local_hour", "treated", "converted", "opened", "clicked", "engaged", "propensity"]
     out = c[keep].rename(columns={"sent_at": "event_timestamp"})
     out["user_id"] = out["user_id"].astype(str)
     out["offer_id"] = out["offer_id"].astype(object)
     out["channel"] = out["channel"].astype(object)
-    return out
+    return out, record
 
 
-def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp | None = None, count: int = 4,
+def snapshot_dates(events: Table, horizon_days: int, as_of: pd.Timestamp | None = None, count: int = 4,
                    every_days: int = 7, available: pd.DatetimeIndex | None = None) -> pd.DatetimeIndex:
     """Weekly midnight-UTC dates, the newest at `as_of` (default: the last one whose horizon is fully observed).
 
@@ -276,8 +350,8 @@ def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp 
     a snapshot days older than its date: an `as_of` without its own snapshot is an error that says how to
     build one, and the default newest date is the newest snapshot with a fully observed horizon.
     """
-    ts = pd.to_datetime(events["ts"], utc=True)
-    last = ts.max().floor("D") + pd.Timedelta(days=1)
+    first, newest_event = event_span(events)
+    last = newest_event.floor("D") + pd.Timedelta(days=1)
     horizon = pd.Timedelta(days=horizon_days)
     if as_of is not None:
         newest = pd.Timestamp(as_of)
@@ -289,9 +363,9 @@ def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp 
         newest = last - horizon
     if newest + horizon > last:
         raise ValueError(f"--as-of {newest.date()} + horizon {horizon_days} d runs past the data (last event "
-                         f"{ts.max().date()}): pick an earlier date or a shorter horizon")
-    if newest <= ts.min():
-        raise ValueError(f"--as-of {newest.date()} is before the first event ({ts.min().date()})")
+                         f"{newest_event.date()}): pick an earlier date or a shorter horizon")
+    if newest <= first:
+        raise ValueError(f"--as-of {newest.date()} is before the first event ({first.date()})")
     if available is not None and newest not in available:
         older = available[available < newest]
         nearest = f"the nearest older one is {older.max().date()}, {(newest - older.max()).days} d earlier" \
@@ -299,7 +373,7 @@ def snapshot_dates(events: pd.DataFrame, horizon_days: int, as_of: pd.Timestamp 
         raise ValueError(f"no feature snapshot at {newest.date()} ({nearest}): run `nextbest features build --as-of "
                          f"{newest.date()}` (and `features apply`) so the training date has its own snapshot")
     dates = [newest - pd.Timedelta(days=every_days * k) for k in range(count)]
-    dates = [d for d in dates if d > ts.min().floor("D") + pd.Timedelta(days=every_days)
+    dates = [d for d in dates if d > first.floor("D") + pd.Timedelta(days=every_days)
              and (available is None or d in available)]
     return pd.DatetimeIndex(sorted(dates) or [newest])
 

@@ -14,6 +14,7 @@ import pandas as pd
 from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.training import channel, churn, label, offer_net, propensity, purchase, send_time, uplift
+from nextbest.training.activity import Table, connect
 from nextbest.training.datasets import (
     CONTACTS,
     SNAPSHOTS,
@@ -29,7 +30,7 @@ from nextbest.training.tabular import FitConfig
 from nextbest.training.validation import bgnbd_recipe, champion_on_folds, time_folds, user_folds, validate
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "DEFAULT_MODELS", "model_config", "read_raw_tables", "shared_joins",
-           "train_model", "train_models", "NotTrainable", "skipped_models", "check_labels", "feature_problem",
+           "train_model", "train_models", "ON_DISK", "NotTrainable", "skipped_models", "check_labels", "feature_problem",
            "quality_refusal", "CV_MODELS", "TIME_SPLIT_MODELS", "cv_folds"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
@@ -124,28 +125,47 @@ def shared_joins(store, names: list[str], sampling: Sampling | None = None) -> S
     return SharedJoins(store, {k: tuple(v) for k, v in groups.items()}, sampling or Sampling())
 
 
-def read_raw_tables(settings: Settings) -> dict[str, pd.DataFrame]:
-    from nextbest.features.contract import TABLES
-    from nextbest.features.ingest import read_raw
+# The tables training reads through DuckDB from their Parquet files: at 1M users 31M events and 16M contacts,
+# several GB in pandas, of which training needs aggregates (labels, purchase histories) and a sample of rows.
+ON_DISK = ("events", "contacts")
 
-    return {t: df for t in TABLES if (df := read_raw(settings.raw_dir, t)) is not None}
+
+def read_raw_tables(settings: Settings, on_disk: tuple[str, ...] = ()) -> dict[str, Table]:
+    """The raw tables of the current snapshot as DataFrames; those named in `on_disk` as their Parquet file."""
+    from nextbest.features.contract import TABLES
+    from nextbest.features.ingest import read_raw, recover_raw
+
+    recover_raw(settings.raw_dir)
+    files = {t: path for t in on_disk if (path := Path(settings.raw_dir) / f"{t}.parquet").exists()}
+    return {**{t: df for t in TABLES if t not in on_disk and (df := read_raw(settings.raw_dir, t)) is not None}, **files}
 
 
 class NotTrainable(ValueError):
     """This data cannot train this model (one class only, features missing at the date): nothing was registered."""
 
 
-def skipped_models(raw: dict[str, pd.DataFrame], names: list[str]) -> dict[str, str]:
+def _contact_log_facts(contacts: Table) -> tuple[int, set[str], bool]:
+    """(rows, the outcome columns with a value, whether any row is of the control group), read by DuckDB."""
+    with connect(contacts=contacts) as con:
+        have = {r[0] for r in con.execute("DESCRIBE contacts").fetchall()}
+        outcomes = [c for c in ("opened_at", "clicked_at", "converted_at") if c in have]
+        control = "bool_or(variant::VARCHAR = 'control')" if "variant" in have else "false"
+        counts = con.execute(f"SELECT count(*), {control}"
+                             + "".join(f", count({c})" for c in outcomes) + " FROM contacts").fetchone()
+    return int(counts[0]), {c for c, k in zip(outcomes, counts[2:], strict=True) if k}, bool(counts[1])
+
+
+def skipped_models(raw: dict[str, Table], names: list[str]) -> dict[str, str]:
     """The models of `names` this data cannot train, with the reason (a company without a contact log
     still gets purchase and churn)."""
     contacts = raw.get("contacts")
-    if contacts is None or not len(contacts):
+    rows, with_values, control = _contact_log_facts(contacts) if contacts is not None else (0, set(), False)
+    if not rows:
         return {n: "no contact log (contacts table)" for n in names if n in _ROWS and _ROWS[n][0] == CONTACTS}
 
     def tracked(col: str) -> bool:
-        return col in contacts and bool(contacts[col].notna().any())
+        return col in with_values
 
-    control = "variant" in contacts and bool((contacts["variant"].astype(str) == "control").any())
     needs = {  # model -> (what the contact log lacks for it, or None)
         "uplift": None if control else "no control group in the contact log (rows with variant `control`, not sent)",
         "send_time": None if tracked("opened_at") else "no open tracking in the contact log (`opened_at`)",
@@ -285,7 +305,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     step = progress or (lambda text: None)
     module = _module(name)
     cfg = model_config(name, config)
-    raw = raw if raw is not None else read_raw_tables(settings)
+    raw = raw if raw is not None else read_raw_tables(settings, ON_DISK)
     warnings: list[str] = []
     if labels is not None:
         labels, warnings = check_labels(labels, raw["users"])
@@ -385,7 +405,7 @@ def train_models(settings: Settings, names: list[str], config: TrainConfig = Tra
     """
     from nextbest.features.store import feature_store
 
-    raw = read_raw_tables(settings)
+    raw = read_raw_tables(settings, ON_DISK)
     store = feature_store(settings)
     shared = shared_joins(store, names, Sampling(config.sample_rows, config.seed))
     results = []

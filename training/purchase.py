@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.feature_services import service_name
+from nextbest.training.activity import purchase_labels
 from nextbest.training.datasets import (
     SNAPSHOTS,
     SharedJoins,
@@ -17,7 +18,6 @@ from nextbest.training.datasets import (
     service_features,
     snapshot_dates,
     snapshot_rows,
-    utc_naive,
 )
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.tabular import BoosterScorer, FitConfig, fit_booster
@@ -36,30 +36,16 @@ class PurchaseConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-def purchase_labels(rows: pd.DataFrame, events: pd.DataFrame, horizon_days: int, category: str | None = None) -> np.ndarray:
-    """1 where the user purchases (in `category`) in [t, t + horizon)."""
-    ev = events[events["type"].astype(str) == "purchase"]
-    if category is not None:
-        ev = ev[ev["category"].astype(str) == category]
-    ev = pd.DataFrame({"user_id": ev["user_id"].astype(str).to_numpy(), "ts": utc_naive(ev["ts"])})
-    keyed = rows[["user_id", "event_timestamp"]].assign(_row=np.arange(len(rows)))
-    joined = keyed.merge(ev, on="user_id")
-    t = utc_naive(joined["event_timestamp"])
-    hit = (joined["ts"].to_numpy() >= t) & (joined["ts"].to_numpy() < t + np.timedelta64(horizon_days, "D"))
-    out = np.zeros(len(rows), dtype="int64")
-    out[np.unique(joined.loc[hit, "_row"].to_numpy())] = 1
-    return out
-
-
 def build_frame(store, raw: dict, config: PurchaseConfig = PurchaseConfig(), shared: SharedJoins | None = None) -> TrainingSet:
     """Users x snapshot dates, features as of each date, label = purchases within the horizon."""
     dates = snapshot_dates(raw["events"], config.horizon_days, config.as_of, config.dates,
                            available=feature_snapshots(store))
     rows = snapshot_rows(raw["users"], dates)
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    # The label before the join (from the events, in DuckDB): a sampled row set keeps each date's purchase share.
+    rows["label"] = purchase_labels(rows, raw["events"], config.horizon_days, config.category)
     service = service_name("purchase")
     frame = joined(store, rows, service, (SNAPSHOTS, tuple(dates)), shared)
-    frame["label"] = purchase_labels(frame, raw["events"], config.horizon_days, config.category)
     return TrainingSet(frame, service, service_features(store, service), (), customer_base_weeks=config.horizon_days / 7)
 
 

@@ -19,6 +19,7 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from nextbest.training.activity import Table, purchases
 from nextbest.training.customer_base import BGNBD, INPUTS, fit_bgnbd
 from nextbest.training.customer_base import expected_purchases as bgnbd_expected
 from nextbest.training.datasets import TrainingSet, utc_naive
@@ -268,9 +269,11 @@ def repeat_purchase_stats(rows: pd.DataFrame, events: pd.DataFrame, time: str = 
     return out
 
 
-def bgnbd_recipe(events: pd.DataFrame, horizon_days: int) -> Recipe:
+def bgnbd_recipe(events: Table, horizon_days: int) -> Recipe:
     """BG/NBD fitted on the training rows' purchase histories, scoring expected purchases within the horizon; a row
     whose user has not bought yet gets the share of such training rows that bought within the horizon."""
+    events = purchases(events)  # the only events a purchase history reads (DuckDB: the events file stays on disk)
+
     def recipe(train: TrainingSet, test: TrainingSet) -> np.ndarray:
         fit_stats = repeat_purchase_stats(train.frame, events, train.time)
         model = fit_bgnbd(*(fit_stats[c].to_numpy() for c in ("x", "t_x", "T")))
