@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,22 @@ def trained(tmp_path_factory) -> Settings:
                                                                                "channel"), uplift_learner="funnel"))
     assert state["status"] == "done", state
     return settings
+
+
+TRAINED_NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)  # when decisions on the `trained` world are asked for
+
+
+@pytest.fixture(scope="module")
+def clock_at_trained_now():
+    """The server clock stands at TRAINED_NOW for the module (serving/clock.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("nextbest.serving.clock.system_clock", lambda: TRAINED_NOW)
+        yield TRAINED_NOW
+
+
+@pytest.fixture(scope="module")
+def trained_runtime(trained, clock_at_trained_now):
+    """The decision runtime over the `trained` champions, shared by the module."""
+    from nextbest.serving.runtime import Runtime
+
+    return Runtime(trained)

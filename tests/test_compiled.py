@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -19,31 +18,19 @@ from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import DecideRequest
 from nextbest.training.compiled import Rows
 from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer, SLearnerScorer
-from tests.conftest import copy_home
+from tests.conftest import TRAINED_NOW, copy_home
 
 DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
-NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def server_clock():
-    """The server clock stands at NOW, the time these decisions are asked for (serving/clock.py)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
-        yield
+NOW = TRAINED_NOW
+pytestmark = pytest.mark.usefixtures("clock_at_trained_now")  # the server clock stands at NOW
 
 
 @pytest.fixture(scope="module")
-def runtime(trained) -> Runtime:
-    return Runtime(trained)
-
-
-@pytest.fixture(scope="module")
-def users(runtime, trained):
+def users(trained_runtime, trained):
     """300 real users' online features, with hostile values planted: missing numbers, unknown and missing
     categories, a feature absent from the request altogether."""
     ids = read_table(trained, "profile")["user_id"].astype(str).head(300).tolist()
-    feats, known, degraded = runtime.features.fetch(ids)
+    feats, known, degraded = trained_runtime.features.fetch(ids)
     assert known.all() and not degraded
     feats = {k: v.copy() for k, v in feats.items()}
     numeric = [k for k, v in feats.items() if v.dtype == np.float64]
@@ -69,14 +56,14 @@ def _hosts(models: engine.ModelSet):
             yield f"{kind}.{arm}", getattr(champion.model, f"{arm}_"), plan_owner.plan
 
 
-def test_the_demo_models_are_all_compiled(runtime):
-    models = runtime.models.current
-    assert set(models.models) == DECISION_MODELS, runtime.models.error
+def test_the_demo_models_are_all_compiled(trained_runtime):
+    models = trained_runtime.models.current
+    assert set(models.models) == DECISION_MODELS, trained_runtime.models.error
     assert set(models.compiled) == DECISION_MODELS
 
 
-def test_compiled_inputs_equal_the_encoders_frames_value_for_value(runtime, users):
-    models, config = runtime.models.current, runtime.config.current(time.monotonic())
+def test_compiled_inputs_equal_the_encoders_frames_value_for_value(trained_runtime, users):
+    models, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
     grid = engine.request_grid(config)
     n_u, n_cells = len(users["user_id"]), grid.n_offers * grid.n_channels
     rows = np.repeat(np.arange(n_u), n_cells)
@@ -97,8 +84,8 @@ def test_compiled_inputs_equal_the_encoders_frames_value_for_value(runtime, user
     assert checked >= 5  # conversion, churn and the funnel's arms
 
 
-def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(runtime, users):
-    compiled, config = runtime.models.current, runtime.config.current(time.monotonic())
+def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(trained_runtime, users):
+    compiled, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
     pandas = compiled.pandas()
     assert not pandas.compiled
     p_open = engine.send_time_scores(compiled, users, config)
@@ -118,9 +105,9 @@ def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(runtime,
     assert churn.std() > 0 and p_open.std() > 0
 
 
-def test_decisions_with_the_real_champions_are_not_degraded(runtime, trained):
+def test_decisions_with_the_real_champions_are_not_degraded(trained_runtime, trained):
     ids = read_table(trained, "profile")["user_id"].astype(str).head(50).tolist()
-    decisions = [runtime.decide(DecideRequest(user_id=u, now=NOW, dry_run=True)) for u in ids]
+    decisions = [trained_runtime.decide(DecideRequest(user_id=u, now=NOW, dry_run=True)) for u in ids]
     assert all(d["degraded_reasons"] == [] for d in decisions)
     assert all(set(d["model_versions"]) == DECISION_MODELS for d in decisions)
     assert sum(bool(d["actions"]) for d in decisions) > 0
@@ -200,9 +187,9 @@ def test_serving_imports_no_fitting_code(trained):
     assert out.stdout.strip() == "[]"
 
 
-def test_an_s_learner_compiles_to_its_pandas_scores(runtime, users):
+def test_an_s_learner_compiles_to_its_pandas_scores(trained_runtime, users):
     """The S-learner's "no action" half empties the same columns in the compiled codes as in the frame's."""
-    models, config = runtime.models.current, runtime.config.current(time.monotonic())
+    models, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
     label, scorer, _ = next((lab, s, p) for lab, s, p in _hosts(models)
                             if type(s) is BoosterScorer and "offer_id" in s.encoder_.columns)
     kind = label.split(".")[0]
@@ -218,9 +205,9 @@ def test_an_s_learner_compiles_to_its_pandas_scores(runtime, users):
     assert np.std(compiled) > 0 and len(s_learner.empty_columns) >= 5  # the action's columns and matched ones
 
 
-def test_pandas_frame_and_rows_describe_the_same_requests(runtime):
+def test_pandas_frame_and_rows_describe_the_same_requests(trained_runtime):
     """The reference path's request columns come from the same grid cells as the compiled path's."""
-    config = runtime.config.current(time.monotonic())
+    config = trained_runtime.config.current(time.monotonic())
     grid = engine.request_grid(config)
     n_c = len(config.channels)
     req = grid.request(np.array([0, n_c + 1]), np.array([3.0, 4.0]), engine.REQUEST_COLUMNS["conversion"])

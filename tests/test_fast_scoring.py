@@ -5,7 +5,6 @@ send-time input. Decisions must be the same offer, channel and send time, with t
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -15,20 +14,10 @@ from nextbest.serving import engine
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import CampaignContext
 from nextbest.training.compiled import Rows
+from tests.conftest import TRAINED_NOW
 
-NOW = datetime(2026, 9, 30, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def server_clock():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("nextbest.serving.clock.system_clock", lambda: NOW)
-        yield
-
-
-@pytest.fixture(scope="module")
-def runtime(trained) -> Runtime:
-    return Runtime(trained)
+NOW = TRAINED_NOW
+pytestmark = pytest.mark.usefixtures("clock_at_trained_now")  # the server clock stands at NOW
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +45,12 @@ def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference:
 
 
 @pytest.mark.parametrize("campaign", ["every offer", "a campaign's offers"])
-def test_fast_batch_decisions_equal_the_reference_computation(runtime, ids, campaign):
-    offers = runtime.config.current(time.monotonic()).offer_ids()
+def test_fast_batch_decisions_equal_the_reference_computation(trained_runtime, ids, campaign):
+    offers = trained_runtime.config.current(time.monotonic()).offer_ids()
     context = CampaignContext(campaign_id="fast-vs-reference", offers=None if campaign == "every offer" else offers[1:4])
-    fast, reference = _decisions(runtime, ids, context, False), _decisions(runtime, ids, context, True)
+    fast, reference = _decisions(trained_runtime, ids, context, False), _decisions(trained_runtime, ids, context, True)
     assert len(fast) == len(reference) == len(ids)
-    assert runtime.models.current.compiled["send_time"].factored  # the factorised model is what ran
+    assert trained_runtime.models.current.compiled["send_time"].factored  # the factorised model is what ran
     sent = 0
     for f, r in zip(fast, reference, strict=True):
         assert f["user_id"] == r["user_id"] and not f["degraded"] and not r["degraded"]
@@ -76,12 +65,12 @@ def test_fast_batch_decisions_equal_the_reference_computation(runtime, ids, camp
     assert sent > len(ids) // 10  # real choices were compared, not a run of "no contact"
 
 
-def test_factorised_send_time_scores_equal_the_full_dense_input(runtime, ids):
+def test_factorised_send_time_scores_equal_the_full_dense_input(trained_runtime, ids):
     """Every user x channel x hour, including the rows where hostile values zero or clip the per-row columns."""
-    models, config = runtime.models.current, runtime.config.current(time.monotonic())
+    models, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
     compiled = models.compiled["send_time"]
     assert compiled.factored and compiled.row_names  # the per-row columns exist (matched to channel and hour)
-    feats, _, _ = runtime.features.fetch(ids[:200])
+    feats, _, _ = trained_runtime.features.fetch(ids[:200])
     feats = {k: v.copy() for k, v in feats.items()}
     # Hostile values in the columns the per-row features are picked from: missing (-> 0) and huge (clipped).
     for k in [k for k in feats if k.startswith(("open_rate_", "click_rate_", "open_share_h", "peak_open_hour"))]:
