@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service", "materialize",
-           "read_table", "publish_tables", "newest_rows", "SQLITE_ADVISED_USERS"]
+           "read_table", "publish_tables", "newest_rows", "materialized_tables", "SQLITE_ADVISED_USERS"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -135,6 +136,47 @@ Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]
 SQLITE_ADVISED_USERS = 200_000
 
 
+# In the Feast folder: per view, the (size, mtime) of the feature table file materialise read its online rows from.
+MATERIALIZED = "materialized.json"
+
+
+def _file_stamp(path: Path) -> list[int] | None:
+    """Size and modification time of a file (both survive a copy of the home), None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _record_materialized(settings: Settings, view: str, stamp: list[int] | None) -> None:
+    path = settings.feast_dir / MATERIALIZED
+    try:
+        seen = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        seen = {}
+    seen[view] = stamp
+    tmp = path.with_name(f".{MATERIALIZED}.tmp")
+    tmp.write_text(json.dumps(seen, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def materialized_tables(settings: Settings) -> dict[str, Path]:
+    """The feature table file of each view whose online rows were materialised from that very file (unchanged since):
+    batch reads may take those rows from the file (`OnlineReader.read_batch`, which still checks each user's online
+    timestamp). A view built again but not materialised since is left out: its file no longer holds what is online."""
+    try:
+        seen = json.loads((settings.feast_dir / MATERIALIZED).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    out = {}
+    for view, stamp in seen.items():
+        path = table_path(settings.feature_dir, view)
+        if stamp is not None and _file_stamp(path) == stamp:
+            out[view] = path
+    return out
+
+
 def newest_rows(settings: Settings, name: str, end: datetime) -> pd.DataFrame:
     """The newest row per user of feature table `name` at or before `end`, read by DuckDB from the Parquet file
     (never the whole history in pandas: at 1M users a table holds ~16M snapshot rows)."""
@@ -171,6 +213,7 @@ def materialize(settings: Settings, end: datetime | None = None, progress: Calla
         method = "bulk"
     written: dict[str, int] = {}
     for view in store.list_feature_views():
+        stamp = _file_stamp(table_path(settings.feature_dir, view.name))  # before reading: a file replaced meanwhile mismatches
         latest = newest_rows(settings, view.name, end)
         if progress:
             progress(view.name, len(latest))
@@ -185,4 +228,5 @@ def materialize(settings: Settings, end: datetime | None = None, progress: Calla
             store.materialize(start_date=start.to_pydatetime() - timedelta(seconds=1),
                               end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
         written[view.name] = len(latest)
+        _record_materialized(settings, view.name, stamp)
     return written

@@ -252,12 +252,20 @@ class OnlineFeatures:
                     else s.mode().iloc[0]
         return out
 
-    def fetch(self, user_ids: list[str]) -> tuple[engine.Users, np.ndarray, bool]:
+    def fetch_batch(self, user_ids: list[str]) -> tuple[engine.Users, np.ndarray, bool]:
+        """`fetch` for a large batch (a campaign's audience): the same features, read from the feature table files
+        each view was materialised from where every user's online timestamp confirms them (SQLite online store;
+        `OnlineReader.read_batch`), else as `fetch` reads them."""
+        from nextbest.features.store import materialized_tables
+
+        return self.fetch(user_ids, tables=materialized_tables(self.settings))
+
+    def fetch(self, user_ids: list[str], tables: dict | None = None) -> tuple[engine.Users, np.ndarray, bool]:
         """Features per user (in order), which users the store knows, and whether defaults stood in."""
         try:
             reader = self.reader()
             if reader is not None:
-                users = _reader_columns(reader.read(user_ids))
+                users = _reader_columns(reader.read_batch(user_ids, tables) if tables else reader.read(user_ids))
             else:
                 with self._lock:
                     raw = self.store.get_online_features(features=self.service(),
@@ -515,11 +523,12 @@ class Runtime:
         _believed(self.schedule_window, "context.deadline", ctx.deadline, clock)
 
     def score(self, user_ids: list[str], context: CampaignContext, now: datetime | None = None, n_actions: int = 1,
-              where: str | None = None) -> list[dict]:
+              where: str | None = None, features: tuple[engine.Users, np.ndarray, bool] | None = None) -> list[dict]:
         """Dry-run decisions for any number of users (batch scoring): the planner of /decide_batch, under the same
         contact rules against the ledger as it stands, charging and logging nothing. Users the online store does
-        not know, or outside the `where` rule (the eligibility language), are left out."""
-        feats, known, degraded = self.features.fetch(list(user_ids))
+        not know, or outside the `where` rule (the eligibility language), are left out. `features`: what
+        `OnlineFeatures.fetch` (or `fetch_batch`) returned for `user_ids`, when already read."""
+        feats, known, degraded = features if features is not None else self.features.fetch(list(user_ids))
         keep = np.flatnonzero(known & policy.matches(where, feats))
         if not len(keep):
             return []
