@@ -402,8 +402,10 @@ def _columns(raw: dict[str, list]) -> engine.Users:
     """Feast's column lists as arrays: float64 where every value is a number (None -> NaN), object otherwise."""
     out: engine.Users = {}
     for name, values in raw.items():
-        if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values) \
-                and any(v is not None for v in values):
+        # Decided by the values' types, each checked once (not each value: ~5 % of a large batch's read).
+        types = set(map(type, values))
+        if types - {type(None)} and all(t is type(None) or (issubclass(t, int | float) and not issubclass(t, bool))
+                                         for t in types):
             out[name] = np.array(values, dtype=float)
         else:
             out[name] = np.array(values, dtype=object)
@@ -555,8 +557,8 @@ class Runtime:
         started = time.perf_counter()
         config = self.config.current(time.monotonic())
         models = self.models.current  # this request keeps these models even if a swap happens meanwhile
-        for job in jobs:
-            self._check(config, job.req.context)
+        for ctx in {id(j.req.context): j.req.context for j in jobs}.values():  # a batch's jobs share one context
+            self._check(config, ctx)
         ids = [j.req.user_id for j in jobs]
         if prefetched is None:
             feats, known, features_degraded = self.features.fetch(ids)
@@ -660,6 +662,7 @@ class Runtime:
         versions = models.versions()
         thompson = config.exploration.method == "thompson"
         plans = []
+        kept_of: dict[str | None, float] = {}  # campaign -> P(not held out)
         with self._rng_lock:
             for i, job in enumerate(jobs):
                 actions, no_action_p = [], None
@@ -673,7 +676,10 @@ class Runtime:
                     no_action_p = control[1]
                 # The user could have been held out: an action's probability is P(not held out) x P(the policy's pick),
                 # or off-policy weights on the sends miss the hold-out's share (IPS ~10 % low with a 10 % hold-out).
-                kept = share_not_held_out(job.req.context.campaign_id, config.holdout)
+                campaign = job.req.context.campaign_id
+                if campaign not in kept_of:
+                    kept_of[campaign] = share_not_held_out(campaign, config.holdout)
+                kept = kept_of[campaign]
                 for n in range(0 if control else job.req.n_actions):
                     if n == 0 and not thompson:
                         pick = engine.choose_one(greedy, i, config.exploration, self.rng)

@@ -105,3 +105,49 @@ def test_empty_request_and_non_sqlite_store(built):
     redis = feature_store(built.model_copy(update={"online_store": "redis"}))
     with pytest.raises(ValueError, match="SQLite"):
         OnlineReader(redis, "decision_v1")
+
+
+def test_batch_read_takes_the_materialised_files_and_still_matches_feast(home):
+    """`read_batch` reads each view's rows from the feature table it was materialised from, checked per user against
+    the online event time: a pushed view, a user rewritten online since, an unknown user are read online."""
+    import numpy as np
+
+    from nextbest.features.online_sqlite import write_view
+    from nextbest.features.store import materialized_tables, read_table
+
+    store = feature_store(home)
+    tables = materialized_tables(home)
+    assert set(tables) == {v.name for v in store.list_feature_views()}  # materialise recorded every file it read
+    store.push("realtime_push", pd.DataFrame([{
+        "user_id": "u0004", "event_timestamp": pd.Timestamp(datetime(2026, 11, 23, 9, tzinfo=UTC)),
+        "last_event_type": "add_to_cart", "last_event_at": 1_795_000_000, "events_1h": 3, "cart_open": 1}]))
+    # u0007's behaviour rewritten online with another value at another time: the file no longer holds it.
+    newer = read_table(home, "behaviour").query("user_id == 'u0007'").tail(1).copy()
+    newer["event_timestamp"] += pd.Timedelta(days=3)
+    newer["revenue_all"] = 12345.5
+    write_view(store, store.get_feature_view("behaviour"), newer)
+    reader = OnlineReader(store, "decision_v1")
+    asked: list[list[str]] = []
+    read = reader.read
+    reader.read = lambda ids, selects=None: asked.append(list(ids)) or read(ids, selects)
+    ids = [f"u{i:04d}" for i in range(200)] + ["ghost", "u0007"]
+    got = reader.read_batch(ids, tables).to_dict()
+    assert got == feast_dict(store, "decision_v1", ids)
+    assert got["revenue_all"][7] == got["revenue_all"][-1] == 12345.5 and got["cart_open"][4] == 1
+    # Read online in full: only the rewritten user (twice, as asked) and the unknown one; the rest from the files.
+    assert asked[0] == ["u0007", "ghost", "u0007"] and set(asked[1]) == set(ids) - {"u0007", "ghost"}
+    assert np.isnan(reader.read_batch(["ghost"], tables).doubles).all()
+
+
+def test_batch_read_of_a_file_built_again_since_materialising_reads_online(home):
+    import os
+
+    from nextbest.features.store import materialized_tables
+
+    store = feature_store(home)
+    path = materialized_tables(home)["behaviour"]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # e.g. `features build` without materialise
+    tables = materialized_tables(home)
+    assert "behaviour" not in tables and "profile" in tables
+    ids = [f"u{i:04d}" for i in range(0, 200, 3)]
+    assert OnlineReader(store, "decision_v1").read_batch(ids, tables).to_dict() == feast_dict(store, "decision_v1", ids)
