@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from nextbest.features.store import read_table
+from nextbest.features.store import materialized_tables, read_table
 from nextbest.serving import engine
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import CampaignContext
@@ -25,9 +25,10 @@ def ids(trained) -> list[str]:
     return read_table(trained, "profile")["user_id"].astype(str).head(400).tolist()  # the reference path is slow
 
 
-def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference: bool) -> list[dict]:
-    """`Runtime.score` on the fast path, or on the reference path: Feast's own online read, training's pandas
-    frames (the send-time model on its full dense input) and every user x offer x channel (x hour) scored."""
+def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference: bool, batch: bool = False) -> list[dict]:
+    """`Runtime.score` on the fast path (with `batch`, on the features of the dry run's batch read, the feature files
+    materialised online), or on the reference path: Feast's own online read, training's pandas frames (the send-time
+    model on its full dense input) and every user x offer x channel (x hour) scored."""
     fast_models, every_pair, every_channel = rt.models.current, engine.conversion_scores, engine.send_time_scores
     with pytest.MonkeyPatch.context() as mp:
         if reference:
@@ -39,7 +40,7 @@ def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference:
                        every_channel(models, users, config))
         rt.rng = np.random.default_rng(0)  # the same exploration draws on both paths
         try:
-            return rt.score(ids, context, NOW, n_actions=2)
+            return rt.score(ids, context, NOW, n_actions=2, features=rt.features.fetch_batch(ids) if batch else None)
         finally:
             rt.models.current = fast_models
 
@@ -49,10 +50,12 @@ def test_fast_batch_decisions_equal_the_reference_computation(trained_runtime, i
     offers = trained_runtime.config.current(time.monotonic()).offer_ids()
     context = CampaignContext(campaign_id="fast-vs-reference", offers=None if campaign == "every offer" else offers[1:4])
     fast, reference = _decisions(trained_runtime, ids, context, False), _decisions(trained_runtime, ids, context, True)
-    assert len(fast) == len(reference) == len(ids)
+    batch = _decisions(trained_runtime, ids, context, False, batch=True)
+    assert len(fast) == len(reference) == len(batch) == len(ids)
     assert trained_runtime.models.current.compiled["send_time"].factored  # the factorised model is what ran
+    assert len(materialized_tables(trained_runtime.settings)) >= 5  # the batch read took the files (not all online)
     sent = 0
-    for f, r in zip(fast, reference, strict=True):
+    for f, r in [*zip(fast, reference, strict=True), *zip(batch, reference, strict=True)]:
         assert f["user_id"] == r["user_id"] and not f["degraded"] and not r["degraded"]
         assert [(a["offer_id"], a["channel"], a["send_at"]) for a in f["actions"]] == \
             [(a["offer_id"], a["channel"], a["send_at"]) for a in r["actions"]], f["user_id"]
