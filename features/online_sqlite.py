@@ -293,12 +293,11 @@ class OnlineReader:
         objects: dict[int, np.ndarray] = {}  # feature -> object column, for the non-double features
         has_object: dict[int, np.ndarray] = {}  # feature -> users with a (non-double) value
         online_users = np.zeros(n_u, dtype=bool)  # users read online in full (a timestamp not matched in a file)
-        online_views = []
-        for v in self._views:
-            if v.pushed or v.name not in tables:
-                online_views.append(v)
-                continue
-            rows = self._file_rows(tables[v.name], v, ids, self._stored_event_ts(keys, v)) if n_u else None
+        online_views = [v for v in self._views if v.pushed or v.name not in tables]
+        from_files = [v for v in self._views if v not in online_views]
+        stored = self._stored_event_ts(keys, from_files) if n_u and from_files else None
+        for k, v in enumerate(from_files):
+            rows = self._file_rows(tables[v.name], v, ids, stored[k]) if stored is not None else None
             if rows is None:  # the file lacks one of the view's features: online, like a pushed view
                 online_views.append(v)
                 continue
@@ -349,15 +348,17 @@ class OnlineReader:
         return OnlineColumns(user_ids=ids, names=list(self.names), is_double=~generic, doubles=doubles, present=present,
                              objects=final)
 
-    def _stored_event_ts(self, keys: list[bytes], view: _View) -> np.ndarray:
-        """Each user's online `event_ts` of `view` (the bulk writer's integer, `_stored_event_ts`; -1 where absent
-        or stored otherwise, e.g. by Feast's own writer), by one primary-key lookup of the view's first feature."""
-        select = f'SELECT k.pos, t.event_ts FROM k JOIN "{view.table}" AS t ON t.entity_key = k.key ' \
-            f"AND t.feature_name = {_quote(view.names[0])}"
-        out = np.full(len(keys), -1, dtype=np.int64)
-        for pos, ts in self._fetch(keys, select):
-            if type(ts) is int:
-                out[pos] = ts
+    def _stored_event_ts(self, keys: list[bytes], views: list[_View]) -> np.ndarray:
+        """Each user's online `event_ts` of each view (views x users; the bulk writer's integer, `_stored_event_ts`;
+        -1 where absent or stored otherwise, e.g. by Feast's own writer): one row per user, one primary-key lookup
+        of each view's first feature."""
+        lookups = ", ".join(f'(SELECT t.event_ts FROM "{v.table}" AS t WHERE t.entity_key = k.key AND '
+                            f"t.feature_name = {_quote(v.names[0])})" for v in views)
+        out = np.full((len(views), len(keys)), -1, dtype=np.int64)
+        for pos, *stamps in self._fetch(keys, f"SELECT k.pos, {lookups} FROM k"):
+            for v, ts in enumerate(stamps):
+                if type(ts) is int:
+                    out[v, pos] = ts
         return out
 
     @staticmethod

@@ -539,7 +539,8 @@ class Runtime:
         first = DecideRequest(user_id=user_ids[keep[0]], now=now, context=context, n_actions=n_actions, dry_run=True)
         jobs = [_Job(first.model_copy(update={"user_id": _USER_ID.validate_python(user_ids[i])}), _new_id(), None)
                 for i in keep]
-        return self._decide_jobs(jobs, prefetched=(_subset(feats, list(keep)), degraded))
+        kept = feats if len(keep) == len(known) else _subset(feats, list(keep))  # most batches keep every user
+        return self._decide_jobs(jobs, prefetched=(kept, degraded))
 
     def _check(self, config: OperatorConfig, ctx: CampaignContext) -> None:
         for kind, asked, known in (("offer", ctx.offers, config.offer_ids()), ("channel", ctx.channels, config.channel_names())):
