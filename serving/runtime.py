@@ -664,6 +664,7 @@ class Runtime:
         thompson = config.exploration.method == "thompson"
         plans = []
         kept_of: dict[str | None, float] = {}  # campaign -> P(not held out)
+        variant_draws: dict[tuple, tuple] = {}  # (the context's shares, offer) -> `_variant_draw`
         with self._rng_lock:
             for i, job in enumerate(jobs):
                 actions, no_action_p = [], None
@@ -700,9 +701,12 @@ class Runtime:
                                         score=float(ev[i, o, c]), propensity=kept * pick.propensity, explored=pick.explored))
                     shares = (job.req.context.variants or {}).get(offer_ids[o])
                     if shares:  # the copy experiment's draw, logged with its probability (unbiased estimates)
-                        names, p = list(shares), np.array(list(shares.values()), dtype=float)
-                        k = int(self.rng.choice(len(names), p=p / p.sum()))
-                        actions[-1].update(variant=names[k], variant_probability=float(p[k] / p.sum()))
+                        key = (id(shares), offer_ids[o])
+                        if key not in variant_draws:
+                            variant_draws[key] = _variant_draw(shares)
+                        names, probabilities, cdf = variant_draws[key]
+                        k = _choice(self.rng, cdf)
+                        actions[-1].update(variant=names[k], variant_probability=probabilities[k])
                     if n + 1 == job.req.n_actions:
                         break
                     # The next action must respect the caps together with this one: charge it locally and re-apply.
@@ -1005,6 +1009,22 @@ def _trigger_context(t, ts: datetime, campaign: CampaignContext | None) -> Campa
         return None
     return campaign.model_copy(update=dict(trigger=t.name, channels=campaign.channels or t.channels,
                                            not_before=not_before, deadline=deadline))
+
+
+def _variant_draw(shares: dict[str, float]) -> tuple[list[str], list[float], np.ndarray]:
+    """An offer's copy variants, their probabilities and the cumulative distribution `_choice` draws from."""
+    p = np.array(list(shares.values()), dtype=float)
+    p = p / p.sum()
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    return list(shares), p.tolist(), cdf
+
+
+def _choice(rng: np.random.Generator, cdf: np.ndarray) -> int:
+    """`rng.choice(len(cdf), p=p)` for the `cdf` of p, drawing the same number from the same stream (NumPy's own
+    method: one uniform, searched in the normalised cumulative sum), at ~1/20 of its cost per call; a test holds the
+    two equal."""
+    return int(cdf.searchsorted(rng.random(), side="right"))
 
 
 def _new_id() -> str:

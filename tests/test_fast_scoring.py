@@ -89,3 +89,22 @@ def test_factorised_send_time_scores_equal_the_full_dense_input(trained_runtime,
     assert dense.std() > 0.01
     pandas = engine.send_time_scores(models.pandas(), feats, config)
     np.testing.assert_allclose(engine.send_time_scores(models, feats, config), pandas, rtol=0, atol=1e-6)
+
+
+def test_the_copy_draw_takes_numpys_choice_from_the_same_stream():
+    """The planner's copy draw (`_choice`) picks what `Generator.choice(k, p=p)` picks and leaves the stream where it
+    does, for uneven, even and zero shares: the decisions' random stream is unchanged by the faster draw."""
+    from nextbest.serving.runtime import _choice, _variant_draw
+
+    for seed in range(60):
+        g = np.random.default_rng(seed)
+        raw = g.random(1 + seed % 6) if seed % 3 else np.ones(1 + seed % 6)
+        raw[1::4] = 0.0
+        shares = {f"v{i}": float(x / raw.sum()) for i, x in enumerate(raw)}
+        names, probabilities, cdf = _variant_draw(shares)
+        p = np.array(list(shares.values()))
+        numpy_rng, ours = np.random.default_rng(seed + 100), np.random.default_rng(seed + 100)
+        for _ in range(50):
+            k = _choice(ours, cdf)
+            assert k == int(numpy_rng.choice(len(names), p=p / p.sum())) and probabilities[k] == float(p[k] / p.sum())
+        assert numpy_rng.random() == ours.random()
