@@ -358,6 +358,7 @@ class Greedy:
     n_arms: np.ndarray  # (U,)
     best: np.ndarray  # (U,) flat index of the greedy arm, -1 for "no action"
     shape: tuple[int, int]
+    rank: np.ndarray | None = None  # (U,) the greedy arm's position among the user's feasible arms (-1: no action)
 
 
 def greedy_many(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, min_ev: float = 0.0) -> Greedy:
@@ -368,7 +369,8 @@ def greedy_many(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, min_
     n_arms = flat.sum(axis=1)
     arg = score.argmax(axis=1)
     has = (n_arms > 0) & (score[np.arange(n_u), arg] > min_ev)
-    return Greedy(flat, n_arms, np.where(has, arg, -1), (n_o, n_c))
+    rank = np.where(has, flat.cumsum(axis=1)[np.arange(n_u), arg] - 1, -1) if n_o * n_c else np.full(n_u, -1)
+    return Greedy(flat, n_arms, np.where(has, arg, -1), (n_o, n_c), rank)
 
 
 def epsilon_propensity(rate: float, k: np.ndarray | int, greedy: np.ndarray | bool) -> np.ndarray | float:
@@ -400,15 +402,24 @@ def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Gener
     """
     k_arms = int(g.n_arms[u])
     best = int(g.best[u])
+    n_c = g.shape[1]
     if exploration.method == "epsilon" and exploration.rate > 0 and k_arms:
-        arms = np.flatnonzero(g.feasible[u])
-        greedy = int(np.searchsorted(arms, best)) if best >= 0 else k_arms
+        if best < 0:
+            greedy = k_arms
+        elif g.rank is not None:
+            greedy = int(g.rank[u])
+        else:
+            greedy = int(g.feasible[u, :best].sum())  # the feasible arms before the greedy one
         k = k_arms + 1
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
         propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
-        action = tuple(int(i) for i in np.unravel_index(arms[pick], g.shape)) if pick < k_arms else None
+        if pick == greedy:  # the arms are listed only when exploration picked another one (rare)
+            arm = best
+        else:
+            arm = int(np.flatnonzero(g.feasible[u])[pick]) if pick < k_arms else -1
+        action = divmod(arm, n_c) if arm >= 0 else None
         return Pick(action, float(propensity), explore and pick != greedy)
     if best < 0:
         return Pick(None, 1.0, False)
-    return Pick(tuple(int(i) for i in np.unravel_index(best, g.shape)), 1.0, False)
+    return Pick(divmod(best, n_c), 1.0, False)
