@@ -221,13 +221,8 @@ def dry_run(settings, store: CampaignStore, campaign_id: str, runtime=None, now:
     decided = with_action = 0
     cost = 0.0
     costs = {c.channel: c.cost for c in rt.config.current(time.monotonic()).channels}
-    # The whole audience's features in one batch read (the feature files materialised online, checked against the
-    # online store's timestamps), then decided in chunks: ~10x cheaper than reading each chunk's key-value rows.
-    feats, known, degraded = rt.features.fetch_batch(todo)
-    for start in range(0, len(todo), chunk):
-        rows = np.arange(start, min(start + chunk, len(todo)))
-        part = ({k: v[rows] for k, v in feats.items()}, known[rows], degraded)
-        for d in rt.score(todo[start:start + chunk], ctx, now, features=part):
+    for decisions in rt.score_chunks(todo, ctx, now, chunk=chunk):
+        for d in decisions:
             decided += 1
             for a in d["actions"]:
                 by_offer[a["offer_id"]] += 1

@@ -96,15 +96,16 @@ def score(settings: Settings, config: ScoreConfig = ScoreConfig(), runtime=None,
                 "model_versions": json.dumps(rt.models.current.versions())}
     try:
         with pq.ParquetWriter(tmp, SCHEMA.with_metadata({f"nextbest.{k}": v for k, v in metadata.items()})) as writer:
-            for start in range(0, len(ids), config.chunk):
-                decisions = rt.score(ids[start:start + config.chunk], context, now, config.n_actions, config.where)
+            done = 0
+            for decisions in rt.score_chunks(ids, context, now, config.n_actions, config.where, config.chunk):
                 writer.write_table(pa.table(_rows(decisions), schema=SCHEMA))
                 scored += len(decisions)
                 with_action += sum(bool(d["actions"]) for d in decisions)
                 degraded += sum(bool(d["degraded_reasons"]) for d in decisions)
                 counts.update(a["channel"] for d in decisions for a in d["actions"])
+                done = min(done + config.chunk, len(ids))
                 if progress:
-                    progress(min(start + config.chunk, len(ids)), len(ids))
+                    progress(done, len(ids))
         tmp.replace(out)  # a complete file or none: readers never see a half-written one
     finally:
         tmp.unlink(missing_ok=True)
