@@ -747,7 +747,7 @@ class Runtime:
                 plans.append(dict(
                     decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
                                   no_action_propensity=no_action_p, holdout=control[0] if control else None,
-                                  filtered=[{**vars(r)} for r in result.refusals[i] + job.extra_refusals],
+                                  filtered=[r.__dict__.copy() for r in result.refusals[i] + job.extra_refusals],
                                   model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
                                   dry_run=job.req.dry_run, explanation=explanation),
                     tz=tzs[i], now=nows[i]))
