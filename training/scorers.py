@@ -425,7 +425,7 @@ class SendTimeNet(nn.Module):
             z = torch.cat([user, self.channel(channel), self.hour(hour), share[:, None]], dim=1)
             return self.head(z).squeeze(1)
         z = torch.cat([user, self.channel(channel)], dim=1)
-        return (self.head(z) + self.rhythm(share) + self.hour(channel * 24 + hour)).squeeze(1)
+        return (self.head(z) + self.rhythm(share)).squeeze(1)
 
 
 def hour_share(frame: pd.DataFrame, hours: np.ndarray) -> np.ndarray:
