@@ -107,6 +107,39 @@ def test_rhythm_inputs_shrink_sparse_profiles_towards_the_population():
     assert at[8].dtype == np.float32 and np.isfinite(np.concatenate(list(at.values()))).all()
 
 
+def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
+    """A send-time model saved before the rhythm inputs (raw share, no `rhythm` in its meta) still loads and scores
+    as it did; one with them loads back with its prior and strength. Both by their own meta."""
+    import json
+
+    import torch
+
+    from nextbest.training.encoding import fit_encoder
+    from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet, SendTimeScorer
+
+    rng = np.random.default_rng(3)
+    shares = rng.dirichlet(np.ones(24), size=6)
+    frame = pd.DataFrame({"x": rng.normal(size=6), "channel": ["push", "sms"] * 3, "local_hour": [8, 9, 13, 20, 21, 22],
+                          "rhythm_events_365d": [0.0, 3, 10, 40, 100, np.nan],
+                          **{f"open_share_h{h:02d}": shares[:, h] for h in range(24)}})
+    encoder = fit_encoder(frame, ["x"], request=("channel", "local_hour"))
+    torch.manual_seed(0)
+    legacy = SendTimeScorer(SendTimeNet(encoder.dense_width, 2, 8), encoder, ("push", "sms"), "send_time_v1", 8)
+    prior = np.arange(1, 25) / 300
+    new = SendTimeScorer(SendTimeNet(encoder.dense_width, 2, 8, RHYTHM_INPUTS), encoder, ("push", "sms"), "send_time_v1",
+                         8, prior, 6.0)
+    for name, scorer in (("legacy", legacy), ("new", new)):
+        scorer.save(tmp_path / name)
+        back = SendTimeScorer.load(tmp_path / name)
+        np.testing.assert_array_equal(back.predict(frame), scorer.predict(frame))
+    assert json.loads((tmp_path / "legacy" / "meta.json").read_text())["rhythm"] is None
+    assert SendTimeScorer.load(tmp_path / "legacy").rhythm_prior_ is None
+    np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "new").rhythm_prior_, prior)
+    # The legacy net reads the raw share at the hour (1/24 where unknown), the new one the two rhythm columns.
+    assert legacy.inputs(frame)["share"].shape == (6,) and new.inputs(frame)["share"].shape == (6, RHYTHM_INPUTS)
+    assert legacy.inputs(frame)["share"][2] == pytest.approx(shares[2, 13])
+
+
 def test_offer_net_overfits_one_weighted_batch():
     import torch
 
