@@ -29,7 +29,7 @@ from nextbest.serving import engine
 from nextbest.serving.config import catalog_config, default_config, load_config
 from nextbest.simulation import response
 from nextbest.simulation.catalog import CHANNELS
-from nextbest.simulation.clock import HOUR_NS, local_hour
+from nextbest.simulation.clock import local_hour
 from nextbest.simulation.replay import hour_ok_matrix
 
 _MINUTES = np.arange(6) / 6 + 1 / 12  # six points inside each hour: a send at a random minute of it
