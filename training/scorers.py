@@ -440,22 +440,24 @@ RHYTHM_INPUTS = 2  # columns of `rhythm_inputs`
 
 
 def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, prior: np.ndarray,
-                  strength: float) -> np.ndarray:
+                  strength: float, rows: np.ndarray | None = None) -> np.ndarray:
     """(n, 2) float32 per row: log(24 x rhythm share at the row's hour) and that share over the user's peak share.
 
-    `shares` (n, 24) are the user's smoothed activity shares per local hour and `events` how many events they
-    rest on (NaN: unknown); they are shrunk towards the population's shares `prior` with the weight of `strength`
-    events. Without it a user with no activity had a flat profile (1/24 everywhere, so the first allowed hour)
-    and one with three events a profile of three bumps: 8 % of the demo's (user, channel) pairs have no activity
-    and 22 % fewer than 11 events, where most of the send-time loss was (benchmarks/RESULTS.md, issue 16).
-    The shrunk share is a posterior mean; its log and its ratio to the peak follow the truth's shape of a
-    rhythm (a logit bump around the user's peak hour) more closely than the share itself.
+    `shares` (U, 24) are each user's smoothed activity shares per local hour and `events` how many events they
+    rest on (NaN: unknown); row i reads user `rows[i]` (default: row i is user i) at `hours[i]`. The shares are
+    shrunk towards the population's shares `prior` with the weight of `strength` events. Without it a user with
+    no activity had a flat profile (1/24 everywhere, so the first allowed hour) and one with three events a profile
+    of three bumps: 8 % of the demo's (user, channel) pairs have no activity and 22 % fewer than 11 events, where
+    most of the send-time loss was (benchmarks/RESULTS.md, issue 16). The shrunk share is a posterior mean; its log
+    and its ratio to the peak follow the truth's shape of a rhythm (a logit bump around the user's peak hour) more
+    closely than the share itself.
     """
     n_ev = np.nan_to_num(np.asarray(events, dtype="float64"), nan=0.0).clip(0.0, None)[:, None]
     own = np.where(np.isnan(shares), prior[None, :], shares)
-    shrunk = (own * n_ev + strength * prior[None, :]) / (n_ev + strength)
-    at = shrunk[np.arange(len(shrunk)), hours]
-    peak = shrunk.max(axis=1, initial=0.0)
+    shrunk = (own * n_ev + strength * prior[None, :]) / (n_ev + strength)  # per user, then gathered per row
+    rows = np.arange(len(hours)) if rows is None else rows
+    at = shrunk[rows, hours]
+    peak = shrunk.max(axis=1, initial=0.0)[rows]
     floor = 1e-4  # a share can be 0 after smoothing only far from every event; log(0) would be -inf
     return np.stack([np.log(24 * np.maximum(at, floor)), np.divide(at, peak, out=np.zeros_like(at), where=peak > 0)],
                     axis=1).astype("float32")
@@ -481,12 +483,13 @@ class SendTimeScorer:
         self.rhythm_strength_ = float(rhythm_strength)
         self.params_ = {"hidden": hidden, "channels": ",".join(channels), "rhythm_strength": self.rhythm_strength_}
 
-    def rhythm(self, shares: np.ndarray, events: np.ndarray, hours: np.ndarray) -> np.ndarray:
-        """The net's rhythm input per row from the user's (n, 24) shares and event count: one definition for
-        `predict` and the compiled scorer."""
+    def rhythm(self, shares: np.ndarray, events: np.ndarray, hours: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The net's rhythm input per row from the users' (U, 24) shares and event counts, row i reading user
+        `rows[i]` (default i): one definition for `predict` and the compiled scorer."""
+        rows = np.arange(len(hours)) if rows is None else rows
         if self.rhythm_prior_ is None:
-            return np.where(np.isnan(shares), 1 / 24, shares)[np.arange(len(hours)), hours].astype("float32")
-        return rhythm_inputs(shares, events, hours, self.rhythm_prior_, self.rhythm_strength_)
+            return np.where(np.isnan(shares), 1 / 24, shares)[rows, hours].astype("float32")
+        return rhythm_inputs(shares, events, hours, self.rhythm_prior_, self.rhythm_strength_, rows)
 
     def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         hours = pd.to_numeric(frame["local_hour"], errors="coerce").fillna(12).to_numpy().astype("int64").clip(0, 23)
@@ -617,8 +620,8 @@ class _CompiledSendTime:
                                            dtype="int64")
             self._grid_key = id(x.grid)
         hours = np.where(np.isnan(x.hours), 12, x.hours).astype("int64").clip(0, 23)
-        rhythm = x.users.matrix(self.rhythm_names)  # (U, 25): per user once, gathered per row below
-        share = self.scorer.rhythm(rhythm[x.rows, :24], rhythm[x.rows, 24], hours)
+        rhythm = x.users.matrix(self.rhythm_names)  # (U, 25): per user once, gathered per row inside
+        share = self.scorer.rhythm(rhythm[:, :24], rhythm[:, 24], hours, x.rows)
         return self._channel_codes[x.cells], hours, share
 
     def predict(self, x: Rows) -> np.ndarray:
