@@ -203,3 +203,18 @@ def test_scoring_in_batches_or_chunks_changes_no_estimate(monkeypatch):
         for name, terms in batched.attrs["dr_terms"].items():
             np.testing.assert_array_equal(terms, other.attrs["dr_terms"][name])
     assert batched["matched"].min() > 0  # every policy rests on logged decisions: the comparison means something
+
+
+def test_the_best_fixed_reference_of_each_fold_is_chosen_on_the_other_folds():
+    # Picked on the decisions it is judged on, the best of many fixed policies is the luckiest: its estimate is biased
+    # up. Each fold's reference is the fixed policy with the best IPS value on the other folds.
+    from nextbest.pipelines.offpolicy import _best_fixed_out_of_fold
+
+    action = np.array(["a", "b", "a", "b", "a", "b"], dtype=object)
+    chosen = {"everyone: a": np.full(6, "a", dtype=object), "everyone: b": np.full(6, "b", dtype=object)}
+    reward = np.array([1.0, 0, 1, 0, 0, 1])  # a wins on fold 0 (rows 0-3), b on fold 1 (rows 4-5)
+    folds = np.array([0, 0, 0, 0, 1, 1])
+    terms = {"everyone: a": np.arange(6.0), "everyone: b": -np.arange(6.0)}
+    reference, by_fold = _best_fixed_out_of_fold(list(chosen), chosen, action, np.full(6, 0.5), reward, folds, terms)
+    assert by_fold == ["everyone: b", "everyone: a"]  # fold 0 judged by what won on fold 1, and the other way round
+    np.testing.assert_array_equal(reference, [-0.0, -1, -2, -3, 4, 5])
