@@ -79,6 +79,11 @@ class Period:
     last_offers: np.ndarray  # (n, k) offer index of each of those sends (-1 = none or not in the catalog)
     stage: np.ndarray  # (n,) funnel stage index at the start
     last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
+    # The features the offers' eligibility rules read, per user, as the decision service reads them (its newest feature
+    # snapshot before the period: pipelines/evaluate.py `feature_state`). None: stage, recency and tenure derived from
+    # the raw tables here, which is only the simulator's stand-in: the feature build rounds recency and tenure its own
+    # way and a snapshot older than the period misses the latest events, so the two disagree for some users.
+    state: dict[str, np.ndarray] | None = None
 
     @classmethod
     def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None) -> Period:
@@ -151,7 +156,8 @@ class Period:
             self, truth=truth, user_ids=self.user_ids[rows],
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
             last_channels=self.last_channels[rows], last_offers=self.last_offers[rows],
-            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
+            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows],
+            state=None if self.state is None else {k: np.asarray(v)[rows] for k, v in self.state.items()})
 
 
 @dataclass(frozen=True)
@@ -305,7 +311,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             # service's rule (spacing_ok, which the violations below apply at the send's own hour).
             user_ok &= ((history > at_ns - rules.spacing_hours * HOUR_NS) & (history != NAT)).sum(axis=1) < rules.spacing_contacts
         allowed = period.consent & ~suppressed & user_ok[:, None] & (per_channel_week < rules.per_user_channel_per_week)
-        state = {
+        state = period.state if period.state is not None else {
             "lifecycle_stage": np.asarray(STAGES, dtype=object)[period.stage],
             "recency_days": np.where(period.last_purchase_ns != NAT, (at_ns - period.last_purchase_ns) // DAY_NS, 9999),
             "tenure_days": (at_ns - truth.signup_ns) // DAY_NS,
