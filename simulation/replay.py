@@ -1,6 +1,6 @@
 """Replay a policy over a fresh period of a simulated world: same users and truth, outcomes from the response model.
 
-Every policy faces the same hard contact rules (consent, suppressions, caps, quiet hours, capacity);
+Every policy faces the same hard contact rules (consent, suppressions, caps, contact spacing, quiet hours, capacity);
 the replay does not repair a policy's choices, it counts any send that breaks a rule as a violation.
 Incremental conversions and revenue, unsubscribes and complaints are the expected values under the truth (the sum
 of each send's true probability: P(the contact caused a purchase), and that times the offer's value; P(unsubscribe),
