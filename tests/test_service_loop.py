@@ -23,13 +23,16 @@ BASE_URL = "http://127.0.0.1:3000"
 def test_three_rounds_through_the_service_retrain_on_its_own_logs(trained, tmp_path, monkeypatch):
     home = copy_home(trained, tmp_path / "home", fresh_ledger=True)
     config = load_config(home.home / "operator.yaml")
-    write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.2})}), home.home / "operator.yaml")
+    # One-day rounds: three of them fit in the weekly contact budget (caps.per_user_week 3) and, here, in a spacing
+    # of 3 contacts in 168 hours (the default 2 would leave the third round nobody to contact).
+    write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.2}),
+                                           "caps": config.caps.model_copy(update={"spacing_contacts": 3})}),
+                 home.home / "operator.yaml")
     history = read_raw(home.raw_dir, "contacts")
     monkeypatch.setenv("NEXTBEST_HOME", str(home.home))
     for k, v in SIMULATED_CLOCK_ENV.items():
         monkeypatch.setenv(k, v)
     with TestClient(service_app(), base_url=BASE_URL) as client:
-        # One-day rounds: three of them fit in the weekly contact budget (caps.per_user_week), so each round sends.
         table = run_service_loop(home, client, ServiceLoopConfig(rounds=3, days=1, users=200, models=("uplift",),
                                                                             uplift_learner="funnel"))
 
