@@ -177,9 +177,17 @@ class Counts:
     # contacts (one entry per contact; NO_SEND pads), for the spacing rule
 
 
-def _sends(user_counts: dict[str, int]) -> list[int]:
-    """The hour bins of a user's contacts from the ledger's `h:` counters, one entry per contact."""
-    return [int(name[2:]) for name, n in user_counts.items() if name.startswith("h:") for _ in range(n)]
+def _reach(config: OperatorConfig, grid: TimeGrid) -> tuple[int, int]:
+    """The hour bins a contact must fall in to matter to the spacing rule at any of the grid's slots (the ledger keeps
+    every hour counter: without this bound a long-contacted user's decision would read them all)."""
+    hours = config.caps.spacing_hours
+    return int(grid.hour_bin[0]) - hours + 1, int(grid.hour_bin[-1]) + hours - 1
+
+
+def _sends(user_counts: dict[str, int], reach: tuple[int, int]) -> list[int]:
+    """The hour bins of a user's contacts within `reach` from the ledger's `h:` counters, one entry per contact."""
+    return [b for name, n in user_counts.items() if name.startswith("h:") and reach[0] <= (b := int(name[2:])) <= reach[1]
+            for _ in range(n)]
 
 
 def _spacing(caps, sends: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -210,7 +218,7 @@ def counts_from(user_counts: dict[str, int], capacity_counts: dict[str, int], co
         capacity_used=np.array([[capacity_counts.get(f"{c}:{d}", 0) for d in grid.utc_dates] for c in config.channel_names()],
                                dtype=np.int64).reshape(len(config.channels), 2),
         suppressed=suppressed,
-        sends=np.array(_sends(user_counts), dtype=np.int64),
+        sends=np.array(_sends(user_counts, _reach(config, grid)), dtype=np.int64),
     )
 
 
@@ -539,6 +547,7 @@ def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, i
     capacity: dict[tuple[date, date], np.ndarray] = {}
     sends: list[list[int]] = [[] for _ in range(n_u)]
     for u, (counts, grid) in enumerate(zip(user_counts, grids, strict=True)):
+        reach = _reach(config, grid)
         d0 = grid.local_dates[0]
         if d0 not in day_slots:
             day_slots[d0] = ({d.isoformat(): k for k, d in enumerate(_local_days(grid))},
@@ -551,7 +560,7 @@ def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, i
                 channel_day[u, channels[key], days[day]] = n
             elif kind == "o" and key in offers and day in offer_days:
                 offer_window[u, offers[key]] += n
-            elif kind == "h":
+            elif kind == "h" and reach[0] <= int(rest) <= reach[1]:
                 sends[u] += [int(rest)] * n
         if grid.utc_dates not in capacity:
             capacity[grid.utc_dates] = np.array([[capacity_counts.get(f"{c}:{d}", 0) for d in grid.utc_dates]

@@ -398,10 +398,13 @@ def test_batched_counts_are_counts_from_for_every_user():
     cfg = config(caps=Caps(offer_window_days=3))
     grids = [policy.time_grid(NOW + timedelta(hours=h), tz) for h, tz in ((0, "Europe/Berlin"), (20, "America/New_York"))]
     day = grids[0].local_dates[0]
+    H0 = policy.hour_bin(NOW + timedelta(hours=20))  # the second user's first slot
     user_counts = [{f"c:email:{day}": 1, f"c:sms:{day - timedelta(days=3)}": 2, f"o:a:{day + timedelta(days=2)}": 1,
                     f"o:a:{day - timedelta(days=3)}": 1, f"o:a:{day - timedelta(days=4)}": 5, "c:fax:2026-06-01": 9,
                     f"c:inapp:{day + timedelta(days=1)}": 1},
-                   {f"o:keep:{day}": 2, f"c:email:{day - timedelta(days=9)}": 4, "h:00494000": 2, "h:00494100": 1}]
+                   {f"o:keep:{day}": 2, f"c:email:{day - timedelta(days=9)}": 4,
+                    policy.spacing_field(H0 - 100): 2, policy.spacing_field(H0 + 30): 1,
+                    policy.spacing_field(H0 - 1000): 5}]  # too long ago to matter: not read
     capacity = {f"email:{NOW.date()}": 3, f"sms:{NOW.date() + timedelta(days=1)}": 7}
     got = policy.counts_batch(user_counts, capacity, cfg, grids, [{}, {"sms": "opt_out"}])
     for u in range(2):
@@ -411,7 +414,7 @@ def test_batched_counts_are_counts_from_for_every_user():
         np.testing.assert_array_equal(one.offer_window, want.offer_window)
         np.testing.assert_array_equal(one.capacity_used, want.capacity_used)
         assert sorted(one.sends[one.sends != NO_SEND]) == sorted(want.sends)
-    assert sorted(got.sends[1]) == [494000, 494000, 494100] and (got.sends[0] == NO_SEND).all()
+    assert sorted(got.sends[1]) == [H0 - 100, H0 - 100, H0 + 30] and (got.sends[0] == NO_SEND).all()
     assert got.offer_window[0, 0] == 2 and got.channel_day[0, 0, policy.WEEK - 1] == 1
 
 
