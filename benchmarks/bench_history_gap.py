@@ -7,8 +7,9 @@ Usage (after `make demo`, on a copy of its home): python benchmarks/bench_histor
    is valued by the truth (expected incremental revenue of the send), with the two halves swapped: the NBA's offer at
    the history oracle's channel and hour, and the history oracle's offer at the NBA's channel and hour. Per day of the
    period: the first send of a user's week (days 0 and 7) and the second and third ones.
-2. Spacing: NBA, propensity-only and the history oracle, each also with "no contact after 2 contacts in the last
-   7 x 24 hours" (the window the truth's fatigue counts) and under a weekly cap of 2 on the ledger's 7 local days.
+2. Spacing: NBA, propensity-only and the history oracle under the operator caps without spacing, with the product's
+   spacing rule (`caps.spacing_contacts` 2 in `spacing_hours` 168, the replay's `Rules`; the window the truth's
+   fatigue counts), and under a weekly cap of 2 on the ledger's 7 local days.
 
 The truth is read only here, to measure; no policy under evaluation sees it.
 """
@@ -63,25 +64,14 @@ class Shadow:
         return a
 
 
-@dataclass(frozen=True)
-class Spaced:
-    """`inner`, but no contact for a user with `k` or more contacts in the last 7 x 24 hours."""
-
-    inner: object
-    k: int
-    name: str = "spaced"
-
-    def choose(self, s: Situation, rng: np.random.Generator):
-        return self.inner.choose(dataclasses.replace(s, allowed=s.allowed & (s.recent < self.k)[:, None]), rng)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", required=True)
     parser.add_argument("--users", type=int, default=3_000)
     args = parser.parse_args()
     settings = Settings(home=args.home)
-    config = ReplayConfig(rules=operator_rules(settings))
+    caps = operator_rules(settings)  # the operator caps without spacing; spacing is the rows' second rule
+    config = ReplayConfig(rules=dataclasses.replace(caps, spacing_contacts=0))
     world, tables = load_period(settings)
     period = world.sample(args.users, seed=config.seed)
     nba, propensity_only = model_policies(settings, period)
@@ -103,8 +93,10 @@ def main() -> None:
 
     rows = []
     weekly2 = dataclasses.replace(config, rules=dataclasses.replace(config.rules, per_user_per_week=2))
+    spaced = dataclasses.replace(config, rules=dataclasses.replace(config.rules, spacing_contacts=caps.spacing_contacts or 2,
+                                                                   spacing_hours=caps.spacing_hours))
     for policy in (nba, propensity_only, oracle):
-        for label, p, c in (("operator caps", policy, config), ("+ no contact after 2 in 7 x 24 h", Spaced(policy, 2), config),
+        for label, p, c in (("operator caps", policy, config), ("+ spacing (no contact after 2 in 168 h)", policy, spaced),
                             ("weekly cap 2 (ledger's local days)", policy, weekly2)):
             m = replay(period, p, c).metrics
             rows.append({"policy": policy.name, "rule": label, "contacts": m["contacts"],

@@ -1,7 +1,7 @@
 """Off-policy estimates from the decision service's own logs against the simulated truth, and row by row.
 
 Usage (after `make demo`, on its home; the home is copied, never changed):
-  python benchmarks/bench_ope_service.py --home DIR [--users 3000] [--days 10]
+  python benchmarks/bench_ope_service.py --home DIR [--users 3000] [--days 10] [--spacing 2/168|0] [--judge raw]
 
 One round of `nextbest loop --service` in process (BentoML's ASGI app through a test client, a fresh ledger, campaign
 `loop` with a 10 % hold-out, exploration epsilon 0.2 so the log has support) for `--users` users over `--days` days; the
@@ -9,6 +9,9 @@ decision and outcome logs are folded into contacts (`logs_to_contacts.fold_logs`
 the NBA and propensity-only policies on the decisions with a full 7-day outcome window, next to the simulator's truth.
 Row by row: each variant's mean logged reward (conversion within 7 days) against the truth's P(convert) of the logged
 action at its send time (fatigue from the judged log's sends, as the round's world counts it).
+`--spacing`: the caps' spacing rule for the round (default: the home's caps); `--judge raw`: judge the round's sends
+on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
+features the service reads, to count the "ineligible" sends that difference makes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--spacing", default="")
+    parser.add_argument("--judge", choices=["features", "raw"], default="features")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ope-"))
     # A fresh ledger: a copied ledger identity without its store is a lost ledger (no contact, by design).
@@ -42,10 +47,21 @@ def main() -> None:
     from nextbest.serving.config import Exploration, Holdout, load_config, write_config
 
     config = load_config(home.home / "operator.yaml")
-    write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.1}),
+    caps = config.caps
+    if args.spacing:
+        n, _, hours = args.spacing.partition("/")
+        caps = caps.model_copy(update={"spacing_contacts": int(n), "spacing_hours": int(hours or caps.spacing_hours)})
+    write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.1}), "caps": caps,
                                            "exploration": Exploration(method="epsilon", rate=0.2)}),
                  home.home / "operator.yaml", note="bench_ope_service.py: hold-out 10 %, exploration 0.2")
+    from nextbest.pipelines import service_loop
     from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
+
+    if args.judge == "raw":
+        from nextbest.simulation.replay import Period
+
+        service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(tables, truth)
+    print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}")
 
     os.environ.update(SIMULATED_CLOCK_ENV)
     from starlette.testclient import TestClient
@@ -56,7 +72,8 @@ def main() -> None:
     with TestClient(NextBest.to_asgi(), base_url="http://127.0.0.1:3000") as client:
         table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=()))
     print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}, {args.users} users, {args.days} days, "
-          f"round {time.perf_counter() - started:.0f} s")
+          f"round {time.perf_counter() - started:.0f} s ({time.process_time():.0f} CPU-s so far), "
+          f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(table.drop(columns=["models"]).T.to_string())
 
     from nextbest.pipelines.evaluate import (

@@ -87,8 +87,8 @@ def _predict_floor(models, users, config, engine) -> float:
     send = models.compiled["send_time"]
     x = Rows(ucols, np.zeros(n_c * 24, dtype="int64"), np.repeat(np.arange(n_c), 24), np.tile(np.arange(24.0), n_c), grid)
     raw = send.plan.codes(x)
-    inputs = {"x": send.plan.encoder.dense_codes(raw), "channel": np.repeat(np.arange(n_c) + 1, 24),
-              "hour": np.tile(np.arange(24), n_c), "share": np.full(n_c * 24, 1 / 24, dtype="float32")}
+    channel, hour, share = send.inputs(x)  # the compiled scorer's own per-row inputs (the rhythm's shape included)
+    inputs = {"x": send.plan.encoder.dense_codes(raw), "channel": channel, "hour": hour, "share": share}
     calls.append(lambda: predict_net(send.net, inputs))
     conv = models.compiled["conversion"]
     xc = conv.plan.codes(Rows(ucols, np.zeros(n_o * n_c, dtype="int64"), np.arange(n_o * n_c), hours, grid))

@@ -33,6 +33,9 @@ __all__ = [
     "STAGES",
     "STAGE_OF_TYPE",
     "parse_quiet_hours",
+    "HOUR_S",
+    "NO_SEND",
+    "spacing_ok",
 ]
 
 # What an offer is: retention offers get the churn boost in decisions; the kind is also a model input. One list
@@ -598,3 +601,27 @@ def _is_eligibility(expr: object) -> bool:
         return True
     except ValueError:
         return False
+
+
+HOUR_S = 3600  # the spacing rule counts contacts in whole UTC hours: a send's bin is floor(epoch seconds / 3600)
+NO_SEND = -(2**40)  # padding in a row of hour bins: never within any window of a real send
+
+
+def spacing_ok(sent: np.ndarray, new: np.ndarray, limit: int, hours: int) -> np.ndarray:
+    """Contact spacing: may a contact go out in hour bin `new[r]`, given the user's other contacts `sent[r]`
+    (hour bins, padded with NO_SEND), so that no `hours` consecutive hours hold more than `limit` contacts?
+
+    That is "no contact when the user already has `limit` contacts in the last `hours` hours", applied to every
+    contact, also to one planned earlier for a later hour. The one definition, for serving's policy (per send
+    slot), the ledger's re-check at charge time and the replay's violations; `limit` 0 switches it off.
+    `sent` is (r, k), `new` (r,); returns (r,) bool.
+    """
+    sent, new = np.atleast_2d(np.asarray(sent, dtype=np.int64)), np.asarray(new, dtype=np.int64).reshape(-1)
+    if limit <= 0 or sent.shape[1] == 0:
+        return np.ones(len(new), dtype=bool)
+    # The busiest window of `hours` bins that contains `new` starts where one ends on a contact (or at the first
+    # window holding `new`): count those candidates only.
+    ends = np.where((sent >= new[:, None]) & (sent < new[:, None] + hours), sent, new[:, None])  # (r, k)
+    starts = np.concatenate([(new - hours + 1)[:, None], ends - hours + 1], axis=1)  # (r, k + 1)
+    inside = (sent[:, None, :] >= starts[:, :, None]) & (sent[:, None, :] < starts[:, :, None] + hours)
+    return inside.sum(axis=2).max(axis=1) + 1 <= limit

@@ -465,43 +465,41 @@ def retrain(
 
 @app.command()
 def loop(
-    rounds: Annotated[int, typer.Option(min=1, help="rounds of decide -> outcomes -> feedback -> retrain")] = 3,
-    days: Annotated[int | None, typer.Option(min=1, help="days per round (default 14; 3 with --service)")] = None,
-    epsilon: Annotated[float, typer.Option(min=0.0, max=1.0, help="exploration rate")] = 0.1,
-    control: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of sends held out as control")] = 0.1,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds of events -> decide -> outcomes -> feedback -> retrain")] = 3,
+    days: Annotated[int, typer.Option(min=1, help="simulated days per round")] = 3,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model at each retraining")] = 2,
-    service: Annotated[str | None, typer.Option(help="drive the running decision service at this URL over HTTP, "
-                                                "e.g. http://127.0.0.1:3000 (its exploration and hold-outs apply)")] = None,
-    users: Annotated[int | None, typer.Option(min=1, help="with --service: users the campaign addresses (default all)")] = None,
+    service: Annotated[str | None, typer.Option(help="drive the decision service running at this URL, e.g. "
+                                                "http://127.0.0.1:3000; without it the loop starts one on 127.0.0.1 "
+                                                "for its rounds and stops it after")] = None,
+    users: Annotated[int | None, typer.Option(min=1, help="users the campaign addresses (default all)")] = None,
 ) -> None:
-    """Close the loop in simulation: each round decides with the champions, feeds the outcomes back and retrains.
+    """Close the loop in simulation, through the decision service: the simulated world talks to it only over HTTP
+    (/events, /decide_batch, /feedback, /reload), the service's exploration and hold-outs apply, and retraining
+    learns from the service's own logs. Nothing but the service writes a contact.
 
-    With --service, the simulated world talks to the running service only over HTTP (/events, /decide_batch,
-    /feedback, /reload) and retraining learns from the service's own logs; serve it with
-    NEXTBEST_MAX_AGE_S, NEXTBEST_CLOCK_SKEW_S and NEXTBEST_MAX_OUTCOME_AGE_S wide enough for simulated days
-    (see docs/serving.md). Otherwise the simulated world advances in place by ROUNDS x DAYS days; the value of
-    each round is printed next to the oracle's over the same days, and charted in <home>/reports/closed_loop.png.
+    A service given with --service must believe simulated times: serve it with NEXTBEST_MAX_AGE_S,
+    NEXTBEST_CLOCK_SKEW_S and NEXTBEST_MAX_OUTCOME_AGE_S wide enough for simulated days (see docs/serving.md); the
+    one the loop starts itself is set up so.
     """
-    from nextbest.pipelines.loop import LoopConfig, run_loop, write_loop_chart
-
     settings = Settings()
     if service is not None:
-        run_guarded(_service_loop, settings, service, rounds, days or 3, trials, users)
+        run_guarded(_service_loop, settings, service, rounds, days, trials, users)
         return
-    days = days or 14
-    if days < 8:
-        console.print("[bold red]error:[/] --days must be at least 8 without --service (outcomes need a 7-day window)")
-        raise typer.Exit(code=2)
-    config = LoopConfig(rounds=rounds, days=days, epsilon=epsilon, control_share=control, trials=trials)
+    from nextbest.pipelines.serve_commands import running_service
+    from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV
 
-    def body() -> pd.DataFrame:
-        with steps(rounds * 6 + 1) as advance:
-            return run_loop(settings, config, progress=advance)
+    # The loop's own service: loopback only, believing the simulated calendar, stopped when the rounds end.
+    simulated = settings.model_copy(update={"host": "127.0.0.1", **{k.removeprefix("NEXTBEST_").lower(): int(v)
+                                                                     for k, v in SIMULATED_CLOCK_ENV.items()}})
 
-    table = run_guarded(body)
-    print_loop(table)
-    chart = write_loop_chart(table, settings.home / "reports")
-    console.print(f"chart: {chart}")
+    def body() -> None:
+        if not (settings.truth_dir / "truth.json").exists():  # before a service is started for nothing
+            raise UserError(f"no simulated world in {settings.home}: the loop runs one (`nextbest simulate`, "
+                            "`nextbest features build`, `nextbest train all`, then `nextbest loop`)")
+        with running_service(simulated) as url:
+            _service_loop(settings, url, rounds, days, trials, users)
+
+    run_guarded(body)
 
 
 def _service_loop(settings: Settings, url: str, rounds: int, days: int, trials: int, users: int | None) -> None:
@@ -533,19 +531,6 @@ def print_service_loop(table: pd.DataFrame) -> None:
                     f"{r['incremental_revenue']:,.0f}", f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}",
                     f"{r['unsubscribes_per_1k']:.1f}", f"{r['complaints_per_1k']:.1f}", str(r["violations"]),
                     "" if yard is None else f"{yard:,.0f}", "" if yard is None else f"{r['yardstick_share']:.0%}")
-    console.print(out)
-
-
-def print_loop(table: pd.DataFrame) -> None:
-    out = Table(title="closed loop: value per round (expected incremental revenue, unsubscribes and complaints under the "
-                      "simulated truth)")
-    for col in ("round", "start", "contacts", "controls", "NBA revenue", "oracle revenue", "share of oracle",
-                "yardstick: champions", "yardstick: share", "unsubs", "complaints", "violations"):
-        out.add_column(col, justify="right")
-    for k, r in table.iterrows():
-        out.add_row(str(k), str(r["start"]), f"{r['contacts']:,}", f"{r['controls']:,}", f"{r['incremental_revenue']:,.0f}",
-                    f"{r['oracle_revenue']:,.0f}", f"{r['share_of_oracle']:.0%}", f"{r['yardstick_revenue']:,.0f}",
-                    f"{r['yardstick_share']:.0%}", f"{r['unsubscribes']:.1f}", f"{r['complaints']:.1f}", str(r["violations"]))
     console.print(out)
 
 

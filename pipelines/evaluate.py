@@ -48,7 +48,7 @@ from nextbest.simulation.replay import (
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "operator_rules", "load_period",
+__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
            "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
@@ -101,6 +101,13 @@ def latest_features(settings: Settings, user_ids: np.ndarray, as_of: pd.Timestam
             out[rows[keep]] = values.astype(float) if numeric else values
             users[col] = out
     return users
+
+
+def feature_state(settings: Settings, period: Period) -> Period:
+    """`period` with its eligibility rules reading the features the decision service reads (each user's newest
+    snapshot at or before the period's start), not the replay's own derivation from the raw tables: one state for
+    the service's choice and the replay's judgement of it."""
+    return dataclasses.replace(period, state=latest_features(settings, period.user_ids, as_of=period.start))
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,13 @@ class Caps(_Strict):
                                "tires users: unsubscribes and complaints rise and each contact earns less)")
     per_offer: int = Field(1, ge=0, description="times one offer may go to one user within offer_window_days")
     offer_window_days: int = Field(7, ge=1, le=60, description="window of the per-offer cap, in local days")
+    # Fatigue is an externality: every contact lowers the open and buy rates of the user's contacts in the next
+    # 7 x 24 hours, which one decision's EV does not see. Measured on the demo world (benchmarks/RESULTS.md, issue 16
+    # fifth session): 2 in 168 hours earned every policy ~6 % more with a third fewer contacts and a third of the
+    # opt-outs; a weekly cap on 7 calendar days, or a finite fatigue cost in the EV, did worse.
+    spacing_contacts: int = Field(2, ge=0, description="spacing: no contact when the user already has this many "
+                                  "contacts in the last spacing_hours hours, over all channels (0 = off)")
+    spacing_hours: int = Field(168, ge=1, le=1440, description="spacing window, in hours (counted in whole UTC hours)")
 
 
 class Trigger(_Strict):

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from nextbest.serving.policy import CAPACITY, Constraint, Key
+from nextbest.features.contract import spacing_ok
+from nextbest.serving.policy import CAPACITY, Constraint, Key, spacing_field
 
 __all__ = ["LedgerUnavailable", "LedgerLost", "OUTCOMES_AFTER_SEND", "Reservation", "Commit", "Snapshot", "Ledger", "SQLiteLedger", "RedisLedger", "open_ledger"]
 
@@ -288,8 +289,10 @@ class SQLiteLedger(Ledger):
             new[key] = new.get(key, 0) + 1
         # Every counter the caps read, in one query per scope (not one per key): the write lock is held briefly.
         stored: dict[Key, int] = {}
+        spaced = [con for con in r.constraints if con.hours]
+        sums = [con for con in r.constraints if not con.hours]
         by_scope: dict[str, set[str]] = {}
-        for con in r.constraints:
+        for con in sums:
             for scope, field in con.keys:
                 by_scope.setdefault(scope, set()).add(field)
         for scope, fields in by_scope.items():
@@ -299,9 +302,12 @@ class SQLiteLedger(Ledger):
                 rows = c.execute(f"SELECT field, n FROM counters WHERE scope = ? AND field IN ({','.join('?' * len(part))})",
                                  (scope, *part)).fetchall()
                 stored.update(((scope, f), n) for f, n in rows)
-        for con in r.constraints:
+        for con in sums:
             total = sum(new.get(k, 0) + stored.get(k, 0) for k in con.keys)
             if total > con.limit:
+                return Commit("refused", rule=con.rule)
+        for con in spaced:
+            if not _spaced(c, con):
                 return Commit("refused", rule=con.rule)
         c.executemany("INSERT INTO counters (scope, field, n) VALUES (?, ?, ?) "
                       "ON CONFLICT(scope, field) DO UPDATE SET n = n + excluded.n",
@@ -374,6 +380,20 @@ class SQLiteLedger(Ledger):
         return self._run(go)
 
 
+def _spaced(c: sqlite3.Connection, con: Constraint) -> bool:
+    """The spacing rule at charge time: the new contacts (`con.keys`, hour counters of one user) with the user's
+    stored ones within reach (a window either side), checked by the one definition, `spacing_ok`."""
+    scope = con.keys[0][0]
+    new = sorted(int(f[2:]) for _, f in con.keys)
+    lo, hi = spacing_field(new[0] - con.hours + 1), spacing_field(new[-1] + con.hours - 1)
+    stored = [int(f[2:]) for f, n in c.execute("SELECT field, n FROM counters WHERE scope = ? AND field BETWEEN ? AND ?",
+                                               (scope, lo, hi)) for _ in range(n)]
+    for k, b in enumerate(new):  # each new contact against the stored ones and the other new ones
+        if not spacing_ok([stored + new[:k] + new[k + 1:]], [b], con.limit, con.hours)[0]:
+            return False
+    return True
+
+
 IDENTITY_KEY = "ledger:identity"
 
 # Every script first checks the store's identity: a Redis that restarted empty (no persistence) or another
@@ -394,11 +414,39 @@ local function hash(scope) if scope == p.capacity then return 'capacity' end ret
 local new = {}
 for _, k in ipairs(p.charges) do local id = k[1] .. '\\0' .. k[2]; new[id] = (new[id] or 0) + 1 end
 for _, con in ipairs(p.constraints) do
-  local total = 0
-  for _, k in ipairs(con.keys) do
-    total = total + tonumber(redis.call('HGET', hash(k[1]), k[2]) or '0') + (new[k[1] .. '\\0' .. k[2]] or 0)
+  if con.hours > 0 then
+    -- Spacing (features/contract.py spacing_ok, transcribed): the new contacts' hour bins with the user's stored
+    -- `h:` counters; for each new one, the busiest window of `hours` bins holding it must keep within the limit.
+    local bins = {}
+    local fields = redis.call('HGETALL', hash(con.keys[1][1]))
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'h:' then
+        for _ = 1, tonumber(fields[i + 1]) do bins[#bins + 1] = tonumber(string.sub(fields[i], 3)) end
+      end
+    end
+    local fresh = {}
+    for _, k in ipairs(con.keys) do fresh[#fresh + 1] = tonumber(string.sub(k[2], 3)) end
+    for j, b in ipairs(fresh) do
+      local others = {}
+      for _, x in ipairs(bins) do others[#others + 1] = x end
+      for i, x in ipairs(fresh) do if i ~= j then others[#others + 1] = x end end
+      local starts = {b - con.hours + 1}
+      for _, y in ipairs(others) do
+        if y >= b and y < b + con.hours then starts[#starts + 1] = y - con.hours + 1 end
+      end
+      for _, w in ipairs(starts) do
+        local n = 1
+        for _, y in ipairs(others) do if y >= w and y < w + con.hours then n = n + 1 end end
+        if n > con.limit then return {'refused', con.rule} end
+      end
+    end
+  else
+    local total = 0
+    for _, k in ipairs(con.keys) do
+      total = total + tonumber(redis.call('HGET', hash(k[1]), k[2]) or '0') + (new[k[1] .. '\\0' .. k[2]] or 0)
+    end
+    if total > con.limit then return {'refused', con.rule} end
   end
-  if total > con.limit then return {'refused', con.rule} end
 end
 for _, k in ipairs(p.charges) do
   redis.call('HINCRBY', hash(k[1]), k[2], 1)
@@ -561,7 +609,8 @@ class RedisLedger(Ledger):
                     "ledger": self.identity, "channels": res.channels,
                     "capacity": CAPACITY, "record": json.dumps(res.record),  # a string: cjson would turn [] into {}
                     "charges": [list(k) for k in res.charges],
-                    "constraints": [{"keys": [list(k) for k in c.keys], "limit": c.limit, "rule": c.rule} for c in res.constraints],
+                    "constraints": [{"keys": [list(k) for k in c.keys], "limit": c.limit, "rule": c.rule, "hours": c.hours}
+                                    for c in res.constraints],
                     "pending_on": res.pending[0] if res.pending else "", "pending_until": res.pending[1] if res.pending else 0,
                 }
                 self._commit(keys=[IDENTITY_KEY], args=[json.dumps(payload)], client=pipe)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from nextbest.features.contract import offer_valid, parse_eligibility
+from nextbest.features.contract import HOUR_S, NO_SEND, offer_valid, parse_eligibility, spacing_ok
 from nextbest.serving.config import OperatorConfig, parse_quiet_hours
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "counts_batch",
     "grid_batch",
     "evaluate_many",
+    "hour_bin",
+    "spacing_field",
 ]
 
 # Every reason a candidate can be filtered for; tests assert each one is produced by its rule.
@@ -51,6 +53,8 @@ REASONS: dict[str, str] = {
     "cap_channel_week": "the per-channel 7-day cap is reached",
     "cap_user_day": "the per-user daily cap over all channels is reached",
     "cap_user_week": "the per-user 7-day cap over all channels is reached",
+    "spacing": "the user already has caps.spacing_contacts contacts in the caps.spacing_hours hours before every "
+               "remaining send time (or a planned later contact would), over all channels",
     "capacity": "the channel's daily capacity is used up",
     "ledger_unavailable": "the contact ledger cannot be reached, so no contact is made",
 }
@@ -81,6 +85,17 @@ class TimeGrid:
     utc_dates: tuple[date, date]
     before_deadline: np.ndarray  # bool (S,)
     in_window: np.ndarray  # bool (S,): inside the campaign's local send hours
+    hour_bin: np.ndarray  # int64 (S,): the UTC hour each slot falls in (the spacing rule's unit)
+
+
+def hour_bin(t: datetime) -> int:
+    """The UTC hour a send time falls in, as the spacing rule and the ledger's `h:` counters count it."""
+    return int(t.timestamp() // HOUR_S)
+
+
+def spacing_field(bin_: int) -> str:
+    """The ledger counter of the user's contacts in one UTC hour (zero-padded, so a range of hours is a range of names)."""
+    return f"h:{bin_:08d}"
 
 
 def time_grid(earliest: datetime, timezone: str | None, deadline: datetime | None = None,
@@ -109,6 +124,7 @@ def time_grid(earliest: datetime, timezone: str | None, deadline: datetime | Non
         utc_dates=utc_dates,
         before_deadline=np.array([deadline is None or t <= deadline for t in times_utc]),
         in_window=in_window,
+        hour_bin=np.array([hour_bin(t) for t in times_utc], dtype=np.int64),
     )
 
 
@@ -157,6 +173,30 @@ class Counts:
     offer_window: np.ndarray  # (O,): contacts with each offer over the offer window
     capacity_used: np.ndarray  # (C, 2): sends per channel on the grid's two UTC days
     suppressed: dict[str, str] = field(default_factory=dict)  # channel or "*" -> reason
+    sends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # hour bins of the user's
+    # contacts (one entry per contact; NO_SEND pads), for the spacing rule
+
+
+def _reach(config: OperatorConfig, grid: TimeGrid) -> tuple[int, int]:
+    """The hour bins a contact must fall in to matter to the spacing rule at any of the grid's slots (the ledger keeps
+    every hour counter: without this bound a long-contacted user's decision would read them all)."""
+    hours = config.caps.spacing_hours
+    return int(grid.hour_bin[0]) - hours + 1, int(grid.hour_bin[-1]) + hours - 1
+
+
+def _sends(user_counts: dict[str, int], reach: tuple[int, int]) -> list[int]:
+    """The hour bins of a user's contacts within `reach` from the ledger's `h:` counters, one entry per contact."""
+    return [b for name, n in user_counts.items() if name.startswith("h:") and reach[0] <= (b := int(name[2:])) <= reach[1]
+            for _ in range(n)]
+
+
+def _spacing(caps, sends: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per send slot (hour bin), whether the spacing rule lets a contact go out then."""
+    if caps.spacing_contacts <= 0 or not (np.asarray(sends) != NO_SEND).any():
+        return np.ones(bins.shape, dtype=bool)
+    flat = bins.reshape(-1)
+    return spacing_ok(np.broadcast_to(np.asarray(sends).reshape(1, -1), (len(flat), np.asarray(sends).size)), flat,
+                      caps.spacing_contacts, caps.spacing_hours).reshape(bins.shape)
 
 
 def _local_days(grid: TimeGrid) -> list[date]:
@@ -178,6 +218,7 @@ def counts_from(user_counts: dict[str, int], capacity_counts: dict[str, int], co
         capacity_used=np.array([[capacity_counts.get(f"{c}:{d}", 0) for d in grid.utc_dates] for c in config.channel_names()],
                                dtype=np.int64).reshape(len(config.channels), 2),
         suppressed=suppressed,
+        sends=np.array(_sends(user_counts, _reach(config, grid)), dtype=np.int64),
     )
 
 
@@ -220,6 +261,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
     week = np.stack([counts.channel_day[:, k:k + WEEK].sum(axis=1) for k in (0, 1)], axis=1)  # (C, 2)
     user_day = day.sum(axis=0)  # (2,)
     user_week = week.sum(axis=0)  # (2,)
+    spaced = _spacing(caps, counts.sends, grid.hour_bin)  # (S,)
     for j, ch in enumerate(config.channels):
         reason, detail = None, ""
         suppression = counts.suppressed.get(ch.channel) or counts.suppressed.get("*")
@@ -245,6 +287,7 @@ def evaluate(config: OperatorConfig, features: dict[str, object], counts: Counts
             ("cap_channel_week", (week[j] < caps.per_channel_week)[grid.local_day]),
             ("cap_user_day", (user_day < caps.per_user_day)[grid.local_day]),
             ("cap_user_week", (user_week < caps.per_user_week)[grid.local_day]),
+            ("spacing", spaced),
             ("capacity", (counts.capacity_used[j] < capacity)[grid.utc_day]),
         )
         ok = np.ones(SLOTS, dtype=bool)
@@ -272,6 +315,8 @@ class Constraint:
     keys: tuple[Key, ...]
     limit: int
     rule: str
+    hours: int = 0  # > 0: the spacing rule instead of a sum: `keys` are the new contacts' hour counters (one scope),
+    # and with the scope's stored `h:` counters no `hours` consecutive hours may hold more than `limit` (spacing_ok)
 
 
 def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[str, str, datetime]],
@@ -285,7 +330,8 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
     for offer_id, channel, send_at in actions:
         d = send_at.astimezone(tz).date()
         utc_d = send_at.astimezone(UTC).date()
-        charges += [(user_id, f"c:{channel}:{d}"), (user_id, f"o:{offer_id}:{d}"), (CAPACITY, f"{channel}:{utc_d}")]
+        charges += [(user_id, f"c:{channel}:{d}"), (user_id, f"o:{offer_id}:{d}"), (CAPACITY, f"{channel}:{utc_d}"),
+                    (user_id, spacing_field(hour_bin(send_at)))]
         # Rolling windows: every window that contains day d must stay within its cap, not only the one
         # ending at d (a decision for an earlier day could otherwise overfill a later window).
         found = [
@@ -303,6 +349,9 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
             found.append(Constraint(((CAPACITY, f"{channel}:{utc_d}"),), capacity, "capacity"))
         for c in found:
             constraints[(c.keys, c.rule)] = c
+    if caps.spacing_contacts > 0 and actions:
+        hours = tuple(k for k in charges if k[1].startswith("h:"))
+        constraints[(hours, "spacing")] = Constraint(hours, caps.spacing_contacts, "spacing", caps.spacing_hours)
     return charges, list(constraints.values())
 
 
@@ -316,7 +365,7 @@ def constraints_for(user_id: str, config: OperatorConfig, actions: list[tuple[st
 _OFFER_RULES = ("not_in_campaign", "offer_not_valid", "eligibility", "cap_offer")  # codes 1..4 (0 = allowed)
 _CHANNEL_RULES = ("not_in_campaign", "suppressed", "consent", "timezone_unknown")  # codes 1..4
 _SLOT_RULES = ("deadline", "send_window", "quiet_hours", "cap_channel_day", "cap_channel_week", "cap_user_day",
-               "cap_user_week", "capacity")
+               "cap_user_week", "spacing", "capacity")
 _CONSENTED = (True, 1, 1.0, "true", "True")
 
 
@@ -451,33 +500,37 @@ class GridBatch:
     utc_day: np.ndarray
     before_deadline: np.ndarray
     in_window: np.ndarray
+    hour_bin: np.ndarray
 
     def take(self, rows: np.ndarray) -> GridBatch:
         return GridBatch([self.grids[r] for r in rows.tolist()], self.local_hour[rows], self.local_day[rows],
-                         self.utc_day[rows], self.before_deadline[rows], self.in_window[rows])
+                         self.utc_day[rows], self.before_deadline[rows], self.in_window[rows], self.hour_bin[rows])
 
 
 def grid_batch(grids: list[TimeGrid]) -> GridBatch:
     return GridBatch(grids, np.stack([g.local_hour for g in grids]), np.stack([g.local_day for g in grids]),
                      np.stack([g.utc_day for g in grids]), np.stack([g.before_deadline for g in grids]),
-                     np.stack([g.in_window for g in grids]))
+                     np.stack([g.in_window for g in grids]), np.stack([g.hour_bin for g in grids]))
 
 
 @dataclass
 class CountsBatch:
-    """Counts of many users: (U, C, WEEK + 1), (U, O), (U, C, 2) and each user's suppressions."""
+    """Counts of many users: (U, C, WEEK + 1), (U, O), (U, C, 2), each user's suppressions, and (U, K) the hour bins
+    of each user's contacts (NO_SEND pads)."""
 
     channel_day: np.ndarray
     offer_window: np.ndarray
     capacity_used: np.ndarray
     suppressed: list[dict[str, str]]
+    sends: np.ndarray
 
     def take(self, rows: np.ndarray) -> CountsBatch:
         return CountsBatch(self.channel_day[rows], self.offer_window[rows], self.capacity_used[rows],
-                           [self.suppressed[r] for r in rows.tolist()])
+                           [self.suppressed[r] for r in rows.tolist()], self.sends[rows])
 
     def one(self, row: int) -> Counts:
-        return Counts(self.channel_day[row], self.offer_window[row], self.capacity_used[row], self.suppressed[row])
+        return Counts(self.channel_day[row], self.offer_window[row], self.capacity_used[row], self.suppressed[row],
+                      self.sends[row])
 
 
 def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, int], config: OperatorConfig,
@@ -492,7 +545,9 @@ def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, i
     capacity_used = np.zeros((n_u, n_c, 2), dtype=np.int64)
     day_slots: dict[date, tuple[dict[str, int], set[str]]] = {}
     capacity: dict[tuple[date, date], np.ndarray] = {}
+    sends: list[list[int]] = [[] for _ in range(n_u)]
     for u, (counts, grid) in enumerate(zip(user_counts, grids, strict=True)):
+        reach = _reach(config, grid)
         d0 = grid.local_dates[0]
         if d0 not in day_slots:
             day_slots[d0] = ({d.isoformat(): k for k, d in enumerate(_local_days(grid))},
@@ -505,11 +560,17 @@ def counts_batch(user_counts: list[dict[str, int]], capacity_counts: dict[str, i
                 channel_day[u, channels[key], days[day]] = n
             elif kind == "o" and key in offers and day in offer_days:
                 offer_window[u, offers[key]] += n
+            elif kind == "h" and reach[0] <= int(rest) <= reach[1]:
+                sends[u] += [int(rest)] * n
         if grid.utc_dates not in capacity:
             capacity[grid.utc_dates] = np.array([[capacity_counts.get(f"{c}:{d}", 0) for d in grid.utc_dates]
                                                  for c in config.channel_names()], dtype=np.int64).reshape(n_c, 2)
         capacity_used[u] = capacity[grid.utc_dates]
-    return CountsBatch(channel_day, offer_window, capacity_used, suppressed)
+    k = max((len(x) for x in sends), default=0)
+    padded = np.full((n_u, k), NO_SEND, dtype=np.int64)
+    for u, x in enumerate(sends):
+        padded[u, :len(x)] = x
+    return CountsBatch(channel_day, offer_window, capacity_used, suppressed, padded)
 
 
 @dataclass
@@ -547,6 +608,13 @@ def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch,
                          for ch in config.channels], dtype=np.int64)
     shape = (n_u, n_c, grids.local_hour.shape[1])
     local_day = np.broadcast_to(grids.local_day[:, None, :], shape)
+    spaced = np.ones((n_u, shape[2]), dtype=bool)
+    if caps.spacing_contacts > 0 and counts.sends.size:
+        busy = np.flatnonzero((counts.sends != NO_SEND).any(axis=1))  # users with no contact pass
+        if len(busy):
+            sent = np.repeat(counts.sends[busy], shape[2], axis=0)  # (B * S, K)
+            spaced[busy] = spacing_ok(sent, grids.hour_bin[busy].reshape(-1), caps.spacing_contacts,
+                                      caps.spacing_hours).reshape(len(busy), shape[2])
     slot_rules = (
         np.broadcast_to(grids.before_deadline[:, None, :], shape),
         np.broadcast_to(grids.in_window[:, None, :], shape),
@@ -555,6 +623,7 @@ def evaluate_many(config: OperatorConfig, rules: UserRules, counts: CountsBatch,
         np.take_along_axis(week < caps.per_channel_week, local_day, axis=2),
         np.broadcast_to(np.take_along_axis(user_day < caps.per_user_day, grids.local_day, axis=1)[:, None, :], shape),
         np.broadcast_to(np.take_along_axis(user_week < caps.per_user_week, grids.local_day, axis=1)[:, None, :], shape),
+        np.broadcast_to(spaced[:, None, :], shape),
         np.take_along_axis(counts.capacity_used < capacity[None, :, None], np.broadcast_to(grids.utc_day[:, None, :], shape),
                            axis=2),
     )

@@ -732,6 +732,7 @@ class Runtime:
                     user_counts.channel_day[0, c, policy.WEEK - 1 + grid.local_day[s]] += 1
                     user_counts.offer_window[0, o] += 1
                     user_counts.capacity_used[0, c, grid.utc_day[s]] += 1
+                    user_counts.sends = np.concatenate([user_counts.sends, grid.hour_bin[s:s + 1].reshape(1, 1)], axis=1)
                     res = policy.evaluate_many(config, user_rules, user_counts, user_grid).one(0)
                     best = engine.best_slots(p_open[i], grid.local_hour, res.slot_ok)
                     # Charging only closes actions (`& feasible[i]` keeps to the pairs that were scored).

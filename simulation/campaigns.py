@@ -39,7 +39,11 @@ def eligible(offers: pd.DataFrame, state: dict[str, np.ndarray], at: pd.Timestam
             out[:, j] = False
             continue
         for clause in parse_eligibility(row.eligibility):
-            x = state[clause.feature]
+            x = state.get(clause.feature)
+            if x is None:  # a feature nobody has never qualifies (serving's rule: fail closed)
+                out[:, j] = False
+                break
+            out[:, j] &= pd.notna(x)  # nor does an unknown value
             if clause.op in ("in", "not in"):
                 hit = np.isin(x, np.asarray(clause.value, dtype=x.dtype))
                 out[:, j] &= hit if clause.op == "in" else ~hit

@@ -1,6 +1,6 @@
 """Replay a policy over a fresh period of a simulated world: same users and truth, outcomes from the response model.
 
-Every policy faces the same hard contact rules (consent, suppressions, caps, quiet hours, capacity);
+Every policy faces the same hard contact rules (consent, suppressions, caps, contact spacing, quiet hours, capacity);
 the replay does not repair a policy's choices, it counts any send that breaks a rule as a violation.
 Incremental conversions and revenue, unsubscribes and complaints are the expected values under the truth (the sum
 of each send's true probability: P(the contact caused a purchase), and that times the offer's value; P(unsubscribe),
@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from nextbest.features.contract import STAGE_OF_TYPE, STAGES, parse_quiet_hours
+from nextbest.features.contract import NO_SEND, STAGE_OF_TYPE, STAGES, parse_quiet_hours, spacing_ok
 from nextbest.simulation import response
 from nextbest.simulation.campaigns import Purchases, eligible
 from nextbest.simulation.catalog import CHANNELS
@@ -42,6 +42,8 @@ class Rules:
     per_user_channel_per_week: int = 3
     per_offer: int | None = 1  # sends of one offer to one user within `offer_window_days` (None: no such cap)
     offer_window_days: int = 7  # local calendar days, the day of the send included (the history holds 7 days)
+    spacing_contacts: int = 2  # no contact when the user already has this many contacts in the last
+    spacing_hours: int = 168  # hours (whole UTC hours; features/contract.py spacing_ok); 0 contacts = off
 
     @classmethod
     def of(cls, caps) -> Rules:
@@ -49,7 +51,8 @@ class Rules:
         violation exactly what the service refuses: per user and per channel per 7 days, per offer per window (the
         replay decides once per user and day)."""
         return cls(per_user_per_day=1, per_user_per_week=caps.per_user_week, per_user_channel_per_week=caps.per_channel_week,
-                   per_offer=caps.per_offer, offer_window_days=caps.offer_window_days)
+                   per_offer=caps.per_offer, offer_window_days=caps.offer_window_days,
+                   spacing_contacts=caps.spacing_contacts, spacing_hours=caps.spacing_hours)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class Period:
     last_offers: np.ndarray  # (n, k) offer index of each of those sends (-1 = none or not in the catalog)
     stage: np.ndarray  # (n,) funnel stage index at the start
     last_purchase_ns: np.ndarray  # (n,) int64 ns, NAT if none
+    # The features the offers' eligibility rules read, per user, as the decision service reads them (its newest feature
+    # snapshot before the period: pipelines/evaluate.py `feature_state`). None: stage, recency and tenure derived from
+    # the raw tables here, which is only the simulator's stand-in: the feature build rounds recency and tenure its own
+    # way and a snapshot older than the period misses the latest events, so the two disagree for some users.
+    state: dict[str, np.ndarray] | None = None
 
     @classmethod
     def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None) -> Period:
@@ -148,7 +156,8 @@ class Period:
             self, truth=truth, user_ids=self.user_ids[rows],
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
             last_channels=self.last_channels[rows], last_offers=self.last_offers[rows],
-            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows])
+            stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows],
+            state=None if self.state is None else {k: np.asarray(v)[rows] for k, v in self.state.items()})
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,14 @@ def _over_caps(sent: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     if rules.per_offer is not None:
         over |= count(window & (pairs["o"] == pairs["no"])) >= rules.per_offer
     return over
+
+
+def _unspaced(history: np.ndarray, send: np.ndarray, rules: Rules) -> np.ndarray:
+    """Per new send, whether it breaks the spacing rule with the user's other sends (`history`, ns, NAT padded)."""
+    if rules.spacing_contacts <= 0:
+        return np.zeros(len(send), dtype=bool)
+    bins = np.where(history != NAT, history // HOUR_NS, NO_SEND)
+    return ~spacing_ok(bins, send // HOUR_NS, rules.spacing_contacts, rules.spacing_hours)
 
 
 def keep_capacity(choice: Choice, capacity_left: np.ndarray) -> Choice:
@@ -288,8 +305,13 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         offer_capped = per_offer >= rules.per_offer if rules.per_offer is not None else np.zeros_like(per_offer, dtype=bool)
         # One decision per user per day is the per-day cap.
         user_ok = (in_week < rules.per_user_per_week) & (truth.signup_ns <= at_ns)
+        if rules.spacing_contacts > 0:
+            # The policy picks the hour after this: a user with `spacing_contacts` contacts in the spacing window before
+            # the day began (or planned after it) is out for the day, which keeps every hour of the day within the
+            # service's rule (spacing_ok, which the violations below apply at the send's own hour).
+            user_ok &= ((history > at_ns - rules.spacing_hours * HOUR_NS) & (history != NAT)).sum(axis=1) < rules.spacing_contacts
         allowed = period.consent & ~suppressed & user_ok[:, None] & (per_channel_week < rules.per_user_channel_per_week)
-        state = {
+        state = period.state if period.state is not None else {
             "lifecycle_stage": np.asarray(STAGES, dtype=object)[period.stage],
             "recency_days": np.where(period.last_purchase_ns != NAT, (at_ns - period.last_purchase_ns) // DAY_NS, 9999),
             "tenure_days": (at_ns - truth.signup_ns) // DAY_NS,
@@ -320,6 +342,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
             "cap": _over_caps(sends_ns_ch, rows, c, o, _local_day(truth.tz[rows], send), rules) | (truth.signup_ns[rows] > at_ns),
             "quiet_hours": ~hour_ok[c, h],
             "ineligible": ~offer_ok[rows, o],
+            "spacing": _unspaced(history[rows], send, rules),
             "capacity": np.zeros(len(rows), dtype=bool),
         }
         for ch in range(n_channels):

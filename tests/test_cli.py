@@ -40,6 +40,10 @@ def test_commands_in_the_wrong_order_explain_what_to_run(home):
     assert "nextbest simulate" in result.output and "nextbest ingest" in result.output
     result = runner.invoke(app, ["ingest"])
     assert result.exit_code == 2 and "--mapping" in result.output
+    # the loop runs through a decision service it would start: without a world it says so and starts none
+    result = runner.invoke(app, ["loop", "--rounds", "1"])
+    assert result.exit_code == 2 and "nextbest simulate" in result.output and "Traceback" not in result.output
+    assert not (home / "ledger.db").exists() and not (home / "raw").exists()
 
 
 def test_simulate_writes_the_worlds_catalog_and_forgets_the_old_worlds_contacts(home):

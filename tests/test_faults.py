@@ -343,7 +343,7 @@ def race_once(rt: Runtime, ledger: TracedLedger | MonitoredLedger, user: str, de
 def test_no_decision_commits_after_a_conflicting_opt_out_in_200_trials(backend, home, models, request):
     relaxed = default_config().model_copy(update={  # caps out of the way: only the opt-out may stop an e-mail
         "caps": Caps(per_channel_day=10_000, per_channel_week=10_000, per_user_day=10_000, per_user_week=10_000,
-                     per_offer=10_000),
+                     per_offer=10_000, spacing_contacts=0),
         "exploration": Exploration(method="none")})
     write_config(relaxed, home.home / "operator.yaml")
     if backend == "sqlite":

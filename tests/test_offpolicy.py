@@ -184,3 +184,37 @@ def test_a_service_logged_decision_is_open_only_where_the_service_allowed_it():
     ev = np.array([[[9.0, 1.0], [2.0, 1.0]]] * 3)  # the policy values A @ email (refused for u1) most
     best = np.where(open_, ev, -np.inf).reshape(3, -1).argmax(axis=1)
     assert best[0] == 2 and best[2] == 0  # u1: B @ email, the best it could send; the exported row: A @ email
+
+
+def test_scoring_in_batches_or_chunks_changes_no_estimate(monkeypatch):
+    # The judge scores every asked (row, action) pair in a few large calls and the policies' grid in chunks of rows,
+    # to fit a 20k-user log; one call per action and policy (`prepare` off) or tiny chunks must give the same table.
+    from nextbest.pipelines import offpolicy
+
+    data = planted(1_000, seed=8)
+    config = LogsConfig(folds=2, learners=("t",), rounds=20)
+    batched = policy_values(data, config)
+    monkeypatch.setattr(offpolicy, "_GRID_ROWS", 250)  # several chunks of rows and of (row, action) pairs
+    chunked = policy_values(data, config)
+    monkeypatch.setattr(offpolicy._RewardModel, "prepare", lambda self, asked: None)
+    one_by_one = policy_values(data, config)
+    for other in (chunked, one_by_one):
+        pd.testing.assert_frame_equal(batched, other)
+        for name, terms in batched.attrs["dr_terms"].items():
+            np.testing.assert_array_equal(terms, other.attrs["dr_terms"][name])
+    assert batched["matched"].min() > 0  # every policy rests on logged decisions: the comparison means something
+
+
+def test_the_best_fixed_reference_of_each_fold_is_chosen_on_the_other_folds():
+    # Picked on the decisions it is judged on, the best of many fixed policies is the luckiest: its estimate is biased
+    # up. Each fold's reference is the fixed policy with the best IPS value on the other folds.
+    from nextbest.pipelines.offpolicy import _best_fixed_out_of_fold
+
+    action = np.array(["a", "b", "a", "b", "a", "b"], dtype=object)
+    chosen = {"everyone: a": np.full(6, "a", dtype=object), "everyone: b": np.full(6, "b", dtype=object)}
+    reward = np.array([1.0, 0, 1, 0, 0, 1])  # a wins on fold 0 (rows 0-3), b on fold 1 (rows 4-5)
+    folds = np.array([0, 0, 0, 0, 1, 1])
+    terms = {"everyone: a": np.arange(6.0), "everyone: b": -np.arange(6.0)}
+    reference, by_fold = _best_fixed_out_of_fold(list(chosen), chosen, action, np.full(6, 0.5), reward, folds, terms)
+    assert by_fold == ["everyone: b", "everyone: a"]  # fold 0 judged by what won on fold 1, and the other way round
+    np.testing.assert_array_equal(reference, [-0.0, -1, -2, -3, 4, 5])

@@ -123,25 +123,46 @@ def test_retrain_resumes_after_a_failed_step_and_keeps_the_last_good_state(tmp_p
     assert not any(m["promoted"] for m in again["steps"]["train"]["models"].values())
 
 
+def _gate_config():
+    from nextbest.pipelines import retrain as pipeline
+
+    # the learner choice has its own tests (tests/test_uplift_learners.py); here the gate
+    return pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"), min_matched=20,
+                                  uplift_learner="funnel")
+
+
+@pytest.fixture(scope="module")
+def first_retrain(tmp_path_factory):
+    """A world's first retrain (no champion yet), done once: each variant below continues from a copy of it.
+    The world's truth is kept aside; the first run does not need it (no champion to judge)."""
+    from nextbest.pipelines import retrain as pipeline
+
+    settings = Settings(home=tmp_path_factory.mktemp("gate") / "home")
+    world = simulate(WorldConfig(n_users=800, seed=2))
+    write_raw(world.tables, settings.raw_dir)
+    truth = tmp_path_factory.mktemp("gate-truth")
+    world.truth.save(truth)
+    return settings, truth, pipeline.retrain(settings, _gate_config())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("simulated", [True, False], ids=["simulated", "company-logs"])
-def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path, simulated):
+def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path, simulated, first_retrain):
     import dataclasses
+    import shutil
 
     from mlflow import MlflowClient
 
     from nextbest.pipelines import retrain as pipeline
     from nextbest.pipelines.evaluate import champion_set
     from nextbest.training.registry import MODEL_NAMES, policy_gate
+    from tests.conftest import copy_home
 
-    settings = Settings(home=tmp_path / "home")
-    world = simulate(WorldConfig(n_users=800, seed=2))
-    write_raw(world.tables, settings.raw_dir)
+    source, truth, first = first_retrain
+    settings = copy_home(source, tmp_path / "home")
     if simulated:  # without a truth, the gate has only the company's logs: off-policy estimates
-        world.truth.save(settings.truth_dir)
-    # the learner choice has its own tests (tests/test_uplift_learners.py); here the gate
-    config = pipeline.RetrainConfig(trials=1, models=(*pipeline.POLICY_MODELS, "purchase"), min_matched=20, uplift_learner="funnel")
-    first = pipeline.retrain(settings, config)
+        shutil.copytree(truth, settings.truth_dir)
+    config = _gate_config()
     assert first["status"] == "done"
     assert all(m["promoted"] and not m["deferred"] for m in first["steps"]["train"]["models"].values())  # no champion yet
     assert first["steps"]["promote"]["promoted"] == {}
@@ -177,7 +198,14 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     assert tracking.get_run(version.tags["run_id"]).data.tags["gate_decision"] == "kept champion (policy gate)"
 
     if not simulated:  # too few logged decisions match a policy's choice: each challenger falls back to its holdout
-        thin = pipeline.retrain(settings, dataclasses.replace(config, min_matched=10**9), resume=False)
+        # the same challengers judged again (evaluate and promote rerun, nothing retrained)
+        state = pipeline.load_state(settings)
+        for step in ("evaluate", "promote"):
+            state["steps"].pop(step)
+        state["status"] = "failed at evaluate"
+        pipeline._save(settings, state)
+        thin = pipeline.retrain(settings, dataclasses.replace(config, min_matched=10**9))
+        assert thin["run_id"] == again["run_id"]
         decision = thin["steps"]["evaluate"]["decision"]
         assert decision["by"] == "holdout" and "each challenger judged on its holdout" in decision["reason"]
         better = {n for n, m in thin["steps"]["train"]["models"].items() if m.get("better_on_holdout")}

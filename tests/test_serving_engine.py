@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from nextbest.features.contract import NO_SEND
 from nextbest.serving import engine, policy
 from nextbest.serving.config import (
     Caps,
@@ -243,8 +244,9 @@ def test_constraints_cover_every_cap_for_a_commit():
     send_at = datetime(2026, 6, 1, 23, 30, tzinfo=UTC)  # 01:30 on June 2 in Berlin
     charges, cons = policy.constraints_for("u1", cfg, [("a", "email", send_at)], "Europe/Berlin")
     assert ("u1", "c:email:2026-06-02") in charges and (policy.CAPACITY, "email:2026-06-01") in charges
+    assert ("u1", policy.spacing_field(int(send_at.timestamp()) // 3600)) in charges  # the contact's UTC hour
     assert {c.rule for c in cons} == {"cap_channel_day", "cap_channel_week", "cap_user_day", "cap_user_week", "cap_offer",
-                                      "capacity"}
+                                      "capacity", "spacing"}
 
 
 def test_config_errors_name_the_item_and_the_fix(tmp_path):
@@ -345,7 +347,10 @@ def _random_case(rng: np.random.Generator, cfg: OperatorConfig, n: int):
     n_o, n_c = len(cfg.offers), len(cfg.channels)
     counts = [policy.Counts(channel_day=rng.integers(0, 2, (n_c, policy.WEEK + 1)) * (rng.random((n_c, policy.WEEK + 1)) < 0.3),
                             offer_window=rng.integers(0, 2, n_o), capacity_used=rng.integers(0, 6, (n_c, 2)),
-                            suppressed=[{}, {"email": "complaint"}, {"*": "regulator"}, {}][int(rng.integers(0, 4))])
+                            suppressed=[{}, {"email": "complaint"}, {"*": "regulator"}, {}][int(rng.integers(0, 4))],
+                            # 0-3 earlier or planned contacts around now, in UTC hours (the spacing rule's input)
+                            sends=np.where(np.arange(3) < rng.integers(0, 4), policy.hour_bin(NOW) + rng.integers(-180, 40, 3),
+                                           NO_SEND))
               for _ in range(n)]
     allowed_o = [None if rng.random() < 0.6 else set(rng.choice(cfg.offer_ids(), 2, replace=False)) for _ in range(n)]
     allowed_c = [None if rng.random() < 0.6 else set(rng.choice(cfg.channel_names(), 2, replace=False)) for _ in range(n)]
@@ -373,7 +378,8 @@ def test_batched_policy_is_the_scalar_policy_for_every_user():
         np.array([[a is None or c in a for c in cfg.channel_names()] for a in allowed_c]),
         known, [c.suppressed for c in counts])
     batch = policy.CountsBatch(np.stack([c.channel_day for c in counts]), np.stack([c.offer_window for c in counts]),
-                               np.stack([c.capacity_used for c in counts]), [c.suppressed for c in counts])
+                               np.stack([c.capacity_used for c in counts]), [c.suppressed for c in counts],
+                               np.stack([c.sends for c in counts]))
     got = policy.evaluate_many(cfg, rules, batch, policy.grid_batch(grids))
     seen = set()
     for u in range(n):
@@ -392,10 +398,13 @@ def test_batched_counts_are_counts_from_for_every_user():
     cfg = config(caps=Caps(offer_window_days=3))
     grids = [policy.time_grid(NOW + timedelta(hours=h), tz) for h, tz in ((0, "Europe/Berlin"), (20, "America/New_York"))]
     day = grids[0].local_dates[0]
+    H0 = policy.hour_bin(NOW + timedelta(hours=20))  # the second user's first slot
     user_counts = [{f"c:email:{day}": 1, f"c:sms:{day - timedelta(days=3)}": 2, f"o:a:{day + timedelta(days=2)}": 1,
                     f"o:a:{day - timedelta(days=3)}": 1, f"o:a:{day - timedelta(days=4)}": 5, "c:fax:2026-06-01": 9,
                     f"c:inapp:{day + timedelta(days=1)}": 1},
-                   {f"o:keep:{day}": 2, f"c:email:{day - timedelta(days=9)}": 4}]
+                   {f"o:keep:{day}": 2, f"c:email:{day - timedelta(days=9)}": 4,
+                    policy.spacing_field(H0 - 100): 2, policy.spacing_field(H0 + 30): 1,
+                    policy.spacing_field(H0 - 1000): 5}]  # too long ago to matter: not read
     capacity = {f"email:{NOW.date()}": 3, f"sms:{NOW.date() + timedelta(days=1)}": 7}
     got = policy.counts_batch(user_counts, capacity, cfg, grids, [{}, {"sms": "opt_out"}])
     for u in range(2):
@@ -404,6 +413,8 @@ def test_batched_counts_are_counts_from_for_every_user():
         np.testing.assert_array_equal(one.channel_day, want.channel_day)
         np.testing.assert_array_equal(one.offer_window, want.offer_window)
         np.testing.assert_array_equal(one.capacity_used, want.capacity_used)
+        assert sorted(one.sends[one.sends != NO_SEND]) == sorted(want.sends)
+    assert sorted(got.sends[1]) == [H0 - 100, H0 - 100, H0 + 30] and (got.sends[0] == NO_SEND).all()
     assert got.offer_window[0, 0] == 2 and got.channel_day[0, 0, policy.WEEK - 1] == 1
 
 

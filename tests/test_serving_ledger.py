@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nextbest.features.contract import spacing_ok
 from nextbest.serving.config import Caps, Channel, Offer, OperatorConfig
 from nextbest.serving.ledger import LedgerUnavailable, RedisLedger, Reservation, SQLiteLedger
 from nextbest.serving.policy import constraints_for
@@ -153,3 +154,41 @@ def test_unusable_sqlite_file_raises_ledger_unavailable(tmp_path):
     path.mkdir()  # a directory where the database file should be
     with pytest.raises(LedgerUnavailable):
         SQLiteLedger(path)
+
+
+def _spaced_everywhere(bins: list[int]) -> bool:
+    """No 168 consecutive hours hold more than 2 of `bins` (the default spacing), checked contact by contact."""
+    return all(spacing_ok([bins[:k] + bins[k + 1:]], [b], CFG.caps.spacing_contacts, CFG.caps.spacing_hours)[0]
+               for k, b in enumerate(bins))
+
+
+def test_spacing_is_rechecked_at_charge_time_also_against_a_later_planned_contact(ledger):
+    # Default spacing: no contact when the user has 2 contacts in the last 168 hours. Each commit is planned alone.
+    at = [DAY + timedelta(hours=h) for h in (100, 150, 50, 268, 317)]
+    status = [ledger.commit([reserve("s", "abc"[k % 3], "email", t)])[0] for k, t in enumerate(at)]
+    assert [c.status for c in status] == ["ok", "ok", "refused", "ok", "refused"]
+    # 50 h: its own past is empty, but the contact planned for 150 h would then have 2 in the 168 hours before it.
+    assert status[2].rule == "spacing" and status[4].rule == "spacing"  # 317 h: 150 and 268 are within 168 hours
+    bins = [int(f[2:]) for f, n in ledger.read(["s"]).user_counts["s"].items() if f.startswith("h:") for _ in range(n)]
+    assert len(bins) == 3 and _spaced_everywhere(bins)
+
+
+def test_concurrent_commits_cannot_both_pass_the_spacing_rule(ledger):
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        for k in range(6):  # hours spread over two weeks, in an order that plans earlier contacts after later ones
+            out = ledger.commit([reserve("t", "abc"[k % 3], ("email", "push")[seed % 2],
+                                         DAY + timedelta(hours=(seed * 53 + k * 97) % 336))])
+            with lock:
+                results.append(out[0].status)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bins = [int(f[2:]) for f, n in ledger.read(["t"]).user_counts["t"].items() if f.startswith("h:") for _ in range(n)]
+    assert results.count("ok") == len(bins) >= 2 and "refused" in results
+    assert _spaced_everywhere(bins)

@@ -372,3 +372,29 @@ def test_the_feast_registry_is_reread_only_when_its_file_changes(home):
     assert rt.features.refresh()
     after = rt.decide(DecideRequest(user_id=consenting_user(home), now=NOW, dry_run=True))
     assert after["filtered"] == before["filtered"] and not rt.features.refresh()
+
+
+def test_spacing_refuses_the_third_contact_in_a_week_and_the_log_carries_the_reason(home, models_v1):
+    # Caps alone (2 a day, 3 a week, one per channel a day) let a third contact go out tomorrow on in-app; the
+    # default spacing (no contact after 2 in the last 168 hours) refuses it, and the decision log carries the reason
+    # (its refused pairs are what off-policy evaluation takes as infeasible).
+    from nextbest.serving.config import load_config, write_config
+
+    users = pd.read_parquet(home.feature_dir / "profile.parquet")
+    many = users[users[["consent_email", "consent_push"]].astype(bool).all(axis=1)]  # in-app needs no consent
+    user = str(many["user_id"].iloc[0])
+    context = {"channels": ["email", "push", "inapp"]}
+    rt = Runtime(home, loader=lambda s: models_v1)
+    out = [rt.decide(DecideRequest(user_id=user, now=NOW + timedelta(minutes=k), context=context)) for k in range(3)]
+    assert [len(d["actions"]) for d in out] == [1, 1, 0]
+    refused = {r["channel"]: r["reason"] for r in out[2]["filtered"] if r["offer_id"] is None}
+    assert "spacing" in refused.values()
+    logged = json.loads((home.log_dir / "decisions.jsonl").read_text().splitlines()[-1])
+    assert {(r[0], r[2]) for r in logged["reasons"] if r[1] is None} >= {("spacing", c) for c, why in refused.items()
+                                                                        if why == "spacing"}
+    path = home.home / "operator.yaml"  # the same world without spacing: the third contact goes out
+    config = load_config(path)
+    write_config(config.model_copy(update={"caps": config.caps.model_copy(update={"spacing_contacts": 0})}), path)
+    third = Runtime(home, loader=lambda s: models_v1).decide(DecideRequest(user_id=user, now=NOW + timedelta(minutes=3),
+                                                                           context=context))
+    assert [a["channel"] for a in third["actions"]] == [c for c, why in refused.items() if why == "spacing"]

@@ -327,3 +327,29 @@ def test_the_replay_reports_expected_opt_outs_not_drawn_ones(world):
     # two seeds of the same policy: the expected rate moves far less than the drawn one can
     a, b = (r.metrics for r in runs)
     assert abs(a["unsubscribes_per_1k"] - b["unsubscribes_per_1k"]) < 0.1 * a["unsubscribes_per_1k"]
+
+
+def test_the_replay_keeps_to_the_spacing_rule_and_counts_a_send_that_breaks_it(world):
+    import dataclasses
+
+    from nextbest.simulation.policies import RandomPolicy
+    from nextbest.simulation.replay import Period, ReplayConfig, Rules, replay
+
+    period = Period.from_tables(world.tables, world.truth).sample(1000, seed=1)
+    # Weekly caps loose enough that only the spacing rule (default: no contact after 2 in the last 168 hours) binds.
+    rules = Rules(per_user_per_week=7, per_user_channel_per_week=7)
+    kept = replay(period, RandomPolicy(share=1.0), ReplayConfig(days=8, rules=rules))
+    assert kept.metrics["violations"] == 0
+    for _, hours in (kept.sends["send_at"].astype("int64") // 3_600_000_000_000).groupby(kept.sends["user_idx"]):
+        b = np.sort(hours.to_numpy())
+        assert (b[2:] - b[:-2] >= rules.spacing_hours).all()  # any 3 of a user's contacts span 168 hours or more
+
+    @dataclasses.dataclass(frozen=True)
+    class Unspaced:  # sees the same situation but the spacing rule: the replay must flag what it then sends
+        name: str = "unspaced"
+
+        def choose(self, s, rng):
+            return RandomPolicy(share=1.0).choose(dataclasses.replace(s, allowed=period.consent.copy()), rng)
+
+    broke = replay(period, Unspaced(), ReplayConfig(days=8, rules=rules)).sends
+    assert broke["broke_spacing"].sum() > 0 and kept.metrics["contacts"] < len(broke)

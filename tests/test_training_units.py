@@ -69,6 +69,77 @@ def test_send_time_net_overfits_one_batch():
     assert losses[0] > 0.5 and losses[-1] < 0.05
 
 
+def test_send_time_net_with_rhythm_inputs_overfits_one_batch():
+    import torch
+
+    from nextbest.training.nets import train_net
+    from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet
+
+    torch.manual_seed(0)
+    x, y = _one_batch()
+    net = SendTimeNet(width=12, channels=3, hidden=64, rhythm=RHYTHM_INPUTS)
+    share = np.random.default_rng(2).normal(size=(64, RHYTHM_INPUTS)).astype("float32")
+    inputs = {"x": x, "channel": np.arange(64) % 4, "hour": np.arange(64) % 24, "share": share}
+    losses = train_net(net, inputs, y, epochs=200, batch=64, lr=1e-2, weight_decay=0.0)
+    assert losses[0] > 0.5 and losses[-1] < 0.05
+
+
+def test_rhythm_inputs_shrink_sparse_profiles_towards_the_population():
+    from nextbest.training.scorers import rhythm_inputs
+
+    prior = np.full(24, 0.5 / 22)
+    prior[[8, 20]] = 0.25  # the population: mornings and evenings
+    own = np.zeros((4, 24))
+    own[:, 13] = 1.0  # every user's own activity: all at 13:00
+    events = np.array([np.nan, 0.0, 2.0, 500.0])  # unknown, none, sparse, rich
+    own[0] = np.nan  # no time profile served at all
+    at = {h: rhythm_inputs(own, events, np.full(4, h), prior, strength=6.0) for h in (8, 13, 20)}
+    log_share = {h: a[:, 0] for h, a in at.items()}
+    # No profile or no events: the population's hours. Two events count as two against the population's six:
+    # 13:00 rises a quarter of the way to the user's own share; five hundred events make it the user's own.
+    for u in (0, 1):
+        assert log_share[8][u] == log_share[20][u] > log_share[13][u]
+    np.testing.assert_allclose(np.exp(log_share[13][2]) / 24, (2 * 1.0 + 6 * prior[13]) / 8, rtol=1e-5)
+    assert log_share[8][2] > log_share[8][3] and log_share[13][3] > log_share[13][2] > log_share[13][1]
+    np.testing.assert_allclose(log_share[20][:2], np.log(24 * 0.25), rtol=1e-6)
+    # The second column is the share relative to the user's peak: 1 at the peak, below elsewhere.
+    assert at[20][0, 1] == pytest.approx(1.0) and at[13][3, 1] == pytest.approx(1.0) and at[8][3, 1] < 0.05
+    assert at[8].dtype == np.float32 and np.isfinite(np.concatenate(list(at.values()))).all()
+
+
+def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
+    """A send-time model saved before the rhythm inputs (raw share, no `rhythm` in its meta) still loads and scores
+    as it did; one with them loads back with its prior and strength. Both by their own meta."""
+    import json
+
+    import torch
+
+    from nextbest.training.encoding import fit_encoder
+    from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet, SendTimeScorer
+
+    rng = np.random.default_rng(3)
+    shares = rng.dirichlet(np.ones(24), size=6)
+    frame = pd.DataFrame({"x": rng.normal(size=6), "channel": ["push", "sms"] * 3, "local_hour": [8, 9, 13, 20, 21, 22],
+                          "rhythm_events_365d": [0.0, 3, 10, 40, 100, np.nan],
+                          **{f"open_share_h{h:02d}": shares[:, h] for h in range(24)}})
+    encoder = fit_encoder(frame, ["x"], request=("channel", "local_hour"))
+    torch.manual_seed(0)
+    legacy = SendTimeScorer(SendTimeNet(encoder.dense_width, 2, 8), encoder, ("push", "sms"), "send_time_v1", 8)
+    prior = np.arange(1, 25) / 300
+    new = SendTimeScorer(SendTimeNet(encoder.dense_width, 2, 8, RHYTHM_INPUTS), encoder, ("push", "sms"), "send_time_v1",
+                         8, prior, 6.0)
+    for name, scorer in (("legacy", legacy), ("new", new)):
+        scorer.save(tmp_path / name)
+        back = SendTimeScorer.load(tmp_path / name)
+        np.testing.assert_array_equal(back.predict(frame), scorer.predict(frame))
+    assert json.loads((tmp_path / "legacy" / "meta.json").read_text())["rhythm"] is None
+    assert SendTimeScorer.load(tmp_path / "legacy").rhythm_prior_ is None
+    np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "new").rhythm_prior_, prior)
+    # The legacy net reads the raw share at the hour (1/24 where unknown), the new one the two rhythm columns.
+    assert legacy.inputs(frame)["share"].shape == (6,) and new.inputs(frame)["share"].shape == (6, RHYTHM_INPUTS)
+    assert legacy.inputs(frame)["share"][2] == pytest.approx(shares[2, 13])
+
+
 def test_offer_net_overfits_one_weighted_batch():
     import torch
 

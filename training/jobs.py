@@ -287,6 +287,8 @@ def cv_folds(settings: Settings, name: str, data: TrainingSet, seed: int, split:
 def _primary(name: str, scorer, holdout: TrainingSet) -> float:
     if name == "uplift":
         return uplift.evaluate(scorer, holdout)["qini_auc"]
+    if name == "send_time":  # the AUC only: the hour-choice metrics are logged with the challenger's run
+        return send_time.evaluate(scorer, holdout, hour_choice_rows=0)["auc"]
     return _module(name).evaluate(scorer, holdout)["auc"]
 
 

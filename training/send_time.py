@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from nextbest.features.feature_services import service_name
@@ -18,11 +19,13 @@ from nextbest.training.datasets import (
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.nets import train_net
-from nextbest.training.scorers import SendTimeNet, SendTimeScorer, hour_share
+from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet, SendTimeScorer, hour_share, rhythm_columns
 
-__all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share"]
+__all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share",
+           "rhythm_prior", "hour_choice_metrics", "RAW_RHYTHM"]
 
 _SHARES = [f"open_share_h{h:02d}" for h in range(24)]
+RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour"])  # time-profile columns the net reads only through the rhythm inputs
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class SendTimeConfig:
     batch: int = 2048
     lr: float = 1e-2
     seed: int = 7
+    # A user's activity shares count as much as the population's shares would with this many events (the
+    # shrinkage of `scorers.rhythm_inputs`): on the demo world 4-8 picked the best hours from the shares alone.
+    rhythm_strength: float = 6.0
+    hour_choice_rows: int = 30_000  # holdout rows the hour-choice metrics score (each at every logged hour)
 
 
 def build_frame(store, raw: dict, config: SendTimeConfig = SendTimeConfig(), shared: SharedJoins | None = None) -> TrainingSet:
@@ -44,15 +51,71 @@ def build_frame(store, raw: dict, config: SendTimeConfig = SendTimeConfig(), sha
     return TrainingSet(frame, service, service_features(store, service), REQUEST_COLUMNS["send_time"])
 
 
+def rhythm_prior(frame) -> np.ndarray:
+    """The population's activity share per local hour: the users' shares weighted by the events they rest on
+    (uniform when no row has any)."""
+    shares, events = rhythm_columns(frame)
+    w = np.where(np.isnan(shares).any(axis=1), 0.0, np.nan_to_num(events, nan=0.0).clip(0.0, None))
+    if w.sum() <= 0:
+        return np.full(24, 1 / 24)
+    prior = (np.nan_to_num(shares, nan=0.0) * w[:, None]).sum(axis=0) / w.sum()
+    return prior / prior.sum()
+
+
 def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=None) -> SendTimeScorer:
     torch.manual_seed(config.seed)  # weight initialisation
-    encoder = fit_encoder(train.frame, list(train.features), request=train.request)  # + matched features
+    # The rhythm reaches the net once, as `rhythm_inputs`: the raw shares and the peak hour (and the matched
+    # share and gap derived from them) also in the tower let it fit noise of sparse profiles and the peak's -1
+    # ("no rhythm known"), which it read as an hour near midnight (benchmarks/RESULTS.md, issue 16).
+    columns = [c for c in train.features if c not in RAW_RHYTHM]
+    encoder = fit_encoder(train.frame, columns, request=train.request)  # + matched features (channel rates)
     channels = tuple(sorted(train.frame["channel"].dropna().astype(str).unique()))
-    net = SendTimeNet(encoder.dense_width, len(channels), config.hidden)
-    scorer = SendTimeScorer(net, encoder, channels, train.feature_service, config.hidden)
+    net = SendTimeNet(encoder.dense_width, len(channels), config.hidden, RHYTHM_INPUTS)
+    scorer = SendTimeScorer(net, encoder, channels, train.feature_service, config.hidden,
+                            rhythm_prior(train.frame), config.rhythm_strength)
     train_net(net, scorer.inputs(train.frame), train.y, epochs=config.epochs, batch=config.batch, lr=config.lr, seed=config.seed)
     return scorer
 
 
-def evaluate(scorer, holdout: TrainingSet) -> dict[str, float]:
-    return classification_metrics(holdout.y, np.asarray(scorer.predict(holdout.frame)))
+def hour_choice_metrics(scorer, holdout: TrainingSet, rows: int = 30_000, seed: int = 7) -> dict[str, float]:
+    """How well a rule's best hour opens, from logged sends: per rule, the open rate of the holdout sends that went
+    out at the hour the rule picks for that user and channel (among the hours the log used on the channel), over
+    the open rate of all of them. Unbiased for the rule's open rate when the log drew its send hours at random,
+    as the simulated history does; with a log that timed its sends, read it as a comparison on the same rows.
+
+    Rules: the model; `share`, the hour of the user's largest activity share (`open_share_hXX`, the plain
+    per-user baseline); `population`, the channel's best hour in these same rows (in-sample: favours it).
+    """
+    f = holdout.frame
+    if len(f) > rows:
+        f = f.iloc[np.sort(np.random.default_rng(seed).choice(len(f), rows, replace=False))]
+    y = f[holdout.label].to_numpy(dtype="float64")
+    hour = pd.to_numeric(f["local_hour"], errors="coerce").to_numpy()
+    channel = f["channel"].astype(str).to_numpy()
+    used = sorted(int(h) for h in np.unique(hour[np.isfinite(hour)]))
+    if not used or not len(f):
+        return {}
+    logged = np.zeros((len(f), 24), dtype=bool)  # the hours the log used on each row's channel
+    for c in np.unique(channel):
+        logged[np.ix_(channel == c, np.unique(hour[(channel == c) & np.isfinite(hour)]).astype(int))] = True
+    model = np.full((len(f), 24), -np.inf)
+    for h in used:
+        model[:, h] = scorer.predict(f.assign(local_hour=h))
+    shares, _ = rhythm_columns(f)
+    rates = pd.DataFrame({"c": channel, "h": hour, "y": y}).groupby(["c", "h"])["y"].mean()
+    population = np.full((len(f), 24), -np.inf)
+    for (c, h), r in rates.items():
+        population[channel == c, int(h)] = r
+    base = y.mean()
+    out = {"hour_choice_rows": float(len(f))}
+    for name, score in (("model", model), ("share", np.nan_to_num(shares, nan=1 / 24)), ("population", population)):
+        pick = np.where(logged, score, -np.inf).argmax(axis=1)
+        hit = pick == hour
+        out[f"hour_choice_{name}_matched"] = float(hit.sum())
+        out[f"hour_choice_{name}_open_lift"] = float(y[hit].mean() / base) if hit.any() and base > 0 else float("nan")
+    return out
+
+
+def evaluate(scorer, holdout: TrainingSet, hour_choice_rows: int = SendTimeConfig.hour_choice_rows) -> dict[str, float]:
+    metrics = classification_metrics(holdout.y, np.asarray(scorer.predict(holdout.frame)))
+    return {**metrics, **(hour_choice_metrics(scorer, holdout, hour_choice_rows) if hour_choice_rows else {})}
