@@ -58,9 +58,11 @@ def main() -> None:
     from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
 
     if args.judge == "raw":
+        from nextbest.pipelines.logs_to_contacts import PREFIX
         from nextbest.simulation.replay import Period
 
-        service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(tables, truth)
+        service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(
+            tables, truth, counted=tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy())
     print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}")
 
     os.environ.update(SIMULATED_CLOCK_ENV)

@@ -264,13 +264,18 @@ def _yard_config(config: ServiceLoopConfig, rules: Rules) -> ReplayConfig:
 
 
 def judged_period(settings: Settings, tables: dict[str, pd.DataFrame], truth: Truth) -> Period:
-    """The period a round is judged on: its eligibility rules read the features the service reads (its newest
-    snapshot), so the replay never counts as "ineligible" what the service rightly sent. (Derived from the raw tables
-    instead, a user's stage, recency and tenure differed for 0.5 % of the demo world's users after a round had moved
-    the world two days past the snapshot: 29 such "violations" in 15,725 sends at 3,000 users.)"""
+    """The period a round runs in and is judged on: the state the replay of `nextbest evaluate` starts from (every
+    contact before the round tires its user, the truth's fatigue), with two differences that make the judgement the
+    service's own. Its caps count only the service's own sends (the folded `nb-` rows), as its ledger does: the ledger
+    does not import contacts another system made (docs/serving.md). Its eligibility rules read the features the
+    service reads (its newest snapshot), so the replay never counts as "ineligible" what the service rightly sent.
+    (Derived from the raw tables instead, a user's stage, recency and tenure differed for 0.5 % of the demo world's
+    users after a round had moved the world two days past the snapshot: 29 such "violations" in 15,725 sends at 3,000
+    users.)"""
     from nextbest.pipelines.evaluate import feature_state
 
-    return feature_state(settings, Period.from_tables(tables, truth))
+    own = tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy()
+    return feature_state(settings, Period.from_tables(tables, truth, counted=own))
 
 
 def _yardstick_value(settings: Settings, period: Period, users: dict, replay_config: ReplayConfig) -> float:
@@ -302,10 +307,7 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
     yardstick: tuple[Period, dict, float] | None = None
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
-        # The caps count what the service's ledger counts: its own sends (the folded `nb-` rows), not contacts another
-        # system made before the loop (the ledger does not import exported contacts; see docs/serving.md).
-        own = tables["contacts"][tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX)]
-        full = judged_period(settings, {**tables, "contacts": own}, truth)
+        full = judged_period(settings, tables, truth)
         rows = _sample_rows(full.n_users, config.users, config.seed)
         period = full.sample(config.users, seed=config.seed)
         begin, end = period.start, period.start + pd.Timedelta(days=config.days)

@@ -116,3 +116,62 @@ def test_a_round_judges_eligibility_on_the_features_the_service_reads(trained, t
                                               strict=True)] for u in range(period.n_users)])
         order = [config.offer_ids().index(o) for o in period.offers["offer_id"].astype(str)]
         assert (judged == served[:, order]).all() == agrees  # raw-table stages differ for the planted buyers
+
+
+def test_a_rounds_world_is_tired_by_the_contacts_before_the_loop_that_its_caps_do_not_count(trained):
+    # Contacts another system made before the loop are not the ledger's, so the round's caps do not count them; but they
+    # tire the users as any contact does. The round's world starts from the state `nextbest evaluate`'s replay starts
+    # from (its fatigue counts every contact of the last 7 x 24 hours), or a round under-rewards spacing its contacts.
+    import numpy as np
+
+    from nextbest.pipelines.evaluate import feature_state
+    from nextbest.pipelines.service_loop import judged_period
+    from nextbest.simulation.replay import Choice, Period, ReplayConfig, keep_capacity, replay
+    from nextbest.simulation.truth import Truth
+
+    tables = {t: read_raw(trained.raw_dir, t) for t in ("users", "events", "contacts", "offers", "channels", "suppressions")}
+    truth = Truth.load(trained.truth_dir)
+    start = pd.Timestamp(truth.end_ns, tz="UTC")
+    # 30 users get 3 e-mails in the 3 days before the start from another system (a full weekly cap, were it counted),
+    # 30 others one send of the service's own (a folded `nb-` row), which the caps do count.
+    ids = tables["users"]["user_id"].astype(str).to_numpy()
+    other, ours = ids[:30], ids[30:60]
+    offer = tables["offers"]["offer_id"].iloc[0]
+    planted = pd.DataFrame({
+        "contact_id": [f"x-{u}-{d}" for u in other for d in (1, 2, 3)] + [f"{PREFIX}{u}-0" for u in ours],
+        "user_id": [u for u in other for _ in (1, 2, 3)] + list(ours),
+        "sent_at": [start - pd.Timedelta(days=d, hours=2) for _ in other for d in (1, 2, 3)]
+        + [start - pd.Timedelta(hours=20)] * len(ours),
+        "channel": "email", "offer_id": offer, "campaign_id": "before"})
+    contacts = pd.concat([tables["contacts"], planted], ignore_index=True)
+    tables["contacts"] = contacts.astype({c: object for c in ("contact_id", "user_id", "channel", "offer_id", "campaign_id")})
+
+    class Everyone:
+        """Every user who may be contacted gets the first offer and channel open to them, at their first open hour."""
+
+        name = "everyone"
+
+        def choose(self, s, rng):
+            n = len(s.allowed)
+            channel = s.allowed.argmax(axis=1)
+            offer = np.where(s.allowed.any(axis=1) & s.eligible.any(axis=1), s.eligible.argmax(axis=1), -1)
+            choice = Choice(offer, channel, s.hour_ok[channel].argmax(axis=1), np.ones(n), np.ones(n))
+            return keep_capacity(choice, s.capacity_left)
+
+    config = ReplayConfig(days=1)
+    round_sends = replay(judged_period(trained, tables, truth), Everyone(), config).sends
+    evaluated = replay(feature_state(trained, Period.from_tables(tables, truth)), Everyone(), config).sends
+    sent = pd.to_datetime(contacts["sent_at"], utc=True)
+    week = contacts[contacts["channel"].notna() & (sent > start - pd.Timedelta(days=7)) & (sent < start)]
+    expected = week["user_id"].astype(str).value_counts()
+    for sends in (round_sends, evaluated):
+        users = ids[sends["user_idx"].to_numpy()]
+        assert (sends["recent_contacts"].to_numpy() == expected.reindex(users).fillna(0).to_numpy()).all()
+    round_users = set(ids[round_sends["user_idx"]])
+    # the other system's contacts tire the round's users (3 each, and any in the history) but fill no cap of the
+    # service's; the service's own send counts, against the caps (spacing) as in the fatigue
+    assert set(other) <= round_users and not set(other) & set(ids[evaluated["user_idx"]])
+    assert (round_sends.loc[np.isin(ids[round_sends["user_idx"]], other), "recent_contacts"] >= 3).all()
+    assert not round_sends["violation"].any()
+    mine = np.isin(ids[round_sends["user_idx"]], ours)
+    assert mine.any() and (round_sends.loc[mine, "recent_contacts"] >= 1).all()
