@@ -60,7 +60,6 @@ class ReplayConfig:
     days: int = 14
     seed: int = 11
     rules: Rules = field(default_factory=Rules)
-    control_share: float = 0.0  # share of a policy's sends held out as a no-contact control group (logged)
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,6 @@ class ReplayResult:
     policy: str
     sends: pd.DataFrame  # one row per send with expected and drawn outcomes
     metrics: dict[str, float]
-    controls: pd.DataFrame | None = None  # held-out decisions (with `record`): day, user_idx, decided_at, propensity, ...
     events: dict[str, np.ndarray] | None = None  # events the sends caused (clicks, purchases), with `record`
 
 
@@ -275,7 +273,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
 
     `organic`: the users' organic purchases in the period (a contact's logged conversion is the earlier of the
     purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
-    every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
+    every outcome's time and the caused events, the logs the closed loop feeds back (pipelines/service_loop.py).
     `observe`: called with each day's sends once drawn (a policy outside the replay learns its outcomes day by day).
     """
     if period.truth is None:
@@ -301,7 +299,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     for k in range(period.last_sends.shape[1]):
         had = (period.last_channels[:, k] >= 0) & counted[:, k]
         sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], sends_day[k][had], period.last_offers[had, k]))
-    frames, held, caused_events = [], [], []
+    frames, caused_events = [], []
     for day in range(config.days):
         at = period.start + pd.Timedelta(days=day)
         at_ns = at.value
@@ -339,12 +337,6 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         choice = policy.choose(situation, rng)
         rows = np.flatnonzero(choice.offer >= 0)
         propensity = choice.propensity[rows]
-        if config.control_share > 0 and len(rows):
-            hold = rng.random(len(rows)) < config.control_share
-            if record:
-                held.append(pd.DataFrame({"day": day, "user_idx": rows[hold], "decided_at": pd.Timestamp(at_ns, tz="UTC"),
-                                          "propensity": config.control_share * propensity[hold]}))
-            rows, propensity = rows[~hold], (1 - config.control_share) * propensity[~hold]
         if len(rows) == 0:
             continue
         o, c, h = choice.offer[rows], choice.channel[rows], choice.hour[rows].astype(np.int64)
@@ -405,10 +397,6 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     sends = pd.concat(frames, ignore_index=True) if frames else _empty_sends()
     result = ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
     if record:
-        result.controls = (pd.concat(held, ignore_index=True) if held else
-                           pd.DataFrame({"day": pd.Series(dtype=int), "user_idx": pd.Series(dtype=int),
-                                         "decided_at": pd.Series(dtype="datetime64[ns, UTC]"),
-                                         "propensity": pd.Series(dtype=float)}))
         result.events = {k: np.concatenate([e[k] for e in caused_events]) for k in caused_events[0]} if caused_events else None
     return result
 
