@@ -12,11 +12,17 @@ action at its send time (fatigue from the judged log's sends, as the round's wor
 `--spacing`: the caps' spacing rule for the round (default: the home's caps); `--judge raw`: judge the round's sends
 on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
 features the service reads, to count the "ineligible" sends that difference makes.
+
+  python benchmarks/bench_ope_service.py --logs-of DIR [--since 2026-10-01]
+
+judges the logs a finished `nextbest loop` left in home DIR instead (copied, never changed): no round is run; the
+decisions from `--since` (default: the first round's start in DIR/service_loop/state.json) up to the world's end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -32,13 +38,27 @@ from nextbest.features.settings import Settings
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--home", type=Path, help="a demo home: run one round through the service on a copy, then judge it")
+    source.add_argument("--logs-of", type=Path, help="a home `nextbest loop` ran in: judge its logs (on a copy)")
+    parser.add_argument("--since", default="", help="with --logs-of: judge decisions from this date on")
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--spacing", default="")
     parser.add_argument("--judge", choices=["features", "raw"], default="features")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ope-"))
+    if args.logs_of is not None:
+        shutil.copytree(args.logs_of, work / "home")
+        home = Settings(home=work / "home")
+        rounds = json.loads((home.home / "service_loop" / "state.json").read_text())["rounds"]
+        start = pd.Timestamp(args.since or rounds[0]["start"], tz="UTC")
+        end = pd.Timestamp(json.loads((home.truth_dir / "truth.json").read_text())["end_ns"], tz="UTC")
+        print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}: the logs of {args.logs_of}, "
+              f"{len(rounds)} rounds, decisions from {start.date()} to {end.date()}")
+        judge(home, start, end)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     # A fresh ledger: a copied ledger identity without its store is a lost ledger (no contact, by design).
     shutil.copytree(args.home, work / "home", ignore=shutil.ignore_patterns("ledger.*", "logs", "service_loop"))
     home = Settings(home=work / "home")
@@ -58,9 +78,11 @@ def main() -> None:
     from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
 
     if args.judge == "raw":
+        from nextbest.pipelines.logs_to_contacts import PREFIX
         from nextbest.simulation.replay import Period
 
-        service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(tables, truth)
+        service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(
+            tables, truth, counted=tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy())
     print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}")
 
     os.environ.update(SIMULATED_CLOCK_ENV)
@@ -75,7 +97,14 @@ def main() -> None:
           f"round {time.perf_counter() - started:.0f} s ({time.process_time():.0f} CPU-s so far), "
           f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(table.drop(columns=["models"]).T.to_string())
+    start = pd.Timestamp(table["start"].iloc[0], tz="UTC")
+    judge(home, start, start + pd.Timedelta(days=args.days))
+    shutil.rmtree(work, ignore_errors=True)
 
+
+def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    """Fold the home's service logs up to `end`, then judge the NBA and propensity-only policies on the decisions from
+    `start` with a full outcome window (IPS, SNIPS, DR against the truth), and the logged rewards row by row."""
     from nextbest.pipelines.evaluate import (
         _decisions,
         champion_set,
@@ -88,14 +117,15 @@ def main() -> None:
     from nextbest.simulation.truth import Oracle
     from nextbest.training.datasets import outcome_within
 
-    start = pd.Timestamp(table["start"].iloc[0], tz="UTC")
-    print(fold_logs(home, cutoff=start + pd.Timedelta(days=args.days)))
+    print(fold_logs(home, cutoff=end))
     world, tables = load_period(home)
-    own = tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX)
-    tables = {**tables, "contacts": tables["contacts"][own]}
+    every = tables["contacts"]  # the users remember every contact (the round's world counts them all in the fatigue)
+    own = every["contact_id"].astype(str).str.startswith(PREFIX)
+    tables = {**tables, "contacts": every[own]}
     cutoff, logged = _decisions(home, tables, world, since=start)
     nba, propensity_only = model_policies(home, world, models=champion_set(home), as_of=cutoff)
-    for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged).items():
+    for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged,
+                                   seen=every).items():
         print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action")
         print(ope.to_markdown(index=False, floatfmt=".4f"))
 
@@ -106,16 +136,17 @@ def main() -> None:
     sent = pd.to_datetime(c["sent_at"], utc=True)
     sent_rows = c["channel"].notna().to_numpy()
     truth = oracle.p_organic(u, sent)
+    # Fatigue over every contact before each judged one, not only the judged log's (as the round's world counts it).
+    tired = pd.Series(recent_contacts(every.reset_index(drop=True)), index=every["contact_id"].astype(str).to_numpy())
     truth[sent_rows] = oracle.p_convert(u[sent_rows], c.loc[sent_rows, "offer_id"].astype(str).to_numpy(),
                                         c.loc[sent_rows, "channel"].astype(str).to_numpy(), sent[sent_rows],
-                                        recent_contacts=recent_contacts(c)[sent_rows])
+                                        recent_contacts=tired.reindex(c["contact_id"].astype(str)).to_numpy()[sent_rows])
     rows = pd.DataFrame({"variant": c["variant"], "logged": outcome_within(c, "converted_at", 7), "truth": truth})
     out = rows.groupby("variant").agg(n=("logged", "size"), logged=("logged", "mean"), truth=("truth", "mean"))
     out["error"] = out["logged"] / out["truth"] - 1
     out["z"] = (out["logged"] - out["truth"]) / np.sqrt(out["truth"] * (1 - out["truth"]) / out["n"])
     print("\nrow by row: mean logged reward against the truth of the logged action")
     print(out.to_markdown(floatfmt=".4f"))
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -486,11 +486,10 @@ def loop(
         run_guarded(_service_loop, settings, service, rounds, days, trials, users)
         return
     from nextbest.pipelines.serve_commands import running_service
-    from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV
+    from nextbest.pipelines.service_loop import simulated_clock
 
     # The loop's own service: loopback only, believing the simulated calendar, stopped when the rounds end.
-    simulated = settings.model_copy(update={"host": "127.0.0.1", **{k.removeprefix("NEXTBEST_").lower(): int(v)
-                                                                     for k, v in SIMULATED_CLOCK_ENV.items()}})
+    simulated = simulated_clock(settings)
 
     def body() -> None:
         if not (settings.truth_dir / "truth.json").exists():  # before a service is started for nothing

@@ -321,7 +321,8 @@ def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: 
 
 
 def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: Period, tables: dict[str, pd.DataFrame],
-                 sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> dict[str, pd.DataFrame]:
+                 sample: int | None = 100_000, seed: int = 7, window_days: int = 7,
+                 seen: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Per policy, IPS, SNIPS and DR estimates from the logged decisions in `tables["contacts"]`, by the estimator of
     `nextbest evaluate --logs` (`offpolicy.judge_choices`: reward = conversion within `window_days`, the label's
     window; DR's reward model cross-fitted over users, one for all policies), next to the simulated truth when
@@ -332,6 +333,8 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     the oracle's P(convert) of the policy's action at each judged send time (none on a company's own logs).
     `attrs["matched"]`: the judged decisions where the policy takes the logged action, the rows the estimates rest
     on; `attrs["dr_terms"]`: DR's per-decision terms, for paired differences (the same decisions for every policy).
+    `seen`: every contact the users received (the whole contacts table), so the truth's fatigue at a judged decision
+    counts the contacts before the judged log too; without it, only the log's own.
     """
     from nextbest.training.uplift import UpliftConfig, build_frame
 
@@ -360,7 +363,7 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     names = np.asarray(channels, dtype=object)
     chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
     judged = judge_choices(data, chosen, LogsConfig(seed=seed))
-    truth = _simulated_truth(period, log, rows, users, greedy, offer_ids, names) if period.truth is not None else {}
+    truth = _simulated_truth(period, log, rows, users, greedy, offer_ids, names, seen) if period.truth is not None else {}
     out = {}
     for name in policies:
         row = judged.loc[name]
@@ -378,14 +381,21 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
 
 
 def _simulated_truth(period: Period, log: pd.DataFrame, rows: np.ndarray, users: np.ndarray,
-                     greedy: dict[str, np.ndarray], offer_ids: np.ndarray, channels: np.ndarray) -> dict[str, float]:
-    """Per policy, the oracle's mean P(convert within 7 d) of its choices at the judged decisions' send times."""
+                     greedy: dict[str, np.ndarray], offer_ids: np.ndarray, channels: np.ndarray,
+                     seen: pd.DataFrame | None = None) -> dict[str, float]:
+    """Per policy, the oracle's mean P(convert within 7 d) of its choices at the judged decisions' send times; the
+    users' fatigue counts the contacts in `seen` (every contact they received, with ids) or, without it, the log's."""
     from nextbest.simulation.response import recent_contacts
     from nextbest.simulation.truth import Oracle
 
     oracle = Oracle(period.truth, period.offers)
     u, sent_at = users[rows], log["sent_at"].iloc[rows].reset_index(drop=True)
-    recent = recent_contacts(log)[rows]
+    if seen is None:
+        recent = recent_contacts(log)[rows]
+    else:
+        seen = seen.reset_index(drop=True)
+        tired = pd.Series(recent_contacts(seen), index=seen["contact_id"].astype(str).to_numpy())
+        recent = tired.reindex(log["contact_id"].astype(str)).fillna(0).to_numpy(dtype=np.int64)[rows]
     organic = oracle.p_organic(u, sent_at)
     out = {}
     for name, pick in greedy.items():

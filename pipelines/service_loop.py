@@ -49,7 +49,8 @@ from nextbest.simulation.response import HORIZON_DAYS
 from nextbest.simulation.truth import Truth
 from nextbest.simulation.world import events_table
 
-__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "run_service_loop", "judged_period"]
+__all__ = ["ServiceLoopConfig", "SIMULATED_CLOCK_ENV", "ServiceError", "ServicePolicy", "run_service_loop", "judged_period",
+           "simulated_clock", "demo_round"]
 
 _TEN_YEARS_S = str(10 * 365 * 86_400)
 # What a service driven through simulated days needs: caller times anywhere in the simulated calendar are believed.
@@ -57,6 +58,13 @@ SIMULATED_CLOCK_ENV = {"NEXTBEST_MAX_AGE_S": _TEN_YEARS_S, "NEXTBEST_CLOCK_SKEW_
                        "NEXTBEST_MAX_OUTCOME_AGE_S": _TEN_YEARS_S}
 _CAMPAIGN_HOUR = pd.Timedelta(hours=6)  # the campaign asks for its decisions each morning, 06:00 UTC
 _REPORTED = ("opened", "clicked", "converted", "unsubscribed", "complained")  # what the campaign system reports back
+
+
+def simulated_clock(settings: Settings) -> Settings:
+    """`settings` for a decision service the loop starts itself: bound to 127.0.0.1, believing caller times anywhere
+    in the simulated calendar (SIMULATED_CLOCK_ENV)."""
+    return settings.model_copy(update={"host": "127.0.0.1", **{k.removeprefix("NEXTBEST_").lower(): int(v)
+                                                                for k, v in SIMULATED_CLOCK_ENV.items()}})
 
 
 class ServiceError(RuntimeError):
@@ -157,15 +165,14 @@ class WithoutHoldout:
 
 
 class Pending:
-    """What the world has decided but nobody has seen yet, kept between rounds in `folder` (both loops): future
-    events, outcomes not reported yet (this loop) or loop contacts not revealed yet (pipelines/loop.py), and the
-    rounds so far."""
+    """What the world has decided but nobody has seen yet, kept between rounds in `folder`: future events, outcomes
+    not reported yet, and the rounds so far."""
 
-    _FRAMES = ("contacts", "outcomes", "events")
+    _FRAMES = ("outcomes", "events")
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.contacts, self.outcomes, self.events = (self._read(f"{name}.parquet") for name in self._FRAMES)
+        self.outcomes, self.events = (self._read(f"{name}.parquet") for name in self._FRAMES)
         state = folder / "state.json"
         self.state = json.loads(state.read_text()) if state.exists() else {"rounds": [], "generated_until_ns": None}
 
@@ -264,13 +271,18 @@ def _yard_config(config: ServiceLoopConfig, rules: Rules) -> ReplayConfig:
 
 
 def judged_period(settings: Settings, tables: dict[str, pd.DataFrame], truth: Truth) -> Period:
-    """The period a round is judged on: its eligibility rules read the features the service reads (its newest
-    snapshot), so the replay never counts as "ineligible" what the service rightly sent. (Derived from the raw tables
-    instead, a user's stage, recency and tenure differed for 0.5 % of the demo world's users after a round had moved
-    the world two days past the snapshot: 29 such "violations" in 15,725 sends at 3,000 users.)"""
+    """The period a round runs in and is judged on: the state the replay of `nextbest evaluate` starts from (every
+    contact before the round tires its user, the truth's fatigue), with two differences that make the judgement the
+    service's own. Its caps count only the service's own sends (the folded `nb-` rows), as its ledger does: the ledger
+    does not import contacts another system made (docs/serving.md). Its eligibility rules read the features the
+    service reads (its newest snapshot), so the replay never counts as "ineligible" what the service rightly sent.
+    (Derived from the raw tables instead, a user's stage, recency and tenure differed for 0.5 % of the demo world's
+    users after a round had moved the world two days past the snapshot: 29 such "violations" in 15,725 sends at 3,000
+    users.)"""
     from nextbest.pipelines.evaluate import feature_state
 
-    return feature_state(settings, Period.from_tables(tables, truth))
+    own = tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy()
+    return feature_state(settings, Period.from_tables(tables, truth, counted=own))
 
 
 def _yardstick_value(settings: Settings, period: Period, users: dict, replay_config: ReplayConfig) -> float:
@@ -302,10 +314,7 @@ def run_service_loop(settings: Settings, client, config: ServiceLoopConfig = Ser
     yardstick: tuple[Period, dict, float] | None = None
     for k in range(config.rounds):
         round_no = len(pending.state["rounds"]) + 1
-        # The caps count what the service's ledger counts: its own sends (the folded `nb-` rows), not contacts another
-        # system made before the loop (the ledger does not import exported contacts; see docs/serving.md).
-        own = tables["contacts"][tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX)]
-        full = judged_period(settings, {**tables, "contacts": own}, truth)
+        full = judged_period(settings, tables, truth)
         rows = _sample_rows(full.n_users, config.users, config.seed)
         period = full.sample(config.users, seed=config.seed)
         begin, end = period.start, period.start + pd.Timedelta(days=config.days)
@@ -401,8 +410,7 @@ def demo_round(settings: Settings, users: int = 500, days: int = 2, holdout: flo
         campaigns = {**operator.holdout.campaigns, "loop": holdout}
         write_config(operator.model_copy(update={"holdout": operator.holdout.model_copy(update={"campaigns": campaigns})}),
                      path, note="the demo added a 10 % hold-out for its campaign `loop`")
-    simulated = settings.model_copy(update={k.removeprefix("NEXTBEST_").lower(): int(v) for k, v in SIMULATED_CLOCK_ENV.items()})
-    with running_service(simulated) as url, httpx.Client(base_url=url, timeout=120) as client:
+    with running_service(simulated_clock(settings)) as url, httpx.Client(base_url=url, timeout=120) as client:
         if before is not None:
             before(demo_requests(settings, client=client))
         table = run_service_loop(settings, client, ServiceLoopConfig(rounds=1, days=days, users=users))

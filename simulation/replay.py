@@ -60,7 +60,6 @@ class ReplayConfig:
     days: int = 14
     seed: int = 11
     rules: Rules = field(default_factory=Rules)
-    control_share: float = 0.0  # share of a policy's sends held out as a no-contact control group (logged)
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,17 @@ class Period:
     # the raw tables here, which is only the simulator's stand-in: the feature build rounds recency and tenure its own
     # way and a snapshot older than the period misses the latest events, so the two disagree for some users.
     state: dict[str, np.ndarray] | None = None
+    # (n, k) whether the caps count each of the last sends. None: all. A service's ledger counts only its own sends
+    # (it does not import another system's contacts), so a round through the service counts only those against the
+    # caps; the users tire of every contact all the same (the truth's fatigue counts them all).
+    last_counted: np.ndarray | None = None
 
     @classmethod
-    def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None) -> Period:
+    def from_tables(cls, tables: dict[str, pd.DataFrame], truth: Truth | None,
+                    counted: np.ndarray | None = None) -> Period:
         """Build from raw tables in the contract (what `simulate` returns or what is on disk) and the truth;
-        without a truth, the period starts at the first midnight after the logs (off-policy evaluation only)."""
+        without a truth, the period starts at the first midnight after the logs (off-policy evaluation only).
+        `counted`: per row of the contacts table, whether the caps count it (None: every contact)."""
         users = tables["users"]
         ids = users["user_id"].astype(str).to_numpy()
         index = pd.Index(ids)
@@ -114,20 +119,26 @@ class Period:
         else:
             last = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), pd.to_datetime(contacts["sent_at"], utc=True).max())
             start = last.floor("D") + pd.Timedelta(days=1)
-        sent = contacts[contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))]
-        last = np.full((n, 8), NAT, dtype=np.int64)
-        last_ch = np.full((n, 8), -1, dtype=np.int64)
-        last_offer = np.full((n, 8), -1, dtype=np.int64)
+        in_week = (contacts["channel"].notna() & (contacts["sent_at"] >= start - pd.Timedelta(days=7))).to_numpy()
+        sent = contacts[in_week]
+        # Every send of the week before the start (the caps' and the fatigue's window), at least 8 columns.
+        width = max(8, int(sent["user_id"].astype(str).value_counts().max()) if len(sent) else 0)
+        last = np.full((n, width), NAT, dtype=np.int64)
+        last_ch = np.full((n, width), -1, dtype=np.int64)
+        last_offer = np.full((n, width), -1, dtype=np.int64)
+        last_counted = None if counted is None else np.ones((n, width), dtype=bool)
         if len(sent):
             s = pd.DataFrame({"u": index.get_indexer(sent["user_id"].astype(str)),
                               "t": pd.to_datetime(sent["sent_at"], utc=True).astype("int64"),
                               "c": pd.Index(names).get_indexer(sent["channel"].astype(str)),
-                              "o": pd.Index(tables["offers"]["offer_id"].astype(str)).get_indexer(sent["offer_id"].astype(str))})
-            s = s.sort_values("t").groupby("u").tail(8)
+                              "o": pd.Index(tables["offers"]["offer_id"].astype(str)).get_indexer(sent["offer_id"].astype(str)),
+                              "counted": True if counted is None else np.asarray(counted, dtype=bool)[in_week]})
+            s = s[s["u"] >= 0].sort_values("t", kind="stable")  # contacts of users outside the table: none of ours
             s["k"] = s.groupby("u").cumcount()
-            last[s["u"].to_numpy(), s["k"].to_numpy()] = s["t"].to_numpy()
-            last_ch[s["u"].to_numpy(), s["k"].to_numpy()] = s["c"].to_numpy()
-            last_offer[s["u"].to_numpy(), s["k"].to_numpy()] = s["o"].to_numpy()
+            at = (s["u"].to_numpy(), s["k"].to_numpy())
+            last[at], last_ch[at], last_offer[at] = s["t"].to_numpy(), s["c"].to_numpy(), s["o"].to_numpy()
+            if last_counted is not None:
+                last_counted[at] = s["counted"].to_numpy()
         ev = tables["events"]
         codes = ev["type"].astype(str).map(STAGE_OF_TYPE).fillna(0).to_numpy(dtype=np.int8)
         urow = index.get_indexer(ev["user_id"].astype(str))
@@ -137,7 +148,7 @@ class Period:
         last_buy = np.full(n, NAT, dtype=np.int64)
         np.maximum.at(last_buy, urow[buy], ev["ts"].astype("int64").to_numpy()[buy])
         return cls(truth, tables["offers"].reset_index(drop=True), channels, ids, consent, suppressed, start, last,
-                   last_ch, last_offer, stage, last_buy)
+                   last_ch, last_offer, stage, last_buy, last_counted=last_counted)
 
     @property
     def n_users(self) -> int:
@@ -157,7 +168,8 @@ class Period:
             consent=self.consent[rows], suppressed=self.suppressed[rows], last_sends=self.last_sends[rows],
             last_channels=self.last_channels[rows], last_offers=self.last_offers[rows],
             stage=self.stage[rows], last_purchase_ns=self.last_purchase_ns[rows],
-            state=None if self.state is None else {k: np.asarray(v)[rows] for k, v in self.state.items()})
+            state=None if self.state is None else {k: np.asarray(v)[rows] for k, v in self.state.items()},
+            last_counted=None if self.last_counted is None else self.last_counted[rows])
 
 
 @dataclass(frozen=True)
@@ -249,7 +261,6 @@ class ReplayResult:
     policy: str
     sends: pd.DataFrame  # one row per send with expected and drawn outcomes
     metrics: dict[str, float]
-    controls: pd.DataFrame | None = None  # held-out decisions (with `record`): day, user_idx, decided_at, propensity, ...
     events: dict[str, np.ndarray] | None = None  # events the sends caused (clicks, purchases), with `record`
 
 
@@ -262,7 +273,7 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
 
     `organic`: the users' organic purchases in the period (a contact's logged conversion is the earlier of the
     purchase it caused and the organic one); without it, organic purchases are drawn per send. `record`: keep
-    every outcome's time and the caused events, the logs a closed loop feeds back (simulation/loop.py).
+    every outcome's time and the caused events, the logs the closed loop feeds back (pipelines/service_loop.py).
     `observe`: called with each day's sends once drawn (a policy outside the replay learns its outcomes day by day).
     """
     if period.truth is None:
@@ -278,19 +289,24 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     # When each suppression began (the period's own: before it). A send breaks one only if the opt-out happened
     # before its decision day began: a service learns an opt-out when it is reported, not when it is drawn.
     suppressed_ns = np.where(period.suppressed, np.iinfo(np.int64).min, np.iinfo(np.int64).max)
-    sends_ns = [period.last_sends[:, k] for k in range(period.last_sends.shape[1])]
+    counted = period.last_counted if period.last_counted is not None else np.ones(period.last_sends.shape, dtype=bool)
+    # The sends before the start that the caps do not count still tire the users: the truth's fatigue counts them.
+    uncounted = np.where(counted, NAT, period.last_sends)
+    sends_ns = [np.where(counted[:, k], period.last_sends[:, k], NAT) for k in range(period.last_sends.shape[1])]
     sends_day = [_local_day(truth.tz, ns) for ns in sends_ns]  # each send's day on the user's calendar, for the caps
     # (user rows, channel, local day, offer) per day, for the per-channel and per-offer caps; the history's sends first.
     sends_ns_ch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(period.last_sends.shape[1]):
-        had = period.last_channels[:, k] >= 0
+        had = (period.last_channels[:, k] >= 0) & counted[:, k]
         sends_ns_ch.append((np.flatnonzero(had), period.last_channels[had, k], sends_day[k][had], period.last_offers[had, k]))
-    frames, held, caused_events = [], [], []
+    frames, caused_events = [], []
     for day in range(config.days):
         at = period.start + pd.Timedelta(days=day)
         at_ns = at.value
         history = np.stack(sends_ns, axis=1)
-        recent = ((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)  # fatigue: the last 7 x 24 hours
+        # Fatigue: every contact in the last 7 x 24 hours, those the caps do not count included.
+        recent = (((history > at_ns - 7 * DAY_NS) & (history != NAT)).sum(axis=1)
+                  + ((uncounted > at_ns - 7 * DAY_NS) & (uncounted != NAT)).sum(axis=1))
         # The service counts its caps over the user's local calendar days, the day of the send included: the weekly
         # caps over 7 days, the per-offer cap over the offer window. The day's sends land on its local date.
         today = at_ns // DAY_NS
@@ -321,12 +337,6 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
         choice = policy.choose(situation, rng)
         rows = np.flatnonzero(choice.offer >= 0)
         propensity = choice.propensity[rows]
-        if config.control_share > 0 and len(rows):
-            hold = rng.random(len(rows)) < config.control_share
-            if record:
-                held.append(pd.DataFrame({"day": day, "user_idx": rows[hold], "decided_at": pd.Timestamp(at_ns, tz="UTC"),
-                                          "propensity": config.control_share * propensity[hold]}))
-            rows, propensity = rows[~hold], (1 - config.control_share) * propensity[~hold]
         if len(rows) == 0:
             continue
         o, c, h = choice.offer[rows], choice.channel[rows], choice.hour[rows].astype(np.int64)
@@ -387,10 +397,6 @@ def replay(period: Period, policy: Policy, config: ReplayConfig = ReplayConfig()
     sends = pd.concat(frames, ignore_index=True) if frames else _empty_sends()
     result = ReplayResult(policy.name, sends, _metrics(sends, n, config.days))
     if record:
-        result.controls = (pd.concat(held, ignore_index=True) if held else
-                           pd.DataFrame({"day": pd.Series(dtype=int), "user_idx": pd.Series(dtype=int),
-                                         "decided_at": pd.Series(dtype="datetime64[ns, UTC]"),
-                                         "propensity": pd.Series(dtype=float)}))
         result.events = {k: np.concatenate([e[k] for e in caused_events]) for k in caused_events[0]} if caused_events else None
     return result
 
