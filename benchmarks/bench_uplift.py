@@ -22,7 +22,8 @@ python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong
   e-mails and a no-mail control, a third each, customers described by recency, spend and which departments they
   bought from; small effects). `--heterogeneity weak`: e-mail A lifts conversion by ~2.0 points and B by ~1.5 on
   average, and the better one differs by only ~0.3-0.5 points where a customer's department favours B; `strong`:
-  by up to ~6 points, so targeting pays. The truth of a policy is its planted expected conversion.
+  by up to ~6 points, so targeting pays; `medium` in between (~2.4). The truth of a policy is its planted expected
+  conversion.
 - nba: the home's champions' NBA policy, judged as `nextbest evaluate` judges it (the decisions logged after the
   cutoff, `evaluate.off_policy`, the estimator of `evaluate --logs`), against the simulator's truth, timed.
 Prints JSON lines.
@@ -69,7 +70,7 @@ from nextbest.training.uplift import (
 _CHUNK = 2_000  # rows per scoring call over all actions: bounds the frame (rows x actions)
 # --world experiment: each e-mail's lift = (average + heterogeneity x department fit) x recency factor.
 _LIFT = {"A": 0.020, "B": 0.015}  # average lifts in conversion probability (Hillstrom-like: small)
-_HETEROGENEITY = {"weak": 0.004, "strong": 0.030}
+_HETEROGENEITY = {"weak": 0.004, "medium": 0.012, "strong": 0.030}
 
 
 def experiment_world(users: int, heterogeneity: str, seed: int) -> tuple[TrainingSet, object]:

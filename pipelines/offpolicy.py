@@ -40,17 +40,21 @@ from nextbest.training.shrinkage import STRENGTHS, average_effects, choose_stren
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     ENGAGE_COLUMNS,
+    NO_CONTACT,
     OFFER_COLUMNS,
     UpliftConfig,
+    action_names,
     fit_learner,
     fit_t_learner,
+    logged_actions,
     user_folds,
 )
+from nextbest.training.uplift import action_draws as _action_draws
+from nextbest.training.uplift import action_grid as _grid
 
 __all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
            "decisions_since", "logged_feasibility", "converted_within"]
 
-NO_CONTACT = "no contact"
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,6 @@ class LogsConfig:
     margin_z: float = 1.0  # a learner's policy leaves the best fixed action only for a gain this many std. errors above 0
     min_rows: int = 10  # an action a policy may take is logged at least this often outside each fold
     seed: int = 7
-
-
-def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.ndarray, np.ndarray]:
-    """Each row's logged action ("offer @ channel", or NO_CONTACT) and its probability under the logging policy."""
-    action = action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
-    if "propensity" in frame and frame["propensity"].notna().all() and (frame["propensity"] > 0).all():
-        return action, frame["propensity"].to_numpy(dtype="float64")
-    share = pd.Series(action).value_counts(normalize=True)
-    return action.astype(object), share.reindex(action).to_numpy()
 
 
 def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
@@ -196,13 +191,6 @@ def _best_fixed_out_of_fold(fixed: list[str], chosen: dict[str, np.ndarray], act
 def _fit_config(config: LogsConfig) -> UpliftConfig:
     """Untuned fits of `config.rounds` rounds: judging, not tuning."""
     return UpliftConfig(fit=FitConfig(trials=1, max_rounds=config.rounds, seed=config.seed), seed=config.seed)
-
-
-def action_names(offer: np.ndarray, channel: np.ndarray, treated: np.ndarray) -> np.ndarray:
-    """"offer @ channel" where treated, else NO_CONTACT: the one spelling of an action."""
-    named = pd.Series(offer, dtype=object).astype(str).to_numpy() + " @ " + \
-        pd.Series(channel, dtype=object).astype(str).to_numpy()
-    return np.where(np.asarray(treated, dtype=bool), named, NO_CONTACT).astype(object)
 
 
 def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: LogsConfig = LogsConfig(),
@@ -333,36 +321,6 @@ class _RewardModel:
 
 
 _GRID_ROWS = 200_000  # (row, action) copies scored per call: bounds memory, large enough that per-call costs vanish
-
-
-def _action_draws(train: pd.DataFrame, actions: list[str], treatment: str, n: int,
-                  seed: int) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """Per action, its request columns as logged in the training rows (the offer's attributes, the channel, send
-    hours) and, for each of `n` rows, which of those examples the row is scored with."""
-    rng = np.random.default_rng(seed)
-    sent = train[train[treatment].to_numpy() == 1]
-    logged = (sent["offer_id"].astype(str) + " @ " + sent["channel"].astype(str)).to_numpy()
-    out = []
-    for a in actions:
-        examples = sent[logged == a][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
-        out.append((examples, rng.integers(0, len(examples), n)))
-    return out
-
-
-def _grid(rows: pd.DataFrame, draws: list[tuple[pd.DataFrame, np.ndarray]], part: slice = slice(None)) -> pd.DataFrame:
-    """`rows` (the rows `part` of those `draws` were made for) once per action (action-major), each copy with its
-    drawn request columns."""
-    columns = list(OFFER_COLUMNS + ENGAGE_COLUMNS)
-    base = rows.drop(columns=columns)
-    return pd.concat([base.join(examples.iloc[draw[part]].reset_index(drop=True)) for examples, draw in draws],
-                     ignore_index=True)
-
-
-def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
-                 seed: int) -> pd.DataFrame:
-    """`rows` once per action (action-major), each copy with that action's request columns: the offer's
-    attributes and channel from the training rows that logged it, a send hour drawn from them."""
-    return _grid(rows, _action_draws(train, actions, treatment, len(rows), seed))
 
 
 def converted_within(log: pd.DataFrame, window_days: int) -> np.ndarray:

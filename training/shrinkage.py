@@ -42,9 +42,16 @@ class Shrinkage:
     def apply(self, uplift: np.ndarray, actions: list[str]) -> np.ndarray:
         """`shrunk` over the last axis of `uplift`, one entry per action in `actions`; an action without a
         center (never logged) keeps its score as it is."""
-        known = np.array([a in self.center and a in self.mean for a in actions])
-        center = np.array([self.center.get(a, 0.0) for a in actions])
-        mean = np.array([self.mean.get(a, 0.0) for a in actions])
+        return self.apply_arrays(uplift, self.arrays(actions))
+
+    def arrays(self, actions: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per action in `actions`: whether it has a center, its center and the model's mean (computed once per
+        action list by a caller that applies it often)."""
+        known = np.array([a in self.center and a in self.mean for a in actions], dtype=bool)
+        return known, np.array([self.center.get(a, 0.0) for a in actions]), np.array([self.mean.get(a, 0.0) for a in actions])
+
+    def apply_arrays(self, uplift: np.ndarray, arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        known, center, mean = arrays
         return np.where(known, shrunk(uplift, center, mean, self.strength), uplift)
 
     def to_json(self) -> dict:
