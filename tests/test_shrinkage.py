@@ -90,3 +90,44 @@ def test_strength_zero_is_each_actions_average_effect_and_is_kept_without_a_sure
     # One that takes it where it paid (here: B whenever B was logged and converted) is chosen.
     paid = {**noise, 1.0: np.where((logged == "B") & reward, "B", "A").astype(object)}
     assert choose_strength(paid, logged, p, reward)[0] == 1.0
+
+
+def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_path):
+    from nextbest.serving import engine
+    from nextbest.training import uplift
+    from nextbest.training.registry import load_scorer, save_scorer
+    from nextbest.training.tabular import FitConfig
+    from tests.test_serving_engine import _Champion, config
+
+    quick = uplift.UpliftConfig(learner="t", fit=FitConfig(trials=1, max_rounds=60), folds=2, select_rounds=60)
+    flat = uplift.fit(experiment(4_000, seed=1, heterogeneity=0.0), quick)
+    assert flat.shrinkage_.strength == 0.0 and flat.params_["shrinkage_strength"] == 0.0  # recorded with the run
+    assert set(flat.shrinkage_.center) == {"A @ email", "B @ email"}
+    assert flat.shrinkage_.center["A @ email"] > flat.shrinkage_.center["B @ email"] > 0
+    steep = uplift.fit(experiment(4_000, seed=0, heterogeneity=0.08), quick)
+    assert steep.shrinkage_.strength > 0
+    save_scorer(flat, tmp_path / "model")
+    assert load_scorer(tmp_path / "model").shrinkage_ == flat.shrinkage_  # checksummed with the model's files
+
+    class Scores:  # an uplift model whose scores differ by user: offer a best for u1, offer b for u2
+        feature_service = "uplift_v1"
+
+        def predict(self, frame):
+            return np.where(frame["offer_id"] == "a", 0.1 - 0.05 * frame["score"], 0.02 + 0.05 * frame["score"])
+
+    cfg, model = config(), Scores()
+    users = {"user_id": np.array(["u1", "u2"], dtype=object), "score": np.array([0.0, 2.0])}
+    models = engine.ModelSet(models={"uplift": _Champion(model)}, columns={"uplift": ["score"]})
+    hours = np.full((2, 3), 10)
+    _, raw = engine.conversion_scores(models, users, cfg, hours)
+    assert raw[0, 0, 0] > raw[0, 1, 0] and raw[1, 1, 0] > raw[1, 0, 0]  # the argmax targets each user
+    center = {f"{o} @ {c}": v for o, v in (("a", 0.04), ("b", 0.03)) for c in ("email", "sms", "inapp")}
+    mean = {f"{o} @ {c}": v for o, v in (("a", 0.05), ("b", 0.07)) for c in ("email", "sms", "inapp")}
+    model.shrinkage_ = Shrinkage(0.0, center, mean)
+    _, fixed = engine.conversion_scores(models, users, cfg, hours)
+    np.testing.assert_allclose(fixed[:, :2], [[[0.04] * 3, [0.03] * 3]] * 2)  # everyone: offer a, the best on average
+    np.testing.assert_array_equal(fixed[:, 2], raw[:, 2])  # "keep" was never logged: its score as it is
+    model.shrinkage_ = Shrinkage(1.0, center, mean)
+    _, full = engine.conversion_scores(models, users, cfg, hours)
+    np.testing.assert_allclose(full[:, 0], raw[:, 0] - 0.05 + 0.04)
+    np.testing.assert_allclose(full[:, 1], raw[:, 1] - 0.07 + 0.03)
