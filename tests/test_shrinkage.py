@@ -3,6 +3,8 @@ heterogeneity (it must send everyone the best offer) and strong heterogeneity (i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,7 +101,10 @@ def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_
     from nextbest.training.tabular import FitConfig
     from tests.test_serving_engine import _Champion, config
 
-    quick = uplift.UpliftConfig(learner="t", fit=FitConfig(trials=1, max_rounds=60), folds=2, select_rounds=60)
+    quick = uplift.UpliftConfig(learner="t", fit=FitConfig(trials=1, max_rounds=60), folds=2, select_rounds=60,
+                                shrinkage=True)
+    assert not hasattr(uplift.fit(experiment(1_000, seed=2, heterogeneity=0.0), replace(quick, shrinkage=False)),
+                       "shrinkage_")  # off unless asked (`nextbest train uplift --shrink`)
     flat = uplift.fit(experiment(4_000, seed=1, heterogeneity=0.0), quick)
     assert flat.shrinkage_.strength == 0.0 and flat.params_["shrinkage_strength"] == 0.0  # recorded with the run
     assert set(flat.shrinkage_.center) == {"A @ email", "B @ email"}

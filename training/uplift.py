@@ -75,7 +75,10 @@ class UpliftConfig:
     folds: int = 3  # cross-fitting folds (by user) for the automatic choice
     select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
     select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
-    shrinkage: bool = True  # fit how far each user's uplift may leave its action's average effect (`fit_shrinkage`)
+    # Fit how far each user's uplift may leave its action's average effect (`fit_shrinkage`), which decisions then use.
+    # Off by default: on the demo world's log (60 actions, a targeted logging policy) the cross-fitted strength on the
+    # 20k-row sample came out 0, which would take the targeting out of every decision (benchmarks/RESULTS.md).
+    shrinkage: bool = False
     margin_z: float = 1.0  # the policy leaves the best fixed action only for a gain this many standard errors above 0
     min_action_rows: int = 10  # an action gets a shrinkage center when logged at least this often
     seed: int = 7
