@@ -45,7 +45,6 @@ from nextbest.features.store import feature_store
 from nextbest.pipelines.offpolicy import (
     NO_CONTACT,
     LogsConfig,
-    _action_rows,
     _fit_config,
     judge_choices,
     logged_actions,
@@ -60,6 +59,7 @@ from nextbest.training.shrinkage import average_effects, greedy_actions, shrunk
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     UpliftConfig,
+    action_rows,
     build_frame,
     candidates,
     fit_learner,
@@ -166,7 +166,7 @@ def uplift_grid(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[st
     out = np.empty((len(rows), len(actions)))
     for start in range(0, len(rows), _CHUNK):
         part = rows.iloc[start:start + _CHUNK].reset_index(drop=True)
-        grid = _action_rows(part, train, actions, "treated", seed)
+        grid = action_rows(part, train, actions, "treated", seed)
         out[start:start + len(part)] = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
     return out
 
