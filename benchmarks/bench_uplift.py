@@ -223,7 +223,7 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
         model = fit_learner(learner, est, _fit_config(logs))
         uplift = uplift_grid(model, out.frame, est.frame, actions, settings.seed)
         strength = shrinkage[learner]["strength"]  # chosen on the estimation half
-        chosen[learner] = greedy_actions(shrunk(uplift, center, uplift.mean(axis=0), strength), actions, NO_CONTACT,
+        chosen[learner] = greedy_actions(shrunk(uplift, center, strength), actions, NO_CONTACT,
                                          open_)
         chosen[f"{learner} (argmax)"] = greedy_actions(uplift, actions, NO_CONTACT, open_)
     for a in actions:

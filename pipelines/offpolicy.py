@@ -80,7 +80,8 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
     logged decision (a fixed policy: its action where open, else no contact), so no policy is judged on actions
     the logging policy could not take.
 
-    A learner's policy shrinks its uplift toward each action's average effect (`training/shrinkage.py`): on each
+    A learner's policy shrinks its uplift toward each action's average effect (`training/shrinkage.py`; strength 1 is
+    the raw uplift, the argmax's, which "<learner> (argmax)" shows beside it, judged once per fold): on each
     fold, by the strength whose policy gained most over strength 0 (the best fixed action) on the other folds, by
     the lower bound of that gain (`config.margin_z` standard errors); `attrs["shrinkage"]` holds per learner the
     strength chosen on all folds, the folds' strengths and each strength's bound. "<learner> (argmax)" is the same
@@ -136,7 +137,7 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
             score = uplift[learner]
             chosen[argmax[learner]][test] = greedy_actions(score, actions, NO_CONTACT, open_)
             for s in STRENGTHS:
-                by_strength[learner][s][test] = greedy_actions(shrunk(score, center, score.mean(axis=0), s), actions,
+                by_strength[learner][s][test] = greedy_actions(shrunk(score, center, s), actions,
                                                                NO_CONTACT, open_)
         for a in actions:
             chosen[f"everyone: {a}"][test] = a if feasible is None else np.where(feasible[a][test], a, NO_CONTACT)

@@ -71,12 +71,13 @@ def test_with_strong_heterogeneity_the_policy_targets_each_offer_where_it_works(
 
 def test_strength_zero_is_each_actions_average_effect_and_is_kept_without_a_sure_gain():
     uplift = np.array([[0.3, -0.1], [-0.2, 0.4]])
-    center, mean = np.array([0.05, 0.02]), uplift.mean(axis=0)
-    assert (shrunk(uplift, center, mean, 0.0) == center).all()
-    np.testing.assert_allclose(shrunk(uplift, center, mean, 1.0), uplift - mean + center)
-    assert list(greedy_actions(shrunk(uplift, center, mean, 0.0), ["A", "B"], NO_CONTACT)) == ["A", "A"]
+    center = np.array([0.05, 0.02])
+    assert (shrunk(uplift, center, 0.0) == center).all()
+    np.testing.assert_allclose(shrunk(uplift, center, 1.0), uplift)  # strength 1: the raw uplift, the argmax's
+    np.testing.assert_allclose(shrunk(uplift, center, 0.5), (uplift + center) / 2)
+    assert list(greedy_actions(shrunk(uplift, center, 0.0), ["A", "B"], NO_CONTACT)) == ["A", "A"]
     assert list(greedy_actions(-np.ones((1, 2)), ["A", "B"], NO_CONTACT)) == [NO_CONTACT]
-    model = Shrinkage(0.0, {"A": 0.05}, {"A": 0.1})  # B was never logged: its score stays as it is
+    model = Shrinkage(0.0, {"A": 0.05})  # B was never logged: its score stays as it is
     np.testing.assert_allclose(model.apply(uplift, ["A", "B"]), [[0.05, -0.1], [0.05, 0.4]])
     assert Shrinkage.from_json(model.to_json()) == model
     # The log's average effects: each action's mean reward minus the control's, weighted by 1 / propensity.
@@ -127,12 +128,11 @@ def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_
     _, raw = engine.conversion_scores(models, users, cfg, hours)
     assert raw[0, 0, 0] > raw[0, 1, 0] and raw[1, 1, 0] > raw[1, 0, 0]  # the argmax targets each user
     center = {f"{o} @ {c}": v for o, v in (("a", 0.04), ("b", 0.03)) for c in ("email", "sms", "inapp")}
-    mean = {f"{o} @ {c}": v for o, v in (("a", 0.05), ("b", 0.07)) for c in ("email", "sms", "inapp")}
-    model.shrinkage_ = Shrinkage(0.0, center, mean)
+    model.shrinkage_ = Shrinkage(0.0, center)
     _, fixed = engine.conversion_scores(models, users, cfg, hours)
     np.testing.assert_allclose(fixed[:, :2], [[[0.04] * 3, [0.03] * 3]] * 2)  # everyone: offer a, the best on average
     np.testing.assert_array_equal(fixed[:, 2], raw[:, 2])  # "keep" was never logged: its score as it is
-    model.shrinkage_ = Shrinkage(1.0, center, mean)
-    _, full = engine.conversion_scores(models, users, cfg, hours)
-    np.testing.assert_allclose(full[:, 0], raw[:, 0] - 0.05 + 0.04)
-    np.testing.assert_allclose(full[:, 1], raw[:, 1] - 0.07 + 0.03)
+    model.shrinkage_ = Shrinkage(0.5, center)
+    _, half = engine.conversion_scores(models, users, cfg, hours)
+    np.testing.assert_allclose(half[:, 0], (raw[:, 0] + 0.04) / 2)
+    np.testing.assert_allclose(half[:, 1], (raw[:, 1] + 0.03) / 2)

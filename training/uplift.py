@@ -471,8 +471,8 @@ def _uplift_of_actions(scorer, rows: pd.DataFrame, train: pd.DataFrame, actions:
 def fit_shrinkage(scorer, train: TrainingSet, config: UpliftConfig = UpliftConfig()) -> Shrinkage:
     """The fitted `scorer`'s shrinkage (training/shrinkage.py): its strength chosen cross-fitted on the same seeded
     sample of users the learner is chosen on (its learner refitted untuned on each fold's complement; each
-    strength's policy judged by its IPS gain over strength 0 on the fold), the log's average effect of each action
-    on every training row, and the scorer's mean uplift of each action over the sample.
+    strength's policy judged by its IPS gain over strength 0 on the fold) and the log's average effect of each action
+    on every training row.
 
     Serving applies it to the champion's uplift before the expected value (`serving.engine.conversion_scores`), and
     `nextbest evaluate --logs` judges the same rule (`pipelines/offpolicy.py`)."""
@@ -498,7 +498,7 @@ def fit_shrinkage(scorer, train: TrainingSet, config: UpliftConfig = UpliftConfi
         uplift = _uplift_of_actions(model, rows, fit_rows.frame, actions, train.treatment, config.seed + k)
         fold_center = average_effects(s_action[~test], s_propensity[~test], reward[~test], actions, NO_CONTACT)
         for s in STRENGTHS:
-            chosen[s][test] = greedy_actions(shrunk(uplift, fold_center, uplift.mean(axis=0), s), actions, NO_CONTACT)
+            chosen[s][test] = greedy_actions(shrunk(uplift, fold_center, s), actions, NO_CONTACT)
     strength, _ = choose_strength(chosen, s_action, s_propensity, reward, config.margin_z)
     by_fold = []
     for k in range(config.folds):  # each fold's own choice, for the record: how stable the strength is
@@ -506,7 +506,4 @@ def fit_shrinkage(scorer, train: TrainingSet, config: UpliftConfig = UpliftConfi
         by_fold.append(choose_strength({s: c[other] for s, c in chosen.items()}, s_action[other], s_propensity[other],
                                        reward[other], config.margin_z)[0])
     scorer.shrinkage_by_fold_ = by_fold
-    probe = _user_sample(sample, 2_000, config.seed + 1)  # the model's mean uplift per action: a few thousand rows
-    mean = _uplift_of_actions(scorer, probe.frame, train.frame, actions, train.treatment, config.seed).mean(axis=0)
-    return Shrinkage(strength, dict(zip(actions, center.tolist(), strict=True)),
-                     dict(zip(actions, mean.tolist(), strict=True)))
+    return Shrinkage(strength, dict(zip(actions, center.tolist(), strict=True)))
