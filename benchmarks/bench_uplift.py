@@ -2,7 +2,9 @@
 send-everyone policy, off-policy, on the current nextbest home's contact log.
 
 Usage: python benchmarks/bench_uplift.py [--part qini|policy|both|nba] [--folds 3] [--users 3000]
-(after `nextbest demo`, or `ingest` + `features build/apply` of a company's experiment export).
+(after `nextbest demo`, or `ingest` + `features build/apply` of a company's experiment export), or
+python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong --users 50000 --part policy
+(no home needed: `experiment_world`, a randomised e-mail experiment generated in memory with its planted truth).
 
 - qini: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls scored for
   that offer), the paired gap to the S-learner (`fit_learner("s")`, the product's own) with its t-interval.
@@ -14,6 +16,14 @@ Usage: python benchmarks/bench_uplift.py [--part qini|policy|both|nba] [--folds 
   cross-fitted DR on the estimation half (chosen out of sample). On a simulated world the oracle's expected conversion of each
   policy's choices is the simulator's truth beside them. Policies take only actions open at each logged decision
   (`logged_feasibility`), the logging policy's support.
+  Each learner's policy is the product's (uplift shrunk toward each action's average effect by the strength chosen
+  on the estimation half, `training/shrinkage.py`) and, beside it, "<learner> (argmax)", the raw per-user argmax.
+- --world experiment: instead of the home's log, a world shaped like a public e-mail experiment (Hillstrom's: two
+  e-mails and a no-mail control, a third each, customers described by recency, spend and which departments they
+  bought from; small effects). `--heterogeneity weak`: e-mail A lifts conversion by ~2.0 points and B by ~1.5 on
+  average, and the better one differs by only ~0.3-0.5 points where a customer's department favours B; `strong`:
+  by up to ~6 points, so targeting pays; `medium` in between (~2.4). The truth of a policy is its planted expected
+  conversion.
 - nba: the home's champions' NBA policy, judged as `nextbest evaluate` judges it (the decisions logged after the
   cutoff, `evaluate.off_policy`, the estimator of `evaluate --logs`), against the simulator's truth, timed.
 Prints JSON lines.
@@ -35,9 +45,9 @@ from nextbest.features.store import feature_store
 from nextbest.pipelines.offpolicy import (
     NO_CONTACT,
     LogsConfig,
-    _action_rows,
     _fit_config,
     judge_choices,
+    logged_actions,
     logged_feasibility,
     policy_values,
 )
@@ -45,9 +55,11 @@ from nextbest.training.datasets import TrainingSet
 from nextbest.training.jobs import read_raw_tables
 from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics
 from nextbest.training.ope import paired_difference
+from nextbest.training.shrinkage import average_effects, greedy_actions, shrunk
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     UpliftConfig,
+    action_rows,
     build_frame,
     candidates,
     fit_learner,
@@ -56,6 +68,48 @@ from nextbest.training.uplift import (
 )
 
 _CHUNK = 2_000  # rows per scoring call over all actions: bounds the frame (rows x actions)
+# --world experiment: each e-mail's lift = (average + heterogeneity x department fit) x recency factor.
+_LIFT = {"A": 0.020, "B": 0.015}  # average lifts in conversion probability (Hillstrom-like: small)
+_HETEROGENEITY = {"weak": 0.004, "medium": 0.012, "strong": 0.030}
+
+
+def experiment_world(users: int, heterogeneity: str, seed: int) -> tuple[TrainingSet, object]:
+    """A randomised e-mail experiment (offers A and B by e-mail and a no-mail control, a third each, one row per
+    customer) and its truth: a function of each row's chosen action giving the mean planted P(convert)."""
+    from nextbest.training.datasets import REQUEST_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    recency = rng.integers(1, 13, users).astype("float64")  # months since the last purchase
+    history = np.round(rng.lognormal(5.0, 0.8, users), 2)  # spend in the past year
+    mens, womens = rng.random(users) < 0.55, rng.random(users) < 0.55
+    mens |= ~(mens | womens)  # every customer bought from at least one department
+    newbie, web = (rng.random(users) < 0.5).astype("float64"), (rng.random(users) < 0.45).astype("float64")
+    organic = 0.03 + 0.04 / (1 + np.exp((recency - 6) / 2)) + 0.01 * (history > 300)
+    fit = mens.astype("float64") - womens.astype("float64")  # +1 mens only, -1 womens only, 0 both
+    factor = 1.2 - 0.4 * (recency - 1) / 11  # e-mails move recent customers more
+    h = _HETEROGENEITY[heterogeneity]
+    lift = {"A": (_LIFT["A"] + h * fit) * factor, "B": (_LIFT["B"] - h * fit) * factor}
+    arm = rng.integers(0, 3, users)  # 0 no mail, 1 e-mail A, 2 e-mail B
+    p = organic + np.select([arm == 1, arm == 2], [lift["A"], lift["B"]], 0.0)
+    offer = np.select([arm == 1, arm == 2], ["A", "B"], None).astype(object)
+    sent = arm > 0
+    frame = pd.DataFrame({
+        "user_id": [f"c{i:06d}" for i in range(users)], "contact_id": [f"k{i:06d}" for i in range(users)],
+        "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"), "recency": recency, "history": history,
+        "mens": mens.astype("float64"), "womens": womens.astype("float64"), "newbie": newbie, "web": web,
+        "offer_id": offer, "offer_category": np.where(sent, "any", None), "offer_kind": np.where(sent, "product", None),
+        "offer_value": np.where(sent, 10.0, np.nan), "channel": np.where(sent, "email", None), "local_hour": 10.0,
+        "treated": sent.astype("int64"), "label": (rng.random(users) < p).astype("int64"),
+    })
+    data = TrainingSet(frame, "uplift_v1", ("recency", "history", "mens", "womens", "newbie", "web"),
+                       REQUEST_COLUMNS["uplift"], treatment="treated")
+
+    def truth(rows: np.ndarray):
+        def of(chosen: np.ndarray) -> float:
+            gain = np.select([chosen == "A @ email", chosen == "B @ email"], [lift["A"][rows], lift["B"][rows]], 0.0)
+            return float((organic[rows] + gain).mean())
+        return of
+    return data, truth
 
 
 def per_offer_qini(scorer, test: TrainingSet, seed: int) -> dict[str, float]:
@@ -107,18 +161,13 @@ def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
             for j, c in enumerate(channels)}
 
 
-def choose(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], open_: dict[str, np.ndarray],
-           seed: int) -> np.ndarray:
-    """The learner's policy on `rows`: the open action of the highest positive uplift, else no contact (chunked)."""
-    out = np.empty(len(rows), dtype=object)
+def uplift_grid(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], seed: int) -> np.ndarray:
+    """The learner's uplift of each action for each of `rows` (rows x actions), scored in chunks of rows."""
+    out = np.empty((len(rows), len(actions)))
     for start in range(0, len(rows), _CHUNK):
         part = rows.iloc[start:start + _CHUNK].reset_index(drop=True)
-        grid = _action_rows(part, train, actions, "treated", seed)
-        uplift = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
-        ok = np.stack([open_[a][start:start + len(part)] for a in actions], axis=1)
-        uplift = np.where(ok, uplift, -np.inf)
-        best = np.asarray(actions, dtype=object)[uplift.argmax(axis=1)]
-        out[start:start + len(part)] = np.where(uplift.max(axis=1) > 0, best, NO_CONTACT)
+        grid = action_rows(part, train, actions, "treated", seed)
+        out[start:start + len(part)] = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
     return out
 
 
@@ -148,27 +197,41 @@ def simulated_truth(settings: Settings, raw: dict, frame: pd.DataFrame):
     return of
 
 
-def policy_part(data: TrainingSet, raw: dict, args, settings, machine: dict) -> None:
+def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None, open_out=None,
+                truth_of=None) -> None:
+    """`open_est`/`open_out`: each action's open mask on the two halves (None: everything open); `truth_of(half)`: a
+    function of a half's chosen actions giving their true value (None: no truth)."""
     learners = tuple(n for n in args.learners.split(",") if n in candidates(data))
     users = data.frame["user_id"].astype(str).to_numpy()
     held = user_folds(users, 2, settings.seed + 1) == 1
     est, out = data.subset(~held), data.subset(held)
-    open_est, open_out = feasibility(raw, est.frame), feasibility(raw, out.frame)
-    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed)
+    if open_est is not None:
+        open_est, open_out = open_est(est.frame), open_out(out.frame)
+    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=args.margin_z)
     started = time.perf_counter()
     table = policy_values(est, logs, feasible=open_est)
     machine = {**machine, "estimation_rows": len(est.frame), "held_out_rows": len(out.frame),
                "cross_fit_seconds": round(time.perf_counter() - started, 1)}
     actions = sorted(p.removeprefix("everyone: ") for p in table.index if p.startswith("everyone: "))
-    chosen = {}
+    open_ = None if open_out is None else np.stack([open_out[a] for a in actions], axis=1)
+    # The shrinkage centers: each action's average effect on the whole estimation half, as a model fitted on it uses.
+    action_est, propensity_est = logged_actions(est.frame, est.treatment)
+    center = average_effects(action_est, propensity_est, est.frame[est.label].to_numpy(dtype="float64"), actions,
+                             NO_CONTACT)
+    chosen, shrinkage = {}, table.attrs["shrinkage"]
     for learner in learners:
         model = fit_learner(learner, est, _fit_config(logs))
-        chosen[learner] = choose(model, out.frame, est.frame, actions, open_out, settings.seed)
+        uplift = uplift_grid(model, out.frame, est.frame, actions, settings.seed)
+        strength = shrinkage[learner]["strength"]  # chosen on the estimation half
+        chosen[learner] = greedy_actions(shrunk(uplift, center, strength), actions, NO_CONTACT,
+                                         open_)
+        chosen[f"{learner} (argmax)"] = greedy_actions(uplift, actions, NO_CONTACT, open_)
     for a in actions:
-        chosen[f"everyone: {a}"] = np.where(open_out[a], a, NO_CONTACT).astype(object)
+        chosen[f"everyone: {a}"] = (np.full(len(out.frame), a, dtype=object) if open_out is None else
+                                    np.where(open_out[a], a, NO_CONTACT).astype(object))
     chosen[f"nobody ({NO_CONTACT})"] = np.full(len(out.frame), NO_CONTACT, dtype=object)
     heldout = judge_choices(out, chosen, logs)
-    fixed = [p for p in heldout.index if p not in learners]
+    fixed = [p for p in table.index if table.loc[p, "kind"] == "fixed"]
     # The held-out reference is chosen on the estimation half (its best cross-fitted DR): the best of ~60 picked on
     # the held-out half itself is the luckiest there (+80 % over its truth at 1,000 users).
     best_fixed_out = table.loc[fixed, "dr"].idxmax()
@@ -176,9 +239,8 @@ def policy_part(data: TrainingSet, raw: dict, args, settings, machine: dict) -> 
     # attrs hold every policy's choices: pandas deep-copies them on each `.loc`, which cost 90 s at 1,000 users.
     terms, chosen_est, best_fixed_est = heldout.attrs["dr_terms"], table.attrs["chosen"], table.attrs["best_fixed"]
     heldout.attrs, table.attrs = {}, {}
-    simulated = (settings.truth_dir / "truth.json").exists()
-    if simulated:
-        truth_est, truth_out = simulated_truth(settings, raw, est.frame), simulated_truth(settings, raw, out.frame)
+    if truth_of is not None:
+        truth_est, truth_out = truth_of(est, ~held), truth_of(out, held)
     for policy in table.index:
         e, h = table.loc[policy], heldout.loc[policy]
         diff = paired_difference(terms[policy], terms[best_fixed_out])
@@ -191,9 +253,14 @@ def policy_part(data: TrainingSet, raw: dict, args, settings, machine: dict) -> 
                "heldout_dr_vs_best_fixed": [round(x, 5) for x in (diff.value, diff.low, diff.high)],
                "snips_err_vs_heldout_ips": _rel(e["snips"], h["ips"]), "dr_err_vs_heldout_ips": _rel(e["dr"], h["ips"]),
                "matched": int(e["matched"]), "contacted": round(float(e["contacted_share"]), 3)}
-        if simulated:
+        if policy in shrinkage:
+            row["strength"] = shrinkage[policy]["strength"]
+            row["strength_by_fold"] = shrinkage[policy]["by_fold"]
+            row["gain_lower_bounds"] = {str(k): round(v, 5) for k, v in shrinkage[policy]["gain_lower_bounds"].items()}
+        if truth_of is not None:
             t_est, t_out = truth_est(chosen_est[policy]), truth_out(chosen[policy])
             row.update(sim_truth_est=round(t_est, 5), sim_truth_heldout=round(t_out, 5),
+                       sim_truth_heldout_vs_best_fixed=round(t_out - truth_out(chosen[best_fixed_out]), 5),
                        snips_err_vs_sim=_rel(e["snips"], t_est), dr_err_vs_sim=_rel(e["dr"], t_est),
                        heldout_ips_err_vs_sim=_rel(h["ips"], t_out), heldout_dr_err_vs_sim=_rel(h["dr"], t_out))
         print(json.dumps({**row, "best_fixed_crossfit": best_fixed_est, "best_fixed_heldout": best_fixed_out,
@@ -230,25 +297,46 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--learners", default="s,t,funnel", help="policy part: learners whose policies are judged")
     parser.add_argument("--qini-learners", default="", help="qini part: learners paired with s (default: every candidate)")
+    parser.add_argument("--world", choices=("home", "experiment"), default="home",
+                        help="home: the nextbest home's contact log; experiment: a generated e-mail experiment")
+    parser.add_argument("--heterogeneity", choices=tuple(_HETEROGENEITY), default="weak", help="--world experiment")
+    parser.add_argument("--world-seed", type=int, default=0, help="--world experiment: the world's seed")
+    parser.add_argument("--margin-z", type=float, default=LogsConfig().margin_z,
+                        help="policy part: standard errors a shrinkage strength's gain must clear (LogsConfig.margin_z)")
     args = parser.parse_args()
     settings = Settings()
     machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "users": args.users}
     if args.part == "nba":
         return nba_part(settings, args.users, machine)
+    started = time.perf_counter()
+    if args.world == "experiment":
+        data, truth = experiment_world(args.users or 50_000, args.heterogeneity, args.world_seed)
+        machine = {**machine, "world": f"experiment/{args.heterogeneity}", "world_seed": args.world_seed,
+                   "rows": len(data.frame), "folds": args.folds}
+        if args.part in ("qini", "both"):
+            qini_part(data, args, settings, machine)
+        if args.part in ("policy", "both"):
+            policy_part(data, args, settings, machine, truth_of=lambda half, mask: truth(np.flatnonzero(mask)))
+        print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
+                          **machine}))
+        return
     raw = read_raw_tables(settings)
     ids = raw["contacts"]["user_id"].astype(str)
     if args.users and ids.nunique() > args.users:
         keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=args.users, replace=False)
         raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
-    started = time.perf_counter()
     data = build_frame(feature_store(settings), raw, UpliftConfig())
     machine = {**machine, "rows": len(data.frame), "folds": args.folds}
     if args.part in ("qini", "both"):
         qini_part(data, args, settings, machine)
     if args.part in ("policy", "both"):
-        policy_part(data, raw, args, settings, machine)
-    print(json.dumps({"seconds": round(time.perf_counter() - started, 1), **machine}))
+        simulated = (settings.truth_dir / "truth.json").exists()
+        policy_part(data, args, settings, machine, open_est=lambda f: feasibility(raw, f),
+                    open_out=lambda f: feasibility(raw, f),
+                    truth_of=(lambda half, mask: simulated_truth(settings, raw, half.frame)) if simulated else None)
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
+                      **machine}))
 
 
 if __name__ == "__main__":

@@ -391,6 +391,11 @@ def print_logs_evaluation(table, window: int) -> None:
                     escape(f"{r['vs_best_fixed']:+.4f} [{r['vs_best_fixed_low']:+.4f}, {r['vs_best_fixed_high']:+.4f}]"),
                     f"{int(r['matched']):,}", f"{r['contacted_share']:.0%}")
     console.print(out)
+    for learner, shrink in table.attrs.get("shrinkage", {}).items():
+        console.print(escape(f"{learner}: shrinkage strength {shrink['strength']:g} (per fold "
+                             f"{', '.join(f'{s:g}' for s in shrink['by_fold'])}): each user's uplift moved toward the "
+                             "action's average effect, 0 = the best fixed action for everyone; "
+                             f"'{learner} (argmax)' is the same model's raw argmax"))
 
 
 @app.command()

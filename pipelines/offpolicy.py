@@ -8,8 +8,11 @@ would have earned, estimated honestly out of sample. Works on the tables alone (
   conversion after the window is no reward, as it is no label.
 - Cross-fitting: users are split into folds; each fold's decisions are judged by a policy (and a DR reward
   model) fitted on the other folds only, so no decision judges a model that trained on it.
-- A learner's policy sends each user the action of the highest predicted uplift when it is positive, else
-  nothing. Fixed policies: everyone the same action, and nobody.
+- A learner's policy sends each user the action of the highest shrunk uplift when it is positive, else nothing
+  (`training/shrinkage.py`: each score moved toward the action's average effect in the log, by a strength chosen
+  out of fold, so the policy leaves the best fixed action only for a gain that survives the noise). The pure
+  argmax of the raw uplift is judged beside it ("<learner> (argmax)"). Fixed policies: everyone the same action,
+  and nobody.
 - One estimator (`judge_choices`) for every caller: `nextbest evaluate --logs` (learners' and fixed policies) and the
   retrain policy gate (the champions' and the challengers' policies on the decisions logged since the holdout,
   `pipelines/evaluate.py`): SNIPS, DR and IPS with 95 % intervals, DR's reward model a T-learner fitted on the
@@ -33,20 +36,25 @@ from nextbest.features.contract import STAGE_OF_TYPE, STAGES, offer_valid
 from nextbest.serving.policy import matches
 from nextbest.training.datasets import TrainingSet, outcome_within
 from nextbest.training.ope import doubly_robust, dr_terms, ips, paired_difference, snips
+from nextbest.training.shrinkage import STRENGTHS, average_effects, choose_strength, greedy_actions, shrunk
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     ENGAGE_COLUMNS,
+    NO_CONTACT,
     OFFER_COLUMNS,
     UpliftConfig,
+    action_names,
     fit_learner,
     fit_t_learner,
+    logged_actions,
     user_folds,
 )
+from nextbest.training.uplift import action_draws as _action_draws
+from nextbest.training.uplift import action_grid as _grid
 
 __all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
            "decisions_since", "logged_feasibility", "converted_within"]
 
-NO_CONTACT = "no contact"
 
 
 @dataclass(frozen=True)
@@ -56,17 +64,9 @@ class LogsConfig:
     folds: int = 3
     learners: tuple[str, ...] = ("t", "x", "dr")
     rounds: int = 100  # boosting rounds per model (default parameters: judging, not tuning)
+    margin_z: float = 1.0  # a learner's policy leaves the best fixed action only for a gain this many std. errors above 0
     min_rows: int = 10  # an action a policy may take is logged at least this often outside each fold
     seed: int = 7
-
-
-def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.ndarray, np.ndarray]:
-    """Each row's logged action ("offer @ channel", or NO_CONTACT) and its probability under the logging policy."""
-    action = action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
-    if "propensity" in frame and frame["propensity"].notna().all() and (frame["propensity"] > 0).all():
-        return action, frame["propensity"].to_numpy(dtype="float64")
-    share = pd.Series(action).value_counts(normalize=True)
-    return action.astype(object), share.reindex(action).to_numpy()
 
 
 def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
@@ -78,7 +78,14 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
 
     `feasible` (action -> per-row mask, e.g. from `logged_feasibility`): every policy takes only actions open at the
     logged decision (a fixed policy: its action where open, else no contact), so no policy is judged on actions
-    the logging policy could not take."""
+    the logging policy could not take.
+
+    A learner's policy shrinks its uplift toward each action's average effect (`training/shrinkage.py`; strength 1 is
+    the raw uplift, the argmax's, which "<learner> (argmax)" shows beside it, judged once per fold): on each
+    fold, by the strength whose policy gained most over strength 0 (the best fixed action) on the other folds, by
+    the lower bound of that gain (`config.margin_z` standard errors); `attrs["shrinkage"]` holds per learner the
+    strength chosen on all folds, the folds' strengths and each strength's bound. "<learner> (argmax)" is the same
+    model's pure argmax."""
     if "label" not in data.frame or data.treatment is None:
         raise ValueError("off-policy evaluation needs the uplift rows: contacted and control rows with a label")
     frame = data.frame.reset_index(drop=True)
@@ -97,8 +104,12 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
         raise ValueError(f"no contacted action is logged {config.min_rows}+ times outside every fold: too few "
                          "decisions to judge a policy (fewer --folds, or more users)")
     fit_cfg = _fit_config(config)
-    names = [*config.learners, *(f"everyone: {a}" for a in actions), f"nobody ({NO_CONTACT})"]
+    argmax = {learner: f"{learner} (argmax)" for learner in config.learners}
+    names = [*config.learners, *argmax.values(), *(f"everyone: {a}" for a in actions), f"nobody ({NO_CONTACT})"]
     chosen = {name: np.empty(len(frame), dtype=object) for name in names}
+    reward = frame[data.label].to_numpy(dtype="float64")
+    # Each learner's policy at every candidate strength (training/shrinkage.py), on every fold's rows.
+    by_strength = {learner: {s: np.empty(len(frame), dtype=object) for s in STRENGTHS} for learner in config.learners}
     for k in range(config.folds):
         test = folds == k
         train = replace(data, frame=frame[~test].reset_index(drop=True))
@@ -119,27 +130,44 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
             grid = _grid(rows.iloc[part].reset_index(drop=True), draws, part)
             for learner, model in models.items():
                 uplift[learner][part] = np.asarray(model.predict(grid), dtype="float64").reshape(len(actions), -1).T
+        open_ = None if feasible is None else np.stack([feasible[a][test] for a in actions], axis=1)
+        # The centers come from the other folds' outcomes only, like the models.
+        center = average_effects(action[~test], propensity[~test], reward[~test], actions, NO_CONTACT)
         for learner in config.learners:
             score = uplift[learner]
-            if feasible is not None:
-                score = np.where(np.stack([feasible[a][test] for a in actions], axis=1), score, -np.inf)
-            best = score.argmax(axis=1)
-            chosen[learner][test] = np.where(score.max(axis=1) > 0, np.asarray(actions, dtype=object)[best], NO_CONTACT)
+            chosen[argmax[learner]][test] = greedy_actions(score, actions, NO_CONTACT, open_)
+            for s in STRENGTHS:
+                by_strength[learner][s][test] = greedy_actions(shrunk(score, center, s), actions,
+                                                               NO_CONTACT, open_)
         for a in actions:
             chosen[f"everyone: {a}"][test] = a if feasible is None else np.where(feasible[a][test], a, NO_CONTACT)
         chosen[f"nobody ({NO_CONTACT})"][test] = NO_CONTACT
+    shrinkage = {}
+    for learner in config.learners:
+        # Each fold's strength is chosen on the other folds' decisions (judged by models that never saw them); the
+        # strength on all folds is the one a model fitted on the whole log would use.
+        per_fold = []
+        for k in range(config.folds):
+            other = folds != k
+            s, _ = choose_strength({s: c[other] for s, c in by_strength[learner].items()}, action[other],
+                                   propensity[other], reward[other], config.margin_z)
+            chosen[learner][folds == k] = by_strength[learner][s][folds == k]
+            per_fold.append(s)
+        overall, bounds = choose_strength(by_strength[learner], action, propensity, reward, config.margin_z)
+        shrinkage[learner] = {"strength": overall, "by_fold": per_fold, "gain_lower_bounds": bounds}
     table = judge_choices(replace(data, frame=frame), chosen, config, folds=folds, action=action, propensity=propensity)
-    table.insert(0, "kind", ["learner" if name in config.learners else "fixed" for name in table.index])
-    fixed = [name for name in names if name not in config.learners]
+    table.insert(0, "kind", ["learner" if name in config.learners else "argmax" if name in argmax.values() else "fixed"
+                             for name in table.index])
+    fixed = [name for name in names if name.startswith(("everyone: ", "nobody ("))]
     terms = table.attrs["dr_terms"]
-    reference, by_fold = _best_fixed_out_of_fold(fixed, chosen, action, propensity,
-                                                 frame[data.label].to_numpy(dtype="float64"), folds, terms)
+    reference, by_fold = _best_fixed_out_of_fold(fixed, chosen, action, propensity, reward, folds, terms)
     for name in names:
         diff = paired_difference(terms[name], reference)
         table.loc[name, ["vs_best_fixed", "vs_best_fixed_low", "vs_best_fixed_high"]] = diff.value, diff.low, diff.high
     picked = list(dict.fromkeys(by_fold))
     table.attrs["best_fixed"] = picked[0] if len(picked) == 1 else "best fixed (chosen per fold)"
     table.attrs["best_fixed_by_fold"] = by_fold
+    table.attrs["shrinkage"] = shrinkage
     return table
 
 
@@ -164,13 +192,6 @@ def _best_fixed_out_of_fold(fixed: list[str], chosen: dict[str, np.ndarray], act
 def _fit_config(config: LogsConfig) -> UpliftConfig:
     """Untuned fits of `config.rounds` rounds: judging, not tuning."""
     return UpliftConfig(fit=FitConfig(trials=1, max_rounds=config.rounds, seed=config.seed), seed=config.seed)
-
-
-def action_names(offer: np.ndarray, channel: np.ndarray, treated: np.ndarray) -> np.ndarray:
-    """"offer @ channel" where treated, else NO_CONTACT: the one spelling of an action."""
-    named = pd.Series(offer, dtype=object).astype(str).to_numpy() + " @ " + \
-        pd.Series(channel, dtype=object).astype(str).to_numpy()
-    return np.where(np.asarray(treated, dtype=bool), named, NO_CONTACT).astype(object)
 
 
 def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: LogsConfig = LogsConfig(),
@@ -301,36 +322,6 @@ class _RewardModel:
 
 
 _GRID_ROWS = 200_000  # (row, action) copies scored per call: bounds memory, large enough that per-call costs vanish
-
-
-def _action_draws(train: pd.DataFrame, actions: list[str], treatment: str, n: int,
-                  seed: int) -> list[tuple[pd.DataFrame, np.ndarray]]:
-    """Per action, its request columns as logged in the training rows (the offer's attributes, the channel, send
-    hours) and, for each of `n` rows, which of those examples the row is scored with."""
-    rng = np.random.default_rng(seed)
-    sent = train[train[treatment].to_numpy() == 1]
-    logged = (sent["offer_id"].astype(str) + " @ " + sent["channel"].astype(str)).to_numpy()
-    out = []
-    for a in actions:
-        examples = sent[logged == a][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
-        out.append((examples, rng.integers(0, len(examples), n)))
-    return out
-
-
-def _grid(rows: pd.DataFrame, draws: list[tuple[pd.DataFrame, np.ndarray]], part: slice = slice(None)) -> pd.DataFrame:
-    """`rows` (the rows `part` of those `draws` were made for) once per action (action-major), each copy with its
-    drawn request columns."""
-    columns = list(OFFER_COLUMNS + ENGAGE_COLUMNS)
-    base = rows.drop(columns=columns)
-    return pd.concat([base.join(examples.iloc[draw[part]].reset_index(drop=True)) for examples, draw in draws],
-                     ignore_index=True)
-
-
-def _action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
-                 seed: int) -> pd.DataFrame:
-    """`rows` once per action (action-major), each copy with that action's request columns: the offer's
-    attributes and channel from the training rows that logged it, a send hour drawn from them."""
-    return _grid(rows, _action_draws(train, actions, treatment, len(rows), seed))
 
 
 def converted_within(log: pd.DataFrame, window_days: int) -> np.ndarray:

@@ -59,7 +59,8 @@ def _labels(path: Path | None):
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None, sample_rows: int | None = None,
-           learner: str = "auto", dates: int = 4, split: str = "user") -> tuple[list, dict[str, str]]:
+           learner: str = "auto", dates: int = 4, split: str = "user",
+           shrink: bool = False) -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
@@ -113,7 +114,8 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         raise _UserError(f"cannot train {model}: {skipped[names[0]]}")
     names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
-                         sample_rows=sample_rows or settings.train_sample_rows, uplift_learner=learner, dates=dates, split=split)
+                         sample_rows=sample_rows or settings.train_sample_rows, uplift_learner=learner, dates=dates, split=split,
+                         uplift_shrinkage=shrink)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -193,13 +195,16 @@ def register(app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="purchase/churn cross-validation: user (folds grouped by user) or time "
                                                 "(folds of snapshot dates, each trained only on rows whose horizon "
                                                 "closed before its first date; needs dates spanning several horizons)")] = "user",
+        shrink: Annotated[bool, typer.Option("--shrink", help="uplift: fit how far the policy may leave the best fixed "
+                                                              "action (cross-fitted; decisions use it): for a randomised "
+                                                              "experiment log")] = False,
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome,
-                                     sample_rows, learner, dates, split)
+                                     sample_rows, learner, dates, split, shrink)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")

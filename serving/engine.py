@@ -28,6 +28,7 @@ __all__ = [
     "send_time_scores",
     "conversion_scores",
     "funnel_factors",
+    "shrunk_uplift",
     "churn_scores",
     "best_slots",
     "expected_values",
@@ -190,8 +191,28 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
                     p_convert = out
         if "conversion" not in models.models:
             p_convert = _rule_convert(users, offers, channels)
-        return p_convert, uplift
+        return p_convert, shrunk_uplift(models, uplift, config)
     return _rule_convert(users, offers, channels), uplift
+
+
+def shrunk_uplift(models: ModelSet, uplift: np.ndarray, config: OperatorConfig) -> np.ndarray:
+    """The uplift champion's scores (U, O, C) moved toward each action's average effect by the strength chosen when
+    it was trained (training/shrinkage.py): the champion leaves the best fixed action only where its estimate of the
+    gain survived cross-fitting. A champion without a shrinkage (trained before it) scores as it is."""
+    model = models.models.get("uplift")
+    shrinkage = getattr(model.model, "shrinkage_", None) if model is not None else None
+    if shrinkage is None:
+        return uplift
+    n_u, n_o, n_c = uplift.shape
+    hit = _SHRINK.get((id(config), id(shrinkage)))
+    if hit is None or hit[0] is not config or hit[1] is not shrinkage:
+        _SHRINK.clear()  # one config and one champion in force at a time; the entry keeps both alive
+        actions = [f"{o.offer_id} @ {c}" for o in config.offers for c in config.channel_names()]
+        hit = _SHRINK[(id(config), id(shrinkage))] = (config, shrinkage, shrinkage.arrays(actions))
+    return shrinkage.apply_arrays(uplift.reshape(n_u, n_o * n_c), hit[2]).reshape(n_u, n_o, n_c)
+
+
+_SHRINK: dict[tuple[int, int], tuple[OperatorConfig, object, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
 
 def funnel_factors(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,

@@ -27,7 +27,7 @@ def true_value(frame, chosen: np.ndarray) -> float:
 def test_policies_are_judged_out_of_fold_within_10_percent_of_the_truth():
     data = planted(6_000, seed=5)
     table = policy_values(data, LogsConfig(folds=2, learners=("t",), rounds=60))
-    assert set(table.index) == {"t", "everyone: A @ email", "everyone: B @ email", f"nobody ({NO_CONTACT})"}
+    assert set(table.index) == {"t", "t (argmax)", "everyone: A @ email", "everyone: B @ email", f"nobody ({NO_CONTACT})"}
     for policy, row in table.iterrows():
         truth = true_value(data.frame, table.attrs["chosen"][policy])
         for est in ("snips", "dr"):
@@ -67,7 +67,8 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     result = runner.invoke(app, ["evaluate", "--logs", "--folds", "2", "--learners", "t", "--users", "150"])
     assert result.exit_code == 0, result.output
     assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
-    assert "everyone:" in result.output and "│ t " in result.output
+    assert "everyone:" in result.output and "│ t " in result.output and "│ t (argmax) " in result.output
+    assert "t: shrinkage strength" in result.output  # the learned policy's choice, beside the pure argmax
     bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "q"])
     assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
 

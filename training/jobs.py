@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 7
     sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
     uplift_learner: str = "auto"  # uplift: auto (cross-fitted choice) or t, x, dr, funnel
+    uplift_shrinkage: bool = False  # uplift: fit the policy's shrinkage (training/shrinkage.py), which decisions then use
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def model_config(name: str, config: TrainConfig):
     if name == "churn":
         return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, dates=config.dates, fit=fit)
     if name == "uplift":
-        return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed)
+        return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed,
+                                   shrinkage=config.uplift_shrinkage)
     if name == "send_time":
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":

@@ -77,6 +77,7 @@ def registered_name(name: str) -> str:
 def primary_metric(name: str) -> str:
     return PRIMARY_METRIC.get(name, "auc")
 _CHECKSUMS = "checksums.json"
+_SHRINKAGE = "shrinkage.json"
 _CONTRACT = "contract.json"  # what serving needs to use the model: FeatureService, its input types, request columns
 
 
@@ -111,6 +112,8 @@ def save_scorer(scorer, folder: Path, contract: dict | None = None) -> str:
     """Write the scorer's files (and its contract) and their sha256 list; returns the digest of that list."""
     folder.mkdir(parents=True, exist_ok=True)
     scorer.save(folder)
+    if getattr(scorer, "shrinkage_", None) is not None:  # an uplift model's policy shrinkage (training/shrinkage.py)
+        (folder / _SHRINKAGE).write_text(json.dumps(scorer.shrinkage_.to_json(), indent=1, sort_keys=True))
     if contract is not None:
         (folder / _CONTRACT).write_text(json.dumps(contract, indent=1, sort_keys=True))
     sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _CHECKSUMS}
@@ -155,6 +158,10 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
         raise ChecksumError(f"{label}: unknown model kind {kind!r}")
     contract = folder / _CONTRACT
     scorer.contract_ = json.loads(contract.read_text()) if contract.exists() else None
+    if (folder / _SHRINKAGE).exists():  # models saved before it have none: serving uses their uplift as it is
+        from nextbest.training.shrinkage import Shrinkage
+
+        scorer.shrinkage_ = Shrinkage.from_json(json.loads((folder / _SHRINKAGE).read_text()))
     return scorer
 
 

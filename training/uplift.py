@@ -44,11 +44,20 @@ from nextbest.training.scorers import (
     SLearnerScorer,
     UpliftScorer,
 )
+from nextbest.training.shrinkage import (
+    STRENGTHS,
+    Shrinkage,
+    average_effects,
+    choose_strength,
+    greedy_actions,
+    shrunk,
+)
 from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
-           "LEARNERS", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores", "evaluate"]
+           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores",
+           "evaluate", "fit_shrinkage", "action_names", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
@@ -66,10 +75,17 @@ class UpliftConfig:
     folds: int = 3  # cross-fitting folds (by user) for the automatic choice
     select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
     select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
+    # Fit how far each user's uplift may leave its action's average effect (`fit_shrinkage`), which decisions then use.
+    # Off by default: on the demo world's log (60 actions, a targeted logging policy) the cross-fitted strength on the
+    # 20k-row sample came out 0, which would take the targeting out of every decision (benchmarks/RESULTS.md).
+    shrinkage: bool = False
+    margin_z: float = 1.0  # the policy leaves the best fixed action only for a gain this many standard errors above 0
+    min_action_rows: int = 10  # an action gets a shrinkage center when logged at least this often
     seed: int = 7
 
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
+NO_CONTACT = "no contact"  # the control arm's action
 _MIN_OPENS = 20  # fewer tracked opens than this: the funnel learner is no candidate
 
 
@@ -87,11 +103,17 @@ def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None
     """The learner `config.learner`, or with "auto" the candidate with the best cross-fitted per-offer Qini AUC
     (its scores per learner are kept on the scorer as `selection_` and logged with the holdout metrics)."""
     if config.learner != "auto":
-        return fit_learner(config.learner, train, config, progress)
-    table = choose_learner(train, config)
-    best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
-    scorer = fit_learner(best, train, config, progress)
-    scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
+        scorer = fit_learner(config.learner, train, config, progress)
+    else:
+        table = choose_learner(train, config)
+        best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
+        scorer = fit_learner(best, train, config, progress)
+        scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
+    if config.shrinkage:
+        scorer.shrinkage_ = fit_shrinkage(scorer, train, config)
+        # Recorded with the run (MLflow params): how far this champion's choices may leave the best fixed action.
+        scorer.params_["shrinkage_strength"] = scorer.shrinkage_.strength
+        scorer.params_["shrinkage_strength_by_fold"] = ",".join(f"{v:g}" for v in scorer.shrinkage_by_fold_)
     return scorer
 
 
@@ -379,3 +401,109 @@ def evaluate(scorer, holdout: TrainingSet, seed: int = 7) -> dict[str, float]:
     out = summarise_offers(per_offer)
     out["treated_share"] = float((holdout.frame[holdout.treatment] == 1).mean())
     return {**out, **getattr(scorer, "selection_", {})}
+
+
+# --- the policy's shrinkage (training/shrinkage.py) ------------------------------------------------------------
+
+
+def action_names(offer: np.ndarray, channel: np.ndarray, treated: np.ndarray) -> np.ndarray:
+    """"offer @ channel" where treated, else NO_CONTACT: the one spelling of an action."""
+    named = pd.Series(offer, dtype=object).astype(str).to_numpy() + " @ " + \
+        pd.Series(channel, dtype=object).astype(str).to_numpy()
+    return np.where(np.asarray(treated, dtype=bool), named, NO_CONTACT).astype(object)
+
+
+def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.ndarray, np.ndarray]:
+    """Each row's logged action ("offer @ channel", or NO_CONTACT) and its probability under the logging policy."""
+    action = action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
+    if "propensity" in frame and frame["propensity"].notna().all() and (frame["propensity"] > 0).all():
+        return action, frame["propensity"].to_numpy(dtype="float64")
+    share = pd.Series(action).value_counts(normalize=True)
+    return action.astype(object), share.reindex(action).to_numpy()
+
+
+def action_draws(train: pd.DataFrame, actions: list[str], treatment: str, n: int,
+                 seed: int) -> list[tuple[pd.DataFrame, np.ndarray]]:
+    """Per action, its request columns as logged in the training rows (the offer's attributes, the channel, send
+    hours) and, for each of `n` rows, which of those examples the row is scored with."""
+    rng = np.random.default_rng(seed)
+    sent = train[train[treatment].to_numpy() == 1]
+    logged = (sent["offer_id"].astype(str) + " @ " + sent["channel"].astype(str)).to_numpy()
+    out = []
+    for a in actions:
+        examples = sent[logged == a][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
+        out.append((examples, rng.integers(0, len(examples), n)))
+    return out
+
+
+def action_grid(rows: pd.DataFrame, draws: list[tuple[pd.DataFrame, np.ndarray]], part: slice = slice(None)) -> pd.DataFrame:
+    """`rows` (the rows `part` of those `draws` were made for) once per action (action-major), each copy with its
+    drawn request columns."""
+    columns = list(OFFER_COLUMNS + ENGAGE_COLUMNS)
+    base = rows.drop(columns=columns)
+    return pd.concat([base.join(examples.iloc[draw[part]].reset_index(drop=True)) for examples, draw in draws],
+                     ignore_index=True)
+
+
+def action_rows(rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
+                seed: int) -> pd.DataFrame:
+    """`rows` once per action (action-major), each copy with that action's request columns: the offer's
+    attributes and channel from the training rows that logged it, a send hour drawn from them."""
+    return action_grid(rows, action_draws(train, actions, treatment, len(rows), seed))
+
+
+_SHRINK_GRID = 200_000  # (row, action) copies scored per call while fitting the shrinkage: bounds memory
+
+
+def _uplift_of_actions(scorer, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], treatment: str,
+                       seed: int) -> np.ndarray:
+    """The scorer's uplift of each action for each of `rows` (rows x actions), in chunks of rows."""
+    draws = action_draws(train, actions, treatment, len(rows), seed)
+    out = np.empty((len(rows), len(actions)))
+    step = max(_SHRINK_GRID // max(len(actions), 1), 1)
+    for start in range(0, len(rows), step):
+        part = slice(start, start + step)
+        grid = action_grid(rows.iloc[part].reset_index(drop=True), draws, part)
+        out[part] = np.asarray(scorer.predict(grid), dtype="float64").reshape(len(actions), -1).T
+    return out
+
+
+def fit_shrinkage(scorer, train: TrainingSet, config: UpliftConfig = UpliftConfig()) -> Shrinkage:
+    """The fitted `scorer`'s shrinkage (training/shrinkage.py): its strength chosen cross-fitted on the same seeded
+    sample of users the learner is chosen on (its learner refitted untuned on each fold's complement; each
+    strength's policy judged by its IPS gain over strength 0 on the fold) and the log's average effect of each action
+    on every training row.
+
+    Serving applies it to the champion's uplift before the expected value (`serving.engine.conversion_scores`), and
+    `nextbest evaluate --logs` judges the same rule (`pipelines/offpolicy.py`)."""
+    learner = scorer.params_.get("learner", "t")
+    action, propensity = logged_actions(train.frame, train.treatment)
+    counts = pd.Series(action).value_counts()
+    actions = sorted(a for a, n in counts.items() if a != NO_CONTACT and n >= config.min_action_rows)
+    center = average_effects(action, propensity, train.y.astype("float64"), actions, NO_CONTACT)
+    sample = _user_sample(train, config.select_rows, config.seed)
+    s_action, s_propensity = logged_actions(sample.frame, sample.treatment)
+    reward = sample.y.astype("float64")
+    folds = user_folds(_users(sample.frame), config.folds, config.seed)
+    quick = replace(config, fit=replace(config.fit, trials=1, max_rounds=config.select_rounds))
+    chosen = {s: np.full(len(sample.frame), NO_CONTACT, dtype=object) for s in STRENGTHS}
+    for k in range(config.folds):
+        test = folds == k
+        fit_rows = sample.subset(~test)
+        try:
+            model = fit_learner(learner, fit_rows, quick)
+        except ValueError:  # a fold without what this learner needs: no evidence for a deviation from it
+            continue
+        rows = sample.frame[test].reset_index(drop=True)
+        uplift = _uplift_of_actions(model, rows, fit_rows.frame, actions, train.treatment, config.seed + k)
+        fold_center = average_effects(s_action[~test], s_propensity[~test], reward[~test], actions, NO_CONTACT)
+        for s in STRENGTHS:
+            chosen[s][test] = greedy_actions(shrunk(uplift, fold_center, s), actions, NO_CONTACT)
+    strength, _ = choose_strength(chosen, s_action, s_propensity, reward, config.margin_z)
+    by_fold = []
+    for k in range(config.folds):  # each fold's own choice, for the record: how stable the strength is
+        other = folds != k
+        by_fold.append(choose_strength({s: c[other] for s, c in chosen.items()}, s_action[other], s_propensity[other],
+                                       reward[other], config.margin_z)[0])
+    scorer.shrinkage_by_fold_ = by_fold
+    return Shrinkage(strength, dict(zip(actions, center.tolist(), strict=True)))

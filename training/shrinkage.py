@@ -1,0 +1,117 @@
+"""Shrinkage of per-user uplift toward each action's average effect: the learned policy may leave the best fixed
+action only where the model's estimate of the gain is strong enough to survive the noise.
+
+A per-user argmax over noisy uplift estimates loses to the best send-everyone policy when the true heterogeneity
+is small against the estimation noise (a company's e-mail experiment: its argmax policy beat "everyone offer A"
+but not "everyone offer B"). So each score is moved toward the action's average effect in the log:
+
+    shrunk(x, a) = center(a) + strength x (uplift(x, a) - center(a))
+
+`center(a)`: the action's average effect in the log (self-normalised IPS: its logged rows' reward minus the control
+rows', each weighted by 1 / propensity). Strength 0 gives every user the same ranking of actions (the best fixed
+policy: the action of the highest average effect, where open, or nobody when none is positive); strength 1 is the
+model's raw uplift (the per-user argmax). The form recentred on the model's own mean, center + strength x (uplift -
+mean), lost 25 % against the raw argmax on 1,000 users of the demo world at strength 1 (60 actions, each center from
+~130 logged rows: the noise of the centers reordered the actions); this one keeps the raw argmax among the candidates.
+The strength is chosen out of sample (`choose_strength`) from the policies each strength makes
+on decisions the models did not train on: the largest lower confidence bound of the gain over strength 0, so the
+policy leaves the fixed one only for a gain larger than `z` standard errors.
+
+One definition for every place that turns uplift scores into choices: `nextbest evaluate --logs` and the retrain
+gate (`pipelines/offpolicy.py`), the uplift champion (its strength and centers travel with it) and serving's EV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["STRENGTHS", "Shrinkage", "shrunk", "average_effects", "choose_strength", "greedy_actions"]
+
+STRENGTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate strengths, 0 = the best fixed policy
+
+
+@dataclass(frozen=True)
+class Shrinkage:
+    """An uplift model's shrinkage: its strength and, per action ("offer @ channel"), the log's average effect."""
+
+    strength: float
+    center: dict[str, float]
+
+    def apply(self, uplift: np.ndarray, actions: list[str]) -> np.ndarray:
+        """`shrunk` over the last axis of `uplift`, one entry per action in `actions`; an action without a
+        center (never logged) keeps its score as it is."""
+        return self.apply_arrays(uplift, self.arrays(actions))
+
+    def arrays(self, actions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per action in `actions`: whether it has a center, and its center (computed once per action list by a
+        caller that applies it often)."""
+        return np.array([a in self.center for a in actions], dtype=bool), np.array([self.center.get(a, 0.0) for a in actions])
+
+    def apply_arrays(self, uplift: np.ndarray, arrays: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        known, center = arrays
+        return np.where(known, shrunk(uplift, center, self.strength), uplift)
+
+    def to_json(self) -> dict:
+        return {"strength": self.strength, "center": self.center}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Shrinkage:
+        return cls(float(data["strength"]), {str(k): float(v) for k, v in data["center"].items()})
+
+
+def shrunk(uplift: np.ndarray, center: np.ndarray, strength: float) -> np.ndarray:
+    """center + strength x (uplift - center), `center` broadcast over the last axis (the actions)."""
+    center = np.asarray(center, dtype="float64")
+    return center + strength * (np.asarray(uplift, dtype="float64") - center)
+
+
+def average_effects(action: np.ndarray, propensity: np.ndarray, reward: np.ndarray, actions: list[str],
+                    control: str) -> np.ndarray:
+    """Per action in `actions`, its logged rows' mean reward minus the control rows', each row weighted by
+    1 / propensity (self-normalised); 0 for an action with no logged row."""
+    w = 1.0 / np.asarray(propensity, dtype="float64")
+    r = np.asarray(reward, dtype="float64")
+
+    def mean_of(name: str) -> float:
+        hit = action == name
+        return float((w[hit] * r[hit]).sum() / w[hit].sum()) if hit.any() else np.nan
+
+    base = mean_of(control)
+    return np.array([np.nan_to_num(mean_of(a) - base) for a in actions])
+
+
+def greedy_actions(score: np.ndarray, actions: list[str], none: str, open_: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the open action of the highest score when it is positive, else `none` (score: rows x actions)."""
+    if open_ is not None:
+        score = np.where(open_, score, -np.inf)
+    if score.shape[1] == 0:
+        return np.full(len(score), none, dtype=object)
+    best = score.argmax(axis=1)
+    return np.where(score.max(axis=1) > 0, np.asarray(actions, dtype=object)[best], none).astype(object)
+
+
+def choose_strength(chosen: dict[float, np.ndarray], action: np.ndarray, propensity: np.ndarray, reward: np.ndarray,
+                    z: float = 1.0) -> tuple[float, dict[float, float]]:
+    """The strength whose policy (`chosen[strength]`: each logged row's action under it) has the largest lower
+    bound, mean - z x standard error, of its IPS gain over strength 0 on these logged decisions; 0 when no bound is
+    above 0. Returns it and each strength's bound (0 for strength 0).
+
+    The gain is paired: a decision counts only where the two policies differ and one of them takes the logged
+    action, so its standard error is that of the deviations alone. The rows must be decisions the models that made
+    `chosen` did not train on."""
+    w = np.asarray(reward, dtype="float64") / np.asarray(propensity, dtype="float64")
+    base = chosen[0.0] == action
+    bounds, means = {0.0: 0.0}, {0.0: 0.0}
+    for strength, pick in chosen.items():
+        if strength == 0.0:
+            continue
+        gain = ((pick == action).astype("float64") - base) * w
+        se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        means[strength] = float(gain.mean())
+        bounds[strength] = float(gain.mean() - z * se)
+    sure = [s for s in sorted(bounds) if bounds[s] > 0]
+    if not sure:
+        return 0.0, bounds
+    return max(sure, key=lambda s: means[s]), bounds  # ties: the smaller strength (sorted, max keeps the first)
