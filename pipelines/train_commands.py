@@ -60,7 +60,7 @@ def _labels(path: Path | None):
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None, sample_rows: int | None = None,
            learner: str = "auto", dates: int = 4, split: str = "user",
-           shrink: bool = False) -> tuple[list, dict[str, str]]:
+           shrink: bool | None = None) -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
@@ -195,9 +195,10 @@ def register(app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="purchase/churn cross-validation: user (folds grouped by user) or time "
                                                 "(folds of snapshot dates, each trained only on rows whose horizon "
                                                 "closed before its first date; needs dates spanning several horizons)")] = "user",
-        shrink: Annotated[bool, typer.Option("--shrink", help="uplift: fit how far the policy may leave the best fixed "
-                                                              "action (cross-fitted; decisions use it): for a randomised "
-                                                              "experiment log")] = False,
+        shrink: Annotated[bool | None, typer.Option("--shrink/--no-shrink", help="uplift: fit how far the policy may "
+                                                       "leave the best fixed action (cross-fitted; decisions use it) "
+                                                       "[default: automatic, on for a log of at most 8 actions, a "
+                                                       "randomised experiment's shape]", show_default=False)] = None,
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""

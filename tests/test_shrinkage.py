@@ -105,7 +105,11 @@ def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_
     quick = uplift.UpliftConfig(learner="t", fit=FitConfig(trials=1, max_rounds=60), folds=2, select_rounds=60,
                                 shrinkage=True)
     assert not hasattr(uplift.fit(experiment(1_000, seed=2, heterogeneity=0.0), replace(quick, shrinkage=False)),
-                       "shrinkage_")  # off unless asked (`nextbest train uplift --shrink`)
+                       "shrinkage_")  # off when asked (`nextbest train uplift --no-shrink`)
+    # Automatic (the default): on for an experiment's few actions, off for a targeted log of many.
+    three = experiment(1_000, seed=2, heterogeneity=0.0)
+    assert uplift.shrinks(three, replace(quick, shrinkage=None))
+    assert not uplift.shrinks(three, replace(quick, shrinkage=None, shrink_max_actions=2))
     flat = uplift.fit(experiment(4_000, seed=1, heterogeneity=0.0), quick)
     assert flat.shrinkage_.strength == 0.0 and flat.params_["shrinkage_strength"] == 0.0  # recorded with the run
     assert set(flat.shrinkage_.center) == {"A @ email", "B @ email"}

@@ -58,7 +58,9 @@ class TrainConfig:
     seed: int = 7
     sample_rows: int = 500_000  # rows joined per row set (contact log, snapshots); larger ones are sampled
     uplift_learner: str = "auto"  # uplift: auto (cross-fitted choice) or t, x, dr, funnel
-    uplift_shrinkage: bool = False  # uplift: fit the policy's shrinkage (training/shrinkage.py), which decisions then use
+    # uplift: fit the policy's shrinkage (training/shrinkage.py), which decisions then use; None = automatic (a log of
+    # few actions, a randomised experiment's shape: `uplift.shrinks`)
+    uplift_shrinkage: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
            "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores",
-           "evaluate", "fit_shrinkage", "action_names", "logged_actions", "action_draws", "action_grid", "action_rows"]
+           "evaluate", "fit_shrinkage", "shrinks", "action_names", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
@@ -76,9 +76,12 @@ class UpliftConfig:
     select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
     select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
     # Fit how far each user's uplift may leave its action's average effect (`fit_shrinkage`), which decisions then use.
-    # Off by default: on the demo world's log (60 actions, a targeted logging policy) the cross-fitted strength on the
-    # 20k-row sample came out 0, which would take the targeting out of every decision (benchmarks/RESULTS.md).
-    shrinkage: bool = False
+    # None (default) = automatic: on for a log of at most `shrink_max_actions` actions (no contact included: the shape
+    # of a randomised experiment, where the argmax lost to the best fixed offer), off for a targeted log of many
+    # actions: on the demo world's (60 actions) the out-of-sample choice of strength is too noisy and came out 0,
+    # which would take the targeting out of every decision (benchmarks/RESULTS.md).
+    shrinkage: bool | None = None
+    shrink_max_actions: int = 8
     margin_z: float = 1.0  # the policy leaves the best fixed action only for a gain this many standard errors above 0
     min_action_rows: int = 10  # an action gets a shrinkage center when logged at least this often
     seed: int = 7
@@ -109,12 +112,22 @@ def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None
         best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
         scorer = fit_learner(best, train, config, progress)
         scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
-    if config.shrinkage:
+    if shrinks(train, config):
         scorer.shrinkage_ = fit_shrinkage(scorer, train, config)
         # Recorded with the run (MLflow params): how far this champion's choices may leave the best fixed action.
         scorer.params_["shrinkage_strength"] = scorer.shrinkage_.strength
         scorer.params_["shrinkage_strength_by_fold"] = ",".join(f"{v:g}" for v in scorer.shrinkage_by_fold_)
     return scorer
+
+
+def shrinks(train: TrainingSet, config: UpliftConfig = UpliftConfig()) -> bool:
+    """Whether the champion fitted on `train` gets a shrinkage: as asked, or (`shrinkage=None`) when the log holds at
+    most `shrink_max_actions` distinct actions, no contact included (a randomised experiment's shape)."""
+    if config.shrinkage is not None:
+        return config.shrinkage
+    frame = train.frame
+    return len(set(action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(),
+                                frame[train.treatment].to_numpy() == 1))) <= config.shrink_max_actions
 
 
 def fit_learner(learner: str, train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
