@@ -24,10 +24,11 @@ def redis_port(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def online(settings: Settings, service: str) -> dict[str, list]:
+def online(settings: Settings, service: str, stamps: bool = False) -> dict[str, list]:
+    """What Feast reads for IDS; `stamps`: with each feature's stored event time (`<feature>__ts`, epoch seconds)."""
     store = feature_store(settings)
     return store.get_online_features(features=store.get_feature_service(service),
-                                     entity_rows=[{"user_id": u} for u in IDS]).to_dict()
+                                     entity_rows=[{"user_id": u} for u in IDS]).to_dict(include_event_timestamps=stamps)
 
 
 def on_redis(home: Settings, port: int, db: int) -> Settings:
@@ -48,14 +49,17 @@ def test_bulk_redis_load_reads_back_as_feasts_own_write_and_as_sqlite(built, red
     assert written == materialize(feast_own, method="feast-write") == materialize(home)
     assert written["profile"] == 200 and set(written) >= {"profile", "behaviour", "channel", "tags", "realtime"}
     for fs in feature_store(home).list_feature_services():
+        got = online(bulk, fs.name, stamps=True)
+        assert got == online(feast_own, fs.name, stamps=True), fs.name  # values and stored event times
         got = online(bulk, fs.name)
-        assert got == online(feast_own, fs.name), fs.name
         assert got == online(home, fs.name), fs.name  # the SQLite store of the same tables
         assert all(got[k][200] is None for k in got if k != "user_id")  # the ghost
     got = online(bulk, "decision_v1")
     assert got["revenue_all"][7] is None and got["lifecycle_stage"][8] is None
     newest = newest_rows(home, "behaviour", pd.Timestamp.now(tz="UTC")).set_index("user_id")
     assert got["revenue_all"][9] == pytest.approx(newest.loc["u0009", "revenue_all"])
+    # The event time stored is the row's own, in whole seconds (a microsecond column once read as nanoseconds: 1970)
+    assert online(bulk, "decision_v1", stamps=True)["revenue_all__ts"][9] == int(newest.loc["u0009", "event_timestamp"].timestamp())
     # One hash per user (Feast's layout), nothing else in the database.
     assert redis.Redis(port=redis_port, db=1).dbsize() == 200
 
