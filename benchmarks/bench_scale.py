@@ -28,25 +28,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _step_peaks(steps: list[str], peaks: dict[str, int], done) -> None:
+    """Sample this process' RSS every 0.1 s until `done` is set, keeping the peak per current build step (`steps[-1]`):
+    which step holds the stage's peak (DuckDB's memory limit bounds only its buffer pool)."""
+    import psutil
+
+    me = psutil.Process()
+    while not done.wait(0.1):
+        rss = me.memory_info().rss
+        peaks[steps[-1]] = max(peaks.get(steps[-1], 0), rss)
+
+
 def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     """Run one stage in this process (called in a child) and return what it did."""
+    import threading
+
     from nextbest.features.settings import Settings
 
     out: dict = {}
+    steps, peaks, done = ["start"], {}, threading.Event()
+    sampler = threading.Thread(target=_step_peaks, args=(steps, peaks, done), daemon=True)
+    sampler.start()
     started = time.perf_counter()
     if name == "simulate":
         from nextbest.features.ingest import write_raw
         from nextbest.simulation import WorldConfig, simulate
 
-        world = simulate(WorldConfig(n_users=args.users, seed=args.seed))
+        world = simulate(WorldConfig(n_users=args.users, seed=args.seed), progress=lambda step, done: steps.append(step))
         out["rows"] = {k: len(v) for k, v in world.tables.items()}
+        steps.append("write_raw")
         write_raw(world.tables, Settings(home=home).raw_dir)
     elif name.startswith("build:"):
         from nextbest.features.build import BuildConfig, build_features
 
         engine = name.split(":", 1)[1]
         settings = Settings(home=home, engine=engine, build_memory=args.duckdb_memory, spark_master=args.spark_master)
-        out["rows"] = build_features(settings, BuildConfig(snapshot_every_days=args.every_days, snapshots=args.snapshots))
+        out["rows"] = build_features(settings, BuildConfig(snapshot_every_days=args.every_days, snapshots=args.snapshots),
+                                     progress=steps.append)
         if engine == "spark":  # keep the Spark-built tables beside the DuckDB ones for the comparison
             target = home / "feature_tables_spark"
             shutil.rmtree(target, ignore_errors=True)
@@ -61,7 +79,8 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
         marks: dict[str, float] = {}
 
         def build(written):
-            rows = build_features(settings, config, written=written)
+            rows = build_features(settings, config, progress=steps.append, written=written)
+            steps.append("online tail (tags, realtime)")
             marks["build_seconds"] = round(time.perf_counter() - started, 2)  # tables published; loads may still run
             return rows
 
@@ -74,6 +93,9 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
         apply(settings)
         out["rows"] = materialize(settings)
     out["seconds"] = round(time.perf_counter() - started, 2)
+    done.set()
+    sampler.join()
+    out["step_peak_rss_mb"] = {step: round(rss / 2**20) for step, rss in peaks.items()}  # this process only
     return out
 
 
