@@ -28,6 +28,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class _Steps(list):
+    """The build's progress steps in order, each with the seconds since the stage began when it started (`at`)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(names)
+        self.started, self.at = time.perf_counter(), {n: 0.0 for n in names}
+
+    def append(self, name: str) -> None:
+        self.at.setdefault(name, round(time.perf_counter() - self.started, 1))
+        super().append(name)
+
+
 def _step_peaks(steps: list[str], peaks: dict[str, int], done) -> None:
     """Sample this process' RSS every 0.1 s until `done` is set, keeping the peak per current build step (`steps[-1]`):
     which step holds the stage's peak (DuckDB's memory limit bounds only its buffer pool)."""
@@ -46,7 +58,7 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     from nextbest.features.settings import Settings
 
     out: dict = {}
-    steps, peaks, done = ["start"], {}, threading.Event()
+    steps, peaks, done = _Steps(["start"]), {}, threading.Event()
     sampler = threading.Thread(target=_step_peaks, args=(steps, peaks, done), daemon=True)
     sampler.start()
     started = time.perf_counter()
@@ -96,6 +108,7 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     done.set()
     sampler.join()
     out["step_peak_rss_mb"] = {step: round(rss / 2**20) for step, rss in peaks.items()}  # this process only
+    out["step_started_s"] = steps.at
     return out
 
 
