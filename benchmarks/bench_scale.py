@@ -5,7 +5,9 @@ process tree (for Spark: the Python driver, the JVM and its Python workers), sam
 build is the product's own (`features.build.build_features`, as `nextbest features build` runs it). The online
 load (`--online`) is Feast apply + `materialize` (the bulk writer of the store: SQLite by default, or Redis with
 `--online-store redis`, a redis-server of the benchmark's own whose peak RSS counts in the stage's peak; its RSS and
-CPU seconds are also reported apart, as in production Redis is a separate service). Runs above
+CPU seconds are also reported apart, as in production Redis is a separate service). With Redis the build and the
+load run as one stage, `build+online` (`features.store.build_and_materialize`: each slice of users goes online while
+the next is built); `--sequential` measures the build, then the load. Runs above
 100k users take the shared lock so big runs of different people do not overlap:
 
     .venv/bin/python benchmarks/bench_scale.py --users 100000 --spark
