@@ -4,7 +4,10 @@ Each stage runs in a fresh child process; its peak memory is the peak of the sum
 process tree (for Spark: the Python driver, the JVM and its Python workers), sampled every 0.2 s. The feature
 build is the product's own (`features.build.build_features`, as `nextbest features build` runs it). The online
 load (`--online`) is Feast apply + `materialize` (the bulk writer of the store: SQLite by default, or Redis with
-`--online-store redis`, a redis-server of the benchmark's own whose peak RSS counts in the stage's peak). Runs above
+`--online-store redis`, a redis-server of the benchmark's own whose peak RSS counts in the stage's peak; its RSS and
+CPU seconds are also reported apart, as in production Redis is a separate service). With Redis the build and the
+load run as one stage, `build+online` (`features.store.build_and_materialize`: each slice of users goes online while
+the next is built); `--sequential` measures the build, then the load. Runs above
 100k users take the shared lock so big runs of different people do not overlap:
 
     .venv/bin/python benchmarks/bench_scale.py --users 100000 --spark
@@ -27,29 +30,76 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class _Steps(list):
+    """The build's progress steps in order, each with the seconds since the stage began when it started (`at`)."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(names)
+        self.started, self.at = time.perf_counter(), {n: 0.0 for n in names}
+
+    def append(self, name: str) -> None:
+        self.at.setdefault(name, round(time.perf_counter() - self.started, 1))
+        super().append(name)
+
+
+def _step_peaks(steps: list[str], peaks: dict[str, int], done) -> None:
+    """Sample this process' RSS every 0.1 s until `done` is set, keeping the peak per current build step (`steps[-1]`):
+    which step holds the stage's peak (DuckDB's memory limit bounds only its buffer pool)."""
+    import psutil
+
+    me = psutil.Process()
+    while not done.wait(0.1):
+        rss = me.memory_info().rss
+        peaks[steps[-1]] = max(peaks.get(steps[-1], 0), rss)
+
+
 def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     """Run one stage in this process (called in a child) and return what it did."""
+    import threading
+
     from nextbest.features.settings import Settings
 
     out: dict = {}
+    steps, peaks, done = _Steps(["start"]), {}, threading.Event()
+    sampler = threading.Thread(target=_step_peaks, args=(steps, peaks, done), daemon=True)
+    sampler.start()
     started = time.perf_counter()
     if name == "simulate":
         from nextbest.features.ingest import write_raw
         from nextbest.simulation import WorldConfig, simulate
 
-        world = simulate(WorldConfig(n_users=args.users, seed=args.seed))
+        world = simulate(WorldConfig(n_users=args.users, seed=args.seed), progress=lambda step, done: steps.append(step))
         out["rows"] = {k: len(v) for k, v in world.tables.items()}
+        steps.append("write_raw")
         write_raw(world.tables, Settings(home=home).raw_dir)
     elif name.startswith("build:"):
         from nextbest.features.build import BuildConfig, build_features
 
         engine = name.split(":", 1)[1]
         settings = Settings(home=home, engine=engine, build_memory=args.duckdb_memory, spark_master=args.spark_master)
-        out["rows"] = build_features(settings, BuildConfig(snapshot_every_days=args.every_days, snapshots=args.snapshots))
+        out["rows"] = build_features(settings, BuildConfig(snapshot_every_days=args.every_days, snapshots=args.snapshots),
+                                     progress=steps.append)
         if engine == "spark":  # keep the Spark-built tables beside the DuckDB ones for the comparison
             target = home / "feature_tables_spark"
             shutil.rmtree(target, ignore_errors=True)
             settings.feature_dir.rename(target)
+    elif name == "build+online":  # the product's overlapped path: each slice goes online while the next is built
+        from nextbest.features.build import BuildConfig, build_features
+        from nextbest.features.store import build_and_materialize
+
+        settings = Settings(home=home, engine="duckdb", build_memory=args.duckdb_memory, online_store=args.online_store,
+                            redis_url=f"127.0.0.1:{args.redis_port}")
+        config = BuildConfig(snapshot_every_days=args.every_days, snapshots=args.snapshots)
+        marks: dict[str, float] = {}
+
+        def build(written):
+            rows = build_features(settings, config, progress=steps.append, written=written)
+            steps.append("online tail (tags, realtime)")
+            marks["build_seconds"] = round(time.perf_counter() - started, 2)  # tables published; loads may still run
+            return rows
+
+        out["rows"], out["online_rows"] = build_and_materialize(settings, build)
+        out.update(marks)
     elif name == "online":
         from nextbest.features.store import apply, materialize
 
@@ -57,6 +107,10 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
         apply(settings)
         out["rows"] = materialize(settings)
     out["seconds"] = round(time.perf_counter() - started, 2)
+    done.set()
+    sampler.join()
+    out["step_peak_rss_mb"] = {step: round(rss / 2**20) for step, rss in peaks.items()}  # this process only
+    out["step_started_s"] = steps.at
     return out
 
 
@@ -71,13 +125,18 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     import resource
 
     started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    if server:
+        from bench_online import _redis_cpu
+
+        server_before = _redis_cpu(args.redis_port)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    top, peak = psutil.Process(proc.pid), 0
+    top, peak, own_peak, server_peak = psutil.Process(proc.pid), 0, 0, 0
     while proc.poll() is None:
         try:
-            tree = [top, *top.children(recursive=True), *([psutil.Process(server.pid)] if server else [])]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            own = sum(p.memory_info().rss for p in [top, *top.children(recursive=True)] if p.is_running())
+            held = psutil.Process(server.pid).memory_info().rss if server else 0
+            peak, own_peak, server_peak = max(peak, own + held), max(own_peak, own), max(server_peak, held)
         except psutil.Error:
             pass
         time.sleep(0.2)
@@ -87,6 +146,10 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_seconds"] = round(time.perf_counter() - started, 2)  # includes interpreter start and imports
     result["peak_rss_mb"] = round(peak / 2**20)
+    if server:  # in production Redis is a separate service: the stage's own peak beside the server's
+        result["peak_rss_mb_without_server"] = round(own_peak / 2**20)
+        result["server_peak_rss_mb"] = round(server_peak / 2**20)
+        result["server_cpu_seconds"] = round(_redis_cpu(args.redis_port) - server_before, 1)
     # CPU seconds of the stage's process tree (the redis-server's not included): steadier than wall time when
     # other jobs share the cores
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -119,6 +182,9 @@ def main() -> None:
     parser.add_argument("--online", action="store_true", help="also load the online store (Feast apply + bulk writer)")
     parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--redis-port", type=int, default=6393)
+    parser.add_argument("--sequential", action="store_true",
+                        help="Redis: build, then apply + materialize (the reference), instead of loading each slice "
+                             "online while the next is built (`build_and_materialize`)")
     parser.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
     parser.add_argument("--raw-from", type=Path, default=None,
                         help="reuse the raw tables of this home (its raw/ folder) instead of simulating them")
@@ -129,8 +195,9 @@ def main() -> None:
         return
     home = args.home / f"u{args.users}"
     shutil.rmtree(home, ignore_errors=True)
-    names = [*([] if args.raw_from else ["simulate"]), *(["build:spark"] if args.spark else []), "build:duckdb",
-             *(["online"] if args.online else [])]
+    overlap = args.online and args.online_store == "redis" and not args.sequential
+    names = [*([] if args.raw_from else ["simulate"]), *(["build:spark"] if args.spark else []),
+             *(["build+online"] if overlap else ["build:duckdb", *(["online"] if args.online else [])])]
     if args.raw_from:  # a copy: the build never writes into another home
         shutil.copytree((args.raw_from / "raw").resolve(), home / "raw")
     results = {}
@@ -141,7 +208,7 @@ def main() -> None:
         server = _redis(args.redis_port, home.parent / f"redis-{args.users}")
     try:
         for name in names:
-            results[name] = child(name, home, args, server if name == "online" else None)
+            results[name] = child(name, home, args, server if name in ("online", "build+online") else None)
             print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
                   f"peak {results[name]['peak_rss_mb']:>6} MB  cpu {results[name]['cpu_seconds']:>8.1f} s", flush=True)
     finally:
@@ -159,6 +226,8 @@ def main() -> None:
         "path": " -> ".join(path) + (f" (raw tables from {args.raw_from})" if args.raw_from else ""),
         "total_wall_seconds": round(sum(results[n]["wall_seconds"] for n in path), 1),
         "peak_rss_mb": max(results[n]["peak_rss_mb"] for n in path),
+        "peak_rss_mb_without_server": max(results[n].get("peak_rss_mb_without_server", results[n]["peak_rss_mb"])
+                                          for n in path),
         "total_cpu_seconds": round(sum(results[n]["cpu_seconds"] for n in path), 1),
         "stages": results,
     }

@@ -466,10 +466,11 @@ def _write_slices(engine, folder: Path, parts: int) -> None:
 
 
 def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], parts: int,
-                    step: Callable[[str], None]) -> dict[str, int]:
+                    step: Callable[[str], None], written: Callable[[str, Path], None]) -> dict[str, int]:
     """The per-user tables (name -> query) written in `parts` slices of users, each slice's rows read once for all
     of them, then every table's parts merged into one file: each slice's join of snapshots and days stays in memory.
-    Unsliced, 1M users' channel join spilled over 40 GB to disk."""
+    Unsliced, 1M users' channel join spilled over 40 GB to disk. `written(name, file)` is told of each part as it is
+    written (it holds every row of its users)."""
     import shutil
 
     from nextbest.features.engines import merge_parts
@@ -479,6 +480,7 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
         for name, sql in queries.items():
             step(name)
             rows[name] = engine.write(sql, paths[name])
+            written(name, paths[name])
         return rows
     out_dir = next(iter(paths.values())).parent
     slices = out_dir / ".slices"
@@ -492,6 +494,7 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
             for name, sql in queries.items():
                 folders[name].mkdir(parents=True, exist_ok=True)
                 engine.write(sql, folders[name] / f"part-{part:05d}.parquet")
+                written(name, folders[name] / f"part-{part:05d}.parquet")
         return {name: merge_parts(folders[name], paths[name]) for name in queries}
     finally:
         _focus(engine)
@@ -531,13 +534,19 @@ def _tz_days(timezones: list[str], first_day: int, last_day: int) -> pd.DataFram
 
 
 def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfig = BuildConfig(),
-                 as_of: pd.Timestamp | None = None, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+                 as_of: pd.Timestamp | None = None, progress: Callable[[str], None] | None = None,
+                 written: Callable[[str, Path], None] | None = None) -> dict[str, int]:
     """All feature tables from the raw Parquet files `raw` (table -> path), written as `<out_dir>/<name>.parquet`
-    by `engine` (features/engines.py); returns rows per table. Nothing is held in pandas but small lookups."""
+    by `engine` (features/engines.py); returns rows per table. Nothing is held in pandas but small lookups.
+
+    `written(name, file)`, when given, is told of every file as soon as it holds a table's final rows for a set of
+    users (a whole table, or one slice of users of a per-user table, deleted once the slices are merged), so the online
+    load can start while the next slice is built."""
     from zoneinfo import ZoneInfo
 
     out_dir = Path(out_dir)
     step = progress or (lambda name: None)
+    written = written or (lambda name, file: None)
     users_cols, channels = _register_raw(engine, raw)
     span = engine.fetch("SELECT min(ts_s) AS first, max(ts_s) AS last FROM ev").iloc[0]
     if pd.isna(span["first"]):
@@ -561,18 +570,21 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
     path = lambda name: out_dir / f"{name}.parquet"  # noqa: E731
     step("profile")
     rows["profile"] = engine.write(_profile_sql(users_cols), path("profile"))
+    written("profile", path("profile"))
     # Spark spreads and spills a join itself; DuckDB takes the users in slices that fit its memory.
     users = int(engine.fetch("SELECT count(*) AS n FROM users_n").iloc[0]["n"])
     parts = max(1, -(-users // config.users_per_pass)) if engine.dialect == "duckdb" else 1
     per_user = {"behaviour": _behaviour_sql(categories), "channel": _channel_sql(channels, config),
                 "time_profile": _time_profile_sql()}
-    rows.update(_write_per_user(engine, per_user, {name: path(name) for name in per_user}, parts, step))
+    rows.update(_write_per_user(engine, per_user, {name: path(name) for name in per_user}, parts, step, written))
     step("tags")
     engine.table("behaviour", path("behaviour"))
     engine.table("channel", path("channel"))
     rows["tags"] = engine.write(_tags_sql(_fit_clusters(engine, rows["behaviour"], config)), path("tags"))
+    written("tags", path("tags"))
     step("realtime")
     rows["realtime"] = engine.write(_realtime_sql(snaps[-1].timestamp()), path("realtime"))
+    written("realtime", path("realtime"))
     return rows
 
 
@@ -635,9 +647,10 @@ def build_all(raw: dict[str, pd.DataFrame], config: BuildConfig = BuildConfig(),
 
 
 def build_features(settings, config: BuildConfig = BuildConfig(), as_of: pd.Timestamp | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, int]:
+                   progress: Callable[[str], None] | None = None,
+                   written: Callable[[str, Path], None] | None = None) -> dict[str, int]:
     """The home's raw snapshot -> its feature tables, on the engine the settings choose (`NEXTBEST_ENGINE`), streamed
-    to a staging folder and swapped in whole; rows per table."""
+    to a staging folder and swapped in whole; rows per table. `written`: see `build_tables`."""
     import shutil
 
     from nextbest.features.engines import open_engine
@@ -647,7 +660,8 @@ def build_features(settings, config: BuildConfig = BuildConfig(), as_of: pd.Time
     raw = {t: raw_path(settings.raw_dir, t) for t in ("users", "events", "contacts", "channels")}
     engine = open_engine(settings.engine, settings.home, settings.build_memory, settings.build_threads, settings.spark_master)
     try:
-        return publish_tables(lambda staging: build_tables(engine, raw, staging, config, as_of, progress), settings.feature_dir)
+        return publish_tables(lambda staging: build_tables(engine, raw, staging, config, as_of, progress, written),
+                              settings.feature_dir)
     finally:
         engine.close()
         shutil.rmtree(settings.home / ".build-tmp", ignore_errors=True)

@@ -17,7 +17,7 @@ from feast.types import Bool, Float64, Int64, String
 from nextbest.features.data_sources import realtime_push_source, table_source
 from nextbest.features.entities import user
 
-__all__ = ["VIEWS", "feature_views", "table_path"]
+__all__ = ["VIEWS", "feature_view", "feature_views", "table_path"]
 
 # name -> (description, ttl); ttl 0 = never stale (Feast's convention)
 VIEWS: dict[str, tuple[str, timedelta]] = {
@@ -49,17 +49,18 @@ def _feast_type(t: pa.DataType):
     return None  # timestamps and nested types are not served as features
 
 
+def feature_view(name: str, path: Path) -> FeatureView:
+    """The FeatureView of feature table `name` (one of VIEWS), its schema read from the file at `path`."""
+    description, ttl = VIEWS[name]
+    schema = pq.read_schema(path)
+    fields = [Field(name=f.name, dtype=_feast_type(f.type)) for f in schema
+              if f.name not in _SKIP and _feast_type(f.type) is not None]
+    source = realtime_push_source(path) if name == "realtime" else table_source(name, path)
+    return FeatureView(name=name, entities=[user], ttl=ttl, schema=fields, source=source, online=True,
+                       description=description)
+
+
 def feature_views(feature_dir: Path) -> list[FeatureView]:
     """One FeatureView per feature table present in `feature_dir`."""
-    views = []
-    for name, (description, ttl) in VIEWS.items():
-        path = table_path(feature_dir, name)
-        if not path.exists():
-            continue
-        schema = pq.read_schema(path)
-        fields = [Field(name=f.name, dtype=_feast_type(f.type)) for f in schema
-                  if f.name not in _SKIP and _feast_type(f.type) is not None]
-        source = realtime_push_source(path) if name == "realtime" else table_source(name, path)
-        views.append(FeatureView(name=name, entities=[user], ttl=ttl, schema=fields, source=source,
-                                 online=True, description=description))
-    return views
+    return [feature_view(name, table_path(feature_dir, name)) for name in VIEWS
+            if table_path(feature_dir, name).exists()]

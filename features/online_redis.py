@@ -26,7 +26,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.types import Float32, Float64
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nextbest.features.online_sqlite import _entity_keys
+from nextbest.features.online_sqlite import _entity_keys, _epoch_ns
 
 __all__ = ["write_view"]
 
@@ -68,10 +68,11 @@ def _pieces_by_value(field: bytes, values: pd.Series, value_type) -> list[bytes]
 
 
 def _timestamps(field: bytes, times: pd.Series) -> list[bytes]:
-    seconds = times.astype("int64") // 10**9  # Feast stores whole seconds + nanos; snapshots are whole seconds
-    nanos = times.astype("int64") % 10**9
-    codes, uniques = pd.factorize(pd.Series(list(zip(seconds.tolist(), nanos.tolist(), strict=True))))
-    encoded = [_bulk(field) + _bulk(Timestamp(seconds=int(s), nanos=int(n)).SerializeToString()) for s, n in uniques]
+    """`field` + each time's Timestamp proto (Feast's `_ts:<view>` value) as RESP bulk strings, once per distinct time."""
+    ns = _epoch_ns(times)  # whatever the column's unit: DuckDB's newest rows come in microseconds
+    codes, uniques = pd.factorize(ns)
+    encoded = [_bulk(field) + _bulk(Timestamp(seconds=int(t // 10**9), nanos=int(t % 10**9)).SerializeToString())
+               for t in uniques.tolist()]
     return np.array(encoded, dtype=object)[codes].tolist()
 
 

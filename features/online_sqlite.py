@@ -90,11 +90,17 @@ def _encode_by_value(values: pd.Series, value_type) -> tuple[np.ndarray, np.ndar
     return encoded[codes], text[codes]  # code -1 (missing) picks the trailing None
 
 
+def _epoch_ns(timestamps: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of these event timestamps, whatever the column's unit (DuckDB hands Arrow
+    microsecond timestamps to pandas; pandas' own are nanoseconds) or zone (naive ones are UTC, as Feast takes them)."""
+    times = pd.to_datetime(pd.Series(timestamps), utc=True)
+    return times.dt.as_unit("ns").astype("int64").to_numpy()
+
+
 def _stored_event_ts(timestamps: pd.Series) -> np.ndarray:
-    """The `event_ts` the bulk writer stores for these event timestamps. NB: the integer of the column's own unit
-    divided by 10**9, so whole seconds only for nanosecond columns (DuckDB's microsecond timestamps give units of
-    1,000 s); `OnlineReader.read_batch` matches rows by this same value."""
-    return (timestamps.astype("int64") // 10**9).to_numpy()
+    """The `event_ts` the bulk writer stores for these event timestamps: whole epoch seconds, as Feast's own writer
+    stores them; `OnlineReader.read_batch` matches rows by this same value."""
+    return _epoch_ns(timestamps) // 10**9
 
 
 def _rows(df: pd.DataFrame, view: FeatureView, keys: np.ndarray) -> Iterator[tuple]:

@@ -207,7 +207,7 @@ def ingest(
 # --- features --------------------------------------------------------------------------------------------
 
 def _build(settings: Settings, every_days: int, snapshots: int | None, history_days: int | None = 120,
-           as_of: str | None = None) -> dict[str, int]:
+           as_of: str | None = None, online: bool = False) -> dict[str, int]:
     import duckdb
     import pandas as pd
     import pyarrow.parquet as pq
@@ -228,8 +228,16 @@ def _build(settings: Settings, every_days: int, snapshots: int | None, history_d
                          seed=settings.seed)
     try:
         with steps(7) as advance:
-            rows = build_features(settings, config, as_of=when, progress=lambda name: advance(f"building {name}"))
-            advance(f"feature tables written ({settings.engine})")
+            progress = lambda name: advance(f"building {name}")  # noqa: E731
+            if not online:
+                rows = build_features(settings, config, as_of=when, progress=progress)
+            else:  # on Redis each slice of users goes online while the next is built (`build_and_materialize`)
+                from nextbest.features.store import build_and_materialize
+
+                rows, users = build_and_materialize(
+                    settings, lambda written: build_features(settings, config, as_of=when, progress=progress, written=written))
+                rows = {**rows, **{f"online {view} (users)": n for view, n in users.items()}}
+            advance(f"feature tables written ({settings.engine}){', applied and online' if online else ''}")
             return rows
     except EngineUnavailable as err:
         raise UserError(str(err)) from None
@@ -262,11 +270,13 @@ def features_build(
                                                "(0 = all history)")] = 120,
     as_of: Annotated[str | None, typer.Option("--as-of", help="a training date (YYYY-MM-DD): the snapshot grid runs "
                                               "through it, so `train --as-of` joins a snapshot taken exactly then")] = None,
+    online: Annotated[bool, typer.Option("--online", help="also apply and materialize; on Redis each slice of users "
+                                         "is loaded while the next is built")] = False,
 ) -> None:
     """Raw tables -> point-in-time feature tables (Parquet)."""
     settings = Settings()
     started = time.perf_counter()
-    rows = run_guarded(_build, settings, every_days, snapshots, history_days, as_of)
+    rows = run_guarded(_build, settings, every_days, snapshots, history_days, as_of, online)
     summary(f"feature tables -> {settings.feature_dir} ({time.perf_counter() - started:.1f} s)", rows, ("feature table", "rows"))
 
 

@@ -9,7 +9,7 @@ import pytest
 from nextbest.features.build import BuildConfig, build_all, snapshot_times
 from nextbest.features.feature_services import MODEL_VIEWS, service_name
 from nextbest.features.settings import Settings
-from nextbest.features.store import feature_store, read_table
+from nextbest.features.store import feature_store, newest_rows, read_table
 from tests.conftest import build_store, make_raw
 
 
@@ -195,6 +195,23 @@ def test_bulk_writer_matches_feasts_own_write(built, tmp_path):
     feast_written, _ = _online_vs_offline(other, ids)
     bulk_written, _ = _online_vs_offline(built, ids)
     pd.testing.assert_frame_equal(feast_written, bulk_written)
+    # The stored event time too: the newest snapshot, in whole seconds (a microsecond column once read as
+    # nanoseconds gave 1970 dates).
+    stamps = {s: _event_times(s, ids) for s in (other, built)}
+    assert stamps[other] == stamps[built]
+    newest = newest_rows(built, "behaviour", pd.Timestamp.now(tz="UTC")).set_index("user_id")["event_timestamp"]
+    assert stamps[built]["behaviour"] == [int(newest[u].timestamp()) for u in ids]
+
+
+def _event_times(settings: Settings, ids: list[str]) -> dict[str, list]:
+    """Per view, the event time Feast reads back online for each of `ids` (one feature of the view stands for it)."""
+    store = feature_store(settings)
+    out = {}
+    for view in store.list_feature_views():
+        got = store.get_online_features(features=[f"{view.name}:{view.features[0].name}"],
+                                        entity_rows=[{"user_id": u} for u in ids]).to_dict(include_event_timestamps=True)
+        out[view.name] = got[f"{view.features[0].name}__ts"]
+    return out
 
 
 def test_windows_hold_the_days_before_the_snapshot_edges_included():

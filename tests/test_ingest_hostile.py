@@ -298,8 +298,15 @@ def test_features_build_without_contacts_and_with_text_ids(home, tmp_path):
     users = raw["users"].assign(user_id=raw["users"]["user_id"].map(ids))
     events = raw["events"].assign(user_id=raw["events"]["user_id"].map(ids))
     assert ingest(write_csvs({"users": users, "events": events}, tmp_path / "in")).exit_code == 0
-    result = runner.invoke(app, ["features", "build", "--as-of", "2026-07-01"])
+    result = runner.invoke(app, ["features", "build", "--as-of", "2026-07-01", "--online"])  # + apply, materialize
     assert result.exit_code == 0, result.output
+    from nextbest.features.settings import Settings
+    from nextbest.features.store import feature_store
+
+    store = feature_store(Settings())
+    got = store.get_online_features(features=["behaviour:purchases_all"], entity_rows=[{"user_id": ids["u0003"]}]).to_dict()
+    bought = int(((events["user_id"] == ids["u0003"]) & (events["type"] == "purchase")).sum())
+    assert bought > 0 and got["purchases_all"] == [bought]  # loaded online (the newest snapshot follows every event)
     behaviour = pd.read_parquet(home / "feature_tables" / "behaviour.parquet")
     channel = pd.read_parquet(home / "feature_tables" / "channel.parquet")
     snaps = pd.DatetimeIndex(behaviour["event_timestamp"].unique())

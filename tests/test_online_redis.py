@@ -24,10 +24,11 @@ def redis_port(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def online(settings: Settings, service: str) -> dict[str, list]:
+def online(settings: Settings, service: str, stamps: bool = False) -> dict[str, list]:
+    """What Feast reads for IDS; `stamps`: with each feature's stored event time (`<feature>__ts`, epoch seconds)."""
     store = feature_store(settings)
     return store.get_online_features(features=store.get_feature_service(service),
-                                     entity_rows=[{"user_id": u} for u in IDS]).to_dict()
+                                     entity_rows=[{"user_id": u} for u in IDS]).to_dict(include_event_timestamps=stamps)
 
 
 def on_redis(home: Settings, port: int, db: int) -> Settings:
@@ -48,14 +49,17 @@ def test_bulk_redis_load_reads_back_as_feasts_own_write_and_as_sqlite(built, red
     assert written == materialize(feast_own, method="feast-write") == materialize(home)
     assert written["profile"] == 200 and set(written) >= {"profile", "behaviour", "channel", "tags", "realtime"}
     for fs in feature_store(home).list_feature_services():
+        got = online(bulk, fs.name, stamps=True)
+        assert got == online(feast_own, fs.name, stamps=True), fs.name  # values and stored event times
         got = online(bulk, fs.name)
-        assert got == online(feast_own, fs.name), fs.name
         assert got == online(home, fs.name), fs.name  # the SQLite store of the same tables
         assert all(got[k][200] is None for k in got if k != "user_id")  # the ghost
     got = online(bulk, "decision_v1")
     assert got["revenue_all"][7] is None and got["lifecycle_stage"][8] is None
     newest = newest_rows(home, "behaviour", pd.Timestamp.now(tz="UTC")).set_index("user_id")
     assert got["revenue_all"][9] == pytest.approx(newest.loc["u0009", "revenue_all"])
+    # The event time stored is the row's own, in whole seconds (a microsecond column once read as nanoseconds: 1970)
+    assert online(bulk, "decision_v1", stamps=True)["revenue_all__ts"][9] == int(newest.loc["u0009", "event_timestamp"].timestamp())
     # One hash per user (Feast's layout), nothing else in the database.
     assert redis.Redis(port=redis_port, db=1).dbsize() == 200
 
@@ -72,3 +76,45 @@ def test_a_reload_overwrites_and_a_later_push_is_read(built, redis_port):
     got = online(settings, "decision_v1")
     assert got["cart_open"][4] == 1 and got["events_1h"][4] == 3 and got["last_event_type"][4] == "add_to_cart"
     assert got["revenue_all"] == online(built, "decision_v1")["revenue_all"]  # the other views untouched
+
+
+def test_build_and_materialize_loads_each_slice_while_the_next_is_built(built, redis_port, tmp_path):
+    """The overlapped path (each slice of users online as soon as it is written) leaves what build + apply +
+    materialize leave: the same values and event times online, every view recorded as materialised; a build that
+    fails puts the last good tables back online."""
+    from nextbest.features.build import BuildConfig, build_features
+    from nextbest.features.store import build_and_materialize, materialized_tables
+
+    settings = on_redis(copy_home(built, tmp_path / "home"), redis_port, 4)
+    files: list[tuple[str, str]] = []
+
+    def build(written):
+        def seen(name, path):
+            files.append((name, path.name))
+            written(name, path)
+        return build_features(settings, BuildConfig(users_per_pass=70), written=seen)  # 200 users: 3 slices
+
+    rows, users = build_and_materialize(settings, build)
+    assert ("behaviour", "part-00002.parquet") in files and ("tags", "tags.parquet") in files  # slices went online
+    now = pd.Timestamp.now(tz="UTC")
+    assert users == {v: len(newest_rows(settings, v, now)) for v in users} and users["behaviour"] == 200
+    assert set(materialized_tables(settings)) == set(users) == {v.name for v in feature_store(settings).list_feature_views()}
+    for fs in feature_store(settings).list_feature_services():  # the tables built in one pass, loaded into SQLite
+        assert online(settings, fs.name, stamps=True) == online(built, fs.name, stamps=True), fs.name
+    before = online(settings, "decision_v1", stamps=True)
+
+    def broken(written):
+        def seen(name, path):
+            if name == "tags":
+                raise RuntimeError("disk full")
+            if name == "behaviour":  # other values, so a load that is not undone would show
+                df = pd.read_parquet(path)
+                df["revenue_all"] += 1.0
+                path = tmp_path / path.name
+                df.to_parquet(path, index=False)
+            written(name, path)
+        return build_features(settings, BuildConfig(users_per_pass=70), written=seen)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_and_materialize(settings, broken)  # every slice of behaviour went online before the failure
+    assert online(settings, "decision_v1", stamps=True) == before
