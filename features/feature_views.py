@@ -49,8 +49,9 @@ def _feast_type(t: pa.DataType):
     return None  # timestamps and nested types are not served as features
 
 
-def feature_views(feature_dir: Path) -> list[FeatureView]:
-    """One FeatureView per feature table present in `feature_dir`."""
+def feature_views(feature_dir: Path, offline: str = "duckdb") -> list[FeatureView]:
+    """One FeatureView per feature table present in `feature_dir`, its source read by the Feast offline store
+    `offline` (`Settings.offline_engine`)."""
     views = []
     for name, (description, ttl) in VIEWS.items():
         path = table_path(feature_dir, name)
@@ -59,7 +60,7 @@ def feature_views(feature_dir: Path) -> list[FeatureView]:
         schema = pq.read_schema(path)
         fields = [Field(name=f.name, dtype=_feast_type(f.type)) for f in schema
                   if f.name not in _SKIP and _feast_type(f.type) is not None]
-        source = realtime_push_source(path) if name == "realtime" else table_source(name, path)
+        source = realtime_push_source(path, offline) if name == "realtime" else table_source(name, path, offline)
         views.append(FeatureView(name=name, entities=[user], ttl=ttl, schema=fields, source=source,
                                  online=True, description=description))
     return views
