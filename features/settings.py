@@ -37,9 +37,12 @@ class Settings(BaseSettings):
                                                                      "apply` after changing it.")
     engine: Literal["duckdb", "spark"] = Field("duckdb", description="Engine that builds the feature tables and runs "
                                               "`nextbest score`: DuckDB on this machine (out of core), or Apache Spark "
-                                              "(`pip install nextbest[spark]`, Java 17) past one machine.")
-    spark_master: str = Field("local[*]", description="Spark master URL when `engine` is `spark`: `local[*]` uses "
-                              "every core here; `spark://host:7077`, `yarn` or `k8s://...` a cluster.")
+                                              "(`pip install nextbest[spark]`, Java 17) past one machine; with `spark`, "
+                                              "training sets are joined by Feast's Spark offline store too (see "
+                                              "`offline_store`).")
+    spark_master: str = Field("local[*]", description="Spark master URL of the Spark engine and of Feast's Spark "
+                              "offline store: `local[*]` uses every core here; `spark://host:7077`, `yarn` or "
+                              "`k8s://...` a cluster.")
     build_memory: str = Field("4GB", pattern=r"^(?i)\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="Memory limit of a DuckDB feature build; beyond it DuckDB spills "
                               "to `<home>/.build-tmp` instead of growing (e.g. `2GB`, `500MB`).")
     build_threads: int | None = Field(None, ge=1, description="Threads of a DuckDB feature build; unset: one per core.")
