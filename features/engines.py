@@ -159,6 +159,9 @@ class SparkEngine:
 
     def __init__(self, spark=None, master: str = "local[*]", work_dir: Path | None = None):
         self.spark = spark or spark_session(master)
+        # Feast's Spark offline store turns this on for the session it shares: `x` is then a regex over column names
+        # in a SELECT list; the feature queries mean plain names.
+        self.spark.conf.set("spark.sql.parser.quotedRegexColumnNames", "false")
         self.work = Path(work_dir or tempfile.mkdtemp(prefix="nextbest-spark-"))
         self.work.mkdir(parents=True, exist_ok=True)
 
