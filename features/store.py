@@ -51,8 +51,19 @@ def _offline_config(settings: Settings) -> dict:
     """Feast's offline store section. Spark's carries the session settings of our own Spark work (master, UTC, ...):
     whoever starts the session first, Feast or nextbest, starts the same one."""
     if settings.offline_engine == "spark":
+        import importlib.util
+
         from nextbest.features.engines import spark_conf
 
+        try:
+            installed = importlib.util.find_spec("pyspark") is not None
+        except ValueError:
+            installed = False
+        if not installed:
+            # Feast imports the Spark store's module (and PySpark) to read this section at all: without the extra (a
+            # decision service's image) the store could not even serve online. Such a process reads online only;
+            # `apply` and `training_store` ask for the extra before any offline work.
+            return {"type": "duckdb"}
         return {"type": "spark", "spark_conf": spark_conf(settings.spark_master)}
     return {"type": settings.offline_engine}
 

@@ -179,7 +179,7 @@ def test_the_spark_offline_store_without_pyspark_or_java_is_a_clear_exit_2(spark
     no traceback, the registry untouched; training on views applied for another offline store: the fix named."""
     from typer.testing import CliRunner
 
-    from nextbest.features.store import training_store
+    from nextbest.features.store import feature_store, training_store
     from nextbest.pipelines.cli import app
 
     duck, _ = offline_homes
@@ -192,6 +192,8 @@ def test_the_spark_offline_store_without_pyspark_or_java_is_a_clear_exit_2(spark
     no_pyspark = CliRunner().invoke(app, ["features", "apply"], env=env)
     assert no_pyspark.exit_code == 2 and "pip install 'nextbest[spark]'" in no_pyspark.output, no_pyspark.output
     assert (home.feast_dir / "registry.db").read_bytes() == registry
+    # A process that only reads online (the decision service's image has no PySpark) still opens the store.
+    assert {v.name for v in feature_store(Settings(home=home.home, engine="spark")).list_feature_views()} >= {"profile"}
     monkeypatch.undo()
     with pytest.raises(ValueError, match="features apply"):  # views registered as FileSources, Spark asked for
         training_store(Settings(home=home.home, offline_store="spark", spark_master="local[2]"))
