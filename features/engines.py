@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["Engine", "DuckDBEngine", "SparkEngine", "spark_session", "spark_sql", "merge_parts", "open_engine", "require_spark", "EngineUnavailable", "ENGINES"]
+__all__ = ["Engine", "DuckDBEngine", "SparkEngine", "spark_conf", "spark_session", "spark_sql", "merge_parts",
+           "open_engine", "require_spark", "require_java", "EngineUnavailable", "ENGINES"]
 
 ENGINES = ("duckdb", "spark")
 
@@ -112,25 +113,43 @@ def spark_sql(sql: str) -> str:
     return tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)
 
 
+def spark_conf(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8) -> dict[str, str]:
+    """The Spark settings nextbest runs under: feature builds, batch scoring and Feast's Spark offline store
+    (`feature_store.yaml`'s `spark_conf`) start their session from this one dictionary."""
+    return {
+        "spark.master": master,
+        "spark.app.name": "nextbest",
+        "spark.driver.memory": driver_memory,
+        "spark.sql.session.timeZone": "UTC",  # timestamps in and out of Spark are UTC, as on DuckDB
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.ansi.enabled": "false",  # DuckDB semantics: x / 0 is NULL, not an error
+        "spark.ui.enabled": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+
+
 def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8):
-    """The SparkSession feature builds and batch scoring run on (an existing one is reused as it is)."""
+    """The SparkSession feature builds, batch scoring and Feast's Spark offline store run on (an existing one is
+    reused as it is); EngineUnavailable, saying what to install, when Java is missing or does not start."""
     import os
     import sys
 
     from pyspark.sql import SparkSession
 
+    require_java()
     # Python workers must import nextbest: the same interpreter as the driver (the project's venv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    return (SparkSession.builder.master(master).appName("nextbest")
-            .config("spark.driver.memory", driver_memory)
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            .config("spark.sql.ansi.enabled", "false")  # DuckDB semantics: x / 0 is NULL, not an error
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .getOrCreate())
+    builder = SparkSession.builder
+    for key, value in spark_conf(master, driver_memory, shuffle_partitions).items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as err:  # PySparkRuntimeError JAVA_GATEWAY_EXITED, a master that does not answer, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+        raise EngineUnavailable(f"Spark did not start ({type(err).__name__}: {first}): check the Spark master "
+                                f"NEXTBEST_SPARK_MASTER={master} and that Java 17 runs (JAVA_HOME)") from None
 
 
 class SparkEngine:
@@ -140,6 +159,9 @@ class SparkEngine:
 
     def __init__(self, spark=None, master: str = "local[*]", work_dir: Path | None = None):
         self.spark = spark or spark_session(master)
+        # Feast's Spark offline store turns this on for the session it shares: `x` is then a regex over column names
+        # in a SELECT list; the feature queries mean plain names.
+        self.spark.conf.set("spark.sql.parser.quotedRegexColumnNames", "false")
         self.work = Path(work_dir or tempfile.mkdtemp(prefix="nextbest-spark-"))
         self.work.mkdir(parents=True, exist_ok=True)
 
@@ -207,13 +229,27 @@ def _quoted(text: str) -> str:
 
 
 def require_spark() -> None:
-    """EngineUnavailable, saying how to install it, unless PySpark and SQLGlot import."""
+    """EngineUnavailable, saying how to install it, unless PySpark and SQLGlot import and Java is found."""
     try:
         import pyspark  # noqa: F401
         import sqlglot  # noqa: F401
     except ImportError:
         raise EngineUnavailable("NEXTBEST_ENGINE=spark needs PySpark and SQLGlot: pip install 'nextbest[spark]' "
                                 "(and Java 17), or unset NEXTBEST_ENGINE to run on DuckDB") from None
+    require_java()
+
+
+def require_java() -> None:
+    """EngineUnavailable unless a `java` is found the way PySpark looks for it (JAVA_HOME, else the PATH)."""
+    import os
+
+    home = os.environ.get("JAVA_HOME")
+    java = Path(home) / "bin" / "java" if home else shutil.which("java")
+    if java is None or not Path(java).exists():
+        where = f"JAVA_HOME={home} has no bin/java" if home else "no `java` on the PATH and JAVA_HOME is unset"
+        raise EngineUnavailable(f"Spark needs a Java runtime (17) and {where}: install Java 17 (apt-get install "
+                                "openjdk-17-jre-headless) or point JAVA_HOME at it, or unset NEXTBEST_ENGINE to run "
+                                "on DuckDB")
 
 
 def open_engine(engine: str, home: Path, memory_limit: str = "4GB", threads: int | None = None,

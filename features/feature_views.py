@@ -49,18 +49,20 @@ def _feast_type(t: pa.DataType):
     return None  # timestamps and nested types are not served as features
 
 
-def feature_view(name: str, path: Path) -> FeatureView:
-    """The FeatureView of feature table `name` (one of VIEWS), its schema read from the file at `path`."""
+def feature_view(name: str, path: Path, offline: str = "duckdb") -> FeatureView:
+    """The FeatureView of feature table `name` (one of VIEWS), its schema read from the file at `path`, its source read
+    by the Feast offline store `offline` (`Settings.offline_engine`)."""
     description, ttl = VIEWS[name]
     schema = pq.read_schema(path)
     fields = [Field(name=f.name, dtype=_feast_type(f.type)) for f in schema
               if f.name not in _SKIP and _feast_type(f.type) is not None]
-    source = realtime_push_source(path) if name == "realtime" else table_source(name, path)
+    source = realtime_push_source(path, offline) if name == "realtime" else table_source(name, path, offline)
     return FeatureView(name=name, entities=[user], ttl=ttl, schema=fields, source=source, online=True,
                        description=description)
 
 
-def feature_views(feature_dir: Path) -> list[FeatureView]:
-    """One FeatureView per feature table present in `feature_dir`."""
-    return [feature_view(name, table_path(feature_dir, name)) for name in VIEWS
+def feature_views(feature_dir: Path, offline: str = "duckdb") -> list[FeatureView]:
+    """One FeatureView per feature table present in `feature_dir`, its source read by the Feast offline store
+    `offline` (`Settings.offline_engine`)."""
+    return [feature_view(name, table_path(feature_dir, name), offline) for name in VIEWS
             if table_path(feature_dir, name).exists()]

@@ -28,12 +28,21 @@ class Settings(BaseSettings):
                                                      "home, or Redis at `redis_url` (shared by service replicas).")
     redis_url: str = Field("127.0.0.1:6379", description="Redis as `host:port[,db=N]` (Feast's connection string), "
                            "for the online store and the contact ledger when they are `redis`.")
-    offline_store: Literal["duckdb", "file"] = Field("duckdb", description="Feast offline store for training sets.")
+    offline_store: Literal["duckdb", "file", "spark"] | None = Field(None, description="Feast offline store for "
+                                                                     "point-in-time training sets: `duckdb` (embedded), "
+                                                                     "`file` (Dask), or `spark` (Feast's Spark offline "
+                                                                     "store over the same Parquet tables, on "
+                                                                     "`spark_master`); unset: `spark` when `engine` is "
+                                                                     "`spark`, else `duckdb`. Run `nextbest features "
+                                                                     "apply` after changing it.")
     engine: Literal["duckdb", "spark"] = Field("duckdb", description="Engine that builds the feature tables and runs "
                                               "`nextbest score`: DuckDB on this machine (out of core), or Apache Spark "
-                                              "(`pip install nextbest[spark]`, Java 17) past one machine.")
-    spark_master: str = Field("local[*]", description="Spark master URL when `engine` is `spark`: `local[*]` uses "
-                              "every core here; `spark://host:7077`, `yarn` or `k8s://...` a cluster.")
+                                              "(`pip install nextbest[spark]`, Java 17) past one machine; with `spark`, "
+                                              "training sets are joined by Feast's Spark offline store too (see "
+                                              "`offline_store`).")
+    spark_master: str = Field("local[*]", description="Spark master URL of the Spark engine and of Feast's Spark "
+                              "offline store: `local[*]` uses every core here; `spark://host:7077`, `yarn` or "
+                              "`k8s://...` a cluster.")
     build_memory: str = Field("4GB", pattern=r"^(?i)\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="Memory limit of a DuckDB feature build; beyond it DuckDB spills "
                               "to `<home>/.build-tmp` instead of growing (e.g. `2GB`, `500MB`).")
     build_threads: int | None = Field(None, ge=1, description="Threads of a DuckDB feature build; unset: one per core.")
@@ -101,6 +110,13 @@ class Settings(BaseSettings):
     monitor_reference_days: int = Field(28, ge=1, description="Feature drift compares the latest feature snapshot "
                                         "with the one this many days earlier (or the earliest there is).")
     dashboard_port: int = Field(8050, ge=1, le=65535, description="Port of `nextbest dashboard` (it binds `host`).")
+
+    @property
+    def offline_engine(self) -> Literal["duckdb", "file", "spark"]:
+        """The Feast offline store in force: `offline_store` when set, else the one that goes with `engine`."""
+        if self.offline_store is not None:
+            return self.offline_store
+        return "spark" if self.engine == "spark" else "duckdb"
 
     @property
     def raw_dir(self) -> Path:

@@ -21,13 +21,13 @@ from nextbest.features.feature_views import VIEWS, feature_views, table_path
 from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
-__all__ = ["repo_config", "feature_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service", "materialize",
-           "build_and_materialize",
+__all__ = ["repo_config", "feature_store", "training_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service",
+           "materialize", "build_and_materialize",
            "read_table", "publish_tables", "newest_rows", "materialized_tables", "SQLITE_ADVISED_USERS"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
-    """Feast configuration: DuckDB/file offline, SQLite (default) or Redis online, file registry.
+    """Feast configuration: DuckDB (default), file or Spark offline, SQLite (default) or Redis online, file registry.
 
     `cache_ttl_seconds` is how long Feast trusts its cached registry; 0 means until `refresh_registry()`
     (the decision service refreshes it off the request path when the registry file changes).
@@ -42,10 +42,31 @@ def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
         provider="local",
         registry={"registry_type": "file", "path": str(feast_dir / "registry.db"), "cache_ttl_seconds": cache_ttl_seconds},
         online_store=online,
-        offline_store={"type": settings.offline_store},
+        offline_store=_offline_config(settings),
         entity_key_serialization_version=3,
         repo_path=str(feast_dir),
     )
+
+
+def _offline_config(settings: Settings) -> dict:
+    """Feast's offline store section. Spark's carries the session settings of our own Spark work (master, UTC, ...):
+    whoever starts the session first, Feast or nextbest, starts the same one."""
+    if settings.offline_engine == "spark":
+        import importlib.util
+
+        from nextbest.features.engines import spark_conf
+
+        try:
+            installed = importlib.util.find_spec("pyspark") is not None
+        except ValueError:
+            installed = False
+        if not installed:
+            # Feast imports the Spark store's module (and PySpark) to read this section at all: without the extra (a
+            # decision service's image) the store could not even serve online. Such a process reads online only;
+            # `apply` and `training_store` ask for the extra before any offline work.
+            return {"type": "duckdb"}
+        return {"type": "spark", "spark_conf": spark_conf(settings.spark_master)}
+    return {"type": settings.offline_engine}
 
 
 def feature_store(settings: Settings, cache_ttl_seconds: int = 60) -> FeatureStore:
@@ -117,10 +138,35 @@ def apply(settings: Settings) -> FeatureStore:
     """Register the entity, views and FeatureServices for the current feature tables."""
     if not settings.feature_dir.exists():
         raise FileNotFoundError(f"no feature tables in {settings.feature_dir}: run `nextbest features build` first")
+    if settings.offline_engine == "spark":
+        from nextbest.features.engines import require_spark
+
+        require_spark()  # before anything is registered: the sources would name a store this machine cannot run
     store = feature_store(settings)
-    views = feature_views(settings.feature_dir)
+    views = feature_views(settings.feature_dir, settings.offline_engine)
     store.apply([user, *views, *feature_services(views)])
     write_repo_yaml(settings)
+    return store
+
+
+def training_store(settings: Settings) -> FeatureStore:
+    """The Feast store point-in-time training sets are read through (`get_historical_features`), its offline store
+    ready: on Spark the session is started here (EngineUnavailable with the fix when PySpark or Java is missing),
+    and the registered views must have been applied for the offline store in force (ValueError with the fix)."""
+    store = feature_store(settings)
+    offline = settings.offline_engine
+    if offline == "spark":
+        from nextbest.features.engines import require_spark, spark_session
+
+        require_spark()
+        spark_session(settings.spark_master)  # Feast's store then finds it (the same settings: `_offline_config`)
+    kinds = {v.name: "spark" if type(v.batch_source).__name__ == "SparkSource" else "file"
+             for v in store.list_feature_views()}
+    wrong = sorted(name for name, kind in kinds.items() if (kind == "spark") != (offline == "spark"))
+    if wrong:
+        raise ValueError(f"the feature views {', '.join(wrong)} were registered for another Feast offline store than "
+                         f"the one in force ({offline}, from NEXTBEST_OFFLINE_STORE / NEXTBEST_ENGINE): run `nextbest "
+                         "features apply` with the same settings as training")
     return store
 
 

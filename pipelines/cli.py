@@ -281,9 +281,13 @@ def features_build(
 
 
 def _apply(settings: Settings) -> dict[str, object]:
+    from nextbest.features.engines import EngineUnavailable
     from nextbest.features.store import apply
 
-    store = apply(settings)
+    try:
+        store = apply(settings)
+    except EngineUnavailable as err:  # the Spark offline store without PySpark or Java
+        raise UserError(str(err)) from None
     rows: dict[str, object] = {f"view {v.name}": f"{len(v.features)} features" for v in store.list_feature_views()}
     rows.update({f"service {s.name}": f"{sum(len(p.features) for p in s.feature_view_projections)} features"
                  for s in store.list_feature_services()})
@@ -294,7 +298,8 @@ def _apply(settings: Settings) -> dict[str, object]:
 def features_apply() -> None:
     """Register the entity, feature views and FeatureServices with Feast."""
     settings = Settings()
-    summary(f"feast apply ({settings.online_store} online store)", run_guarded(_apply, settings), ("object", "size"))
+    summary(f"feast apply ({settings.offline_engine} offline, {settings.online_store} online store)",
+            run_guarded(_apply, settings), ("object", "size"))
 
 
 def _materialize(settings: Settings) -> dict[str, int]:
@@ -365,7 +370,8 @@ def print_evaluation(table, ope, png, html) -> None:
 def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
     import numpy as np
 
-    from nextbest.features.store import feature_store
+    from nextbest.features.engines import EngineUnavailable
+    from nextbest.features.store import training_store
     from nextbest.pipelines.offpolicy import LogsConfig, policy_values
     from nextbest.training.jobs import read_raw_tables
     from nextbest.training.uplift import LEARNERS, UpliftConfig, build_frame
@@ -384,9 +390,9 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
         keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=users, replace=False)
         raw = {**raw, "contacts": raw["contacts"][ids.isin(set(keep)).to_numpy()]}
     try:
-        data = build_frame(feature_store(settings), raw, UpliftConfig(window_days=window))
+        data = build_frame(training_store(settings), raw, UpliftConfig(window_days=window))
         return policy_values(data, LogsConfig(folds=folds, learners=names, seed=settings.seed)), window
-    except ValueError as err:  # what the log lacks: a control group, complete outcome windows, open tracking
+    except (ValueError, EngineUnavailable) as err:  # what the log lacks: a control group, complete outcome windows, ...
         raise UserError(str(err)) from None
 
 

@@ -185,7 +185,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     then (a point-in-time join through the model's FeatureService), to Parquet or CSV (by the file's suffix)."""
     import pandas as pd
 
-    from nextbest.features.store import feature_store, read_table
+    from nextbest.features.store import read_table, training_store
     from nextbest.serving.runtime import UserError
     from nextbest.training.datasets import historical
     from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, load_champions, registered_name
@@ -204,7 +204,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     users = read_table(settings, "profile")
     ids = list(user_ids) if user_ids is not None else users["user_id"].astype(str).drop_duplicates().tolist()
     started = time.perf_counter()
-    frame = historical(feature_store(settings), pd.DataFrame({"user_id": ids, "event_timestamp": when}),
+    frame = historical(training_store(settings), pd.DataFrame({"user_id": ids, "event_timestamp": when}),
                        champion.model.feature_service)
     scores = pd.DataFrame({"user_id": frame["user_id"].astype(str), "as_of": when, "model": registered_name(name),
                            "version": champion.version, "score": champion.model.predict(frame)})

@@ -28,11 +28,13 @@ class _UserError(Exception):
 
 
 def _guarded(fn, *args):
+    from nextbest.features.engines import EngineUnavailable
     from nextbest.training.registry import ChecksumError, RegistryUnavailable
 
     try:
         return fn(*args)
-    except (_UserError, ContractError, FileNotFoundError, LookupError, ValueError, RegistryUnavailable, ChecksumError) as err:
+    except (_UserError, ContractError, FileNotFoundError, LookupError, ValueError, RegistryUnavailable, ChecksumError,
+            EngineUnavailable) as err:  # EngineUnavailable: the Spark offline store without PySpark or Java
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(code=2) from None
 

@@ -305,7 +305,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     `defer`: leave the promotion of a model that has a champion to the policy gate (registry.gate).
     """
     from nextbest.features.ingest import manifest
-    from nextbest.features.store import feature_store
+    from nextbest.features.store import training_store
 
     started = time.perf_counter()
     step = progress or (lambda text: None)
@@ -316,7 +316,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     if labels is not None:
         labels, warnings = check_labels(labels, raw["users"])
         raw = {**raw, "labels": labels}
-    store = store or feature_store(settings)
+    store = store or training_store(settings)
     if name.startswith(LABEL_PREFIX):  # its own FeatureService, registered next to the built-in ones
         from nextbest.features.store import apply_label_service
 
@@ -409,10 +409,10 @@ def train_models(settings: Settings, names: list[str], config: TrainConfig = Tra
     `skip(name, reason)`: called for a model this data cannot train (NotTrainable), and the others go on;
     without it, that model's error stops the run.
     """
-    from nextbest.features.store import feature_store
+    from nextbest.features.store import training_store
 
     raw = read_raw_tables(settings, ON_DISK)
-    store = feature_store(settings)
+    store = training_store(settings)
     shared = shared_joins(store, names, Sampling(config.sample_rows, config.seed))
     results = []
     for n in names:
