@@ -57,7 +57,7 @@ from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
            "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores",
-           "evaluate", "fit_shrinkage", "shrinks", "action_names", "logged_actions", "action_draws", "action_grid", "action_rows"]
+           "evaluate", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
@@ -125,9 +125,7 @@ def shrinks(train: TrainingSet, config: UpliftConfig = UpliftConfig()) -> bool:
     most `shrink_max_actions` distinct actions, no contact included (a randomised experiment's shape)."""
     if config.shrinkage is not None:
         return config.shrinkage
-    frame = train.frame
-    return len(set(action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(),
-                                frame[train.treatment].to_numpy() == 1))) <= config.shrink_max_actions
+    return len(set(frame_actions(train.frame, train.treatment))) <= config.shrink_max_actions
 
 
 def fit_learner(learner: str, train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
@@ -426,9 +424,14 @@ def action_names(offer: np.ndarray, channel: np.ndarray, treated: np.ndarray) ->
     return np.where(np.asarray(treated, dtype=bool), named, NO_CONTACT).astype(object)
 
 
+def frame_actions(frame: pd.DataFrame, treatment: str = "treated") -> np.ndarray:
+    """Each contacts row's action: "offer @ channel" where treated, else NO_CONTACT."""
+    return action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
+
+
 def logged_actions(frame: pd.DataFrame, treatment: str = "treated") -> tuple[np.ndarray, np.ndarray]:
     """Each row's logged action ("offer @ channel", or NO_CONTACT) and its probability under the logging policy."""
-    action = action_names(frame["offer_id"].to_numpy(), frame["channel"].to_numpy(), frame[treatment].to_numpy() == 1)
+    action = frame_actions(frame, treatment)
     if "propensity" in frame and frame["propensity"].notna().all() and (frame["propensity"] > 0).all():
         return action, frame["propensity"].to_numpy(dtype="float64")
     share = pd.Series(action).value_counts(normalize=True)
@@ -441,7 +444,7 @@ def action_draws(train: pd.DataFrame, actions: list[str], treatment: str, n: int
     hours) and, for each of `n` rows, which of those examples the row is scored with."""
     rng = np.random.default_rng(seed)
     sent = train[train[treatment].to_numpy() == 1]
-    logged = (sent["offer_id"].astype(str) + " @ " + sent["channel"].astype(str)).to_numpy()
+    logged = frame_actions(sent, treatment)
     out = []
     for a in actions:
         examples = sent[logged == a][list(OFFER_COLUMNS + ENGAGE_COLUMNS)].reset_index(drop=True)
