@@ -532,6 +532,19 @@ def test_a_copied_home_whose_original_is_gone_loads_its_own_models(home, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_copied_home_trains_into_its_own_folder_and_leaves_the_original_alone(home, tmp_path):
+    register_conversion_model(home)
+    copy = Settings(home=tmp_path / "copy")
+    shutil.copytree(home.home, copy.home)
+    original = sorted(p.relative_to(home.home) for p in home.artifact_dir.rglob("*"))
+    version = register_conversion_model(copy)  # MLflow's experiment still names the original's folder
+    assert sorted(p.relative_to(home.home) for p in home.artifact_dir.rglob("*")) == original
+    shutil.rmtree(home.home)
+    rt = Runtime(copy)
+    assert rt.models.current.versions() == {"conversion": f"conversion/{version}"}, rt.models.error
+
+
+@pytest.mark.slow
 def test_a_missing_registry_file_at_reload_keeps_the_last_good_models_and_says_so(home):
     version = register_conversion_model(home)
     rt = Runtime(home)

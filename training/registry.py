@@ -206,12 +206,36 @@ def _experiment_title(name: str) -> str:
 
 def _experiment(client, settings: Settings, name: str) -> str:
     title = _experiment_title(name)
+    location = settings.artifact_dir.resolve() / name
     found = client.get_experiment_by_name(title)
     if found is not None:
+        _follow_home(settings, found, location)
         return found.experiment_id
-    location = (settings.artifact_dir.resolve() / name)
     location.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(title, artifact_location=location.as_uri())
+
+
+def _follow_home(settings: Settings, experiment, location: Path) -> None:
+    """A copied or moved home writes its new runs into its own artifact folder, not into the original home's.
+
+    MLflow keeps an experiment's artifact location as an absolute URI (the home it was created in) and has no API
+    to change it, so in the home's own SQLite registry (the default store) the row is rewritten to this home. Only
+    a location of ours (`.../mlartifacts/<model>`) is followed; a remote tracking store is left as it is.
+    """
+    import sqlite3
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    recorded = experiment.artifact_location
+    if settings.mlflow_uri or not recorded.startswith("file:") or recorded == location.as_uri():
+        return
+    old = Path(url2pathname(urlparse(recorded).path))
+    if old.parts[-2:] != (settings.artifact_dir.name, location.name):
+        return
+    location.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(settings.home / "mlflow.db", timeout=30)) as conn, conn:
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                     (location.as_uri(), int(experiment.experiment_id)))
 
 
 def _version_digest(client, registered: str, version: str) -> str | None:
@@ -331,7 +355,7 @@ def _artifact_uri(client, settings: Settings, name: str, registered: str, versio
     MLflow records absolute file URIs, into the home the model was logged in; re-rooted under this home's
     artifact folder (same path below the experiment's folder), a copied or moved home loads its own files.
     Where this home has no such folder (a run logged after the copy, which MLflow put in the experiment's
-    original folder), and for a remote artifact store, the URI is used as recorded.
+    original folder before `_follow_home` existed), and for a remote artifact store, the URI is used as recorded.
     """
     from urllib.parse import urlparse
     from urllib.request import url2pathname
