@@ -303,6 +303,7 @@ def write_raw_parts(parts: Iterable[dict[str, pd.DataFrame]], raw_dir: Path) -> 
                     if table not in files:
                         files[table] = _PartedTable(staging, table)
                     files[table].append(df)
+                part = df = None  # written: the next part is made without this one held
         finally:
             for f in files.values():
                 f.close()

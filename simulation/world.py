@@ -142,6 +142,7 @@ def simulate_chunks(config: WorldConfig = WorldConfig(),
                           tables={t: df for t, df in chunk.tables.items() if t not in ("offers", "channels")})
         first_contact += len(chunk.tables["contacts"])
         yield chunk
+        del chunk  # the next chunk is drawn without this one's tables held
 
 
 def write_world(config: WorldConfig, raw_dir: Path | str, truth_dir: Path | str,
@@ -161,6 +162,7 @@ def write_world(config: WorldConfig, raw_dir: Path | str, truth_dir: Path | str,
                 each(chunk)
             truths.append(chunk.truth)
             yield chunk.tables
+            del chunk  # (as in `simulate_chunks`)
 
     if config.n_chunks == 1:
         tables = next(chunks())
