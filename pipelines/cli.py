@@ -111,7 +111,7 @@ def run_guarded(fn, *args, **kwargs):
 
 # --- simulate ----------------------------------------------------------------------------------------
 
-def _simulate(settings: Settings, users: int, days: int, seed: int, chunk_users: int | None) -> dict[str, int]:
+def _simulate(settings: Settings, users: int, days: int, seed: int, chunk_users: int | None = None) -> dict[str, int]:
     import pandas as pd
 
     from nextbest.serving.config import add_tallies, catalog_config, contact_tally, write_config
