@@ -29,10 +29,10 @@ from nextbest.simulation.truth import Oracle, Truth, concat_truths, draw_truth
 __all__ = ["WorldConfig", "World", "CHUNK_USERS", "simulate", "simulate_chunks", "write_world", "chunk_rng", "user_ids", "events_table"]
 
 # Users simulated together, each chunk from its own random stream, so the simulator's memory is bounded by the chunk
-# and not by the world (1M users in one piece peaked at 4.3 GB; in chunks of 100,000 at 1.2 GB, 0.8 GB at 100k).
+# and not by the world (1M users in one piece peaked at 4.3 GB; in chunks of 100,000 at 1.0 GB, 0.8 GB at 100k).
 # 100,000 keeps every world the project runs at or below that size (the demo's 20,000, the tests', the 100k
-# benchmarks) one chunk, i.e. exactly the one-stream world of earlier versions; chunks of 20,000 would halve the 1M
-# peak again for ~14 % more CPU (benchmarks/RESULTS.md, "The simulator in chunks of users").
+# benchmarks) one chunk, i.e. exactly the one-stream world of earlier versions; chunks of 20,000 took about half the
+# memory for ~14 % more CPU (benchmarks/RESULTS.md, "The simulator in chunks of users").
 CHUNK_USERS = 100_000
 
 # Consent rates per channel (CHANNELS order); WeChat consent is common only in the Asian timezones.
