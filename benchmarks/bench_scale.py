@@ -64,14 +64,14 @@ def stage(name: str, home: Path, args: argparse.Namespace) -> dict:
     sampler = threading.Thread(target=_step_peaks, args=(steps, peaks, done), daemon=True)
     sampler.start()
     started = time.perf_counter()
-    if name == "simulate":
-        from nextbest.features.ingest import write_raw
-        from nextbest.simulation import WorldConfig, simulate
+    if name == "simulate":  # the product's path (`nextbest simulate`): chunks of users written as they come
+        from nextbest.simulation import CHUNK_USERS, WorldConfig, write_world
 
-        world = simulate(WorldConfig(n_users=args.users, seed=args.seed), progress=lambda step, done: steps.append(step))
-        out["rows"] = {k: len(v) for k, v in world.tables.items()}
-        steps.append("write_raw")
-        write_raw(world.tables, Settings(home=home).raw_dir)
+        settings = Settings(home=home)
+        config = WorldConfig(n_users=args.users, seed=args.seed, chunk_users=args.chunk_users or CHUNK_USERS)
+        out["chunks"] = config.n_chunks
+        out["rows"] = write_world(config, settings.raw_dir, settings.truth_dir,
+                                  progress=lambda step, done: steps.append(step.split(": ")[-1]))
     elif name.startswith("build:"):
         from nextbest.features.build import BuildConfig, build_features
 
@@ -121,7 +121,7 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
 
     cmd = [sys.executable, __file__, "--stage", name, "--home", str(home), "--users", str(args.users), "--seed",
            str(args.seed), "--every-days", str(args.every_days), "--duckdb-memory", args.duckdb_memory,
-           "--spark-master", args.spark_master, "--online-store", args.online_store, "--redis-port", str(args.redis_port)] + (["--snapshots", str(args.snapshots)] if args.snapshots else [])
+           "--spark-master", args.spark_master, "--online-store", args.online_store, "--redis-port", str(args.redis_port)] + (["--snapshots", str(args.snapshots)] if args.snapshots else []) + (["--chunk-users", str(args.chunk_users)] if args.chunk_users else [])
     import resource
 
     started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
     parser.add_argument("--raw-from", type=Path, default=None,
                         help="reuse the raw tables of this home (its raw/ folder) instead of simulating them")
+    parser.add_argument("--chunk-users", type=int, default=None,
+                        help="users simulated together (default: the simulator's CHUNK_USERS)")
+    parser.add_argument("--simulate-only", action="store_true", help="stop after the simulate stage")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -207,6 +210,10 @@ def main() -> None:
     overlap = args.online and args.online_store == "redis" and not args.sequential
     names = [*([] if args.raw_from else ["simulate"]), *(["build:spark"] if args.spark else []),
              *(["build+online"] if overlap else ["build:duckdb", *(["online"] if args.online else [])])]
+    if args.simulate_only:
+        if args.raw_from:
+            sys.exit("error: --simulate-only and --raw-from exclude each other (nothing would be simulated)")
+        names = ["simulate"]
     if args.raw_from:  # a copy: the build never writes into another home
         shutil.copytree((args.raw_from / "raw").resolve(), home / "raw")
     results = {}

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nextbest.features.contract import REQUIRED_TABLES, TABLES, ContractError, TimeWindow, Violation, conform
 
-__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "read_raw", "raw_path",
+__all__ = ["Source", "IngestPlan", "load_plan", "plan_from_dir", "read_source", "ingest", "write_raw", "write_raw_parts", "read_raw", "raw_path",
            "manifest", "recover_raw", "ingest_window"]
 
 MANIFEST = "_manifest.json"
@@ -274,14 +274,7 @@ def write_raw(frames: dict[str, pd.DataFrame], raw_dir: Path) -> None:
     on the last good snapshot or on the new one; `recover_raw` repairs the one gap (a pre-symlink folder moved
     aside but no link yet), and leftovers of earlier runs are removed after the swap.
     """
-    raw_dir = Path(raw_dir)
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    recover_raw(raw_dir)
-    token = uuid.uuid4().hex[:8]
-    staging = raw_dir.parent / f".{raw_dir.name}-staging-{token}"
-    snapshot = raw_dir.parent / f".{raw_dir.name}-snap-{token}"
-    staging.mkdir()
-    try:
+    def fill(staging: Path) -> tuple[str, dict[str, int]]:
         digest = hashlib.sha256()
         for table, df in frames.items():
             path = staging / f"{table}.parquet"
@@ -291,11 +284,109 @@ def write_raw(frames: dict[str, pd.DataFrame], raw_dir: Path) -> None:
             # Row hashes are per row, so hashing by slices of rows feeds the digest the same bytes as one pass
             # over the whole frame, without its temporaries (GBs for a 1M-user world's 31M events).
             for start in range(0, len(df), _CHUNK_ROWS):
-                digest.update(pd.util.hash_pandas_object(df.iloc[start:start + _CHUNK_ROWS], index=False).values.tobytes())
+                digest.update(_row_hashes(df.iloc[start:start + _CHUNK_ROWS]))
+        return digest.hexdigest()[:16], {t: len(df) for t, df in frames.items()}
+
+    _publish(raw_dir, fill)
+
+
+def write_raw_parts(parts: Iterable[dict[str, pd.DataFrame]], raw_dir: Path) -> dict[str, int]:
+    """`write_raw` for tables that arrive in parts of rows (a world simulated in chunks of users): each part is
+    appended to its tables' files as it comes, so only one part is in memory at a time. A table's rows are its
+    parts' rows in order, read back with the first part's column types, and the snapshot id is the one `write_raw`
+    gives those rows; returns the rows per table."""
+    def fill(staging: Path) -> tuple[str, dict[str, int]]:
+        files: dict[str, _PartedTable] = {}
+        try:
+            for part in parts:
+                for table, df in part.items():
+                    if table not in files:
+                        files[table] = _PartedTable(staging, table)
+                    files[table].append(df)
+                part = df = None  # written: the next part is made without this one held
+        finally:
+            for f in files.values():
+                f.close()
+        digest = hashlib.sha256()
+        for table, f in files.items():
+            _fsync(f.path)
+            digest.update(table.encode())
+            with open(f.hashes, "rb") as hashes:  # the row hashes in row order: the bytes of `write_raw`'s one pass
+                while block := hashes.read(1 << 20):
+                    digest.update(block)
+            f.hashes.unlink()
+        return digest.hexdigest()[:16], {t: f.rows for t, f in files.items()}
+
+    return _publish(raw_dir, fill)
+
+
+def _row_hashes(df: pd.DataFrame) -> bytes:
+    return pd.util.hash_pandas_object(df, index=False).values.tobytes()
+
+
+class _PartedTable:
+    """One raw table written part by part: Parquet row groups of at most _CHUNK_ROWS rows, and its row hashes."""
+
+    def __init__(self, staging: Path, table: str):
+        self.path, self.hashes = staging / f"{table}.parquet", staging / f".{table}.rowhashes"
+        self.rows, self.writer, self.schema, self.empty = 0, None, None, None
+        self._hash_file = open(self.hashes, "wb")
+
+    def append(self, df: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if df.empty:  # an empty part (a chunk without suppressions) adds nothing; kept in case no part has rows
+            self.empty = df if self.empty is None else self.empty
+            return
+        if self.writer is None:
+            self.schema = _parts_schema(pa.Schema.from_pandas(df, preserve_index=False))
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        for start in range(0, len(df), _CHUNK_ROWS):
+            piece = df.iloc[start:start + _CHUNK_ROWS]
+            try:
+                arrow = pa.Table.from_pandas(piece, preserve_index=False).cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+                raise ValueError(f"{self.path.stem}: a part's columns do not match the first part's "
+                                 f"({str(err).splitlines()[0][:200]})") from None
+            self.writer.write_table(arrow)
+            self._hash_file.write(_row_hashes(piece))
+        self.rows += len(df)
+
+    def close(self) -> None:
+        self._hash_file.close()
+        if self.writer is not None:
+            self.writer.close()
+        elif self.empty is not None:
+            self.empty.to_parquet(self.path, index=False)
+
+
+def _parts_schema(schema):
+    """The first part's schema with every dictionary column indexed by int32: pandas picks the narrowest index per
+    frame (int8 for a few categories), so parts of one table may differ only there."""
+    import pyarrow as pa
+
+    fields = [f.with_type(pa.dictionary(pa.int32(), f.type.value_type)) if pa.types.is_dictionary(f.type) else f
+              for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _publish(raw_dir: Path, fill: Callable[[Path], tuple[str, dict[str, int]]]) -> dict[str, int]:
+    """Fill a staging folder (`fill` writes the tables and returns the snapshot id and rows per table), then swap it
+    in as `raw_dir`'s snapshot atomically (see `write_raw`)."""
+    raw_dir = Path(raw_dir)
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_raw(raw_dir)
+    token = uuid.uuid4().hex[:8]
+    staging = raw_dir.parent / f".{raw_dir.name}-staging-{token}"
+    snapshot = raw_dir.parent / f".{raw_dir.name}-snap-{token}"
+    staging.mkdir()
+    try:
+        snapshot_id, rows = fill(staging)
         info = {
-            "snapshot_id": digest.hexdigest()[:16],
+            "snapshot_id": snapshot_id,
             "ingested_at": datetime.now(UTC).isoformat(),
-            "rows": {t: len(df) for t, df in frames.items()},
+            "rows": rows,
         }
         (staging / MANIFEST).write_text(json.dumps(info, indent=2))  # written last: a snapshot with it is complete
         _fsync(staging / MANIFEST)
@@ -312,6 +403,7 @@ def write_raw(frames: dict[str, pd.DataFrame], raw_dir: Path) -> None:
     _point(raw_dir, snapshot)
     _checkpoint("swapped")
     _clean(raw_dir)
+    return rows
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:

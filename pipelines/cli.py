@@ -111,28 +111,35 @@ def run_guarded(fn, *args, **kwargs):
 
 # --- simulate ----------------------------------------------------------------------------------------
 
-def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str, int]:
+def _simulate(settings: Settings, users: int, days: int, seed: int, chunk_users: int | None = None) -> dict[str, int]:
     import pandas as pd
 
-    from nextbest.features.ingest import write_raw
-    from nextbest.serving.config import catalog_config, write_config
-    from nextbest.simulation import WorldConfig, simulate
+    from nextbest.serving.config import add_tallies, catalog_config, contact_tally, write_config
+    from nextbest.simulation import CHUNK_USERS, World, WorldConfig, write_world
 
     # Whatever its length, the history ends where the default one does, in the past: the online store loads the
     # newest feature rows as of now, so a history running past today would serve none.
     end = WorldConfig().end_ts
     start = (end - pd.Timedelta(days=days)).strftime("%Y-%m-%d")
+    config = WorldConfig(n_users=users, days=days, seed=seed, start=start, chunk_users=chunk_users or CHUNK_USERS)
+    catalog: dict[str, pd.DataFrame] = {}
+    tallies: list[pd.DataFrame] = []
+
+    def keep(chunk: World) -> None:  # what the operator config needs of each chunk (a world may be bigger than memory)
+        catalog.update({t: chunk.tables[t] for t in ("offers", "channels") if t in chunk.tables})
+        tallies.append(contact_tally(chunk.tables["contacts"]))
+
     with steps(3) as advance:
-        advance("simulating the world")
-        world = simulate(WorldConfig(n_users=users, days=days, seed=seed, start=start))
-        advance("writing raw tables")
-        write_raw(world.tables, settings.raw_dir)
+        advance("simulating the world and writing raw tables" + (f" in {config.n_chunks} chunks of users"
+                                                                 if config.n_chunks > 1 else ""))
+        rows = write_world(config, settings.raw_dir, settings.truth_dir, each=keep)
+        advance("writing the operator config")
         # The decision service's catalog: the world's offers and channels (used unless NEXTBEST_OPERATOR_CONFIG is set).
-        write_config(catalog_config(world.tables["offers"], world.tables["channels"], contacts=world.tables["contacts"]),
+        tally = tallies[0] if len(tallies) == 1 else add_tallies(tallies)
+        write_config(catalog_config(catalog["offers"], catalog["channels"], tally=tally),
                      settings.home / "operator.yaml",
                      note="written by `nextbest simulate`: the simulated world's catalog; edit freely, the service re-reads it")
-        advance("writing ground truth")
-        world.truth.save(settings.truth_dir)
+        advance("resetting the ledger, logs and campaigns")
         # A new world replaces the old one: the contacts the service made to the old world's users go too.
         if settings.ledger_backend == "sqlite":
             for suffix in ("", "-wal", "-shm"):
@@ -146,7 +153,7 @@ def _simulate(settings: Settings, users: int, days: int, seed: int) -> dict[str,
     if any(removed.values()):
         console.print(f"campaign store reset for the new world: {removed['campaigns']} campaign(s) and "
                       f"{removed['segments']} segment(s) of the old one removed")
-    return {name: len(df) for name, df in world.tables.items()}
+    return rows
 
 
 def _reset_campaigns(settings: Settings) -> dict[str, int]:
@@ -162,11 +169,15 @@ def simulate(
     users: Annotated[int, typer.Option(min=10, help="number of users")] = 20_000,
     days: Annotated[int, typer.Option(min=14, help="days of history")] = 120,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    chunk_users: Annotated[int | None, typer.Option(min=100, help="users simulated together, each chunk from its own "
+                                                    "random stream, so memory is bounded by a chunk (default: "
+                                                    "simulation.CHUNK_USERS); a world of one chunk is the same as "
+                                                    "before chunks existed")] = None,
 ) -> None:
     """Generate the simulated marketing world as raw tables (plus its hidden truth, for evaluation only)."""
     settings = Settings()
     started = time.perf_counter()
-    rows = run_guarded(_simulate, settings, users, days, seed)
+    rows = run_guarded(_simulate, settings, users, days, seed, chunk_users)
     summary(f"simulated world -> {settings.raw_dir} ({time.perf_counter() - started:.1f} s)", rows)
 
 

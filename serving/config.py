@@ -26,6 +26,8 @@ __all__ = [
     "default_config",
     "catalog_config",
     "observed_opt_out_rates",
+    "contact_tally",
+    "add_tallies",
     "observed_channel_values",
     "write_config",
     "load_config",
@@ -326,47 +328,78 @@ def _cell(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def observed_opt_out_rates(contacts: pd.DataFrame | None, prior: float = 0.003, strength: float = 200.0) -> dict[str, float]:
-    """Per channel, the share of its contacts that ended in an unsubscribe or a complaint, smoothed towards `prior`
-    with `strength` pseudo-contacts: the `opt_out_rate` a contact log teaches."""
+_TALLY = ["sent", "opted_out", "revenue", "users", "first_sent", "last_sent"]
+
+
+def contact_tally(contacts: pd.DataFrame | None) -> pd.DataFrame:
+    """Per channel of a contact log, what the log-taught channel rules read: contacts sent, those that ended in an
+    unsubscribe or a complaint, their revenue, users reached, first and last send. The logs of disjoint sets of users
+    (a world simulated in chunks) tally to the sum of their tallies (`add_tallies`)."""
     if contacts is None or contacts.empty or "channel" not in contacts:
-        return {}
+        return pd.DataFrame(columns=_TALLY)
     sent = contacts[contacts["channel"].notna()]
+    channel = sent["channel"].astype(str)
     hit = pd.Series(False, index=sent.index)
     for col in ("unsubscribed_at", "complained_at"):
         if col in sent:
             hit |= sent[col].notna()
-    by = hit.groupby(sent["channel"].astype(str)).agg(["sum", "count"])
-    return {str(c): float((r["sum"] + prior * strength) / (r["count"] + strength)) for c, r in by.iterrows()}
+    out = hit.groupby(channel).agg(["count", "sum"]).set_axis(["sent", "opted_out"], axis=1)
+    out["revenue"] = sent["revenue"].fillna(0.0).groupby(channel).sum() if "revenue" in sent else np.nan
+    out["users"] = sent["user_id"].groupby(channel).nunique() if "user_id" in sent else np.nan
+    if "sent_at" in sent:
+        at = pd.to_datetime(sent["sent_at"], utc=True).groupby(channel)
+        out["first_sent"], out["last_sent"] = at.min(), at.max()
+    else:
+        out["first_sent"] = out["last_sent"] = pd.NaT
+    return out
+
+
+def add_tallies(tallies: list[pd.DataFrame]) -> pd.DataFrame:
+    """The tally of the union of logs of disjoint sets of users, from theirs."""
+    both = pd.concat([t for t in tallies if not t.empty])
+    if both.empty:
+        return pd.DataFrame(columns=_TALLY)
+    by = both.groupby(level=0)
+    out = by[["sent", "opted_out", "users"]].sum()
+    out["revenue"] = by["revenue"].sum(min_count=1)
+    out["first_sent"], out["last_sent"] = by["first_sent"].min(), by["last_sent"].max()
+    return out[_TALLY]
+
+
+def observed_opt_out_rates(contacts: pd.DataFrame | None, prior: float = 0.003, strength: float = 200.0,
+                           tally: pd.DataFrame | None = None) -> dict[str, float]:
+    """Per channel, the share of its contacts that ended in an unsubscribe or a complaint, smoothed towards `prior`
+    with `strength` pseudo-contacts: the `opt_out_rate` a contact log teaches (or the log's `contact_tally`)."""
+    tally = contact_tally(contacts) if tally is None else tally
+    return {str(c): float((r["opted_out"] + prior * strength) / (r["sent"] + strength)) for c, r in tally.iterrows()}
 
 
 CHANNEL_VALUE_DAYS = 90  # horizon of a channel's future value to one user (what an opt-out loses)
 
 
-def observed_channel_values(contacts: pd.DataFrame | None, horizon_days: int = CHANNEL_VALUE_DAYS) -> dict[str, float]:
+def observed_channel_values(contacts: pd.DataFrame | None, horizon_days: int = CHANNEL_VALUE_DAYS,
+                            tally: pd.DataFrame | None = None) -> dict[str, float]:
     """Per channel, the revenue its contacts brought per user it reached, over `horizon_days` (the log's revenue over
     its span, scaled): what losing the channel to one user's unsubscribe or complaint costs, the `opt_out_cost` a
-    contact log teaches. Logged revenue includes purchases the contact did not cause, so it leans towards protecting
-    the channel."""
-    if contacts is None or contacts.empty or "channel" not in contacts or "revenue" not in contacts:
+    contact log teaches (or the log's `contact_tally`). Logged revenue includes purchases the contact did not cause,
+    so it leans towards protecting the channel."""
+    tally = contact_tally(contacts) if tally is None else tally
+    if tally.empty or tally["revenue"].isna().all():
         return {}
-    sent = contacts[contacts["channel"].notna()]
-    at = pd.to_datetime(sent["sent_at"], utc=True)
-    span_days = max((at.max() - at.min()) / pd.Timedelta(days=1), 1.0) if len(sent) else 1.0
-    by = sent.assign(channel=sent["channel"].astype(str), revenue=sent["revenue"].fillna(0.0)).groupby("channel")
-    value = by["revenue"].sum() / by["user_id"].nunique() * horizon_days / span_days
+    span_days = max((tally["last_sent"].max() - tally["first_sent"].min()) / pd.Timedelta(days=1), 1.0)
+    value = tally["revenue"] / tally["users"] * horizon_days / span_days
     return {str(c): round(float(v), 2) for c, v in value.items() if np.isfinite(v)}
 
 
 def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorConfig | None = None,
-                   contacts: pd.DataFrame | None = None) -> OperatorConfig:
+                   contacts: pd.DataFrame | None = None, tally: pd.DataFrame | None = None) -> OperatorConfig:
     """An operator config whose catalog is a company's offers and channels tables (in their order); with its
     `contacts`, each channel's `opt_out_rate` is the one the log shows (`observed_opt_out_rates`), and its
     `opt_out_cost`, unless `base` sets one, the channel's value per user the log shows (`observed_channel_values`).
 
     Caps, exploration and triggers come from `base` (default: the built-in config). A trigger keeps the
     offers it names that the catalog has; naming none, it chooses among the catalog's coupons (a nudge to
-    come back), and without coupons it is dropped.
+    come back), and without coupons it is dropped. `tally` (`contact_tally`) may stand for `contacts`.
     """
     base = base or default_config()
     rows = [{k: _cell(v) for k, v in r.items()} for r in offers.to_dict("records")]
@@ -376,8 +409,9 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                for r in rows]
     chans = [{k: _cell(v) for k, v in r.items()} for r in channels.to_dict("records")]
     kept = {c.channel: c for c in base.channels}  # the operator's long-term costs of a channel stay with it
-    learned = observed_opt_out_rates(contacts)  # `contacts` given: each channel's opt-out rate as the log teaches it
-    values = observed_channel_values(contacts)  # ... and what an opt-out on it loses
+    tally = contact_tally(contacts) if tally is None else tally
+    learned = observed_opt_out_rates(None, tally=tally)  # a log given: each channel's opt-out rate as it teaches it
+    values = observed_channel_values(None, tally=tally)  # ... and what an opt-out on it loses
 
     def long_term(name: str) -> dict:
         out = {"opt_out_cost": kept[name].opt_out_cost, "opt_out_rate": kept[name].opt_out_rate} if name in kept else {}

@@ -14,7 +14,7 @@ from nextbest.simulation import response
 from nextbest.simulation.catalog import CATEGORIES, CHANNELS
 from nextbest.simulation.clock import DAY_NS, TIMEZONES, local_hour
 
-__all__ = ["Truth", "Oracle", "draw_truth", "INTEREST_CONCENTRATION", "CHANNEL_RESPONSE_SD"]
+__all__ = ["Truth", "Oracle", "draw_truth", "concat_truths", "INTEREST_CONCENTRATION", "CHANNEL_RESPONSE_SD"]
 
 NEVER = np.iinfo(np.int64).max  # a churn / upgrade time that never comes
 INTEREST_CONCENTRATION = 0.35  # Dirichlet prior of the category interests: most users care about two or three
@@ -76,6 +76,13 @@ class Truth:
         with np.load(truth_dir / "truth.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return cls(start_ns=int(meta["start_ns"]), end_ns=int(meta["end_ns"]), **arrays)
+
+
+def concat_truths(parts: list[Truth]) -> Truth:
+    """The truth of a world simulated in chunks of users: every per-user array, the chunks' users in order."""
+    per_user = [f.name for f in dataclasses.fields(Truth) if f.name not in ("start_ns", "end_ns")]
+    return Truth(start_ns=parts[0].start_ns, end_ns=parts[0].end_ns,
+                 **{name: np.concatenate([getattr(p, name) for p in parts]) for name in per_user})
 
 
 def draw_truth(n_users: int, start: pd.Timestamp, days: int, rng: np.random.Generator) -> Truth:

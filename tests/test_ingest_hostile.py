@@ -419,3 +419,29 @@ def test_raw_tables_written_in_slices_of_rows_read_back_and_hash_as_one_pass(tmp
     import pyarrow.parquet as pq
 
     assert pq.ParquetFile(tmp_path / "sliced" / "raw" / "events.parquet").metadata.num_row_groups == 8
+
+
+def test_raw_tables_written_in_parts_read_back_and_hash_as_the_whole_tables(tmp_path, monkeypatch):
+    """A world simulated in chunks of users is written part by part: parts whose categoricals differ in width (int8
+    codes for a few categories, int16 for many), an empty part first, a table with no rows in any part: the same rows,
+    and the same snapshot id, as writing the concatenated tables whole."""
+    from nextbest.features import ingest as ingest_module
+
+    def part(first: int, n: int) -> dict[str, pd.DataFrame]:
+        ids = [f"u{i:04d}" for i in range(first, first + n)]
+        users = pd.DataFrame({"user_id": pd.Categorical(ids), "amount": np.arange(n) / 4})
+        return {"users": users, "labels": pd.DataFrame({"user_id": pd.Categorical([]), "label": pd.Series([], dtype=int)})}
+
+    parts = [part(0, 0), part(0, 3), part(3, 300), part(303, 2)]
+    monkeypatch.setattr(ingest_module, "_CHUNK_ROWS", 128)  # the 300-row part: 3 row groups
+    rows = ingest_module.write_raw_parts(iter(parts), tmp_path / "parts" / "raw")
+    whole = {name: pd.concat([p[name].astype({"user_id": object}) for p in parts], ignore_index=True)
+             for name in ("users", "labels")}
+    ingest_module.write_raw(whole, tmp_path / "whole" / "raw")
+    assert rows == {"users": 305, "labels": 0}
+    users = read_raw(tmp_path / "parts" / "raw", "users")
+    assert users["user_id"].astype(str).tolist() == whole["users"]["user_id"].tolist()
+    assert users["amount"].tolist() == whole["users"]["amount"].tolist()
+    assert read_raw(tmp_path / "parts" / "raw", "labels").columns.tolist() == ["user_id", "label"]
+    assert manifest(tmp_path / "parts" / "raw")["snapshot_id"] == manifest(tmp_path / "whole" / "raw")["snapshot_id"]
+    assert not list((tmp_path / "parts").rglob("*rowhashes*"))  # the row hashes were scratch

@@ -353,3 +353,94 @@ def test_the_replay_keeps_to_the_spacing_rule_and_counts_a_send_that_breaks_it(w
 
     broke = replay(period, Unspaced(), ReplayConfig(days=8, rules=rules)).sends
     assert broke["broke_spacing"].sum() > 0 and kept.metrics["contacts"] < len(broke)
+
+
+def _file_bytes(raw_dir) -> dict[str, bytes]:
+    from pathlib import Path
+
+    return {p.name: p.read_bytes() for p in sorted(Path(raw_dir).glob("*.parquet"))}
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype({c: object for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+
+
+def test_a_world_of_one_chunk_is_the_one_stream_world(tmp_path):
+    """Worlds up to a chunk (the demo's, the tests') must stay what they were before chunks: every table written
+    byte for byte as the simulator without chunks wrote it (all users from the seed's own stream, one `write_raw`)."""
+    from nextbest.features.ingest import manifest, write_raw
+    from nextbest.simulation import CHUNK_USERS, write_world
+    from nextbest.simulation.world import _simulate_chunk
+
+    config = WorldConfig(n_users=400, days=30, seed=5)
+    assert config.n_chunks == 1 and config.chunk_users == CHUNK_USERS >= 20_000  # the demo's 20,000 users: one chunk
+    unchunked = _simulate_chunk(config, config.n_users, 0, 1, np.random.default_rng(config.seed), lambda s, d: None)
+    write_raw(unchunked.tables, tmp_path / "unchunked")
+    for chunk_users in (CHUNK_USERS, config.n_users):  # the default, and a chunk of exactly the world's size
+        raw = tmp_path / f"chunk{chunk_users}"
+        write_world(WorldConfig(n_users=400, days=30, seed=5, chunk_users=chunk_users), raw, tmp_path / "truth")
+        assert _file_bytes(raw) == _file_bytes(tmp_path / "unchunked")
+        assert manifest(raw)["snapshot_id"] == manifest(tmp_path / "unchunked")["snapshot_id"]
+    assert np.array_equal(Truth.load(tmp_path / "truth").interest, unchunked.truth.interest)
+
+
+def test_the_first_chunk_of_a_bigger_world_is_the_world_of_one_chunk():
+    small = simulate(WorldConfig(n_users=250, days=30, seed=5, chunk_users=250))
+    big = simulate(WorldConfig(n_users=600, days=30, seed=5, chunk_users=250))  # chunks of 250, 250, 100
+    first = {u for u in small.tables["users"]["user_id"]}
+    for name in ("users", "events", "contacts", "suppressions"):
+        df = big.tables[name]
+        head = df[df["user_id"].astype(str).isin(first)].reset_index(drop=True)
+        want = small.tables[name]
+        assert len(head) == len(want) and head.index.equals(pd.RangeIndex(len(want)))  # the first rows of the table
+        for col in want.columns:
+            assert head[col].astype(object).equals(want[col].astype(object)), (name, col)
+    # ... and the other chunks are users of their own, not copies: their own streams
+    assert big.truth.n_users == 600 and not np.array_equal(big.truth.interest[250:500], big.truth.interest[:250])
+    assert not np.array_equal(big.truth.interest[500:], big.truth.interest[250:350])
+
+
+def test_a_world_in_chunks_is_written_chunk_by_chunk_and_follows_the_contract(tmp_path):
+    """A multi-chunk world written as it is simulated: unique ids, each user's history whole and in time order, the
+    same tables and snapshot id as writing the whole world (`simulate`'s) at once, and ingest accepts it."""
+    from pathlib import Path
+
+    from nextbest.features.ingest import ingest, manifest, plan_from_dir, read_raw, write_raw
+    from nextbest.serving.config import add_tallies, catalog_config, contact_tally
+    from nextbest.simulation import write_world
+    from nextbest.simulation.world import _concat_rows, concat_truths
+
+    config = WorldConfig(n_users=700, days=30, seed=9, chunk_users=300)  # 300, 300, 100: the last chunk's ids are int8
+    chunks = []
+    rows = write_world(config, tmp_path / "raw", tmp_path / "truth", each=chunks.append)
+    whole = {name: _concat_rows([c.tables[name] for c in chunks if name in c.tables]) for name in chunks[0].tables}
+    write_raw(whole, tmp_path / "whole")
+    tables = {name: read_raw(tmp_path / "raw", name) for name in TABLES if name in rows}
+    for name, df in tables.items():
+        assert len(df) == rows[name] == len(whole[name])
+        # the same values; a categorical's unused categories may differ (a chunk without suppressions adds none)
+        pd.testing.assert_frame_equal(_plain(df), _plain(read_raw(tmp_path / "whole", name)), obj=name)
+    assert isinstance(tables["events"]["user_id"].dtype, pd.CategoricalDtype)  # ids stay cheap at millions of rows
+    assert manifest(tmp_path / "raw")["snapshot_id"] == manifest(tmp_path / "whole")["snapshot_id"]
+
+    users = tables["users"]["user_id"].astype(str)
+    assert users.tolist() == [f"u{i:07d}" for i in range(1, 701)]
+    contacts = tables["contacts"]
+    assert contacts["contact_id"].astype(str).tolist() == [f"c{i:09d}" for i in range(1, len(contacts) + 1)]
+    chunk_of = pd.Series(np.arange(700) // 300, index=users)
+    for name in ("events", "contacts", "suppressions"):
+        chunk = chunk_of.reindex(tables[name]["user_id"].astype(str)).to_numpy()
+        assert not np.isnan(chunk).any()  # every row's user is a user of the world
+        assert (np.diff(chunk) >= 0).all()  # rows in chunk order: each chunk's rows are one block
+        assert name == "suppressions" or set(chunk) == {0, 1, 2}  # (the last chunk's 100 users suppressed nobody)
+    ev = tables["events"]
+    assert ev.groupby(ev["user_id"].astype(str), observed=True)["ts"].apply(lambda t: t.is_monotonic_increasing).all()
+    assert Truth.load(tmp_path / "truth").n_users == 700
+    assert np.array_equal(Truth.load(tmp_path / "truth").upgrade_ns, concat_truths([c.truth for c in chunks]).upgrade_ns)
+    assert ingest(plan_from_dir(Path(tmp_path / "raw")), tmp_path / "ingested") == rows
+    # `nextbest simulate`'s operator config from the chunks' contact tallies: what the whole log teaches
+    offers, channels = whole["offers"], whole["channels"]
+    by_chunk = catalog_config(offers, channels, tally=add_tallies([contact_tally(c.tables["contacts"]) for c in chunks]))
+    at_once = catalog_config(offers, channels, contacts=whole["contacts"])
+    for a, b in zip(by_chunk.channels, at_once.channels, strict=True):
+        assert a.opt_out_rate == pytest.approx(b.opt_out_rate, rel=1e-12) and a.opt_out_cost == b.opt_out_cost
