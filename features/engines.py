@@ -113,23 +113,48 @@ def spark_sql(sql: str) -> str:
     return tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)
 
 
-def spark_conf(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8) -> dict[str, str]:
+def spark_conf(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int | None = None) -> dict[str, str]:
     """The Spark settings nextbest runs under: feature builds, batch scoring and Feast's Spark offline store
-    (`feature_store.yaml`'s `spark_conf`) start their session from this one dictionary."""
+    (`feature_store.yaml`'s `spark_conf`) start their session from this one dictionary. Shuffle partitions: one per
+    local core (local mode), else 8 (AQE coalesces them on a cluster)."""
+    if shuffle_partitions is None:
+        shuffle_partitions = _local_cores(master) or 8
     return {
         "spark.master": master,
         "spark.app.name": "nextbest",
         "spark.driver.memory": driver_memory,
+        # The per-user aggregates carry ~50 conditional sums each: their generated methods pass HotSpot's 8,000-byte
+        # limit and would run interpreted; compiling them cut the build's CPU (benchmarks/RESULTS.md, seventh session).
+        # ParallelGC: throughput over pause times, for batch work. Both only take effect when this starts the JVM
+        # (the driver; executors on a cluster get the same through spark.executor.extraJavaOptions).
+        "spark.driver.extraJavaOptions": _JAVA_OPTIONS,
+        "spark.executor.extraJavaOptions": _JAVA_OPTIONS,
         "spark.sql.session.timeZone": "UTC",  # timestamps in and out of Spark are UTC, as on DuckDB
         "spark.sql.shuffle.partitions": str(shuffle_partitions),
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.ansi.enabled": "false",  # DuckDB semantics: x / 0 is NULL, not an error
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",  # the CLI shows its own progress
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
 
 
-def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int = 8):
+_JAVA_OPTIONS = "-XX:-DontCompileHugeMethods -XX:+UseParallelGC"
+
+
+def _local_cores(master: str) -> int | None:
+    """Cores of a local master (`local`, `local[2]`, `local[*]`, `local[2,3]`); None for a cluster."""
+    import os
+    import re
+
+    found = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if not found:
+        return None
+    cores = found.group(1)
+    return max(1, os.cpu_count() or 1) if cores == "*" else int(cores or 1)
+
+
+def spark_session(master: str = "local[*]", driver_memory: str = "2g", shuffle_partitions: int | None = None):
     """The SparkSession feature builds, batch scoring and Feast's Spark offline store run on (an existing one is
     reused as it is); EngineUnavailable, saying what to install, when Java is missing or does not start."""
     import os

@@ -25,7 +25,7 @@ from nextbest.features.contract import TABLES, with_optional_columns
 from nextbest.features.feature_views import VIEWS
 from nextbest.features.ingest import read_raw
 from nextbest.features.settings import Settings
-from nextbest.features.store import feature_store, read_table
+from nextbest.features.store import feature_store, read_table, training_store
 from nextbest.pipelines.offpolicy import (
     LogsConfig,
     action_names,
@@ -353,7 +353,8 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     channels = list(period.channels["channel"].astype(str))
     n_c = len(channels)
     open_ = logged_feasibility(tables, log, period.offers, channels)
-    data = build_frame(feature_store(settings), {**tables, "contacts": log}, UpliftConfig(window_days=window_days))
+    # a point-in-time training-set read: through the offline store in force (Spark's too), as training reads
+    data = build_frame(training_store(settings), {**tables, "contacts": log}, UpliftConfig(window_days=window_days))
     rows = pd.Index(log["contact_id"].astype(str)).get_indexer(data.frame["contact_id"].astype(str))
     greedy = {}
     for name, policy in policies.items():

@@ -33,6 +33,20 @@ def spark():
     session.stop()
 
 
+def test_spark_settings_fit_local_mode_and_compile_the_feature_aggregates():
+    """One shuffle partition per local core (8 on a cluster, where AQE coalesces them), and the JVM told to compile
+    the per-user aggregates' huge generated methods instead of interpreting them (the build's CPU, RESULTS.md)."""
+    from nextbest.features.engines import spark_conf
+
+    assert spark_conf("local[2]")["spark.sql.shuffle.partitions"] == "2"
+    assert spark_conf("local[3, 4]")["spark.sql.shuffle.partitions"] == "3"
+    assert spark_conf("local")["spark.sql.shuffle.partitions"] == "1"
+    assert spark_conf("spark://host:7077")["spark.sql.shuffle.partitions"] == "8"
+    assert spark_conf("local[2]", shuffle_partitions=5)["spark.sql.shuffle.partitions"] == "5"
+    for side in ("driver", "executor"):
+        assert "-XX:-DontCompileHugeMethods" in spark_conf("yarn")[f"spark.{side}.extraJavaOptions"].split()
+
+
 def test_spark_builds_the_same_feature_tables_as_duckdb(spark):
     from nextbest.features.engines import SparkEngine
 
