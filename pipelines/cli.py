@@ -442,7 +442,7 @@ def evaluate(
 def print_gate_policies(policies: dict[str, dict]) -> None:
     """The policy gate's evidence: each model set's policy (champions, challengers, and a shrunk uplift model's raw
     argmax beside its set), DR with its interval and the paired difference to the champions."""
-    from nextbest.pipelines.evaluate import ARGMAX_SUFFIX
+    from nextbest.pipelines.retrain import ARGMAX_SUFFIX
 
     simulated = any(isinstance(v := r.get("incremental_revenue"), float) and not math.isnan(v) for r in policies.values())
     out = Table(title="policy gate: the NBA policy of each model set on the same logged decisions")

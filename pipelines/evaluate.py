@@ -34,6 +34,7 @@ from nextbest.pipelines.offpolicy import (
     judge_choices,
     logged_feasibility,
 )
+from nextbest.pipelines.retrain import ARGMAX_SUFFIX
 from nextbest.serving import engine
 from nextbest.serving.config import catalog_config, default_config, load_config
 from nextbest.simulation.beliefs import history_beliefs
@@ -50,7 +51,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
-           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report", "raw_argmax", "ARGMAX_SUFFIX"]
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report", "raw_argmax"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -150,9 +151,6 @@ def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> 
         fs = store.get_feature_service(champ.model.feature_service)
         columns[kind] = [f.name for p in fs.feature_view_projections for f in p.features]
     return engine.ModelSet(models=dict(champions), columns=columns).compile()  # scored as serving scores them
-
-
-ARGMAX_SUFFIX = " (argmax)"  # the label of a model set's raw-argmax twin in the policy gate's table
 
 
 def raw_argmax(models: engine.ModelSet) -> engine.ModelSet | None:

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from nextbest.features.settings import Settings
 
-__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state", "gate_decision"]
+__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state", "gate_decision", "ARGMAX_SUFFIX"]
 
 STEPS: tuple[str, ...] = ("ingest", "build", "apply", "materialize", "train", "evaluate", "promote")
 POLICY_MODELS: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # what the NBA policy reads
+ARGMAX_SUFFIX = " (argmax)"  # the gate's label of a model set's raw-argmax twin (`evaluate.raw_argmax`), not a candidate
 
 
 @dataclass(frozen=True)

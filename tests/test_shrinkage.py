@@ -140,3 +140,12 @@ def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_
     _, half = engine.conversion_scores(models, users, cfg, hours)
     np.testing.assert_allclose(half[:, 0], (raw[:, 0] + 0.04) / 2)
     np.testing.assert_allclose(half[:, 1], (raw[:, 1] + 0.03) / 2)
+    # The policy gate judges a shrunk champion's raw argmax beside it (`nextbest retrain` prints both): the same
+    # models with the shrinkage off, the champion itself untouched.
+    from nextbest.pipelines.evaluate import raw_argmax
+
+    bare = raw_argmax(models)
+    _, argmax = engine.conversion_scores(bare, users, cfg, hours)
+    np.testing.assert_array_equal(argmax, raw)
+    assert model.shrinkage_ == Shrinkage(0.5, center) and bare.models["uplift"].model is not model
+    assert raw_argmax(bare) is None and raw_argmax(engine.ModelSet(models={}, columns={})) is None
