@@ -224,7 +224,7 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
         judged_plain = judge_model_sets(settings, {"champions": champion_set(settings)})
         plain = judged_plain.loc["champions"]
         assert plain["matched"] > 0 and plain["dr_low"] < plain["dr"] < plain["dr_high"] and 0 < plain["dr"] < 1
-        # A shrunk uplift champion is judged with its raw argmax beside it (the demo world's log has too many actions
+        # A shrunk uplift champion is judged with its raw argmax beside it (a simulated log has too many actions
         # for the automatic shrinkage, so one is attached): the argmax is the unshrunk champion, to the digit.
         from nextbest.training.shrinkage import Shrinkage
 
