@@ -352,12 +352,13 @@ def decisions_since(tables: dict[str, pd.DataFrame], snapshots: pd.Series, users
     The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
     (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
     """
+    from nextbest.training.datasets import observation_end
+
     contacts = tables["contacts"]
     sent = pd.to_datetime(contacts["sent_at"], utc=True)
-    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
-    complete = sent + pd.Timedelta(days=window_days) <= end
-    if "observed_until" in contacts:  # an export date: outcomes after it are unknown
-        complete &= sent + pd.Timedelta(days=window_days) <= pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
+    # Training's rule for a complete outcome window (one definition): up to the contact's `observed_until` (an
+    # experiment export watched after its last event) when given, else the newest event or send.
+    complete = sent + pd.Timedelta(days=window_days) <= observation_end(tables, contacts)
     if not complete.any():
         raise ValueError(f"no logged decision has a complete {window_days}-day outcome window to judge a policy on")
     split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)
