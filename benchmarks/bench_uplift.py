@@ -139,14 +139,22 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
             print(json.dumps({"learner": name, "fold": k, "per_offer": {o: round(v, 5) for o, v in qini[name][-1].items()},
                               "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
                               "load": round(os.getloadavg()[0], 1)}), flush=True)
-    offers = sorted(set.intersection(*[set(f) for f in qini["s"]]))
+    # A small log (a few thousand rows) leaves a rare offer too few rows in some folds (per_offer_uplift_metrics'
+    # minimum): each fold's mean is over the offers scored in it, for the learner and S alike; a fold scoring none
+    # is left out of both.
+    offers = sorted(set.union(*[set(f) for f in qini["s"]]))
     for name in learners:
-        per_fold = [np.mean([f[o] for o in offers]) for f in qini[name]]
-        gaps = [a - b for a, b in zip(per_fold, [np.mean([f[o] for o in offers]) for f in qini["s"]], strict=True)]
-        beats = sum(np.mean([a[o] - b[o] for a, b in zip(qini[name], qini["s"], strict=True)]) > 0 for o in offers)
+        pairs = [(a, b, sorted(set(a) & set(b))) for a, b in zip(qini[name], qini["s"], strict=True)]
+        pairs = [(a, b, common) for a, b, common in pairs if common]
+        per_fold = [np.mean([a[o] for o in common]) for a, _, common in pairs]
+        gaps = [np.mean([a[o] - b[o] for o in common]) for a, b, common in pairs]
+        per_offer = {o: fold_interval([a[o] - b[o] for a, b, common in pairs if o in common])
+                     for o in offers if sum(o in common for *_, common in pairs) >= 2}
         print(json.dumps({"learner": name, "qini_auc_per_fold": np.round(per_fold, 4).tolist(),
                           "qini_auc": fold_interval(per_fold), "gap_to_s": fold_interval(gaps),
-                          "offers_beating_s": int(beats), "offers": len(offers), **machine}), flush=True)
+                          "gap_to_s_per_offer": per_offer, "folds_scored": len(pairs),
+                          "offers_beating_s": int(sum(v[0] > 0 for v in per_offer.values())), "offers": len(offers),
+                          **machine}), flush=True)
 
 
 def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -207,7 +215,7 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
     est, out = data.subset(~held), data.subset(held)
     if open_est is not None:
         open_est, open_out = open_est(est.frame), open_out(out.frame)
-    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=args.margin_z)
+    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=args.margin_z, gain=args.gain)
     started = time.perf_counter()
     table = policy_values(est, logs, feasible=open_est)
     machine = {**machine, "estimation_rows": len(est.frame), "held_out_rows": len(out.frame),
@@ -303,10 +311,13 @@ def main() -> None:
     parser.add_argument("--world-seed", type=int, default=0, help="--world experiment: the world's seed")
     parser.add_argument("--margin-z", type=float, default=LogsConfig().margin_z,
                         help="policy part: standard errors a shrinkage strength's gain must clear (LogsConfig.margin_z)")
+    parser.add_argument("--gain", choices=("ips", "dr"), default=LogsConfig().gain,
+                        help="policy part: how a shrinkage strength's gain is estimated (LogsConfig.gain)")
     args = parser.parse_args()
     settings = Settings()
     machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "users": args.users}
+               "load": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M"), "users": args.users,
+               "gain": args.gain}
     if args.part == "nba":
         return nba_part(settings, args.users, machine)
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from nextbest.pipelines.console import console
 from nextbest.pipelines.report_commands import register as register_reports
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
+from nextbest.pipelines.train_commands import LearnerOption, ShrinkOption, learner_problem
 from nextbest.pipelines.train_commands import register as register_train
 
 if TYPE_CHECKING:
@@ -448,22 +450,48 @@ def evaluate(
 
 # --- retrain ---------------------------------------------------------------------------------------------
 
+def print_gate_policies(policies: dict[str, dict]) -> None:
+    """The policy gate's evidence: each model set's policy (champions, challengers, and a shrunk uplift model's raw
+    argmax beside its set), DR with its interval and the paired difference to the champions."""
+    from nextbest.pipelines.retrain import ARGMAX_SUFFIX
+
+    simulated = any(isinstance(v := r.get("incremental_revenue"), float) and not math.isnan(v) for r in policies.values())
+    out = Table(title="policy gate: the NBA policy of each model set on the same logged decisions")
+    columns = ["models", "DR", "95% CI", "DR vs champions", "matched"] + (["sim. incr. revenue"] if simulated else [])
+    for col in columns:
+        out.add_column(escape(col), justify="left" if col == "models" else "right")
+    for label, r in policies.items():
+        cells = [escape(label), f"{r['dr']:.4f}", escape(f"[{r['dr_low']:.4f}, {r['dr_high']:.4f}]"),
+                 escape(f"{r['dr_diff']:+.4f} [{r['dr_diff_low']:+.4f}, {r['dr_diff_high']:+.4f}]"), f"{int(r['matched']):,}"]
+        out.add_row(*cells, *([_fmt(r.get("incremental_revenue"))] if simulated else []))
+    console.print(out)
+    if any(label.endswith(ARGMAX_SUFFIX) for label in policies):
+        console.print(f"'<set>{ARGMAX_SUFFIX}': the same models with the uplift model's raw argmax (its shrinkage off), "
+                      "judged beside it, not a candidate for promotion")
+
+
+
 @app.command()
 def retrain(
     source: Annotated[Path | None, typer.Argument(help="new data: a folder of table files or a mapping YAML (default: keep)")] = None,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials per LightGBM model")] = 5,
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new run instead of resuming a failed one")] = False,
+    learner: LearnerOption = "auto",
+    shrink: ShrinkOption = None,
 ) -> None:
     """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
     from nextbest.pipelines.retrain import STEPS, RetrainConfig
     from nextbest.pipelines.retrain import retrain as run_retrain
 
     settings = Settings()
+    config = RetrainConfig(source=source, trials=trials, uplift_learner=learner, uplift_shrinkage=shrink)
 
     def body() -> dict:
+        if learner_problem(learner):
+            raise UserError(learner_problem(learner))
         with steps(len(STEPS)) as advance:
             try:
-                return run_retrain(settings, RetrainConfig(source=source, trials=trials), resume=not fresh,
+                return run_retrain(settings, config, resume=not fresh,
                                    progress=lambda step: advance(f"retrain: {step}"))
             except (ContractError, UserError, FileNotFoundError):
                 raise
@@ -487,6 +515,9 @@ def retrain(
         summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
     for name, why in state["steps"].get("train", {}).get("skipped", {}).items():
         console.print(f"[bold yellow]skipped {name}:[/] {escape(str(why))}")
+    policies = state["steps"].get("evaluate", {}).get("policies")
+    if policies:
+        print_gate_policies(policies)
     if decision:
         console.print(f"policy gate: {escape(str(decision['reason']))}")
     if state["steps"].get("promote", {}).get("refused"):

@@ -14,6 +14,7 @@ an upper bound on what any policy scored on this history can earn.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from nextbest.pipelines.offpolicy import (
     judge_choices,
     logged_feasibility,
 )
+from nextbest.pipelines.retrain import ARGMAX_SUFFIX
 from nextbest.serving import engine
 from nextbest.serving.config import catalog_config, default_config, load_config
 from nextbest.simulation.beliefs import history_beliefs
@@ -49,7 +51,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
-           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report"]
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report", "raw_argmax"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -151,6 +153,20 @@ def champion_set(settings: Settings, versions: dict[str, str] | None = None) -> 
     return engine.ModelSet(models=dict(champions), columns=columns).compile()  # scored as serving scores them
 
 
+def raw_argmax(models: engine.ModelSet) -> engine.ModelSet | None:
+    """The same models with the uplift model's shrinkage taken off (its raw per-user argmax), or None when its
+    uplift model has none (training/shrinkage.py)."""
+    from nextbest.training.registry import Champion
+
+    uplift = models.models.get("uplift")
+    if uplift is None or getattr(uplift.model, "shrinkage_", None) is None:
+        return None
+    bare = copy.copy(uplift.model)  # shallow: the fitted learners are shared, only the shrinkage differs
+    bare.shrinkage_ = None
+    return engine.ModelSet({**models.models, "uplift": Champion(uplift.name, uplift.version, bare)}, models.columns,
+                           models.compiled)
+
+
 def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
                    models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None,
                    users: engine.Users | None = None) -> list[ModelPolicy]:
@@ -230,7 +246,8 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
 def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], config: ReplayConfig | None = None,
                      users: int | None = 4_000, ope_users: int | None = 10_000, since: pd.Timestamp | None = None,
                      progress=None) -> pd.DataFrame:
-    """The NBA policy of each model set on the same evidence, one row per set.
+    """The NBA policy of each model set on the same evidence, one row per set, and beside a set whose uplift model
+    carries a shrinkage, the same set's raw argmax (`<label> (argmax)`, `raw_argmax`): what the shrinkage changed.
 
     Off-policy (SNIPS and DR with 95 % intervals; `dr_diff`: DR minus the first set's, paired on the same
     decisions, with its interval; `matched`: logged decisions where the policy takes the logged action)
@@ -242,6 +259,8 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
 
     config = config or ReplayConfig(rules=operator_rules(settings))
     step = progress or (lambda name: None)
+    sets = {**sets, **{f"{label}{ARGMAX_SUFFIX}": raw for label, models in sets.items()
+                       if (raw := raw_argmax(models)) is not None}}
     world, tables = load_period(settings, need_truth=False)
     simulated = world.truth is not None
     period = world.sample(users, seed=config.seed)

@@ -65,6 +65,9 @@ class LogsConfig:
     learners: tuple[str, ...] = ("t", "x", "dr")
     rounds: int = 100  # boosting rounds per model (default parameters: judging, not tuning)
     margin_z: float = 1.0  # a learner's policy leaves the best fixed action only for a gain this many std. errors above 0
+    # How a strength's gain over the best fixed action is estimated (training/shrinkage.py choose_strength): "ips",
+    # or "dr" (doubly robust terms from the cross-fitted reward model: lower variance on a log of many actions).
+    gain: str = "ips"
     min_rows: int = 10  # an action a policy may take is logged at least this often outside each fold
     seed: int = 7
 
@@ -143,17 +146,26 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
             chosen[f"everyone: {a}"][test] = a if feasible is None else np.where(feasible[a][test], a, NO_CONTACT)
         chosen[f"nobody ({NO_CONTACT})"][test] = NO_CONTACT
     shrinkage = {}
+    strength_terms = {learner: None for learner in config.learners}
+    if config.gain == "dr":  # every strength's policy judged once, by the cross-fitted reward model
+        judged = judge_choices(replace(data, frame=frame), {f"{learner} @ strength {s:g}": c for learner in config.learners
+                                                            for s, c in by_strength[learner].items()},
+                               config, folds=folds, action=action, propensity=propensity).attrs["dr_terms"]
+        strength_terms = {learner: {s: judged[f"{learner} @ strength {s:g}"] for s in STRENGTHS}
+                          for learner in config.learners}
     for learner in config.learners:
-        # Each fold's strength is chosen on the other folds' decisions (judged by models that never saw them); the
-        # strength on all folds is the one a model fitted on the whole log would use.
-        per_fold = []
+        # Each fold's strength is chosen on the other folds' decisions (judged by models that never saw them; DR's
+        # reward model of another fold saw this fold's outcomes, a leak of its fit only); the strength on all folds
+        # is the one a model fitted on the whole log would use.
+        per_fold, terms = [], strength_terms[learner]
         for k in range(config.folds):
             other = folds != k
             s, _ = choose_strength({s: c[other] for s, c in by_strength[learner].items()}, action[other],
-                                   propensity[other], reward[other], config.margin_z)
+                                   propensity[other], reward[other], config.margin_z,
+                                   None if terms is None else {s: t[other] for s, t in terms.items()})
             chosen[learner][folds == k] = by_strength[learner][s][folds == k]
             per_fold.append(s)
-        overall, bounds = choose_strength(by_strength[learner], action, propensity, reward, config.margin_z)
+        overall, bounds = choose_strength(by_strength[learner], action, propensity, reward, config.margin_z, terms)
         shrinkage[learner] = {"strength": overall, "by_fold": per_fold, "gain_lower_bounds": bounds}
     table = judge_choices(replace(data, frame=frame), chosen, config, folds=folds, action=action, propensity=propensity)
     table.insert(0, "kind", ["learner" if name in config.learners else "argmax" if name in argmax.values() else "fixed"
@@ -340,12 +352,13 @@ def decisions_since(tables: dict[str, pd.DataFrame], snapshots: pd.Series, users
     The policy is scored on the features of the cutoff, so none of its inputs saw these decisions' outcomes
     (scored on today's features, it would pick the actions that happened to convert: +30-50 % on the demo world).
     """
+    from nextbest.training.datasets import observation_end
+
     contacts = tables["contacts"]
     sent = pd.to_datetime(contacts["sent_at"], utc=True)
-    end = max(pd.to_datetime(tables["events"]["ts"], utc=True).max(), sent.max())
-    complete = sent + pd.Timedelta(days=window_days) <= end
-    if "observed_until" in contacts:  # an export date: outcomes after it are unknown
-        complete &= sent + pd.Timedelta(days=window_days) <= pd.to_datetime(contacts["observed_until"], utc=True).fillna(end)
+    # Training's rule for a complete outcome window (one definition): up to the contact's `observed_until` (an
+    # experiment export watched after its last event) when given, else the newest event or send.
+    complete = sent + pd.Timedelta(days=window_days) <= observation_end(tables, contacts)
     if not complete.any():
         raise ValueError(f"no logged decision has a complete {window_days}-day outcome window to judge a policy on")
     split = pd.Timestamp(since) if since is not None else sent[complete].quantile(1 - newest)

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from nextbest.features.settings import Settings
 
-__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state", "gate_decision"]
+__all__ = ["STEPS", "POLICY_MODELS", "RetrainConfig", "retrain", "load_state", "gate_decision", "ARGMAX_SUFFIX"]
 
 STEPS: tuple[str, ...] = ("ingest", "build", "apply", "materialize", "train", "evaluate", "promote")
 POLICY_MODELS: tuple[str, ...] = ("conversion", "uplift", "send_time", "churn")  # what the NBA policy reads
+ARGMAX_SUFFIX = " (argmax)"  # the gate's label of a model set's raw-argmax twin (`evaluate.raw_argmax`), not a candidate
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RetrainConfig:
     models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
     uplift_learner: str = "auto"  # auto (best cross-fitted per-offer Qini) or s, t, x, dr, funnel
+    uplift_shrinkage: bool | None = None  # the uplift policy's shrinkage: None = automatic (training/uplift.py UpliftConfig)
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 
@@ -122,7 +124,8 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
         return {"models": {}, "skipped": skipped}
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed,
                                                         sample_rows=settings.train_sample_rows,
-                                                        uplift_learner=config.uplift_learner),
+                                                        uplift_learner=config.uplift_learner,
+                                                        uplift_shrinkage=config.uplift_shrinkage),
                            defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from", "holdout_split")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),
@@ -187,7 +190,7 @@ def gate_decision(table, waiting: dict[str, str], trained: dict[str, dict], sinc
         decision = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
                     "challenger_revenue": float(chall["incremental_revenue"]),
                     "champion_revenue": float(champ["incremental_revenue"])}
-    elif table is not None and min(table["matched"]) >= min_matched and not trained_on_them:
+    elif table is not None and min(champ["matched"], chall["matched"]) >= min_matched and not trained_on_them:
         better = bool(chall["dr_diff"] > 0)
         reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
                   f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "
@@ -198,7 +201,7 @@ def gate_decision(table, waiting: dict[str, str], trained: dict[str, dict], sinc
     else:
         thin = (f"the holdout of {', '.join(trained_on_them)} is not a time split: the decisions logged since "
                 f"{since} include rows they trained on" if table is not None and trained_on_them else
-                f"only {int(min(table['matched']))} logged decisions match a policy's choice (fewer than "
+                f"only {int(min(champ['matched'], chall['matched']))} logged decisions match a policy's choice (fewer than "
                 f"{min_matched})" if table is not None else problem)
         better = {n: v for n, v in waiting.items() if trained[n].get("better_on_holdout")}
         decision = {"promoted": bool(better), "by": "holdout", "promote": better,

@@ -15,7 +15,7 @@ from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.console import console
 
-__all__ = ["register", "CLI_MODELS"]
+__all__ = ["register", "CLI_MODELS", "LearnerOption", "ShrinkOption", "learner_problem"]
 
 # CLI spelling -> the model's short name in training/ and the registry.
 CLI_MODELS: dict[str, str] = {"propensity": "conversion", "uplift": "uplift", "purchase": "purchase", "churn": "churn",
@@ -59,6 +59,23 @@ def _labels(path: Path | None):
     return conform("labels", read_source("labels", Source(path=path)), str(path), timezone="UTC")
 
 
+# One definition of each uplift option, for `train uplift` and `retrain` alike.
+LearnerOption = Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, "
+                                                 "or funnel (needs open tracking)")]
+ShrinkOption = Annotated[bool | None, typer.Option(
+    "--shrink/--no-shrink", show_default=False,
+    help="uplift: fit how far the policy may leave the best fixed action (cross-fitted; decisions use it) "
+         "[default: automatic, on for a log of at most 8 actions, a randomised experiment's shape]")]
+
+def learner_problem(learner: str) -> str | None:
+    """What is wrong with a `--learner` value, or None."""
+    from nextbest.training.uplift import LEARNERS
+
+    if learner in ("auto", *LEARNERS):
+        return None
+    return f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}"
+
+
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None, sample_rows: int | None = None,
            learner: str = "auto", dates: int = 4, split: str = "user",
@@ -76,7 +93,6 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         train_models,
     )
     from nextbest.training.label import check_name
-    from nextbest.training.uplift import LEARNERS
 
     if model == "label":
         if outcome is None or labels is None:
@@ -90,8 +106,8 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     if labels is not None and names not in (["churn"], [f"label-{outcome}"]):
         raise _UserError(f"--labels is read by churn and label models only, not by `train {model}`: use `nextbest train "
                          "churn --labels FILE` or `nextbest train label NAME --labels FILE`")
-    if learner not in ("auto", *LEARNERS):
-        raise _UserError(f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}")
+    if learner_problem(learner):
+        raise _UserError(learner_problem(learner))
     if learner != "auto" and "uplift" not in names:
         raise _UserError(f"--learner is read by the uplift model only, not by `train {model}`")
     if split not in ("user", "time"):
@@ -190,17 +206,13 @@ def register(app: typer.Typer) -> None:
                                                         "(contact log, user snapshots); a larger one is sampled, the "
                                                         "same share of each label stratum, and the run records it "
                                                         "[default: NEXTBEST_TRAIN_SAMPLE_ROWS, 500,000]")] = None,
-        learner: Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, or "
-                                                  "funnel (needs open tracking)")] = "auto",
+        learner: LearnerOption = "auto",
         dates: Annotated[int, typer.Option(min=1, max=520, help="purchase/churn: weekly snapshot dates, the newest at "
                                                                 "--as-of")] = 4,
         split: Annotated[str, typer.Option(help="purchase/churn cross-validation: user (folds grouped by user) or time "
                                                 "(folds of snapshot dates, each trained only on rows whose horizon "
                                                 "closed before its first date; needs dates spanning several horizons)")] = "user",
-        shrink: Annotated[bool | None, typer.Option("--shrink/--no-shrink", help="uplift: fit how far the policy may "
-                                                       "leave the best fixed action (cross-fitted; decisions use it) "
-                                                       "[default: automatic, on for a log of at most 8 actions, a "
-                                                       "randomised experiment's shape]", show_default=False)] = None,
+        shrink: ShrinkOption = None,
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""

@@ -92,3 +92,29 @@ def test_real_cdnow_data_from_ingest_to_online_features(home):
     recent = pd.to_datetime(mine["date"].astype(str)) >= as_of - pd.Timedelta(days=90)
     assert online["purchases_90d"] == [int(recent.sum())]
     assert online["aff_music"] == [pytest.approx(1.0)]  # the only category holds all the interest
+
+
+def test_retrain_takes_the_uplift_options_of_train_and_prints_the_gates_argmax(home, monkeypatch):
+    from nextbest.pipelines import retrain as pipeline
+
+    result = runner.invoke(app, ["retrain", "--learner", "q"])
+    assert result.exit_code == 2 and "--learner 'q'" in result.output and "auto" in result.output
+    assert "Traceback" not in result.output and not (home / "retrain").exists()  # refused before any step ran
+    # One definition of the options: `retrain --help` and `train --help` say the same.
+    for option in ("--shrink", "--no-shrink", "--learner"):
+        assert option in runner.invoke(app, ["retrain", "--help"]).output
+    seen = []
+    row = {"dr": 0.05, "dr_low": 0.04, "dr_high": 0.06, "dr_diff": 0.0, "dr_diff_low": 0.0, "dr_diff_high": 0.0,
+           "matched": 300, "incremental_revenue": float("nan")}
+    policies = {"champions": row, "challengers": {**row, "dr": 0.055}, "challengers (argmax)": {**row, "dr": 0.0431}}
+
+    def spy(settings, config, resume, progress):  # the pipeline itself has its own tests (tests/test_pipelines.py)
+        seen.append(config)
+        return {"run_id": "r1", "status": "done", "steps": {"evaluate": {"status": "done", "policies": policies}}}
+
+    monkeypatch.setattr(pipeline, "retrain", spy)
+    for flag, expected in (("--no-shrink", False), ("--shrink", True), (None, None)):
+        result = runner.invoke(app, ["retrain", "--learner", "t", *([flag] if flag else [])])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].uplift_shrinkage, seen[-1].uplift_learner) == (expected, "t")
+    assert "challengers (argmax)" in result.output and "0.0431" in result.output and "raw argmax" in result.output

@@ -88,3 +88,19 @@ def test_retrain_skips_the_models_the_contact_log_cannot_train_and_says_why(raw_
     skipped = skipped_models({**raw_frames, "contacts": blind}, list(MODELS))
     assert set(skipped) == {"uplift", "send_time", "channel"}
     assert "variant `control`" in skipped["uplift"] and "opened_at" in skipped["send_time"]
+
+
+def test_off_policy_judges_an_export_watched_after_its_last_event(raw_frames):
+    from nextbest.pipelines.offpolicy import decisions_since
+
+    # Every decision sent after the event log ends (an experiment export): only `observed_until` says the outcome
+    # windows were watched, for the policy gate and `evaluate --logs` as for training.
+    end = pd.to_datetime(raw_frames["events"]["ts"], utc=True).max()
+    contacts = raw_frames["contacts"].assign(sent_at=end + pd.Timedelta(days=1))
+    snapshots = pd.Series([end.normalize()])
+    with pytest.raises(ValueError, match="complete 7-day outcome window"):
+        decisions_since({**raw_frames, "contacts": contacts}, snapshots)
+    watched = contacts.assign(observed_until=np.where(np.arange(len(contacts)) < 200, end + pd.Timedelta(days=3),
+                                                      end + pd.Timedelta(days=30)))
+    cutoff, kept = decisions_since({**raw_frames, "contacts": watched}, snapshots, newest=1.0)
+    assert cutoff == end.normalize() and len(kept["contacts"]) == len(contacts) - 200  # 200 watched too briefly

@@ -157,6 +157,14 @@ def test_the_gate_judges_off_policy_only_decisions_no_challenger_trained_on():
     assert "holdout of uplift is not a time split" in decision["reason"]
     thin = gate_decision(table, waiting, by_time, None, min_matched=1000)
     assert thin["by"] == "holdout" and "only 400 logged decisions match" in thin["reason"]
+    # A time split is one where no training row shares the holdout's times: an export with one send time (Thornton's
+    # experiment, benchmarks/export_thornton.py) is a random split, whichever way the rows were ordered.
+    from nextbest.training.jobs import holdout_kind
+
+    once = pd.Series(pd.Timestamp("2004-06-01 08:00", tz="UTC"), index=range(5))
+    assert holdout_kind(once, once) == "stratified"
+    assert holdout_kind(once, once + pd.Timedelta(seconds=1)) == "time"
+    assert holdout_kind(once + pd.Timedelta(days=1), once) == "stratified"
 
 
 def test_a_service_logged_decision_is_open_only_where_the_service_allowed_it():

@@ -221,8 +221,21 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
         bare = {k: v for k, v in tables.items() if k != "channels"}
         bare["offers"] = bare["offers"].drop(columns=["valid_from", "valid_to", "eligibility"], errors="ignore")
         write_raw(bare, settings.raw_dir)
-        plain = judge_model_sets(settings, {"champions": champion_set(settings)}).loc["champions"]
+        judged_plain = judge_model_sets(settings, {"champions": champion_set(settings)})
+        plain = judged_plain.loc["champions"]
         assert plain["matched"] > 0 and plain["dr_low"] < plain["dr"] < plain["dr_high"] and 0 < plain["dr"] < 1
+        # A shrunk uplift champion is judged with its raw argmax beside it (a simulated log has too many actions
+        # for the automatic shrinkage, so one is attached): the argmax is the unshrunk champion, to the digit.
+        from nextbest.training.shrinkage import Shrinkage
+
+        assert list(judged_plain.index) == ["champions"]
+        shrunk_set = champion_set(settings)
+        actions = (tables["contacts"]["offer_id"].astype(str) + " @ " + tables["contacts"]["channel"].astype(str)).unique()
+        shrunk_set.models["uplift"].model.shrinkage_ = Shrinkage(0.0, {a: 0.01 for a in actions})
+        both = judge_model_sets(settings, {"champions": shrunk_set})
+        assert list(both.index) == ["champions", "champions (argmax)"]
+        assert both.loc["champions (argmax)", "dr"] == pytest.approx(plain["dr"])
+        assert both.loc["champions", "dr"] != pytest.approx(plain["dr"])  # strength 0: one fixed ranking for everyone
         write_raw({**tables, "contacts": tables["contacts"].drop(columns="propensity")}, settings.raw_dir)
         with pytest.raises(ValueError, match="no `propensity`"):
             judge_model_sets(settings, {"champions": champion_set(settings)})

@@ -94,6 +94,20 @@ def test_strength_zero_is_each_actions_average_effect_and_is_kept_without_a_sure
     paid = {**noise, 1.0: np.where((logged == "B") & reward, "B", "A").astype(object)}
     assert choose_strength(paid, logged, p, reward)[0] == 1.0
 
+    # A log of many actions: a deviation matches few logged decisions, so its IPS gain cannot clear the bound; DR terms
+    # (the reward model's gain on every decision where the policies differ) can, and hold it back where they do not
+    # show a gain.
+    many = rng.choice(np.array([f"a{i}" for i in range(60)], dtype=object), 2_000)
+    p60, won = np.full(2_000, 1 / 60), rng.random(2_000) < 0.05
+    picks = {0.0: np.full(2_000, "a0", dtype=object), 1.0: np.where(rng.random(2_000) < 0.5, "a1", "a0").astype(object)}
+    better = {0.0: rng.normal(0.05, 0.01, 2_000), 1.0: None}
+    better[1.0] = better[0.0] + np.where(picks[1.0] == "a1", 0.02, 0.0) + rng.normal(0, 0.01, 2_000)
+    assert choose_strength(picks, many, p60, won)[0] == 0.0  # IPS: too few matches to tell
+    strength, bounds = choose_strength(picks, many, p60, won, terms=better)
+    assert strength == 1.0 and bounds[1.0] > 0
+    same = {0.0: better[0.0], 1.0: better[0.0] + rng.normal(0, 0.01, 2_000)}
+    assert choose_strength(picks, many, p60, won, terms=same)[0] == 0.0
+
 
 def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_path):
     from nextbest.serving import engine
@@ -140,3 +154,12 @@ def test_the_champion_carries_its_shrinkage_through_the_registry_to_serving(tmp_
     _, half = engine.conversion_scores(models, users, cfg, hours)
     np.testing.assert_allclose(half[:, 0], (raw[:, 0] + 0.04) / 2)
     np.testing.assert_allclose(half[:, 1], (raw[:, 1] + 0.03) / 2)
+    # The policy gate judges a shrunk champion's raw argmax beside it (`nextbest retrain` prints both): the same
+    # models with the shrinkage off, the champion itself untouched.
+    from nextbest.pipelines.evaluate import raw_argmax
+
+    bare = raw_argmax(models)
+    _, argmax = engine.conversion_scores(bare, users, cfg, hours)
+    np.testing.assert_array_equal(argmax, raw)
+    assert model.shrinkage_ == Shrinkage(0.5, center) and bare.models["uplift"].model is not model
+    assert raw_argmax(bare) is None and raw_argmax(engine.ModelSet(models={}, columns={})) is None

@@ -31,7 +31,7 @@ from nextbest.training.validation import bgnbd_recipe, champion_on_folds, time_f
 
 __all__ = ["TrainConfig", "TrainResult", "MODELS", "DEFAULT_MODELS", "model_config", "read_raw_tables", "shared_joins",
            "train_model", "train_models", "ON_DISK", "NotTrainable", "skipped_models", "check_labels", "feature_problem",
-           "quality_refusal", "CV_MODELS", "TIME_SPLIT_MODELS", "cv_folds"]
+           "quality_refusal", "CV_MODELS", "TIME_SPLIT_MODELS", "cv_folds", "holdout_kind"]
 
 MODELS: tuple[str, ...] = tuple(MODEL_NAMES)
 # What `train all` and retraining train unless asked: the models decisions use (conversion, uplift, send time,
@@ -158,6 +158,12 @@ def _contact_log_facts(contacts: Table) -> tuple[int, set[str], bool]:
                              + "".join(f", count({c})" for c in outcomes) + " FROM contacts").fetchone()
     return int(counts[0]), {c for c, k in zip(outcomes, counts[2:], strict=True) if k}, bool(counts[1])
 
+
+def holdout_kind(train_times: pd.Series, holdout_times: pd.Series) -> str:
+    """"time" when every holdout row is strictly later than every training row (so no decision from the holdout's
+    first time on was trained on: the policy gate may judge on them), else "stratified". An export with one send time
+    shares it between both sides: "stratified", whatever order the split made."""
+    return "time" if holdout_times.min() > train_times.max() else "stratified"
 
 def skipped_models(raw: dict[str, Table], names: list[str]) -> dict[str, str]:
     """The models of `names` this data cannot train, with the reason (a company without a contact log
@@ -362,7 +368,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         step(f"{name}: evaluate")
         metrics = module.evaluate(scorer, holdout)
         p_eval = None if name == "uplift" else np.asarray(scorer.predict(holdout.frame))
-        how = {"split": "time" if holdout.frame[holdout.time].min() >= train.frame[train.time].max() else "stratified"}
+        how = {"split": holdout_kind(train.frame[train.time], holdout.frame[holdout.time])}
 
         def champion_score(champion) -> float:
             return _primary(name, champion, holdout)

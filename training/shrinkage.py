@@ -93,21 +93,25 @@ def greedy_actions(score: np.ndarray, actions: list[str], none: str, open_: np.n
 
 
 def choose_strength(chosen: dict[float, np.ndarray], action: np.ndarray, propensity: np.ndarray, reward: np.ndarray,
-                    z: float = 1.0) -> tuple[float, dict[float, float]]:
+                    z: float = 1.0, terms: dict[float, np.ndarray] | None = None) -> tuple[float, dict[float, float]]:
     """The strength whose policy (`chosen[strength]`: each logged row's action under it) has the largest lower
-    bound, mean - z x standard error, of its IPS gain over strength 0 on these logged decisions; 0 when no bound is
+    bound, mean - z x standard error, of its gain over strength 0 on these logged decisions; 0 when no bound is
     above 0. Returns it and each strength's bound (0 for strength 0).
 
-    The gain is paired: a decision counts only where the two policies differ and one of them takes the logged
-    action, so its standard error is that of the deviations alone. The rows must be decisions the models that made
-    `chosen` did not train on."""
+    The gain is paired, per decision. By IPS (no `terms`): a decision counts only where the two policies differ and
+    one of them takes the logged action, so its standard error is that of the deviations alone; on a log of many
+    actions few decisions match either policy and the gain is too noisy to clear the bound. With `terms` (per
+    strength, each decision's doubly robust term from a reward model that did not see the decision's outcome,
+    `pipelines.offpolicy.judge_choices`): every decision where the policies differ counts through the reward
+    model, the logged outcome correcting it where one of them takes the logged action. The rows must be decisions the
+    models that made `chosen` did not train on."""
     w = np.asarray(reward, dtype="float64") / np.asarray(propensity, dtype="float64")
     base = chosen[0.0] == action
     bounds, means = {0.0: 0.0}, {0.0: 0.0}
     for strength, pick in chosen.items():
         if strength == 0.0:
             continue
-        gain = ((pick == action).astype("float64") - base) * w
+        gain = terms[strength] - terms[0.0] if terms is not None else ((pick == action).astype("float64") - base) * w
         se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
         means[strength] = float(gain.mean())
         bounds[strength] = float(gain.mean() - z * se)
