@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--spacing", default="")
     parser.add_argument("--judge", choices=["features", "raw"], default="features")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the round's home here before it is deleted")
+    parser.add_argument("--epsilon", type=float, default=0.2, help="the round's exploration rate (shipped: 0.05)")
+    parser.add_argument("--seed", type=int, default=11, help="the round's seed (users sampled, exploration draws)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ope-"))
     if args.logs_of is not None:
@@ -72,8 +75,8 @@ def main() -> None:
         n, _, hours = args.spacing.partition("/")
         caps = caps.model_copy(update={"spacing_contacts": int(n), "spacing_hours": int(hours or caps.spacing_hours)})
     write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.1}), "caps": caps,
-                                           "exploration": Exploration(method="epsilon", rate=0.2)}),
-                 home.home / "operator.yaml", note="bench_ope_service.py: hold-out 10 %, exploration 0.2")
+                                           "exploration": Exploration(method="epsilon", rate=args.epsilon)}),
+                 home.home / "operator.yaml", note=f"bench_ope_service.py: hold-out 10 %, exploration {args.epsilon}")
     from nextbest.pipelines import service_loop
     from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
 
@@ -83,7 +86,8 @@ def main() -> None:
 
         service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(
             tables, truth, counted=tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy())
-    print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}")
+    print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}, exploration {args.epsilon}, "
+          f"seed {args.seed}")
 
     os.environ.update(SIMULATED_CLOCK_ENV)
     from starlette.testclient import TestClient
@@ -92,12 +96,15 @@ def main() -> None:
 
     started = time.perf_counter()
     with TestClient(NextBest.to_asgi(), base_url="http://127.0.0.1:3000") as client:
-        table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=()))
+        table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=(),
+                                                                           seed=args.seed))
     print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}, {args.users} users, {args.days} days, "
           f"round {time.perf_counter() - started:.0f} s ({time.process_time():.0f} CPU-s so far), "
           f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(table.drop(columns=["models"]).T.to_string())
     start = pd.Timestamp(table["start"].iloc[0], tz="UTC")
+    if args.keep is not None:
+        shutil.copytree(home.home, args.keep)
     judge(home, start, start + pd.Timedelta(days=args.days))
     shutil.rmtree(work, ignore_errors=True)
 
