@@ -2,6 +2,7 @@
 
 Usage (after `make demo`, on its home; the home is copied, never changed):
   python benchmarks/bench_ope_service.py --home DIR [--users 3000] [--days 10] [--spacing 2/168|0] [--judge raw]
+                                          [--epsilon 0.2] [--seed 11] [--keep DIR]
 
 One round of `nextbest loop --service` in process (BentoML's ASGI app through a test client, a fresh ledger, campaign
 `loop` with a 10 % hold-out, exploration epsilon 0.2 so the log has support) for `--users` users over `--days` days; the
@@ -11,7 +12,9 @@ Row by row: each variant's mean logged reward (conversion within 7 days) against
 action at its send time (fatigue from the judged log's sends, as the round's world counts it).
 `--spacing`: the caps' spacing rule for the round (default: the home's caps); `--judge raw`: judge the round's sends
 on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
-features the service reads, to count the "ineligible" sends that difference makes.
+features the service reads, to count the "ineligible" sends that difference makes. `--epsilon`: the round's
+exploration rate (the shipped operator config has 0.05); `--seed`: the round's seed (which users, the world's draws);
+`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`).
 
   python benchmarks/bench_ope_service.py --logs-of DIR [--since 2026-10-01]
 
