@@ -408,7 +408,8 @@ def simulated_truths(period: Period, decisions: pd.DataFrame, picks: dict[str, n
     from nextbest.simulation.truth import Oracle
 
     seen = decisions if seen is None else seen
-    sent_at = pd.to_datetime(decisions["sent_at"], utc=True).reset_index(drop=True)
+    # Nanoseconds: the oracle reads int64 instants as ns (a column of second-resolution Timestamps is not).
+    sent_at = pd.to_datetime(decisions["sent_at"], utc=True).dt.as_unit("ns").reset_index(drop=True)
     # Only the judged users' contacts of the week before the first decision on can tire them: a small slice of a
     # company's log to count in.
     keep = seen["user_id"].astype(str).isin(set(decisions["user_id"].astype(str)))
