@@ -280,3 +280,24 @@ def test_the_truth_of_a_pick_the_service_did_not_send_is_taken_at_the_policys_ow
     exported = held.assign(refused=None)  # not the service's: its logged time is the logging policy's send time
     np.testing.assert_allclose(simulated_truths(world, exported, pick, hours=hours)["nba"],
                                oracle.p_convert(u, np.full(len(u), offer), np.full(len(u), channel), at))
+
+
+def test_off_policies_seen_changes_the_truth_beside_the_estimates_and_nothing_else(trained):
+    """`off_policies(seen=)`: the same decisions judged with every contact the users received as `seen` (what
+    `nextbest evaluate` and the retrain gate pass) give the same estimates and a truth that counts the contacts before
+    the judged log's cutoff, so it is never above the truth that forgets them."""
+    from nextbest.features.store import read_table
+    from nextbest.pipelines.evaluate import ModelPolicy, load_period, off_policies
+    from nextbest.pipelines.offpolicy import decisions_since
+
+    world, tables = load_period(trained)
+    period = world.sample(300, seed=3)
+    snapshots = read_table(trained, "behaviour")["event_timestamp"]
+    _, logged = decisions_since(tables, snapshots, set(period.user_ids))
+    n_o, n_c = len(period.offers), len(period.channels)
+    ev = np.tile(np.arange(n_o * n_c, dtype=float).reshape(1, n_o, n_c) / (n_o * n_c), (period.n_users, 1, 1))
+    policy = ModelPolicy("last open action", ev, np.full((period.n_users, n_c), 10))
+    alone = off_policies(trained, {policy.name: policy}, period, logged)[policy.name]
+    seen = off_policies(trained, {policy.name: policy}, period, logged, seen=tables["contacts"])[policy.name]
+    pd.testing.assert_frame_equal(alone.drop(columns=["simulated_truth", "error"]), seen.drop(columns=["simulated_truth", "error"]))
+    assert seen["simulated_truth"].iloc[0] < alone["simulated_truth"].iloc[0]  # the history before the cutoff tires users
