@@ -2,6 +2,7 @@
 
 Usage (after `make demo`, on its home; the home is copied, never changed):
   python benchmarks/bench_ope_service.py --home DIR [--users 3000] [--days 10] [--spacing 2/168|0] [--judge raw]
+                                          [--epsilon 0.2] [--seed 11] [--keep DIR]
 
 One round of `nextbest loop --service` in process (BentoML's ASGI app through a test client, a fresh ledger, campaign
 `loop` with a 10 % hold-out, exploration epsilon 0.2 so the log has support) for `--users` users over `--days` days; the
@@ -11,7 +12,9 @@ Row by row: each variant's mean logged reward (conversion within 7 days) against
 action at its send time (fatigue from the judged log's sends, as the round's world counts it).
 `--spacing`: the caps' spacing rule for the round (default: the home's caps); `--judge raw`: judge the round's sends
 on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
-features the service reads, to count the "ineligible" sends that difference makes.
+features the service reads, to count the "ineligible" sends that difference makes. `--epsilon`: the round's
+exploration rate (the shipped operator config has 0.05); `--seed`: the round's seed (which users, the world's draws);
+`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`).
 
   python benchmarks/bench_ope_service.py --logs-of DIR [--since 2026-10-01]
 
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--spacing", default="")
     parser.add_argument("--judge", choices=["features", "raw"], default="features")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the round's home here before it is deleted")
+    parser.add_argument("--epsilon", type=float, default=0.2, help="the round's exploration rate (shipped: 0.05)")
+    parser.add_argument("--seed", type=int, default=11, help="the round's seed (users sampled, exploration draws)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ope-"))
     if args.logs_of is not None:
@@ -72,8 +78,8 @@ def main() -> None:
         n, _, hours = args.spacing.partition("/")
         caps = caps.model_copy(update={"spacing_contacts": int(n), "spacing_hours": int(hours or caps.spacing_hours)})
     write_config(config.model_copy(update={"holdout": Holdout(campaigns={"loop": 0.1}), "caps": caps,
-                                           "exploration": Exploration(method="epsilon", rate=0.2)}),
-                 home.home / "operator.yaml", note="bench_ope_service.py: hold-out 10 %, exploration 0.2")
+                                           "exploration": Exploration(method="epsilon", rate=args.epsilon)}),
+                 home.home / "operator.yaml", note=f"bench_ope_service.py: hold-out 10 %, exploration {args.epsilon}")
     from nextbest.pipelines import service_loop
     from nextbest.pipelines.service_loop import SIMULATED_CLOCK_ENV, ServiceLoopConfig, run_service_loop
 
@@ -83,7 +89,8 @@ def main() -> None:
 
         service_loop.judged_period = lambda settings, tables, truth: Period.from_tables(
             tables, truth, counted=tables["contacts"]["contact_id"].astype(str).str.startswith(PREFIX).to_numpy())
-    print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}")
+    print(f"spacing {caps.spacing_contacts}/{caps.spacing_hours}, judged on {args.judge}, exploration {args.epsilon}, "
+          f"seed {args.seed}")
 
     os.environ.update(SIMULATED_CLOCK_ENV)
     from starlette.testclient import TestClient
@@ -92,12 +99,15 @@ def main() -> None:
 
     started = time.perf_counter()
     with TestClient(NextBest.to_asgi(), base_url="http://127.0.0.1:3000") as client:
-        table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=()))
+        table = run_service_loop(home, client, ServiceLoopConfig(rounds=1, days=args.days, users=args.users, models=(),
+                                                                           seed=args.seed))
     print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}, {args.users} users, {args.days} days, "
           f"round {time.perf_counter() - started:.0f} s ({time.process_time():.0f} CPU-s so far), "
           f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(table.drop(columns=["models"]).T.to_string())
     start = pd.Timestamp(table["start"].iloc[0], tz="UTC")
+    if args.keep is not None:
+        shutil.copytree(home.home, args.keep)
     judge(home, start, start + pd.Timedelta(days=args.days))
     shutil.rmtree(work, ignore_errors=True)
 

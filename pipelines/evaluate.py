@@ -51,7 +51,8 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
-           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "write_report", "raw_argmax"]
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "simulated_truths", "write_report",
+           "raw_argmax"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
 _CHUNK = 2_000  # users per scoring call: bounds the model input frame (users x offers x channels rows)
@@ -240,7 +241,8 @@ def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, us
     # The same policy as it stood at the cutoff: features of then, so its choices do not depend on the
     # outcomes it is evaluated on.
     then = model_policies(settings, ope_period, models=models, as_of=cutoff)[0]
-    return table, off_policy(settings, then, ope_period, logged)
+    # The truth's fatigue counts every contact the users received, also those before the judged decisions' cutoff.
+    return table, off_policy(settings, then, ope_period, logged, seen=tables["contacts"])
 
 
 def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], config: ReplayConfig | None = None,
@@ -275,7 +277,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     # One judgement of all sets' policies: the same decisions, the same cross-fitted reward model.
     judged = off_policies(settings, {label: dataclasses.replace(model_policies(settings, ope_period, models=models,
                                                                                as_of=cutoff)[0], name=label)
-                                     for label, models in sets.items()}, ope_period, logged)
+                                     for label, models in sets.items()}, ope_period, logged, seen=tables["contacts"])
     for label, models in sets.items():
         row: dict = {"models": label, "versions": models.versions(), "incremental_revenue": np.nan,
                      "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
@@ -333,10 +335,11 @@ def write_report(table: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
 
 
 def off_policy(settings: Settings, policy: ModelPolicy, period: Period, tables: dict[str, pd.DataFrame],
-               sample: int | None = 100_000, seed: int = 7, window_days: int = 7) -> pd.DataFrame:
+               sample: int | None = 100_000, seed: int = 7, window_days: int = 7,
+               seen: pd.DataFrame | None = None) -> pd.DataFrame:
     """IPS, SNIPS and DR estimates of `policy` from the logged decisions in `tables["contacts"]`, next to the
     simulated truth when there is one (`off_policies` for one policy)."""
-    return off_policies(settings, {policy.name: policy}, period, tables, sample, seed, window_days)[policy.name]
+    return off_policies(settings, {policy.name: policy}, period, tables, sample, seed, window_days, seen)[policy.name]
 
 
 def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: Period, tables: dict[str, pd.DataFrame],
@@ -353,7 +356,9 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     `attrs["matched"]`: the judged decisions where the policy takes the logged action, the rows the estimates rest
     on; `attrs["dr_terms"]`: DR's per-decision terms, for paired differences (the same decisions for every policy).
     `seen`: every contact the users received (the whole contacts table), so the truth's fatigue at a judged decision
-    counts the contacts before the judged log too; without it, only the log's own.
+    counts the contacts before the judged log too; without it, only the log's own, and the truth of a decision early in
+    the log forgets the week before it (too high: on the demo home the NBA's truth was 1.6 % high, benchmarks/RESULTS.md).
+    `nextbest evaluate` and the retrain gate pass the whole contacts table.
     """
     from nextbest.training.uplift import UpliftConfig, build_frame
 
@@ -383,7 +388,10 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     names = np.asarray(channels, dtype=object)
     chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
     judged = judge_choices(data, chosen, LogsConfig(seed=seed))
-    truth = _simulated_truth(period, log, rows, users, greedy, offer_ids, names, seen) if period.truth is not None else {}
+    truth = {} if period.truth is None else {
+        name: float(t.mean()) for name, t in simulated_truths(
+            period, log.iloc[rows], greedy, log if seen is None else seen,
+            hours={name: policy.hours[users[rows]] for name, policy in policies.items()}).items()}
     out = {}
     for name in policies:
         row = judged.loc[name]
@@ -400,30 +408,59 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     return out
 
 
-def _simulated_truth(period: Period, log: pd.DataFrame, rows: np.ndarray, users: np.ndarray,
-                     greedy: dict[str, np.ndarray], offer_ids: np.ndarray, channels: np.ndarray,
-                     seen: pd.DataFrame | None = None) -> dict[str, float]:
-    """Per policy, the oracle's mean P(convert within 7 d) of its choices at the judged decisions' send times; the
-    users' fatigue counts the contacts in `seen` (every contact they received, with ids) or, without it, the log's."""
+def simulated_truths(period: Period, decisions: pd.DataFrame, picks: dict[str, np.ndarray],
+                     seen: pd.DataFrame | None = None,
+                     hours: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per policy, each decision's truth: the oracle's P(convert within 7 d) of the policy's pick (flat offer x channel
+    index in the period's order, -1 = no contact: the user's organic purchase) when it is sent.
+
+    When it is sent: at the decision's logged `sent_at`, except on a decision the service logged (a non-null `refused`)
+    that did not send on the picked channel, when `hours` (per policy, each decision's local send hour per channel)
+    are given: then at the first instant from the logged time at the policy's own hour for the channel, as the
+    service would have sent it. The service logs a hold-out or "no action" decision at the decision's instant (06:00
+    UTC in `nextbest loop`: the night in the Americas), not at any send hour, and its sends at its send-time model's
+    hour, which is the reward the estimates see.
+
+    The user's fatigue at the decision (`Situation.recent`, as the world drew the outcomes) counts the treated
+    contacts in `seen` in the 7 x 24 h before it: pass every contact the users received, the decisions among them
+    (matched by `contact_id`); default: the decisions' own.
+    """
     from nextbest.simulation.response import recent_contacts
     from nextbest.simulation.truth import Oracle
 
+    seen = decisions if seen is None else seen
+    # Nanoseconds: the oracle reads int64 instants as ns (a column of second-resolution Timestamps is not).
+    sent_at = pd.to_datetime(decisions["sent_at"], utc=True).dt.as_unit("ns").reset_index(drop=True)
+    # Only the judged users' contacts of the week before the first decision on can tire them: a small slice of a
+    # company's log to count in.
+    keep = seen["user_id"].astype(str).isin(set(decisions["user_id"].astype(str)))
+    keep &= pd.to_datetime(seen["sent_at"], utc=True) >= sent_at.min() - pd.Timedelta(days=7)
+    seen = seen[keep.to_numpy()].reset_index(drop=True)
+    tired = pd.Series(recent_contacts(seen), index=seen["contact_id"].astype(str).to_numpy())
+    recent = tired.reindex(decisions["contact_id"].astype(str))
+    if recent.isna().any():
+        raise ValueError("every judged decision must be among the contacts `seen` (matched by contact_id)")
+    recent = recent.to_numpy(dtype=np.int64)
     oracle = Oracle(period.truth, period.offers)
-    u, sent_at = users[rows], log["sent_at"].iloc[rows].reset_index(drop=True)
-    if seen is None:
-        recent = recent_contacts(log)[rows]
-    else:
-        seen = seen.reset_index(drop=True)
-        tired = pd.Series(recent_contacts(seen), index=seen["contact_id"].astype(str).to_numpy())
-        recent = tired.reindex(log["contact_id"].astype(str)).fillna(0).to_numpy(dtype=np.int64)[rows]
+    u = pd.Index(period.user_ids).get_indexer(decisions["user_id"].astype(str))
+    offer_ids = period.offers["offer_id"].astype(str).to_numpy()
+    channels = period.channels["channel"].astype(str).to_numpy()
     organic = oracle.p_organic(u, sent_at)
+    by_service = (decisions["refused"].notna() if "refused" in decisions else pd.Series(False, index=decisions.index)).to_numpy()
+    logged_channel = decisions["channel"].astype(object).fillna("").astype(str).to_numpy()
     out = {}
-    for name, pick in greedy.items():
+    for name, pick in picks.items():
+        pick = np.asarray(pick)
         p = organic.copy()
         treated = pick >= 0
         if treated.any():
             o, c = np.divmod(pick[treated], len(channels))
-            p[treated] = oracle.p_convert(u[treated], offer_ids[o], channels[c], sent_at[treated],
-                                          recent_contacts=recent[treated])
-        out[name] = float(p.mean())
+            at = pd.DatetimeIndex(sent_at[treated]).asi8
+            if hours is not None and name in hours:
+                elsewhere = by_service[treated] & (logged_channel[treated] != channels[c])
+                hour = np.asarray(hours[name])[np.flatnonzero(treated), c]
+                wait = (hour - oracle.local_hour(u[treated], at)) % 24  # hours until the policy's local send hour
+                at = np.where(elsewhere, at + np.round(wait * 3_600e9).astype(np.int64), at)
+            p[treated] = oracle.p_convert(u[treated], offer_ids[o], channels[c], at, recent_contacts=recent[treated])
+        out[name] = p
     return out

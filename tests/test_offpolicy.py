@@ -227,3 +227,85 @@ def test_the_best_fixed_reference_of_each_fold_is_chosen_on_the_other_folds():
     reference, by_fold = _best_fixed_out_of_fold(list(chosen), chosen, action, np.full(6, 0.5), reward, folds, terms)
     assert by_fold == ["everyone: b", "everyone: a"]  # fold 0 judged by what won on fold 1, and the other way round
     np.testing.assert_array_equal(reference, [-0.0, -1, -2, -3, 4, 5])
+
+
+def test_the_truth_of_a_judged_decision_counts_every_contact_seen_not_only_the_judged_log(trained):
+    """`simulated_truths` (the truth beside off_policies' estimates): a user's fatigue at a judged decision counts the
+    contacts `seen` in the week before it, also those outside the judged log (another campaign, the history before the
+    cutoff), as the world counted them when it drew the outcomes; a "no contact" pick is the organic purchase either way."""
+    from nextbest.pipelines.evaluate import load_period, simulated_truths
+    from nextbest.simulation.truth import Oracle
+
+    world, tables = load_period(trained)
+    c = tables["contacts"]
+    sent = c[c["channel"].notna()].sort_values("sent_at", kind="stable")
+    judged = sent.drop_duplicates("user_id", keep="last").head(60).reset_index(drop=True)  # one decision per user
+    # Another system sent each of them two messages the day before: in `seen`, not in the judged log.
+    other = pd.concat([judged.assign(contact_id=judged["contact_id"].astype(str) + f"-other{k}",
+                                     sent_at=pd.to_datetime(judged["sent_at"], utc=True) - pd.Timedelta(hours=20 + k))
+                       for k in range(2)], ignore_index=True)
+    channels = list(world.channels["channel"].astype(str))
+    logged = (pd.Index(world.offers["offer_id"].astype(str)).get_indexer(judged["offer_id"].astype(str)) * len(channels)
+              + pd.Index(channels).get_indexer(judged["channel"].astype(str)))
+    picks = {"the logged action": logged, "nobody": np.full(len(judged), -1)}
+    alone = simulated_truths(world, judged, picks)
+    tired = simulated_truths(world, judged, picks, seen=pd.concat([judged, other], ignore_index=True))
+    oracle = Oracle(world.truth, world.offers)
+    u = pd.Index(world.user_ids).get_indexer(judged["user_id"].astype(str))
+    at = pd.to_datetime(judged["sent_at"], utc=True)
+    expect = {k: oracle.p_convert(u, judged["offer_id"].astype(str).to_numpy(), judged["channel"].astype(str).to_numpy(),
+                                  at, recent_contacts=k) for k in (0, 2)}
+    np.testing.assert_allclose(alone["the logged action"], expect[0])
+    np.testing.assert_allclose(tired["the logged action"], expect[2])
+    assert (tired["the logged action"] < alone["the logged action"]).mean() > 0.9  # tired users buy less
+    np.testing.assert_allclose(tired["nobody"], alone["nobody"])
+    np.testing.assert_allclose(alone["nobody"], oracle.p_organic(u, at))
+    with pytest.raises(ValueError, match="among the contacts `seen`"):
+        simulated_truths(world, judged, picks, seen=other)
+
+
+def test_the_truth_of_a_pick_the_service_did_not_send_is_taken_at_the_policys_own_send_hour(trained):
+    """A hold-out decision is logged at the decision's instant (06:00 UTC in `nextbest loop`: night in the
+    Americas); the truth of a policy's contact there is its P(convert) at the policy's own local send hour for the
+    channel, the hour the service would have sent at, as on a logged send; an exported contact keeps its time."""
+    from nextbest.pipelines.evaluate import load_period, simulated_truths
+    from nextbest.simulation.truth import Oracle
+
+    world, tables = load_period(trained)
+    users = world.user_ids[:40]
+    at = pd.Timestamp("2026-09-20 06:00", tz="UTC")
+    held = pd.DataFrame({"contact_id": [f"nb-{u}" for u in users], "user_id": users, "sent_at": at, "offer_id": None,
+                         "channel": None, "variant": "control", "refused": "[]"})
+    pick = {"nba": np.full(len(users), 1)}  # offer 0 on the second channel
+    hours = {"nba": np.full((len(users), len(world.channels)), 10)}
+    oracle = Oracle(world.truth, world.offers)
+    u = np.arange(len(users))
+    offer, channel = world.offers["offer_id"].astype(str).iloc[0], world.channels["channel"].astype(str).iloc[1]
+    sent = simulated_truths(world, held, pick, hours=hours)["nba"]
+    when = at + pd.to_timedelta((10 - oracle.local_hour(u, at)) % 24, unit="h")
+    np.testing.assert_allclose(oracle.local_hour(u, when), 10)
+    np.testing.assert_allclose(sent, oracle.p_convert(u, np.full(len(u), offer), np.full(len(u), channel), when))
+    exported = held.assign(refused=None)  # not the service's: its logged time is the logging policy's send time
+    np.testing.assert_allclose(simulated_truths(world, exported, pick, hours=hours)["nba"],
+                               oracle.p_convert(u, np.full(len(u), offer), np.full(len(u), channel), at))
+
+
+def test_off_policies_seen_changes_the_truth_beside_the_estimates_and_nothing_else(trained):
+    """`off_policies(seen=)`: the same decisions judged with every contact the users received as `seen` (what
+    `nextbest evaluate` and the retrain gate pass) give the same estimates and a truth that counts the contacts before
+    the judged log's cutoff, so it is never above the truth that forgets them."""
+    from nextbest.features.store import read_table
+    from nextbest.pipelines.evaluate import ModelPolicy, load_period, off_policies
+    from nextbest.pipelines.offpolicy import decisions_since
+
+    world, tables = load_period(trained)
+    period = world.sample(300, seed=3)
+    snapshots = read_table(trained, "behaviour")["event_timestamp"]
+    _, logged = decisions_since(tables, snapshots, set(period.user_ids))
+    n_o, n_c = len(period.offers), len(period.channels)
+    ev = np.tile(np.arange(n_o * n_c, dtype=float).reshape(1, n_o, n_c) / (n_o * n_c), (period.n_users, 1, 1))
+    policy = ModelPolicy("last open action", ev, np.full((period.n_users, n_c), 10))
+    alone = off_policies(trained, {policy.name: policy}, period, logged)[policy.name]
+    seen = off_policies(trained, {policy.name: policy}, period, logged, seen=tables["contacts"])[policy.name]
+    pd.testing.assert_frame_equal(alone.drop(columns=["simulated_truth", "error"]), seen.drop(columns=["simulated_truth", "error"]))
+    assert seen["simulated_truth"].iloc[0] < alone["simulated_truth"].iloc[0]  # the history before the cutoff tires users
