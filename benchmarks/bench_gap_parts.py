@@ -138,7 +138,7 @@ def main() -> None:
         ("send hour (the history oracle's best hour on the NBA's channel)", s["nba_oracle_hour"] - s["nba"]),
         ("channel (the history oracle's channel at its hour)", s["nba_offer_oracle_channel_hour"] - s["nba_oracle_hour"]),
         ("offer (the history oracle's offer)", s["history_oracle"] - s["nba_offer_oracle_channel_hour"]),
-        ("the NBA's half-past valuation against its own replay", nba_shadow - nba_own),
+        ("check: the NBA's shadow replay against its own (0: the same sends)", nba_shadow - nba_own),
     ]
     gap = ho_own - nba_own
     table = pd.DataFrame(rows, columns=["part", "revenue"])
