@@ -205,7 +205,7 @@ def open_factor(models: ModelSet, engage: np.ndarray, p_open: np.ndarray | None,
 
     Both models answer P(open | user, channel, hour) from the same sends, by different inputs (the engage arm: the
     user's features with channel and hour; the send-time net: a user tower with the rhythm shrunk to the population),
-    and their errors are partly independent (correlation 0.64-0.78 per channel on the demo world): the mean ranks a
+    and their errors are partly independent (correlation 0.64-0.77 per channel on the demo world): the mean ranks a
     user's channels better than either alone (benchmarks/RESULTS.md, issue 16, seventh session). The geometric mean
     keeps a product of probabilities a probability and moves the EV's scale least."""
     if p_open is None or "send_time" not in models.models:
