@@ -354,14 +354,13 @@ def _percentile_sql(name: str) -> str:
 
 def _tags_sql(clusters: int) -> str:
     """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard, per row of
-    `behaviour` (joined to `channel`). The ranks come from the tables `p_r`, `p_f`, `p_m`, `p_v` (`_percentile_sql`,
-    over every user), the cluster is the nearest of the centres fitted for the row's own snapshot (table
+    `behaviour` (joined to `channel`). The ranks come from the view `ranks` (`_ranks_sql`, over every user), the cluster is the nearest of the centres fitted for the row's own snapshot (table
     `cluster_fit`, see `_fit_clusters`): the query itself is per user, so it runs on a slice of users as on all."""
     # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank; a user with no purchase
     # scores 1 on all three.
 
     def pct(name: str) -> str:
-        return f"p_{name}.pct"
+        return f"k.pct_{name}"
 
     def quintile(name: str) -> str:
         return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(name)} * 5), 1), 5) AS BIGINT) ELSE 1 END"
@@ -391,13 +390,22 @@ def _tags_sql(clusters: int) -> str:
                "ELSE 'needs_attention' END")
     nearest = _argfirst(d, "least(" + ", ".join(d) + ")")
     cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
-    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
-    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
-                     for n, (value, _) in _RANKED.items())
     return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
             f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
             "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp "
-            f"LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT) {joins}) t")
+            "LEFT JOIN ranks k ON k.user_id = b.user_id AND k.event_timestamp = b.event_timestamp "
+            "LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT)) t")
+
+
+def _ranks_sql() -> str:
+    """Per row of `behaviour`: its percentile rank `pct_<name>` among the snapshot's buyers in every ranked measure
+    (`_RANKED`), looked up in the tables `p_<name>` (`_percentile_sql`). One pass over every user's rows: the lookup
+    tables are hashed once, where a join per slice of users hashed them again for each slice (135 s at 1M users)."""
+    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
+    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
+                     for n, (value, _) in _RANKED.items())
+    return (f"SELECT b.user_id, b.event_timestamp, {', '.join(f'p_{n}.pct AS pct_{n}' for n in _RANKED)} "
+            f"FROM behaviour b {joins}")
 
 
 def _realtime_sql(as_of_s: float) -> str:
@@ -469,6 +477,10 @@ def _focus(engine, part: int = 0, parts: int = 1, slices: Path | None = None) ->
         engine.keep(name, f"SELECT * FROM {source}")
 
 
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
 def _write_slices(engine, folder: Path, parts: int) -> None:
     """The normalised users, events and contacts written once, partitioned by slice of users
     (`<folder>/<users_n|ev|ct>/slice=N/*.parquet`), for `_focus` to read a slice's rows alone."""
@@ -478,23 +490,24 @@ def _write_slices(engine, folder: Path, parts: int) -> None:
 
 def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], parts: int,
                     step: Callable[[str], None], written: Callable[[str, Path], None],
-                    then: tuple[str, Callable[[], str]] | None = None) -> dict[str, int]:
+                    then: tuple[str, Callable[[Path | None, int], str]] | None = None) -> dict[str, int]:
     """The per-user tables (name -> query) written in `parts` slices of users, each slice's rows read once for all
     of them, then every table's parts merged into one file: each slice's join of snapshots and days stays in memory.
     Unsliced, 1M users' channel join spilled over 40 GB to disk. `written(name, file)` is told of each part as it is
     written (it holds every row of its users).
 
     `then` = (name, prepare): a table derived from `behaviour` and `channel` (the tags) once every slice of them is
-    written: `prepare()` sees both views over every user (what needs all users: ranks, the cluster fit) and returns
-    the table's per-user query, which then runs slice by slice over each slice's own parts of the two."""
+    written: `prepare(folder, parts)` sees both views over every user (what needs all users: ranks, the cluster fit),
+    may write per-slice inputs as `<folder>/<view>/slice=N` (`engine.partition`), and returns the table's per-user
+    query, which then runs slice by slice over each slice's own parts of the two and its own rows of those views."""
     import shutil
 
     from nextbest.features.engines import merge_parts
 
-    def derived_query(every: dict[str, Path]) -> str:
+    def derived_query(every: dict[str, Path], folder: Path | None) -> str:
         for source in ("behaviour", "channel"):
             engine.table(source, every[source])
-        return then[1]()
+        return then[1](folder, parts)
 
     if parts == 1:
         rows = {}
@@ -505,7 +518,7 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
         if then is not None:
             name = then[0]
             step(name)
-            rows[name] = engine.write(derived_query(paths), paths[name])
+            rows[name] = engine.write(derived_query(paths, None), paths[name])
             written(name, paths[name])
         return rows
     out_dir = next(iter(paths.values())).parent
@@ -528,10 +541,17 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
             name = then[0]
             step(name)
             folders[name].mkdir(parents=True, exist_ok=True)
-            sql = derived_query({source: folders[source] / "*.parquet" for source in ("behaviour", "channel")})
+            inputs = slices / f".{name}-inputs"
+            sql = derived_query({source: folders[source] / "*.parquet" for source in ("behaviour", "channel")}, inputs)
             for part in range(parts):
                 for source in ("behaviour", "channel"):
                     engine.table(source, part_file(source, part))
+                for view in sorted(p.name for p in inputs.iterdir()) if inputs.is_dir() else []:
+                    own = inputs / view / f"slice={int(part)}" / "*.parquet"
+                    # no file: no row of this slice (then no behaviour row either); the schema from any slice
+                    files = own if own.parent.is_dir() else inputs / view / "*" / "*.parquet"
+                    where = "" if own.parent.is_dir() else " WHERE 1 = 0"
+                    engine.view(view, f"SELECT * FROM read_parquet('{_sql_path(files)}', hive_partitioning = false){where}")
                 engine.write(sql, part_file(name, part))
                 written(name, part_file(name, part))
         return {name: merge_parts(folders[name], paths[name]) for name in names}
@@ -619,17 +639,23 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
     per_user = {"behaviour": _behaviour_sql(categories), "channel": _channel_sql(channels, config),
                 "time_profile": _time_profile_sql(), "realtime": _realtime_sql(snaps[-1].timestamp())}
     rows.update(_write_per_user(engine, per_user, {name: path(name) for name in [*per_user, "tags"]}, parts, step,
-                                written, ("tags", lambda: _tags_query(engine, config))))
+                                written, ("tags", lambda folder, parts: _tags_query(engine, config, folder, parts))))
     return {name: rows[name] for name in TABLES}
 
 
-def _tags_query(engine, config: BuildConfig) -> str:
+def _tags_query(engine, config: BuildConfig, slices: Path | None = None, parts: int = 1) -> str:
     """Fit what the tags need from every user's rows (views `behaviour` and `channel`): the buyers' ranks per
-    snapshot (tables `p_r`, `p_f`, `p_m`, `p_v`) and the clusters (`cluster_fit`); returns the per-user tags query."""
+    snapshot and the clusters (`cluster_fit`); returns the per-user tags query. The ranks of every row are the view
+    `ranks`, or, with `parts` slices of users, written once to `<slices>/ranks/slice=N` for each slice to read its own."""
     for name in _RANKED:
         engine.keep(f"p_{name}", _percentile_sql(name))
     rows = int(engine.fetch("SELECT count(*) AS n FROM behaviour").iloc[0]["n"])
-    return _tags_sql(_fit_clusters(engine, rows, config))
+    sql = _tags_sql(_fit_clusters(engine, rows, config))
+    if parts == 1:
+        engine.view("ranks", _ranks_sql())
+    else:
+        engine.partition(f"SELECT *, hash(user_id) % {int(parts)} AS slice FROM ({_ranks_sql()}) r", slices / "ranks", "slice")
+    return sql
 
 
 def _fit_clusters(engine, rows: int, config: BuildConfig) -> int:
