@@ -320,36 +320,47 @@ _CLUSTER_COLS = ("events_30d", "views_30d", "add_to_carts_30d", "purchases_90d",
 
 def _cluster_sample_sql(rows: int) -> str:
     """Every n-th row per snapshot (by user id), about `_KMEANS_SAMPLE` rows in all, with its snapshot time in epoch
-    seconds: the same sample on any engine."""
+    seconds: the same sample on any engine. The rows are numbered on the keys alone (a narrow sort, spilled past the
+    memory limit), then the sample's measures are joined back: at 1M users the sort holds 2 of 8 columns."""
     stride = max(1, -(-rows // _KMEANS_SAMPLE))
-    return (f"SELECT CAST(epoch(event_timestamp) AS BIGINT) AS snap_s, {', '.join(_CLUSTER_COLS)} FROM (SELECT *, "
-            f"row_number() OVER (PARTITION BY event_timestamp ORDER BY user_id) AS rn FROM behaviour) x "
-            f"WHERE (rn - 1) % {stride} = 0 ORDER BY event_timestamp, user_id")
+    keys = ("SELECT event_timestamp, user_id FROM (SELECT event_timestamp, user_id, row_number() OVER (PARTITION BY "
+            f"event_timestamp ORDER BY user_id) AS rn FROM behaviour) x WHERE (rn - 1) % {stride} = 0")
+    return (f"SELECT CAST(epoch(b.event_timestamp) AS BIGINT) AS snap_s, {', '.join(f'b.{c}' for c in _CLUSTER_COLS)} "
+            f"FROM behaviour b JOIN ({keys}) k ON k.event_timestamp = b.event_timestamp AND k.user_id = b.user_id "
+            "ORDER BY b.event_timestamp, b.user_id")
+
+
+# RFM scores and the value tier rank a user among the buyers of the same snapshot: (value, who is ranked).
+# Money compares to the micro-unit, so the order in which an engine summed a user's purchases cannot split a tie.
+_RANKED = {"r": ("-b.recency_days", "b.purchases_all > 0"), "f": ("b.purchases_90d", "b.purchases_all > 0"),
+           "m": ("round(b.revenue_90d, 6)", "b.purchases_all > 0"), "v": ("round(b.revenue_all, 6)", "b.revenue_all > 0")}
+
+
+def _percentile_sql(name: str) -> str:
+    """The table `p_<name>`: per (snapshot, distinct value) of the ranked measure `name` (`_RANKED`), the buyers'
+    percentile rank (ties share their mean rank), over every user's behaviour rows.
+
+    A percentile per distinct value, not per row: count the rows per (snapshot, value), rank the distinct values
+    (hundreds to a few million, not every row), then each slice of users joins its rows to it: the same numbers as
+    rank() and count(*) over the whole table, which a build in slices cannot see at once."""
+    value, who = _RANKED[name]
+    part = "PARTITION BY event_timestamp"
+    return (f"SELECT event_timestamp, value, (CAST(1 + below AS DOUBLE) + (eq - 1) / 2.0) / n AS pct FROM "
+            f"(SELECT event_timestamp, value, eq, CAST(sum(eq) OVER ({part} ORDER BY value ROWS BETWEEN UNBOUNDED "
+            f"PRECEDING AND CURRENT ROW) - eq AS BIGINT) AS below, CAST(sum(eq) OVER ({part}) AS BIGINT) AS n FROM "
+            f"(SELECT b.event_timestamp, {value} AS value, count(*) AS eq FROM behaviour b WHERE {who} "
+            "GROUP BY b.event_timestamp, value) c) r")
 
 
 def _tags_sql(clusters: int) -> str:
-    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard. The cluster
-    is the nearest of the centres fitted for the row's own snapshot (table `cluster_fit`, see `_fit_clusters`)."""
-    # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank (ties share their mean
-    # rank); a user with no purchase scores 1 on all three. Money compares to the micro-unit, so the order in
-    # which an engine summed a user's purchases cannot split a tie.
-    # A percentile per distinct value, not per row: count the rows per (snapshot, value), rank the distinct values
-    # (hundreds per snapshot, not millions of rows), join back. Same numbers as rank() and count(*) over the rows,
-    # ~4 sorts of the whole table fewer.
-    ranked = {"r": ("-b.recency_days", "b.purchases_all > 0"), "f": ("b.purchases_90d", "b.purchases_all > 0"),
-              "m": ("round(b.revenue_90d, 6)", "b.purchases_all > 0"), "v": ("round(b.revenue_all, 6)", "b.revenue_all > 0")}
-
-    def pct_table(name: str) -> str:
-        value, who = ranked[name]
-        part = "PARTITION BY event_timestamp"
-        return (f"p_{name} AS (SELECT event_timestamp, value, (CAST(1 + below AS DOUBLE) + (eq - 1) / 2.0) / n AS pct FROM "
-                f"(SELECT event_timestamp, value, eq, CAST(sum(eq) OVER ({part} ORDER BY value ROWS BETWEEN UNBOUNDED "
-                f"PRECEDING AND CURRENT ROW) - eq AS BIGINT) AS below, CAST(sum(eq) OVER ({part}) AS BIGINT) AS n FROM "
-                f"(SELECT b.event_timestamp, {value} AS value, count(*) AS eq FROM behaviour b WHERE {who} "
-                "GROUP BY b.event_timestamp, value) c) r)")
+    """Segments from features: RFM scores and segment, lifecycle stage, value tier, cluster, scorecard, per row of
+    `behaviour` (joined to `channel`). The ranks come from the view `ranks` (`_ranks_sql`, over every user), the cluster is the nearest of the centres fitted for the row's own snapshot (table
+    `cluster_fit`, see `_fit_clusters`): the query itself is per user, so it runs on a slice of users as on all."""
+    # RFM scores 1..5 within each snapshot (5 = best) from the buyers' percentile rank; a user with no purchase
+    # scores 1 on all three.
 
     def pct(name: str) -> str:
-        return f"p_{name}.pct"
+        return f"k.pct_{name}"
 
     def quintile(name: str) -> str:
         return f"CASE WHEN b.purchases_all > 0 THEN CAST(least(greatest(ceil({pct(name)} * 5), 1), 5) AS BIGINT) ELSE 1 END"
@@ -379,14 +390,22 @@ def _tags_sql(clusters: int) -> str:
                "ELSE 'needs_attention' END")
     nearest = _argfirst(d, "least(" + ", ".join(d) + ")")
     cluster = f"CAST({nearest} AS BIGINT)" if len(d) > 1 else "CAST(0 AS BIGINT)"
-    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
-    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
-                     for n, (value, _) in ranked.items())
-    return (f"WITH {', '.join(pct_table(n) for n in ranked)} "
-            f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
+    return (f"SELECT user_id, event_timestamp, r_score, f_score, m_score, {segment} AS rfm_segment, lifecycle_stage, "
             f"value_tier, {cluster} AS behaviour_cluster, scorecard FROM (SELECT {', '.join(inner)} FROM behaviour b "
             "LEFT JOIN channel c ON c.user_id = b.user_id AND c.event_timestamp = b.event_timestamp "
-            f"LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT) {joins}) t")
+            "LEFT JOIN ranks k ON k.user_id = b.user_id AND k.event_timestamp = b.event_timestamp "
+            "LEFT JOIN cluster_fit f ON f.snap_s = CAST(epoch(b.event_timestamp) AS BIGINT)) t")
+
+
+def _ranks_sql() -> str:
+    """Per row of `behaviour`: its percentile rank `pct_<name>` among the snapshot's buyers in every ranked measure
+    (`_RANKED`), looked up in the tables `p_<name>` (`_percentile_sql`). One pass over every user's rows: the lookup
+    tables are hashed once, where a join per slice of users hashed them again for each slice (135 s at 1M users)."""
+    # (snapshot, value) is unique per table; a row outside the ranked group may match too, but never reads its pct
+    joins = " ".join(f"LEFT JOIN p_{n} ON p_{n}.event_timestamp = b.event_timestamp AND p_{n}.value = {value}"
+                     for n, (value, _) in _RANKED.items())
+    return (f"SELECT b.user_id, b.event_timestamp, {', '.join(f'p_{n}.pct AS pct_{n}' for n in _RANKED)} "
+            f"FROM behaviour b {joins}")
 
 
 def _realtime_sql(as_of_s: float) -> str:
@@ -458,6 +477,10 @@ def _focus(engine, part: int = 0, parts: int = 1, slices: Path | None = None) ->
         engine.keep(name, f"SELECT * FROM {source}")
 
 
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
 def _write_slices(engine, folder: Path, parts: int) -> None:
     """The normalised users, events and contacts written once, partitioned by slice of users
     (`<folder>/<users_n|ev|ct>/slice=N/*.parquet`), for `_focus` to read a slice's rows alone."""
@@ -466,14 +489,25 @@ def _write_slices(engine, folder: Path, parts: int) -> None:
 
 
 def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], parts: int,
-                    step: Callable[[str], None], written: Callable[[str, Path], None]) -> dict[str, int]:
+                    step: Callable[[str], None], written: Callable[[str, Path], None],
+                    then: tuple[str, Callable[[Path | None, int], str]] | None = None) -> dict[str, int]:
     """The per-user tables (name -> query) written in `parts` slices of users, each slice's rows read once for all
     of them, then every table's parts merged into one file: each slice's join of snapshots and days stays in memory.
     Unsliced, 1M users' channel join spilled over 40 GB to disk. `written(name, file)` is told of each part as it is
-    written (it holds every row of its users)."""
+    written (it holds every row of its users).
+
+    `then` = (name, prepare): a table derived from `behaviour` and `channel` (the tags) once every slice of them is
+    written: `prepare(folder, parts)` sees both views over every user (what needs all users: ranks, the cluster fit),
+    may write per-slice inputs as `<folder>/<view>/slice=N` (`engine.partition`), and returns the table's per-user
+    query, which then runs slice by slice over each slice's own parts of the two and its own rows of those views."""
     import shutil
 
     from nextbest.features.engines import merge_parts
+
+    def derived_query(every: dict[str, Path], folder: Path | None) -> str:
+        for source in ("behaviour", "channel"):
+            engine.table(source, every[source])
+        return then[1](folder, parts)
 
     if parts == 1:
         rows = {}
@@ -481,10 +515,17 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
             step(name)
             rows[name] = engine.write(sql, paths[name])
             written(name, paths[name])
+        if then is not None:
+            name = then[0]
+            step(name)
+            rows[name] = engine.write(derived_query(paths, None), paths[name])
+            written(name, paths[name])
         return rows
     out_dir = next(iter(paths.values())).parent
     slices = out_dir / ".slices"
-    folders = {name: out_dir / f".{paths[name].stem}-parts" for name in queries}
+    names = [*queries, *([then[0]] if then is not None else [])]
+    folders = {name: out_dir / f".{paths[name].stem}-parts" for name in names}
+    part_file = lambda name, part: folders[name] / f"part-{part:05d}.parquet"  # noqa: E731
     try:
         step("slices of users")
         _write_slices(engine, slices, parts)
@@ -493,9 +534,27 @@ def _write_per_user(engine, queries: dict[str, str], paths: dict[str, Path], par
             _focus(engine, part, parts, slices)
             for name, sql in queries.items():
                 folders[name].mkdir(parents=True, exist_ok=True)
-                engine.write(sql, folders[name] / f"part-{part:05d}.parquet")
-                written(name, folders[name] / f"part-{part:05d}.parquet")
-        return {name: merge_parts(folders[name], paths[name]) for name in queries}
+                engine.write(sql, part_file(name, part))
+                written(name, part_file(name, part))
+        _focus(engine)
+        if then is not None:
+            name = then[0]
+            step(name)
+            folders[name].mkdir(parents=True, exist_ok=True)
+            inputs = slices / f".{name}-inputs"
+            sql = derived_query({source: folders[source] / "*.parquet" for source in ("behaviour", "channel")}, inputs)
+            for part in range(parts):
+                for source in ("behaviour", "channel"):
+                    engine.table(source, part_file(source, part))
+                for view in sorted(p.name for p in inputs.iterdir()) if inputs.is_dir() else []:
+                    own = inputs / view / f"slice={int(part)}" / "*.parquet"
+                    # no file: no row of this slice (then no behaviour row either); the schema from any slice
+                    files = own if own.parent.is_dir() else inputs / view / "*" / "*.parquet"
+                    where = "" if own.parent.is_dir() else " WHERE 1 = 0"
+                    engine.view(view, f"SELECT * FROM read_parquet('{_sql_path(files)}', hive_partitioning = false){where}")
+                engine.write(sql, part_file(name, part))
+                written(name, part_file(name, part))
+        return {name: merge_parts(folders[name], paths[name]) for name in names}
     finally:
         _focus(engine)
         for folder in [slices, *folders.values()]:
@@ -574,18 +633,29 @@ def build_tables(engine, raw: dict[str, Path], out_dir: Path, config: BuildConfi
     # Spark spreads and spills a join itself; DuckDB takes the users in slices that fit its memory.
     users = int(engine.fetch("SELECT count(*) AS n FROM users_n").iloc[0]["n"])
     parts = max(1, -(-users // config.users_per_pass)) if engine.dialect == "duckdb" else 1
+    # Every table but the profile is per user, the tags too once their ranks and clusters are fitted over all users
+    # (`_tags_query`): each is written a slice of users at a time, so no step holds a whole table (at 1M users the
+    # tags over whole tables peaked at 2.6 GB, the real-time seeds' window over 31M events at 3.0 GB).
     per_user = {"behaviour": _behaviour_sql(categories), "channel": _channel_sql(channels, config),
-                "time_profile": _time_profile_sql()}
-    rows.update(_write_per_user(engine, per_user, {name: path(name) for name in per_user}, parts, step, written))
-    step("tags")
-    engine.table("behaviour", path("behaviour"))
-    engine.table("channel", path("channel"))
-    rows["tags"] = engine.write(_tags_sql(_fit_clusters(engine, rows["behaviour"], config)), path("tags"))
-    written("tags", path("tags"))
-    step("realtime")
-    rows["realtime"] = engine.write(_realtime_sql(snaps[-1].timestamp()), path("realtime"))
-    written("realtime", path("realtime"))
-    return rows
+                "time_profile": _time_profile_sql(), "realtime": _realtime_sql(snaps[-1].timestamp())}
+    rows.update(_write_per_user(engine, per_user, {name: path(name) for name in [*per_user, "tags"]}, parts, step,
+                                written, ("tags", lambda folder, parts: _tags_query(engine, config, folder, parts))))
+    return {name: rows[name] for name in TABLES}
+
+
+def _tags_query(engine, config: BuildConfig, slices: Path | None = None, parts: int = 1) -> str:
+    """Fit what the tags need from every user's rows (views `behaviour` and `channel`): the buyers' ranks per
+    snapshot and the clusters (`cluster_fit`); returns the per-user tags query. The ranks of every row are the view
+    `ranks`, or, with `parts` slices of users, written once to `<slices>/ranks/slice=N` for each slice to read its own."""
+    for name in _RANKED:
+        engine.keep(f"p_{name}", _percentile_sql(name))
+    rows = int(engine.fetch("SELECT count(*) AS n FROM behaviour").iloc[0]["n"])
+    sql = _tags_sql(_fit_clusters(engine, rows, config))
+    if parts == 1:
+        engine.view("ranks", _ranks_sql())
+    else:
+        engine.partition(f"SELECT *, hash(user_id) % {int(parts)} AS slice FROM ({_ranks_sql()}) r", slices / "ranks", "slice")
+    return sql
 
 
 def _fit_clusters(engine, rows: int, config: BuildConfig) -> int:
@@ -617,7 +687,7 @@ def tags_table(behaviour: pd.DataFrame, channel: pd.DataFrame, config: BuildConf
     try:
         engine.frame("behaviour", behaviour)
         engine.frame("channel", channel)
-        return engine.fetch(_tags_sql(_fit_clusters(engine, len(behaviour), config)) + " ORDER BY event_timestamp, user_id")
+        return engine.fetch(_tags_query(engine, config) + " ORDER BY event_timestamp, user_id")
     finally:
         engine.close()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
@@ -23,7 +24,8 @@ from nextbest.features.settings import Settings
 
 __all__ = ["repo_config", "feature_store", "training_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service",
            "materialize", "build_and_materialize",
-           "read_table", "publish_tables", "newest_rows", "materialized_tables", "SQLITE_ADVISED_USERS"]
+           "read_table", "publish_tables", "newest_rows", "newest_batches", "materialized_tables", "SQLITE_ADVISED_USERS",
+           "LOAD_BATCH"]
 
 
 def repo_config(settings: Settings, cache_ttl_seconds: int = 60) -> RepoConfig:
@@ -184,6 +186,11 @@ Method = Literal["auto", "bulk", "feast-write", "feast-materialize"]
 SQLITE_ADVISED_USERS = 200_000
 
 
+# Users per batch of newest rows an online load holds (pandas frame and encoded commands): ~10 MB per batch for the
+# widest view (54 columns), where a whole table at 1M users held ~1 GB.
+LOAD_BATCH = 20_000
+_NEWEST_MEMORY = "1GB"  # DuckDB's limit while reading newest rows: one entry per user in its grouped scan, then a stream
+
 # In the Feast folder: per view, the (size, mtime) of the feature table file materialise read its online rows from.
 MATERIALIZED = "materialized.json"
 
@@ -226,27 +233,67 @@ def materialized_tables(settings: Settings) -> dict[str, Path]:
 
 
 def newest_rows(settings: Settings, name: str, end: datetime) -> pd.DataFrame:
-    """The newest row per user of feature table `name` at or before `end`, read by DuckDB from the Parquet file
-    (never the whole history in pandas: at 1M users a table holds ~16M snapshot rows)."""
+    """The newest row per user of feature table `name` at or before `end`, as one frame (small homes, tests: the
+    online loads stream `newest_batches` instead)."""
+    batches = list(_newest_arrow(_table_file(settings, name), end))
+    if not batches:
+        return _newest_schema(_table_file(settings, name)).empty_table().to_pandas()
+    return pa.Table.from_batches(batches).to_pandas()  # the same conversion as pd.read_parquet
+
+
+def newest_batches(settings: Settings, name: str, end: datetime, users: int | None = None) -> Iterator[pd.DataFrame]:
+    """The newest row per user of feature table `name` at or before `end`, in frames of at most `users` users
+    (`LOAD_BATCH`), streamed from the Parquet file by DuckDB: an online load holds one batch, not a whole table."""
+    for batch in _newest_arrow(_table_file(settings, name), end, users or LOAD_BATCH):
+        yield batch.to_pandas()
+
+
+def _table_file(settings: Settings, name: str) -> Path:
     path = table_path(settings.feature_dir, name)
     if not path.exists():
         raise FileNotFoundError(f"feature table {name!r} not built: run `nextbest features build` first")
-    return _newest_rows_of(path, end)
+    return path
 
 
-def _newest_rows_of(path: Path, end: datetime) -> pd.DataFrame:
+def _newest_schema(path: Path) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path)
+
+
+def _newest_arrow(path: Path, end: datetime, users: int = 0) -> Iterator[pa.RecordBatch]:
+    """The newest row per user of the Parquet file at or before `end`, as Arrow batches of about `users` rows.
+
+    Each user's newest snapshot time comes from a grouped scan of two columns (one entry per user), then the file
+    is scanned again and joined to it: both scans stream, where a window over the whole file (`row_number()`) would
+    hold every row of every column (at 1M users ~16M rows x 54 columns). A (user, time) pair is unique per table."""
     import duckdb
 
+    users = users or LOAD_BATCH
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
-        table = con.execute("SELECT * FROM read_parquet(?) WHERE event_timestamp <= ? QUALIFY row_number() OVER "
-                            "(PARTITION BY user_id ORDER BY event_timestamp DESC) = 1",
-                            [str(path), pd.Timestamp(end)]).to_arrow_table()
+        con.execute("SET preserve_insertion_order = false")  # stream the join's output in any order
+        con.execute(f"SET memory_limit = '{_NEWEST_MEMORY}'")
+        file, until = str(path), pd.Timestamp(end)
+        reader = con.execute("SELECT t.* FROM read_parquet(?) t JOIN (SELECT user_id, max(event_timestamp) AS newest "
+                             "FROM read_parquet(?) WHERE event_timestamp <= ? GROUP BY user_id) n "
+                             "ON n.user_id = t.user_id AND n.newest = t.event_timestamp",
+                             [file, file, until]).fetch_record_batch(users)
+        yield from reader
     finally:
         con.close()
-    return table.to_pandas()  # the same conversion as pd.read_parquet: what Feast's own writers are given
+
+
+def _ahead(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """`batches` in order, the next one read on a thread while the caller writes this one (DuckDB's scans and
+    Arrow's conversion release the GIL)."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        coming = reader.submit(next, batches, None)
+        while (batch := coming.result()) is not None:
+            coming = reader.submit(next, batches, None)
+            yield batch
 
 
 def materialize(settings: Settings, end: datetime | None = None, progress: Callable[[str, int], None] | None = None,
@@ -263,25 +310,17 @@ def materialize(settings: Settings, end: datetime | None = None, progress: Calla
     if method == "auto":
         method = "bulk"
     written: dict[str, int] = {}
-    views = store.list_feature_views()
-    # The next view's newest rows are read (DuckDB, off the GIL) while this one is written: at 1M users each read
-    # takes seconds that the load would otherwise wait for.
-    reader = ThreadPoolExecutor(max_workers=1)
-    stamps: dict[str, list[int] | None] = {}
-
-    def read_ahead(view: str):
-        stamps[view] = _file_stamp(table_path(settings.feature_dir, view))  # before reading: a file replaced meanwhile mismatches
-        return reader.submit(newest_rows, settings, view, end)
-
-    ahead = read_ahead(views[0].name) if views else None
-    try:
-        for i, view in enumerate(views):
-            latest = ahead.result()
-            ahead = read_ahead(views[i + 1].name) if i + 1 < len(views) else None
-            written[view.name] = _load_view(settings, store, view, latest, end, method, progress)
-            _record_materialized(settings, view.name, stamps[view.name])
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+    for view in store.list_feature_views():
+        stamp = _file_stamp(table_path(settings.feature_dir, view.name))  # before reading: a file replaced meanwhile mismatches
+        if method == "feast-materialize":
+            written[view.name] = _feast_materialize(settings, store, view, end)
+        else:
+            written[view.name] = 0
+            for latest in _ahead(newest_batches(settings, view.name, end)):
+                written[view.name] += _load_batch(settings, store, view, latest, method)
+        if progress:
+            progress(view.name, written[view.name])
+        _record_materialized(settings, view.name, stamp)
     return written
 
 
@@ -298,7 +337,6 @@ def build_and_materialize(settings: Settings, build: Callable[[Callable[[str, Pa
     The SQLite store needs `apply` before a write (it creates the tables), so there the three run in turn. A build
     that fails loads the last good tables online again (`materialize`), so the online store does not mix two builds.
     """
-    from nextbest.features import online_redis
     from nextbest.features.feature_views import feature_view
 
     end = end or datetime.now(UTC)
@@ -314,13 +352,16 @@ def build_and_materialize(settings: Settings, build: Callable[[Callable[[str, Pa
     def written(name: str, path: Path) -> None:
         if name not in VIEWS:
             return
-        latest = _newest_rows_of(path, end)  # read now: a slice's file is deleted once the slices are merged
+        # Read now, as Arrow (~4x smaller than pandas): a slice's file is deleted once the slices are merged. The
+        # loader turns one batch at a time into pandas and Redis commands.
+        latest = list(_newest_arrow(path, end))
+        count = sum(batch.num_rows for batch in latest)
         if progress:
-            progress(name, len(latest))
+            progress(name, count)
         while pending and (len(pending) >= 2 or pending[0].done()):
             pending.pop(0).result()  # at most two files' rows wait in memory; a failed load stops the build here
-        pending.append(loader.submit(online_redis.write_view, store, feature_view(name, path), latest))
-        users[name] = users.get(name, 0) + len(latest)
+        pending.append(loader.submit(_load_arrow, store, feature_view(name, path), latest))
+        users[name] = users.get(name, 0) + count
 
     try:
         rows = build(written)
@@ -338,21 +379,34 @@ def build_and_materialize(settings: Settings, build: Callable[[Callable[[str, Pa
     return rows, users
 
 
-def _load_view(settings: Settings, store, view, latest: pd.DataFrame, end: datetime, method: Method,
-               progress: Callable[[str, int], None] | None) -> int:
-    """One view's newest rows into the online store by `method` (see `materialize`); returns users written."""
+def _load_arrow(store, view, batches: list[pa.RecordBatch]) -> int:
+    """Newest rows (Arrow batches) into the Redis online store, one batch in pandas at a time; returns users."""
     from nextbest.features import online_redis
 
-    if progress:
-        progress(view.name, len(latest))
+    return sum(online_redis.write_view(store, view, batch.to_pandas()) for batch in batches)
+
+
+def _load_batch(settings: Settings, store, view, latest: pd.DataFrame, method: Method) -> int:
+    """A batch of one view's newest rows into the online store by `method` (`bulk` or `feast-write`, see
+    `materialize`); returns users written."""
+    from nextbest.features import online_redis
+
     if method == "bulk" and settings.online_store == "redis":
         online_redis.write_view(store, view, latest)
     elif method == "bulk":
         write_view(store, view, latest)
-    elif method == "feast-write":
-        store.write_to_online_store(view.name, latest)
     else:
-        start = read_table(settings, view.name)["event_timestamp"].min()
-        store.materialize(start_date=start.to_pydatetime() - timedelta(seconds=1),
-                          end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
+        store.write_to_online_store(view.name, latest)
     return len(latest)
+
+
+def _feast_materialize(settings: Settings, store, view, end: datetime) -> int:
+    """Feast's own materialize of one view over its whole history; returns the users it holds at `end`."""
+    import duckdb
+
+    path = str(table_path(settings.feature_dir, view.name))
+    start, users = duckdb.sql("SELECT min(event_timestamp), count(DISTINCT user_id) FILTER (WHERE event_timestamp <= $end) "
+                              "FROM read_parquet($path)", params={"path": path, "end": pd.Timestamp(end)}).fetchone()
+    store.materialize(start_date=pd.Timestamp(start).to_pydatetime() - timedelta(seconds=1),
+                      end_date=pd.Timestamp(end).to_pydatetime(), feature_views=[view.name], disable_event_timestamp=False)
+    return int(users)

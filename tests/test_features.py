@@ -180,17 +180,33 @@ def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
     assert redis.Redis(host=host, port=int(port)).dbsize() >= len(ids)  # the values really live in Redis
 
 
-def test_bulk_writer_matches_feasts_own_write(built, tmp_path):
-    """The SQLite bulk path writes exactly what Feast's write_to_online_store writes."""
+def test_bulk_writer_matches_feasts_own_write(built, tmp_path, monkeypatch):
+    """The SQLite bulk path writes exactly what Feast's write_to_online_store writes; a load takes each view's newest
+    rows in batches of at most `LOAD_BATCH` users (Feast's writer here in batches of 64, the bulk one in one batch
+    of 200: the same store)."""
     import shutil
 
+    from feast import FeatureStore
+
+    from nextbest.features import store as store_module
     from nextbest.features.store import apply, materialize
 
     other = Settings(home=tmp_path / "home")
     shutil.copytree(built.home, other.home)
     (other.feast_dir / "online.db").unlink()
     apply(other)  # recreates the empty online tables
-    materialize(other, method="feast-write")
+    batches: dict[str, list[int]] = {}
+    feasts_write = FeatureStore.write_to_online_store
+
+    def recorded(self, name, df, *args, **kwargs):
+        batches.setdefault(name, []).append(len(df))
+        return feasts_write(self, name, df, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_to_online_store", recorded)
+    monkeypatch.setattr(store_module, "LOAD_BATCH", 64)
+    users = materialize(other, method="feast-write")
+    assert users["behaviour"] == sum(batches["behaviour"]) == 200 and max(map(max, batches.values())) <= 64
+    assert len(batches["behaviour"]) >= 4
     ids = [f"u{i:04d}" for i in range(0, 200, 3)]
     feast_written, _ = _online_vs_offline(other, ids)
     bulk_written, _ = _online_vs_offline(built, ids)
@@ -231,12 +247,46 @@ def test_windows_hold_the_days_before_the_snapshot_edges_included():
     assert beh.loc[t0 - 7 * day, "days_since_last_event"] == 1
 
 
-def test_a_build_in_slices_of_users_equals_the_build_in_one_pass(raw_frames):
-    """DuckDB builds the per-user tables a slice of users at a time past `users_per_pass`: the same tables."""
+def test_a_build_in_slices_of_users_equals_the_build_in_one_pass(raw_frames, monkeypatch):
+    """DuckDB builds every per-user table, the tags and real-time seeds too, a slice of users at a time past
+    `users_per_pass`: the same tables. The tags are ranked and clustered over every user of a snapshot: RFM scores are
+    each buyer's mean-rank quintile among all buyers of the snapshot, and the clusters are fitted on every n-th row
+    per snapshot by user id (a sample smaller than the table here) and assigned to the nearest centre, as a brute
+    force in pandas computes them."""
+    from nextbest.features import build
+    from nextbest.features.tags import cluster_centres
+
+    monkeypatch.setattr(build, "_KMEANS_SAMPLE", 300)  # 200 users x ~17 snapshots: every ~12th row is fitted
+    config = BuildConfig(users_per_pass=45)
     whole = build_all(raw_frames)
-    sliced = build_all(raw_frames, BuildConfig(users_per_pass=45))  # 200 users: 5 slices
+    sliced = build_all(raw_frames, config)  # 200 users: 5 slices
     for name, table in whole.items():
         pd.testing.assert_frame_equal(sliced[name], table, check_exact=False, rtol=1e-9, obj=name)
+
+    tags, beh = sliced["tags"], sliced["behaviour"]
+
+    beh = beh.sort_values(["event_timestamp", "user_id"]).reset_index(drop=True)
+    t = tags.set_index(["event_timestamp", "user_id"]).loc[list(zip(beh["event_timestamp"], beh["user_id"], strict=True))]
+    buyers = beh["purchases_all"] > 0
+    for score, value in [("r_score", -beh["recency_days"]), ("f_score", beh["purchases_90d"]),
+                         ("m_score", beh["revenue_90d"].round(6))]:
+        pct = value[buyers].groupby(beh.loc[buyers, "event_timestamp"]).rank(method="average")
+        pct = pct / buyers[buyers].groupby(beh.loc[buyers, "event_timestamp"]).transform("size")
+        expected = np.where(buyers, np.clip(np.ceil(pct.reindex(beh.index).fillna(0) * 5), 1, 5), 1)
+        assert t[score].to_numpy().tolist() == expected.astype(int).tolist(), score
+
+    stride = -(-len(beh) // 300)
+    assert stride > 1
+    sample = beh[beh.groupby("event_timestamp").cumcount() % stride == 0]
+    snap_s = (beh["event_timestamp"].astype("int64") // 10**(9 if beh["event_timestamp"].dt.unit == "ns" else 6)).to_numpy()
+    x = np.log1p(beh[list(build._CLUSTER_COLS)].to_numpy(dtype="float64").clip(min=0))
+    fits = cluster_centres(x[sample.index], snap_s[sample.index], config.clusters, config.seed)
+    expected = np.empty(len(beh), dtype=int)
+    for snap, mu, sd, centres in fits:
+        rows = snap_s == snap
+        expected[rows] = ((((x[rows] - mu) / sd)[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    assert len(set(expected)) > 2
+    assert t["behaviour_cluster"].to_numpy().tolist() == expected.tolist()
 
 
 def test_the_daily_rhythm_reads_local_hours_across_a_dst_switch():

@@ -95,7 +95,9 @@ def test_build_and_materialize_loads_each_slice_while_the_next_is_built(built, r
         return build_features(settings, BuildConfig(users_per_pass=70), written=seen)  # 200 users: 3 slices
 
     rows, users = build_and_materialize(settings, build)
-    assert ("behaviour", "part-00002.parquet") in files and ("tags", "tags.parquet") in files  # slices went online
+    # every per-user table, the tags and real-time seeds too, went online a slice of users at a time
+    assert {(name, "part-00002.parquet") for name in ("behaviour", "tags", "realtime")} <= set(files)
+    assert ("tags", "tags.parquet") not in files and ("profile", "profile.parquet") in files
     now = pd.Timestamp.now(tz="UTC")
     assert users == {v: len(newest_rows(settings, v, now)) for v in users} and users["behaviour"] == 200
     assert set(materialized_tables(settings)) == set(users) == {v.name for v in feature_store(settings).list_feature_views()}
