@@ -53,6 +53,7 @@ class DuckDBEngine:
 
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")  # a library call must not print bars into a caller's logs
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
         # Insertion order is not a feature: dropping it lets DuckDB stream COPY without buffering whole tables.
         self.con.execute("SET preserve_insertion_order = false")

@@ -184,4 +184,4 @@ def _ns(at) -> np.ndarray:
     idx = pd.DatetimeIndex(pd.Series(at) if not isinstance(at, pd.DatetimeIndex) else at)
     if idx.tz is None:
         idx = idx.tz_localize("UTC")
-    return idx.tz_convert("UTC").asi8
+    return idx.tz_convert("UTC").as_unit("ns").asi8  # a column stored in seconds would otherwise come back in seconds

@@ -444,3 +444,23 @@ def test_a_world_in_chunks_is_written_chunk_by_chunk_and_follows_the_contract(tm
     at_once = catalog_config(offers, channels, contacts=whole["contacts"])
     for a, b in zip(by_chunk.channels, at_once.channels, strict=True):
         assert a.opt_out_rate == pytest.approx(b.opt_out_rate, rel=1e-12) and a.opt_out_cost == b.opt_out_cost
+
+
+def test_truth_instants_are_nanoseconds_whatever_the_columns_resolution():
+    from nextbest.simulation.truth import _ns
+
+    at = pd.to_datetime(["2026-09-01 06:00", "2026-09-02 18:30"], utc=True)
+    expected = at.as_unit("ns").asi8
+    for column in (pd.Series(at.as_unit("s")), pd.Series(at.as_unit("ms")), at.as_unit("s"), at.tz_localize(None).as_unit("s")):
+        assert (_ns(column) == expected).all()
+
+
+def test_a_feature_build_engine_prints_no_progress_bar():
+    import subprocess
+    import sys
+
+    # A plain interpreter, where DuckDB's own default is a bar on long queries (under pytest it is off already).
+    probe = ("import duckdb; from nextbest.features.engines import DuckDBEngine; q = \"SELECT current_setting('enable_progress_bar')\"; "
+             "print(duckdb.connect().execute(q).fetchone()[0], DuckDBEngine().con.execute(q).fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == ["True", "False"]  # DuckDB's default, and the engine's
