@@ -412,3 +412,15 @@ def test_models_notebook_runs_on_tiny_data(planted):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "rows," in text and "champion version" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_a_snapshot_date_the_caller_did_not_choose_is_not_named_as_their_as_of():
+    """`retrain` has no --as-of: when the default newest snapshot cannot take labels, the message names that date."""
+    from nextbest.training.datasets import snapshot_dates
+
+    events = pd.DataFrame({"ts": pd.to_datetime(["2026-09-01 10:00", "2026-09-03 10:00"], utc=True)})
+    with pytest.raises(ValueError) as chosen_by_default:
+        snapshot_dates(events, horizon_days=28)
+    assert "the newest snapshot date" in str(chosen_by_default.value) and "--as-of 20" not in str(chosen_by_default.value)
+    with pytest.raises(ValueError, match=r"^--as-of 2026-09-02 \+ horizon 28 d runs past the data"):
+        snapshot_dates(events, horizon_days=28, as_of=pd.Timestamp("2026-09-02"))

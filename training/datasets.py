@@ -361,11 +361,15 @@ def snapshot_dates(events: Table, horizon_days: int, as_of: pd.Timestamp | None 
         newest = done.max() if len(done) else last - horizon
     else:
         newest = last - horizon
+    # Name the date as the caller chose it: `retrain` has no --as-of, its date is the newest snapshot.
+    named = f"--as-of {newest.date()}" if as_of is not None else f"the newest snapshot date {newest.date()}"
     if newest + horizon > last:
-        raise ValueError(f"--as-of {newest.date()} + horizon {horizon_days} d runs past the data (last event "
-                         f"{newest_event.date()}): pick an earlier date or a shorter horizon")
+        raise ValueError(f"{named} + horizon {horizon_days} d runs past the data (last event "
+                         f"{newest_event.date()}): pick an earlier date (`nextbest train ... --as-of`) or a shorter "
+                         "horizon (`--horizon`)")
     if newest <= first:
-        raise ValueError(f"--as-of {newest.date()} is before the first event ({first.date()})")
+        raise ValueError(f"{named} is before the first event ({first.date()}): the labels need history before the "
+                         "snapshot (events older than the contacts)")
     if available is not None and newest not in available:
         older = available[available < newest]
         nearest = f"the nearest older one is {older.max().date()}, {(newest - older.max()).days} d earlier" \
