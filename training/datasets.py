@@ -368,8 +368,8 @@ def snapshot_dates(events: Table, horizon_days: int, as_of: pd.Timestamp | None 
                          f"{newest_event.date()}): pick an earlier date (`nextbest train ... --as-of`) or a shorter "
                          "horizon (`--horizon`)")
     if newest <= first:
-        raise ValueError(f"{named} is before the first event ({first.date()}): the labels need history before the "
-                         "snapshot (events older than the contacts)")
+        raise ValueError(f"{named} is before the first event ({first.date()}): the labels need events before the "
+                         f"snapshot and {horizon_days} d after it: a longer history of events or a shorter `--horizon`")
     if available is not None and newest not in available:
         older = available[available < newest]
         nearest = f"the nearest older one is {older.max().date()}, {(newest - older.max()).days} d earlier" \
