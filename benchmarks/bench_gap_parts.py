@@ -25,17 +25,16 @@ at each allowed hour). The truth is read only here, to measure.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import true_value
+from bench_history_gap import arguments, sampled, true_value
 
 from nextbest.features.settings import Settings
-from nextbest.pipelines.evaluate import HISTORY_ORACLE, load_period, model_policies, operator_rules
+from nextbest.pipelines.evaluate import HISTORY_ORACLE, model_policies, operator_rules
 from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.catalog import CHANNELS
@@ -103,15 +102,11 @@ class Recorder:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--users", type=int, default=3_000)
-    args = parser.parse_args()
+    args = arguments()
     started, cpu0 = time.perf_counter(), time.process_time()
     settings = Settings(home=args.home)
     config = ReplayConfig(rules=operator_rules(settings))
-    world, tables = load_period(settings)
-    period = world.sample(args.users, seed=config.seed)
+    tables, period = sampled(settings, config, args.users)
     nba, propensity_only = model_policies(settings, period)
     beliefs = history_beliefs(period.truth, tables, period.user_ids, period.start)
     oracle = OraclePolicy(period, name=HISTORY_ORACLE, beliefs=beliefs)

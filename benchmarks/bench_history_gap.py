@@ -64,16 +64,26 @@ class Shadow:
         return a
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """--home (a trained home) and --users (how many to sample): the inputs of every history-oracle bench."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", required=True)
     parser.add_argument("--users", type=int, default=3_000)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def sampled(settings: Settings, config: ReplayConfig, users: int):
+    """The home's fresh period and its logged tables, `users` sampled with the replay's seed: (tables, period)."""
+    world, tables = load_period(settings)
+    return tables, world.sample(users, seed=config.seed)
+
+
+def main() -> None:
+    args = arguments()
     settings = Settings(home=args.home)
     caps = operator_rules(settings)  # the operator caps without spacing; spacing is the rows' second rule
     config = ReplayConfig(rules=dataclasses.replace(caps, spacing_contacts=0))
-    world, tables = load_period(settings)
-    period = world.sample(args.users, seed=config.seed)
+    tables, period = sampled(settings, config, args.users)
     nba, propensity_only = model_policies(settings, period)
     oracle = OraclePolicy(period, name=HISTORY_ORACLE,
                           beliefs=history_beliefs(period.truth, tables, period.user_ids, period.start))

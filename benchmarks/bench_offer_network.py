@@ -13,14 +13,13 @@ mean of the two P(convert)s x value. The truth is read only here, to measure.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import time
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import true_value
+from bench_history_gap import arguments, sampled, true_value
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
@@ -28,7 +27,6 @@ from nextbest.pipelines.evaluate import (
     _CHUNK,
     champion_set,
     latest_features,
-    load_period,
     model_policies,
     operator_rules,
 )
@@ -59,15 +57,11 @@ def offer_net_scores(settings: Settings, users: engine.Users, config, hours: np.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--users", type=int, default=3_000)
-    args = parser.parse_args()
+    args = arguments()
     started, cpu0 = time.perf_counter(), time.process_time()
     settings = Settings(home=args.home)
     rules = ReplayConfig(rules=operator_rules(settings))
-    world, tables = load_period(settings)
-    period = world.sample(args.users, seed=rules.seed)
+    tables, period = sampled(settings, rules, args.users)
     models = champion_set(settings)
     nba, _ = model_policies(settings, period, models=models)
     config = catalog_config(period.offers, period.channels, base=load_config(settings.home / "operator.yaml"))

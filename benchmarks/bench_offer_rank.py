@@ -21,33 +21,28 @@ as the population's mean (knowing nothing of it).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import time
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import true_value
+from bench_history_gap import arguments, sampled, true_value
 from scipy.stats import spearmanr
 
 from nextbest.features.contract import STAGES
 from nextbest.features.settings import Settings
-from nextbest.pipelines.evaluate import load_period, model_policies, operator_rules
+from nextbest.pipelines.evaluate import model_policies, operator_rules
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.replay import ReplayConfig, replay
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--home", required=True)
-    parser.add_argument("--users", type=int, default=3_000)
-    args = parser.parse_args()
+    args = arguments()
     started, cpu0 = time.perf_counter(), time.process_time()
     settings = Settings(home=args.home)
     config = ReplayConfig(rules=operator_rules(settings))
-    world, tables = load_period(settings)
-    period = world.sample(args.users, seed=config.seed)
+    tables, period = sampled(settings, config, args.users)
     nba, _ = model_policies(settings, period)
     believed = dataclasses.replace(period, truth=history_beliefs(period.truth, tables, period.user_ids, period.start))
     sensitivity = period.truth.price_sensitivity.astype(float)
