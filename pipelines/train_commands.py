@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -60,7 +61,7 @@ def _labels(path: Path | None):
 
 
 # One definition of each uplift option, for `train uplift` and `retrain` alike.
-LearnerOption = Annotated[str, typer.Option(help="uplift learner: auto (best cross-fitted per-offer Qini), s, t, x, dr, "
+LearnerOption = Annotated[str, typer.Option(help="uplift learner: auto (s, unless another's cross-fitted per-offer Qini is surely above s's, paired), s, t, x, dr, "
                                                  "or funnel (needs open tracking)")]
 ShrinkOption = Annotated[bool | None, typer.Option(
     "--shrink/--no-shrink", show_default=False,
@@ -73,7 +74,7 @@ def learner_problem(learner: str) -> str | None:
 
     if learner in ("auto", *LEARNERS):
         return None
-    return f"--learner {learner!r}: choose auto (the best cross-fitted Qini) or one of {', '.join(LEARNERS)}"
+    return f"--learner {learner!r}: choose auto (s unless another learner's paired Qini is surely better) or one of {', '.join(LEARNERS)}"
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
@@ -187,6 +188,33 @@ def _print_cross_validated(results) -> None:
     console.print(table)
 
 
+def _interval_cell(row: dict, key: str, signed: bool = False) -> str:
+    value, low, high = (row.get(k, float("nan")) for k in (key, f"{key}_low", f"{key}_high"))
+    form = "+.3f" if signed else ".3f"
+    return "-" if not np.isfinite(value) else f"{value:{form}} [{low:{form}}, {high:{form}}]"
+
+
+def _print_learner_choice(results) -> None:
+    """`auto`'s choice of uplift learner: each candidate's cross-fitted Qini AUC and paired gap to the S-learner,
+    and the reason (`training.uplift.pick_learner`, the rule `fit` applied)."""
+    from nextbest.training.uplift import pick_learner, selection_table
+
+    for r in results:
+        table = selection_table(r.metrics) if r.name == "uplift" else {}
+        if not table or not all("qini_auc" in row for row in table.values()):
+            continue
+        chosen, reason = pick_learner(table)
+        out = Table(title="uplift learner (auto): per-offer Qini AUC cross-fitted on the choice's sample, "
+                          "95 % intervals (the gap: paired bootstrap over each fold's users)")
+        for col in ("learner", "folds", "Qini AUC", "gap to s", "chosen"):
+            out.add_column(col, justify="left" if col in ("learner", "chosen") else "right")
+        for name, row in table.items():
+            out.add_row(name, f"{int(row.get('folds', 0))}", _interval_cell(row, "qini_auc"),
+                        _interval_cell(row, "gap_to_s", signed=True), "yes" if name == chosen else "")
+        console.print(out)
+        console.print(f"uplift learner: {escape(reason)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the `nextbest` app."""
 
@@ -232,6 +260,7 @@ def register(app: typer.Typer) -> None:
                           verdict, f"{r.seconds:.1f}")
         console.print(table)
         _print_cross_validated(results)
+        _print_learner_choice(results)
         for r in results:
             for text in r.warnings:
                 console.print(f"[bold yellow]warning:[/] {r.name}: {escape(text)}")

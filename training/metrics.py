@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 __all__ = ["classification_metrics", "auc_interval", "calibration_error", "capture_at", "qini_curve", "uplift_curve",
            "qini_auc_score", "uplift_auc_score", "uplift_at_k", "uplift_metrics", "per_offer_uplift_metrics",
-           "summarise_offers", "fold_interval", "charts", "uplift_chart"]
+           "summarise_offers", "fold_interval", "qini_auc_replicates", "charts", "uplift_chart"]
 
 
 def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
@@ -110,6 +110,34 @@ def qini_auc_score(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> flo
     y, t = np.asarray(y, dtype="float64"), np.asarray(treated, dtype="float64")
     # The perfect ranking: treated positives first, control positives last.
     return _normalised(qini_curve, y, t, score, y * t - y * (1 - t))
+
+
+def qini_auc_replicates(y: np.ndarray, treated: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`qini_auc_score` of each resample of the rows, given as a (resamples x rows) matrix of how often each row is
+    drawn: equal to `qini_auc_score` on the rows repeated that often (ties move together), without a sort per
+    resample (the bootstrap of `training.uplift.paired_gaps`)."""
+    y, t, s = (np.asarray(a, dtype="float64") for a in (y, treated, score))
+    w = np.atleast_2d(np.asarray(weights, dtype="float64"))
+
+    def area(order_by: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        order = np.argsort(order_by, kind="mergesort")[::-1]
+        ends = np.r_[np.flatnonzero(np.diff(order_by[order])), len(order) - 1]
+        wo, yo, to = w[:, order], y[order], t[order]
+        n_all = np.cumsum(wo, axis=1)[:, ends]
+        n_t = np.cumsum(wo * to, axis=1)[:, ends]
+        y_t = np.cumsum(wo * (yo * to), axis=1)[:, ends]
+        y_c = np.cumsum(wo * (yo * (1 - to)), axis=1)[:, ends]
+        n_c = n_all - n_t
+        v = y_t - y_c * np.divide(n_t, n_c, out=np.zeros_like(n_t), where=n_c != 0)
+        zero = np.zeros((len(w), 1))
+        x, v = np.hstack([zero, n_all]), np.hstack([zero, v])
+        return np.trapezoid(v, x, axis=1), x[:, -1], v[:, -1]
+
+    model, _, _ = area(s)
+    perfect, x_end, v_end = area(y * t - y * (1 - t))
+    chord = x_end * v_end / 2
+    best = perfect - chord
+    return np.divide(model - chord, best, out=np.full(len(w), np.nan), where=best != 0)
 
 
 def uplift_auc_score(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> float:

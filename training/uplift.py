@@ -1,7 +1,10 @@
 """Uplift: P(convert | contacted) - P(convert | not contacted), from LightGBM meta-learners on the contact log.
 
-Five learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the one with the best
-cross-fitted per-offer Qini AUC on the training rows is refitted on all of them (`choose_learner`):
+Five learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the S-learner is refitted on all
+rows unless another candidate's cross-fitted per-offer Qini AUC is surely above the S-learner's, paired on the same
+folds, offers and rows (the lower end of a bootstrap interval of the gap above 0), and then the best of those
+(`choose_learner`, `paired_gaps`, `pick_learner`): on a log whose heterogeneity no learner can confirm, a choice by
+the highest point estimate picked by noise (benchmarks/RESULTS.md, Thornton).
 - "s": one model over user and action, control rows with no action (`SLearnerScorer`); also the reference the
   others are paired against (benchmarks/bench_uplift.py);
 - "t": one model per arm (`UpliftScorer`);
@@ -36,7 +39,13 @@ from nextbest.training.datasets import (
     service_features,
 )
 from nextbest.training.encoding import fit_encoder
-from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics, summarise_offers
+from nextbest.training.metrics import (
+    _metric_name,
+    fold_interval,
+    per_offer_uplift_metrics,
+    qini_auc_replicates,
+    summarise_offers,
+)
 from nextbest.training.scorers import (
     S_ACTION_COLUMNS,
     EffectScorer,
@@ -56,7 +65,8 @@ from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
-           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores",
+           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "pick_learner",
+           "paired_gaps", "selection_table", "REFERENCE", "offer_scores",
            "evaluate", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
@@ -71,7 +81,7 @@ class UpliftConfig:
 
     window_days: int = 7
     fit: FitConfig = field(default_factory=FitConfig)
-    learner: str = "auto"  # "auto" (best cross-fitted Qini among `candidates`) or one of LEARNERS
+    learner: str = "auto"  # "auto" (S unless a candidate's paired Qini gap to it is surely > 0) or one of LEARNERS
     folds: int = 3  # cross-fitting folds (by user) for the automatic choice
     select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
     select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
@@ -103,15 +113,18 @@ def build_frame(store, raw: dict, config: UpliftConfig = UpliftConfig(), shared:
 
 
 def fit(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None):
-    """The learner `config.learner`, or with "auto" the candidate with the best cross-fitted per-offer Qini AUC
-    (its scores per learner are kept on the scorer as `selection_` and logged with the holdout metrics)."""
+    """The learner `config.learner`, or with "auto" the S-learner unless another candidate's cross-fitted per-offer Qini
+    AUC is surely above its own, paired (`choose_learner`, `pick_learner`): each learner's figures and paired gap to S
+    are kept on the scorer as `selection_` (logged with the holdout metrics as `cv_<figure>/<learner>`), the reason
+    as the param `learner_choice`."""
     if config.learner != "auto":
         scorer = fit_learner(config.learner, train, config, progress)
     else:
         table = choose_learner(train, config)
-        best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
+        best, reason = pick_learner(table)
         scorer = fit_learner(best, train, config, progress)
         scorer.selection_ = {f"cv_{k}/{name}": v for name, row in table.items() for k, v in row.items()}
+        scorer.params_["learner_choice"] = reason  # MLflow param: why this learner (`pick_learner`)
     if shrinks(train, config):
         scorer.shrinkage_ = fit_shrinkage(scorer, train, config)
         # Recorded with the run (MLflow params): how far this champion's choices may leave the best fixed action.
@@ -154,7 +167,9 @@ def candidates(train: TrainingSet) -> tuple[str, ...]:
 def choose_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(),
                    learners: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Each learner's per-offer Qini AUC, AUUC and uplift@20 % cross-fitted over `config.folds` folds of users
-    (fit on the others, scored on the fold): the mean over folds and its 95 % interval.
+    (fit on the others, scored on the fold): the mean over folds and its 95 % t-interval; and its paired gap to the
+    S-learner (`REFERENCE`, always fitted: every other learner is paired with it) with a 95 % interval
+    (`paired_gaps`). `pick_learner` reads the table.
 
     Fits are untuned (`config.select_rounds` rounds of the default parameters) to keep the choice cheap; the
     chosen learner is then refitted, tuned, on all rows.
@@ -163,21 +178,144 @@ def choose_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(),
     # On the demo world (309k rows) the choice on all rows cost 3x the funnel's own fit; on a 20k-row sample of
     # users it still separated the funnel from the others (benchmarks/RESULTS.md).
     train = _user_sample(train, config.select_rows, config.seed)
+    if "user_id" not in train.frame:  # one row per customer: each row its own user (the bootstrap resamples users)
+        train = replace(train, frame=train.frame.assign(user_id=np.arange(len(train.frame)).astype(str)))
     folds = user_folds(_users(train.frame), config.folds, config.seed)
-    table = {}
-    for name in learners or candidates(train):
+    names = [REFERENCE, *(n for n in (learners or candidates(train)) if n != REFERENCE)]
+    table, scored = {}, {}
+    for name in names:
         per_fold: list[dict[str, float]] = []
+        scored[name] = []
         for k in range(config.folds):
             fit_rows, test_rows = folds != k, folds == k
             try:
                 scorer = fit_learner(name, train.subset(fit_rows), quick)
             except ValueError:  # a fold without what this learner needs (e.g. too few opens)
+                scored[name].append(None)
                 continue
-            per_fold.append(evaluate(scorer, train.subset(test_rows), seed=config.seed + k))
+            rows, scores = offer_scores(scorer, train.subset(test_rows), seed=config.seed + k)
+            per_fold.append(_offer_metrics(rows, scores))
+            scored[name].append((rows, scores, per_fold[-1]))
         row: dict[str, float] = {"folds": float(len(per_fold))}
         for key in ("qini_auc", "auuc", "uplift_at_20"):
             row[key], row[f"{key}_low"], row[f"{key}_high"] = fold_interval([f[key] for f in per_fold])
         table[name] = row
+    for name, gap in paired_gaps(scored, config.seed).items():
+        table[name].update(gap)
+    return table
+
+
+REFERENCE = "s"  # the learner `auto` keeps unless another is surely better: the plainest one (one model, action as input)
+_BOOTSTRAP = 200  # resamples of each test fold's users for the paired gaps' interval
+
+
+def paired_gaps(scored: dict[str, list], seed: int, resamples: int = _BOOTSTRAP) -> dict[str, dict[str, float]]:
+    """Each learner's cross-fitted Qini AUC minus the S-learner's on the same folds, the same offers and the same
+    rows (`offer_scores` draws the controls' offers with the fold's seed, whatever the learner): the mean over folds of
+    the per-fold gap, and a 95 % interval from a paired bootstrap over each test fold's users.
+
+    Why a bootstrap over users: with 3 folds a t-interval of the per-fold gaps has 2 degrees of freedom (its
+    half-width is 4.3 standard errors, so nothing ever clears it), more folds for the choice multiply its cost (every
+    candidate refitted per fold), and pairs per (fold, offer) are not independent (an offer's rows share the fold's
+    controls and model). The scores of the fitted fold models are resampled instead: each resample draws the fold's
+    users with replacement (a control row's copies for every offer go with their user), the same draw for both
+    learners, and recomputes both per-offer Qini AUCs and their treated-row-weighted mean (`summarise_offers`'
+    weighting) without refitting (`metrics.qini_auc_replicates`); the folds are resampled independently and their
+    gaps averaged. The interval is the gap +- 1.96 bootstrap standard errors. It holds the test users' noise, not the
+    fits' (each learner's fold models are kept fixed): a learner that is better on these folds' fits is taken to be
+    better, which the planted tests (tests/test_uplift_learners.py) and benchmarks/RESULTS.md check against S.
+    `scored[name]` holds per fold `(rows, scores, metrics)` from `offer_scores` / `_offer_metrics`, or None.
+    """
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.975))
+    reference = scored.get(REFERENCE)
+    out: dict[str, dict[str, float]] = {}
+    if reference is None:
+        return out
+    rng = np.random.default_rng(seed)
+    folds = len(reference)
+    draws = []  # per fold: each row's count in each resample (resamples x rows), or None
+    for k in range(folds):
+        if reference[k] is None:
+            draws.append(None)
+            continue
+        rows = reference[k][0]
+        users, codes = np.unique(rows["user_id"].astype(str).to_numpy(), return_inverse=True)
+        counts = rng.multinomial(len(users), np.full(len(users), 1 / len(users)), size=resamples)
+        draws.append(counts[:, codes])
+    replicate_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def replicates(name: str, k: int) -> np.ndarray:
+        if (name, k) not in replicate_cache:
+            rows, scores, metrics = scored[name][k]
+            replicate_cache[name, k] = _qini_replicates(rows, scores, _scored_offers(metrics), draws[k])
+        return replicate_cache[name, k]
+
+    for name, per_fold in scored.items():
+        both = [k for k in range(folds) if per_fold[k] is not None and reference[k] is not None
+                and np.isfinite(per_fold[k][2]["qini_auc"]) and np.isfinite(reference[k][2]["qini_auc"])]
+        if name == REFERENCE:
+            out[name] = {"gap_to_s": 0.0, "gap_to_s_low": 0.0, "gap_to_s_high": 0.0, "gap_folds": float(len(both))}
+            continue
+        if not both:
+            out[name] = {"gap_to_s": float("nan"), "gap_to_s_low": float("nan"), "gap_to_s_high": float("nan"),
+                         "gap_folds": 0.0}
+            continue
+        gap = float(np.mean([per_fold[k][2]["qini_auc"] - reference[k][2]["qini_auc"] for k in both]))
+        boot = np.mean([replicates(name, k) - replicates(REFERENCE, k) for k in both], axis=0)
+        se = float(np.nanstd(boot, ddof=1)) if np.isfinite(boot).sum() >= 2 else float("nan")
+        out[name] = {"gap_to_s": gap, "gap_to_s_low": gap - z * se, "gap_to_s_high": gap + z * se,
+                     "gap_folds": float(len(both))}
+    return out
+
+
+def _scored_offers(metrics: dict[str, float]) -> list[str]:
+    """The offers a fold's point estimate scored (`summarise_offers`' `qini_auc/<offer>` keys)."""
+    return [k.removeprefix("qini_auc/") for k in metrics if k.startswith("qini_auc/")]
+
+
+def _qini_replicates(rows: pd.DataFrame, scores: dict[str, np.ndarray], offers: list[str],
+                     draws: np.ndarray) -> np.ndarray:
+    """Per resample (`draws`: resamples x rows), the treated-row-weighted mean over `offers` of the per-offer Qini
+    AUC of the resampled rows: `_offer_metrics`' headline figure, resampled."""
+    y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
+    total, weight = np.zeros(len(draws)), np.zeros(len(draws))
+    for name, score in scores.items():
+        if _metric_name(name) not in offers:
+            continue
+        keep = offer == name
+        q = qini_auc_replicates(y[keep], treated[keep], score[keep], draws[:, keep])
+        w = draws[:, keep][:, treated[keep]].sum(axis=1).astype("float64")
+        ok = np.isfinite(q)
+        total[ok] += w[ok] * q[ok]
+        weight[ok] += w[ok]
+    return np.divide(total, weight, out=np.full(len(draws), np.nan), where=weight > 0)
+
+
+def pick_learner(table: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """The learner `auto` fits, and why: the S-learner unless another candidate's paired gap to it (`paired_gaps`) is
+    surely above 0 (the lower end of its 95 % interval), then the one with the largest gap among those. Without
+    an S-learner's figure (no fold it could fit): the best cross-fitted Qini AUC, as before."""
+    sure = {n: r for n, r in table.items() if n != REFERENCE and r.get("gap_to_s_low", np.nan) > 0}
+    if sure:
+        best = max(sure, key=lambda n: sure[n]["gap_to_s"])
+        r = sure[best]
+        return best, (f"{best}: paired gap to s {r['gap_to_s']:+.3f} [{r['gap_to_s_low']:+.3f}, "
+                      f"{r['gap_to_s_high']:+.3f}] over {int(r.get('gap_folds', 0))} folds")
+    if REFERENCE in table and table[REFERENCE].get("folds", 0) > 0:
+        return REFERENCE, "kept s: no candidate's paired gap to s is surely above 0 (the lower end of its 95 % interval)"
+    best = max(table, key=lambda name: (np.nan_to_num(table[name]["qini_auc"], nan=-np.inf), name == "t"))
+    return best, f"{best}: the best cross-fitted Qini AUC (no fold could fit the S-learner)"
+
+
+def selection_table(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """`choose_learner`'s table back from a run's metrics (`cv_<key>/<learner>`, as `fit` records it)."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("cv_") and "/" in key:
+            field_, name = key.removeprefix("cv_").split("/", 1)
+            table.setdefault(name, {})[field_] = value
     return table
 
 
@@ -404,14 +542,19 @@ def evaluate(scorer, holdout: TrainingSet, seed: int = 7) -> dict[str, float]:
     offer's treated rows ranked against the control rows scored for that offer; the headline figures weight
     offers by their treated rows. The cross-fitted choice of learner (when made) comes along as `cv_*`."""
     rows, scores = offer_scores(scorer, holdout, seed)
+    out = _offer_metrics(rows, scores)
+    out["treated_share"] = float((holdout.frame[holdout.treatment] == 1).mean())
+    return {**out, **getattr(scorer, "selection_", {})}
+
+
+def _offer_metrics(rows: pd.DataFrame, scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """`summarise_offers` of the per-offer metrics of `offer_scores`' rows and scores."""
     y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
     per_offer = {}
     for name, score in scores.items():
         keep = offer == name
         per_offer.update(per_offer_uplift_metrics(y[keep], treated[keep], offer[keep], {name: score[keep]}))
-    out = summarise_offers(per_offer)
-    out["treated_share"] = float((holdout.frame[holdout.treatment] == 1).mean())
-    return {**out, **getattr(scorer, "selection_", {})}
+    return summarise_offers(per_offer)
 
 
 # --- the policy's shrinkage (training/shrinkage.py) ------------------------------------------------------------
