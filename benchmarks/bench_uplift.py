@@ -8,6 +8,9 @@ python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong
 
 - qini: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls scored for
   that offer), the paired gap to the S-learner (`fit_learner("s")`, the product's own) with its t-interval.
+  `--qini-learners ...,auto`: also the learner `auto` chooses on each fold's training part (`choose_learner` +
+  `pick_learner`, never the test fold), scored like the others (its per-fold choices printed).
+  `--learners auto,...` (policy part): `auto`'s choice on the estimation half stands for "auto".
 - policy: the users are split in two halves. On the estimation half, `policy_values` judges each learner's policy
   and each fixed policy (everyone one action, nobody), cross-fitted (what `nextbest evaluate --logs` prints). On
   the held-out half, the learners fitted on the whole estimation half choose, and plain IPS with the logged
@@ -62,8 +65,10 @@ from nextbest.training.uplift import (
     action_rows,
     build_frame,
     candidates,
+    choose_learner,
     fit_learner,
     offer_scores,
+    pick_learner,
     user_folds,
 )
 
@@ -129,7 +134,9 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
     folds = user_folds(data.frame["user_id"].astype(str).to_numpy(), args.folds, settings.seed)
     learners = [n for n in candidates(data) if not args.qini_learners or n in args.qini_learners.split(",")]
     learners = ["s", *(n for n in learners if n != "s")]  # the reference first: every gap is paired with it
-    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners}
+    auto = "auto" in args.qini_learners.split(",")  # `auto`'s choice made on each fold's training part only
+    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners + (["auto"] if auto else [])}
+    auto_chosen: list[str] = []
     for k in range(args.folds):
         train, test = data.subset(folds != k), data.subset(folds == k)
         for name in learners:
@@ -139,11 +146,23 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
             print(json.dumps({"learner": name, "fold": k, "per_offer": {o: round(v, 5) for o, v in qini[name][-1].items()},
                               "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
                               "load": round(os.getloadavg()[0], 1)}), flush=True)
+        if auto:  # the product's rule (`choose_learner` + `pick_learner`, its own sample, folds and rounds)
+            started = time.perf_counter()
+            table = choose_learner(train, UpliftConfig(seed=settings.seed))
+            chosen, reason = pick_learner(table)
+            # the chosen learner, fitted as the bench fits every learner (the same config and seed: the same model)
+            qini["auto"].append(qini[chosen][-1] if chosen in learners else
+                                per_offer_qini(fit_learner(chosen, train, config), test, settings.seed + k))
+            auto_chosen.append(chosen)
+            name = "auto"
+            print(json.dumps({"learner": name, "fold": k, "chosen": chosen, "reason": reason, "per_offer": {o: round(v, 5) for o, v in qini[name][-1].items()},
+                              "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
+                              "load": round(os.getloadavg()[0], 1)}), flush=True)
     # A small log (a few thousand rows) leaves a rare offer too few rows in some folds (per_offer_uplift_metrics'
     # minimum): each fold's mean is over the offers scored in it, for the learner and S alike; a fold scoring none
     # is left out of both.
     offers = sorted(set.union(*[set(f) for f in qini["s"]]))
-    for name in learners:
+    for name in qini:
         pairs = [(a, b, sorted(set(a) & set(b))) for a, b in zip(qini[name], qini["s"], strict=True)]
         pairs = [(a, b, common) for a, b, common in pairs if common]
         per_fold = [np.mean([a[o] for o in common]) for a, _, common in pairs]
@@ -154,7 +173,7 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
                           "qini_auc": fold_interval(per_fold), "gap_to_s": fold_interval(gaps),
                           "gap_to_s_per_offer": per_offer, "folds_scored": len(pairs),
                           "offers_beating_s": int(sum(v[0] > 0 for v in per_offer.values())), "offers": len(offers),
-                          **machine}), flush=True)
+                          **({"chosen_per_fold": auto_chosen} if name == "auto" else {}), **machine}), flush=True)
 
 
 def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -209,10 +228,15 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
                 truth_of=None) -> None:
     """`open_est`/`open_out`: each action's open mask on the two halves (None: everything open); `truth_of(half)`: a
     function of a half's chosen actions giving their true value (None: no truth)."""
-    learners = tuple(n for n in args.learners.split(",") if n in candidates(data))
     users = data.frame["user_id"].astype(str).to_numpy()
     held = user_folds(users, 2, settings.seed + 1) == 1
     est, out = data.subset(~held), data.subset(held)
+    asked = args.learners.split(",")
+    if "auto" in asked:  # the learner `auto` picks on the estimation half (the product's rule, its own folds)
+        chosen_learner, reason = pick_learner(choose_learner(est, UpliftConfig(seed=settings.seed)))
+        asked = [chosen_learner if n == "auto" else n for n in asked]
+        machine = {**machine, "auto_chose": chosen_learner, "auto_reason": reason}
+    learners = tuple(dict.fromkeys(n for n in asked if n in candidates(data)))
     if open_est is not None:
         open_est, open_out = open_est(est.frame), open_out(out.frame)
     logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=args.margin_z, gain=args.gain)
