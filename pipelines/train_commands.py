@@ -205,7 +205,7 @@ def _print_learner_choice(results) -> None:
             continue
         chosen, reason = pick_learner(table)
         out = Table(title="uplift learner (auto): per-offer Qini AUC cross-fitted on the choice's sample, "
-                          "95 % intervals (the gap: paired bootstrap over each fold's users)")
+                          "95 % intervals (the gap: paired bootstrap over each fold's users, simultaneous over the candidates)")
         for col in ("learner", "folds", "Qini AUC", "gap to s", "chosen"):
             out.add_column(col, justify="left" if col in ("learner", "chosen") else "right")
         for name, row in table.items():

@@ -400,6 +400,35 @@ def test_cli_trains_lists_promotes_and_reports_user_mistakes(planted, conversion
         assert message in bad.output and "Traceback" not in bad.output
 
 
+def test_cli_train_uplift_prints_and_records_why_auto_chose_its_learner(planted, monkeypatch):
+    """`nextbest train uplift` (learner auto) prints each candidate's cross-fitted Qini and paired gap to s and the
+    reason, and the MLflow run holds the same: param `learner` and `learner_choice`, metrics `cv_gap_to_s*/<learner>`."""
+    import mlflow
+    import typer
+    from typer.testing import CliRunner
+
+    from nextbest.pipelines import train_commands
+    from nextbest.pipelines.train_commands import register
+    from nextbest.training.uplift import pick_learner, selection_table
+
+    monkeypatch.setattr(train_commands.console, "width", 200)
+    app = typer.Typer()
+    register(app)
+    monkeypatch.setenv("NEXTBEST_HOME", str(planted[0].home))
+    result = CliRunner().invoke(app, ["train", "uplift", "--trials", "1", "--sample-rows", "3000"])
+    assert result.exit_code == 0, result.output
+    assert "gap to s" in result.output and "uplift learner: " in result.output
+    client = mlflow.MlflowClient(planted[0].tracking_uri)
+    run = client.get_run(client.get_model_version_by_alias("nextbest-uplift", "challenger").run_id).data
+    table = selection_table(run.metrics)
+    assert {"s", "t", "x", "dr"} <= set(table) and table["s"]["gap_to_s"] == 0.0
+    for name, row in table.items():
+        assert row["gap_to_s_low"] <= row["gap_to_s"] <= row["gap_to_s_high"], name
+    chosen, reason = pick_learner(table)  # the rule, re-read from the record, gives what was fitted and printed
+    assert (run.params["learner"], run.params["learner_choice"]) == (chosen, reason)
+    assert f"uplift learner: {reason}" in " ".join(result.output.split())
+
+
 def test_models_notebook_runs_on_tiny_data(planted):
     import nbformat
     from nbclient import NotebookClient
