@@ -58,7 +58,7 @@ from nextbest.training.datasets import TrainingSet
 from nextbest.training.jobs import read_raw_tables
 from nextbest.training.metrics import fold_interval, per_offer_uplift_metrics
 from nextbest.training.ope import paired_difference
-from nextbest.training.shrinkage import average_effects, greedy_actions, shrunk
+from nextbest.training.shrinkage import average_effects, greedy_actions, pick_strength, shrunk
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     UpliftConfig,
@@ -239,7 +239,8 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
     learners = tuple(dict.fromkeys(n for n in asked if n in candidates(data)))
     if open_est is not None:
         open_est, open_out = open_est(est.frame), open_out(out.frame)
-    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=args.margin_z, gain=args.gain)
+    margins = [float(z) for z in str(args.margin_z).split(",")]  # the first is evaluate --logs'; the others: what-ifs
+    logs = LogsConfig(folds=args.folds, learners=learners, seed=settings.seed, margin_z=margins[0], gain=args.gain)
     started = time.perf_counter()
     table = policy_values(est, logs, feasible=open_est)
     machine = {**machine, "estimation_rows": len(est.frame), "held_out_rows": len(out.frame),
@@ -250,7 +251,7 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
     action_est, propensity_est = logged_actions(est.frame, est.treatment)
     center = average_effects(action_est, propensity_est, est.frame[est.label].to_numpy(dtype="float64"), actions,
                              NO_CONTACT)
-    chosen, shrinkage = {}, table.attrs["shrinkage"]
+    chosen, shrinkage, what_if = {}, table.attrs["shrinkage"], {}
     for learner in learners:
         model = fit_learner(learner, est, _fit_config(logs))
         uplift = uplift_grid(model, out.frame, est.frame, actions, settings.seed)
@@ -258,6 +259,11 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
         chosen[learner] = greedy_actions(shrunk(uplift, center, strength), actions, NO_CONTACT,
                                          open_)
         chosen[f"{learner} (argmax)"] = greedy_actions(uplift, actions, NO_CONTACT, open_)
+        for z in margins[1:]:  # the strength another margin would have chosen on the same estimation half's gains
+            at_z = pick_strength(shrinkage[learner]["gain_means"], shrinkage[learner]["gain_errors"], z)
+            chosen[f"{learner} (margin {z:g})"] = greedy_actions(shrunk(uplift, center, at_z), actions, NO_CONTACT,
+                                                                 open_)
+            what_if[f"{learner} (margin {z:g})"] = at_z
     for a in actions:
         chosen[f"everyone: {a}"] = (np.full(len(out.frame), a, dtype=object) if open_out is None else
                                     np.where(open_out[a], a, NO_CONTACT).astype(object))
@@ -298,6 +304,17 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
         print(json.dumps({**row, "best_fixed_crossfit": best_fixed_est, "best_fixed_heldout": best_fixed_out,
                           "best_ips_on_heldout": best_ips_out,
                           **machine}), flush=True)
+    for policy, strength in what_if.items():  # held out only: the cross-fitted table was judged at the first margin
+        h, diff = heldout.loc[policy], paired_difference(terms[policy], terms[best_fixed_out])
+        row = {"policy": policy, "kind": "margin what-if", "strength": strength,
+               "heldout_ips": [round(h[k], 5) for k in ("ips", "ips_low", "ips_high")],
+               "heldout_dr": [round(h[k], 5) for k in ("dr", "dr_low", "dr_high")],
+               "heldout_dr_vs_best_fixed": [round(x, 5) for x in (diff.value, diff.low, diff.high)]}
+        if truth_of is not None:
+            t_out = truth_out(chosen[policy])
+            row.update(sim_truth_heldout=round(t_out, 5),
+                       sim_truth_heldout_vs_best_fixed=round(t_out - truth_out(chosen[best_fixed_out]), 5))
+        print(json.dumps({**row, "best_fixed_heldout": best_fixed_out, **machine}), flush=True)
 
 
 def nba_part(settings: Settings, users: int, machine: dict) -> None:
@@ -333,8 +350,10 @@ def main() -> None:
                         help="home: the nextbest home's contact log; experiment: a generated e-mail experiment")
     parser.add_argument("--heterogeneity", choices=tuple(_HETEROGENEITY), default="weak", help="--world experiment")
     parser.add_argument("--world-seed", type=int, default=0, help="--world experiment: the world's seed")
-    parser.add_argument("--margin-z", type=float, default=LogsConfig().margin_z,
-                        help="policy part: standard errors a shrinkage strength's gain must clear (LogsConfig.margin_z)")
+    parser.add_argument("--margin-z", default=str(LogsConfig().margin_z),
+                        help="policy part: standard errors a shrinkage strength's gain must clear (LogsConfig.margin_z); "
+                             "several, comma-separated: the first judged as evaluate --logs does, the others' strengths "
+                             "(chosen on the same estimation half) judged on the held-out half beside it")
     parser.add_argument("--gain", choices=("ips", "dr"), default=LogsConfig().gain,
                         help="policy part: how a shrinkage strength's gain is estimated (LogsConfig.gain)")
     args = parser.parse_args()

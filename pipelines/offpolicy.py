@@ -36,7 +36,14 @@ from nextbest.features.contract import STAGE_OF_TYPE, STAGES, offer_valid
 from nextbest.serving.policy import matches
 from nextbest.training.datasets import TrainingSet, outcome_within
 from nextbest.training.ope import doubly_robust, dr_terms, ips, paired_difference, snips
-from nextbest.training.shrinkage import STRENGTHS, average_effects, choose_strength, greedy_actions, shrunk
+from nextbest.training.shrinkage import (
+    STRENGTHS,
+    average_effects,
+    choose_strength,
+    greedy_actions,
+    shrunk,
+    strength_gains,
+)
 from nextbest.training.tabular import FitConfig
 from nextbest.training.uplift import (
     ENGAGE_COLUMNS,
@@ -166,7 +173,9 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
             chosen[learner][folds == k] = by_strength[learner][s][folds == k]
             per_fold.append(s)
         overall, bounds = choose_strength(by_strength[learner], action, propensity, reward, config.margin_z, terms)
-        shrinkage[learner] = {"strength": overall, "by_fold": per_fold, "gain_lower_bounds": bounds}
+        means, errors = strength_gains(by_strength[learner], action, propensity, reward, terms)
+        shrinkage[learner] = {"strength": overall, "by_fold": per_fold, "gain_lower_bounds": bounds,
+                              "gain_means": means, "gain_errors": errors}  # what another margin would choose
     table = judge_choices(replace(data, frame=frame), chosen, config, folds=folds, action=action, propensity=propensity)
     table.insert(0, "kind", ["learner" if name in config.learners else "argmax" if name in argmax.values() else "fixed"
                              for name in table.index])

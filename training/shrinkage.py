@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["STRENGTHS", "Shrinkage", "shrunk", "average_effects", "choose_strength", "greedy_actions"]
+__all__ = ["STRENGTHS", "Shrinkage", "shrunk", "average_effects", "choose_strength", "strength_gains", "pick_strength",
+           "greedy_actions"]
 
 STRENGTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate strengths, 0 = the best fixed policy
 
@@ -105,17 +106,29 @@ def choose_strength(chosen: dict[float, np.ndarray], action: np.ndarray, propens
     `pipelines.offpolicy.judge_choices`): every decision where the policies differ counts through the reward
     model, the logged outcome correcting it where one of them takes the logged action. The rows must be decisions the
     models that made `chosen` did not train on."""
+    means, errors = strength_gains(chosen, action, propensity, reward, terms)
+    bounds = {s: means[s] - z * errors[s] if s else 0.0 for s in means}
+    return pick_strength(means, errors, z), bounds
+
+
+def strength_gains(chosen: dict[float, np.ndarray], action: np.ndarray, propensity: np.ndarray, reward: np.ndarray,
+                   terms: dict[float, np.ndarray] | None = None) -> tuple[dict[float, float], dict[float, float]]:
+    """Each strength's paired gain over strength 0 (`choose_strength`'s): its mean and standard error (0, 0 for
+    strength 0)."""
     w = np.asarray(reward, dtype="float64") / np.asarray(propensity, dtype="float64")
     base = chosen[0.0] == action
-    bounds, means = {0.0: 0.0}, {0.0: 0.0}
+    means, errors = {0.0: 0.0}, {0.0: 0.0}
     for strength, pick in chosen.items():
         if strength == 0.0:
             continue
         gain = terms[strength] - terms[0.0] if terms is not None else ((pick == action).astype("float64") - base) * w
-        se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        errors[strength] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
         means[strength] = float(gain.mean())
-        bounds[strength] = float(gain.mean() - z * se)
-    sure = [s for s in sorted(bounds) if bounds[s] > 0]
-    if not sure:
-        return 0.0, bounds
-    return max(sure, key=lambda s: means[s]), bounds  # ties: the smaller strength (sorted, max keeps the first)
+    return means, errors
+
+
+def pick_strength(means: dict[float, float], errors: dict[float, float], z: float) -> float:
+    """The strength of the largest mean gain among those whose lower bound, mean - z x standard error, is above 0;
+    0 when none is (ties: the smaller strength)."""
+    sure = [s for s in sorted(means) if s and means[s] - z * errors[s] > 0]
+    return max(sure, key=lambda s: means[s]) if sure else 0.0
