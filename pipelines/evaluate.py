@@ -195,7 +195,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
         part = engine.user_columns({k: v[rows] for k, v in users.items()})
         p_open = engine.send_time_scores(models, part, config)  # (u, C, 24)
         hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
-        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
+        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows], p_open=p_open)
         p_churn[rows] = engine.churn_scores(models, part, config)
         opt_out[rows] = engine.opt_out_risk(part, config)
     # Expected values as serving computes them (one definition: engine.expected_values_many).
