@@ -424,23 +424,25 @@ def paired_qini(challenger, champion, holdout: TrainingSet, draws: int = 200, se
     _, theirs = offer_scores(champion, holdout, seed)
     y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
 
-    def qini(take: np.ndarray, scores: dict[str, np.ndarray]) -> float:
+    by_offer = {name: np.flatnonzero(offer == name) for name in ours}
+
+    def qini(times: np.ndarray | None, scores: dict[str, np.ndarray]) -> float:
+        """The headline Qini AUC with each row taken `times` times (None: once)."""
         per_offer = {}
         for name, score in scores.items():
-            keep = take[offer[take] == name]
+            keep = by_offer[name] if times is None else np.repeat(by_offer[name], times[by_offer[name]])
             per_offer.update(per_offer_uplift_metrics(y[keep], treated[keep], offer[keep], {name: score[keep]}))
         return summarise_offers(per_offer)["qini_auc"]
 
-    every = np.arange(len(rows))
-    out = {"challenger": qini(every, ours), "champion": qini(every, theirs)}
+    out = {"challenger": qini(None, ours), "champion": qini(None, theirs)}
     out["difference"] = out["challenger"] - out["champion"]
     users, member = np.unique(_users(rows), return_inverse=True)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(draws):
         counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)))
-        take = np.repeat(every, counts[member])  # each drawn user's rows, as many times as the user was drawn
-        diffs.append(qini(take, ours) - qini(take, theirs))
+        times = counts[member]  # each drawn user's rows, as many times as the user was drawn
+        diffs.append(qini(times, ours) - qini(times, theirs))
     diffs = np.asarray(diffs)[np.isfinite(diffs)]
     tail = (1 - level) / 2
     low, high = (np.quantile(diffs, [tail, 1 - tail]) if len(diffs) else (np.nan, np.nan))
