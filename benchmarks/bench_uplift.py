@@ -9,7 +9,8 @@ python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong
 - qini: per learner and offer the Qini AUC per fold (scikit-uplift's normalised definition, controls scored for
   that offer), the paired gap to the S-learner (`fit_learner("s")`, the product's own) with its t-interval.
   `--qini-learners ...,auto`: also the learner `auto` chooses on each fold's training part (`choose_learner` +
-  `pick_learner`, never the test fold), scored like the others (its per-fold choices printed).
+  `pick_learner`, never the test fold), scored like the others (its per-fold choices printed); "highest" beside it,
+  the former rule (the highest cross-fitted Qini of the same table).
   `--learners auto,...` (policy part): `auto`'s choice on the estimation half stands for "auto".
 - policy: the users are split in two halves. On the estimation half, `policy_values` judges each learner's policy
   and each fixed policy (everyone one action, nobody), cross-fitted (what `nextbest evaluate --logs` prints). On
@@ -135,7 +136,9 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
     learners = [n for n in candidates(data) if not args.qini_learners or n in args.qini_learners.split(",")]
     learners = ["s", *(n for n in learners if n != "s")]  # the reference first: every gap is paired with it
     auto = "auto" in args.qini_learners.split(",")  # `auto`'s choice made on each fold's training part only
-    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners + (["auto"] if auto else [])}
+    # "highest": beside auto, the former rule (the highest cross-fitted Qini of the same table), for a paired comparison
+    qini: dict[str, list[dict[str, float]]] = {name: [] for name in learners + (["auto", "highest"] if auto else [])}
+    highest_chosen: list[str] = []
     auto_chosen: list[str] = []
     for k in range(args.folds):
         train, test = data.subset(folds != k), data.subset(folds == k)
@@ -154,8 +157,12 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
             qini["auto"].append(qini[chosen][-1] if chosen in learners else
                                 per_offer_qini(fit_learner(chosen, train, config), test, settings.seed + k))
             auto_chosen.append(chosen)
+            highest = max(table, key=lambda n: (np.nan_to_num(table[n]["qini_auc"], nan=-np.inf), n == "t"))
+            qini["highest"].append(qini[highest][-1] if highest in learners else
+                                   per_offer_qini(fit_learner(highest, train, config), test, settings.seed + k))
+            highest_chosen.append(highest)
             name = "auto"
-            print(json.dumps({"learner": name, "fold": k, "chosen": chosen, "reason": reason, "per_offer": {o: round(v, 5) for o, v in qini[name][-1].items()},
+            print(json.dumps({"learner": name, "fold": k, "chosen": chosen, "reason": reason, "highest": highest, "per_offer": {o: round(v, 5) for o, v in qini[name][-1].items()},
                               "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
                               "load": round(os.getloadavg()[0], 1)}), flush=True)
     # A small log (a few thousand rows) leaves a rare offer too few rows in some folds (per_offer_uplift_metrics'
@@ -173,7 +180,8 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
                           "qini_auc": fold_interval(per_fold), "gap_to_s": fold_interval(gaps),
                           "gap_to_s_per_offer": per_offer, "folds_scored": len(pairs),
                           "offers_beating_s": int(sum(v[0] > 0 for v in per_offer.values())), "offers": len(offers),
-                          **({"chosen_per_fold": auto_chosen} if name == "auto" else {}), **machine}), flush=True)
+                          **({"chosen_per_fold": auto_chosen} if name == "auto" else
+                             {"chosen_per_fold": highest_chosen} if name == "highest" else {}), **machine}), flush=True)
 
 
 def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
