@@ -260,7 +260,8 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
                              "contact_id": est.frame["contact_id"].astype(str).to_numpy(), "logged": action_est,
                              "propensity": propensity_est, "reward": est.frame[est.label].to_numpy(dtype="float64")})
         dump = pd.concat([dump, pd.DataFrame({f"chosen: {p}": chosen_est[p] for p in table.index}),
-                          pd.DataFrame({f"truth: {p}": truth_est(chosen_est[p], per_row=True) for p in table.index})],
+                          pd.DataFrame({f"truth: {p}": truth_est(chosen_est[p], per_row=True) for p in table.index}),
+                          pd.DataFrame({"truth: logged": truth_est(action_est, per_row=True)})],
                          axis=1)
         dump.to_parquet(f"{args.dump}-sample{getattr(args, 'sample', None)}-est.parquet")
     for policy in table.index:
