@@ -46,9 +46,9 @@ from nextbest.pipelines.offpolicy import (
     NO_CONTACT,
     LogsConfig,
     _fit_config,
+    frame_feasibility,
     judge_choices,
     logged_actions,
-    logged_feasibility,
     policy_values,
 )
 from nextbest.training.datasets import TrainingSet
@@ -155,18 +155,6 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
                           "gap_to_s_per_offer": per_offer, "folds_scored": len(pairs),
                           "offers_beating_s": int(sum(v[0] > 0 for v in per_offer.values())), "offers": len(offers),
                           **machine}), flush=True)
-
-
-def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per "offer @ channel" action, whether it was open at each row's logged decision."""
-    contacts = raw["contacts"].assign(contact_id=raw["contacts"]["contact_id"].astype(str)).set_index("contact_id")
-    log = contacts.loc[frame["contact_id"].astype(str)].reset_index()
-    channels = list(raw["channels"]["channel"].astype(str)) if raw.get("channels") is not None else \
-        sorted(raw["contacts"]["channel"].dropna().astype(str).unique())
-    offers = raw["offers"].reset_index(drop=True)
-    open_ = logged_feasibility(raw, log, offers, channels)
-    return {f"{o} @ {c}": open_[:, i, j] for i, o in enumerate(offers["offer_id"].astype(str))
-            for j, c in enumerate(channels)}
 
 
 def uplift_grid(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], seed: int) -> np.ndarray:
@@ -374,8 +362,8 @@ def main() -> None:
         qini_part(data, args, settings, machine)
     if args.part in ("policy", "both"):
         truth = simulated_truth(settings, raw, seen) if (settings.truth_dir / "truth.json").exists() else None
-        policy_part(data, args, settings, machine, open_est=lambda f: feasibility(raw, f),
-                    open_out=lambda f: feasibility(raw, f),
+        policy_part(data, args, settings, machine, open_est=lambda f: frame_feasibility(raw, f),
+                    open_out=lambda f: frame_feasibility(raw, f),
                     truth_of=None if truth is None else lambda half, mask: truth(half.frame))
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
                       **machine}))

@@ -385,7 +385,7 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
 
     from nextbest.features.engines import EngineUnavailable
     from nextbest.features.store import training_store
-    from nextbest.pipelines.offpolicy import LogsConfig, policy_values
+    from nextbest.pipelines.offpolicy import LogsConfig, frame_feasibility, policy_values
     from nextbest.training.jobs import read_raw_tables
     from nextbest.training.uplift import LEARNERS, UpliftConfig, build_frame
 
@@ -404,7 +404,10 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
         raw = {**raw, "contacts": raw["contacts"][ids.isin(set(keep)).to_numpy()]}
     try:
         data = build_frame(training_store(settings), raw, UpliftConfig(window_days=window))
-        return policy_values(data, LogsConfig(folds=folds, learners=names, seed=settings.seed)), window
+        # Each policy takes only the actions open at the logged decision (the logging policy's support), as the
+        # retrain gate's do: consent, suppressions, validity, eligibility, the service's refused pairs.
+        return policy_values(data, LogsConfig(folds=folds, learners=names, seed=settings.seed),
+                             feasible=frame_feasibility(raw, data.frame)), window
     except (ValueError, EngineUnavailable) as err:  # what the log lacks: a control group, complete outcome windows, ...
         raise UserError(str(err)) from None
 

@@ -53,7 +53,7 @@ from nextbest.training.uplift import action_draws as _action_draws
 from nextbest.training.uplift import action_grid as _grid
 
 __all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
-           "decisions_since", "logged_feasibility", "converted_within"]
+           "decisions_since", "logged_feasibility", "frame_feasibility", "converted_within"]
 
 
 
@@ -456,3 +456,19 @@ def _state_before(events: pd.DataFrame, ids: pd.Series, at: pd.Series) -> dict[s
     last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
     return {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
             "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64)}
+
+
+def frame_feasibility(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per "offer @ channel" action, whether it was open at each of `frame`'s logged decisions (its rows matched by
+    `contact_id` in `tables["contacts"]`), by `logged_feasibility`: the `feasible` that `policy_values` takes, so a
+    policy judged on the log (`nextbest evaluate --logs`, benchmarks/bench_uplift.py) takes only actions the logging
+    policy could have taken, as the retrain gate's do. Channels: the channels table's, else the log's."""
+    contacts = tables["contacts"]
+    contacts = contacts.assign(contact_id=contacts["contact_id"].astype(str)).drop_duplicates("contact_id")
+    log = contacts.set_index("contact_id").loc[frame["contact_id"].astype(str)].reset_index()
+    channels = (list(tables["channels"]["channel"].astype(str)) if tables.get("channels") is not None
+                else sorted(contacts["channel"].dropna().astype(str).unique()))
+    offers = tables["offers"].reset_index(drop=True)
+    open_ = logged_feasibility(tables, log, offers, channels)
+    return {f"{o} @ {c}": open_[:, i, j] for i, o in enumerate(offers["offer_id"].astype(str))
+            for j, c in enumerate(channels)}
