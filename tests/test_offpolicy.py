@@ -73,6 +73,34 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
 
 
+def test_evaluate_logs_judges_policies_only_on_actions_open_at_each_logged_decision(trained, monkeypatch):
+    """`evaluate --logs` gives every policy only the actions the logging policy could take at each decision
+    (consent, suppressions, eligibility: `logged_feasibility`), as the retrain gate and the bench do: "everyone X
+    on a channel a user never consented to" is no contact for that user, not an action no logged row can match
+    (without it the CLI judged a different policy from the bench's on the demo world)."""
+    from nextbest.features.settings import Settings
+    from nextbest.features.store import training_store
+    from nextbest.pipelines.cli import _evaluate_logs
+    from nextbest.pipelines.offpolicy import frame_feasibility
+    from nextbest.training.jobs import read_raw_tables
+    from nextbest.training.uplift import UpliftConfig, build_frame
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(trained.home))
+    settings = Settings()
+    table, _ = _evaluate_logs(settings, 7, 2, "t", None)
+    raw = read_raw_tables(settings)
+    open_ = frame_feasibility(raw, build_frame(training_store(settings), raw, UpliftConfig(window_days=7)).frame)
+    chosen = table.attrs["chosen"]
+    assert len(next(iter(chosen.values()))) == len(next(iter(open_.values())))  # the same judged decisions
+    closed = {a: int((~o).sum()) for a, o in open_.items() if a in {p.removeprefix("everyone: ") for p in chosen}}
+    assert sum(closed.values()) > 0, closed  # some action is closed somewhere: the check below can fail
+    for policy, picks in chosen.items():
+        sent = picks != NO_CONTACT
+        assert all(open_[a][i] for i, a in zip(np.flatnonzero(sent), picks[sent], strict=True)), policy
+        if policy.startswith("everyone: "):  # its action wherever open, no contact elsewhere
+            np.testing.assert_array_equal(sent, open_[policy.removeprefix("everyone: ")])
+
+
 def test_off_policy_evaluation_of_logs_does_not_need_the_simulator():
     """The off-policy code (the logs' estimator, the gate's decisions and feasibility) imports no simulator module,
     not even through the modules of ours it imports, at their top or inside functions (read, not run)."""
