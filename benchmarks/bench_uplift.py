@@ -14,8 +14,12 @@ python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong
   propensities gives each policy's held-out value (unbiased on a randomised log): the "held-out IPS truth" the
   cross-fitted estimates are compared with. The learners are paired there against the fixed policy with the best
   cross-fitted DR on the estimation half (chosen out of sample). On a simulated world the oracle's expected conversion of each
-  policy's choices is the simulator's truth beside them. Policies take only actions open at each logged decision
+  policy's choices is the simulator's truth beside them (`evaluate.simulated_truths`, the truth `nextbest evaluate`
+  and the retrain gate use). Policies take only actions open at each logged decision
   (`logged_feasibility`), the logging policy's support.
+  `--sample k` judges the k-th of disjoint samples of `--users` users (a seeded permutation of the log's users), so
+  several samples of one world are independent; `--dump PREFIX` writes each estimation-half decision (logged action,
+  propensity, reward, every policy's choice and the simulator's truth of it) to PREFIX-sample<k>-est.parquet.
   Each learner's policy is the product's (uplift shrunk toward each action's average effect by the strength chosen
   on the estimation half, `training/shrinkage.py`) and, beside it, "<learner> (argmax)", the raw per-user argmax.
 - --world experiment: instead of the home's log, a world shaped like a public e-mail experiment (Hillstrom's: two
