@@ -380,9 +380,19 @@ def print_evaluation(table, ope, png, html) -> None:
     console.print(f"report: {html} (chart {png})")
 
 
-def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
+def sample_users(contacts, users: int | None, seed: int):
+    """The logged decisions of a seeded sample of `users` users (all their decisions), or all when `users` is None
+    or the log has no more users than that: `evaluate --logs --users`."""
     import numpy as np
 
+    ids = contacts["user_id"].astype(str)
+    if users is None or ids.nunique() <= users:
+        return contacts
+    keep = np.random.default_rng(seed).choice(np.sort(ids.unique()), size=users, replace=False)
+    return contacts[ids.isin(set(keep)).to_numpy()]
+
+
+def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
     from nextbest.features.engines import EngineUnavailable
     from nextbest.features.store import training_store
     from nextbest.pipelines.offpolicy import LogsConfig, frame_feasibility, policy_values
@@ -398,10 +408,7 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
     raw = read_raw_tables(settings)
     if raw.get("contacts") is None:
         raise UserError("no contacts table: off-policy evaluation reads the contact log (`nextbest ingest`)")
-    ids = raw["contacts"]["user_id"].astype(str)
-    if users is not None and ids.nunique() > users:  # a seeded sample of users, all their logged decisions
-        keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=users, replace=False)
-        raw = {**raw, "contacts": raw["contacts"][ids.isin(set(keep)).to_numpy()]}
+    raw = {**raw, "contacts": sample_users(raw["contacts"], users, settings.seed)}
     try:
         data = build_frame(training_store(settings), raw, UpliftConfig(window_days=window))
         # Each policy takes only the actions open at the logged decision (the logging policy's support), as the

@@ -80,15 +80,16 @@ def test_evaluate_logs_judges_policies_only_on_actions_open_at_each_logged_decis
     (without it the CLI judged a different policy from the bench's on the demo world)."""
     from nextbest.features.settings import Settings
     from nextbest.features.store import training_store
-    from nextbest.pipelines.cli import _evaluate_logs
+    from nextbest.pipelines.cli import _evaluate_logs, sample_users
     from nextbest.pipelines.offpolicy import frame_feasibility
     from nextbest.training.jobs import read_raw_tables
     from nextbest.training.uplift import UpliftConfig, build_frame
 
     monkeypatch.setenv("NEXTBEST_HOME", str(trained.home))
     settings = Settings()
-    table, _ = _evaluate_logs(settings, 7, 2, "t", None)
+    table, _ = _evaluate_logs(settings, 7, 2, "t", 150)
     raw = read_raw_tables(settings)
+    raw["contacts"] = sample_users(raw["contacts"], 150, settings.seed)
     open_ = frame_feasibility(raw, build_frame(training_store(settings), raw, UpliftConfig(window_days=7)).frame)
     chosen = table.attrs["chosen"]
     assert len(next(iter(chosen.values()))) == len(next(iter(open_.values())))  # the same judged decisions
