@@ -352,11 +352,10 @@ def main() -> None:
     if args.sample is not None:  # the sample-th of disjoint samples of --users users (a seeded permutation)
         order = np.random.default_rng(settings.seed).permutation(np.sort(ids.unique()))
         keep = order[args.sample * args.users:(args.sample + 1) * args.users]
-        if not args.users or len(keep) < args.users:
-            raise SystemExit(f"--sample {args.sample}: the log has {len(order):,} users, fewer than "
-                             f"{args.sample + 1} disjoint samples of --users {args.users:,}")
+        if not args.users or not len(keep):  # the last sample may be short: the users left
+            raise SystemExit(f"--sample {args.sample} of --users {args.users:,}: the log has {len(order):,} users")
         raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
-        machine = {**machine, "sample": args.sample}
+        machine = {**machine, "sample": args.sample, "sample_users": len(keep)}
     else:  # the sample `nextbest evaluate --logs --users` judges
         from nextbest.pipelines.cli import sample_users
 
