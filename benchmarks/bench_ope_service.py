@@ -136,11 +136,19 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
     nba, propensity_only = model_policies(home, world, models=champion_set(home), as_of=cutoff)
     for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged,
                                    seen=every).items():
-        print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action")
+        print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action "
+              f"({ope.attrs.get('no_action', 0):,} of them logged \"no action\")")
+        if "simulated_truth" in ope:
+            ope["covered"] = (ope["ci_low"] <= ope["simulated_truth"]) & (ope["simulated_truth"] <= ope["ci_high"])
+        ope["se_ratio"] = ope["se"] / ope["se_rows"]  # clustered by user / per row
         print(ope.to_markdown(index=False, floatfmt=".4f"))
 
     c = logged["contacts"]
-    c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (models do not train on no action)
+    # The judged rows: a "no action" row only when it carries its P(no contact) (as off_policies judges it).
+    if "no_contact_propensity" in c:
+        c = c[(c["variant"] != "no_action") | c["no_contact_propensity"].notna()].reset_index(drop=True)
+    else:
+        c = c[c["variant"] != "no_action"].reset_index(drop=True)
     oracle = Oracle(world.truth, world.offers)
     u = pd.Index(world.user_ids).get_indexer(c["user_id"].astype(str))
     sent = pd.to_datetime(c["sent_at"], utc=True)

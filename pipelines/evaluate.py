@@ -51,7 +51,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
-           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "simulated_truths", "write_report",
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "judged_log", "simulated_truths", "write_report",
            "raw_argmax"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
@@ -289,7 +289,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         ope = judged[label]
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
-        diff = paired_difference(terms, first)
+        diff = paired_difference(terms, first, ope.attrs["users"])
         row.update(dr_diff=diff.value, dr_diff_low=diff.low, dr_diff_high=diff.high)
         ope = ope.set_index("method")
         row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
@@ -370,9 +370,11 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         if col not in log or log[col].isna().all():
             raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
                              "log it with every decision (the decision service does)")
+    log, no_action = judged_log(log)
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
-        log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
+        keep = np.sort(rng.choice(len(log), size=sample, replace=False))
+        log, no_action = log.iloc[keep].reset_index(drop=True), no_action[keep]
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
     channels = list(period.channels["channel"].astype(str))
     n_c = len(channels)
@@ -387,7 +389,8 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     offer_ids = period.offers["offer_id"].astype(str).to_numpy()
     names = np.asarray(channels, dtype=object)
     chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
-    judged = judge_choices(data, chosen, LogsConfig(seed=seed))
+    # A logged "no action" is judged (its reward is the user's organic purchase) but no reward model trains on it.
+    judged = judge_choices(data, chosen, LogsConfig(seed=seed), fit=~no_action[rows])
     truth = {} if period.truth is None else {
         name: float(t.mean()) for name, t in simulated_truths(
             period, log.iloc[rows], greedy, log if seen is None else seen,
@@ -397,15 +400,39 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         row = judged.loc[name]
         table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
                                "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
-                               "effective_n": float(row["effective_n"])}
+                               "effective_n": float(row["effective_n"]), "se": float(row[f"{key}_se"]),
+                               "se_rows": float(row[f"{key}_se_rows"]), "users": int(row["clusters"])}
                               for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
         table.attrs["matched"] = int(row["matched"])
         table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
+        table.attrs["users"] = judged.attrs["users"]  # each term's user: paired differences cluster by it
+        table.attrs["no_action"] = int(no_action[rows].sum())  # judged "no action" decisions
         if name in truth:
             table["simulated_truth"] = truth[name]
             table["error"] = (table["value"] - truth[name]) / truth[name]
         out[name] = table
     return out
+
+
+def judged_log(log: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The logged decisions as the off-policy judge reads them, and which of them are logged "no action" decisions.
+
+    A row that sent nothing and carries `no_contact_propensity` (the service's own log, pipelines/logs_to_contacts.py)
+    is the choice "no contact" with that probability: a hold-out row's `propensity` is the hold-out's share alone (the
+    control group's, for training), and a "no action" row (dropped from every training set) is kept as a judged
+    decision, its variant renamed in this copy only so the training-set read keeps it; the caller keeps it out of
+    every model's fit. A "no action" row without it (a log from before the service logged it) stays out, as before.
+    """
+    log = log.reset_index(drop=True)
+    if "no_contact_propensity" not in log or "variant" not in log:
+        return log, np.zeros(len(log), dtype=bool)
+    none = pd.to_numeric(log["no_contact_propensity"], errors="coerce")
+    silent = log["channel"].isna() & none.notna()
+    no_action = (log["variant"].astype(object) == "no_action").to_numpy()
+    keep = ~no_action | silent.to_numpy()
+    out = log.assign(propensity=np.where(silent, none, pd.to_numeric(log["propensity"], errors="coerce")),
+                     variant=np.where(no_action, "no_action_judged", log["variant"].astype(object)))
+    return out[keep].reset_index(drop=True), no_action[keep]
 
 
 def simulated_truths(period: Period, decisions: pd.DataFrame, picks: dict[str, np.ndarray],

@@ -6,11 +6,14 @@ reads them back here into contact-log rows, the form every model trains on:
 
 - each decided action -> a treated row (`variant` "treatment", or "explore" when exploration picked it), with the
   logged propensity and its outcomes; an action reported `not_sent` never reached the user and is dropped;
-- each hold-out decision -> a `control` row (no offer, no channel), propensity = the hold-out's share; its
-  conversion is the user's own first purchase within the window (from the events table), because nothing was sent
-  that could be credited;
-- each other "no action" choice -> a `no_action` row with its propensity (off-policy evaluation needs it; it is
-  neither treated nor control, so models do not train on it).
+- each hold-out decision -> a `control` row (no offer, no channel), propensity = the hold-out's share (the chance
+  of being in the control group, which uplift training uses); its conversion is the user's own first purchase
+  within the window (from the events table), because nothing was sent that could be credited;
+- each other "no action" choice -> a `no_action` row (off-policy evaluation needs it; it is neither treated nor
+  control, so models do not train on it), its conversion found as a control's;
+- both carry `no_contact_propensity`: P(no contact) under the service's randomisation (held out, or not held out
+  and the policy picked no action), the logged choice's probability off-policy weights need; null from logs
+  written before the service logged it (`holdout_share` absent), whose "no action" rows the judge then leaves out.
 
 Every row of a decision carries `refused`: the (offer, channel) pairs the service's contact policy refused at that
 moment (its logged `reasons`; null = every offer or every channel), as JSON text, so off-policy evaluation credits a
@@ -42,7 +45,7 @@ DEFAULT_CAMPAIGN = "nextbest"  # the contract needs a campaign; decisions asked 
 OUTCOME_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at",
                    "converted": "converted_at", "unsubscribed": "unsubscribed_at", "complained": "complained_at"}
 _COLUMNS = ["contact_id", "user_id", "sent_at", "campaign_id", "offer_id", "channel", "variant", "propensity",
-            *OUTCOME_COLUMNS.values(), "revenue", "refused"]
+            *OUTCOME_COLUMNS.values(), "revenue", "refused", "no_contact_propensity"]
 
 
 def read_log(path: Path) -> list[dict]:
@@ -85,15 +88,23 @@ def logs_to_contacts(decisions: list[dict], outcomes: list[dict], user_of: dict[
                              "channel": a["channel"], "variant": "explore" if a.get("explored") else "treatment",
                              "propensity": a["propensity"]})
         else:
+            none = d.get("no_action_propensity") or 1.0
+            # A log that records the hold-out's share logs P(no contact) whole (hold-out + the policy's "no action");
+            # an older one logged a hold-out's share, or the policy's "no action" alone, there.
+            whole = "holdout_share" in d
+            share = d.get("holdout_share") if whole else none
             rows.append({**base, "contact_id": f"{PREFIX}{d['decision_id']}", "decision_id": d["decision_id"],
                          "sent_at": d["at"], "offer_id": None, "channel": None,
                          "variant": "control" if d.get("holdout") else "no_action",
-                         "propensity": d.get("no_action_propensity") or 1.0})
+                         "propensity": (share or none) if d.get("holdout") else none,
+                         "no_contact_propensity": none if whole else None})
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _COLUMNS})
     out = pd.DataFrame(rows)
     out["sent_at"] = _utc(out["sent_at"])
     out["propensity"] = out["propensity"].astype(float)
+    out["no_contact_propensity"] = (out["no_contact_propensity"] if "no_contact_propensity" in out
+                                    else pd.Series(np.nan, index=out.index)).astype(float)
     out = _with_outcomes(out, outcomes, cutoff)
     out = _control_conversions(out, events, cutoff, window_days)
     return out[_COLUMNS].sort_values(["sent_at", "contact_id"], kind="stable", ignore_index=True)
@@ -132,8 +143,9 @@ def _with_outcomes(rows: pd.DataFrame, outcomes: list[dict], cutoff: pd.Timestam
 
 def _control_conversions(rows: pd.DataFrame, events: pd.DataFrame | None, cutoff: pd.Timestamp,
                          window_days: int) -> pd.DataFrame:
-    """A hold-out row converts with its user's first purchase within `window_days` after the decision (before cutoff)."""
-    control = rows.index[rows["variant"] == "control"]
+    """A hold-out or "no action" row (nothing sent) converts with its user's first purchase within `window_days`
+    after the decision (before cutoff): the reward off-policy evaluation sees for "no contact"."""
+    control = rows.index[rows["variant"].isin(["control", "no_action"])]
     rows.loc[control, "revenue"] = 0.0
     if events is None or events.empty or not len(control):
         return rows

@@ -174,7 +174,7 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
     terms = table.attrs["dr_terms"]
     reference, by_fold = _best_fixed_out_of_fold(fixed, chosen, action, propensity, reward, folds, terms)
     for name in names:
-        diff = paired_difference(terms[name], reference)
+        diff = paired_difference(terms[name], reference, table.attrs["users"])
         table.loc[name, ["vs_best_fixed", "vs_best_fixed_low", "vs_best_fixed_high"]] = diff.value, diff.low, diff.high
     picked = list(dict.fromkeys(by_fold))
     table.attrs["best_fixed"] = picked[0] if len(picked) == 1 else "best fixed (chosen per fold)"
@@ -208,28 +208,33 @@ def _fit_config(config: LogsConfig) -> UpliftConfig:
 
 def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: LogsConfig = LogsConfig(),
                   folds: np.ndarray | None = None, action: np.ndarray | None = None,
-                  propensity: np.ndarray | None = None) -> pd.DataFrame:
+                  propensity: np.ndarray | None = None, fit: np.ndarray | None = None) -> pd.DataFrame:
     """SNIPS, DR and IPS (95 % intervals) of policies given as each logged row's chosen action (`action_names`
     spelling), on the logged rows of `data` (reward: its label, the conversion within the label's window).
 
     DR's reward model is cross-fitted: per fold of users (`folds`, else `config.folds` seeded folds), a T-learner
-    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action. Returns
-    one row per policy with `matched` (rows where it takes the logged action) and `contacted_share`; the per-row
-    DR terms (for paired differences) in `attrs["dr_terms"]`, the choices in `attrs["chosen"]`.
+    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action; `fit`
+    (a row mask) keeps rows out of every reward model's fit (a logged "no action": judged, never trained on).
+    Intervals are clustered by user when the rows name one (`user_id`): one user's rewards are correlated. Returns
+    one row per policy with `matched` (rows where it takes the logged action), `contacted_share`, the per-row
+    standard errors beside the clustered ones (`<method>_se_rows`, `<method>_se`) and `clusters`; the per-row
+    DR terms (for paired differences) in `attrs["dr_terms"]`, the rows' users in `attrs["users"]` (None without),
+    the choices in `attrs["chosen"]`.
     """
     frame = data.frame.reset_index(drop=True)
     if action is None or propensity is None:
         action, propensity = logged_actions(frame, data.treatment)
+    users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else None
     if folds is None:
-        users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
-        folds = user_folds(users, config.folds, config.seed)
+        folds = user_folds(users if users is not None else np.arange(len(frame)).astype(str), config.folds, config.seed)
+    fit = np.ones(len(frame), dtype=bool) if fit is None else np.asarray(fit, dtype=bool)
     reward = frame[data.label].to_numpy(dtype="float64")
     q_logged = np.zeros(len(frame))
     q_chosen = {name: np.zeros(len(frame)) for name in chosen}
     fit_cfg = _fit_config(config)
     for k in np.unique(folds):
         test = folds == k
-        train = replace(data, frame=frame[~test].reset_index(drop=True))
+        train = replace(data, frame=frame[~test & fit].reset_index(drop=True))
         q = _RewardModel(fit_t_learner(train, fit_cfg), frame[test].reset_index(drop=True), train.frame, data.treatment,
                          config.seed + int(k))
         asked = [action[test], *(np.asarray(pick, dtype=object)[test] for pick in chosen.values())]
@@ -241,15 +246,20 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     for name, pick in chosen.items():
         target = (np.asarray(pick, dtype=object) == action).astype("float64")
         terms[name] = dr_terms(propensity, target, reward, q_logged, q_chosen[name])
-        s = snips(propensity, target, reward) if target.any() else None
-        i = ips(propensity, target, reward)
-        dr = doubly_robust(propensity, target, reward, q_logged, q_chosen[name])
-        out.append({"policy": name, "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
-                    "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
-                    "ips": i.value, "ips_low": i.low, "ips_high": i.high, "effective_n": i.effective_n,
-                    "matched": int(target.sum()), "contacted_share": float((np.asarray(pick) != NO_CONTACT).mean())})
+        s = snips(propensity, target, reward, users) if target.any() else None
+        i = ips(propensity, target, reward, users)
+        dr = doubly_robust(propensity, target, reward, q_logged, q_chosen[name], users)
+        row = {"policy": name, "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
+               "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
+               "ips": i.value, "ips_low": i.low, "ips_high": i.high, "effective_n": i.effective_n,
+               "matched": int(target.sum()), "contacted_share": float((np.asarray(pick) != NO_CONTACT).mean()),
+               "clusters": i.clusters if i.clusters is not None else len(frame)}
+        for key, e in (("ips", i), ("snips", s), ("dr", dr)):
+            row[f"{key}_se"] = e.se if e else np.nan
+            row[f"{key}_se_rows"] = e.se_rows if e else np.nan
+        out.append(row)
     table = pd.DataFrame(out).set_index("policy")
-    table.attrs.update(dr_terms=terms, chosen=chosen, logged=len(frame))
+    table.attrs.update(dr_terms=terms, chosen=chosen, logged=len(frame), users=users)
     return table
 
 
