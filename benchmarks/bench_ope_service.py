@@ -14,7 +14,9 @@ action at its send time (fatigue from the judged log's sends, as the round's wor
 on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
 features the service reads, to count the "ineligible" sends that difference makes. `--epsilon`: the round's
 exploration rate (the shipped operator config has 0.05); `--seed`: the round's seed (which users, the world's draws);
-`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`).
+`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`). Each estimate is printed
+with its interval's standard error (clustered by user), the per-row one beside it (`se_rows`, `se_ratio`), and
+whether the interval covers the truth (`covered`).
 
   python benchmarks/bench_ope_service.py --logs-of DIR [--since 2026-10-01]
 
@@ -136,19 +138,14 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
     nba, propensity_only = model_policies(home, world, models=champion_set(home), as_of=cutoff)
     for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged,
                                    seen=every).items():
-        print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action "
-              f"({ope.attrs.get('no_action', 0):,} of them logged \"no action\")")
+        print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action")
         if "simulated_truth" in ope:
             ope["covered"] = (ope["ci_low"] <= ope["simulated_truth"]) & (ope["simulated_truth"] <= ope["ci_high"])
         ope["se_ratio"] = ope["se"] / ope["se_rows"]  # clustered by user / per row
         print(ope.to_markdown(index=False, floatfmt=".4f"))
 
     c = logged["contacts"]
-    # The judged rows: a "no action" row only when it carries its P(no contact) (as off_policies judges it).
-    if "no_contact_propensity" in c:
-        c = c[(c["variant"] != "no_action") | c["no_contact_propensity"].notna()].reset_index(drop=True)
-    else:
-        c = c[c["variant"] != "no_action"].reset_index(drop=True)
+    c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (evaluate.judged_log)
     oracle = Oracle(world.truth, world.offers)
     u = pd.Index(world.user_ids).get_indexer(c["user_id"].astype(str))
     sent = pd.to_datetime(c["sent_at"], utc=True)

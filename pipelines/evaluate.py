@@ -370,11 +370,10 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         if col not in log or log[col].isna().all():
             raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
                              "log it with every decision (the decision service does)")
-    log, no_action = judged_log(log)
+    log = judged_log(log)
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
-        keep = np.sort(rng.choice(len(log), size=sample, replace=False))
-        log, no_action = log.iloc[keep].reset_index(drop=True), no_action[keep]
+        log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
     users = pd.Index(period.user_ids).get_indexer(log["user_id"].astype(str))
     channels = list(period.channels["channel"].astype(str))
     n_c = len(channels)
@@ -389,8 +388,7 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     offer_ids = period.offers["offer_id"].astype(str).to_numpy()
     names = np.asarray(channels, dtype=object)
     chosen = {name: action_names(offer_ids[g.clip(0) // n_c], names[g.clip(0) % n_c], g >= 0) for name, g in greedy.items()}
-    # A logged "no action" is judged (its reward is the user's organic purchase) but no reward model trains on it.
-    judged = judge_choices(data, chosen, LogsConfig(seed=seed), fit=~no_action[rows])
+    judged = judge_choices(data, chosen, LogsConfig(seed=seed))
     truth = {} if period.truth is None else {
         name: float(t.mean()) for name, t in simulated_truths(
             period, log.iloc[rows], greedy, log if seen is None else seen,
@@ -406,7 +404,6 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         table.attrs["matched"] = int(row["matched"])
         table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
         table.attrs["users"] = judged.attrs["users"]  # each term's user: paired differences cluster by it
-        table.attrs["no_action"] = int(no_action[rows].sum())  # judged "no action" decisions
         if name in truth:
             table["simulated_truth"] = truth[name]
             table["error"] = (table["value"] - truth[name]) / truth[name]
@@ -414,25 +411,18 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
     return out
 
 
-def judged_log(log: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """The logged decisions as the off-policy judge reads them, and which of them are logged "no action" decisions.
-
-    A row that sent nothing and carries `no_contact_propensity` (the service's own log, pipelines/logs_to_contacts.py)
-    is the choice "no contact" with that probability: a hold-out row's `propensity` is the hold-out's share alone (the
-    control group's, for training), and a "no action" row (dropped from every training set) is kept as a judged
-    decision, its variant renamed in this copy only so the training-set read keeps it; the caller keeps it out of
-    every model's fit. A "no action" row without it (a log from before the service logged it) stays out, as before.
-    """
+def judged_log(log: pd.DataFrame) -> pd.DataFrame:
+    """The logged decisions as the off-policy judge reads them: the sends and the hold-outs (a "no action" decision
+    is not judged: the week after it holds the sends the service made on the other days), each with its choice's
+    probability among them, `propensity_sent_or_held`, where the log has one (the service's own,
+    pipelines/logs_to_contacts.py), else its `propensity`. Only this copy changes."""
     log = log.reset_index(drop=True)
-    if "no_contact_propensity" not in log or "variant" not in log:
-        return log, np.zeros(len(log), dtype=bool)
-    none = pd.to_numeric(log["no_contact_propensity"], errors="coerce")
-    silent = log["channel"].isna() & none.notna()
-    no_action = (log["variant"].astype(object) == "no_action").to_numpy()
-    keep = ~no_action | silent.to_numpy()
-    out = log.assign(propensity=np.where(silent, none, pd.to_numeric(log["propensity"], errors="coerce")),
-                     variant=np.where(no_action, "no_action_judged", log["variant"].astype(object)))
-    return out[keep].reset_index(drop=True), no_action[keep]
+    if "variant" in log:
+        log = log[(log["variant"].astype(object) != "no_action").to_numpy()].reset_index(drop=True)
+    if "propensity_sent_or_held" not in log:
+        return log
+    among = pd.to_numeric(log["propensity_sent_or_held"], errors="coerce")
+    return log.assign(propensity=among.where(among.notna(), pd.to_numeric(log["propensity"], errors="coerce")))
 
 
 def simulated_truths(period: Period, decisions: pd.DataFrame, picks: dict[str, np.ndarray],

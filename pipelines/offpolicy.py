@@ -208,13 +208,12 @@ def _fit_config(config: LogsConfig) -> UpliftConfig:
 
 def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: LogsConfig = LogsConfig(),
                   folds: np.ndarray | None = None, action: np.ndarray | None = None,
-                  propensity: np.ndarray | None = None, fit: np.ndarray | None = None) -> pd.DataFrame:
+                  propensity: np.ndarray | None = None) -> pd.DataFrame:
     """SNIPS, DR and IPS (95 % intervals) of policies given as each logged row's chosen action (`action_names`
     spelling), on the logged rows of `data` (reward: its label, the conversion within the label's window).
 
     DR's reward model is cross-fitted: per fold of users (`folds`, else `config.folds` seeded folds), a T-learner
-    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action; `fit`
-    (a row mask) keeps rows out of every reward model's fit (a logged "no action": judged, never trained on).
+    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action.
     Intervals are clustered by user when the rows name one (`user_id`): one user's rewards are correlated. Returns
     one row per policy with `matched` (rows where it takes the logged action), `contacted_share`, the per-row
     standard errors beside the clustered ones (`<method>_se_rows`, `<method>_se`) and `clusters`; the per-row
@@ -227,14 +226,13 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else None
     if folds is None:
         folds = user_folds(users if users is not None else np.arange(len(frame)).astype(str), config.folds, config.seed)
-    fit = np.ones(len(frame), dtype=bool) if fit is None else np.asarray(fit, dtype=bool)
     reward = frame[data.label].to_numpy(dtype="float64")
     q_logged = np.zeros(len(frame))
     q_chosen = {name: np.zeros(len(frame)) for name in chosen}
     fit_cfg = _fit_config(config)
     for k in np.unique(folds):
         test = folds == k
-        train = replace(data, frame=frame[~test & fit].reset_index(drop=True))
+        train = replace(data, frame=frame[~test].reset_index(drop=True))
         q = _RewardModel(fit_t_learner(train, fit_cfg), frame[test].reset_index(drop=True), train.frame, data.treatment,
                          config.seed + int(k))
         asked = [action[test], *(np.asarray(pick, dtype=object)[test] for pick in chosen.values())]

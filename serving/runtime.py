@@ -697,7 +697,7 @@ class Runtime:
                 if control is not None:
                     # "No contact" happens when the user is held out or when the policy (exploration included) picks
                     # it: P(no contact) = P(held out) + P(not held out) x P(the policy picks no action), the same
-                    # number on a hold-out and on a "no action" decision (`_no_contact_probability`).
+                    # number whether the user was held out or decided (`_no_contact_probability`).
                     no_action_p = _no_contact_probability(kept, self._policy_no_action(
                         greedy, i, config, thompson, ev, feasible_i, priority, p_convert, unit_value))
                 for n in range(0 if control else job.req.n_actions):
@@ -706,9 +706,9 @@ class Runtime:
                     else:
                         pick = engine.choose(ev[i], feasible_i, priority, config.exploration, self.rng,
                                              config.min_expected_value, p_convert[i], unit_value)
+                    if n == 0:  # P(no contact) of this decision, logged whatever it chose (off-policy weights)
+                        no_action_p = _no_contact_probability(kept, pick.no_action)
                     if pick.action is None:
-                        if not actions:
-                            no_action_p = _no_contact_probability(kept, pick.propensity)
                         break
                     o, c = pick.action
                     s = int(best[c])
@@ -752,7 +752,7 @@ class Runtime:
                 plans.append(dict(
                     decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
                                   no_action_propensity=no_action_p, holdout=control[0] if control else None,
-                                  holdout_share=control[1] if control else None,
+                                  holdout_share=control[1] if control else None, holdout_propensity=1.0 - kept,
                                   filtered=[r.__dict__.copy() for r in result.refusals[i] + job.extra_refusals],
                                   model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
                                   dry_run=job.req.dry_run, explanation=explanation),
@@ -808,7 +808,7 @@ class Runtime:
                     reason: str = "ledger_unavailable") -> dict:
         """No action: a refusal after three lost races (`refusal`), or an error state (`error`, flagged `reason`)."""
         return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0,
-                              holdout=None, holdout_share=None,
+                              holdout=None, holdout_share=None, holdout_propensity=None,
                               filtered=[vars(policy.Refusal(refusal or reason, detail=error or "lost a concurrent race three times"))],
                               model_versions=models.versions(), degraded=error is not None,
                               degraded_reasons=[reason] if error else [], dry_run=job.req.dry_run,
@@ -1061,8 +1061,9 @@ def _choice(rng: np.random.Generator, cdf: np.ndarray) -> int:
 
 def _no_contact_probability(kept: float, policy_none: float) -> float:
     """P(a decision ends in "no contact"): held out (1 - `kept`, every hold-out scope together) or, not held out, the
-    policy's "no action" (`policy_none`, its exploration included). The probability of the logged choice that
-    off-policy weights need, on a hold-out decision and on a "no action" one alike."""
+    policy's "no action" (`policy_none`, its exploration included). Logged on every decision (with P(held out) as
+    `holdout_propensity`), so off-policy evaluation can weigh a hold-out's "no contact" among the decisions that sent
+    or held out (pipelines/logs_to_contacts.py)."""
     return float((1.0 - kept) + kept * policy_none)
 
 
@@ -1093,6 +1094,7 @@ def _log_record(job: _Job, d: dict, plan: dict) -> dict:
                                            "explored", "variant", "variant_probability") if k in a}
                         for a in d["actions"]],
             "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"),
-            "holdout_share": d.get("holdout_share"), "model_versions": d["model_versions"],
+            "holdout_share": d.get("holdout_share"), "holdout_propensity": d.get("holdout_propensity"),
+            "model_versions": d["model_versions"],
             "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],
             "degraded_reasons": d["degraded_reasons"]}
