@@ -139,6 +139,9 @@ def test_each_logged_choice_is_drawn_with_its_logged_probability(built, tmp_path
         assert abs(count - n * p) <= 4.5 * np.sqrt(n * p * (1 - p)) + 1, f"{key}: {count} of {n} drawn, logged p {p:.4f}"
     # the choices never drawn carry the rest; with exploration over every open arm, that is only the unexplored arms
     assert sum(ps[0] for ps in logged.values()) <= 1 + 1e-9
+    # every decision logs the same P(no contact) and P(held out), whatever it chose (the judge's P(sent or held out))
+    assert {round(d["no_action_propensity"], 12) for d in answers} == {round(logged[("none",)][0], 12)}
+    assert {round(d["holdout_propensity"], 12) for d in answers} == {0.28}
     none = logged[("none",)][0]
     if greedy_none:  # held out, or not held out and the policy kept its "no action" (1 - 0.3 + 0.3 / k)
         assert none > 0.28 + 0.72 * 0.7

@@ -4,6 +4,7 @@ outcomes wait for the next run."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from nextbest.features.contract import conform
 from nextbest.pipelines.logs_to_contacts import PREFIX, logs_to_contacts, merge_contacts
@@ -63,22 +64,26 @@ def test_each_logged_choice_becomes_one_row_with_its_propensity():
     # the hold-out: no action, the share as propensity, converted by the user's own first purchase
     assert d3["variant"] == "control" and d3["offer_id"] is None and d3["propensity"] == 0.05
     assert d3["converted_at"] == T0 + pd.Timedelta(hours=4) and d3["revenue"] == 12.5
-    # a chosen "no action" is kept (off-policy evaluation), never as a control; its reward is the organic purchase
-    assert d4["variant"] == "no_action" and d4["propensity"] == 0.96
-    assert d4["converted_at"] == T0 + pd.Timedelta(hours=4) and d4["revenue"] == 7.0
-    # a log from before the service logged P(no contact) whole (no `holdout_share`): no such column value
-    assert rows["no_contact_propensity"].isna().all()
+    # a chosen "no action" is kept (its propensity logged), never as a control
+    assert d4["variant"] == "no_action" and d4["propensity"] == 0.96 and pd.isna(d4["converted_at"])
+    # a log from before P(no contact) and P(held out) were logged on every decision: no judged probability
+    assert rows["propensity_sent_or_held"].isna().all()
 
 
-def test_a_log_with_the_hold_out_share_gives_no_contact_its_whole_probability():
-    held = {**_decision("d3", "p3", holdout="universal", no_action_p=0.1 + 0.9 * 0.02), "holdout_share": 0.1}
-    chose = {**_decision("d4", "p4", no_action_p=0.1 + 0.9 * 0.96), "holdout_share": None}
-    rows = _rows(decisions=[DECISIONS[0], held, chose])
+def test_sends_and_hold_outs_get_their_probability_among_the_decisions_that_sent_or_held_out():
+    """P(sent or held out) = 1 - P(no contact) + P(held out): a send's row gets its propensity over it, a control row
+    P(held out) over it (its `propensity` stays the hold-out's share, which training uses), a "no action" row none."""
+    sent = {**_decision("d1", "p1", [("o1", "email", 0.9 * 0.95, False)], no_action_p=0.1 + 0.9 * 0.01),
+            "holdout_propensity": 0.1}
+    held = {**_decision("d3", "p3", holdout="universal", no_action_p=0.1 + 0.9 * 0.8), "holdout_share": 0.1,
+            "holdout_propensity": 0.1}
+    chose = {**_decision("d4", "p4", no_action_p=0.1 + 0.9 * 0.96), "holdout_propensity": 0.1}
+    rows = _rows(decisions=[sent, held, chose])
     d1, d3, d4 = rows.loc[f"{PREFIX}d1"], rows.loc[f"{PREFIX}d3"], rows.loc[f"{PREFIX}d4"]
-    # the control row trains with the hold-out's share; both silent rows carry P(no contact) for the judge
-    assert d3["variant"] == "control" and d3["propensity"] == 0.1 and d3["no_contact_propensity"] == 0.1 + 0.9 * 0.02
-    assert d4["variant"] == "no_action" and d4["propensity"] == d4["no_contact_propensity"] == 0.1 + 0.9 * 0.96
-    assert pd.isna(d1["no_contact_propensity"])  # a send's probability is its `propensity`
+    assert d1["propensity"] == pytest.approx(0.855) and d1["propensity_sent_or_held"] == pytest.approx(0.855 / (1 - 0.109 + 0.1))
+    assert d3["variant"] == "control" and d3["propensity"] == 0.1
+    assert d3["propensity_sent_or_held"] == pytest.approx(0.1 / (1 - 0.82 + 0.1))  # 0.1 / 0.28: the policy would not send
+    assert d4["variant"] == "no_action" and d4["propensity"] == pytest.approx(0.964) and pd.isna(d4["propensity_sent_or_held"])
     conform("contacts", rows.reset_index(), "contacts (from the logs)")
 
 

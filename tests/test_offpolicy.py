@@ -311,29 +311,27 @@ def test_off_policies_seen_changes_the_truth_beside_the_estimates_and_nothing_el
     assert seen["simulated_truth"].iloc[0] < alone["simulated_truth"].iloc[0]  # the history before the cutoff tires users
 
 
-def test_the_judge_reads_no_contact_with_its_whole_probability_and_keeps_logged_no_action_rows():
-    """`judged_log`: a silent row with `no_contact_propensity` (the service's own log) is "no contact" at that
-    probability, a hold-out's share (its training propensity) set aside; a "no action" row with it is a judged decision
-    (renamed in the judge's copy only, so no training read drops it), one without it (an older log) stays out."""
+def test_the_judge_weighs_sends_and_hold_outs_among_themselves_and_leaves_no_action_out():
+    """`judged_log`: a row with `propensity_sent_or_held` (the service's own log) is judged at that probability (a
+    hold-out's share, its training propensity, set aside), an exported row at its `propensity`; a "no action" row is
+    not judged; the caller's table is unchanged."""
     from nextbest.pipelines.evaluate import judged_log
 
-    log = pd.DataFrame({"contact_id": ["s", "c", "n", "old"], "user_id": ["u1", "u2", "u3", "u4"],
-                        "channel": ["email", None, None, None], "variant": ["treatment", "control", "no_action", "no_action"],
-                        "propensity": [0.6, 0.1, 0.82, 0.97], "no_contact_propensity": [np.nan, 0.13, 0.82, np.nan]})
-    judged, no_action = judged_log(log)
-    assert judged["contact_id"].tolist() == ["s", "c", "n"] and no_action.tolist() == [False, False, True]
-    assert judged["propensity"].tolist() == [0.6, 0.13, 0.82]
-    assert judged["variant"].tolist()[:2] == ["treatment", "control"] and judged["variant"].iloc[2] != "no_action"
-    assert log["variant"].iloc[2] == "no_action" and log["propensity"].iloc[1] == 0.1  # the caller's table unchanged
-    plain = log.drop(columns="no_contact_propensity")  # an exported log: as it was
-    same, none = judged_log(plain)
-    pd.testing.assert_frame_equal(same, plain) and not none.any()
+    log = pd.DataFrame({"contact_id": ["s", "c", "n", "x"], "user_id": ["u1", "u2", "u3", "u4"],
+                        "channel": ["email", None, None, "sms"], "variant": ["treatment", "control", "no_action", None],
+                        "propensity": [0.6, 0.1, 0.82, 0.5], "propensity_sent_or_held": [0.7, 0.45, np.nan, np.nan]})
+    judged = judged_log(log)
+    assert judged["contact_id"].tolist() == ["s", "c", "x"]
+    assert judged["propensity"].tolist() == [0.7, 0.45, 0.5]
+    assert log["propensity"].tolist() == [0.6, 0.1, 0.82, 0.5]  # the caller's table unchanged
+    plain = log.drop(columns="propensity_sent_or_held").iloc[[0, 1, 3]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(judged_log(plain), plain)  # an exported log is judged as it was
 
 
-def test_off_policies_judges_logged_no_action_rows_and_no_reward_model_learns_from_them(trained):
-    """Planted "no action" decisions (copies of logged control rows, with their P(no contact)) are judged: counted in
-    `n` and in `attrs["no_action"]`, and their rewards move the estimates; but no reward model trains on them: with
-    every one of them converted or none, the DR terms of all the other decisions are the same to the last bit."""
+def test_off_policies_weighs_each_judged_row_by_its_probability_among_sends_and_hold_outs(trained):
+    """The judge of the gate and `nextbest evaluate` reads `propensity_sent_or_held`: with the control rows' set to
+    twice their propensity, "nobody"'s IPS (it matches the control rows only) halves exactly; "no action" rows in the
+    log (copies of control rows) are not judged."""
     from nextbest.features.store import read_table
     from nextbest.pipelines.evaluate import ModelPolicy, load_period, off_policies
     from nextbest.pipelines.offpolicy import decisions_since
@@ -343,28 +341,19 @@ def test_off_policies_judges_logged_no_action_rows_and_no_reward_model_learns_fr
     snapshots = read_table(trained, "behaviour")["event_timestamp"]
     _, logged = decisions_since(tables, snapshots, set(period.user_ids))
     contacts = logged["contacts"].reset_index(drop=True)
-    control = contacts[contacts["channel"].isna()]
-    assert len(control) >= 20
-    planted = control.head(60).assign(contact_id=lambda d: "na-" + d["contact_id"].astype(str), variant="no_action",
-                                      propensity=0.8, no_contact_propensity=0.8, refused="[]")
+    control = contacts["channel"].isna()
+    assert control.sum() >= 20 and (contacts.loc[control, "propensity"] < 0.5).all()
+    planted = contacts[control].head(60).assign(contact_id=lambda d: "na-" + d["contact_id"].astype(str),
+                                                 variant="no_action", propensity=0.8)
     n_o, n_c = len(period.offers), len(period.channels)
     ev = np.tile(np.arange(n_o * n_c, dtype=float).reshape(1, n_o, n_c) / (n_o * n_c), (period.n_users, 1, 1))
     policy = ModelPolicy("nobody", -1 - ev, np.full((period.n_users, n_c), 10))  # no contact on every decision
-    judged = {}
-    for name, converted in (("bought", planted["sent_at"]), ("none", pd.NaT)):
-        log = pd.concat([contacts.assign(no_contact_propensity=np.nan), planted.assign(converted_at=converted)],
-                        ignore_index=True)
-        seen = pd.concat([tables["contacts"], planted], ignore_index=True)
-        judged[name] = off_policies(trained, {policy.name: policy}, period, {**logged, "contacts": log},
-                                    seen=seen)[policy.name]
-    old = off_policies(trained, {policy.name: policy}, period, logged, seen=tables["contacts"])[policy.name]
-    bought, none = judged["bought"], judged["none"]
-    assert bought.attrs["no_action"] == none.attrs["no_action"] == len(planted) and old.attrs["no_action"] == 0
-    assert int(bought["n"].iloc[0]) == int(old["n"].iloc[0]) + len(planted)
-    terms_b, terms_n = bought.attrs["dr_terms"], none.attrs["dr_terms"]
-    users = np.asarray(bought.attrs["users"])
-    mine = np.isin(np.arange(len(terms_b)), np.flatnonzero(terms_b != terms_n))
-    assert mine.sum() > 0 and mine.sum() <= len(planted)  # only the planted rows' own terms differ
-    np.testing.assert_array_equal(terms_b[~mine], terms_n[~mine])
-    assert bought.set_index("method").loc["IPS", "value"] > none.set_index("method").loc["IPS", "value"]
-    assert len(users) == len(terms_b) and bought["users"].iloc[0] == len(set(users))  # clustered by these users
+    seen = pd.concat([tables["contacts"], planted], ignore_index=True)
+    plain = off_policies(trained, {policy.name: policy}, period, logged, seen=seen)[policy.name].set_index("method")
+    among = contacts.assign(propensity_sent_or_held=np.where(control, 2 * contacts["propensity"], np.nan))
+    log = pd.concat([among, planted], ignore_index=True)
+    judged = off_policies(trained, {policy.name: policy}, period, {**logged, "contacts": log},
+                          seen=seen)[policy.name].set_index("method")
+    assert judged.loc["IPS", "n"] == plain.loc["IPS", "n"]  # the "no action" rows are not judged
+    assert plain.loc["IPS", "value"] > 0 and judged.loc["IPS", "value"] == pytest.approx(plain.loc["IPS", "value"] / 2)
+    assert judged.loc["IPS", "users"] < judged.loc["IPS", "n"]  # clustered by user: fewer users than decisions
