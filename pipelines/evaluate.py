@@ -32,6 +32,7 @@ from nextbest.pipelines.offpolicy import (
     action_names,
     decisions_since,
     judge_choices,
+    judged_log,
     logged_feasibility,
 )
 from nextbest.pipelines.retrain import ARGMAX_SUFFIX
@@ -51,7 +52,7 @@ from nextbest.simulation.replay import (
 from nextbest.simulation.truth import Truth
 
 __all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
-           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "judged_log", "simulated_truths", "write_report",
+           "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "simulated_truths", "write_report",
            "raw_argmax"]
 
 HISTORY_ORACLE = "history oracle"  # the oracle deciding on what the history tells of interests and channels
@@ -409,20 +410,6 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
             table["error"] = (table["value"] - truth[name]) / truth[name]
         out[name] = table
     return out
-
-
-def judged_log(log: pd.DataFrame) -> pd.DataFrame:
-    """The logged decisions as the off-policy judge reads them: the sends and the hold-outs (a "no action" decision
-    is not judged: the week after it holds the sends the service made on the other days), each with its choice's
-    probability among them, `propensity_sent_or_held`, where the log has one (the service's own,
-    pipelines/logs_to_contacts.py), else its `propensity`. Only this copy changes."""
-    log = log.reset_index(drop=True)
-    if "variant" in log:
-        log = log[(log["variant"].astype(object) != "no_action").to_numpy()].reset_index(drop=True)
-    if "propensity_sent_or_held" not in log:
-        return log
-    among = pd.to_numeric(log["propensity_sent_or_held"], errors="coerce")
-    return log.assign(propensity=among.where(among.notna(), pd.to_numeric(log["propensity"], errors="coerce")))
 
 
 def simulated_truths(period: Period, decisions: pd.DataFrame, picks: dict[str, np.ndarray],

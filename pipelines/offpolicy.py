@@ -53,7 +53,7 @@ from nextbest.training.uplift import action_draws as _action_draws
 from nextbest.training.uplift import action_grid as _grid
 
 __all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
-           "decisions_since", "logged_feasibility", "converted_within"]
+           "decisions_since", "logged_feasibility", "converted_within", "judged_log"]
 
 
 
@@ -342,6 +342,20 @@ class _RewardModel:
 
 
 _GRID_ROWS = 200_000  # (row, action) copies scored per call: bounds memory, large enough that per-call costs vanish
+
+
+def judged_log(log: pd.DataFrame) -> pd.DataFrame:
+    """The logged decisions as the off-policy judge reads them: the sends and the hold-outs (a "no action" decision
+    is not judged: the week after it holds the sends the service made on the other days), each with its choice's
+    probability among them, `propensity_sent_or_held`, where the log has one (the service's own,
+    pipelines/logs_to_contacts.py), else its `propensity`. Only this copy changes."""
+    log = log.reset_index(drop=True)
+    if "variant" in log:
+        log = log[(log["variant"].astype(object) != "no_action").to_numpy()].reset_index(drop=True)
+    if "propensity_sent_or_held" not in log:
+        return log
+    among = pd.to_numeric(log["propensity_sent_or_held"], errors="coerce")
+    return log.assign(propensity=among.where(among.notna(), pd.to_numeric(log["propensity"], errors="coerce")))
 
 
 def converted_within(log: pd.DataFrame, window_days: int) -> np.ndarray:

@@ -315,7 +315,7 @@ def test_the_judge_weighs_sends_and_hold_outs_among_themselves_and_leaves_no_act
     """`judged_log`: a row with `propensity_sent_or_held` (the service's own log) is judged at that probability (a
     hold-out's share, its training propensity, set aside), an exported row at its `propensity`; a "no action" row is
     not judged; the caller's table is unchanged."""
-    from nextbest.pipelines.evaluate import judged_log
+    from nextbest.pipelines.offpolicy import judged_log
 
     log = pd.DataFrame({"contact_id": ["s", "c", "n", "x"], "user_id": ["u1", "u2", "u3", "u4"],
                         "channel": ["email", None, None, "sms"], "variant": ["treatment", "control", "no_action", None],
