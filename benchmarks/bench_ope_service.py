@@ -144,6 +144,7 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
         ope["se_ratio"] = ope["se"] / ope["se_rows"]  # clustered by user / per row
         print(ope.to_markdown(index=False, floatfmt=".4f"))
 
+    held_out_by_state(home, start, end - pd.Timedelta(days=7))
     c = logged["contacts"]
     c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (evaluate.judged_log)
     oracle = Oracle(world.truth, world.offers)
@@ -161,6 +162,27 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
     out["error"] = out["logged"] / out["truth"] - 1
     out["z"] = (out["logged"] - out["truth"]) / np.sqrt(out["truth"] * (1 - out["truth"]) / out["n"])
     print("\nrow by row: mean logged reward against the truth of the logged action")
+    print(out.to_markdown(floatfmt=".4f"))
+
+
+def held_out_by_state(home: Settings, start: pd.Timestamp, until: pd.Timestamp) -> None:
+    """From the decision log (decisions from `start` to `until`): the share held out among the decisions where the
+    policy would send (P(no action) < 0.5) and where it would not, against the logged P(held out). A stable per-user
+    hold-out keeps its users uncontacted, so their caps never close every action: the held-out share among the
+    "would send" decisions is above the logged one, which IPS (unnormalised) cannot see; SNIPS divides it out."""
+    rows = [json.loads(line) for line in (home.log_dir / "decisions.jsonl").read_text().splitlines() if line.strip()]
+    d = pd.DataFrame({"at": pd.to_datetime([r["at"] for r in rows], utc=True),
+                      "held": [bool(r.get("holdout")) for r in rows],
+                      "none": [r.get("no_action_propensity") for r in rows],
+                      "logged": [r.get("holdout_propensity") for r in rows]})
+    d = d[(d["at"] >= start) & (d["at"] < until)]
+    if d["logged"].isna().any():
+        return  # a log from before P(held out) was logged on every decision
+    d["policy_none"] = (d["none"] - d["logged"]) / (1 - d["logged"])
+    d["state"] = np.where(d["policy_none"] < 0.5, "would send", "would not send")
+    out = d.groupby("state").agg(decisions=("held", "size"), held_out=("held", "mean"), logged=("logged", "mean"),
+                                 every_action_closed=("policy_none", lambda p: float((p > 0.999).mean())))
+    print("\nheld out by the policy's state (decisions with a full outcome window)")
     print(out.to_markdown(floatfmt=".4f"))
 
 
