@@ -17,7 +17,7 @@ reads them back here into contact-log rows, the form every model trains on:
   control row, over P(sent or held out) = 1 - P(no contact) + P(held out), from the decision's logged
   `no_action_propensity` and `holdout_propensity` (null from logs written before those were logged on every
   decision). Without it, a hold-out row weighed 1 / share also where the policy would not have sent, as if the
-  "no action" decisions the judge leaves out were there (IPS ~3.6 % low on the service's logs, benchmarks/RESULTS.md).
+  "no action" decisions the judge leaves out were there (SNIPS 4-5 % low on the service's logs, benchmarks/RESULTS.md).
 
 Every row of a decision carries `refused`: the (offer, channel) pairs the service's contact policy refused at that
 moment (its logged `reasons`; null = every offer or every channel), as JSON text, so off-policy evaluation credits a
