@@ -28,6 +28,7 @@ __all__ = [
     "send_time_scores",
     "conversion_scores",
     "funnel_factors",
+    "open_factor",
     "shrunk_uplift",
     "churn_scores",
     "best_slots",
@@ -160,11 +161,14 @@ def send_time_scores(models: ModelSet, users: Users | UserColumns, config: Opera
 
 
 def conversion_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
-                      hours: np.ndarray, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      hours: np.ndarray, candidates: np.ndarray | None = None,
+                      p_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """P(convert) and uplift per (user, offer, channel), channel at its send hour `hours` (U, C).
 
     With `candidates` (bool (U, O, C)), the models score only those (the actions the contact rules allow) and the
     other entries are NaN: a row's score depends on that row alone, so the scored ones are the same numbers.
+    `p_open`: the send-time scores (U, C, 24) the hours were chosen by; a funnel uplift's open factor then also
+    reads them (`open_factor`).
     """
     n_u, n_o, n_c = n_users(users), len(config.offers), len(config.channels)
     offers, channels = config.offers, config.channel_names()
@@ -178,8 +182,8 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
         x = Rows(user_columns(users), rows, cells, hours[rows, cells % n_c].astype("float64"), request_grid(config))
         for kind in ("conversion", "uplift"):
             if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "lift"):
-                p_open, lift = funnel_factors(models, x.users, config, hours, candidates)
-                uplift = p_open[:, None, :] * lift[:, :, None]
+                engage, lift = funnel_factors(models, x.users, config, hours, candidates)
+                uplift = open_factor(models, engage, p_open, hours)[:, None, :] * lift[:, :, None]
                 continue
             if kind in models.models:
                 model, inputs = models.scorer(kind, x)
@@ -194,6 +198,21 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
             p_convert = _rule_convert(users, offers, channels)
         return p_convert, shrunk_uplift(models, uplift, config)
     return _rule_convert(users, offers, channels), uplift
+
+
+def open_factor(models: ModelSet, engage: np.ndarray, p_open: np.ndarray | None, hours: np.ndarray) -> np.ndarray:
+    """P(open) per (user, channel) at `hours` (U, C) in a funnel uplift's EV: the geometric mean of the funnel's
+    engage arm and the send-time champion's score at that hour, where there is a send-time champion.
+
+    Both models answer P(open | user, channel, hour) from the same sends, by different inputs (the engage arm: the
+    user's features with channel and hour; the send-time net: a user tower with the rhythm shrunk to the population),
+    and their errors are partly independent (correlation 0.64-0.77 per channel on the demo world): the mean ranks a
+    user's channels better than either alone (benchmarks/RESULTS.md, issue 16, seventh session). The geometric mean
+    keeps a product of probabilities a probability and moves the EV's scale least."""
+    if p_open is None or "send_time" not in models.models:
+        return engage
+    at_hour = np.take_along_axis(p_open, hours.astype(np.int64)[:, :, None], axis=2)[:, :, 0]
+    return np.sqrt(engage * at_hour)
 
 
 def shrunk_uplift(models: ModelSet, uplift: np.ndarray, config: OperatorConfig) -> np.ndarray:

@@ -1015,7 +1015,7 @@ def _scores(models: engine.ModelSet, ucols, config: OperatorConfig, gb, result) 
     slots = engine.best_slots_many(p_open, gb.local_hour, result.slot_ok)  # (U, C)
     hours = np.where(slots >= 0, np.take_along_axis(gb.local_hour, np.maximum(slots, 0), axis=1), p_open.argmax(axis=2))
     feasible = result.offer_ok[:, :, None] & result.channel_ok[:, None, :] & (slots >= 0)[:, None, :]
-    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours, feasible)
+    p_convert, uplift = engine.conversion_scores(models, ucols, config, hours, feasible, p_open)
     p_churn = engine.churn_scores(models, ucols, config)
     return p_open, slots, hours, feasible, p_convert, uplift, p_churn
 

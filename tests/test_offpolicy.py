@@ -157,6 +157,10 @@ def test_the_gate_judges_off_policy_only_decisions_no_challenger_trained_on():
     assert "holdout of uplift is not a time split" in decision["reason"]
     thin = gate_decision(table, waiting, by_time, None, min_matched=1000)
     assert thin["by"] == "holdout" and "only 400 logged decisions match" in thin["reason"]
+    # A higher DR whose paired interval reaches below 0 is the logs' noise, not a better policy: the champions stay.
+    noisy = table.assign(dr_diff_low=[0.0, -0.001])
+    decision = gate_decision(noisy, waiting, by_time, pd.Timestamp("2026-05-01", tz="UTC"), min_matched=200)
+    assert decision["by"] == "off-policy" and not decision["promoted"] and decision["promote"] == {}
     # A time split is one where no training row shares the holdout's times: an export with one send time (Thornton's
     # experiment, benchmarks/export_thornton.py) is a random split, whichever way the rows were ordered.
     from nextbest.training.jobs import holdout_kind
@@ -309,6 +313,29 @@ def test_off_policies_seen_changes_the_truth_beside_the_estimates_and_nothing_el
     seen = off_policies(trained, {policy.name: policy}, period, logged, seen=tables["contacts"])[policy.name]
     pd.testing.assert_frame_equal(alone.drop(columns=["simulated_truth", "error"]), seen.drop(columns=["simulated_truth", "error"]))
     assert seen["simulated_truth"].iloc[0] < alone["simulated_truth"].iloc[0]  # the history before the cutoff tires users
+
+
+def test_the_simulation_gate_promotes_only_a_surely_better_policy():
+    """With a truth the gate reads the challengers' revenue minus the champions', paired per user on the same replay:
+    more revenue within the sample's noise (the interval reaching below 0) keeps the champions; an interval above 0
+    promotes, unless a rule was broken."""
+    from nextbest.pipelines.retrain import gate_decision
+
+    def table(low: float, violations: int = 0) -> pd.DataFrame:
+        return pd.DataFrame({"incremental_revenue": [9_000.0, 9_090.0], "violations": [0, violations],
+                             "revenue_diff": [0.0, 90.0], "revenue_diff_low": [0.0, low],
+                             "revenue_diff_high": [0.0, 200.0], "dr": [0.05, 0.05]},
+                            index=pd.Index(["champions", "challengers"], name="models"))
+
+    waiting = {"uplift": "2"}
+    trained = {"uplift": {"holdout_split": "time", "better_on_holdout": True}}
+    since = pd.Timestamp("2026-05-01", tz="UTC")
+    noise = gate_decision(table(-20.0), waiting, trained, since, min_matched=200)
+    assert noise["by"] == "simulation" and not noise["promoted"] and noise["promote"] == {}
+    assert "+90.0 [-20.0, +200.0] paired per user, not surely better" in noise["reason"]
+    sure = gate_decision(table(15.0), waiting, trained, since, min_matched=200)
+    assert sure["promoted"] and sure["promote"] == waiting and "surely better" in sure["reason"]
+    assert not gate_decision(table(15.0, violations=1), waiting, trained, since, min_matched=200)["promoted"]
 
 
 def test_the_judge_weighs_sends_and_hold_outs_among_themselves_and_leaves_no_action_out():
