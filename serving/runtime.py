@@ -685,8 +685,9 @@ class Runtime:
                 best = slots[i]
                 feasible_i, taken = feasible[i], None
                 user_counts = None
-                # A held-out user gets "no contact", chosen with the hold-out's share as its probability; the rest of
-                # the policy (and its random stream) is not consulted, so the control is independent of the models.
+                # A held-out user gets "no contact" whatever the models say, so the control is independent of them;
+                # the policy's own P(no action) is still read (its greedy choice, no draw under epsilon) for the
+                # logged P(no contact) below.
                 control = control_of(job.req.user_id, job.req.context.campaign_id, config.holdout, nows[i])
                 # The user could have been held out: an action's probability is P(not held out) x P(the policy's pick),
                 # or off-policy weights on the sends miss the hold-out's share (IPS ~10 % low with a 10 % hold-out).
