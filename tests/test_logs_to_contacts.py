@@ -66,24 +66,24 @@ def test_each_logged_choice_becomes_one_row_with_its_propensity():
     assert d3["converted_at"] == T0 + pd.Timedelta(hours=4) and d3["revenue"] == 12.5
     # a chosen "no action" is kept (its propensity logged), never as a control
     assert d4["variant"] == "no_action" and d4["propensity"] == 0.96 and pd.isna(d4["converted_at"])
-    # a log from before P(no contact) and P(held out) were logged on every decision: no judged probability
-    assert rows["propensity_sent_or_held"].isna().all()
+    # a log from before P(no contact) and P(held out) were logged on every decision: none to weigh them by
+    assert rows["no_contact_propensity"].isna().all() and rows["holdout_propensity"].isna().all()
 
 
-def test_sends_and_hold_outs_get_their_probability_among_the_decisions_that_sent_or_held_out():
-    """P(sent or held out) = 1 - P(no contact) + P(held out): a send's row gets its propensity over it, a control row
-    P(held out) over it (its `propensity` stays the hold-out's share, which training uses), a "no action" row none."""
+def test_every_row_carries_its_decisions_p_no_contact_and_p_held_out():
+    """A log that records P(no contact) and P(held out) on every decision puts both on each of its rows (the judge's
+    weights among sends and hold-outs, `offpolicy.judged_log`); a control row still trains with its hold-out's share."""
     sent = {**_decision("d1", "p1", [("o1", "email", 0.9 * 0.95, False)], no_action_p=0.1 + 0.9 * 0.01),
             "holdout_propensity": 0.1}
-    held = {**_decision("d3", "p3", holdout="universal", no_action_p=0.1 + 0.9 * 0.8), "holdout_share": 0.1,
+    held = {**_decision("d3", "p3", holdout="universal", no_action_p=0.1 + 0.9 * 0.8), "holdout_share": 0.05,
             "holdout_propensity": 0.1}
     chose = {**_decision("d4", "p4", no_action_p=0.1 + 0.9 * 0.96), "holdout_propensity": 0.1}
     rows = _rows(decisions=[sent, held, chose])
     d1, d3, d4 = rows.loc[f"{PREFIX}d1"], rows.loc[f"{PREFIX}d3"], rows.loc[f"{PREFIX}d4"]
-    assert d1["propensity"] == pytest.approx(0.855) and d1["propensity_sent_or_held"] == pytest.approx(0.855 / (1 - 0.109 + 0.1))
-    assert d3["variant"] == "control" and d3["propensity"] == 0.1
-    assert d3["propensity_sent_or_held"] == pytest.approx(0.1 / (1 - 0.82 + 0.1))  # 0.1 / 0.28: the policy would not send
-    assert d4["variant"] == "no_action" and d4["propensity"] == pytest.approx(0.964) and pd.isna(d4["propensity_sent_or_held"])
+    assert d1["propensity"] == pytest.approx(0.855) and d1["no_contact_propensity"] == pytest.approx(0.109)
+    assert d3["variant"] == "control" and d3["propensity"] == 0.05 and d3["no_contact_propensity"] == pytest.approx(0.82)
+    assert d4["variant"] == "no_action" and d4["propensity"] == d4["no_contact_propensity"] == pytest.approx(0.964)
+    assert (rows["holdout_propensity"] == 0.1).all()
     conform("contacts", rows.reset_index(), "contacts (from the logs)")
 
 
