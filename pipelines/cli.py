@@ -382,10 +382,11 @@ def print_evaluation(table, ope, png, html) -> None:
 
 def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
     import numpy as np
+    import pandas as pd
 
     from nextbest.features.engines import EngineUnavailable
     from nextbest.features.store import training_store
-    from nextbest.pipelines.offpolicy import LogsConfig, policy_values
+    from nextbest.pipelines.offpolicy import LogsConfig, judged_log, policy_values
     from nextbest.training.jobs import read_raw_tables
     from nextbest.training.uplift import LEARNERS, UpliftConfig, build_frame
 
@@ -402,6 +403,8 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
     if users is not None and ids.nunique() > users:  # a seeded sample of users, all their logged decisions
         keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=users, replace=False)
         raw = {**raw, "contacts": raw["contacts"][ids.isin(set(keep)).to_numpy()]}
+    if isinstance(raw["contacts"], pd.DataFrame):  # the service's own rows at their probability among sends and hold-outs
+        raw = {**raw, "contacts": judged_log(raw["contacts"])}
     try:
         data = build_frame(training_store(settings), raw, UpliftConfig(window_days=window))
         return policy_values(data, LogsConfig(folds=folds, learners=names, seed=settings.seed)), window
