@@ -89,9 +89,11 @@ def main() -> None:
     users = latest_features(settings, period.user_ids)
     op = catalog_config(period.offers, period.channels)
     value_op = np.array([o.value * o.lever for o in op.offers])
-    open_m, lift_m = engine.funnel_factors(models, users, op, nba.hours)
+    p_open = engine.send_time_scores(models, users, op)  # the open factor reads the send-time champion too
+    engage_m, lift_m = engine.funnel_factors(models, users, op, nba.hours)
+    open_m = engine.open_factor(models, engage_m, p_open, nba.hours)
     offer_m = lift_m * value_op[None]
-    _, uplift_at_best = engine.conversion_scores(models, users, op, best_hours)
+    _, uplift_at_best = engine.conversion_scores(models, users, op, best_hours, p_open=p_open)
     p_churn = engine.churn_scores(models, users, op)
     retention = np.array([o.kind == "retention" for o in op.offers])
     gain = (value_op[None] * (1 + op.churn_boost * p_churn[:, None] * retention[None]))[:, :, None]

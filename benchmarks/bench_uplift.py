@@ -46,6 +46,7 @@ import pandas as pd
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
+from nextbest.pipelines.cli import judged_contacts
 from nextbest.pipelines.offpolicy import (
     NO_CONTACT,
     LogsConfig,
@@ -354,12 +355,10 @@ def main() -> None:
         keep = order[args.sample * args.users:(args.sample + 1) * args.users]
         if not args.users or not len(keep):  # the last sample may be short: the users left
             raise SystemExit(f"--sample {args.sample} of --users {args.users:,}: the log has {len(order):,} users")
-        raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
+        raw["contacts"] = judged_contacts(raw["contacts"][ids.isin(set(keep)).to_numpy()], None, settings.seed)
         machine = {**machine, "sample": args.sample, "sample_users": len(keep)}
     else:  # the sample `nextbest evaluate --logs --users` judges
-        from nextbest.pipelines.cli import sample_users
-
-        raw["contacts"] = sample_users(raw["contacts"], args.users or None, settings.seed)
+        raw["contacts"] = judged_contacts(raw["contacts"], args.users or None, settings.seed)
     data = build_frame(feature_store(settings), raw, UpliftConfig())
     machine = {**machine, "rows": len(data.frame), "folds": args.folds}
     if args.part in ("qini", "both"):

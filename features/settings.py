@@ -88,6 +88,11 @@ class Settings(BaseSettings):
                           "churn and label models (metrics with intervals over folds, baselines and the champion's "
                           "recipe on the same folds; the registered model is refit on all rows); 0 or 1: one "
                           "holdout instead.")
+    uplift_gate_draws: int = Field(200, ge=0, description="Paired bootstrap draws (over the holdout's users) behind "
+                                   "the uplift model's holdout gate: a challenger is promoted only when the interval of "
+                                   "its Qini AUC minus the champion's, both on the same holdout and the same draws, lies "
+                                   "above 0 (surely better, not better by the holdout's noise); 0: promoted on any higher "
+                                   "Qini AUC.")
     cv_max_rows: int = Field(12_000, ge=100, description="Above this many training rows, the cross-validation runs on "
                              "a seeded sample of whole users of about this many rows (the refit still uses all rows).")
     train_sample_rows: int = Field(500_000, ge=1000, description="Rows of each training row set (the contact log, the "

@@ -392,6 +392,18 @@ def sample_users(contacts, users: int | None, seed: int):
     return contacts[ids.isin(set(keep)).to_numpy()]
 
 
+def judged_contacts(contacts, users: int | None, seed: int):
+    """The logged decisions `evaluate --logs` judges: those of a seeded sample of users (`sample_users`), read as the
+    off-policy judge reads them (`offpolicy.judged_log`: the service's own rows at their probability among sends and
+    hold-outs)."""
+    import pandas as pd
+
+    from nextbest.pipelines.offpolicy import judged_log
+
+    contacts = sample_users(contacts, users, seed)
+    return judged_log(contacts) if isinstance(contacts, pd.DataFrame) else contacts
+
+
 def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, users: int | None):
     from nextbest.features.engines import EngineUnavailable
     from nextbest.features.store import training_store
@@ -408,7 +420,7 @@ def _evaluate_logs(settings: Settings, window: int, folds: int, learners: str, u
     raw = read_raw_tables(settings)
     if raw.get("contacts") is None:
         raise UserError("no contacts table: off-policy evaluation reads the contact log (`nextbest ingest`)")
-    raw = {**raw, "contacts": sample_users(raw["contacts"], users, settings.seed)}
+    raw = {**raw, "contacts": judged_contacts(raw["contacts"], users, settings.seed)}
     try:
         data = build_frame(training_store(settings), raw, UpliftConfig(window_days=window))
         # Each policy takes only the actions open at the logged decision (the logging policy's support), as the

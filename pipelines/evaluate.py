@@ -32,6 +32,7 @@ from nextbest.pipelines.offpolicy import (
     action_names,
     decisions_since,
     judge_choices,
+    judged_log,
     logged_feasibility,
 )
 from nextbest.pipelines.retrain import ARGMAX_SUFFIX
@@ -195,7 +196,7 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
         part = engine.user_columns({k: v[rows] for k, v in users.items()})
         p_open = engine.send_time_scores(models, part, config)  # (u, C, 24)
         hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
-        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows])
+        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows], p_open=p_open)
         p_churn[rows] = engine.churn_scores(models, part, config)
         opt_out[rows] = engine.opt_out_risk(part, config)
     # Expected values as serving computes them (one definition: engine.expected_values_many).
@@ -255,7 +256,8 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
     decisions, with its interval; `matched`: logged decisions where the policy takes the logged action)
     from the same logged decisions: those sent from `since` on when given (decisions no model
     trained on), else the newest 30 %. When the data is simulated, also replayed over the same fresh period:
-    the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth).
+    the truth's expected incremental revenue, its share of the oracle's, violations (NaN without a truth), and
+    `revenue_diff`: the revenue minus the first set's, paired per user, with its 95 % interval.
     """
     from nextbest.training.ope import paired_difference
 
@@ -272,7 +274,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         oracle = replay(period, OraclePolicy(period), config).metrics["incremental_revenue"]
     ope_period = world.sample(ope_users, seed=config.seed)
     cutoff, logged = _decisions(settings, tables, ope_period, since=since)
-    rows, first = [], None
+    rows, first, first_revenue = [], None, None
     step("off-policy estimates of every set's policy")
     # One judgement of all sets' policies: the same decisions, the same cross-fitted reward model.
     judged = off_policies(settings, {label: dataclasses.replace(model_policies(settings, ope_period, models=models,
@@ -283,13 +285,21 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
                      "share_of_oracle": np.nan, "contacts": np.nan, "violations": np.nan}
         if simulated:
             step(f"replaying the NBA policy of the {label}")
-            m = replay(period, model_policies(settings, period, models=models)[0], config).metrics
+            result = replay(period, model_policies(settings, period, models=models)[0], config)
+            m = result.metrics
             row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
                        share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
+            # Per user, paired with the first set on the same users and days: the difference's interval (in revenue).
+            per_user = result.sends.groupby("user_idx")["expected_revenue"].sum().reindex(
+                range(period.n_users), fill_value=0.0).to_numpy()
+            first_revenue = per_user if first_revenue is None else first_revenue
+            gain = paired_difference(per_user, first_revenue)
+            row.update(revenue_diff=gain.value * period.n_users, revenue_diff_low=gain.low * period.n_users,
+                       revenue_diff_high=gain.high * period.n_users)
         ope = judged[label]
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
-        diff = paired_difference(terms, first)
+        diff = paired_difference(terms, first, ope.attrs["users"])
         row.update(dr_diff=diff.value, dr_diff_low=diff.low, dr_diff_high=diff.high)
         ope = ope.set_index("method")
         row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
@@ -370,6 +380,7 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         if col not in log or log[col].isna().all():
             raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
                              "log it with every decision (the decision service does)")
+    log = judged_log(log)
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
@@ -397,10 +408,12 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         row = judged.loc[name]
         table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
                                "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
-                               "effective_n": float(row["effective_n"])}
+                               "effective_n": float(row["effective_n"]), "se": float(row[f"{key}_se"]),
+                               "se_rows": float(row[f"{key}_se_rows"]), "users": int(row["clusters"])}
                               for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
         table.attrs["matched"] = int(row["matched"])
         table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
+        table.attrs["users"] = judged.attrs["users"]  # each term's user: paired differences cluster by it
         if name in truth:
             table["simulated_truth"] = truth[name]
             table["error"] = (table["value"] - truth[name]) / truth[name]

@@ -175,7 +175,11 @@ def gate_decision(table, waiting: dict[str, str], trained: dict[str, dict], sinc
                   problem: str = "") -> dict:
     """The policy gate's verdict from `judge_model_sets`' table (None when it could not be computed: `problem`
     says why): by the simulation when there is a truth, else by the paired DR difference when enough logged
-    decisions match each policy and none of them trained a challenger, else by each challenger's holdout."""
+    decisions match each policy and none of them trained a challenger, else by each challenger's holdout.
+
+    Promoted only what is surely better: by the simulation, the challengers' revenue minus the champions' paired per
+    user (`revenue_diff`) with its whole 95 % interval above 0 and no rule broken; off-policy, the paired DR
+    difference's interval above 0. A higher figure within the sample's noise keeps the champions."""
     import pandas as pd
 
     champ, chall = (table.loc[k] for k in ("champions", "challengers")) if table is not None else (None, None)
@@ -183,15 +187,19 @@ def gate_decision(table, waiting: dict[str, str], trained: dict[str, dict], sinc
     # `since` on: judging it on them would be in sample, so its holdout judges it instead.
     trained_on_them = [n for n in waiting if trained[n].get("holdout_split") == "stratified"]
     if table is not None and pd.notna(chall["incremental_revenue"]):
-        better = bool(chall["incremental_revenue"] > champ["incremental_revenue"] and chall["violations"] == 0)
+        low = chall.get("revenue_diff_low", float("nan"))
+        surely = low > 0 if pd.notna(low) else chall["incremental_revenue"] > champ["incremental_revenue"]
+        better = bool(surely and chall["violations"] == 0)
+        paired = (f"; difference {chall['revenue_diff']:+,.1f} [{low:+,.1f}, {chall['revenue_diff_high']:+,.1f}] paired "
+                  f"per user, {'surely better' if surely else 'not surely better'}" if pd.notna(low) else "")
         reason = (f"simulated incremental revenue {chall['incremental_revenue']:,.0f} with the challengers vs "
-                  f"{champ['incremental_revenue']:,.0f} with the champions over the same period "
+                  f"{champ['incremental_revenue']:,.0f} with the champions over the same period{paired} "
                   f"(DR off-policy {chall['dr']:.4f} vs {champ['dr']:.4f}; violations {int(chall['violations'])})")
         decision = {"promoted": better, "by": "simulation", "reason": reason, "promote": waiting if better else {},
                     "challenger_revenue": float(chall["incremental_revenue"]),
                     "champion_revenue": float(champ["incremental_revenue"])}
     elif table is not None and min(champ["matched"], chall["matched"]) >= min_matched and not trained_on_them:
-        better = bool(chall["dr_diff"] > 0)
+        better = bool(chall["dr_diff_low"] > 0)  # the paired interval above 0, not a noise-level difference
         reason = (f"DR off-policy value {chall['dr']:.4f} with the challengers vs {champ['dr']:.4f} with the champions: "
                   f"difference {chall['dr_diff']:+.4f} [{chall['dr_diff_low']:+.4f}, {chall['dr_diff_high']:+.4f}] "
                   f"paired on {int(chall['logged']):,} decisions logged since {since}")

@@ -28,6 +28,7 @@ __all__ = [
     "send_time_scores",
     "conversion_scores",
     "funnel_factors",
+    "open_factor",
     "shrunk_uplift",
     "churn_scores",
     "best_slots",
@@ -40,6 +41,7 @@ __all__ = [
     "Greedy",
     "greedy_many",
     "choose_one",
+    "no_action_probability",
     "epsilon_propensity",
     "explore_many",
 ]
@@ -159,11 +161,14 @@ def send_time_scores(models: ModelSet, users: Users | UserColumns, config: Opera
 
 
 def conversion_scores(models: ModelSet, users: Users | UserColumns, config: OperatorConfig,
-                      hours: np.ndarray, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      hours: np.ndarray, candidates: np.ndarray | None = None,
+                      p_open: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """P(convert) and uplift per (user, offer, channel), channel at its send hour `hours` (U, C).
 
     With `candidates` (bool (U, O, C)), the models score only those (the actions the contact rules allow) and the
     other entries are NaN: a row's score depends on that row alone, so the scored ones are the same numbers.
+    `p_open`: the send-time scores (U, C, 24) the hours were chosen by; a funnel uplift's open factor then also
+    reads them (`open_factor`).
     """
     n_u, n_o, n_c = n_users(users), len(config.offers), len(config.channels)
     offers, channels = config.offers, config.channel_names()
@@ -177,8 +182,8 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
         x = Rows(user_columns(users), rows, cells, hours[rows, cells % n_c].astype("float64"), request_grid(config))
         for kind in ("conversion", "uplift"):
             if kind == "uplift" and kind in models.models and hasattr(models.models[kind].model, "lift"):
-                p_open, lift = funnel_factors(models, x.users, config, hours, candidates)
-                uplift = p_open[:, None, :] * lift[:, :, None]
+                engage, lift = funnel_factors(models, x.users, config, hours, candidates)
+                uplift = open_factor(models, engage, p_open, hours)[:, None, :] * lift[:, :, None]
                 continue
             if kind in models.models:
                 model, inputs = models.scorer(kind, x)
@@ -193,6 +198,21 @@ def conversion_scores(models: ModelSet, users: Users | UserColumns, config: Oper
             p_convert = _rule_convert(users, offers, channels)
         return p_convert, shrunk_uplift(models, uplift, config)
     return _rule_convert(users, offers, channels), uplift
+
+
+def open_factor(models: ModelSet, engage: np.ndarray, p_open: np.ndarray | None, hours: np.ndarray) -> np.ndarray:
+    """P(open) per (user, channel) at `hours` (U, C) in a funnel uplift's EV: the geometric mean of the funnel's
+    engage arm and the send-time champion's score at that hour, where there is a send-time champion.
+
+    Both models answer P(open | user, channel, hour) from the same sends, by different inputs (the engage arm: the
+    user's features with channel and hour; the send-time net: a user tower with the rhythm shrunk to the population),
+    and their errors are partly independent (correlation 0.64-0.77 per channel on the demo world): the mean ranks a
+    user's channels better than either alone (benchmarks/RESULTS.md, issue 16, seventh session). The geometric mean
+    keeps a product of probabilities a probability and moves the EV's scale least."""
+    if p_open is None or "send_time" not in models.models:
+        return engage
+    at_hour = np.take_along_axis(p_open, hours.astype(np.int64)[:, :, None], axis=2)[:, :, 0]
+    return np.sqrt(engage * at_hour)
 
 
 def shrunk_uplift(models: ModelSet, uplift: np.ndarray, config: OperatorConfig) -> np.ndarray:
@@ -297,6 +317,7 @@ class Pick:
     action: tuple[int, int] | None
     propensity: float
     explored: bool
+    no_action: float | None = None  # P(the choice is "no action") under the same randomisation, when known
 
 
 def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, exploration: Exploration,
@@ -312,7 +333,8 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
         propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
-        return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy)
+        return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy,
+                    float(epsilon_propensity(exploration.rate, k, greedy == len(arms))))
     if exploration.method == "thompson" and arms and p_convert is not None and unit_value is not None:
         # Each arm's P(convert) is uncertain: sample it from a Beta with `prior_strength` pseudo-contacts and
         # shift the EV by the sampled error; the propensity is the share of `draws` samples the pick wins.
@@ -324,8 +346,9 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
         winners = sampled.argmax(axis=0)
         pick = int(winners[0])
         propensity = max(float((winners[1:] == pick).mean()), 1.0 / draws)
-        return Pick(arms[pick] if pick < len(arms) else None, propensity, pick != greedy)
-    return Pick(arms[greedy] if greedy < len(arms) else None, 1.0, False)
+        none = propensity if pick == len(arms) else float((winners[1:] == len(arms)).mean())
+        return Pick(arms[pick] if pick < len(arms) else None, propensity, pick != greedy, none)
+    return Pick(arms[greedy] if greedy < len(arms) else None, 1.0, False, float(greedy == len(arms)))
 
 
 # --- the same over a batch of users ------------------------------------------------------------------
@@ -416,6 +439,16 @@ def explore_many(g: Greedy, rate: float, rng: np.random.Generator) -> tuple[np.n
     return pick, propensity, explore & (pick != g.best)
 
 
+def no_action_probability(g: Greedy, u: int, exploration: Exploration) -> float:
+    """P(`choose_one` answers "no action" for user u), drawing nothing: with epsilon exploration over the k feasible
+    arms and "no action", rate / (k + 1), plus 1 - rate when "no action" is the greedy choice; without exploration
+    (or with no feasible arm), 1 or 0. The service logs it for a decision it did not let the policy make (a hold-out)."""
+    k_arms, none = int(g.n_arms[u]), bool(g.best[u] < 0)
+    if exploration.method == "epsilon" and exploration.rate > 0 and k_arms:
+        return float(epsilon_propensity(exploration.rate, k_arms + 1, none))
+    return float(none)
+
+
 def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Generator) -> Pick:
     """`choose` for user u from its precomputed greedy arm; draws from `rng` exactly as `choose` does.
 
@@ -440,7 +473,7 @@ def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Gener
         else:
             arm = int(np.flatnonzero(g.feasible[u])[pick]) if pick < k_arms else -1
         action = divmod(arm, n_c) if arm >= 0 else None
-        return Pick(action, float(propensity), explore and pick != greedy)
+        return Pick(action, float(propensity), explore and pick != greedy, float(epsilon_propensity(exploration.rate, k, best < 0)))
     if best < 0:
-        return Pick(None, 1.0, False)
-    return Pick(divmod(best, n_c), 1.0, False)
+        return Pick(None, 1.0, False, 1.0)
+    return Pick(divmod(best, n_c), 1.0, False, 0.0)

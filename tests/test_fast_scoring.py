@@ -34,8 +34,8 @@ def _decisions(rt: Runtime, ids: list[str], context: CampaignContext, reference:
         if reference:
             rt.models.current = fast_models.pandas()
             mp.setattr(rt.features, "reader", lambda: None)  # OnlineFeatures.fetch falls back to get_online_features
-            mp.setattr(engine, "conversion_scores", lambda models, users, config, hours, candidates=None:
-                       every_pair(models, users, config, hours))
+            mp.setattr(engine, "conversion_scores", lambda models, users, config, hours, candidates=None, p_open=None:
+                       every_pair(models, users, config, hours, p_open=p_open))
             mp.setattr(engine, "send_time_scores", lambda models, users, config, candidates=None:
                        every_channel(models, users, config))
         rt.rng = np.random.default_rng(0)  # the same exploration draws on both paths

@@ -190,6 +190,7 @@ def test_the_policy_gate_judges_the_models_the_policy_uses_by_its_value(tmp_path
     assert policies["champions"]["matched"] >= 20
     if simulated:
         assert policies["challengers"]["incremental_revenue"] == pytest.approx(policies["champions"]["incremental_revenue"])
+        assert policies["challengers"]["revenue_diff_low"] == policies["challengers"]["revenue_diff_high"] == 0  # paired
         assert policies["champions"]["violations"] == 0
     assert judged["decision"]["promoted"] is False and again["steps"]["promote"]["promoted"] == {}
     assert champion_set(settings).versions() == champions

@@ -503,3 +503,38 @@ def test_funnel_uplift_is_scored_factorised_with_the_same_numbers_as_predict():
     np.testing.assert_allclose(uplift, full)
     # The offer that converts best after an open wins on every channel, the channel that opens best for every offer.
     assert (uplift.argmax(axis=1) == 0).all() and (uplift.argmax(axis=2) == 1).all()
+
+
+class _SendTimeChampion:
+    """A send-time champion's stand-in: P(open) by channel, the same at every hour (sms best for the engage arm)."""
+
+    name, version = "nextbest-send-time", "1"
+
+    class model:  # noqa: N801 - a champion's `model` attribute
+        feature_service = "send_time_v1"
+
+        @staticmethod
+        def predict(frame):
+            return frame["channel"].map({"email": 0.8, "sms": 0.05, "inapp": 0.3}).to_numpy(dtype=float)
+
+
+def test_funnel_open_factor_is_the_geometric_mean_with_the_send_time_champion():
+    cfg = config()
+    users = {"user_id": np.array(["u1", "u2"], dtype=object), "score": np.array([0.0, 3.0])}
+    funnel = {"uplift": _Champion(_FunnelModel())}
+    hours = np.array([[9, 10, 20], [12, 13, 8]])
+    alone = engine.ModelSet(models=funnel, columns={"uplift": ["score"]})
+    both = engine.ModelSet(models=funnel | {"send_time": _SendTimeChampion()},
+                           columns={"uplift": ["score"], "send_time": ["score"]})
+    p_open = engine.send_time_scores(both, users, cfg)
+    _, engage_only = engine.conversion_scores(alone, users, cfg, hours, p_open=p_open)  # no send-time champion
+    _, without = engine.conversion_scores(both, users, cfg, hours)  # no send-time scores given
+    _, blended = engine.conversion_scores(both, users, cfg, hours, p_open=p_open)
+    np.testing.assert_allclose(without, engage_only)
+    engage, lift = engine.funnel_factors(alone, users, cfg, hours)
+    at_hour = np.take_along_axis(p_open, hours[:, :, None], axis=2)[:, :, 0]
+    np.testing.assert_allclose(blended, np.sqrt(engage * at_hour)[:, None, :] * lift[:, :, None])
+    # The engage arm alone sends by sms; with the send-time champion's view of the channels, email wins.
+    channels = cfg.channel_names()
+    assert {channels[c] for c in engage_only.max(axis=1).argmax(axis=1)} == {"sms"}
+    assert {channels[c] for c in blended.max(axis=1).argmax(axis=1)} == {"email"}

@@ -344,6 +344,18 @@ def test_worse_challenger_is_not_promoted_and_better_one_is(planted, conversion_
     assert load_champions(settings)["conversion"].version == champion
     assert promote(settings, "conversion", better) == (champion, better)
     assert rollback(settings, "conversion") == (better, champion)
+    # Judged paired on the same holdout (the uplift gate: training.uplift.paired_qini), a higher score is not enough:
+    # the interval of the difference must lie above 0.
+    def paired(low: float):
+        return lambda m: {"champion": 0.90, "difference": 0.02, "low": low, "high": 0.05, "users": 500, "draws": 200}
+
+    run_id, lucky = log_model(settings, "conversion", good, {"auc": 0.92}, {}, holdout.frame[holdout.inputs].head(3))
+    decision = gate(settings, "conversion", lucky, run_id, 0.92, lambda m: 0.90, paired_fn=paired(-0.01))
+    assert not decision["promoted"] and decision["champion"] == 0.90 and decision["difference"] == [0.02, -0.01, 0.05]
+    assert "not surely better" in decision["reason"] and load_champions(settings)["conversion"].version == champion
+    decision = gate(settings, "conversion", lucky, run_id, 0.92, lambda m: 0.90, paired_fn=paired(0.01))
+    assert decision["promoted"] and "surely better" in decision["reason"]
+    assert load_champions(settings)["conversion"].version == lucky
 
 
 def test_tampered_artifact_fails_to_load_with_a_clear_error(tmp_path, store, raw):

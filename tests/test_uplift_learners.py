@@ -23,6 +23,7 @@ from nextbest.training.uplift import (
     fit,
     fit_learner,
     offer_scores,
+    paired_qini,
 )
 
 # scikit-uplift 0.5.1's qini_auc_score and uplift_auc_score on this small log, computed once with the library itself
@@ -167,3 +168,31 @@ def test_the_s_learner_scores_an_action_against_no_action():
     np.testing.assert_allclose(scorer.predict(none), 0.0)  # no action: no uplift
     f1 = holdout.frame["f1"].to_numpy()
     assert uplift[f1 > 0].mean() > uplift[f1 < 0].mean() + 0.1  # offer A works where f1 > 0 (planted 0.2)
+
+
+class _Ranking:
+    """A fixed ranking of the planted holdout: the true effect's (sign 1), reversed (-1), with seeded noise."""
+
+    def __init__(self, sign: float = 1.0, noise: float = 0.0, seed: int = 0):
+        self.sign, self.noise, self.seed = sign, noise, seed
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        f1, a = frame["f1"].to_numpy(), (frame["offer_id"].astype(str) == "A").to_numpy()
+        right = np.where(a, f1 > 0, f1 < 0).astype(float)
+        return self.sign * right + self.noise * np.random.default_rng(self.seed).normal(size=len(frame))
+
+
+def test_the_paired_qini_tells_a_better_ranking_from_a_lucky_one():
+    """The uplift gate's evidence: challenger minus champion Qini AUC on the same holdout, with a paired bootstrap
+    interval over users. A model against itself: exactly 0. The true ranking against its reverse: surely better.
+    Two equally noisy rankings, one higher on this holdout by chance: its interval reaches below 0."""
+    holdout = planted(1_500, seed=3)
+    same = paired_qini(_Ranking(), _Ranking(), holdout)
+    assert same["difference"] == same["low"] == same["high"] == 0.0 and same["users"] == 1_500
+    better = paired_qini(_Ranking(), _Ranking(-1.0), holdout)
+    assert better["challenger"] == pytest.approx(evaluate(_Ranking(), holdout)["qini_auc"])  # evaluate's own figure
+    assert better["low"] > 0.1 and better["difference"] > 0.3
+    worse = paired_qini(_Ranking(-1.0), _Ranking(), holdout)
+    assert worse["high"] < 0
+    lucky = paired_qini(_Ranking(noise=2.0, seed=4), _Ranking(noise=2.0, seed=100), holdout)
+    assert lucky["challenger"] > lucky["champion"] and lucky["low"] < 0 < lucky["high"]

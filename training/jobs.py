@@ -345,6 +345,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
         folds = cv_folds(settings, name, data, config.seed, config.split)
     except ValueError as err:
         raise NotTrainable(f"{name}: {err} (`--dates`)") from None
+    paired = None  # a paired judgement of the champion on the same rows, where the model has one
     if folds is not None:  # k-fold: candidates, baselines and the champion's recipe on the same folds
         step(f"{name}: fit and cross-validate")
         baselines = {"bgnbd": bgnbd_recipe(raw["events"], cfg.horizon_days)} if name == "purchase" else {}
@@ -372,6 +373,10 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
 
         def champion_score(champion) -> float:
             return _primary(name, champion, holdout)
+
+        if name == "uplift" and settings.uplift_gate_draws > 0:  # Qini on one holdout is noisy: paired, with an interval
+            def paired(champion) -> dict[str, float]:
+                return uplift.paired_qini(scorer, champion, holdout, draws=settings.uplift_gate_draws)
     extra: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -393,7 +398,7 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     # recipe: an identical challenger ties); the model's reported AUC is the nested choice's (`validate`).
     decision = gate(settings, name, version, run_id, metrics.get("chosen_auc", metrics[primary_metric(name)]),
                     champion_score, defer=defer,
-                    refuse=quality_refusal(name, metrics) or _monitoring_block(settings))
+                    refuse=quality_refusal(name, metrics) or _monitoring_block(settings), paired_fn=paired)
     decision["holdout_from"] = str(holdout.frame[holdout.time].min())
     decision["holdout_split"] = how["split"]  # "time": no row from holdout_from on was trained on
     return TrainResult(name, version, run_id, metrics, decision, len(data.frame), time.perf_counter() - started, extra,

@@ -391,7 +391,8 @@ def load_version(settings: Settings, name: str, version: str) -> Scorer:
 
 
 def gate(settings: Settings, name: str, version: str, run_id: str, challenger_score: float,
-         champion_score_fn, defer: bool = False, refuse: str | None = None) -> dict[str, object]:
+         champion_score_fn, defer: bool = False, refuse: str | None = None,
+         paired_fn=None) -> dict[str, object]:
     """Promote `version` only if it beats the current champion on the same holdout; log the comparison.
 
     `champion_score_fn(scorer)` scores the champion on the challenger's holdout with the primary metric.
@@ -400,6 +401,9 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     together, by the policy's value. A first model still becomes champion at once: there is nothing to compare.
     `refuse`: why this model must not be promoted whatever the champion scores (no better than chance, ...):
     it stays registered, with the reason, and the champion (or the rule-based fallback) keeps serving.
+    `paired_fn(scorer)`, where given, judges the champion paired with the challenger on the same holdout instead
+    (a dict with `champion`, `difference` and its interval `low`-`high`, e.g. `uplift.paired_qini`): the challenger
+    is promoted only when the whole interval is above 0, not on a higher score the holdout's noise can give.
     """
     from mlflow import MlflowClient
 
@@ -414,8 +418,14 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
     elif current is None:
         decision.update(promoted=True, reason="no champion yet")
     else:
+        paired = None
         try:
-            champion_score = float(champion_score_fn(load_version(settings, name, current)))
+            champion = load_version(settings, name, current)
+            if paired_fn is not None:
+                paired = paired_fn(champion)
+                champion_score = float(paired["champion"])
+            else:
+                champion_score = float(champion_score_fn(champion))
         except KeyError as err:  # the champion reads features this data no longer has
             champion_score = float("nan")
             decision["reason"] = f"champion cannot score this holdout ({err})"
@@ -423,6 +433,13 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
         if np.isnan(champion_score):
             decision["promoted"] = True
             decision.setdefault("reason", "champion score undefined")
+        elif paired is not None and np.isfinite(paired["low"]):
+            decision["promoted"] = bool(paired["low"] > 0)
+            decision["difference"] = [float(paired[k]) for k in ("difference", "low", "high")]
+            decision["reason"] = (f"{metric} {challenger_score:.4f} vs champion {champion_score:.4f} on the same holdout: "
+                                  f"difference {paired['difference']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] "
+                                  f"(paired bootstrap over {int(paired['users']):,} users, {int(paired['draws'])} draws); "
+                                  + ("surely better" if decision["promoted"] else "not surely better: the champion stays"))
         else:
             decision["promoted"] = bool(challenger_score > champion_score)
             decision["reason"] = (f"{metric} {challenger_score:.4f} vs champion {champion_score:.4f} on the same holdout")

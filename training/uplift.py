@@ -57,7 +57,7 @@ from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
            "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "offer_scores",
-           "evaluate", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
+           "evaluate", "paired_qini", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
 # Request columns each funnel arm reads: opening depends on the channel and hour, converting after an open on the offer.
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
@@ -412,6 +412,41 @@ def evaluate(scorer, holdout: TrainingSet, seed: int = 7) -> dict[str, float]:
     out = summarise_offers(per_offer)
     out["treated_share"] = float((holdout.frame[holdout.treatment] == 1).mean())
     return {**out, **getattr(scorer, "selection_", {})}
+
+
+def paired_qini(challenger, champion, holdout: TrainingSet, draws: int = 200, seed: int = 7,
+                level: float = 0.95) -> dict[str, float]:
+    """`evaluate`'s Qini AUC of two scorers on the same holdout rows, and their difference (challenger minus
+    champion) with a `level` interval from a paired bootstrap over the holdout's users: each draw resamples users
+    with replacement, and both rankings are judged on the same draw, so what the two share cancels and the interval
+    is that of the difference itself (the gate's "surely better": its low end above 0)."""
+    rows, ours = offer_scores(challenger, holdout, seed)
+    _, theirs = offer_scores(champion, holdout, seed)
+    y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
+
+    by_offer = {name: np.flatnonzero(offer == name) for name in ours}
+
+    def qini(times: np.ndarray | None, scores: dict[str, np.ndarray]) -> float:
+        """The headline Qini AUC with each row taken `times` times (None: once)."""
+        per_offer = {}
+        for name, score in scores.items():
+            keep = by_offer[name] if times is None else np.repeat(by_offer[name], times[by_offer[name]])
+            per_offer.update(per_offer_uplift_metrics(y[keep], treated[keep], offer[keep], {name: score[keep]}))
+        return summarise_offers(per_offer)["qini_auc"]
+
+    out = {"challenger": qini(None, ours), "champion": qini(None, theirs)}
+    out["difference"] = out["challenger"] - out["champion"]
+    users, member = np.unique(_users(rows), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(draws):
+        counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)))
+        times = counts[member]  # each drawn user's rows, as many times as the user was drawn
+        diffs.append(qini(times, ours) - qini(times, theirs))
+    diffs = np.asarray(diffs)[np.isfinite(diffs)]
+    tail = (1 - level) / 2
+    low, high = (np.quantile(diffs, [tail, 1 - tail]) if len(diffs) else (np.nan, np.nan))
+    return {**out, "low": float(low), "high": float(high), "draws": float(len(diffs)), "users": float(len(users))}
 
 
 # --- the policy's shrinkage (training/shrinkage.py) ------------------------------------------------------------
