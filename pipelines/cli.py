@@ -442,6 +442,9 @@ def print_logs_evaluation(table, window: int) -> None:
                     escape(f"{r['vs_best_fixed']:+.4f} [{r['vs_best_fixed_low']:+.4f}, {r['vs_best_fixed_high']:+.4f}]"),
                     f"{int(r['matched']):,}", f"{r['contacted_share']:.0%}")
     console.print(out)
+    console.print(escape(f"each row is its own noisy estimate: the highest of many fixed policies' rows is biased upward "
+                         f"(on the demo world +36 % at 2,000 users, +14 % at 5,000); compare a policy with "
+                         f"'DR vs {table.attrs['best_fixed']}', whose reference is chosen on the other folds"))
     for learner, shrink in table.attrs.get("shrinkage", {}).items():
         console.print(escape(f"{learner}: shrinkage strength {shrink['strength']:g} (per fold "
                              f"{', '.join(f'{s:g}' for s in shrink['by_fold'])}): each user's uplift moved toward the "

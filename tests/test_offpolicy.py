@@ -69,6 +69,7 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
     assert "everyone:" in result.output and "│ t " in result.output and "│ t (argmax) " in result.output
     assert "t: shrinkage strength" in result.output  # the learned policy's choice, beside the pure argmax
+    assert "biased upward" in " ".join(result.output.split())  # the fixed rows' winner's curse is named
     bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "q"])
     assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
 
