@@ -14,7 +14,9 @@ action at its send time (fatigue from the judged log's sends, as the round's wor
 on stages, recency and tenure re-derived from the raw tables (as before issue 16's fifth session) instead of the
 features the service reads, to count the "ineligible" sends that difference makes. `--epsilon`: the round's
 exploration rate (the shipped operator config has 0.05); `--seed`: the round's seed (which users, the world's draws);
-`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`).
+`--keep DIR`: a copy of the round's home before judging (judge it again with `--logs-of DIR`). Each estimate is printed
+with its interval's standard error (clustered by user), the per-row one beside it (`se_rows`, `se_ratio`), and
+whether the interval covers the truth (`covered`).
 
   python benchmarks/bench_ope_service.py --logs-of DIR [--since 2026-10-01]
 
@@ -137,10 +139,14 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
     for name, ope in off_policies(home, {nba.name: nba, propensity_only.name: propensity_only}, world, logged,
                                    seen=every).items():
         print(f"\n{name}: {ope.attrs['matched']:,} of {int(ope['n'].iloc[0]):,} judged decisions take the logged action")
+        if "simulated_truth" in ope:
+            ope["covered"] = (ope["ci_low"] <= ope["simulated_truth"]) & (ope["simulated_truth"] <= ope["ci_high"])
+        ope["se_ratio"] = ope["se"] / ope["se_rows"]  # clustered by user / per row
         print(ope.to_markdown(index=False, floatfmt=".4f"))
 
+    held_out_by_state(home, start, end - pd.Timedelta(days=7))
     c = logged["contacts"]
-    c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (models do not train on no action)
+    c = c[c["variant"] != "no_action"].reset_index(drop=True)  # the judged rows (evaluate.judged_log)
     oracle = Oracle(world.truth, world.offers)
     u = pd.Index(world.user_ids).get_indexer(c["user_id"].astype(str))
     sent = pd.to_datetime(c["sent_at"], utc=True)
@@ -156,6 +162,27 @@ def judge(home: Settings, start: pd.Timestamp, end: pd.Timestamp) -> None:
     out["error"] = out["logged"] / out["truth"] - 1
     out["z"] = (out["logged"] - out["truth"]) / np.sqrt(out["truth"] * (1 - out["truth"]) / out["n"])
     print("\nrow by row: mean logged reward against the truth of the logged action")
+    print(out.to_markdown(floatfmt=".4f"))
+
+
+def held_out_by_state(home: Settings, start: pd.Timestamp, until: pd.Timestamp) -> None:
+    """From the decision log (decisions from `start` to `until`): the share held out among the decisions where the
+    policy would send (P(no action) < 0.5) and where it would not, against the logged P(held out). A stable per-user
+    hold-out keeps its users uncontacted, so their caps never close every action: the held-out share among the
+    "would send" decisions is above the logged one, which IPS (unnormalised) cannot see; SNIPS divides it out."""
+    rows = [json.loads(line) for line in (home.log_dir / "decisions.jsonl").read_text().splitlines() if line.strip()]
+    d = pd.DataFrame({"at": pd.to_datetime([r["at"] for r in rows], utc=True),
+                      "held": [bool(r.get("holdout")) for r in rows],
+                      "none": [r.get("no_action_propensity") for r in rows],
+                      "logged": [r.get("holdout_propensity") for r in rows]})
+    d = d[(d["at"] >= start) & (d["at"] < until)]
+    if d["logged"].isna().any():
+        return  # a log from before P(held out) was logged on every decision
+    d["policy_none"] = (d["none"] - d["logged"]) / (1 - d["logged"])
+    d["state"] = np.where(d["policy_none"] < 0.5, "would send", "would not send")
+    out = d.groupby("state").agg(decisions=("held", "size"), held_out=("held", "mean"), logged=("logged", "mean"),
+                                 every_action_closed=("policy_none", lambda p: float((p > 0.999).mean())))
+    print("\nheld out by the policy's state (decisions with a full outcome window)")
     print(out.to_markdown(floatfmt=".4f"))
 
 

@@ -18,8 +18,12 @@ python benchmarks/bench_uplift.py --world experiment --heterogeneity weak|strong
   propensities gives each policy's held-out value (unbiased on a randomised log): the "held-out IPS truth" the
   cross-fitted estimates are compared with. The learners are paired there against the fixed policy with the best
   cross-fitted DR on the estimation half (chosen out of sample). On a simulated world the oracle's expected conversion of each
-  policy's choices is the simulator's truth beside them. Policies take only actions open at each logged decision
+  policy's choices is the simulator's truth beside them (`evaluate.simulated_truths`, the truth `nextbest evaluate`
+  and the retrain gate use). Policies take only actions open at each logged decision
   (`logged_feasibility`), the logging policy's support.
+  `--sample k` judges the k-th of disjoint samples of `--users` users (a seeded permutation of the log's users), so
+  several samples of one world are independent; `--dump PREFIX` writes each estimation-half decision (logged action,
+  propensity, reward, every policy's choice and the simulator's truth of it) to PREFIX-sample<k>-est.parquet.
   Each learner's policy is the product's (uplift shrunk toward each action's average effect by the strength chosen
   on the estimation half, `training/shrinkage.py`) and, beside it, "<learner> (argmax)", the raw per-user argmax.
 - --world experiment: instead of the home's log, a world shaped like a public e-mail experiment (Hillstrom's: two
@@ -46,13 +50,14 @@ import pandas as pd
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
+from nextbest.pipelines.cli import judged_contacts
 from nextbest.pipelines.offpolicy import (
     NO_CONTACT,
     LogsConfig,
     _fit_config,
+    frame_feasibility,
     judge_choices,
     logged_actions,
-    logged_feasibility,
     policy_values,
 )
 from nextbest.training.datasets import TrainingSet
@@ -184,18 +189,6 @@ def qini_part(data: TrainingSet, args, settings, machine: dict) -> None:
                              {"chosen_per_fold": highest_chosen} if name == "highest" else {}), **machine}), flush=True)
 
 
-def feasibility(raw: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per "offer @ channel" action, whether it was open at each row's logged decision."""
-    contacts = raw["contacts"].assign(contact_id=raw["contacts"]["contact_id"].astype(str)).set_index("contact_id")
-    log = contacts.loc[frame["contact_id"].astype(str)].reset_index()
-    channels = list(raw["channels"]["channel"].astype(str)) if raw.get("channels") is not None else \
-        sorted(raw["contacts"]["channel"].dropna().astype(str).unique())
-    offers = raw["offers"].reset_index(drop=True)
-    open_ = logged_feasibility(raw, log, offers, channels)
-    return {f"{o} @ {c}": open_[:, i, j] for i, o in enumerate(offers["offer_id"].astype(str))
-            for j, c in enumerate(channels)}
-
-
 def uplift_grid(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[str], seed: int) -> np.ndarray:
     """The learner's uplift of each action for each of `rows` (rows x actions), scored in chunks of rows."""
     out = np.empty((len(rows), len(actions)))
@@ -206,30 +199,36 @@ def uplift_grid(model, rows: pd.DataFrame, train: pd.DataFrame, actions: list[st
     return out
 
 
-def simulated_truth(settings: Settings, raw: dict, frame: pd.DataFrame):
-    """A function of each row's chosen action: the simulator's expected conversion within 7 days of those actions
-    at the logged send times (the oracle, users and recent contacts prepared once per frame)."""
-    from nextbest.simulation.response import recent_contacts
-    from nextbest.simulation.truth import Oracle, Truth
+def simulated_truth(settings: Settings, raw: dict, seen: pd.DataFrame):
+    """A function of a half's rows and each row's chosen action: the simulator's expected conversion within 7 days of
+    those actions at the logged send times, by `evaluate.simulated_truths` (the truth `nextbest evaluate` and the
+    retrain gate hold the estimates to; one definition). `seen`: every contact the users received (their fatigue)."""
+    from nextbest.pipelines.evaluate import simulated_truths
+    from nextbest.simulation.replay import Period
+    from nextbest.simulation.truth import Truth
 
-    truth = Truth.load(settings.truth_dir)
-    oracle = Oracle(truth, raw["offers"].reset_index(drop=True))
-    users = pd.Index(raw["users"]["user_id"].astype(str)).get_indexer(frame["user_id"].astype(str))
-    contacts = raw["contacts"].reset_index(drop=True)
-    ids = frame["contact_id"].astype(str)
-    recent = pd.Series(recent_contacts(contacts), index=contacts["contact_id"].astype(str)).reindex(ids).to_numpy()
-    at = pd.to_datetime(contacts.set_index(contacts["contact_id"].astype(str))["sent_at"], utc=True).reindex(ids)
-    at = at.reset_index(drop=True)
-    organic = oracle.p_organic(users, at)
+    period = Period.from_tables({**raw, "contacts": seen}, Truth.load(settings.truth_dir))
+    offers = pd.Index(period.offers["offer_id"].astype(str))
+    channels = pd.Index(period.channels["channel"].astype(str))
+    contacts = seen.assign(contact_id=seen["contact_id"].astype(str)).set_index("contact_id", drop=False)
 
-    def of(chosen: np.ndarray) -> float:
-        p = organic.copy()
-        sent = chosen != NO_CONTACT
-        if sent.any():
-            offer, channel = np.array([a.split(" @ ") for a in chosen[sent]], dtype=object).T
-            p[sent] = oracle.p_convert(users[sent], offer, channel, at[sent], recent_contacts=recent[sent])
-        return float(p.mean())
-    return of
+    def of_half(frame: pd.DataFrame):
+        decisions = contacts.loc[frame["contact_id"].astype(str)].reset_index(drop=True)
+
+        def of(chosen: np.ndarray, per_row: bool = False):
+            chosen = np.asarray(chosen, dtype=object)
+            pick = np.full(len(chosen), -1, dtype=np.int64)
+            sent = chosen != NO_CONTACT
+            if sent.any():
+                offer, channel = np.array([a.split(" @ ") for a in chosen[sent]], dtype=object).T
+                o, c = offers.get_indexer(offer), channels.get_indexer(channel)
+                if (o < 0).any() or (c < 0).any():
+                    raise ValueError("a chosen action is not in the simulated world's catalog")
+                pick[sent] = o * len(channels) + c
+            p = simulated_truths(period, decisions, {"policy": pick}, seen)["policy"]
+            return p if per_row else float(p.mean())
+        return of
+    return of_half
 
 
 def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None, open_out=None,
@@ -287,6 +286,15 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
     heldout.attrs, table.attrs = {}, {}
     if truth_of is not None:
         truth_est, truth_out = truth_of(est, ~held), truth_of(out, held)
+    if getattr(args, "dump", None) and truth_of is not None:  # per decision of the estimation half, for diagnosis
+        dump = pd.DataFrame({"user_id": est.frame["user_id"].astype(str).to_numpy(),
+                             "contact_id": est.frame["contact_id"].astype(str).to_numpy(), "logged": action_est,
+                             "propensity": propensity_est, "reward": est.frame[est.label].to_numpy(dtype="float64")})
+        dump = pd.concat([dump, pd.DataFrame({f"chosen: {p}": chosen_est[p] for p in table.index}),
+                          pd.DataFrame({f"truth: {p}": truth_est(chosen_est[p], per_row=True) for p in table.index}),
+                          pd.DataFrame({"truth: logged": truth_est(action_est, per_row=True)})],
+                         axis=1)
+        dump.to_parquet(f"{args.dump}-sample{getattr(args, 'sample', None)}-est.parquet")
     for policy in table.index:
         e, h = table.loc[policy], heldout.loc[policy]
         diff = paired_difference(terms[policy], terms[best_fixed_out])
@@ -298,7 +306,8 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
                "heldout_dr": [round(h[k], 5) for k in ("dr", "dr_low", "dr_high")],
                "heldout_dr_vs_best_fixed": [round(x, 5) for x in (diff.value, diff.low, diff.high)],
                "snips_err_vs_heldout_ips": _rel(e["snips"], h["ips"]), "dr_err_vs_heldout_ips": _rel(e["dr"], h["ips"]),
-               "matched": int(e["matched"]), "contacted": round(float(e["contacted_share"]), 3)}
+               "matched": int(e["matched"]), "effective_n": round(float(e["effective_n"]), 1),
+               "contacted": round(float(e["contacted_share"]), 3)}
         if policy in shrinkage:
             row["strength"] = shrinkage[policy]["strength"]
             row["strength_by_fold"] = shrinkage[policy]["by_fold"]
@@ -308,6 +317,8 @@ def policy_part(data: TrainingSet, args, settings, machine: dict, open_est=None,
             row.update(sim_truth_est=round(t_est, 5), sim_truth_heldout=round(t_out, 5),
                        sim_truth_heldout_vs_best_fixed=round(t_out - truth_out(chosen[best_fixed_out]), 5),
                        snips_err_vs_sim=_rel(e["snips"], t_est), dr_err_vs_sim=_rel(e["dr"], t_est),
+                       snips_covers_sim=bool(e["snips_low"] <= t_est <= e["snips_high"]),
+                       dr_covers_sim=bool(e["dr_low"] <= t_est <= e["dr_high"]),
                        heldout_ips_err_vs_sim=_rel(h["ips"], t_out), heldout_dr_err_vs_sim=_rel(h["dr"], t_out))
         print(json.dumps({**row, "best_fixed_crossfit": best_fixed_est, "best_fixed_heldout": best_fixed_out,
                           "best_ips_on_heldout": best_ips_out,
@@ -352,6 +363,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--users", type=int, default=3_000, help="users sampled from the log (0 = all)")
     parser.add_argument("--trials", type=int, default=1)
+    parser.add_argument("--dump", default="", help="policy part: write each estimation-half decision's logged action, "
+                        "propensity, reward and every policy's choice and truth to <dump>-sample<k>-est.parquet")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="the home's log: judge the sample-th (0, 1, ...) of disjoint samples of --users users")
     parser.add_argument("--learners", default="s,t,funnel", help="policy part: learners whose policies are judged")
     parser.add_argument("--qini-learners", default="", help="qini part: learners paired with s (default: every candidate)")
     parser.add_argument("--world", choices=("home", "experiment"), default="home",
@@ -384,19 +399,26 @@ def main() -> None:
                           **machine}))
         return
     raw = read_raw_tables(settings)
+    seen = raw["contacts"]  # every contact of every user: the truth's fatigue counts them
     ids = raw["contacts"]["user_id"].astype(str)
-    if args.users and ids.nunique() > args.users:
-        keep = np.random.default_rng(settings.seed).choice(np.sort(ids.unique()), size=args.users, replace=False)
-        raw["contacts"] = raw["contacts"][ids.isin(set(keep)).to_numpy()]
+    if args.sample is not None:  # the sample-th of disjoint samples of --users users (a seeded permutation)
+        order = np.random.default_rng(settings.seed).permutation(np.sort(ids.unique()))
+        keep = order[args.sample * args.users:(args.sample + 1) * args.users]
+        if not args.users or not len(keep):  # the last sample may be short: the users left
+            raise SystemExit(f"--sample {args.sample} of --users {args.users:,}: the log has {len(order):,} users")
+        raw["contacts"] = judged_contacts(raw["contacts"][ids.isin(set(keep)).to_numpy()], None, settings.seed)
+        machine = {**machine, "sample": args.sample, "sample_users": len(keep)}
+    else:  # the sample `nextbest evaluate --logs --users` judges
+        raw["contacts"] = judged_contacts(raw["contacts"], args.users or None, settings.seed)
     data = build_frame(feature_store(settings), raw, UpliftConfig())
     machine = {**machine, "rows": len(data.frame), "folds": args.folds}
     if args.part in ("qini", "both"):
         qini_part(data, args, settings, machine)
     if args.part in ("policy", "both"):
-        simulated = (settings.truth_dir / "truth.json").exists()
-        policy_part(data, args, settings, machine, open_est=lambda f: feasibility(raw, f),
-                    open_out=lambda f: feasibility(raw, f),
-                    truth_of=(lambda half, mask: simulated_truth(settings, raw, half.frame)) if simulated else None)
+        truth = simulated_truth(settings, raw, seen) if (settings.truth_dir / "truth.json").exists() else None
+        policy_part(data, args, settings, machine, open_est=lambda f: frame_feasibility(raw, f),
+                    open_out=lambda f: frame_feasibility(raw, f),
+                    truth_of=None if truth is None else lambda half, mask: truth(half.frame))
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time(), 1),
                       **machine}))
 

@@ -121,6 +121,13 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         # JSON `[[offer, channel], ...]` (null inside a pair = every offer / every channel). The service's own logs
         # carry it (pipelines/logs_to_contacts.py); off-policy evaluation then credits a target policy only with
         # actions that were open. Absent or empty: only consent, suppressions and eligibility close actions.
+        # The decision's P(no contact) (held out, or the policy's "no action") and P(held out) under the logging
+        # policy, on every row of a decision the service logged (pipelines/logs_to_contacts.py): off-policy
+        # evaluation weighs the sends and hold-outs it judges among themselves with them (offpolicy.judged_log).
+        Column("no_contact_propensity", "float", required=False, nullable=True,
+               checks=(pa.Check.in_range(0, 1, include_min=False, error="must be in (0, 1]"),)),
+        Column("holdout_propensity", "float", required=False, nullable=True,
+               checks=(pa.Check.in_range(0, 1, include_max=False, error="must be in [0, 1)"),)),
         Column("refused", "str", required=False, nullable=True,
                checks=(pa.Check(lambda s: s.map(_is_refused), error='must be JSON pairs like [["o1", "email"], [null, "sms"]]'),)),
     ),

@@ -32,6 +32,7 @@ from nextbest.pipelines.offpolicy import (
     action_names,
     decisions_since,
     judge_choices,
+    judged_log,
     logged_feasibility,
 )
 from nextbest.pipelines.retrain import ARGMAX_SUFFIX
@@ -298,7 +299,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
         ope = judged[label]
         matched, terms = int(ope.attrs["matched"]), ope.attrs["dr_terms"]
         first = terms if first is None else first
-        diff = paired_difference(terms, first)
+        diff = paired_difference(terms, first, ope.attrs["users"])
         row.update(dr_diff=diff.value, dr_diff_low=diff.low, dr_diff_high=diff.high)
         ope = ope.set_index("method")
         row.update({f"{k.lower()}{suffix}": float(ope.loc[k, col]) for k in ("SNIPS", "DR")
@@ -379,6 +380,7 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         if col not in log or log[col].isna().all():
             raise ValueError(f"the contact log has no `{col}` ({why}): off-policy evaluation needs it; "
                              "log it with every decision (the decision service does)")
+    log = judged_log(log)
     rng = np.random.default_rng(seed)
     if sample is not None and len(log) > sample:
         log = log.iloc[np.sort(rng.choice(len(log), size=sample, replace=False))].reset_index(drop=True)
@@ -406,10 +408,12 @@ def off_policies(settings: Settings, policies: dict[str, ModelPolicy], period: P
         row = judged.loc[name]
         table = pd.DataFrame([{"method": method, "value": float(row[key]), "ci_low": float(row[f"{key}_low"]),
                                "ci_high": float(row[f"{key}_high"]), "n": len(data.frame),
-                               "effective_n": float(row["effective_n"])}
+                               "effective_n": float(row["effective_n"]), "se": float(row[f"{key}_se"]),
+                               "se_rows": float(row[f"{key}_se_rows"]), "users": int(row["clusters"])}
                               for method, key in (("IPS", "ips"), ("SNIPS", "snips"), ("DR", "dr"))])
         table.attrs["matched"] = int(row["matched"])
         table.attrs["dr_terms"] = judged.attrs["dr_terms"][name]
+        table.attrs["users"] = judged.attrs["users"]  # each term's user: paired differences cluster by it
         if name in truth:
             table["simulated_truth"] = truth[name]
             table["error"] = (table["value"] - truth[name]) / truth[name]

@@ -6,11 +6,18 @@ reads them back here into contact-log rows, the form every model trains on:
 
 - each decided action -> a treated row (`variant` "treatment", or "explore" when exploration picked it), with the
   logged propensity and its outcomes; an action reported `not_sent` never reached the user and is dropped;
-- each hold-out decision -> a `control` row (no offer, no channel), propensity = the hold-out's share; its
-  conversion is the user's own first purchase within the window (from the events table), because nothing was sent
-  that could be credited;
-- each other "no action" choice -> a `no_action` row with its propensity (off-policy evaluation needs it; it is
-  neither treated nor control, so models do not train on it).
+- each hold-out decision -> a `control` row (no offer, no channel), propensity = the hold-out's share (the chance
+  of being in the control group, which uplift training uses); its conversion is the user's own first purchase
+  within the window (from the events table), because nothing was sent that could be credited;
+- each other "no action" choice -> a `no_action` row with its propensity, P(no contact) (neither treated nor
+  control, so models do not train on it, and off-policy evaluation does not judge it: its user's purchases in the
+  week after are those of the sends the service made on the other days, not of "no contact");
+- every row carries its decision's `no_contact_propensity` (the logged `no_action_propensity`: P(no contact) =
+  P(held out) + P(not held out) x P(the policy picks no action)) and `holdout_propensity` (P(held out), every scope
+  together); null from logs written before those were logged on every decision. Off-policy evaluation weighs the
+  sends and hold-outs it judges among themselves with them (`offpolicy.judged_log`): without them, a hold-out row
+  weighed 1 / share also where the policy would not have sent, as if the "no action" decisions the judge leaves out
+  were there (SNIPS 4-5 % low on the service's logs, benchmarks/RESULTS.md).
 
 Every row of a decision carries `refused`: the (offer, channel) pairs the service's contact policy refused at that
 moment (its logged `reasons`; null = every offer or every channel), as JSON text, so off-policy evaluation credits a
@@ -42,7 +49,7 @@ DEFAULT_CAMPAIGN = "nextbest"  # the contract needs a campaign; decisions asked 
 OUTCOME_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at",
                    "converted": "converted_at", "unsubscribed": "unsubscribed_at", "complained": "complained_at"}
 _COLUMNS = ["contact_id", "user_id", "sent_at", "campaign_id", "offer_id", "channel", "variant", "propensity",
-            *OUTCOME_COLUMNS.values(), "revenue", "refused"]
+            *OUTCOME_COLUMNS.values(), "revenue", "refused", "no_contact_propensity", "holdout_propensity"]
 
 
 def read_log(path: Path) -> list[dict]:
@@ -78,22 +85,32 @@ def logs_to_contacts(decisions: list[dict], outcomes: list[dict], user_of: dict[
         seen.add(d["decision_id"])
         base = {"user_id": user_of[d["user_id"]], "campaign_id": d.get("campaign_id") or DEFAULT_CAMPAIGN,
                 "refused": refused_pairs(d.get("reasons") or [])}
+        # The decision's P(no contact) and P(held out), on every row of it, from a log that records both on every
+        # decision (an older log did not: null).
+        held_p = d.get("holdout_propensity")
+        none_p = d.get("no_action_propensity")
+        both = {"no_contact_propensity": none_p if held_p is not None else None, "holdout_propensity": held_p}
         if d.get("actions"):
             for k, a in enumerate(d["actions"]):
                 rows.append({**base, "contact_id": f"{PREFIX}{d['decision_id']}" + (f"-{k}" if k else ""),
                              "decision_id": d["decision_id"], "sent_at": a["send_at"], "offer_id": a["offer_id"],
                              "channel": a["channel"], "variant": "explore" if a.get("explored") else "treatment",
-                             "propensity": a["propensity"]})
+                             "propensity": a["propensity"], **both})
         else:
+            held = bool(d.get("holdout"))
+            # A hold-out row trains with its hold-out's share (an older log logged that as its no_action_propensity).
+            share = (d.get("holdout_share") if "holdout_share" in d else none_p) or none_p or 1.0
             rows.append({**base, "contact_id": f"{PREFIX}{d['decision_id']}", "decision_id": d["decision_id"],
                          "sent_at": d["at"], "offer_id": None, "channel": None,
-                         "variant": "control" if d.get("holdout") else "no_action",
-                         "propensity": d.get("no_action_propensity") or 1.0})
+                         "variant": "control" if held else "no_action",
+                         "propensity": share if held else (none_p or 1.0), **both})
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _COLUMNS})
     out = pd.DataFrame(rows)
     out["sent_at"] = _utc(out["sent_at"])
     out["propensity"] = out["propensity"].astype(float)
+    out["no_contact_propensity"] = out["no_contact_propensity"].astype(float)
+    out["holdout_propensity"] = out["holdout_propensity"].astype(float)
     out = _with_outcomes(out, outcomes, cutoff)
     out = _control_conversions(out, events, cutoff, window_days)
     return out[_COLUMNS].sort_values(["sent_at", "contact_id"], kind="stable", ignore_index=True)

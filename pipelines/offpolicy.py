@@ -60,7 +60,7 @@ from nextbest.training.uplift import action_draws as _action_draws
 from nextbest.training.uplift import action_grid as _grid
 
 __all__ = ["LogsConfig", "NO_CONTACT", "action_names", "logged_actions", "judge_choices", "policy_values",
-           "decisions_since", "logged_feasibility", "converted_within"]
+           "decisions_since", "logged_feasibility", "frame_feasibility", "converted_within", "judged_log"]
 
 
 
@@ -183,7 +183,7 @@ def policy_values(data: TrainingSet, config: LogsConfig = LogsConfig(),
     terms = table.attrs["dr_terms"]
     reference, by_fold = _best_fixed_out_of_fold(fixed, chosen, action, propensity, reward, folds, terms)
     for name in names:
-        diff = paired_difference(terms[name], reference)
+        diff = paired_difference(terms[name], reference, table.attrs["users"])
         table.loc[name, ["vs_best_fixed", "vs_best_fixed_low", "vs_best_fixed_high"]] = diff.value, diff.low, diff.high
     picked = list(dict.fromkeys(by_fold))
     table.attrs["best_fixed"] = picked[0] if len(picked) == 1 else "best fixed (chosen per fold)"
@@ -222,16 +222,19 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     spelling), on the logged rows of `data` (reward: its label, the conversion within the label's window).
 
     DR's reward model is cross-fitted: per fold of users (`folds`, else `config.folds` seeded folds), a T-learner
-    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action. Returns
-    one row per policy with `matched` (rows where it takes the logged action) and `contacted_share`; the per-row
-    DR terms (for paired differences) in `attrs["dr_terms"]`, the choices in `attrs["chosen"]`.
+    fitted on the other folds predicts the fold's reward of the logged action and of each policy's action.
+    Intervals are clustered by user when the rows name one (`user_id`): one user's rewards are correlated. Returns
+    one row per policy with `matched` (rows where it takes the logged action), `contacted_share`, the per-row
+    standard errors beside the clustered ones (`<method>_se_rows`, `<method>_se`) and `clusters`; the per-row
+    DR terms (for paired differences) in `attrs["dr_terms"]`, the rows' users in `attrs["users"]` (None without),
+    the choices in `attrs["chosen"]`.
     """
     frame = data.frame.reset_index(drop=True)
     if action is None or propensity is None:
         action, propensity = logged_actions(frame, data.treatment)
+    users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else None
     if folds is None:
-        users = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else np.arange(len(frame)).astype(str)
-        folds = user_folds(users, config.folds, config.seed)
+        folds = user_folds(users if users is not None else np.arange(len(frame)).astype(str), config.folds, config.seed)
     reward = frame[data.label].to_numpy(dtype="float64")
     q_logged = np.zeros(len(frame))
     q_chosen = {name: np.zeros(len(frame)) for name in chosen}
@@ -250,15 +253,20 @@ def judge_choices(data: TrainingSet, chosen: dict[str, np.ndarray], config: Logs
     for name, pick in chosen.items():
         target = (np.asarray(pick, dtype=object) == action).astype("float64")
         terms[name] = dr_terms(propensity, target, reward, q_logged, q_chosen[name])
-        s = snips(propensity, target, reward) if target.any() else None
-        i = ips(propensity, target, reward)
-        dr = doubly_robust(propensity, target, reward, q_logged, q_chosen[name])
-        out.append({"policy": name, "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
-                    "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
-                    "ips": i.value, "ips_low": i.low, "ips_high": i.high, "effective_n": i.effective_n,
-                    "matched": int(target.sum()), "contacted_share": float((np.asarray(pick) != NO_CONTACT).mean())})
+        s = snips(propensity, target, reward, users) if target.any() else None
+        i = ips(propensity, target, reward, users)
+        dr = doubly_robust(propensity, target, reward, q_logged, q_chosen[name], users)
+        row = {"policy": name, "snips": s.value if s else np.nan, "snips_low": s.low if s else np.nan,
+               "snips_high": s.high if s else np.nan, "dr": dr.value, "dr_low": dr.low, "dr_high": dr.high,
+               "ips": i.value, "ips_low": i.low, "ips_high": i.high, "effective_n": i.effective_n,
+               "matched": int(target.sum()), "contacted_share": float((np.asarray(pick) != NO_CONTACT).mean()),
+               "clusters": i.clusters if i.clusters is not None else len(frame)}
+        for key, e in (("ips", i), ("snips", s), ("dr", dr)):
+            row[f"{key}_se"] = e.se if e else np.nan
+            row[f"{key}_se_rows"] = e.se_rows if e else np.nan
+        out.append(row)
     table = pd.DataFrame(out).set_index("policy")
-    table.attrs.update(dr_terms=terms, chosen=chosen, logged=len(frame))
+    table.attrs.update(dr_terms=terms, chosen=chosen, logged=len(frame), users=users)
     return table
 
 
@@ -343,6 +351,44 @@ class _RewardModel:
 
 
 _GRID_ROWS = 200_000  # (row, action) copies scored per call: bounds memory, large enough that per-call costs vanish
+
+
+def judged_log(log: pd.DataFrame, stratify: bool = True) -> pd.DataFrame:
+    """The logged decisions as the off-policy judge reads them: the sends and the hold-outs, each at its probability
+    among them where the log says how the service randomised (its own rows: `no_contact_propensity` and
+    `holdout_propensity`, pipelines/logs_to_contacts.py), else at its `propensity`. Only this copy changes.
+
+    A "no action" decision is not judged: the week after it holds the sends the service made the user on the other
+    days, so its purchases are not those of "no contact" (+23-32 % on the NBA's estimates, benchmarks/RESULTS.md).
+    Among the sends and hold-outs, P(sent or held out) = 1 - P(no contact) + P(held out): a send weighs P(held out)'s
+    complement x the policy's P(it) over that, a hold-out P(held out) over that (about 1.45, not 1 / share, for a
+    user the policy would not contact).
+
+    `stratify`: P(held out) is the held-out share among this log's decisions in the same state, "the policy would
+    send" (its P(no action) < 0.5) or not, instead of the logged one. A stable per-user hold-out keeps its users
+    uncontacted, so their caps never close every action: among the decisions where the policy would send, 14-15 %
+    are held out against a logged 10 %, which IPS would otherwise miss (~5 % low; SNIPS divides it out)."""
+    log = log.reset_index(drop=True)
+    if {"no_contact_propensity", "holdout_propensity"} <= set(log):
+        none = pd.to_numeric(log["no_contact_propensity"], errors="coerce").to_numpy(dtype="float64")
+        held = pd.to_numeric(log["holdout_propensity"], errors="coerce").to_numpy(dtype="float64")
+        known = np.isfinite(none) & np.isfinite(held) & (held < 1)
+        policy_none = np.clip((none - held) / np.where(known, 1 - held, 1), 0, 1)
+        is_control = (log["variant"].astype(object) == "control").to_numpy() if "variant" in log else log["channel"].isna().to_numpy()
+        share = held.copy()
+        if stratify and known.any():
+            state = policy_none < 0.5  # the policy would send
+            for s in (True, False):
+                rows = known & (state == s)
+                if rows.any():
+                    share[rows] = is_control[rows].mean()
+        sent_or_held = share + (1 - share) * (1 - policy_none)
+        policy_p = pd.to_numeric(log["propensity"], errors="coerce").to_numpy(dtype="float64") / np.where(known, 1 - held, 1)
+        among = np.where(is_control, share, (1 - share) * policy_p) / np.maximum(sent_or_held, 1e-12)
+        log = log.assign(propensity=np.where(known, np.clip(among, 1e-12, 1.0), log["propensity"]))
+    if "variant" in log:
+        log = log[(log["variant"].astype(object) != "no_action").to_numpy()].reset_index(drop=True)
+    return log
 
 
 def converted_within(log: pd.DataFrame, window_days: int) -> np.ndarray:
@@ -465,3 +511,19 @@ def _state_before(events: pd.DataFrame, ids: pd.Series, at: pd.Series) -> dict[s
     last_buy = pd.to_datetime(state["bought"], utc=True).reset_index(drop=True)
     return {"lifecycle_stage": np.asarray(STAGES, dtype=object)[stage],
             "recency_days": np.where(last_buy.isna(), 9999, (at - last_buy).dt.days.fillna(9999)).astype(np.int64)}
+
+
+def frame_feasibility(tables: dict[str, pd.DataFrame], frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per "offer @ channel" action, whether it was open at each of `frame`'s logged decisions (its rows matched by
+    `contact_id` in `tables["contacts"]`), by `logged_feasibility`: the `feasible` that `policy_values` takes, so a
+    policy judged on the log (`nextbest evaluate --logs`, benchmarks/bench_uplift.py) takes only actions the logging
+    policy could have taken, as the retrain gate's do. Channels: the channels table's, else the log's."""
+    contacts = tables["contacts"]
+    contacts = contacts.assign(contact_id=contacts["contact_id"].astype(str)).drop_duplicates("contact_id")
+    log = contacts.set_index("contact_id").loc[frame["contact_id"].astype(str)].reset_index()
+    channels = (list(tables["channels"]["channel"].astype(str)) if tables.get("channels") is not None
+                else sorted(contacts["channel"].dropna().astype(str).unique()))
+    offers = tables["offers"].reset_index(drop=True)
+    open_ = logged_feasibility(tables, log, offers, channels)
+    return {f"{o} @ {c}": open_[:, i, j] for i, o in enumerate(offers["offer_id"].astype(str))
+            for j, c in enumerate(channels)}

@@ -41,6 +41,7 @@ __all__ = [
     "Greedy",
     "greedy_many",
     "choose_one",
+    "no_action_probability",
     "epsilon_propensity",
     "explore_many",
 ]
@@ -316,6 +317,7 @@ class Pick:
     action: tuple[int, int] | None
     propensity: float
     explored: bool
+    no_action: float | None = None  # P(the choice is "no action") under the same randomisation, when known
 
 
 def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, exploration: Exploration,
@@ -331,7 +333,8 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
         explore = rng.random() < exploration.rate
         pick = int(rng.integers(k)) if explore else greedy
         propensity = epsilon_propensity(exploration.rate, k, pick == greedy)
-        return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy)
+        return Pick(arms[pick] if pick < len(arms) else None, float(propensity), explore and pick != greedy,
+                    float(epsilon_propensity(exploration.rate, k, greedy == len(arms))))
     if exploration.method == "thompson" and arms and p_convert is not None and unit_value is not None:
         # Each arm's P(convert) is uncertain: sample it from a Beta with `prior_strength` pseudo-contacts and
         # shift the EV by the sampled error; the propensity is the share of `draws` samples the pick wins.
@@ -343,8 +346,9 @@ def choose(ev: np.ndarray, feasible: np.ndarray, priority: np.ndarray, explorati
         winners = sampled.argmax(axis=0)
         pick = int(winners[0])
         propensity = max(float((winners[1:] == pick).mean()), 1.0 / draws)
-        return Pick(arms[pick] if pick < len(arms) else None, propensity, pick != greedy)
-    return Pick(arms[greedy] if greedy < len(arms) else None, 1.0, False)
+        none = propensity if pick == len(arms) else float((winners[1:] == len(arms)).mean())
+        return Pick(arms[pick] if pick < len(arms) else None, propensity, pick != greedy, none)
+    return Pick(arms[greedy] if greedy < len(arms) else None, 1.0, False, float(greedy == len(arms)))
 
 
 # --- the same over a batch of users ------------------------------------------------------------------
@@ -435,6 +439,16 @@ def explore_many(g: Greedy, rate: float, rng: np.random.Generator) -> tuple[np.n
     return pick, propensity, explore & (pick != g.best)
 
 
+def no_action_probability(g: Greedy, u: int, exploration: Exploration) -> float:
+    """P(`choose_one` answers "no action" for user u), drawing nothing: with epsilon exploration over the k feasible
+    arms and "no action", rate / (k + 1), plus 1 - rate when "no action" is the greedy choice; without exploration
+    (or with no feasible arm), 1 or 0. The service logs it for a decision it did not let the policy make (a hold-out)."""
+    k_arms, none = int(g.n_arms[u]), bool(g.best[u] < 0)
+    if exploration.method == "epsilon" and exploration.rate > 0 and k_arms:
+        return float(epsilon_propensity(exploration.rate, k_arms + 1, none))
+    return float(none)
+
+
 def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Generator) -> Pick:
     """`choose` for user u from its precomputed greedy arm; draws from `rng` exactly as `choose` does.
 
@@ -459,7 +473,7 @@ def choose_one(g: Greedy, u: int, exploration: Exploration, rng: np.random.Gener
         else:
             arm = int(np.flatnonzero(g.feasible[u])[pick]) if pick < k_arms else -1
         action = divmod(arm, n_c) if arm >= 0 else None
-        return Pick(action, float(propensity), explore and pick != greedy)
+        return Pick(action, float(propensity), explore and pick != greedy, float(epsilon_propensity(exploration.rate, k, best < 0)))
     if best < 0:
-        return Pick(None, 1.0, False)
-    return Pick(divmod(best, n_c), 1.0, False)
+        return Pick(None, 1.0, False, 1.0)
+    return Pick(divmod(best, n_c), 1.0, False, 0.0)

@@ -685,26 +685,31 @@ class Runtime:
                 best = slots[i]
                 feasible_i, taken = feasible[i], None
                 user_counts = None
-                # A held-out user gets "no contact", chosen with the hold-out's share as its probability; the rest of
-                # the policy (and its random stream) is not consulted, so the control is independent of the models.
+                # A held-out user gets "no contact" whatever the models say, so the control is independent of them;
+                # the policy's own P(no action) is still read (its greedy choice, no draw under epsilon) for the
+                # logged P(no contact) below.
                 control = control_of(job.req.user_id, job.req.context.campaign_id, config.holdout, nows[i])
-                if control is not None:
-                    no_action_p = control[1]
                 # The user could have been held out: an action's probability is P(not held out) x P(the policy's pick),
                 # or off-policy weights on the sends miss the hold-out's share (IPS ~10 % low with a 10 % hold-out).
                 campaign = job.req.context.campaign_id
                 if campaign not in kept_of:
                     kept_of[campaign] = share_not_held_out(campaign, config.holdout)
                 kept = kept_of[campaign]
+                if control is not None:
+                    # "No contact" happens when the user is held out or when the policy (exploration included) picks
+                    # it: P(no contact) = P(held out) + P(not held out) x P(the policy picks no action), the same
+                    # number whether the user was held out or decided (`_no_contact_probability`).
+                    no_action_p = _no_contact_probability(kept, self._policy_no_action(
+                        greedy, i, config, thompson, ev, feasible_i, priority, p_convert, unit_value))
                 for n in range(0 if control else job.req.n_actions):
                     if n == 0 and not thompson:
                         pick = engine.choose_one(greedy, i, config.exploration, self.rng)
                     else:
                         pick = engine.choose(ev[i], feasible_i, priority, config.exploration, self.rng,
                                              config.min_expected_value, p_convert[i], unit_value)
+                    if n == 0:  # P(no contact) of this decision, logged whatever it chose (off-policy weights)
+                        no_action_p = _no_contact_probability(kept, pick.no_action)
                     if pick.action is None:
-                        if not actions:
-                            no_action_p = pick.propensity
                         break
                     o, c = pick.action
                     s = int(best[c])
@@ -748,11 +753,23 @@ class Runtime:
                 plans.append(dict(
                     decision=dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=actions,
                                   no_action_propensity=no_action_p, holdout=control[0] if control else None,
+                                  holdout_share=control[1] if control else None, holdout_propensity=1.0 - kept,
                                   filtered=[r.__dict__.copy() for r in result.refusals[i] + job.extra_refusals],
                                   model_versions=dict(versions), degraded=bool(degraded), degraded_reasons=list(degraded),
                                   dry_run=job.req.dry_run, explanation=explanation),
                     tz=tzs[i], now=nows[i]))
         return plans
+
+    def _policy_no_action(self, greedy: engine.Greedy, i: int, config, thompson: bool, ev, feasible_i, priority,
+                          p_convert, unit_value) -> float:
+        """P(the policy, exploration included, answers "no action" for user i), for a user it did not decide (held
+        out): epsilon's from the greedy arm without a draw; Thompson sampling's from its samples (drawn from the
+        service's stream, as the decision would have)."""
+        if not thompson:
+            return engine.no_action_probability(greedy, i, config.exploration)
+        pick = engine.choose(ev[i], feasible_i, priority, config.exploration, self.rng, config.min_expected_value,
+                             p_convert[i], unit_value)
+        return float(pick.no_action)
 
     def _commit(self, jobs: list[_Job], plans: list[dict], positions: list[int]) -> list[int]:
         """Store decisions atomically with their cap re-check; returns positions to re-plan (lost a race)."""
@@ -791,7 +808,8 @@ class Runtime:
     def _no_contact(self, job: _Job, models: engine.ModelSet, error: str | None, refusal: str | None = None,
                     reason: str = "ledger_unavailable") -> dict:
         """No action: a refusal after three lost races (`refusal`), or an error state (`error`, flagged `reason`)."""
-        return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0, holdout=None,
+        return _jsonable(dict(decision_id=job.decision_id, user_id=job.req.user_id, actions=[], no_action_propensity=1.0,
+                              holdout=None, holdout_share=None, holdout_propensity=None,
                               filtered=[vars(policy.Refusal(refusal or reason, detail=error or "lost a concurrent race three times"))],
                               model_versions=models.versions(), degraded=error is not None,
                               degraded_reasons=[reason] if error else [], dry_run=job.req.dry_run,
@@ -1042,6 +1060,14 @@ def _choice(rng: np.random.Generator, cdf: np.ndarray) -> int:
     return int(cdf.searchsorted(rng.random(), side="right"))
 
 
+def _no_contact_probability(kept: float, policy_none: float) -> float:
+    """P(a decision ends in "no contact"): held out (1 - `kept`, every hold-out scope together) or, not held out, the
+    policy's "no action" (`policy_none`, its exploration included). Logged on every decision (with P(held out) as
+    `holdout_propensity`), so off-policy evaluation can weigh a hold-out's "no contact" among the decisions that sent
+    or held out (pipelines/logs_to_contacts.py)."""
+    return float((1.0 - kept) + kept * policy_none)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -1068,6 +1094,8 @@ def _log_record(job: _Job, d: dict, plan: dict) -> dict:
             "actions": [{k: a[k] for k in ("offer_id", "channel", "send_at", "propensity", "expected_value", "p_convert",
                                            "explored", "variant", "variant_probability") if k in a}
                         for a in d["actions"]],
-            "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"), "model_versions": d["model_versions"],
+            "no_action_propensity": d["no_action_propensity"], "holdout": d.get("holdout"),
+            "holdout_share": d.get("holdout_share"), "holdout_propensity": d.get("holdout_propensity"),
+            "model_versions": d["model_versions"],
             "reasons": [[r["reason"], r["offer_id"], r["channel"]] for r in d["filtered"]],
             "degraded_reasons": d["degraded_reasons"]}

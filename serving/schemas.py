@@ -157,9 +157,15 @@ class Decision(BaseModel):
     decision_id: str
     user_id: str
     actions: list[Action] = Field(description="empty means: no action (nothing has positive value or nothing is allowed)")
-    no_action_propensity: float | None = Field(None, description="probability of choosing no action, when that was the choice")
+    no_action_propensity: float | None = Field(None, description="probability of no contact, whatever was chosen: "
+                                               "P(held out) + P(not held out) x P(the policy, exploration included, "
+                                               "picks no action)")
     holdout: str | None = Field(None, description="the hold-out this user is in ('universal' or 'campaign:<id>'): no contact, "
-                                "logged as a control decision with the hold-out's share as its no_action_propensity")
+                                "logged as a control decision")
+    holdout_share: float | None = Field(None, description="the share held out by that hold-out (the control row's "
+                                        "probability of being in the control group, which uplift training uses)")
+    holdout_propensity: float | None = Field(None, description="P(this decision is held out), every hold-out scope "
+                                             "together: 1 - P(not held out), the factor in each action's propensity")
     filtered: list[Filtered]
     model_versions: dict[str, str] = Field(description="model kind -> registered name/version used")
     degraded: bool = Field(description="true when a fallback was used (see degraded_reasons)")

@@ -78,7 +78,7 @@ def test_a_trigger_campaign_holds_out_its_control_group_and_logs_it(service):
         scope = expected[u]
         assert d["holdout"] == (scope[0] if scope else None), u
         if scope:
-            assert d["actions"] == [] and d["no_action_propensity"] == scope[1]
+            assert d["actions"] == [] and d["holdout_share"] == scope[1] and d["no_action_propensity"] >= scope[1]
     sent = store.sends("browse")
     assert sent and not {s["user_id"] for s in sent} & set(held)
     assert execution.control_mask(store.get("browse"), audience, load_config(home.operator_yaml).holdout, NOW).sum() \

@@ -76,14 +76,16 @@ def test_the_service_logs_held_out_users_as_no_contact_decisions_with_their_prob
     assert {d["user_id"] for d in held} == {u for u, c in expected.items() if c}  # the one rule decides
     assert 0.25 < len(held) / len(users) < 0.5  # 0.1 + 0.9 x 0.3 = 0.37
     for d in held:
-        assert d["actions"] == [] and d["no_action_propensity"] == expected[d["user_id"]][1]
+        assert d["actions"] == [] and d["holdout_share"] == expected[d["user_id"]][1]
         assert d["holdout"] == expected[d["user_id"]][0]
+        # P(no contact): held out (1 - 0.9 x 0.7) or the policy's own "no action" (at most 1)
+        assert 1 - 0.9 * 0.7 - 1e-12 <= d["no_action_propensity"] <= 1
     assert any(d["actions"] for d in answers if not d["holdout"])  # the others are decided as usual
     counts = rt.ledger.read([d["user_id"] for d in held]).user_counts
     assert not any(counts.get(d["user_id"]) for d in held)  # a control charges no cap
     logged = [json.loads(line) for line in (home.log_dir / "decisions.jsonl").read_text().splitlines()]
     controls = [r for r in logged if r["holdout"]]
-    assert len(controls) == len(held) and all(r["actions"] == [] and r["no_action_propensity"] in (0.1, 0.3) for r in controls)
+    assert len(controls) == len(held) and all(r["actions"] == [] and r["holdout_share"] in (0.1, 0.3) for r in controls)
     # the next day (same period) holds out the same users; another campaign only the universal ones
     again = rt.decide_batch(BatchDecideRequest(user_ids=users, now=NOW + timedelta(hours=20), context={"campaign_id": "spring"}))
     assert {d["user_id"] for d in again if d["holdout"]} == {d["user_id"] for d in held}
@@ -98,3 +100,50 @@ def test_the_service_logs_held_out_users_as_no_contact_decisions_with_their_prob
         assert sent and all(0 < a["propensity"] <= kept + 1e-12 for a in sent)
         greedy = [a["propensity"] for a in sent if not a["explored"]]
         assert all(p >= kept * (1 - rate) - 1e-12 for p in greedy) and max(greedy) > 0.9 * kept
+
+
+@pytest.mark.parametrize("greedy_none", [False, True])
+def test_each_logged_choice_is_drawn_with_its_logged_probability(built, tmp_path, greedy_none):
+    """One situation (one user's features under 4,000 user ids, nothing charged), hold-outs of 10 % and 20 %,
+    exploration 0.3: every logged choice ("no contact" whether held out or picked, and each send) comes up as often as
+    its logged propensity says, and those propensities sum to one. With `greedy_none` the policy's best choice is no
+    action (a minimum EV nothing reaches), so "no contact" is mostly the policy's own choice, still one number."""
+    from nextbest.serving.config import Exploration
+    from nextbest.serving.schemas import CampaignContext
+
+    home = copy_home(built, tmp_path / "home")
+    config = default_config().model_copy(update={
+        "holdout": Holdout(share=0.1, campaigns={"spring": 0.2}), "exploration": Exploration(method="epsilon", rate=0.3),
+        "min_expected_value": 1e9 if greedy_none else 0.0})
+    write_config(config, home.home / "operator.yaml")
+    rt = Runtime(home, loader=lambda s: champions("email", "1"), clock=lambda: NOW + timedelta(hours=22))
+    users = pd.read_parquet(home.feature_dir / "profile.parquet")["user_id"].astype(str).unique().tolist()
+    feats, known, _ = rt.features.fetch(users[:1])
+    n = 4_000
+    ids = [f"twin-{i}" for i in range(n)]
+    same = {k: np.repeat(np.asarray(v), n, axis=0) for k, v in feats.items()}
+    same["user_id"] = np.asarray(ids, dtype=object)
+    answers = rt.score(ids, CampaignContext(campaign_id="spring"), NOW, features=(same, np.ones(n, dtype=bool), False))
+    assert len(answers) == n
+    logged: dict[tuple, list[float]] = {}
+    for d in answers:
+        a = d["actions"][0] if d["actions"] else None
+        key = ("none",) if a is None else (a["offer_id"], a["channel"], a["send_at"])
+        logged.setdefault(key, []).append(d["no_action_propensity"] if a is None else a["propensity"])
+    assert len(logged) > 3 and ("none",) in logged  # exploration reached several sends; some decisions sent nothing
+    held = sum(bool(d["holdout"]) for d in answers)
+    assert 0.2 < held / n < 0.36  # 1 - 0.9 x 0.8 = 0.28 held out
+    for key, ps in logged.items():
+        assert max(ps) - min(ps) < 1e-12, f"{key}: one situation, one probability"
+        p, count = ps[0], len(ps)
+        assert abs(count - n * p) <= 4.5 * np.sqrt(n * p * (1 - p)) + 1, f"{key}: {count} of {n} drawn, logged p {p:.4f}"
+    # the choices never drawn carry the rest; with exploration over every open arm, that is only the unexplored arms
+    assert sum(ps[0] for ps in logged.values()) <= 1 + 1e-9
+    # every decision logs the same P(no contact) and P(held out), whatever it chose (the judge's P(sent or held out))
+    assert {round(d["no_action_propensity"], 12) for d in answers} == {round(logged[("none",)][0], 12)}
+    assert {round(d["holdout_propensity"], 12) for d in answers} == {0.28}
+    none = logged[("none",)][0]
+    if greedy_none:  # held out, or not held out and the policy kept its "no action" (1 - 0.3 + 0.3 / k)
+        assert none > 0.28 + 0.72 * 0.7
+    else:
+        assert 0.28 <= none < 0.28 + 0.72 * 0.3

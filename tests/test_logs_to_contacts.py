@@ -4,6 +4,7 @@ outcomes wait for the next run."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from nextbest.features.contract import conform
 from nextbest.pipelines.logs_to_contacts import PREFIX, logs_to_contacts, merge_contacts
@@ -63,8 +64,27 @@ def test_each_logged_choice_becomes_one_row_with_its_propensity():
     # the hold-out: no action, the share as propensity, converted by the user's own first purchase
     assert d3["variant"] == "control" and d3["offer_id"] is None and d3["propensity"] == 0.05
     assert d3["converted_at"] == T0 + pd.Timedelta(hours=4) and d3["revenue"] == 12.5
-    # a chosen "no action" is kept (off-policy evaluation), never as a control
+    # a chosen "no action" is kept (its propensity logged), never as a control
     assert d4["variant"] == "no_action" and d4["propensity"] == 0.96 and pd.isna(d4["converted_at"])
+    # a log from before P(no contact) and P(held out) were logged on every decision: none to weigh them by
+    assert rows["no_contact_propensity"].isna().all() and rows["holdout_propensity"].isna().all()
+
+
+def test_every_row_carries_its_decisions_p_no_contact_and_p_held_out():
+    """A log that records P(no contact) and P(held out) on every decision puts both on each of its rows (the judge's
+    weights among sends and hold-outs, `offpolicy.judged_log`); a control row still trains with its hold-out's share."""
+    sent = {**_decision("d1", "p1", [("o1", "email", 0.9 * 0.95, False)], no_action_p=0.1 + 0.9 * 0.01),
+            "holdout_propensity": 0.1}
+    held = {**_decision("d3", "p3", holdout="universal", no_action_p=0.1 + 0.9 * 0.8), "holdout_share": 0.05,
+            "holdout_propensity": 0.1}
+    chose = {**_decision("d4", "p4", no_action_p=0.1 + 0.9 * 0.96), "holdout_propensity": 0.1}
+    rows = _rows(decisions=[sent, held, chose])
+    d1, d3, d4 = rows.loc[f"{PREFIX}d1"], rows.loc[f"{PREFIX}d3"], rows.loc[f"{PREFIX}d4"]
+    assert d1["propensity"] == pytest.approx(0.855) and d1["no_contact_propensity"] == pytest.approx(0.109)
+    assert d3["variant"] == "control" and d3["propensity"] == 0.05 and d3["no_contact_propensity"] == pytest.approx(0.82)
+    assert d4["variant"] == "no_action" and d4["propensity"] == d4["no_contact_propensity"] == pytest.approx(0.964)
+    assert (rows["holdout_propensity"] == 0.1).all()
+    conform("contacts", rows.reset_index(), "contacts (from the logs)")
 
 
 def test_the_rows_pass_the_raw_data_contract():

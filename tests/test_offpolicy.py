@@ -69,8 +69,38 @@ def test_evaluate_logs_judges_the_simulated_log_from_its_tables_only(trained, mo
     assert "reward: conversion within 7 d" in result.output and "nobody (no contact)" in result.output
     assert "everyone:" in result.output and "│ t " in result.output and "│ t (argmax) " in result.output
     assert "t: shrinkage strength" in result.output  # the learned policy's choice, beside the pure argmax
+    assert "biased upward" in " ".join(result.output.split())  # the fixed rows' winner's curse is named
     bad = runner.invoke(app, ["evaluate", "--logs", "--learners", "q"])
     assert bad.exit_code == 2 and "--learners 'q'" in bad.output and "Traceback" not in bad.output
+
+
+def test_evaluate_logs_judges_policies_only_on_actions_open_at_each_logged_decision(trained, monkeypatch):
+    """`evaluate --logs` gives every policy only the actions the logging policy could take at each decision
+    (consent, suppressions, eligibility: `logged_feasibility`), as the retrain gate and the bench do: "everyone X
+    on a channel a user never consented to" is no contact for that user, not an action no logged row can match
+    (without it the CLI judged a different policy from the bench's on the demo world)."""
+    from nextbest.features.settings import Settings
+    from nextbest.features.store import training_store
+    from nextbest.pipelines.cli import _evaluate_logs, judged_contacts
+    from nextbest.pipelines.offpolicy import frame_feasibility
+    from nextbest.training.jobs import read_raw_tables
+    from nextbest.training.uplift import UpliftConfig, build_frame
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(trained.home))
+    settings = Settings()
+    table, _ = _evaluate_logs(settings, 7, 2, "t", 150)
+    raw = read_raw_tables(settings)
+    raw["contacts"] = judged_contacts(raw["contacts"], 150, settings.seed)  # the decisions the CLI judges
+    open_ = frame_feasibility(raw, build_frame(training_store(settings), raw, UpliftConfig(window_days=7)).frame)
+    chosen = table.attrs["chosen"]
+    assert len(next(iter(chosen.values()))) == len(next(iter(open_.values())))  # the same judged decisions
+    closed = {a: int((~o).sum()) for a, o in open_.items() if a in {p.removeprefix("everyone: ") for p in chosen}}
+    assert sum(closed.values()) > 0, closed  # some action is closed somewhere: the check below can fail
+    for policy, picks in chosen.items():
+        sent = picks != NO_CONTACT
+        assert all(open_[a][i] for i, a in zip(np.flatnonzero(sent), picks[sent], strict=True)), policy
+        if policy.startswith("everyone: "):  # its action wherever open, no contact elsewhere
+            np.testing.assert_array_equal(sent, open_[policy.removeprefix("everyone: ")])
 
 
 def test_off_policy_evaluation_of_logs_does_not_need_the_simulator():
@@ -336,3 +366,67 @@ def test_the_simulation_gate_promotes_only_a_surely_better_policy():
     sure = gate_decision(table(15.0), waiting, trained, since, min_matched=200)
     assert sure["promoted"] and sure["promote"] == waiting and "surely better" in sure["reason"]
     assert not gate_decision(table(15.0, violations=1), waiting, trained, since, min_matched=200)["promoted"]
+
+
+def test_the_judge_weighs_sends_and_hold_outs_among_themselves_and_leaves_no_action_out():
+    """`judged_log` by hand: P(sent or held out) = 1 - P(no contact) + P(held out); a send weighs (1 - h) x the
+    policy's P(it) over that, a hold-out h over that, with h the logged P(held out) or (`stratify`) the held-out
+    share among the log's decisions in the same state (the policy would send, or not); "no action" rows are not
+    judged; an exported log is read as it was; the caller's table is unchanged."""
+    from nextbest.pipelines.offpolicy import judged_log
+
+    # four decisions where the policy would send (P(no action) 0.01), two where it would not (0.8); P(held out) 0.1
+    would = 0.1 + 0.9 * 0.01
+    log = pd.DataFrame({
+        "contact_id": list("abcdef"), "user_id": list("uvwxyz"), "channel": ["email", None, "sms", "email", None, None],
+        "variant": ["treatment", "control", "treatment", "explore", "control", "no_action"],
+        "propensity": [0.9 * 0.95, 0.1, 0.9 * 0.95, 0.9 * 0.01, 0.1, 0.1 + 0.9 * 0.8],
+        "no_contact_propensity": [would, would, would, 0.1 + 0.9 * 0.8, 0.1 + 0.9 * 0.8, 0.1 + 0.9 * 0.8],
+        "holdout_propensity": 0.1})
+    log.loc[3, "no_contact_propensity"] = would  # the explored send: the policy would have sent too
+    plain = judged_log(log, stratify=False)
+    assert plain["contact_id"].tolist() == list("abcde")  # the "no action" decision is not judged
+    send_or_held = 1 - would + 0.1
+    np.testing.assert_allclose(plain["propensity"], [0.855 / send_or_held, 0.1 / send_or_held, 0.855 / send_or_held,
+                                                     0.009 / send_or_held, 0.1 / (1 - 0.82 + 0.1)])
+    strat = judged_log(log)  # held-out shares: 1 of 4 "would send" decisions, 1 of 2 "would not"
+    h = 0.25
+    np.testing.assert_allclose(strat["propensity"], [
+        0.75 * 0.95 / (h + 0.75 * 0.99), h / (h + 0.75 * 0.99), 0.75 * 0.95 / (h + 0.75 * 0.99),
+        0.75 * 0.01 / (h + 0.75 * 0.99), 0.5 / (0.5 + 0.5 * 0.2)])
+    assert log["propensity"].tolist()[:2] == [0.855, 0.1] and len(log) == 6  # the caller's table unchanged
+    exported = log.drop(columns=["no_contact_propensity", "holdout_propensity"]).iloc[:5]
+    pd.testing.assert_frame_equal(judged_log(exported), exported)  # an exported log is judged as it was
+
+
+def test_off_policies_weighs_each_judged_row_by_its_probability_among_sends_and_hold_outs(trained):
+    """The judge of the gate and `nextbest evaluate` reads the service's P(no contact) and P(held out): with every
+    judged decision logged as one the policy would send, "nobody"'s IPS (it matches the hold-outs only, each weighed
+    by the held-out share among those decisions) is the hold-outs' mean reward, SNIPS's, exactly; the "no action"
+    rows (every action closed) are not judged and do not change that share."""
+    from nextbest.features.store import read_table
+    from nextbest.pipelines.evaluate import ModelPolicy, load_period, off_policies
+    from nextbest.pipelines.offpolicy import decisions_since
+
+    world, tables = load_period(trained)
+    period = world.sample(300, seed=3)
+    snapshots = read_table(trained, "behaviour")["event_timestamp"]
+    _, logged = decisions_since(tables, snapshots, set(period.user_ids))
+    contacts = logged["contacts"].reset_index(drop=True)
+    control = contacts["channel"].isna()
+    assert control.sum() >= 20 and (contacts.loc[control, "propensity"] < 0.5).all()
+    planted = contacts[control].head(60).assign(contact_id=lambda d: "na-" + d["contact_id"].astype(str),
+                                                 variant="no_action", propensity=0.8)
+    n_o, n_c = len(period.offers), len(period.channels)
+    ev = np.tile(np.arange(n_o * n_c, dtype=float).reshape(1, n_o, n_c) / (n_o * n_c), (period.n_users, 1, 1))
+    policy = ModelPolicy("nobody", -1 - ev, np.full((period.n_users, n_c), 10))  # no contact on every decision
+    seen = pd.concat([tables["contacts"], planted], ignore_index=True)
+    plain = off_policies(trained, {policy.name: policy}, period, logged, seen=seen)[policy.name].set_index("method")
+    log = pd.concat([contacts.assign(no_contact_propensity=0.1, holdout_propensity=0.1),
+                     planted.assign(no_contact_propensity=1.0, holdout_propensity=0.1)], ignore_index=True)
+    judged = off_policies(trained, {policy.name: policy}, period, {**logged, "contacts": log},
+                          seen=seen)[policy.name].set_index("method")
+    assert judged.loc["IPS", "n"] == plain.loc["IPS", "n"]  # the "no action" rows are not judged
+    assert judged.loc["IPS", "value"] != pytest.approx(plain.loc["IPS", "value"])
+    assert judged.loc["IPS", "value"] == pytest.approx(judged.loc["SNIPS", "value"])  # the weights sum to n
+    assert judged.loc["IPS", "users"] < judged.loc["IPS", "n"]  # clustered by user: fewer users than decisions
