@@ -37,6 +37,7 @@ from nextbest.serving.policy import matches
 from nextbest.training.datasets import TrainingSet, outcome_within
 from nextbest.training.ope import doubly_robust, dr_terms, ips, paired_difference, snips
 from nextbest.training.shrinkage import (
+    MARGIN_Z,
     STRENGTHS,
     average_effects,
     choose_strength,
@@ -71,7 +72,7 @@ class LogsConfig:
     folds: int = 3
     learners: tuple[str, ...] = ("t", "x", "dr")
     rounds: int = 100  # boosting rounds per model (default parameters: judging, not tuning)
-    margin_z: float = 1.0  # a learner's policy leaves the best fixed action only for a gain this many std. errors above 0
+    margin_z: float = MARGIN_Z  # a learner's policy leaves the best fixed action only for a gain this many std. errors above 0
     # How a strength's gain over the best fixed action is estimated (training/shrinkage.py choose_strength): "ips",
     # or "dr" (doubly robust terms from the cross-fitted reward model: lower variance on a log of many actions).
     gain: str = "ips"

@@ -54,6 +54,7 @@ from nextbest.training.scorers import (
     UpliftScorer,
 )
 from nextbest.training.shrinkage import (
+    MARGIN_Z,
     STRENGTHS,
     Shrinkage,
     average_effects,
@@ -92,7 +93,7 @@ class UpliftConfig:
     # which would take the targeting out of every decision (benchmarks/RESULTS.md).
     shrinkage: bool | None = None
     shrink_max_actions: int = 8
-    margin_z: float = 1.0  # the policy leaves the best fixed action only for a gain this many standard errors above 0
+    margin_z: float = MARGIN_Z  # the policy leaves the best fixed action only for a gain this many standard errors above 0
     min_action_rows: int = 10  # an action gets a shrinkage center when logged at least this often
     seed: int = 7
 
