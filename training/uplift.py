@@ -567,34 +567,30 @@ def paired_qini(challenger, champion, holdout: TrainingSet, draws: int = 200, se
     """`evaluate`'s Qini AUC of two scorers on the same holdout rows, and their difference (challenger minus
     champion) with a `level` interval from a paired bootstrap over the holdout's users: each draw resamples users
     with replacement, and both rankings are judged on the same draw, so what the two share cancels and the interval
-    is that of the difference itself (the gate's "surely better": its low end above 0)."""
+    is that of the difference itself (the gate's "surely better": its low end above 0). The resamples are
+    `paired_gaps`' (`_qini_replicates`: every offer the point estimate scored, recomputed without a sort per draw),
+    taken `_DRAW_CHUNK` at a time so the (draws x rows) matrix stays small on a large holdout."""
     rows, ours = offer_scores(challenger, holdout, seed)
     _, theirs = offer_scores(champion, holdout, seed)
-    y, treated, offer = rows["label"].to_numpy(), rows["_treated"].to_numpy(), rows["_offer"].to_numpy()
-
-    by_offer = {name: np.flatnonzero(offer == name) for name in ours}
-
-    def qini(times: np.ndarray | None, scores: dict[str, np.ndarray]) -> float:
-        """The headline Qini AUC with each row taken `times` times (None: once)."""
-        per_offer = {}
-        for name, score in scores.items():
-            keep = by_offer[name] if times is None else np.repeat(by_offer[name], times[by_offer[name]])
-            per_offer.update(per_offer_uplift_metrics(y[keep], treated[keep], offer[keep], {name: score[keep]}))
-        return summarise_offers(per_offer)["qini_auc"]
-
-    out = {"challenger": qini(None, ours), "champion": qini(None, theirs)}
+    mine, other = _offer_metrics(rows, ours), _offer_metrics(rows, theirs)
+    out = {"challenger": mine["qini_auc"], "champion": other["qini_auc"]}
     out["difference"] = out["challenger"] - out["champion"]
+    offers = [name for name in _scored_offers(mine) if name in set(_scored_offers(other))]
     users, member = np.unique(_users(rows), return_inverse=True)
     rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(draws):
-        counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)))
-        times = counts[member]  # each drawn user's rows, as many times as the user was drawn
-        diffs.append(qini(times, ours) - qini(times, theirs))
-    diffs = np.asarray(diffs)[np.isfinite(diffs)]
+    for start in range(0, draws, _DRAW_CHUNK):
+        counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=min(_DRAW_CHUNK, draws - start))
+        times = counts[:, member]  # each drawn user's rows, as many times as the user was drawn
+        diffs.append(_qini_replicates(rows, ours, offers, times) - _qini_replicates(rows, theirs, offers, times))
+    diffs = np.concatenate(diffs) if diffs else np.array([])
+    diffs = diffs[np.isfinite(diffs)]
     tail = (1 - level) / 2
     low, high = (np.quantile(diffs, [tail, 1 - tail]) if len(diffs) else (np.nan, np.nan))
     return {**out, "low": float(low), "high": float(high), "draws": float(len(diffs)), "users": float(len(users))}
+
+
+_DRAW_CHUNK = 25  # bootstrap draws per (draws x rows) matrix in `paired_qini`
 
 
 # --- the policy's shrinkage (training/shrinkage.py) ------------------------------------------------------------
