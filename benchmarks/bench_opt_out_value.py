@@ -32,50 +32,16 @@ import pandas as pd
 
 from nextbest.features.settings import Settings
 from nextbest.pipelines import evaluate
-from nextbest.serving import engine
-from nextbest.serving.config import CHANNEL_VALUE_DAYS, catalog_config, load_config
+from nextbest.serving.config import CHANNEL_VALUE_DAYS, load_config
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.policies import OraclePolicy
-from nextbest.simulation.replay import ReplayConfig, Rules, hour_ok_matrix, replay
+from nextbest.simulation.replay import ReplayConfig, Rules, replay
 
 
-@dataclasses.dataclass
-class Scores:
-    """The champions' scores of a period's users, as `evaluate.model_policies` computes them."""
-
-    config: object
-    hours: np.ndarray
-    p_convert: np.ndarray
-    uplift: np.ndarray
-    p_churn: np.ndarray
-    opt_out: np.ndarray
-
-    def policy(self, name: str, uplift: bool, scale: float = 1.0) -> evaluate.ModelPolicy:
-        config = self.config.model_copy(update={"channels": [
-            c.model_copy(update={"opt_out_cost": c.opt_out_cost * scale}) for c in self.config.channels]})
-        effect = self.uplift if uplift else np.full_like(self.uplift, np.nan)
-        ev = engine.expected_values_many(self.p_convert, effect, config, self.p_churn, self.opt_out)
-        priority = np.array([o.priority for o in config.offers], dtype=float)
-        return evaluate.ModelPolicy(name, ev, self.hours, 0.0, priority, config.min_expected_value)
-
-
-def scores(settings: Settings, period, models, base) -> Scores:
-    config = catalog_config(period.offers, period.channels, base=base)
-    users = evaluate.latest_features(settings, period.user_ids)
-    hour_ok = hour_ok_matrix(period.channels)
-    n, n_o, n_c = period.n_users, len(config.offers), len(config.channels)
-    out = Scores(config, np.zeros((n, n_c), dtype=np.int64), np.zeros((n, n_o, n_c)), np.full((n, n_o, n_c), np.nan),
-                 np.zeros(n), np.zeros((n, n_c)))
-    for start in range(0, n, 2_000):
-        rows = np.arange(start, min(n, start + 2_000))
-        part = engine.user_columns({k: v[rows] for k, v in users.items()})
-        p_open = engine.send_time_scores(models, part, config)
-        out.hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
-        out.p_convert[rows], out.uplift[rows] = engine.conversion_scores(models, part, config, out.hours[rows],
-                                                                         p_open=p_open)
-        out.p_churn[rows] = engine.churn_scores(models, part, config)
-        out.opt_out[rows] = engine.opt_out_risk(part, config)
-    return out
+def scaled(config, scale: float):
+    """The operator config with every channel's opt-out cost times `scale`."""
+    return config.model_copy(update={"channels": [
+        c.model_copy(update={"opt_out_cost": c.opt_out_cost * scale}) for c in config.channels]})
 
 
 def measured(seed: int, policy: str, scale: float, result) -> dict:
@@ -83,10 +49,6 @@ def measured(seed: int, policy: str, scale: float, result) -> dict:
     return {"seed": seed, "policy": policy, "cost scale": scale, "revenue": m["incremental_revenue"],
             "contacts": m["contacts"], "opt-outs /1k": m["opt_outs_per_1k"], "violations": m["violations"],
             **{f"{ch}": int(v) for ch, v in result.sends["channel"].value_counts().sort_index().items()}}
-
-
-def per_user(result, n: int) -> pd.Series:
-    return result.sends.groupby("user_idx")["expected_revenue"].sum().reindex(range(n), fill_value=0.0)
 
 
 def main() -> None:
@@ -106,23 +68,24 @@ def main() -> None:
         started, cpu = time.perf_counter(), time.process_time()
         config = ReplayConfig(rules=Rules.of(base.caps), seed=seed)
         period = world.sample(args.users, seed=seed)
-        s = scores(settings, period, models, base)
+        s = evaluate.policy_scores(settings, period, models)
         beliefs = history_beliefs(period.truth, tables, period.user_ids, period.start)
         rows.append(measured(seed, evaluate.HISTORY_ORACLE, np.nan, replay(
             period, OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs), config)))
         for scale in (float(x) for x in args.scales.split(",")):
             for name, uplift in (("nba (uplift)", True), ("propensity only", False)):
-                rows.append(measured(seed, name, scale, replay(period, s.policy(name, uplift, scale), config)))
+                rows.append(measured(seed, name, scale, replay(period, s.policy(name, uplift, config=scaled(s.config, scale)),
+                                                                config)))
         if args.channel_loss:
             full = replay(period, s.policy("nba (uplift)", True), config)
-            revenue = per_user(full, period.n_users)
+            revenue = evaluate.revenue_per_user(full, period.n_users)
             for c, channel in enumerate(s.config.channel_names()):
                 closed = period.suppressed.copy()
                 closed[:, c] = True
                 without = replay(dataclasses.replace(period, suppressed=closed), s.policy("nba (uplift)", True), config)
                 sends = full.sends[full.sends["channel"] == channel].groupby("user_idx").size().reindex(
-                    range(period.n_users), fill_value=0)
-                lost = revenue - per_user(without, period.n_users)
+                    range(period.n_users), fill_value=0).to_numpy()
+                lost = revenue - evaluate.revenue_per_user(without, period.n_users)
                 loss = float((sends * lost).sum() / max(int(sends.sum()), 1)) / config.days
                 learned = s.config.channels[c].opt_out_cost / CHANNEL_VALUE_DAYS
                 losses.append({"seed": seed, "channel": channel, "NBA sends": int(sends.sum()),

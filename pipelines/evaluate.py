@@ -51,7 +51,7 @@ from nextbest.simulation.replay import (
 )
 from nextbest.simulation.truth import Truth
 
-__all__ = ["champion_set", "ModelPolicy", "model_policies", "latest_features", "feature_state", "operator_rules", "load_period",
+__all__ = ["champion_set", "ModelPolicy", "PolicyScores", "policy_scores", "model_policies", "revenue_per_user", "latest_features", "feature_state", "operator_rules", "load_period",
            "evaluate_policies", "judge_model_sets", "off_policy", "off_policies", "simulated_truths", "write_report",
            "raw_argmax"]
 
@@ -169,12 +169,35 @@ def raw_argmax(models: engine.ModelSet) -> engine.ModelSet | None:
                            models.compiled)
 
 
-def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
-                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None,
-                   users: engine.Users | None = None) -> list[ModelPolicy]:
-    """The NBA policy (uplift-based EV) and the propensity-only baseline, from the current champions; users are
-    scored on their newest features (at or before `as_of` when given), or on `users` (the period's users' features,
-    kept from an earlier read: a fixed yardstick)."""
+@dataclass
+class PolicyScores:
+    """The champions' scores of a period's users, as serving computes them: each channel's send hour (U, C),
+    P(convert) and uplift per (user, offer, channel), P(churn), P(opt-out) per (user, channel); `config` the
+    period's catalog with the operator's levers."""
+
+    config: object
+    hours: np.ndarray
+    p_convert: np.ndarray
+    uplift: np.ndarray
+    p_churn: np.ndarray
+    opt_out: np.ndarray
+
+    def policy(self, name: str, uplift: bool = True, epsilon: float = 0.0, config=None) -> ModelPolicy:
+        """The policy choosing by serving's expected value (one definition: engine.expected_values_many), from the
+        uplift (the NBA) or from P(convert) alone (propensity-only); `config`: other levers than the scores' (e.g. a
+        scaled opt-out cost)."""
+        config = config or self.config
+        effect = self.uplift if uplift else np.full_like(self.uplift, np.nan)
+        ev = engine.expected_values_many(self.p_convert, effect, config, self.p_churn, self.opt_out)
+        priority = np.array([o.priority for o in config.offers], dtype=float)
+        return ModelPolicy(name, ev, self.hours, epsilon, priority, config.min_expected_value)
+
+
+def policy_scores(settings: Settings, period: Period, models: engine.ModelSet | None = None,
+                  as_of: pd.Timestamp | None = None, users: engine.Users | None = None) -> PolicyScores:
+    """`PolicyScores` from the current champions (or `models`); users are scored on their newest features (at or
+    before `as_of` when given), or on `users` (the period's users' features, kept from an earlier read: a fixed
+    yardstick)."""
     from nextbest.simulation.replay import hour_ok_matrix
 
     models = models if models is not None else champion_set(settings)
@@ -186,27 +209,31 @@ def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
     users = users if users is not None else latest_features(settings, period.user_ids, as_of)
     hour_ok = hour_ok_matrix(period.channels)
     n = period.n_users
-    hours = np.zeros((n, len(channels)), dtype=np.int64)
-    p_convert = np.zeros((n, len(config.offers), len(channels)))
-    uplift = np.full_like(p_convert, np.nan)
-    p_churn = np.zeros(n)
-    opt_out = np.zeros((n, len(channels)))
+    out = PolicyScores(config, np.zeros((n, len(channels)), dtype=np.int64), np.zeros((n, len(config.offers), len(channels))),
+                       np.full((n, len(config.offers), len(channels)), np.nan), np.zeros(n), np.zeros((n, len(channels))))
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(n, start + _CHUNK))
         part = engine.user_columns({k: v[rows] for k, v in users.items()})
         p_open = engine.send_time_scores(models, part, config)  # (u, C, 24)
-        hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
-        p_convert[rows], uplift[rows] = engine.conversion_scores(models, part, config, hours[rows], p_open=p_open)
-        p_churn[rows] = engine.churn_scores(models, part, config)
-        opt_out[rows] = engine.opt_out_risk(part, config)
-    # Expected values as serving computes them (one definition: engine.expected_values_many).
-    priority = np.array([o.priority for o in config.offers], dtype=float)
-    nba = engine.expected_values_many(p_convert, uplift, config, p_churn, opt_out)
-    propensity_only = engine.expected_values_many(p_convert, np.full_like(uplift, np.nan), config, p_churn, opt_out)
-    return [
-        ModelPolicy("nba (uplift)", nba, hours, epsilon, priority, config.min_expected_value),
-        ModelPolicy("propensity only", propensity_only, hours, epsilon, priority, config.min_expected_value),
-    ]
+        out.hours[rows] = np.where(hour_ok[None], p_open, -np.inf).argmax(axis=2)
+        out.p_convert[rows], out.uplift[rows] = engine.conversion_scores(models, part, config, out.hours[rows],
+                                                                         p_open=p_open)
+        out.p_churn[rows] = engine.churn_scores(models, part, config)
+        out.opt_out[rows] = engine.opt_out_risk(part, config)
+    return out
+
+
+def model_policies(settings: Settings, period: Period, epsilon: float = 0.0,
+                   models: engine.ModelSet | None = None, as_of: pd.Timestamp | None = None,
+                   users: engine.Users | None = None) -> list[ModelPolicy]:
+    """The NBA policy (uplift-based EV) and the propensity-only baseline from `policy_scores`."""
+    scores = policy_scores(settings, period, models, as_of, users)
+    return [scores.policy("nba (uplift)", True, epsilon), scores.policy("propensity only", False, epsilon)]
+
+
+def revenue_per_user(result, n_users: int) -> np.ndarray:
+    """A replay's expected incremental revenue per user of its period (0 for a user it never contacted)."""
+    return result.sends.groupby("user_idx")["expected_revenue"].sum().reindex(range(n_users), fill_value=0.0).to_numpy()
 
 
 def evaluate_policies(settings: Settings, config: ReplayConfig | None = None, users: int | None = 5_000,
@@ -290,8 +317,7 @@ def judge_model_sets(settings: Settings, sets: dict[str, engine.ModelSet], confi
             row.update(incremental_revenue=m["incremental_revenue"], contacts=m["contacts"], violations=m["violations"],
                        share_of_oracle=m["incremental_revenue"] / oracle if oracle > 0 else np.nan)
             # Per user, paired with the first set on the same users and days: the difference's interval (in revenue).
-            per_user = result.sends.groupby("user_idx")["expected_revenue"].sum().reindex(
-                range(period.n_users), fill_value=0.0).to_numpy()
+            per_user = revenue_per_user(result, period.n_users)
             first_revenue = per_user if first_revenue is None else first_revenue
             gain = paired_difference(per_user, first_revenue)
             row.update(revenue_diff=gain.value * period.n_users, revenue_diff_low=gain.low * period.n_users,
