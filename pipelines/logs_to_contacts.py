@@ -99,7 +99,7 @@ def logs_to_contacts(decisions: list[dict], outcomes: list[dict], user_of: dict[
         else:
             held = bool(d.get("holdout"))
             # A hold-out row trains with its hold-out's share (an older log logged that as its no_action_propensity).
-            share = (d.get("holdout_share") if "holdout_share" in d else none_p) or none_p or 1.0
+            share = d.get("holdout_share") or none_p or 1.0
             rows.append({**base, "contact_id": f"{PREFIX}{d['decision_id']}", "decision_id": d["decision_id"],
                          "sent_at": d["at"], "offer_id": None, "channel": None,
                          "variant": "control" if held else "no_action",

@@ -47,7 +47,7 @@ class RetrainConfig:
     evaluate: bool = True  # judge the policy models by the policy's value when the data is simulated (a truth exists)
     models: tuple[str, ...] | None = None  # models to retrain (None = training/jobs.py DEFAULT_MODELS; () = features only)
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
-    uplift_learner: str = "auto"  # auto (s unless another's paired cross-fitted Qini is surely above) or s, t, x, dr, funnel
+    uplift_learner: str = "auto"  # auto (training.uplift.pick_learner) or s, t, x, dr, funnel
     uplift_shrinkage: bool | None = None  # the uplift policy's shrinkage: None = automatic (training/uplift.py UpliftConfig)
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)

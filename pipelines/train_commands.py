@@ -61,7 +61,8 @@ def _labels(path: Path | None):
 
 
 # One definition of each uplift option, for `train uplift` and `retrain` alike.
-LearnerOption = Annotated[str, typer.Option(help="uplift learner: auto (s, unless another's cross-fitted per-offer Qini is surely above s's, paired), s, t, x, dr, "
+LearnerOption = Annotated[str, typer.Option(help="uplift learner: auto (funnel where opens are tracked, else s, unless "
+                                                 "another's cross-fitted per-offer Qini is surely above s's, paired), s, t, x, dr, "
                                                  "or funnel (needs open tracking)")]
 ShrinkOption = Annotated[bool | None, typer.Option(
     "--shrink/--no-shrink", show_default=False,
@@ -74,7 +75,8 @@ def learner_problem(learner: str) -> str | None:
 
     if learner in ("auto", *LEARNERS):
         return None
-    return f"--learner {learner!r}: choose auto (s unless another learner's paired Qini is surely better) or one of {', '.join(LEARNERS)}"
+    return (f"--learner {learner!r}: choose auto (funnel where opens are tracked, else s, unless another learner's "
+            f"paired Qini is surely better) or one of {', '.join(LEARNERS)}")
 
 
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,

@@ -103,7 +103,7 @@ def greedy_actions(score: np.ndarray, actions: list[str], none: str, open_: np.n
 
 
 def choose_strength(chosen: dict[float, np.ndarray], action: np.ndarray, propensity: np.ndarray, reward: np.ndarray,
-                    z: float = 1.0, terms: dict[float, np.ndarray] | None = None) -> tuple[float, dict[float, float]]:
+                    z: float = MARGIN_Z, terms: dict[float, np.ndarray] | None = None) -> tuple[float, dict[float, float]]:
     """The strength whose policy (`chosen[strength]`: each logged row's action under it) has the largest lower
     bound, mean - z x standard error, of its gain over strength 0 on these logged decisions; 0 when no bound is
     above 0. Returns it and each strength's bound (0 for strength 0).

@@ -1,9 +1,9 @@
 """Uplift: P(convert | contacted) - P(convert | not contacted), from LightGBM meta-learners on the contact log.
 
-Five learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the S-learner is refitted on all
-rows unless another candidate's cross-fitted per-offer Qini AUC is surely above the S-learner's, paired on the same
-folds, offers and rows (the lower end of a bootstrap interval of the gap above 0), and then the best of those
-(`choose_learner`, `paired_gaps`, `pick_learner`): on a log whose heterogeneity no learner can confirm, a choice by
+Five learners are candidates (`LEARNERS`); with `learner="auto"` (the default) the default learner (the funnel one
+where the log tracks opens, else the S-learner) is refitted on all rows unless another candidate's cross-fitted
+per-offer Qini AUC is surely above the S-learner's, paired on the same folds, offers and rows (the lower end of a
+bootstrap interval of the gap above 0), and then the best of those (`choose_learner`, `paired_gaps`, `pick_learner`): on a log whose heterogeneity no learner can confirm, a choice by
 the highest point estimate picked by noise (benchmarks/RESULTS.md, Thornton).
 - "s": one model over user and action, control rows with no action (`SLearnerScorer`); also the reference the
   others are paired against (benchmarks/bench_uplift.py);
@@ -82,7 +82,7 @@ class UpliftConfig:
 
     window_days: int = 7
     fit: FitConfig = field(default_factory=FitConfig)
-    learner: str = "auto"  # "auto" (S unless a candidate's paired Qini gap to it is surely > 0) or one of LEARNERS
+    learner: str = "auto"  # "auto" (`pick_learner`: funnel with tracked opens, else s, unless another is surely better) or one of LEARNERS
     folds: int = 3  # cross-fitting folds (by user) for the automatic choice
     select_rounds: int = 100  # boosting rounds per model while choosing (the refit of the chosen one is tuned)
     select_rows: int = 20_000  # rows (whole users, seeded sample) the choice is cross-fitted on: bounds its cost
@@ -589,7 +589,8 @@ def paired_qini(challenger, champion, holdout: TrainingSet, draws: int = 200, se
     mine, other = _offer_metrics(rows, ours), _offer_metrics(rows, theirs)
     out = {"challenger": mine["qini_auc"], "champion": other["qini_auc"]}
     out["difference"] = out["challenger"] - out["champion"]
-    offers = [name for name in _scored_offers(mine) if name in set(_scored_offers(other))]
+    theirs_scored = set(_scored_offers(other))
+    offers = [name for name in _scored_offers(mine) if name in theirs_scored]
     users, member = np.unique(_users(rows), return_inverse=True)
     rng = np.random.default_rng(seed)
     diffs = []
