@@ -2,7 +2,7 @@
 fitted on the contact log bring the NBA's opt-outs per 1,000 contacts below propensity-only's without losing revenue?
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_opt_out_risk.py --home DIR
-  [--users 3000] [--seeds 11,5,7] [--scales 1,3] [--frame CACHE.parquet]
+  [--users 3000] [--seeds 11,5,7] [--scales 1,3] [--frame CACHE.parquet] [--truth-risk] [--log-value]
 
 1. **Holdout AUC.** Every contacted row of the home's contact log with the conversion FeatureService's features as of
    the send (the training join), labelled 1 when the user unsubscribed or complained within 7 days. The newest 20 %
@@ -13,7 +13,15 @@ Usage (after `make demo`, on a copy of its home): python benchmarks/bench_opt_ou
    of the holdout's users (paired: the same draws for each score).
 2. **Policies.** The NBA and propensity-only replayed over 14 fresh days (the replay's seeds) under one EV
    (engine.expected_values_many) with each risk in turn (the heuristic, the learned one) at each opt-out cost scale,
-   beside the history oracle: revenue, contacts, opt-outs per 1,000 contacts.
+   beside the history oracle: revenue, contacts, opt-outs per 1,000 contacts. With `--truth-risk`, also the truth's
+   own P(opt-out) per user and channel (after one contact in the week before) in the EV: a bound on what any learned
+   risk could do.
+3. **What the deciding policy's own log teaches** (`--log-value`): the NBA's 14 days replayed with their drawn
+   outcomes, logged as the service's `nb-` contacts would be, and each channel's `opt_out_cost` learned from that log
+   (serving.config.observed_channel_values: logged revenue per user reached, scaled to 90 days) beside the home's
+   (learned from the simulated company's log); a 95 % interval from 200 bootstrap draws of the users, and the users
+   reached on a channel it takes for that interval to be within +-25 % of the value (half-width ~ 1 / sqrt(users)).
+   The truth's loss of a channel to compare with: `bench_opt_out_value.py --channel-loss`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from nextbest.features.feature_services import service_name
 from nextbest.features.settings import Settings
 from nextbest.pipelines import evaluate
 from nextbest.serving import engine
-from nextbest.serving.config import load_config
+from nextbest.serving.config import CHANNEL_VALUE_DAYS, load_config, observed_channel_values
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import ReplayConfig, Rules, replay
@@ -103,6 +111,45 @@ def risk_of(scorer, features: list[str], users: engine.Users, channels: list[str
     return np.asarray(scorer.predict(frame), dtype=float).reshape(len(channels), n).T
 
 
+def truth_risk(period, channels: list[str]) -> np.ndarray:
+    """The truth's P(unsubscribe or complaint) per (user, channel) after one contact in the week before (the state
+    of most sends under the product's spacing): what a perfect risk model would know, for a bound only."""
+    from nextbest.simulation import response
+    from nextbest.simulation.catalog import CHANNELS
+
+    n = period.n_users
+    u = np.repeat(np.arange(n), len(channels))
+    c = np.tile(np.array([CHANNELS.index(ch) for ch in channels]), n)
+    one = np.ones(len(u))
+    p = response.p_unsubscribe(period.truth, u, c, one) + response.p_complaint(period.truth, u, c, one)
+    return p.reshape(n, len(channels))
+
+
+def log_values(sends: pd.DataFrame, draws: int = 200, seed: int = 7) -> pd.DataFrame:
+    """Each channel's opt-out cost as a log of `sends` teaches it, with a user-bootstrap 95 % interval."""
+    log = pd.DataFrame({"user_id": sends["user_idx"].to_numpy(), "channel": sends["channel"].to_numpy(),
+                        "sent_at": sends["send_at"], "revenue": sends["revenue"].to_numpy()})
+    point = observed_channel_values(log)
+    rng = np.random.default_rng(seed)
+    users = log["user_id"].unique()
+    by_user = log.groupby("user_id").indices
+    reps = []
+    for _ in range(draws):
+        pick = rng.choice(users, len(users))
+        rows = np.concatenate([by_user[u] for u in pick])
+        part = log.iloc[rows].assign(user_id=np.repeat(np.arange(len(pick)), [len(by_user[u]) for u in pick]))
+        reps.append(observed_channel_values(part))
+    out = []
+    for c, v in point.items():
+        r = np.array([x.get(c, 0.0) for x in reps])
+        low, high = np.quantile(r, [0.025, 0.975])
+        reached = int(log.loc[log["channel"] == c, "user_id"].nunique())
+        half = (high - low) / 2 / v if v else np.nan
+        out.append({"channel": c, "users reached": reached, "value (90 d)": v, "low": low, "high": high,
+                    "per user-day": v / CHANNEL_VALUE_DAYS, "users for +-25 %": int(np.ceil(reached * (half / 0.25) ** 2))})
+    return pd.DataFrame(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True)
@@ -111,9 +158,28 @@ def main() -> None:
     parser.add_argument("--scales", default="1,3")
     parser.add_argument("--frame", type=Path, default=None, help="cache of the labelled frame (parquet)")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--truth-risk", action="store_true",
+                        help="also the truth's own P(opt-out) per user and channel in the EV: a bound no learned risk can beat")
+    parser.add_argument("--log-value", action="store_true", help="section 3 only: the cost the NBA's own log teaches")
     args = parser.parse_args()
     settings = Settings(home=args.home)
     base = load_config(settings.home / "operator.yaml")
+    if args.log_value:
+        world, _ = evaluate.load_period(settings)
+        models = evaluate.champion_set(settings)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            t0, c0 = time.perf_counter(), time.process_time()
+            period = world.sample(args.users, seed=seed)
+            s = evaluate.policy_scores(settings, period, models)
+            sends = replay(period, s.policy("nba (uplift)", True), ReplayConfig(rules=Rules.of(base.caps), seed=seed),
+                           record=True).sends
+            table = log_values(sends).assign(**{"home's cost": lambda t: t["channel"].map(
+                {c.channel: c.opt_out_cost for c in base.channels})})
+            print(f"seed {seed}: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s")
+            print(table.to_markdown(index=False, floatfmt=",.3f"), flush=True)
+        print(f"{platform.node()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC, load average "
+              f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return
     started, cpu = time.perf_counter(), time.process_time()
     frame, features = labelled_frame(settings, args.frame)
     t = pd.to_datetime(frame["event_timestamp"], utc=True)
@@ -144,6 +210,8 @@ def main() -> None:
         s = evaluate.policy_scores(settings, period, models)
         users = evaluate.latest_features(settings, period.user_ids)
         risks = {"heuristic": s.opt_out, "learned": risk_of(scorer, features, users, s.config.channel_names())}
+        if args.truth_risk:
+            risks["truth (bound)"] = truth_risk(period, s.config.channel_names())
         beliefs = history_beliefs(period.truth, evaluate.load_period(settings)[1], period.user_ids, period.start)
         oracle = replay(period, OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs), config).metrics
         rows.append({"seed": seed, "risk": "", "cost x": np.nan, "policy": evaluate.HISTORY_ORACLE,
