@@ -22,6 +22,8 @@ Usage (after `make demo`, on a copy of its home): python benchmarks/bench_opt_ou
    (learned from the simulated company's log); a 95 % interval from 200 bootstrap draws of the users, and the users
    reached on a channel it takes for that interval to be within +-25 % of the value (half-width ~ 1 / sqrt(users)).
    The truth's loss of a channel to compare with: `bench_opt_out_value.py --channel-loss`.
+4. **Where the two policies' rates differ** (`--mix`): under main's EV, per channel, each policy's sends and opt-outs
+   per 1,000, the users contacted and contacts per user, and each policy's channel mix at the other's per-channel rates.
 """
 
 from __future__ import annotations
@@ -125,6 +127,23 @@ def truth_risk(period, channels: list[str]) -> np.ndarray:
     return p.reshape(n, len(channels))
 
 
+def channel_mix(sends: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per policy and channel: sends and opt-outs per 1,000; overall: users, contacts per user, after one contact in the
+    week before, and the policy's mix at the other policy's per-channel rates."""
+    (a, da), (b, db) = sends.items()
+    rows = {}
+    for name, d, other in ((a, da, db), (b, db, da)):
+        by = d.groupby("channel")["opt_out"]
+        rate, mix = by.mean(), d["channel"].value_counts(normalize=True)
+        rows[name] = {**{f"{c} sends": n for c, n in by.size().items()},
+                      **{f"{c} /1k": 1000 * r for c, r in rate.items()},
+                      "users": d["user_idx"].nunique(), "contacts per user": len(d) / d["user_idx"].nunique(),
+                      "share after 1 recent": float((d["recent_contacts"] == 1).mean()),
+                      "opt-outs /1k": 1000 * d["opt_out"].mean(),
+                      "own mix at the other's rates /1k": 1000 * float((mix * other.groupby("channel")["opt_out"].mean()).sum())}
+    return pd.DataFrame(rows)
+
+
 def log_values(sends: pd.DataFrame, draws: int = 200, seed: int = 7) -> pd.DataFrame:
     """Each channel's opt-out cost as a log of `sends` teaches it, with a user-bootstrap 95 % interval."""
     log = pd.DataFrame({"user_id": sends["user_idx"].to_numpy(), "channel": sends["channel"].to_numpy(),
@@ -160,10 +179,24 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--truth-risk", action="store_true",
                         help="also the truth's own P(opt-out) per user and channel in the EV: a bound no learned risk can beat")
+    parser.add_argument("--mix", action="store_true", help="section 4 only: the two policies' rates by channel")
     parser.add_argument("--log-value", action="store_true", help="section 3 only: the cost the NBA's own log teaches")
     args = parser.parse_args()
     settings = Settings(home=args.home)
     base = load_config(settings.home / "operator.yaml")
+    if args.mix:
+        world, _ = evaluate.load_period(settings)
+        models = evaluate.champion_set(settings)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            period = world.sample(args.users, seed=seed)
+            s = evaluate.policy_scores(settings, period, models)
+            config = ReplayConfig(rules=Rules.of(base.caps), seed=seed)
+            sends = {name: replay(period, s.policy(name, uplift), config).sends.assign(
+                opt_out=lambda d: d["p_unsubscribe"] + d["p_complaint"])
+                for name, uplift in (("nba (uplift)", True), ("propensity only", False))}
+            print(f"seed {seed}")
+            print(channel_mix(sends).to_markdown(floatfmt=",.3f"), flush=True)
+        return
     if args.log_value:
         world, _ = evaluate.load_period(settings)
         models = evaluate.champion_set(settings)
