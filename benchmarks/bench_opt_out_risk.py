@@ -232,6 +232,14 @@ def main() -> None:
     print(auc_table(y, hold["user_id"].astype(str).to_numpy(), scores).to_markdown(index=False, floatfmt=".4f"))
     for k, s in scores.items():
         print(f"{k}: mean prediction {s.mean():.5f} against the holdout's rate {y.mean():.5f}")
+    gain = pd.Series(scorer.importance()).sort_values(ascending=False)
+    print("learned model's gain shares:", ", ".join(f"{k} {v:.3f}" for k, v in (gain / gain.sum()).head(6).items()))
+    rates = frame.groupby(frame["contacts_7d"].clip(upper=4))["label"].agg(["mean", "size"])
+    print("opt-out rate by contacts in the week before (4 = 4+):",
+          ", ".join(f"{int(k)}: {r['mean']:.5f} ({int(r['size']):,})" for k, r in rates.iterrows()))
+    record = (frame["unsubscribes_90d"].fillna(0) + frame["complaints_90d"].fillna(0)) > 0
+    print(f"with an opt-out in 90 days: {frame.loc[record, 'label'].mean():.5f} ({int(record.sum()):,} rows), "
+          f"without: {frame.loc[~record, 'label'].mean():.5f}", flush=True)
 
     world, _ = evaluate.load_period(settings)
     models = evaluate.champion_set(settings)
