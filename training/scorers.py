@@ -456,8 +456,8 @@ def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, pri
 
     `clusters` (K, 24) and `weights` (K) (models trained since the ninth session): the prior is each user's own, the
     population's daily profiles (`send_time.rhythm_clusters`) weighted by how well each explains the user's events
-    (`cluster_prior`), in place of the one population profile: a user with three events at 8:00 is shrunk towards
-    the morning profile, not towards the population's mix whose evening peak outweighs them.
+    (`cluster_prior`), in place of the one population profile: a user with an event or two at 8:00 is shrunk towards
+    the morning profile, not towards the population's mix, whose evening peak can outweigh them.
     """
     n_ev = np.nan_to_num(np.asarray(events, dtype="float64"), nan=0.0).clip(0.0, None)[:, None]
     own = np.where(np.isnan(shares), prior[None, :], shares)
