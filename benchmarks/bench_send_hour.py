@@ -1,6 +1,7 @@
 """How good is the send hour: the send-time champion's hour against the truth and against plain baselines.
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_send_hour.py --home DIR [--users 5000]
+  [--bands-home DIR]
 
 For every sampled user and consented channel, each rule picks a local hour among the channel's allowed hours:
 - `model`: the send-time champion's best allowed hour (serving's and the replay's choice, `engine.send_time_scores`);
@@ -11,7 +12,9 @@ For every sampled user and consented channel, each rule picks a local hour among
 - `truth`: the best allowed hour under the simulator's truth (the yardstick).
 Each hour is valued by the truth's P(open) of a send at a random minute of it (at the period start, no fatigue), as
 a share of the truth's best allowed hour, and by its distance to the user's true peak hour. Broken down by how much
-activity the user's rhythm features saw. The truth is read only here, to measure; no rule under test sees it.
+activity the user's rhythm features saw (`rhythm_events_365d`; `--bands-home`: as another home's features count it,
+so two builds that count events differently, e.g. with and without the events a click caused, band the same users
+alike). The truth is read only here, to measure; no rule under test sees it.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bands-home", default=None, help="the home whose rhythm_events_365d bands the users "
+                        "(default: --home)")
     args = parser.parse_args()
     started, cpu0 = time.perf_counter(), time.process_time()
     settings = Settings(home=args.home)
@@ -121,7 +126,8 @@ def main() -> None:
     c = np.tile(np.arange(n_c), n)
     consented = period.consent[u, c]
     best = p_true[u, c, rules["truth"][u, c]]
-    events = np.asarray(users.get("rhythm_events_365d", np.zeros(n)), dtype=float)
+    banding = users if args.bands_home is None else latest_features(Settings(home=args.bands_home), period.user_ids)
+    events = np.asarray(banding.get("rhythm_events_365d", np.zeros(n)), dtype=float)
     events = np.nan_to_num(events, nan=0.0)[u]
     band = pd.cut(events, [-1, 0, 10, 30, 100, np.inf], labels=["0", "1-10", "11-30", "31-100", ">100"])
     rows = []

@@ -140,6 +140,44 @@ def test_affinity_and_daily_rhythm_match_a_brute_force_count(built):
     assert got["peak_open_hour"] == int(smooth.argmax()) and got["rhythm_events_365d"] == len(mine)
 
 
+def test_the_daily_rhythm_leaves_out_the_events_a_contact_click_caused():
+    """Events in the day after one of the user's own contact clicks are the campaign's, at the sender's hour: the
+    rhythm counts the others (the click's instant excluded, 24 h after it included again); another user's click,
+    an open without a click and a control row without a channel exclude nothing; `caused_hours=0` keeps them all."""
+    from nextbest.features.build import BuildConfig
+
+    hour = pd.Timedelta(hours=1)
+    click = pd.Timestamp("2026-03-10 14:00", tz="UTC")
+    users = pd.DataFrame({"user_id": ["a", "b"], "signup_at": pd.Timestamp("2026-01-01", tz="UTC"), "timezone": "UTC"})
+    own = [pd.Timestamp(f"2026-03-0{d} 08:10", tz="UTC") for d in range(1, 6)]  # the user's own mornings
+    caused = [click, click + 3 * hour, click + 23 * hour]  # the click's view, a purchase, its cart next day
+    ev = pd.DataFrame([("a", t) for t in [*own, *caused, click - hour, click + 24 * hour]] + [("b", t) for t in caused],
+                      columns=["user_id", "ts"]).assign(type="view", category=None, amount=np.nan)
+    contacts = pd.DataFrame({"contact_id": ["c1", "c2", "c3", "c4"], "user_id": ["a", "b", "b", "a"],
+                             "sent_at": [click - hour, click - 2 * hour, click - hour, click - 5 * hour],
+                             "channel": ["email", "email", "push", None],
+                             "opened_at": [click - hour / 2, click - hour, click - hour / 2, pd.NaT],
+                             "clicked_at": [click, pd.NaT, pd.NaT, click - 4 * hour]})
+    contacts.loc[3, "opened_at"] = pd.NaT
+    raw = {"users": users, "events": ev, "contacts": contacts}
+
+    def newest(config):
+        t = build_all(raw, config)["time_profile"]
+        return t[t["event_timestamp"] == t["event_timestamp"].max()].set_index("user_id")
+
+    left, kept = newest(BuildConfig()), newest(BuildConfig(caused_hours=0))
+    # a: the five mornings, the event an hour before the click and the one 24 h after it; not the three in between
+    assert left.loc["a", "rhythm_events_365d"] == 7 and kept.loc["a", "rhythm_events_365d"] == 10
+    assert left.loc["b", "rhythm_events_365d"] == kept.loc["b", "rhythm_events_365d"] == 3  # b opened, never clicked
+    hourly = np.bincount([t.hour for t in [*own, click - hour, click + 24 * hour]], minlength=24).astype(float)
+    gap = np.minimum(np.arange(24), 24 - np.arange(24))
+    kernel = np.exp(-0.5 * (gap / 2.0) ** 2)
+    smooth = np.array([sum(hourly[k] * kernel[(h - k) % 24] for k in range(24)) for h in range(24)])
+    got = left.loc["a", [f"open_share_h{h:02d}" for h in range(24)]].to_numpy(dtype=float)
+    assert got == pytest.approx(smooth / smooth.sum())
+    assert left.loc["a", "peak_open_hour"] == 8
+
+
 def test_repeat_purchase_features_match_a_brute_force_count(built):
     """Purchase days, customer age, first-to-last span and inter-purchase gaps, from purchases before the snapshot;
     the same numbers BG/NBD's summary (x, t_x, T) is made of (training.validation.repeat_purchase_stats)."""

@@ -52,6 +52,9 @@ def test_spark_builds_the_same_feature_tables_as_duckdb(spark):
 
     raw = make_raw(n_users=60, n_events=1500, n_contacts=400, seed=3)
     raw["events"] = raw["events"].astype({"user_id": "category"})  # dictionary-encoded ids read the same on both
+    # Clicks, so the time profile's exclusion of the day after a click (a correlated NOT EXISTS) is compared too.
+    raw["contacts"]["clicked_at"] = raw["contacts"]["opened_at"].where(np.arange(len(raw["contacts"])) % 2 == 0) \
+        + pd.Timedelta(minutes=5)
     duck = build_all(raw)
     on_spark = build_all(raw, engine=SparkEngine(spark))
     assert list(duck) == list(on_spark)
@@ -68,6 +71,10 @@ def test_spark_builds_the_same_feature_tables_as_duckdb(spark):
     # Not a vacuous match: the tables carry the signal the tiny world put in them.
     assert duck["behaviour"]["purchases_all"].sum() > 0 and duck["channel"]["contacts_90d"].sum() > 0
     assert duck["tags"]["behaviour_cluster"].nunique() > 1 and (duck["time_profile"]["peak_open_hour"] >= 0).any()
+    from nextbest.features.build import BuildConfig
+
+    all_events = build_all(raw, BuildConfig(caused_hours=0))["time_profile"]["rhythm_events_365d"]
+    assert 0 < duck["time_profile"]["rhythm_events_365d"].sum() < all_events.sum()  # some events were left out
 
 
 def test_batch_scoring_on_spark_agrees_with_the_single_machine_path(spark, trained, tmp_path):

@@ -107,6 +107,56 @@ def test_rhythm_inputs_shrink_sparse_profiles_towards_the_population():
     assert at[8].dtype == np.float32 and np.isfinite(np.concatenate(list(at.values()))).all()
 
 
+def _rhythm_frame(peaks, events, rng, sd: float = 1.0) -> pd.DataFrame:
+    """Rows of smoothed activity shares: each row's `events` events drawn around its peak hour (sd `sd` hours)."""
+    gap = np.minimum(np.arange(24), 24 - np.arange(24))
+    kernel = np.exp(-0.5 * (gap / 2.0) ** 2)
+    smooth = np.stack([np.roll(kernel, h) for h in range(24)])
+    counts = np.zeros((len(peaks), 24))
+    for i, (peak, n) in enumerate(zip(peaks, events, strict=True)):
+        np.add.at(counts[i], np.round(peak + rng.normal(0, sd, int(n))).astype(int) % 24, 1.0)
+    shares = counts @ smooth.T
+    shares = np.where(counts.sum(1, keepdims=True) > 0, shares / np.maximum(shares.sum(1, keepdims=True), 1e-12), 1 / 24)
+    return pd.DataFrame({"rhythm_events_365d": np.asarray(events, dtype=float),
+                         **{f"open_share_h{h:02d}": shares[:, h] for h in range(24)}})
+
+
+def test_rhythm_clusters_give_a_sparse_user_the_prior_of_the_rhythm_their_events_show():
+    """The population has mornings (8:00), lunch breaks (12:00) and evenings (20:00, most of it). A user with one
+    event at 8:00 shrunk towards the one population profile peaks in the evening (the six events of the prior
+    outweigh one); towards the mixture of the population's rhythms weighted by the posterior, in the morning.
+    A user without events keeps the population's evening; a rich user is their own either way."""
+    from nextbest.training.scorers import cluster_prior, rhythm_inputs
+    from nextbest.training.send_time import rhythm_clusters, rhythm_prior
+
+    rng = np.random.default_rng(5)
+    peaks = rng.choice([8, 12, 20], size=600, p=[0.2, 0.2, 0.6])
+    frame = _rhythm_frame(peaks, rng.integers(40, 120, 600), rng)
+    clusters, weights = rhythm_clusters(frame, 4, min_events=30, seed=7)
+    assert clusters.shape == (len(weights), 24) and weights.sum() == pytest.approx(1.0)
+    assert {8, 12, 20} <= set(clusters.argmax(axis=1).tolist()) and np.allclose(clusters.sum(axis=1), 1.0)
+    prior = rhythm_prior(frame)
+    assert int(prior.argmax()) == 20
+    users = _rhythm_frame([8, 8, 20, 12], [1, 0, 1, 200], np.random.default_rng(0), sd=0.0)
+    from nextbest.training.scorers import rhythm_columns
+
+    shares, events = rhythm_columns(users)
+    hours = np.arange(24)
+
+    def best_hour(clustered: bool) -> np.ndarray:
+        score = np.stack([rhythm_inputs(shares, events, np.full(4, h), prior, 6.0, None,
+                                        *((clusters, weights) if clustered else (None, None)))[:, 0] for h in hours], 1)
+        return score.argmax(axis=1)
+
+    one, mixed = best_hour(False), best_hour(True)
+    assert abs(one[0] - 20) <= 1 and abs(mixed[0] - 8) <= 1  # one morning event: evening before, morning now
+    assert abs(mixed[1] - 20) <= 1 and abs(one[1] - 20) <= 1  # no events: the population's evening either way
+    assert abs(mixed[2] - 20) <= 1 and abs(mixed[3] - 12) <= 1 and abs(one[3] - 12) <= 1
+    # No events: the posterior is the weights, and the mixture at its weights is the population's profile.
+    np.testing.assert_allclose(cluster_prior(shares[[1]], np.zeros(1), clusters, weights)[0], weights @ clusters)
+    assert rhythm_clusters(frame.head(20), 4) is None and rhythm_clusters(frame, 1) is None  # too few rich rows, k < 2
+
+
 def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
     """A send-time model saved before the rhythm inputs (raw share, no `rhythm` in its meta) still loads and scores
     as it did; one with them loads back with its prior and strength. Both by their own meta."""
@@ -128,13 +178,21 @@ def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
     prior = np.arange(1, 25) / 300
     new = SendTimeScorer(SendTimeNet(encoder.dense_width, 2, 8, RHYTHM_INPUTS), encoder, ("push", "sms"), "send_time_v1",
                          8, prior, 6.0)
-    for name, scorer in (("legacy", legacy), ("new", new)):
+    clusters = np.stack([np.roll(prior, 8 * k) for k in range(3)])
+    mixed = SendTimeScorer(new.net_, encoder, ("push", "sms"), "send_time_v1", 8, prior, 6.0, clusters,
+                           np.array([0.2, 0.3, 0.5]))
+    for name, scorer in (("legacy", legacy), ("new", new), ("mixed", mixed)):
         scorer.save(tmp_path / name)
         back = SendTimeScorer.load(tmp_path / name)
         np.testing.assert_array_equal(back.predict(frame), scorer.predict(frame))
     assert json.loads((tmp_path / "legacy" / "meta.json").read_text())["rhythm"] is None
     assert SendTimeScorer.load(tmp_path / "legacy").rhythm_prior_ is None
     np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "new").rhythm_prior_, prior)
+    # A model saved before the rhythm clusters (the ninth session) has none: its one population profile, as before.
+    assert SendTimeScorer.load(tmp_path / "new").rhythm_clusters_ is None
+    np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "mixed").rhythm_clusters_, clusters)
+    np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "mixed").rhythm_weights_, [0.2, 0.3, 0.5])
+    assert not np.allclose(mixed.inputs(frame)["share"], new.inputs(frame)["share"])  # the clusters are read
     # The legacy net reads the raw share at the hour (1/24 where unknown), the new one the two rhythm columns.
     assert legacy.inputs(frame)["share"].shape == (6,) and new.inputs(frame)["share"].shape == (6, RHYTHM_INPUTS)
     assert legacy.inputs(frame)["share"][2] == pytest.approx(shares[2, 13])

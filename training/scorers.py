@@ -39,6 +39,7 @@ __all__ = [
     "SendTimeScorer",
     "hour_share",
     "rhythm_inputs",
+    "cluster_prior",
     "rhythm_columns",
     "RHYTHM_INPUTS",
     "ContractError",
@@ -440,7 +441,8 @@ RHYTHM_INPUTS = 2  # columns of `rhythm_inputs`
 
 
 def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, prior: np.ndarray,
-                  strength: float, rows: np.ndarray | None = None) -> np.ndarray:
+                  strength: float, rows: np.ndarray | None = None, clusters: np.ndarray | None = None,
+                  weights: np.ndarray | None = None) -> np.ndarray:
     """(n, 2) float32 per row: log(24 x rhythm share at the row's hour) and that share over the user's peak share.
 
     `shares` (U, 24) are each user's smoothed activity shares per local hour and `events` how many events they
@@ -451,10 +453,16 @@ def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, pri
     most of the send-time loss was (benchmarks/RESULTS.md, issue 16). The shrunk share is a posterior mean; its log
     and its ratio to the peak follow the truth's shape of a rhythm (a logit bump around the user's peak hour) more
     closely than the share itself.
+
+    `clusters` (K, 24) and `weights` (K) (models trained since the ninth session): the prior is each user's own, the
+    population's daily profiles (`send_time.rhythm_clusters`) weighted by how well each explains the user's events
+    (`cluster_prior`), in place of the one population profile: a user with an event or two at 8:00 is shrunk towards
+    the morning profile, not towards the population's mix, whose evening peak can outweigh them.
     """
     n_ev = np.nan_to_num(np.asarray(events, dtype="float64"), nan=0.0).clip(0.0, None)[:, None]
     own = np.where(np.isnan(shares), prior[None, :], shares)
-    shrunk = (own * n_ev + strength * prior[None, :]) / (n_ev + strength)  # per user, then gathered per row
+    base = prior[None, :] if clusters is None else cluster_prior(own, n_ev[:, 0], clusters, weights)
+    shrunk = (own * n_ev + strength * base) / (n_ev + strength)  # per user, then gathered per row
     rows = np.arange(len(hours)) if rows is None else rows
     at = shrunk[rows, hours]
     peak = shrunk.max(axis=1, initial=0.0)[rows]
@@ -463,17 +471,35 @@ def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, pri
                     axis=1).astype("float32")
 
 
+def cluster_prior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """(U, 24): each user's prior over their daily rhythm, the mixture of the population's profiles `clusters`
+    (K, 24) weighted by the posterior of each given the user's events: log P(k | user) = log weight_k + events x
+    sum_h share_h log profile_k(h), a multinomial likelihood of the user's (smoothed) activity per hour. A user
+    without events gets the mixture at its weights (the population's profile)."""
+    k = len(clusters)
+    weights = np.full(k, 1 / k) if weights is None else np.asarray(weights, dtype="float64")
+    log_q = np.log(np.maximum(np.asarray(clusters, dtype="float64"), 1e-6))
+    loglik = np.nan_to_num(events, nan=0.0)[:, None] * (shares @ log_q.T) + np.log(np.maximum(weights, 1e-12))[None, :]
+    loglik -= loglik.max(axis=1, keepdims=True)
+    post = np.exp(loglik)
+    post /= post.sum(axis=1, keepdims=True)
+    return post @ clusters
+
+
 class SendTimeScorer:
     """P(open) for (user features, channel, local_hour) rows, vectorised.
 
     `rhythm_prior` (24 shares, learned at fit: the population's activity per local hour) and `rhythm_strength`
     turn the user's activity shares into `rhythm_inputs`; None for models trained before them (the raw share).
+    `rhythm_clusters` (K, 24) and `rhythm_weights` (K): the population's daily profiles each user's prior mixes
+    (`cluster_prior`); None for models trained before them (the one profile `rhythm_prior`).
     """
 
     kind = "send_time_net"
 
     def __init__(self, net: SendTimeNet, encoder: FrameEncoder, channels: tuple[str, ...], feature_service: str, hidden: int,
-                 rhythm_prior: np.ndarray | None = None, rhythm_strength: float = 0.0):
+                 rhythm_prior: np.ndarray | None = None, rhythm_strength: float = 0.0,
+                 rhythm_clusters: np.ndarray | None = None, rhythm_weights: np.ndarray | None = None):
         self.net_ = net
         self.encoder_ = encoder
         self.channels_ = channels
@@ -481,7 +507,10 @@ class SendTimeScorer:
         self.hidden_ = hidden
         self.rhythm_prior_ = None if rhythm_prior is None else np.asarray(rhythm_prior, dtype="float64")
         self.rhythm_strength_ = float(rhythm_strength)
-        self.params_ = {"hidden": hidden, "channels": ",".join(channels), "rhythm_strength": self.rhythm_strength_}
+        self.rhythm_clusters_ = None if rhythm_clusters is None else np.asarray(rhythm_clusters, dtype="float64")
+        self.rhythm_weights_ = None if rhythm_weights is None else np.asarray(rhythm_weights, dtype="float64")
+        self.params_ = {"hidden": hidden, "channels": ",".join(channels), "rhythm_strength": self.rhythm_strength_,
+                        "rhythm_clusters": 0 if self.rhythm_clusters_ is None else len(self.rhythm_clusters_)}
 
     def rhythm(self, shares: np.ndarray, events: np.ndarray, hours: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """The net's rhythm input per row from the users' (U, 24) shares and event counts, row i reading user
@@ -489,7 +518,8 @@ class SendTimeScorer:
         rows = np.arange(len(hours)) if rows is None else rows
         if self.rhythm_prior_ is None:
             return np.where(np.isnan(shares), 1 / 24, shares)[rows, hours].astype("float32")
-        return rhythm_inputs(shares, events, hours, self.rhythm_prior_, self.rhythm_strength_, rows)
+        return rhythm_inputs(shares, events, hours, self.rhythm_prior_, self.rhythm_strength_, rows,
+                             self.rhythm_clusters_, self.rhythm_weights_)
 
     def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         hours = pd.to_numeric(frame["local_hour"], errors="coerce").fillna(12).to_numpy().astype("int64").clip(0, 23)
@@ -506,6 +536,9 @@ class SendTimeScorer:
     def save(self, folder: Path) -> None:
         rhythm = None if self.rhythm_prior_ is None else {"prior": self.rhythm_prior_.tolist(),
                                                           "strength": self.rhythm_strength_}
+        if rhythm is not None and self.rhythm_clusters_ is not None:
+            rhythm.update(clusters=self.rhythm_clusters_.tolist(),
+                          weights=None if self.rhythm_weights_ is None else self.rhythm_weights_.tolist())
         save_net(self.net_, folder, {"kind": self.kind, "feature_service": self.feature_service, "hidden": self.hidden_,
                                      "channels": list(self.channels_), "rhythm": rhythm})
         (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
@@ -519,7 +552,10 @@ class SendTimeScorer:
         net.load_state_dict(load_state(folder))
         net.to(device()).eval()
         return cls(net, encoder, tuple(meta["channels"]), meta["feature_service"], meta["hidden"],
-                   None if rhythm is None else np.asarray(rhythm["prior"]), rhythm["strength"] if rhythm else 0.0)
+                   None if rhythm is None else np.asarray(rhythm["prior"]), rhythm["strength"] if rhythm else 0.0,
+                   # absent in models saved before the ninth session: the one population profile
+                   None if not rhythm or rhythm.get("clusters") is None else np.asarray(rhythm["clusters"]),
+                   None if not rhythm or rhythm.get("weights") is None else np.asarray(rhythm["weights"]))
 
 
 def rhythm_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from nextbest.training.nets import train_net
 from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet, SendTimeScorer, hour_share, rhythm_columns
 
 __all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share",
-           "rhythm_prior", "hour_choice_metrics", "RAW_RHYTHM"]
+           "rhythm_prior", "rhythm_clusters", "hour_choice_metrics", "RAW_RHYTHM"]
 
 _SHARES = [f"open_share_h{h:02d}" for h in range(24)]
 RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour"])  # time-profile columns the net reads only through the rhythm inputs
@@ -41,6 +41,11 @@ class SendTimeConfig:
     # A user's activity shares count as much as the population's shares would with this many events (the
     # shrinkage of `scorers.rhythm_inputs`): on the demo world 4-8 picked the best hours from the shares alone.
     rhythm_strength: float = 6.0
+    # Each user's prior is a mixture of this many daily profiles of the population, weighted by how well each
+    # explains the user's own events (`scorers.cluster_prior`; 0: one population profile, the models before the
+    # ninth session). Fitted on the users with at least `rhythm_cluster_events` events, whose profile is their own.
+    rhythm_clusters: int = 4
+    rhythm_cluster_events: float = 30.0
     hour_choice_rows: int = 30_000  # holdout rows the hour-choice metrics score (each at every logged hour)
 
 
@@ -62,6 +67,43 @@ def rhythm_prior(frame) -> np.ndarray:
     return prior / prior.sum()
 
 
+def rhythm_clusters(frame, k: int, min_events: float = 30.0, seed: int = 7, rows: int = 20_000,
+                    iterations: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
+    """The population's daily rhythms: a mixture of `k` multinomial profiles over the 24 local hours (K, 24) and
+    their weights (K), fitted by EM on the activity shares of the rows whose profile rests on at least `min_events`
+    events (at most `rows` of them, a seeded sample). Each row counts as at most `min_events` events in the
+    responsibilities, so a few very active users do not make the clusters' boundaries. None when there are fewer
+    than 10 x k such rows or k < 2: the one population profile (`rhythm_prior`) is then the prior."""
+    shares, events = rhythm_columns(frame)
+    ok = ~np.isnan(shares).any(axis=1) & (np.nan_to_num(events, nan=0.0) >= min_events)
+    x, n = shares[ok], np.minimum(events[ok], min_events)
+    if k < 2 or len(x) < 10 * k:
+        return None
+    rng = np.random.default_rng(seed)
+    if len(x) > rows:
+        pick = np.sort(rng.choice(len(x), rows, replace=False))
+        x, n = x[pick], n[pick]
+    x = x / x.sum(axis=1, keepdims=True)
+    centres = [x[rng.integers(len(x))]]  # k-means++ start: spread over the profiles seen
+    for _ in range(1, k):
+        d = np.min([((x - m) ** 2).sum(axis=1) for m in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
+    q, weights = np.array(centres), np.full(k, 1 / k)
+    for _ in range(iterations):
+        loglik = n[:, None] * (x @ np.log(np.maximum(q, 1e-6)).T) + np.log(np.maximum(weights, 1e-12))[None, :]
+        loglik -= loglik.max(axis=1, keepdims=True)
+        r = np.exp(loglik)
+        r /= r.sum(axis=1, keepdims=True)
+        mass = r.sum(axis=0)
+        keep = mass > 1e-9  # a cluster nobody belongs to is dropped
+        q, r, mass = q[keep], r[:, keep], mass[keep]
+        weights = mass / mass.sum()
+        q = (r.T @ x) / mass[:, None]
+        q /= q.sum(axis=1, keepdims=True)
+    order = np.argsort(q.argmax(axis=1), kind="stable")  # by peak hour: a stable, readable order in the model's meta
+    return q[order], weights[order]
+
+
 def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=None) -> SendTimeScorer:
     torch.manual_seed(config.seed)  # weight initialisation
     # The rhythm reaches the net once, as `rhythm_inputs`: the raw shares and the peak hour (and the matched
@@ -71,8 +113,9 @@ def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=
     encoder = fit_encoder(train.frame, columns, request=train.request)  # + matched features (channel rates)
     channels = tuple(sorted(train.frame["channel"].dropna().astype(str).unique()))
     net = SendTimeNet(encoder.dense_width, len(channels), config.hidden, RHYTHM_INPUTS)
+    mixture = rhythm_clusters(train.frame, config.rhythm_clusters, config.rhythm_cluster_events, config.seed)
     scorer = SendTimeScorer(net, encoder, channels, train.feature_service, config.hidden,
-                            rhythm_prior(train.frame), config.rhythm_strength)
+                            rhythm_prior(train.frame), config.rhythm_strength, *(mixture or (None, None)))
     train_net(net, scorer.inputs(train.frame), train.y, epochs=config.epochs, batch=config.batch, lr=config.lr, seed=config.seed)
     return scorer
 
