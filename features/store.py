@@ -22,7 +22,8 @@ from nextbest.features.feature_views import VIEWS, feature_views, table_path
 from nextbest.features.online_sqlite import write_view
 from nextbest.features.settings import Settings
 
-__all__ = ["repo_config", "feature_store", "training_store", "write_repo_yaml", "write_tables", "apply", "apply_label_service",
+__all__ = ["repo_config", "feature_store", "training_store", "foreign_sources", "follow_home", "write_repo_yaml",
+           "write_tables", "apply", "apply_label_service",
            "materialize", "build_and_materialize",
            "read_table", "publish_tables", "newest_rows", "newest_batches", "materialized_tables", "SQLITE_ADVISED_USERS",
            "LOAD_BATCH"]
@@ -155,7 +156,7 @@ def training_store(settings: Settings) -> FeatureStore:
     """The Feast store point-in-time training sets are read through (`get_historical_features`), its offline store
     ready: on Spark the session is started here (EngineUnavailable with the fix when PySpark or Java is missing),
     and the registered views must have been applied for the offline store in force (ValueError with the fix)."""
-    store = feature_store(settings)
+    store = follow_home(settings, feature_store(settings))
     offline = settings.offline_engine
     if offline == "spark":
         from nextbest.features.engines import require_spark, spark_session
@@ -169,6 +170,22 @@ def training_store(settings: Settings) -> FeatureStore:
         raise ValueError(f"the feature views {', '.join(wrong)} were registered for another Feast offline store than "
                          f"the one in force ({offline}, from NEXTBEST_OFFLINE_STORE / NEXTBEST_ENGINE): run `nextbest "
                          "features apply` with the same settings as training")
+    return store
+
+
+def foreign_sources(settings: Settings, store: FeatureStore) -> list[str]:
+    """The registered views whose tables lie outside this home's feature folder: a copied or moved home's registry
+    still names the original home's files (Feast keeps a source's path as written, and ours are absolute)."""
+    own = settings.feature_dir.resolve()
+    return sorted(v.name for v in store.list_feature_views()
+                  if getattr(v.batch_source, "path", None) and Path(v.batch_source.path).resolve().parent != own)
+
+
+def follow_home(settings: Settings, store: FeatureStore) -> FeatureStore:
+    """`store`, its views re-registered on this home's own tables where the registry names another home's files
+    (`foreign_sources`): training on a copied home must read the copy's tables, not the original's."""
+    if settings.feature_dir.exists() and foreign_sources(settings, store):
+        return apply(settings)
     return store
 
 
@@ -306,6 +323,8 @@ def materialize(settings: Settings, end: datetime | None = None, progress: Calla
     """
 
     store = feature_store(settings)
+    if method == "feast-materialize":
+        store = follow_home(settings, store)  # Feast's materialize reads the registered sources' files
     end = end or datetime.now(UTC)
     if method == "auto":
         method = "bulk"

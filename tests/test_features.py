@@ -9,7 +9,7 @@ import pytest
 from nextbest.features.build import BuildConfig, build_all, snapshot_times
 from nextbest.features.feature_services import MODEL_VIEWS, service_name
 from nextbest.features.settings import Settings
-from nextbest.features.store import feature_store, newest_rows, read_table
+from nextbest.features.store import feature_store, foreign_sources, newest_rows, read_table, training_store
 from tests.conftest import build_store, make_raw
 
 
@@ -204,6 +204,21 @@ def test_repeat_purchase_features_match_a_brute_force_count(built):
 
 
 @pytest.mark.redis
+def test_training_on_a_copied_home_reads_the_copys_tables_not_the_originals(built, tmp_path):
+    """Feast keeps each source's absolute path: a copied home's registry names the original's tables until the copy
+    re-registers them, which `training_store` does on the first read (the original's registry is left alone)."""
+    import shutil
+
+    copy = Settings(home=tmp_path / "copy")
+    shutil.copytree(built.home, copy.home)
+    assert foreign_sources(copy, feature_store(copy)), "the copy's registry should name the original's files"
+    store = training_store(copy)
+    paths = {v.name: v.batch_source.path for v in store.list_feature_views()}
+    assert paths and all(str(copy.feature_dir.resolve()) in p for p in paths.values()), paths
+    assert not foreign_sources(copy, feature_store(copy))
+    assert not foreign_sources(built, feature_store(built))  # the original still reads its own tables
+
+
 def test_redis_online_store_serves_the_same_values(built, redis_url, tmp_path):
     """The Redis online store, selected by config, against a real redis-server."""
     settings = Settings(home=tmp_path / "home", online_store="redis", redis_url=redis_url)
