@@ -1,7 +1,7 @@
 """Which funnel arm's estimate costs the NBA's offer ranking most (issue 16, ninth session).
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_funnel_arms.py --home DIR [--users 3000]
-[--train-rows]
+[--seed 11] [--train-rows]
 
 The NBA policy is replayed as `nextbest evaluate` replays it (operator caps, bench_offer_rank.py's set-up). The
 demo's uplift champion is the funnel learner: EV(user, offer, channel) = P(open | user, channel, hour) x lift(user,
@@ -12,7 +12,9 @@ offer) x value x lever x churn boost - channel costs, with
 (training/uplift.py `fit_funnel`). On every send the NBA makes, its eligible offers are ranked at the NBA's channel
 and hour by that EV, then by the same EV with one arm at a time replaced by what the truth (simulation/response.py)
 says of that stage, then by the history oracle's beliefs (simulation/beliefs.py: the interests as the history tells
-them, the knowable bound) in place of the truth:
+them) in place of the truth, and by those beliefs with every user's price sensitivity (which moves only a coupon's
+purchase) at the population's mean, as no model on this history can know it (bench_offer_rank.py, sixth session):
+the knowable bound:
 
 - click: `response.p_click`;
 - convert after click: P(caused buy | click) (`response.p_buy`) plus the organic purchase the arm's label absorbs,
@@ -28,7 +30,9 @@ channels instead. Each ranking's chosen offer is valued by the truth (expected i
 NBA's hour), in all and by the kinds of the two offers. The arms' ranking quality within a user: Spearman, across a
 send's eligible offers, of each arm's estimate with the truth's stage probability (the control arm: across users).
 With --train-rows, each arm's training rows and positives in a fit of the home's data as `nextbest train uplift`
-builds them (the contact log joined through Feast, the 20 % holdout left out). The truth is read only here.
+builds them (the contact log joined through Feast, the 20 % holdout left out). With --other DIR (a copy of the same
+home with the uplift retrained), the NBA replayed end to end (`--seeds`) with each arm in turn from the other fit:
+which arm carries a retrain's spread. The truth is read only here.
 """
 
 from __future__ import annotations
@@ -55,7 +59,13 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", required=True)
     parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--seed", type=int, default=11, help="the replay's seed: its user sample and draws")
     parser.add_argument("--train-rows", action="store_true", help="also count each arm's training rows (a Feast join)")
+    parser.add_argument("--other", help="a second home (the same data, another fit of the funnel): the NBA replayed with "
+                                        "each arm in turn taken from its uplift champion")
+    parser.add_argument("--seeds", default="11,5", help="the replays' seeds for --other and --refit-convert")
+    parser.add_argument("--refit-convert", default="", help="fit seeds (e.g. 1,2,3): the NBA with the champion's "
+                                                            "after-click arm refitted by each recipe with each seed")
     return parser.parse_args()
 
 
@@ -136,6 +146,7 @@ class Sends:
     ev: np.ndarray  # (S, O) the product's EV at the NBA's channel
     truth: dict[str, np.ndarray]
     belief: dict[str, np.ndarray]
+    unknown_ps: dict[str, np.ndarray]  # the beliefs with every user's price sensitivity at the population's mean
 
     def pick(self, key: np.ndarray) -> np.ndarray:
         """The eligible offer with the highest `key` (S, O) per send."""
@@ -154,6 +165,9 @@ def record(settings: Settings, users: int, config: ReplayConfig) -> Sends:
     nba = scores.policy("nba (uplift)", True)
     arms = funnel_arms(models, features, scores.config, scores.hours)
     believed = dataclasses.replace(period, truth=history_beliefs(period.truth, tables, period.user_ids, period.start))
+    ps = believed.truth.price_sensitivity
+    unknown = dataclasses.replace(believed, truth=dataclasses.replace(believed.truth, price_sensitivity=np.full_like(
+        ps, ps.mean())))
     offers = scores.config.offers
     value = np.array([o.value * o.lever for o in offers])
     retention = np.array([o.kind == "retention" for o in offers])
@@ -171,21 +185,100 @@ def record(settings: Settings, users: int, config: ReplayConfig) -> Sends:
             worth = np.stack([true_value(period, s, rows, np.full(len(rows), o), c, h) for o in range(n_o)], axis=1)
             log.append({"first": np.full(len(rows), s.day % 7 == 0), "rows": rows, "offer": a.offer[rows],
                         "ok": s.eligible[rows], "ev": nba.ev[rows, :, c] if len(rows) else np.zeros((0, n_o)),
-                        "worth": worth, "truth": stages(period, s, rows, h), "belief": stages(believed, s, rows, h)})
+                        "worth": worth, "truth": stages(period, s, rows, h), "belief": stages(believed, s, rows, h),
+                        "unknown_ps": stages(unknown, s, rows, h)})
             return a
 
     replay(period, Recorder(), config)
     get = lambda key: np.concatenate([entry[key] for entry in log])  # noqa: E731
-    both = {who: {k: np.concatenate([e[who][k] for e in log]) for k in log[0][who]} for who in ("truth", "belief")}
+    both = {who: {k: np.concatenate([e[who][k] for e in log]) for k in log[0][who]} for who in ("truth", "belief", "unknown_ps")}
     return Sends(models, features, scores, period, believed, arms, weight, get("rows"), get("first"), get("ok"),
-                 get("worth"), get("offer"), get("ev"), both["truth"], both["belief"])
+                 get("worth"), get("offer"), get("ev"), both["truth"], both["belief"], both["unknown_ps"])
+
+
+def nba_with(settings: Settings, world, base: engine.ModelSet, arms: dict, seeds: list[int], users: int) -> dict:
+    """The NBA's revenue per replay seed with the base set's uplift champion rebuilt from `arms` (a funnel's fitted
+    arms by name)."""
+    from nextbest.serving.config import load_config
+    from nextbest.simulation.replay import Rules
+    from nextbest.training.registry import Champion
+    from nextbest.training.scorers import FunnelUpliftScorer
+
+    a = base.models["uplift"]
+    mixed = FunnelUpliftScorer(arms["engage"], arms["convert"], arms["control"], a.model.feature_service,
+                               click=arms["click"])
+    models = engine.ModelSet({**base.models, "uplift": Champion(a.name, a.version, mixed)}, base.columns).compile()
+    rules = Rules.of(load_config(settings.home / "operator.yaml").caps)
+    out = {}
+    for seed in seeds:
+        period = world.sample(users, seed=seed)
+        scores = policy_scores(settings, period, models)
+        out[f"NBA seed {seed}"] = replay(period, scores.policy("nba (uplift)", True),
+                                         ReplayConfig(rules=rules, seed=seed)).metrics["incremental_revenue"]
+    return out
+
+
+def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int], users: int) -> pd.DataFrame:
+    """The NBA with the home's funnel champion, its after-click arm refitted on the home's training rows by each
+    recipe (`UpliftConfig.pooled_convert` False: the clicked rows alone; True: every opened row, clicked an input),
+    once per fit seed (the tuning's split, sample and search): the recipe's effect beside the arm's own spread."""
+    from nextbest.features.store import training_store
+    from nextbest.pipelines.evaluate import load_period
+    from nextbest.training import uplift
+    from nextbest.training.datasets import Sampling, split
+    from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
+    from nextbest.training.tabular import FitConfig, fit_booster
+
+    config = TrainConfig(seed=settings.seed, sample_rows=settings.train_sample_rows, trials=5)
+    store = training_store(settings)
+    data = uplift.build_frame(store, read_raw_tables(settings, ON_DISK), model_config("uplift", config),
+                              shared_joins(store, ["uplift"], Sampling(config.sample_rows, config.seed)))
+    train, _ = split(data, config.holdout, config.seed)
+    rows, frame = uplift.funnel_rows(train), train.frame
+    inputs = list(train.features) + list(uplift.OFFER_COLUMNS)
+    world, _ = load_period(settings)
+    base = champion_set(settings)
+    champion = base.models["uplift"].model
+    arms = {x: getattr(champion, f"{x}_") for x in champion._fitted}
+    out = [{"recipe": "the champion's", "fit seed": np.nan, **nba_with(settings, world, base, arms, seeds, users)}]
+    for fit_seed in fit_seeds:
+        fit = FitConfig(trials=config.trials, tune_sample=config.tune_sample, seed=fit_seed)
+        engaged, clicked = rows["click"]
+        for recipe, convert in (
+                ("clicked rows alone", lambda: fit_booster(frame[rows["convert"][0]], inputs, rows["convert"][1],  # noqa: B023
+                                                           train.feature_service, fit)),  # noqa: B023
+                ("pooled: opened rows, clicked an input", lambda: fit_booster(
+                    frame[engaged], inputs, train.y[engaged], train.feature_service, fit, stage=clicked))):  # noqa: B023
+            out.append({"recipe": recipe, "fit seed": fit_seed,
+                        **nba_with(settings, world, base, {**arms, "convert": convert()}, seeds, users)})
+    return pd.DataFrame(out)
+
+
+def swapped_arms(settings: Settings, other: Settings, seeds: list[int], users: int) -> pd.DataFrame:
+    """The NBA (the product's EV and rules) replayed with the home's funnel champion, then with each of its arms in
+    turn, then every arm, taken from `other`'s funnel champion (another fit on the same data): which arm's fit moves
+    the NBA's revenue from one retrain to the next."""
+    from nextbest.pipelines.evaluate import load_period
+
+    world, _ = load_period(settings)
+    mine, theirs = champion_set(settings), champion_set(other)
+    a, b = mine.models["uplift"], theirs.models["uplift"]
+    out = []
+    for arm in [None, *a.model._fitted, "every arm"]:
+        fitted = {x: getattr(b.model if arm in (x, "every arm") else a.model, f"{x}_") for x in a.model._fitted}
+        out.append({"arms": f"{a.name}/{a.version}" if arm is None else f"{arm} from {b.name}/{b.version}",
+                    **nba_with(settings, world, mine, fitted, seeds, users)})
+    table = pd.DataFrame(out)
+    for seed in seeds:
+        table[f"change seed {seed}"] = table[f"NBA seed {seed}"] / table.loc[0, f"NBA seed {seed}"] - 1
+    return table
 
 
 def main() -> None:
     args = arguments()
     started, cpu0 = time.perf_counter(), time.process_time()
     settings = Settings(home=args.home)
-    config = ReplayConfig(rules=operator_rules(settings))
+    config = ReplayConfig(rules=operator_rules(settings), seed=args.seed)
     sends = record(settings, args.users, config)
     models, scores, period, arms = sends.models, sends.scores, sends.period, sends.arms
     rows, ok, worth, nba_offer, ev, first = sends.rows, sends.ok, sends.worth, sends.offer, sends.ev, sends.first
@@ -205,6 +298,9 @@ def main() -> None:
     rankings = {"the product's EV (model)": click * (convert - control) * w}
     rankings.update({f"{k} <- truth": v for k, v in keys(truth).items()})
     rankings.update({f"{k} <- history oracle's beliefs": v for k, v in keys(belief).items()})
+    rankings.update({f"{k} <- beliefs, price sensitivity unknown": v for k, v in keys(sends.unknown_ps).items()
+                     if k in ("convert after click", "after-click lift (convert - control)",
+                              "click + after-click lift (every offer arm)")})
     i = np.arange(len(rows))
     pick = {name: np.where(ok, key, -np.inf).argmax(axis=1) for name, key in rankings.items()}
     pick["the history oracle's offer (its own valuation)"] = np.where(
@@ -273,6 +369,28 @@ def main() -> None:
         print(f"\neach arm's training rows (the home's data as `nextbest train uplift` builds it, holdout left out; "
               f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s)")
         print(counts.to_markdown(index=False, floatfmt=",.4f"))
+    if args.other:
+        t0, c0 = time.perf_counter(), time.process_time()
+        swapped = swapped_arms(settings, Settings(home=args.other), [int(x) for x in args.seeds.split(",")], args.users)
+        print(f"\nthe NBA with each funnel arm in turn from {args.other}'s champion (the product's EV and rules; "
+              f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s)")
+        print(swapped.to_markdown(index=False, floatfmt=",.4f"))
+    if args.refit_convert:
+        t0, c0 = time.perf_counter(), time.process_time()
+        seeds = [int(x) for x in args.seeds.split(",")]
+        refits = refitted_convert(settings, [int(x) for x in args.refit_convert.split(",")], seeds, args.users)
+        print(f"\nthe NBA with the champion's after-click arm refitted by each recipe ({time.perf_counter() - t0:.0f} s "
+              f"wall, {time.process_time() - c0:.0f} CPU-s)")
+        print(refits.to_markdown(index=False, floatfmt=",.1f"))
+        for seed in seeds:
+            col = f"NBA seed {seed}"
+            pair = refits.dropna(subset=["fit seed"]).pivot(index="fit seed", columns="recipe", values=col)
+            alone = pair["clicked rows alone"]
+            diff = pair["pooled: opened rows, clicked an input"] - alone  # per fit seed
+            half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan
+            print(f"seed {seed}: pooled - clicked rows alone, paired by fit seed: {diff.mean():+,.1f} "
+                  f"[{diff.mean() - half:+,.1f}, {diff.mean() + half:+,.1f}] ({diff.mean() / alone.mean():+.2%}); "
+                  f"the clicked-rows recipe's own spread over fit seeds: sd {alone.std(ddof=1):,.1f}")
 
 
 if __name__ == "__main__":
