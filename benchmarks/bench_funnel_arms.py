@@ -66,6 +66,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seeds", default="11,5", help="the replays' seeds for --other and --refit-convert")
     parser.add_argument("--refit-convert", default="", help="fit seeds (e.g. 1,2,3): the NBA with the champion's "
                                                             "after-click arm refitted by each recipe with each seed")
+    parser.add_argument("--bags", type=int, default=0, help="with --refit-convert: also the pooled arm as the mean of "
+                                                            "this many fits")
     return parser.parse_args()
 
 
@@ -123,8 +125,11 @@ def arm_rows(settings: Settings) -> pd.DataFrame:
     data = uplift.build_frame(store, read_raw_tables(settings, ON_DISK), model_config("uplift", config),
                               shared_joins(store, ["uplift"], Sampling(config.sample_rows, config.seed)))
     train, _ = split(data, config.holdout, config.seed)
+    arms = uplift.funnel_rows(train)
+    if "click" in arms:  # the after-click arm's rows when pooled (UpliftConfig.pooled_convert)
+        arms["convert, pooled: the opened rows"] = (arms["click"][0], train.y[arms["click"][0]])
     return pd.DataFrame([{"arm": arm, "rows": int(mask.sum()), "positives": int(np.sum(y)), "rate": float(np.mean(y))}
-                         for arm, (mask, y) in uplift.funnel_rows(train).items()])
+                         for arm, (mask, y) in arms.items()])
 
 
 @dataclasses.dataclass
@@ -218,10 +223,11 @@ def nba_with(settings: Settings, world, base: engine.ModelSet, arms: dict, seeds
     return out
 
 
-def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int], users: int) -> pd.DataFrame:
+def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int], users: int, bags: int = 0) -> pd.DataFrame:
     """The NBA with the home's funnel champion, its after-click arm refitted on the home's training rows by each
     recipe (`UpliftConfig.pooled_convert` False: the clicked rows alone; True: every opened row, clicked an input),
-    once per fit seed (the tuning's split, sample and search): the recipe's effect beside the arm's own spread."""
+    once per fit seed (the tuning's split, sample and search): the recipe's effect beside the arm's own spread; with
+    `bags` > 1 also the pooled arm as the mean of that many fits."""
     from nextbest.features.store import training_store
     from nextbest.pipelines.evaluate import load_period
     from nextbest.training import uplift
@@ -251,7 +257,26 @@ def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int],
                     frame[engaged], inputs, train.y[engaged], train.feature_service, fit, stage=clicked))):  # noqa: B023
             out.append({"recipe": recipe, "fit seed": fit_seed,
                         **nba_with(settings, world, base, {**arms, "convert": convert()}, seeds, users)})
+        if bags > 1:  # the pooled arm as the mean of `bags` fits (fit seeds fit_seed x 100 + k)
+            parts = [fit_booster(frame[engaged], inputs, train.y[engaged], train.feature_service,
+                                 FitConfig(trials=config.trials, tune_sample=config.tune_sample, seed=fit_seed * 100 + k),
+                                 stage=clicked) for k in range(bags)]
+            out.append({"recipe": f"pooled, the mean of {bags} fits", "fit seed": fit_seed,
+                        **nba_with(settings, world, base, {**arms, "convert": MeanOf(parts)}, seeds, users)})
     return pd.DataFrame(out)
+
+
+class MeanOf:
+    """The mean of several fitted arms' predictions (this bench's stand-in for an averaged arm)."""
+
+    def __init__(self, parts: list):
+        self.parts, self.params_ = parts, {}
+
+    def predict(self, frame) -> np.ndarray:
+        return np.mean([p.predict(frame) for p in self.parts], axis=0)
+
+    def compile(self, feature_columns, request):
+        return MeanOf([p.compile(feature_columns, request) for p in self.parts])
 
 
 def swapped_arms(settings: Settings, other: Settings, seeds: list[int], users: int) -> pd.DataFrame:
@@ -327,6 +352,7 @@ def main() -> None:
         summary = frame.groupby(["model's offer", "its offer"])["gain"].agg(["size", "sum"])
         by_kind.append(summary["sum"].rename(name))
     kinds = pd.concat(by_kind, axis=1).fillna(0.0).T
+    kinds = kinds[sorted(kinds.columns)]
     kinds.columns = [f"{a} -> {b}" for a, b in kinds.columns]
 
     t_after = truth["buy"] * (1 - truth["organic"])
@@ -378,7 +404,8 @@ def main() -> None:
     if args.refit_convert:
         t0, c0 = time.perf_counter(), time.process_time()
         seeds = [int(x) for x in args.seeds.split(",")]
-        refits = refitted_convert(settings, [int(x) for x in args.refit_convert.split(",")], seeds, args.users)
+        refits = refitted_convert(settings, [int(x) for x in args.refit_convert.split(",")], seeds, args.users,
+                                  args.bags)
         print(f"\nthe NBA with the champion's after-click arm refitted by each recipe ({time.perf_counter() - t0:.0f} s "
               f"wall, {time.process_time() - c0:.0f} CPU-s)")
         print(refits.to_markdown(index=False, floatfmt=",.1f"))
