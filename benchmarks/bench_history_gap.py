@@ -33,11 +33,16 @@ from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import Period, ReplayConfig, Situation, replay
 
 
-def true_value(period: Period, s: Situation, rows: np.ndarray, o: np.ndarray, c: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Expected incremental revenue of sending offer o on channel c at local hour h (half past) on the day of `s`."""
+def half_past(period: Period, s: Situation, rows: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """UTC ns of half past local hour h on the day of `s` for users `rows` (the send time the truth values)."""
     at = s.at.value
     send = at + h * HOUR_NS + 30 * MINUTE_NS - utc_offset_ns(period.truth.tz[rows], np.full(len(rows), at))
-    send = np.where(send < at, send + DAY_NS, send)
+    return np.where(send < at, send + DAY_NS, send)
+
+
+def true_value(period: Period, s: Situation, rows: np.ndarray, o: np.ndarray, c: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Expected incremental revenue of sending offer o on channel c at local hour h (half past) on the day of `s`."""
+    send = half_past(period, s, rows, h)
     value = period.offers["value"].to_numpy(dtype=float)
     return response.p_caused(period.truth, period.offers, rows, o, c, send, s.recent[rows]) * value[o]
 

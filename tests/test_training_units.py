@@ -294,9 +294,21 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     assert after_open[0] > after_open[1] + 0.1 and after_open[3] > after_open[2] + 0.1
     click, after_click, control = (model.click_.predict(probe), model.convert_.predict(probe), model.arm("control", probe))
     np.testing.assert_allclose(after_open, click * after_click + (1 - click) * control)
+    # The after-click arm is fitted on every opened row with whether it was clicked as an input, and predicts a
+    # click: P(convert | clicked) is 0.5 whatever the taste, far from the unclicked rows' 0.03 (the trees that do not
+    # split on the click pull the sparse cells, 190 clicks each, toward the unclicked rows: 0.37-0.49 here).
+    from nextbest.training.scorers import StagedBooster
+
+    assert isinstance(model.convert_, StagedBooster)
+    assert ((after_click > 0.3) & (after_click < 0.7)).all(), after_click
     model.save(tmp_path / "m")
     assert (tmp_path / "m" / "click_model.txt").exists()
-    np.testing.assert_array_equal(FunnelUpliftScorer.load(tmp_path / "m").predict(probe), model.predict(probe))
+    loaded = FunnelUpliftScorer.load(tmp_path / "m")
+    assert isinstance(loaded.convert_, StagedBooster) and not isinstance(loaded.click_, StagedBooster)
+    np.testing.assert_array_equal(loaded.predict(probe), model.predict(probe))
+    # The earlier recipe, the after-click arm on the clicked rows alone, is kept behind `pooled_convert=False`.
+    alone = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", pooled_convert=False))
+    assert type(alone.convert_) is not StagedBooster and alone.click_ is not None
     # without click tracking: one stage from open to conversion
     plain = fit(TrainingSet(frame.drop(columns="clicked"), "svc", train.features, train.request, treatment="treated"),
                 UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))

@@ -144,7 +144,7 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
     kind = json.loads((folder / "meta.json").read_text())["kind"]
     from nextbest.training import scorers
 
-    loaders = {"lightgbm": scorers.BoosterScorer, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
+    loaders = {"lightgbm": scorers.BoosterScorer, "lightgbm_staged": scorers.StagedBooster, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
                "uplift_t_learner": scorers.UpliftScorer,
                "uplift_effect": scorers.EffectScorer, "uplift_s_learner": scorers.SLearnerScorer,
                "uplift_funnel": scorers.FunnelUpliftScorer, "send_time_net": scorers.SendTimeScorer}

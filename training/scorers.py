@@ -29,6 +29,8 @@ from nextbest.training.nets import device, load_state, predict_net, save_net
 __all__ = [
     "REQUEST_COLUMNS",
     "BoosterScorer",
+    "StagedBooster",
+    "later_stage",
     "LinearScorer",
     "BlendScorer",
     "UpliftScorer",
@@ -309,6 +311,39 @@ class UpliftScorer:
         return cls(*arms, service)
 
 
+class StagedBooster(BoosterScorer):
+    """A booster fitted on the rows of two stages of a funnel at once (`fit_booster(stage=...)`): the stage, 0 or 1,
+    is one more input after the encoder's columns, and the scorer predicts the later stage (1).
+
+    The funnel uplift's after-click arm is one (`training/uplift.py fit_funnel`): P(convert | opened, clicked or not,
+    offer) on every opened row, predicted as clicked. The clicked rows are a few; the opened rows left unclicked
+    (three times as many) convert only organically, and teach the trees each user's organic level, which the clicked
+    rows then leave by the offer's effect."""
+
+    kind = "lightgbm_staged"
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster_.predict(later_stage(self.encoder_.codes(frame)))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> CompiledBooster:
+        return _CompiledStaged(self, feature_columns, request)
+
+    def importance(self) -> dict[str, float]:
+        gains = self.booster_.feature_importance(importance_type="gain")
+        return {**{c: float(g) for c, g in zip(self.encoder_.columns, gains[:-1], strict=True)},
+                "funnel_stage": float(gains[-1])}
+
+
+def later_stage(codes: np.ndarray) -> np.ndarray:
+    """An encoder's matrix with the stage column (1: the later stage) appended, as a `StagedBooster` reads it."""
+    return np.column_stack([codes, np.ones(len(codes))])
+
+
+class _CompiledStaged(CompiledBooster):
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.booster.predict(later_stage(self.plan.codes(x)), num_threads=1)
+
+
 class FunnelUpliftScorer:
     """Uplift through the funnel: P(open | user, channel, hour) x (P(convert | opened, offer) - P(convert | control)),
     where P(convert | opened, offer) = P(click | opened, offer) x P(convert | clicked, offer) + (1 - P(click |
@@ -386,9 +421,13 @@ def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service:
 def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer], str]:
     """The arms written by `_save_arms`, in `names` order, and the FeatureService."""
     service = json.loads((folder / "meta.json").read_text())["feature_service"]
-    arms = [BoosterScorer(lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text()),
-                          FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text())), service)
-            for arm in names]
+    arms = []
+    for arm in names:
+        booster = lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text())
+        encoder = FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text()))
+        # One input more than the encoder's columns: the stage of a StagedBooster.
+        kind = StagedBooster if booster.num_feature() == len(encoder.columns) + 1 else BoosterScorer
+        arms.append(kind(booster, encoder, service))
     return arms, service
 
 

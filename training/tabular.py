@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from nextbest.training.encoding import fit_encoder
-from nextbest.training.scorers import BoosterScorer
+from nextbest.training.scorers import BoosterScorer, StagedBooster
 from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
 __all__ = ["FitConfig", "BoosterScorer", "fit_booster", "tuning_split"]
@@ -44,11 +44,16 @@ def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: i
 
 
 def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
-                weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None) -> BoosterScorer:
+                weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None,
+                stage: np.ndarray | None = None) -> BoosterScorer:
     """Tune on a sample (one fixed fit/valid split of the training rows, `tuning_split`), then refit on all rows.
-    `customer_base_weeks`: the encoder adds BG/NBD's inputs (`fit_encoder`)."""
+    `customer_base_weeks`: the encoder adds BG/NBD's inputs (`fit_encoder`). `stage` (0/1 per row): rows of two
+    stages of a funnel fitted together, the stage an input after the encoder's columns; the scorer predicts stage 1
+    (`StagedBooster`)."""
     encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
     x = encoder.codes(frame)
+    if stage is not None:
+        x = np.column_stack([x, np.asarray(stage, dtype="float64")])
     y = np.asarray(y, dtype="int64")
     cats = [encoder.columns.index(c) for c in encoder.categorical]
     rng = np.random.default_rng(config.seed)
@@ -71,4 +76,5 @@ def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_
     # More rows in the refit support a few more rounds than the tuned sample did.
     rounds = max(int(rounds * 1.1), 10)
     booster = lgb.train(params, dataset(idx), num_boost_round=rounds)
-    return BoosterScorer(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
+    kind = BoosterScorer if stage is None else StagedBooster
+    return kind(booster, encoder, feature_service, {**params, "num_boost_round": rounds})

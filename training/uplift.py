@@ -17,8 +17,9 @@ cause a purchase once it is opened and its offer clicked, so the uplift is
 
     P(open | user, channel, hour) x P(click | opened, user, offer) x (P(convert | clicked, user, offer) - P(convert | not contacted, user))
 
-Each arm is fitted on plenty of rows (all contacted rows, the opened rows, the clicked rows, the control rows),
-instead of the difference of two conversion models that both mostly learn the organic rate. Without click tracking (no `clicked_at` in the contact log) the click and
+Each arm is fitted on plenty of rows (all contacted rows, the opened rows, the opened rows again for the after-click
+arm with whether each was clicked as an input, the control rows), instead of the difference of two conversion
+models that both mostly learn the organic rate. Without click tracking (no `clicked_at` in the contact log) the click and
 conversion stages are one: P(convert | opened, user, offer).
 """
 
@@ -66,7 +67,7 @@ from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "ENGAGE_COLUMNS",
-           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "candidates", "choose_learner", "pick_learner",
+           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "funnel_rows", "candidates", "choose_learner", "pick_learner",
            "paired_gaps", "selection_table", "REFERENCE", "offer_scores",
            "evaluate", "paired_qini", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
@@ -96,6 +97,11 @@ class UpliftConfig:
     margin_z: float = MARGIN_Z  # the policy leaves the best fixed action only for a gain this many standard errors above 0
     min_action_rows: int = 10  # an action gets a shrinkage center when logged at least this often
     seed: int = 7
+    # The funnel's after-click arm P(convert | clicked, offer) fitted on every opened row, whether it was clicked an
+    # input (`fit_booster(stage=...)`, `StagedBooster`), not on the clicked rows alone (10k of 227k contacts on the demo
+    # world): the opened rows left unclicked teach it each user's organic level. False: the clicked rows alone (the
+    # recipe before issue 16's ninth session). See benchmarks/RESULTS.md.
+    pooled_convert: bool = True
 
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
@@ -362,8 +368,14 @@ def user_folds(user_ids: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> FunnelUpliftScorer:
     """Four arms: opened on all contacted rows (user + channel + hour), clicked on the opened rows (user + offer),
-    converted on the clicked rows (user + offer), converted on the control rows (user only). Without enough
+    converted after a click (user + offer), converted on the control rows (user only). Without enough
     tracked clicks, three: converted on the opened rows instead of the click and after-click arms.
+
+    The after-click arm (`config.pooled_convert`, the default) is fitted on every opened row with whether it was
+    clicked as an input and predicts a click (`StagedBooster`): the clicked rows are a few (10k of 227k contacts on
+    the demo world) and the opened rows left unclicked, which convert only organically, teach it each user's level.
+    On the demo world the NBA earned +0.46 to +0.68 % with it, paired over six fit seeds, and the arm's spread from
+    fit to fit fell by a third (benchmarks/RESULTS.md, issue 16, ninth session).
 
     Clicks are three times as frequent as conversions and carry no organic purchases, so the click arm learns
     which offer interests whom from far more signal: on the demo world the NBA policy went from 66 % to
@@ -375,28 +387,50 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     dominates both), while opens are plentiful and conversions after an open carry the offer's effect.
     """
     frame = train.frame
+    rows = funnel_rows(train)
+    features = list(train.features)
+    engage = fit_booster(frame[rows["engage"][0]], features + list(ENGAGE_COLUMNS), rows["engage"][1],
+                         train.feature_service, config.fit, progress=progress)
+    offer_inputs = features + list(OFFER_COLUMNS)
+    click = None
+    if "click" in rows:
+        click = fit_booster(frame[rows["click"][0]], offer_inputs, rows["click"][1], train.feature_service, config.fit,
+                            progress=progress)
+    if click is not None and config.pooled_convert:
+        # The after-click arm on every opened row, whether it was clicked an input (StagedBooster): predicts clicked.
+        engaged, clicked = rows["click"]
+        convert = fit_booster(frame[engaged], offer_inputs, train.y[engaged], train.feature_service, config.fit,
+                              progress=progress, stage=clicked)
+    else:
+        convert = fit_booster(frame[rows["convert"][0]], offer_inputs, rows["convert"][1], train.feature_service,
+                              config.fit, progress=progress)
+    control = fit_booster(frame[rows["control"][0]], features, rows["control"][1], train.feature_service, config.fit,
+                          progress=progress)
+    return FunnelUpliftScorer(engage, convert, control, train.feature_service, click=click)
+
+
+def funnel_rows(train: TrainingSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each funnel arm's training rows (a boolean mask over `train.frame`) and labels: "engage" (opened, on the
+    contacted rows), "click" (clicked, on the opened rows; only with enough tracked clicks), "convert" (converted, on
+    the clicked rows, or on the opened rows without a click arm), "control" (converted, on the control rows).
+    ValueError when too few opened contacts with and without a conversion."""
+    frame = train.frame
     treated = frame[train.treatment].to_numpy() == 1
     opened = treated & (frame["opened"].to_numpy() == 1) if "opened" in frame else treated
-    features = list(train.features)
     if opened.sum() < 20 or len(np.unique(train.y[opened])) < 2:
         raise ValueError("uplift (funnel): too few opened contacts with and without a conversion; choose another "
                          "learner (--learner s, t, x or dr)")
-    engage = fit_booster(frame[treated], features + list(ENGAGE_COLUMNS), frame["opened"].to_numpy()[treated],
-                         train.feature_service, config.fit, progress=progress)
-    offer_inputs = features + list(OFFER_COLUMNS)
+    out = {"engage": (treated, frame["opened"].to_numpy()[treated])}
     clicked = frame["clicked"].to_numpy() == 1 if "clicked" in frame else np.zeros(len(frame), bool)
     engaged = opened | (treated & clicked)  # a click without a tracked open still means the message was read
-    click = None
     if (treated & clicked).sum() >= _MIN_CLICKS and len(np.unique(train.y[treated & clicked])) == 2:
-        click = fit_booster(frame[engaged], offer_inputs, clicked[engaged].astype("int64"), train.feature_service,
-                            config.fit, progress=progress)
+        out["click"] = (engaged, clicked[engaged].astype("int64"))
         after = treated & clicked
     else:
         after = opened
-    convert = fit_booster(frame[after], offer_inputs, train.y[after], train.feature_service, config.fit, progress=progress)
-    control = fit_booster(frame[~treated], features, train.y[~treated], train.feature_service, config.fit,
-                          progress=progress)
-    return FunnelUpliftScorer(engage, convert, control, train.feature_service, click=click)
+    out["convert"] = (after, train.y[after])
+    out["control"] = (~treated, train.y[~treated])
+    return out
 
 
 def fit_s_learner(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progress=None) -> SLearnerScorer:
