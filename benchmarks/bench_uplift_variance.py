@@ -1,0 +1,171 @@
+"""Is the NBA's offer error variance? The funnel uplift's learning curve and variance cuts, judged by the policy
+(issue 16, ninth session).
+
+Usage (after `make demo`, on a copy of its home): python benchmarks/bench_uplift_variance.py --home DIR
+  [--users 3000] [--seeds 11,5] [--recipes full,full@8,half,quarter,bag5] [--trials 5]
+
+The uplift training set is built once as `nextbest train uplift` builds it (the contact log's point-in-time join,
+the one time holdout); each recipe fits the demo's learner (the funnel: engage / click / convert-after-click /
+control arms; `training.uplift.fit_funnel`) on its rows, and the NBA policy with that uplift model in place of the
+champion (every other champion as it is) is replayed as `nextbest evaluate` replays it (the home's operator caps
+and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the history oracle and propensity-only
+(which read no uplift: the same in every recipe). Recipes (comma-separated):
+
+- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread);
+- `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
+- `all[@SEED]`: the training rows plus the holdout (the rows a model refitted after its gate could use);
+- `bagK[@SEED]`: each arm tuned once, then K boosters on K user subsamples (`FitConfig.bags`), averaged;
+- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`FitConfig.slow`).
+
+Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
+revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
+opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
+revenue paired per user against the first recipe's, with a 95 % interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nextbest.features.settings import Settings
+from nextbest.features.store import training_store
+from nextbest.pipelines import evaluate
+from nextbest.serving import engine
+from nextbest.serving.config import load_config
+from nextbest.simulation.beliefs import history_beliefs
+from nextbest.simulation.policies import OraclePolicy
+from nextbest.simulation.replay import ReplayConfig, Rules, replay
+from nextbest.training import uplift
+from nextbest.training.datasets import Sampling, split
+from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
+from nextbest.training.ope import paired_difference
+from nextbest.training.registry import Champion
+
+
+def recipe_rows(name: str, train, holdout, seed: int):
+    """The training set of a recipe's name (its part before '@'; a sample of users drawn with the recipe's seed)."""
+    kind, _, own = name.partition("@")
+    seed = int(own) if own else seed
+    if kind == "half":
+        return uplift._user_sample(train, len(train.frame) // 2, seed)
+    if kind == "quarter":
+        return uplift._user_sample(train, len(train.frame) // 4, seed)
+    if kind == "all":
+        return dataclasses.replace(train, frame=pd.concat([train.frame, holdout.frame], ignore_index=True))
+    return train
+
+
+def recipe_config(name: str, base: uplift.UpliftConfig) -> uplift.UpliftConfig:
+    kind, _, seed = name.partition("@")
+    fit = base.fit
+    if seed:
+        fit = dataclasses.replace(fit, seed=int(seed))
+    if kind.startswith("bag"):
+        fit = dataclasses.replace(fit, bags=int(kind[3:]))
+    if kind == "lr":
+        fit = dataclasses.replace(fit, slow=2)
+    return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed)
+
+
+def arm_rows(train) -> dict[str, int]:
+    f = train.frame
+    treated = f[train.treatment].to_numpy() == 1
+    opened, clicked = f["opened"].to_numpy() == 1, f["clicked"].to_numpy() == 1
+    return {"contacted": int(treated.sum()), "engaged": int((treated & (opened | clicked)).sum()),
+            "clicked": int((treated & clicked).sum()), "control": int((~treated).sum()),
+            "conversions_after_click": int(train.y[treated & clicked].sum()), "control_conversions": int(train.y[~treated].sum())}
+
+
+def week_split(sends: pd.DataFrame) -> tuple[float, float]:
+    """Revenue on each user's first send of each week (days 0-6, 7-13) and on the later sends."""
+    s = sends.sort_values(["user_idx", "day"])
+    week = s["day"].to_numpy() // 7
+    first = ~s.assign(week=week).duplicated(["user_idx", "week"]).to_numpy()
+    revenue = s["expected_revenue"].to_numpy()
+    return float(revenue[first].sum()), float(revenue[~first].sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--seeds", default="11,5")
+    parser.add_argument("--recipes", default="full,full@8,half,quarter")
+    parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
+    args = parser.parse_args()
+    settings = Settings(home=args.home)
+    t0, c0 = time.perf_counter(), time.process_time()
+    raw = read_raw_tables(settings, ON_DISK)
+    store = training_store(settings)
+    job = TrainConfig(trials=args.trials, seed=settings.seed)
+    base = model_config("uplift", job)
+    data = uplift.build_frame(store, raw, base, shared_joins(store, ["uplift"], Sampling(job.sample_rows, job.seed)))
+    train, holdout = split(data, job.holdout, job.seed)
+    print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "
+          f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s", flush=True)
+    world, tables = evaluate.load_period(settings)
+    models = evaluate.champion_set(settings)
+    caps = load_config(settings.home / "operator.yaml").caps
+    periods = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        period = world.sample(args.users, seed=seed)
+        config = ReplayConfig(rules=Rules.of(caps), seed=seed)
+        beliefs = history_beliefs(period.truth, tables, period.user_ids, period.start)
+        oracle = replay(period, OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs), config).metrics
+        scores = evaluate.policy_scores(settings, period, models)
+        prop = replay(period, scores.policy("propensity only", False), config).metrics
+        champ = replay(period, scores.policy("nba (uplift)", True), config)
+        periods[seed] = (period, config, oracle["incremental_revenue"], prop["incremental_revenue"], champ)
+        print(f"seed {seed}: history oracle {oracle['incremental_revenue']:,.1f}, propensity-only "
+              f"{prop['incremental_revenue']:,.1f}, the home's champion NBA {champ.metrics['incremental_revenue']:,.1f}",
+              flush=True)
+    rows, per_user = [], {}
+    for name in args.recipes.split(","):
+        rows_set = recipe_rows(name, train, holdout, job.seed)
+        cfg = recipe_config(name, base)
+        started, cpu = time.perf_counter(), time.process_time()
+        scorer = uplift.fit_funnel(rows_set, cfg)
+        fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
+        qini = uplift.evaluate(scorer, holdout)["qini_auc"]
+        variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", name, scorer)}, models.columns).compile()
+        for seed, (period, config, oracle, prop, _) in periods.items():
+            scores = evaluate.policy_scores(settings, period, variant)
+            result = replay(period, scores.policy("nba (uplift)", True), config)
+            m = result.metrics
+            first, later = week_split(result.sends)
+            per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
+            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
+                         "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
+                         "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
+                         "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
+                         "later sends": later, "contacts": m["contacts"], "opt-outs /1k": m["opt_outs_per_1k"],
+                         "violations": m["violations"]})
+            print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=",.3f"), flush=True)
+    out = pd.DataFrame(rows)
+    print(f"\n{platform.node()} {platform.processor() or platform.machine()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} "
+          f"UTC, {args.users} users, 14 days, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    print(out.to_markdown(index=False, floatfmt=",.3f"))
+    reference = args.recipes.split(",")[0]
+    print(f"\nrevenue paired per user against `{reference}` (95 % interval):")
+    diffs = []
+    for (name, seed), values in per_user.items():
+        d = paired_difference(values, per_user[reference, seed])
+        n = len(values)
+        diffs.append({"recipe": name, "seed": seed, "difference": d.value * n, "low": d.low * n, "high": d.high * n,
+                      "relative": d.value * n / per_user[reference, seed].sum()})
+    print(pd.DataFrame(diffs).to_markdown(index=False, floatfmt=",.4f"))
+
+
+if __name__ == "__main__":
+    main()
