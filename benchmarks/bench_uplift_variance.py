@@ -15,7 +15,9 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
 - `all[@SEED]`: the training rows plus the holdout (the rows a model refitted after its gate could use);
 - `bagK[@SEED]`: each arm tuned once, then K boosters on K user subsamples (`FitConfig.bags`), averaged;
-- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`FitConfig.slow`).
+- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`FitConfig.slow`);
+- `tN[@SEED]`: N Optuna trials per arm (`t1`: the base parameters, no search; the rounds by early stopping);
+- `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`).
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
@@ -49,6 +51,7 @@ from nextbest.training.datasets import Sampling, split
 from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
 from nextbest.training.ope import paired_difference
 from nextbest.training.registry import Champion
+from nextbest.training.tabular import average_boosters
 
 
 def recipe_rows(name: str, train, holdout, seed: int):
@@ -73,7 +76,57 @@ def recipe_config(name: str, base: uplift.UpliftConfig) -> uplift.UpliftConfig:
         fit = dataclasses.replace(fit, bags=int(kind[3:]))
     if kind == "lr":
         fit = dataclasses.replace(fit, slow=2)
+    if kind.startswith("t") and kind[1:].isdigit():
+        fit = dataclasses.replace(fit, trials=int(kind[1:]))
     return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed)
+
+
+def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig):
+    """The funnel of a recipe; `avgK`: K funnels, each tuned and refitted with its own seed (cfg's seed + 0..K-1),
+    each arm the mean of the K arms' raw scores (`average_boosters`)."""
+    kind = name.partition("@")[0]
+    if not kind.startswith("avg"):
+        return uplift.fit_funnel(rows, cfg)
+    members = [uplift.fit_funnel(rows, dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, seed=cfg.fit.seed + j)))
+               for j in range(int(kind[3:]))]
+    first = members[0]
+    for arm in ("engage", "click", "convert", "control"):
+        if getattr(first, f"{arm}_") is not None:
+            getattr(first, f"{arm}_").booster_ = average_boosters([getattr(m, f"{arm}_").booster_ for m in members])
+    return first
+
+
+def tuned(scorer) -> str:
+    """Each arm's tuned rounds / learning rate / leaves / min rows per leaf."""
+    out = []
+    for arm in ("engage", "click", "convert", "control"):
+        if (b := getattr(scorer, f"{arm}_", None)) is not None:
+            p = b.params_
+            out.append(f"{arm} {p.get('num_boost_round')}r/{p.get('learning_rate', 0):.3g}/{p.get('num_leaves')}l/"
+                       f"{p.get('min_data_in_leaf')}m")
+    return ", ".join(out)
+
+
+def scoring_ms(settings, period, models, single: int = 300) -> tuple[float, float, float]:
+    """The decision path's model work with `models`: p50 ms of one user's send-time and conversion/uplift scores
+    (as serving scores one decision), the same in CPU ms, and the batch scoring's CPU seconds for the period's users
+    (`evaluate.policy_scores`)."""
+    from nextbest.serving.config import catalog_config
+
+    config = catalog_config(period.offers, period.channels, base=load_config(settings.home / "operator.yaml"))
+    users = evaluate.latest_features(settings, period.user_ids[:single])
+    ms, cpu_ms = [], []
+    for u in range(single):
+        one = engine.user_columns({k: v[u:u + 1] for k, v in users.items()})
+        t, c = time.perf_counter(), time.process_time()
+        p_open = engine.send_time_scores(models, one, config)
+        hours = p_open.argmax(axis=2)
+        engine.conversion_scores(models, one, config, hours, p_open=p_open)
+        ms.append((time.perf_counter() - t) * 1000)
+        cpu_ms.append((time.process_time() - c) * 1000)
+    c = time.process_time()
+    evaluate.policy_scores(settings, period, models)
+    return float(np.median(ms)), float(np.median(cpu_ms)), time.process_time() - c
 
 
 def arm_rows(train) -> dict[str, int]:
@@ -100,6 +153,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--seeds", default="11,5")
     parser.add_argument("--recipes", default="full,full@8,half,quarter")
+    parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
     args = parser.parse_args()
     settings = Settings(home=args.home)
@@ -133,10 +187,17 @@ def main() -> None:
         rows_set = recipe_rows(name, train, holdout, job.seed)
         cfg = recipe_config(name, base)
         started, cpu = time.perf_counter(), time.process_time()
-        scorer = uplift.fit_funnel(rows_set, cfg)
+        scorer = fit_recipe(name, rows_set, cfg)
         fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
         qini = uplift.evaluate(scorer, holdout)["qini_auc"]
+        print(f"{name}: {tuned(scorer)}", flush=True)
         variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", name, scorer)}, models.columns).compile()
+        if args.serving:
+            first_period = next(iter(periods.values()))[0]
+            for label, ms in (("champion", models), (name, variant), ("champion", models), (name, variant)):
+                p50, cpu, batch = scoring_ms(settings, first_period, ms)
+                print(f"scoring with {label}: one user p50 {p50:.2f} ms ({cpu:.2f} CPU-ms), {first_period.n_users:,} "
+                      f"users in a batch {batch:.2f} CPU-s", flush=True)
         for seed, (period, config, oracle, prop, _) in periods.items():
             scores = evaluate.policy_scores(settings, period, variant)
             result = replay(period, scores.policy("nba (uplift)", True), config)
