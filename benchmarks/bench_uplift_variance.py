@@ -17,6 +17,8 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `bagK[@SEED]`: each arm tuned once, then K boosters on K user subsamples (`FitConfig.bags`), averaged;
 - `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`FitConfig.slow`);
 - `tN[@SEED]`: N Optuna trials per arm (`t1`: the base parameters, no search; the rounds by early stopping);
+- `tsN[@SEED]`: the trials tuned on up to N thousand rows per arm (`FitConfig.tune_sample`; the default 20);
+- `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`FitConfig.cv_rounds`);
 - `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`).
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
@@ -76,6 +78,10 @@ def recipe_config(name: str, base: uplift.UpliftConfig) -> uplift.UpliftConfig:
         fit = dataclasses.replace(fit, bags=int(kind[3:]))
     if kind == "lr":
         fit = dataclasses.replace(fit, slow=2)
+    if kind.startswith("ts") and kind[2:].isdigit():
+        fit = dataclasses.replace(fit, tune_sample=int(kind[2:]) * 1000)
+    if kind.startswith("cv") and kind[2:].isdigit():
+        fit = dataclasses.replace(fit, cv_rounds=int(kind[2:]))
     if kind.startswith("t") and kind[1:].isdigit():
         fit = dataclasses.replace(fit, trials=int(kind[1:]))
     return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed)

@@ -29,6 +29,7 @@ class FitConfig:
     # (`average_boosters`: one LightGBM model of all their trees); 1 = one booster on all rows.
     bags: int = 1
     slow: int = 1  # the refit at the tuned learning rate / slow, with slow x the rounds
+    cv_rounds: int = 0  # > 1: the refit's rounds by early stopping over this many user-grouped folds of all rows
 
 
 def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +75,14 @@ def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_
                                                             seed=config.seed), progress=progress)
     # More rows in the refit support a few more rounds than the tuned sample did.
     rounds = max(int(rounds * 1.1), 10)
+    if config.cv_rounds > 1:
+        from sklearn.model_selection import GroupKFold
+
+        groups = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else idx
+        folds = list(GroupKFold(config.cv_rounds).split(idx, y, groups))
+        cv = lgb.cv({**params, "seed": config.seed}, dataset(idx), num_boost_round=config.max_rounds, folds=folds,
+                    callbacks=[lgb.early_stopping(20, verbose=False)])
+        rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
     if config.slow > 1:
         params, rounds = {**params, "learning_rate": params["learning_rate"] / config.slow}, rounds * config.slow
     if config.bags <= 1:
