@@ -13,12 +13,14 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 
 - `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread);
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
+- `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s
+  half of the users with all their rows: what a row of a user already seen adds against a new user;
 - `all[@SEED]`: the training rows plus the holdout (the rows a model refitted after its gate could use);
-- `bagK[@SEED]`: each arm tuned once, then K boosters on K user subsamples (`FitConfig.bags`), averaged;
-- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`FitConfig.slow`);
+- `bagK[@SEED]`: each arm tuned once, then K boosters on K Poisson bootstraps of the users (`Refit.bags`), averaged;
+- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`Refit.slow`);
 - `tN[@SEED]`: N Optuna trials per arm (`t1`: the base parameters, no search; the rounds by early stopping);
 - `tsN[@SEED]`: the trials tuned on up to N thousand rows per arm (`FitConfig.tune_sample`; the default 20);
-- `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`FitConfig.cv_rounds`);
+- `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`Refit.cv_rounds`);
 - `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`).
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
@@ -31,14 +33,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import platform
 import resource
 import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupKFold
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import training_store
@@ -50,10 +55,13 @@ from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import ReplayConfig, Rules, replay
 from nextbest.training import uplift
 from nextbest.training.datasets import Sampling, split
+from nextbest.training.encoding import fit_encoder
 from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
 from nextbest.training.ope import paired_difference
 from nextbest.training.registry import Champion
-from nextbest.training.tabular import average_boosters
+from nextbest.training.scorers import BoosterScorer
+from nextbest.training.tabular import tuning_split
+from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
 
 def recipe_rows(name: str, train, holdout, seed: int):
@@ -64,37 +72,121 @@ def recipe_rows(name: str, train, holdout, seed: int):
         return uplift._user_sample(train, len(train.frame) // 2, seed)
     if kind == "quarter":
         return uplift._user_sample(train, len(train.frame) // 4, seed)
+    if kind == "rowhalf":  # half the rows of every user (each row kept with probability 1/2): all users, fewer rows
+        return train.subset(np.random.default_rng(seed).random(len(train.frame)) < 0.5)
     if kind == "all":
         return dataclasses.replace(train, frame=pd.concat([train.frame, holdout.frame], ignore_index=True))
     return train
 
 
-def recipe_config(name: str, base: uplift.UpliftConfig) -> uplift.UpliftConfig:
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """How a recipe refits each arm after its tuning (the product's `fit_booster`: one booster on all rows)."""
+
+    bags: int = 1  # the mean of this many boosters, each on a Poisson bootstrap of the users with its own seed
+    slow: int = 1  # the tuned learning rate / slow, slow x the rounds
+    cv_rounds: int = 0  # > 1: the rounds by early stopping over this many user-grouped folds of all rows
+
+
+def recipe_config(name: str, base: uplift.UpliftConfig) -> tuple[uplift.UpliftConfig, Refit]:
     kind, _, seed = name.partition("@")
-    fit = base.fit
+    fit, refit = base.fit, Refit()
     if seed:
         fit = dataclasses.replace(fit, seed=int(seed))
     if kind.startswith("bag"):
-        fit = dataclasses.replace(fit, bags=int(kind[3:]))
+        refit = Refit(bags=int(kind[3:]))
     if kind == "lr":
-        fit = dataclasses.replace(fit, slow=2)
+        refit = Refit(slow=2)
     if kind.startswith("ts") and kind[2:].isdigit():
         fit = dataclasses.replace(fit, tune_sample=int(kind[2:]) * 1000)
     if kind.startswith("cv") and kind[2:].isdigit():
-        fit = dataclasses.replace(fit, cv_rounds=int(kind[2:]))
+        refit = Refit(cv_rounds=int(kind[2:]))
     if kind.startswith("t") and kind[1:].isdigit():
         fit = dataclasses.replace(fit, trials=int(kind[1:]))
-    return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed)
+    return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed), refit
 
 
-def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig):
-    """The funnel of a recipe; `avgK`: K funnels, each tuned and refitted with its own seed (cfg's seed + 0..K-1),
-    each arm the mean of the K arms' raw scores (`average_boosters`)."""
+def average_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
+    """One LightGBM model whose raw score is the mean of the boosters' raw scores (their trees together, each leaf
+    value divided by their number): saved, loaded and compiled as any booster. All must share one feature layout."""
+    k = len(boosters)
+    texts = [b.model_to_string() for b in boosters]
+    head = texts[0][: texts[0].index("\nTree=")]
+    head = "\n".join(line for line in head.splitlines() if not line.startswith("tree_sizes="))  # sizes change
+    tail = texts[0][texts[0].index("end of trees"):]
+
+    def scaled(line: str) -> str:
+        key, _, values = line.partition("=")
+        if key not in ("leaf_value", "internal_value"):
+            return line
+        return f"{key}=" + " ".join(repr(float(v) / k) for v in values.split())
+
+    trees = []
+    for text in texts:
+        for block in text[text.index("\nTree="): text.index("end of trees")].split("\nTree=")[1:]:
+            trees.append("\n".join(scaled(line) for line in block.strip("\n").splitlines()[1:]))
+    body = "".join(f"Tree={i}\n{tree}\n\n\n" for i, tree in enumerate(trees))
+    return lgb.Booster(model_str=f"{head}\n\n{body}{tail}")
+
+
+def refit_booster(frame, columns, y, feature_service, config, weight=None, progress=None, customer_base_weeks=None,
+                  *, refit: Refit = Refit()):
+    """`training.tabular.fit_booster` (the same tuning), its refit as `refit` says."""
+    encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
+    x = encoder.codes(frame)
+    y = np.asarray(y, dtype="int64")
+    cats = [encoder.columns.index(c) for c in encoder.categorical]
+    rng = np.random.default_rng(config.seed)
+    idx = np.arange(len(y))
+    fit_idx, valid_idx = tuning_split(frame, y, config.valid_share, config.seed)
+    if len(fit_idx) > config.tune_sample:
+        fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
+    w = None if weight is None else np.asarray(weight, dtype="float64")
+
+    def dataset(rows: np.ndarray, reference=None, weights=None) -> lgb.Dataset:
+        weights = weights if weights is not None else (None if w is None else w[rows])
+        return lgb.Dataset(x[rows], y[rows], weight=weights, categorical_feature=cats,
+                           feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
+
+    fit = dataset(fit_idx)
+    params, rounds, _ = tune_booster(fit, dataset(valid_idx, reference=fit),
+                                     TuneConfig(trials=config.trials, max_rounds=config.max_rounds, seed=config.seed))
+    rounds = max(int(rounds * 1.1), 10)
+    groups = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else idx.astype(str)
+    if refit.cv_rounds > 1:
+        folds = list(GroupKFold(refit.cv_rounds).split(idx, y, groups))
+        cv = lgb.cv({**params, "seed": config.seed}, dataset(idx), num_boost_round=config.max_rounds, folds=folds,
+                    callbacks=[lgb.early_stopping(20, verbose=False)])
+        rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
+    if refit.slow > 1:
+        params, rounds = {**params, "learning_rate": params["learning_rate"] / refit.slow}, rounds * refit.slow
+    if refit.bags <= 1:
+        return BoosterScorer(lgb.train(params, dataset(idx), num_boost_round=rounds), encoder, feature_service,
+                             {**params, "num_boost_round": rounds})
+    codes = pd.factorize(groups)[0]
+    boosters = []
+    for b in range(refit.bags):
+        draw = np.random.default_rng([config.seed, b]).poisson(1.0, codes.max() + 1)[codes].astype("float64")
+        boosters.append(lgb.train({**params, "seed": config.seed + b}, dataset(idx, weights=draw if w is None else draw * w),
+                                  num_boost_round=rounds))
+    return BoosterScorer(average_boosters(boosters), encoder, feature_service, {**params, "num_boost_round": rounds})
+
+
+def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
+    """The funnel of a recipe (its arms refitted as `refit` says); `avgK`: K funnels, each tuned and refitted with
+    its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
     kind = name.partition("@")[0]
-    if not kind.startswith("avg"):
-        return uplift.fit_funnel(rows, cfg)
-    members = [uplift.fit_funnel(rows, dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, seed=cfg.fit.seed + j)))
-               for j in range(int(kind[3:]))]
+    saved = uplift.fit_booster
+    uplift.fit_booster = functools.partial(refit_booster, refit=refit)  # the bench's refit in the product's funnel
+    try:
+        if not kind.startswith("avg"):
+            return uplift.fit_funnel(rows, cfg)
+        members = [uplift.fit_funnel(rows, dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, seed=cfg.fit.seed + j)))
+                   for j in range(int(kind[3:]))]
+    finally:
+        uplift.fit_booster = saved
     first = members[0]
     for arm in ("engage", "click", "convert", "control"):
         if getattr(first, f"{arm}_") is not None:
@@ -191,9 +283,9 @@ def main() -> None:
     rows, per_user = [], {}
     for name in args.recipes.split(","):
         rows_set = recipe_rows(name, train, holdout, job.seed)
-        cfg = recipe_config(name, base)
+        cfg, refit = recipe_config(name, base)
         started, cpu = time.perf_counter(), time.process_time()
-        scorer = fit_recipe(name, rows_set, cfg)
+        scorer = fit_recipe(name, rows_set, cfg, refit)
         fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
         qini = uplift.evaluate(scorer, holdout)["qini_auc"]
         print(f"{name}: {tuned(scorer)}", flush=True)

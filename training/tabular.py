@@ -25,11 +25,6 @@ class FitConfig:
     valid_share: float = 0.2  # share of training rows that scores the trials
     max_rounds: int = 300
     seed: int = 7
-    # The refit as the mean of this many boosters, each on a Poisson bootstrap of the users with its own seed
-    # (`average_boosters`: one LightGBM model of all their trees); 1 = one booster on all rows.
-    bags: int = 1
-    slow: int = 1  # the refit at the tuned learning rate / slow, with slow x the rounds
-    cv_rounds: int = 0  # > 1: the refit's rounds by early stopping over this many user-grouped folds of all rows
 
 
 def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,50 +70,5 @@ def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_
                                                             seed=config.seed), progress=progress)
     # More rows in the refit support a few more rounds than the tuned sample did.
     rounds = max(int(rounds * 1.1), 10)
-    if config.cv_rounds > 1:
-        from sklearn.model_selection import GroupKFold
-
-        groups = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else idx
-        folds = list(GroupKFold(config.cv_rounds).split(idx, y, groups))
-        cv = lgb.cv({**params, "seed": config.seed}, dataset(idx), num_boost_round=config.max_rounds, folds=folds,
-                    callbacks=[lgb.early_stopping(20, verbose=False)])
-        rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
-    if config.slow > 1:
-        params, rounds = {**params, "learning_rate": params["learning_rate"] / config.slow}, rounds * config.slow
-    if config.bags <= 1:
-        booster = lgb.train(params, dataset(idx), num_boost_round=rounds)
-        return BoosterScorer(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
-    groups = (pd.factorize(frame["user_id"].astype(str))[0] if "user_id" in frame else idx)
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    boosters = []
-    for b in range(config.bags):
-        draw = np.random.default_rng([config.seed, b]).poisson(1.0, n_groups)[groups].astype("float64")
-        data = lgb.Dataset(x, y, weight=draw if w is None else draw * w, categorical_feature=cats,
-                           feature_name=[f"f{i}" for i in range(x.shape[1])], free_raw_data=False,
-                           params={"verbosity": -1, "feature_pre_filter": False, "max_bin": BASE_PARAMS["max_bin"]})
-        boosters.append(lgb.train({**params, "seed": config.seed + b}, data, num_boost_round=rounds))
-    return BoosterScorer(average_boosters(boosters), encoder, feature_service,
-                         {**params, "num_boost_round": rounds, "bags": config.bags})
-
-
-def average_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
-    """One LightGBM model whose raw score is the mean of the boosters' raw scores (their trees together, each leaf
-    value divided by their number): saved, loaded and compiled as any booster. All must share one feature layout."""
-    k = len(boosters)
-    texts = [b.model_to_string() for b in boosters]
-    head = texts[0][: texts[0].index("\nTree=")]
-    head = "\n".join(line for line in head.splitlines() if not line.startswith("tree_sizes="))  # sizes change
-    tail = texts[0][texts[0].index("end of trees"):]
-
-    def scaled(line: str) -> str:
-        key, _, values = line.partition("=")
-        if key not in ("leaf_value", "internal_value"):
-            return line
-        return f"{key}=" + " ".join(repr(float(v) / k) for v in values.split())
-
-    trees = []
-    for text in texts:
-        for block in text[text.index("\nTree="): text.index("end of trees")].split("\nTree=")[1:]:
-            trees.append("\n".join(scaled(line) for line in block.strip("\n").splitlines()[1:]))
-    body = "".join(f"Tree={i}\n{tree}\n\n\n" for i, tree in enumerate(trees))
-    return lgb.Booster(model_str=f"{head}\n\n{body}{tail}")
+    booster = lgb.train(params, dataset(idx), num_boost_round=rounds)
+    return BoosterScorer(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
