@@ -264,6 +264,7 @@ def main() -> None:
     train, holdout = split(data, job.holdout, job.seed)
     print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "
           f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s", flush=True)
+    del data, raw, store  # the split's two sets are copies: the joined frame and the raw tables are no longer needed
     world, tables = evaluate.load_period(settings)
     models = evaluate.champion_set(settings)
     caps = load_config(settings.home / "operator.yaml").caps
