@@ -2,7 +2,8 @@
 (issue 16, ninth session).
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_uplift_variance.py --home DIR
-  [--users 3000] [--seeds 11,5] [--recipes full,full@8,half,quarter,bag5] [--trials 5]
+  [--users 3000] [--seeds 11,5] [--recipes full,full@8,half,quarter,bag5] [--trials 5] [--sample-rows 500000]
+  [--serving]
 
 The uplift training set is built once as `nextbest train uplift` builds it (the contact log's point-in-time join,
 the one time holdout); each recipe fits the demo's learner (the funnel: engage / click / convert-after-click /
@@ -251,6 +252,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--seeds", default="11,5")
     parser.add_argument("--recipes", default="full,full@8,half,quarter")
+    parser.add_argument("--sample-rows", type=int, default=TrainConfig.sample_rows,
+                        help="contact-log rows joined, past it a stratified sample (`TrainConfig.sample_rows`)")
     parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
     args = parser.parse_args()
@@ -258,7 +261,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     raw = read_raw_tables(settings, ON_DISK)
     store = training_store(settings)
-    job = TrainConfig(trials=args.trials, seed=settings.seed)
+    job = TrainConfig(trials=args.trials, seed=settings.seed, sample_rows=args.sample_rows)
     base = model_config("uplift", job)
     data = uplift.build_frame(store, raw, base, shared_joins(store, ["uplift"], Sampling(job.sample_rows, job.seed)))
     train, holdout = split(data, job.holdout, job.seed)
