@@ -16,6 +16,7 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
 - `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s
   half of the users with all their rows: what a row of a user already seen adds against a new user;
+- `half-ARM[@SEED]`: only the funnel's arm ARM (engage, click, convert, control) on a seeded half of its users;
 - `all[@SEED]`: the training rows plus the holdout (the rows a model refitted after its gate could use);
 - `bagK[@SEED]`: each arm tuned once, then K boosters on K Poisson bootstraps of the users (`Refit.bags`), averaged;
 - `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`Refit.slow`);
@@ -175,12 +176,34 @@ def refit_booster(frame, columns, y, feature_service, config, weight=None, progr
     return BoosterScorer(average_boosters(boosters), encoder, feature_service, {**params, "num_boost_round": rounds})
 
 
+_ARMS = ("engage", "click", "convert", "control")  # the order `uplift.fit_funnel` fits them in
+
+
+def half_users(arm: str, seed: int):
+    """A `fit_booster` that fits the funnel's arm `arm` on a seeded half of its users (all their rows), the others
+    on all theirs: which arm's rows the value depends on."""
+    calls = iter(_ARMS)
+
+    def fit(frame, columns, y, feature_service, config, weight=None, **kw):
+        if next(calls) == arm:
+            users = frame["user_id"].astype(str).to_numpy()
+            unique = np.unique(users)
+            keep = np.isin(users, np.random.default_rng(seed).permutation(unique)[: len(unique) // 2])
+            frame, y = frame[keep], np.asarray(y)[keep]
+            weight = None if weight is None else np.asarray(weight)[keep]
+        return refit_booster(frame, columns, y, feature_service, config, weight, **kw)
+
+    return fit
+
+
 def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     """The funnel of a recipe (its arms refitted as `refit` says); `avgK`: K funnels, each tuned and refitted with
     its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
     kind = name.partition("@")[0]
     saved = uplift.fit_booster
     uplift.fit_booster = functools.partial(refit_booster, refit=refit)  # the bench's refit in the product's funnel
+    if kind.startswith("half-"):  # one arm on half its users
+        uplift.fit_booster = functools.partial(half_users(kind.removeprefix("half-"), cfg.fit.seed), refit=refit)
     try:
         if not kind.startswith("avg"):
             return uplift.fit_funnel(rows, cfg)
