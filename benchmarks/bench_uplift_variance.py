@@ -179,9 +179,9 @@ def refit_booster(frame, columns, y, feature_service, config, weight=None, progr
 _ARMS = ("engage", "click", "convert", "control")  # the order `uplift.fit_funnel` fits them in
 
 
-def half_users(arm: str, seed: int):
-    """A `fit_booster` that fits the funnel's arm `arm` on a seeded half of its users (all their rows), the others
-    on all theirs: which arm's rows the value depends on."""
+def half_users(arm: str, seed: int, fit_booster):
+    """`fit_booster` fitting the funnel's arm `arm` on a seeded half of its users (all their rows), the others on all
+    theirs: which arm's rows the value depends on."""
     calls = iter(_ARMS)
 
     def fit(frame, columns, y, feature_service, config, weight=None, **kw):
@@ -191,7 +191,7 @@ def half_users(arm: str, seed: int):
             keep = np.isin(users, np.random.default_rng(seed).permutation(unique)[: len(unique) // 2])
             frame, y = frame[keep], np.asarray(y)[keep]
             weight = None if weight is None else np.asarray(weight)[keep]
-        return refit_booster(frame, columns, y, feature_service, config, weight, **kw)
+        return fit_booster(frame, columns, y, feature_service, config, weight, **kw)
 
     return fit
 
@@ -201,9 +201,11 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
     kind = name.partition("@")[0]
     saved = uplift.fit_booster
-    uplift.fit_booster = functools.partial(refit_booster, refit=refit)  # the bench's refit in the product's funnel
+    # The product's fit_booster for the product's refit; the bench's copy of it where the refit differs.
+    booster = saved if refit == Refit() else functools.partial(refit_booster, refit=refit)
     if kind.startswith("half-"):  # one arm on half its users
-        uplift.fit_booster = functools.partial(half_users(kind.removeprefix("half-"), cfg.fit.seed), refit=refit)
+        booster = half_users(kind.removeprefix("half-"), cfg.fit.seed, booster)
+    uplift.fit_booster = booster
     try:
         if not kind.startswith("avg"):
             return uplift.fit_funnel(rows, cfg)
