@@ -1,0 +1,359 @@
+"""Is the NBA's offer error variance? The funnel uplift's learning curve and variance cuts, judged by the policy
+(issue 16, ninth session).
+
+Usage (after `make demo`, on a copy of its home): python benchmarks/bench_uplift_variance.py --home DIR
+  [--users 3000] [--seeds 11,5] [--recipes full,full@8,half,quarter,bag5] [--trials 5] [--sample-rows 500000]
+  [--serving]
+
+The uplift training set is built once as `nextbest train uplift` builds it (the contact log's point-in-time join,
+the one time holdout); each recipe fits the demo's learner (the funnel: engage / click / convert-after-click /
+control arms; `training.uplift.fit_funnel`) on its rows, and the NBA policy with that uplift model in place of the
+champion (every other champion as it is) is replayed as `nextbest evaluate` replays it (the home's operator caps
+and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the history oracle and propensity-only
+(which read no uplift: the same in every recipe). Recipes (comma-separated):
+
+- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread);
+- `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
+- `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s
+  half of the users with all their rows: what a row of a user already seen adds against a new user;
+- `half-ARM[@SEED]`: only the funnel's arm ARM (engage, click, convert, control) on a seeded half of its users;
+- `all[@SEED]`: the training rows plus the holdout (the rows a model refitted after its gate could use);
+- `bagK[@SEED]`: each arm tuned once, then K boosters on K Poisson bootstraps of the users (`Refit.bags`), averaged;
+- `lr[@SEED]`: each arm's tuned learning rate halved, twice the rounds (`Refit.slow`);
+- `tN[@SEED]`: N Optuna trials per arm (`t1`: the base parameters, no search; the rounds by early stopping);
+- `tsN[@SEED]`: the trials tuned on up to N thousand rows per arm (`FitConfig.tune_sample`; the default 20);
+- `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`Refit.cv_rounds`);
+- `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`).
+
+Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
+revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
+opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
+revenue paired per user against the first recipe's, with a 95 % interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold
+
+from nextbest.features.settings import Settings
+from nextbest.features.store import training_store
+from nextbest.pipelines import evaluate
+from nextbest.serving import engine
+from nextbest.serving.config import load_config
+from nextbest.simulation.beliefs import history_beliefs
+from nextbest.simulation.policies import OraclePolicy
+from nextbest.simulation.replay import ReplayConfig, Rules, replay
+from nextbest.training import uplift
+from nextbest.training.datasets import Sampling, split
+from nextbest.training.encoding import fit_encoder
+from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
+from nextbest.training.ope import paired_difference
+from nextbest.training.registry import Champion
+from nextbest.training.scorers import BoosterScorer
+from nextbest.training.tabular import tuning_split
+from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
+
+
+def recipe_rows(name: str, train, holdout, seed: int):
+    """The training set of a recipe's name (its part before '@'; a sample of users drawn with the recipe's seed)."""
+    kind, _, own = name.partition("@")
+    seed = int(own) if own else seed
+    if kind == "half":
+        return uplift._user_sample(train, len(train.frame) // 2, seed)
+    if kind == "quarter":
+        return uplift._user_sample(train, len(train.frame) // 4, seed)
+    if kind == "rowhalf":  # half the rows of every user (each row kept with probability 1/2): all users, fewer rows
+        return train.subset(np.random.default_rng(seed).random(len(train.frame)) < 0.5)
+    if kind == "all":
+        return dataclasses.replace(train, frame=pd.concat([train.frame, holdout.frame], ignore_index=True))
+    return train
+
+
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """How a recipe refits each arm after its tuning (the product's `fit_booster`: one booster on all rows)."""
+
+    bags: int = 1  # the mean of this many boosters, each on a Poisson bootstrap of the users with its own seed
+    slow: int = 1  # the tuned learning rate / slow, slow x the rounds
+    cv_rounds: int = 0  # > 1: the rounds by early stopping over this many user-grouped folds of all rows
+
+
+def recipe_config(name: str, base: uplift.UpliftConfig) -> tuple[uplift.UpliftConfig, Refit]:
+    kind, _, seed = name.partition("@")
+    fit, refit = base.fit, Refit()
+    if seed:
+        fit = dataclasses.replace(fit, seed=int(seed))
+    if kind.startswith("bag"):
+        refit = Refit(bags=int(kind[3:]))
+    if kind == "lr":
+        refit = Refit(slow=2)
+    if kind.startswith("ts") and kind[2:].isdigit():
+        fit = dataclasses.replace(fit, tune_sample=int(kind[2:]) * 1000)
+    if kind.startswith("cv") and kind[2:].isdigit():
+        refit = Refit(cv_rounds=int(kind[2:]))
+    if kind.startswith("t") and kind[1:].isdigit():
+        fit = dataclasses.replace(fit, trials=int(kind[1:]))
+    return dataclasses.replace(base, fit=fit, learner="funnel", seed=fit.seed), refit
+
+
+def average_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
+    """One LightGBM model whose raw score is the mean of the boosters' raw scores (their trees together, each leaf
+    value divided by their number): saved, loaded and compiled as any booster. All must share one feature layout."""
+    k = len(boosters)
+    texts = [b.model_to_string() for b in boosters]
+    head = texts[0][: texts[0].index("\nTree=")]
+    head = "\n".join(line for line in head.splitlines() if not line.startswith("tree_sizes="))  # sizes change
+    tail = texts[0][texts[0].index("end of trees"):]
+
+    def scaled(line: str) -> str:
+        key, _, values = line.partition("=")
+        if key not in ("leaf_value", "internal_value"):
+            return line
+        return f"{key}=" + " ".join(repr(float(v) / k) for v in values.split())
+
+    trees = []
+    for text in texts:
+        for block in text[text.index("\nTree="): text.index("end of trees")].split("\nTree=")[1:]:
+            trees.append("\n".join(scaled(line) for line in block.strip("\n").splitlines()[1:]))
+    body = "".join(f"Tree={i}\n{tree}\n\n\n" for i, tree in enumerate(trees))
+    return lgb.Booster(model_str=f"{head}\n\n{body}{tail}")
+
+
+def refit_booster(frame, columns, y, feature_service, config, weight=None, progress=None, customer_base_weeks=None,
+                  *, refit: Refit = Refit()):
+    """`training.tabular.fit_booster` (the same tuning), its refit as `refit` says."""
+    encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
+    x = encoder.codes(frame)
+    y = np.asarray(y, dtype="int64")
+    cats = [encoder.columns.index(c) for c in encoder.categorical]
+    rng = np.random.default_rng(config.seed)
+    idx = np.arange(len(y))
+    fit_idx, valid_idx = tuning_split(frame, y, config.valid_share, config.seed)
+    if len(fit_idx) > config.tune_sample:
+        fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
+    w = None if weight is None else np.asarray(weight, dtype="float64")
+
+    def dataset(rows: np.ndarray, reference=None, weights=None) -> lgb.Dataset:
+        weights = weights if weights is not None else (None if w is None else w[rows])
+        return lgb.Dataset(x[rows], y[rows], weight=weights, categorical_feature=cats,
+                           feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
+
+    fit = dataset(fit_idx)
+    params, rounds, _ = tune_booster(fit, dataset(valid_idx, reference=fit),
+                                     TuneConfig(trials=config.trials, max_rounds=config.max_rounds, seed=config.seed))
+    rounds = max(int(rounds * 1.1), 10)
+    groups = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else idx.astype(str)
+    if refit.cv_rounds > 1:
+        folds = list(GroupKFold(refit.cv_rounds).split(idx, y, groups))
+        cv = lgb.cv({**params, "seed": config.seed}, dataset(idx), num_boost_round=config.max_rounds, folds=folds,
+                    callbacks=[lgb.early_stopping(20, verbose=False)])
+        rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
+    if refit.slow > 1:
+        params, rounds = {**params, "learning_rate": params["learning_rate"] / refit.slow}, rounds * refit.slow
+    if refit.bags <= 1:
+        return BoosterScorer(lgb.train(params, dataset(idx), num_boost_round=rounds), encoder, feature_service,
+                             {**params, "num_boost_round": rounds})
+    codes = pd.factorize(groups)[0]
+    boosters = []
+    for b in range(refit.bags):
+        draw = np.random.default_rng([config.seed, b]).poisson(1.0, codes.max() + 1)[codes].astype("float64")
+        boosters.append(lgb.train({**params, "seed": config.seed + b}, dataset(idx, weights=draw if w is None else draw * w),
+                                  num_boost_round=rounds))
+    return BoosterScorer(average_boosters(boosters), encoder, feature_service, {**params, "num_boost_round": rounds})
+
+
+_ARMS = ("engage", "click", "convert", "control")  # the order `uplift.fit_funnel` fits them in
+
+
+def half_users(arm: str, seed: int, fit_booster):
+    """`fit_booster` fitting the funnel's arm `arm` on a seeded half of its users (all their rows), the others on all
+    theirs: which arm's rows the value depends on."""
+    calls = iter(_ARMS)
+
+    def fit(frame, columns, y, feature_service, config, weight=None, **kw):
+        if next(calls) == arm:
+            users = frame["user_id"].astype(str).to_numpy()
+            unique = np.unique(users)
+            keep = np.isin(users, np.random.default_rng(seed).permutation(unique)[: len(unique) // 2])
+            frame, y = frame[keep], np.asarray(y)[keep]
+            weight = None if weight is None else np.asarray(weight)[keep]
+        return fit_booster(frame, columns, y, feature_service, config, weight, **kw)
+
+    return fit
+
+
+def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
+    """The funnel of a recipe (its arms refitted as `refit` says); `avgK`: K funnels, each tuned and refitted with
+    its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
+    kind = name.partition("@")[0]
+    saved = uplift.fit_booster
+    # The product's fit_booster for the product's refit; the bench's copy of it where the refit differs.
+    booster = saved if refit == Refit() else functools.partial(refit_booster, refit=refit)
+    if kind.startswith("half-"):  # one arm on half its users
+        booster = half_users(kind.removeprefix("half-"), cfg.fit.seed, booster)
+    uplift.fit_booster = booster
+    try:
+        if not kind.startswith("avg"):
+            return uplift.fit_funnel(rows, cfg)
+        members = [uplift.fit_funnel(rows, dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, seed=cfg.fit.seed + j)))
+                   for j in range(int(kind[3:]))]
+    finally:
+        uplift.fit_booster = saved
+    first = members[0]
+    for arm in ("engage", "click", "convert", "control"):
+        if getattr(first, f"{arm}_") is not None:
+            getattr(first, f"{arm}_").booster_ = average_boosters([getattr(m, f"{arm}_").booster_ for m in members])
+    return first
+
+
+def tuned(scorer) -> str:
+    """Each arm's tuned rounds / learning rate / leaves / min rows per leaf."""
+    out = []
+    for arm in ("engage", "click", "convert", "control"):
+        if (b := getattr(scorer, f"{arm}_", None)) is not None:
+            p = b.params_
+            out.append(f"{arm} {p.get('num_boost_round')}r/{p.get('learning_rate', 0):.3g}/{p.get('num_leaves')}l/"
+                       f"{p.get('min_data_in_leaf')}m")
+    return ", ".join(out)
+
+
+def scoring_ms(settings, period, models, single: int = 300) -> tuple[float, float, float]:
+    """The decision path's model work with `models`: p50 ms of one user's send-time and conversion/uplift scores
+    (as serving scores one decision), the same in CPU ms, and the batch scoring's CPU seconds for the period's users
+    (`evaluate.policy_scores`)."""
+    from nextbest.serving.config import catalog_config
+
+    config = catalog_config(period.offers, period.channels, base=load_config(settings.home / "operator.yaml"))
+    users = evaluate.latest_features(settings, period.user_ids[:single])
+    ms, cpu_ms = [], []
+    for u in range(single):
+        one = engine.user_columns({k: v[u:u + 1] for k, v in users.items()})
+        t, c = time.perf_counter(), time.process_time()
+        p_open = engine.send_time_scores(models, one, config)
+        hours = p_open.argmax(axis=2)
+        engine.conversion_scores(models, one, config, hours, p_open=p_open)
+        ms.append((time.perf_counter() - t) * 1000)
+        cpu_ms.append((time.process_time() - c) * 1000)
+    c = time.process_time()
+    evaluate.policy_scores(settings, period, models)
+    return float(np.median(ms)), float(np.median(cpu_ms)), time.process_time() - c
+
+
+def arm_rows(train) -> dict[str, int]:
+    f = train.frame
+    treated = f[train.treatment].to_numpy() == 1
+    opened, clicked = f["opened"].to_numpy() == 1, f["clicked"].to_numpy() == 1
+    return {"contacted": int(treated.sum()), "engaged": int((treated & (opened | clicked)).sum()),
+            "clicked": int((treated & clicked).sum()), "control": int((~treated).sum()),
+            "conversions_after_click": int(train.y[treated & clicked].sum()), "control_conversions": int(train.y[~treated].sum())}
+
+
+def week_split(sends: pd.DataFrame) -> tuple[float, float]:
+    """Revenue on each user's first send of each week (days 0-6, 7-13) and on the later sends."""
+    s = sends.sort_values(["user_idx", "day"])
+    week = s["day"].to_numpy() // 7
+    first = ~s.assign(week=week).duplicated(["user_idx", "week"]).to_numpy()
+    revenue = s["expected_revenue"].to_numpy()
+    return float(revenue[first].sum()), float(revenue[~first].sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--seeds", default="11,5")
+    parser.add_argument("--recipes", default="full,full@8,half,quarter")
+    parser.add_argument("--sample-rows", type=int, default=TrainConfig.sample_rows,
+                        help="contact-log rows joined, past it a stratified sample (`TrainConfig.sample_rows`)")
+    parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
+    parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
+    args = parser.parse_args()
+    settings = Settings(home=args.home)
+    t0, c0 = time.perf_counter(), time.process_time()
+    raw = read_raw_tables(settings, ON_DISK)
+    store = training_store(settings)
+    job = TrainConfig(trials=args.trials, seed=settings.seed, sample_rows=args.sample_rows)
+    base = model_config("uplift", job)
+    data = uplift.build_frame(store, raw, base, shared_joins(store, ["uplift"], Sampling(job.sample_rows, job.seed)))
+    train, holdout = split(data, job.holdout, job.seed)
+    print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "
+          f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s", flush=True)
+    del data, raw, store  # the split's two sets are copies: the joined frame and the raw tables are no longer needed
+    world, tables = evaluate.load_period(settings)
+    models = evaluate.champion_set(settings)
+    caps = load_config(settings.home / "operator.yaml").caps
+    periods = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        period = world.sample(args.users, seed=seed)
+        config = ReplayConfig(rules=Rules.of(caps), seed=seed)
+        beliefs = history_beliefs(period.truth, tables, period.user_ids, period.start)
+        oracle = replay(period, OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs), config).metrics
+        scores = evaluate.policy_scores(settings, period, models)
+        prop = replay(period, scores.policy("propensity only", False), config).metrics
+        champ = replay(period, scores.policy("nba (uplift)", True), config)
+        periods[seed] = (period, config, oracle["incremental_revenue"], prop["incremental_revenue"], champ)
+        print(f"seed {seed}: history oracle {oracle['incremental_revenue']:,.1f}, propensity-only "
+              f"{prop['incremental_revenue']:,.1f}, the home's champion NBA {champ.metrics['incremental_revenue']:,.1f}",
+              flush=True)
+    rows, per_user = [], {}
+    for name in args.recipes.split(","):
+        rows_set = recipe_rows(name, train, holdout, job.seed)
+        cfg, refit = recipe_config(name, base)
+        started, cpu = time.perf_counter(), time.process_time()
+        scorer = fit_recipe(name, rows_set, cfg, refit)
+        fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
+        qini = uplift.evaluate(scorer, holdout)["qini_auc"]
+        print(f"{name}: {tuned(scorer)}", flush=True)
+        variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", name, scorer)}, models.columns).compile()
+        if args.serving:
+            first_period = next(iter(periods.values()))[0]
+            for label, ms in (("champion", models), (name, variant), ("champion", models), (name, variant)):
+                p50, cpu, batch = scoring_ms(settings, first_period, ms)
+                print(f"scoring with {label}: one user p50 {p50:.2f} ms ({cpu:.2f} CPU-ms), {first_period.n_users:,} "
+                      f"users in a batch {batch:.2f} CPU-s", flush=True)
+        for seed, (period, config, oracle, prop, _) in periods.items():
+            scores = evaluate.policy_scores(settings, period, variant)
+            result = replay(period, scores.policy("nba (uplift)", True), config)
+            m = result.metrics
+            first, later = week_split(result.sends)
+            per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
+            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
+                         "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
+                         "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
+                         "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
+                         "later sends": later, "contacts": m["contacts"], "opt-outs /1k": m["opt_outs_per_1k"],
+                         "violations": m["violations"]})
+            print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=",.3f"), flush=True)
+    out = pd.DataFrame(rows)
+    print(f"\n{platform.node()} {platform.processor() or platform.machine()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} "
+          f"UTC, {args.users} users, 14 days, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s, peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    print(out.to_markdown(index=False, floatfmt=",.3f"))
+    reference = args.recipes.split(",")[0]
+    print(f"\nrevenue paired per user against `{reference}` (95 % interval):")
+    diffs = []
+    for (name, seed), values in per_user.items():
+        d = paired_difference(values, per_user[reference, seed])
+        n = len(values)
+        diffs.append({"recipe": name, "seed": seed, "difference": d.value * n, "low": d.low * n, "high": d.high * n,
+                      "relative": d.value * n / per_user[reference, seed].sum()})
+    print(pd.DataFrame(diffs).to_markdown(index=False, floatfmt=",.4f"))
+
+
+if __name__ == "__main__":
+    main()
