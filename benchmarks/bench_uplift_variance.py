@@ -203,6 +203,8 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     saved = uplift.fit_booster
     # The product's fit_booster for the product's refit; the bench's copy of it where the refit differs.
     booster = saved if refit == Refit() else functools.partial(refit_booster, refit=refit)
+    if refit != Refit():  # the bench's refit copy predates the pooled after-click arm (`stage`): main's old recipe
+        cfg = dataclasses.replace(cfg, pooled_convert=False)
     if kind.startswith("half-"):  # one arm on half its users
         booster = half_users(kind.removeprefix("half-"), cfg.fit.seed, booster)
     uplift.fit_booster = booster
