@@ -156,7 +156,7 @@ def training_store(settings: Settings) -> FeatureStore:
     """The Feast store point-in-time training sets are read through (`get_historical_features`), its offline store
     ready: on Spark the session is started here (EngineUnavailable with the fix when PySpark or Java is missing),
     and the registered views must have been applied for the offline store in force (ValueError with the fix)."""
-    store = follow_home(settings, feature_store(settings))
+    store = feature_store(settings)
     offline = settings.offline_engine
     if offline == "spark":
         from nextbest.features.engines import require_spark, spark_session
@@ -170,7 +170,7 @@ def training_store(settings: Settings) -> FeatureStore:
         raise ValueError(f"the feature views {', '.join(wrong)} were registered for another Feast offline store than "
                          f"the one in force ({offline}, from NEXTBEST_OFFLINE_STORE / NEXTBEST_ENGINE): run `nextbest "
                          "features apply` with the same settings as training")
-    return store
+    return follow_home(settings, store)
 
 
 def foreign_sources(settings: Settings, store: FeatureStore) -> list[str]:
