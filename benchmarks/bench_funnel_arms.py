@@ -280,6 +280,9 @@ CLICK_RECIPES = {
     "additive": "main's inputs, the offer's columns interacting only with the category affinities (LightGBM "
                 "interaction constraints): the user's other columns set a level, the taste ranks the offers",
     "additive + monotone": "additive, the matched affinity monotone increasing",
+    "offer level": "main's inputs, the offer's identity and category each a level of its own (interacting with "
+                   "nothing): a user's offers differ otherwise only through the matched affinity, the offer's kind and value",
+    "offer level + monotone": "offer level, the matched affinity monotone increasing",
     "no offer id": "main's without offer_id (the offer as its category, kind and value)",
     "contacted rows": "every contacted row, opened an input (StagedBooster, predicted opened)",
 }
@@ -323,12 +326,21 @@ def fit_click(recipe: str, train, rows: dict, fit) -> object:
     extra: dict = {}
     if "monotone" in recipe:
         extra["monotone_constraints"] = [1 if c in ("offer_affinity", "offer_affinity_rel") else 0 for c in columns]
+    if "offer level" in recipe:
+        alone = [i for i, c in enumerate(columns) if c in ("offer_id", "offer_category")]
+        extra["interaction_constraints"] = [[i] for i in alone] + [[i for i in range(len(columns)) if i not in alone]]
     if "additive" in recipe:
         taste = [i for i, c in enumerate(columns) if c in offer or c.startswith("aff_") or c.startswith("offer_affinity")]
         rest = [i for i, c in enumerate(columns) if i not in taste]
         extra["interaction_constraints"] = [taste, rest]
     with fixed_params(extra):
         return fit_booster(frame[engaged], inputs, clicked, train.feature_service, fit)
+
+
+def product_offers(sends: Sends) -> np.ndarray:
+    """(S, O): a send's eligible offers of one category each (those with an affinity column aff_<category>)."""
+    cats = sends.period.offers["category"].astype(str).to_numpy()
+    return sends.ok & np.array([f"aff_{c}" in sends.users for c in cats])[None, :]
 
 
 def champion_rho(sends: Sends) -> float:
@@ -385,6 +397,8 @@ def refitted_click(settings: Settings, recorded: dict, fit_seeds: list[int], rec
                 key = new["click"][r] * (sends.arms["convert"][r] - sends.arms["control"][r][:, None]) * sends.weight[r]
                 row[f"sends {seed}"] = sends.value(sends.pick(key)).sum()
                 row[f"rho {seed}"] = np.nanmean(row_spearman(new["click"][r], sends.truth["click"], sends.ok))
+                row[f"rho products {seed}"] = np.nanmean(row_spearman(new["click"][r], sends.truth["click"],
+                                                                      product_offers(sends)))
             if recipe in end_to_end:
                 row.update(nba_with(settings, world, base, {**arms, "click": click}, list(recorded), users))
             out.append(row)
@@ -492,6 +506,17 @@ def main() -> None:
         "history oracle: after-click lift": row_spearman(belief["buy"] * (1 - belief["organic"]), t_after, ok),
         "history oracle: value": row_spearman(belief["click"] * belief["buy"] * value, worth, ok),
     }
+    # Among a send's category offers only (coupons match no category): the click arm, the history oracle's click and
+    # the user's matched affinity feature itself (aff_<the offer's category>, the posterior share the arm is given).
+    cats = period.offers["category"].astype(str).to_numpy()
+    product = product_offers(sends)
+    aff = np.stack([np.asarray(sends.users[f"aff_{c}"], dtype=float)[rows] if f"aff_{c}" in sends.users
+                    else np.full(len(rows), np.nan) for c in cats], axis=1)
+    quality.update({
+        "category offers only: click arm": row_spearman(click, truth["click"], product),
+        "category offers only: history oracle's click": row_spearman(belief["click"], truth["click"], product),
+        "category offers only: the affinity feature aff_<category> itself": row_spearman(aff, truth["click"], product),
+    })
     start = np.full(period.n_users, period.start.value)
     u = np.arange(period.n_users)
     p_open_truth = np.stack([response.p_open(period.truth, u, np.full(period.n_users, c), scores.hours[:, c].astype(float),
