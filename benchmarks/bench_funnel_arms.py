@@ -274,12 +274,12 @@ def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int],
 
 
 CLICK_RECIPES = {
-    "main": "the engaged rows, the user's whole feature service and the offer's columns (main's recipe before this "
-            "session; UpliftConfig.click_inputs='all')",
+    "main": "the engaged rows, the user's whole feature service and the offer's columns (main's recipe, "
+            "UpliftConfig.click_inputs='all')",
     "monotone": "main's, the matched affinity (offer_affinity, offer_affinity_rel) monotone increasing",
     "taste only": "the offer's columns and the user's category affinities only (no other user column)",
     "taste + click record": "taste only, and the user's click rate per channel (click_rate_*: a heavy clicker's "
-                            "level): uplift.click_columns, UpliftConfig.click_inputs='taste' (the default since)",
+                            "level): uplift.click_columns, UpliftConfig.click_inputs='taste'",
     "additive": "main's inputs, the offer's columns interacting only with the category affinities (LightGBM "
                 "interaction constraints): the user's other columns set a level, the taste ranks the offers",
     "additive + monotone": "additive, the matched affinity monotone increasing",
@@ -318,7 +318,7 @@ def fit_click(recipe: str, train, rows: dict, fit) -> object:
     inputs = user + offer
     if recipe == "taste only":
         inputs = [c for c in user if c.startswith("aff_")] + offer
-    elif recipe == "taste + click record":  # the product's recipe since this session (UpliftConfig.click_inputs)
+    elif recipe == "taste + click record":  # UpliftConfig.click_inputs="taste"
         inputs = uplift.click_columns(user, "taste") + offer
     elif recipe == "no offer id":
         inputs = [c for c in inputs if c != "offer_id"]

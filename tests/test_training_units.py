@@ -265,9 +265,10 @@ def test_matched_features_are_identical_in_one_batch_and_row_by_row():
 
 
 def test_funnel_click_arm_reads_the_users_taste_only():
-    """`UpliftConfig.click_inputs`: by default the click arm reads, of the user's features, only the category
-    affinities and click rates (still ranking a user's offers by the matched affinity); "all" reads every feature;
-    a feature service without category affinities keeps every feature; an unknown value is refused by name."""
+    """`UpliftConfig.click_inputs`: with "taste" the click arm reads, of the user's features, only the category
+    affinities and click rates (still ranking a user's offers by the matched affinity); "all" (the default) reads
+    every feature; a feature service without category affinities keeps every feature; an unknown value is refused by
+    name."""
     from nextbest.training.datasets import TrainingSet
     from nextbest.training.tabular import FitConfig
     from nextbest.training.uplift import UpliftConfig, click_columns, fit
@@ -290,7 +291,7 @@ def test_funnel_click_arm_reads_the_users_taste_only():
     train = TrainingSet(frame, "svc", features, ("offer_id", "offer_category", "offer_kind", "offer_value", "channel",
                                                  "local_hour"), treatment="treated")
     quick = FitConfig(trials=1, max_rounds=60)
-    model = fit(train, UpliftConfig(fit=quick, learner="funnel"))
+    model = fit(train, UpliftConfig(fit=quick, learner="funnel", click_inputs="taste"))
     read = set(model.click_.encoder_.columns)
     assert {"aff_books", "aff_toys", "click_rate_email", "offer_affinity"} <= read and "tenure_days" not in read
     assert "tenure_days" in model.engage_.encoder_.columns  # the other arms keep every feature
@@ -298,9 +299,9 @@ def test_funnel_click_arm_reads_the_users_taste_only():
                                   offer_category=["books", "toys"])
     p = model.click_.predict(probe)
     assert p[0] > p[1] + 0.2, p  # 0.64 against 0.16 in this world
-    every = fit(train, UpliftConfig(fit=quick, learner="funnel", click_inputs="all"))
+    every = fit(train, UpliftConfig(fit=quick, learner="funnel"))
     assert "tenure_days" in every.click_.encoder_.columns
-    assert click_columns(["taste", "noise", "click_rate_sms"]) == ["taste", "noise", "click_rate_sms"]
+    assert click_columns(["taste", "noise", "click_rate_sms"], "taste") == ["taste", "noise", "click_rate_sms"]
     with pytest.raises(ValueError, match="click_inputs must be 'taste' or 'all'"):
         click_columns(list(features), "some")
 

@@ -102,12 +102,12 @@ class UpliftConfig:
     # world): the opened rows left unclicked teach it each user's organic level. False: the clicked rows alone (the
     # recipe before issue 16's ninth session). See benchmarks/RESULTS.md.
     pooled_convert: bool = True
-    # The funnel's click arm P(click | opened, offer) reads, of the user's features, only their taste and their own
-    # record of clicking ("taste": `click_columns`), not every feature (10k clicks on the demo world against ~130 user
-    # columns: the trees fitted noise in the users' other columns); "all": every feature (the recipe before issue 16's
-    # ninth session). On the demo world the NBA earned +0.49 / +0.51 % with "taste", paired over six fit seeds
-    # (benchmarks/RESULTS.md, "The click arm's offer ranking").
-    click_inputs: str = "taste"
+    # The user's features the funnel's click arm P(click | opened, offer) reads (`click_columns`): "all" (default), or
+    # "taste": only the category affinities and click rates (10k clicks on the demo world against ~130 user columns).
+    # "taste" is not the default: on the demo world it gained +0.49 / +0.51 % against the demo's older after-click arm
+    # but +0.33 % / -0.08 % (interval across 0) beside the pooled one, paired over six fit seeds, and +0.08 / +0.26 %
+    # and +0.06 / -0.01 % in two whole retrains (benchmarks/RESULTS.md, "The click arm's offer ranking").
+    click_inputs: str = "all"
 
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
@@ -418,11 +418,11 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
 TASTE_PREFIXES: tuple[str, ...] = ("aff_", "click_rate_")  # the click arm's user columns with click_inputs="taste"
 
 
-def click_columns(features: list[str], inputs: str = "taste") -> list[str]:
-    """The user's features the funnel's click arm reads (`UpliftConfig.click_inputs`): "taste", the category
-    affinities (aff_*, from which the offer's matched affinity is derived) and the user's click rates (click_rate_*:
-    how readily they click at all), or every feature where the feature service has no category affinity; "all",
-    every feature. Which offer a user clicks is a matter of taste, and the rest of a profile taught the arm noise."""
+def click_columns(features: list[str], inputs: str = "all") -> list[str]:
+    """The user's features the funnel's click arm reads (`UpliftConfig.click_inputs`): "all", every feature; "taste",
+    the category affinities (aff_*, from which the offer's matched affinity is derived) and the user's click rates
+    (click_rate_*: how readily they click at all), or every feature where the feature service has no category
+    affinity (which offer a user clicks is a matter of taste; the rest of a profile may teach the arm noise)."""
     if inputs not in ("taste", "all"):
         raise ValueError(f"click_inputs must be 'taste' or 'all', not {inputs!r}")
     taste = [c for c in features if c.startswith(TASTE_PREFIXES)]
