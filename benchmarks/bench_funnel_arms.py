@@ -32,7 +32,10 @@ send's eligible offers, of each arm's estimate with the truth's stage probabilit
 With --train-rows, each arm's training rows and positives in a fit of the home's data as `nextbest train uplift`
 builds them (the contact log joined through Feast, the 20 % holdout left out). With --other DIR (a copy of the same
 home with the uplift retrained), the NBA replayed end to end (`--seeds`) with each arm in turn from the other fit:
-which arm carries a retrain's spread. The truth is read only here.
+which arm carries a retrain's spread. With --refit-click SEEDS, the champion's click arm refitted by each recipe of
+CLICK_RECIPES (--click-recipes) once per fit seed, every other arm the champion's: on each --seeds replay's recorded
+sends the offers re-ranked with it and valued by the truth, with its within-send Spearman; --end-to-end RECIPES also
+replays the NBA with them; each recipe paired with "main" by fit seed. The truth is read only here.
 """
 
 from __future__ import annotations
