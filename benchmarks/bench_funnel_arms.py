@@ -32,12 +32,16 @@ send's eligible offers, of each arm's estimate with the truth's stage probabilit
 With --train-rows, each arm's training rows and positives in a fit of the home's data as `nextbest train uplift`
 builds them (the contact log joined through Feast, the 20 % holdout left out). With --other DIR (a copy of the same
 home with the uplift retrained), the NBA replayed end to end (`--seeds`) with each arm in turn from the other fit:
-which arm carries a retrain's spread. The truth is read only here.
+which arm carries a retrain's spread. With --refit-click SEEDS, the champion's click arm refitted by each recipe of
+CLICK_RECIPES (--click-recipes) once per fit seed, every other arm the champion's: on each --seeds replay's recorded
+sends the offers re-ranked with it and valued by the truth, with its within-send Spearman; --end-to-end RECIPES also
+replays the NBA with them; each recipe paired with "main" by fit seed. The truth is read only here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import platform
 import time
@@ -66,6 +70,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seeds", default="11,5", help="the replays' seeds for --other and --refit-convert")
     parser.add_argument("--refit-convert", default="", help="fit seeds (e.g. 1,2,3): the NBA with the champion's "
                                                             "after-click arm refitted by each recipe with each seed")
+    parser.add_argument("--refit-click", default="", help="fit seeds (e.g. 1,2,3): the champion's click arm refitted by "
+                                                          "each recipe in --click-recipes with each seed, scored on the "
+                                                          "NBA's recorded sends of every --seeds replay")
+    parser.add_argument("--click-recipes", default=",".join(CLICK_RECIPES), help="the click arm's recipes for --refit-click")
+    parser.add_argument("--end-to-end", default="", help="with --refit-click: these recipes (comma-separated) also with "
+                                                         "the NBA replayed end to end on --seeds")
     parser.add_argument("--bags", type=int, default=0, help="with --refit-convert: also the pooled arm as the mean of "
                                                             "this many fits")
     return parser.parse_args()
@@ -266,6 +276,143 @@ def refitted_convert(settings: Settings, fit_seeds: list[int], seeds: list[int],
     return pd.DataFrame(out)
 
 
+CLICK_RECIPES = {
+    "main": "the engaged rows, the user's whole feature service and the offer's columns (main's recipe, "
+            "UpliftConfig.click_inputs='all')",
+    "monotone": "main's, the matched affinity (offer_affinity, offer_affinity_rel) monotone increasing",
+    "taste only": "the offer's columns and the user's category affinities only (no other user column)",
+    "taste + click record": "taste only, and the user's click rate per channel (click_rate_*: a heavy clicker's "
+                            "level): uplift.click_columns, UpliftConfig.click_inputs='taste'",
+    "additive": "main's inputs, the offer's columns interacting only with the category affinities (LightGBM "
+                "interaction constraints): the user's other columns set a level, the taste ranks the offers",
+    "additive + monotone": "additive, the matched affinity monotone increasing",
+    "offer level": "main's inputs, the offer's identity and category each a level of its own (interacting with "
+                   "nothing): a user's offers differ otherwise only through the matched affinity, the offer's kind and value",
+    "offer level + monotone": "offer level, the matched affinity monotone increasing",
+    "no offer id": "main's without offer_id (the offer as its category, kind and value)",
+    "contacted rows": "every contacted row, opened an input (StagedBooster, predicted opened)",
+}
+
+
+@contextlib.contextmanager
+def fixed_params(extra: dict):
+    """LightGBM parameters added to every trial and the refit of the fits inside (this bench's screening only)."""
+    from nextbest.training import tuning
+
+    saved = dict(tuning.BASE_PARAMS)
+    tuning.BASE_PARAMS.update(extra)
+    try:
+        yield
+    finally:
+        tuning.BASE_PARAMS.clear()
+        tuning.BASE_PARAMS.update(saved)
+
+
+def fit_click(recipe: str, train, rows: dict, fit) -> object:
+    """The click arm P(click | engaged, offer) fitted by `recipe` (CLICK_RECIPES) on the training set's rows."""
+    from nextbest.training import uplift
+    from nextbest.training.encoding import fit_encoder
+    from nextbest.training.tabular import fit_booster
+
+    frame = train.frame
+    engaged, clicked = rows["click"]
+    offer = list(uplift.OFFER_COLUMNS)
+    user = list(train.features)
+    inputs = user + offer
+    if recipe == "taste only":
+        inputs = [c for c in user if c.startswith("aff_")] + offer
+    elif recipe == "taste + click record":  # UpliftConfig.click_inputs="taste"
+        inputs = uplift.click_columns(user, "taste") + offer
+    elif recipe == "no offer id":
+        inputs = [c for c in inputs if c != "offer_id"]
+    if recipe == "contacted rows":
+        treated = rows["engage"][0]
+        click = (frame["clicked"].to_numpy() == 1) if "clicked" in frame else np.zeros(len(frame), bool)
+        return fit_booster(frame[treated], inputs, click[treated].astype("int64"), train.feature_service, fit,
+                           stage=engaged[treated].astype("int64"))
+    columns = list(fit_encoder(frame[engaged].head(2_000), inputs).columns)
+    extra: dict = {}
+    if "monotone" in recipe:
+        extra["monotone_constraints"] = [1 if c in ("offer_affinity", "offer_affinity_rel") else 0 for c in columns]
+    if "offer level" in recipe:
+        alone = [i for i, c in enumerate(columns) if c in ("offer_id", "offer_category")]
+        extra["interaction_constraints"] = [[i] for i in alone] + [[i for i in range(len(columns)) if i not in alone]]
+    if "additive" in recipe:
+        taste = [i for i, c in enumerate(columns) if c in offer or c.startswith("aff_") or c.startswith("offer_affinity")]
+        rest = [i for i, c in enumerate(columns) if i not in taste]
+        extra["interaction_constraints"] = [taste, rest]
+    with fixed_params(extra):
+        return fit_booster(frame[engaged], inputs, clicked, train.feature_service, fit)
+
+
+def product_offers(sends: Sends) -> np.ndarray:
+    """(S, O): a send's eligible offers of one category each (those with an affinity column aff_<category>)."""
+    cats = sends.period.offers["category"].astype(str).to_numpy()
+    return sends.ok & np.array([f"aff_{c}" in sends.users for c in cats])[None, :]
+
+
+def champion_rho(sends: Sends) -> float:
+    """The champion's click arm: mean within-send Spearman with the truth's click on the recorded sends."""
+    return float(np.nanmean(row_spearman(sends.arms["click"][sends.rows], sends.truth["click"], sends.ok)))
+
+
+def refitted_click(settings: Settings, recorded: dict, fit_seeds: list[int], recipes: list[str], end_to_end: list[str],
+                   users: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The champion's click arm refitted by each recipe once per fit seed on the home's training rows (as `nextbest
+    train uplift` builds them), every other arm the champion's: on each replay seed's recorded NBA sends (`recorded`:
+    seed -> Sends) the eligible offers re-ranked by the product's EV with that click arm at the NBA's channel and
+    hour and the chosen offer valued by the truth, with the arm's within-send Spearman against the truth's click; the
+    recipes in `end_to_end` also with the NBA replayed end to end. Returns (per fit, importance of the matched
+    affinity)."""
+    from nextbest.features.store import training_store
+    from nextbest.pipelines.evaluate import load_period
+    from nextbest.training import uplift
+    from nextbest.training.datasets import Sampling, split
+    from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
+    from nextbest.training.registry import Champion
+    from nextbest.training.scorers import FunnelUpliftScorer
+    from nextbest.training.tabular import FitConfig
+
+    config = TrainConfig(seed=settings.seed, sample_rows=settings.train_sample_rows, trials=5)
+    store = training_store(settings)
+    data = uplift.build_frame(store, read_raw_tables(settings, ON_DISK), model_config("uplift", config),
+                              shared_joins(store, ["uplift"], Sampling(config.sample_rows, config.seed)))
+    train, _ = split(data, config.holdout, config.seed)
+    rows = uplift.funnel_rows(train)
+    world, _ = load_period(settings)
+    base = champion_set(settings)
+    champion = base.models["uplift"].model
+    arms = {x: getattr(champion, f"{x}_") for x in champion._fitted}
+    out, importance = [], []
+    for fit_seed in fit_seeds:
+        fit = FitConfig(trials=config.trials, tune_sample=config.tune_sample, seed=fit_seed)
+        for recipe in recipes:
+            c0 = time.process_time()
+            click = fit_click(recipe, train, rows, fit)
+            fit_cpu = time.process_time() - c0
+            gains = pd.Series(click.importance())
+            importance.append({"recipe": recipe, "fit seed": fit_seed, **(gains / gains.sum()).reindex(
+                ["offer_affinity", "offer_affinity_rel", "offer_id", "offer_category", "offer_kind", "offer_value"]).to_dict(),
+                "aff_* (all)": float(gains[[c for c in gains.index if c.startswith("aff_")]].sum() / gains.sum())})
+            mixed = FunnelUpliftScorer(arms["engage"], arms["convert"], arms["control"],
+                                       base.models["uplift"].model.feature_service, click=click)
+            a = base.models["uplift"]
+            models = engine.ModelSet({**base.models, "uplift": Champion(a.name, a.version, mixed)}, base.columns).compile()
+            row = {"recipe": recipe, "fit seed": fit_seed, "fit CPU-s": fit_cpu}
+            for seed, sends in recorded.items():
+                new = funnel_arms(models, sends.users, sends.scores.config, sends.scores.hours)
+                r = sends.rows
+                key = new["click"][r] * (sends.arms["convert"][r] - sends.arms["control"][r][:, None]) * sends.weight[r]
+                row[f"sends {seed}"] = sends.value(sends.pick(key)).sum()
+                row[f"rho {seed}"] = np.nanmean(row_spearman(new["click"][r], sends.truth["click"], sends.ok))
+                row[f"rho products {seed}"] = np.nanmean(row_spearman(new["click"][r], sends.truth["click"],
+                                                                      product_offers(sends)))
+            if recipe in end_to_end:
+                row.update(nba_with(settings, world, base, {**arms, "click": click}, list(recorded), users))
+            out.append(row)
+    return pd.DataFrame(out), pd.DataFrame(importance)
+
+
 class MeanOf:
     """The mean of several fitted arms' predictions (this bench's stand-in for an averaged arm)."""
 
@@ -367,6 +514,28 @@ def main() -> None:
         "history oracle: after-click lift": row_spearman(belief["buy"] * (1 - belief["organic"]), t_after, ok),
         "history oracle: value": row_spearman(belief["click"] * belief["buy"] * value, worth, ok),
     }
+    # Among a send's category offers only (coupons match no category): the click arm, the history oracle's click and
+    # the user's matched affinity feature itself (aff_<the offer's category>, the posterior share the arm is given).
+    cats = period.offers["category"].astype(str).to_numpy()
+    product = product_offers(sends)
+    aff = np.stack([np.asarray(sends.users[f"aff_{c}"], dtype=float)[rows] if f"aff_{c}" in sends.users
+                    else np.full(len(rows), np.nan) for c in cats], axis=1)
+    quality.update({
+        "category offers only: click arm": row_spearman(click, truth["click"], product),
+        "category offers only: history oracle's click": row_spearman(belief["click"], truth["click"], product),
+        "category offers only: the affinity feature aff_<category> itself": row_spearman(aff, truth["click"], product),
+    })
+    # A send whose estimate is the same for every offer (a user without categorised events: the posterior is the
+    # prior) has no Spearman (NaN, left out of the mean): the history oracle's click is such on a quarter of the sends,
+    # the model's almost never, so the two means above are over different sends. The same sends for both:
+    informed = np.isfinite(quality["history oracle: click"])
+    informed_products = np.isfinite(quality["category offers only: history oracle's click"])
+    for name, mask in (("click (within a send's offers)", informed), ("history oracle: click", informed),
+                       ("category offers only: click arm", informed_products),
+                       ("category offers only: history oracle's click", informed_products)):
+        quality[f"{name}, sends where the beliefs differ between offers"] = np.where(mask, quality[name], np.nan)
+    quality["click arm, sends where the beliefs are the same for every offer"] = np.where(
+        informed, np.nan, quality["click (within a send's offers)"])
     start = np.full(period.n_users, period.start.value)
     u = np.arange(period.n_users)
     p_open_truth = np.stack([response.p_open(period.truth, u, np.full(period.n_users, c), scores.hours[:, c].astype(float),
@@ -385,7 +554,8 @@ def main() -> None:
     print("\ngain over the model's offer where the ranking moves it, by the kinds of the two offers")
     print(kinds.to_markdown(floatfmt=",.0f"))
     print("\nranking quality within a send's eligible offers: mean Spearman with the truth (all sends / later sends)")
-    print(pd.DataFrame([{"estimate": k, "all": np.nanmean(v), "later sends": np.nanmean(v[~first])} for k, v in quality.items()])
+    print(pd.DataFrame([{"estimate": k, "all": np.nanmean(v), "later sends": np.nanmean(v[~first]),
+                         "sends with a Spearman": np.isfinite(v).mean()} for k, v in quality.items()])
           .to_markdown(index=False, floatfmt=".3f"))
     print(f"engage arm across a user's channels at the model's hours (period start): mean Spearman {np.nanmean(engage_rho):.3f}; "
           f"control arm across users: Spearman {control_rho:.3f}")
@@ -401,6 +571,41 @@ def main() -> None:
         print(f"\nthe NBA with each funnel arm in turn from {args.other}'s champion (the product's EV and rules; "
               f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s)")
         print(swapped.to_markdown(index=False, floatfmt=",.4f"))
+    if args.refit_click:
+        t0, c0 = time.perf_counter(), time.process_time()
+        seeds = [int(x) for x in args.seeds.split(",")]
+        recorded = {args.seed: sends}
+        for seed in seeds:
+            if seed not in recorded:
+                recorded[seed] = record(settings, args.users, dataclasses.replace(config, seed=seed))
+        recorded = {seed: recorded[seed] for seed in seeds}
+        recipes = [r.strip() for r in args.click_recipes.split(",")]
+        e2e = [r.strip() for r in args.end_to_end.split(",") if r.strip()]
+        fits, importance = refitted_click(settings, recorded, [int(x) for x in args.refit_click.split(",")], recipes,
+                                          e2e, args.users)
+        print(f"\nthe champion's click arm refitted by each recipe ({time.perf_counter() - t0:.0f} s wall, "
+              f"{time.process_time() - c0:.0f} CPU-s); 'sends S': the truth's value of the offers the EV picks on replay "
+              f"seed S's recorded NBA sends with that click arm; 'rho S': its mean within-send Spearman with the "
+              f"truth's click (the champion's: {', '.join(f'{champion_rho(s):.3f}' for s in recorded.values())})")
+        for r in recipes:
+            print(f"- {r}: {CLICK_RECIPES[r]}")
+        print(fits.to_markdown(index=False, floatfmt=",.3f"))
+        print("\nshare of the arm's gain importance")
+        print(importance.groupby("recipe", sort=False).mean(numeric_only=True).drop(columns="fit seed")
+              .to_markdown(floatfmt=".3f"))
+        cols = [c for c in fits.columns if c.startswith("sends ") or c.startswith("rho ") or c.startswith("NBA seed")]
+        for r in recipes:
+            if r == "main":
+                continue
+            print(f"\n{r} - main, paired by fit seed: mean [95 % interval]")
+            for col in cols:
+                pair = fits.pivot(index="fit seed", columns="recipe", values=col)
+                if r not in pair or pair[r].isna().all() or pair["main"].isna().all():
+                    continue
+                diff = pair[r] - pair["main"]
+                half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan
+                print(f"  {col}: {diff.mean():+,.3f} [{diff.mean() - half:+,.3f}, {diff.mean() + half:+,.3f}]"
+                      + (f" ({diff.mean() / pair['main'].mean():+.2%})" if not col.startswith("rho") else ""))
     if args.refit_convert:
         t0, c0 = time.perf_counter(), time.process_time()
         seeds = [int(x) for x in args.seeds.split(",")]

@@ -264,6 +264,48 @@ def test_matched_features_are_identical_in_one_batch_and_row_by_row():
     np.testing.assert_array_equal(encoder.codes(stale), batch)
 
 
+def test_funnel_click_arm_reads_the_users_taste_only():
+    """`UpliftConfig.click_inputs`: with "taste" the click arm reads, of the user's features, only the category
+    affinities and click rates (still ranking a user's offers by the matched affinity); "all" (the default) reads
+    every feature; a feature service without category affinities keeps every feature; an unknown value is refused by
+    name."""
+    from nextbest.training.datasets import TrainingSet
+    from nextbest.training.tabular import FitConfig
+    from nextbest.training.uplift import UpliftConfig, click_columns, fit
+
+    rng = np.random.default_rng(5)
+    n = 8_000
+    books = rng.beta(2, 2, n)  # the share of interest in books; the rest in toys
+    offer = rng.integers(0, 2, n)  # 0 = books, 1 = toys
+    treated = rng.random(n) < 0.8
+    opened = treated & (rng.random(n) < 0.5)
+    clicked = opened & (rng.random(n) < 0.1 + 0.6 * np.where(offer == 0, books, 1 - books))
+    converted = np.where(clicked, rng.random(n) < 0.4, rng.random(n) < 0.03)
+    cats = np.array(["books", "toys"], dtype=object)
+    frame = pd.DataFrame({"aff_books": books, "aff_toys": 1 - books, "click_rate_email": rng.random(n),
+                          "tenure_days": rng.random(n) * 900, "offer_id": cats[offer], "offer_category": cats[offer],
+                          "offer_kind": "product", "offer_value": 30.0, "channel": "email", "local_hour": 10,
+                          "treated": treated.astype(int), "opened": opened.astype(int), "clicked": clicked.astype(int),
+                          "label": converted.astype(int)})
+    features = ("aff_books", "aff_toys", "click_rate_email", "tenure_days")
+    train = TrainingSet(frame, "svc", features, ("offer_id", "offer_category", "offer_kind", "offer_value", "channel",
+                                                 "local_hour"), treatment="treated")
+    quick = FitConfig(trials=1, max_rounds=60)
+    model = fit(train, UpliftConfig(fit=quick, learner="funnel", click_inputs="taste"))
+    read = set(model.click_.encoder_.columns)
+    assert {"aff_books", "aff_toys", "click_rate_email", "offer_affinity"} <= read and "tenure_days" not in read
+    assert "tenure_days" in model.engage_.encoder_.columns  # the other arms keep every feature
+    probe = frame.iloc[:2].assign(aff_books=[0.9, 0.9], aff_toys=[0.1, 0.1], offer_id=["books", "toys"],
+                                  offer_category=["books", "toys"])
+    p = model.click_.predict(probe)
+    assert p[0] > p[1] + 0.2, p  # 0.64 against 0.16 in this world
+    every = fit(train, UpliftConfig(fit=quick, learner="funnel"))
+    assert "tenure_days" in every.click_.encoder_.columns
+    assert click_columns(["taste", "noise", "click_rate_sms"], "taste") == ["taste", "noise", "click_rate_sms"]
+    with pytest.raises(ValueError, match="click_inputs must be 'taste' or 'all'"):
+        click_columns(list(features), "some")
+
+
 def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     """With tracked clicks the funnel has a click stage: which offer a user clicks is learned from clicks, and
     P(convert | opened) = P(click) x P(convert | clicked) + (1 - P(click)) x P(convert | control)."""
