@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import half_past, sampled, true_value
+from bench_history_gap import Recorded, half_past, offer_values, sampled
 
 from nextbest.features.settings import Settings
 from nextbest.pipelines.evaluate import champion_set, latest_features, operator_rules, policy_scores
@@ -189,22 +189,14 @@ def record(settings: Settings, users: int, config: ReplayConfig) -> Sends:
     weight = value[None, :] * (1.0 + scores.config.churn_boost * scores.p_churn[:, None] * retention[None, :])  # (U, O)
     log = []
 
-    class Recorder:
-        name = "nba, recorded"
+    def record(s, a, rows):
+        c, h, n_o = a.channel[rows], a.hour[rows], s.eligible.shape[1]
+        log.append({"first": np.full(len(rows), s.day % 7 == 0), "rows": rows, "offer": a.offer[rows],
+                    "ok": s.eligible[rows], "ev": nba.ev[rows, :, c] if len(rows) else np.zeros((0, n_o)),
+                    "worth": offer_values(period, s, rows, c, h), "truth": stages(period, s, rows, h),
+                    "belief": stages(believed, s, rows, h), "unknown_ps": stages(unknown, s, rows, h)})
 
-        def choose(self, s, rng):
-            a = nba.choose(s, rng)
-            rows = np.flatnonzero(a.offer >= 0)
-            c, h = a.channel[rows], a.hour[rows]
-            n_o = s.eligible.shape[1]
-            worth = np.stack([true_value(period, s, rows, np.full(len(rows), o), c, h) for o in range(n_o)], axis=1)
-            log.append({"first": np.full(len(rows), s.day % 7 == 0), "rows": rows, "offer": a.offer[rows],
-                        "ok": s.eligible[rows], "ev": nba.ev[rows, :, c] if len(rows) else np.zeros((0, n_o)),
-                        "worth": worth, "truth": stages(period, s, rows, h), "belief": stages(believed, s, rows, h),
-                        "unknown_ps": stages(unknown, s, rows, h)})
-            return a
-
-    replay(period, Recorder(), config)
+    replay(period, Recorded(nba, record), config)
     get = lambda key: np.concatenate([entry[key] for entry in log])  # noqa: E731
     both = {who: {k: np.concatenate([e[who][k] for e in log]) for k in log[0][who]} for who in ("truth", "belief", "unknown_ps")}
     return Sends(models, features, scores, period, believed, arms, weight, get("rows"), get("first"), get("ok"),

@@ -47,6 +47,26 @@ def true_value(period: Period, s: Situation, rows: np.ndarray, o: np.ndarray, c:
     return response.p_caused(period.truth, period.offers, rows, o, c, send, s.recent[rows]) * value[o]
 
 
+def offer_values(period: Period, s: Situation, rows: np.ndarray, c: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """`true_value` of every offer (sends x offers) for the sends to users `rows` on channels c at local hours h."""
+    return np.stack([true_value(period, s, rows, np.full(len(rows), o), c, h) for o in range(s.eligible.shape[1])],
+                    axis=1)
+
+
+@dataclass
+class Recorded:
+    """Chooses as `policy` does and hands each day's choice to `record(s, choice, rows)`, rows the users it sends to."""
+
+    policy: object
+    record: object
+    name: str = "nba, recorded"
+
+    def choose(self, s: Situation, rng: np.random.Generator):
+        a = self.policy.choose(s, rng)
+        self.record(s, a, np.flatnonzero(a.offer >= 0))
+        return a
+
+
 @dataclass
 class Shadow:
     """Acts as `lead`; records what `other` would choose on the same situation and what each is worth."""

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import arguments, sampled, true_value
+from bench_history_gap import Recorded, arguments, offer_values, sampled
 
 from nextbest.features.settings import Settings
 from nextbest.features.store import feature_store
@@ -78,29 +78,20 @@ def main() -> None:
     believed = dataclasses.replace(period, truth=history_beliefs(period.truth, tables, period.user_ids, period.start))
     log = []
 
-    class Recorder:
-        name = "nba, recorded"
+    def record(s, a, rows):
+        c, h, ok = a.channel[rows], a.hour[rows], s.eligible[rows]
+        truth, history = offer_values(period, s, rows, c, h), offer_values(believed, s, rows, c, h)
+        i = np.arange(len(rows))
+        out = {"first of the week": np.full(len(rows), s.day % 7 == 0)}
+        for name, score in rankings.items():
+            pick = np.where(ok, score[rows][i, :, c] if score.ndim == 3 else score[rows], -np.inf).argmax(1)
+            out[f"{name} | truth"] = truth[i, pick]
+            out[f"{name} | history oracle"] = history[i, pick]
+            out[f"{name} = nba"] = pick == a.offer[rows]
+        out["history oracle's offer | truth"] = truth[i, np.where(ok, history, -np.inf).argmax(1)]
+        log.append(pd.DataFrame(out))
 
-        def choose(self, s, rng):
-            a = nba.choose(s, rng)
-            rows = np.flatnonzero(a.offer >= 0)
-            c, h = a.channel[rows], a.hour[rows]
-            ok = s.eligible[rows]
-            every = range(ok.shape[1])
-            truth = np.stack([true_value(period, s, rows, np.full(len(rows), o), c, h) for o in every], 1)
-            history = np.stack([true_value(believed, s, rows, np.full(len(rows), o), c, h) for o in every], 1)
-            i = np.arange(len(rows))
-            out = {"first of the week": np.full(len(rows), s.day % 7 == 0)}
-            for name, score in rankings.items():
-                pick = np.where(ok, score[rows][i, :, c] if score.ndim == 3 else score[rows], -np.inf).argmax(1)
-                out[f"{name} | truth"] = truth[i, pick]
-                out[f"{name} | history oracle"] = history[i, pick]
-                out[f"{name} = nba"] = pick == a.offer[rows]
-            out["history oracle's offer | truth"] = truth[i, np.where(ok, history, -np.inf).argmax(1)]
-            log.append(pd.DataFrame(out))
-            return a
-
-    replay(period, Recorder(), rules)
+    replay(period, Recorded(nba, record), rules)
     sends = pd.concat(log, ignore_index=True)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     load = " ".join(open("/proc/loadavg").read().split()[:3])

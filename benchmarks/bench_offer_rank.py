@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from bench_history_gap import arguments, sampled, true_value
+from bench_history_gap import Recorded, arguments, offer_values, sampled
 from scipy.stats import spearmanr
 
 from nextbest.features.contract import STAGES
@@ -56,23 +56,14 @@ def main() -> None:
     cost = period.channels["cost"].to_numpy(float)
     log = []
 
-    class Recorder:
-        name = "nba, recorded"
+    def record(s, a, rows):
+        c, h = a.channel[rows], a.hour[rows]
+        truth, history = offer_values(period, s, rows, c, h), offer_values(believed, s, rows, c, h)
+        known = {k: offer_values(b, s, rows, c, h) for k, b in knowable.items()}
+        model = nba.ev[rows][np.arange(len(rows)), :, c] + cost[c][:, None]  # the NBA's value before the channel's cost
+        log.append((s.day % 7 == 0, a.offer[rows], truth, history, model, s.eligible[rows], known, c, rows))
 
-        def choose(self, s, rng):
-            a = nba.choose(s, rng)
-            rows = np.flatnonzero(a.offer >= 0)
-            c, h = a.channel[rows], a.hour[rows]
-            every = range(s.eligible.shape[1])
-            truth = np.stack([true_value(period, s, rows, np.full(len(rows), o), c, h) for o in every], 1)
-            history = np.stack([true_value(believed, s, rows, np.full(len(rows), o), c, h) for o in every], 1)
-            known = {k: np.stack([true_value(b, s, rows, np.full(len(rows), o), c, h) for o in every], 1)
-                     for k, b in knowable.items()}
-            model = nba.ev[rows][np.arange(len(rows)), :, c] + cost[c][:, None]  # the NBA's value before the channel's cost
-            log.append((s.day % 7 == 0, a.offer[rows], truth, history, model, s.eligible[rows], known, c, rows))
-            return a
-
-    replay(period, Recorder(), config)
+    replay(period, Recorded(nba, record), config)
     kind, names = period.offers["kind"].to_numpy(), period.offers["offer_id"].tolist()
     channel_names = period.channels.index.to_numpy() if period.channels.index.name == "channel" else \
         period.channels["channel"].to_numpy()
