@@ -57,13 +57,11 @@ from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import ReplayConfig, Rules, replay
 from nextbest.training import uplift
 from nextbest.training.datasets import Sampling, split
-from nextbest.training.encoding import fit_encoder
 from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
 from nextbest.training.ope import paired_difference
 from nextbest.training.registry import Champion
-from nextbest.training.scorers import BoosterScorer
-from nextbest.training.tabular import tuning_split
-from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
+from nextbest.training.scorers import BoosterScorer, StagedBooster
+from nextbest.training.tabular import tune_rows
 
 
 def recipe_rows(name: str, train, holdout, seed: int):
@@ -132,30 +130,11 @@ def average_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
 
 
 def refit_booster(frame, columns, y, feature_service, config, weight=None, progress=None, customer_base_weeks=None,
-                  *, refit: Refit = Refit()):
-    """`training.tabular.fit_booster` (the same tuning), its refit as `refit` says."""
-    encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
-    x = encoder.codes(frame)
-    y = np.asarray(y, dtype="int64")
-    cats = [encoder.columns.index(c) for c in encoder.categorical]
-    rng = np.random.default_rng(config.seed)
-    idx = np.arange(len(y))
-    fit_idx, valid_idx = tuning_split(frame, y, config.valid_share, config.seed)
-    if len(fit_idx) > config.tune_sample:
-        fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
-    w = None if weight is None else np.asarray(weight, dtype="float64")
-
-    def dataset(rows: np.ndarray, reference=None, weights=None) -> lgb.Dataset:
-        weights = weights if weights is not None else (None if w is None else w[rows])
-        return lgb.Dataset(x[rows], y[rows], weight=weights, categorical_feature=cats,
-                           feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
-                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
-                                                        "max_bin": BASE_PARAMS["max_bin"]})
-
-    fit = dataset(fit_idx)
-    params, rounds, _ = tune_booster(fit, dataset(valid_idx, reference=fit),
-                                     TuneConfig(trials=config.trials, max_rounds=config.max_rounds, seed=config.seed))
-    rounds = max(int(rounds * 1.1), 10)
+                  stage=None, *, refit: Refit = Refit()):
+    """`training.tabular.fit_booster` (its tuning, `tune_rows`), its refit as `refit` says."""
+    tuned = tune_rows(frame, columns, y, config, weight, None, customer_base_weeks, stage)
+    params, rounds, idx, w = tuned.params, tuned.rounds, np.arange(len(tuned.y)), tuned.weight
+    y, dataset = tuned.y, tuned.dataset
     groups = frame["user_id"].astype(str).to_numpy() if "user_id" in frame else idx.astype(str)
     if refit.cv_rounds > 1:
         folds = list(GroupKFold(refit.cv_rounds).split(idx, y, groups))
@@ -164,16 +143,17 @@ def refit_booster(frame, columns, y, feature_service, config, weight=None, progr
         rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
     if refit.slow > 1:
         params, rounds = {**params, "learning_rate": params["learning_rate"] / refit.slow}, rounds * refit.slow
+    kind = BoosterScorer if stage is None else StagedBooster
     if refit.bags <= 1:
-        return BoosterScorer(lgb.train(params, dataset(idx), num_boost_round=rounds), encoder, feature_service,
-                             {**params, "num_boost_round": rounds})
+        return kind(lgb.train(params, dataset(idx), num_boost_round=rounds), tuned.encoder, feature_service,
+                    {**params, "num_boost_round": rounds})
     codes = pd.factorize(groups)[0]
     boosters = []
     for b in range(refit.bags):
         draw = np.random.default_rng([config.seed, b]).poisson(1.0, codes.max() + 1)[codes].astype("float64")
-        boosters.append(lgb.train({**params, "seed": config.seed + b}, dataset(idx, weights=draw if w is None else draw * w),
+        boosters.append(lgb.train({**params, "seed": config.seed + b}, dataset(idx, weight=draw if w is None else draw * w),
                                   num_boost_round=rounds))
-    return BoosterScorer(average_boosters(boosters), encoder, feature_service, {**params, "num_boost_round": rounds})
+    return kind(average_boosters(boosters), tuned.encoder, feature_service, {**params, "num_boost_round": rounds})
 
 
 _ARMS = ("engage", "click", "convert", "control")  # the order `uplift.fit_funnel` fits them in
@@ -201,10 +181,8 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
     kind = name.partition("@")[0]
     saved = uplift.fit_booster
-    # The product's fit_booster for the product's refit; the bench's copy of it where the refit differs.
+    # The product's fit_booster for the product's refit; the product's tuning with another refit where it differs.
     booster = saved if refit == Refit() else functools.partial(refit_booster, refit=refit)
-    if refit != Refit():  # the bench's refit copy predates the pooled after-click arm (`stage`): main's old recipe
-        cfg = dataclasses.replace(cfg, pooled_convert=False)
     if kind.startswith("half-"):  # one arm on half its users
         booster = half_users(kind.removeprefix("half-"), cfg.fit.seed, booster)
     uplift.fit_booster = booster

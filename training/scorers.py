@@ -42,6 +42,7 @@ __all__ = [
     "hour_share",
     "rhythm_inputs",
     "cluster_prior",
+    "cluster_posterior",
     "rhythm_columns",
     "RHYTHM_INPUTS",
     "ContractError",
@@ -515,14 +516,20 @@ def cluster_prior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray, 
     (K, 24) weighted by the posterior of each given the user's events: log P(k | user) = log weight_k + events x
     sum_h share_h log profile_k(h), a multinomial likelihood of the user's (smoothed) activity per hour. A user
     without events gets the mixture at its weights (the population's profile)."""
+    return cluster_posterior(shares, events, clusters, weights) @ clusters
+
+
+def cluster_posterior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray,
+                      weights: np.ndarray | None) -> np.ndarray:
+    """(U, K): P(profile k | the user's activity), `cluster_prior`'s weights and the E-step of the mixture's fit
+    (`send_time.rhythm_clusters`); `weights` None: equal."""
     k = len(clusters)
     weights = np.full(k, 1 / k) if weights is None else np.asarray(weights, dtype="float64")
     log_q = np.log(np.maximum(np.asarray(clusters, dtype="float64"), 1e-6))
     loglik = np.nan_to_num(events, nan=0.0)[:, None] * (shares @ log_q.T) + np.log(np.maximum(weights, 1e-12))[None, :]
     loglik -= loglik.max(axis=1, keepdims=True)
     post = np.exp(loglik)
-    post /= post.sum(axis=1, keepdims=True)
-    return post @ clusters
+    return post / post.sum(axis=1, keepdims=True)
 
 
 class SendTimeScorer:

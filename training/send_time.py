@@ -19,7 +19,14 @@ from nextbest.training.datasets import (
 from nextbest.training.encoding import fit_encoder
 from nextbest.training.metrics import classification_metrics
 from nextbest.training.nets import train_net
-from nextbest.training.scorers import RHYTHM_INPUTS, SendTimeNet, SendTimeScorer, hour_share, rhythm_columns
+from nextbest.training.scorers import (
+    RHYTHM_INPUTS,
+    SendTimeNet,
+    SendTimeScorer,
+    cluster_posterior,
+    hour_share,
+    rhythm_columns,
+)
 
 __all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share",
            "rhythm_prior", "rhythm_clusters", "hour_choice_metrics", "RAW_RHYTHM"]
@@ -90,10 +97,7 @@ def rhythm_clusters(frame, k: int, min_events: float = 30.0, seed: int = 7, rows
         centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
     q, weights = np.array(centres), np.full(k, 1 / k)
     for _ in range(iterations):
-        loglik = n[:, None] * (x @ np.log(np.maximum(q, 1e-6)).T) + np.log(np.maximum(weights, 1e-12))[None, :]
-        loglik -= loglik.max(axis=1, keepdims=True)
-        r = np.exp(loglik)
-        r /= r.sum(axis=1, keepdims=True)
+        r = cluster_posterior(x, n, q, weights)
         mass = r.sum(axis=0)
         keep = mass > 1e-9  # a cluster nobody belongs to is dropped
         q, r, mass = q[keep], r[:, keep], mass[keep]

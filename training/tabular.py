@@ -13,7 +13,7 @@ from nextbest.training.encoding import fit_encoder
 from nextbest.training.scorers import BoosterScorer, StagedBooster
 from nextbest.training.tuning import BASE_PARAMS, TuneConfig, tune_booster
 
-__all__ = ["FitConfig", "BoosterScorer", "fit_booster", "tuning_split"]
+__all__ = ["FitConfig", "BoosterScorer", "Tuned", "fit_booster", "tune_rows", "tuning_split"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,33 @@ def tuning_split(frame: pd.DataFrame, y: np.ndarray, valid_share: float, seed: i
     return tuple(train_test_split(idx, test_size=valid_share, random_state=seed, stratify=strat))
 
 
-def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
-                weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None,
-                stage: np.ndarray | None = None) -> BoosterScorer:
-    """Tune on a sample (one fixed fit/valid split of the training rows, `tuning_split`), then refit on all rows.
-    `customer_base_weeks`: the encoder adds BG/NBD's inputs (`fit_encoder`). `stage` (0/1 per row): rows of two
-    stages of a funnel fitted together, the stage an input after the encoder's columns; the scorer predicts stage 1
-    (`StagedBooster`)."""
+@dataclass
+class Tuned:
+    """`tune_rows`' result: the fitted encoder, the coded rows (the stage appended as a last input when given), the
+    labels and weights, and the tuned LightGBM parameters and refit rounds."""
+
+    encoder: object
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray | None
+    categorical: list[int]
+    params: dict
+    rounds: int
+
+    def dataset(self, rows: np.ndarray, reference=None, weight: np.ndarray | None = None) -> lgb.Dataset:
+        """A LightGBM dataset of `rows`, weighted by `weight` (default: the rows' own weights)."""
+        weight = weight if weight is not None else (None if self.weight is None else self.weight[rows])
+        return lgb.Dataset(self.x[rows], self.y[rows], weight=weight, categorical_feature=self.categorical,
+                           feature_name=[f"f{i}" for i in range(self.x.shape[1])], reference=reference,
+                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
+                                                        "max_bin": BASE_PARAMS["max_bin"]})
+
+
+def tune_rows(frame: pd.DataFrame, columns: list[str], y: np.ndarray, config: FitConfig,
+              weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None,
+              stage: np.ndarray | None = None) -> Tuned:
+    """`fit_booster`'s tuning: the encoder on `columns`, the trials on a sample of one fixed fit/valid split of the
+    rows (`tuning_split`), and the refit's rounds (the tuned rounds plus 10 %: more rows support a few more)."""
     encoder = fit_encoder(frame, columns, customer_base_weeks=customer_base_weeks)
     x = encoder.codes(frame)
     if stage is not None:
@@ -57,24 +77,25 @@ def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_
     y = np.asarray(y, dtype="int64")
     cats = [encoder.columns.index(c) for c in encoder.categorical]
     rng = np.random.default_rng(config.seed)
-    idx = np.arange(len(y))
     fit_idx, valid_idx = tuning_split(frame, y, config.valid_share, config.seed)
     if len(fit_idx) > config.tune_sample:
         fit_idx = rng.choice(fit_idx, size=config.tune_sample, replace=False)
-    w = None if weight is None else np.asarray(weight, dtype="float64")
+    rows = Tuned(encoder, x, y, None if weight is None else np.asarray(weight, dtype="float64"), cats, {}, 0)
+    fit = rows.dataset(fit_idx)
+    params, rounds, _ = tune_booster(fit, rows.dataset(valid_idx, reference=fit),
+                                     TuneConfig(trials=config.trials, max_rounds=config.max_rounds, seed=config.seed),
+                                     progress=progress)
+    rows.params, rows.rounds = params, max(int(rounds * 1.1), 10)
+    return rows
 
-    def dataset(rows: np.ndarray, reference=None) -> lgb.Dataset:
-        return lgb.Dataset(x[rows], y[rows], weight=None if w is None else w[rows], categorical_feature=cats,
-                           feature_name=[f"f{i}" for i in range(x.shape[1])], reference=reference,
-                           free_raw_data=False, params={"verbosity": -1, "feature_pre_filter": False,
-                                                        "max_bin": BASE_PARAMS["max_bin"]})
 
-    fit = dataset(fit_idx)
-    valid = dataset(valid_idx, reference=fit)
-    params, rounds, _ = tune_booster(fit, valid, TuneConfig(trials=config.trials, max_rounds=config.max_rounds,
-                                                            seed=config.seed), progress=progress)
-    # More rows in the refit support a few more rounds than the tuned sample did.
-    rounds = max(int(rounds * 1.1), 10)
-    booster = lgb.train(params, dataset(idx), num_boost_round=rounds)
+def fit_booster(frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str, config: FitConfig,
+                weight: np.ndarray | None = None, progress=None, customer_base_weeks: float | None = None,
+                stage: np.ndarray | None = None) -> BoosterScorer:
+    """Tune on a sample (`tune_rows`), then refit on all rows. `customer_base_weeks`: the encoder adds BG/NBD's
+    inputs (`fit_encoder`). `stage` (0/1 per row): rows of two stages of a funnel fitted together, the stage an input
+    after the encoder's columns; the scorer predicts stage 1 (`StagedBooster`)."""
+    tuned = tune_rows(frame, columns, y, config, weight, progress, customer_base_weeks, stage)
+    booster = lgb.train(tuned.params, tuned.dataset(np.arange(len(tuned.y))), num_boost_round=tuned.rounds)
     kind = BoosterScorer if stage is None else StagedBooster
-    return kind(booster, encoder, feature_service, {**params, "num_boost_round": rounds})
+    return kind(booster, tuned.encoder, feature_service, {**tuned.params, "num_boost_round": tuned.rounds})
