@@ -94,10 +94,10 @@ class Recorder:
             "oracle_offer_nba_channel_oracle_hour": v(both, bo, ac, oracle_hour_at_ac),
             "same_offer": ao == bo, "same_channel": ac == bc, "same_hour": ah == oracle_hour_at_ac})
         self.log.append(("both", frame))
-        self.log.append(("oracle only", pd.DataFrame({"day": s.day, "value": v(only_b, b.offer[only_b], b.channel[only_b],
-                                                                                 b.hour[only_b])})))
-        self.log.append(("nba only", pd.DataFrame({"day": s.day, "value": v(only_a, a.offer[only_a], a.channel[only_a],
-                                                                              a.hour[only_a])})))
+        self.log.append(("oracle only", pd.DataFrame({"day": s.day, "user": only_b, "value": v(
+            only_b, b.offer[only_b], b.channel[only_b], b.hour[only_b])})))
+        self.log.append(("nba only", pd.DataFrame({"day": s.day, "user": only_a, "value": v(
+            only_a, a.offer[only_a], a.channel[only_a], a.hour[only_a])})))
         return a
 
 

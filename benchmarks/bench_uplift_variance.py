@@ -23,12 +23,29 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `tN[@SEED]`: N Optuna trials per arm (`t1`: the base parameters, no search; the rounds by early stopping);
 - `tsN[@SEED]`: the trials tuned on up to N thousand rows per arm (`FitConfig.tune_sample`; the default 20);
 - `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`Refit.cv_rounds`);
-- `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`).
+- `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`);
+- `home`: the home's uplift champion as it is (no fit);
+- `ctl-KIND[@SEED]`: `full[@SEED]`'s funnel (fitted once per seed and shared; `@home`: the home's champion) with only
+  its control arm P(convert | not contacted) replaced (issue 16, tenth session; `CONTROL_RECIPES`): `own` (the booster on the user's own
+  profile, purchase history and tags only, no contact-response or time-profile columns), `pool` (the control rows
+  pooled with the contacted rows left unclicked, which convert only organically where clicks are tracked, "control"
+  a stage input, predicted as control: `fit_booster(stage=...)`), `poolown` (both), `bgnbd` (the booster with the
+  BG/NBD purchase-process inputs for the label window, `fit_encoder(customer_base_weeks=...)`, as the purchase and
+  churn models), `reg` (the tuned booster regularised harder: at most 7 leaves, >= 200 rows per leaf, L2 10), `lr`
+  (the plain baseline: a logistic regression on the user's purchase / RFM / activity numbers), and, to diagnose
+  only, `truth` (the truth's P(organic purchase within the window) of each replayed user at the period's start:
+  exact ranking and level) and `truthlevel` (the truth's ranking scaled to the fitted arm's mean over the replayed
+  users: the ranking without the level).
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
 opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
-revenue paired per user against the first recipe's, with a 95 % interval.
+revenue paired per user against the first recipe's, with a 95 % interval. With `--whom` each NBA replay is a
+shadow replay (bench_gap_parts.py's `Recorder`: the history oracle decides on the NBA's situations without acting)
+that also counts the user-days the history oracle contacts and the NBA leaves alone, their truth value, and the
+fitted control arm's error on those users (log of its P(convert) over the truth's organic one, against all replayed
+users'). Every `X@SEED` recipe is then paired with `full@SEED` (same training seed) and the mean of those paired
+differences is given with a t interval over the training seeds and a per-user interval.
 """
 
 from __future__ import annotations
@@ -40,11 +57,15 @@ import os
 import platform
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from bench_gap_parts import Recorder
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from nextbest.features.settings import Settings
@@ -52,16 +73,18 @@ from nextbest.features.store import training_store
 from nextbest.pipelines import evaluate
 from nextbest.serving import engine
 from nextbest.serving.config import load_config
+from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import ReplayConfig, Rules, replay
 from nextbest.training import uplift
+from nextbest.training.compiled import Rows
 from nextbest.training.datasets import Sampling, split
 from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
 from nextbest.training.ope import paired_difference
 from nextbest.training.registry import Champion
-from nextbest.training.scorers import BoosterScorer, StagedBooster
-from nextbest.training.tabular import tune_rows
+from nextbest.training.scorers import BoosterScorer, FunnelUpliftScorer, StagedBooster
+from nextbest.training.tabular import fit_booster, tune_rows
 
 
 def recipe_rows(name: str, train, holdout, seed: int):
@@ -86,12 +109,13 @@ class Refit:
     bags: int = 1  # the mean of this many boosters, each on a Poisson bootstrap of the users with its own seed
     slow: int = 1  # the tuned learning rate / slow, slow x the rounds
     cv_rounds: int = 0  # > 1: the rounds by early stopping over this many user-grouped folds of all rows
+    limits: tuple[tuple[str, float, str], ...] = ()  # (parameter, bound, "max" or "min"): the tuned value capped
 
 
 def recipe_config(name: str, base: uplift.UpliftConfig) -> tuple[uplift.UpliftConfig, Refit]:
     kind, _, seed = name.partition("@")
     fit, refit = base.fit, Refit()
-    if seed:
+    if seed.isdigit():
         fit = dataclasses.replace(fit, seed=int(seed))
     if kind.startswith("bag"):
         refit = Refit(bags=int(kind[3:]))
@@ -143,6 +167,9 @@ def refit_booster(frame, columns, y, feature_service, config, weight=None, progr
         rounds = max(int(len(next(iter(cv.values()))) * 1.1), 10)
     if refit.slow > 1:
         params, rounds = {**params, "learning_rate": params["learning_rate"] / refit.slow}, rounds * refit.slow
+    for key, bound, side in refit.limits:  # e.g. ("num_leaves", 7, "max"): at most 7 leaves, whatever was tuned
+        value = params.get(key, bound)
+        params = {**params, key: type(value)(min(value, bound) if side == "max" else max(value, bound))}
     kind = BoosterScorer if stage is None else StagedBooster
     if refit.bags <= 1:
         return kind(lgb.train(params, dataset(idx), num_boost_round=rounds), tuned.encoder, feature_service,
@@ -200,11 +227,121 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     return first
 
 
+CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel")
+CONTACT_VIEWS = ("channel", "time_profile")  # how a user answers contacts, when they read: not organic buying
+# The plain baseline's inputs: the user's purchase record, RFM and activity (names as the behaviour and tags views
+# spell them; a company's data has them under the same contract).
+LR_MARKS = ("purchase", "revenue", "recency", "frequency", "monetary", "repeat_rate", "ipt_", "customer_age",
+            "r_score", "f_score", "m_score", "events_", "app_opens_", "views_", "add_to_carts_", "tenure",
+            "days_since_last_event", "abandoned_cart")
+
+
+def organic_columns(features: list[str], contact_columns: set[str]) -> list[str]:
+    """The user's features that can move organic buying: all but the contact-response and time-profile views'."""
+    return [c for c in features if c not in contact_columns]
+
+
+class UserValues:
+    """A control arm that is a number per user id (the truth's organic P(convert), for the diagnosis): predicts on
+    frames (their `user_id`) and, compiled, on serving's `Rows` (the request's users' ids)."""
+
+    params_: dict = {}
+
+    def __init__(self, values: pd.Series, fill: float):
+        self.values, self.fill = values, fill
+
+    def _of(self, ids) -> np.ndarray:
+        return self.values.reindex(pd.Index(np.asarray(ids, dtype=object).astype(str))).fillna(self.fill).to_numpy(float)
+
+    def predict(self, x) -> np.ndarray:
+        if isinstance(x, Rows):
+            return self._of(x.users.users["user_id"][x.rows])
+        return self._of(x["user_id"])
+
+    def compile(self, feature_columns, request):
+        return self
+
+
+class PlainLogit:
+    """The plain baseline control arm: a logistic regression on the user's purchase / RFM / activity numbers
+    (signed log1p, missing as the training median plus a missing flag, standardised)."""
+
+    params_: dict = {}
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+
+    def _x(self, get) -> np.ndarray:
+        x = np.column_stack([pd.to_numeric(pd.Series(get(c)), errors="coerce").to_numpy(float) for c in self.columns])
+        missing = np.isnan(x)
+        x = np.where(missing, self.median_, x)
+        x = np.sign(x) * np.log1p(np.abs(x))
+        return np.column_stack([(x - self.mean_) / self.sd_, missing.astype(float)])
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray) -> PlainLogit:
+        raw = np.column_stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(float) for c in self.columns])
+        self.median_ = np.nan_to_num(np.nanmedian(raw, axis=0))
+        t = np.where(np.isnan(raw), self.median_, raw)
+        t = np.sign(t) * np.log1p(np.abs(t))
+        self.mean_, self.sd_ = t.mean(axis=0), np.where(t.std(axis=0) > 1e-9, t.std(axis=0), 1.0)
+        self.model_ = LogisticRegression(C=1.0, max_iter=2000).fit(self._x(lambda c: frame[c]), y)
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        if isinstance(x, Rows):
+            return self.model_.predict_proba(self._x(lambda c: x.users.users[c][x.rows]))[:, 1]
+        return self.model_.predict_proba(self._x(lambda c: x[c]))[:, 1]
+
+    def compile(self, feature_columns, request):
+        return self
+
+
+def control_arm(kind: str, train, cfg: uplift.UpliftConfig, contact_columns: set[str], truth: pd.Series | None = None):
+    """The control arm of recipe `ctl-KIND` (`CONTROL_RECIPES`) fitted on `train` with `cfg`'s seed and budget."""
+    frame, rows = train.frame, uplift.funnel_rows(train)
+    mask, y = rows["control"]
+    features = list(train.features)
+    own = organic_columns(features, contact_columns)
+    if kind in ("own", "bgnbd", "reg"):
+        columns = own if kind == "own" else features
+        if kind == "reg":
+            return refit_booster(frame[mask], columns, y, train.feature_service, cfg.fit,
+                                 refit=Refit(limits=(("num_leaves", 7, "max"), ("min_data_in_leaf", 200, "min"),
+                                                     ("lambda_l2", 10.0, "min"))))
+        weeks = cfg.window_days / 7 if kind == "bgnbd" else None
+        return fit_booster(frame[mask], columns, y, train.feature_service, cfg.fit, customer_base_weeks=weeks)
+    if kind in ("pool", "poolown"):
+        treated = frame[train.treatment].to_numpy() == 1
+        clicked = frame["clicked"].to_numpy() == 1 if "clicked" in frame else np.zeros(len(frame), bool)
+        pooled = ~treated | (treated & ~clicked)  # the contacted rows left unclicked convert only organically
+        return fit_booster(frame[pooled], own if kind == "poolown" else features, train.y[pooled],
+                           train.feature_service, cfg.fit, stage=(~treated)[pooled].astype("int64"))
+    if kind == "lr":
+        return PlainLogit([c for c in own if any(m in c for m in LR_MARKS)
+                           and pd.api.types.is_numeric_dtype(frame[c])]).fit(frame[mask], y)
+    if kind in ("truth", "truthlevel"):
+        return UserValues(truth, float(truth.mean()))
+    raise SystemExit(f"unknown control recipe ctl-{kind}; choose from {', '.join(CONTROL_RECIPES)}")
+
+
+def with_control(funnel: FunnelUpliftScorer, control) -> FunnelUpliftScorer:
+    return FunnelUpliftScorer(funnel.engage_, funnel.convert_, control, funnel.feature_service, click=funnel.click_)
+
+
+def control_of_users(models: engine.ModelSet, scores, users: engine.Users) -> np.ndarray:
+    """The uplift champion's control arm P(convert | not contacted) per user, as serving scores it."""
+    columns = engine.user_columns(users)
+    n = columns.n
+    x = Rows(columns, np.arange(n), np.zeros(n, dtype=np.int64), scores.hours[:, 0].astype(float),
+             engine.request_grid(scores.config))
+    return np.asarray(models.compiled["uplift"].fitted["control"].predict(x), dtype=float)
+
+
 def tuned(scorer) -> str:
     """Each arm's tuned rounds / learning rate / leaves / min rows per leaf."""
     out = []
     for arm in ("engage", "click", "convert", "control"):
-        if (b := getattr(scorer, f"{arm}_", None)) is not None:
+        if (b := getattr(scorer, f"{arm}_", None)) is not None and b.params_:
             p = b.params_
             out.append(f"{arm} {p.get('num_boost_round')}r/{p.get('learning_rate', 0):.3g}/{p.get('num_leaves')}l/"
                        f"{p.get('min_data_in_leaf')}m")
@@ -261,6 +398,8 @@ def main() -> None:
                         help="contact-log rows joined, past it a stratified sample (`TrainConfig.sample_rows`)")
     parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
+    parser.add_argument("--whom", action="store_true", help="shadow replays: the user-days the history oracle contacts "
+                                                            "and the NBA leaves alone, and the control arm's error there")
     args = parser.parse_args()
     settings = Settings(home=args.home)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -272,11 +411,13 @@ def main() -> None:
     train, holdout = split(data, job.holdout, job.seed)
     print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "
           f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} CPU-s", flush=True)
+    contact_columns = {f.name for v in CONTACT_VIEWS if v in {x.name for x in store.list_feature_views()}
+                       for f in store.get_feature_view(v).features}
     del data, raw, store  # the split's two sets are copies: the joined frame and the raw tables are no longer needed
     world, tables = evaluate.load_period(settings)
     models = evaluate.champion_set(settings)
     caps = load_config(settings.home / "operator.yaml").caps
-    periods = {}
+    periods, extra = {}, {}
     for seed in (int(s) for s in args.seeds.split(",")):
         period = world.sample(args.users, seed=seed)
         config = ReplayConfig(rules=Rules.of(caps), seed=seed)
@@ -285,20 +426,51 @@ def main() -> None:
         scores = evaluate.policy_scores(settings, period, models)
         prop = replay(period, scores.policy("propensity only", False), config).metrics
         champ = replay(period, scores.policy("nba (uplift)", True), config)
+        n = period.n_users
+        organic = pd.Series(response.p_organic(period.truth, np.arange(n), np.full(n, period.start.value)),
+                            index=pd.Index(period.user_ids.astype(str)))
         periods[seed] = (period, config, oracle["incremental_revenue"], prop["incremental_revenue"], champ)
+        extra[seed] = {"oracle": OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs),
+                       "beliefs": beliefs, "organic": organic, "users": evaluate.latest_features(settings, period.user_ids)}
         print(f"seed {seed}: history oracle {oracle['incremental_revenue']:,.1f}, propensity-only "
               f"{prop['incremental_revenue']:,.1f}, the home's champion NBA {champ.metrics['incremental_revenue']:,.1f}",
               flush=True)
-    rows, per_user = [], {}
+    rows, per_user, fitted = [], {}, {}
+    truth_all = pd.concat([e["organic"] for e in extra.values()])
+    truth_all = truth_all[~truth_all.index.duplicated()]
     for name in args.recipes.split(","):
         rows_set = recipe_rows(name, train, holdout, job.seed)
         cfg, refit = recipe_config(name, base)
+        kind = name.partition("@")[0]
         started, cpu = time.perf_counter(), time.process_time()
-        scorer = fit_recipe(name, rows_set, cfg, refit)
+        if name == "home":  # the home's uplift champion as it is
+            scorer = fitted[name] = models.models["uplift"].model
+        elif kind.startswith("ctl-"):  # full@SEED's funnel (fitted once; @home: the champion) with its control arm replaced
+            full = "home" if name.endswith("@home") else f"full@{cfg.fit.seed}"
+            if full == "home":
+                fitted[full] = models.models["uplift"].model
+            elif full not in fitted:
+                fitted[full] = fit_recipe(full, train, cfg, Refit())
+            started, cpu = time.perf_counter(), time.process_time()
+            scorer = with_control(fitted[full], control_arm(kind[4:], rows_set, cfg, contact_columns, truth_all))
+        else:
+            scorer = fit_recipe(name, rows_set, cfg, refit)
+        fitted[name] = scorer
         fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
-        qini = uplift.evaluate(scorer, holdout)["qini_auc"]
-        print(f"{name}: {tuned(scorer)}", flush=True)
+        qini = np.nan if kind.startswith("ctl-truth") else uplift.evaluate(scorer, holdout)["qini_auc"]
+        print(f"{name}: {tuned(scorer)}; holdout qini {qini:.5f}", flush=True)
         variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", name, scorer)}, models.columns).compile()
+        variants = {seed: variant for seed in periods}
+        if kind == "ctl-truthlevel":  # the truth's ranking at the fitted arm's level over each replay's users
+            plain = engine.ModelSet({**models.models, "uplift": Champion("uplift", full, fitted[full])},
+                                    models.columns).compile()
+            for seed, (period, *_) in periods.items():
+                e = extra[seed]
+                level = control_of_users(plain, evaluate.policy_scores(settings, period, plain, users=e["users"]),
+                                         e["users"]).mean() / e["organic"].mean()
+                arm = UserValues(truth_all * level, float(truth_all.mean() * level))
+                variants[seed] = engine.ModelSet({**models.models, "uplift": Champion(
+                    "uplift", name, with_control(fitted[full], arm))}, models.columns).compile()
         if args.serving:
             first_period = next(iter(periods.values()))[0]
             for label, ms in (("champion", models), (name, variant), ("champion", models), (name, variant)):
@@ -306,8 +478,11 @@ def main() -> None:
                 print(f"scoring with {label}: one user p50 {p50:.2f} ms ({cpu:.2f} CPU-ms), {first_period.n_users:,} "
                       f"users in a batch {batch:.2f} CPU-s", flush=True)
         for seed, (period, config, oracle, prop, _) in periods.items():
-            scores = evaluate.policy_scores(settings, period, variant)
-            result = replay(period, scores.policy("nba (uplift)", True), config)
+            e = extra[seed]
+            scores = evaluate.policy_scores(settings, period, variants[seed], users=e["users"])
+            nba = scores.policy("nba (uplift)", True)
+            shadow = Recorder(period, nba, e["oracle"], e["beliefs"]) if args.whom else None
+            result = replay(period, shadow or nba, config)
             m = result.metrics
             first, later = week_split(result.sends)
             per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
@@ -317,6 +492,9 @@ def main() -> None:
                          "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
                          "later sends": later, "contacts": m["contacts"], "opt-outs /1k": m["opt_outs_per_1k"],
                          "violations": m["violations"]})
+            if shadow is not None:
+                rows[-1].update(whom(shadow, nba, control_of_users(variants[seed], scores, e["users"]),
+                                     e["organic"].to_numpy()))
             print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=",.3f"), flush=True)
     out = pd.DataFrame(rows)
     print(f"\n{platform.node()} {platform.processor() or platform.machine()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} "
@@ -333,6 +511,73 @@ def main() -> None:
         diffs.append({"recipe": name, "seed": seed, "difference": d.value * n, "low": d.low * n, "high": d.high * n,
                       "relative": d.value * n / per_user[reference, seed].sum()})
     print(pd.DataFrame(diffs).to_markdown(index=False, floatfmt=",.4f"))
+    paired = paired_by_training_seed(out, per_user)
+    if len(paired):
+        print("\neach recipe X@S against full@S (the same training seed), the mean over its training seeds: t interval "
+              "over the seeds' differences and a per-user interval of the mean per-user difference (95 %)")
+        print(paired.to_markdown(index=False, floatfmt=",.4f"))
+
+
+def whom(shadow: Recorder, nba, control: np.ndarray, organic: np.ndarray) -> dict[str, float]:
+    """The "whom" part of a shadow replay: the user-days only the history oracle contacts (count, the truth's value,
+    distinct users) and only the NBA contacts; the (user, offer) pairs with no channel of positive EV at the period's
+    start; the control arm's mean P(convert) over the truth's organic one on the history oracle's extra users and on
+    all users (above 1 on the former only: the arm's over-estimate left them uncontacted)."""
+    only = {k: pd.concat([f for key, f in shadow.log if key == k], ignore_index=True) for k in ("oracle only", "nba only")}
+    users = only["oracle only"]["user"].to_numpy()
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an ineligible (user, offer) has no channel: all NaN
+        best = np.nanmax(np.where(np.isfinite(nba.ev), nba.ev, np.nan), axis=2)  # (U, O) over channels
+    pairs = np.isfinite(best)
+    extra_users = np.zeros(len(control), bool)
+    extra_users[users] = True
+    # Percentile ranks across the replayed users: the arm ranks these users' organic buying higher than the truth
+    # does when its rank is above the truth's (an over-estimate relative to the others, which is what moves them).
+    rank_c, rank_t = pd.Series(control).rank(pct=True).to_numpy(), pd.Series(organic).rank(pct=True).to_numpy()
+    on = extra_users if extra_users.any() else None
+    return {"oracle-only user-days": len(users), "oracle-only value": float(only["oracle only"]["value"].sum()),
+            "oracle-only users": int(extra_users.sum()), "nba-only user-days": len(only["nba only"]),
+            "nba-only value": float(only["nba only"]["value"].sum()),
+            "pairs no +EV": float((best[pairs] <= 0).mean()),
+            "control - truth pp, oracle-only users": 100 * float((control - organic)[on].mean()) if on is not None else np.nan,
+            "control - truth pp, all": 100 * float((control - organic).mean()),
+            "control rank, oracle-only users": float(rank_c[on].mean()) if on is not None else np.nan,
+            "truth rank, oracle-only users": float(rank_t[on].mean()) if on is not None else np.nan,
+            "control mean": float(control.mean())}
+
+
+def reference_of(fit_seed: str) -> str:
+    """The recipe X@S is paired with: full@S, the home's champion for @home, `full` without a seed."""
+    return "home" if fit_seed == "home" else f"full@{fit_seed}" if fit_seed else "full"
+
+
+def paired_by_training_seed(out: pd.DataFrame, per_user: dict) -> pd.DataFrame:
+    """Each recipe family X (its recipes X@S) against full@S, paired by training seed S and replay seed."""
+    out = out.assign(family=out["recipe"].str.partition("@")[0], fit_seed=out["recipe"].str.partition("@")[2])
+    table = []
+    for (family, seed), group in out.groupby(["family", "seed"], sort=False):
+        if family in ("full", "home"):
+            continue
+        diffs, users = [], []
+        for _, r in group.iterrows():
+            ref = reference_of(r["fit_seed"])
+            if (ref, seed) not in per_user:
+                continue
+            diffs.append(per_user[r["recipe"], seed].sum() - per_user[ref, seed].sum())
+            users.append(per_user[r["recipe"], seed] - per_user[ref, seed])
+        if not diffs:
+            continue
+        d, k = np.array(diffs), len(diffs)
+        half = stats.t.ppf(0.975, k - 1) * d.std(ddof=1) / np.sqrt(k) if k > 1 else np.nan
+        u = np.mean(users, axis=0)
+        u_half = 1.96 * u.std(ddof=1) * np.sqrt(len(u))
+        reference = np.mean([per_user[reference_of(f), seed].sum() for f in group["fit_seed"]
+                             if (reference_of(f), seed) in per_user])
+        table.append({"recipe": family, "seed": seed, "training seeds": k, "mean difference": d.mean(),
+                      "relative": d.mean() / reference, "t low": d.mean() - half, "t high": d.mean() + half,
+                      "per-user low": d.mean() - u_half, "per-user high": d.mean() + u_half,
+                      "each seed": " / ".join(f"{x:+,.0f}" for x in d)})
+    return pd.DataFrame(table)
 
 
 if __name__ == "__main__":
