@@ -90,7 +90,7 @@ from nextbest.training.tabular import fit_booster, tune_rows
 def recipe_rows(name: str, train, holdout, seed: int):
     """The training set of a recipe's name (its part before '@'; a sample of users drawn with the recipe's seed)."""
     kind, _, own = name.partition("@")
-    seed = int(own) if own else seed
+    seed = int(own) if own.isdigit() else seed
     if kind == "half":
         return uplift._user_sample(train, len(train.frame) // 2, seed)
     if kind == "quarter":
@@ -553,7 +553,9 @@ def reference_of(fit_seed: str) -> str:
 
 def paired_by_training_seed(out: pd.DataFrame, per_user: dict) -> pd.DataFrame:
     """Each recipe family X (its recipes X@S) against full@S, paired by training seed S and replay seed."""
-    out = out.assign(family=out["recipe"].str.partition("@")[0], fit_seed=out["recipe"].str.partition("@")[2])
+    fit_seed = out["recipe"].str.partition("@")[2]
+    family = out["recipe"].str.partition("@")[0].where(fit_seed != "home", out["recipe"])  # X@home: its own family
+    out = out.assign(family=family, fit_seed=fit_seed)
     table = []
     for (family, seed), group in out.groupby(["family", "seed"], sort=False):
         if family in ("full", "home"):
