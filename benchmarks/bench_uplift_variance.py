@@ -34,8 +34,8 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   churn models), `reg` (the tuned booster regularised harder: at most 7 leaves, >= 200 rows per leaf, L2 10), `lr`
   (the plain baseline: a logistic regression on the user's purchase / RFM / activity numbers), and, to diagnose
   only, `truth` (the truth's P(organic purchase within the window) of each replayed user at the period's start:
-  exact ranking and level) and `truthlevel` (the truth's ranking scaled to the fitted arm's mean over the replayed
-  users: the ranking without the level).
+  exact ranking and level), `truthlevel` (the truth's ranking scaled to the fitted arm's mean over the replayed
+  users: the ranking without the level) and `scaleP` (the fitted arm itself times P / 100: its level moved).
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
@@ -227,7 +227,7 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     return first
 
 
-CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel")
+CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel", "scaleP")
 CONTACT_VIEWS = ("channel", "time_profile")  # how a user answers contacts, when they read: not organic buying
 # The plain baseline's inputs: the user's purchase record, RFM and activity (names as the behaviour and tags views
 # spell them; a company's data has them under the same contract).
@@ -296,8 +296,25 @@ class PlainLogit:
         return self
 
 
-def control_arm(kind: str, train, cfg: uplift.UpliftConfig, contact_columns: set[str], truth: pd.Series | None = None):
-    """The control arm of recipe `ctl-KIND` (`CONTROL_RECIPES`) fitted on `train` with `cfg`'s seed and budget."""
+class Scaled:
+    """A fitted arm's P(convert) times a constant (the control arm's level moved, its ranking kept)."""
+
+    def __init__(self, arm, factor: float):
+        self.arm, self.factor, self.params_ = arm, factor, dict(arm.params_)
+
+    def predict(self, x) -> np.ndarray:
+        return np.asarray(self.arm.predict(x), dtype=float) * self.factor
+
+    def compile(self, feature_columns, request):
+        return Scaled(self.arm.compile(feature_columns, request), self.factor)
+
+
+def control_arm(kind: str, train, cfg: uplift.UpliftConfig, contact_columns: set[str], truth: pd.Series | None = None,
+                fitted=None):
+    """The control arm of recipe `ctl-KIND` (`CONTROL_RECIPES`) fitted on `train` with `cfg`'s seed and budget
+    (`scaleP`: the `fitted` funnel's own control arm times P / 100)."""
+    if kind.startswith("scale") and kind[5:].isdigit():
+        return Scaled(fitted.control_, int(kind[5:]) / 100)
     frame, rows = train.frame, uplift.funnel_rows(train)
     mask, y = rows["control"]
     features = list(train.features)
@@ -452,7 +469,8 @@ def main() -> None:
             elif full not in fitted:
                 fitted[full] = fit_recipe(full, train, cfg, Refit())
             started, cpu = time.perf_counter(), time.process_time()
-            scorer = with_control(fitted[full], control_arm(kind[4:], rows_set, cfg, contact_columns, truth_all))
+            scorer = with_control(fitted[full], control_arm(kind[4:], rows_set, cfg, contact_columns, truth_all,
+                                                            fitted[full]))
         else:
             scorer = fit_recipe(name, rows_set, cfg, refit)
         fitted[name] = scorer
