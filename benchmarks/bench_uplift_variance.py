@@ -300,7 +300,7 @@ class Scaled:
     """A fitted arm's P(convert) times a constant (the control arm's level moved, its ranking kept)."""
 
     def __init__(self, arm, factor: float):
-        self.arm, self.factor, self.params_ = arm, factor, dict(arm.params_)
+        self.arm, self.factor, self.params_ = arm, factor, dict(getattr(arm, "params_", {}))
 
     def predict(self, x) -> np.ndarray:
         return np.asarray(self.arm.predict(x), dtype=float) * self.factor
