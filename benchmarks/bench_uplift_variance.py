@@ -35,7 +35,9 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   (the plain baseline: a logistic regression on the user's purchase / RFM / activity numbers), and, to diagnose
   only, `truth` (the truth's P(organic purchase within the window) of each replayed user at the period's start:
   exact ranking and level), `truthlevel` (the truth's ranking scaled to the fitted arm's mean over the replayed
-  users: the ranking without the level) and `scaleP` (the fitted arm itself times P / 100: its level moved).
+  users: the ranking without the level) and `scaleP` (the fitted arm itself times P / 100: its level moved); and
+  `unclicked` (the pooled after-click arm read at clicked = 0: the lift as that arm's own contrast) and `mix` (the
+  mean of that and the fitted control arm): one organic estimate that both sides of the lift share.
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
@@ -227,7 +229,7 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     return first
 
 
-CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel", "scaleP")
+CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel", "scaleP", "unclicked", "mix")
 CONTACT_VIEWS = ("channel", "time_profile")  # how a user answers contacts, when they read: not organic buying
 # The plain baseline's inputs: the user's purchase record, RFM and activity (names as the behaviour and tags views
 # spell them; a company's data has them under the same contract).
@@ -309,12 +311,44 @@ class Scaled:
         return Scaled(self.arm.compile(feature_columns, request), self.factor)
 
 
+class Unclicked:
+    """The pooled after-click arm (a `StagedBooster`, the stage = clicked) read at clicked = 0: its estimate of the
+    user's organic level (an opened message left unclicked changes nothing); with `control` and `share` < 1, that
+    mixed with the control arm's, share x unclicked + (1 - share) x control: one organic level both sides share."""
+
+    def __init__(self, convert, control=None, share: float = 1.0, compiled: bool = False):
+        self.convert, self.control, self.share, self.compiled = convert, control, share, compiled
+        self.params_ = {}
+
+    def _unclicked(self, x) -> np.ndarray:
+        if self.compiled:
+            codes = self.convert.plan.codes(x)
+            return self.convert.booster.predict(np.column_stack([codes, np.zeros(len(codes))]), num_threads=1)
+        codes = self.convert.encoder_.codes(x)
+        return self.convert.booster_.predict(np.column_stack([codes, np.zeros(len(codes))]))
+
+    def predict(self, x) -> np.ndarray:
+        p = self._unclicked(x)
+        if self.control is None or self.share >= 1:
+            return p
+        return self.share * p + (1 - self.share) * np.asarray(self.control.predict(x), dtype=float)
+
+    def compile(self, feature_columns, request):
+        return Unclicked(self.convert.compile(feature_columns, request),
+                         None if self.control is None else self.control.compile(feature_columns, request), self.share,
+                         compiled=True)
+
+
 def control_arm(kind: str, train, cfg: uplift.UpliftConfig, contact_columns: set[str], truth: pd.Series | None = None,
                 fitted=None):
     """The control arm of recipe `ctl-KIND` (`CONTROL_RECIPES`) fitted on `train` with `cfg`'s seed and budget
     (`scaleP`: the `fitted` funnel's own control arm times P / 100)."""
     if kind.startswith("scale") and kind[5:].isdigit():
         return Scaled(fitted.control_, int(kind[5:]) / 100)
+    if kind in ("unclicked", "mix"):
+        if not isinstance(fitted.convert_, StagedBooster):
+            raise SystemExit(f"ctl-{kind} needs the pooled after-click arm (UpliftConfig.pooled_convert)")
+        return Unclicked(fitted.convert_, fitted.control_, 1.0 if kind == "unclicked" else 0.5)
     frame, rows = train.frame, uplift.funnel_rows(train)
     mask, y = rows["control"]
     features = list(train.features)
