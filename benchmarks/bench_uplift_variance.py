@@ -36,8 +36,9 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   only, `truth` (the truth's P(organic purchase within the window) of each replayed user at the period's start:
   exact ranking and level), `truthlevel` (the truth's ranking scaled to the fitted arm's mean over the replayed
   users: the ranking without the level) and `scaleP` (the fitted arm itself times P / 100: its level moved); and
-  `unclicked` (the pooled after-click arm read at clicked = 0: the lift as that arm's own contrast) and `mix` (the
-  mean of that and the fitted control arm): one organic estimate that both sides of the lift share.
+  `unclicked` (the pooled after-click arm read at clicked = 0, where serving reads the control arm: once per user,
+  `engine.funnel_factors`) and `mix` (the mean of that and the fitted control arm): one organic estimate that both
+  sides of the lift share.
 
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
