@@ -30,7 +30,8 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   one group, every user column in the other: the user's level learnt apart from the offer's fit to the user; the
   after-click arm's click input in both), `few` the arm on the taste and response columns and the offer's only,
   `lin` LightGBM `linear_tree` (piecewise-linear leaves), `ps` `path_smooth` 50, `xt` `extra_trees`, `mcs`
-  `min_data_in_leaf` fixed at 300, and `logit` a regularised logistic regression (`validation.LOGISTIC_C`) on the
+  `min_data_in_leaf` fixed at 300, `share` the arm without the offer's identity and category (an offer is its
+  kind, value and matched affinity: the offers share their evidence), and `logit` a regularised logistic regression (`validation.LOGISTIC_C`) on the
   standardised taste, response and offer columns (the after-click arm on the clicked rows alone: a linear model
   has no stage interaction): the plain baseline arm. E.g. `ic-v@7`.
 
@@ -59,6 +60,8 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from bench_funnel_arms import funnel_arms, product_offers, row_spearman
+from bench_funnel_arms import record as record_sends
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
@@ -197,7 +200,7 @@ def half_users(arm: str, seed: int, fit_booster):
 
 RESPONSE_PREFIXES = ("aff_", "click_rate_", "convert_rate_", "open_rate_")  # the user's taste and response columns
 SHAPES: dict[str, dict] = {  # the offer arms' shape recipes: extra LightGBM parameters fixed through the tuning
-    "ic": {}, "few": {}, "logit": {},  # (built per call: they depend on the arm's columns)
+    "ic": {}, "few": {}, "logit": {}, "share": {},  # (built per call: they depend on the arm's columns)
     "lin": {"linear_tree": True, "linear_lambda": 1.0},
     "ps": {"path_smooth": 50.0},
     "xt": {"extra_trees": True},
@@ -286,6 +289,8 @@ def shaped(kind: str, fit_booster, cache: dict | None):
             return fit_logit(frame, columns, y, feature_service, stage)
         if shape == "few":
             columns = offer_side(columns)
+        if shape == "share":  # the offer as its kind, value and matched affinity: offers share their evidence
+            columns = [c for c in columns if c not in ("offer_id", "offer_category")]
         fixed = dict(SHAPES[shape])
         if shape == "ic":
             fixed["interaction_constraints"] = interaction_groups(list(columns), stage is not None)
@@ -388,6 +393,10 @@ def main() -> None:
                         help="contact-log rows joined, past it a stratified sample (`TrainConfig.sample_rows`)")
     parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
+    parser.add_argument("--ranking", action="store_true", help="also each recipe's offer ranking on the home's "
+                        "champion's recorded NBA sends (bench_funnel_arms.py): the offer arms' within-send Spearman with "
+                        "the truth and the value of the offers it picks there (fixed sends)")
+    parser.add_argument("--per-user", type=Path, help="write every recipe's per-user revenue here (.npz) to pair runs")
     parser.add_argument("--no-reuse", action="store_true", help="refit the arms a shape recipe leaves as the product's "
                         "for every recipe (by default fitted once per training seed and reused: the same models)")
     args = parser.parse_args()
@@ -405,7 +414,7 @@ def main() -> None:
     world, tables = evaluate.load_period(settings)
     models = evaluate.champion_set(settings)
     caps = load_config(settings.home / "operator.yaml").caps
-    periods = {}
+    periods, recorded = {}, {}
     for seed in (int(s) for s in args.seeds.split(",")):
         period = world.sample(args.users, seed=seed)
         config = ReplayConfig(rules=Rules.of(caps), seed=seed)
@@ -415,6 +424,8 @@ def main() -> None:
         prop = replay(period, scores.policy("propensity only", False), config).metrics
         champ = replay(period, scores.policy("nba (uplift)", True), config)
         periods[seed] = (period, config, oracle["incremental_revenue"], prop["incremental_revenue"], champ)
+        if args.ranking:
+            recorded[seed] = record_sends(settings, args.users, config)
         print(f"seed {seed}: history oracle {oracle['incremental_revenue']:,.1f}, propensity-only "
               f"{prop['incremental_revenue']:,.1f}, the home's champion NBA {champ.metrics['incremental_revenue']:,.1f}",
               flush=True)
@@ -440,7 +451,8 @@ def main() -> None:
             m = result.metrics
             first, later = week_split(result.sends)
             per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
-            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
+            ranked = offer_ranking(recorded[seed], variant) if seed in recorded else {}
+            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set), **ranked,
                          "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
                          "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
                          "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
@@ -462,8 +474,26 @@ def main() -> None:
         diffs.append({"recipe": name, "seed": seed, "difference": d.value * n, "low": d.low * n, "high": d.high * n,
                       "relative": d.value * n / per_user[reference, seed].sum()})
     print(pd.DataFrame(diffs).to_markdown(index=False, floatfmt=",.4f"))
+    if args.per_user:
+        np.savez(args.per_user, **{f"{name}|{seed}": v for (name, seed), v in per_user.items()})
     print(seed_paired(per_user, reference, [int(x) for x in args.seeds.split(",")]).to_markdown(index=False,
                                                                                               floatfmt=",.2f"))
+
+
+def offer_ranking(sends, models: engine.ModelSet) -> dict[str, float]:
+    """A funnel's offer arms on the champion's recorded NBA sends (`bench_funnel_arms.record`): the mean within-send
+    Spearman, across a send's eligible offers, of the click arm with the truth's click, of the after-click lift
+    (convert - control) with the truth's (p_buy x (1 - p_organic)), the latter among the category products only; and
+    the truth's value of the offers its EV picks at the NBA's channel and hour (the champion's own pick: its
+    replay's sends)."""
+    arms = funnel_arms(models, sends.users, sends.scores.config, sends.scores.hours)
+    r, truth = sends.rows, sends.truth
+    click, after = arms["click"][r], arms["convert"][r] - arms["control"][r][:, None]
+    t_after = truth["buy"] * (1 - truth["organic"])
+    return {"rho click": float(np.nanmean(row_spearman(click, truth["click"], sends.ok))),
+            "rho after-click": float(np.nanmean(row_spearman(after, t_after, sends.ok))),
+            "rho after-click products": float(np.nanmean(row_spearman(after, t_after, product_offers(sends)))),
+            "fixed sends": float(sends.value(sends.pick(click * after * sends.weight[r])).sum())}
 
 
 def seed_paired(per_user: dict, reference: str, replay_seeds: list[int]) -> pd.DataFrame:
