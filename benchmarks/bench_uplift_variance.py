@@ -31,9 +31,10 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   after-click arm's click input in both), `few` the arm on the taste and response columns and the offer's only,
   `lin` LightGBM `linear_tree` (piecewise-linear leaves), `ps` `path_smooth` 50, `xt` `extra_trees`, `mcs`
   `min_data_in_leaf` fixed at 300, `share` the arm without the offer's identity and category (an offer is its
-  kind, value and matched affinity: the offers share their evidence), and `logit` a regularised logistic regression (`validation.LOGISTIC_C`) on the
-  standardised taste, response and offer columns (the after-click arm on the clicked rows alone: a linear model
-  has no stage interaction): the plain baseline arm. E.g. `ic-v@7`.
+  kind, value and matched affinity: the offers share their evidence), `logit` a regularised logistic regression
+  (`validation.LOGISTIC_C`) on the standardised taste, response and offer columns (the after-click arm on the
+  clicked rows alone: a linear model has no stage interaction): the plain baseline arm, and `blend` the mean of the
+  product's arm's and `logit`'s probabilities. E.g. `ic-v@7`.
 
 The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
 that seed (each arm's fit is seeded on its own, so they are the same models: `--no-reuse` refits them).
@@ -41,7 +42,8 @@ that seed (each arm's fit is seeded on its own, so they are the same models: `--
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
 opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
-revenue paired per user against the first recipe's, with a 95 % interval; and, for each recipe kind with the
+revenue paired per user against the first recipe's, with a 95 % interval (with `--ranking`, also each recipe's
+within-send Spearman of the offer arms and its value on the champion's recorded sends: `offer_ranking`); and, for each recipe kind with the
 first recipe's kind on the same training seeds, the paired mean over those seeds: per user the mean over seeds of
 the difference (interval over users), and the per-seed differences (a t interval over seeds).
 """
@@ -60,7 +62,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from bench_funnel_arms import funnel_arms, product_offers, row_spearman
+from bench_funnel_arms import MeanOf, funnel_arms, product_offers, row_spearman
 from bench_funnel_arms import record as record_sends
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
@@ -200,7 +202,7 @@ def half_users(arm: str, seed: int, fit_booster):
 
 RESPONSE_PREFIXES = ("aff_", "click_rate_", "convert_rate_", "open_rate_")  # the user's taste and response columns
 SHAPES: dict[str, dict] = {  # the offer arms' shape recipes: extra LightGBM parameters fixed through the tuning
-    "ic": {}, "few": {}, "logit": {}, "share": {},  # (built per call: they depend on the arm's columns)
+    "ic": {}, "few": {}, "logit": {}, "share": {}, "blend": {},  # (built per call: they depend on the arm's columns)
     "lin": {"linear_tree": True, "linear_lambda": 1.0},
     "ps": {"path_smooth": 50.0},
     "xt": {"extra_trees": True},
@@ -287,6 +289,10 @@ def shaped(kind: str, fit_booster, cache: dict | None):
             return out
         if shape == "logit":
             return fit_logit(frame, columns, y, feature_service, stage)
+        if shape == "blend":  # the product's arm and the plain one, their probabilities' mean
+            return MeanOf([fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
+                                       customer_base_weeks=customer_base_weeks, stage=stage),
+                           fit_logit(frame, columns, y, feature_service, stage)])
         if shape == "few":
             columns = offer_side(columns)
         if shape == "share":  # the offer as its kind, value and matched affinity: offers share their evidence
