@@ -26,7 +26,7 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`);
 - the offer arms' shape (issue 16, tenth session; `SHAPES`): `SHAPE-ARMS[@SEED]`, ARMS `c` (the click arm), `v` (the
   after-click arm) or `cv` (both), each with the product's tuning and refit, every other arm the product's:
-  `ic` interaction constraints (the offer's columns and the user's taste and response columns, `TASTE_PREFIXES`, in
+  `ic` interaction constraints (the offer's columns and the user's taste and response columns, `RESPONSE_PREFIXES`, in
   one group, every user column in the other: the user's level learnt apart from the offer's fit to the user; the
   after-click arm's click input in both), `few` the arm on the taste and response columns and the offer's only,
   `lin` LightGBM `linear_tree` (piecewise-linear leaves), `ps` `path_smooth` 50, `xt` `extra_trees`, `mcs`
@@ -43,9 +43,10 @@ Per recipe and seed: the NBA's incremental revenue (the truth's expectation), it
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
 opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
 revenue paired per user against the first recipe's, with a 95 % interval (with `--ranking`, also each recipe's
-within-send Spearman of the offer arms and its value on the champion's recorded sends: `offer_ranking`); and, for each recipe kind with the
-first recipe's kind on the same training seeds, the paired mean over those seeds: per user the mean over seeds of
-the difference (interval over users), and the per-seed differences (a t interval over seeds).
+within-send Spearman of the offer arms and its value on the champion's recorded sends: `offer_ranking`); and, for
+each recipe kind with the first recipe's kind on the same training seeds, the paired mean over those seeds: per user
+the mean over seeds of the difference (interval over users), and the per-seed differences (a t interval over
+seeds).
 """
 
 from __future__ import annotations
@@ -400,8 +401,8 @@ def main() -> None:
     parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
     parser.add_argument("--ranking", action="store_true", help="also each recipe's offer ranking on the home's "
-                        "champion's recorded NBA sends (bench_funnel_arms.py): the offer arms' within-send Spearman with "
-                        "the truth and the value of the offers it picks there (fixed sends)")
+                        "champion's recorded NBA sends (bench_funnel_arms.py): the offer arms' within-send Spearman "
+                        "with the truth and the value of the offers it picks there (fixed sends)")
     parser.add_argument("--per-user", type=Path, help="write every recipe's per-user revenue here (.npz) to pair runs")
     parser.add_argument("--no-reuse", action="store_true", help="refit the arms a shape recipe leaves as the product's "
                         "for every recipe (by default fitted once per training seed and reused: the same models)")
@@ -458,7 +459,8 @@ def main() -> None:
             first, later = week_split(result.sends)
             per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
             ranked = offer_ranking(recorded[seed], variant) if seed in recorded else {}
-            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set), **ranked,
+            rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
+                         **ranked,
                          "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
                          "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
                          "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
