@@ -312,6 +312,14 @@ def shaped(kind: str, fit_booster, cache: dict | None):
     return fit
 
 
+def known_recipe(name: str) -> bool:
+    """Whether `name` is a recipe this bench knows (its kind, and its seed after '@' a number when given)."""
+    kind, at, seed = name.partition("@")
+    counted = any(kind.startswith(p) and kind[len(p):].isdigit() for p in ("bag", "ts", "cv", "avg", "t"))
+    plain = kind in ("full", "half", "quarter", "rowhalf", "all", "lr") or kind in {f"half-{a}" for a in _ARMS}
+    return (plain or counted or shape_of(kind) is not None) and (not at or seed.isdigit())
+
+
 def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit, cache: dict | None = None):
     """The funnel of a recipe (its arms refitted as `refit` says; a shape recipe's arms shaped, `shaped`, the others
     reused from `cache`); `avgK`: K funnels, each tuned and refitted with
@@ -407,6 +415,9 @@ def main() -> None:
     parser.add_argument("--no-reuse", action="store_true", help="refit the arms a shape recipe leaves as the product's "
                         "for every recipe (by default fitted once per training seed and reused: the same models)")
     args = parser.parse_args()
+    unknown = [r for r in args.recipes.split(",") if not known_recipe(r)]
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}: see the module's docstring (e.g. full@7, ic-v@8)")
     settings = Settings(home=args.home)
     t0, c0 = time.perf_counter(), time.process_time()
     raw = read_raw_tables(settings, ON_DISK)
