@@ -33,7 +33,8 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   `min_data_in_leaf` fixed at 300, `share` the arm without the offer's identity and category (an offer is its
   kind, value and matched affinity: the offers share their evidence), `logit` a regularised logistic regression
   (`validation.LOGISTIC_C`) on the standardised taste, response and offer columns (the after-click arm on the
-  clicked rows alone: a linear model has no stage interaction): the plain baseline arm, and `blend` the mean of the
+  clicked rows alone: a linear model has no stage interaction): the plain baseline arm, `logitp` the same on every
+  opened row with the click and its product with each input added (predicted clicked), and `blend` the mean of the
   product's arm's and `logit`'s probabilities. E.g. `ic-v@7`.
 
 The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
@@ -203,7 +204,7 @@ def half_users(arm: str, seed: int, fit_booster):
 
 RESPONSE_PREFIXES = ("aff_", "click_rate_", "convert_rate_", "open_rate_")  # the user's taste and response columns
 SHAPES: dict[str, dict] = {  # the offer arms' shape recipes: extra LightGBM parameters fixed through the tuning
-    "ic": {}, "few": {}, "logit": {}, "share": {}, "blend": {},  # (built per call: they depend on the arm's columns)
+    "ic": {}, "few": {}, "logit": {}, "logitp": {}, "share": {}, "blend": {},  # (built per call: they depend on the arm's columns)
     "lin": {"linear_tree": True, "linear_lambda": 1.0},
     "ps": {"path_smooth": 50.0},
     "xt": {"extra_trees": True},
@@ -256,15 +257,24 @@ def fixed_tuning(fixed: dict):
     return tune
 
 
-def fit_logit(frame, columns, y, feature_service, stage=None) -> LinearScorer:
+def fit_logit(frame, columns, y, feature_service, stage=None, pooled: bool = False) -> LinearScorer:
     """The plain arm: an L2 logistic regression (`validation.LOGISTIC_C`) on the standardised taste, response and
-    offer columns (`offer_side`; strings one-hot, the matched affinity included), on the later stage's rows alone."""
+    offer columns (`offer_side`; strings one-hot, the matched affinity included), on the later stage's rows alone;
+    `pooled`: on every row of both stages, the stage and its product with every input added (each input's weight
+    at the later stage its own plus its interaction's), predicted at the later stage."""
     y = np.asarray(y)
-    if stage is not None:
+    if stage is not None and not pooled:
         keep = np.asarray(stage) == 1
         frame, y = frame[keep], y[keep]
     encoder = fit_encoder(frame, offer_side(columns))
-    model = LogisticRegression(C=LOGISTIC_C, max_iter=1000).fit(encoder.dense(frame), y)
+    x = encoder.dense(frame)
+    if stage is not None and pooled:
+        later = np.asarray(stage, dtype="float32")[:, None]
+        model = LogisticRegression(C=LOGISTIC_C, max_iter=2000).fit(np.hstack([x, later, x * later]), y)
+        w, k = model.coef_[0], x.shape[1]
+        return LinearScorer(w[:k] + w[k + 1:], float(model.intercept_[0] + w[k]), encoder, feature_service,
+                            {"learner": "logistic, pooled", "C": LOGISTIC_C, "rows": len(y)})
+    model = LogisticRegression(C=LOGISTIC_C, max_iter=1000).fit(x, y)
     return LinearScorer(model.coef_[0], float(model.intercept_[0]), encoder, feature_service,
                         {"learner": "logistic", "C": LOGISTIC_C, "rows": len(y)})
 
@@ -288,8 +298,8 @@ def shaped(kind: str, fit_booster, cache: dict | None):
             if cache is not None:
                 cache[key] = out
             return out
-        if shape == "logit":
-            return fit_logit(frame, columns, y, feature_service, stage)
+        if shape in ("logit", "logitp"):
+            return fit_logit(frame, columns, y, feature_service, stage, pooled=shape == "logitp")
         if shape == "blend":  # the product's arm and the plain one, their probabilities' mean
             return MeanOf([fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
                                        customer_base_weeks=customer_base_weeks, stage=stage),
