@@ -24,6 +24,18 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
 - `tsN[@SEED]`: the trials tuned on up to N thousand rows per arm (`FitConfig.tune_sample`; the default 20);
 - `cvK[@SEED]`: the refit's rounds by early stopping over K user-grouped folds of all rows (`Refit.cv_rounds`);
 - `avgK[@SEED]`: K funnels, each tuned and refitted with its own seed, each arm their mean (`average_boosters`);
+- the offer arms' shape (issue 16, tenth session; `SHAPES`): `SHAPE-ARMS[@SEED]`, ARMS `c` (the click arm), `v` (the
+  after-click arm) or `cv` (both), each with the product's tuning and refit, every other arm the product's:
+  `ic` interaction constraints (the offer's columns and the user's taste and response columns, `RESPONSE_PREFIXES`, in
+  one group, every user column in the other: the user's level learnt apart from the offer's fit to the user; the
+  after-click arm's click input in both), `few` the arm on the taste and response columns and the offer's only,
+  `lin` LightGBM `linear_tree` (piecewise-linear leaves), `ps` `path_smooth` 50, `xt` `extra_trees`, `mcs`
+  `min_data_in_leaf` fixed at 300, `share` the arm without the offer's identity and category (an offer is its
+  kind, value and matched affinity: the offers share their evidence), `logit` a regularised logistic regression
+  (`validation.LOGISTIC_C`) on the standardised taste, response and offer columns (the after-click arm on the
+  clicked rows alone: a linear model has no stage interaction): the plain baseline arm, `logitp` the same on every
+  opened row with the click and its product with each input added (predicted clicked), and `blend` the mean of the
+  product's arm's and `logit`'s probabilities. E.g. `ic-v@7`;
 - `home`: the home's uplift champion as it is (no fit);
 - `ctl-KIND[@SEED]`: `full[@SEED]`'s funnel (fitted once per seed and shared; `@home`: the home's champion) with only
   its control arm P(convert | not contacted) replaced (issue 16, tenth session; `CONTROL_RECIPES`): `own` (the booster on the user's own
@@ -40,15 +52,19 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   `engine.funnel_factors`) and `mix` (the mean of that and the fitted control arm): one organic estimate that both
   sides of the lift share.
 
+The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
+that seed (each arm's fit is seeded on its own, so they are the same models: `--no-reuse` refits them).
+
 Per recipe and seed: the NBA's incremental revenue (the truth's expectation), its share of the history oracle, its
 revenue on each user's first send of a week (days 0-6 and 7-13 separately) and on the later sends, contacts,
 opt-outs per 1,000 contacts, violations, the fit's wall and CPU seconds and the arms' row counts; then each recipe's
-revenue paired per user against the first recipe's, with a 95 % interval. With `--whom` each NBA replay is a
-shadow replay (bench_gap_parts.py's `Recorder`: the history oracle decides on the NBA's situations without acting)
-that also counts the user-days the history oracle contacts and the NBA leaves alone, their truth value, and the
-fitted control arm's error on those users (log of its P(convert) over the truth's organic one, against all replayed
-users'). Every `X@SEED` recipe is then paired with `full@SEED` (same training seed) and the mean of those paired
-differences is given with a t interval over the training seeds and a per-user interval.
+revenue paired per user against the first recipe's, with a 95 % interval (with `--ranking`, also each recipe's
+within-send Spearman of the offer arms and its value on the champion's recorded sends: `offer_ranking`); and, for
+each recipe kind with the first recipe's kind on the same training seeds, the paired mean over those seeds: per user
+the mean over seeds of the difference (interval over users), and the per-seed differences (a t interval over
+seeds; `X@home` against `home`). With `--whom` each NBA replay is a shadow replay (bench_gap_parts.py's `Recorder`:
+the history oracle decides on the NBA's situations without acting) that also counts the user-days the history oracle
+contacts and the NBA leaves alone, their truth value, and the fitted control arm's error on those users (`whom`).
 """
 
 from __future__ import annotations
@@ -66,6 +82,8 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from bench_funnel_arms import MeanOf, funnel_arms, product_offers, row_spearman
+from bench_funnel_arms import record as record_sends
 from bench_gap_parts import Recorder
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
@@ -80,14 +98,17 @@ from nextbest.simulation import response
 from nextbest.simulation.beliefs import history_beliefs
 from nextbest.simulation.policies import OraclePolicy
 from nextbest.simulation.replay import ReplayConfig, Rules, replay
-from nextbest.training import uplift
+from nextbest.training import tabular, uplift
 from nextbest.training.compiled import Rows
 from nextbest.training.datasets import Sampling, split
+from nextbest.training.derived import matched_columns
+from nextbest.training.encoding import fit_encoder
 from nextbest.training.jobs import ON_DISK, TrainConfig, model_config, read_raw_tables, shared_joins
 from nextbest.training.ope import paired_difference
 from nextbest.training.registry import Champion
-from nextbest.training.scorers import BoosterScorer, FunnelUpliftScorer, StagedBooster
+from nextbest.training.scorers import BoosterScorer, FunnelUpliftScorer, LinearScorer, StagedBooster
 from nextbest.training.tabular import fit_booster, tune_rows
+from nextbest.training.validation import LOGISTIC_C
 
 
 def recipe_rows(name: str, train, holdout, seed: int):
@@ -206,8 +227,143 @@ def half_users(arm: str, seed: int, fit_booster):
     return fit
 
 
-def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
-    """The funnel of a recipe (its arms refitted as `refit` says); `avgK`: K funnels, each tuned and refitted with
+RESPONSE_PREFIXES = ("aff_", "click_rate_", "convert_rate_", "open_rate_")  # the user's taste and response columns
+SHAPES: dict[str, dict] = {  # the offer arms' shape recipes: extra LightGBM parameters fixed through the tuning
+    "ic": {}, "few": {}, "logit": {}, "logitp": {}, "share": {}, "blend": {},  # (built per call: they depend on the arm's columns)
+    "lin": {"linear_tree": True, "linear_lambda": 1.0},
+    "ps": {"path_smooth": 50.0},
+    "xt": {"extra_trees": True},
+    "mcs": {"min_data_in_leaf": 300},
+}
+_SHAPE_ARMS = {"c": ("click",), "v": ("convert",), "cv": ("click", "convert")}
+
+
+def shape_of(kind: str) -> tuple[str, tuple[str, ...]] | None:
+    """(shape, arms) of a recipe kind `SHAPE-ARMS` (e.g. `ic-v`), None for any other kind."""
+    shape, _, arms = kind.partition("-")
+    if shape in SHAPES and arms in _SHAPE_ARMS:
+        return shape, _SHAPE_ARMS[arms]
+    return None
+
+
+def offer_side(columns: list[str]) -> list[str]:
+    """The offer's columns and the user's taste and response columns of an arm's `columns`."""
+    return [c for c in columns if c.startswith(RESPONSE_PREFIXES) or c in uplift.OFFER_COLUMNS]
+
+
+def interaction_groups(columns: list[str], staged: bool) -> list[list[int]]:
+    """LightGBM `interaction_constraints` over the encoder's inputs of `columns` (its matched columns appended, the
+    stage after them when `staged`): the offer's columns (and the offer's matched affinity) with the user's taste and
+    response columns in one group, every user column in the other; the stage in both."""
+    inputs = [*columns, *matched_columns(columns)]
+    offer = set(uplift.OFFER_COLUMNS) | {"offer_affinity", "offer_affinity_rel"}
+    level = [i for i, c in enumerate(inputs) if c not in offer]
+    fit = [i for i, c in enumerate(inputs) if c in offer or c.startswith(RESPONSE_PREFIXES)]
+    if staged:
+        level, fit = [*level, len(inputs)], [*fit, len(inputs)]
+    return [level, fit]
+
+
+def fixed_tuning(fixed: dict):
+    """`tabular.tune_booster` with `fixed` LightGBM parameters in every trial and in the tuned result (a searched one
+    included: the fixed value replaces the search's)."""
+    from nextbest.training import tuning
+
+    def tune(fit, valid, config, progress=None):
+        saved_base, saved_space = tuning.BASE_PARAMS, tuning._space
+        tuning.BASE_PARAMS = {**saved_base, **fixed}
+        tuning._space = lambda trial: {**saved_space(trial), **fixed}
+        try:
+            params, rounds, loss = tuning.tune_booster(fit, valid, config, progress)
+        finally:
+            tuning.BASE_PARAMS, tuning._space = saved_base, saved_space
+        return {**params, **fixed}, rounds, loss
+
+    return tune
+
+
+def fit_logit(frame, columns, y, feature_service, stage=None, pooled: bool = False) -> LinearScorer:
+    """The plain arm: an L2 logistic regression (`validation.LOGISTIC_C`) on the standardised taste, response and
+    offer columns (`offer_side`; strings one-hot, the matched affinity included), on the later stage's rows alone;
+    `pooled`: on every row of both stages, the stage and its product with every input added (each input's weight
+    at the later stage its own plus its interaction's), predicted at the later stage."""
+    y = np.asarray(y)
+    if stage is not None and not pooled:
+        keep = np.asarray(stage) == 1
+        frame, y = frame[keep], y[keep]
+    encoder = fit_encoder(frame, offer_side(columns))
+    x = encoder.dense(frame)
+    if stage is not None and pooled:
+        later = np.asarray(stage, dtype="float32")[:, None]
+        model = LogisticRegression(C=LOGISTIC_C, max_iter=2000).fit(np.hstack([x, later, x * later]), y)
+        w, k = model.coef_[0], x.shape[1]
+        return LinearScorer(w[:k] + w[k + 1:], float(model.intercept_[0] + w[k]), encoder, feature_service,
+                            {"learner": "logistic, pooled", "C": LOGISTIC_C, "rows": len(y)})
+    model = LogisticRegression(C=LOGISTIC_C, max_iter=1000).fit(x, y)
+    return LinearScorer(model.coef_[0], float(model.intercept_[0]), encoder, feature_service,
+                        {"learner": "logistic", "C": LOGISTIC_C, "rows": len(y)})
+
+
+def shaped(kind: str, fit_booster, cache: dict | None):
+    """`fit_booster` for the funnel's four arms (called in `_ARMS` order) with the shape of a recipe kind applied to
+    its arms (`shape_of`; none for `full`); with `cache`, an arm fitted as the product fits it is kept per (arm,
+    training seed, trials) and reused."""
+    shape, arms = shape_of(kind) or ("", ())
+    calls = iter(_ARMS)
+
+    def fit(frame, columns, y, feature_service, config, weight=None, progress=None, customer_base_weeks=None,
+            stage=None):
+        arm = next(calls)
+        if arm not in arms:
+            key = (arm, config.seed, config.trials, config.tune_sample, stage is None)
+            if cache is not None and key in cache:
+                return cache[key]
+            out = fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
+                              customer_base_weeks=customer_base_weeks, stage=stage)
+            if cache is not None:
+                cache[key] = out
+            return out
+        if shape in ("logit", "logitp"):
+            return fit_logit(frame, columns, y, feature_service, stage, pooled=shape == "logitp")
+        if shape == "blend":  # the product's arm and the plain one, their probabilities' mean
+            return MeanOf([fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
+                                       customer_base_weeks=customer_base_weeks, stage=stage),
+                           fit_logit(frame, columns, y, feature_service, stage)])
+        if shape == "few":
+            columns = offer_side(columns)
+        if shape == "share":  # the offer as its kind, value and matched affinity: offers share their evidence
+            columns = [c for c in columns if c not in ("offer_id", "offer_category")]
+        fixed = dict(SHAPES[shape])
+        if shape == "ic":
+            fixed["interaction_constraints"] = interaction_groups(list(columns), stage is not None)
+        saved = tabular.tune_booster
+        tabular.tune_booster = fixed_tuning(fixed)
+        try:
+            return fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
+                               customer_base_weeks=customer_base_weeks, stage=stage)
+        finally:
+            tabular.tune_booster = saved
+
+    return fit
+
+
+def known_recipe(name: str) -> bool:
+    """Whether `name` is a recipe this bench knows (its kind, and its seed after '@' a number when given)."""
+    kind, at, seed = name.partition("@")
+    if name == "home":
+        return True
+    if kind.startswith("ctl-"):  # a control arm recipe, on full@SEED or on the home's champion
+        own = kind[4:]
+        known = own in CONTROL_RECIPES or (own.startswith("scale") and own[5:].isdigit())
+        return known and (not at or seed.isdigit() or seed == "home")
+    counted = any(kind.startswith(p) and kind[len(p):].isdigit() for p in ("bag", "ts", "cv", "avg", "t"))
+    plain = kind in ("full", "half", "quarter", "rowhalf", "all", "lr") or kind in {f"half-{a}" for a in _ARMS}
+    return (plain or counted or shape_of(kind) is not None) and (not at or seed.isdigit())
+
+
+def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit, cache: dict | None = None):
+    """The funnel of a recipe (its arms refitted as `refit` says; a shape recipe's arms shaped, `shaped`, the others
+    reused from `cache`); `avgK`: K funnels, each tuned and refitted with
     its own seed (cfg's seed + 0..K-1), each arm the mean of the K arms' raw scores (`average_boosters`)."""
     kind = name.partition("@")[0]
     saved = uplift.fit_booster
@@ -215,6 +371,8 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     booster = saved if refit == Refit() else functools.partial(refit_booster, refit=refit)
     if kind.startswith("half-"):  # one arm on half its users
         booster = half_users(kind.removeprefix("half-"), cfg.fit.seed, booster)
+    if (kind == "full" or shape_of(kind)) and refit == Refit():  # the product's arms, one recipe's shape on some
+        booster = shaped(kind, booster, cache)
     uplift.fit_booster = booster
     try:
         if not kind.startswith("avg"):
@@ -230,7 +388,7 @@ def fit_recipe(name: str, rows, cfg: uplift.UpliftConfig, refit: Refit):
     return first
 
 
-CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel", "scaleP", "unclicked", "mix")
+CONTROL_RECIPES = ("own", "pool", "poolown", "bgnbd", "reg", "lr", "truth", "truthlevel", "unclicked", "mix")  # + scaleP
 CONTACT_VIEWS = ("channel", "time_profile")  # how a user answers contacts, when they read: not organic buying
 # The plain baseline's inputs: the user's purchase record, RFM and activity (names as the behaviour and tags views
 # spell them; a company's data has them under the same contract).
@@ -450,9 +608,19 @@ def main() -> None:
                         help="contact-log rows joined, past it a stratified sample (`TrainConfig.sample_rows`)")
     parser.add_argument("--serving", action="store_true", help="also time the decision path's scoring per recipe")
     parser.add_argument("--trials", type=int, default=5, help="Optuna trials per arm (the demo's: 5)")
+    parser.add_argument("--ranking", action="store_true", help="also each recipe's offer ranking on the home's "
+                        "champion's recorded NBA sends (bench_funnel_arms.py): the offer arms' within-send Spearman "
+                        "with the truth and the value of the offers it picks there (fixed sends)")
+    parser.add_argument("--per-user", type=Path, help="write every recipe's per-user revenue here (.npz) to pair runs")
+    parser.add_argument("--no-reuse", action="store_true", help="refit the arms a shape recipe leaves as the product's "
+                        "for every recipe (by default fitted once per training seed and reused: the same models)")
     parser.add_argument("--whom", action="store_true", help="shadow replays: the user-days the history oracle contacts "
                                                             "and the NBA leaves alone, and the control arm's error there")
     args = parser.parse_args()
+    unknown = [r for r in args.recipes.split(",") if not known_recipe(r)]
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}: see the module's docstring (e.g. full@7, ic-v@8, "
+                     "ctl-own@7)")
     settings = Settings(home=args.home)
     t0, c0 = time.perf_counter(), time.process_time()
     raw = read_raw_tables(settings, ON_DISK)
@@ -469,7 +637,7 @@ def main() -> None:
     world, tables = evaluate.load_period(settings)
     models = evaluate.champion_set(settings)
     caps = load_config(settings.home / "operator.yaml").caps
-    periods, extra = {}, {}
+    periods, recorded, extra = {}, {}, {}
     for seed in (int(s) for s in args.seeds.split(",")):
         period = world.sample(args.users, seed=seed)
         config = ReplayConfig(rules=Rules.of(caps), seed=seed)
@@ -484,10 +652,12 @@ def main() -> None:
         periods[seed] = (period, config, oracle["incremental_revenue"], prop["incremental_revenue"], champ)
         extra[seed] = {"oracle": OraclePolicy(period, name=evaluate.HISTORY_ORACLE, beliefs=beliefs),
                        "beliefs": beliefs, "organic": organic, "users": evaluate.latest_features(settings, period.user_ids)}
+        if args.ranking:
+            recorded[seed] = record_sends(settings, args.users, config)
         print(f"seed {seed}: history oracle {oracle['incremental_revenue']:,.1f}, propensity-only "
               f"{prop['incremental_revenue']:,.1f}, the home's champion NBA {champ.metrics['incremental_revenue']:,.1f}",
               flush=True)
-    rows, per_user, fitted = [], {}, {}
+    rows, per_user, fitted, cache = [], {}, {}, None if args.no_reuse else {}
     truth_all = pd.concat([e["organic"] for e in extra.values()])
     truth_all = truth_all[~truth_all.index.duplicated()]
     for name in args.recipes.split(","):
@@ -502,12 +672,12 @@ def main() -> None:
             if full == "home":
                 fitted[full] = models.models["uplift"].model
             elif full not in fitted:
-                fitted[full] = fit_recipe(full, train, cfg, Refit())
+                fitted[full] = fit_recipe(full, train, cfg, Refit(), cache)
             started, cpu = time.perf_counter(), time.process_time()
             scorer = with_control(fitted[full], control_arm(kind[4:], rows_set, cfg, contact_columns, truth_all,
                                                             fitted[full]))
         else:
-            scorer = fit_recipe(name, rows_set, cfg, refit)
+            scorer = fit_recipe(name, rows_set, cfg, refit, cache)
         fitted[name] = scorer
         fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
         qini = np.nan if kind.startswith("ctl-truth") else uplift.evaluate(scorer, holdout)["qini_auc"]
@@ -539,7 +709,9 @@ def main() -> None:
             m = result.metrics
             first, later = week_split(result.sends)
             per_user[name, seed] = evaluate.revenue_per_user(result, period.n_users)
+            ranked = offer_ranking(recorded[seed], variant) if seed in recorded else {}
             rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
+                         **ranked,
                          "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
                          "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
                          "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
@@ -564,11 +736,10 @@ def main() -> None:
         diffs.append({"recipe": name, "seed": seed, "difference": d.value * n, "low": d.low * n, "high": d.high * n,
                       "relative": d.value * n / per_user[reference, seed].sum()})
     print(pd.DataFrame(diffs).to_markdown(index=False, floatfmt=",.4f"))
-    paired = paired_by_training_seed(out, per_user)
-    if len(paired):
-        print("\neach recipe X@S against full@S (the same training seed), the mean over its training seeds: t interval "
-              "over the seeds' differences and a per-user interval of the mean per-user difference (95 %)")
-        print(paired.to_markdown(index=False, floatfmt=",.4f"))
+    if args.per_user:
+        np.savez(args.per_user, **{f"{name}|{seed}": v for (name, seed), v in per_user.items()})
+    print(seed_paired(per_user, reference, [int(x) for x in args.seeds.split(",")]).to_markdown(index=False,
+                                                                                              floatfmt=",.2f"))
 
 
 def whom(shadow: Recorder, nba, control: np.ndarray, organic: np.ndarray) -> dict[str, float]:
@@ -599,40 +770,55 @@ def whom(shadow: Recorder, nba, control: np.ndarray, organic: np.ndarray) -> dic
             "control mean": float(control.mean())}
 
 
-def reference_of(fit_seed: str) -> str:
-    """The recipe X@S is paired with: full@S, the home's champion for @home, `full` without a seed."""
-    return "home" if fit_seed == "home" else f"full@{fit_seed}" if fit_seed else "full"
+def offer_ranking(sends, models: engine.ModelSet) -> dict[str, float]:
+    """A funnel's offer arms on the champion's recorded NBA sends (`bench_funnel_arms.record`): the mean within-send
+    Spearman, across a send's eligible offers, of the click arm with the truth's click, of the after-click lift
+    (convert - control) with the truth's (p_buy x (1 - p_organic)), the latter among the category products only; and
+    the truth's value of the offers its EV picks at the NBA's channel and hour (the champion's own pick: its
+    replay's sends)."""
+    arms = funnel_arms(models, sends.users, sends.scores.config, sends.scores.hours)
+    r, truth = sends.rows, sends.truth
+    click, after = arms["click"][r], arms["convert"][r] - arms["control"][r][:, None]
+    t_after = truth["buy"] * (1 - truth["organic"])
+    return {"rho click": float(np.nanmean(row_spearman(click, truth["click"], sends.ok))),
+            "rho after-click": float(np.nanmean(row_spearman(after, t_after, sends.ok))),
+            "rho after-click products": float(np.nanmean(row_spearman(after, t_after, product_offers(sends)))),
+            "fixed sends": float(sends.value(sends.pick(click * after * sends.weight[r])).sum())}
 
 
-def paired_by_training_seed(out: pd.DataFrame, per_user: dict) -> pd.DataFrame:
-    """Each recipe family X (its recipes X@S) against full@S, paired by training seed S and replay seed."""
-    fit_seed = out["recipe"].str.partition("@")[2]
-    family = out["recipe"].str.partition("@")[0].where(fit_seed != "home", out["recipe"])  # X@home: its own family
-    out = out.assign(family=family, fit_seed=fit_seed)
-    table = []
-    for (family, seed), group in out.groupby(["family", "seed"], sort=False):
-        if family in ("full", "home"):
+def seed_paired(per_user: dict, reference: str, replay_seeds: list[int]) -> pd.DataFrame:
+    """Each recipe kind against the reference's kind (`X@home` against `home`), paired on the training seeds both were fitted with: the mean
+    over seeds of the per-user difference (its 95 % interval over the users), and the per-seed totals' differences
+    (a t interval over the seeds: the retrain spread)."""
+    kind = {name: name if name.endswith("@home") else name.partition("@")[0] for name, _ in per_user}  # X@home apart
+    seed_of = {name: name.partition("@")[2] or "" for name, _ in per_user}
+    ref_kind = kind[reference]
+    out = []
+    for k in dict.fromkeys(kind.values()):
+        if k in (ref_kind, "home"):
             continue
-        diffs, users = [], []
-        for _, r in group.iterrows():
-            ref = reference_of(r["fit_seed"])
-            if (ref, seed) not in per_user:
+        for replay_seed in replay_seeds:
+            if k.endswith("@home"):  # a recipe on the home's champion, against the champion itself
+                both = (k, replay_seed) in per_user and ("home", replay_seed) in per_user
+                pairs = [(k, "home")] if both else []
+            else:
+                pairs = [(n, r) for n in kind for r in kind if kind[n] == k and kind[r] == ref_kind and
+                         seed_of[n] == seed_of[r] and (n, replay_seed) in per_user and (r, replay_seed) in per_user]
+            if not pairs:
                 continue
-            diffs.append(per_user[r["recipe"], seed].sum() - per_user[ref, seed].sum())
-            users.append(per_user[r["recipe"], seed] - per_user[ref, seed])
-        if not diffs:
-            continue
-        d, k = np.array(diffs), len(diffs)
-        half = stats.t.ppf(0.975, k - 1) * d.std(ddof=1) / np.sqrt(k) if k > 1 else np.nan
-        u = np.mean(users, axis=0)
-        u_half = 1.96 * u.std(ddof=1) * np.sqrt(len(u))
-        reference = np.mean([per_user[reference_of(f), seed].sum() for f in group["fit_seed"]
-                             if (reference_of(f), seed) in per_user])
-        table.append({"recipe": family, "seed": seed, "training seeds": k, "mean difference": d.mean(),
-                      "relative": d.mean() / reference, "t low": d.mean() - half, "t high": d.mean() + half,
-                      "per-user low": d.mean() - u_half, "per-user high": d.mean() + u_half,
-                      "each seed": " / ".join(f"{x:+,.0f}" for x in d)})
-    return pd.DataFrame(table)
+            diff = np.mean([per_user[n, replay_seed] - per_user[r, replay_seed] for n, r in pairs], axis=0)
+            base = float(np.mean([per_user[r, replay_seed].sum() for _, r in pairs]))
+            d = paired_difference(diff, np.zeros_like(diff))
+            n = len(diff)
+            totals = np.array([per_user[a, replay_seed].sum() - per_user[r, replay_seed].sum() for a, r in pairs])
+            half = (stats.t.ppf(0.975, len(totals) - 1) * totals.std(ddof=1) / np.sqrt(len(totals))
+                    if len(totals) > 1 else np.nan)
+            out.append({"recipe": k, "against": "home" if k.endswith("@home") else ref_kind, "replay seed": replay_seed, "training seeds": len(pairs),
+                        "reference mean": base, "mean difference": d.value * n, "users low": d.low * n,
+                        "users high": d.high * n, "relative %": 100 * d.value * n / base,
+                        "seeds low": totals.mean() - half, "seeds high": totals.mean() + half,
+                        "per seed": " / ".join(f"{t:+,.0f}" for t in totals)})
+    return pd.DataFrame(out)
 
 
 if __name__ == "__main__":

@@ -343,6 +343,10 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
 
     assert isinstance(model.convert_, StagedBooster)
     assert ((after_click > 0.3) & (after_click < 0.7)).all(), after_click
+    # Its importance names every input once: the stage input under its own name, beside the columns' own gains.
+    gains = model.convert_.importance()
+    assert set(gains) == {*model.convert_.encoder_.columns, StagedBooster.STAGE_INPUT}
+    assert gains[StagedBooster.STAGE_INPUT] > 0
     model.save(tmp_path / "m")
     assert (tmp_path / "m" / "click_model.txt").exists()
     loaded = FunnelUpliftScorer.load(tmp_path / "m")

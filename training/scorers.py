@@ -322,6 +322,9 @@ class StagedBooster(BoosterScorer):
     rows then leave by the offer's effect."""
 
     kind = "lightgbm_staged"
+    # The stage input's name in `importance`: not a column name (a space and parentheses), so it never overwrites the
+    # gain of a feature of the same name (the uplift service has a user feature `funnel_stage`).
+    STAGE_INPUT = "(stage input: clicked)"
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return self.booster_.predict(later_stage(self.encoder_.codes(frame)))
@@ -332,7 +335,7 @@ class StagedBooster(BoosterScorer):
     def importance(self) -> dict[str, float]:
         gains = self.booster_.feature_importance(importance_type="gain")
         return {**{c: float(g) for c, g in zip(self.encoder_.columns, gains[:-1], strict=True)},
-                "funnel_stage": float(gains[-1])}
+                self.STAGE_INPUT: float(gains[-1])}
 
 
 def later_stage(codes: np.ndarray) -> np.ndarray:
