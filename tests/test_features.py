@@ -78,6 +78,13 @@ def test_feature_services_are_the_feature_lists(built):
                      "lifecycle_stage", "rfm_segment", "value_tier", "behaviour_cluster", "scorecard", "cart_open",
                      "consent_sms", "age"):
         assert expected in names
+    # The past sends and opens per send-hour bin: read by the send-time model (and served), no other model's input.
+    sends = {f"{k}_h{b:02d}_365d" for k in ("sends", "opens") for b in range(0, 24, 3)}
+    for model in MODEL_VIEWS:
+        got = {f.name for p in store.get_feature_service(service_name(model)).feature_view_projections for f in p.features}
+        assert (sends <= got) if model in ("send_time", "decision") else not (sends & got), model
+        if "time_profile" in MODEL_VIEWS[model]:
+            assert "open_share_h08" in got and "rhythm_events_365d" in got, model
 
 
 def _online_vs_offline(settings: Settings, ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
