@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from feast import FeatureService, FeatureView
 
-__all__ = ["MODEL_VIEWS", "LABEL_VIEWS", "feature_services", "service_name", "label_service"]
+__all__ = ["MODEL_VIEWS", "LABEL_VIEWS", "ONLY_FOR", "feature_services", "service_name", "label_service"]
 
 # model -> the feature views it reads. Training (get_historical_features) and serving
 # (get_online_features) both ask for the service, never for a hand-written column list.
@@ -28,11 +30,28 @@ def service_name(model: str) -> str:
     return f"{model}_{VERSION}"
 
 
+# Columns of a view that only some models read (view -> (columns, the models)): the time profile's past sends and
+# opens per bin of local send hours are evidence of the daily rhythm the send-time model reads through its rhythm
+# prior (training/scorers.py `cluster_posterior`), not inputs of the other models (a retrain of those stays as it was).
+ONLY_FOR: dict[str, tuple[re.Pattern, tuple[str, ...]]] = {
+    "time_profile": (re.compile(r"(sends|opens)_h\d\d_365d"), ("send_time", "decision")),
+}
+
+
+def _projection(view: FeatureView, model: str) -> FeatureView:
+    """`view` as `model` reads it: without the columns `ONLY_FOR` keeps for other models."""
+    pattern, models = ONLY_FOR.get(view.name, (None, ()))
+    if pattern is None or model in models:
+        return view
+    keep = [f.name for f in view.features if not pattern.fullmatch(f.name)]
+    return view if len(keep) == len(view.features) else view[keep]
+
+
 def feature_services(views: list[FeatureView]) -> list[FeatureService]:
     """One FeatureService per model over the views that exist (a company without contacts has no channel view)."""
     by_name = {v.name: v for v in views}
     return [
-        FeatureService(name=service_name(model), features=[by_name[n] for n in names if n in by_name],
+        FeatureService(name=service_name(model), features=[_projection(by_name[n], model) for n in names if n in by_name],
                        description=f"Features of the {model} model.")
         for model, names in MODEL_VIEWS.items()
     ]

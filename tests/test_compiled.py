@@ -88,6 +88,9 @@ def test_compiled_scores_equal_the_pandas_path_for_every_decision_model(trained_
     compiled, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
     pandas = compiled.pandas()
     assert not pandas.compiled
+    # The send-time model weighs the rhythm clusters by the users' past sends' opens: both paths read them.
+    assert compiled.models["send_time"].model.rhythm_open_curves_ is not None
+    assert compiled.compiled["send_time"].rhythm_names[-1] == "opens_h21_365d"
     p_open = engine.send_time_scores(compiled, users, config)
     # The compiled send-time model sums its first layer per part (user once, per-row columns per row): float32
     # rounding, not bit for bit (tests/test_fast_scoring.py holds the decisions to the reference).

@@ -78,6 +78,13 @@ def test_feature_services_are_the_feature_lists(built):
                      "lifecycle_stage", "rfm_segment", "value_tier", "behaviour_cluster", "scorecard", "cart_open",
                      "consent_sms", "age"):
         assert expected in names
+    # The past sends and opens per send-hour bin: read by the send-time model (and served), no other model's input.
+    sends = {f"{k}_h{b:02d}_365d" for k in ("sends", "opens") for b in range(0, 24, 3)}
+    for model in MODEL_VIEWS:
+        got = {f.name for p in store.get_feature_service(service_name(model)).feature_view_projections for f in p.features}
+        assert (sends <= got) if model in ("send_time", "decision") else not (sends & got), model
+        if "time_profile" in MODEL_VIEWS[model]:
+            assert "open_share_h08" in got and "rhythm_events_365d" in got, model
 
 
 def _online_vs_offline(settings: Settings, ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -176,6 +183,47 @@ def test_the_daily_rhythm_leaves_out_the_events_a_contact_click_caused():
     got = left.loc["a", [f"open_share_h{h:02d}" for h in range(24)]].to_numpy(dtype=float)
     assert got == pytest.approx(smooth / smooth.sum())
     assert left.loc["a", "peak_open_hour"] == 8
+
+
+def test_the_time_profile_counts_past_sends_and_opens_by_bin_of_local_send_hour():
+    """`sends_hXX_365d` / `opens_hXX_365d`: a user's sends in the year before the snapshot and those of them opened,
+    per 3-hour bin of the send's local hour (the user's offset on the sent day, across a DST switch); each counts on
+    its own day (an open the day after its send counts from the snapshot after that day), a control row (no channel)
+    is no send, and a user with contacts but no events has counts and no rhythm."""
+    from nextbest.features.build import SEND_HOUR_BINS
+
+    hour = pd.Timedelta(hours=1)
+    users = pd.DataFrame({"user_id": ["a", "b"], "signup_at": pd.Timestamp("2026-01-01", tz="UTC"),
+                          "timezone": ["Europe/Berlin", "UTC"]})
+    ev = pd.DataFrame({"user_id": ["a", "a"], "ts": [pd.Timestamp("2026-03-02 08:00", tz="UTC"),
+                                                     pd.Timestamp("2026-04-02 08:00", tz="UTC")]})
+    ev = ev.assign(type="app_open", category=None, amount=np.nan)
+    berlin = pd.Timestamp("2026-03-29 01:00", tz="UTC")  # Berlin's switch to summer time: +1 h before, +2 h after
+    sent = [pd.Timestamp("2026-03-10 07:30", tz="UTC"),  # a: 08:30 local -> bin 06, opened the same day
+            pd.Timestamp("2026-03-12 21:30", tz="UTC"),  # a: 22:30 local -> bin 21, opened the next day (UTC)
+            berlin - hour,  # a: 01:00 local (winter) -> bin 00, not opened
+            berlin + hour,  # a: 04:00 local (summer) -> bin 03, not opened
+            pd.Timestamp("2026-03-12 12:00", tz="UTC"),  # a: control row, no channel: not a send
+            pd.Timestamp("2026-03-20 17:00", tz="UTC")]  # b (UTC): bin 15, opened
+    opened = [sent[0] + hour / 2, sent[1] + 3 * hour, pd.NaT, pd.NaT, pd.NaT, sent[5] + hour]
+    contacts = pd.DataFrame({"contact_id": [f"c{i}" for i in range(6)], "user_id": ["a"] * 5 + ["b"],
+                             "sent_at": sent, "channel": ["email", "push", "email", "sms", None, "email"],
+                             "opened_at": opened})
+    t = build_all({"users": users, "events": ev, "contacts": contacts})["time_profile"].set_index(["user_id", "event_timestamp"])
+    bins = [f"h{b:02d}" for b in SEND_HOUR_BINS]
+    assert bins == ["h00", "h03", "h06", "h09", "h12", "h15", "h18", "h21"]
+
+    def counts(user, snap):
+        row = t.loc[(user, pd.Timestamp(snap))]
+        return ({b: row[f"sends_{b}_365d"] for b in bins if row[f"sends_{b}_365d"]},
+                {b: row[f"opens_{b}_365d"] for b in bins if row[f"opens_{b}_365d"]})
+
+    newest = t.index.get_level_values("event_timestamp").max()
+    assert counts("a", newest) == ({"h00": 1, "h03": 1, "h06": 1, "h21": 1}, {"h06": 1, "h21": 1})
+    assert counts("b", newest) == ({"h15": 1}, {"h15": 1})
+    assert t.loc[("b", newest), "rhythm_events_365d"] == 0 and t.loc[("b", newest), "peak_open_hour"] == -1
+    # The snapshot of midnight 13 March sees both sends and the open of the 10th, not the open of the 13th.
+    assert counts("a", "2026-03-13 00:00+00:00") == ({"h06": 1, "h21": 1}, {"h06": 1})
 
 
 def test_repeat_purchase_features_match_a_brute_force_count(built):

@@ -71,6 +71,8 @@ def test_spark_builds_the_same_feature_tables_as_duckdb(spark):
     # Not a vacuous match: the tables carry the signal the tiny world put in them.
     assert duck["behaviour"]["purchases_all"].sum() > 0 and duck["channel"]["contacts_90d"].sum() > 0
     assert duck["tags"]["behaviour_cluster"].nunique() > 1 and (duck["time_profile"]["peak_open_hour"] >= 0).any()
+    sends, opens = duck["time_profile"].filter(like="sends_h"), duck["time_profile"].filter(like="opens_h")
+    assert sends.shape[1] == opens.shape[1] == 8 and (sends > 0).sum().gt(0).sum() > 1 and opens.to_numpy().sum() > 0
     from nextbest.features.build import BuildConfig
 
     all_events = build_all(raw, BuildConfig(caused_hours=0))["time_profile"]["rhythm_events_365d"]

@@ -157,6 +157,72 @@ def test_rhythm_clusters_give_a_sparse_user_the_prior_of_the_rhythm_their_events
     assert rhythm_clusters(frame.head(20), 4) is None and rhythm_clusters(frame, 1) is None  # too few rich rows, k < 2
 
 
+def _send_rows(peaks, rng, sends: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's `sends` sends at uniform local hours 8-21, opened with a logit bump around their peak hour (as a
+    rhythm makes opens likelier near it): (rows, 2) of (user, local hour) and opened."""
+    user = np.repeat(np.arange(len(peaks)), sends)
+    hour = rng.integers(8, 22, len(user))
+    gap = np.abs(hour - np.asarray(peaks)[user]) % 24
+    gap = np.minimum(gap, 24 - gap)
+    p = 1 / (1 + np.exp(-(-2.0 + 2.5 * np.exp(-0.5 * (gap / 1.5) ** 2))))
+    return np.stack([user, hour], axis=1), (rng.random(len(user)) < p).astype(int)
+
+
+def test_past_opens_at_their_send_hour_move_a_user_without_events_towards_that_rhythm():
+    """Each rhythm cluster's open rate per bin of send hours is learned from the sends of the users whose events
+    place them (`rhythm_open_curves`); a user with no events whose opened sends went out in the morning gets the
+    morning profile's prior, one whose evening sends were opened or who has no sends keeps the population's evening,
+    NaN counts (columns not served) read as no sends, and a rich user stays their own. Without the time profile's
+    send columns, or with no opened row, no curves are fitted (the prior reads the events alone, as before)."""
+    from nextbest.training.scorers import cluster_posterior, rhythm_columns, rhythm_inputs, send_names
+    from nextbest.training.send_time import rhythm_clusters, rhythm_open_curves, rhythm_prior
+
+    rng = np.random.default_rng(5)
+    peaks = rng.choice([8, 12, 20], size=600, p=[0.2, 0.2, 0.6])
+    users = _rhythm_frame(peaks, rng.integers(40, 120, 600), rng)
+    clusters, weights = rhythm_clusters(users, 4, min_events=30, seed=7)
+    idx, opened = _send_rows(peaks, rng)
+    sends, opens = send_names(8)
+    rows = users.iloc[idx[:, 0]].reset_index(drop=True).assign(local_hour=idx[:, 1])
+    for name in [*sends, *opens]:
+        rows[name] = 0.0  # the users' earlier sends: not read by the curves' fit
+    curves = rhythm_open_curves(rows, opened, clusters, weights, min_events=30)
+    assert curves.shape == (len(clusters), 8) and ((curves > 0) & (curves < 1)).all()
+    for k, peak in enumerate(clusters.argmax(axis=1)):  # each cluster opens most in the bin of its peak
+        if 8 <= peak <= 21:
+            assert abs(int(curves[k].argmax()) * 3 + 1 - peak) <= 2, (peak, curves[k].round(2))
+    assert (curves[:, :2] == curves[:, :2].mean()).all()  # no send before 8:00: the rate of all rows, no evidence
+
+    # Four users without events, one rich user at noon: counts per bin (06 = 6-8 h, 18 = 18-20 h).
+    n, o = np.zeros((5, 8)), np.zeros((5, 8))
+    n[:2, 2:], n[4, 2:] = 2.0, 2.0
+    o[0, 2], o[1, 6], o[4, 2] = 2.0, 2.0, 2.0  # user 0 opened both morning sends, user 1 both evening ones
+    n[3] = np.nan  # not served
+    o[3] = np.nan
+    sparse = _rhythm_frame([8, 8, 8, 8, 12], [0, 0, 0, 0, 200], np.random.default_rng(0), sd=0.0)
+    shares, events = rhythm_columns(sparse)
+    prior = rhythm_prior(users)
+
+    def best(with_sends: bool) -> np.ndarray:
+        extra = (n, o, curves) if with_sends else (None, None, None)
+        score = np.stack([rhythm_inputs(shares, events, np.full(5, h), prior, 6.0, None, clusters, weights, *extra)[:, 0]
+                          for h in range(24)], 1)
+        return score.argmax(axis=1)
+
+    before, after = best(False), best(True)
+    assert all(abs(h - 20) <= 1 for h in before[:4]) and abs(before[4] - 12) <= 1
+    assert abs(after[0] - 8) <= 1  # the morning opens
+    assert abs(after[1] - 20) <= 1 and abs(after[2] - 20) <= 1 and abs(after[3] - 20) <= 1
+    assert abs(after[4] - 12) <= 1  # 200 events at noon outweigh two morning opens
+    post = cluster_posterior(shares, events, clusters, weights, n, o, curves)
+    np.testing.assert_allclose(post[[2, 3]], np.tile(weights, (2, 1)))  # no sends, or not served: the weights
+    morning = int(np.argmin(np.abs(clusters.argmax(axis=1) - 8)))
+    assert post[0, morning] > 0.5 > weights[morning]
+
+    assert rhythm_open_curves(rows.drop(columns=opens[0]), opened, clusters, weights) is None  # features before them
+    assert rhythm_open_curves(rows, np.zeros(len(rows)), clusters, weights) is None  # a log without opens
+
+
 def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
     """A send-time model saved before the rhythm inputs (raw share, no `rhythm` in its meta) still loads and scores
     as it did; one with them loads back with its prior and strength. Both by their own meta."""
@@ -181,7 +247,16 @@ def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
     clusters = np.stack([np.roll(prior, 8 * k) for k in range(3)])
     mixed = SendTimeScorer(new.net_, encoder, ("push", "sms"), "send_time_v1", 8, prior, 6.0, clusters,
                            np.array([0.2, 0.3, 0.5]))
-    for name, scorer in (("legacy", legacy), ("new", new), ("mixed", mixed)):
+    from nextbest.training.scorers import send_names
+
+    sends, opens = send_names(8)
+    for j, (s_col, o_col) in enumerate(zip(sends, opens, strict=True)):
+        frame[s_col] = [0.0, 2, 1, 3, 0, np.nan][j % 6:] + [0.0, 2, 1, 3, 0, np.nan][:j % 6]
+        frame[o_col] = np.minimum(frame[s_col], [0.0, 1, 1, 0, 0, np.nan])
+    curves = np.linspace(0.05, 0.4, 3 * 8).reshape(3, 8)
+    opened = SendTimeScorer(new.net_, encoder, ("push", "sms"), "send_time_v1", 8, prior, 6.0, clusters,
+                            np.array([0.2, 0.3, 0.5]), curves)
+    for name, scorer in (("legacy", legacy), ("new", new), ("mixed", mixed), ("opened", opened)):
         scorer.save(tmp_path / name)
         back = SendTimeScorer.load(tmp_path / name)
         np.testing.assert_array_equal(back.predict(frame), scorer.predict(frame))
@@ -193,6 +268,12 @@ def test_send_time_models_load_back_with_and_without_rhythm_inputs(tmp_path):
     np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "mixed").rhythm_clusters_, clusters)
     np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "mixed").rhythm_weights_, [0.2, 0.3, 0.5])
     assert not np.allclose(mixed.inputs(frame)["share"], new.inputs(frame)["share"])  # the clusters are read
+    # A model saved before the open curves (the tenth session) has none: the prior reads the events alone.
+    assert SendTimeScorer.load(tmp_path / "mixed").rhythm_open_curves_ is None
+    np.testing.assert_allclose(SendTimeScorer.load(tmp_path / "opened").rhythm_open_curves_, curves)
+    assert not np.allclose(opened.inputs(frame)["share"], mixed.inputs(frame)["share"])  # the past sends are read
+    # Without the send columns (an older feature table) the model with curves scores as the one without.
+    np.testing.assert_array_equal(opened.predict(frame.drop(columns=[*sends, *opens])), mixed.predict(frame))
     # The legacy net reads the raw share at the hour (1/24 where unknown), the new one the two rhythm columns.
     assert legacy.inputs(frame)["share"].shape == (6,) and new.inputs(frame)["share"].shape == (6, RHYTHM_INPUTS)
     assert legacy.inputs(frame)["share"][2] == pytest.approx(shares[2, 13])

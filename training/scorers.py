@@ -44,6 +44,8 @@ __all__ = [
     "cluster_prior",
     "cluster_posterior",
     "rhythm_columns",
+    "send_columns",
+    "send_names",
     "RHYTHM_INPUTS",
     "ContractError",
     "CompiledBooster",
@@ -63,6 +65,13 @@ REQUEST_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 _SHARES = [f"open_share_h{h:02d}" for h in range(24)]
 _RHYTHM = [*_SHARES, "rhythm_events_365d"]  # one list object: `UserColumns.matrix` caches by identity
+
+
+def send_names(bins: int) -> tuple[list[str], list[str]]:
+    """The time profile's past sends and opens per bin of local send hours (`sends_hXX_365d`, `opens_hXX_365d`, XX
+    the bin's first hour; features/build.py `SEND_HOUR_BINS`), for `bins` bins over the day."""
+    starts = range(0, 24, 24 // bins)
+    return [f"sends_h{b:02d}_365d" for b in starts], [f"opens_h{b:02d}_365d" for b in starts]
 
 
 class CompiledBooster:
@@ -485,7 +494,8 @@ RHYTHM_INPUTS = 2  # columns of `rhythm_inputs`
 
 def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, prior: np.ndarray,
                   strength: float, rows: np.ndarray | None = None, clusters: np.ndarray | None = None,
-                  weights: np.ndarray | None = None) -> np.ndarray:
+                  weights: np.ndarray | None = None, sends: np.ndarray | None = None, opens: np.ndarray | None = None,
+                  curves: np.ndarray | None = None) -> np.ndarray:
     """(n, 2) float32 per row: log(24 x rhythm share at the row's hour) and that share over the user's peak share.
 
     `shares` (U, 24) are each user's smoothed activity shares per local hour and `events` how many events they
@@ -500,11 +510,13 @@ def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, pri
     `clusters` (K, 24) and `weights` (K) (models trained since the ninth session): the prior is each user's own, the
     population's daily profiles (`send_time.rhythm_clusters`) weighted by how well each explains the user's events
     (`cluster_prior`), in place of the one population profile: a user with an event or two at 8:00 is shrunk towards
-    the morning profile, not towards the population's mix, whose evening peak can outweigh them.
+    the morning profile, not towards the population's mix, whose evening peak can outweigh them. `sends`, `opens`
+    (U, B) and `curves` (K, B) (models trained since the tenth session): the user's past sends and opens per bin of
+    local send hours also weigh the profiles (`cluster_posterior`), the only rhythm evidence of a user without events.
     """
     n_ev = np.nan_to_num(np.asarray(events, dtype="float64"), nan=0.0).clip(0.0, None)[:, None]
     own = np.where(np.isnan(shares), prior[None, :], shares)
-    base = prior[None, :] if clusters is None else cluster_prior(own, n_ev[:, 0], clusters, weights)
+    base = prior[None, :] if clusters is None else cluster_prior(own, n_ev[:, 0], clusters, weights, sends, opens, curves)
     shrunk = (own * n_ev + strength * base) / (n_ev + strength)  # per user, then gathered per row
     rows = np.arange(len(hours)) if rows is None else rows
     at = shrunk[rows, hours]
@@ -514,22 +526,37 @@ def rhythm_inputs(shares: np.ndarray, events: np.ndarray, hours: np.ndarray, pri
                     axis=1).astype("float32")
 
 
-def cluster_prior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+def cluster_prior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray, weights: np.ndarray | None,
+                  sends: np.ndarray | None = None, opens: np.ndarray | None = None,
+                  curves: np.ndarray | None = None) -> np.ndarray:
     """(U, 24): each user's prior over their daily rhythm, the mixture of the population's profiles `clusters`
     (K, 24) weighted by the posterior of each given the user's events: log P(k | user) = log weight_k + events x
     sum_h share_h log profile_k(h), a multinomial likelihood of the user's (smoothed) activity per hour. A user
-    without events gets the mixture at its weights (the population's profile)."""
-    return cluster_posterior(shares, events, clusters, weights) @ clusters
+    without events gets the mixture at its weights (the population's profile), unless their past sends say more
+    (`cluster_posterior`'s `sends`, `opens` and `curves`)."""
+    return cluster_posterior(shares, events, clusters, weights, sends, opens, curves) @ clusters
 
 
 def cluster_posterior(shares: np.ndarray, events: np.ndarray, clusters: np.ndarray,
-                      weights: np.ndarray | None) -> np.ndarray:
+                      weights: np.ndarray | None, sends: np.ndarray | None = None, opens: np.ndarray | None = None,
+                      curves: np.ndarray | None = None) -> np.ndarray:
     """(U, K): P(profile k | the user's activity), `cluster_prior`'s weights and the E-step of the mixture's fit
-    (`send_time.rhythm_clusters`); `weights` None: equal."""
+    (`send_time.rhythm_clusters`); `weights` None: equal.
+
+    With `curves` (K, B), each profile's P(open) of a send in each of B bins of local send hours
+    (`send_time.rhythm_open_curves`), and the user's past `sends` (U, B) and `opens` (U, B) per bin: the posterior
+    also multiplies in the likelihood of each send's open or no-open at its hour, prod_b r_kb^opens (1 - r_kb)^(sends
+    - opens). A send reaches a user near their active hours far more often, so a user with no events but ten sends,
+    one opened at 8:00, leans to the morning profile. NaN counts (columns not served) are no sends."""
     k = len(clusters)
     weights = np.full(k, 1 / k) if weights is None else np.asarray(weights, dtype="float64")
     log_q = np.log(np.maximum(np.asarray(clusters, dtype="float64"), 1e-6))
     loglik = np.nan_to_num(events, nan=0.0)[:, None] * (shares @ log_q.T) + np.log(np.maximum(weights, 1e-12))[None, :]
+    if curves is not None and sends is not None and opens is not None:
+        r = np.clip(np.asarray(curves, dtype="float64"), 1e-3, 1 - 1e-3)
+        n = np.nan_to_num(np.asarray(sends, dtype="float64"), nan=0.0).clip(0.0, None)
+        o = np.minimum(np.nan_to_num(np.asarray(opens, dtype="float64"), nan=0.0).clip(0.0, None), n)
+        loglik = loglik + o @ np.log(r).T + (n - o) @ np.log1p(-r).T
     loglik -= loglik.max(axis=1, keepdims=True)
     post = np.exp(loglik)
     return post / post.sum(axis=1, keepdims=True)
@@ -541,14 +568,17 @@ class SendTimeScorer:
     `rhythm_prior` (24 shares, learned at fit: the population's activity per local hour) and `rhythm_strength`
     turn the user's activity shares into `rhythm_inputs`; None for models trained before them (the raw share).
     `rhythm_clusters` (K, 24) and `rhythm_weights` (K): the population's daily profiles each user's prior mixes
-    (`cluster_prior`); None for models trained before them (the one profile `rhythm_prior`).
+    (`cluster_prior`); None for models trained before them (the one profile `rhythm_prior`). `rhythm_open_curves`
+    (K, B): each profile's P(open) per bin of local send hours, by which the user's past sends and opens
+    (`send_columns`) also weigh the profiles; None for models trained before them, or on features without them.
     """
 
     kind = "send_time_net"
 
     def __init__(self, net: SendTimeNet, encoder: FrameEncoder, channels: tuple[str, ...], feature_service: str, hidden: int,
                  rhythm_prior: np.ndarray | None = None, rhythm_strength: float = 0.0,
-                 rhythm_clusters: np.ndarray | None = None, rhythm_weights: np.ndarray | None = None):
+                 rhythm_clusters: np.ndarray | None = None, rhythm_weights: np.ndarray | None = None,
+                 rhythm_open_curves: np.ndarray | None = None):
         self.net_ = net
         self.encoder_ = encoder
         self.channels_ = channels
@@ -558,23 +588,34 @@ class SendTimeScorer:
         self.rhythm_strength_ = float(rhythm_strength)
         self.rhythm_clusters_ = None if rhythm_clusters is None else np.asarray(rhythm_clusters, dtype="float64")
         self.rhythm_weights_ = None if rhythm_weights is None else np.asarray(rhythm_weights, dtype="float64")
+        self.rhythm_open_curves_ = (None if rhythm_open_curves is None or self.rhythm_clusters_ is None
+                                    else np.asarray(rhythm_open_curves, dtype="float64"))
         self.params_ = {"hidden": hidden, "channels": ",".join(channels), "rhythm_strength": self.rhythm_strength_,
-                        "rhythm_clusters": 0 if self.rhythm_clusters_ is None else len(self.rhythm_clusters_)}
+                        "rhythm_clusters": 0 if self.rhythm_clusters_ is None else len(self.rhythm_clusters_),
+                        "rhythm_send_bins": 0 if self.rhythm_open_curves_ is None else self.rhythm_open_curves_.shape[1]}
 
-    def rhythm(self, shares: np.ndarray, events: np.ndarray, hours: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """The net's rhythm input per row from the users' (U, 24) shares and event counts, row i reading user
-        `rows[i]` (default i): one definition for `predict` and the compiled scorer."""
+    @property
+    def send_names(self) -> tuple[list[str], list[str]]:
+        """The past sends' and opens' columns the rhythm prior reads ([], [] without open curves)."""
+        return ([], []) if self.rhythm_open_curves_ is None else send_names(self.rhythm_open_curves_.shape[1])
+
+    def rhythm(self, shares: np.ndarray, events: np.ndarray, hours: np.ndarray, rows: np.ndarray | None = None,
+               sends: np.ndarray | None = None, opens: np.ndarray | None = None) -> np.ndarray:
+        """The net's rhythm input per row from the users' (U, 24) shares and event counts (and (U, B) past sends
+        and opens per bin of send hours), row i reading user `rows[i]` (default i): one definition for `predict`
+        and the compiled scorer."""
         rows = np.arange(len(hours)) if rows is None else rows
         if self.rhythm_prior_ is None:
             return np.where(np.isnan(shares), 1 / 24, shares)[rows, hours].astype("float32")
         return rhythm_inputs(shares, events, hours, self.rhythm_prior_, self.rhythm_strength_, rows,
-                             self.rhythm_clusters_, self.rhythm_weights_)
+                             self.rhythm_clusters_, self.rhythm_weights_, sends, opens, self.rhythm_open_curves_)
 
     def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         hours = pd.to_numeric(frame["local_hour"], errors="coerce").fillna(12).to_numpy().astype("int64").clip(0, 23)
         codes = pd.Index(self.channels_).get_indexer(frame["channel"].astype(str)) + 1  # unknown -> 0
+        sends, opens = send_columns(frame, *self.send_names)
         return {"x": self.encoder_.dense(frame), "channel": codes.astype("int64"), "hour": hours,
-                "share": self.rhythm(*rhythm_columns(frame), hours)}
+                "share": self.rhythm(*rhythm_columns(frame), hours, sends=sends, opens=opens)}
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return predict_net(self.net_, self.inputs(frame))
@@ -588,6 +629,8 @@ class SendTimeScorer:
         if rhythm is not None and self.rhythm_clusters_ is not None:
             rhythm.update(clusters=self.rhythm_clusters_.tolist(),
                           weights=None if self.rhythm_weights_ is None else self.rhythm_weights_.tolist())
+            if self.rhythm_open_curves_ is not None:
+                rhythm.update(open_curves=self.rhythm_open_curves_.tolist())
         save_net(self.net_, folder, {"kind": self.kind, "feature_service": self.feature_service, "hidden": self.hidden_,
                                      "channels": list(self.channels_), "rhythm": rhythm})
         (folder / "encoder.json").write_text(json.dumps(self.encoder_.to_json()))
@@ -604,7 +647,9 @@ class SendTimeScorer:
                    None if rhythm is None else np.asarray(rhythm["prior"]), rhythm["strength"] if rhythm else 0.0,
                    # absent in models saved before the ninth session: the one population profile
                    None if not rhythm or rhythm.get("clusters") is None else np.asarray(rhythm["clusters"]),
-                   None if not rhythm or rhythm.get("weights") is None else np.asarray(rhythm["weights"]))
+                   None if not rhythm or rhythm.get("weights") is None else np.asarray(rhythm["weights"]),
+                   # absent in models saved before the tenth session: the prior reads the events alone
+                   None if not rhythm or rhythm.get("open_curves") is None else np.asarray(rhythm["open_curves"]))
 
 
 def rhythm_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -614,6 +659,16 @@ def rhythm_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     events = (pd.to_numeric(frame["rhythm_events_365d"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
               if "rhythm_events_365d" in frame else np.full(len(frame), np.nan))
     return shares, events
+
+
+def send_columns(frame: pd.DataFrame, sends: Sequence[str], opens: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The user's (n, B) past sends and opens per bin of local send hours (columns `sends`, `opens`; a missing column
+    counts no sends), or (None, None) when no columns are asked for."""
+    if not sends:
+        return None, None
+    read = lambda names: np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
+                                   if c in frame else np.full(len(frame), np.nan) for c in names], axis=1)
+    return read(sends), read(opens)
 
 
 class _CompiledTLearner:
@@ -683,8 +738,9 @@ class _CompiledSendTime:
         self.scorer = scorer
         # The shares and their event count when the FeatureService serves them, else NaN columns (the prior's).
         served = set(feature_columns)
-        self.rhythm_names = _RHYTHM if all(c in served for c in _RHYTHM) else [c if c in served else f"{c} (not served)"
-                                                                             for c in _RHYTHM]
+        wanted = _RHYTHM if scorer.rhythm_open_curves_ is None else [*_RHYTHM, *scorer.send_names[0], *scorer.send_names[1]]
+        self.rhythm_names = wanted if all(c in served for c in wanted) else [c if c in served else f"{c} (not served)"
+                                                                             for c in wanted]
         self._grid_key: int | None = None
         self._channel_codes = np.zeros(0, dtype="int64")
         enc = scorer.encoder_
@@ -705,8 +761,10 @@ class _CompiledSendTime:
                                            dtype="int64")
             self._grid_key = id(x.grid)
         hours = np.where(np.isnan(x.hours), 12, x.hours).astype("int64").clip(0, 23)
-        rhythm = x.users.matrix(self.rhythm_names)  # (U, 25): per user once, gathered per row inside
-        share = self.scorer.rhythm(rhythm[:, :24], rhythm[:, 24], hours, x.rows)
+        rhythm = x.users.matrix(self.rhythm_names)  # (U, 25 [+ 2 B]): per user once, gathered per row inside
+        bins = (rhythm.shape[1] - 25) // 2
+        sends, opens = (rhythm[:, 25:25 + bins], rhythm[:, 25 + bins:]) if bins else (None, None)
+        share = self.scorer.rhythm(rhythm[:, :24], rhythm[:, 24], hours, x.rows, sends, opens)
         return self._channel_codes[x.cells], hours, share
 
     def predict(self, x: Rows) -> np.ndarray:
@@ -759,4 +817,5 @@ def input_columns(scorer) -> list[str]:
             out.update({c: None for c in SUMMARY_COLUMNS})
     if isinstance(scorer, SendTimeScorer):
         out.update({c: None for c in (_SHARES if scorer.rhythm_prior_ is None else _RHYTHM)})
+        out.update({c: None for names in scorer.send_names for c in names})
     return list(out)

@@ -26,13 +26,16 @@ from nextbest.training.scorers import (
     cluster_posterior,
     hour_share,
     rhythm_columns,
+    send_names,
 )
 
 __all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fit", "evaluate", "hour_share",
-           "rhythm_prior", "rhythm_clusters", "hour_choice_metrics", "RAW_RHYTHM"]
+           "rhythm_prior", "rhythm_clusters", "rhythm_open_curves", "hour_choice_metrics", "RAW_RHYTHM"]
 
 _SHARES = [f"open_share_h{h:02d}" for h in range(24)]
-RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour"])  # time-profile columns the net reads only through the rhythm inputs
+SEND_BINS = 8  # bins of local send hours of the time profile's past sends and opens (features/build.py SEND_HOUR_BINS)
+# time-profile columns the net reads only through the rhythm inputs
+RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour", *send_names(SEND_BINS)[0], *send_names(SEND_BINS)[1]])
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class SendTimeConfig:
     # ninth session). Fitted on the users with at least `rhythm_cluster_events` events, whose profile is their own.
     rhythm_clusters: int = 4
     rhythm_cluster_events: float = 30.0
+    # The user's past sends and opens per bin of local send hours (the time profile's `sends_hXX_365d`,
+    # `opens_hXX_365d`) also weigh the clusters, by each cluster's open rate per bin fitted on the rows of users
+    # whose profile is their own (`rhythm_open_curves`; False: events alone, the models of the ninth session). On
+    # features without those columns, or a log without opens, the prior reads the events alone either way.
+    rhythm_opens: bool = True
+    rhythm_open_prior: float = 20.0  # each cluster's open rate per bin shrinks to the bin's with this many sends
     hour_choice_rows: int = 30_000  # holdout rows the hour-choice metrics score (each at every logged hour)
 
 
@@ -108,6 +117,39 @@ def rhythm_clusters(frame, k: int, min_events: float = 30.0, seed: int = 7, rows
     return q[order], weights[order]
 
 
+def rhythm_open_curves(frame, opened: np.ndarray, clusters: np.ndarray, weights: np.ndarray | None,
+                       min_events: float = 30.0, prior_sends: float = 20.0, bins: int = SEND_BINS) -> np.ndarray | None:
+    """(K, bins): each rhythm cluster's P(open) of a send in each bin of local send hours, from the training rows
+    (each a send, its `local_hour`, and `opened`, whether it was opened) of users whose profile rests on at least
+    `min_events` events, each row weighted by its user's posterior of the cluster given those events; shrunk to the
+    bin's open rate over those rows (the rate of all of them in a bin without rows) with the weight of
+    `prior_sends` sends. The open rate per hour of the users the clusters were fitted on: a send near their active
+    hours is opened more often, which makes a sparse user's past opens evidence of their cluster
+    (`scorers.cluster_posterior`).
+
+    None when the frame lacks the time profile's past sends (features built before them: the prior then reads the
+    events alone), or no row was opened (a log without `opened_at`), or fewer than 100 such rows."""
+    names = send_names(bins)
+    if any(c not in frame for c in [*names[0], *names[1]]) or "local_hour" not in frame:
+        return None
+    shares, events = rhythm_columns(frame)
+    n = np.nan_to_num(events, nan=0.0)
+    hour = pd.to_numeric(frame["local_hour"], errors="coerce").to_numpy()
+    y = np.asarray(opened, dtype="float64")
+    ok = ~np.isnan(shares).any(axis=1) & (n >= min_events) & np.isfinite(hour) & np.isfinite(y)
+    if ok.sum() < 100 or np.nansum(y[ok]) <= 0:
+        return None
+    shares, n, hour, y = shares[ok], np.minimum(n[ok], min_events), hour[ok].astype(int) % 24, y[ok]
+    r = cluster_posterior(shares / shares.sum(axis=1, keepdims=True), n, clusters, weights)  # (rows, K)
+    b = hour // (24 // bins)
+    onehot = np.zeros((len(b), bins))
+    onehot[np.arange(len(b)), b] = 1.0
+    sent, opened = r.T @ onehot, r.T @ (onehot * y[:, None])  # (K, bins)
+    rows, hits = onehot.sum(axis=0), onehot.T @ y
+    base = np.where(rows > 0, hits / np.maximum(rows, 1), y.mean())
+    return (opened + prior_sends * base[None, :]) / (sent + prior_sends)
+
+
 def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=None) -> SendTimeScorer:
     torch.manual_seed(config.seed)  # weight initialisation
     # The rhythm reaches the net once, as `rhythm_inputs`: the raw shares and the peak hour (and the matched
@@ -118,8 +160,10 @@ def fit(train: TrainingSet, config: SendTimeConfig = SendTimeConfig(), progress=
     channels = tuple(sorted(train.frame["channel"].dropna().astype(str).unique()))
     net = SendTimeNet(encoder.dense_width, len(channels), config.hidden, RHYTHM_INPUTS)
     mixture = rhythm_clusters(train.frame, config.rhythm_clusters, config.rhythm_cluster_events, config.seed)
+    curves = None if mixture is None or not config.rhythm_opens else rhythm_open_curves(
+        train.frame, train.y, *mixture, config.rhythm_cluster_events, config.rhythm_open_prior)
     scorer = SendTimeScorer(net, encoder, channels, train.feature_service, config.hidden,
-                            rhythm_prior(train.frame), config.rhythm_strength, *(mixture or (None, None)))
+                            rhythm_prior(train.frame), config.rhythm_strength, *(mixture or (None, None)), curves)
     train_net(net, scorer.inputs(train.frame), train.y, epochs=config.epochs, batch=config.batch, lr=config.lr, seed=config.seed)
     return scorer
 
