@@ -50,7 +50,10 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   users: the ranking without the level) and `scaleP` (the fitted arm itself times P / 100: its level moved); and
   `unclicked` (the pooled after-click arm read at clicked = 0, where serving reads the control arm: once per user,
   `engine.funnel_factors`) and `mix` (the mean of that and the fitted control arm): one organic estimate that both
-  sides of the lift share.
+  sides of the lift share; `bagK` (issue 16, tenth session, bag10): the mean of K control arms' probabilities, the
+  funnel's own (training seed S) and K - 1 refits of the product's recipe with seeds S+100, .., S+100(K-1) (each its own
+  tuning split, tuning sample, TPE and bagging seed): the arm's fit-to-fit noise averaged out (`@home`: the home's
+  champion's control arm and K - 1 refits beside it, as the demo would have fitted it with K control fits).
 
 The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
 that seed (each arm's fit is seeded on its own, so they are the same models: `--no-reuse` refits them).
@@ -354,7 +357,7 @@ def known_recipe(name: str) -> bool:
         return True
     if kind.startswith("ctl-"):  # a control arm recipe, on full@SEED or on the home's champion
         own = kind[4:]
-        known = own in CONTROL_RECIPES or (own.startswith("scale") and own[5:].isdigit())
+        known = own in CONTROL_RECIPES or any(own.startswith(p) and own[len(p):].isdigit() for p in ("scale", "bag"))
         return known and (not at or seed.isdigit() or seed == "home")
     counted = any(kind.startswith(p) and kind[len(p):].isdigit() for p in ("bag", "ts", "cv", "avg", "t"))
     plain = kind in ("full", "half", "quarter", "rowhalf", "all", "lr") or kind in {f"half-{a}" for a in _ARMS}
@@ -504,6 +507,14 @@ def control_arm(kind: str, train, cfg: uplift.UpliftConfig, contact_columns: set
     (`scaleP`: the `fitted` funnel's own control arm times P / 100)."""
     if kind.startswith("scale") and kind[5:].isdigit():
         return Scaled(fitted.control_, int(kind[5:]) / 100)
+    if kind.startswith("bag") and kind[3:].isdigit():  # the mean of K control arms' probabilities, seeds S .. S+K-1
+        frame, rows = train.frame, uplift.funnel_rows(train)
+        mask, y = rows["control"]
+        members = [fitted.control_]  # the funnel's own control arm (seed S) is the first member; the others refitted
+        for i in range(1, int(kind[3:])):  # seeds S + 100 i: no member shared between the bags of seeds S and S + 1
+            members.append(fit_booster(frame[mask], list(train.features), y, train.feature_service,
+                                       dataclasses.replace(cfg.fit, seed=cfg.fit.seed + 100 * i)))
+        return MeanOf(members)
     if kind in ("unclicked", "mix"):
         if not isinstance(fitted.convert_, StagedBooster):
             raise SystemExit(f"ctl-{kind} needs the pooled after-click arm (UpliftConfig.pooled_convert)")
