@@ -17,7 +17,14 @@ from nextbest.serving import engine
 from nextbest.serving.runtime import Runtime
 from nextbest.serving.schemas import DecideRequest
 from nextbest.training.compiled import Rows
-from nextbest.training.scorers import BlendScorer, BoosterScorer, LinearScorer, SLearnerScorer
+from nextbest.training.scorers import (
+    AveragedBooster,
+    BlendScorer,
+    BoosterScorer,
+    FunnelUpliftScorer,
+    LinearScorer,
+    SLearnerScorer,
+)
 from tests.conftest import TRAINED_NOW, copy_home
 
 DECISION_MODELS = {"conversion", "uplift", "send_time", "churn"}
@@ -206,6 +213,45 @@ def test_an_s_learner_compiles_to_its_pandas_scores(trained_runtime, users):
     compiled = s_learner.compile(models.columns[kind], engine.REQUEST_COLUMNS[kind]).predict(x)
     np.testing.assert_allclose(compiled, s_learner.predict(frame), rtol=0, atol=1e-12)
     assert np.std(compiled) > 0 and len(s_learner.empty_columns) >= 5  # the action's columns and matched ones
+
+
+def test_an_averaged_control_arm_compiles_to_its_pandas_scores(trained_runtime, users, tmp_path):
+    """A funnel whose control arm averages several fits (`UpliftConfig.control_fits`): the compiled path gives the
+    pandas path's numbers, the arm is the mean of its fits, and it loads back from its text models the same."""
+    import lightgbm as lgb
+
+    from nextbest.training.registry import Champion
+
+    models, config = trained_runtime.models.current, trained_runtime.config.current(time.monotonic())
+    funnel = models.models["uplift"].model
+    assert isinstance(funnel, FunnelUpliftScorer)
+    first = funnel.control_
+    width = len(first.encoder_.columns)
+    rng = np.random.default_rng(3)  # a second fit over the same inputs: another booster, other trees
+    x = rng.normal(size=(600, width))
+    other = lgb.train({"objective": "binary", "num_leaves": 4, "verbosity": -1, "seed": 1},
+                      lgb.Dataset(x, (x[:, 0] + rng.normal(size=600) > 1).astype(int)), num_boost_round=8)
+    arm = AveragedBooster([first.booster_, other], first.encoder_, first.feature_service)
+    averaged = FunnelUpliftScorer(funnel.engage_, funnel.convert_, arm, funnel.feature_service, click=funnel.click_)
+    averaged.save(tmp_path / "m")
+    loaded = FunnelUpliftScorer.load(tmp_path / "m")
+    assert isinstance(loaded.control_, AveragedBooster) and len(loaded.control_.boosters_) == 2
+    variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", "averaged", loaded)}, models.columns)
+    compiled, pandas = variant.compile(), variant.pandas()
+    hours = engine.send_time_scores(models, users, config).argmax(axis=2)
+    for got, want in zip(engine.funnel_factors(compiled, users, config, hours),
+                         engine.funnel_factors(pandas, users, config, hours), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    grid = engine.request_grid(config)
+    n_u = len(users["user_id"])
+    rows = Rows(engine.user_columns(users), np.arange(n_u), np.zeros(n_u, dtype=np.int64), np.full(n_u, 10.0), grid)
+    got = compiled.compiled["uplift"].fitted["control"].predict(rows)
+    codes = compiled.compiled["uplift"].fitted["control"].plan.codes(rows)
+    parts = [first.booster_.predict(codes), other.predict(codes)]
+    np.testing.assert_allclose(got, np.mean(parts, axis=0), rtol=0, atol=1e-12)
+    assert np.abs(parts[0] - parts[1]).max() > 1e-3  # the mean is neither fit's alone
+    plain = engine.funnel_factors(models, users, config, hours)[1]
+    assert np.nanmax(np.abs(engine.funnel_factors(compiled, users, config, hours)[1] - plain)) > 1e-4
 
 
 def test_pandas_frame_and_rows_describe_the_same_requests(trained_runtime):

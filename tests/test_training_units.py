@@ -440,3 +440,50 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     plain = fit(TrainingSet(frame.drop(columns="clicked"), "svc", train.features, train.request, treatment="treated"),
                 UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
     assert plain.click_ is None
+
+
+def test_funnel_control_arm_averages_its_seeded_fits(tmp_path):
+    """`UpliftConfig.control_fits`: the funnel's control arm is the mean of k fits' probabilities, each with its own
+    seed (the first the one-fit recipe's arm itself), saved as k LightGBM text models and loaded back as one
+    averaged arm; 1 keeps the one-fit arm; fewer than 1 is refused by name."""
+    from nextbest.training.datasets import TrainingSet
+    from nextbest.training.scorers import AveragedBooster, BoosterScorer
+    from nextbest.training.tabular import FitConfig
+    from nextbest.training.uplift import FunnelUpliftScorer, UpliftConfig, fit, fit_control
+
+    rng = np.random.default_rng(11)
+    n = 8_000
+    heavy = rng.random(n)  # how much a user buys on their own
+    treated = rng.random(n) < 0.6
+    opened = treated & (rng.random(n) < 0.5)
+    clicked = opened & (rng.random(n) < 0.3)
+    converted = np.where(clicked, rng.random(n) < 0.4, rng.random(n) < 0.01 + 0.08 * heavy)
+    frame = pd.DataFrame({"heavy": heavy, "noise": rng.random(n), "offer_id": "books", "offer_category": "books",
+                          "offer_kind": "product", "offer_value": 30.0, "channel": "email", "local_hour": 10,
+                          "treated": treated.astype(int), "opened": opened.astype(int), "clicked": clicked.astype(int),
+                          "label": converted.astype(int)})
+    train = TrainingSet(frame, "svc", ("heavy", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
+                                                          "channel", "local_hour"), treatment="treated")
+    quick = FitConfig(trials=2, max_rounds=60)
+    with pytest.raises(ValueError, match="control_fits must be at least 1"):
+        fit(train, UpliftConfig(fit=quick, learner="funnel", control_fits=0))
+    control = ~treated
+    one = fit_control(frame[control], list(train.features), converted[control].astype(int), "svc",
+                      UpliftConfig(fit=quick, control_fits=1))
+    assert type(one) is BoosterScorer
+    model = fit(train, UpliftConfig(fit=quick, learner="funnel", control_fits=3))
+    arm = model.control_
+    assert isinstance(arm, AveragedBooster) and len(arm.boosters_) == 3 and arm.params_["fits"] == 3
+    codes = arm.encoder_.codes(frame)
+    members = np.array([b.predict(codes) for b in arm.boosters_])
+    assert np.abs(members[1] - members[0]).max() > 1e-3  # the fits differ: their seeds are their own
+    np.testing.assert_allclose(arm.predict(frame), members.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(members[0], one.predict(frame), rtol=0, atol=1e-12)  # the first: the one-fit arm
+    np.testing.assert_allclose(model.arm("control", frame), members.mean(axis=0), rtol=0, atol=1e-12)
+    model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "control_model.2.txt").exists() and not (tmp_path / "m" / "control_model.3.txt").exists()
+    loaded = FunnelUpliftScorer.load(tmp_path / "m")
+    assert isinstance(loaded.control_, AveragedBooster) and len(loaded.control_.boosters_) == 3
+    assert type(loaded.engage_) is BoosterScorer  # only the averaged arm has its other fits
+    np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+    np.testing.assert_array_equal(loaded.control_.predict(frame), arm.predict(frame))

@@ -127,6 +127,45 @@ class BoosterScorer:
 
 
 
+class AveragedBooster(BoosterScorer):
+    """The mean of several LightGBM models' probabilities, all fitted on the same rows and columns (one encoder) with
+    different seeds: one arm's fit-to-fit noise averaged out (the funnel's control arm, `UpliftConfig.control_fits`).
+    `booster_` is the first fit (what reads one booster: importance, the model card); `boosters_` all of them."""
+
+    kind = "lightgbm_mean"
+
+    def __init__(self, boosters: Sequence[lgb.Booster], encoder: FrameEncoder, feature_service: str,
+                 params: dict | None = None):
+        if not boosters:
+            raise ValueError("an averaged arm needs at least one booster")
+        super().__init__(boosters[0], encoder, feature_service, {**(params or {}), "fits": len(boosters)})
+        self.boosters_ = list(boosters)
+
+    def predict_codes(self, codes: np.ndarray, threads: int = 0) -> np.ndarray:
+        return np.mean([b.predict(codes, num_threads=threads) for b in self.boosters_], axis=0)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_codes(self.encoder_.codes(frame))
+
+    def compile(self, feature_columns: Sequence[str], request: Sequence[str]) -> CompiledAveraged:
+        return CompiledAveraged(self, feature_columns, request)
+
+    def importance(self) -> dict[str, float]:
+        gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters_], axis=0)
+        return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
+
+
+class CompiledAveraged(CompiledBooster):
+    """An averaged arm bound to its input plan: one code matrix, one single-threaded predict per fit, their mean."""
+
+    def __init__(self, scorer: AveragedBooster, feature_columns: Sequence[str], request: Sequence[str]):
+        super().__init__(scorer, feature_columns, request)
+        self.scorer = scorer
+
+    def predict(self, x: Rows) -> np.ndarray:
+        return self.scorer.predict_codes(self.plan.codes(x), threads=1)
+
+
 class LinearScorer:
     """P(label) from a regularised logistic regression over the encoder's dense input (standardised numbers,
     missing -> the mean, one-hot strings): the linear candidate learner, chosen when it cross-validates better."""
@@ -428,6 +467,9 @@ def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service:
     for arm, model in arms.items():
         (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
         (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
+        # An averaged arm's other fits beside its first: `{arm}_model.1.txt`, ... (the same encoder).
+        for i, booster in enumerate(getattr(model, "boosters_", [])[1:], start=1):
+            (folder / f"{arm}_model.{i}.txt").write_text(booster.model_to_string())
     (folder / "meta.json").write_text(json.dumps({"kind": kind, "feature_service": service}))
 
 
@@ -438,6 +480,12 @@ def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer
     for arm in names:
         booster = lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text())
         encoder = FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text()))
+        others = []
+        while (path := folder / f"{arm}_model.{len(others) + 1}.txt").exists():  # an averaged arm's other fits
+            others.append(lgb.Booster(model_str=path.read_text()))
+        if others:
+            arms.append(AveragedBooster([booster, *others], encoder, service))
+            continue
         # One input more than the encoder's columns: the stage of a StagedBooster.
         kind = StagedBooster if booster.num_feature() == len(encoder.columns) + 1 else BoosterScorer
         arms.append(kind(booster, encoder, service))

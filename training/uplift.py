@@ -49,6 +49,8 @@ from nextbest.training.metrics import (
 )
 from nextbest.training.scorers import (
     S_ACTION_COLUMNS,
+    AveragedBooster,
+    BoosterScorer,
     EffectScorer,
     FunnelUpliftScorer,
     SLearnerScorer,
@@ -67,7 +69,7 @@ from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "click_columns", "ENGAGE_COLUMNS",
-           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "funnel_rows", "candidates", "choose_learner", "pick_learner",
+           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "fit_control", "funnel_rows", "candidates", "choose_learner", "pick_learner",
            "paired_gaps", "selection_table", "REFERENCE", "offer_scores",
            "evaluate", "paired_qini", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
@@ -75,6 +77,7 @@ __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "Fu
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
 OFFER_COLUMNS: tuple[str, ...] = ("offer_id", "offer_category", "offer_kind", "offer_value")
 _MIN_CLICKS = 200  # fewer tracked clicks than this: one stage from open to conversion
+CONTROL_FITS = 1  # the funnel's control arm fits averaged (`UpliftConfig.control_fits`)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,12 @@ class UpliftConfig:
     # but +0.33 % / -0.08 % (interval across 0) beside the pooled one, paired over six fit seeds, and +0.08 / +0.26 %
     # and +0.06 / -0.01 % in two whole retrains (benchmarks/RESULTS.md, "The click arm's offer ranking").
     click_inputs: str = "all"
+    # The funnel's control arm P(convert | not contacted) as the mean of this many fits' probabilities, each with its
+    # own seed (`fit.seed + 100 i`: its own tuning split and sample, TPE and bagging seed), saved as that many LightGBM
+    # text models (`AveragedBooster`). The control arm learns from the few control conversions (644 on the demo
+    # world), and one fit's noise moves every user's lift. 1 = one fit (the recipe before issue 16's tenth session).
+    # See benchmarks/RESULTS.md, "The control arm averaged over k fits".
+    control_fits: int = CONTROL_FITS
 
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
@@ -392,6 +401,8 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     difference of two conversion models ranked offers and channels mostly by noise (the organic rate
     dominates both), while opens are plentiful and conversions after an open carry the offer's effect.
     """
+    if config.control_fits < 1:
+        raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {config.control_fits}")
     frame = train.frame
     rows = funnel_rows(train)
     features = list(train.features)
@@ -410,9 +421,22 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     else:
         convert = fit_booster(frame[rows["convert"][0]], offer_inputs, rows["convert"][1], train.feature_service,
                               config.fit, progress=progress)
-    control = fit_booster(frame[rows["control"][0]], features, rows["control"][1], train.feature_service, config.fit,
-                          progress=progress)
+    control = fit_control(frame[rows["control"][0]], features, rows["control"][1], train.feature_service, config,
+                          progress)
     return FunnelUpliftScorer(engage, convert, control, train.feature_service, click=click)
+
+
+def fit_control(frame: pd.DataFrame, features: list[str], y: np.ndarray, feature_service: str,
+                config: UpliftConfig, progress=None) -> BoosterScorer:
+    """The funnel's control arm: one `fit_booster`, or with `config.control_fits` k > 1 the mean of k fits' probabilities
+    (seeds `fit.seed + 100 i`, one encoder: the same rows and columns), an `AveragedBooster`."""
+    if config.control_fits < 1:
+        raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {config.control_fits}")
+    fits = [fit_booster(frame, features, y, feature_service, replace(config.fit, seed=config.fit.seed + 100 * i),
+                        progress=progress) for i in range(config.control_fits)]
+    if len(fits) == 1:
+        return fits[0]
+    return AveragedBooster([f.booster_ for f in fits], fits[0].encoder_, feature_service, fits[0].params_)
 
 
 TASTE_PREFIXES: tuple[str, ...] = ("aff_", "click_rate_")  # the click arm's user columns with click_inputs="taste"
