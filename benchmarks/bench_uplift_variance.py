@@ -12,7 +12,9 @@ champion (every other champion as it is) is replayed as `nextbest evaluate` repl
 and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the history oracle and propensity-only
 (which read no uplift: the same in every recipe). Recipes (comma-separated):
 
-- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread);
+- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread), its
+  control arm one fit (`UpliftConfig.control_fits` 1: the recipe before issue 16's tenth session; the product's K is
+  `ctl-bagK`);
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
 - `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s
   half of the users with all their rows: what a row of a user already seen adds against a new user;
@@ -637,7 +639,8 @@ def main() -> None:
     raw = read_raw_tables(settings, ON_DISK)
     store = training_store(settings)
     job = TrainConfig(trials=args.trials, seed=settings.seed, sample_rows=args.sample_rows)
-    base = model_config("uplift", job)
+    # The one-control-fit recipe is every recipe's base (`full`); `ctl-bagK` is the product's `control_fits` K.
+    base = dataclasses.replace(model_config("uplift", job), control_fits=1)
     data = uplift.build_frame(store, raw, base, shared_joins(store, ["uplift"], Sampling(job.sample_rows, job.seed)))
     train, holdout = split(data, job.holdout, job.seed)
     print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "

@@ -77,7 +77,7 @@ __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "Fu
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
 OFFER_COLUMNS: tuple[str, ...] = ("offer_id", "offer_category", "offer_kind", "offer_value")
 _MIN_CLICKS = 200  # fewer tracked clicks than this: one stage from open to conversion
-CONTROL_FITS = 1  # the funnel's control arm fits averaged (`UpliftConfig.control_fits`)
+CONTROL_FITS = 3  # the funnel's control arm fits averaged (`UpliftConfig.control_fits`): see the field
 
 
 @dataclass(frozen=True)
