@@ -487,3 +487,7 @@ def test_funnel_control_arm_averages_its_seeded_fits(tmp_path):
     assert type(loaded.engage_) is BoosterScorer  # only the averaged arm has its other fits
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
     np.testing.assert_array_equal(loaded.control_.predict(frame), arm.predict(frame))
+    arm.save(tmp_path / "arm")  # on its own too: every fit, not the first alone
+    alone = AveragedBooster.load(tmp_path / "arm")
+    assert len(alone.boosters_) == 3
+    np.testing.assert_array_equal(alone.predict(frame), arm.predict(frame))

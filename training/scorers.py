@@ -154,6 +154,19 @@ class AveragedBooster(BoosterScorer):
         gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters_], axis=0)
         return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
 
+    def save(self, folder: Path) -> None:
+        super().save(folder)  # the first fit as `model.txt`, the others beside it
+        for i, booster in enumerate(self.boosters_[1:], start=1):
+            (folder / f"model.{i}.txt").write_text(booster.model_to_string())
+
+    @classmethod
+    def load(cls, folder: Path) -> AveragedBooster:
+        first = BoosterScorer.load(folder)
+        others = []
+        while (path := folder / f"model.{len(others) + 1}.txt").exists():
+            others.append(lgb.Booster(model_str=path.read_text()))
+        return cls([first.booster_, *others], first.encoder_, first.feature_service, first.params_)
+
 
 class CompiledAveraged(CompiledBooster):
     """An averaged arm bound to its input plan: one code matrix, one single-threaded predict per fit, their mean."""
