@@ -156,16 +156,28 @@ class AveragedBooster(BoosterScorer):
 
     def save(self, folder: Path) -> None:
         super().save(folder)  # the first fit as `model.txt`, the others beside it
-        for i, booster in enumerate(self.boosters_[1:], start=1):
-            (folder / f"model.{i}.txt").write_text(booster.model_to_string())
+        write_other_fits(folder, "model", self)
 
     @classmethod
     def load(cls, folder: Path) -> AveragedBooster:
         first = BoosterScorer.load(folder)
-        others = []
-        while (path := folder / f"model.{len(others) + 1}.txt").exists():
-            others.append(lgb.Booster(model_str=path.read_text()))
-        return cls([first.booster_, *others], first.encoder_, first.feature_service, first.params_)
+        return cls([first.booster_, *read_other_fits(folder, "model")], first.encoder_, first.feature_service,
+                   first.params_)
+
+
+def write_other_fits(folder: Path, stem: str, model: BoosterScorer) -> None:
+    """An averaged arm's fits after its first (`{stem}.txt`) as `{stem}.1.txt`, `{stem}.2.txt`, ...; nothing for
+    any other booster."""
+    for i, booster in enumerate(getattr(model, "boosters_", [])[1:], start=1):
+        (folder / f"{stem}.{i}.txt").write_text(booster.model_to_string())
+
+
+def read_other_fits(folder: Path, stem: str) -> list[lgb.Booster]:
+    """The fits `write_other_fits` wrote beside `{stem}.txt`, in order ([] for a single booster)."""
+    others: list[lgb.Booster] = []
+    while (path := folder / f"{stem}.{len(others) + 1}.txt").exists():
+        others.append(lgb.Booster(model_str=path.read_text()))
+    return others
 
 
 class CompiledAveraged(CompiledBooster):
@@ -480,9 +492,7 @@ def _save_arms(folder: Path, arms: dict[str, BoosterScorer], kind: str, service:
     for arm, model in arms.items():
         (folder / f"{arm}_model.txt").write_text(model.booster_.model_to_string())
         (folder / f"{arm}_encoder.json").write_text(json.dumps(model.encoder_.to_json()))
-        # An averaged arm's other fits beside its first: `{arm}_model.1.txt`, ... (the same encoder).
-        for i, booster in enumerate(getattr(model, "boosters_", [])[1:], start=1):
-            (folder / f"{arm}_model.{i}.txt").write_text(booster.model_to_string())
+        write_other_fits(folder, f"{arm}_model", model)  # an averaged arm's other fits (the same encoder)
     (folder / "meta.json").write_text(json.dumps({"kind": kind, "feature_service": service}))
 
 
@@ -493,9 +503,7 @@ def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer
     for arm in names:
         booster = lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text())
         encoder = FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text()))
-        others = []
-        while (path := folder / f"{arm}_model.{len(others) + 1}.txt").exists():  # an averaged arm's other fits
-            others.append(lgb.Booster(model_str=path.read_text()))
+        others = read_other_fits(folder, f"{arm}_model")  # an averaged arm's other fits
         if others:
             arms.append(AveragedBooster([booster, *others], encoder, service))
             continue
@@ -503,7 +511,6 @@ def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer
         kind = StagedBooster if booster.num_feature() == len(encoder.columns) + 1 else BoosterScorer
         arms.append(kind(booster, encoder, service))
     return arms, service
-
 
 
 class SendTimeNet(nn.Module):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nextbest.features.build import SEND_HOUR_BINS
 from nextbest.features.feature_services import service_name
 from nextbest.training.datasets import (
     REQUEST_COLUMNS,
@@ -33,9 +34,9 @@ __all__ = ["SendTimeConfig", "SendTimeNet", "SendTimeScorer", "build_frame", "fi
            "rhythm_prior", "rhythm_clusters", "rhythm_open_curves", "hour_choice_metrics", "RAW_RHYTHM"]
 
 _SHARES = [f"open_share_h{h:02d}" for h in range(24)]
-SEND_BINS = 8  # bins of local send hours of the time profile's past sends and opens (features/build.py SEND_HOUR_BINS)
+SEND_BINS = len(SEND_HOUR_BINS)  # bins of local send hours of the time profile's past sends and opens
 # time-profile columns the net reads only through the rhythm inputs
-RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour", *send_names(SEND_BINS)[0], *send_names(SEND_BINS)[1]])
+RAW_RHYTHM = frozenset([*_SHARES, "peak_open_hour", *(c for names in send_names(SEND_BINS) for c in names)])
 
 
 @dataclass(frozen=True)

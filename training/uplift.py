@@ -118,6 +118,10 @@ class UpliftConfig:
     # See benchmarks/RESULTS.md, "The control arm averaged over k fits".
     control_fits: int = CONTROL_FITS
 
+    def __post_init__(self):
+        if self.control_fits < 1:
+            raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {self.control_fits}")
+
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
 NO_CONTACT = "no contact"  # the control arm's action
@@ -401,8 +405,6 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     difference of two conversion models ranked offers and channels mostly by noise (the organic rate
     dominates both), while opens are plentiful and conversions after an open carry the offer's effect.
     """
-    if config.control_fits < 1:
-        raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {config.control_fits}")
     frame = train.frame
     rows = funnel_rows(train)
     features = list(train.features)
@@ -430,8 +432,6 @@ def fit_control(frame: pd.DataFrame, features: list[str], y: np.ndarray, feature
                 config: UpliftConfig, progress=None) -> BoosterScorer:
     """The funnel's control arm: one `fit_booster`, or with `config.control_fits` k > 1 the mean of k fits' probabilities
     (seeds `fit.seed + 100 i`, one encoder: the same rows and columns), an `AveragedBooster`."""
-    if config.control_fits < 1:
-        raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {config.control_fits}")
     fits = [fit_booster(frame, features, y, feature_service, replace(config.fit, seed=config.fit.seed + 100 * i),
                         progress=progress) for i in range(config.control_fits)]
     if len(fits) == 1:
