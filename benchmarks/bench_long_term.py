@@ -1,14 +1,15 @@
 """The long-term cost in the objective: policies with and without the expected loss of an unsubscribe or complaint.
 
 Usage (after `make demo`, on a copy of its home): python benchmarks/bench_long_term.py --home DIR [--users 5000]
-  [--costs 0,10,learned] [--spacing 2/168,0]
+  [--costs 0,10,learned] [--spacing 2/168,0] [--seed 11]
 For each opt-out cost (currency per unsubscribe or complaint, the same on every channel; `learned`: each channel's
 value per user as the contact log shows it, serving.config.observed_channel_values) the operator config of
 the home is rewritten (with each channel's opt-out rate as the contact log shows it) and every policy is replayed over the same fresh period (`nextbest evaluate`'s replay):
 contacts, incremental revenue, share of the history oracle, and unsubscribes and complaints per 1,000 contacts.
 `--spacing`: the caps' spacing rule for each set (N/H: no contact after N contacts in the last H hours; 0: off), applied
 to every policy (an operator cap); with both an "on" and "off" setting, a last table puts the NBA with spacing beside
-the other policies without it (each policy's replay is its own, so the two sets combine).
+the other policies without it (each policy's replay is its own, so the two sets combine). `--seed`: the replay's seed
+(the sampled users and the fresh period's draws; `nextbest evaluate`'s default 11).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--costs", default="0,10,30,learned")
     parser.add_argument("--spacing", default="", help="comma-separated N/H or 0 (default: the home's caps)")
+    parser.add_argument("--seed", type=int, default=ReplayConfig().seed, help="the replay's seed (sampled users, draws)")
     args = parser.parse_args()
     settings = Settings(home=args.home)
     path = settings.home / "operator.yaml"
@@ -57,7 +59,7 @@ def main() -> None:
                 "caps": base.caps.model_copy(update={"spacing_contacts": n, "spacing_hours": hours})})
             write_config(config, path, note=f"bench_long_term.py: opt_out_cost {cost} on every channel, spacing {n}/{hours}")
             started, cpu = time.perf_counter(), time.process_time()
-            table, _ = evaluate_policies(settings, ReplayConfig(rules=Rules.of(config.caps)), users=args.users, ope_users=2_000)
+            table, _ = evaluate_policies(settings, ReplayConfig(rules=Rules.of(config.caps), seed=args.seed), users=args.users, ope_users=2_000)
             base_revenue = table.loc["propensity only", "incremental_revenue"]
             for policy in ("nba (uplift)", "propensity only", "history oracle", "oracle", "blast"):
                 rows.append({"opt_out_cost": cost, "spacing": f"{n}/{hours}" if n else "off", "policy": policy,
@@ -67,7 +69,7 @@ def main() -> None:
     write_config(base, path, note="restored by bench_long_term.py")
     out = pd.DataFrame(rows)
     print(f"{platform.node()} {platform.processor() or platform.machine()} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d}, "
-          f"{args.users} users, 14 days, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+          f"{args.users} users, 14 days, replay seed {args.seed}, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(out.to_markdown(index=False, floatfmt=".3f"))
     off, on = out[out["spacing"] == "off"], out[out["spacing"] != "off"]
     for cost in args.costs.split(",") if len(off) and len(on) else []:
