@@ -409,7 +409,8 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
                           "opened": opened.astype(int), "clicked": clicked.astype(int), "label": converted.astype(int)})
     train = TrainingSet(frame, "svc", ("taste", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
                                                           "channel", "local_hour"), treatment="treated")
-    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
+    # One fit per arm (`arm_fits` {}): the arms' own shapes (averaged arms: test_funnel_arms_average_their_seeded_fits).
+    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", arm_fits={}))
     assert model.click_ is not None
     probe = frame.iloc[:4].assign(taste=[0.0, 0.0, 1.0, 1.0], offer_id=["books", "toys"] * 2, offer_category=["books", "toys"] * 2)
     after_open = model.arm("convert", probe)
@@ -434,11 +435,12 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     assert isinstance(loaded.convert_, StagedBooster) and not isinstance(loaded.click_, StagedBooster)
     np.testing.assert_array_equal(loaded.predict(probe), model.predict(probe))
     # The earlier recipe, the after-click arm on the clicked rows alone, is kept behind `pooled_convert=False`.
-    alone = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", pooled_convert=False))
+    alone = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", pooled_convert=False,
+                                    arm_fits={}))
     assert type(alone.convert_) is not StagedBooster and alone.click_ is not None
     # without click tracking: one stage from open to conversion
     plain = fit(TrainingSet(frame.drop(columns="clicked"), "svc", train.features, train.request, treatment="treated"),
-                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
+                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", arm_fits={}))
     assert plain.click_ is None
 
 
@@ -493,7 +495,7 @@ def test_funnel_arms_average_their_seeded_fits(averaged_funnels, tmp_path):
                      UpliftConfig(fit=quick, arm_fits={"control": 1}))
     engaged, clicked = funnel_rows(train)["click"]  # the after-click arm's rows, one fit: a StagedBooster
     one = fit_arm("convert", frame[engaged], [*train.features, *OFFER_COLUMNS], frame["label"].to_numpy()[engaged],
-                  "svc", UpliftConfig(fit=quick), stage=clicked)
+                  "svc", UpliftConfig(fit=quick, arm_fits={}), stage=clicked)
     assert type(single) is BoosterScorer and type(one) is StagedBooster
     assert type(model.engage_) is BoosterScorer and type(model.click_) is BoosterScorer  # not named: one fit
     arm = model.control_

@@ -91,8 +91,12 @@ class CompiledBooster:
         self.booster = scorer.booster_
 
     def predict(self, x: Rows) -> np.ndarray:
+        return self.predict_codes(self.plan.codes(x))
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        """The model's scores of its encoded input matrix (`plan.codes`): the predict work alone."""
         # One thread: LightGBM's default pool costs milliseconds per call on a busy 2-core machine (STACK.md).
-        return self.booster.predict(self.plan.codes(x), num_threads=1)
+        return self.booster.predict(codes, num_threads=1)
 
 
 class BoosterScorer:
@@ -207,8 +211,8 @@ class CompiledAveraged(CompiledBooster):
         super().__init__(scorer, feature_columns, request)
         self.scorer = scorer
 
-    def predict(self, x: Rows) -> np.ndarray:
-        return self.scorer.predict_codes(self.plan.codes(x), threads=1)
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        return self.scorer.predict_codes(codes, threads=1)
 
 
 class LinearScorer:
@@ -437,8 +441,8 @@ def later_stage(codes: np.ndarray) -> np.ndarray:
 
 
 class _CompiledStaged(CompiledBooster):
-    def predict(self, x: Rows) -> np.ndarray:
-        return self.booster.predict(later_stage(self.plan.codes(x)), num_threads=1)
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        return self.booster.predict(later_stage(codes), num_threads=1)
 
 
 class FunnelUpliftScorer:
