@@ -61,7 +61,7 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   control) and one fit for the others: each named arm the mean of K seeded fits (seeds S, S+100, ..). Every
   (arm, seed) fit is made once per run and shared by the recipes that use it (the same model: each fit is seeded on
   its own), and each recipe's "train CPU-s" is the sum of its fits' CPU seconds, shared or not. `fits3-control` is
-  the tenth session's product recipe (= `ctl-bag3`), `fits3-click+convert+control` the eleventh's default.
+  the tenth session's product recipe (= `ctl-bag3`), `fits3-click+convert+control` measured in the eleventh.
 
 The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
 that seed (each arm's fit is seeded on its own, so they are the same models: `--no-reuse` refits them).

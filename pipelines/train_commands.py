@@ -73,8 +73,8 @@ FitsOption = Annotated[str | None, typer.Option(
     "--fits", show_default=False,
     help="uplift (funnel learner): each arm as the mean of K seeded fits, steadier from one retrain to the next at K "
          "times the arm's fit and K predicts per scored row: K for every arm, or ARM=K,... for some (engage, click, "
-         "convert, control; the others keep the default), e.g. 1 or engage=3,control=5 [default: click, convert "
-         "and control 3, engage 1]")]
+         "convert, control; the others keep the default), e.g. 3 or click=3,convert=3 [default: control 3, the "
+         "others 1; click=3,convert=3 steadies the offer ranking too]")]
 
 
 def arm_fits_of(fits: str | None, learner: str) -> dict[str, int] | None:

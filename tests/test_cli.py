@@ -114,7 +114,7 @@ def test_fits_option_is_checked_and_reaches_the_uplift_config(home, monkeypatch)
         output = " ".join(result.output.split())  # rich wraps long lines
         assert wrong in output and "Traceback" not in result.output, (args, output)
         if "is not a number" in wrong or "does not name" in wrong:
-            assert "e.g. '1' or 'engage=3,control=5'" in output and "engage, click, convert, control" in output
+            assert "e.g. '3' or 'click=3,convert=3'" in output and "engage, click, convert, control" in output
     assert not (home / "retrain").exists() and not (home / "mlruns").exists()  # refused before any step ran
     assert "--fits" in runner.invoke(app, ["train", "--help"]).output
     seen = []

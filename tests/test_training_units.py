@@ -489,7 +489,7 @@ def test_funnel_arms_average_their_seeded_fits(averaged_funnels, tmp_path):
         UpliftConfig(fit=quick, learner="funnel", arm_fits={"control": 0})
     with pytest.raises(ValueError, match="unknown funnel arm.*'ctrl'.*engage, click, convert, control"):
         UpliftConfig(arm_fits={"ctrl": 2})
-    assert [UpliftConfig().fits(a) for a in ("engage", "click", "convert", "control")] == [1, 3, 3, 3]  # the default
+    assert [UpliftConfig().fits(a) for a in ("engage", "click", "convert", "control")] == [1, 1, 1, 3]  # the default
     control = frame["treated"].to_numpy() == 0
     single = fit_arm("control", frame[control], list(train.features), frame["label"].to_numpy()[control], "svc",
                      UpliftConfig(fit=quick, arm_fits={"control": 1}))
