@@ -12,8 +12,8 @@ champion (every other champion as it is) is replayed as `nextbest evaluate` repl
 and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the history oracle and propensity-only
 (which read no uplift: the same in every recipe). Recipes (comma-separated):
 
-- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread), its
-  control arm one fit (`UpliftConfig.control_fits` 1: the recipe before issue 16's tenth session; the product's K is
+- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread),
+  every arm one fit (`UpliftConfig.arm_fits` 1: the control arm's recipe before issue 16's tenth session; the product's K is
   `ctl-bagK`);
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
 - `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s

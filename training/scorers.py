@@ -169,7 +169,7 @@ class AveragedBooster(BoosterScorer):
 
     def importance(self) -> dict[str, float]:
         gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters_], axis=0)
-        named = {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=False)}
+        named = {c: float(g) for c, g in zip(self.encoder_.columns, gains[:-1] if self.staged else gains, strict=True)}
         return {**named, StagedBooster.STAGE_INPUT: float(gains[-1])} if self.staged else named
 
     def save(self, folder: Path) -> None:
