@@ -98,7 +98,7 @@ def _predict_floor(models, users, config, engine) -> float:
         if arm in uplift.fitted:
             b = uplift.fitted[arm]
             xa = b.plan.codes(Rows(ucols, np.zeros(rows, dtype="int64"), np.arange(rows), np.full(rows, 12.0), grid))
-            calls.append(lambda b=b, xa=xa: b.booster.predict(xa, num_threads=1))
+            calls.append(lambda b=b, xa=xa: b.predict_codes(xa))  # staged and averaged arms as serving scores them
     churn = models.compiled["churn"]
     xs = churn.plan.codes(Rows(ucols, one, one, None, grid))
     calls.append(lambda: churn.booster.predict(xs, num_threads=1))

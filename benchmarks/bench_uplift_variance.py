@@ -12,8 +12,8 @@ champion (every other champion as it is) is replayed as `nextbest evaluate` repl
 and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the history oracle and propensity-only
 (which read no uplift: the same in every recipe). Recipes (comma-separated):
 
-- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread), its
-  control arm one fit (`UpliftConfig.control_fits` 1: the recipe before issue 16's tenth session; the product's K is
+- `full[@SEED]`: the demo's recipe on all training rows (a plain retrain with another training seed: its spread),
+  every arm one fit (`UpliftConfig.arm_fits` 1: the control arm's recipe before issue 16's tenth session; the product's K is
   `ctl-bagK`);
 - `half`, `quarter` (`[@SEED]`): the same on a seeded sample of half / a quarter of the training users;
 - `rowhalf[@SEED]`: a seeded half of the training rows drawn row by row (every user, half its rows), against `half`'s
@@ -56,6 +56,12 @@ and learned opt-out costs, 3,000 users, 14 fresh days per seed), beside the hist
   funnel's own (training seed S) and K - 1 refits of the product's recipe with seeds S+100, .., S+100(K-1) (each its own
   tuning split, tuning sample, TPE and bagging seed): the arm's fit-to-fit noise averaged out (`@home`: the home's
   champion's control arm and K - 1 refits beside it, as the demo would have fitted it with K control fits).
+- `fitsK-ARMS[@SEED]` (issue 16, eleventh session, arms11): the product's own fit (`uplift.fit_funnel`) with
+  `UpliftConfig.arm_fits` K for the arms named in ARMS (`all`, or arm names joined by '+': engage, click, convert,
+  control) and one fit for the others: each named arm the mean of K seeded fits (seeds S, S+100, ..). Every
+  (arm, seed) fit is made once per run and shared by the recipes that use it (the same model: each fit is seeded on
+  its own), and each recipe's "train CPU-s" is the sum of its fits' CPU seconds, shared or not. `fits3-control` is
+  the tenth session's product recipe (= `ctl-bag3`), `fits3-click+convert+control` measured in the eleventh.
 
 The arms a recipe leaves as the product fits them are fitted once per training seed and reused by every recipe with
 that seed (each arm's fit is seeded on its own, so they are the same models: `--no-reuse` refits them).
@@ -352,6 +358,36 @@ def shaped(kind: str, fit_booster, cache: dict | None):
     return fit
 
 
+def fits_of(kind: str) -> dict[str, int] | None:
+    """The per-arm fit counts of a recipe kind `fitsK-ARMS` (ARMS `all` or arm names joined by '+'): the named arms K
+    fits, the others one; None for any other kind."""
+    head, dash, arms = kind.partition("-")
+    if not (head.startswith("fits") and head[4:].isdigit() and int(head[4:]) >= 1 and dash):
+        return None
+    names = uplift.FUNNEL_ARMS if arms == "all" else tuple(arms.split("+"))
+    if not set(names) <= set(uplift.FUNNEL_ARMS):
+        return None
+    return {a: int(head[4:]) if a in names else 1 for a in uplift.FUNNEL_ARMS}
+
+
+def shared_fits(cache: dict, spent: list[float]):
+    """`fit_booster` that makes each distinct fit (rows, columns, labels, stage, seed, budget) once per run and
+    appends its CPU seconds to `spent` on every use (the recipe's training cost as if fitted alone)."""
+    def fit(frame, columns, y, feature_service, config, weight=None, progress=None, customer_base_weeks=None,
+            stage=None):
+        key = ("fits", len(frame), tuple(columns), int(np.sum(y)), None if stage is None else int(np.sum(stage)),
+               config.seed, config.trials, config.tune_sample, weight is None, customer_base_weeks)
+        if key not in cache:
+            cpu = time.process_time()
+            out = fit_booster(frame, columns, y, feature_service, config, weight, progress=progress,
+                              customer_base_weeks=customer_base_weeks, stage=stage)
+            cache[key] = (out, time.process_time() - cpu)
+        spent.append(cache[key][1])
+        return cache[key][0]
+
+    return fit
+
+
 def known_recipe(name: str) -> bool:
     """Whether `name` is a recipe this bench knows (its kind, and its seed after '@' a number when given)."""
     kind, at, seed = name.partition("@")
@@ -361,6 +397,8 @@ def known_recipe(name: str) -> bool:
         own = kind[4:]
         known = own in CONTROL_RECIPES or any(own.startswith(p) and own[len(p):].isdigit() for p in ("scale", "bag"))
         return known and (not at or seed.isdigit() or seed == "home")
+    if fits_of(kind) is not None:
+        return not at or seed.isdigit()
     counted = any(kind.startswith(p) and kind[len(p):].isdigit() for p in ("bag", "ts", "cv", "avg", "t"))
     plain = kind in ("full", "half", "quarter", "rowhalf", "all", "lr") or kind in {f"half-{a}" for a in _ARMS}
     return (plain or counted or shape_of(kind) is not None) and (not at or seed.isdigit())
@@ -639,8 +677,9 @@ def main() -> None:
     raw = read_raw_tables(settings, ON_DISK)
     store = training_store(settings)
     job = TrainConfig(trials=args.trials, seed=settings.seed, sample_rows=args.sample_rows)
-    # The one-control-fit recipe is every recipe's base (`full`); `ctl-bagK` is the product's `control_fits` K.
-    base = dataclasses.replace(model_config("uplift", job), control_fits=1)
+    # The one-fit-per-arm recipe is every recipe's base (`full`); `ctl-bagK` / `fitsK-control` is the product's control
+    # arm of K fits, `fitsK-ARMS` the product's `arm_fits`.
+    base = dataclasses.replace(model_config("uplift", job), arm_fits=dict.fromkeys(uplift.FUNNEL_ARMS, 1))
     data = uplift.build_frame(store, raw, base, shared_joins(store, ["uplift"], Sampling(job.sample_rows, job.seed)))
     train, holdout = split(data, job.holdout, job.seed)
     print(f"training set: {len(data.frame):,} rows ({len(train.frame):,} train, {len(holdout.frame):,} holdout), "
@@ -690,10 +729,19 @@ def main() -> None:
             started, cpu = time.perf_counter(), time.process_time()
             scorer = with_control(fitted[full], control_arm(kind[4:], rows_set, cfg, contact_columns, truth_all,
                                                             fitted[full]))
+        elif fits_of(kind) is not None:  # the product's fit with these arm fits, each (arm, seed) fit made once
+            spent: list[float] = []
+            saved = uplift.fit_booster
+            uplift.fit_booster = shared_fits({} if cache is None else cache, spent)
+            try:
+                scorer = uplift.fit_funnel(rows_set, dataclasses.replace(cfg, arm_fits=fits_of(kind)))
+            finally:
+                uplift.fit_booster = saved
         else:
             scorer = fit_recipe(name, rows_set, cfg, refit, cache)
         fitted[name] = scorer
         fit_s, fit_cpu = time.perf_counter() - started, time.process_time() - cpu
+        train_cpu = sum(spent) if fits_of(kind) is not None else fit_cpu
         qini = np.nan if kind.startswith("ctl-truth") else uplift.evaluate(scorer, holdout)["qini_auc"]
         print(f"{name}: {tuned(scorer)}; holdout qini {qini:.5f}", flush=True)
         variant = engine.ModelSet({**models.models, "uplift": Champion("uplift", name, scorer)}, models.columns).compile()
@@ -726,7 +774,7 @@ def main() -> None:
             ranked = offer_ranking(recorded[seed], variant) if seed in recorded else {}
             rows.append({"recipe": name, "seed": seed, "train rows": len(rows_set.frame), **arm_rows(rows_set),
                          **ranked,
-                         "fit s": fit_s, "fit CPU-s": fit_cpu, "holdout qini": qini,
+                         "fit s": fit_s, "fit CPU-s": fit_cpu, "train CPU-s": train_cpu, "holdout qini": qini,
                          "NBA": m["incremental_revenue"], "of history oracle": m["incremental_revenue"] / oracle,
                          "x propensity-only": m["incremental_revenue"] / prop, "first sends": first,
                          "later sends": later, "contacts": m["contacts"], "opt-outs /1k": m["opt_outs_per_1k"],

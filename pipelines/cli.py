@@ -23,7 +23,13 @@ from nextbest.pipelines.console import console
 from nextbest.pipelines.report_commands import register as register_reports
 from nextbest.pipelines.score import register as register_score
 from nextbest.pipelines.serve_commands import register as register_serve
-from nextbest.pipelines.train_commands import LearnerOption, ShrinkOption, learner_problem
+from nextbest.pipelines.train_commands import (
+    FitsOption,
+    LearnerOption,
+    ShrinkOption,
+    arm_fits_of,
+    learner_problem,
+)
 from nextbest.pipelines.train_commands import register as register_train
 
 if TYPE_CHECKING:
@@ -503,17 +509,23 @@ def retrain(
     fresh: Annotated[bool, typer.Option("--fresh", help="start a new run instead of resuming a failed one")] = False,
     learner: LearnerOption = "auto",
     shrink: ShrinkOption = None,
+    fits: FitsOption = None,
 ) -> None:
     """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
     from nextbest.pipelines.retrain import STEPS, RetrainConfig
     from nextbest.pipelines.retrain import retrain as run_retrain
 
     settings = Settings()
-    config = RetrainConfig(source=source, trials=trials, uplift_learner=learner, uplift_shrinkage=shrink)
 
     def body() -> dict:
         if learner_problem(learner):
             raise UserError(learner_problem(learner))
+        try:
+            arm_fits = arm_fits_of(fits, learner)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        config = RetrainConfig(source=source, trials=trials, uplift_learner=learner, uplift_shrinkage=shrink,
+                               uplift_arm_fits=arm_fits)
         with steps(len(STEPS)) as advance:
             try:
                 return run_retrain(settings, config, resume=not fresh,

@@ -49,6 +49,7 @@ class RetrainConfig:
     min_matched: int = 200  # off-policy gate: logged decisions matching each policy's choice, at least
     uplift_learner: str = "auto"  # auto (training.uplift.pick_learner) or s, t, x, dr, funnel
     uplift_shrinkage: bool | None = None  # the uplift policy's shrinkage: None = automatic (training/uplift.py UpliftConfig)
+    uplift_arm_fits: dict[str, int] | None = None  # the funnel's seeded fits per arm (UpliftConfig.arm_fits); None = default
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
 
@@ -125,7 +126,8 @@ def _train(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     results = train_models(settings, names, TrainConfig(trials=config.trials, seed=settings.seed,
                                                         sample_rows=settings.train_sample_rows,
                                                         uplift_learner=config.uplift_learner,
-                                                        uplift_shrinkage=config.uplift_shrinkage),
+                                                        uplift_shrinkage=config.uplift_shrinkage,
+                                                        uplift_arm_fits=config.uplift_arm_fits),
                            defer=_policy_gated(config), skip=skipped.__setitem__)
     keep = ("better_on_holdout", "holdout_from", "holdout_split")
     return {"models": {r.name: {"version": str(r.version), "promoted": bool(r.decision.get("promoted")),

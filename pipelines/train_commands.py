@@ -16,7 +16,7 @@ from nextbest.features.contract import ContractError
 from nextbest.features.settings import Settings
 from nextbest.pipelines.console import console
 
-__all__ = ["register", "CLI_MODELS", "LearnerOption", "ShrinkOption", "learner_problem"]
+__all__ = ["register", "CLI_MODELS", "LearnerOption", "ShrinkOption", "FitsOption", "learner_problem", "arm_fits_of"]
 
 # CLI spelling -> the model's short name in training/ and the registry.
 CLI_MODELS: dict[str, str] = {"propensity": "conversion", "uplift": "uplift", "purchase": "purchase", "churn": "churn",
@@ -69,6 +69,27 @@ ShrinkOption = Annotated[bool | None, typer.Option(
     help="uplift: fit how far the policy may leave the best fixed action (cross-fitted; decisions use it) "
          "[default: automatic, on for a log of at most 8 actions, a randomised experiment's shape]")]
 
+FitsOption = Annotated[str | None, typer.Option(
+    "--fits", show_default=False,
+    help="uplift (funnel learner): each arm as the mean of K seeded fits, steadier from one retrain to the next at K "
+         "times the arm's fit and K predicts per scored row: K for every arm, or ARM=K,... for some (engage, click, "
+         "convert, control; the others keep the default), e.g. 3 or click=3,convert=3 [default: control 3, the "
+         "others 1; click=3,convert=3 steadies the offer ranking too]")]
+
+
+def arm_fits_of(fits: str | None, learner: str) -> dict[str, int] | None:
+    """The uplift's `UpliftConfig.arm_fits` from a `--fits` value (None: the default); ValueError naming what is
+    wrong (a bad value; a learner without the funnel's arms)."""
+    if fits is None:
+        return None
+    from nextbest.training.uplift import parse_arm_fits
+
+    if learner not in ("auto", "funnel"):
+        raise ValueError(f"--fits sets the funnel learner's arms; --learner {learner} has none (use --learner funnel "
+                         "or auto, or leave --fits out)")
+    return parse_arm_fits(fits)
+
+
 def learner_problem(learner: str) -> str | None:
     """What is wrong with a `--learner` value, or None."""
     from nextbest.training.uplift import LEARNERS
@@ -82,7 +103,7 @@ def learner_problem(learner: str) -> str | None:
 def _train(settings: Settings, model: str, trials: int, as_of: str | None, horizon: int, window: int,
            labels: Path | None, outcome: str | None = None, sample_rows: int | None = None,
            learner: str = "auto", dates: int = 4, split: str = "user",
-           shrink: bool | None = None) -> tuple[list, dict[str, str]]:
+           shrink: bool | None = None, fits: str | None = None) -> tuple[list, dict[str, str]]:
     import pandas as pd
 
     from nextbest.features.ingest import manifest
@@ -113,6 +134,12 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
         raise _UserError(learner_problem(learner))
     if learner != "auto" and "uplift" not in names:
         raise _UserError(f"--learner is read by the uplift model only, not by `train {model}`")
+    if fits is not None and "uplift" not in names:
+        raise _UserError(f"--fits is read by the uplift model only, not by `train {model}`")
+    try:
+        arm_fits = arm_fits_of(fits, learner)
+    except ValueError as err:
+        raise _UserError(str(err)) from None
     if split not in ("user", "time"):
         raise _UserError(f"--split {split!r}: choose user (folds grouped by user) or time (folds of snapshot dates)")
     if split == "time" and (labels is not None or not set(names) <= set(TIME_SPLIT_MODELS)):
@@ -136,7 +163,7 @@ def _train(settings: Settings, model: str, trials: int, as_of: str | None, horiz
     names = [n for n in names if n not in skipped]
     config = TrainConfig(trials=trials, as_of=when, horizon_days=horizon, window_days=window, seed=settings.seed,
                          sample_rows=sample_rows or settings.train_sample_rows, uplift_learner=learner, dates=dates, split=split,
-                         uplift_shrinkage=shrink)
+                         uplift_shrinkage=shrink, uplift_arm_fits=arm_fits)
     columns = [SpinnerColumn(), TextColumn("{task.description:<30}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar:
@@ -243,13 +270,14 @@ def register(app: typer.Typer) -> None:
                                                 "(folds of snapshot dates, each trained only on rows whose horizon "
                                                 "closed before its first date; needs dates spanning several horizons)")] = "user",
         shrink: ShrinkOption = None,
+        fits: FitsOption = None,
     ) -> None:
         """Train, validate (user-grouped CV for purchase, churn and label models; one holdout for the contact models),
         register in MLflow, and promote only a challenger that beats the champion on the same rows."""
         settings = Settings()
         started = time.perf_counter()
         results, skipped = _guarded(_train, settings, model, trials, as_of, horizon, window, labels, outcome,
-                                     sample_rows, learner, dates, split, shrink)
+                                     sample_rows, learner, dates, split, shrink, fits)
         table = Table(title=f"trained in {time.perf_counter() - started:.0f} s (holdout metrics)")
         for col in ("model", "version", "rows", "auc / qini", "pr_auc", "logloss", "calib. err", "top 20 %", "champion", "s"):
             table.add_column(col, justify="left" if col in ("model", "champion") else "right")

@@ -94,6 +94,45 @@ def test_real_cdnow_data_from_ingest_to_online_features(home):
     assert online["aff_music"] == [pytest.approx(1.0)]  # the only category holds all the interest
 
 
+def test_fits_option_is_checked_and_reaches_the_uplift_config(home, monkeypatch):
+    """`--fits` (train uplift, retrain): K or ARM=K,... checked before any step runs (exit 2, a message naming what
+    is wrong and how to write it, no traceback), read by the uplift's funnel learner only, and passed on as
+    `UpliftConfig.arm_fits`."""
+    from nextbest.pipelines import retrain as pipeline
+    from nextbest.training.jobs import TrainConfig, model_config
+    from nextbest.training.uplift import UpliftConfig
+
+    for args, wrong in ((["train", "uplift", "--fits", "0"], "the count '0' is not a number of fits"),
+                        (["train", "uplift", "--fits", "ctrl=2"], "'ctrl=2' does not name a funnel arm"),
+                        (["train", "uplift", "--fits", "convert=x"], "the convert arm's count 'x'"),
+                        (["train", "uplift", "--fits", "21"], "the count '21'"),
+                        (["train", "uplift", "--learner", "s", "--fits", "3"], "--learner s has none"),
+                        (["train", "churn", "--fits", "3"], "--fits is read by the uplift model only"),
+                        (["retrain", "--fits", "control=-1"], "the control arm's count '-1'")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        output = " ".join(result.output.split())  # rich wraps long lines
+        assert wrong in output and "Traceback" not in result.output, (args, output)
+        if "is not a number" in wrong or "does not name" in wrong:
+            assert "e.g. '3' or 'click=3,convert=3'" in output and "engage, click, convert, control" in output
+    assert not (home / "retrain").exists() and not (home / "mlruns").exists()  # refused before any step ran
+    assert "--fits" in runner.invoke(app, ["train", "--help"]).output
+    seen = []
+
+    def spy(settings, config, resume, progress):  # the pipeline itself has its own tests (tests/test_pipelines.py)
+        seen.append(config)
+        return {"run_id": "r1", "status": "done", "steps": {}}
+
+    monkeypatch.setattr(pipeline, "retrain", spy)
+    for flag, expected in ((["--fits", "convert=3, click=2"], {"control": 3, "convert": 3, "click": 2}),
+                           (["--fits", "2"], dict.fromkeys(("engage", "click", "convert", "control"), 2)), ([], None)):
+        result = runner.invoke(app, ["retrain", *flag])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].uplift_arm_fits == expected
+        arm_fits = model_config("uplift", TrainConfig(uplift_arm_fits=expected)).arm_fits
+        assert arm_fits == (UpliftConfig().arm_fits if expected is None else expected)
+
+
 def test_retrain_takes_the_uplift_options_of_train_and_prints_the_gates_argmax(home, monkeypatch):
     from nextbest.pipelines import retrain as pipeline
 

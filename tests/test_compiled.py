@@ -216,7 +216,7 @@ def test_an_s_learner_compiles_to_its_pandas_scores(trained_runtime, users):
 
 
 def test_an_averaged_control_arm_compiles_to_its_pandas_scores(trained_runtime, users, tmp_path):
-    """A funnel whose control arm averages several fits (`UpliftConfig.control_fits`): the compiled path gives the
+    """A funnel whose control arm averages several fits (`UpliftConfig.arm_fits`): the compiled path gives the
     pandas path's numbers, the arm is the mean of its fits, and it loads back from its text models the same."""
     import lightgbm as lgb
 

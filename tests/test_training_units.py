@@ -409,7 +409,8 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
                           "opened": opened.astype(int), "clicked": clicked.astype(int), "label": converted.astype(int)})
     train = TrainingSet(frame, "svc", ("taste", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
                                                           "channel", "local_hour"), treatment="treated")
-    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
+    # One fit per arm (`arm_fits` {}): the arms' own shapes (averaged arms: test_funnel_arms_average_their_seeded_fits).
+    model = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", arm_fits={}))
     assert model.click_ is not None
     probe = frame.iloc[:4].assign(taste=[0.0, 0.0, 1.0, 1.0], offer_id=["books", "toys"] * 2, offer_category=["books", "toys"] * 2)
     after_open = model.arm("convert", probe)
@@ -434,22 +435,18 @@ def test_funnel_uplift_learns_offer_interest_from_clicks(tmp_path):
     assert isinstance(loaded.convert_, StagedBooster) and not isinstance(loaded.click_, StagedBooster)
     np.testing.assert_array_equal(loaded.predict(probe), model.predict(probe))
     # The earlier recipe, the after-click arm on the clicked rows alone, is kept behind `pooled_convert=False`.
-    alone = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", pooled_convert=False))
+    alone = fit(train, UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", pooled_convert=False,
+                                    arm_fits={}))
     assert type(alone.convert_) is not StagedBooster and alone.click_ is not None
     # without click tracking: one stage from open to conversion
     plain = fit(TrainingSet(frame.drop(columns="clicked"), "svc", train.features, train.request, treatment="treated"),
-                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel"))
+                UpliftConfig(fit=FitConfig(trials=1, max_rounds=60), learner="funnel", arm_fits={}))
     assert plain.click_ is None
 
 
-def test_funnel_control_arm_averages_its_seeded_fits(tmp_path):
-    """`UpliftConfig.control_fits`: the funnel's control arm is the mean of k fits' probabilities, each with its own
-    seed (the first the one-fit recipe's arm itself), saved as k LightGBM text models and loaded back as one
-    averaged arm; 1 keeps the one-fit arm; fewer than 1 is refused by name."""
+def _funnel_training_set():
+    """A small contact log with opens, clicks and a control group: heavy users buy on their own, clicks convert."""
     from nextbest.training.datasets import TrainingSet
-    from nextbest.training.scorers import AveragedBooster, BoosterScorer
-    from nextbest.training.tabular import FitConfig
-    from nextbest.training.uplift import FunnelUpliftScorer, UpliftConfig, fit, fit_control
 
     rng = np.random.default_rng(11)
     n = 8_000
@@ -462,32 +459,112 @@ def test_funnel_control_arm_averages_its_seeded_fits(tmp_path):
                           "offer_kind": "product", "offer_value": 30.0, "channel": "email", "local_hour": 10,
                           "treated": treated.astype(int), "opened": opened.astype(int), "clicked": clicked.astype(int),
                           "label": converted.astype(int)})
-    train = TrainingSet(frame, "svc", ("heavy", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
-                                                          "channel", "local_hour"), treatment="treated")
+    return TrainingSet(frame, "svc", ("heavy", "noise"), ("offer_id", "offer_category", "offer_kind", "offer_value",
+                                                         "channel", "local_hour"), treatment="treated")
+
+
+@pytest.fixture(scope="module")
+def averaged_funnels():
+    """A funnel with the control arm of 3 fits and the pooled after-click arm of 2 (2-trial tuning, <= 60 rounds)."""
+    from nextbest.training.tabular import FitConfig
+    from nextbest.training.uplift import UpliftConfig, fit
+
+    train = _funnel_training_set()
     quick = FitConfig(trials=2, max_rounds=60)
-    with pytest.raises(ValueError, match="control_fits must be at least 1"):
-        fit(train, UpliftConfig(fit=quick, learner="funnel", control_fits=0))
-    control = ~treated
-    one = fit_control(frame[control], list(train.features), converted[control].astype(int), "svc",
-                      UpliftConfig(fit=quick, control_fits=1))
-    assert type(one) is BoosterScorer
-    model = fit(train, UpliftConfig(fit=quick, learner="funnel", control_fits=3))
+    averaged = fit(train, UpliftConfig(fit=quick, learner="funnel", arm_fits={"control": 3, "convert": 2}))
+    return train, quick, averaged
+
+
+def test_funnel_arms_average_their_seeded_fits(averaged_funnels, tmp_path):
+    """`UpliftConfig.arm_fits`: a funnel arm is the mean of k fits' probabilities, each with its own seed (the first
+    the one-fit arm itself), saved as k LightGBM text models and loaded back as one averaged arm with the same
+    predictions; the pooled after-click arm stays staged (read as clicked) when averaged; an arm not named is one
+    fit; an unknown arm or fewer than 1 fit is refused by name."""
+    from nextbest.training.scorers import AveragedBooster, BoosterScorer, StagedBooster, later_stage
+    from nextbest.training.uplift import OFFER_COLUMNS, FunnelUpliftScorer, UpliftConfig, fit_arm, funnel_rows
+
+    train, quick, model = averaged_funnels
+    frame = train.frame
+    with pytest.raises(ValueError, match="the control arm's number of fits must be a whole number of at least 1"):
+        UpliftConfig(fit=quick, learner="funnel", arm_fits={"control": 0})
+    with pytest.raises(ValueError, match="unknown funnel arm.*'ctrl'.*engage, click, convert, control"):
+        UpliftConfig(arm_fits={"ctrl": 2})
+    assert [UpliftConfig().fits(a) for a in ("engage", "click", "convert", "control")] == [1, 1, 1, 3]  # the default
+    control = frame["treated"].to_numpy() == 0
+    single = fit_arm("control", frame[control], list(train.features), frame["label"].to_numpy()[control], "svc",
+                     UpliftConfig(fit=quick, arm_fits={"control": 1}))
+    engaged, clicked = funnel_rows(train)["click"]  # the after-click arm's rows, one fit: a StagedBooster
+    one = fit_arm("convert", frame[engaged], [*train.features, *OFFER_COLUMNS], frame["label"].to_numpy()[engaged],
+                  "svc", UpliftConfig(fit=quick, arm_fits={}), stage=clicked)
+    assert type(single) is BoosterScorer and type(one) is StagedBooster
+    assert type(model.engage_) is BoosterScorer and type(model.click_) is BoosterScorer  # not named: one fit
     arm = model.control_
     assert isinstance(arm, AveragedBooster) and len(arm.boosters_) == 3 and arm.params_["fits"] == 3
     codes = arm.encoder_.codes(frame)
     members = np.array([b.predict(codes) for b in arm.boosters_])
     assert np.abs(members[1] - members[0]).max() > 1e-3  # the fits differ: their seeds are their own
     np.testing.assert_allclose(arm.predict(frame), members.mean(axis=0), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(members[0], one.predict(frame), rtol=0, atol=1e-12)  # the first: the one-fit arm
+    np.testing.assert_allclose(members[0], single.predict(frame), rtol=0, atol=1e-12)  # the first: the one-fit arm
     np.testing.assert_allclose(model.arm("control", frame), members.mean(axis=0), rtol=0, atol=1e-12)
+    # The pooled after-click arm averaged: each fit read at the later stage (clicked), as the one-fit StagedBooster.
+    after = model.convert_
+    assert isinstance(after, AveragedBooster) and after.staged and len(after.boosters_) == 2
+    assert not AveragedBooster([single.booster_], single.encoder_, "svc").staged
+    staged = np.array([b.predict(later_stage(after.encoder_.codes(frame))) for b in after.boosters_])
+    np.testing.assert_allclose(after.predict(frame), staged.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(staged[0], one.predict(frame), rtol=0, atol=1e-12)
+    assert np.abs(staged[1] - staged[0]).max() > 1e-3
+    gains = after.importance()
+    assert set(gains) == {*after.encoder_.columns, StagedBooster.STAGE_INPUT} and gains[StagedBooster.STAGE_INPUT] > 0
+    # Saved and loaded back: every fit of every averaged arm, the same predictions.
     model.save(tmp_path / "m")
     assert (tmp_path / "m" / "control_model.2.txt").exists() and not (tmp_path / "m" / "control_model.3.txt").exists()
+    assert (tmp_path / "m" / "convert_model.1.txt").exists() and not (tmp_path / "m" / "convert_model.2.txt").exists()
+    assert not (tmp_path / "m" / "engage_model.1.txt").exists()
     loaded = FunnelUpliftScorer.load(tmp_path / "m")
     assert isinstance(loaded.control_, AveragedBooster) and len(loaded.control_.boosters_) == 3
-    assert type(loaded.engage_) is BoosterScorer  # only the averaged arm has its other fits
+    assert isinstance(loaded.convert_, AveragedBooster) and loaded.convert_.staged and len(loaded.convert_.boosters_) == 2
+    assert type(loaded.engage_) is BoosterScorer  # only the averaged arms have their other fits
     np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
-    np.testing.assert_array_equal(loaded.control_.predict(frame), arm.predict(frame))
+    for name in ("control", "convert"):
+        np.testing.assert_array_equal(loaded.arm(name, frame), model.arm(name, frame))
     arm.save(tmp_path / "arm")  # on its own too: every fit, not the first alone
     alone = AveragedBooster.load(tmp_path / "arm")
     assert len(alone.boosters_) == 3
     np.testing.assert_array_equal(alone.predict(frame), arm.predict(frame))
+
+
+def test_a_model_saved_in_a_newer_format_is_refused_and_older_ones_load(averaged_funnels, tmp_path):
+    """`scorers.MODEL_FORMAT`: a registered model's meta.json names its file format; a format newer than the code
+    reads is refused with the model's name and what to do (never read in part: an averaged arm's first fit alone);
+    a model saved before the field (format 1) and today's load."""
+    import hashlib
+    import json
+
+    from nextbest.training.registry import ChecksumError, ModelFormatError, load_scorer, save_scorer
+    from nextbest.training.scorers import MODEL_FORMAT
+
+    train, _, model = averaged_funnels
+    folder = tmp_path / "uplift"
+    save_scorer(model, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["format"] == MODEL_FORMAT == 2 and meta["kind"] == "uplift_funnel"
+    np.testing.assert_array_equal(load_scorer(folder).predict(train.frame), model.predict(train.frame))
+
+    def resave(meta: dict) -> None:  # the meta.json changed and its checksum with it: only the format differs
+        (folder / "meta.json").write_text(json.dumps(meta))
+        sums = json.loads((folder / "checksums.json").read_text())
+        sums["meta.json"] = hashlib.sha256((folder / "meta.json").read_bytes()).hexdigest()
+        (folder / "checksums.json").write_text(json.dumps(sums))
+
+    resave({**meta, "format": MODEL_FORMAT + 1})
+    with pytest.raises(ModelFormatError, match=f"nextbest-uplift version 9: saved in model file format "
+                                               f"{MODEL_FORMAT + 1}, newer than this code reads \\(up to "
+                                               f"{MODEL_FORMAT}\\).*Upgrade nextbest.*nextbest rollback") as refused:
+        load_scorer(folder, label="nextbest-uplift version 9")
+    assert isinstance(refused.value, ChecksumError)  # refused wherever an unverifiable model is (CLI exit 2, serving)
+    resave({**meta, "format": "2"})
+    with pytest.raises(ModelFormatError, match="not a format number"):
+        load_scorer(folder)
+    resave({k: v for k, v in meta.items() if k != "format"})  # saved before the field: format 1, loads as it is
+    np.testing.assert_array_equal(load_scorer(folder).predict(train.frame), model.predict(train.frame))

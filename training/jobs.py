@@ -61,6 +61,8 @@ class TrainConfig:
     # uplift: fit the policy's shrinkage (training/shrinkage.py), which decisions then use; None = automatic (a log of
     # few actions, a randomised experiment's shape: `uplift.shrinks`)
     uplift_shrinkage: bool | None = None
+    # uplift (funnel): how many seeded fits each arm is the mean of (`UpliftConfig.arm_fits`); None = its default
+    uplift_arm_fits: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ def model_config(name: str, config: TrainConfig):
     if name == "churn":
         return churn.ChurnConfig(horizon_days=config.horizon_days, as_of=config.as_of, dates=config.dates, fit=fit)
     if name == "uplift":
+        arm_fits = {} if config.uplift_arm_fits is None else {"arm_fits": dict(config.uplift_arm_fits)}
         return uplift.UpliftConfig(window_days=config.window_days, fit=fit, learner=config.uplift_learner, seed=config.seed,
-                                   shrinkage=config.uplift_shrinkage)
+                                   shrinkage=config.uplift_shrinkage, **arm_fits)
     if name == "send_time":
         return send_time.SendTimeConfig(window_days=config.window_days, epochs=config.epochs, seed=config.seed)
     if name == "offer_net":

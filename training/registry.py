@@ -30,6 +30,8 @@ __all__ = [
     "primary_metric",
     "RegistryUnavailable",
     "ChecksumError",
+    "ModelFormatError",
+    "check_format",
     "Champion",
     "Scorer",
     "save_scorer",
@@ -89,6 +91,11 @@ class ChecksumError(Exception):
     """A model artifact does not match the checksum recorded when it was registered."""
 
 
+class ModelFormatError(ChecksumError):
+    """A model saved in a newer file format than this code reads (`scorers.MODEL_FORMAT`): refused, never read in
+    part. A `ChecksumError`, so every caller that refuses an unverifiable model refuses this one the same way."""
+
+
 class Scorer(Protocol):
     feature_service: str
 
@@ -110,8 +117,12 @@ def _sha256(path: Path) -> str:
 
 def save_scorer(scorer, folder: Path, contract: dict | None = None) -> str:
     """Write the scorer's files (and its contract) and their sha256 list; returns the digest of that list."""
+    from nextbest.training.scorers import MODEL_FORMAT
+
     folder.mkdir(parents=True, exist_ok=True)
     scorer.save(folder)
+    meta = json.loads((folder / "meta.json").read_text())  # the format the files are in: `load_scorer` checks it
+    (folder / "meta.json").write_text(json.dumps({**meta, "format": MODEL_FORMAT}, default=str))
     if getattr(scorer, "shrinkage_", None) is not None:  # an uplift model's policy shrinkage (training/shrinkage.py)
         (folder / _SHRINKAGE).write_text(json.dumps(scorer.shrinkage_.to_json(), indent=1, sort_keys=True))
     if contract is not None:
@@ -141,8 +152,11 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
     """Verify the checksums, then build the scorer from its safe-format files."""
     folder = Path(folder)
     _verify(folder, expected_digest, label)
-    kind = json.loads((folder / "meta.json").read_text())["kind"]
+    meta = json.loads((folder / "meta.json").read_text())
+    kind = meta["kind"]
     from nextbest.training import scorers
+
+    check_format(meta, label)
 
     loaders = {"lightgbm": scorers.BoosterScorer, "lightgbm_staged": scorers.StagedBooster, "logistic": scorers.LinearScorer, "blend": scorers.BlendScorer,
                "uplift_t_learner": scorers.UpliftScorer,
@@ -163,6 +177,25 @@ def load_scorer(folder: Path, expected_digest: str | None = None, label: str = "
 
         scorer.shrinkage_ = Shrinkage.from_json(json.loads((folder / _SHRINKAGE).read_text()))
     return scorer
+
+
+def check_format(meta: dict, label: str = "model") -> None:
+    """Refuse a model whose meta.json names a file format newer than this code reads (`scorers.MODEL_FORMAT`; no
+    field: format 1, every model saved before it), with what to do: it would otherwise be read in part (e.g. an
+    averaged arm's first fit alone)."""
+    from nextbest.training.scorers import MODEL_FORMAT
+
+    found = meta.get("format", 1)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ModelFormatError(f"{label}: meta.json names the file format {found!r}, which is not a format number (a "
+                               "whole number from 1). Retrain the model, or roll back to another version (`nextbest "
+                               "rollback MODEL`).")
+    if found > MODEL_FORMAT:
+        raise ModelFormatError(
+            f"{label}: saved in model file format {found}, newer than this code reads (up to {MODEL_FORMAT}); "
+            "loading it would read only part of the model. Upgrade nextbest to the version that trained it (the run's "
+            "code_version tag in MLflow), or make a version this code trained the champion (`nextbest rollback "
+            "MODEL` or `nextbest promote MODEL --version N`).")
 
 
 def _load_pyfunc(data_path: str) -> Scorer:

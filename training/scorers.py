@@ -27,6 +27,7 @@ from nextbest.training.encoding import FrameEncoder
 from nextbest.training.nets import device, load_state, predict_net, save_net
 
 __all__ = [
+    "MODEL_FORMAT",
     "REQUEST_COLUMNS",
     "BoosterScorer",
     "StagedBooster",
@@ -51,6 +52,14 @@ __all__ = [
     "CompiledBooster",
     "input_columns",
 ]
+
+# The newest format of the saved files this code reads, stamped into each registered model's meta.json ("format",
+# `registry.save_scorer`) and checked before loading (`registry.load_scorer`): a model saved in a newer format is
+# refused with a message, never read in part. Raise it when a saved model gains files or meanings that older code
+# would skip silently. 1 (no field): every model saved before the field; 2: any booster arm may be the mean of
+# several fits (`{stem}.1.txt`, ... beside `{stem}.txt`: `AveragedBooster`, `UpliftConfig.arm_fits`), the pooled
+# after-click arm included; code older than the control arm's averaging read only such an arm's first fit.
+MODEL_FORMAT = 2
 
 # Columns a caller passes next to the features, per model (they describe the action, not the user): the one
 # list training builds its frames with and serving builds its requests from.
@@ -82,8 +91,12 @@ class CompiledBooster:
         self.booster = scorer.booster_
 
     def predict(self, x: Rows) -> np.ndarray:
+        return self.predict_codes(self.plan.codes(x))
+
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        """The model's scores of its encoded input matrix (`plan.codes`): the predict work alone."""
         # One thread: LightGBM's default pool costs milliseconds per call on a busy 2-core machine (STACK.md).
-        return self.booster.predict(self.plan.codes(x), num_threads=1)
+        return self.booster.predict(codes, num_threads=1)
 
 
 class BoosterScorer:
@@ -129,8 +142,10 @@ class BoosterScorer:
 
 class AveragedBooster(BoosterScorer):
     """The mean of several LightGBM models' probabilities, all fitted on the same rows and columns (one encoder) with
-    different seeds: one arm's fit-to-fit noise averaged out (the funnel's control arm, `UpliftConfig.control_fits`).
-    `booster_` is the first fit (what reads one booster: importance, the model card); `boosters_` all of them."""
+    different seeds: one arm's fit-to-fit noise averaged out (a funnel arm fitted `UpliftConfig.arm_fits` times).
+    `booster_` is the first fit (what reads one booster: the model card); `boosters_` all of them. Fits with one
+    input more than the encoder's columns are a `StagedBooster`'s (the pooled after-click arm): each predicts the later
+    stage, as that scorer does."""
 
     kind = "lightgbm_mean"
 
@@ -140,8 +155,10 @@ class AveragedBooster(BoosterScorer):
             raise ValueError("an averaged arm needs at least one booster")
         super().__init__(boosters[0], encoder, feature_service, {**(params or {}), "fits": len(boosters)})
         self.boosters_ = list(boosters)
+        self.staged = staged_booster(boosters[0], encoder)
 
     def predict_codes(self, codes: np.ndarray, threads: int = 0) -> np.ndarray:
+        codes = later_stage(codes) if self.staged else codes
         return np.mean([b.predict(codes, num_threads=threads) for b in self.boosters_], axis=0)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -152,7 +169,8 @@ class AveragedBooster(BoosterScorer):
 
     def importance(self) -> dict[str, float]:
         gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters_], axis=0)
-        return {c: float(g) for c, g in zip(self.encoder_.columns, gains, strict=True)}
+        named = {c: float(g) for c, g in zip(self.encoder_.columns, gains[:-1] if self.staged else gains, strict=True)}
+        return {**named, StagedBooster.STAGE_INPUT: float(gains[-1])} if self.staged else named
 
     def save(self, folder: Path) -> None:
         super().save(folder)  # the first fit as `model.txt`, the others beside it
@@ -163,6 +181,12 @@ class AveragedBooster(BoosterScorer):
         first = BoosterScorer.load(folder)
         return cls([first.booster_, *read_other_fits(folder, "model")], first.encoder_, first.feature_service,
                    first.params_)
+
+
+def staged_booster(booster: lgb.Booster, encoder: FrameEncoder) -> bool:
+    """Whether a booster was fitted on two stages of a funnel (`fit_booster(stage=...)`): one input more than its
+    encoder's columns, the stage, which a `StagedBooster` sets to the later stage."""
+    return booster.num_feature() == len(encoder.columns) + 1
 
 
 def write_other_fits(folder: Path, stem: str, model: BoosterScorer) -> None:
@@ -187,8 +211,8 @@ class CompiledAveraged(CompiledBooster):
         super().__init__(scorer, feature_columns, request)
         self.scorer = scorer
 
-    def predict(self, x: Rows) -> np.ndarray:
-        return self.scorer.predict_codes(self.plan.codes(x), threads=1)
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        return self.scorer.predict_codes(codes, threads=1)
 
 
 class LinearScorer:
@@ -417,8 +441,8 @@ def later_stage(codes: np.ndarray) -> np.ndarray:
 
 
 class _CompiledStaged(CompiledBooster):
-    def predict(self, x: Rows) -> np.ndarray:
-        return self.booster.predict(later_stage(self.plan.codes(x)), num_threads=1)
+    def predict_codes(self, codes: np.ndarray) -> np.ndarray:
+        return self.booster.predict(later_stage(codes), num_threads=1)
 
 
 class FunnelUpliftScorer:
@@ -504,11 +528,11 @@ def _load_arms(folder: Path, names: tuple[str, ...]) -> tuple[list[BoosterScorer
         booster = lgb.Booster(model_str=(folder / f"{arm}_model.txt").read_text())
         encoder = FrameEncoder.from_json(json.loads((folder / f"{arm}_encoder.json").read_text()))
         others = read_other_fits(folder, f"{arm}_model")  # an averaged arm's other fits
-        if others:
+        if others:  # an averaged arm, staged or not (`AveragedBooster.staged`)
             arms.append(AveragedBooster([booster, *others], encoder, service))
             continue
         # One input more than the encoder's columns: the stage of a StagedBooster.
-        kind = StagedBooster if booster.num_feature() == len(encoder.columns) + 1 else BoosterScorer
+        kind = StagedBooster if staged_booster(booster, encoder) else BoosterScorer
         arms.append(kind(booster, encoder, service))
     return arms, service
 

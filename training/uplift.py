@@ -69,7 +69,7 @@ from nextbest.training.tabular import FitConfig, fit_booster
 from nextbest.training.tuning import BASE_PARAMS
 
 __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "FunnelUpliftScorer", "OFFER_COLUMNS", "click_columns", "ENGAGE_COLUMNS",
-           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "fit_control", "funnel_rows", "candidates", "choose_learner", "pick_learner",
+           "LEARNERS", "NO_CONTACT", "build_frame", "fit", "fit_learner", "fit_arm", "parse_arm_fits", "FUNNEL_ARMS", "ARM_FITS", "funnel_rows", "candidates", "choose_learner", "pick_learner",
            "paired_gaps", "selection_table", "REFERENCE", "offer_scores",
            "evaluate", "paired_qini", "fit_shrinkage", "shrinks", "action_names", "frame_actions", "logged_actions", "action_draws", "action_grid", "action_rows"]
 
@@ -77,7 +77,9 @@ __all__ = ["UpliftConfig", "UpliftScorer", "EffectScorer", "SLearnerScorer", "Fu
 ENGAGE_COLUMNS: tuple[str, ...] = ("channel", "local_hour")
 OFFER_COLUMNS: tuple[str, ...] = ("offer_id", "offer_category", "offer_kind", "offer_value")
 _MIN_CLICKS = 200  # fewer tracked clicks than this: one stage from open to conversion
-CONTROL_FITS = 3  # the funnel's control arm fits averaged (`UpliftConfig.control_fits`): see the field
+FUNNEL_ARMS: tuple[str, ...] = ("engage", "click", "convert", "control")  # the funnel's arms, in the order they are fitted
+# Fits averaged per funnel arm by default (`UpliftConfig.arm_fits`; an arm not named: one fit): see the field.
+ARM_FITS: dict[str, int] = {"control": 3}
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,70 @@ class UpliftConfig:
     # but +0.33 % / -0.08 % (interval across 0) beside the pooled one, paired over six fit seeds, and +0.08 / +0.26 %
     # and +0.06 / -0.01 % in two whole retrains (benchmarks/RESULTS.md, "The click arm's offer ranking").
     click_inputs: str = "all"
-    # The funnel's control arm P(convert | not contacted) as the mean of this many fits' probabilities, each with its
-    # own seed (`fit.seed + 100 i`: its own tuning split and sample, TPE and bagging seed), saved as that many LightGBM
-    # text models (`AveragedBooster`). The control arm learns from the few control conversions (644 on the demo
-    # world), and one fit's noise moves every user's lift. 1 = one fit (the recipe before issue 16's tenth session).
-    # See benchmarks/RESULTS.md, "The control arm averaged over k fits".
-    control_fits: int = CONTROL_FITS
+    # How many seeded fits each funnel arm is the mean of (arm name -> k; an arm not named: one fit). Each fit has its
+    # own seed (`fit.seed + 100 i`: its own tuning split and sample, TPE and bagging seed; the first fit is the one-fit
+    # arm itself); an arm of k > 1 fits is saved as k LightGBM text models (`AveragedBooster`). Per arm, not one
+    # number, because the arms' evidence differs by orders of magnitude (on the demo world ~227k contacts to learn opens
+    # on the engage arm, ~10k clicks, 644 control conversions), so what the mean of k fits removes and what it
+    # costs (k x the arm's fit, k predicts per scored row in serving) differ per arm. Default: the control arm of 3
+    # (issue 16's tenth session: one fit in nine over-estimated a few heavy buyers' organic rate and dropped them), the
+    # other arms one fit. Measured in the eleventh session (12 training seeds, demo world): the click, after-click and
+    # control arms of 3 ("click=3,convert=3,control=3") gained +0.45 % of the NBA's revenue (interval above 0 on both
+    # replays, under the issue's +0.5 % bar) and halved its spread from one retrain to the next, at +50 % of the
+    # uplift's training CPU and +0.2-0.4 ms of model work per decision, which the serving budget (already missed) could
+    # not be shown to absorb: not the default yet. Averaging the engage arm too added cost, not value. See
+    # benchmarks/RESULTS.md, "The control arm averaged over k fits" and "Every funnel arm as the mean of k seeded
+    # fits". CLI: `nextbest train uplift --fits` (`parse_arm_fits`).
+    arm_fits: dict[str, int] = field(default_factory=lambda: dict(ARM_FITS))
 
     def __post_init__(self):
-        if self.control_fits < 1:
-            raise ValueError(f"control_fits must be at least 1 (1 = one fit), not {self.control_fits}")
+        check_arm_fits(self.arm_fits)
+
+    def fits(self, arm: str) -> int:
+        """The number of seeded fits the funnel arm `arm` is the mean of."""
+        return int(self.arm_fits.get(arm, 1))
+
+
+def check_arm_fits(arm_fits: dict[str, int]) -> None:
+    """ValueError naming what is wrong with a per-arm fit count mapping (an unknown arm, a count below 1)."""
+    unknown = sorted(set(arm_fits) - set(FUNNEL_ARMS))
+    if unknown:
+        raise ValueError(f"arm_fits: unknown funnel arm(s) {', '.join(map(repr, unknown))}; the arms are "
+                         f"{', '.join(FUNNEL_ARMS)}")
+    for arm, k in arm_fits.items():
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"arm_fits: the {arm} arm's number of fits must be a whole number of at least 1 "
+                             f"(1 = one fit), not {k!r}")
+
+
+MAX_ARM_FITS = 20  # the CLI's bound: each fit costs the arm's whole fit again (and a predict per row in serving)
+
+
+def parse_arm_fits(text: str) -> dict[str, int]:
+    """The CLI's `--fits`: "K" (every funnel arm the mean of K fits) or "ARM=K,..." (the arms named; the others keep
+    `ARM_FITS`' default), e.g. "3" or "click=3,convert=3". ValueError with what is wrong and how to write it."""
+    how = (f"write K (every arm) or ARM=K pairs separated by commas, e.g. '3' or 'click=3,convert=3'; arms: "
+           f"{', '.join(FUNNEL_ARMS)}; K a whole number from 1 to {MAX_ARM_FITS}")
+
+    def count(value: str, where: str) -> int:
+        value = value.strip()
+        if not value.isdigit() or not 1 <= int(value) <= MAX_ARM_FITS:
+            raise ValueError(f"--fits: {where} {value!r} is not a number of fits: {how}")
+        return int(value)
+
+    text = text.strip()
+    if not text:
+        raise ValueError(f"--fits is empty: {how}")
+    if "=" not in text:
+        return dict.fromkeys(FUNNEL_ARMS, count(text, "the count"))
+    out = dict(ARM_FITS)
+    for part in text.split(","):
+        arm, eq, value = part.partition("=")
+        arm = arm.strip()
+        if not eq or arm not in FUNNEL_ARMS:
+            raise ValueError(f"--fits: {part.strip()!r} does not name a funnel arm: {how}")
+        out[arm] = count(value, f"the {arm} arm's count")
+    return out
 
 
 LEARNERS: tuple[str, ...] = ("s", "t", "x", "dr", "funnel")
@@ -408,32 +464,33 @@ def fit_funnel(train: TrainingSet, config: UpliftConfig = UpliftConfig(), progre
     frame = train.frame
     rows = funnel_rows(train)
     features = list(train.features)
-    engage = fit_booster(frame[rows["engage"][0]], features + list(ENGAGE_COLUMNS), rows["engage"][1],
-                         train.feature_service, config.fit, progress=progress)
+    engage = fit_arm("engage", frame[rows["engage"][0]], features + list(ENGAGE_COLUMNS), rows["engage"][1],
+                     train.feature_service, config, progress)
     offer_inputs = features + list(OFFER_COLUMNS)
     click = None
     if "click" in rows:
-        click = fit_booster(frame[rows["click"][0]], click_columns(features, config.click_inputs) + list(OFFER_COLUMNS),
-                            rows["click"][1], train.feature_service, config.fit, progress=progress)
+        click = fit_arm("click", frame[rows["click"][0]], click_columns(features, config.click_inputs) + list(OFFER_COLUMNS),
+                        rows["click"][1], train.feature_service, config, progress)
     if click is not None and config.pooled_convert:
         # The after-click arm on every opened row, whether it was clicked an input (StagedBooster): predicts clicked.
         engaged, clicked = rows["click"]
-        convert = fit_booster(frame[engaged], offer_inputs, train.y[engaged], train.feature_service, config.fit,
-                              progress=progress, stage=clicked)
+        convert = fit_arm("convert", frame[engaged], offer_inputs, train.y[engaged], train.feature_service, config,
+                          progress, stage=clicked)
     else:
-        convert = fit_booster(frame[rows["convert"][0]], offer_inputs, rows["convert"][1], train.feature_service,
-                              config.fit, progress=progress)
-    control = fit_control(frame[rows["control"][0]], features, rows["control"][1], train.feature_service, config,
-                          progress)
+        convert = fit_arm("convert", frame[rows["convert"][0]], offer_inputs, rows["convert"][1], train.feature_service,
+                          config, progress)
+    control = fit_arm("control", frame[rows["control"][0]], features, rows["control"][1], train.feature_service, config,
+                      progress)
     return FunnelUpliftScorer(engage, convert, control, train.feature_service, click=click)
 
 
-def fit_control(frame: pd.DataFrame, features: list[str], y: np.ndarray, feature_service: str,
-                config: UpliftConfig, progress=None) -> BoosterScorer:
-    """The funnel's control arm: one `fit_booster`, or with `config.control_fits` k > 1 the mean of k fits' probabilities
-    (seeds `fit.seed + 100 i`, one encoder: the same rows and columns), an `AveragedBooster`."""
-    fits = [fit_booster(frame, features, y, feature_service, replace(config.fit, seed=config.fit.seed + 100 * i),
-                        progress=progress) for i in range(config.control_fits)]
+def fit_arm(arm: str, frame: pd.DataFrame, columns: list[str], y: np.ndarray, feature_service: str,
+            config: UpliftConfig, progress=None, stage: np.ndarray | None = None) -> BoosterScorer:
+    """One funnel arm: one `fit_booster`, or with `config.fits(arm)` k > 1 the mean of k fits' probabilities (seeds
+    `fit.seed + 100 i`, the first the one-fit arm itself; one encoder: the same rows and columns), an
+    `AveragedBooster` (staged when `stage` is given, as the pooled after-click arm)."""
+    fits = [fit_booster(frame, columns, y, feature_service, replace(config.fit, seed=config.fit.seed + 100 * i),
+                        progress=progress, stage=stage) for i in range(config.fits(arm))]
     if len(fits) == 1:
         return fits[0]
     return AveragedBooster([f.booster_ for f in fits], fits[0].encoder_, feature_service, fits[0].params_)
