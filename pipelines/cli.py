@@ -224,7 +224,12 @@ def _adopt_catalog(settings: Settings) -> None:
     carry the operator's edits), with a note when its offers are not the ingested ones."""
     from nextbest.serving.config import ConfigError, ingested_catalog, load_config, write_config
 
-    catalog = ingested_catalog(settings.raw_dir)
+    try:
+        catalog = ingested_catalog(settings.raw_dir)
+    except ValueError as err:  # the data is in (validated); only the service's catalog could not be made of it
+        console.print(f"[bold yellow]note:[/] the ingested offers and channels make no operator config "
+                      f"({escape(str(err).splitlines()[0])}): write <home>/operator.yaml by hand (docs/serving.md)")
+        return
     if catalog is None:
         return
     path = settings.operator_config or settings.home / "operator.yaml"
