@@ -452,7 +452,7 @@ def _parse_ts(s: pd.Series, present: pd.Series, timezone: str | None) -> tuple[p
     if timezone is None:
         untold = naive_mask & naive.notna()
         problems.append((untold, "has timestamps without a timezone: say which zone they are in with `timezone: UTC` "
-                                 "(or e.g. Europe/Berlin) for this table in the mapping, or `nextbest ingest --assume-utc`"))
+                                 "(or e.g. Europe/Berlin) for this table in the mapping, or `--assume-utc` (nextbest ingest, nextbest retrain)"))
         local = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
     else:
         local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward").dt.tz_convert("UTC")

@@ -225,6 +225,8 @@ def ingest(plan: IngestPlan, raw_dir: Path, progress: Callable[[str], None] | No
         if progress:
             progress(table)
         label = str(source.path) if source.path else f"{table} (derived from {source.derive_from})"
+        if source.derive_from and source.derive_from in plan.tables and source.derive_from not in frames:
+            continue  # its source table failed and is reported: deriving from nothing would add a misleading error
         timezone = source.timezone or ("UTC" if assume_utc else None)
         try:
             frames[table] = conform(table, read_source(table, source, frames), label, timezone=timezone, window=window,

@@ -221,6 +221,37 @@ def ingest(
 
     rows = run_guarded(body)
     summary(f"ingested -> {settings.raw_dir}", rows)
+    _adopt_catalog(settings)
+
+
+def _adopt_catalog(settings: Settings) -> None:
+    """The ingested offers and channels become the decision service's catalog (`<home>/operator.yaml`) when the home
+    has no operator config yet, as `simulate` writes its world's; an operator config already in force stays (it may
+    carry the operator's edits), with a note when its offers are not the ingested ones."""
+    from nextbest.serving.config import ConfigError, ingested_catalog, load_config, write_config
+
+    try:
+        catalog = ingested_catalog(settings.raw_dir)
+    except ValueError as err:  # the data is in (validated); only the service's catalog could not be made of it
+        console.print(f"[bold yellow]note:[/] the ingested offers and channels make no operator config "
+                      f"({escape(str(err).splitlines()[0])}): write <home>/operator.yaml by hand (docs/serving.md)")
+        return
+    if catalog is None:
+        return
+    path = settings.operator_config or settings.home / "operator.yaml"
+    if not path.exists() and settings.operator_config is None and not settings.ledger_identity_path.exists():
+        write_config(catalog, path, note="written by `nextbest ingest`: the ingested offers and channels tables; edit "
+                     "freely, the service re-reads it")
+        console.print(f"decision catalog: the ingested {len(catalog.offers)} offers on {len(catalog.channels)} channels "
+                      f"-> {path}")
+        return
+    try:
+        in_force = set(load_config(path).offer_ids()) if path.exists() else set()
+    except ConfigError:  # a broken file is the service's to report (/status); ingest only adds a note
+        in_force = set()
+    if in_force != set(catalog.offer_ids()):
+        console.print(f"[bold yellow]note:[/] the decision service's catalog is {escape(str(path))}, not the ingested "
+                      "offers table: edit that file (docs/serving.md, Operator config) to decide over the ingested offers")
 
 
 # --- features --------------------------------------------------------------------------------------------
@@ -502,6 +533,14 @@ def print_gate_policies(policies: dict[str, dict]) -> None:
 
 
 
+def model_result(name: str, trained: dict, gated: dict, decision: dict | None) -> str:
+    """One line of retrain's models table: the version and what became of it, and by which gate."""
+    if trained.get("deferred"):  # judged by the policy gate, or on its holdout where the gate fell back to it
+        by = "on the holdout (the policy gate's fallback)" if (decision or {}).get("by") == "holdout" else "by the policy gate"
+        return f"v{trained['version']} {'promoted' if name in gated else 'kept champion'} {by}"
+    return f"v{trained['version']} {'promoted' if trained['promoted'] else 'kept champion'} on the holdout"
+
+
 @app.command()
 def retrain(
     source: Annotated[Path | None, typer.Argument(help="new data: a folder of table files or a mapping YAML (default: keep)")] = None,
@@ -510,6 +549,8 @@ def retrain(
     learner: LearnerOption = "auto",
     shrink: ShrinkOption = None,
     fits: FitsOption = None,
+    assume_utc: Annotated[bool, typer.Option("--assume-utc", help="timestamps without an offset in SOURCE are UTC "
+                                             "(unless the mapping gives the table a timezone), as `ingest --assume-utc`")] = False,
 ) -> None:
     """Ingest -> features -> online -> train challengers -> evaluate; promotes only better models; resumable."""
     from nextbest.pipelines.retrain import STEPS, RetrainConfig
@@ -525,7 +566,7 @@ def retrain(
         except ValueError as err:
             raise UserError(str(err)) from None
         config = RetrainConfig(source=source, trials=trials, uplift_learner=learner, uplift_shrinkage=shrink,
-                               uplift_arm_fits=arm_fits)
+                               uplift_arm_fits=arm_fits, assume_utc=assume_utc)
         with steps(len(STEPS)) as advance:
             try:
                 return run_retrain(settings, config, resume=not fresh,
@@ -543,13 +584,8 @@ def retrain(
     gated = state["steps"].get("promote", {}).get("promoted", {})
     decision = state["steps"].get("evaluate", {}).get("decision")
 
-    def result(name: str, m: dict) -> str:
-        if m.get("deferred"):
-            return f"v{m['version']} {'promoted' if name in gated else 'kept champion'} by the policy gate"
-        return f"v{m['version']} {'promoted' if m['promoted'] else 'kept champion'} on the holdout"
-
     if models:
-        summary("models", {name: result(name, m) for name, m in models.items()}, ("model", "result"))
+        summary("models", {name: model_result(name, m, gated, decision) for name, m in models.items()}, ("model", "result"))
     for name, why in state["steps"].get("train", {}).get("skipped", {}).items():
         console.print(f"[bold yellow]skipped {name}:[/] {escape(str(why))}")
     policies = state["steps"].get("evaluate", {}).get("policies")

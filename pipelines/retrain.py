@@ -52,6 +52,7 @@ class RetrainConfig:
     uplift_arm_fits: dict[str, int] | None = None  # the funnel's seeded fits per arm (UpliftConfig.arm_fits); None = default
     logs: bool = True  # fold the decision service's logs (<home>/logs) into the contacts table at ingest
     logs_cutoff: datetime | None = None  # decisions and outcomes logged from then on wait for the next run (None = now)
+    assume_utc: bool = False  # ingest: timestamps without an offset are UTC (unless the mapping gives the table a zone)
 
 
 def _state_path(settings: Settings) -> Path:
@@ -79,7 +80,8 @@ def _ingest(settings: Settings, config: RetrainConfig, state: dict) -> dict:
     if config.source is not None:
         allowed = [settings.data_dir] if settings.data_dir else []
         plan = load_plan(config.source, allowed) if config.source.suffix in (".yaml", ".yml") else plan_from_dir(config.source)
-        out = {"rows": ingest(plan, settings.raw_dir, window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))}
+        out = {"rows": ingest(plan, settings.raw_dir, assume_utc=config.assume_utc,
+                              window=ingest_window(settings.ingest_past_years, settings.ingest_future_days))}
     if config.logs:  # the decision service's own decisions and outcomes join the contact log
         out["logs"] = fold_logs(settings, config.logs_cutoff)
     return {"snapshot_id": manifest(settings.raw_dir)["snapshot_id"], **out}

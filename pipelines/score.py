@@ -179,6 +179,33 @@ def score_on_spark(settings: Settings, config: ScoreConfig = ScoreConfig(), spar
             "written to": str(out)}
 
 
+def scoring_date(snapshots, when, explicit: bool):
+    """The date a per-user model is scored at: `when`, unless its features would be stale there.
+
+    A feature view's rows serve for its TTL (features/feature_views.py: 30 days) after their snapshot; past it the
+    point-in-time join finds nothing and every user would get the score of missing features. So without an
+    explicit date, an export whose newest snapshot is older than that (any export of last quarter) is scored at
+    that snapshot; an explicit date with no snapshot within the TTL before it is refused with the dates there are.
+    """
+    import pandas as pd
+
+    from nextbest.features.feature_views import VIEWS
+    from nextbest.serving.runtime import UserError
+
+    if snapshots is None or not len(snapshots):
+        return when
+    ttl = min(t for _, t in VIEWS.values() if t)
+    before = snapshots[snapshots <= when]
+    if len(before) and when - before[-1] <= ttl:
+        return when
+    newest = pd.Timestamp(snapshots[-1])
+    if not explicit and newest < when:
+        return newest
+    raise UserError(f"no feature snapshot within {ttl.days} d before {when.date()} (snapshots from {snapshots[0].date()} to "
+                    f"{newest.date()}): the features there would all be missing; pass --as-of {newest.date()} or build "
+                    f"features for that date (`nextbest features build --as-of {when.date()}`)")
+
+
 def score_model(settings: Settings, name: str, as_of: datetime | None = None, user_ids: tuple[str, ...] | None = None,
                 out: Path | None = None) -> dict[str, object]:
     """One per-user model's champion (churn, purchase, ...) scored for users at a date, on their features as of
@@ -187,7 +214,7 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
 
     from nextbest.features.store import read_table, training_store
     from nextbest.serving.runtime import UserError
-    from nextbest.training.datasets import historical
+    from nextbest.training.datasets import feature_snapshots, historical
     from nextbest.training.registry import LABEL_PREFIX, MODEL_NAMES, load_champions, registered_name
     from nextbest.training.scorers import REQUEST_COLUMNS
 
@@ -204,8 +231,9 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
     users = read_table(settings, "profile")
     ids = list(user_ids) if user_ids is not None else users["user_id"].astype(str).drop_duplicates().tolist()
     started = time.perf_counter()
-    frame = historical(training_store(settings), pd.DataFrame({"user_id": ids, "event_timestamp": when}),
-                       champion.model.feature_service)
+    store = training_store(settings)
+    asked, when = when, scoring_date(feature_snapshots(store), when, explicit=as_of is not None)
+    frame = historical(store, pd.DataFrame({"user_id": ids, "event_timestamp": when}), champion.model.feature_service)
     scores = pd.DataFrame({"user_id": frame["user_id"].astype(str), "as_of": when, "model": registered_name(name),
                            "version": champion.version, "score": champion.model.predict(frame)})
     out = out or settings.home / "scores" / f"{name}-{when.strftime('%Y%m%dT%H%M%SZ')}.parquet"
@@ -218,7 +246,9 @@ def score_model(settings: Settings, name: str, as_of: datetime | None = None, us
         tmp.unlink(missing_ok=True)
     return {"model": f"{registered_name(name)} version {champion.version}", "as of": when.isoformat(), "users": len(scores),
             "mean score": round(float(scores["score"].mean()), 4), "seconds": round(time.perf_counter() - started, 1),
-            "written to": str(out)}
+            "written to": str(out),
+            **({"note": f"scored at the newest feature snapshot: now is {(asked - when).days} d past it, beyond the "
+                        "features' TTL (--as-of picks another date)"} if when != asked else {})}
 
 
 def register(app: typer.Typer) -> None:

@@ -435,6 +435,27 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                           churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
 
 
+def ingested_catalog(raw_dir: Path) -> OperatorConfig | None:
+    """`catalog_config` of the ingested offers and channels tables (channel rules taught by the ingested contact
+    log), or None when either table is missing or empty."""
+    from nextbest.features.ingest import raw_path
+
+    paths = {t: raw_path(raw_dir, t) for t in ("offers", "channels", "contacts")}
+    if paths["offers"] is None or paths["channels"] is None:
+        return None
+    offers, channels = pd.read_parquet(paths["offers"]), pd.read_parquet(paths["channels"])
+    if offers.empty or channels.empty:
+        return None
+    contacts = None
+    if paths["contacts"] is not None:  # only the columns the channel rules read: a big log stays on disk
+        import pyarrow.parquet as pq
+
+        present = set(pq.ParquetFile(paths["contacts"]).schema_arrow.names)
+        wanted = ["channel", "user_id", "sent_at", "revenue", "unsubscribed_at", "complained_at"]
+        contacts = pd.read_parquet(paths["contacts"], columns=[c for c in wanted if c in present])
+    return catalog_config(offers, channels, tally=contact_tally(contacts))
+
+
 def write_config(config: OperatorConfig, path: Path, note: str = "") -> Path:
     """Write `config` as operator YAML (what `load_config` reads back), atomically."""
     path = Path(path)

@@ -86,7 +86,9 @@ def _operator_config_path(settings: Settings) -> Path:
     if not path.exists() and not settings.ledger_identity_path.exists():
         write_config(default_config(), path, note="the built-in catalog, written by the decision service at its first "
                      "start in this home; edit freely, the service re-reads it. Removing it stops all contact.")
-        log.warning("no operator config in this home: wrote the built-in catalog to <home>/operator.yaml")
+        log.warning("no operator config in this home: wrote the built-in catalog (generic offers on push, sms, email, "
+                    "wechat and in-app, in-app without consent) to <home>/operator.yaml: edit it to your catalog, or "
+                    "`nextbest ingest` offers and channels tables before the service's first start")
     return path
 
 

@@ -157,3 +157,70 @@ def test_retrain_takes_the_uplift_options_of_train_and_prints_the_gates_argmax(h
         assert result.exit_code == 0, result.output
         assert (seen[-1].uplift_shrinkage, seen[-1].uplift_learner) == (expected, "t")
     assert "challengers (argmax)" in result.output and "0.0431" in result.output and "raw argmax" in result.output
+
+
+def test_ingest_makes_the_ingested_offers_and_channels_the_decision_catalog(raw_frames, tmp_path, home):
+    """A company's own offers and channels are what the service decides over, not the built-in catalog (which a
+    home without an operator config got at the service's first start, whatever it had ingested)."""
+    from nextbest.serving.config import load_config
+
+    result = runner.invoke(app, ["ingest", str(write_csvs(raw_frames, tmp_path / "in"))])
+    assert result.exit_code == 0, result.output
+    config = load_config(home / "operator.yaml")
+    assert config.offer_ids() == ["o1", "o2"] and [c.channel for c in config.channels] == ["email", "sms", "push"]
+    assert config.offers[0].eligibility == "lifecycle_stage in [customer, confirmed_lead]"
+    assert "decision catalog" in result.output
+    # an operator config already in force stays (it may hold the operator's edits); a note says it is not the tables'
+    edited = (home / "operator.yaml").read_text().replace("value: 20.0", "value: 25.0")
+    (home / "operator.yaml").write_text(edited)
+    again = runner.invoke(app, ["ingest", str(write_csvs(raw_frames, tmp_path / "in"))])
+    assert again.exit_code == 0 and (home / "operator.yaml").read_text() == edited and "note:" not in again.output
+    other = {**raw_frames, "offers": raw_frames["offers"].assign(offer_id=["p1", "p2"]),
+             "contacts": raw_frames["contacts"].assign(offer_id="p1")}
+    third = runner.invoke(app, ["ingest", str(write_csvs(other, tmp_path / "other"))])
+    assert third.exit_code == 0 and "not the ingested offers table" in " ".join(third.output.split())
+    assert load_config(home / "operator.yaml").offer_ids() == ["o1", "o2"]
+
+
+def test_a_mapping_whose_events_file_is_missing_reports_that_alone(tmp_path, home):
+    """Users derived from events whose file failed: one error naming the file, not a second one about derive_from."""
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("tables:\n  events:\n    path: missing.csv\n  users:\n    derive_from: events\n"
+                       "    constants: {timezone: UTC}\n")
+    result = runner.invoke(app, ["ingest", "--mapping", str(mapping)])
+    assert result.exit_code == 2 and "missing.csv: file does not exist" in result.output
+    assert "derive_from" not in result.output and "1 problem(s)" in result.output
+
+
+def test_retrain_takes_assume_utc_and_names_the_gate_that_decided(raw_frames, tmp_path, home, monkeypatch):
+    """An export without offsets loads through `retrain FOLDER --assume-utc` as through `ingest --assume-utc` (the
+    nightly cron line of the README), and a challenger the policy gate sent back to its holdout says so."""
+    from nextbest.features.contract import ContractError
+    from nextbest.pipelines import retrain as pipeline
+
+    naive = {t: df.assign(**{c: pd.to_datetime(df[c], utc=True).dt.tz_localize(None) for c in df
+                             if isinstance(df[c].dtype, pd.DatetimeTZDtype)}) for t, df in raw_frames.items()}
+    folder = write_csvs(naive, tmp_path / "naive")
+    with pytest.raises(ContractError, match="--assume-utc"):
+        pipeline._ingest(Settings(), pipeline.RetrainConfig(source=folder, logs=False), {})
+    done = pipeline._ingest(Settings(), pipeline.RetrainConfig(source=folder, logs=False, assume_utc=True), {})
+    assert done["rows"]["users"] == len(raw_frames["users"])
+
+    seen = []
+    state = {"run_id": "r1", "status": "done", "steps": {
+        "train": {"status": "done", "models": {"churn": {"version": "2", "promoted": False, "deferred": True}}},
+        "evaluate": {"status": "done", "decision": {"by": "holdout", "reason": "too few matched decisions"}},
+        "promote": {"status": "done", "promoted": {}}}}
+
+    def spy(settings, config, resume, progress):  # the pipeline itself has its own tests (tests/test_pipelines.py)
+        seen.append(config)
+        return state
+
+    monkeypatch.setattr(pipeline, "retrain", spy)
+    result = runner.invoke(app, ["retrain", str(folder), "--assume-utc"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1].assume_utc and seen[-1].source == folder
+    assert "kept champion on the holdout (the policy gate's fallback)" in result.output
+    state["steps"]["evaluate"]["decision"]["by"] = "off-policy"
+    result = runner.invoke(app, ["retrain", str(folder)])
+    assert not seen[-1].assume_utc and "v2 kept champion by the policy gate" in result.output

@@ -132,3 +132,29 @@ def test_send_times_are_written_as_utc_instants():
                 "degraded_reasons": []}
     table = pa.table(_rows([decision]), schema=SCHEMA)
     assert table.column("send_at").to_pylist()[0] == datetime(2026, 10, 1, 0, 0, tzinfo=UTC)
+
+
+def test_a_model_is_scored_on_features_that_exist_not_past_their_ttl(home, tmp_path, monkeypatch):
+    """An export's newest snapshot lies weeks before today: scored "now", every user would get the score of missing
+    features (the README's label path gave 2,000 users one score, std 0.003). Without --as-of the newest snapshot is
+    scored, and said so; an explicit date with no snapshot within the features' TTL before it is refused."""
+    from nextbest.pipelines import score as scoring
+    from nextbest.serving.runtime import UserError
+
+    newest = pd.Timestamp(read_table(home, "behaviour")["event_timestamp"].max())
+
+    class Later(datetime):  # "today", 60 days after the export's newest snapshot
+        @classmethod
+        def now(cls, tz=None):
+            return (newest + pd.Timedelta(days=60)).to_pydatetime()
+
+    monkeypatch.setattr(scoring, "datetime", Later)
+    default = scoring.score_model(home, "churn", out=tmp_path / "default.parquet")
+    at = scoring.score_model(home, "churn", newest.to_pydatetime(), out=tmp_path / "at.parquet")
+    got, want = pd.read_parquet(tmp_path / "default.parquet"), pd.read_parquet(tmp_path / "at.parquet")
+    assert pd.Timestamp(default["as of"]) == newest and "60 d past" in default["note"] and "note" not in at
+    np.testing.assert_allclose(got["score"], want["score"])
+    assert got["score"].std() > 0.01  # scores that tell users apart
+    with pytest.raises(UserError, match=f"--as-of {newest.date()}"):
+        scoring.score_model(home, "churn", (newest + pd.Timedelta(days=45)).to_pydatetime(), out=tmp_path / "late.csv")
+    assert not (tmp_path / "late.csv").exists()

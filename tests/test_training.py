@@ -356,6 +356,15 @@ def test_worse_challenger_is_not_promoted_and_better_one_is(planted, conversion_
     decision = gate(settings, "conversion", lucky, run_id, 0.92, lambda m: 0.90, paired_fn=paired(0.01))
     assert decision["promoted"] and "surely better" in decision["reason"]
     assert load_champions(settings)["conversion"].version == lucky
+    # A holdout that scores neither model (50 users: an undefined Qini for both) is no evidence: the champion stays
+    # (it was promoted as "champion score undefined"); a champion alone that cannot score it still gives way.
+    run_id, blind = log_model(settings, "conversion", good, {"auc": 0.5}, {}, holdout.frame[holdout.inputs].head(3))
+    decision = gate(settings, "conversion", blind, run_id, float("nan"), lambda m: float("nan"), defer=True)
+    assert not decision["better_on_holdout"] and "undefined" in decision["reason"]
+    decision = gate(settings, "conversion", blind, run_id, float("nan"), lambda m: float("nan"))
+    assert not decision["promoted"] and load_champions(settings)["conversion"].version == lucky
+    decision = gate(settings, "conversion", blind, run_id, 0.6, lambda m: float("nan"))
+    assert decision["promoted"] and decision["reason"] == "champion score undefined"
 
 
 def test_tampered_artifact_fails_to_load_with_a_clear_error(tmp_path, store, raw):

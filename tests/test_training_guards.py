@@ -211,6 +211,20 @@ def test_a_label_model_for_any_outcome_is_registered_under_its_own_name_with_its
     assert code == 2 and "needs a name and a labels file" in text
 
 
+def test_a_labels_file_of_one_class_is_refused_naming_the_labels_not_the_history(padded, cli, tmp_path):
+    """A labels file whose rows are all 0: exit 2, the fix is in the file (not a longer history or --horizon, which
+    no labels file has), and nothing is registered."""
+    from mlflow import MlflowClient
+
+    users = pd.read_parquet(padded.raw_dir / "users.parquet")
+    path = tmp_path / "none.csv"
+    pd.DataFrame({"user_id": users["user_id"], "as_of": snapshots(padded)[-6].strftime("%Y-%m-%d"), "label": 0}).to_csv(
+        path, index=False)
+    code, text = cli("train", "label", "none", "--labels", path, "--trials", "1")
+    assert code == 2 and "labels [0]" in text and "the labels file must hold" in text and "--horizon" not in text
+    assert not MlflowClient(padded.tracking_uri).search_model_versions("name='nextbest-label-none'")
+
+
 def test_label_dates_between_snapshots_are_warned_about():
     from nextbest.training.jobs import label_date_warnings
 

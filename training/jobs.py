@@ -337,8 +337,10 @@ def train_model(settings: Settings, name: str, config: TrainConfig = TrainConfig
     except ValueError as err:  # what the tables cannot give this model (no complete outcome window, no control group)
         raise NotTrainable(f"{name}: {err}") from None
     if len(data.frame) < 20 or len(np.unique(data.y)) < 2:
+        fix = ("the labels file must hold at least 20 labelled users and both classes (0 and 1)" if labels is not None
+               else "more data, a longer history or another --as-of/--horizon")
         raise NotTrainable(f"{name}: {len(data.frame)} training rows with labels {sorted(np.unique(data.y).tolist())}; "
-                           "need both classes: more data, a longer history or another --as-of/--horizon")
+                           f"need both classes: {fix}")
     if (problem := feature_problem(data)) is not None:
         raise NotTrainable(f"{name}: {problem}")
     if labels is not None:

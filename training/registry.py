@@ -463,7 +463,11 @@ def gate(settings: Settings, name: str, version: str, run_id: str, challenger_sc
             champion_score = float("nan")
             decision["reason"] = f"champion cannot score this holdout ({err})"
         decision["champion"] = champion_score
-        if np.isnan(champion_score):
+        if np.isnan(champion_score) and not np.isfinite(challenger_score):  # the holdout judges neither: no evidence
+            decision["promoted"] = False
+            decision["reason"] = (f"{metric} undefined on this holdout for the challenger and the champion (too few rows "
+                                  "or outcomes in it): the champion stays")
+        elif np.isnan(champion_score):
             decision["promoted"] = True
             decision.setdefault("reason", "champion score undefined")
         elif paired is not None and np.isfinite(paired["low"]):
