@@ -166,6 +166,32 @@ def child(name: str, home: Path, args: argparse.Namespace, server=None) -> dict:
     return result
 
 
+def _redis_stats(port: int, sample: int = 200) -> dict:
+    """What the loaded redis-server holds: `used_memory`, its RSS, the key count, and the field count and encoding of
+    `sample` user hashes (Feast's one hash per user; listpack while a hash has <= 256 fields, the bench's setting)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    memory = client.info("memory")
+    keys: list = []
+    for key in client.scan_iter(count=1000):
+        keys.append(key)
+        if len(keys) >= sample:
+            break
+    pipe = client.pipeline()
+    for key in keys:
+        pipe.hlen(key)
+        pipe.object("encoding", key)
+    replies = pipe.execute()
+    fields, encodings = replies[0::2], replies[1::2]
+    return {"used_memory_mb": round(memory["used_memory"] / 2**20, 1),
+            "used_memory_rss_mb": round(memory["used_memory_rss"] / 2**20, 1),
+            "keys": client.dbsize(), "bytes_per_key": round(memory["used_memory"] / max(client.dbsize(), 1)),
+            "fields_per_hash_min": min(fields, default=0), "fields_per_hash_max": max(fields, default=0),
+            "encodings": sorted({e.decode() if isinstance(e, bytes) else str(e) for e in encodings}),
+            "hashes_sampled": len(keys)}
+
+
 def same_tables(home: Path) -> dict[str, bool]:
     """Row counts and column lists of the DuckDB- and Spark-built tables, per table (the values are held equal by
     tests/test_spark.py on a small world)."""
@@ -217,7 +243,7 @@ def main() -> None:
     if args.raw_from:  # a copy: the build never writes into another home
         shutil.copytree((args.raw_from / "raw").resolve(), home / "raw")
     results = {}
-    server = None
+    server, redis_stats = None, None
     if args.online and args.online_store == "redis":
         from bench_online import _redis
 
@@ -228,6 +254,8 @@ def main() -> None:
             print(f"{name:<14} {results[name]['seconds']:>8.1f} s  wall {results[name]['wall_seconds']:>8.1f} s  "
                   f"peak {results[name]['peak_rss_mb']:>6} MB  cpu {results[name]['tree_cpu_seconds']:>8.1f} s  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
+        if server is not None:
+            redis_stats = _redis_stats(args.redis_port)
     finally:
         if server is not None:
             server.terminate()
@@ -248,6 +276,8 @@ def main() -> None:
         "total_cpu_seconds": round(sum(results[n]["cpu_seconds"] for n in path), 1),
         "stages": results,
     }
+    if redis_stats:
+        summary["redis"] = redis_stats
     if args.spark:
         summary["spark_over_duckdb"] = round(results["build:spark"]["wall_seconds"] / results["build:duckdb"]["wall_seconds"], 2)
         summary["spark_over_duckdb_cpu"] = round(results["build:spark"]["tree_cpu_seconds"]
