@@ -19,9 +19,25 @@ from nextbest.training.validation import (
     fit_linear,
     fold_metrics,
     repeat_purchase_stats,
+    training_rows,
     user_folds,
     validate,
 )
+
+
+def test_training_rows_leave_out_every_row_of_the_scored_folds_users():
+    """Rows of a user in fold k never train fold k's model, whatever fold the row itself is in (snapshot rows of one
+    user can fall in several folds when folds are not grouped); rows left out of the CV (-1) never train."""
+    rng = np.random.default_rng(3)
+    users = np.array([f"{x:05d}" for x in rng.integers(0, 400, 3_000)], dtype=object)  # ids are text ("00042")
+    folds = rng.integers(-1, 5, len(users))
+    for k in range(5):
+        train = training_rows(folds, k, users)
+        scored = set(users[folds == k])
+        want = np.array([f >= 0 and f != k and u not in scored for f, u in zip(folds, users, strict=True)])
+        np.testing.assert_array_equal(train, want)
+        assert 0 < train.sum() < (folds >= 0).sum()
+    np.testing.assert_array_equal(training_rows(folds, 2), (folds >= 0) & (folds != 2))  # without users: the folds
 
 
 def _xor_set(n_users: int = 300, per_user: int = 3, seed: int = 0) -> TrainingSet:
