@@ -230,16 +230,17 @@ def _adopt_catalog(settings: Settings) -> None:
     carry the operator's edits), with a note when its offers are not the ingested ones."""
     from nextbest.serving.config import ConfigError, ingested_catalog, load_config, write_config
 
-    try:
-        catalog = ingested_catalog(settings.raw_dir)
+    path = settings.operator_config or settings.home / "operator.yaml"
+    adopt = not path.exists() and settings.operator_config is None and not settings.ledger_identity_path.exists()
+    try:  # the contact log's channel rules only for a config written here: a config in force is compared by offer
+        catalog = ingested_catalog(settings.raw_dir, learn=adopt)
     except ValueError as err:  # the data is in (validated); only the service's catalog could not be made of it
         console.print(f"[bold yellow]note:[/] the ingested offers and channels make no operator config "
                       f"({escape(str(err).splitlines()[0])}): write <home>/operator.yaml by hand (docs/serving.md)")
         return
     if catalog is None:
         return
-    path = settings.operator_config or settings.home / "operator.yaml"
-    if not path.exists() and settings.operator_config is None and not settings.ledger_identity_path.exists():
+    if adopt:
         write_config(catalog, path, note="written by `nextbest ingest`: the ingested offers and channels tables; edit "
                      "freely, the service re-reads it")
         console.print(f"decision catalog: the ingested {len(catalog.offers)} offers on {len(catalog.channels)} channels "

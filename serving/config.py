@@ -435,9 +435,10 @@ def catalog_config(offers: pd.DataFrame, channels: pd.DataFrame, base: OperatorC
                           churn_boost=base.churn_boost, min_expected_value=base.min_expected_value)
 
 
-def ingested_catalog(raw_dir: Path) -> OperatorConfig | None:
-    """`catalog_config` of the ingested offers and channels tables (channel rules taught by the ingested contact
-    log), or None when either table is missing or empty."""
+def ingested_catalog(raw_dir: Path, learn: bool = True) -> OperatorConfig | None:
+    """`catalog_config` of the ingested offers and channels tables (with `learn`, channel rules taught by the
+    ingested contact log; without, the catalog alone, the log not read), or None when either table is missing or
+    empty."""
     from nextbest.features.ingest import raw_path
 
     paths = {t: raw_path(raw_dir, t) for t in ("offers", "channels", "contacts")}
@@ -447,7 +448,7 @@ def ingested_catalog(raw_dir: Path) -> OperatorConfig | None:
     if offers.empty or channels.empty:
         return None
     contacts = None
-    if paths["contacts"] is not None:  # only the columns the channel rules read: a big log stays on disk
+    if learn and paths["contacts"] is not None:  # only the columns the channel rules read: a big log stays on disk
         import pyarrow.parquet as pq
 
         present = set(pq.ParquetFile(paths["contacts"]).schema_arrow.names)
